@@ -1,0 +1,642 @@
+"""A process's actor: runs its steps one at a time and is the only writer of its row.
+
+An actor lives only while its process has work: it runs steps while the process is created or
+running, handles the messages in its mailbox, and retires as soon as the process waits for
+someone else (a user, a callback, a retry timer) or has finished. The process then exists only
+in the database until a message re-activates it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import secrets
+import time
+import traceback
+from collections import deque
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+
+from orchd.errors import (
+    InvalidTransition,
+    OrchdError,
+    ProcessNotFound,
+    StoreError,
+)
+from orchd.model import ACTIVE, Action, ProcessStatus, StepStatus, Target, check_action
+from orchd.state import (
+    StepInputError,
+    StepOutputError,
+    clone,
+    decode,
+    encode,
+    form_schema,
+    inject,
+    to_json_values,
+    validate_form,
+)
+from orchd.store import Checkpoint, ProcessWrite, StepWrite
+from orchd.dsl import Form, Step, StepKind, Workflow
+
+if TYPE_CHECKING:
+    from orchd.engine import Engine
+
+log = logging.getLogger("orchd.actor")
+P = ProcessStatus
+_MISSING: Any = object()
+
+
+class Run(msgspec.Struct, frozen=True, tag=True):
+    """Start running (after a start or a restart)."""
+
+
+class Resume(msgspec.Struct, frozen=True, tag=True):
+    answer: Any
+    reporter: str | None = None
+
+
+class Retry(msgspec.Struct, frozen=True, tag=True):
+    automatic: bool = False
+    reporter: str | None = None
+
+
+class Abort(msgspec.Struct, frozen=True, tag=True):
+    reporter: str | None = None
+
+
+class Callback(msgspec.Struct, frozen=True, tag=True):
+    token: str
+    payload: Any
+
+
+class Expire(msgspec.Struct, frozen=True, tag=True):
+    """A callback's deadline passed."""
+
+    token: str
+
+
+class Stop(msgspec.Struct, frozen=True, tag=True):
+    """Finish the current step, commit, and retire (shutdown)."""
+
+
+Message = Run | Resume | Retry | Abort | Callback | Expire | Stop
+
+
+class Envelope:
+    __slots__ = ("message", "reply")
+
+    def __init__(self, message: Message, reply: asyncio.Future[Any] | None) -> None:
+        self.message = message
+        self.reply = reply
+
+
+def _reply(envelope: Envelope, value: Any = None, error: BaseException | None = None) -> None:
+    fut = envelope.reply
+    if fut is None or fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(value)
+
+
+class SubscriptionError(Exception):
+    """Raised when a step puts a subscription into State that cannot be saved."""
+
+
+_SUBSCRIPTION_KEYS = frozenset(
+    {
+        "id",
+        "product",
+        "customer_id",
+        "description",
+        "status",
+        "insync",
+        "start_date",
+        "end_date",
+        "attributes",
+    }
+)
+_SUB_STATUSES = frozenset({"initial", "provisioning", "active", "disabled", "terminated"})
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class Actor:
+    """The loop of one process; the engine routes every message for the process here."""
+
+    def __init__(self, engine: Engine, pid: str, row: dict[str, Any] | None = None) -> None:
+        self.engine = engine
+        self.pid = pid
+        self.mailbox: deque[Envelope] = deque()
+        self.wakeup = asyncio.Event()
+        self.loaded = False
+        self.stopping = False
+        self.abort_requested: str | None = None
+        self.in_step = False
+        self.pending_callback: Envelope | None = None
+        if row is not None:
+            self._load(row)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def post(self, message: Message, reply: asyncio.Future[Any] | None) -> None:
+        envelope = Envelope(message, reply)
+        if isinstance(message, Abort) and self.loaded and self.status in ACTIVE:
+            # Abort of a running process takes effect between steps; the caller need not wait.
+            self.abort_requested = message.reporter or "user"
+            _reply(envelope)
+            return
+        if isinstance(message, Stop):
+            self.stopping = True
+        self.mailbox.append(envelope)
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        try:
+            if not self.loaded:
+                row = await self.engine.load_row(self.pid)
+                if row is None:
+                    self._fail_all(ProcessNotFound(f"process {self.pid} does not exist"))
+                    return
+                self._load(row)
+            while True:
+                if self.mailbox:
+                    await self._handle(self.mailbox.popleft())
+                    continue
+                if self.stopping:
+                    return
+                if self.status in ACTIVE:
+                    await self._advance()
+                    continue
+                return
+        except StoreError as exc:
+            log.error("process=%s checkpoint failed, will retry: %s", self.pid, exc)
+            self._fail_all(exc)
+            self.engine.reactivate_later(self.pid)
+        except Exception:
+            log.exception("process=%s actor crashed", self.pid)
+            self._fail_all(OrchdError(f"process {self.pid}: internal error"))
+        finally:
+            self.engine.retire(self)
+
+    def _fail_all(self, error: BaseException) -> None:
+        while self.mailbox:
+            _reply(self.mailbox.popleft(), error=error)
+        if self.pending_callback is not None:
+            _reply(self.pending_callback, error=error)
+            self.pending_callback = None
+
+    def _load(self, row: dict[str, Any]) -> None:
+        self.workflow: Workflow | None = self.engine.workflows.get(row["workflow"])
+        self.workflow_name: str = row["workflow"]
+        self.target = Target(row["target"])
+        self.status = P(row["status"])
+        self.pc: int = row["pc"]
+        self.seq: int = row["seq"]
+        self.state: dict[str, Any] = row["state"]
+        self.current_step: str | None = row["current_step"]
+        self.error: str | None = row.get("error")
+        self.form: bytes | None = row.get("form")
+        self.callback_token: str | None = row.get("callback_token")
+        self.attempts: int = row.get("attempts", 0)
+        self.next_retry_at: float | None = row.get("next_retry_at")
+        self.subscription_id: str | None = row.get("subscription_id")
+        self.loaded = True
+        self.broken = self._check_definition()
+
+    def _check_definition(self) -> str | None:
+        """Why the process cannot go on with the workflow code loaded now, if it cannot."""
+        if self.workflow is None:
+            return f"workflow {self.workflow_name!r} is not registered"
+        steps = self.workflow.steps
+        if self.current_step is not None and (
+            self.pc >= len(steps) or steps[self.pc].name != self.current_step
+        ):
+            return (
+                f"workflow {self.workflow_name!r} changed: step {self.current_step!r} "
+                f"is no longer step {self.pc + 1}"
+            )
+        return None
+
+    async def _handle(self, envelope: Envelope) -> None:
+        message = envelope.message
+        try:
+            match message:
+                case Run() | Stop():
+                    _reply(envelope)
+                case Resume(answer=answer, reporter=reporter):
+                    await self._resume(answer, reporter)
+                    _reply(envelope)
+                case Retry(automatic=automatic):
+                    await self._retry(automatic)
+                    _reply(envelope)
+                case Abort(reporter=reporter):
+                    check_action(Action.ABORT, self.status, self.pid)
+                    await self._abort(reporter or "user")
+                    _reply(envelope)
+                case Callback(token=token, payload=payload):
+                    if self._callback_pending(token):
+                        self.pending_callback = envelope  # answered once it is committed
+                        return
+                    check_action(Action.CALLBACK, self.status, self.pid)
+                    await self._take_callback(payload)
+                    _reply(envelope)
+                case Expire(token=token):
+                    if self.status is P.AWAITING_CALLBACK and token == self.callback_token:
+                        await self._fail_wait("no callback arrived before the deadline")
+                    _reply(envelope)
+        except StoreError:
+            _reply(
+                envelope, error=StoreError(f"process {self.pid}: the database refused the write")
+            )
+            raise
+        except OrchdError as exc:
+            _reply(envelope, error=exc)
+
+    def _callback_pending(self, token: str) -> bool:
+        """A callback that arrived before the action's checkpoint: keep it for the wait step."""
+        return (
+            self.status in ACTIVE
+            and token == self.callback_token
+            and self.workflow is not None
+            and self.pc < len(self.workflow.steps)
+            and self.workflow.steps[self.pc].kind is StepKind.CALLBACK_WAIT
+        ) or (self.in_step and token == self.callback_token)
+
+    # -- actions --------------------------------------------------------------------------
+
+    async def _resume(self, answer: Any, reporter: str | None) -> None:
+        check_action(Action.RESUME, self.status, self.pid)
+        step = self._step()
+        form = await self._form_of(step)
+        values = validate_form(form, answer)
+        now = time.time()
+        await self._commit(P.RUNNING, step, StepStatus.SUCCESS, values, now, now, advance=True)
+
+    async def _retry(self, automatic: bool) -> None:
+        if automatic:
+            if self.status is not P.WAITING or (self.next_retry_at or 0) > time.time() + 0.01:
+                return  # a stale timer: the process moved on or was retried by hand
+        else:
+            check_action(Action.RETRY, self.status, self.pid)
+            if self.status is P.FAILED:
+                self.attempts = 0
+        if self.broken:
+            raise InvalidTransition(f"cannot retry process {self.pid}: {self.broken}")
+        self.error = None
+        self.next_retry_at = None
+        await self._write(P.RUNNING, steps=[])
+
+    async def _abort(self, reporter: str) -> None:
+        now = time.time()
+        record = StepWrite(
+            process_id=self.pid,
+            seq=self.seq + 1,
+            name="abort",
+            status=StepStatus.ABORTED,
+            started_at=now,
+            finished_at=now,
+            error=f"aborted by {reporter}",
+        )
+        self.seq += 1
+        self.current_step = None
+        release = self.subscription_id if self.target is not Target.SYSTEM else None
+        self.form = None
+        self.next_retry_at = None
+        await self._write(P.ABORTED, steps=[record], release=release)
+
+    async def _take_callback(self, payload: Any) -> None:
+        step = self._step()
+        now = time.time()
+        self.next_retry_at = None
+        delta = {"callback_result": payload}
+        await self._commit(P.RUNNING, step, StepStatus.SUCCESS, delta, now, now, advance=True)
+
+    async def _fail_wait(self, reason: str) -> None:
+        step = self._step()
+        now = time.time()
+        self.error = f"{step.name}: {reason}"
+        # Back to the action, so a retry issues the request again with a fresh token.
+        self.pc -= 1
+        self.next_retry_at = None
+        await self._commit(P.FAILED, step, StepStatus.FAILED, None, now, now, error=self.error)
+
+    # -- running steps --------------------------------------------------------------------
+
+    def _step(self) -> Step:
+        if self.workflow is None or self.broken is not None:
+            raise InvalidTransition(f"process {self.pid} cannot go on: {self.broken}")
+        return self.workflow.steps[self.pc]
+
+    async def _advance(self) -> None:
+        """Run the step at the program counter and commit its outcome."""
+        if self.abort_requested is not None:
+            reporter, self.abort_requested = self.abort_requested, None
+            await self._abort(reporter)
+            return
+        if self.broken is not None:
+            self.error = self.broken
+            await self._write(P.FAILED, steps=[])
+            return
+        step = self._step()
+        started = time.time()
+        if step.predicates and not self._predicate(step):
+            await self._commit(
+                P.RUNNING, step, StepStatus.SKIPPED, None, started, time.time(), advance=True
+            )
+            return
+        match step.kind:
+            case StepKind.INIT:
+                await self._commit(
+                    P.RUNNING, step, StepStatus.SUCCESS, None, started, started, advance=True
+                )
+            case StepKind.DONE:
+                await self._done(step, started)
+            case StepKind.ABORT:
+                await self._abort("workflow")
+            case StepKind.INPUT:
+                await self._suspend(step, started)
+            case StepKind.CALLBACK_WAIT:
+                await self._wait_for_callback(step, started)
+            case _:
+                await self._run_function(step, started)
+
+    def _predicate(self, step: Step) -> bool:
+        try:
+            return step.should_run(clone(self.state))
+        except Exception as exc:
+            raise StepCrash(f"step {step.name!r}: its condition raised {exc!r}") from exc
+
+    async def _run_function(self, step: Step, started: float) -> None:
+        view = self.state
+        if step.kind is StepKind.CALLBACK_ACTION:
+            self.callback_token = secrets.token_urlsafe(24)
+            self.engine.expect_callback(self.callback_token, self.pid)
+            view = {**self.state, "callback_token": self.callback_token}
+        self.in_step = True
+        try:
+            kwargs = inject(step.name, step.params, view, self.engine.resources)
+            result = await self._call(step, kwargs)
+            delta = to_json_values(step.name, result)
+            if step.kind is StepKind.CALLBACK_ACTION:
+                delta.setdefault("callback_token", self.callback_token)
+            sub = self._subscription_change(step, delta)
+        except (Exception, StepCrash) as exc:
+            await self._step_raised(step, exc, started)
+            return
+        finally:
+            self.in_step = False
+        await self._commit(
+            P.RUNNING,
+            step,
+            StepStatus.SUCCESS,
+            delta,
+            started,
+            time.time(),
+            advance=True,
+            subscription=sub,
+        )
+
+    async def _call(self, step: Step, kwargs: dict[str, Any]) -> Any:
+        assert step.func is not None
+        timeout = step.timeout if step.timeout is not None else self.engine.step_timeout
+        with anyio.fail_after(timeout) if timeout else _nothing():
+            if step.is_async:
+                return await step.func(**kwargs)
+            call = functools.partial(step.func, **kwargs)
+            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+
+    async def _step_raised(self, step: Step, exc: BaseException, started: float) -> None:
+        if isinstance(exc, TimeoutError):
+            message = f"TimeoutError: step {step.name!r} did not finish in time"
+        elif isinstance(exc, StepInputError | StepOutputError | SubscriptionError | StepCrash):
+            message = str(exc)
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+        tb = "".join(traceback.format_exception(exc))
+        finished = time.time()
+        self.error = message
+        if step.kind is StepKind.RETRY:
+            self.attempts += 1
+            limit = step.max_attempts or self.engine.retry_max_attempts
+            if self.attempts < limit:
+                self.next_retry_at = finished + self.engine.retry_delay(step, self.attempts)
+                await self._commit(
+                    P.WAITING,
+                    step,
+                    StepStatus.WAITING,
+                    None,
+                    started,
+                    finished,
+                    error=message,
+                    tb=tb,
+                )
+                self.engine.schedule_retry(self.pid, self.next_retry_at)
+                return
+            self.error = f"gave up after {self.attempts} attempts: {message}"
+        await self._commit(
+            P.FAILED, step, StepStatus.FAILED, None, started, finished, error=message, tb=tb
+        )
+
+    async def _suspend(self, step: Step, started: float) -> None:
+        try:
+            form = await self._form_of(step)
+            schema = form_schema(form)
+        except Exception as exc:
+            await self._step_raised(step, exc, started)
+            return
+        self.form = encode(schema)
+        await self._commit(P.SUSPENDED, step, StepStatus.SUSPENDED, None, started, time.time())
+
+    async def _form_of(self, step: Step) -> type[Form]:
+        kwargs = inject(step.name, step.params, self.state, self.engine.resources)
+        form = await self._call(step, kwargs)
+        if not (isinstance(form, type) and issubclass(form, Form)):
+            raise StepOutputError(f"inputstep {step.name!r} must return a Form class")
+        return form
+
+    async def _wait_for_callback(self, step: Step, started: float) -> None:
+        early = self.pending_callback
+        if early is not None:
+            self.pending_callback = None
+            assert isinstance(early.message, Callback)
+            await self._take_callback(early.message.payload)
+            _reply(early)
+            return
+        if step.callback_timeout:
+            self.next_retry_at = started + step.callback_timeout
+        await self._commit(
+            P.AWAITING_CALLBACK, step, StepStatus.AWAITING_CALLBACK, None, started, time.time()
+        )
+        if self.next_retry_at is not None and self.callback_token:
+            self.engine.schedule_expiry(self.pid, self.callback_token, self.next_retry_at)
+
+    async def _done(self, step: Step, started: float) -> None:
+        sub = self.state.get("subscription")
+        change = None
+        if isinstance(sub, dict) and "id" in sub:
+            change = {**sub, "insync": True}
+            if self.target is Target.TERMINATE:
+                change["status"] = "terminated"
+                change["end_date"] = _now_iso()
+        delta = {"subscription": change} if change else None
+        await self._commit(
+            P.COMPLETED,
+            step,
+            StepStatus.SUCCESS,
+            delta,
+            started,
+            time.time(),
+            advance=True,
+            subscription=change,
+        )
+
+    def _subscription_change(self, step: Step, delta: dict[str, Any]) -> dict[str, Any] | None:
+        """Check and complete a subscription a step put into State; None if it did not."""
+        sub = delta.get("subscription", _MISSING)
+        if sub is _MISSING:
+            return None
+        if self.target is Target.SYSTEM:
+            return None
+        if not isinstance(sub, dict):
+            raise SubscriptionError(f"step {step.name!r}: subscription must be an object")
+        unknown = set(sub) - _SUBSCRIPTION_KEYS
+        if unknown:
+            raise SubscriptionError(
+                f"step {step.name!r}: subscription has unknown field(s) "
+                f"{', '.join(sorted(unknown))} (product data belongs under 'attributes')"
+            )
+        for key in ("product", "customer_id"):
+            if not isinstance(sub.get(key), str) or not sub[key]:
+                raise SubscriptionError(f"step {step.name!r}: subscription needs {key!r} (text)")
+        status = sub.get("status") or "initial"
+        if status not in _SUB_STATUSES:
+            raise SubscriptionError(
+                f"step {step.name!r}: subscription status {status!r} is not "
+                f"one of {', '.join(sorted(_SUB_STATUSES))}"
+            )
+        if not isinstance(sub.get("attributes", {}) or {}, dict):
+            raise SubscriptionError(
+                f"step {step.name!r}: subscription attributes must be an object"
+            )
+        full = {
+            "id": sub.get("id") or self.subscription_id or self.engine.new_id(),
+            "product": sub["product"],
+            "customer_id": sub["customer_id"],
+            "description": sub.get("description") or "",
+            "status": status,
+            "insync": False,  # the running process holds it; done releases it
+            "start_date": sub.get("start_date"),
+            "end_date": sub.get("end_date"),
+            "attributes": sub.get("attributes") or {},
+        }
+        if self.subscription_id is not None and full["id"] != self.subscription_id:
+            raise SubscriptionError(f"step {step.name!r}: a process cannot switch subscriptions")
+        delta["subscription"] = full
+        if self.subscription_id is None:
+            self.subscription_id = full["id"]
+            delta["subscription_id"] = full["id"]
+        return full
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    async def _commit(
+        self,
+        status: ProcessStatus,
+        step: Step,
+        step_status: StepStatus,
+        delta: dict[str, Any] | None,
+        started: float,
+        finished: float,
+        *,
+        advance: bool = False,
+        subscription: dict[str, Any] | None = None,
+        error: str | None = None,
+        tb: str | None = None,
+    ) -> None:
+        if delta:
+            changed = {k: v for k, v in delta.items() if self.state.get(k, _MISSING) != v}
+            self.state.update(changed)
+        else:
+            changed = {}
+        if advance:
+            self.pc += 1
+            self.form = None
+            if step.kind is not StepKind.RETRY or step_status is StepStatus.SUCCESS:
+                self.attempts = 0
+            if step_status is StepStatus.SUCCESS:
+                self.error = None
+        self.seq += 1
+        record = StepWrite(
+            process_id=self.pid,
+            seq=self.seq,
+            name=step.name,
+            status=step_status,
+            started_at=started,
+            finished_at=finished,
+            error=error,
+            traceback=tb,
+            delta=encode(changed) if changed else None,
+        )
+        assert self.workflow is not None
+        finished_all = status in (P.COMPLETED, P.ABORTED)
+        self.current_step = None if finished_all else self.workflow.steps[self.pc].name
+        await self._write(
+            status, steps=[record], subscription=subscription, step_seconds=finished - started
+        )
+
+    async def _write(
+        self,
+        status: ProcessStatus,
+        *,
+        steps: list[StepWrite],
+        subscription: dict[str, Any] | None = None,
+        release: str | None = None,
+        step_seconds: float | None = None,
+    ) -> None:
+        previous = self.status
+        checkpoint = Checkpoint(
+            process=ProcessWrite(
+                id=self.pid,
+                status=status,
+                pc=self.pc,
+                seq=self.seq,
+                state=encode(self.state),
+                current_step=self.current_step,
+                error=self.error,
+                form=self.form,
+                callback_token=self.callback_token,
+                attempts=self.attempts,
+                next_retry_at=self.next_retry_at,
+                subscription_id=self.subscription_id,
+                updated_at=time.time(),
+            ),
+            steps=steps,
+            subscription=subscription,
+            release=release,
+        )
+        await self.engine.store.write(checkpoint)
+        self.status = status
+        self.engine.committed(self, previous, steps, step_seconds)
+
+
+class StepCrash(Exception):
+    """Raised when engine-side evaluation for a step (its condition) fails."""
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+__all__ = ["Actor", "Run", "Resume", "Retry", "Abort", "Callback", "Expire", "Stop", "decode"]

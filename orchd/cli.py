@@ -1,0 +1,586 @@
+"""The ``orchd`` command: a client of the control API, and the entry to the daemon.
+
+Scripts call this in loops, so only the standard library is imported here; ``serve``, ``bench``
+and ``fake-oss`` import their modules when they run. Exit statuses: 0 success, 1 the daemon
+refused the request, 2 usage error, 3 the daemon cannot be reached, 4 ``start --wait`` ended in
+a status other than completed.
+
+Where the daemon is, first match wins: ``--url`` (TCP), ``--socket``, ``$ORCHD_SOCKET``,
+``$ORCHD_URL``, the config's ``socket``, then its ``listen``, then ``./orchd.sock``. The config
+is read from ``--config``, ``$ORCHD_CONFIG``, or ``/etc/orchd/orchd.toml`` when it exists. Under
+systemd's default layout the socket is ``/run/orchd/orchd.sock``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, NoReturn
+
+from orchd.client import (
+    ACTIVE,
+    BadResponse,
+    Client,
+    ClientError,
+    DaemonRefused,
+    DaemonUnreachable,
+    EndpointError,
+    quoted,
+    resolve_endpoint,
+)
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_NOT_COMPLETED = 4
+
+
+#: Commands whose arguments belong to another module's own parser.
+PASSTHROUGH = {"bench": "orchd.bench", "fake-oss": "orchd.fakeoss"}
+#: Global options that take a value (to find the command word before argparse runs).
+VALUE_OPTIONS = ("--socket", "--config", "--url", "--token-file")
+
+
+class UsageError(Exception):
+    """Raised when the command line is well-formed but its content is not usable."""
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+class _VersionAction(argparse.Action):
+    # importlib.metadata is slow to import: only pay for it when asked.
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> NoReturn:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("orchd")
+        except PackageNotFoundError:
+            text = "unknown"
+        print(f"orchd {text}")
+        parser.exit()
+
+
+def _global_options() -> argparse.ArgumentParser:
+    # SUPPRESS defaults: a value given before the subcommand survives the subparser's parse, and
+    # one given after it wins; main() fills in the real defaults afterwards.
+    parent = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    group = parent.add_argument_group("global options")
+    group.add_argument("--socket", metavar="PATH", help="the daemon's Unix socket")
+    group.add_argument("--config", metavar="PATH", help="config file (default $ORCHD_CONFIG)")
+    group.add_argument("--url", metavar="URL", help="talk TCP instead: http://host:port")
+    group.add_argument("--token-file", metavar="PATH", help="bearer token for --url")
+    group.add_argument("--json", action="store_true", help="print the API's JSON")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; global options are accepted before and after the command."""
+    common = _global_options()
+    parser = argparse.ArgumentParser(
+        prog="orchd",
+        description="Control the orchd workflow daemon, or run it (orchd serve).",
+        epilog="Exit status: 0 ok, 1 refused by the daemon, 2 usage, 3 daemon unreachable, "
+        "4 start --wait did not complete. Socket: --socket, $ORCHD_SOCKET, the config's `socket` "
+        "(/run/orchd/orchd.sock under systemd), else ./orchd.sock.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common])
+
+    command("serve", "run the daemon in the foreground")
+    command("health", "is the daemon up")
+    command("workflows", "list the registered workflows")
+
+    p = command("start", "start a process of a workflow")
+    p.add_argument("workflow")
+    p.add_argument("--input", metavar="JSON|@FILE|-", help="the initial form's answer")
+    p.add_argument("--wait", action="store_true", help="wait until it is no longer running")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="give up waiting after this")
+
+    p = command("ps", "list processes, newest first")
+    p.add_argument("--status")
+    p.add_argument("--workflow")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--all", action="store_true", help="fetch every page")
+
+    command("show", "show one process and its step log").add_argument("id")
+    p = command("resume", "answer a suspended process's form")
+    p.add_argument("id")
+    p.add_argument("--input", metavar="JSON|@FILE|-", required=True)
+    command("retry", "re-run the failed step").add_argument("id")
+    command("abort", "abort a process").add_argument("id")
+
+    p = command("subscriptions", "list subscriptions")
+    p.add_argument("--status")
+    p.add_argument("--customer-id")
+    p.add_argument("--product")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--all", action="store_true", help="fetch every page")
+    command("subscription", "show one subscription").add_argument("id")
+
+    p = command("schedules", "list the scheduler's entries")
+    schedule_sub = p.add_subparsers(dest="schedules_command", metavar="ACTION")
+    run = schedule_sub.add_parser("run", help="start a schedule's workflow now", parents=[common])
+    run.add_argument("name")
+
+    for name, module in PASSTHROUGH.items():
+        # Never parsed here: main() hands everything after the word to the module.
+        sub.add_parser(name, help=f"run {module} (its own options follow)", add_help=False)
+    # `backup PATH` and `check` (owned by the daemon side) are added here, and in COMMANDS below.
+    return parser
+
+
+def _passthrough(argv: Sequence[str]) -> tuple[str, list[str]] | None:
+    """``(command, rest)`` when the command word is one whose arguments are not ours."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] in VALUE_OPTIONS else 1
+    if i < len(argv) and argv[i] in PASSTHROUGH:
+        return argv[i], list(argv[i + 1 :])
+    return None
+
+
+def _run_module(module_name: str, call: Callable[[Any], int]) -> int:
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        return _fail(
+            f"this command needs {module_name}, which cannot be imported: {exc}", EXIT_USAGE
+        )
+    return call(module)
+
+
+def read_input(value: str | None) -> dict[str, Any]:
+    """The JSON object given as ``--input``: inline, ``@file`` or ``-`` for stdin."""
+    if value is None:
+        return {}
+    source = "--input"
+    if value == "-":
+        source, text = "--input from stdin", sys.stdin.read()
+    elif value.startswith("@"):
+        path = value[1:]
+        source = f"--input file {path}"
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise UsageError(f"cannot read {source}: {reason}") from exc
+    else:
+        text = value
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{source} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"{source} must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+# --- output --------------------------------------------------------------------------------------
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Aligned columns; the last one is not padded."""
+    cells = [list(headers)] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        line = "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=False))
+        print(f"{line}  {row[-1]}".rstrip() if len(row) > 1 else row[0])
+
+
+def print_fields(pairs: Sequence[tuple[str, Any]]) -> None:
+    shown = [(k, v) for k, v in pairs if v not in (None, "")]
+    width = max((len(k) for k, _ in shown), default=0) + 1
+    for key, value in shown:
+        print(f"{key + ':':<{width}} {value}")
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def when(value: Any) -> str:
+    """A timestamp, compactly, in local time: the clock for today, the date otherwise."""
+    moment = _parse_time(value)
+    if moment is None:
+        return "" if value is None else str(value)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone()
+    if moment.date() == datetime.now(moment.tzinfo).date():
+        return moment.strftime("%H:%M:%S")
+    return moment.strftime("%Y-%m-%d %H:%M")
+
+
+def duration(start: Any, end: Any) -> str:
+    first, last = _parse_time(start), _parse_time(end)
+    if first is None or last is None:
+        return ""
+    seconds = (last - first).total_seconds()
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+def _one_line(text: Any, limit: int = 80) -> str:
+    if text is None:
+        return ""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def print_process(proc: dict[str, Any]) -> None:
+    """A process for humans: header, step log, the failed step's traceback."""
+    status = proc.get("status")
+    target = proc.get("target")
+    form = proc.get("form")
+    form_text = None
+    if status == "suspended" and isinstance(form, dict):
+        fields = ", ".join(form.get("properties") or {}) or "(no fields)"
+        form_text = f"{fields}  (answer: orchd resume {proc.get('id')} --input JSON)"
+    print_fields(
+        [
+            ("id", proc.get("id")),
+            ("workflow", f"{proc.get('workflow')} ({target})" if target else proc.get("workflow")),
+            ("status", status),
+            ("current step", proc.get("current_step")),
+            ("subscription", proc.get("subscription_id")),
+            ("reporter", proc.get("reporter")),
+            ("created", when(proc.get("created_at"))),
+            ("updated", when(proc.get("updated_at"))),
+            ("error", proc.get("error")),
+            ("attempts", proc.get("attempts") or None),
+            ("next retry", when(proc.get("next_retry_at")) or None),
+            ("callback token", proc.get("callback_token")),
+            ("form", form_text),
+        ]
+    )
+    steps = [s for s in proc.get("steps") or [] if isinstance(s, dict)]
+    if steps:
+        print()
+        rows = [
+            (
+                s.get("name"),
+                s.get("status"),
+                when(s.get("started_at")),
+                duration(s.get("started_at"), s.get("finished_at")),
+                _one_line(s.get("error")),
+            )
+            for s in steps
+        ]
+        print_table(("STEP", "STATUS", "STARTED", "DURATION", "ERROR"), rows)
+    failed = [s for s in steps if s.get("traceback") and s.get("status") in ("failed", "waiting")]
+    if failed:
+        print(f"\ntraceback of step {failed[-1].get('name')!r}:")
+        print(str(failed[-1]["traceback"]).rstrip())
+
+
+# --- the commands --------------------------------------------------------------------------------
+
+
+def cmd_health(client: Client, args: argparse.Namespace) -> int:
+    data = client.get("/api/health")
+    if args.json:
+        print_json(data)
+    elif isinstance(data, dict):
+        print_fields([(str(k), v) for k, v in data.items()])
+    return EXIT_OK
+
+
+def cmd_workflows(client: Client, args: argparse.Namespace) -> int:
+    data = client.get("/api/workflows")
+    if args.json:
+        print_json(data)
+        return EXIT_OK
+    rows = [(w.get("name"), w.get("target"), _one_line(w.get("description"))) for w in data or []]
+    print_table(("NAME", "TARGET", "DESCRIPTION"), rows)
+    return EXIT_OK
+
+
+def cmd_start(client: Client, args: argparse.Namespace) -> int:
+    body = read_input(args.input)
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    answer = client.post(f"/api/processes/{quoted(args.workflow)}", body)
+    if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
+        raise BadResponse(f"the daemon's answer to start has no process id: {answer!r}")
+    pid = answer["id"]
+    if not args.wait:
+        if args.json:
+            print_json(answer)
+        else:
+            print(pid)
+        return EXIT_OK
+    proc = client.wait(pid, args.timeout)
+    if proc.get("status") in ACTIVE:
+        gave_up = f"gave up after {args.timeout:g} s: process {pid} is still {proc.get('status')}"
+        _fail(gave_up, EXIT_NOT_COMPLETED)
+    if args.json:
+        print_json(proc)
+    else:
+        print_process(proc)
+    return EXIT_OK if proc.get("status") == "completed" else EXIT_NOT_COMPLETED
+
+
+def _pages(client: Client, path: str, query: dict[str, Any], every: bool) -> dict[str, Any]:
+    """One page, or with ``every`` all of them as one page with ``next_cursor`` null."""
+    page = _page(client, path, query)
+    items = list(page.get("items") or [])
+    while every and page.get("next_cursor"):
+        page = _page(client, path, query | {"cursor": page["next_cursor"]})
+        items.extend(page.get("items") or [])
+    return page | {"items": items, "next_cursor": None} if every else page
+
+
+def _page(client: Client, path: str, query: dict[str, Any]) -> dict[str, Any]:
+    page = client.get(path, query)
+    if not isinstance(page, dict):
+        raise BadResponse(f"the daemon's answer for {path} is not a page: {page!r}")
+    return page
+
+
+def _more_hint(page: dict[str, Any], what: str) -> None:
+    if page.get("next_cursor"):
+        print(f"(more {what}: add --all)", file=sys.stderr)
+
+
+def cmd_ps(client: Client, args: argparse.Namespace) -> int:
+    query = {"status": args.status, "workflow": args.workflow, "limit": args.limit}
+    page = _pages(client, "/api/processes", query, args.all)
+    if args.json:
+        print_json(page)
+        return EXIT_OK
+    rows = [
+        (
+            p.get("id"),
+            p.get("workflow"),
+            p.get("status"),
+            p.get("current_step"),
+            when(p.get("updated_at")),
+        )
+        for p in page["items"]
+    ]
+    print_table(("ID", "WORKFLOW", "STATUS", "STEP", "UPDATED"), rows)
+    _more_hint(page, "processes")
+    return EXIT_OK
+
+
+def cmd_show(client: Client, args: argparse.Namespace) -> int:
+    proc = client.process(args.id)
+    if args.json:
+        print_json(proc)
+    else:
+        print_process(proc)
+    return EXIT_OK
+
+
+def _action(client: Client, args: argparse.Namespace, action: str, body: Any = None) -> int:
+    answer = client.post(f"/api/processes/{quoted(args.id)}/{action}", body)
+    if args.json:
+        print_json(answer if answer is not None else {"id": args.id, "action": action})
+    else:
+        done = {"resume": "resumed", "retry": "retrying", "abort": "abort requested for"}[action]
+        print(f"{done} {args.id}")
+    return EXIT_OK
+
+
+def cmd_resume(client: Client, args: argparse.Namespace) -> int:
+    return _action(client, args, "resume", read_input(args.input))
+
+
+def cmd_retry(client: Client, args: argparse.Namespace) -> int:
+    return _action(client, args, "retry")
+
+
+def cmd_abort(client: Client, args: argparse.Namespace) -> int:
+    return _action(client, args, "abort")
+
+
+def cmd_subscriptions(client: Client, args: argparse.Namespace) -> int:
+    query = {
+        "status": args.status,
+        "customer_id": args.customer_id,
+        "product": args.product,
+        "limit": args.limit,
+    }
+    page = _pages(client, "/api/subscriptions", query, args.all)
+    if args.json:
+        print_json(page)
+        return EXIT_OK
+    rows = [
+        (
+            s.get("id"),
+            s.get("product"),
+            s.get("customer_id"),
+            s.get("status"),
+            "yes" if s.get("insync") else "no",
+            _one_line(s.get("description"), 50),
+        )
+        for s in page["items"]
+    ]
+    print_table(("ID", "PRODUCT", "CUSTOMER", "STATUS", "INSYNC", "DESCRIPTION"), rows)
+    _more_hint(page, "subscriptions")
+    return EXIT_OK
+
+
+def cmd_subscription(client: Client, args: argparse.Namespace) -> int:
+    sub = client.get(f"/api/subscriptions/{quoted(args.id)}")
+    if not isinstance(sub, dict):
+        raise BadResponse(f"the daemon's answer for subscription {args.id} is not an object")
+    if args.json:
+        print_json(sub)
+        return EXIT_OK
+    print_fields(
+        [
+            ("id", sub.get("id")),
+            ("product", sub.get("product")),
+            ("customer", sub.get("customer_id")),
+            ("description", sub.get("description")),
+            ("status", sub.get("status")),
+            ("insync", "yes" if sub.get("insync") else "no"),
+            ("start", when(sub.get("start_date"))),
+            ("end", when(sub.get("end_date"))),
+        ]
+    )
+    if sub.get("attributes"):
+        print("attributes:")
+        for line in json.dumps(sub["attributes"], indent=2, ensure_ascii=False).splitlines():
+            print(f"  {line}")
+    processes = sub.get("processes") or []
+    if processes:
+        print()
+        print_table(
+            ("PROCESS", "WORKFLOW", "STATUS"),
+            [(p.get("id"), p.get("workflow"), p.get("status")) for p in processes],
+        )
+    return EXIT_OK
+
+
+def cmd_schedules(client: Client, args: argparse.Namespace) -> int:
+    if getattr(args, "schedules_command", None) == "run":
+        answer = client.post(f"/api/schedules/{quoted(args.name)}/run")
+        if args.json:
+            print_json(answer)
+        else:
+            pid = (
+                (answer.get("id") or answer.get("process_id")) if isinstance(answer, dict) else None
+            )
+            print(pid or f"started schedule {args.name}")
+        return EXIT_OK
+    data = client.get("/api/schedules")
+    if args.json:
+        print_json(data)
+        return EXIT_OK
+    rows = []
+    for s in data or []:
+        last = s.get("last_run")
+        last_text = f"{last.get('status')} {when(last.get('at'))}" if isinstance(last, dict) else ""
+        every = f"every {s['every']}" if s.get("every") else f"cron {s.get('cron') or '?'}"
+        rows.append(
+            (
+                s.get("name"),
+                s.get("workflow"),
+                every,
+                "yes" if s.get("enabled") else "no",
+                last_text,
+                when(s.get("next_run")),
+                s.get("skipped", 0),
+            )
+        )
+    print_table(("NAME", "WORKFLOW", "RUNS", "ENABLED", "LAST RUN", "NEXT RUN", "SKIPPED"), rows)
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
+    "health": cmd_health,
+    "workflows": cmd_workflows,
+    "start": cmd_start,
+    "ps": cmd_ps,
+    "show": cmd_show,
+    "resume": cmd_resume,
+    "retry": cmd_retry,
+    "abort": cmd_abort,
+    "subscriptions": cmd_subscriptions,
+    "subscription": cmd_subscription,
+    "schedules": cmd_schedules,
+}
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse and fill in the global options' defaults (suppressed while parsing)."""
+    args = build_parser().parse_args(argv)
+    for name in ("socket", "config", "url", "token_file"):
+        if not hasattr(args, name):
+            setattr(args, name, None)
+    if not hasattr(args, "json"):
+        args.json = False
+    return args
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"orchd: {message}", file=sys.stderr)
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`orchd ps | head`): keep Python from complaining at exit, and
+        # exit as a tool killed by SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13
+
+
+def _main(argv: list[str]) -> int:
+    passthrough = _passthrough(argv)
+    if passthrough is not None:
+        name, rest = passthrough
+        return _run_module(PASSTHROUGH[name], lambda module: int(module.main(rest)))
+    args = parse_args(argv)
+    if args.command == "serve":
+        return _run_module("orchd.daemon", lambda module: int(module.serve(args.config)))
+    try:
+        client = Client(resolve_endpoint(args.socket, args.url, args.config, args.token_file))
+        return COMMANDS[args.command](client, args)
+    except (UsageError, EndpointError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except DaemonUnreachable as exc:
+        return _fail(str(exc), EXIT_UNREACHABLE)
+    except DaemonRefused as exc:
+        lines = [f"{exc.detail} (HTTP {exc.status})", *(f"  {e}" for e in exc.errors)]
+        return _fail("\n".join(lines), EXIT_REFUSED)
+    except ClientError as exc:
+        return _fail(str(exc), EXIT_REFUSED)

@@ -1,0 +1,438 @@
+"""A small blocking client for the control API, standard library only.
+
+The CLI imports this module on every call, so it must stay cheap: no aiohttp, no msgspec, nothing
+from the rest of orchd. Errors::
+
+    ClientError                  the request did not produce the answer we wanted
+    ├── EndpointError            the options, environment or config name no usable address
+    ├── DaemonUnreachable        no daemon answered: socket missing, refused, permission denied
+    ├── DaemonRefused            the daemon answered 4xx/5xx (a problem+json, usually)
+    └── BadResponse              the daemon answered something we cannot read
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import time
+import urllib.parse
+from collections.abc import Generator, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_CONFIG = "/etc/orchd/orchd.toml"
+DEFAULT_SOCKET = "orchd.sock"
+#: Process statuses in which ``wait`` keeps waiting.
+ACTIVE = frozenset({"created", "running"})
+POLL_INTERVAL = 0.2
+#: How long the event stream may stay silent before ``wait`` reconnects and re-checks.
+STREAM_IDLE = 5.0
+#: How long ``wait`` keeps one event stream before it reconnects and re-checks.
+STREAM_MAX_AGE = 30.0
+
+
+class ClientError(Exception):
+    """Raised when a request to the daemon does not succeed."""
+
+
+class EndpointError(ClientError):
+    """Raised when the options, environment or config do not name a usable daemon address."""
+
+
+class DaemonUnreachable(ClientError):
+    """Raised when no daemon answers at the address (the message names it)."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"cannot reach the orchd daemon at {address}: {reason}")
+        self.address = address
+        self.reason = reason
+
+
+class DaemonRefused(ClientError):
+    """Raised when the daemon answers with an error status; ``problem`` is its body."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        self.status = status
+        self.problem = problem
+        detail = problem.get("detail") or problem.get("title") or f"HTTP {status}"
+        super().__init__(str(detail))
+        self.detail = str(detail)
+
+    @property
+    def errors(self) -> list[str]:
+        """The problem's ``errors`` entries as ``loc: msg`` lines."""
+        lines = []
+        for entry in self.problem.get("errors") or []:
+            if not isinstance(entry, dict):
+                lines.append(str(entry))
+                continue
+            loc = entry.get("loc", "")
+            if isinstance(loc, list):
+                loc = ".".join(str(part) for part in loc)
+            lines.append(f"{loc}: {entry.get('msg', '')}" if loc else str(entry.get("msg", "")))
+        return lines
+
+
+class BadResponse(ClientError):
+    """Raised when the daemon's answer is not the JSON it should be."""
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a Unix stream socket."""
+
+    def __init__(self, path: str, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        # The host only fills the Host header; the daemon ignores it on the socket.
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the daemon listens: a Unix socket path, or a TCP ``http://host:port`` URL."""
+
+    socket_path: str | None = None
+    url: str | None = None
+    token: str | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        return f"socket {self.socket_path}" if self.url is None else self.url
+
+    def connection(self, timeout: float | None) -> http.client.HTTPConnection:
+        if self.url is None:
+            return UnixHTTPConnection(self.socket_path or "orchd.sock", timeout=timeout)
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme == "https":
+            return http.client.HTTPSConnection(parts.netloc, timeout=timeout)
+        return http.client.HTTPConnection(parts.netloc, timeout=timeout)
+
+    def prefix(self) -> str:
+        """A path prefix from the URL (a daemon behind a reverse proxy), without the slash."""
+        if self.url is None:
+            return ""
+        return urllib.parse.urlsplit(self.url).path.rstrip("/")
+
+
+def read_config(path: str | None, environ: Mapping[str, str]) -> dict[str, Any]:
+    """The config's top-level keys, or {} when no config applies; cheap, no validation.
+
+    The file is ``path``, else ``$ORCHD_CONFIG``, else ``/etc/orchd/orchd.toml`` when it exists.
+    """
+    explicit = path or environ.get("ORCHD_CONFIG")
+    candidate = explicit or DEFAULT_CONFIG
+    if not explicit and not os.path.exists(candidate):
+        return {}
+    import tomllib
+
+    try:
+        with open(candidate, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise EndpointError(f"cannot read config {candidate}: {exc}") from exc
+
+
+def _read_token(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError as exc:
+        raise EndpointError(f"cannot read token file {path}: {exc.strerror or exc}") from exc
+
+
+def resolve_endpoint(
+    socket_path: str | None = None,
+    url: str | None = None,
+    config: str | None = None,
+    token_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Endpoint:
+    """Where the daemon is; the first of these wins.
+
+    ``url`` (TCP), ``socket_path``, ``$ORCHD_SOCKET``, ``$ORCHD_URL``, the config's ``socket``, the
+    config's ``listen`` (TCP), ``./orchd.sock``. The bearer token for TCP comes from ``token_file``,
+    ``$ORCHD_TOKEN``, or the config's ``token_file`` when ``listen`` came from the config.
+    """
+    env = os.environ if environ is None else environ
+    if url is None and socket_path is None:
+        socket_path = env.get("ORCHD_SOCKET") or None
+        url = None if socket_path else env.get("ORCHD_URL") or None
+    if url is None and socket_path is None:
+        settings = read_config(config, env)
+        socket_path = _text(settings, "socket")
+        listen = _text(settings, "listen")
+        if socket_path is None and listen is not None:
+            url = "http://" + listen
+            if token_file is None and not env.get("ORCHD_TOKEN"):
+                token_file = _text(settings, "token_file")
+    if url is None:
+        return Endpoint(socket_path=socket_path or DEFAULT_SOCKET)
+    if not url.startswith(("http://", "https://")):
+        raise EndpointError(f"the daemon's URL must look like http://host:port, not {url!r}")
+    token = _read_token(token_file) if token_file else env.get("ORCHD_TOKEN")
+    return Endpoint(url=url.rstrip("/"), token=token or None)
+
+
+def _text(settings: dict[str, Any], key: str) -> str | None:
+    value = settings.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+@dataclass(frozen=True)
+class Event:
+    """One server-sent event."""
+
+    event: str
+    data: str
+    id: str | None = None
+
+    def json(self) -> Any:
+        """The data parsed as JSON, or None when it is not JSON."""
+        try:
+            return json.loads(self.data)
+        except ValueError:
+            return None
+
+
+def parse_sse(lines: Iterable[bytes]) -> Iterator[Event]:
+    """Yield the events of a ``text/event-stream`` given as raw lines."""
+    event_type = ""
+    data: list[str] = []
+    last_id: str | None = None
+    for raw in lines:
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if not line:
+            if data:
+                yield Event(event=event_type or "message", data="\n".join(data), id=last_id)
+            event_type, data = "", []
+            continue
+        if line.startswith(":"):
+            continue  # a comment: keep-alive
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event_type = value
+        elif name == "id" and "\0" not in value:
+            last_id = value
+    # An event without its closing blank line is incomplete: drop it, as browsers do.
+
+
+class Client:
+    """Blocking JSON requests to the control API; one connection per request."""
+
+    def __init__(self, endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+
+    def _headers(self, has_body: bool) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if has_body:
+            headers["Content-Type"] = "application/json"
+        if self.endpoint.token:
+            headers["Authorization"] = f"Bearer {self.endpoint.token}"
+        return headers
+
+    def _url(self, path: str, query: dict[str, Any] | None) -> str:
+        url = self.endpoint.prefix() + path
+        params = {k: str(v) for k, v in (query or {}).items() if v is not None}
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        return url
+
+    def _open(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        conn = self.endpoint.connection(self.timeout if timeout is None else timeout)
+        payload = None if body is None else json.dumps(body).encode()
+        all_headers = self._headers(payload is not None) | (headers or {})
+        try:
+            conn.request(method, self._url(path, query), body=payload, headers=all_headers)
+            return conn, conn.getresponse()
+        except TimeoutError as exc:
+            conn.close()
+            raise DaemonUnreachable(
+                self.endpoint.describe(), f"no answer within {conn.timeout:g} s"
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise DaemonUnreachable(self.endpoint.describe(), _reason(exc)) from exc
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict[str, Any] | None = None,
+    ) -> Any:
+        """Send one request; return the decoded JSON answer (None when the body is empty)."""
+        conn, resp = self._open(method, path, body, query)
+        try:
+            raw = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise DaemonUnreachable(self.endpoint.describe(), _reason(exc)) from exc
+        finally:
+            resp.close()
+            conn.close()
+        if resp.status >= 400:
+            raise DaemonRefused(resp.status, _problem(resp.status, resp.reason, raw))
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise BadResponse(
+                f"the daemon answered {method} {path} with something that is not JSON: "
+                f"{raw[:200]!r}"
+            ) from exc
+
+    def get(self, path: str, query: dict[str, Any] | None = None) -> Any:
+        return self.request("GET", path, query=query)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, body={} if body is None else body)
+
+    def events(
+        self, read_timeout: float | None = None, until: float | None = None
+    ) -> Generator[Event, None, None]:
+        """Follow ``GET /api/events``.
+
+        The generator yields once, right after the daemon sent its headers, with a ``subscribed``
+        event of our own, so a caller can re-check state without missing a change. A read that
+        waits longer than ``read_timeout``, or any read after ``until`` (a ``time.monotonic()``
+        value), raises ``TimeoutError``.
+        """
+        conn, resp = self._open(
+            "GET",
+            "/api/events",
+            headers={"Accept": "text/event-stream"},
+            timeout=read_timeout,
+        )
+
+        def lines() -> Iterator[bytes]:
+            # Keep-alive comments reset the socket's timeout, so the clock is checked here too.
+            while line := resp.readline():
+                if until is not None and time.monotonic() >= until:
+                    raise TimeoutError("the event stream's time is up")
+                yield line
+
+        try:
+            if resp.status >= 400:
+                raise DaemonRefused(resp.status, _problem(resp.status, resp.reason, resp.read()))
+            yield Event(event="subscribed", data="")
+            yield from parse_sse(lines())
+        finally:
+            resp.close()
+            conn.close()
+
+    def process(self, pid: str) -> dict[str, Any]:
+        """``GET /api/processes/{pid}``."""
+        proc = self.get(f"/api/processes/{quoted(pid)}")
+        if not isinstance(proc, dict):
+            raise BadResponse(f"the daemon's answer for process {pid} is not an object: {proc!r}")
+        return proc
+
+    def wait(self, pid: str, timeout: float | None = None) -> dict[str, Any]:
+        """The process once it is no longer created/running, or when ``timeout`` runs out.
+
+        Follows the event stream and falls back to polling when the stream fails.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        proc = self._wait_events(pid, deadline)
+        return proc if proc is not None else self._wait_polling(pid, deadline)
+
+    def _wait_events(self, pid: str, deadline: float | None) -> dict[str, Any] | None:
+        while True:
+            remaining = _remaining(deadline)
+            if remaining == 0:
+                return self.process(pid)
+            idle = STREAM_IDLE if remaining is None else max(0.05, min(STREAM_IDLE, remaining))
+            # Reconnect now and then even when the stream is busy: a re-check after subscribing
+            # covers any event the daemon dropped.
+            age = STREAM_MAX_AGE if remaining is None else min(STREAM_MAX_AGE, remaining)
+            stream = self.events(read_timeout=idle, until=time.monotonic() + age)
+            try:
+                while True:
+                    try:
+                        event = next(stream)
+                    except TimeoutError:
+                        break  # silent for a while, or time is up: reconnect and re-check
+                    except (ClientError, OSError, http.client.HTTPException, StopIteration):
+                        return None
+                    if _worth_a_look(event, pid) or _remaining(deadline) == 0:
+                        proc = self.process(pid)
+                        if proc.get("status") not in ACTIVE or _remaining(deadline) == 0:
+                            return proc
+            finally:
+                stream.close()
+
+    def _wait_polling(self, pid: str, deadline: float | None) -> dict[str, Any]:
+        while True:
+            proc = self.process(pid)
+            if proc.get("status") not in ACTIVE or _remaining(deadline) == 0:
+                return proc
+            time.sleep(POLL_INTERVAL)
+
+
+def _worth_a_look(event: Event, pid: str) -> bool:
+    # Right after subscribing we re-check, since the change may have come before the stream.
+    # Afterwards, any event that names the process, unless it says the process is still active.
+    if event.event == "subscribed":
+        return True
+    if pid not in event.data:
+        return False
+    data = event.json()
+    return not (isinstance(data, dict) and data.get("status") in ACTIVE)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def quoted(value: str) -> str:
+    """``value`` as one URL path segment."""
+    return urllib.parse.quote(value, safe="")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "no such socket (is the daemon running?)"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the daemon running?)"
+    if isinstance(exc, PermissionError):
+        return "permission denied (are you in the daemon's group?)"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "the daemon closed the connection without answering"
+    return (
+        os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc) or repr(exc)
+    )
+
+
+def _problem(status: int, reason: str, raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        return body
+    text = raw.decode("utf-8", "replace").strip()
+    return {"status": status, "title": reason, "detail": text or f"HTTP {status} {reason}"}

@@ -1,0 +1,475 @@
+"""The daemon's TOML configuration.
+
+A config error must stop start-up with one line a person can act on, so every check here
+reports ``<file>: <key>: <problem>`` through `ConfigError`. Decoding is done by msgspec
+(types, unknown keys); the checks msgspec cannot express (durations, cron, listen address,
+cross-field rules) run afterwards on the decoded structs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+from cronsim import CronSim, CronSimError
+
+from orchd.errors import ConfigError
+from orchd.systemd import under_systemd
+
+__all__ = [
+    "SYSTEM_CONFIG",
+    "Config",
+    "HttpConfig",
+    "LoadedConfig",
+    "ScheduleConfig",
+    "check_database_path",
+    "load_config",
+    "parse_duration",
+    "parse_listen",
+    "validate_config",
+]
+
+#: Read when systemd starts us and neither ``--config`` nor ``$ORCHD_CONFIG`` names a file.
+SYSTEM_CONFIG = Path("/etc/orchd/orchd.toml")
+#: How errors name the config when no file was read.
+DEFAULT_SOURCE = "<default config>"
+
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class ScheduleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One ``[[schedules]]`` entry: a SYSTEM workflow run by the internal scheduler."""
+
+    workflow: str
+    name: str | None = None
+    every: str | None = None
+    cron: str | None = None
+    input: dict[str, Any] = {}
+    jitter: str = "0s"
+    timezone: str = "UTC"
+    enabled: bool = True
+    misfire_grace: str = "5m"
+
+    def __post_init__(self) -> None:
+        # The scheduler and the API key entries by name; most configs never set one.
+        if self.name is None:
+            msgspec.structs.force_setattr(self, "name", self.workflow)
+
+    @property
+    def key(self) -> str:
+        """The entry's unique name (typed ``str``: ``name`` is filled in at decoding)."""
+        return self.name if self.name is not None else self.workflow
+
+    @property
+    def every_seconds(self) -> float | None:
+        return None if self.every is None else parse_duration(self.every)
+
+    @property
+    def jitter_seconds(self) -> float:
+        return parse_duration(self.jitter)
+
+    @property
+    def misfire_grace_seconds(self) -> float:
+        return parse_duration(self.misfire_grace)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The HTTP client pool that workflow steps share to reach OSS/BSS systems."""
+
+    limit: NonNegative = 1000
+    limit_per_host: NonNegative = 100
+    timeout: str = "30s"
+    connect_timeout: str = "10s"
+    retries: NonNegative = 3
+
+    @property
+    def timeout_seconds(self) -> float:
+        return parse_duration(self.timeout)
+
+    @property
+    def connect_timeout_seconds(self) -> float:
+        return parse_duration(self.connect_timeout)
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The whole config file; every key is optional (see config/orchd.toml)."""
+
+    database: str = "./orchd.db"
+    socket: str = "./orchd.sock"
+    workflows: list[str] = msgspec.field(default_factory=lambda: ["orchd.examples"])
+    listen: str | None = None
+    token_file: str | None = None
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    grace_period: str = "10s"
+    max_body: Positive = 1048576
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    socket_mode: str = "0660"
+    socket_group: str | None = None
+    watchdog: bool = True
+    schedules: list[ScheduleConfig] = []
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    retry_delay: str = "5s"
+    retry_max_delay: str = "10m"
+    retry_max_attempts: NonNegative = 10
+    step_timeout: str | None = None
+
+    @property
+    def grace_period_seconds(self) -> float:
+        return parse_duration(self.grace_period)
+
+    @property
+    def retry_delay_seconds(self) -> float:
+        return parse_duration(self.retry_delay)
+
+    @property
+    def retry_max_delay_seconds(self) -> float:
+        return parse_duration(self.retry_max_delay)
+
+    @property
+    def step_timeout_seconds(self) -> float | None:
+        return None if self.step_timeout is None else parse_duration(self.step_timeout)
+
+    @property
+    def socket_mode_bits(self) -> int:
+        return _parse_mode(self.socket_mode)
+
+    @property
+    def listen_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` with IPv6 brackets removed, ready for ``loop.create_server``."""
+        return None if self.listen is None else parse_listen(self.listen)
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config and where it came from.
+
+    ``path`` is None for the embedded default. ``token_path`` is the bearer-token file the TCP
+    listener must use: ``token_file`` or the systemd credential ``$CREDENTIALS_DIRECTORY/token``.
+    """
+
+    config: Config
+    path: Path | None
+    token_path: Path | None = None
+    systemd: bool = False
+
+    @property
+    def source(self) -> str:
+        return DEFAULT_SOURCE if self.path is None else str(self.path)
+
+    def read_token(self) -> str | None:
+        """The token (surrounding whitespace stripped); None when no file is configured."""
+        if self.token_path is None:
+            return None
+        try:
+            token = self.token_path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            detail = f"cannot read {self.token_path}: {exc}"
+            raise ConfigError(f"{self.source}: token_file: {detail}") from None
+        if not token:
+            raise ConfigError(f"{self.source}: token_file: {self.token_path} is empty")
+        return token
+
+    def check_database(self) -> None:
+        check_database_path(self.config.database, source=self.source)
+
+
+# Longest units first so that "ms" is not read as "m" followed by garbage.
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?|\.\d+")
+_DURATION_HINT = "use e.g. 30s, 5m, 1h"
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: ``"250ms"``, ``"30s"``, ``"5m"``, ``"1h30m"``, ``"1d"`` or ``"30"``.
+
+    Raises ValueError (with a message fit for a user) for anything else, negatives included.
+    """
+    stripped = text.strip()
+    if _NUMBER.fullmatch(stripped):
+        return float(stripped)
+    total, pos = 0.0, 0
+    for match in _DURATION_PART.finditer(stripped):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos == 0 or pos != len(stripped):
+        raise ValueError(f"invalid duration {text!r} ({_DURATION_HINT})")
+    return total
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``"host:port"`` or ``"[v6addr]:port"`` as ``(host, port)``; ValueError when malformed."""
+    expected = "expected host:port, e.g. 127.0.0.1:8470 or [::1]:8470"
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"invalid IPv6 address in {text!r} ({expected})") from None
+    else:
+        host, sep, port = text.rpartition(":")
+        if ":" in host:
+            raise ValueError(f"IPv6 address needs brackets in {text!r} ({expected})")
+        if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", host):
+            raise ValueError(f"invalid host in {text!r} ({expected})")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"invalid port in {text!r} ({expected})")
+    return host, int(port)
+
+
+def _parse_mode(text: str) -> int:
+    if not re.fullmatch(r"(0o|0)?[0-7]{3}", text):
+        raise ValueError(f"invalid file mode {text!r} (expected octal, e.g. 0660)")
+    return int(text.removeprefix("0o"), 8)
+
+
+def _not_a_path(database: str) -> bool:
+    """SQLite's in-memory database and URI filenames name no file we could check or move."""
+    return database == ":memory:" or database.startswith("file:")
+
+
+def check_database_path(path: str | os.PathLike[str], *, source: str = DEFAULT_SOURCE) -> None:
+    """Raise ConfigError unless SQLite can create and write ``path`` and its journal files."""
+    if _not_a_path(os.fspath(path)):
+        return
+    target = Path(path)
+    parent = target.parent
+    problem = None
+    if not parent.is_dir():
+        problem = f"directory {str(parent)!r} does not exist"
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        # SQLite creates -wal/-journal files next to the database, so the directory
+        # must be writable even when the database file already exists.
+        problem = f"directory {str(parent)!r} is not writable"
+    elif target.exists() and not target.is_file():
+        problem = f"{str(target)!r} is not a regular file"
+    elif target.exists() and not os.access(target, os.R_OK | os.W_OK):
+        problem = f"{str(target)!r} is not writable"
+    if problem is not None:
+        raise ConfigError(f"{source}: database: {problem}")
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] = os.environ,
+    check_token: bool = True,
+) -> LoadedConfig:
+    """Find, read, validate and resolve the config.
+
+    The file is ``path``, else ``$ORCHD_CONFIG``, else `SYSTEM_CONFIG` when systemd started us
+    and it exists, else none (the embedded defaults). ``check_token=False`` skips the token-file
+    checks, for clients that read the config only to find the socket.
+    """
+    systemd = under_systemd(env)
+    file = _find_file(path, env, systemd)
+    source = DEFAULT_SOURCE if file is None else str(file)
+    raw = {} if file is None else _read_toml(file)
+    try:
+        config = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe_validation_error(str(exc))}") from None
+    validate_config(config, source=source)
+    token_path = _token_path(config, env, source) if check_token else None
+    if systemd:
+        config = _resolve_systemd_dirs(config, env)
+    return LoadedConfig(config=config, path=file, token_path=token_path, systemd=systemd)
+
+
+def _find_file(
+    path: str | os.PathLike[str] | None, env: Mapping[str, str], systemd: bool
+) -> Path | None:
+    if path is not None:
+        return Path(path)
+    if env.get("ORCHD_CONFIG"):
+        return Path(env["ORCHD_CONFIG"])
+    if systemd and SYSTEM_CONFIG.is_file():
+        return SYSTEM_CONFIG
+    return None
+
+
+def _read_toml(file: Path) -> dict[str, Any]:
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read: {exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        what, _, where = str(exc).rpartition(" (at ")
+        what = what or str(exc)
+        found = re.fullmatch(r"line (\d+), column (\d+)\)", where)
+        if found is not None:
+            line, detail = found.group(1), f"{what} (column {found.group(2)})"
+        else:
+            # "(at end of document)": an unterminated value; the last line is where it is.
+            line, detail = str(text.count("\n") + 1), f"{what} (at end of file)"
+        raise ConfigError(f"{file}: line {line}: TOML syntax error: {detail}") from None
+
+
+_DURATION_KEYS = {
+    "grace_period", "retry_delay", "retry_max_delay", "step_timeout",
+    "every", "jitter", "misfire_grace", "timeout", "connect_timeout",
+}  # fmt: skip
+
+
+def _describe_validation_error(message: str) -> str:
+    """Turn msgspec's ``Expected `int`, got `str` - at `$.http.limit``` into ``key: problem``."""
+    what, _, where = message.partition(" - at `$")
+    key = where.rstrip("`").lstrip(".")
+    unknown = re.fullmatch(r"Object contains unknown field `(.+)`", what)
+    missing = re.fullmatch(r"Object missing required field `(.+)`", what)
+    if unknown or missing:
+        field = (unknown or missing).group(1)  # type: ignore[union-attr]
+        key = f"{key}.{field}" if key else field
+        return f"{key}: {'unknown key' if unknown else 'missing required key'}"
+    got = re.fullmatch(r"Expected `(.+)`, got `(.+)`", what)
+    last = re.sub(r"\[\d+\]$", "", key.rpartition(".")[2])
+    if got and last in _DURATION_KEYS:
+        problem = f'expected a duration string such as "30s", got {got.group(2)}'
+    elif got and last == "socket_mode":
+        problem = f'expected an octal string such as "0660", got {got.group(2)}'
+    elif what.startswith("Invalid enum value") and last in typing.get_type_hints(Config):
+        allowed = ", ".join(typing.get_args(typing.get_type_hints(Config)[last]))
+        problem = f"{what[0].lower()}{what[1:]} (one of: {allowed})"
+    else:
+        problem = what.replace("`", "")
+        problem = problem[0].lower() + problem[1:]
+    return f"{key or 'top level'}: {problem}"
+
+
+def validate_config(config: Config, *, source: str = DEFAULT_SOURCE) -> None:
+    """Run the checks msgspec's types cannot express; raise ConfigError on the first failure."""
+    check = _Checker(source)
+    for key in ("database", "socket"):
+        if not getattr(config, key):
+            check.fail(key, "must not be empty")
+    for i, module in enumerate(config.workflows):
+        if not all(part.isidentifier() for part in module.split(".")):
+            check.fail(f"workflows[{i}]", f"invalid module name {module!r}")
+    if config.listen is not None:
+        check.parsed("listen", parse_listen, config.listen)
+    check.parsed("socket_mode", _parse_mode, config.socket_mode)
+    check.duration("grace_period", config.grace_period)
+    delay = check.duration("retry_delay", config.retry_delay)
+    max_delay = check.duration("retry_max_delay", config.retry_max_delay, positive=True)
+    if max_delay < delay:
+        check.fail("retry_max_delay", f"{config.retry_max_delay!r} is shorter than retry_delay")
+    if config.step_timeout is not None:
+        check.duration("step_timeout", config.step_timeout, positive=True)
+    check.duration("http.timeout", config.http.timeout, positive=True)
+    check.duration("http.connect_timeout", config.http.connect_timeout, positive=True)
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(config.schedules):
+        check.schedule(entry, f"schedules[{i}]")
+        if entry.key in seen:
+            check.fail(
+                f"schedules[{i}].name",
+                f"duplicate schedule name {entry.key!r} (also schedules[{seen[entry.key]}];"
+                " set a distinct name)",
+            )
+        seen[entry.key] = i
+
+
+class _Checker:
+    """Formats every failure the same way: ``<file>: <key>: <problem>``."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, problem: str) -> typing.NoReturn:
+        raise ConfigError(f"{self.source}: {key}: {problem}")
+
+    def parsed(self, key: str, parse: typing.Callable[[str], object], text: str) -> None:
+        try:
+            parse(text)
+        except ValueError as exc:
+            self.fail(key, str(exc))
+
+    def duration(self, key: str, text: str, *, positive: bool = False) -> float:
+        try:
+            seconds = parse_duration(text)
+        except ValueError as exc:
+            self.fail(key, str(exc))
+        if positive and seconds <= 0:
+            self.fail(key, f"duration must be greater than zero, got {text!r}")
+        return seconds
+
+    def schedule(self, entry: ScheduleConfig, at: str) -> None:
+        if not entry.workflow:
+            self.fail(f"{at}.workflow", "must not be empty")
+        if (entry.every is None) == (entry.cron is None):
+            which = "both" if entry.every is not None else "neither"
+            self.fail(at, f"set exactly one of 'every' or 'cron' ({which} given)")
+        if entry.every is not None:
+            self.duration(f"{at}.every", entry.every, positive=True)
+        self.duration(f"{at}.jitter", entry.jitter)
+        self.duration(f"{at}.misfire_grace", entry.misfire_grace)
+        try:
+            zone = ZoneInfo(entry.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.fail(
+                f"{at}.timezone",
+                f"unknown time zone {entry.timezone!r} (e.g. UTC, Europe/Amsterdam)",
+            )
+        if entry.cron is not None:
+            try:
+                CronSim(entry.cron, datetime.now(UTC).astimezone(zone))
+            except CronSimError as exc:
+                self.fail(f"{at}.cron", f"invalid cron expression {entry.cron!r}: {exc}")
+
+
+def _token_path(config: Config, env: Mapping[str, str], source: str) -> Path | None:
+    if config.token_file is not None:
+        token = Path(config.token_file)
+        if not token.is_file():
+            raise ConfigError(f"{source}: token_file: file not found: {token}")
+        return token
+    credentials = env.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / "token").is_file():
+        return Path(credentials) / "token"
+    if config.listen is not None:
+        raise ConfigError(
+            f"{source}: token_file: required when listen is set"
+            " (or pass a 'token' credential with LoadCredential=)"
+        )
+    return None
+
+
+def _resolve_systemd_dirs(config: Config, env: Mapping[str, str]) -> Config:
+    """Anchor relative paths in the directories systemd made for us.
+
+    The unit's cwd is /, which is read-only under ProtectSystem=strict; the state and
+    runtime directories are the only places this service can write.
+    """
+
+    def anchored(value: str, variable: str) -> str:
+        base = env.get(variable, "").split(":")[0]
+        if not base or _not_a_path(value) or Path(value).is_absolute():
+            return value
+        return os.path.normpath(Path(base) / value)
+
+    return msgspec.structs.replace(
+        config,
+        database=anchored(config.database, "STATE_DIRECTORY"),
+        socket=anchored(config.socket, "RUNTIME_DIRECTORY"),
+    )

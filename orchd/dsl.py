@@ -1,0 +1,286 @@
+"""The workflow DSL: steps, step lists, and the ``workflow`` decorator.
+
+A workflow is flattened, when it is defined, into a tuple of ``Step``s that the actor runs by
+index; that index (the program counter) is what a checkpoint records, so a process resumes at
+the right step after a restart. Conditionals become predicates on the steps they wrap, and a
+``callback_step`` becomes three steps (action, wait, validate).
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeAlias, overload
+
+import msgspec
+
+from orchd.errors import WorkflowDefinitionError
+from orchd.model import Target
+from orchd.state import Param, signature_params
+
+State: TypeAlias = dict[str, Any]
+Predicate: TypeAlias = Callable[[State], Any]
+
+
+class Form(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base class of input forms; its JSON Schema is what the API publishes."""
+
+
+class StepKind(enum.Enum):
+    PLAIN = "plain"  # runs, merges its result
+    RETRY = "retry"  # like PLAIN, but an exception makes the process waiting
+    INPUT = "input"  # returns a Form class; the process suspends until answered
+    CALLBACK_ACTION = "callback_action"  # runs with a fresh callback token in State
+    CALLBACK_WAIT = "callback_wait"  # the process awaits the callback here
+    INIT = "init"  # built-in first step
+    DONE = "done"  # built-in last step: completes the process
+    ABORT = "abort"  # built-in: ends the process as aborted
+
+
+@dataclass(frozen=True, eq=False)
+class Step:
+    """One step of a workflow; compose with ``>>``."""
+
+    name: str
+    func: Callable[..., Any] | None
+    kind: StepKind = StepKind.PLAIN
+    params: tuple[Param, ...] = ()
+    is_async: bool = False
+    predicates: tuple[Predicate, ...] = ()
+    #: Per-step limits; None means "use the engine's default".
+    timeout: float | None = None
+    max_attempts: int | None = None
+    backoff: float | None = None
+    #: For CALLBACK_WAIT: how long the process may wait for the callback.
+    callback_timeout: float | None = None
+
+    def __rshift__(self, other: Step | StepList) -> StepList:
+        return StepList([self]) >> other
+
+    def __rrshift__(self, other: Step | StepList) -> StepList:
+        return _as_steplist(other) >> self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the wrapped function directly (handy in unit tests of a single step)."""
+        if self.func is None:
+            raise TypeError(f"built-in step {self.name!r} cannot be called")
+        return self.func(*args, **kwargs)
+
+    def should_run(self, state: State) -> bool:
+        return all(predicate(state) for predicate in self.predicates)
+
+
+class StepList:
+    """An ordered list of steps; ``a >> b`` makes a new list, never changing either side."""
+
+    __slots__ = ("_steps",)
+
+    def __init__(self, steps: Iterable[Step] = ()) -> None:
+        self._steps = tuple(steps)
+
+    def __rshift__(self, other: Step | StepList) -> StepList:
+        return StepList(self._steps + _as_steplist(other)._steps)
+
+    def __rrshift__(self, other: Step | StepList) -> StepList:
+        return _as_steplist(other) >> self
+
+    def __iter__(self) -> Iterator[Step]:
+        return iter(self._steps)
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    @overload
+    def __getitem__(self, index: int) -> Step: ...
+    @overload
+    def __getitem__(self, index: slice) -> StepList: ...
+    def __getitem__(self, index: int | slice) -> Step | StepList:
+        if isinstance(index, slice):
+            return StepList(self._steps[index])
+        return self._steps[index]
+
+    def __repr__(self) -> str:
+        return f"StepList([{', '.join(step.name for step in self._steps)}])"
+
+
+def _as_steplist(value: Step | StepList) -> StepList:
+    if isinstance(value, StepList):
+        return value
+    if isinstance(value, Step):
+        return StepList([value])
+    raise WorkflowDefinitionError(f"cannot compose {value!r}: expected a step or a StepList")
+
+
+begin = StepList()
+
+
+def _make_step(func: Callable[..., Any], name: str, kind: StepKind, **options: Any) -> Step:
+    if isinstance(func, Step):
+        raise WorkflowDefinitionError(f"step {name!r}: the function is already a step")
+    if not callable(func):
+        raise WorkflowDefinitionError(f"step {name!r}: decorate a function")
+    return Step(
+        name=name,
+        func=func,
+        kind=kind,
+        params=signature_params(func, name),
+        is_async=inspect.iscoroutinefunction(func),
+        **options,
+    )
+
+
+def _check_name(name: object, decorator: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise WorkflowDefinitionError(
+            f"{decorator}() takes the step's name, e.g. @{decorator}('x')"
+        )
+    return name
+
+
+def step(name: str, *, timeout: float | None = None) -> Callable[[Callable[..., Any]], Step]:
+    """Turn a function (sync or async) into a step; its result is merged into State."""
+    _check_name(name, "step")
+    return lambda func: _make_step(func, name, StepKind.PLAIN, timeout=timeout)
+
+
+def retrystep(
+    name: str,
+    *,
+    max_attempts: int | None = None,
+    backoff: float | None = None,
+    timeout: float | None = None,
+) -> Callable[[Callable[..., Any]], Step]:
+    """Like ``step``, but an exception makes the process ``waiting`` and retried later."""
+    _check_name(name, "retrystep")
+    if max_attempts is not None and max_attempts < 1:
+        raise WorkflowDefinitionError(f"retrystep {name!r}: max_attempts must be at least 1")
+    if backoff is not None and backoff <= 0:
+        raise WorkflowDefinitionError(f"retrystep {name!r}: backoff must be positive")
+    return lambda func: _make_step(
+        func, name, StepKind.RETRY, max_attempts=max_attempts, backoff=backoff, timeout=timeout
+    )
+
+
+def inputstep(name: str) -> Callable[[Callable[..., Any]], Step]:
+    """Suspend the process until a user answers the Form class the function returns."""
+    _check_name(name, "inputstep")
+    return lambda func: _make_step(func, name, StepKind.INPUT)
+
+
+def callback_step(
+    name: str,
+    action_step: Step,
+    validate_step: Step,
+    *,
+    timeout: float | None = None,
+) -> StepList:
+    """Run ``action_step``, wait for an external callback, then run ``validate_step``.
+
+    The action may read ``state["callback_token"]`` and hand it to the external system, which
+    posts its answer to ``/api/callbacks/{token}``; the answer lands in
+    ``state["callback_result"]`` before ``validate_step`` runs.
+    """
+    _check_name(name, "callback_step")
+    for role, given in (("action_step", action_step), ("validate_step", validate_step)):
+        if not isinstance(given, Step) or given.func is None:
+            raise WorkflowDefinitionError(f"callback_step {name!r}: {role} must be a step")
+    action = replace(action_step, kind=StepKind.CALLBACK_ACTION)
+    wait = Step(name=name, func=None, kind=StepKind.CALLBACK_WAIT, callback_timeout=timeout)
+    return StepList([action, wait, validate_step])
+
+
+def conditional(predicate: Predicate) -> Callable[[Step | StepList], StepList]:
+    """Run the wrapped steps only when ``predicate(state)`` is true; else record them skipped."""
+    if not callable(predicate):
+        raise WorkflowDefinitionError("conditional() takes a predicate: lambda state: ...")
+
+    def wrap(steps: Step | StepList) -> StepList:
+        return StepList(
+            replace(s, predicates=s.predicates + (predicate,)) for s in _as_steplist(steps)
+        )
+
+    return wrap
+
+
+init = Step(name="init", func=None, kind=StepKind.INIT)
+done = Step(name="done", func=None, kind=StepKind.DONE)
+abort = Step(name="abort", func=None, kind=StepKind.ABORT)
+
+
+@dataclass(frozen=True, eq=False)
+class Workflow:
+    """A registered workflow: its flattened steps and what the API shows of it."""
+
+    name: str
+    description: str
+    target: Target
+    steps: tuple[Step, ...]
+    form: type[Form] | None = None
+    module: str = ""
+    func: Callable[[], StepList] | None = field(default=None, repr=False)
+
+    def __call__(self) -> StepList:
+        return StepList(self.steps)
+
+
+#: Every workflow defined so far, by module; the Engine picks the ones of the modules it loads.
+REGISTRY: dict[str, dict[str, Workflow]] = {}
+
+
+def workflow(
+    description: str,
+    initial_input_form: type[Form] | None = None,
+    target: Target = Target.CREATE,
+) -> Callable[[Callable[[], StepList]], Workflow]:
+    """Register the decorated function's StepList as a workflow named after the function."""
+    if not isinstance(description, str):
+        raise WorkflowDefinitionError("workflow() takes a description string first")
+    target = Target(target)
+
+    def register(func: Callable[[], StepList]) -> Workflow:
+        name = func.__name__
+        steps = _as_steplist(func())
+        _validate(name, steps, target, initial_input_form)
+        module = getattr(func, "__module__", "") or ""
+        wf = Workflow(
+            name=name,
+            description=description,
+            target=target,
+            steps=tuple(steps),
+            form=initial_input_form,
+            module=module,
+            func=func,
+        )
+        REGISTRY.setdefault(module, {})[name] = wf
+        return wf
+
+    return register
+
+
+def _validate(name: str, steps: StepList, target: Target, form: type[Form] | None) -> None:
+    where = f"workflow {name!r}"
+    if len(steps) < 2 or steps[0] is not init or steps[-1] is not done:
+        raise WorkflowDefinitionError(f"{where}: its steps must start with init and end with done")
+    for s in steps[1:-1]:
+        if s.kind in (StepKind.INIT, StepKind.DONE):
+            raise WorkflowDefinitionError(f"{where}: {s.name} may only stand first or last")
+    if form is not None and not (isinstance(form, type) and issubclass(form, msgspec.Struct)):
+        raise WorkflowDefinitionError(f"{where}: initial_input_form must be a Form subclass")
+    if target is Target.SYSTEM and form is not None:
+        raise WorkflowDefinitionError(f"{where}: a SYSTEM workflow (task) takes no input form")
+
+
+def workflows_of(module_name: str) -> dict[str, Workflow]:
+    """Workflows defined in a module or its submodules (the module must be imported)."""
+    found: dict[str, Workflow] = {}
+    for mod, entries in REGISTRY.items():
+        if mod == module_name or mod.startswith(module_name + "."):
+            found.update(entries)
+    module = sys.modules.get(module_name)
+    for value in vars(module).values() if module else ():
+        if isinstance(value, Workflow):
+            found[value.name] = value
+    return found

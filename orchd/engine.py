@@ -1,0 +1,719 @@
+"""The embeddable Engine: loads workflows, owns the store and supervises the process actors.
+
+The daemon is this Engine behind the control API and the scheduler; workflow authors use it
+directly in their tests. Every action on a process is a message to that process's actor,
+which is created on demand and retires when the process waits for someone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import math
+import random
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from orchd import actor as actors
+from orchd.errors import (
+    BadRequest,
+    CallbackNotFound,
+    ConfigError,
+    FormValidationError,
+    ProcessNotFound,
+    ShuttingDown,
+    SubscriptionNotFound,
+    WorkflowNotFound,
+)
+from orchd.model import (
+    ACTIVE,
+    Event,
+    LinkedProcess,
+    Page,
+    Process,
+    ProcessStatus,
+    ProcessSummary,
+    StepRecord,
+    StepStatus,
+    Subscription,
+    SubscriptionDetail,
+    SubscriptionStatus,
+    Target,
+    WorkflowInfo,
+)
+from orchd.state import decode, form_schema, validate_form
+from orchd.store import SUBSCRIPTION_FIELDS, NewProcess, StepWrite, Store, subscription_from_row
+from orchd.dsl import Step, Workflow, workflows_of
+
+log = logging.getLogger("orchd.engine")
+P = ProcessStatus
+
+MAX_PAGE = 500
+
+
+def _at(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _dt(epoch: float | None) -> datetime | None:
+    return None if epoch is None else _at(epoch)
+
+
+def _uuid_or_none(text: str) -> str | None:
+    try:
+        return str(uuid.UUID(text))
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def load_workflows(sources: Iterable[str | Workflow]) -> dict[str, Workflow]:
+    """Import workflow modules and collect their workflows, by name."""
+    found: dict[str, Workflow] = {}
+    for source in sources:
+        if isinstance(source, Workflow):
+            found[source.name] = source
+            continue
+        try:
+            importlib.import_module(source)
+        except ImportError as exc:
+            raise ConfigError(f"workflows: cannot import module {source!r}: {exc}") from exc
+        entries = workflows_of(source)
+        if not entries:
+            raise ConfigError(f"workflows: module {source!r} defines no @workflow")
+        for name, wf in entries.items():
+            if name in found and found[name] is not wf:
+                raise ConfigError(f"workflows: two workflows are named {name!r}")
+            found[name] = wf
+    return found
+
+
+class EventHub:
+    """Fans engine events out to listeners, keeping recent ones so a client can catch up."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        # Ids keep growing across restarts, so a reconnecting client never sees one reused.
+        self.last_id = int(time.time() * 1000) * 1000
+        self.recent: deque[Event] = deque(maxlen=keep)
+        self.listeners: set[asyncio.Queue[Event | None]] = set()
+
+    def publish(self, **fields: Any) -> None:
+        self.last_id += 1
+        event = Event(id=self.last_id, at=datetime.now(UTC), **fields)
+        self.recent.append(event)
+        for listener in list(self.listeners):
+            try:
+                listener.put_nowait(event)
+            except asyncio.QueueFull:
+                # A listener that cannot keep up is closed rather than allowed to grow.
+                self.listeners.discard(listener)
+                listener.get_nowait()
+                listener.put_nowait(None)
+
+    async def listen(self, after: int | None = None) -> AsyncIterator[Event]:
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=10_000)
+        backlog = [e for e in self.recent if after is not None and e.id > after]
+        self.listeners.add(queue)
+        try:
+            for event in backlog:
+                yield event
+            seen = backlog[-1].id if backlog else (after or 0)
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if item.id > seen:
+                    yield item
+
+        finally:
+            self.listeners.discard(queue)
+
+    def close(self) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener.put_nowait(None)
+            except asyncio.QueueFull:
+                pass
+        self.listeners.clear()
+
+
+class Engine:
+    """Runs workflows durably. Use as ``async with Engine(database=..., workflows=[...])``."""
+
+    def __init__(
+        self,
+        database: str = "./orchd.db",
+        workflows: Sequence[str | Workflow] = (),
+        *,
+        synchronous: str = "FULL",
+        grace_period: float = 10.0,
+        step_timeout: float | None = None,
+        retry_delay: float = 5.0,
+        retry_max_delay: float = 600.0,
+        retry_max_attempts: int = 10,
+        resources: Mapping[Any, Any] | None = None,
+    ) -> None:
+        self.workflows = load_workflows(workflows)
+        self.store = Store(database, synchronous=synchronous)
+        self.grace_period = grace_period
+        self.step_timeout = step_timeout
+        self.retry_base = retry_delay
+        self.retry_max_delay = retry_max_delay
+        self.retry_max_attempts = retry_max_attempts
+        self.events = EventHub()
+        #: Shared objects steps ask for by annotation (e.g. the daemon's HttpClient).
+        self.resources: dict[Any, Any] = dict(resources or {})
+        self.actors: dict[str, actors.Actor] = {}
+        self._tokens: dict[str, str] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._tg: TaskGroup | None = None
+        self._accepting = False
+        self._idle = asyncio.Event()
+        self.started_at = time.time()
+        # Counters for metrics.
+        self.steps_total = 0
+        self.step_seconds: list[float] = []
+        self.step_buckets = [0] * (len(STEP_BUCKETS) + 1)
+        self.step_seconds_sum = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        await self.store.open()
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._accepting = True
+        await self._recover()
+
+    async def _recover(self) -> None:
+        """Continue what a previous run left: active processes, retry and callback timers."""
+        rows = await self.store.fetchall(
+            "SELECT id FROM processes WHERE status IN ('created', 'running')"
+        )
+        for (pid,) in rows:
+            self._post(pid, actors.Run(), None)
+        if rows:
+            log.info("recovered %d active processes", len(rows))
+        timed = await self.store.fetchall(
+            "SELECT id, status, next_retry_at, callback_token FROM processes "
+            "WHERE status IN ('waiting', 'awaiting_callback') AND next_retry_at IS NOT NULL"
+        )
+        for pid, status, at, token in timed:
+            if status == P.WAITING:
+                self.schedule_retry(pid, at)
+            elif token:
+                self.schedule_expiry(pid, token, at)
+
+    async def close(self) -> None:
+        """Stop intake, let running steps finish within the grace period, then stop."""
+        if self._tg is None:
+            return
+        self._accepting = False
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for a in list(self.actors.values()):
+            a.post(actors.Stop(), None)
+        with anyio.move_on_after(self.grace_period):
+            while self.actors:
+                self._idle.clear()
+                await self._idle.wait()
+        if self.actors:
+            log.warning("interrupting %d steps after the grace period", len(self.actors))
+        self._tg.cancel_scope.cancel()
+        tg, self._tg = self._tg, None
+        await tg.__aexit__(None, None, None)
+        self.events.close()
+        for waiters in self._waiters.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_exception(ShuttingDown("the engine stopped"))
+        self._waiters.clear()
+        await self.store.close()
+
+    # -- actors ---------------------------------------------------------------------------
+
+    def _post(
+        self,
+        pid: str,
+        message: actors.Message,
+        reply: asyncio.Future[Any] | None,
+        row: dict[str, Any] | None = None,
+    ) -> None:
+        actor = self.actors.get(pid)
+        if actor is None:
+            if self._tg is None:
+                raise ShuttingDown("the engine is not running")
+            actor = actors.Actor(self, pid, row)
+            self.actors[pid] = actor
+            self._tg.start_soon(actor.run, name=f"process {pid}")
+        actor.post(message, reply)
+
+    async def _ask(self, pid: str, message: actors.Message) -> Any:
+        if not self._accepting:
+            raise ShuttingDown("the engine is shutting down")
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._post(pid, message, reply)
+        return await reply
+
+    def retire(self, actor: actors.Actor) -> None:
+        if self.actors.get(actor.pid) is actor:
+            del self.actors[actor.pid]
+            if not self.actors:
+                self._idle.set()
+        if actor.mailbox and self._accepting:
+            # Messages that arrived while it was retiring go to a fresh actor.
+            pending = list(actor.mailbox)
+            actor.mailbox.clear()
+            for envelope in pending:
+                self._post(actor.pid, envelope.message, envelope.reply)
+
+    def reactivate_later(self, pid: str, delay: float = 1.0) -> None:
+        if self._accepting:
+            self._timer(pid, "reactivate", time.time() + delay, actors.Run())
+
+    def _timer(self, pid: str, kind: str, at: float, message: actors.Message) -> None:
+        if not self._accepting:
+            return
+        key = (pid, kind)
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+
+        def fire() -> None:
+            self._timers.pop(key, None)
+            if self._accepting:
+                self._post(pid, message, None)
+
+        loop = asyncio.get_running_loop()
+        self._timers[key] = loop.call_later(max(0.0, at - time.time()), fire)
+
+    def schedule_retry(self, pid: str, at: float) -> None:
+        self._timer(pid, "retry", at, actors.Retry(automatic=True))
+
+    def schedule_expiry(self, pid: str, token: str, at: float) -> None:
+        self._timer(pid, "expiry", at, actors.Expire(token=token))
+
+    def expect_callback(self, token: str, pid: str) -> None:
+        self._tokens[token] = pid
+
+    def retry_delay(self, step: Step, attempt: int) -> float:
+        """Exponential backoff with jitter; never sooner than the base delay."""
+        base = step.backoff if step.backoff is not None else self.retry_base
+        delay = min(self.retry_max_delay, base * math.pow(2, attempt - 1))
+        return delay * (1 + 0.25 * random.random())
+
+    def new_id(self) -> str:
+        return str(uuid.uuid4())
+
+    def committed(
+        self,
+        actor: actors.Actor,
+        previous: ProcessStatus,
+        steps: list[StepWrite],
+        step_seconds: float | None,
+    ) -> None:
+        """Called by an actor after each commit: events, waiters, metrics."""
+        status = actor.status
+        for record in steps:
+            self.events.publish(
+                kind="step",
+                process_id=actor.pid,
+                workflow=actor.workflow_name,
+                status=status,
+                step=record.name,
+                step_status=StepStatus(record.status),
+            )
+        if step_seconds is not None:
+            self.steps_total += 1
+            self.step_seconds_sum += step_seconds
+            self.step_buckets[_bucket(step_seconds)] += 1
+        if status is not previous or not steps:
+            self.events.publish(
+                kind="process", process_id=actor.pid, workflow=actor.workflow_name, status=status
+            )
+        if status not in ACTIVE:
+            for fut in self._waiters.pop(actor.pid, ()):
+                if not fut.done():
+                    fut.set_result(None)
+            if actor.callback_token:
+                self._tokens.pop(actor.callback_token, None)
+
+    async def load_row(self, pid: str) -> dict[str, Any] | None:
+        row = await self.store.fetchone(
+            "SELECT id, workflow, target, status, pc, seq, state, reporter, subscription_id, "
+            "current_step, error, form, callback_token, attempts, next_retry_at, "
+            "created_at, updated_at FROM processes WHERE id = ?",
+            (pid,),
+        )
+        if row is None:
+            return None
+        names = (
+            "id",
+            "workflow",
+            "target",
+            "status",
+            "pc",
+            "seq",
+            "state",
+            "reporter",
+            "subscription_id",
+            "current_step",
+            "error",
+            "form",
+            "callback_token",
+            "attempts",
+            "next_retry_at",
+            "created_at",
+            "updated_at",
+        )
+        result = dict(zip(names, row, strict=True))
+        result["state"] = decode(result["state"])
+        return result
+
+    # -- the public API -------------------------------------------------------------------
+
+    def workflow_info(self) -> list[WorkflowInfo]:
+        return [
+            WorkflowInfo(
+                name=wf.name,
+                description=wf.description,
+                target=wf.target,
+                form=form_schema(wf.form) if wf.form else None,
+                steps=[s.name for s in wf.steps],
+            )
+            for wf in sorted(self.workflows.values(), key=lambda w: w.name)
+        ]
+
+    async def start(self, workflow: str, input: Any = None, *, reporter: str | None = None) -> str:
+        """Create a process and set it running; returns its id once committed."""
+        if not self._accepting:
+            raise ShuttingDown("the engine is not accepting new processes")
+        wf = self.workflows.get(workflow)
+        if wf is None:
+            raise WorkflowNotFound(f"no workflow named {workflow!r}")
+        values = self._initial_input(wf, {} if input is None else input)
+        pid = self.new_id()
+        lock = (
+            values.get("subscription_id")
+            if wf.target in (Target.MODIFY, Target.TERMINATE)
+            else None
+        )
+        state = {
+            **values,
+            "process_id": pid,
+            "workflow_name": wf.name,
+            "workflow_target": str(wf.target),
+            "reporter": reporter,
+        }
+        op = NewProcess(
+            id=pid,
+            workflow=wf.name,
+            target=wf.target,
+            reporter=reporter,
+            state=state,
+            lock=lock,
+            created_at=time.time(),
+        )
+        state = await self.store.write(op)
+        row = {
+            "workflow": wf.name,
+            "target": wf.target,
+            "status": P.CREATED,
+            "pc": 0,
+            "seq": 0,
+            "state": state,
+            "current_step": wf.steps[0].name,
+            "subscription_id": lock,
+        }
+        self.events.publish(kind="process", process_id=pid, workflow=wf.name, status=P.CREATED)
+        self._post(pid, actors.Run(), None, row=row)
+        return pid
+
+    def _initial_input(self, wf: Workflow, given: Any) -> dict[str, Any]:
+        if not isinstance(given, dict):
+            raise FormValidationError(
+                "the input must be a JSON object", [{"loc": [], "msg": "expected an object"}]
+            )
+        given = dict(given)
+        needs_subscription = wf.target in (Target.MODIFY, Target.TERMINATE)
+        subscription_id = given.get("subscription_id")
+        if needs_subscription:
+            if subscription_id is None:
+                raise FormValidationError(
+                    f"a {wf.target} workflow needs subscription_id",
+                    [{"loc": ["subscription_id"], "msg": "field required"}],
+                )
+            canonical = _uuid_or_none(subscription_id) if isinstance(subscription_id, str) else None
+            if canonical is None:
+                raise FormValidationError(
+                    "subscription_id must be a UUID",
+                    [{"loc": ["subscription_id"], "msg": "expected a UUID string"}],
+                )
+        if wf.form is None:
+            values = given
+        else:
+            in_form = "subscription_id" in wf.form.__struct_fields__
+            if needs_subscription and not in_form:
+                given.pop("subscription_id")
+            values = validate_form(wf.form, given)
+        if needs_subscription:
+            values["subscription_id"] = canonical
+        return dict(values)
+
+    async def get(self, pid: str) -> Process:
+        """The process as committed, with its whole step log."""
+        if _uuid_or_none(pid) is None:
+            raise ProcessNotFound(f"process {pid!r} does not exist (not a process id)")
+        row = await self.load_row(pid)
+        if row is None:
+            raise ProcessNotFound(f"process {pid} does not exist")
+        steps = await self.store.fetchall(
+            "SELECT name, status, started_at, finished_at, error, traceback, delta FROM steps "
+            "WHERE process_id = ? ORDER BY seq",
+            (pid,),
+        )
+        return Process(
+            id=row["id"],
+            workflow=row["workflow"],
+            target=Target(row["target"]),
+            status=P(row["status"]),
+            state=row["state"],
+            steps=[
+                StepRecord(
+                    name=name,
+                    status=StepStatus(status),
+                    started_at=_at(started),
+                    finished_at=_at(finished),
+                    error=error,
+                    traceback=tb,
+                    state_delta=decode(delta) if delta else {},
+                )
+                for name, status, started, finished, error, tb, delta in steps
+            ],
+            created_at=_at(row["created_at"]),
+            updated_at=_at(row["updated_at"]),
+            reporter=row["reporter"],
+            current_step=row["current_step"],
+            error=row["error"],
+            form=decode(row["form"]) if row["form"] else None,
+            subscription_id=row["subscription_id"],
+            callback_token=row["callback_token"] if row["status"] == P.AWAITING_CALLBACK else None,
+            attempts=row["attempts"],
+            next_retry_at=_dt(row["next_retry_at"]) if row["status"] == P.WAITING else None,
+        )
+
+    async def wait(self, pid: str, timeout: float | None = None) -> Process:  # noqa: ASYNC109
+        """Return the process once it is no longer created or running."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[pid].append(fut)
+        try:
+            process = await self.get(pid)
+            if process.status in ACTIVE:
+                with anyio.fail_after(timeout):
+                    await fut
+                process = await self.get(pid)
+            return process
+        finally:
+            waiters = self._waiters.get(pid)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    del self._waiters[pid]
+
+    async def resume(self, pid: str, answer: Any, *, reporter: str | None = None) -> None:
+        """Answer a suspended process's form; returns once committed and running again."""
+        await self._ask(self._check_id(pid), actors.Resume(answer=answer, reporter=reporter))
+
+    async def retry(self, pid: str, *, reporter: str | None = None) -> None:
+        """Re-run the failed (or waiting) step; returns once committed and running again."""
+        await self._ask(self._check_id(pid), actors.Retry(reporter=reporter))
+
+    async def abort(self, pid: str, *, reporter: str | None = None) -> None:
+        """Abort; returns once committed (for a running process: once requested)."""
+        await self._ask(self._check_id(pid), actors.Abort(reporter=reporter))
+
+    async def callback(self, token: str, payload: Any) -> str:
+        """Deliver an external system's answer; returns the process id once committed."""
+        pid = self._tokens.get(token)
+        if pid is None:
+            row = await self.store.fetchone(
+                "SELECT id FROM processes WHERE callback_token = ?", (token,)
+            )
+            if row is None:
+                raise CallbackNotFound("no process waits for this callback token")
+            pid = row[0]
+        await self._ask(pid, actors.Callback(token=token, payload=payload))
+        return pid
+
+    def _check_id(self, pid: str) -> str:
+        canonical = _uuid_or_none(pid)
+        if canonical is None:
+            raise ProcessNotFound(f"process {pid!r} does not exist (not a process id)")
+        return canonical
+
+    async def list_processes(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            try:
+                P(status)
+            except ValueError:
+                raise BadRequest(f"status: unknown status {status!r}") from None
+            where.append("status = ?")
+            params.append(status)
+        if workflow is not None:
+            where.append("workflow = ?")
+            params.append(workflow)
+        after = _cursor(cursor)
+        if after is not None:
+            where.append("rowid < ?")
+            params.append(after)
+        limit = _limit(limit)
+        rows = await self.store.fetchall(
+            "SELECT rowid, id, workflow, target, status, created_at, updated_at, reporter, "
+            "current_step, subscription_id, error FROM processes"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY rowid DESC LIMIT ?",
+            (*params, limit + 1),
+        )
+        items = [
+            ProcessSummary(
+                id=r[1],
+                workflow=r[2],
+                target=Target(r[3]),
+                status=P(r[4]),
+                created_at=_at(r[5]),
+                updated_at=_at(r[6]),
+                reporter=r[7],
+                current_step=r[8],
+                subscription_id=r[9],
+                error=r[10],
+            )
+            for r in rows[:limit]
+        ]
+        more = len(rows) > limit
+        return Page(items=items, next_cursor=str(rows[limit - 1][0]) if more else None)
+
+    async def get_subscription(self, sid: str) -> SubscriptionDetail:
+        canonical = _uuid_or_none(sid)
+        row = None
+        if canonical is not None:
+            row = await self.store.fetchone(
+                f"SELECT {', '.join(SUBSCRIPTION_FIELDS)} FROM subscriptions WHERE id = ?",
+                (canonical,),
+            )
+        if row is None:
+            raise SubscriptionNotFound(f"subscription {sid} does not exist")
+        links = await self.store.fetchall(
+            "SELECT p.id, p.workflow, p.status FROM subscription_processes l "
+            "JOIN processes p ON p.id = l.process_id WHERE l.subscription_id = ? "
+            "ORDER BY p.rowid",
+            (canonical,),
+        )
+        sub = subscription_from_row(row)
+        return SubscriptionDetail(
+            **sub,
+            processes=[LinkedProcess(id=i, workflow=w, status=P(s)) for i, w, s in links],
+        )
+
+    async def list_subscriptions(
+        self,
+        *,
+        status: str | None = None,
+        customer_id: str | None = None,
+        product: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            try:
+                SubscriptionStatus(status)
+            except ValueError:
+                raise BadRequest(f"status: unknown subscription status {status!r}") from None
+            where.append("status = ?")
+            params.append(status)
+        for column, value in (("customer_id", customer_id), ("product", product)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        after = _cursor(cursor)
+        if after is not None:
+            where.append("rowid < ?")
+            params.append(after)
+        limit = _limit(limit)
+        rows = await self.store.fetchall(
+            f"SELECT rowid, {', '.join(SUBSCRIPTION_FIELDS)} FROM subscriptions"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY rowid DESC LIMIT ?",
+            (*params, limit + 1),
+        )
+        items = [Subscription(**subscription_from_row(r[1:])) for r in rows[:limit]]
+        more = len(rows) > limit
+        return Page(items=items, next_cursor=str(rows[limit - 1][0]) if more else None)
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.store.fetchall("SELECT status, count(*) FROM processes GROUP BY status")
+        counts = {s.value: 0 for s in P}
+        counts.update({status: n for status, n in rows})
+        return counts
+
+    async def ping(self) -> None:
+        """Raise if the database does not answer."""
+        await self.store.fetchone("SELECT 1")
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+
+STEP_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
+
+
+def _bucket(seconds: float) -> int:
+    for i, bound in enumerate(STEP_BUCKETS):
+        if seconds <= bound:
+            return i
+    return len(STEP_BUCKETS)
+
+
+def _cursor(cursor: str | None) -> int | None:
+    if cursor is None or cursor == "":
+        return None
+    try:
+        value = int(cursor)
+    except ValueError:
+        raise BadRequest(f"cursor: {cursor!r} is not a cursor from a previous page") from None
+    if value < 0:
+        raise BadRequest("cursor: must not be negative")
+    return value
+
+
+def _limit(limit: int) -> int:
+    if limit < 1:
+        raise BadRequest("limit: must be at least 1")
+    return min(limit, MAX_PAGE)

@@ -1,0 +1,196 @@
+"""Every error orchd raises on purpose, rooted in one class.
+
+The API maps each class to a problem+json answer in one place (``api.problem_middleware``),
+using the ``status`` and ``slug`` that the class itself declares::
+
+    OrchdError
+    ├── ConfigError                  a config file or key is wrong (exit status 2)
+    ├── WorkflowDefinitionError      workflow code misuses the DSL
+    ├── BadRequest                   400: malformed JSON or parameters
+    ├── Unauthorized                 401: missing or wrong bearer token
+    ├── NotFound                     404
+    │   ├── WorkflowNotFound
+    │   ├── ProcessNotFound
+    │   ├── SubscriptionNotFound
+    │   ├── CallbackNotFound
+    │   └── ScheduleNotFound
+    ├── Conflict                     409
+    │   ├── InvalidTransition        the action is not allowed in the process's status
+    │   ├── SubscriptionLocked       another process holds the subscription, or it is terminated
+    │   └── ScheduleRunning
+    ├── PayloadTooLarge              413
+    ├── FormValidationError          422: the answer does not fit the form
+    ├── StoreError                   503: the database refused a write
+    └── ShuttingDown                 503: the engine no longer takes work
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class OrchdError(Exception):
+    """Raised for every failure orchd reports to its users."""
+
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    @property
+    def problem_type(self) -> str:
+        return f"urn:orchd:problem:{self.slug}"
+
+    def problem(self) -> dict[str, Any]:
+        return {
+            "type": self.problem_type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+
+
+class ConfigError(OrchdError):
+    """Raised when a config file cannot be used; the message names the file and key."""
+
+    slug = "config-error"
+    title = "Configuration error"
+
+
+class WorkflowDefinitionError(OrchdError):
+    """Raised when workflow code misuses the DSL (at import or registration time)."""
+
+    slug = "workflow-definition"
+    title = "Invalid workflow definition"
+
+
+class BadRequest(OrchdError):
+    """Raised when a request is malformed (bad JSON, bad parameter)."""
+
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+
+class Unauthorized(OrchdError):
+    """Raised when a TCP request lacks the right bearer token."""
+
+    status = 401
+    slug = "unauthorized"
+    title = "Unauthorized"
+
+
+class NotFound(OrchdError):
+    """Raised when the thing a request names does not exist."""
+
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class WorkflowNotFound(NotFound):
+    """Raised when no registered workflow has the name."""
+
+    slug = "workflow-not-found"
+    title = "Workflow not found"
+
+
+class ProcessNotFound(NotFound):
+    """Raised when no process has the id."""
+
+    slug = "process-not-found"
+    title = "Process not found"
+
+
+class SubscriptionNotFound(NotFound):
+    """Raised when no subscription has the id."""
+
+    slug = "subscription-not-found"
+    title = "Subscription not found"
+
+
+class CallbackNotFound(NotFound):
+    """Raised when a callback token is unknown."""
+
+    slug = "callback-not-found"
+    title = "Callback token not found"
+
+
+class ScheduleNotFound(NotFound):
+    """Raised when no schedule has the name."""
+
+    slug = "schedule-not-found"
+    title = "Schedule not found"
+
+
+class Conflict(OrchdError):
+    """Raised when an action is not allowed in the current state of things."""
+
+    status = 409
+    slug = "conflict"
+    title = "Conflict"
+
+
+class InvalidTransition(Conflict):
+    """Raised when an action is not allowed in the process's current status."""
+
+    slug = "invalid-transition"
+    title = "Action not allowed in the current status"
+
+
+class SubscriptionLocked(Conflict):
+    """Raised when a subscription is held by another process or is terminated."""
+
+    slug = "subscription-locked"
+    title = "Subscription not available"
+
+
+class ScheduleRunning(Conflict):
+    """Raised when a schedule's previous run has not finished."""
+
+    slug = "schedule-running"
+    title = "Schedule already running"
+
+
+class PayloadTooLarge(OrchdError):
+    """Raised when a request body exceeds the configured limit."""
+
+    status = 413
+    slug = "payload-too-large"
+    title = "Payload too large"
+
+
+class FormValidationError(OrchdError):
+    """Raised when an input does not fit its form; ``errors`` says where."""
+
+    status = 422
+    slug = "validation-failed"
+    title = "Form validation failed"
+
+    def __init__(self, detail: str, errors: list[dict[str, Any]]) -> None:
+        super().__init__(detail)
+        self.errors = errors
+
+    def problem(self) -> dict[str, Any]:
+        body = super().problem()
+        body["errors"] = self.errors
+        return body
+
+
+class StoreError(OrchdError):
+    """Raised when the database refuses a write (disk full, read-only, locked)."""
+
+    status = 503
+    slug = "store-unavailable"
+    title = "Database unavailable"
+
+
+class ShuttingDown(OrchdError):
+    """Raised when work is offered to an engine that is stopping."""
+
+    status = 503
+    slug = "shutting-down"
+    title = "Shutting down"

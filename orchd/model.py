@@ -1,0 +1,240 @@
+"""Records and statuses that cross module boundaries (engine, API, CLI, store).
+
+The process status machine lives here, in one table, checked in one place.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from orchd.errors import InvalidTransition
+
+
+class Target(enum.StrEnum):
+    """What a workflow does to a subscription."""
+
+    CREATE = "CREATE"  # makes a new subscription
+    MODIFY = "MODIFY"  # changes an existing one, holding its lock
+    TERMINATE = "TERMINATE"  # ends an existing one, holding its lock
+    SYSTEM = "SYSTEM"  # a task: no subscription, may be scheduled
+
+
+class ProcessStatus(enum.StrEnum):
+    CREATED = "created"  # committed, no step has finished yet
+    RUNNING = "running"  # an actor is running its steps
+    SUSPENDED = "suspended"  # waits for a user's form answer (resume)
+    WAITING = "waiting"  # a retrystep raised; retried automatically after a backoff
+    AWAITING_CALLBACK = "awaiting_callback"  # waits for an external system's callback
+    FAILED = "failed"  # a step raised; waits for a manual retry or abort
+    ABORTED = "aborted"  # ended by abort; final
+    COMPLETED = "completed"  # ran `done`; final
+
+
+class StepStatus(enum.StrEnum):
+    SUCCESS = "success"  # the step returned; its result is merged into State
+    SKIPPED = "skipped"  # a conditional's predicate was false
+    SUSPENDED = "suspended"  # an inputstep asked for a form
+    WAITING = "waiting"  # a retrystep raised
+    AWAITING_CALLBACK = "awaiting_callback"  # a callback step's action ran; waiting for the answer
+    FAILED = "failed"  # the step raised
+    ABORTED = "aborted"  # the process was aborted here
+
+
+P = ProcessStatus
+
+#: Statuses from which a process never moves again.
+FINAL = frozenset({P.COMPLETED, P.ABORTED})
+
+#: Statuses in which a process holds an actor (it has steps to run right now).
+ACTIVE = frozenset({P.CREATED, P.RUNNING})
+
+#: Every allowed status change. A status may also "change" to itself only where listed.
+TRANSITIONS: dict[ProcessStatus, frozenset[ProcessStatus]] = {
+    P.CREATED: frozenset(
+        {P.RUNNING, P.SUSPENDED, P.WAITING, P.AWAITING_CALLBACK, P.FAILED, P.ABORTED, P.COMPLETED}
+    ),
+    P.RUNNING: frozenset(
+        {P.RUNNING, P.SUSPENDED, P.WAITING, P.AWAITING_CALLBACK, P.FAILED, P.ABORTED, P.COMPLETED}
+    ),
+    P.SUSPENDED: frozenset({P.RUNNING, P.ABORTED}),
+    P.WAITING: frozenset({P.RUNNING, P.FAILED, P.ABORTED}),
+    P.AWAITING_CALLBACK: frozenset({P.RUNNING, P.FAILED, P.ABORTED}),
+    P.FAILED: frozenset({P.RUNNING, P.ABORTED}),
+    P.ABORTED: frozenset(),
+    P.COMPLETED: frozenset(),
+}
+
+
+class Action(enum.StrEnum):
+    """What a user (or the scheduler) can ask of a process."""
+
+    RESUME = "resume"
+    RETRY = "retry"
+    ABORT = "abort"
+    CALLBACK = "callback"
+
+
+#: The statuses in which each action is allowed.
+ALLOWED: dict[Action, frozenset[ProcessStatus]] = {
+    Action.RESUME: frozenset({P.SUSPENDED}),
+    Action.RETRY: frozenset({P.FAILED, P.WAITING}),
+    Action.ABORT: frozenset(
+        {P.CREATED, P.RUNNING, P.SUSPENDED, P.WAITING, P.AWAITING_CALLBACK, P.FAILED}
+    ),
+    Action.CALLBACK: frozenset({P.AWAITING_CALLBACK}),
+}
+
+
+def check_transition(current: ProcessStatus, new: ProcessStatus) -> None:
+    """Raise InvalidTransition unless ``current -> new`` is in the table."""
+    if new not in TRANSITIONS[current]:
+        raise InvalidTransition(f"a {current} process cannot become {new}")
+
+
+def check_action(action: Action, current: ProcessStatus, process_id: str) -> None:
+    """Raise InvalidTransition unless ``action`` is allowed in ``current``."""
+    if current not in ALLOWED[action]:
+        allowed = ", ".join(sorted(ALLOWED[action]))
+        raise InvalidTransition(
+            f"cannot {action} process {process_id}: it is {current} (allowed when {allowed})"
+        )
+
+
+class StepRecord(msgspec.Struct, kw_only=True):
+    """One entry of a process's audit log."""
+
+    name: str
+    status: StepStatus
+    started_at: datetime
+    finished_at: datetime
+    error: str | None = None
+    traceback: str | None = None
+    #: The keys this step changed in State (not the whole State).
+    state_delta: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Process(msgspec.Struct, kw_only=True):
+    """A process as the API and ``Engine.get`` show it."""
+
+    id: str
+    workflow: str
+    target: Target
+    status: ProcessStatus
+    state: dict[str, Any]
+    steps: list[StepRecord]
+    created_at: datetime
+    updated_at: datetime
+    reporter: str | None = None
+    #: The step that runs, or would run, next (None once finished).
+    current_step: str | None = None
+    #: The last failure's message, for failed and waiting processes.
+    error: str | None = None
+    #: The form's JSON Schema while suspended.
+    form: dict[str, Any] | None = None
+    subscription_id: str | None = None
+    #: The token an external system posts to while awaiting_callback.
+    callback_token: str | None = None
+    #: Attempts of the current retrystep so far, and when the next automatic one is due.
+    attempts: int = 0
+    next_retry_at: datetime | None = None
+
+
+class ProcessSummary(msgspec.Struct, kw_only=True):
+    """A row of the process list."""
+
+    id: str
+    workflow: str
+    target: Target
+    status: ProcessStatus
+    created_at: datetime
+    updated_at: datetime
+    reporter: str | None = None
+    current_step: str | None = None
+    subscription_id: str | None = None
+    error: str | None = None
+
+
+class SubscriptionStatus(enum.StrEnum):
+    INITIAL = "initial"
+    PROVISIONING = "provisioning"
+    ACTIVE = "active"
+    DISABLED = "disabled"
+    TERMINATED = "terminated"
+
+
+class Subscription(msgspec.Struct, kw_only=True):
+    """A product instance for a customer (contract §3)."""
+
+    id: str
+    product: str
+    customer_id: str
+    description: str = ""
+    status: SubscriptionStatus = SubscriptionStatus.INITIAL
+    insync: bool = False
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    attributes: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class LinkedProcess(msgspec.Struct, kw_only=True):
+    id: str
+    workflow: str
+    status: ProcessStatus
+
+
+class SubscriptionDetail(Subscription, kw_only=True):
+    processes: list[LinkedProcess] = msgspec.field(default_factory=list)
+
+
+class WorkflowInfo(msgspec.Struct, kw_only=True):
+    name: str
+    description: str
+    target: Target
+    form: dict[str, Any] | None
+    steps: list[str] = msgspec.field(default_factory=list)
+
+
+class Page(msgspec.Struct, kw_only=True):
+    """A page of a list; pass ``next_cursor`` back as ``cursor`` for the next one."""
+
+    items: list[Any]
+    next_cursor: str | None = None
+
+
+class Event(msgspec.Struct, kw_only=True):
+    """A change the engine announces (server-sent events, waiters, metrics)."""
+
+    id: int
+    kind: str  # "process" (status change) or "step" (a step record was committed)
+    process_id: str
+    workflow: str
+    status: ProcessStatus
+    step: str | None = None
+    step_status: StepStatus | None = None
+    at: datetime | None = None
+
+
+class LastRun(msgspec.Struct, kw_only=True):
+    process_id: str
+    status: ProcessStatus | None
+    at: datetime
+
+
+class ScheduleInfo(msgspec.Struct, kw_only=True):
+    """A scheduler entry as ``GET /api/schedules`` shows it."""
+
+    name: str
+    workflow: str
+    every: str | None = None
+    cron: str | None = None
+    timezone: str = "UTC"
+    enabled: bool = True
+    running: bool = False
+    last_run: LastRun | None = None
+    next_run: datetime | None = None
+    #: Ticks skipped because the previous run had not finished.
+    skipped: int = 0

@@ -1,0 +1,207 @@
+"""Moving values between State (JSON) and step functions (typed Python).
+
+Arguments are looked up by parameter name and converted to the annotation with
+``msgspec.convert``; results go back through ``msgspec.to_builtins`` so a checkpoint only ever
+holds JSON values. Converters are prepared once per step, when the step is defined.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from orchd.errors import FormValidationError, WorkflowDefinitionError
+
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+_MISSING: Any = object()
+
+
+class StepInputError(Exception):
+    """Raised when State cannot supply a step's arguments (missing key, wrong type)."""
+
+
+class StepOutputError(Exception):
+    """Raised when a step returns something that cannot go into State."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    annotation: Any  # _MISSING when there is none, or when no conversion is needed
+    default: Any  # _MISSING when the parameter is required
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def signature_params(func: Callable[..., Any], step_name: str) -> tuple[Param, ...]:
+    """Read a step function's parameters once, when the step is defined."""
+    try:
+        sig = inspect.signature(func)
+        hints = typing.get_type_hints(func)
+    except (NameError, TypeError) as exc:
+        raise WorkflowDefinitionError(
+            f"step {step_name!r}: cannot read its signature: {exc}"
+        ) from None
+    params = []
+    for p in sig.parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise WorkflowDefinitionError(
+                f"step {step_name!r}: *args/**kwargs cannot be filled from State; name each key"
+            )
+        annotation = hints.get(p.name, _MISSING)
+        if annotation is Any or p.name == "state":
+            annotation = _MISSING
+        default = _MISSING if p.default is p.empty else p.default
+        params.append(Param(p.name, annotation, default))
+    return tuple(params)
+
+
+def clone(value: Any) -> Any:
+    """A deep copy of a JSON value, so a step can never change State behind the engine's back."""
+    if isinstance(value, dict | list):
+        return _json_decode(_json_encode(value))
+    return value
+
+
+def inject(
+    step_name: str,
+    params: tuple[Param, ...],
+    state: Mapping[str, Any],
+    resources: Mapping[Any, Any] | None = None,
+) -> dict[str, Any]:
+    """Build a step's keyword arguments from State (and the engine's shared resources).
+
+    A parameter annotated with a resource type (such as ``HttpClient``) receives the engine's
+    instance of it instead of a State value.
+    """
+    kwargs: dict[str, Any] = {}
+    for p in params:
+        if p.name == "state":
+            kwargs["state"] = clone(dict(state))
+            continue
+        if resources and p.annotation is not _MISSING and _is_resource(p.annotation, resources):
+            kwargs[p.name] = resources[p.annotation]
+            continue
+        value = state.get(p.name, _MISSING)
+        if value is _MISSING:
+            if p.default is _MISSING:
+                raise StepInputError(
+                    f"step {step_name!r} needs state key {p.name!r}"
+                    + (f" ({_type_name(p.annotation)})" if p.annotation is not _MISSING else "")
+                    + ", which is missing"
+                )
+            continue
+        if p.annotation is _MISSING:
+            kwargs[p.name] = clone(value)
+            continue
+        try:
+            kwargs[p.name] = msgspec.convert(value, p.annotation, strict=False)
+        except (msgspec.ValidationError, TypeError) as exc:
+            raise StepInputError(
+                f"step {step_name!r}: state key {p.name!r} is not a valid "
+                f"{_type_name(p.annotation)}: {exc}"
+            ) from None
+        if kwargs[p.name] is value:
+            kwargs[p.name] = clone(value)
+    return kwargs
+
+
+def _is_resource(annotation: Any, resources: Mapping[Any, Any]) -> bool:
+    try:
+        return annotation in resources
+    except TypeError:  # an unhashable annotation is never a resource
+        return False
+
+
+def to_json_values(step_name: str, result: Any) -> dict[str, Any]:
+    """Turn a step's return value into a JSON-compatible dict to merge into State."""
+    if result is None:
+        return {}
+    if isinstance(result, msgspec.Struct):
+        result = msgspec.structs.asdict(result)
+    if not isinstance(result, dict):
+        raise StepOutputError(
+            f"step {step_name!r} returned {type(result).__name__}; a step returns a dict or None"
+        )
+    try:
+        converted = msgspec.to_builtins(result, str_keys=True)
+        _json_encode(converted)
+    except (TypeError, msgspec.EncodeError, ValueError) as exc:
+        raise StepOutputError(
+            f"step {step_name!r} returned a value State cannot hold: {exc}"
+        ) from None
+    if not isinstance(converted, dict):  # pragma: no cover - to_builtins keeps dicts as dicts
+        raise StepOutputError(f"step {step_name!r} returned a non-dict")
+    return converted
+
+
+_PATH = re.compile(r" - at `\$(.*)`$")
+_FIELD = re.compile(r"`([^`]+)`")
+
+
+def validation_errors(exc: msgspec.ValidationError) -> list[dict[str, Any]]:
+    """Turn msgspec's message into the problem's ``errors`` entries (loc, msg)."""
+    text = str(exc)
+    loc: list[str | int] = []
+    match = _PATH.search(text)
+    if match:
+        text = text[: match.start()]
+        for part in re.findall(r"\.([^.\[]+)|\[(\d+)\]", match.group(1)):
+            loc.append(part[0] if part[0] else int(part[1]))
+    if text.startswith(("Object missing required field", "Object contains unknown field")):
+        field_name = _FIELD.search(text)
+        if field_name:
+            loc.append(field_name.group(1))
+    return [{"loc": loc, "msg": text}]
+
+
+def validate_form(form: type[msgspec.Struct], answer: Any) -> dict[str, Any]:
+    """Check ``answer`` against ``form``; the JSON values of the valid answer, with defaults."""
+    if not isinstance(answer, dict):
+        raise FormValidationError(
+            "the input must be a JSON object",
+            [{"loc": [], "msg": f"expected an object, got {type(answer).__name__}"}],
+        )
+    try:
+        value = msgspec.convert(answer, form, strict=False)
+    except msgspec.ValidationError as exc:
+        errors = validation_errors(exc)
+        raise FormValidationError(f"input does not fit {form.__name__}: {exc}", errors) from None
+    return to_json_values(form.__name__, value)
+
+
+def form_schema(form: type[msgspec.Struct]) -> dict[str, Any]:
+    """The form's JSON Schema as one self-contained object (definitions under ``$defs``)."""
+    schema: dict[str, Any] = msgspec.json.schema(form)
+    ref = schema.get("$ref")
+    defs = schema.get("$defs", {})
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        top = dict(defs[ref.removeprefix("#/$defs/")])
+        others = {k: v for k, v in defs.items() if k != ref.removeprefix("#/$defs/")}
+        if others or _refers_to(top, ref):
+            top["$defs"] = defs
+        return top
+    return schema
+
+
+def _refers_to(schema: Any, ref: str) -> bool:
+    if isinstance(schema, dict):
+        return schema.get("$ref") == ref or any(_refers_to(v, ref) for v in schema.values())
+    if isinstance(schema, list):
+        return any(_refers_to(v, ref) for v in schema)
+    return False
+
+
+encode = _json_encode
+decode = _json_decode

@@ -1,0 +1,311 @@
+"""The embeddable Engine against a real SQLite file: contract §1-§3."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import engine_flows as flows
+from orchd import Engine
+from orchd.errors import (
+    CallbackNotFound,
+    FormValidationError,
+    InvalidTransition,
+    ProcessNotFound,
+    SubscriptionLocked,
+    SubscriptionNotFound,
+    WorkflowNotFound,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+def _reset_flows() -> None:
+    flows.FAIL.clear()
+    flows.CALLS.clear()
+    flows.GATES.clear()
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
+    async with Engine(
+        database=str(tmp_path / "orchd.db"),
+        workflows=["engine_flows"],
+        retry_delay=0.05,
+        grace_period=0.5,
+    ) as e:
+        yield e
+
+
+def names(process) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    return [(s.name, s.status.value) for s in process.steps]
+
+
+async def test_process_completes_and_merges_step_results_into_state(engine: Engine) -> None:
+    pid = await engine.start("create_node", {"name": "n1"}, reporter="alice")
+    p = await engine.wait(pid)
+    assert p.status == "completed"
+    assert p.state["name"] == "n1"
+    assert p.state["subscription"]["status"] == "active"
+    assert names(p) == [
+        ("init", "success"),
+        ("create subscription", "success"),
+        ("activate", "success"),
+        ("done", "success"),
+    ]
+
+
+async def test_reserved_state_keys_are_set_by_the_engine(engine: Engine) -> None:
+    pid = await engine.start("create_node", {"name": "n1"}, reporter="alice")
+    p = await engine.wait(pid)
+    assert p.state["process_id"] == pid
+    assert p.state["workflow_name"] == "create_node"
+    assert p.state["workflow_target"] == "CREATE"
+    assert p.state["reporter"] == "alice"
+    assert p.state["subscription_id"] == p.state["subscription"]["id"]
+
+
+async def test_step_log_is_oldest_first_with_times(engine: Engine) -> None:
+    p = await engine.wait(await engine.start("create_node", {"name": "n1"}))
+    times = [s.started_at for s in p.steps]
+    assert times == sorted(times)
+    assert all(s.finished_at >= s.started_at for s in p.steps)
+
+
+async def test_step_records_store_only_what_changed(engine: Engine) -> None:
+    p = await engine.wait(await engine.start("create_node", {"name": "n1"}))
+    by_name = {s.name: s for s in p.steps}
+    assert by_name["init"].state_delta == {}
+    assert set(by_name["create subscription"].state_delta) == {"subscription", "subscription_id"}
+    assert set(by_name["activate"].state_delta) == {"subscription"}
+
+
+async def test_state_values_are_converted_to_annotations_and_back_to_json(engine: Engine) -> None:
+    p = await engine.wait(await engine.start("typed"))
+    assert p.status == "completed", p.error
+    assert p.state["seen"] == {
+        "uid": "UUID",
+        "when": "datetime",
+        "amount": "Decimal",
+        "colour": "Colour",
+        "point": "Point",
+        "numbers": [1, 2],
+        "maybe": None,
+        "mode": "fast",
+        "default": 7,
+    }
+    assert p.state["uid"] == "12345678-1234-5678-1234-567812345678"
+    assert p.state["when"] == "2026-01-02T03:04:05"
+    assert p.state["amount"] == "12.50"
+    assert p.state["colour"] == "blue"
+    assert p.state["point"] == {"x": 1, "y": 2}
+
+
+async def test_missing_state_key_fails_the_step_naming_key_type_and_step(engine: Engine) -> None:
+    p = await engine.wait(await engine.start("missing_key"))
+    assert p.status == "failed"
+    assert "absent_key" in p.error and "int" in p.error and "needs key" in p.error
+    assert p.steps[-1].status == "failed" and p.steps[-1].name == "needs key"
+
+
+async def test_unconvertible_state_value_fails_the_step(engine: Engine) -> None:
+    p = await engine.wait(await engine.start("bad_type", {"count": "many"}))
+    assert p.status == "failed"
+    assert "count" in p.error and "int" in p.error
+
+
+async def test_step_returning_a_non_dict_fails_with_a_clear_message(engine: Engine) -> None:
+    p = await engine.wait(await engine.start("bad_return"))
+    assert p.status == "failed"
+    assert "returns list" in p.error and "dict or None" in p.error
+
+
+async def test_failed_step_keeps_its_record_and_state_and_retry_reruns_it(engine: Engine) -> None:
+    flows.FAIL["flaky"] = 1
+    pid = await engine.start("flaky_task")
+    p = await engine.wait(pid)
+    assert p.status == "failed"
+    assert p.current_step == "flaky"
+    assert "failed on purpose" in p.error
+    assert p.steps[-1].traceback and "RuntimeError" in p.steps[-1].traceback
+    assert "flaky_ran" not in p.state
+
+    await engine.retry(pid)
+    p = await engine.wait(pid)
+    assert p.status == "completed"
+    assert names(p) == [
+        ("init", "success"),
+        ("mark", "success"),
+        ("flaky", "failed"),
+        ("flaky", "success"),
+        ("done", "success"),
+    ]
+    assert p.state["saw_marker"] == 1
+    assert flows.CALLS == {"mark": 1, "flaky": 2}
+
+
+async def test_retrystep_waits_and_is_retried_automatically(engine: Engine) -> None:
+    flows.FAIL["call oss"] = 1
+    pid = await engine.start("retrying")
+    p = await engine.wait(pid)
+    assert p.status == "waiting"
+    assert p.attempts == 1 and p.next_retry_at is not None
+    for _ in range(200):
+        p = await engine.get(pid)
+        if p.status == "completed":
+            break
+        await asyncio.sleep(0.02)
+    assert p.status == "completed"
+    assert [s.status for s in p.steps if s.name == "call oss"] == ["waiting", "success"]
+
+
+async def test_retrystep_fails_after_its_last_attempt(engine: Engine) -> None:
+    flows.FAIL["call oss"] = 99
+    pid = await engine.start("retrying")
+    for _ in range(300):
+        p = await engine.get(pid)
+        if p.status == "failed":
+            break
+        await asyncio.sleep(0.02)
+    assert p.status == "failed"
+    assert flows.CALLS["call oss"] == 3
+    assert "gave up after 3 attempts" in p.error
+
+
+async def test_retry_of_waiting_process_runs_it_now(engine: Engine) -> None:
+    flows.FAIL["call oss"] = 1
+    engine.retry_base = 60.0
+    pid = await engine.start("retrying")
+    assert (await engine.wait(pid)).status == "waiting"
+    await engine.retry(pid)
+    assert (await engine.wait(pid)).status == "completed"
+
+
+async def test_inputstep_suspends_with_the_forms_json_schema(engine: Engine) -> None:
+    pid = await engine.start("needs_approval", {"name": "n1"})
+    p = await engine.wait(pid)
+    assert p.status == "suspended"
+    assert p.form is not None
+    assert p.form["properties"]["approved"] == {"type": "boolean"}
+    assert p.form["required"] == ["approved"]
+
+
+async def test_bad_answer_is_refused_and_changes_nothing(engine: Engine) -> None:
+    pid = await engine.start("needs_approval", {"name": "n1"})
+    before = await engine.wait(pid)
+    with pytest.raises(FormValidationError) as err:
+        await engine.resume(pid, {"approved": "perhaps"})
+    assert err.value.errors[0]["loc"] == ["approved"]
+    after = await engine.get(pid)
+    assert after.status == "suspended"
+    assert after.steps == before.steps and after.state == before.state
+
+
+async def test_good_answer_is_merged_and_the_process_continues(engine: Engine) -> None:
+    pid = await engine.start("needs_approval", {"name": "n1"})
+    await engine.wait(pid)
+    await engine.resume(pid, {"approved": True, "comment": "go"})
+    p = await engine.wait(pid)
+    assert p.status == "completed"
+    assert p.state["outcome"] == "approved" and p.state["echo"] == "go"
+    assert ("approve", "suspended") in names(p) and ("approve", "success") in names(p)
+
+
+async def test_resume_of_a_process_that_is_not_suspended_is_refused(engine: Engine) -> None:
+    pid = await engine.start("create_node", {"name": "n1"})
+    await engine.wait(pid)
+    with pytest.raises(InvalidTransition):
+        await engine.resume(pid, {"approved": True})
+
+
+async def test_initial_form_is_validated_before_anything_is_created(engine: Engine) -> None:
+    with pytest.raises(FormValidationError) as err:
+        await engine.start("create_node", {"nam": "typo"})
+    assert err.value.errors[0]["loc"]
+    assert (await engine.list_processes()).items == []
+
+
+async def test_conditional_steps_are_skipped_when_the_predicate_is_false(engine: Engine) -> None:
+    p = await engine.wait(await engine.start("conditional_task", {"size": 3}))
+    assert ("only big", "skipped") in names(p)
+    assert "big" not in p.state
+    p = await engine.wait(await engine.start("conditional_task", {"size": 30}))
+    assert ("only big", "success") in names(p)
+
+
+async def test_callback_step_waits_then_merges_the_answer(engine: Engine) -> None:
+    pid = await engine.start("with_callback")
+    p = await engine.wait(pid)
+    assert p.status == "awaiting_callback"
+    token = p.state["callback_token"]
+    assert p.callback_token == token and p.state["asked_with"] == token
+    assert await engine.callback(token, {"ok": True}) == pid
+    p = await engine.wait(pid)
+    assert p.status == "completed"
+    assert p.state["callback_result"] == {"ok": True} and p.state["answer_ok"] is True
+
+
+async def test_unknown_callback_token_is_not_found(engine: Engine) -> None:
+    with pytest.raises(CallbackNotFound):
+        await engine.callback("no-such-token", {})
+
+
+async def test_callback_for_a_process_no_longer_awaiting_is_a_conflict(engine: Engine) -> None:
+    pid = await engine.start("with_callback")
+    token = (await engine.wait(pid)).state["callback_token"]
+    await engine.callback(token, {"ok": True})
+    await engine.wait(pid)
+    with pytest.raises(InvalidTransition):
+        await engine.callback(token, {"ok": True})
+
+
+async def test_abort_step_ends_the_process_as_aborted(engine: Engine) -> None:
+    p = await engine.wait(await engine.start("self_abort"))
+    assert p.status == "aborted"
+    assert names(p)[-1] == ("abort", "aborted")
+    assert "big" not in p.state
+
+
+async def test_unknown_workflow_and_process_are_not_found(engine: Engine) -> None:
+    with pytest.raises(WorkflowNotFound):
+        await engine.start("nope")
+    with pytest.raises(ProcessNotFound):
+        await engine.get("00000000-0000-0000-0000-000000000000")
+    with pytest.raises(ProcessNotFound):
+        await engine.get("not-a-uuid")
+    with pytest.raises(ProcessNotFound):
+        await engine.retry("00000000-0000-0000-0000-000000000000")
+
+
+async def test_process_list_is_newest_first_and_pages_with_a_cursor(engine: Engine) -> None:
+    pids = [await engine.start("conditional_task") for _ in range(5)]
+    for pid in pids:
+        await engine.wait(pid)
+    first = await engine.list_processes(limit=3)
+    assert [p.id for p in first.items] == pids[::-1][:3]
+    second = await engine.list_processes(limit=3, cursor=first.next_cursor)
+    assert [p.id for p in second.items] == pids[::-1][3:]
+    assert second.next_cursor is None
+    only = await engine.list_processes(workflow="conditional_task", status="completed")
+    assert len(only.items) == 5
+
+
+async def test_state_survives_an_engine_restart(tmp_path: Path) -> None:
+    db = str(tmp_path / "orchd.db")
+    async with Engine(database=db, workflows=["engine_flows"]) as e:
+        pid = await e.start("needs_approval", {"name": "n1"})
+        await e.wait(pid)
+    async with Engine(database=db, workflows=["engine_flows"]) as e:
+        await e.resume(pid, {"approved": False})
+        p = await e.wait(pid)
+    assert p.status == "completed" and p.state["outcome"] == "rejected"
+
+
+async def test_memory_database_works_for_workflow_tests() -> None:
+    async with Engine(database=":memory:", workflows=["engine_flows"]) as e:
+        p = await e.wait(await e.start("create_node", {"name": "n1"}))
+    assert p.status == "completed"
