@@ -42,7 +42,29 @@ _EXPORTS = {
     "workflow": "orchd.dsl",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Engine",
+    "Form",
+    "OrchdError",
+    "Process",
+    "ProcessStatus",
+    "State",
+    "Step",
+    "StepList",
+    "StepStatus",
+    "Target",
+    "Workflow",
+    "abort",
+    "begin",
+    "callback_step",
+    "conditional",
+    "done",
+    "init",
+    "inputstep",
+    "retrystep",
+    "step",
+    "workflow",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -59,9 +81,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from orchd.engine import Engine
-    from orchd.errors import OrchdError
-    from orchd.model import Process, ProcessStatus, StepStatus, Target
     from orchd.dsl import (
         Form,
         State,
@@ -79,3 +98,6 @@ if TYPE_CHECKING:
         step,
         workflow,
     )
+    from orchd.engine import Engine
+    from orchd.errors import OrchdError
+    from orchd.model import Process, ProcessStatus, StepStatus, Target

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
+from orchd.dsl import Form, Step, StepKind, Workflow
 from orchd.errors import (
     InvalidTransition,
     OrchdError,
@@ -40,7 +41,6 @@ from orchd.state import (
     validate_form,
 )
 from orchd.store import Checkpoint, ProcessWrite, StepWrite
-from orchd.dsl import Form, Step, StepKind, Workflow
 
 if TYPE_CHECKING:
     from orchd.engine import Engine

@@ -23,6 +23,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from orchd import actor as actors
+from orchd.dsl import Step, Workflow, workflows_of
 from orchd.errors import (
     BadRequest,
     CallbackNotFound,
@@ -51,7 +52,6 @@ from orchd.model import (
 )
 from orchd.state import decode, form_schema, validate_form
 from orchd.store import SUBSCRIPTION_FIELDS, NewProcess, StepWrite, Store, subscription_from_row
-from orchd.dsl import Step, Workflow, workflows_of
 
 log = logging.getLogger("orchd.engine")
 P = ProcessStatus

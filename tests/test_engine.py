@@ -6,17 +6,15 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import engine_flows as flows
 import pytest
 
-import engine_flows as flows
 from orchd import Engine
 from orchd.errors import (
     CallbackNotFound,
     FormValidationError,
     InvalidTransition,
     ProcessNotFound,
-    SubscriptionLocked,
-    SubscriptionNotFound,
     WorkflowNotFound,
 )
 

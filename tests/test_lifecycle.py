@@ -1,4 +1,4 @@
-"""Abort in every status, and subscriptions through create, modify and terminate (contract §2-§3)."""
+"""Abort in every status; subscriptions through create, modify and terminate (§2-§3)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import engine_flows as flows
 import pytest
 
-import engine_flows as flows
 from orchd import Engine
 from orchd.errors import (
     FormValidationError,
@@ -207,7 +207,9 @@ async def test_a_terminated_subscription_cannot_be_modified(engine: Engine) -> N
 
 async def test_modify_of_an_unknown_subscription_is_not_found(engine: Engine) -> None:
     with pytest.raises(SubscriptionNotFound):
-        await engine.start("modify_node", {"subscription_id": "00000000-0000-0000-0000-000000000001"})
+        await engine.start(
+            "modify_node", {"subscription_id": "00000000-0000-0000-0000-000000000001"}
+        )
     assert (await engine.list_processes()).items == []
 
 

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from tests_support import WF_DIR
 
 RUNNER = WF_DIR / "recovery_runner.py"
