@@ -196,6 +196,7 @@ class Actor:
     def _load(self, row: dict[str, Any]) -> None:
         self.workflow: Workflow | None = self.engine.workflows.get(row["workflow"])
         self.workflow_name: str = row["workflow"]
+        self.pk: int = row["pk"]
         self.target = Target(row["target"])
         self.status = P(row["status"])
         self.pc: int = row["pc"]
@@ -297,7 +298,7 @@ class Actor:
     async def _abort(self, reporter: str) -> None:
         now = time.time()
         record = StepWrite(
-            process_id=self.pid,
+            pk=self.pk,
             seq=self.seq + 1,
             name="abort",
             status=StepStatus.ABORTED,
@@ -575,7 +576,7 @@ class Actor:
                 self.error = None
         self.seq += 1
         record = StepWrite(
-            process_id=self.pid,
+            pk=self.pk,
             seq=self.seq,
             name=step.name,
             status=step_status,
@@ -603,8 +604,9 @@ class Actor:
     ) -> None:
         previous = self.status
         checkpoint = Checkpoint(
+            process_id=self.pid,
             process=ProcessWrite(
-                id=self.pid,
+                pk=self.pk,
                 status=status,
                 pc=self.pc,
                 seq=self.seq,

@@ -356,14 +356,15 @@ class Engine:
 
     async def load_row(self, pid: str) -> dict[str, Any] | None:
         row = await self.store.fetchone(
-            "SELECT id, workflow, target, status, pc, seq, state, reporter, subscription_id, "
-            "current_step, error, form, callback_token, attempts, next_retry_at, "
+            "SELECT rowid, id, workflow, target, status, pc, seq, state, reporter, "
+            "subscription_id, current_step, error, form, callback_token, attempts, next_retry_at, "
             "created_at, updated_at FROM processes WHERE id = ?",
             (pid,),
         )
         if row is None:
             return None
         names = (
+            "pk",
             "id",
             "workflow",
             "target",
@@ -430,8 +431,9 @@ class Engine:
             lock=lock,
             created_at=time.time(),
         )
-        state = await self.store.write(op)
+        pk, state = await self.store.write(op)
         row = {
+            "pk": pk,
             "workflow": wf.name,
             "target": wf.target,
             "status": P.CREATED,
@@ -485,8 +487,8 @@ class Engine:
             raise ProcessNotFound(f"process {pid} does not exist")
         steps = await self.store.fetchall(
             "SELECT name, status, started_at, finished_at, error, traceback, delta FROM steps "
-            "WHERE process_id = ? ORDER BY seq",
-            (pid,),
+            "WHERE process = ? ORDER BY seq",
+            (row["pk"],),
         )
         return Process(
             id=row["id"],
@@ -523,12 +525,15 @@ class Engine:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[pid].append(fut)
         try:
-            process = await self.get(pid)
-            if process.status in ACTIVE:
-                with anyio.fail_after(timeout):
-                    await fut
+            actor = self.actors.get(pid)
+            if actor is None or not actor.loaded or actor.status not in ACTIVE:
+                # Passivated (or not loaded yet): the database says whether it is still active.
                 process = await self.get(pid)
-            return process
+                if process.status not in ACTIVE:
+                    return process
+            with anyio.fail_after(timeout):
+                await fut
+            return await self.get(pid)
         finally:
             waiters = self._waiters.get(pid)
             if waiters and fut in waiters:

@@ -22,6 +22,7 @@ from typing import Any
 
 import aiosqlite
 import msgspec
+from msgspec.structs import astuple
 
 from orchd.errors import StoreError, SubscriptionLocked, SubscriptionNotFound
 
@@ -55,7 +56,7 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX processes_by_status ON processes (status)",
         "CREATE INDEX processes_by_workflow ON processes (workflow)",
         """CREATE TABLE steps (
-            process_id TEXT NOT NULL,
+            process INTEGER NOT NULL,
             seq INTEGER NOT NULL,
             name TEXT NOT NULL,
             status TEXT NOT NULL,
@@ -64,7 +65,7 @@ MIGRATIONS: list[list[str]] = [
             error TEXT,
             traceback TEXT,
             delta BLOB,
-            PRIMARY KEY (process_id, seq)
+            PRIMARY KEY (process, seq)
         ) WITHOUT ROWID""",
         """CREATE TABLE subscriptions (
             rowid INTEGER PRIMARY KEY,
@@ -118,10 +119,13 @@ SUBSCRIPTION_FIELDS = (
 )
 
 
-class ProcessWrite(msgspec.Struct, kw_only=True):
-    """The whole mutable part of a process row, as a checkpoint sets it."""
+class ProcessWrite(msgspec.Struct, kw_only=True, array_like=True):
+    """The whole mutable part of a process row, as a checkpoint sets it.
 
-    id: str
+    Fields are in the order of ``_UPDATE_PROCESS``'s parameters: the writer binds
+    ``msgspec.structs.astuple(write)`` directly.
+    """
+
     status: str
     pc: int
     seq: int
@@ -134,10 +138,14 @@ class ProcessWrite(msgspec.Struct, kw_only=True):
     next_retry_at: float | None = None
     subscription_id: str | None = None
     updated_at: float
+    #: The row's integer key (processes.rowid), which the steps table uses too.
+    pk: int
 
 
-class StepWrite(msgspec.Struct, kw_only=True):
-    process_id: str
+class StepWrite(msgspec.Struct, kw_only=True, array_like=True):
+    """One step record, fields in the order of ``_INSERT_STEP``'s parameters."""
+
+    pk: int
     seq: int
     name: str
     status: str
@@ -151,6 +159,7 @@ class StepWrite(msgspec.Struct, kw_only=True):
 class Checkpoint(msgspec.Struct, kw_only=True):
     """Everything one step changes, committed in one transaction."""
 
+    process_id: str
     process: ProcessWrite
     steps: list[StepWrite] = []
     #: ``state["subscription"]`` to save (insert or update), when the step changed it.
@@ -210,8 +219,8 @@ class _Batch:
 
 _UPDATE_PROCESS = """UPDATE processes SET status = ?, pc = ?, seq = ?, state = ?, current_step = ?,
     error = ?, form = ?, callback_token = ?, attempts = ?, next_retry_at = ?,
-    subscription_id = ?, updated_at = ? WHERE id = ?"""
-_INSERT_STEP = """INSERT INTO steps (process_id, seq, name, status, started_at, finished_at,
+    subscription_id = ?, updated_at = ? WHERE rowid = ?"""
+_INSERT_STEP = """INSERT INTO steps (process, seq, name, status, started_at, finished_at,
     error, traceback, delta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 _UPSERT_SUBSCRIPTION = """INSERT INTO subscriptions (id, product, customer_id, description,
     status, insync, start_date, end_date, attributes, created_at, updated_at)
@@ -241,42 +250,14 @@ def _subscription_row(sub: dict[str, Any], now: float) -> tuple[Any, ...]:
     )
 
 
-def _add_checkpoint(batch: _Batch, cp: Checkpoint) -> None:
+def _add_checkpoint(batch: _Batch, cp: Checkpoint, process_id: str) -> None:
     p = cp.process
-    batch.processes.append(
-        (
-            p.status,
-            p.pc,
-            p.seq,
-            p.state,
-            p.current_step,
-            p.error,
-            p.form,
-            p.callback_token,
-            p.attempts,
-            p.next_retry_at,
-            p.subscription_id,
-            p.updated_at,
-            p.id,
-        )
-    )
+    batch.processes.append(astuple(p))
     for s in cp.steps:
-        batch.steps.append(
-            (
-                s.process_id,
-                s.seq,
-                s.name,
-                s.status,
-                s.started_at,
-                s.finished_at,
-                s.error,
-                s.traceback,
-                s.delta,
-            )
-        )
+        batch.steps.append(astuple(s))
     if cp.subscription is not None:
         batch.subscriptions.append(_subscription_row(cp.subscription, p.updated_at))
-        batch.links.append((cp.subscription["id"], p.id))
+        batch.links.append((cp.subscription["id"], process_id))
     if cp.release is not None:
         batch.releases.append((p.updated_at, cp.release))
 
@@ -292,7 +273,7 @@ def subscription_from_row(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
 _SELECT_SUBSCRIPTION = f"SELECT {', '.join(SUBSCRIPTION_FIELDS)} FROM subscriptions WHERE id = ?"
 
 
-def _create_process(conn: sqlite3.Connection, op: NewProcess) -> dict[str, Any]:
+def _create_process(conn: sqlite3.Connection, op: NewProcess) -> tuple[int, dict[str, Any]]:
     state = op.state
     if op.lock is not None:
         row = conn.execute(_SELECT_SUBSCRIPTION, (op.lock,)).fetchone()
@@ -312,7 +293,7 @@ def _create_process(conn: sqlite3.Connection, op: NewProcess) -> dict[str, Any]:
         conn.execute(_LINK, (op.lock, op.id))
         sub["insync"] = False
         state = {**state, "subscription": sub}
-    conn.execute(
+    cur = conn.execute(
         """INSERT INTO processes (id, workflow, target, status, pc, seq, state, reporter,
         subscription_id, current_step, created_at, updated_at)
         VALUES (?, ?, ?, 'created', 0, 0, ?, ?, ?, 'init', ?, ?)""",
@@ -327,7 +308,8 @@ def _create_process(conn: sqlite3.Connection, op: NewProcess) -> dict[str, Any]:
             op.created_at,
         ),
     )
-    return state
+    assert cur.lastrowid is not None
+    return cur.lastrowid, state
 
 
 def _record_schedule_run(conn: sqlite3.Connection, op: ScheduleRun) -> bool:
@@ -415,7 +397,7 @@ class _Writer(threading.Thread):
         try:
             for op, fut in batch:
                 if isinstance(op, Checkpoint):
-                    _add_checkpoint(rows, op)
+                    _add_checkpoint(rows, op, op.process_id)
                     results.append((fut, None, True))
                     continue
                 rows.flush(conn)  # keep the order of operations that read what others wrote
@@ -542,7 +524,9 @@ class Store:
         return fut
 
     async def write(self, op: Op) -> Any:
-        return await asyncio.shield(self.submit(op))
+        """Submit and wait for the commit. No shield is needed: the commit happens in the
+        writer thread whether or not anyone still waits for it."""
+        return await self.submit(op)
 
     @property
     def stats(self) -> dict[str, Any]:

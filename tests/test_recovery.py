@@ -46,7 +46,10 @@ def test_sigkill_mid_step_then_restart_finishes_every_process_without_rerunning_
 
     with sqlite3.connect(db) as conn:
         committed_before = set(
-            conn.execute("SELECT process_id, name FROM steps WHERE name LIKE 'effect%'")
+            conn.execute(
+                "SELECT p.id, s.name FROM steps s JOIN processes p ON p.rowid = s.process "
+                "WHERE s.name LIKE 'effect%'"
+            )
         )
 
     second = run_engine(db, log, "finish")
@@ -56,7 +59,9 @@ def test_sigkill_mid_step_then_restart_finishes_every_process_without_rerunning_
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         statuses = collections.Counter(s for (s,) in conn.execute("SELECT status FROM processes"))
-        records = collections.Counter(conn.execute("SELECT process_id, name FROM steps"))
+        records = collections.Counter(
+            conn.execute("SELECT p.id, s.name FROM steps s JOIN processes p ON p.rowid = s.process")
+        )
         pids = [p for (p,) in conn.execute("SELECT id FROM processes")]
     assert statuses == {"completed": len(pids)}
     # Exactly one record per step of every process.
