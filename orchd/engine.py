@@ -175,6 +175,8 @@ class Engine:
         self._waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._tg: TaskGroup | None = None
+        self._stop = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
         self._accepting = False
         self._idle = asyncio.Event()
         self.started_at = time.time()
@@ -195,10 +197,21 @@ class Engine:
 
     async def open(self) -> None:
         await self.store.open()
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
+        ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._supervisor = asyncio.create_task(self._supervise(ready), name="orchd supervisor")
+        await ready.wait()
         self._accepting = True
         await self._recover()
+
+    async def _supervise(self, ready: asyncio.Event) -> None:
+        """Own every actor in one task group, in a task of its own, so the engine can be
+        opened and closed from different tasks; an actor never raises into the group."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            ready.set()
+            await self._stop.wait()
+            tg.cancel_scope.cancel()
 
     async def _recover(self) -> None:
         """Continue what a previous run left: active processes, retry and callback timers."""
@@ -235,9 +248,10 @@ class Engine:
                 await self._idle.wait()
         if self.actors:
             log.warning("interrupting %d steps after the grace period", len(self.actors))
-        self._tg.cancel_scope.cancel()
-        tg, self._tg = self._tg, None
-        await tg.__aexit__(None, None, None)
+        self._stop.set()
+        if self._supervisor is not None:
+            await self._supervisor
+        self._tg = None
         self.events.close()
         for waiters in self._waiters.values():
             for fut in waiters:

@@ -1,0 +1,178 @@
+"""The process status machine: the transition table, and a real Engine driven at random."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import engine_flows as flows
+import hypothesis.strategies as st
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
+
+from orchd import Engine
+from orchd.errors import InvalidTransition
+from orchd.model import (
+    ACTIVE,
+    ALLOWED,
+    FINAL,
+    TRANSITIONS,
+    Action,
+    ProcessStatus,
+    check_action,
+    check_transition,
+)
+
+T = TypeVar("T")
+P = ProcessStatus
+
+
+def test_final_statuses_have_no_way_out() -> None:
+    for status in FINAL:
+        assert TRANSITIONS[status] == frozenset()
+        for action in Action:
+            with pytest.raises(InvalidTransition):
+                check_action(action, status, "p")
+
+
+@pytest.mark.parametrize("current", list(P))
+@pytest.mark.parametrize("new", list(P))
+def test_check_transition_follows_the_table(current: P, new: P) -> None:
+    if new in TRANSITIONS[current]:
+        check_transition(current, new)
+    else:
+        with pytest.raises(InvalidTransition):
+            check_transition(current, new)
+
+
+def test_abort_is_allowed_exactly_where_the_contract_says() -> None:
+    assert ALLOWED[Action.ABORT] == {
+        P.CREATED,
+        P.RUNNING,
+        P.SUSPENDED,
+        P.WAITING,
+        P.AWAITING_CALLBACK,
+        P.FAILED,
+    }
+    assert ALLOWED[Action.RESUME] == {P.SUSPENDED}
+    assert ALLOWED[Action.RETRY] == {P.FAILED, P.WAITING}
+
+
+class _Loop:
+    """An event loop in a thread, so hypothesis's synchronous machine can drive the Engine."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+#: workflow -> (input, the status it settles in after start)
+KINDS = {
+    "needs_approval": ({"name": "n"}, P.SUSPENDED),
+    "flaky_task": ({}, P.FAILED),
+    "with_callback": ({}, P.AWAITING_CALLBACK),
+    "retrying": ({}, P.WAITING),
+    "conditional_task": ({}, P.COMPLETED),
+}
+
+
+class EngineMachine(RuleBasedStateMachine):
+    processes = Bundle("processes")
+
+    def __init__(self) -> None:
+        super().__init__()
+        flows.FAIL.update({"flaky": 10**9, "call oss": 10**9})
+        self.tmp = Path(__import__("tempfile").mkdtemp())
+        self.loop = _Loop()
+        self.engine = Engine(
+            database=str(self.tmp / "orchd.db"),
+            workflows=["engine_flows"],
+            retry_delay=3600.0,
+            grace_period=1.0,
+        )
+        self.loop.run(self.engine.open())
+        self.status: dict[str, P] = {}
+        self.steps: dict[str, int] = {}
+
+    def teardown(self) -> None:
+        self.loop.run(self.engine.close())
+        self.loop.close()
+        flows.FAIL.clear()
+
+    def settle(self, pid: str) -> P:
+        process = self.loop.run(self.engine.wait(pid))
+        assert process.status not in ACTIVE
+        assert len(process.steps) >= self.steps.get(pid, 0), "a step record disappeared"
+        self.steps[pid] = len(process.steps)
+        self.status[pid] = process.status
+        return process.status
+
+    def act(self, pid: str, action: Action, coro: Coroutine[Any, Any, Any]) -> bool:
+        before = self.status[pid]
+        try:
+            self.loop.run(coro)
+        except InvalidTransition:
+            assert before not in ALLOWED[action], f"{action} refused in {before}"
+            assert self.settle(pid) == before, "a refused action changed the status"
+            return False
+        assert before in ALLOWED[action], f"{action} accepted in {before}"
+        return True
+
+    @rule(target=processes, kind=st.sampled_from(sorted(KINDS)))
+    def start(self, kind: str) -> str:
+        given, expected = KINDS[kind]
+        pid = self.loop.run(self.engine.start(kind, given))
+        assert self.settle(pid) == expected
+        return pid
+
+    @rule(pid=processes, approved=st.booleans())
+    def resume(self, pid: str, approved: bool) -> None:
+        if self.act(pid, Action.RESUME, self.engine.resume(pid, {"approved": approved})):
+            assert self.settle(pid) == P.COMPLETED
+
+    @rule(pid=processes)
+    def retry(self, pid: str) -> None:
+        if self.act(pid, Action.RETRY, self.engine.retry(pid)):
+            assert self.settle(pid) in (P.FAILED, P.WAITING)
+
+    @rule(pid=processes)
+    def abort(self, pid: str) -> None:
+        if self.act(pid, Action.ABORT, self.engine.abort(pid)):
+            assert self.settle(pid) == P.ABORTED
+
+    @rule(pid=processes)
+    def callback(self, pid: str) -> None:
+        process = self.loop.run(self.engine.get(pid))
+        token = process.state.get("callback_token")
+        if token is None:
+            return
+        if self.act(pid, Action.CALLBACK, self.engine.callback(token, {"ok": True})):
+            assert self.settle(pid) == P.COMPLETED
+
+    @invariant()
+    def finished_processes_stay_finished(self) -> None:
+        for pid, status in self.status.items():
+            if status in FINAL:
+                assert self.loop.run(self.engine.get(pid)).status == status
+
+
+EngineMachine.TestCase.settings = settings(
+    max_examples=25,
+    stateful_step_count=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_engine_status_machine = EngineMachine.TestCase
