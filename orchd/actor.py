@@ -408,16 +408,23 @@ class Actor:
     async def _call(self, step: Step, kwargs: dict[str, Any]) -> Any:
         assert step.func is not None
         timeout = step.timeout if step.timeout is not None else self.engine.step_timeout
-        with anyio.fail_after(timeout) if timeout else _nothing():
-            if step.is_async:
-                return await step.func(**kwargs)
-            call = functools.partial(step.func, **kwargs)
-            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        if not timeout:
+            return await self._invoke(step, kwargs)
+        with anyio.move_on_after(timeout):
+            return await self._invoke(step, kwargs)
+        # Only our own deadline lands here; a TimeoutError the step raises passes through.
+        raise StepTimeout(f"step {step.name!r} did not finish within {timeout:g} s")
+
+    @staticmethod
+    async def _invoke(step: Step, kwargs: dict[str, Any]) -> Any:
+        assert step.func is not None
+        if step.is_async:
+            return await step.func(**kwargs)
+        call = functools.partial(step.func, **kwargs)
+        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
 
     async def _step_raised(self, step: Step, exc: BaseException, started: float) -> None:
-        if isinstance(exc, TimeoutError):
-            message = f"TimeoutError: step {step.name!r} did not finish in time"
-        elif isinstance(exc, StepInputError | StepOutputError | SubscriptionError | StepCrash):
+        if isinstance(exc, StepInputError | StepOutputError | SubscriptionError | StepCrash):
             message = str(exc)
         else:
             message = f"{type(exc).__name__}: {exc}"
@@ -482,7 +489,12 @@ class Actor:
     async def _done(self, step: Step, started: float) -> None:
         sub = self.state.get("subscription")
         change = None
-        if isinstance(sub, dict) and "id" in sub:
+        if (
+            self.target is not Target.SYSTEM
+            and isinstance(sub, dict)
+            and self.subscription_id is not None
+            and sub.get("id") == self.subscription_id
+        ):
             change = {**sub, "insync": True}
             if self.target is Target.TERMINATE:
                 change["status"] = "terminated"
@@ -630,15 +642,11 @@ class Actor:
 
 
 class StepCrash(Exception):
-    """Raised when engine-side evaluation for a step (its condition) fails."""
+    """Raised when engine-side evaluation for a step (its condition, its deadline) fails."""
 
 
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+class StepTimeout(StepCrash):
+    """Raised when a step runs past its timeout (the step's own or the engine's default)."""
 
 
 __all__ = ["Actor", "Run", "Resume", "Retry", "Abort", "Callback", "Expire", "Stop", "decode"]

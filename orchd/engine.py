@@ -15,7 +15,7 @@ import random
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,7 +50,7 @@ from orchd.model import (
     Target,
     WorkflowInfo,
 )
-from orchd.state import decode, form_schema, validate_form
+from orchd.state import StepOutputError, decode, form_schema, to_json_values, validate_form
 from orchd.store import SUBSCRIPTION_FIELDS, NewProcess, StepWrite, Store, subscription_from_row
 
 log = logging.getLogger("orchd.engine")
@@ -117,7 +117,7 @@ class EventHub:
                 listener.get_nowait()
                 listener.put_nowait(None)
 
-    async def listen(self, after: int | None = None) -> AsyncIterator[Event]:
+    async def listen(self, after: int | None = None) -> AsyncGenerator[Event, None]:
         queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=10_000)
         backlog = [e for e in self.recent if after is not None and e.id > after]
         self.listeners.add(queue)
@@ -482,7 +482,20 @@ class Engine:
                     [{"loc": ["subscription_id"], "msg": "expected a UUID string"}],
                 )
         if wf.form is None:
-            values = given
+            reserved = sorted(
+                k
+                for k in given
+                if k in RESERVED_KEYS and not (needs_subscription and k == "subscription_id")
+            )
+            if reserved:
+                raise FormValidationError(
+                    f"{', '.join(reserved)}: set by the engine, not by the input",
+                    [{"loc": [k], "msg": "reserved State key"} for k in reserved],
+                )
+            try:
+                values = to_json_values("input", given)
+            except StepOutputError as exc:
+                raise FormValidationError(str(exc), [{"loc": [], "msg": str(exc)}]) from None
         else:
             in_form = "subscription_id" in wf.form.__struct_fields__
             if needs_subscription and not in_form:
@@ -709,6 +722,20 @@ class Engine:
     def accepting(self) -> bool:
         return self._accepting
 
+
+#: State keys the engine sets; input cannot supply them.
+RESERVED_KEYS = frozenset(
+    {
+        "process_id",
+        "workflow_name",
+        "workflow_target",
+        "reporter",
+        "subscription",
+        "subscription_id",
+        "callback_token",
+        "callback_result",
+    }
+)
 
 STEP_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
 

@@ -375,13 +375,16 @@ class _Writer(threading.Thread):
         started = time.perf_counter()
         try:
             results = self._apply(batch)
-        except sqlite3.Error as exc:
+        except Exception as exc:
+            # The writer thread must outlive any failure, or every later write would hang.
             if len(batch) > 1:
                 # One bad operation must not sink the others: commit each on its own.
                 return [r for item in batch for r in self._commit([item])]
             self.failing = str(exc)
             log.error("checkpoint commit failed: %s", exc)
-            return [(batch[0][1], StoreError(f"database write failed: {exc}"), False)]
+            if isinstance(exc, sqlite3.Error):
+                exc = StoreError(f"database write failed: {exc}")
+            return [(batch[0][1], exc, False)]
         self.failing = None
         self.batches += 1
         self.committed += len(batch)
@@ -409,7 +412,9 @@ class _Writer(threading.Thread):
                         value = _record_schedule_run(conn, op)
                     else:
                         value = op(conn)
-                except (SubscriptionLocked, SubscriptionNotFound) as exc:
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:  # refused (locked, not found) or a bug in the op
                     conn.execute("ROLLBACK TO op")
                     results.append((fut, exc, False))
                 else:

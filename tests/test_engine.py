@@ -307,3 +307,40 @@ async def test_memory_database_works_for_workflow_tests() -> None:
     async with Engine(database=":memory:", workflows=["engine_flows"]) as e:
         p = await e.wait(await e.start("create_node", {"name": "n1"}))
     assert p.status == "completed"
+
+
+async def test_step_running_past_its_timeout_fails_with_the_limit(engine: Engine) -> None:
+    p = await engine.wait(await engine.start("timing_out"))
+    assert p.status == "failed"
+    assert "too slow" in p.error and "0.05 s" in p.error
+
+
+async def test_a_timeout_error_raised_by_a_step_keeps_its_own_message(engine: Engine) -> None:
+    p = await engine.wait(await engine.start("own_timeout"))
+    assert p.status == "failed"
+    assert p.error == "TimeoutError: the OSS did not answer within 30 s"
+
+
+@pytest.mark.parametrize("key", ["subscription", "subscription_id", "process_id", "reporter"])
+async def test_input_cannot_set_reserved_state_keys(engine: Engine, key: str) -> None:
+    with pytest.raises(FormValidationError) as err:
+        await engine.start("conditional_task", {key: {"id": "x"}})
+    assert err.value.errors[0]["loc"] == [key]
+    assert (await engine.list_processes()).items == []
+
+
+async def test_input_that_is_not_json_is_refused_and_the_store_keeps_working(
+    engine: Engine,
+) -> None:
+    with pytest.raises(FormValidationError):
+        await engine.start("conditional_task", {"x": object()})
+    assert (await engine.wait(await engine.start("conditional_task"))).status == "completed"
+
+
+async def test_a_failing_write_operation_does_not_stop_the_writer(engine: Engine) -> None:
+    def broken(conn: object) -> None:
+        raise ZeroDivisionError("bug in an operation")
+
+    with pytest.raises(ZeroDivisionError):
+        await engine.store.write(broken)
+    assert (await engine.wait(await engine.start("conditional_task"))).status == "completed"

@@ -309,3 +309,24 @@ def effects():  # type: ignore[no-untyped-def]
     for s in EFFECTS:
         flow = flow >> s
     return flow >> done
+
+
+@step("too slow", timeout=0.05)
+async def too_slow() -> State:
+    await asyncio.sleep(10)
+    return {}
+
+
+@workflow("A step that runs past its timeout", target=Target.SYSTEM)
+def timing_out():  # type: ignore[no-untyped-def]
+    return init >> too_slow >> done
+
+
+@step("oss timeout")
+def oss_timeout() -> State:
+    raise TimeoutError("the OSS did not answer within 30 s")
+
+
+@workflow("A step that raises its own TimeoutError", target=Target.SYSTEM)
+def own_timeout():  # type: ignore[no-untyped-def]
+    return init >> oss_timeout >> done

@@ -1,0 +1,300 @@
+"""`orchd bench`: figures a user can reproduce, each a ratio to a baseline from the same run.
+
+Every scenario runs the real Engine on a real SQLite file in a temporary directory, with
+``synchronous=FULL``: every step is durable before the next one starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from orchd.dsl import Form, State, done, init, inputstep, step, workflow
+from orchd.engine import Engine
+from orchd.model import Target
+
+PAYLOAD: dict[str, str] = {}
+
+
+def _trivial(n: int) -> Any:
+    @step(f"step {n}")
+    async def trivial() -> State:
+        return {f"k{n}": n}
+
+    return trivial
+
+
+_STEPS = [_trivial(n) for n in range(8)]
+
+
+@workflow("Benchmark: ten trivial steps", target=Target.SYSTEM)
+def bench_ten_steps():  # type: ignore[no-untyped-def]
+    flow = init
+    for s in _STEPS:
+        flow = flow >> s
+    return flow >> done
+
+
+def _payload_step(n: int) -> Any:
+    @step(f"payload {n}")
+    async def payload(blob: str) -> State:
+        return {"blob": blob[1:] + blob[0], f"k{n}": n}
+
+    return payload
+
+
+_PAYLOAD_STEPS = [_payload_step(n) for n in range(8)]
+
+
+@workflow("Benchmark: ten steps over a large State", target=Target.SYSTEM)
+def bench_payload():  # type: ignore[no-untyped-def]
+    flow = init
+    for s in _PAYLOAD_STEPS:
+        flow = flow >> s
+    return flow >> done
+
+
+class _Go(Form):
+    go: bool = True
+
+
+@inputstep("wait for a person")
+def _wait_for_person() -> type[Form]:
+    return _Go
+
+
+@workflow("Benchmark: suspends at once", target=Target.SYSTEM)
+def bench_suspend():  # type: ignore[no-untyped-def]
+    return init >> _wait_for_person >> done
+
+
+@step("poll slowly")
+async def _poll_slowly(rounds: int = 1000) -> State:
+    for _ in range(rounds):
+        await asyncio.sleep(0.05)
+    return {}
+
+
+@workflow("Benchmark: an actor busy in a polling step", target=Target.SYSTEM)
+def bench_polling():  # type: ignore[no-untyped-def]
+    return init >> _poll_slowly >> done
+
+
+def rss_mb() -> float:
+    """Current resident set size (Linux /proc), in MiB."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def raw_commit_rate(directory: str, count: int = 1000) -> float:
+    """Single-row durable commits per second: the floor every figure is compared with."""
+    conn = sqlite3.connect(os.path.join(directory, "raw.db"), isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v BLOB)")
+    started = time.perf_counter()
+    for _ in range(count):
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO t (v) VALUES (?)", (b"x" * 200,))
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return count / elapsed
+
+
+async def _engine(directory: str, name: str) -> Engine:
+    engine = Engine(database=os.path.join(directory, f"{name}.db"), workflows=["orchd.bench"])
+    await engine.open()
+    return engine
+
+
+async def _run_all(engine: Engine, workflow_name: str, count: int, given: Any = None) -> float:
+    """Start ``count`` processes at once; seconds until every one has finished."""
+    target = engine.steps_total + count * 10
+    finished = asyncio.Event()
+    started = time.perf_counter()
+
+    async def watch() -> None:
+        async for _ in engine.events.listen():
+            if engine.steps_total >= target:
+                finished.set()
+                return
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.gather(*(engine.start(workflow_name, given) for _ in range(count)))
+    await finished.wait()
+    elapsed = time.perf_counter() - started
+    watcher.cancel()
+    return elapsed
+
+
+async def p1_throughput(directory: str, processes: int) -> dict[str, float]:
+    engine = await _engine(directory, f"p1-{processes}")
+    try:
+        elapsed = await _run_all(engine, "bench_ten_steps", processes)
+        batches = engine.store.stats["batches"]
+        return {
+            "steps_per_s": processes * 10 / elapsed,
+            "rss_mb": rss_mb(),
+            "mean_batch": engine.store.stats["committed"] / max(1, batches),
+        }
+    finally:
+        await engine.close()
+
+
+async def p2_latency(directory: str) -> float:
+    """Seconds for one ten-step process, from start to its last commit (median of 5)."""
+    engine = await _engine(directory, "p2")
+    try:
+        times = []
+        for _ in range(5):
+            pid = await engine.start("bench_ten_steps")
+            started = time.perf_counter()
+            await engine.wait(pid)
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+    finally:
+        await engine.close()
+
+
+async def p3_memory(directory: str, count: int) -> dict[str, float]:
+    engine = await _engine(directory, "p3")
+    try:
+        base = rss_mb()
+        for chunk in range(0, count, 1000):
+            n = min(1000, count - chunk)
+            await asyncio.gather(*(engine.start("bench_suspend") for _ in range(n)))
+        while engine.actors:  # noqa: ASYNC110 - a benchmark may poll its own engine
+            await asyncio.sleep(0.05)
+        suspended = rss_mb() - base
+        pids = []
+        for chunk in range(0, count, 1000):
+            n = min(1000, count - chunk)
+            pids += await asyncio.gather(*(engine.start("bench_polling") for _ in range(n)))
+        await asyncio.sleep(0.5)
+        polling = rss_mb() - base - suspended
+        alive = len(engine.actors)
+        for pid in pids:
+            await engine.abort(pid)
+        return {
+            "suspended_mb": suspended,
+            "polling_mb": polling,
+            "per_actor_kb": polling * 1024 / max(1, alive),
+            "alive": alive,
+        }
+    finally:
+        engine.grace_period = 0.1
+        await engine.close()
+
+
+async def state_size(directory: str, size: int, processes: int) -> float:
+    engine = await _engine(directory, f"state-{size}")
+    try:
+        blob = "x" * size
+        return processes * 10 / await _run_all(engine, "bench_payload", processes, {"blob": blob})
+    finally:
+        await engine.close()
+
+
+def _median(runs: int, measure: Callable[[], Awaitable[Any]]) -> Any:
+    results = [asyncio.run(_with_loop(measure)) for _ in range(runs)]
+    if isinstance(results[0], dict):
+        return {k: statistics.median(r[k] for r in results) for k in results[0]}
+    return statistics.median(results)
+
+
+async def _with_loop(measure: Callable[[], Awaitable[Any]]) -> Any:
+    return await measure()
+
+
+def _table(rows: list[tuple[str, str, str, str]]) -> str:
+    header = ("scenario", "measured", "baseline", "goal")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="orchd bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, one run (smoke)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument("--scaling", action="store_true", help="also the growth tables")
+    args = parser.parse_args(argv)
+    runs = 1 if args.quick else args.runs
+    p1_count = 200 if args.quick else 2000
+    p3_count = 2000 if args.quick else 100_000
+    try:
+        import uvloop
+
+        uvloop.install() if sys.version_info < (3, 12) else None
+    except ImportError:
+        pass
+
+    with tempfile.TemporaryDirectory(prefix="orchd-bench-") as directory:
+        raw = statistics.median(
+            raw_commit_rate(directory, 300 if args.quick else 1000) for _ in range(runs)
+        )
+        p1 = _median(runs, lambda: p1_throughput(directory, p1_count))
+        p2 = _median(runs, lambda: p2_latency(directory))
+        p3 = _median(1, lambda: p3_memory(directory, p3_count))
+        rows = [
+            ("raw durable commit (1 row)", f"{raw:,.0f}/s", "-", "-"),
+            (
+                f"P1 {p1_count:,} x 10-step processes",
+                f"{p1['steps_per_s']:,.0f} steps/s ({p1['steps_per_s'] / raw:.1f}x raw)",
+                f"{raw:,.0f} commits/s",
+                ">= 30,000/s, >= 5x raw",
+            ),
+            (
+                "P2 one 10-step process",
+                f"{p2 * 1000:.1f} ms ({p2 * raw / 10:.2f}x)",
+                f"{10 / raw * 1000:.1f} ms (10 commits)",
+                "<= 1.2x",
+            ),
+            (
+                f"P3 {p3_count:,} suspended",
+                f"{p3['suspended_mb']:.1f} MiB RSS",
+                "-",
+                "~0 beyond the db",
+            ),
+            (
+                f"P3 {p3['alive']:,.0f} actors polling",
+                f"{p3['per_actor_kb']:.1f} KiB/actor",
+                "-",
+                "<= 8 KB/actor",
+            ),
+        ]
+        print(
+            f"orchd bench on {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+            f"median of {runs} run(s), synchronous=FULL"
+        )
+        print(_table(rows))
+        if args.scaling:
+            print("\nsteps/s and RSS by number of concurrent processes")
+            for n in (100, 1000, 10_000) if not args.quick else (100, 1000):
+                r = _median(1, lambda n=n: p1_throughput(directory, n))  # type: ignore[misc]
+                print(f"  {n:>7,}  {r['steps_per_s']:>9,.0f} steps/s  {r['rss_mb']:>7.1f} MiB")
+            print("\nsteps/s by State size (1,000 processes)")
+            for size in (1_000, 10_000, 100_000):
+                r = _median(1, lambda size=size: state_size(directory, size, 1000))  # type: ignore[misc]
+                print(f"  {size // 1000:>4} KB  {r:>9,.0f} steps/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,75 @@
+"""``provision_port``: a callback step, where the OSS answers when it is done.
+
+The action asks the OSS to configure a port on the node (``POST /jobs``) and hands it a
+callback URL holding the process's ``callback_token``; the process then waits, as
+``awaiting_callback``, without polling and without holding a task. The OSS is expected to
+post its outcome (``{"result": "ok"}`` or ``{"result": "error", "reason": ...}``) to that URL,
+the daemon's ``POST /api/callbacks/{token}``; ``orchd fake-oss`` does so after ``--job-time``.
+With no answer within an hour the wait fails, and a retry posts a new job with a new token.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+from msgspec import Meta
+
+from orchd import Form, State, StepList, Target, callback_step, done, init, step, workflow
+from orchd.examples.oss import callback_url, node_id_of, oss_url
+from orchd.http import HttpClient
+
+Vlan = Annotated[int, Meta(ge=1, le=4094)]
+
+
+class ProvisionPortForm(Form):
+    subscription_id: UUID
+    port: Annotated[str, Meta(min_length=1, max_length=64)]
+    vlan: Vlan
+
+
+class PortProvisioningFailed(Exception):
+    """Raised when the OSS reports that it could not configure the port."""
+
+
+@step("request_port")
+async def request_port(
+    subscription: dict[str, Any],
+    port: str,
+    vlan: int,
+    process_id: str,
+    callback_token: str,
+    http: HttpClient,
+) -> State:
+    job = await http.post_json(
+        f"{oss_url()}/jobs",
+        {
+            "kind": "provision_port",
+            "node_id": node_id_of(subscription),
+            "port": port,
+            "vlan": vlan,
+            "callback_url": callback_url(callback_token),
+        },
+        # One job per token: a retry of this request is safe, a new token is a new job.
+        headers={"Idempotency-Key": f"{process_id}:{callback_token}"},
+        idempotent=True,
+    )
+    return {"job_id": job["id"]}
+
+
+@step("confirm_port")
+async def confirm_port(
+    subscription: dict[str, Any], callback_result: Any, port: str, vlan: int
+) -> State:
+    result = callback_result.get("result") if isinstance(callback_result, dict) else None
+    if result != "ok":
+        raise PortProvisioningFailed(f"the OSS did not configure port {port}: {callback_result}")
+    attributes = dict(subscription.get("attributes") or {})
+    ports = [p for p in attributes.get("ports", []) if p.get("port") != port]
+    attributes["ports"] = [*ports, {"port": port, "vlan": vlan}]
+    return {"subscription": {**subscription, "attributes": attributes}, "port_status": "up"}
+
+
+@workflow("Configure a port on a node", initial_input_form=ProvisionPortForm, target=Target.MODIFY)
+def provision_port() -> StepList:
+    return init >> callback_step("await_port", request_port, confirm_port, timeout=3600.0) >> done

@@ -1,0 +1,493 @@
+"""The internal scheduler: runs SYSTEM workflows (tasks) on an interval or a cron expression.
+
+One asyncio task sleeps until the earliest due entry (a heap), fires it and sleeps again;
+`reload` wakes it early (`run_now` leaves the plan as it is). Nothing polls the database: each
+tick reads one process row (is the previous run still going?) and writes a few rows.
+
+A run of a fire time is at most once. Before starting the process the scheduler claims the
+fire time (a unique ``schedule_runs`` row, committed together with the next fire time); only then
+does it start the process and record its id. A crash after the claim but before the process
+commit loses that one tick; a crash after the process commit but before its id is recorded is
+repaired at the next start, which adopts the newest process this schedule started
+(reporter ``scheduler:<name>``) so the overlap check still sees it. Starting first and recording
+afterwards would instead run the tick twice after such a crash.
+
+A schedule is *running* while its last process is created, running, waiting (a retrystep will
+be retried on its own) or awaiting_callback (an external system will answer): it is making
+progress without anyone's help, so another run would overlap it. A suspended or failed process
+needs a person; it does not hold up the schedule, which would otherwise stop for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import math
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from cronsim import CronSim, CronSimError
+
+from orchd.config import ScheduleConfig
+from orchd.errors import ConfigError, OrchdError, ScheduleNotFound, ScheduleRunning
+from orchd.model import LastRun, ProcessStatus, ScheduleInfo, Target
+from orchd.store import ScheduleRun
+
+if TYPE_CHECKING:
+    from orchd.engine import Engine
+
+log = logging.getLogger("orchd.scheduler")
+P = ProcessStatus
+
+#: Statuses in which the last run blocks the next one (see the module docstring).
+RUNNING = frozenset({P.CREATED, P.RUNNING, P.WAITING, P.AWAITING_CALLBACK})
+
+#: The longest single sleep: the loop sleeps on the monotonic clock but fire times are wall-clock
+#: times, so it looks again now and then in case the wall clock was stepped (NTP, suspend).
+MAX_SLEEP = 60.0
+
+
+def next_fire_time(config: ScheduleConfig, after: float) -> float:
+    """The first fire time strictly after ``after`` (epoch seconds), ignoring jitter."""
+    every = config.every_seconds
+    if every is not None:
+        return after + every
+    assert config.cron is not None
+    start = datetime.fromtimestamp(after, config.zone)
+    try:
+        return next(CronSim(config.cron, start)).timestamp()
+    except StopIteration:
+        raise ValueError(f"cron {config.cron!r} never fires") from None
+
+
+def following(config: ScheduleConfig, fire_at: float, now: float) -> float:
+    """The fire time after ``fire_at`` that is still ahead of ``now``; missed ones coalesce.
+
+    An interval stays anchored at ``fire_at`` (``fire_at + k * every``), so it never drifts.
+    """
+    every = config.every_seconds
+    if every is not None:
+        steps = max(1, math.floor((now - fire_at) / every) + 1)
+        return fire_at + steps * every
+    return next_fire_time(config, max(fire_at, now))
+
+
+def latest_missed(config: ScheduleConfig, first: float, now: float) -> float:
+    """The last fire time in ``[first, now]``, given that ``first <= now`` was missed."""
+    every = config.every_seconds
+    if every is not None:
+        return first + math.floor((now - first) / every) * every
+    assert config.cron is not None
+    start = datetime.fromtimestamp(now, config.zone)
+    latest = next(CronSim(config.cron, start, reverse=True)).timestamp()
+    return max(latest, first)
+
+
+def _at(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+@dataclass
+class _Entry:
+    config: ScheduleConfig
+    #: The next fire time (stored, shown) and when it is actually due (plus jitter).
+    next_fire: float | None = None
+    due: float = math.inf
+    last_process_id: str | None = None
+    last_status: ProcessStatus | None = None
+    last_fire: float | None = None
+    skipped: int = 0
+    #: Bumped whenever ``due`` changes, so stale heap items are recognised and dropped.
+    version: int = 0
+    removed: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.config.key
+
+    def set_next(self, fire_at: float | None) -> None:
+        self.next_fire = fire_at if self.config.enabled else None
+        jitter = self.config.jitter_seconds
+        delay = random.uniform(0, jitter) if jitter > 0 else 0.0
+        self.due = math.inf if self.next_fire is None else self.next_fire + delay
+        self.version += 1
+
+
+# Writes of our own, run inside the store's writer transaction.
+_SET_NEXT = """INSERT INTO schedules (name, next_fire_at) VALUES (?, ?)
+    ON CONFLICT (name) DO UPDATE SET next_fire_at = excluded.next_fire_at"""
+_CLAIM = "INSERT OR IGNORE INTO schedule_runs (name, fire_at, process_id) VALUES (?, ?, NULL)"
+_RUN = """INSERT INTO schedule_runs (name, fire_at, process_id) VALUES (?, ?, ?)
+    ON CONFLICT (name, fire_at) DO UPDATE SET process_id = excluded.process_id"""
+_LAST = """INSERT INTO schedules (name, last_process_id, last_fire_at) VALUES (?, ?, ?)
+    ON CONFLICT (name) DO UPDATE SET last_process_id = excluded.last_process_id,
+    last_fire_at = excluded.last_fire_at"""
+
+
+def _claim(name: str, fire_at: float, next_fire: float) -> Callable[[sqlite3.Connection], bool]:
+    """Claim a fire time and move the plan on; False when it was claimed before (a replay)."""
+
+    def op(conn: sqlite3.Connection) -> bool:
+        fresh = conn.execute(_CLAIM, (name, fire_at)).rowcount == 1
+        conn.execute(_SET_NEXT, (name, next_fire))
+        return fresh
+
+    return op
+
+
+def _record(name: str, fire_at: float, pid: str) -> Callable[[sqlite3.Connection], None]:
+    def op(conn: sqlite3.Connection) -> None:
+        conn.execute(_RUN, (name, fire_at, pid))
+        conn.execute(_LAST, (name, pid, fire_at))
+
+    return op
+
+
+class Scheduler:
+    """Fires the configured schedules on an Engine; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        schedules: Sequence[ScheduleConfig],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.validate(schedules)
+        self._entries: dict[str, _Entry] = {s.key: _Entry(s) for s in schedules}
+        self._heap: list[tuple[float, int, str]] = []
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()  # one tick, run_now or reload at a time
+        self._task: asyncio.Task[None] | None = None
+        self._loaded = False
+        #: Counters for metrics since this scheduler was made (run_now runs count as runs).
+        self.runs_total = 0
+        self.skipped_total = 0
+
+    def validate(self, schedules: Sequence[ScheduleConfig] | None = None) -> None:
+        """Raise ConfigError (``schedules[N].key: problem``) unless every entry can run.
+
+        Checks the given list, or the current entries when none is given.
+        """
+        given = [e.config for e in self._entries.values()] if schedules is None else schedules
+        seen: set[str] = set()
+        for i, entry in enumerate(given):
+            wf = self.engine.workflows.get(entry.workflow)
+            if wf is None:
+                raise ConfigError(f"schedules[{i}].workflow: unknown workflow {entry.workflow!r}")
+            if wf.target is not Target.SYSTEM:
+                raise ConfigError(
+                    f"schedules[{i}].workflow: {entry.workflow!r} is a {wf.target} workflow;"
+                    " only SYSTEM workflows (tasks) can be scheduled"
+                )
+            if entry.key in seen:
+                raise ConfigError(f"schedules[{i}].name: duplicate schedule name {entry.key!r}")
+            seen.add(entry.key)
+            # validate_config reports these with the file's name; never run with a bad one.
+            try:
+                if (entry.every is None) == (entry.cron is None):
+                    raise ValueError("set exactly one of 'every' or 'cron'")
+                if (entry.every_seconds or 1) <= 0 or entry.jitter_seconds < 0:
+                    raise ValueError("'every' must be positive and 'jitter' not negative")
+                next_fire_time(entry, self.clock() + entry.misfire_grace_seconds)
+            except (ValueError, KeyError, CronSimError) as exc:
+                raise ConfigError(f"schedules[{i}]: {exc}") from None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load persisted state, settle missed fire times, and start the timer task."""
+        if self._task is None:
+            await self.load()
+            self._task = asyncio.create_task(self._loop(), name="orchd scheduler")
+
+    async def stop(self) -> None:
+        """Stop the timer task; a tick in progress finishes first (it holds the lock)."""
+        task, self._task = self._task, None
+        if task is not None:
+            async with self._lock:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def load(self) -> None:
+        """Read the ``schedules`` table and plan each entry's next fire time (``start`` does this).
+
+        A fire time that passed while the daemon was down runs once now when the latest one is
+        within ``misfire_grace``, however many were missed; otherwise it is skipped and logged.
+        """
+        now = self.clock()
+        rows = await self.engine.store.fetchall(
+            "SELECT name, last_process_id, last_fire_at, next_fire_at, skipped FROM schedules"
+        )
+        by_name = {r[0]: r for r in rows}
+        for entry in self._entries.values():
+            persisted = None
+            if (row := by_name.get(entry.name)) is not None:
+                _, entry.last_process_id, entry.last_fire, persisted, entry.skipped = row
+                await self._adopt(entry)
+            self._plan(entry, persisted, now)
+        await self._refresh(list(self._entries.values()))
+        await self._persist(list(self._entries.values()))
+        self._loaded = True
+        self._rebuild_heap()
+
+    async def _adopt(self, entry: _Entry) -> None:
+        """Take over a process started right before a crash that lost its record."""
+        row = await self.engine.store.fetchone(
+            "SELECT id, created_at FROM processes WHERE reporter = ? AND rowid > "
+            "coalesce((SELECT rowid FROM processes WHERE id = ?), 0) ORDER BY rowid DESC LIMIT 1",
+            (f"scheduler:{entry.name}", entry.last_process_id),
+        )
+        if row is not None:
+            log.warning("schedule=%s adopting unrecorded run process=%s", entry.name, row[0])
+            entry.last_process_id, entry.last_fire = row[0], row[1]
+
+    def _plan(self, entry: _Entry, persisted: float | None, now: float) -> None:
+        config = entry.config
+        if persisted is None or not config.enabled:
+            entry.set_next(next_fire_time(config, now))
+        elif persisted > now:
+            # Keep the plan made before the restart, unless the config now asks for sooner.
+            fresh = next_fire_time(config, now)
+            entry.set_next(fresh if config.cron is not None else min(persisted, fresh))
+        else:
+            missed = latest_missed(config, persisted, now)
+            if now - missed <= config.misfire_grace_seconds:
+                log.info("schedule=%s running missed fire time %s once", entry.name, _at(missed))
+                entry.set_next(missed)
+            else:
+                log.warning(
+                    "schedule=%s skipping missed fire time %s (older than misfire_grace %s)",
+                    entry.name,
+                    _at(missed),
+                    config.misfire_grace,
+                )
+                entry.set_next(following(config, missed, now))
+
+    async def _persist(self, entries: list[_Entry]) -> None:
+        # A restart then keeps the plan: an interval never restarts its count from zero.
+        rows = [(e.name, e.next_fire) for e in entries if e.next_fire is not None]
+        if rows:
+            await self.engine.store.write(lambda conn: conn.executemany(_SET_NEXT, rows))
+
+    def _rebuild_heap(self) -> None:
+        self._heap = [(e.due, e.version, e.name) for e in self._entries.values()]
+        heapq.heapify(self._heap)
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.run_pending()
+            except Exception:
+                log.exception("scheduler tick failed")
+            delay = MAX_SLEEP
+            if self._heap:
+                delay = min(MAX_SLEEP, max(0.0, self._heap[0][0] - self.clock()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    # -- firing ---------------------------------------------------------------------------
+
+    async def run_pending(self) -> None:
+        """Fire every entry that is due by the clock (the timer task calls this)."""
+        if not self._loaded:
+            await self.load()
+        while self._heap:
+            due, version, name = self._heap[0]
+            entry = self._entries.get(name)
+            if entry is None or entry.version != version:
+                heapq.heappop(self._heap)  # removed or re-planned since it was pushed
+                continue
+            now = self.clock()
+            if due > now:
+                return
+            heapq.heappop(self._heap)
+            try:
+                await self._fire(entry, version, now)
+            except OrchdError as exc:
+                log.error("schedule=%s tick failed: %s", name, exc)
+            except Exception:
+                log.exception("schedule=%s tick failed", name)
+            finally:
+                if entry.version == version and not entry.removed:
+                    # It failed before planning the next tick: never retry one at once.
+                    entry.set_next(following(entry.config, entry.next_fire or now, now))
+                if not entry.removed:
+                    heapq.heappush(self._heap, (entry.due, entry.version, entry.name))
+
+    async def _fire(self, entry: _Entry, version: int, now: float) -> None:
+        async with self._lock:
+            fire_at = entry.next_fire
+            if entry.removed or entry.version != version or fire_at is None:
+                return  # reloaded while waiting for the lock
+            next_fire = following(entry.config, fire_at, now)
+            entry.set_next(next_fire)
+            if await self._busy(entry):
+                skip = ScheduleRun(
+                    name=entry.name,
+                    fire_at=fire_at,
+                    process_id=None,
+                    next_fire_at=next_fire,
+                    skipped=True,
+                )
+                if await self.engine.store.write(skip):
+                    entry.skipped += 1
+                    self.skipped_total += 1
+                    log.info(
+                        "schedule=%s skipped tick %s: process=%s is still %s",
+                        *(entry.name, _at(fire_at), entry.last_process_id, entry.last_status),
+                    )
+            elif await self.engine.store.write(_claim(entry.name, fire_at, next_fire)):
+                await self._start(entry, fire_at)
+            else:
+                log.info("schedule=%s fire time %s already ran", entry.name, _at(fire_at))
+
+    async def _busy(self, entry: _Entry) -> bool:
+        await self._refresh([entry])
+        return entry.last_status in RUNNING
+
+    async def _start(self, entry: _Entry, fire_at: float) -> str:
+        config = entry.config
+        pid = await self.engine.start(
+            config.workflow, dict(config.input), reporter=f"scheduler:{entry.name}"
+        )
+        entry.last_process_id, entry.last_status, entry.last_fire = pid, P.CREATED, fire_at
+        self.runs_total += 1
+        await self.engine.store.write(_record(entry.name, fire_at, pid))
+        log.info("schedule=%s started process=%s workflow=%s", entry.name, pid, config.workflow)
+        return pid
+
+    async def _refresh(self, entries: list[_Entry]) -> None:
+        """Read the status of each entry's last process, in one query."""
+        pids = {e.last_process_id for e in entries if e.last_process_id is not None}
+        if not pids:
+            return
+        rows = await self.engine.store.fetchall(
+            f"SELECT id, status FROM processes WHERE id IN ({', '.join('?' * len(pids))})",
+            tuple(pids),
+        )
+        status = {pid: P(s) for pid, s in rows}
+        for e in entries:
+            if e.last_process_id is not None:
+                e.last_status = status.get(e.last_process_id)
+
+    # -- the API --------------------------------------------------------------------------
+
+    async def entries(self) -> list[ScheduleInfo]:
+        """Every entry, disabled ones included, with its last run's current status."""
+        await self._refresh(list(self._entries.values()))
+        return [_info(e) for e in self._entries.values()]
+
+    async def run_now(self, name: str) -> str:
+        """Start the entry's workflow now and return the process id; the plan does not move.
+
+        Raises ScheduleNotFound, or ScheduleRunning while its last run is unfinished.
+        """
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ScheduleNotFound(f"no schedule named {name!r}")
+        async with self._lock:
+            if await self._busy(entry):
+                raise ScheduleRunning(
+                    f"schedule {name!r}: process {entry.last_process_id} is still"
+                    f" {entry.last_status}"
+                )
+            return await self._start(entry, self.clock())
+
+    async def reload(self, schedules: Sequence[ScheduleConfig]) -> list[str]:
+        """Apply a new list of schedules; returns what changed, e.g. ``"added x"``.
+
+        Unchanged entries keep their state and plan; a changed entry keeps its last run and
+        skipped count and is planned afresh from now when its timing changed. Raises
+        ConfigError (and changes nothing) when the new list does not validate.
+        """
+        self.validate(schedules)
+        changes: list[str] = []
+        async with self._lock:
+            now = self.clock()
+            old, new = self._entries, {s.key: s for s in schedules}
+            replanned: list[_Entry] = []
+            entries: dict[str, _Entry] = {}
+            for key, config in new.items():
+                entry = entries[key] = old.get(key) or _Entry(config)
+                if key not in old:
+                    changes.append(f"added {key}")
+                    await self._load_one(entry)
+                    replanned.append(entry)
+                elif entry.config != config:
+                    changes.append(f"changed {key}: {_diff(entry.config, config)}")
+                    before, entry.config = entry.config, config
+                    if any(getattr(before, f) != getattr(config, f) for f in _TIMING):
+                        replanned.append(entry)
+                    elif before.jitter != config.jitter:
+                        entry.set_next(entry.next_fire)  # same fire time, new jitter
+            for key, entry in old.items():
+                if key not in new:
+                    changes.append(f"removed {key}")
+                    entry.removed = True
+            self._entries = entries
+            for entry in replanned:
+                entry.set_next(next_fire_time(entry.config, now))
+            await self._persist(replanned)
+            self._rebuild_heap()
+        if changes:
+            log.info("schedules reloaded: %s", "; ".join(changes))
+        return changes
+
+    async def _load_one(self, entry: _Entry) -> None:
+        """An added entry may have run before (removed and added back): keep its history."""
+        row = await self.engine.store.fetchone(
+            "SELECT last_process_id, last_fire_at, skipped FROM schedules WHERE name = ?",
+            (entry.name,),
+        )
+        if row is not None:
+            entry.last_process_id, entry.last_fire, entry.skipped = row
+
+
+_TIMING = ("every", "cron", "timezone", "enabled")
+
+
+def _info(e: _Entry) -> ScheduleInfo:
+    last = None
+    if e.last_process_id is not None and e.last_fire is not None:
+        at = datetime.fromtimestamp(e.last_fire, UTC)
+        last = LastRun(process_id=e.last_process_id, status=e.last_status, at=at)
+    c = e.config
+    return ScheduleInfo(
+        name=e.name,
+        workflow=c.workflow,
+        every=c.every,
+        cron=c.cron,
+        timezone=c.timezone,
+        enabled=c.enabled,
+        running=e.last_status in RUNNING,
+        last_run=last,
+        next_run=_at(e.next_fire),
+        skipped=e.skipped,
+    )
+
+
+def _diff(old: ScheduleConfig, new: ScheduleConfig) -> str:
+    """What changed in an entry, e.g. ``every 5m -> every 1m, enabled True -> False``."""
+
+    def when(c: ScheduleConfig) -> str:
+        return f"every {c.every}" if c.every is not None else f"cron {c.cron!r}"
+
+    parts = [f"{when(old)} -> {when(new)}"] if when(old) != when(new) else []
+    for name in ("workflow", "input", "jitter", "timezone", "enabled", "misfire_grace"):
+        before, after = getattr(old, name), getattr(new, name)
+        if before != after:
+            parts.append(f"{name} {before!r} -> {after!r}")
+    return ", ".join(parts)
