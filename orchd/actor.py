@@ -104,6 +104,14 @@ def _reply(envelope: Envelope, value: Any = None, error: BaseException | None = 
         fut.set_result(value)
 
 
+def _refused(action: Action, status: ProcessStatus, pid: str) -> InvalidTransition:
+    try:
+        check_action(action, status, pid)
+    except InvalidTransition as exc:
+        return exc
+    raise AssertionError(f"{action} is allowed in {status}")  # pragma: no cover
+
+
 class SubscriptionError(Exception):
     """Raised when a step puts a subscription into State that cannot be saved."""
 
@@ -148,11 +156,23 @@ class Actor:
 
     def post(self, message: Message, reply: asyncio.Future[Any] | None) -> None:
         envelope = Envelope(message, reply)
-        if isinstance(message, Abort) and self.loaded and self.status in ACTIVE:
-            # Abort of a running process takes effect between steps; the caller need not wait.
-            self.abort_requested = message.reporter or "user"
-            _reply(envelope)
-            return
+        if self.loaded and self.status in ACTIVE:
+            # A running process answers at once instead of after its current step: abort is
+            # noted for the next step boundary; resume, retry and a stray callback are refused.
+            match message:
+                case Abort(reporter=reporter):
+                    self.abort_requested = reporter or "user"
+                    _reply(envelope, self.status)
+                    return
+                case Resume():
+                    _reply(envelope, error=_refused(Action.RESUME, self.status, self.pid))
+                    return
+                case Retry(automatic=False):
+                    _reply(envelope, error=_refused(Action.RETRY, self.status, self.pid))
+                    return
+                case Callback(token=token) if token != self.callback_token:
+                    _reply(envelope, error=_refused(Action.CALLBACK, self.status, self.pid))
+                    return
         if isinstance(message, Stop):
             self.stopping = True
         self.mailbox.append(envelope)
@@ -234,14 +254,14 @@ class Actor:
                     _reply(envelope)
                 case Resume(answer=answer, reporter=reporter):
                     await self._resume(answer, reporter)
-                    _reply(envelope)
+                    _reply(envelope, self.status)
                 case Retry(automatic=automatic):
                     await self._retry(automatic)
-                    _reply(envelope)
+                    _reply(envelope, self.status)
                 case Abort(reporter=reporter):
                     check_action(Action.ABORT, self.status, self.pid)
                     await self._abort(reporter or "user")
-                    _reply(envelope)
+                    _reply(envelope, self.status)
                 case Callback(token=token, payload=payload):
                     if self._callback_pending(token):
                         self.pending_callback = envelope  # answered once it is committed

@@ -34,6 +34,7 @@ from orchd.errors import (
     SubscriptionNotFound,
     WorkflowNotFound,
 )
+from orchd.loopwatch import LoopWatch
 from orchd.model import (
     ACTIVE,
     Event,
@@ -159,6 +160,7 @@ class Engine:
         retry_max_delay: float = 600.0,
         retry_max_attempts: int = 10,
         resources: Mapping[Any, Any] | None = None,
+        block_warning: float | None = 1.0,
     ) -> None:
         self.workflows = load_workflows(workflows)
         self.store = Store(database, synchronous=synchronous)
@@ -177,6 +179,9 @@ class Engine:
         self._tg: TaskGroup | None = None
         self._stop = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
+        self._own_http: Any = None
+        #: Warns when workflow code blocks the event loop longer than this (None: off).
+        self.loopwatch = LoopWatch(block_warning) if block_warning else None
         self._accepting = False
         self._idle = asyncio.Event()
         self.started_at = time.time()
@@ -196,7 +201,16 @@ class Engine:
         await self.close()
 
     async def open(self) -> None:
+        from orchd.http import HttpClient
+
+        if HttpClient not in self.resources:
+            # Steps that talk to an OSS ask for an ``HttpClient``; embedded engines get one too.
+            self._own_http = HttpClient()
+            await self._own_http.open()
+            self.resources[HttpClient] = self._own_http
         await self.store.open()
+        if self.loopwatch is not None:
+            self.loopwatch.start()
         ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._supervisor = asyncio.create_task(self._supervise(ready), name="orchd supervisor")
@@ -259,6 +273,12 @@ class Engine:
                     fut.set_exception(ShuttingDown("the engine stopped"))
         self._waiters.clear()
         await self.store.close()
+        if self.loopwatch is not None:
+            self.loopwatch.stop()
+        if self._own_http is not None:
+            await self._own_http.close()
+            self.resources.pop(type(self._own_http), None)
+            self._own_http = None
 
     # -- actors ---------------------------------------------------------------------------
 
@@ -568,17 +588,19 @@ class Engine:
                 if not waiters:
                     del self._waiters[pid]
 
-    async def resume(self, pid: str, answer: Any, *, reporter: str | None = None) -> None:
+    async def resume(self, pid: str, answer: Any, *, reporter: str | None = None) -> ProcessStatus:
         """Answer a suspended process's form; returns once committed and running again."""
-        await self._ask(self._check_id(pid), actors.Resume(answer=answer, reporter=reporter))
+        return P(
+            await self._ask(self._check_id(pid), actors.Resume(answer=answer, reporter=reporter))
+        )
 
-    async def retry(self, pid: str, *, reporter: str | None = None) -> None:
+    async def retry(self, pid: str, *, reporter: str | None = None) -> ProcessStatus:
         """Re-run the failed (or waiting) step; returns once committed and running again."""
-        await self._ask(self._check_id(pid), actors.Retry(reporter=reporter))
+        return P(await self._ask(self._check_id(pid), actors.Retry(reporter=reporter)))
 
-    async def abort(self, pid: str, *, reporter: str | None = None) -> None:
+    async def abort(self, pid: str, *, reporter: str | None = None) -> ProcessStatus:
         """Abort; returns once committed (for a running process: once requested)."""
-        await self._ask(self._check_id(pid), actors.Abort(reporter=reporter))
+        return P(await self._ask(self._check_id(pid), actors.Abort(reporter=reporter)))
 
     async def callback(self, token: str, payload: Any) -> str:
         """Deliver an external system's answer; returns the process id once committed."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -344,3 +345,17 @@ async def test_a_failing_write_operation_does_not_stop_the_writer(engine: Engine
     with pytest.raises(ZeroDivisionError):
         await engine.store.write(broken)
     assert (await engine.wait(await engine.start("conditional_task"))).status == "completed"
+
+
+async def test_a_step_blocking_the_event_loop_is_named_in_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="orchd.loopwatch")
+    async with Engine(
+        database=str(tmp_path / "db"), workflows=["engine_flows"], block_warning=0.2
+    ) as e:
+        p = await e.wait(await e.start("blocking"))
+        await asyncio.sleep(0.3)
+    assert p.status == "completed"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "orchd.loopwatch"]
+    assert any("blocks_the_loop" in w and "engine_flows.py" in w for w in warnings), warnings

@@ -330,3 +330,16 @@ def oss_timeout() -> State:
 @workflow("A step that raises its own TimeoutError", target=Target.SYSTEM)
 def own_timeout():  # type: ignore[no-untyped-def]
     return init >> oss_timeout >> done
+
+
+@step("blocks the loop")
+async def blocks_the_loop() -> State:
+    import time
+
+    time.sleep(0.6)
+    return {}
+
+
+@workflow("An async step that blocks the event loop", target=Target.SYSTEM)
+def blocking():  # type: ignore[no-untyped-def]
+    return init >> blocks_the_loop >> done

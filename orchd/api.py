@@ -1,0 +1,622 @@
+"""The control API: aiohttp routes over the Engine (contract §5).
+
+Handlers stay thin (parse, call the engine, encode). One middleware authorizes TCP requests,
+turns every error into ``application/problem+json`` and counts answers for ``/metrics``. The
+route table below is declared once: it registers the handlers and builds the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import socket
+import struct
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import msgspec
+from aiohttp import web
+
+from orchd import __version__, metrics, openapi
+from orchd.engine import Engine
+from orchd.errors import (
+    BadRequest,
+    OrchdError,
+    PayloadTooLarge,
+    ScheduleNotFound,
+    Unauthorized,
+    WorkflowNotFound,
+)
+from orchd.model import (
+    Event,
+    Process,
+    ProcessStatus,
+    ProcessSummary,
+    ScheduleInfo,
+    Subscription,
+    SubscriptionDetail,
+    SubscriptionStatus,
+    WorkflowInfo,
+)
+from orchd.openapi import Param, Route
+
+log = logging.getLogger("orchd.api")
+
+#: Seconds between SSE heartbeat comments.
+HEARTBEAT = 15.0
+#: Seconds between checks that an SSE client is still connected.
+POLL = 1.0
+#: The most items one page of a list holds, whatever ``limit`` asks.
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 50
+#: Request bodies nested deeper than this are refused (400) rather than handed on.
+MAX_DEPTH = 64
+#: Seconds the health check waits for the database.
+PING_TIMEOUT = 5.0
+MAX_REPORTER = 200
+
+
+class SchedulerLike(Protocol):
+    """What the API needs of the scheduler (``orchd.scheduler``).
+
+    A scheduler may also offer ``run_counts() -> Mapping[str, int]`` (processes started per
+    schedule), exported as ``orchd_schedule_runs_total``.
+    """
+
+    def entries(self) -> list[ScheduleInfo]: ...
+
+    async def run_now(self, name: str) -> str:
+        """Start the schedule's workflow now; raises ScheduleNotFound or ScheduleRunning."""
+        ...
+
+
+# -- the shapes the handlers answer with (also the OpenAPI schemas) ------------------------
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: str  # "ok", or "degraded" when the database does not answer or refuses writes
+    version: str
+    uptime_seconds: float
+    processes: dict[str, int]
+    database: str  # "ok" or what is wrong
+    accepting: bool
+
+
+class Created(msgspec.Struct, kw_only=True):
+    id: str
+
+
+class Accepted(msgspec.Struct, kw_only=True):
+    id: str
+    status: ProcessStatus
+
+
+class ProcessPage(msgspec.Struct, kw_only=True):
+    items: list[ProcessSummary]
+    next_cursor: str | None = None
+
+
+class SubscriptionPage(msgspec.Struct, kw_only=True):
+    items: list[Subscription]
+    next_cursor: str | None = None
+
+
+class ProblemError(msgspec.Struct, kw_only=True):
+    loc: list[str | int]
+    msg: str
+
+
+class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """RFC 9457 problem details; ``errors`` only for form validation (422)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemError] | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+
+def _json(value: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=_encoder.encode(value),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
+
+
+def _problem(body: Mapping[str, Any]) -> web.Response:
+    try:
+        encoded = _encoder.encode(msgspec.convert(body, Problem))
+    except msgspec.ValidationError:
+        encoded = _encoder.encode(body)  # an unusual shape still goes out whole
+    return web.Response(
+        body=encoded, status=int(body["status"]), content_type="application/problem+json"
+    )
+
+
+def decode_body(raw: bytes, empty: Any) -> Any:
+    """Decode a request body as any JSON value; ``empty`` stands for a blank body."""
+    if not raw.strip():
+        return empty
+    try:
+        value = _decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(f"the body is nested deeper than {MAX_DEPTH} levels") from None
+    if _deeper_than(value, MAX_DEPTH):
+        raise BadRequest(f"the body is nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _is_tcp(request: web.Request) -> bool:
+    # A Unix socket's sockname is its path (str, or bytes for the abstract namespace).
+    transport = request.transport
+    return transport is None or isinstance(transport.get_extra_info("sockname"), tuple)
+
+
+class ControlApi:
+    """The handlers, bound to one engine; ``create_app`` wires them up."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        scheduler: SchedulerLike | None,
+        *,
+        max_body: int,
+        token: str | None,
+        peer_reporter: bool,
+        heartbeat: float,
+    ) -> None:
+        self.engine = engine
+        self.scheduler = scheduler
+        self.max_body = max_body
+        self._token = token.encode() if token else None
+        self.peer_reporter = peer_reporter
+        self.heartbeat = heartbeat
+        self.requests: Counter[int] = Counter()
+        self.routes = self._route_table()
+        self._public = {(r.method, r.path) for r in self.routes if r.public}
+        self._document: dict[str, Any] | None = None
+
+    # -- the middleware -------------------------------------------------------------------
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: openapi.Handler
+    ) -> web.StreamResponse:
+        try:
+            self._authorize(request)
+            response = await handler(request)
+        except OrchdError as exc:
+            response = _problem(exc.problem())
+            if isinstance(exc, Unauthorized):
+                response.headers["WWW-Authenticate"] = "Bearer"
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                self.requests[exc.status] += 1
+                raise
+            response = self._http_problem(request, exc)
+        except Exception:
+            # The route's template, never the raw path: a callback token is a secret.
+            log.exception("unhandled error method=%s route=%s", request.method, _route(request))
+            response = _problem(
+                {
+                    "type": "urn:orchd:problem:internal-error",
+                    "title": "Internal error",
+                    "status": 500,
+                    "detail": "an unexpected error occurred; the daemon's log has the details",
+                }
+            )
+        self.requests[response.status] += 1
+        return response
+
+    def _authorize(self, request: web.Request) -> None:
+        if self._token is None or not _is_tcp(request):
+            return
+        if (request.method, _route(request)) in self._public:
+            return
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise Unauthorized("a bearer token is required over TCP")
+        if not hmac.compare_digest(given.strip().encode("utf-8", "replace"), self._token):
+            raise Unauthorized("the bearer token is wrong")
+
+    def _http_problem(self, request: web.Request, exc: web.HTTPException) -> web.Response:
+        if isinstance(exc, web.HTTPNotFound):
+            detail = f"no route {request.method} {request.path}"
+        elif isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            detail = f"{request.method} is not allowed here; allowed: {allowed}"
+        else:
+            detail = exc.text or exc.reason
+        response = _problem(
+            {
+                "type": f"urn:orchd:problem:http-{exc.status}",
+                "title": exc.reason,
+                "status": exc.status,
+                "detail": detail,
+            }
+        )
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+
+    # -- request helpers ------------------------------------------------------------------
+
+    async def _body(self, request: web.Request, empty: Any) -> Any:
+        length = request.content_length
+        if length is not None and length > self.max_body:
+            raise PayloadTooLarge(f"the body has {length} bytes; the limit is {self.max_body}")
+        chunks: list[bytes] = []
+        size = 0
+        # Counted while reading too: a chunked body declares no length.
+        while chunk := await request.content.read(1 << 16):
+            size += len(chunk)
+            if size > self.max_body:
+                raise PayloadTooLarge(f"the body exceeds the limit of {self.max_body} bytes")
+            chunks.append(chunk)
+        return decode_body(b"".join(chunks), empty)
+
+    def _reporter(self, request: web.Request) -> str | None:
+        given = request.headers.get("X-Orchd-Reporter", "").strip()
+        if given:
+            if len(given) > MAX_REPORTER:
+                raise BadRequest(f"X-Orchd-Reporter: longer than {MAX_REPORTER} characters")
+            return given
+        if not self.peer_reporter or request.transport is None:
+            return None
+        if not _is_tcp(request):
+            return _peer_uid(request.transport.get_extra_info("socket"))
+        peer = request.transport.get_extra_info("peername")
+        return f"tcp:{peer[0]}" if isinstance(peer, tuple) and peer else "tcp"
+
+    @staticmethod
+    def _accepted(pid: str, status: ProcessStatus) -> web.Response:
+        return _json(Accepted(id=pid, status=status), status=202)
+
+    # -- handlers -------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        engine = self.engine
+        database = "ok"
+        counts: dict[str, int] = {}
+        try:
+            await asyncio.wait_for(engine.ping(), PING_TIMEOUT)
+            counts = await engine.counts()
+        except Exception as exc:  # any failure of the database is what health reports
+            database = f"error: {type(exc).__name__}: {exc}"
+        failing = (engine.store.stats or {}).get("failing")
+        if failing and database == "ok":
+            database = f"writes failing: {failing}"
+        body = Health(
+            status="ok" if database == "ok" else "degraded",
+            version=__version__,
+            uptime_seconds=round(time.time() - engine.started_at, 3),
+            processes=counts,
+            database=database,
+            accepting=engine.accepting,
+        )
+        return _json(body, status=200 if database == "ok" else 503)
+
+    async def list_workflows(self, request: web.Request) -> web.Response:
+        return _json(self.engine.workflow_info())
+
+    async def start_process(self, request: web.Request) -> web.Response:
+        workflow = request.match_info["workflow"]
+        reporter = self._reporter(request)
+        if workflow not in self.engine.workflows:
+            # Before reading the body: an unknown workflow is 404 whatever was posted.
+            raise WorkflowNotFound(f"no workflow named {workflow!r}")
+        body = await self._body(request, {})
+        pid = await self.engine.start(workflow, body, reporter=reporter)
+        return _json(Created(id=pid), status=201, headers={"Location": f"/api/processes/{pid}"})
+
+    async def list_processes(self, request: web.Request) -> web.Response:
+        query = request.query
+        page = await self.engine.list_processes(
+            status=_text(query, "status"),
+            workflow=_text(query, "workflow"),
+            limit=_limit(query),
+            cursor=_text(query, "cursor"),
+        )
+        return _json(ProcessPage(items=page.items, next_cursor=page.next_cursor))
+
+    async def get_process(self, request: web.Request) -> web.Response:
+        return _json(await self.engine.get(request.match_info["id"]))
+
+    async def resume_process(self, request: web.Request) -> web.Response:
+        pid = request.match_info["id"]
+        reporter = self._reporter(request)
+        answer = await self._body(request, {})
+        status = await self.engine.resume(pid, answer, reporter=reporter)
+        return self._accepted(pid, status)
+
+    async def retry_process(self, request: web.Request) -> web.Response:
+        pid = request.match_info["id"]
+        status = await self.engine.retry(pid, reporter=self._reporter(request))
+        return self._accepted(pid, status)
+
+    async def abort_process(self, request: web.Request) -> web.Response:
+        pid = request.match_info["id"]
+        status = await self.engine.abort(pid, reporter=self._reporter(request))
+        return self._accepted(pid, status)
+
+    async def post_callback(self, request: web.Request) -> web.Response:
+        payload = await self._body(request, None)
+        pid = await self.engine.callback(request.match_info["token"], payload)
+        # The answer is committed and the process is running its validate step.
+        return self._accepted(pid, ProcessStatus.RUNNING)
+
+    async def list_subscriptions(self, request: web.Request) -> web.Response:
+        query = request.query
+        page = await self.engine.list_subscriptions(
+            status=_text(query, "status"),
+            customer_id=_text(query, "customer_id"),
+            product=_text(query, "product"),
+            limit=_limit(query),
+            cursor=_text(query, "cursor"),
+        )
+        return _json(SubscriptionPage(items=page.items, next_cursor=page.next_cursor))
+
+    async def get_subscription(self, request: web.Request) -> web.Response:
+        return _json(await self.engine.get_subscription(request.match_info["id"]))
+
+    async def list_schedules(self, request: web.Request) -> web.Response:
+        return _json(self.scheduler.entries() if self.scheduler is not None else [])
+
+    async def run_schedule(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if self.scheduler is None:
+            raise ScheduleNotFound(f"no schedule named {name!r} (no scheduler runs)")
+        pid = await self.scheduler.run_now(name)
+        return _json(Created(id=pid), status=201, headers={"Location": f"/api/processes/{pid}"})
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        after = _event_id(request)
+        only = _process_filter(request)
+        if after is None:
+            # From here on: whatever is published before the listener registers is replayed.
+            after = self.engine.events.last_id
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=1000)
+        pump = asyncio.create_task(self._pump(queue, after), name="sse pump")
+        try:
+            await response.write(b": connected\n\n")
+            last_write = time.monotonic()
+            # aiohttp does not cancel a handler whose client left: look at the transport
+            # every POLL seconds, so a quiet stream is not kept for a whole heartbeat.
+            while request.transport is not None:
+                try:
+                    event = await asyncio.wait_for(queue.get(), min(POLL, self.heartbeat))
+                except TimeoutError:
+                    if time.monotonic() - last_write >= self.heartbeat:
+                        await response.write(b": heartbeat\n\n")
+                        last_write = time.monotonic()
+                    continue
+                if event is None:
+                    break
+                if only is not None and event.process_id != only:
+                    continue
+                await response.write(
+                    b"id: %d\nevent: %s\ndata: %s\n\n"
+                    % (event.id, event.kind.encode(), _encoder.encode(event))
+                )
+                last_write = time.monotonic()
+        except ConnectionError:
+            pass  # the client went away
+        finally:
+            pump.cancel()
+            await asyncio.wait([pump])
+        return response
+
+    async def _pump(self, queue: asyncio.Queue[Event | None], after: int) -> None:
+        try:
+            async for event in self.engine.events.listen(after):
+                await queue.put(event)
+        finally:
+            # The engine closed the stream (shutdown, or this listener fell behind).
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(None)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        engine = self.engine
+        runs = getattr(self.scheduler, "run_counts", None)
+        text = metrics.render(
+            engine=engine,
+            counts=await engine.counts(),
+            requests=self.requests,
+            schedule_runs=runs() if callable(runs) else None,
+            uptime=time.time() - engine.started_at,
+        )
+        return web.Response(body=text.encode(), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    async def openapi_document(self, request: web.Request) -> web.Response:
+        if self._document is None:
+            self._document = openapi.document(
+                self.routes, title="orchd control API", version=__version__, problem=Problem
+            )
+        return _json(self._document)
+
+    # -- the route table ------------------------------------------------------------------
+
+    def _route_table(self) -> list[Route]:
+        page = (
+            Param("limit", f"page size (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})", "integer"),
+            Param("cursor", "`next_cursor` of the previous page"),
+        )
+        process_status = tuple(s.value for s in ProcessStatus)
+        sub_status = tuple(s.value for s in SubscriptionStatus)
+        action = (404, 409, 503)
+        return [
+            Route("GET", "/api/health", self.health, "Liveness and database health", Health,
+                  alternatives=((503, Health),), public=True),
+            Route("GET", "/api/workflows", self.list_workflows, "Registered workflows",
+                  list[WorkflowInfo]),
+            Route("POST", "/api/processes/{workflow}", self.start_process, "Start a process",
+                  Created, status=201, request=dict[str, Any],
+                  errors=(400, 404, 409, 413, 422, 503)),
+            Route("GET", "/api/processes", self.list_processes, "Processes, newest first",
+                  ProcessPage, errors=(400,),
+                  query=(Param("status", "only this status", enum=process_status),
+                         Param("workflow", "only this workflow"), *page)),
+            Route("GET", "/api/processes/{id}", self.get_process, "One process with its steps",
+                  Process, errors=(404,)),
+            Route("POST", "/api/processes/{id}/resume", self.resume_process,
+                  "Answer a suspended process's form", Accepted, status=202,
+                  request=dict[str, Any], errors=(400, 413, 422, *action)),
+            Route("POST", "/api/processes/{id}/retry", self.retry_process,
+                  "Re-run the failed step", Accepted, status=202, errors=action),
+            Route("POST", "/api/processes/{id}/abort", self.abort_process, "Abort a process",
+                  Accepted, status=202, errors=action),
+            Route("POST", "/api/callbacks/{token}", self.post_callback,
+                  "An external system's answer for an awaiting_callback process", Accepted,
+                  status=202, request=Any, errors=(400, 413, *action)),
+            Route("GET", "/api/subscriptions", self.list_subscriptions, "Subscriptions",
+                  SubscriptionPage, errors=(400,),
+                  query=(Param("status", "only this status", enum=sub_status),
+                         Param("customer_id", "only this customer"),
+                         Param("product", "only this product"), *page)),
+            Route("GET", "/api/subscriptions/{id}", self.get_subscription,
+                  "One subscription with its processes", SubscriptionDetail, errors=(404,)),
+            Route("GET", "/api/schedules", self.list_schedules, "The scheduler's entries",
+                  list[ScheduleInfo]),
+            Route("POST", "/api/schedules/{name}/run", self.run_schedule,
+                  "Run a schedule's workflow now", Created, status=201, errors=(404, 409, 503)),
+            Route("GET", "/api/events", self.events,
+                  "Server-sent events: process status changes and committed steps", Event,
+                  media_type="text/event-stream", errors=(400,),
+                  query=(Param("after", "replay events after this id (or Last-Event-ID)",
+                               "integer"),
+                         Param("process", "only this process's events"))),
+            Route("GET", "/metrics", self.metrics, "Prometheus text exposition", str,
+                  media_type="text/plain"),
+            Route("GET", "/api/openapi.json", self.openapi_document, "This document",
+                  dict[str, Any]),
+        ]  # fmt: skip
+
+
+def create_app(
+    engine: Engine,
+    *,
+    scheduler: SchedulerLike | None = None,
+    max_body: int = 1 << 20,
+    token: str | None = None,
+    peer_reporter: bool = True,
+    heartbeat: float = HEARTBEAT,
+) -> web.Application:
+    """The control API over ``engine``.
+
+    ``token``, when set, is required (``Authorization: Bearer``) from TCP clients on every route
+    but ``GET /api/health``; Unix socket clients are trusted. ``peer_reporter`` names the
+    reporter of an action after the peer (``uid:N`` or ``tcp:IP``) when the client sends no
+    ``X-Orchd-Reporter`` header.
+    """
+    api = ControlApi(
+        engine,
+        scheduler,
+        max_body=max_body,
+        token=token,
+        peer_reporter=peer_reporter,
+        heartbeat=heartbeat,
+    )
+    # Our own limit applies to bodies; aiohttp's is set alike for anything reading them itself.
+    app = web.Application(middlewares=[api.middleware], client_max_size=max_body)
+    app[API] = api
+    for route in api.routes:
+        app.router.add_route(route.method, route.path, route.handler)
+    return app
+
+
+API = web.AppKey("orchd.api", ControlApi)
+
+
+def _route(request: web.Request) -> str | None:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else None
+
+
+def _text(query: Mapping[str, str], name: str) -> str | None:
+    value = query.get(name)
+    return value if value else None
+
+
+def _limit(query: Mapping[str, str]) -> int:
+    raw = query.get("limit")
+    if not raw:
+        return DEFAULT_LIMIT
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"limit: expected an integer, got {raw!r}") from None
+    if value < 1:
+        raise BadRequest(f"limit: must be at least 1, got {value}")
+    return min(value, MAX_LIMIT)
+
+
+def _event_id(request: web.Request) -> int | None:
+    for name, raw in (
+        ("Last-Event-ID", request.headers.get("Last-Event-ID")),
+        ("after", request.query.get("after")),
+    ):
+        if raw:
+            try:
+                return int(raw.strip())
+            except ValueError:
+                raise BadRequest(f"{name}: expected an event id, got {raw!r}") from None
+    return None
+
+
+def _process_filter(request: web.Request) -> str | None:
+    raw = request.query.get("process")
+    if not raw:
+        return None
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise BadRequest(f"process: {raw!r} is not a process id") from None
+
+
+def _peer_uid(sock: socket.socket | None) -> str | None:
+    option = getattr(socket, "SO_PEERCRED", None)
+    if sock is None or option is None:
+        return None
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    except OSError:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return f"uid:{uid}"

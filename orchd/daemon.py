@@ -1,0 +1,531 @@
+"""``orchd serve``: the Engine behind the control API and the scheduler, run as a service.
+
+Start-up checks everything it can before touching the database (config, workflow modules,
+schedules, the socket, the database lock), so a mistake exits with status 2 and one line.
+Then, in order: open the engine, start the scheduler, start serving on every listener, and
+only then tell systemd READY=1. Signals go to one task of our own: SIGTERM/SIGINT stop
+gracefully (a second one skips the grace period), SIGHUP reloads the config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import grp
+import importlib
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import threading
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from orchd import logs, systemd
+from orchd.api import create_app
+from orchd.config import Config, LoadedConfig, load_config
+from orchd.engine import Engine
+from orchd.errors import ConfigError
+from orchd.http import HttpClient
+from orchd.scheduler import Scheduler
+
+__all__ = ["serve"]
+
+log = logging.getLogger("orchd.daemon")
+
+EXIT_OK, EXIT_CRASH, EXIT_CONFIG = 0, 1, 2
+#: How often STATUS= is refreshed for ``systemctl status``.
+STATUS_EVERY = 5.0
+#: After the engine has stopped, how long open HTTP requests get to finish.
+HTTP_SHUTDOWN_TIMEOUT = 2.0
+#: Config keys applied by SIGHUP; a change to any other key needs a restart.
+RELOADABLE = (
+    "log_level",
+    "schedules",
+    "grace_period",
+    "step_timeout",
+    "retry_delay",
+    "retry_max_delay",
+    "retry_max_attempts",
+)
+
+
+def serve(config_path: str | None) -> int:
+    """Run the daemon in the foreground until SIGTERM; return the exit status."""
+    try:
+        loaded = load_config(config_path)
+        loaded.check_database()
+        engine, scheduler, http = prepare(loaded)
+    except ConfigError as exc:
+        return _config_failure(exc)
+    logs.setup(loaded.config.log_level)
+    try:
+        code = _run(Daemon(loaded, engine, scheduler, http).run())
+    except ConfigError as exc:
+        code = _config_failure(exc)
+    except Exception:
+        log.critical("crashed", exc_info=True)
+        code = EXIT_CRASH
+    _exit_despite_stuck_threads(code)
+    return code
+
+
+def _exit_despite_stuck_threads(code: int) -> None:
+    """Exit now if a step interrupted after the grace period still runs in a worker thread.
+
+    A thread cannot be cancelled, and the interpreter would wait for it at exit; the state is
+    committed and the database closed by now, and the step runs again at the next start.
+    """
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if not any(t.is_alive() for t in stuck):
+        return
+    log.warning("exiting with %d step thread(s) still running", len(stuck))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _config_failure(exc: ConfigError) -> int:
+    print(f"orchd: {exc.detail}", file=sys.stderr, flush=True)
+    return EXIT_CONFIG
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+def prepare(loaded: LoadedConfig) -> tuple[Engine, Scheduler, HttpClient]:
+    """Import the workflows, make the (unopened) Engine, Scheduler and HTTP client.
+
+    Raises ConfigError for anything the config got wrong, before anything is opened.
+    """
+    config, source = loaded.config, loaded.source
+    try:
+        http = HttpClient(
+            limit=config.http.limit,
+            limit_per_host=config.http.limit_per_host,
+            timeout=config.http.timeout_seconds,
+            connect_timeout=config.http.connect_timeout_seconds,
+            retries=config.http.retries,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{source}: http: {exc}") from None
+    for i, module in enumerate(config.workflows):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            # Workflow code can fail in any way on import; it is still the config that named it.
+            detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            raise ConfigError(
+                f"{source}: workflows[{i}]: cannot import module {module!r}: {detail}"
+            ) from None
+    try:
+        engine = Engine(
+            config.database,
+            config.workflows,
+            synchronous=config.synchronous,
+            grace_period=config.grace_period_seconds,
+            step_timeout=config.step_timeout_seconds,
+            retry_delay=config.retry_delay_seconds,
+            retry_max_delay=config.retry_max_delay_seconds,
+            retry_max_attempts=config.retry_max_attempts,
+            resources={HttpClient: http},
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc.detail}") from None
+    try:
+        scheduler = Scheduler(engine, list(config.schedules))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc.detail}") from None
+    return engine, scheduler, http
+
+
+class Daemon:
+    """One run of the service: listeners, engine, scheduler and the signal task."""
+
+    def __init__(
+        self, loaded: LoadedConfig, engine: Engine, scheduler: Scheduler, http: HttpClient
+    ) -> None:
+        self.loaded = loaded
+        self.config = loaded.config
+        self.engine = engine
+        self.scheduler = scheduler
+        self.scheduler_started = False
+        self.http = http
+        self.http_open = False
+        self.token: str | None = None
+        self.runners: list[web.AppRunner] = []
+        self.sites: list[web.BaseSite] = []
+        self.sockets: list[tuple[socket.socket, bool]] = []  # (socket, needs the token)
+        self.socket_file: tuple[str, int] | None = None  # (path, inode) of the socket we made
+        self.lock_fd: int | None = None
+        self.signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
+        self.stop_requested = asyncio.Event()
+        self.stopping = False
+        self.engine_open = False
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(signum, self.signals.put_nowait, signum)
+        try:
+            await self.start()
+            self.tasks.append(asyncio.create_task(self.handle_signals(), name="signals"))
+            await self.stop_requested.wait()
+        finally:
+            await self.shutdown()
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+        log.info("stopped")
+        return EXIT_OK
+
+    # -- start ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.config
+        # Bind (without listening) before the database is opened: a second daemon must
+        # refuse here rather than recover the first one's processes.
+        self.bind_listeners()
+        self.lock_database()
+        log.info(
+            "starting pid=%d config=%s database=%s workflows=%d",
+            os.getpid(),
+            self.loaded.source,
+            config.database,
+            len(self.engine.workflows),
+        )
+        await self.http.open()
+        self.http_open = True
+        await self.engine.open()
+        self.engine_open = True
+        await self.scheduler.start()
+        self.scheduler_started = True
+        await self.start_serving()
+        names = ", ".join(_describe(sock) for sock, _ in self.sockets)
+        log.info("ready listening=%s", names)
+        systemd.notify_ready(f"ready; listening on {names}")
+        interval = systemd.watchdog_interval()
+        if interval is not None and config.watchdog:
+            self.tasks.append(asyncio.create_task(self.watchdog(interval), name="watchdog"))
+        if os.environ.get("NOTIFY_SOCKET"):
+            self.tasks.append(asyncio.create_task(self.report_status(), name="status"))
+
+    def bind_listeners(self) -> None:
+        source = self.loaded.source
+        passed = systemd.listen_fds()
+        for sock in passed:
+            tcp = sock.family != socket.AF_UNIX
+            if tcp and self.read_token() is None:
+                raise ConfigError(
+                    f"{source}: token_file: required for the TCP socket systemd passed"
+                )
+            sock.setblocking(False)
+            self.sockets.append((sock, tcp))
+        if passed:
+            log.info("socket activation sockets=%d", len(passed))
+        if not any(s.family == socket.AF_UNIX for s, _ in self.sockets):
+            self.sockets.append((self.bind_unix(), False))
+        address = self.config.listen_address
+        if address is not None and not any(tcp for _, tcp in self.sockets):
+            self.read_token()  # load_config made sure there is a token file
+            self.sockets.append((self.bind_tcp(address), True))
+
+    def read_token(self) -> str | None:
+        if self.token is None and self.loaded.token_path is not None:
+            self.token = self.loaded.read_token()
+        return self.token
+
+    def bind_unix(self) -> socket.socket:
+        path, source = self.config.socket, self.loaded.source
+        remove_stale_socket(path, source)
+        mode = self.config.socket_mode_bits
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # bind() creates the file with 0777 & ~umask: narrow the umask so it never exists
+        # with more permissions than configured, not even for a moment.
+        old = os.umask(0o777 & ~mode)
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"{source}: socket: cannot bind {path}: {exc.strerror}") from None
+        finally:
+            os.umask(old)
+        self.socket_file = (path, os.stat(path).st_ino)
+        try:
+            os.chmod(path, mode)
+            if self.config.socket_group is not None:
+                gid = group_id(self.config.socket_group, source)
+                if os.stat(path).st_gid != gid:
+                    os.chown(path, -1, gid)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"{source}: socket_group: {path}: {exc.strerror}") from None
+        sock.setblocking(False)
+        return sock
+
+    def bind_tcp(self, address: tuple[str, int]) -> socket.socket:
+        host, port = address
+        try:
+            info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+            sock = socket.socket(info[0], socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(info[4])
+            except OSError:
+                sock.close()
+                raise
+        except OSError as exc:
+            detail = exc.strerror or str(exc)
+            where = f"{self.loaded.source}: listen"
+            raise ConfigError(f"{where}: cannot bind {host}:{port}: {detail}") from None
+        sock.setblocking(False)
+        return sock
+
+    def lock_database(self) -> None:
+        database = self.config.database
+        if database == ":memory:" or database.startswith("file:"):
+            return
+        path = f"{database}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise ConfigError(
+                    f"{self.loaded.source}: database: {database} is in use by another orchd"
+                ) from None
+            raise
+        self.lock_fd = fd
+
+    async def start_serving(self) -> None:
+        # One app for every listener: it asks for the token on TCP connections only.
+        # api.SchedulerLike declares entries() plain, Scheduler.entries is a coroutine.
+        scheduler: Any = self.scheduler
+        app = create_app(
+            self.engine, scheduler=scheduler, max_body=self.config.max_body, token=self.token
+        )
+        runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT
+        )
+        await runner.setup()
+        self.runners.append(runner)
+        # TCP first, the Unix socket last: clients (and tests) poll the Unix socket's health.
+        for sock, _ in sorted(self.sockets, key=lambda item: not item[1]):
+            site = web.SockSite(runner, sock)
+            await site.start()
+            self.sites.append(site)
+
+    # -- signals, reload, watchdog ---------------------------------------------------------
+
+    async def handle_signals(self) -> None:
+        while True:
+            signum = await self.signals.get()
+            if signum is signal.SIGHUP:
+                if self.stopping:
+                    continue
+                try:
+                    await self.reload()
+                except Exception:
+                    # This task must outlive a failed reload: it is the one that handles SIGTERM.
+                    log.exception("reload failed, keeping the running config")
+                    systemd.notify_ready("reload failed; running with the previous config")
+            elif not self.stopping:
+                self.stopping = True
+                log.info("stopping signal=%s grace=%gs", signum.name, self.engine.grace_period)
+                systemd.notify_stopping()
+                self.stop_requested.set()
+            else:
+                log.warning("stopping now signal=%s: interrupting running steps", signum.name)
+                self.hurry()
+
+    def hurry(self) -> None:
+        """Cut the grace period short: running steps are interrupted and run again next start."""
+        engine = self.engine
+        engine.grace_period = 0
+        interrupt = getattr(engine, "interrupt", None)
+        if callable(interrupt):
+            interrupt()
+            return
+        # Engine.close() waits until no actor is left; forgetting them ends that wait, and
+        # close() then cancels their tasks itself.
+        engine.actors.clear()
+        engine._idle.set()
+
+    async def reload(self) -> None:
+        """Re-read the config file; apply what can change live, name what needs a restart."""
+        systemd.notify_reloading()
+        source, old = self.loaded.source, self.config
+        try:
+            new = load_config(self.loaded.path).config
+            # First, since the scheduler may still refuse the list: then nothing has changed.
+            scheduled = await self.scheduler.reload(list(new.schedules))
+        except ConfigError as exc:
+            detail = exc.detail if exc.detail.startswith(source) else f"{source}: {exc.detail}"
+            log.error("reload failed, keeping the running config: %s", detail)
+            systemd.notify_ready("reload failed; running with the previous config")
+            return
+        changes = [
+            f"{key} {getattr(old, key)} -> {getattr(new, key)}"
+            for key in RELOADABLE
+            if key != "schedules" and getattr(old, key) != getattr(new, key)
+        ]
+        if scheduled:
+            changes.append("schedules: " + ", ".join(scheduled))
+        logs.set_level(new.log_level)
+        self.engine.grace_period = new.grace_period_seconds
+        self.engine.step_timeout = new.step_timeout_seconds
+        self.engine.retry_base = new.retry_delay_seconds
+        self.engine.retry_max_delay = new.retry_max_delay_seconds
+        self.engine.retry_max_attempts = new.retry_max_attempts
+        restart = restart_keys(old, new)
+        # Keys that need a restart keep their running values, so the next reload names them again.
+        self.config = msgspec.structs.replace(old, **{k: getattr(new, k) for k in RELOADABLE})
+        message = "; ".join(changes) or "no changes"
+        if restart:
+            log.warning("reload: %s; restart needed for: %s", message, ", ".join(restart))
+        else:
+            log.info("reload: %s", message)
+        systemd.notify_ready("ready; config reloaded")
+
+    async def watchdog(self, interval: float) -> None:
+        """Ping systemd only while the database answers, so a wedged daemon gets restarted."""
+        period = interval / 2
+        while True:
+            try:
+                await asyncio.wait_for(self.engine.ping(), timeout=period)
+            except Exception as exc:
+                log.warning("watchdog: the database does not answer: %r", exc)
+            else:
+                systemd.notify_watchdog()
+            await asyncio.sleep(period)
+
+    async def report_status(self) -> None:
+        last_total, last_at = self.engine.steps_total, time.monotonic()
+        while True:
+            await asyncio.sleep(STATUS_EVERY)
+            try:
+                counts = await asyncio.wait_for(self.engine.counts(), timeout=STATUS_EVERY)
+            except Exception:
+                continue
+            now, total = time.monotonic(), self.engine.steps_total
+            rate = (total - last_total) / max(now - last_at, 1e-6)
+            last_total, last_at = total, now
+            systemd.notify_status(
+                f"{counts.get('running', 0)} running, {counts.get('waiting', 0)} waiting, "
+                f"{counts.get('failed', 0)} failed; {rate:.0f} steps/s"
+            )
+
+    # -- stop -----------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Undo whatever start() got to, in reverse; safe to call after a failed start."""
+        # No new connections from here on; requests on open ones still get answers (a new
+        # process is refused with 503 once the engine closes).
+        for site in self.sites:
+            with contextlib.suppress(Exception):
+                await site.stop()
+        if self.scheduler_started:
+            await _quietly("stopping the scheduler", self.scheduler.stop())
+        if self.engine_open:
+            await _quietly("stopping the engine", self.engine.close())
+        for runner in self.runners:
+            await _quietly("closing the API", runner.cleanup())
+        if self.http_open:
+            await _quietly("closing the HTTP client", self.http.close())
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for sock, _ in self.sockets:
+            sock.close()
+        if self.socket_file is not None:
+            remove_own_socket(*self.socket_file)
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+
+
+async def _quietly(what: str, awaitable: Coroutine[Any, Any, Any]) -> None:
+    try:
+        await awaitable
+    except Exception:
+        log.exception("error while %s", what)
+
+
+def restart_keys(old: Config, new: Config) -> list[str]:
+    """Config keys that differ and are not applied by a reload."""
+    return [
+        field
+        for field in old.__struct_fields__
+        if field not in RELOADABLE and getattr(old, field) != getattr(new, field)
+    ]
+
+
+def remove_stale_socket(path: str, source: str) -> None:
+    """Remove a socket file nobody listens on; refuse when another daemon answers on it."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"{source}: socket: cannot inspect {path}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ConfigError(f"{source}: socket: {path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        pass  # nobody listens: left over from a crash
+    except OSError as exc:
+        raise ConfigError(f"{source}: socket: cannot check {path}: {exc.strerror}") from None
+    else:
+        raise ConfigError(f"{source}: socket: another orchd is already listening on {path}")
+    finally:
+        probe.close()
+    log.info("removing stale socket path=%s", path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def remove_own_socket(path: str, inode: int) -> None:
+    """Remove the socket file, unless it has been replaced by someone else's meanwhile."""
+    try:
+        if os.lstat(path).st_ino == inode:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot remove socket path=%s: %s", path, exc.strerror)
+
+
+def _describe(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{name.decode(errors='replace') if isinstance(name, bytes) else name}"
+    return f"tcp:{name[0]}:{name[1]}"
+
+
+def group_id(group: str, source: str) -> int:
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"{source}: socket_group: no group named {group!r}") from None

@@ -1,0 +1,125 @@
+"""Logging for the daemon: one handler on stderr, in one of two shapes.
+
+Under journald (stderr is the journal's stream) a line carries no timestamp, since the journal
+adds its own, and starts with a ``<N>`` syslog priority so ``journalctl -p`` can filter it.
+Anywhere else a line starts with an ISO 8601 UTC timestamp and the level name::
+
+    2026-11-26T12:00:00.123Z INFO orchd.engine recovered 3 active processes
+
+The library itself only has a NullHandler (see ``orchd/__init__.py``); this module is used by
+the daemon, never on import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import TextIO
+
+from orchd.systemd import under_journald
+
+__all__ = ["JournaldFormatter", "TextFormatter", "setup", "set_level", "LEVELS"]
+
+#: Config ``log_level`` values and the logging levels they stand for.
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+# syslog(3) priorities, as sd-daemon(3) expects them in a "<N>" prefix.
+_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+#: Libraries whose debug output drowns ours; they stay at info even when we debug.
+_CHATTY = ("aiosqlite",)
+
+#: Marks the handler this module installs, so a second setup replaces it instead of adding one.
+_MARK = "_orchd_daemon_handler"
+
+
+def _priority(levelno: int) -> int:
+    for level in (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO):
+        if levelno >= level:
+            return _PRIORITY[level]
+    return _PRIORITY[logging.DEBUG]
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-11-26T12:00:00.123Z INFO orchd.engine message``; tracebacks follow indented."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z"
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{self.formatTime(record)} {record.levelname} {record.name} {record.getMessage()}"
+        return _with_details(self, line, record)
+
+
+class JournaldFormatter(logging.Formatter):
+    """``<6>orchd.engine message``: every line prefixed, so a traceback keeps its priority."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = _with_details(self, f"{record.name} {record.getMessage()}", record)
+        prefix = f"<{_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in text.splitlines())
+
+
+def _with_details(formatter: logging.Formatter, line: str, record: logging.LogRecord) -> str:
+    if record.exc_info and not record.exc_text:
+        record.exc_text = formatter.formatException(record.exc_info)
+    if record.exc_text:
+        line = f"{line}\n{record.exc_text}"
+    if record.stack_info:
+        line = f"{line}\n{formatter.formatStack(record.stack_info)}"
+    return line
+
+
+def setup(
+    level: str = "info",
+    *,
+    stream: TextIO | None = None,
+    env: Mapping[str, str] = os.environ,
+    journald: bool | None = None,
+) -> logging.Handler:
+    """Send every log record at ``level`` or above to stderr; return the handler.
+
+    The handler goes on the root logger so that aiohttp's and asyncio's complaints are seen
+    too. ``journald`` None means: detect it from ``$JOURNAL_STREAM`` and the stream's fd.
+    """
+    stream = sys.stderr if stream is None else stream
+    if journald is None:
+        try:
+            fd = stream.fileno()
+        except (OSError, ValueError, AttributeError):
+            fd = None
+        journald = fd is not None and under_journald(env, fd)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JournaldFormatter() if journald else TextFormatter())
+    setattr(handler, _MARK, True)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _MARK, False)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    set_level(level)
+    return handler
+
+
+def set_level(level: str) -> None:
+    """Apply a config ``log_level`` (``debug``, ``info``, ``warning``, ``error``)."""
+    value = LEVELS[level]
+    logging.getLogger().setLevel(value)
+    logging.getLogger("orchd").setLevel(value)
+    # aiosqlite logs every query (with its parameters: process data) at debug.
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(max(value, logging.INFO))

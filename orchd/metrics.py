@@ -1,0 +1,169 @@
+"""Prometheus text exposition (format 0.0.4) of the engine's counters, for ``GET /metrics``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from orchd.engine import STEP_BUCKETS, Engine
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+Labels = Mapping[str, str]
+Sample = tuple[str, Labels, float]
+
+
+class Exposition:
+    """Collects metric families; ``text()`` renders them."""
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str, samples: Iterable[Sample]) -> None:
+        self._lines.append(f"# HELP {name} {_escape_help(help_text)}")
+        self._lines.append(f"# TYPE {name} {kind}")
+        for sample_name, labels, value in samples:
+            self._lines.append(f"{sample_name}{_labels(labels)} {_number(value)}")
+
+    def single(self, name: str, kind: str, help_text: str, value: float) -> None:
+        self.family(name, kind, help_text, [(name, {}, value)])
+
+    def histogram(
+        self,
+        name: str,
+        help_text: str,
+        bounds: Sequence[float],
+        buckets: Sequence[int],
+        total: float,
+    ) -> None:
+        """``buckets`` holds one count per bound plus the overflow (+Inf) bucket, not cumulated."""
+        samples: list[Sample] = []
+        running = 0
+        for bound, count in zip([*bounds, math.inf], buckets, strict=True):
+            running += count
+            samples.append((f"{name}_bucket", {"le": _number(bound)}, running))
+        samples.append((f"{name}_sum", {}, total))
+        samples.append((f"{name}_count", {}, running))
+        self.family(name, "histogram", help_text, samples)
+
+    def text(self) -> str:
+        return "\n".join(self._lines) + "\n"
+
+
+def render(
+    *,
+    engine: Engine,
+    counts: Mapping[str, int],
+    requests: Mapping[int, int],
+    schedule_runs: Mapping[str, int] | None,
+    uptime: float,
+) -> str:
+    """The whole exposition."""
+    stats: Mapping[str, Any] = engine.store.stats or {}
+    out = Exposition()
+    out.family(
+        "orchd_processes",
+        "gauge",
+        "Processes by status.",
+        [("orchd_processes", {"status": s}, n) for s, n in sorted(counts.items())],
+    )
+    out.single("orchd_steps_total", "counter", "Steps run since start.", engine.steps_total)
+    out.histogram(
+        "orchd_step_duration_seconds",
+        "How long steps ran.",
+        STEP_BUCKETS,
+        engine.step_buckets,
+        engine.step_seconds_sum,
+    )
+    out.single(
+        "orchd_checkpoint_batches_total",
+        "counter",
+        "Checkpoint transactions committed.",
+        stats.get("batches", 0),
+    )
+    out.single(
+        "orchd_checkpoints_total",
+        "counter",
+        "Checkpoints (writes) committed.",
+        stats.get("committed", 0),
+    )
+    out.single(
+        "orchd_checkpoint_commit_seconds_total",
+        "counter",
+        "Time spent committing checkpoint transactions.",
+        stats.get("commit_seconds", 0.0),
+    )
+    out.single(
+        "orchd_checkpoint_last_batch_size",
+        "gauge",
+        "Writes in the last committed transaction.",
+        stats.get("last_batch", 0),
+    )
+    out.single(
+        "orchd_checkpoint_queue_depth",
+        "gauge",
+        "Writes waiting for the database.",
+        stats.get("queue", 0),
+    )
+    out.single("orchd_actors_alive", "gauge", "Process actors alive.", len(engine.actors))
+    out.single(
+        "orchd_mailbox_depth",
+        "gauge",
+        "Messages waiting in the actors' mailboxes.",
+        sum(len(a.mailbox) for a in engine.actors.values()),
+    )
+    if schedule_runs is not None:
+        out.family(
+            "orchd_schedule_runs_total",
+            "counter",
+            "Processes started by the scheduler, by schedule.",
+            [
+                ("orchd_schedule_runs_total", {"schedule": name}, n)
+                for name, n in sorted(schedule_runs.items())
+            ],
+        )
+    out.family(
+        "orchd_api_requests_total",
+        "counter",
+        "Control API requests answered, by status code.",
+        [
+            ("orchd_api_requests_total", {"code": str(code)}, n)
+            for code, n in sorted(requests.items())
+        ],
+    )
+    out.single(
+        "orchd_store_failing",
+        "gauge",
+        "1 while the database refuses writes.",
+        1 if stats.get("failing") else 0,
+    )
+    out.single("orchd_uptime_seconds", "gauge", "Seconds since the engine started.", uptime)
+    return out.text()
+
+
+def _number(value: float) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    return repr(float(value))
+
+
+def _labels(labels: Labels) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels.items())
+    return "{" + inner + "}"
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n")

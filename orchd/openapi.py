@@ -1,0 +1,154 @@
+"""The OpenAPI 3.1 document of the control API, built from the API's own route table.
+
+The API declares each route once (a ``Route``); the same table registers the aiohttp handlers
+and describes them here, and the JSON Schemas come from the msgspec Structs the handlers encode.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+REF = "#/components/schemas/{name}"
+
+#: The problem responses a route may declare, by status.
+PROBLEMS: dict[int, tuple[str, str]] = {
+    400: ("BadRequest", "Malformed JSON or query parameter"),
+    401: ("Unauthorized", "Missing or wrong bearer token (TCP only)"),
+    404: ("NotFound", "Unknown route, workflow, process, subscription, token or schedule"),
+    405: ("MethodNotAllowed", "The route does not take this method"),
+    409: ("Conflict", "Not allowed in the current status, or the subscription is locked"),
+    413: ("PayloadTooLarge", "The body is larger than the configured limit"),
+    422: ("ValidationFailed", "The input does not fit the form; `errors` says where"),
+    500: ("InternalError", "An unexpected error (logged by the daemon)"),
+    503: ("Unavailable", "The database refused a write, or the daemon is stopping"),
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query parameter."""
+
+    name: str
+    description: str
+    schema_type: str = "string"
+    enum: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route of the API: what aiohttp registers and what the document describes."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    #: The type the success answer encodes (a msgspec-able type), or None for no body.
+    response: Any
+    status: int = 200
+    #: The type of the JSON request body, or None when the route reads none.
+    request: Any = None
+    query: tuple[Param, ...] = ()
+    errors: tuple[int, ...] = ()
+    #: Other non-problem answers, e.g. health's 503 with the same shape as its 200.
+    alternatives: tuple[tuple[int, Any], ...] = ()
+    media_type: str = "application/json"
+    #: Public routes need no bearer token, even over TCP.
+    public: bool = False
+
+
+_PATH_PARAM = re.compile(r"\{([^}/:]+)\}")
+
+
+def document(
+    routes: Sequence[Route], *, title: str, version: str, problem: type[msgspec.Struct]
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for ``routes``; problems are described by ``problem``."""
+    types: list[Any] = [problem]
+    for route in routes:
+        for t in (route.request, route.response, *(t for _, t in route.alternatives)):
+            if t is not None and t not in types:
+                types.append(t)
+    schemas, components = msgspec.json.schema_components(types, ref_template=REF)
+    schema_of = dict(zip(types, schemas, strict=True))
+
+    paths: dict[str, dict[str, Any]] = {}
+    used: set[int] = set()
+    for route in routes:
+        op: dict[str, Any] = {
+            "operationId": route.handler.__name__,
+            "summary": route.summary,
+        }
+        params = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _PATH_PARAM.findall(route.path)
+        ]
+        params += [_query(p) for p in route.query]
+        if params:
+            op["parameters"] = params
+        if route.request is not None:
+            op["requestBody"] = {
+                "required": False,
+                "content": {"application/json": {"schema": schema_of[route.request]}},
+            }
+        responses: dict[str, Any] = {
+            str(route.status): _response(route.response, route.media_type, schema_of)
+        }
+        for status, t in route.alternatives:
+            responses[str(status)] = _response(t, route.media_type, schema_of)
+        errors = set(route.errors) | {500}
+        if not route.public:
+            errors.add(401)
+        else:
+            op["security"] = []
+        for status in sorted(errors):
+            used.add(status)
+            responses[str(status)] = {"$ref": f"#/components/responses/{PROBLEMS[status][0]}"}
+        op["responses"] = responses
+        paths.setdefault(route.path, {})[route.method.lower()] = op
+
+    problem_ref = {"$ref": REF.format(name=problem.__name__)}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "responses": {
+                PROBLEMS[status][0]: {
+                    "description": PROBLEMS[status][1],
+                    "content": {"application/problem+json": {"schema": problem_ref}},
+                }
+                for status in sorted(used)
+            },
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        # The token is needed over TCP only; over the Unix socket no scheme applies.
+        "security": [{"bearer": []}, {}],
+    }
+
+
+def _query(param: Param) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": param.schema_type}
+    if param.enum:
+        schema["enum"] = list(param.enum)
+    return {
+        "name": param.name,
+        "in": "query",
+        "required": False,
+        "description": param.description,
+        "schema": schema,
+    }
+
+
+def _response(t: Any, media_type: str, schema_of: dict[Any, dict[str, Any]]) -> dict[str, Any]:
+    if t is None:
+        return {"description": "No content"}
+    return {"description": "Success", "content": {media_type: {"schema": schema_of[t]}}}

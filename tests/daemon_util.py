@@ -1,0 +1,382 @@
+"""A real ``orchd serve`` subprocess for end-to-end and crash tests.
+
+``DaemonProcess`` writes a TOML config into its own directory, starts the daemon with
+``python -m orchd serve --config``, waits for ``GET /api/health`` on the Unix socket and talks to
+it with the standard library's ``http.client``. The daemon's stderr goes to a file so tests can
+assert on log lines. The ``daemon_factory`` fixture (tests/conftest.py) makes them and kills
+whatever a test leaves running.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+WF_DIR = Path(__file__).resolve().parent / "wf"
+#: Environment variables of a systemd service that must not leak into a test daemon.
+_SYSTEMD_VARS = (
+    "NOTIFY_SOCKET",
+    "INVOCATION_ID",
+    "JOURNAL_STREAM",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "ORCHD_CONFIG",
+    "ORCHD_SOCKET",
+    "CREDENTIALS_DIRECTORY",
+    "STATE_DIRECTORY",
+    "RUNTIME_DIRECTORY",
+)
+START_TIMEOUT = 15.0
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """``http.client`` over a Unix stream socket."""
+
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def toml_value(value: Any) -> str:
+    """Enough TOML for test configs: strings, numbers, booleans, lists, inline tables."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def toml_document(config: Mapping[str, Any]) -> str:
+    return "".join(f"{key} = {toml_value(value)}\n" for key, value in config.items())
+
+
+def parse_body(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")
+
+
+class DaemonProcess:
+    """One daemon directory (config, database, socket, stderr log) and its current process."""
+
+    def __init__(
+        self,
+        directory: Path,
+        config: Mapping[str, Any] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        raw_config: str | None = None,
+    ) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.dir / "orchd.toml"
+        self.socket = str(self.dir / "orchd.sock")
+        self.db = str(self.dir / "orchd.db")
+        self.test_dir = self.dir / "runs"
+        self.test_dir.mkdir(exist_ok=True)
+        # Daemons sharing a directory (a second daemon on the same socket) log apart.
+        self.stderr_path = self.dir / f"stderr-{len(list(self.dir.glob('stderr-*.log')))}.log"
+        self.stderr_path.touch()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_env = dict(env or {})
+        self.runs = 0
+        self.config: dict[str, Any] = {}
+        self.write_config(config, raw=raw_config)
+
+    # -- config ---------------------------------------------------------------------------
+
+    def defaults(self) -> dict[str, Any]:
+        return {
+            "database": self.db,
+            "socket": self.socket,
+            "workflows": ["daemon_flows"],
+            "grace_period": "5s",
+        }
+
+    def write_config(
+        self, config: Mapping[str, Any] | None = None, *, raw: str | None = None
+    ) -> None:
+        """(Re)write the config file: the defaults updated with ``config``, then ``raw`` TOML.
+
+        A value of None in ``config`` removes that key. ``raw`` is appended as is, so it may
+        hold tables such as ``[[schedules]]`` or deliberate mistakes.
+        """
+        merged = self.defaults()
+        merged.update(config or {})
+        self.config = {k: v for k, v in merged.items() if v is not None}
+        text = toml_document(self.config) + (("\n" + raw) if raw else "")
+        self.config_path.write_text(text)
+
+    # -- process --------------------------------------------------------------------------
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_VARS}
+        paths = [str(WF_DIR), str(ROOT)]
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        env["ORCHD_TEST_DIR"] = str(self.test_dir)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.extra_env)
+        return env
+
+    def command(self) -> list[str]:
+        if (ROOT / "orchd" / "__main__.py").exists():
+            return [sys.executable, "-m", "orchd", "serve", "--config", str(self.config_path)]
+        code = "import sys; from orchd.daemon import serve; sys.exit(serve(sys.argv[1]))"
+        return [sys.executable, "-c", code, str(self.config_path)]
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the daemon without waiting for it; stderr is appended to ``stderr_path``."""
+        assert self.proc is None or self.proc.poll() is not None, "the daemon is still running"
+        self.runs += 1
+        with self.stderr_path.open("ab") as err:
+            err.write(f"--- run {self.runs} ---\n".encode())
+            err.flush()
+            self.proc = subprocess.Popen(
+                self.command(),
+                cwd=self.dir,
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        return self.proc
+
+    def start(self, timeout: float = START_TIMEOUT) -> DaemonProcess:
+        """Start the daemon and return once its health check answers over the socket."""
+        self.spawn()
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT) -> dict[str, Any]:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                raise AssertionError(f"the daemon exited with {code}:\n{self.stderr}")
+            try:
+                status, body = self.request("GET", "/api/health", timeout=1.0)
+            except OSError:
+                pass
+            else:
+                if status == 200:
+                    return dict(body)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no health answer within {timeout}s:\n{self.stderr}")
+            time.sleep(0.02)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        """Wait for the process to exit; return its exit status."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            message = f"the daemon did not exit within {timeout}s:\n{self.stderr}"
+            raise AssertionError(message) from None
+
+    def run_to_exit(self, timeout: float = 15.0) -> int:
+        """Start a daemon that is expected to exit by itself (a config error)."""
+        self.spawn()
+        return self.wait(timeout)
+
+    def send_signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Send ``sig`` (SIGTERM) and return the exit status."""
+        self.send_signal(sig)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self, timeout: float = START_TIMEOUT) -> DaemonProcess:
+        """Stop gracefully if running, then start again (same directory, same database)."""
+        if self.proc is not None and self.proc.poll() is None:
+            code = self.stop()
+            assert code == 0, f"exit status {code}:\n{self.stderr}"
+        return self.start(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def last_run_stderr(self) -> str:
+        """What the current (or last) run wrote to stderr."""
+        return self.stderr.rpartition(f"--- run {self.runs} ---\n")[2]
+
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        """Poll the current run's stderr until ``text`` appears; return that stderr."""
+        deadline = time.monotonic() + timeout
+        while True:
+            err = self.last_run_stderr()
+            if text in err:
+                return err
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged within {timeout}s:\n{err}")
+            time.sleep(0.02)
+
+    # -- the API --------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> tuple[int, Any]:
+        """One request over the Unix socket; returns (status, decoded JSON or text)."""
+        conn = UnixHTTPConnection(self.socket, timeout=timeout)
+        try:
+            return _exchange(conn, method, path, body, headers)
+        finally:
+            conn.close()
+
+    def start_process(self, workflow: str, body: Any = None) -> str:
+        status, answer = self.request("POST", f"/api/processes/{workflow}", body or {})
+        assert status == 201, (status, answer)
+        return str(answer["id"])
+
+    def get_process(self, pid: str) -> dict[str, Any]:
+        status, answer = self.request("GET", f"/api/processes/{pid}")
+        assert status == 200, (status, answer)
+        return dict(answer)
+
+    def wait_process(
+        self, pid: str, statuses: tuple[str, ...] = ("completed",), timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Poll until the process reaches one of ``statuses``; return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            process = self.get_process(pid)
+            if process["status"] in statuses:
+                return process
+            if time.monotonic() > deadline:
+                raise AssertionError(f"process {pid} still {process['status']}: {process}")
+            time.sleep(0.02)
+
+    def step_runs(self, pid: str, step: str) -> int:
+        """How often a daemon_flows step ran for a process (each run appends a line)."""
+        path = self.test_dir / f"{pid}.{step}.runs"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    def wait_step_started(self, pid: str, step: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.step_runs(pid, step) == 0:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"step {step!r} of {pid} did not start:\n{self.stderr}")
+            time.sleep(0.01)
+
+
+def _exchange(
+    conn: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: Any,
+    headers: Mapping[str, str] | None,
+) -> tuple[int, Any]:
+    sent = dict(headers or {})
+    payload = None
+    if body is not None:
+        payload = json.dumps(body).encode()
+        sent.setdefault("Content-Type", "application/json")
+    conn.request(method, path, body=payload, headers=sent)
+    response = conn.getresponse()
+    return response.status, parse_body(response.read())
+
+
+def tcp_request(
+    host: str,
+    port: int,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, Any]:
+    """One request over TCP; returns (status, decoded JSON or text)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        return _exchange(conn, method, path, body, headers)
+    finally:
+        conn.close()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class DaemonFactory:
+    """Makes daemons in a test's tmp_path; ``close`` kills what is still running."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.made: list[DaemonProcess] = []
+
+    def __call__(
+        self,
+        config: Mapping[str, Any] | None = None,
+        *,
+        name: str = "d",
+        start: bool = True,
+        env: Mapping[str, str] | None = None,
+        raw_config: str | None = None,
+    ) -> DaemonProcess:
+        """A daemon in ``tmp_path/name`` (the same name shares directory, socket and database)."""
+        daemon = DaemonProcess(self.base / name, config, env=env, raw_config=raw_config)
+        self.made.append(daemon)
+        if start:
+            daemon.start()
+        return daemon
+
+    def close(self) -> None:
+        for daemon in self.made:
+            daemon.kill()
