@@ -14,7 +14,6 @@ import logging
 import secrets
 import time
 import traceback
-from collections import deque
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -139,11 +138,19 @@ def _now_iso() -> str:
 class Actor:
     """The loop of one process; the engine routes every message for the process here."""
 
+    # Thousands of actors may be alive at once (polling an OSS): keep each one small.
+    __slots__ = (
+        "engine", "pid", "mailbox", "loaded", "stopping", "abort_requested", "in_step",
+        "pending_callback", "workflow", "workflow_name", "pk", "target", "status", "pc",
+        "seq", "state", "current_step", "error", "form", "callback_token", "attempts",
+        "next_retry_at", "subscription_id", "broken", "task",
+    )  # fmt: skip
+
     def __init__(self, engine: Engine, pid: str, row: dict[str, Any] | None = None) -> None:
         self.engine = engine
         self.pid = pid
-        self.mailbox: deque[Envelope] = deque()
-        self.wakeup = asyncio.Event()
+        self.mailbox: list[Envelope] = []  # rarely more than one: a list is smallest
+        self.task: asyncio.Task[None] | None = None
         self.loaded = False
         self.stopping = False
         self.abort_requested: str | None = None
@@ -176,7 +183,6 @@ class Actor:
         if isinstance(message, Stop):
             self.stopping = True
         self.mailbox.append(envelope)
-        self.wakeup.set()
 
     async def run(self) -> None:
         try:
@@ -188,7 +194,7 @@ class Actor:
                 self._load(row)
             while True:
                 if self.mailbox:
-                    await self._handle(self.mailbox.popleft())
+                    await self._handle(self.mailbox.pop(0))
                     continue
                 if self.stopping:
                     return
@@ -208,7 +214,7 @@ class Actor:
 
     def _fail_all(self, error: BaseException) -> None:
         while self.mailbox:
-            _reply(self.mailbox.popleft(), error=error)
+            _reply(self.mailbox.pop(0), error=error)
         if self.pending_callback is not None:
             _reply(self.pending_callback, error=error)
             self.pending_callback = None
@@ -409,7 +415,9 @@ class Actor:
             if step.kind is StepKind.CALLBACK_ACTION:
                 delta.setdefault("callback_token", self.callback_token)
             sub = self._subscription_change(step, delta)
-        except (Exception, StepCrash) as exc:
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # SystemExit in workflow code fails the step, not orchd
             await self._step_raised(step, exc, started)
             return
         finally:
@@ -429,6 +437,8 @@ class Actor:
         assert step.func is not None
         timeout = step.timeout if step.timeout is not None else self.engine.step_timeout
         if not timeout:
+            if step.is_async:  # the common case, one coroutine frame less per waiting actor
+                return await step.func(**kwargs)
             return await self._invoke(step, kwargs)
         with anyio.move_on_after(timeout):
             return await self._invoke(step, kwargs)

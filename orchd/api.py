@@ -67,7 +67,7 @@ class SchedulerLike(Protocol):
     schedule), exported as ``orchd_schedule_runs_total``.
     """
 
-    def entries(self) -> list[ScheduleInfo]: ...
+    async def entries(self) -> list[ScheduleInfo]: ...
 
     async def run_now(self, name: str) -> str:
         """Start the schedule's workflow now; raises ScheduleNotFound or ScheduleRunning."""
@@ -388,7 +388,7 @@ class ControlApi:
         return _json(await self.engine.get_subscription(request.match_info["id"]))
 
     async def list_schedules(self, request: web.Request) -> web.Response:
-        return _json(self.scheduler.entries() if self.scheduler is not None else [])
+        return _json(await self.scheduler.entries() if self.scheduler is not None else [])
 
     async def run_schedule(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

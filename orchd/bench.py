@@ -12,11 +12,14 @@ import os
 import resource
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import msgspec
 
 from orchd.dsl import Form, State, done, init, inputstep, step, workflow
 from orchd.engine import Engine
@@ -170,34 +173,54 @@ async def p2_latency(directory: str) -> float:
         await engine.close()
 
 
-async def p3_memory(directory: str, count: int) -> dict[str, float]:
-    engine = await _engine(directory, "p3")
-    try:
-        base = rss_mb()
+async def _fill_suspended(db: str, count: int) -> None:
+    async with Engine(database=db, workflows=["orchd.bench"]) as engine:
         for chunk in range(0, count, 1000):
             n = min(1000, count - chunk)
             await asyncio.gather(*(engine.start("bench_suspend") for _ in range(n)))
         while engine.actors:  # noqa: ASYNC110 - a benchmark may poll its own engine
             await asyncio.sleep(0.05)
-        suspended = rss_mb() - base
-        pids = []
-        for chunk in range(0, count, 1000):
-            n = min(1000, count - chunk)
-            pids += await asyncio.gather(*(engine.start("bench_polling") for _ in range(n)))
+
+
+async def _probe(db: str, polling: int) -> dict[str, float]:
+    """RSS of an engine opened on ``db``; then per actor with ``polling`` actors busy."""
+    base = rss_mb()
+    async with Engine(database=db, workflows=["orchd.bench"], grace_period=0.1) as engine:
+        await asyncio.sleep(0.2)
+        opened = rss_mb() - base
+        before = rss_mb()
+        for chunk in range(0, polling, 1000):
+            n = min(1000, polling - chunk)
+            await asyncio.gather(*(engine.start("bench_polling") for _ in range(n)))
         await asyncio.sleep(0.5)
-        polling = rss_mb() - base - suspended
+        per_actor = (rss_mb() - before) * 1024 / max(1, len(engine.actors))
         alive = len(engine.actors)
-        for pid in pids:
-            await engine.abort(pid)
-        return {
-            "suspended_mb": suspended,
-            "polling_mb": polling,
-            "per_actor_kb": polling * 1024 / max(1, alive),
-            "alive": alive,
-        }
-    finally:
-        engine.grace_period = 0.1
-        await engine.close()
+    return {"opened_mb": opened, "per_actor_kb": per_actor, "alive": alive}
+
+
+def p3_memory(directory: str, count: int) -> dict[str, float]:
+    """Each figure comes from a fresh process, so memory freed earlier cannot hide a cost."""
+    full, empty = os.path.join(directory, "p3.db"), os.path.join(directory, "p3-empty.db")
+    asyncio.run(_fill_suspended(full, count))
+    asyncio.run(_fill_suspended(empty, 0))
+
+    def probe(db: str, polling: int) -> dict[str, float]:
+        out = subprocess.run(
+            [sys.executable, "-m", "orchd.bench", "--probe", db, str(polling)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        result: dict[str, float] = msgspec.json.decode(out.strip().splitlines()[-1])
+        return result
+
+    with_suspended, without = probe(full, 0), probe(empty, 0)
+    polling = probe(empty, count)
+    return {
+        "suspended_mb": with_suspended["opened_mb"] - without["opened_mb"],
+        "per_actor_kb": polling["per_actor_kb"],
+        "alive": polling["alive"],
+    }
 
 
 async def state_size(directory: str, size: int, processes: int) -> float:
@@ -234,7 +257,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one run (smoke)")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--scaling", action="store_true", help="also the growth tables")
+    parser.add_argument("--probe", nargs=2, metavar=("DB", "POLLING"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.probe:
+        result = asyncio.run(_probe(args.probe[0], int(args.probe[1])))
+        print(msgspec.json.encode(result).decode())
+        return 0
     runs = 1 if args.quick else args.runs
     p1_count = 200 if args.quick else 2000
     p3_count = 2000 if args.quick else 100_000
@@ -251,7 +279,7 @@ def main(argv: list[str]) -> int:
         )
         p1 = _median(runs, lambda: p1_throughput(directory, p1_count))
         p2 = _median(runs, lambda: p2_latency(directory))
-        p3 = _median(1, lambda: p3_memory(directory, p3_count))
+        p3 = p3_memory(directory, p3_count)
         rows = [
             ("raw durable commit (1 row)", f"{raw:,.0f}/s", "-", "-"),
             (
@@ -268,8 +296,8 @@ def main(argv: list[str]) -> int:
             ),
             (
                 f"P3 {p3_count:,} suspended",
-                f"{p3['suspended_mb']:.1f} MiB RSS",
-                "-",
+                f"{p3['suspended_mb']:+.1f} MiB RSS",
+                "empty database",
                 "~0 beyond the db",
             ),
             (

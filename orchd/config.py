@@ -91,8 +91,8 @@ class ScheduleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The HTTP client pool that workflow steps share to reach OSS/BSS systems."""
 
-    limit: NonNegative = 1000
-    limit_per_host: NonNegative = 100
+    limit: Positive = 1000
+    limit_per_host: Positive = 100
     timeout: str = "30s"
     connect_timeout: str = "10s"
     retries: NonNegative = 3

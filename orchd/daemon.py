@@ -315,10 +315,8 @@ class Daemon:
 
     async def start_serving(self) -> None:
         # One app for every listener: it asks for the token on TCP connections only.
-        # api.SchedulerLike declares entries() plain, Scheduler.entries is a coroutine.
-        scheduler: Any = self.scheduler
         app = create_app(
-            self.engine, scheduler=scheduler, max_body=self.config.max_body, token=self.token
+            self.engine, scheduler=self.scheduler, max_body=self.config.max_body, token=self.token
         )
         runner = web.AppRunner(
             app, handle_signals=False, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT
@@ -356,16 +354,7 @@ class Daemon:
 
     def hurry(self) -> None:
         """Cut the grace period short: running steps are interrupted and run again next start."""
-        engine = self.engine
-        engine.grace_period = 0
-        interrupt = getattr(engine, "interrupt", None)
-        if callable(interrupt):
-            interrupt()
-            return
-        # Engine.close() waits until no actor is left; forgetting them ends that wait, and
-        # close() then cancels their tasks itself.
-        engine.actors.clear()
-        engine._idle.set()
+        self.engine.interrupt()
 
     async def reload(self) -> None:
         """Re-read the config file; apply what can change live, name what needs a restart."""

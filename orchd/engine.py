@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 
 from orchd import actor as actors
 from orchd.dsl import Step, Workflow, workflows_of
@@ -84,8 +83,10 @@ def load_workflows(sources: Iterable[str | Workflow]) -> dict[str, Workflow]:
             continue
         try:
             importlib.import_module(source)
-        except ImportError as exc:
-            raise ConfigError(f"workflows: cannot import module {source!r}: {exc}") from exc
+        except Exception as exc:  # any failure of workflow code at import is a config error
+            raise ConfigError(
+                f"workflows: cannot import module {source!r}: {type(exc).__name__}: {exc}"
+            ) from exc
         entries = workflows_of(source)
         if not entries:
             raise ConfigError(f"workflows: module {source!r} defines no @workflow")
@@ -176,7 +177,7 @@ class Engine:
         self._tokens: dict[str, str] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
-        self._tg: TaskGroup | None = None
+        self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._own_http: Any = None
@@ -184,6 +185,7 @@ class Engine:
         self.loopwatch = LoopWatch(block_warning) if block_warning else None
         self._accepting = False
         self._idle = asyncio.Event()
+        self._hurry = asyncio.Event()
         self.started_at = time.time()
         # Counters for metrics.
         self.steps_total = 0
@@ -221,11 +223,13 @@ class Engine:
     async def _supervise(self, ready: asyncio.Event) -> None:
         """Own every actor in one task group, in a task of its own, so the engine can be
         opened and closed from different tasks; an actor never raises into the group."""
-        async with anyio.create_task_group() as tg:
+        async with asyncio.TaskGroup() as tg:
             self._tg = tg
             ready.set()
             await self._stop.wait()
-            tg.cancel_scope.cancel()
+            for actor in list(self.actors.values()):
+                if actor.task is not None:
+                    actor.task.cancel()
 
     async def _recover(self) -> None:
         """Continue what a previous run left: active processes, retry and callback timers."""
@@ -246,6 +250,13 @@ class Engine:
             elif token:
                 self.schedule_expiry(pid, token, at)
 
+    def interrupt(self) -> None:
+        """End the grace period of a close() now: running steps are interrupted (they run
+        again at the next start)."""
+        self.grace_period = 0
+        self._hurry.set()
+        self._idle.set()
+
     async def close(self) -> None:
         """Stop intake, let running steps finish within the grace period, then stop."""
         if self._tg is None:
@@ -257,7 +268,7 @@ class Engine:
         for a in list(self.actors.values()):
             a.post(actors.Stop(), None)
         with anyio.move_on_after(self.grace_period):
-            while self.actors:
+            while self.actors and not self._hurry.is_set():
                 self._idle.clear()
                 await self._idle.wait()
         if self.actors:
@@ -295,7 +306,7 @@ class Engine:
                 raise ShuttingDown("the engine is not running")
             actor = actors.Actor(self, pid, row)
             self.actors[pid] = actor
-            self._tg.start_soon(actor.run, name=f"process {pid}")
+            actor.task = self._tg.create_task(actor.run())
         actor.post(message, reply)
 
     async def _ask(self, pid: str, message: actors.Message) -> Any:

@@ -172,6 +172,7 @@ class Scheduler:
         #: Counters for metrics since this scheduler was made (run_now runs count as runs).
         self.runs_total = 0
         self.skipped_total = 0
+        self._runs: dict[str, int] = {}
 
     def validate(self, schedules: Sequence[ScheduleConfig] | None = None) -> None:
         """Raise ConfigError (``schedules[N].key: problem``) unless every entry can run.
@@ -365,6 +366,7 @@ class Scheduler:
         )
         entry.last_process_id, entry.last_status, entry.last_fire = pid, P.CREATED, fire_at
         self.runs_total += 1
+        self._runs[entry.name] = self._runs.get(entry.name, 0) + 1
         await self.engine.store.write(_record(entry.name, fire_at, pid))
         log.info("schedule=%s started process=%s workflow=%s", entry.name, pid, config.workflow)
         return pid
@@ -389,6 +391,10 @@ class Scheduler:
         """Every entry, disabled ones included, with its last run's current status."""
         await self._refresh(list(self._entries.values()))
         return [_info(e) for e in self._entries.values()]
+
+    def run_counts(self) -> dict[str, int]:
+        """Processes started per schedule since start-up (for metrics)."""
+        return dict(self._runs)
 
     async def run_now(self, name: str) -> str:
         """Start the entry's workflow now and return the process id; the plan does not move.

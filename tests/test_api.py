@@ -19,9 +19,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from orchd.api import MAX_DEPTH, create_app
+from orchd.config import ScheduleConfig
 from orchd.engine import Engine
-from orchd.errors import ScheduleNotFound, ScheduleRunning
-from orchd.model import ProcessStatus, ScheduleInfo
+from orchd.model import ProcessStatus
+from orchd.scheduler import Scheduler
 
 Client = TestClient[web.Request, web.Application]
 Serve = Callable[..., Awaitable[Client]]
@@ -76,25 +77,14 @@ async def status_becomes(client: Client, pid: str, status: str) -> None:
             await anyio.sleep(0.01)
 
 
-class FakeScheduler:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.running = False
-        self.runs = 0
-
-    def entries(self) -> list[ScheduleInfo]:
-        return [ScheduleInfo(name="nightly", workflow="api_fail", every="5m")]
-
-    async def run_now(self, name: str) -> str:
-        if name != "nightly":
-            raise ScheduleNotFound(f"no schedule named {name!r}")
-        if self.running:
-            raise ScheduleRunning("nightly is still running")
-        self.runs += 1
-        return await self.engine.start("api_fail", reporter="scheduler")
-
-    def run_counts(self) -> dict[str, int]:
-        return {"nightly": self.runs}
+def real_scheduler(engine: Engine) -> Scheduler:
+    return Scheduler(
+        engine,
+        [
+            ScheduleConfig(workflow="api_fail", name="nightly", every="5m"),
+            ScheduleConfig(workflow="api_gated", name="held", every="1h"),
+        ],
+    )
 
 
 # -- success shapes ---------------------------------------------------------------------------
@@ -285,29 +275,34 @@ async def test_schedule_run_without_scheduler_is_404(api_client: Client) -> None
 
 
 async def test_schedules_lists_the_scheduler_entries(api_serve: Serve, api_engine: Engine) -> None:
-    client = await api_serve(scheduler=FakeScheduler(api_engine))
+    client = await api_serve(scheduler=real_scheduler(api_engine))
     body = await get(client, "/api/schedules")
-    assert [(s["name"], s["workflow"], s["every"]) for s in body] == [("nightly", "api_fail", "5m")]
+    assert [(s["name"], s["workflow"], s["every"]) for s in body] == [
+        ("nightly", "api_fail", "5m"),
+        ("held", "api_gated", "1h"),
+    ]
 
 
 async def test_schedule_run_answers_201_with_process_id(
     api_serve: Serve, api_engine: Engine
 ) -> None:
-    client = await api_serve(scheduler=FakeScheduler(api_engine))
+    client = await api_serve(scheduler=real_scheduler(api_engine))
     resp = await client.post("/api/schedules/nightly/run")
     assert resp.status == 201
     pid = (await resp.json())["id"]
     assert (await get(client, f"/api/processes/{pid}"))["workflow"] == "api_fail"
+    listed = await get(client, "/api/schedules")
+    assert listed[0]["last_run"]["process_id"] == pid
 
 
 async def test_schedule_run_unknown_is_404_and_running_is_409(
     api_serve: Serve, api_engine: Engine
 ) -> None:
-    scheduler = FakeScheduler(api_engine)
-    client = await api_serve(scheduler=scheduler)
+    client = await api_serve(scheduler=real_scheduler(api_engine))
     await problem(await client.post("/api/schedules/weekly/run"), 404)
-    scheduler.running = True
-    await problem(await client.post("/api/schedules/nightly/run"), 409)
+    first = await client.post("/api/schedules/held/run")
+    assert first.status == 201
+    await problem(await client.post("/api/schedules/held/run"), 409)
 
 
 # -- 404 and 405 ----------------------------------------------------------------------------------
@@ -732,10 +727,8 @@ async def test_metrics_histogram_buckets_are_cumulative(
     assert counts[-1] == total >= 9
 
 
-async def test_metrics_count_schedule_runs_when_the_scheduler_offers_them(
-    api_serve: Serve, api_engine: Engine
-) -> None:
-    client = await api_serve(scheduler=FakeScheduler(api_engine))
+async def test_metrics_count_schedule_runs(api_serve: Serve, api_engine: Engine) -> None:
+    client = await api_serve(scheduler=real_scheduler(api_engine))
     await client.post("/api/schedules/nightly/run")
     types, samples = parse_metrics(await (await client.get("/metrics")).text())
     assert types["orchd_schedule_runs_total"] == "counter"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -21,6 +22,8 @@ from daemon_util import (
     free_port,
     tcp_request,
 )
+
+from orchd import logs
 
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) \S+ ")
 
@@ -422,3 +425,31 @@ def test_socket_activation_serves_on_the_passed_socket(daemon_factory: DaemonFac
         assert os.path.exists(daemon.socket)  # systemd's socket: not ours to remove
     finally:
         daemon.kill()
+
+
+# -- log formats (in-process) -----------------------------------------------------------------
+
+
+def _record(level: int, message: str, exc: BaseException | None = None) -> logging.LogRecord:
+    info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+    record = logging.LogRecord("orchd.engine", level, __file__, 1, message, (), info)
+    record.created, record.msecs = 1795003200.123, 123.0  # 2026-11-18T12:00:00.123Z
+    return record
+
+
+def test_text_log_lines_carry_a_utc_timestamp_and_the_level() -> None:
+    line = logs.TextFormatter().format(_record(logging.INFO, "recovered 3 process=x"))
+    assert line == "2026-11-18T12:00:00.123Z INFO orchd.engine recovered 3 process=x"
+
+
+def test_journald_lines_carry_a_priority_prefix_on_every_line() -> None:
+    formatter = logs.JournaldFormatter()
+    assert formatter.format(_record(logging.DEBUG, "d")) == "<7>orchd.engine d"
+    assert formatter.format(_record(logging.WARNING, "w")) == "<4>orchd.engine w"
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        text = formatter.format(_record(logging.ERROR, "crashed", exc))
+    lines = text.splitlines()
+    assert lines[0] == "<3>orchd.engine crashed" and lines[-1] == "<3>ValueError: boom"
+    assert all(line.startswith("<3>") for line in lines)
