@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The bundled examples talk to this fake OSS; `make run` starts it beside the daemon.
+OSS_PORT ?= 8471
 
 .PHONY: install run test lint bench soak clean
 
@@ -13,8 +15,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The daemon on its embedded default (./orchd.db, ./orchd.sock, the bundled examples), a fake
+# OSS for the examples to talk to, and a few demo processes started once the daemon answers.
 run: $(STAMP)
-	$(BIN)/orchd serve
+	@$(BIN)/orchd fake-oss --port $(OSS_PORT) --latency 200ms --error-rate 0.05 & oss=$$!; \
+	trap 'kill $$oss 2>/dev/null' EXIT INT TERM; \
+	ORCHD_OSS_URL=http://127.0.0.1:$(OSS_PORT) $(BIN)/python -m orchd.examples.demo & \
+	ORCHD_OSS_URL=http://127.0.0.1:$(OSS_PORT) $(BIN)/orchd serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check orchd tests

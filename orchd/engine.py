@@ -388,7 +388,26 @@ class Engine:
             self.steps_total += 1
             self.step_seconds_sum += step_seconds
             self.step_buckets[_bucket(step_seconds)] += 1
+        for record in steps:
+            log.debug(
+                "process=%s workflow=%s step=%r status=%s",
+                actor.pid,
+                actor.workflow_name,
+                record.name,
+                record.status,
+            )
         if status is not previous or not steps:
+            if status in (P.FAILED, P.WAITING):
+                log.warning(
+                    "process=%s workflow=%s status=%s step=%r error=%r",
+                    actor.pid,
+                    actor.workflow_name,
+                    status,
+                    actor.current_step,
+                    actor.error,
+                )
+            else:
+                log.info("process=%s workflow=%s status=%s", actor.pid, actor.workflow_name, status)
             self.events.publish(
                 kind="process", process_id=actor.pid, workflow=actor.workflow_name, status=status
             )
