@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
+from orchd import faults
 from orchd.dsl import Form, Step, StepKind, Workflow
 from orchd.errors import (
     InvalidTransition,
@@ -408,6 +409,8 @@ class Actor:
             self.engine.expect_callback(self.callback_token, self.pid)
             view = {**self.state, "callback_token": self.callback_token}
         self.in_step = True
+        if faults.ENABLED:
+            faults.point("before_step")
         try:
             kwargs = inject(step.name, step.params, view, self.engine.resources)
             result = await self._call(step, kwargs)
@@ -422,6 +425,8 @@ class Actor:
             return
         finally:
             self.in_step = False
+        if faults.ENABLED:
+            faults.point("after_step")
         await self._commit(
             P.RUNNING,
             step,

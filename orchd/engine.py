@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 
 from orchd import actor as actors
+from orchd import faults
 from orchd.dsl import Step, Workflow, workflows_of
 from orchd.errors import (
     BadRequest,
@@ -262,6 +263,8 @@ class Engine:
         if self._tg is None:
             return
         self._accepting = False
+        if faults.ENABLED:
+            faults.point("shutdown")
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()

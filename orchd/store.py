@@ -24,6 +24,7 @@ import aiosqlite
 import msgspec
 from msgspec.structs import astuple
 
+from orchd import faults
 from orchd.errors import StoreError, SubscriptionLocked, SubscriptionNotFound
 
 log = logging.getLogger("orchd.store")
@@ -205,6 +206,8 @@ class _Batch:
 
     def flush(self, conn: sqlite3.Connection) -> None:
         if self.subscriptions:
+            if faults.ENABLED:
+                faults.point("subscription_save")
             conn.executemany(_UPSERT_SUBSCRIPTION, self.subscriptions)
         if self.processes:
             conn.executemany(_UPDATE_PROCESS, self.processes)
@@ -421,7 +424,11 @@ class _Writer(threading.Thread):
                     results.append((fut, value, True))
                 conn.execute("RELEASE op")
             rows.flush(conn)
+            if faults.ENABLED:
+                faults.point("in_commit")
             conn.execute("COMMIT")
+            if faults.ENABLED:
+                faults.point("after_commit")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

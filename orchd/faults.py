@@ -1,0 +1,50 @@
+"""Crash points for the fault-injection tests; inert unless ``$ORCHD_FAULTS`` is set.
+
+``ORCHD_FAULTS="after_step@3,in_commit@2"`` SIGKILLs the process the 3rd time it reaches
+``after_step`` and the 2nd time it reaches ``in_commit``; ``name%0.01`` kills with probability
+0.01 at each pass (seeded by ``$ORCHD_FAULTS_SEED``). The points, in the order a step meets
+them:
+
+- ``before_step``: an actor is about to run a step
+- ``after_step``: the step returned; its checkpoint is not yet submitted
+- ``subscription_save``: the writer is saving a subscription, inside the transaction
+- ``in_commit``: the writer has written a batch, before COMMIT
+- ``after_commit``: COMMIT returned; the actors are not yet told
+- ``shutdown``: the engine is closing
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+
+_SPEC = os.environ.get("ORCHD_FAULTS", "")
+#: Checked before every call, so a disabled point costs one global lookup.
+ENABLED = bool(_SPEC)
+
+_hits: dict[str, int] = {}
+_at: dict[str, int] = {}
+_odds: dict[str, float] = {}
+_lock = threading.Lock()
+_random = random.Random(int(os.environ.get("ORCHD_FAULTS_SEED", "0")))
+
+for _item in filter(None, (part.strip() for part in _SPEC.split(","))):
+    if "@" in _item:
+        _name, _n = _item.split("@", 1)
+        _at[_name] = int(_n)
+    elif "%" in _item:
+        _name, _p = _item.split("%", 1)
+        _odds[_name] = float(_p)
+    else:
+        _at[_item] = 1
+
+
+def point(name: str) -> None:
+    """Die here (SIGKILL, no clean-up at all) when the spec says so."""
+    with _lock:
+        hits = _hits[name] = _hits.get(name, 0) + 1
+        die = _at.get(name) == hits or (name in _odds and _random.random() < _odds[name])
+    if die:
+        os.kill(os.getpid(), signal.SIGKILL)
