@@ -234,11 +234,10 @@ class Engine:
 
     async def _recover(self) -> None:
         """Continue what a previous run left: active processes, retry and callback timers."""
-        rows = await self.store.fetchall(
-            "SELECT id FROM processes WHERE status IN ('created', 'running')"
-        )
-        for (pid,) in rows:
-            self._post(pid, actors.Run(), None)
+        # One query for all of them: thousands of processes may have been in flight.
+        rows = await self._load_rows("status IN ('created', 'running')", ())
+        for row in rows:
+            self._post(row["id"], actors.Run(), None, row=row)
         if rows:
             log.info("recovered %d active processes", len(rows))
         timed = await self.store.fetchall(
@@ -422,36 +421,18 @@ class Engine:
                 self._tokens.pop(actor.callback_token, None)
 
     async def load_row(self, pid: str) -> dict[str, Any] | None:
-        row = await self.store.fetchone(
-            "SELECT rowid, id, workflow, target, status, pc, seq, state, reporter, "
-            "subscription_id, current_step, error, form, callback_token, attempts, next_retry_at, "
-            "created_at, updated_at FROM processes WHERE id = ?",
-            (pid,),
+        rows = await self._load_rows("id = ?", (pid,))
+        return rows[0] if rows else None
+
+    async def _load_rows(self, where: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        rows = await self.store.fetchall(
+            f"SELECT {', '.join(_ROW_COLUMNS)} FROM processes WHERE {where}", params
         )
-        if row is None:
-            return None
-        names = (
-            "pk",
-            "id",
-            "workflow",
-            "target",
-            "status",
-            "pc",
-            "seq",
-            "state",
-            "reporter",
-            "subscription_id",
-            "current_step",
-            "error",
-            "form",
-            "callback_token",
-            "attempts",
-            "next_retry_at",
-            "created_at",
-            "updated_at",
-        )
-        result = dict(zip(names, row, strict=True))
-        result["state"] = decode(result["state"])
+        result = []
+        for row in rows:
+            fields = dict(zip(_ROW_NAMES, row, strict=True))
+            fields["state"] = decode(fields["state"])
+            result.append(fields)
         return result
 
     # -- the public API -------------------------------------------------------------------
@@ -777,6 +758,13 @@ class Engine:
     def accepting(self) -> bool:
         return self._accepting
 
+
+_ROW_COLUMNS = (
+    "rowid", "id", "workflow", "target", "status", "pc", "seq", "state", "reporter",
+    "subscription_id", "current_step", "error", "form", "callback_token", "attempts",
+    "next_retry_at", "created_at", "updated_at",
+)  # fmt: skip
+_ROW_NAMES = ("pk", *_ROW_COLUMNS[1:])
 
 #: State keys the engine sets; input cannot supply them.
 RESERVED_KEYS = frozenset(
