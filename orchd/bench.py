@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from orchd import bench_load
 from orchd.dsl import Form, State, done, init, inputstep, step, workflow
 from orchd.engine import Engine
 from orchd.model import Target
@@ -258,7 +259,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--scaling", action="store_true", help="also the growth tables")
     parser.add_argument("--probe", nargs=2, metavar=("DB", "POLLING"), help=argparse.SUPPRESS)
+    parser.add_argument("--p5-child", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.p5_child:
+        return bench_load.child_main(args.p5_child)
     if args.probe:
         result = asyncio.run(_probe(args.probe[0], int(args.probe[1])))
         print(msgspec.json.encode(result).decode())
@@ -280,6 +284,10 @@ def main(argv: list[str]) -> int:
         p1 = _median(runs, lambda: p1_throughput(directory, p1_count))
         p2 = _median(runs, lambda: p2_latency(directory))
         p3 = p3_memory(directory, p3_count)
+        p4_count = 1000 if args.quick else 10_000
+        p4 = bench_load.p4_polling(directory, p4_count)
+        p5_count = 1000 if args.quick else 10_000
+        p5 = bench_load.p5_recovery(directory, p5_count)
         rows = [
             ("raw durable commit (1 row)", f"{raw:,.0f}/s", "-", "-"),
             (
@@ -305,6 +313,21 @@ def main(argv: list[str]) -> int:
                 f"{p3['per_actor_kb']:.1f} KiB/actor",
                 "-",
                 "<= 8 KB/actor",
+            ),
+            (
+                f"P4 {p4_count:,} processes polling an OSS",
+                f"{p4['requests_per_s']:,.0f} req/s "
+                f"({p4['requests_per_s'] / p4['baseline_per_s']:.2f}x), "
+                f"{p4['cpu_s']:.1f} s CPU, {p4['rss_mb']:.0f} MiB peak",
+                f"{p4['baseline_per_s']:,.0f} req/s plain aiohttp",
+                ">= 0.8x",
+            ),
+            (
+                f"P5 SIGKILL, {p5['in_flight']:,.0f} in flight",
+                f"all moving again in {p5['resumed_s']:.2f} s, "
+                f"{p5['completed']:,.0f}/{p5['total']:,.0f} completed",
+                "-",
+                "<= 2 s, none lost",
             ),
         ]
         print(

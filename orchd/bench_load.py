@@ -1,0 +1,217 @@
+"""`orchd bench` scenarios that need another process: P4 (OSS polling) and P5 (recovery).
+
+The fake OSS runs as its own process so that neither the engine nor the baseline client shares
+its event loop; the recovery scenario SIGKILLs a real engine process with work in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import aiohttp
+
+from orchd.dsl import State, done, init, step, workflow
+from orchd.engine import Engine
+from orchd.http import HttpClient
+from orchd.model import Target
+
+#: Requests each polling process makes, and the connection limits both sides share.
+POLL_ROUNDS = 5
+LIMIT = 500
+
+
+@step("poll the oss")
+async def _poll_the_oss(oss: str, http: HttpClient) -> State:
+    for _ in range(POLL_ROUNDS):
+        await http.get_json(f"{oss}/ping")
+    return {"polled": POLL_ROUNDS}
+
+
+@workflow("Benchmark: polls the fake OSS", target=Target.SYSTEM)
+def bench_oss_poll():  # type: ignore[no-untyped-def]
+    return init >> _poll_the_oss >> done
+
+
+def _slow_step(n: int) -> Any:
+    @step(f"slow {n}")
+    async def slow() -> State:
+        await asyncio.sleep(0.2)
+        return {f"s{n}": n}
+
+    return slow
+
+
+_SLOW = [_slow_step(n) for n in range(4)]
+
+
+@workflow("Benchmark: four slow steps", target=Target.SYSTEM)
+def bench_slow_steps():  # type: ignore[no-untyped-def]
+    return init >> _SLOW[0] >> _SLOW[1] >> _SLOW[2] >> _SLOW[3] >> done
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class _FakeOssProcess:
+    def __init__(self, latency: str) -> None:
+        self.port = _free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orchd.fakeoss", "--port", str(self.port),
+             "--latency", latency],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if "listening" not in line:
+            raise RuntimeError(f"fake OSS did not start: {line!r}")
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.communicate(timeout=10)
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _baseline(url: str, processes: int) -> float:
+    """A plain aiohttp loop doing the same requests: requests per second."""
+    connector = aiohttp.TCPConnector(limit=LIMIT, limit_per_host=LIMIT)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> None:
+            for _ in range(POLL_ROUNDS):
+                async with session.get(f"{url}/ping") as resp:
+                    await resp.read()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(processes)))
+        return processes * POLL_ROUNDS / (time.perf_counter() - started)
+
+
+async def _through_orchd(directory: str, url: str, processes: int) -> dict[str, float]:
+    http = HttpClient(limit=LIMIT, limit_per_host=LIMIT)
+    await http.open()
+    engine = Engine(
+        database=os.path.join(directory, "p4.db"),
+        workflows=["orchd.bench_load"],
+        resources={HttpClient: http},
+    )
+    await engine.open()
+    try:
+        cpu, started = _cpu(), time.perf_counter()
+        pids = []
+        for chunk in range(0, processes, 1000):
+            n = min(1000, processes - chunk)
+            pids += await asyncio.gather(
+                *(engine.start("bench_oss_poll", {"oss": url}) for _ in range(n))
+            )
+        peak_actors = len(engine.actors)
+        for pid in pids:
+            process = await engine.wait(pid)
+            if process.status != "completed":
+                raise RuntimeError(f"P4 process {pid} ended {process.status}: {process.error}")
+        elapsed = time.perf_counter() - started
+        return {
+            "requests_per_s": processes * POLL_ROUNDS / elapsed,
+            "cpu_s": _cpu() - cpu,
+            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_actors": peak_actors,
+        }
+    finally:
+        await engine.close()
+        await http.close()
+
+
+def p4_polling(directory: str, processes: int, latency: str = "20ms") -> dict[str, float]:
+    """orchd processes polling the fake OSS against a plain client loop, same server, same run."""
+    oss = _FakeOssProcess(latency)
+    try:
+        baseline = asyncio.run(_baseline(oss.url, processes))
+        result = asyncio.run(_through_orchd(directory, oss.url, processes))
+    finally:
+        oss.close()
+    return {**result, "baseline_per_s": baseline}
+
+
+async def _p5_child(db: str, processes: int) -> None:
+    async with Engine(database=db, workflows=["orchd.bench_load"]) as engine:
+        for chunk in range(0, processes, 1000):
+            n = min(1000, processes - chunk)
+            await asyncio.gather(*(engine.start("bench_slow_steps") for _ in range(n)))
+        print("started", flush=True)
+        await asyncio.sleep(3600)
+
+
+async def _p5_restart(db: str, processes: int) -> dict[str, float]:
+    started = time.perf_counter()
+    engine = Engine(database=db, workflows=["orchd.bench_load"])
+    resumed: set[str] = set()
+    everyone = asyncio.Event()
+
+    async def watch() -> None:
+        async for event in engine.events.listen():
+            if event.kind == "step":
+                resumed.add(event.process_id)
+                if len(resumed) >= in_flight:
+                    everyone.set()
+                    return
+
+    await engine.open()
+    try:
+        in_flight = len(engine.actors)
+        watcher = asyncio.create_task(watch())
+        await everyone.wait()
+        resumed_after = time.perf_counter() - started
+        watcher.cancel()
+        rows = await engine.store.fetchall("SELECT id FROM processes")
+        statuses = [(await engine.wait(pid)).status for (pid,) in rows]
+        return {
+            "in_flight": in_flight,
+            "resumed_s": resumed_after,
+            "completed": sum(s == "completed" for s in statuses),
+            "total": len(rows),
+        }
+    finally:
+        await engine.close()
+
+
+def p5_recovery(directory: str, processes: int) -> dict[str, float]:
+    """SIGKILL an engine with ``processes`` in flight; restart; time until all move again."""
+    db = os.path.join(directory, "p5.db")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "orchd.bench", "--p5-child", db, str(processes)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    if child.stdout.readline().strip() != "started":
+        raise RuntimeError("P5: the engine process did not start its processes")
+    time.sleep(0.3)
+    child.send_signal(signal.SIGKILL)
+    child.communicate()
+    result = asyncio.run(_p5_restart(db, processes))
+    if result["completed"] != processes:
+        raise RuntimeError(f"P5: {result['completed']} of {processes} processes completed")
+    return result
+
+
+def child_main(argv: list[str]) -> int:
+    asyncio.run(_p5_child(argv[0], int(argv[1])))
+    return 0
