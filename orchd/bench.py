@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from orchd import bench_load
+from orchd import bench_api, bench_load
 from orchd.dsl import Form, State, done, init, inputstep, step, workflow
 from orchd.engine import Engine
 from orchd.model import Target
@@ -288,6 +288,9 @@ def main(argv: list[str]) -> int:
         p4 = bench_load.p4_polling(directory, p4_count)
         p5_count = 1000 if args.quick else 10_000
         p5 = bench_load.p5_recovery(directory, p5_count)
+        p6 = bench_api.p6_latency(directory, p1_count)
+        p7_count = 2000 if args.quick else 10_000
+        p7 = statistics.median(bench_api.p7_starts(directory, p7_count) for _ in range(runs))
         rows = [
             ("raw durable commit (1 row)", f"{raw:,.0f}/s", "-", "-"),
             (
@@ -328,6 +331,19 @@ def main(argv: list[str]) -> int:
                 f"{p5['completed']:,.0f}/{p5['total']:,.0f} completed",
                 "-",
                 "<= 2 s, none lost",
+            ),
+            (
+                f"P6 GET a process during {p1_count:,} starts",
+                f"p99 {p6['p99_ms']:.1f} ms (median {p6['median_ms']:.1f}, "
+                f"{p6['samples']:,} samples); orchd ps {p6['ps_ms']:.0f} ms",
+                "-",
+                "p99 < 5 ms; ps < 150 ms",
+            ),
+            (
+                f"P7 {p7_count:,} starts over the socket",
+                f"{p7:,.0f} starts/s",
+                "64 concurrent clients",
+                ">= 5,000/s",
             ),
         ]
         print(

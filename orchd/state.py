@@ -7,6 +7,7 @@ holds JSON values. Converters are prepared once per step, when the step is defin
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import typing
@@ -181,8 +182,12 @@ def validate_form(form: type[msgspec.Struct], answer: Any) -> dict[str, Any]:
     return to_json_values(form.__name__, value)
 
 
+@functools.lru_cache(maxsize=1024)
 def form_schema(form: type[msgspec.Struct]) -> dict[str, Any]:
-    """The form's JSON Schema as one self-contained object (definitions under ``$defs``)."""
+    """The form's JSON Schema as one self-contained object (definitions under ``$defs``).
+
+    Cached: a form class does not change, and every suspend publishes its schema. Callers
+    must not modify the returned dict."""
     schema: dict[str, Any] = msgspec.json.schema(form)
     ref = schema.get("$ref")
     defs = schema.get("$defs", {})

@@ -407,6 +407,11 @@ class _Writer(threading.Thread):
                     results.append((fut, None, True))
                     continue
                 rows.flush(conn)  # keep the order of operations that read what others wrote
+                if isinstance(op, NewProcess) and op.lock is None:
+                    # A plain insert is never refused; a failure fails the batch, which is
+                    # then retried one operation at a time.
+                    results.append((fut, _create_process(conn, op), True))
+                    continue
                 conn.execute("SAVEPOINT op")
                 try:
                     if isinstance(op, NewProcess):
@@ -557,15 +562,14 @@ class Store:
     # -- reads ----------------------------------------------------------------------------
 
     async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
-        reader = self._require_reader()
-        async with reader.execute(sql, tuple(params)) as cur:
-            row: sqlite3.Row | None = await cur.fetchone()
-            return row
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        reader = self._require_reader()
-        async with reader.execute(sql, tuple(params)) as cur:
-            return list(await cur.fetchall())
+        # One trip to the reader thread per query (execute and fetch together): under load
+        # every trip waits for the event loop, so fewer trips mean a faster API.
+        rows = await self._require_reader().execute_fetchall(sql, tuple(params))
+        return list(rows)
 
     def _require_reader(self) -> aiosqlite.Connection:
         if self._reader is None:

@@ -1,0 +1,123 @@
+"""`orchd bench` scenarios through a real daemon: P6 (API latency under load), P7 (starts/s).
+
+The daemon is ``orchd serve`` in its own process, on a temporary database and socket, with the
+benchmark workflows; the load comes from an aiohttp client over the Unix socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import aiohttp
+
+
+class _Daemon:
+    def __init__(self, directory: str, name: str) -> None:
+        home = os.path.join(directory, name)
+        os.makedirs(home, exist_ok=True)
+        self.socket = os.path.join(home, "orchd.sock")
+        config = os.path.join(home, "orchd.toml")
+        with open(config, "w") as f:
+            f.write(
+                f'database = "{os.path.join(home, "orchd.db")}"\n'
+                f'socket = "{self.socket}"\n'
+                'workflows = ["orchd.bench"]\nlog_level = "warning"\n'
+            )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orchd", "serve", "--config", config],
+            stderr=subprocess.DEVNULL,
+        )
+
+    async def __aenter__(self) -> aiohttp.ClientSession:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=self.socket, limit=64),
+            base_url="http://orchd",
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                async with self.session.get("/api/health") as resp:
+                    if resp.status == 200:
+                        return self.session
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the benchmark daemon did not start")
+            await asyncio.sleep(0.1)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+
+async def _start_many(session: aiohttp.ClientSession, workflow: str, count: int) -> list[str]:
+    queue = iter(range(count))
+    ids: list[str] = []
+
+    async def worker() -> None:
+        for _ in queue:
+            async with session.post(f"/api/processes/{workflow}", json={}) as resp:
+                if resp.status != 201:
+                    raise RuntimeError(f"start answered {resp.status}: {await resp.text()}")
+                ids.append((await resp.json())["id"])
+
+    await asyncio.gather(*(worker() for _ in range(64)))
+    return ids
+
+
+async def _p7(directory: str, count: int) -> float:
+    async with _Daemon(directory, "p7") as session:
+        await _start_many(session, "bench_suspend", 200)  # warm up
+        started = time.perf_counter()
+        await _start_many(session, "bench_suspend", count)
+        return count / (time.perf_counter() - started)
+
+
+def p7_starts(directory: str, count: int) -> float:
+    """Processes started per second through the API over the Unix socket."""
+    return asyncio.run(_p7(directory, count))
+
+
+async def _p6(directory: str, processes: int) -> dict[str, Any]:
+    async with _Daemon(directory, "p6") as session:
+        probe = (await _start_many(session, "bench_suspend", 1))[0]
+        latencies: list[float] = []
+        load = asyncio.create_task(_start_many(session, "bench_ten_steps", processes))
+        while not load.done():
+            t = time.perf_counter()
+            async with session.get(f"/api/processes/{probe}") as resp:
+                await resp.read()
+            latencies.append(time.perf_counter() - t)
+        await load
+        latencies.sort()
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        socket_path = session.connector.path  # type: ignore[union-attr]
+        walls = []
+        for _ in range(5):
+            t = time.perf_counter()
+            await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "orchd", "ps", "--socket", socket_path],
+                check=True,
+                capture_output=True,
+            )
+            walls.append(time.perf_counter() - t)
+        return {
+            "p99_ms": p99 * 1000,
+            "median_ms": statistics.median(latencies) * 1000,
+            "samples": len(latencies),
+            "ps_ms": statistics.median(walls) * 1000,
+        }
+
+
+def p6_latency(directory: str, processes: int) -> dict[str, Any]:
+    """GET latency of one process while ``processes`` ten-step processes start and run."""
+    return asyncio.run(_p6(directory, processes))
