@@ -500,7 +500,9 @@ class Actor:
 
     async def _form_of(self, step: Step) -> type[Form]:
         kwargs = inject(step.name, step.params, self.state, self.engine.resources)
-        form = await self._call(step, kwargs)
+        assert step.func is not None
+        # An inputstep only picks a Form class: a plain function runs inline, not in a thread.
+        form = await step.func(**kwargs) if step.is_async else step.func(**kwargs)
         if not (isinstance(form, type) and issubclass(form, Form)):
             raise StepOutputError(f"inputstep {step.name!r} must return a Form class")
         return form

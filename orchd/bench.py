@@ -342,7 +342,7 @@ def main(argv: list[str]) -> int:
             (
                 f"P7 {p7_count:,} starts over the socket",
                 f"{p7:,.0f} starts/s",
-                "64 concurrent clients",
+                f"{bench_api.CLIENTS} concurrent clients",
                 ">= 5,000/s",
             ),
         ]

@@ -17,6 +17,9 @@ from typing import Any
 
 import aiohttp
 
+#: Concurrent API clients of the load generator.
+CLIENTS = 100
+
 
 class _Daemon:
     def __init__(self, directory: str, name: str) -> None:
@@ -37,7 +40,7 @@ class _Daemon:
 
     async def __aenter__(self) -> aiohttp.ClientSession:
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=self.socket, limit=64),
+            connector=aiohttp.UnixConnector(path=self.socket, limit=CLIENTS),
             base_url="http://orchd",
         )
         deadline = time.monotonic() + 20
@@ -69,7 +72,7 @@ async def _start_many(session: aiohttp.ClientSession, workflow: str, count: int)
                     raise RuntimeError(f"start answered {resp.status}: {await resp.text()}")
                 ids.append((await resp.json())["id"])
 
-    await asyncio.gather(*(worker() for _ in range(64)))
+    await asyncio.gather(*(worker() for _ in range(CLIENTS)))
     return ids
 
 

@@ -138,7 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in PASSTHROUGH.items():
         # Never parsed here: main() hands everything after the word to the module.
         sub.add_parser(name, help=f"run {module} (its own options follow)", add_help=False)
-    # `backup PATH` and `check` (owned by the daemon side) are added here, and in COMMANDS below.
+    # `backup` and `check` work on the database file, not through the daemon (orchd.maintenance).
+    p = command("backup", "copy the database online (safe while the daemon runs), then check it")
+    p.add_argument("path", help="the backup file to write")
+    p.add_argument("--database", metavar="DB", help="the database (default: the config's)")
+    p.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    p = command("check", "integrity, orphan and stuck-lock checks of the database (read-only)")
+    p.add_argument("--database", metavar="DB", help="the database (default: the config's)")
     return parser
 
 
@@ -533,6 +539,10 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
 }
 
 
+#: Commands on the database file, by the name of their function in orchd.maintenance.
+FILE_COMMANDS = {"backup": "cmd_backup", "check": "cmd_check"}
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse and fill in the global options' defaults (suppressed while parsing)."""
     args = build_parser().parse_args(argv)
@@ -572,6 +582,10 @@ def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.command == "serve":
         return _run_module("orchd.daemon", lambda module: int(module.serve(args.config)))
+    if args.command in FILE_COMMANDS:
+        # Exit statuses of their own: see orchd.maintenance.
+        call = FILE_COMMANDS[args.command]
+        return _run_module("orchd.maintenance", lambda module: int(getattr(module, call)(args)))
     try:
         client = Client(resolve_endpoint(args.socket, args.url, args.config, args.token_file))
         return COMMANDS[args.command](client, args)

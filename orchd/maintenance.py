@@ -1,0 +1,513 @@
+"""Operator tools that work on the database file itself: ``orchd backup`` and ``orchd check``.
+
+Both are safe beside a running daemon: the database is in WAL mode, so a reader sees one
+consistent snapshot while the daemon keeps writing, and neither tool ever writes to it (the
+source is opened with ``mode=ro``). Only the standard library is imported, so the commands
+start as fast as the rest of the CLI.
+
+Exit statuses: ``backup`` 0 written and checked, 1 failed (nothing is left at PATH), 2 usage
+(PATH exists without ``--force``, no usable database path); ``check`` 0 clean, 1 problems found,
+2 usage, 3 the database cannot be opened or read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNOPENABLE = 3
+
+DEFAULT_DATABASE = "./orchd.db"
+#: The schema version the checks below are written for (orchd.store.SCHEMA_VERSION; a test
+#: keeps the two equal without importing the store here).
+KNOWN_SCHEMA_VERSION = 1
+#: Pages copied per backup step; between steps the daemon's writer is never blocked anyway.
+BACKUP_STEP_PAGES = 1024
+#: Databases with at least this many pages get progress lines on stderr (~100 MB at 4 KiB).
+PROGRESS_MIN_PAGES = 25_600
+#: How many ids each kind of problem lists; the count is always complete.
+EXAMPLES = 20
+
+PROCESS_STATUSES = frozenset(
+    {"created", "running", "suspended", "waiting", "awaiting_callback", "failed", "aborted",
+     "completed"}
+)  # fmt: skip
+STEP_STATUSES = frozenset(
+    {"success", "skipped", "suspended", "waiting", "awaiting_callback", "failed", "aborted"}
+)
+#: Statuses after which a process holds no subscription.
+FINISHED = ("completed", "aborted")
+TABLES = (
+    "processes",
+    "steps",
+    "subscriptions",
+    "subscription_processes",
+    "schedules",
+    "schedule_runs",
+)
+
+
+class MaintenanceError(Exception):
+    """Raised when a backup or check cannot be done; ``exit_status`` says how the CLI exits."""
+
+    def __init__(self, message: str, exit_status: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+# --- where the database is -----------------------------------------------------------------------
+
+
+def database_path(
+    given: str | None, config: str | None, environ: Mapping[str, str] | None = None
+) -> str:
+    """``--database``, else the config's ``database`` (read cheaply, as the CLI reads ``socket``).
+
+    A relative path from the config is anchored where the daemon would anchor it: in
+    ``$STATE_DIRECTORY`` when that is set, else the current directory.
+    """
+    env = os.environ if environ is None else environ
+    if given:
+        path = given
+    else:
+        from orchd.client import EndpointError, read_config
+
+        try:
+            settings = read_config(config, env)
+        except EndpointError as exc:
+            raise MaintenanceError(str(exc), EXIT_USAGE) from None
+        value = settings.get("database")
+        if value is not None and not isinstance(value, str):
+            raise MaintenanceError("the config's database must be a string", EXIT_USAGE)
+        path = value or DEFAULT_DATABASE
+        state_dir = env.get("STATE_DIRECTORY", "").split(":")[0]
+        if state_dir and not os.path.isabs(path) and not path.startswith("file:"):
+            path = os.path.join(state_dir, path)
+    if path == ":memory:" or path.startswith("file:"):
+        raise MaintenanceError(f"database {path!r} is not a file this tool can open", EXIT_USAGE)
+    return os.path.normpath(path)
+
+
+def connect_readonly(path: str) -> sqlite3.Connection:
+    """A connection that can never write to ``path``, nor create it when it is missing."""
+    if not os.path.isfile(path):
+        what = "does not exist" if not os.path.exists(path) else "is not a regular file"
+        raise MaintenanceError(f"cannot open database {path}: it {what}", EXIT_UNOPENABLE)
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    sidecars = [path + "-wal", path + "-shm"]
+    absent = [p for p in sidecars if not os.path.exists(p)]
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5.0)
+        # Opening is lazy: read the header now so "not a database" is an open failure.
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        raise MaintenanceError(f"cannot open database {path}: {exc}", EXIT_UNOPENABLE) from None
+    _give_back(path, absent)
+    return conn
+
+
+def _give_back(path: str, created: list[str]) -> None:
+    """Hand -wal/-shm files our reading created to the database's owner.
+
+    Even a read-only reader of a WAL database creates them when the daemon is not running,
+    and a read-only reader cannot remove them again; made by root (``sudo orchd check``),
+    they would keep the daemon's own user from opening its database.
+    """
+    if os.geteuid() != 0:
+        return
+    owner = os.stat(path)
+    for sidecar in created:
+        try:
+            st = os.stat(sidecar)
+            if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+                os.chown(sidecar, owner.st_uid, owner.st_gid)
+                os.chmod(sidecar, owner.st_mode & 0o666)
+        except OSError:
+            pass  # not created after all, or not ours to change: nothing to hand back
+
+
+# --- backup ------------------------------------------------------------------------------------
+
+
+@dataclass
+class BackupResult:
+    path: str
+    size: int
+    pages: int
+    seconds: float
+    integrity: str = "ok"
+
+
+Progress = Callable[[int, int], None]
+
+
+def backup(
+    source: str,
+    dest: str,
+    *,
+    force: bool = False,
+    step_pages: int = BACKUP_STEP_PAGES,
+    progress: Progress | None = None,
+) -> BackupResult:
+    """Copy ``source`` to ``dest`` with SQLite's online backup, check the copy, then rename it
+    into place; ``dest`` is never left half-written. ``progress(copied, total)`` is called
+    after every step.
+    """
+    dest = os.path.abspath(dest)
+    _check_destination(source, dest, force)
+    started = time.monotonic()
+    src = connect_readonly(source)
+    directory, name = os.path.split(dest)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        src.close()
+        raise MaintenanceError(f"cannot write in {directory}: {exc.strerror or exc}") from None
+    os.close(fd)
+    try:
+        pages = _copy(src, tmp, step_pages, progress)
+        problems = _integrity(tmp)
+        if problems:
+            raise MaintenanceError(
+                f"the copy failed its integrity check: {'; '.join(problems[:5])}"
+            )
+        _fsync(tmp)
+        _place(tmp, dest, force)
+    except BaseException:
+        for leftover in (tmp, tmp + "-journal", tmp + "-wal", tmp + "-shm"):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+        raise
+    finally:
+        src.close()
+    return BackupResult(
+        path=dest,
+        size=os.stat(dest).st_size,
+        pages=pages,
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+def _check_destination(source: str, dest: str, force: bool) -> None:
+    if os.path.isdir(dest):
+        raise MaintenanceError(f"{dest} is a directory; name the backup file", EXIT_USAGE)
+    if os.path.exists(dest):
+        if os.path.exists(source) and os.path.samefile(source, dest):
+            raise MaintenanceError(f"{dest} is the database itself", EXIT_USAGE)
+        if not force:
+            raise MaintenanceError(f"{dest} exists; use --force to replace it", EXIT_USAGE)
+    if not os.path.isdir(os.path.dirname(dest)):
+        raise MaintenanceError(f"directory {os.path.dirname(dest)} does not exist", EXIT_USAGE)
+
+
+def _copy(src: sqlite3.Connection, tmp: str, step_pages: int, progress: Progress | None) -> int:
+    dst = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        # One read transaction held over every step pins one snapshot: the daemon's commits in
+        # between neither restart the copy nor leak into it (WAL lets the daemon go on writing;
+        # its WAL only grows until we let go).
+        src.execute("BEGIN")
+        src.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        total = 0
+
+        def step(status: int, remaining: int, pages: int) -> None:
+            nonlocal total
+            total = pages
+            if progress is not None:
+                progress(pages - remaining, pages)
+
+        try:
+            src.backup(dst, pages=max(1, step_pages), progress=step)
+        finally:
+            src.execute("ROLLBACK")
+        # The copy is one self-contained file: no -wal beside it that a `cp` would forget.
+        dst.execute("PRAGMA journal_mode = DELETE").fetchone()
+        return total
+    except sqlite3.Error as exc:
+        raise MaintenanceError(f"backup failed: {exc}") from None
+    finally:
+        dst.close()
+
+
+def _integrity(path: str) -> list[str]:
+    try:
+        conn = sqlite3.connect(
+            "file:" + urllib.parse.quote(path) + "?mode=ro", uri=True, isolation_level=None
+        )
+        try:
+            rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check")]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return [f"cannot read the copy: {exc}"]
+    return [] if rows == ["ok"] else rows
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _place(tmp: str, dest: str, force: bool) -> None:
+    """Rename the finished copy to ``dest``; without ``force`` never replace a file that
+    appeared there meanwhile (a hard link fails when the name exists, a rename does not)."""
+    try:
+        if force:
+            os.replace(tmp, dest)
+        else:
+            try:
+                os.link(tmp, dest)
+            except FileExistsError:
+                raise MaintenanceError(
+                    f"{dest} exists; use --force to replace it", EXIT_USAGE
+                ) from None
+            except OSError:
+                # No hard links on this filesystem: the check before the copy has to do.
+                if os.path.exists(dest):
+                    raise MaintenanceError(
+                        f"{dest} exists; use --force to replace it", EXIT_USAGE
+                    ) from None
+                os.replace(tmp, dest)
+            else:
+                os.unlink(tmp)
+        dir_fd = os.open(os.path.dirname(dest), os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise MaintenanceError(f"cannot write {dest}: {exc.strerror or exc}") from None
+
+
+class ProgressLines:
+    """``backup: 1024/51200 pages (2%)`` on ``stream``, at most one line per tenth."""
+
+    def __init__(self, stream: TextIO, min_pages: int = PROGRESS_MIN_PAGES) -> None:
+        self.stream = stream
+        self.min_pages = min_pages
+        self.shown = -1
+
+    def __call__(self, copied: int, total: int) -> None:
+        if total < self.min_pages or total <= 0:
+            return
+        tenth = copied * 10 // total
+        if tenth == self.shown:
+            return
+        self.shown = tenth
+        print(
+            f"backup: {copied}/{total} pages ({copied * 100 // total}%)",
+            file=self.stream,
+            flush=True,
+        )
+
+
+# --- check -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    kind: str
+    message: str
+    count: int
+    examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    database: str
+    schema_version: int | None = None
+    integrity: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, **asdict(self)}
+
+
+#: kind -> (what is wrong, a query listing one id per offending row).
+CHECKS: dict[str, tuple[str, str]] = {
+    "step_without_process": (
+        "step records whose process does not exist",
+        """SELECT DISTINCT s.process FROM steps s
+           WHERE NOT EXISTS (SELECT 1 FROM processes p WHERE p.rowid = s.process)""",
+    ),
+    "link_without_process": (
+        "subscription links to a process that does not exist",
+        """SELECT l.subscription_id || ' -> ' || l.process_id FROM subscription_processes l
+           WHERE NOT EXISTS (SELECT 1 FROM processes p WHERE p.id = l.process_id)""",
+    ),
+    "link_without_subscription": (
+        "subscription links to a subscription that does not exist",
+        """SELECT l.subscription_id || ' -> ' || l.process_id FROM subscription_processes l
+           WHERE NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = l.subscription_id)""",
+    ),
+    "process_without_subscription": (
+        "processes naming a subscription that does not exist",
+        """SELECT p.id FROM processes p WHERE p.subscription_id IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = p.subscription_id)""",
+    ),
+    "seq_mismatch": (
+        "processes whose seq is not their number of step records",
+        """SELECT p.id || ' (seq ' || p.seq || ', ' || count(s.seq) || ' steps)'
+           FROM processes p LEFT JOIN steps s ON s.process = p.rowid
+           GROUP BY p.rowid HAVING p.seq != count(s.seq)""",
+    ),
+    "seq_gap": (
+        "processes whose step records are not numbered 1, 2, 3, ... without gaps",
+        """SELECT p.id || ' (steps ' || min(s.seq) || '..' || max(s.seq) || ', '
+           || count(*) || ' records)'
+           FROM steps s JOIN processes p ON p.rowid = s.process
+           GROUP BY s.process HAVING min(s.seq) != 1 OR max(s.seq) != count(*)""",
+    ),
+    "stuck_lock": (
+        "subscriptions locked (insync = 0) with no unfinished process that could release them",
+        f"""SELECT s.id FROM subscriptions s WHERE s.insync = 0 AND NOT EXISTS (
+              SELECT 1 FROM subscription_processes l JOIN processes p ON p.id = l.process_id
+              WHERE l.subscription_id = s.id AND p.status NOT IN {FINISHED!r})""",
+    ),
+    "bad_process_status": (
+        "processes with a status orchd does not know",
+        f"SELECT id || ' (' || status || ')' FROM processes "
+        f"WHERE status NOT IN {tuple(sorted(PROCESS_STATUSES))!r}",
+    ),
+    "bad_step_status": (
+        "step records with a status orchd does not know",
+        f"""SELECT p.id || ' step ' || s.seq || ' (' || s.status || ')'
+            FROM steps s LEFT JOIN processes p ON p.rowid = s.process
+            WHERE s.status NOT IN {tuple(sorted(STEP_STATUSES))!r}""",
+    ),
+}
+
+
+def check(path: str) -> Report:
+    """Integrity and consistency checks of an orchd database, opened read-only."""
+    conn = connect_readonly(path)
+    try:
+        return _check(conn, Report(database=path))
+    except sqlite3.Error as exc:
+        # A file with a valid header can still be unreadable further in (truncated, garbage).
+        raise MaintenanceError(f"cannot read database {path}: {exc}", EXIT_UNOPENABLE) from None
+    finally:
+        conn.close()
+
+
+def _check(conn: sqlite3.Connection, report: Report) -> Report:
+    # One read transaction: every check sees the same snapshot of a database still in use.
+    conn.execute("BEGIN")
+    try:
+        rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check")]
+        if rows != ["ok"]:
+            report.integrity = rows
+            report.problems.append(
+                Problem("integrity", "PRAGMA integrity_check failed", len(rows), rows[:EXAMPLES])
+            )
+        else:
+            report.integrity = ["ok"]
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        report.schema_version = version
+        present = {
+            str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        missing = [t for t in TABLES if t not in present]
+        if version != KNOWN_SCHEMA_VERSION or missing:
+            _schema_problem(report, version, missing)
+            return report
+        for table in ("processes", "steps", "subscriptions"):
+            report.counts[table] = int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        for kind, (message, query) in CHECKS.items():
+            found = [str(r[0]) for r in conn.execute(query)]
+            if found:
+                report.problems.append(Problem(kind, message, len(found), found[:EXAMPLES]))
+        return report
+    finally:
+        conn.execute("ROLLBACK")
+
+
+def _schema_problem(report: Report, version: int, missing: list[str]) -> None:
+    if version > KNOWN_SCHEMA_VERSION:
+        message = (
+            f"schema version {version} is newer than this orchd knows ({KNOWN_SCHEMA_VERSION})"
+        )
+    elif version == 0 and len(missing) == len(TABLES):
+        message = "no orchd schema: an empty database, or not orchd's"
+    elif version < KNOWN_SCHEMA_VERSION:
+        message = (
+            f"schema version {version} is older than {KNOWN_SCHEMA_VERSION}: "
+            "the daemon migrates it at its next start"
+        )
+    else:
+        message = f"schema version {version} lacks tables: {', '.join(missing)}"
+    report.problems.append(Problem("schema", message, 1, missing[:EXAMPLES]))
+
+
+def print_report(report: Report, stream: TextIO) -> None:
+    counts = ", ".join(f"{n} {table}" for table, n in report.counts.items())
+    print(f"database: {report.database}", file=stream)
+    print(f"schema version: {report.schema_version}", file=stream)
+    print(f"integrity: {'ok' if report.integrity == ['ok'] else 'FAILED'}", file=stream)
+    if counts:
+        print(f"rows: {counts}", file=stream)
+    if report.ok:
+        print("no problems found", file=stream)
+        return
+    print(f"{len(report.problems)} kind(s) of problem found:", file=stream)
+    for problem in report.problems:
+        print(f"  {problem.kind}: {problem.count} {problem.message}", file=stream)
+        for example in problem.examples:
+            print(f"    {example}", file=stream)
+        if problem.count > len(problem.examples):
+            print(f"    ... and {problem.count - len(problem.examples)} more", file=stream)
+
+
+# --- the commands (called by orchd.cli) ----------------------------------------------------------
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    try:
+        source = database_path(args.database, args.config)
+        result = backup(source, args.path, force=args.force, progress=ProgressLines(sys.stderr))
+    except MaintenanceError as exc:
+        print(f"orchd: backup: {exc}", file=sys.stderr)
+        return exc.exit_status
+    if args.json:
+        print(json.dumps({"source": source, **asdict(result)}, indent=2))
+    else:
+        print(f"{result.path}\t{result.size} bytes\t(integrity ok, {result.seconds:g}s)")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        path = database_path(args.database, args.config)
+        report = check(path)
+    except MaintenanceError as exc:
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(exc)}, indent=2))
+        print(f"orchd: check: {exc}", file=sys.stderr)
+        return exc.exit_status
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print_report(report, sys.stdout)
+    return EXIT_OK if report.ok else EXIT_FAILED
