@@ -28,6 +28,7 @@ from orchd.errors import (
     OrchdError,
     PayloadTooLarge,
     ScheduleNotFound,
+    TooManyRequests,
     Unauthorized,
     WorkflowNotFound,
 )
@@ -200,6 +201,7 @@ class ControlApi:
         self.peer_reporter = peer_reporter
         self.heartbeat = heartbeat
         self.requests: Counter[int] = Counter()
+        self._limiter: RateLimiter | None = None
         self.routes = self._route_table()
         self._public = {(r.method, r.path) for r in self.routes if r.public}
         self._document: dict[str, Any] | None = None
@@ -212,6 +214,8 @@ class ControlApi:
     ) -> web.StreamResponse:
         try:
             self._authorize(request)
+            if self._limiter is not None and (request.method, _route(request)) not in self._public:
+                self._limiter.take(self._client_key(request))
             response = await handler(request)
         except OrchdError as exc:
             response = _problem(exc.problem())
@@ -235,6 +239,15 @@ class ControlApi:
             )
         self.requests[response.status] += 1
         return response
+
+    def _client_key(self, request: web.Request) -> str:
+        transport = request.transport
+        if transport is None:
+            return "?"
+        if _is_tcp(request):
+            peer = transport.get_extra_info("peername")
+            return f"tcp:{peer[0]}" if isinstance(peer, tuple) and peer else "tcp"
+        return _peer_uid(transport.get_extra_info("socket")) or "unix"
 
     def _authorize(self, request: web.Request) -> None:
         if self._token is None or not _is_tcp(request):
@@ -529,6 +542,28 @@ class ControlApi:
         ]  # fmt: skip
 
 
+class RateLimiter:
+    """A token bucket per client (uid on the socket, address on TCP)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.burst = max(2 * rate, 1.0)
+        self.buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, client: str) -> None:
+        now = time.monotonic()
+        tokens, last = self.buckets.get(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self.buckets[client] = (tokens, now)
+            raise TooManyRequests(f"more than {self.rate:g} requests per second from {client}")
+        self.buckets[client] = (tokens - 1.0, now)
+        if len(self.buckets) > 10_000:  # forget idle clients rather than grow
+            idle = [k for k, (_, seen) in self.buckets.items() if now - seen > 60]
+            for key in idle:
+                del self.buckets[key]
+
+
 def create_app(
     engine: Engine,
     *,
@@ -537,13 +572,15 @@ def create_app(
     token: str | None = None,
     peer_reporter: bool = True,
     heartbeat: float = HEARTBEAT,
+    rate_limit: float = 0.0,
 ) -> web.Application:
     """The control API over ``engine``.
 
     ``token``, when set, is required (``Authorization: Bearer``) from TCP clients on every route
     but ``GET /api/health``; Unix socket clients are trusted. ``peer_reporter`` names the
     reporter of an action after the peer (``uid:N`` or ``tcp:IP``) when the client sends no
-    ``X-Orchd-Reporter`` header.
+    ``X-Orchd-Reporter`` header. ``rate_limit`` (requests per second per client, bursts of up to
+    twice that; 0 for none) answers 429 to a client that goes over it.
     """
     api = ControlApi(
         engine,
@@ -553,6 +590,7 @@ def create_app(
         peer_reporter=peer_reporter,
         heartbeat=heartbeat,
     )
+    api._limiter = RateLimiter(rate_limit) if rate_limit > 0 else None
     # Our own limit applies to bodies; aiohttp's is set alike for anything reading them itself.
     app = web.Application(middlewares=[api.middleware], client_max_size=max_body)
     app[API] = api

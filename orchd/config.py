@@ -116,6 +116,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     token_file: str | None = None
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     grace_period: str = "10s"
+    #: Requests per second one client (socket uid, TCP address) may send; 0: no limit.
+    rate_limit: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     max_body: Positive = 1048576
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     socket_mode: str = "0660"

@@ -316,7 +316,11 @@ class Daemon:
     async def start_serving(self) -> None:
         # One app for every listener: it asks for the token on TCP connections only.
         app = create_app(
-            self.engine, scheduler=self.scheduler, max_body=self.config.max_body, token=self.token
+            self.engine,
+            scheduler=self.scheduler,
+            max_body=self.config.max_body,
+            token=self.token,
+            rate_limit=self.config.rate_limit,
         )
         runner = web.AppRunner(
             app, handle_signals=False, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT

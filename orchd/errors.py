@@ -19,6 +19,7 @@ using the ``status`` and ``slug`` that the class itself declares::
     │   ├── SubscriptionLocked       another process holds the subscription, or it is terminated
     │   └── ScheduleRunning
     ├── PayloadTooLarge              413
+    ├── TooManyRequests              429: a client went over the configured rate
     ├── FormValidationError          422: the answer does not fit the form
     ├── StoreError                   503: the database refused a write
     └── ShuttingDown                 503: the engine no longer takes work
@@ -161,6 +162,14 @@ class PayloadTooLarge(OrchdError):
     status = 413
     slug = "payload-too-large"
     title = "Payload too large"
+
+
+class TooManyRequests(OrchdError):
+    """Raised when one client sends more requests than the configured rate allows."""
+
+    status = 429
+    slug = "too-many-requests"
+    title = "Too many requests"
 
 
 class FormValidationError(OrchdError):

@@ -27,6 +27,7 @@ PROBLEMS: dict[int, tuple[str, str]] = {
     409: ("Conflict", "Not allowed in the current status, or the subscription is locked"),
     413: ("PayloadTooLarge", "The body is larger than the configured limit"),
     422: ("ValidationFailed", "The input does not fit the form; `errors` says where"),
+    429: ("TooManyRequests", "The client went over the configured request rate"),
     500: ("InternalError", "An unexpected error (logged by the daemon)"),
     503: ("Unavailable", "The database refused a write, or the daemon is stopping"),
 }
@@ -105,7 +106,7 @@ def document(
             responses[str(status)] = _response(t, route.media_type, schema_of)
         errors = set(route.errors) | {500}
         if not route.public:
-            errors.add(401)
+            errors.update((401, 429))
         else:
             op["security"] = []
         for status in sorted(errors):

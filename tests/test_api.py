@@ -804,3 +804,14 @@ async def test_requests_are_counted_by_status_code(api_client: Client) -> None:
     await api_client.get("/api/nothing")
     _, samples = parse_metrics(await (await api_client.get("/metrics")).text())
     assert ("orchd_api_requests_total", {"code": "404"}, 1.0) in samples
+
+
+async def test_a_client_over_the_rate_limit_gets_429_and_health_still_answers(
+    api_serve: Serve,
+) -> None:
+    client = await api_serve(rate_limit=1.0)
+    statuses = [(await client.get("/api/workflows")).status for _ in range(4)]
+    assert statuses[:2] == [200, 200] and statuses[-1] == 429
+    body = await problem(await client.get("/api/workflows"), 429)
+    assert "requests per second" in body["detail"]
+    assert (await client.get("/api/health")).status == 200
