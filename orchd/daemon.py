@@ -10,10 +10,10 @@ gracefully (a second one skips the grace period), SIGHUP reloads the config.
 from __future__ import annotations
 
 import asyncio
-import gc
 import contextlib
 import errno
 import fcntl
+import gc
 import grp
 import importlib
 import logging
