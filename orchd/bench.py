@@ -353,7 +353,7 @@ def main(argv: list[str]) -> int:
         print(_table(rows))
         if args.scaling:
             print("\nsteps/s and RSS by number of concurrent processes")
-            for n in (100, 1000, 10_000) if not args.quick else (100, 1000):
+            for n in (100, 1000, 10_000, 100_000) if not args.quick else (100, 1000):
                 r = _median(1, lambda n=n: p1_throughput(directory, n))  # type: ignore[misc]
                 print(f"  {n:>7,}  {r['steps_per_s']:>9,.0f} steps/s  {r['rss_mb']:>7.1f} MiB")
             print("\nsteps/s by State size (1,000 processes)")
