@@ -204,9 +204,14 @@ class Actor:
                     continue
                 return
         except StoreError as exc:
-            log.error("process=%s checkpoint failed, will retry: %s", self.pid, exc)
             self._fail_all(exc)
-            self.engine.reactivate_later(self.pid)
+            attempt = self.engine.reactivate_later(self.pid)
+            # The store logs the failure itself; say once per process that it will go on.
+            (log.warning if attempt == 1 else log.debug)(
+                "process=%s checkpoint not committed, will run again from its last commit: %s",
+                self.pid,
+                exc,
+            )
         except Exception:
             log.exception("process=%s actor crashed", self.pid)
             self._fail_all(OrchdError(f"process {self.pid}: internal error"))

@@ -178,6 +178,7 @@ class Engine:
         self.resources: dict[Any, Any] = dict(resources or {})
         self.actors: dict[str, actors.Actor] = {}
         self._tokens: dict[str, str] = {}
+        self._store_failures: dict[str, int] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._tg: asyncio.TaskGroup | None = None
@@ -332,9 +333,14 @@ class Engine:
             for envelope in pending:
                 self._post(actor.pid, envelope.message, envelope.reply)
 
-    def reactivate_later(self, pid: str, delay: float = 1.0) -> None:
+    def reactivate_later(self, pid: str) -> int:
+        """Run the process again from its last commit after a failed checkpoint, backing off
+        (1 s, 2 s, 4 s ... 30 s) while the database keeps failing; returns the attempt."""
+        attempt = self._store_failures[pid] = self._store_failures.get(pid, 0) + 1
         if self._accepting:
+            delay = min(30.0, 2.0 ** (attempt - 1))
             self._timer(pid, "reactivate", time.time() + delay, actors.Run())
+        return attempt
 
     def _timer(self, pid: str, kind: str, at: float, message: actors.Message) -> None:
         if not self._accepting:
@@ -380,6 +386,8 @@ class Engine:
         step_seconds: float | None,
     ) -> None:
         """Called by an actor after each commit: events, waiters, metrics."""
+        if self._store_failures:
+            self._store_failures.pop(actor.pid, None)
         status = actor.status
         for record in steps:
             self.events.publish(

@@ -138,7 +138,7 @@ def _give_back(path: str, created: list[str]) -> None:
             pass  # not created after all, or not ours to change: nothing to hand back
 
 
-# --- backup ------------------------------------------------------------------------------------
+# --- backup --------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -168,7 +168,10 @@ def backup(
     dest = os.path.abspath(dest)
     _check_destination(source, dest, force)
     started = time.monotonic()
-    src = connect_readonly(source)
+    try:
+        src = connect_readonly(source)
+    except MaintenanceError as exc:
+        raise MaintenanceError(str(exc), EXIT_FAILED) from None
     directory, name = os.path.split(dest)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
@@ -318,7 +321,7 @@ class ProgressLines:
         )
 
 
-# --- check -------------------------------------------------------------------------------------
+# --- check ---------------------------------------------------------------------------------------
 
 
 @dataclass

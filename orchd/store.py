@@ -337,6 +337,19 @@ def _record_schedule_run(conn: sqlite3.Connection, op: ScheduleRun) -> bool:
 
 _Item = tuple[Op, "asyncio.Future[Any] | None"]
 
+#: Primary result codes that fail every operation alike (the lock, the disk, the file): a
+#: batch failing so is not retried op by op, which would wait out the busy timeout per op.
+_ENVIRONMENTAL = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_CANTOPEN,
+    }
+)
+
 
 class _Writer(threading.Thread):
     """Owns the only writing connection; commits batches of operations."""
@@ -345,10 +358,16 @@ class _Writer(threading.Thread):
     #: short (API latency) while still sharing each fsync among hundreds of checkpoints.
     MAX_BATCH = 256
 
-    def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, path: str
+    ) -> None:
         super().__init__(name="orchd-writer", daemon=True)
         self.conn = conn
         self.loop = loop
+        self.path = path
+        st = os.stat(path)
+        #: (device, inode) of the file opened; another one at ``path`` means it was replaced.
+        self.identity = (st.st_dev, st.st_ino)
         self.queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self.batches = 0
         self.committed = 0
@@ -376,20 +395,49 @@ class _Writer(threading.Thread):
             self.loop.call_soon_threadsafe(_resolve, results)
         self.conn.close()
 
+    def moved(self) -> str | None:
+        """Why the file at ``path`` is no longer the one being written, if it is not."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return f"database file {self.path} was deleted"
+        except OSError:
+            return None  # cannot tell; SQLite reports real I/O trouble itself
+        if (st.st_dev, st.st_ino) != self.identity:
+            return f"database file {self.path} was replaced"
+        return None
+
+    def _fail(
+        self, batch: list[_Item], reason: str, exc: BaseException
+    ) -> list[tuple[asyncio.Future[Any] | None, Any, bool]]:
+        if reason != self.failing:
+            log.error("checkpoint commit failed: %s", reason)  # once per new reason
+        self.failing = reason
+        return [(fut, exc, False) for _, fut in batch]
+
     def _commit(self, batch: list[_Item]) -> list[tuple[asyncio.Future[Any] | None, Any, bool]]:
         started = time.perf_counter()
+        moved = self.moved()
+        if moved is not None:
+            # Commits to an unlinked inode succeed and are lost at the next start: refuse.
+            return self._fail(batch, moved, StoreError(f"{moved} while open; restart orchd"))
         try:
             results = self._apply(batch)
         except Exception as exc:
             # The writer thread must outlive any failure, or every later write would hang.
-            if len(batch) > 1:
+            environmental = isinstance(exc, sqlite3.Error) and (
+                (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _ENVIRONMENTAL
+            )
+            if len(batch) > 1 and not environmental:
                 # One bad operation must not sink the others: commit each on its own.
                 return [r for item in batch for r in self._commit([item])]
-            self.failing = str(exc)
-            log.error("checkpoint commit failed: %s", exc)
-            if isinstance(exc, sqlite3.Error):
-                exc = StoreError(f"database write failed: {exc}")
-            return [(batch[0][1], exc, False)]
+            if not isinstance(exc, sqlite3.Error):
+                # A bug in one operation, not trouble with the database.
+                log.error("write operation failed: %r", exc)
+                return [(fut, exc, False) for _, fut in batch]
+            return self._fail(batch, str(exc), StoreError(f"database write failed: {exc}"))
+        if self.failing is not None:
+            log.info("checkpoint commits succeed again after: %s", self.failing)
         self.failing = None
         self.batches += 1
         self.committed += len(batch)
@@ -500,7 +548,7 @@ class Store:
         loop = asyncio.get_running_loop()
         try:
             conn = await asyncio.to_thread(self._open_writer)
-            self._writer = _Writer(conn, loop)
+            self._writer = _Writer(conn, loop, self.path)
             self._writer.start()
             self._reader = await aiosqlite.connect(self.path)
         except sqlite3.Error as exc:
@@ -558,7 +606,8 @@ class Store:
             "last_batch": w.last_batch,
             "commit_seconds": w.commit_seconds,
             "queue": w.queue.qsize(),
-            "failing": w.failing,
+            # An idle writer notices nothing: look at the file whenever asked (health, metrics).
+            "failing": w.failing or w.moved(),
         }
 
     # -- reads ----------------------------------------------------------------------------
