@@ -34,5 +34,9 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/orchd bench
 
+# The long crash test: 100 kills over 5,000 processes (make test runs a short one).
+soak: $(STAMP)
+	ORCHD_SOAK=long $(BIN)/pytest tests/test_soak.py -m soak -s
+
 clean:
 	rm -rf $(VENV) orchd.egg-info
