@@ -41,6 +41,7 @@ from orchd.state import (
     validate_form,
 )
 from orchd.store import Checkpoint, ProcessWrite, StepWrite
+from orchd.subscriptions import SubscriptionError, complete_subscription
 
 if TYPE_CHECKING:
     from orchd.engine import Engine
@@ -110,26 +111,6 @@ def _refused(action: Action, status: ProcessStatus, pid: str) -> InvalidTransiti
     except InvalidTransition as exc:
         return exc
     raise AssertionError(f"{action} is allowed in {status}")  # pragma: no cover
-
-
-class SubscriptionError(Exception):
-    """Raised when a step puts a subscription into State that cannot be saved."""
-
-
-_SUBSCRIPTION_KEYS = frozenset(
-    {
-        "id",
-        "product",
-        "customer_id",
-        "description",
-        "status",
-        "insync",
-        "start_date",
-        "end_date",
-        "attributes",
-    }
-)
-_SUB_STATUSES = frozenset({"initial", "provisioning", "active", "disabled", "terminated"})
 
 
 def _now_iso() -> str:
@@ -555,43 +536,10 @@ class Actor:
 
     def _subscription_change(self, step: Step, delta: dict[str, Any]) -> dict[str, Any] | None:
         """Check and complete a subscription a step put into State; None if it did not."""
-        sub = delta.get("subscription", _MISSING)
-        if sub is _MISSING:
+        given = delta.get("subscription", _MISSING)
+        if given is _MISSING or self.target is Target.SYSTEM:
             return None
-        if self.target is Target.SYSTEM:
-            return None
-        if not isinstance(sub, dict):
-            raise SubscriptionError(f"step {step.name!r}: subscription must be an object")
-        unknown = set(sub) - _SUBSCRIPTION_KEYS
-        if unknown:
-            raise SubscriptionError(
-                f"step {step.name!r}: subscription has unknown field(s) "
-                f"{', '.join(sorted(unknown))} (product data belongs under 'attributes')"
-            )
-        for key in ("product", "customer_id"):
-            if not isinstance(sub.get(key), str) or not sub[key]:
-                raise SubscriptionError(f"step {step.name!r}: subscription needs {key!r} (text)")
-        status = sub.get("status") or "initial"
-        if status not in _SUB_STATUSES:
-            raise SubscriptionError(
-                f"step {step.name!r}: subscription status {status!r} is not "
-                f"one of {', '.join(sorted(_SUB_STATUSES))}"
-            )
-        if not isinstance(sub.get("attributes", {}) or {}, dict):
-            raise SubscriptionError(
-                f"step {step.name!r}: subscription attributes must be an object"
-            )
-        full = {
-            "id": sub.get("id") or self.subscription_id or self.engine.new_id(),
-            "product": sub["product"],
-            "customer_id": sub["customer_id"],
-            "description": sub.get("description") or "",
-            "status": status,
-            "insync": False,  # the running process holds it; done releases it
-            "start_date": sub.get("start_date"),
-            "end_date": sub.get("end_date"),
-            "attributes": sub.get("attributes") or {},
-        }
+        full = complete_subscription(step.name, given, self.subscription_id or self.engine.new_id())
         if self.subscription_id is not None and full["id"] != self.subscription_id:
             raise SubscriptionError(f"step {step.name!r}: a process cannot switch subscriptions")
         delta["subscription"] = full

@@ -15,9 +15,8 @@ import os
 import random
 import time
 import uuid
-from collections import defaultdict, deque
-from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -26,55 +25,34 @@ from orchd import actor as actors
 from orchd import faults
 from orchd.dsl import Step, Workflow, workflows_of
 from orchd.errors import (
-    BadRequest,
     CallbackNotFound,
     ConfigError,
     FormValidationError,
     ProcessNotFound,
     ShuttingDown,
-    SubscriptionNotFound,
     WorkflowNotFound,
 )
+from orchd.events import EventHub
 from orchd.loopwatch import LoopWatch
 from orchd.model import (
     ACTIVE,
-    Event,
-    LinkedProcess,
     Page,
     Process,
     ProcessStatus,
-    ProcessSummary,
-    StepRecord,
     StepStatus,
-    Subscription,
     SubscriptionDetail,
-    SubscriptionStatus,
     Target,
     WorkflowInfo,
 )
-from orchd.state import StepOutputError, decode, form_schema, to_json_values, validate_form
-from orchd.store import SUBSCRIPTION_FIELDS, NewProcess, StepWrite, Store, subscription_from_row
+from orchd.state import StepOutputError, form_schema, to_json_values, validate_form
+from orchd.store import NewProcess, StepWrite, Store
+from orchd.views import Views, uuid_or_none
 
 log = logging.getLogger("orchd.engine")
 P = ProcessStatus
 _ids = random.Random(os.urandom(32))
 
 MAX_PAGE = 500
-
-
-def _at(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)
-
-
-def _dt(epoch: float | None) -> datetime | None:
-    return None if epoch is None else _at(epoch)
-
-
-def _uuid_or_none(text: str) -> str | None:
-    try:
-        return str(uuid.UUID(text))
-    except (ValueError, TypeError, AttributeError):
-        return None
 
 
 def load_workflows(sources: Iterable[str | Workflow]) -> dict[str, Workflow]:
@@ -100,55 +78,6 @@ def load_workflows(sources: Iterable[str | Workflow]) -> dict[str, Workflow]:
     return found
 
 
-class EventHub:
-    """Fans engine events out to listeners, keeping recent ones so a client can catch up."""
-
-    def __init__(self, keep: int = 10_000) -> None:
-        # Ids keep growing across restarts, so a reconnecting client never sees one reused.
-        self.last_id = int(time.time() * 1000) * 1000
-        self.recent: deque[Event] = deque(maxlen=keep)
-        self.listeners: set[asyncio.Queue[Event | None]] = set()
-
-    def publish(self, **fields: Any) -> None:
-        self.last_id += 1
-        event = Event(id=self.last_id, at=datetime.now(UTC), **fields)
-        self.recent.append(event)
-        for listener in list(self.listeners):
-            try:
-                listener.put_nowait(event)
-            except asyncio.QueueFull:
-                # A listener that cannot keep up is closed rather than allowed to grow.
-                self.listeners.discard(listener)
-                listener.get_nowait()
-                listener.put_nowait(None)
-
-    async def listen(self, after: int | None = None) -> AsyncGenerator[Event, None]:
-        queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=10_000)
-        backlog = [e for e in self.recent if after is not None and e.id > after]
-        self.listeners.add(queue)
-        try:
-            for event in backlog:
-                yield event
-            seen = backlog[-1].id if backlog else (after or 0)
-            while True:
-                item = await queue.get()
-                if item is None:
-                    return
-                if item.id > seen:
-                    yield item
-
-        finally:
-            self.listeners.discard(queue)
-
-    def close(self) -> None:
-        for listener in list(self.listeners):
-            try:
-                listener.put_nowait(None)
-            except asyncio.QueueFull:
-                pass
-        self.listeners.clear()
-
-
 class Engine:
     """Runs workflows durably. Use as ``async with Engine(database=..., workflows=[...])``."""
 
@@ -168,6 +97,7 @@ class Engine:
     ) -> None:
         self.workflows = load_workflows(workflows)
         self.store = Store(database, synchronous=synchronous)
+        self.views = Views(self.store)
         self.grace_period = grace_period
         self.step_timeout = step_timeout
         self.retry_base = retry_delay
@@ -238,7 +168,7 @@ class Engine:
     async def _recover(self) -> None:
         """Continue what a previous run left: active processes, retry and callback timers."""
         # One query for all of them: thousands of processes may have been in flight.
-        rows = await self._load_rows("status IN ('created', 'running')", ())
+        rows = await self.views.load_rows("status IN ('created', 'running')", ())
         for row in rows:
             self._post(row["id"], actors.Run(), None, row=row)
         if rows:
@@ -433,19 +363,7 @@ class Engine:
                 self._tokens.pop(actor.callback_token, None)
 
     async def load_row(self, pid: str) -> dict[str, Any] | None:
-        rows = await self._load_rows("id = ?", (pid,))
-        return rows[0] if rows else None
-
-    async def _load_rows(self, where: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        rows = await self.store.fetchall(
-            f"SELECT {', '.join(_ROW_COLUMNS)} FROM processes WHERE {where}", params
-        )
-        result = []
-        for row in rows:
-            fields = dict(zip(_ROW_NAMES, row, strict=True))
-            fields["state"] = decode(fields["state"])
-            result.append(fields)
-        return result
+        return await self.views.load_row(pid)
 
     # -- the public API -------------------------------------------------------------------
 
@@ -521,7 +439,7 @@ class Engine:
                     f"a {wf.target} workflow needs subscription_id",
                     [{"loc": ["subscription_id"], "msg": "field required"}],
                 )
-            canonical = _uuid_or_none(subscription_id) if isinstance(subscription_id, str) else None
+            canonical = uuid_or_none(subscription_id) if isinstance(subscription_id, str) else None
             if canonical is None:
                 raise FormValidationError(
                     "subscription_id must be a UUID",
@@ -553,45 +471,40 @@ class Engine:
 
     async def get(self, pid: str) -> Process:
         """The process as committed, with its whole step log."""
-        if _uuid_or_none(pid) is None:
-            raise ProcessNotFound(f"process {pid!r} does not exist (not a process id)")
-        row = await self.load_row(pid)
-        if row is None:
-            raise ProcessNotFound(f"process {pid} does not exist")
-        steps = await self.store.fetchall(
-            "SELECT name, status, started_at, finished_at, error, traceback, delta FROM steps "
-            "WHERE process = ? ORDER BY seq",
-            (row["pk"],),
+        return await self.views.get(pid)
+
+    async def list_processes(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Processes, newest first, a page at a time."""
+        return await self.views.list_processes(
+            status=status, workflow=workflow, limit=limit, cursor=cursor
         )
-        return Process(
-            id=row["id"],
-            workflow=row["workflow"],
-            target=Target(row["target"]),
-            status=P(row["status"]),
-            state=row["state"],
-            steps=[
-                StepRecord(
-                    name=name,
-                    status=StepStatus(status),
-                    started_at=_at(started),
-                    finished_at=_at(finished),
-                    error=error,
-                    traceback=tb,
-                    state_delta=decode(delta) if delta else {},
-                )
-                for name, status, started, finished, error, tb, delta in steps
-            ],
-            created_at=_at(row["created_at"]),
-            updated_at=_at(row["updated_at"]),
-            reporter=row["reporter"],
-            current_step=row["current_step"],
-            error=row["error"],
-            form=decode(row["form"]) if row["form"] else None,
-            subscription_id=row["subscription_id"],
-            callback_token=row["callback_token"] if row["status"] == P.AWAITING_CALLBACK else None,
-            attempts=row["attempts"],
-            next_retry_at=_dt(row["next_retry_at"]) if row["status"] == P.WAITING else None,
+
+    async def get_subscription(self, sid: str) -> SubscriptionDetail:
+        return await self.views.get_subscription(sid)
+
+    async def list_subscriptions(
+        self,
+        *,
+        status: str | None = None,
+        customer_id: str | None = None,
+        product: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        return await self.views.list_subscriptions(
+            status=status, customer_id=customer_id, product=product, limit=limit, cursor=cursor
         )
+
+    async def counts(self) -> dict[str, int]:
+        """Processes by status."""
+        return await self.views.counts()
 
     async def wait(self, pid: str, timeout: float | None = None) -> Process:  # noqa: ASYNC109
         """Return the process once it is no longer created or running."""
@@ -642,125 +555,10 @@ class Engine:
         return pid
 
     def _check_id(self, pid: str) -> str:
-        canonical = _uuid_or_none(pid)
+        canonical = uuid_or_none(pid)
         if canonical is None:
             raise ProcessNotFound(f"process {pid!r} does not exist (not a process id)")
         return canonical
-
-    async def list_processes(
-        self,
-        *,
-        status: str | None = None,
-        workflow: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> Page:
-        where: list[str] = []
-        params: list[Any] = []
-        if status is not None:
-            try:
-                P(status)
-            except ValueError:
-                raise BadRequest(f"status: unknown status {status!r}") from None
-            where.append("status = ?")
-            params.append(status)
-        if workflow is not None:
-            where.append("workflow = ?")
-            params.append(workflow)
-        after = _cursor(cursor)
-        if after is not None:
-            where.append("rowid < ?")
-            params.append(after)
-        limit = _limit(limit)
-        rows = await self.store.fetchall(
-            "SELECT rowid, id, workflow, target, status, created_at, updated_at, reporter, "
-            "current_step, subscription_id, error FROM processes"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY rowid DESC LIMIT ?",
-            (*params, limit + 1),
-        )
-        items = [
-            ProcessSummary(
-                id=r[1],
-                workflow=r[2],
-                target=Target(r[3]),
-                status=P(r[4]),
-                created_at=_at(r[5]),
-                updated_at=_at(r[6]),
-                reporter=r[7],
-                current_step=r[8],
-                subscription_id=r[9],
-                error=r[10],
-            )
-            for r in rows[:limit]
-        ]
-        more = len(rows) > limit
-        return Page(items=items, next_cursor=str(rows[limit - 1][0]) if more else None)
-
-    async def get_subscription(self, sid: str) -> SubscriptionDetail:
-        canonical = _uuid_or_none(sid)
-        row = None
-        if canonical is not None:
-            row = await self.store.fetchone(
-                f"SELECT {', '.join(SUBSCRIPTION_FIELDS)} FROM subscriptions WHERE id = ?",
-                (canonical,),
-            )
-        if row is None:
-            raise SubscriptionNotFound(f"subscription {sid} does not exist")
-        links = await self.store.fetchall(
-            "SELECT p.id, p.workflow, p.status FROM subscription_processes l "
-            "JOIN processes p ON p.id = l.process_id WHERE l.subscription_id = ? "
-            "ORDER BY p.rowid",
-            (canonical,),
-        )
-        sub = subscription_from_row(row)
-        return SubscriptionDetail(
-            **sub,
-            processes=[LinkedProcess(id=i, workflow=w, status=P(s)) for i, w, s in links],
-        )
-
-    async def list_subscriptions(
-        self,
-        *,
-        status: str | None = None,
-        customer_id: str | None = None,
-        product: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> Page:
-        where: list[str] = []
-        params: list[Any] = []
-        if status is not None:
-            try:
-                SubscriptionStatus(status)
-            except ValueError:
-                raise BadRequest(f"status: unknown subscription status {status!r}") from None
-            where.append("status = ?")
-            params.append(status)
-        for column, value in (("customer_id", customer_id), ("product", product)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        after = _cursor(cursor)
-        if after is not None:
-            where.append("rowid < ?")
-            params.append(after)
-        limit = _limit(limit)
-        rows = await self.store.fetchall(
-            f"SELECT rowid, {', '.join(SUBSCRIPTION_FIELDS)} FROM subscriptions"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY rowid DESC LIMIT ?",
-            (*params, limit + 1),
-        )
-        items = [Subscription(**subscription_from_row(r[1:])) for r in rows[:limit]]
-        more = len(rows) > limit
-        return Page(items=items, next_cursor=str(rows[limit - 1][0]) if more else None)
-
-    async def counts(self) -> dict[str, int]:
-        rows = await self.store.fetchall("SELECT status, count(*) FROM processes GROUP BY status")
-        counts = {s.value: 0 for s in P}
-        counts.update({status: n for status, n in rows})
-        return counts
 
     async def ping(self) -> None:
         """Raise if the database does not answer."""
@@ -770,13 +568,6 @@ class Engine:
     def accepting(self) -> bool:
         return self._accepting
 
-
-_ROW_COLUMNS = (
-    "rowid", "id", "workflow", "target", "status", "pc", "seq", "state", "reporter",
-    "subscription_id", "current_step", "error", "form", "callback_token", "attempts",
-    "next_retry_at", "created_at", "updated_at",
-)  # fmt: skip
-_ROW_NAMES = ("pk", *_ROW_COLUMNS[1:])
 
 #: State keys the engine sets; input cannot supply them.
 RESERVED_KEYS = frozenset(
@@ -800,21 +591,3 @@ def _bucket(seconds: float) -> int:
         if seconds <= bound:
             return i
     return len(STEP_BUCKETS)
-
-
-def _cursor(cursor: str | None) -> int | None:
-    if cursor is None or cursor == "":
-        return None
-    try:
-        value = int(cursor)
-    except ValueError:
-        raise BadRequest(f"cursor: {cursor!r} is not a cursor from a previous page") from None
-    if value < 0:
-        raise BadRequest("cursor: must not be negative")
-    return value
-
-
-def _limit(limit: int) -> int:
-    if limit < 1:
-        raise BadRequest("limit: must be at least 1")
-    return min(limit, MAX_PAGE)

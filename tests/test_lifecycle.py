@@ -226,3 +226,20 @@ async def test_subscription_list_filters_by_status_and_customer(engine: Engine) 
     assert [s.id for s in (await engine.list_subscriptions(status="terminated")).items] == [sid]
     assert len((await engine.list_subscriptions(customer_id="c1")).items) == 2
     assert (await engine.list_subscriptions(product="other")).items == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("unknown_field", "unknown field(s) colour"),
+        ("no_product", "needs 'product'"),
+        ("bad_status", "status 'sleeping' is not one of"),
+    ],
+)
+async def test_an_invalid_subscription_fails_the_step_and_saves_nothing(
+    engine: Engine, kind: str, message: str
+) -> None:
+    p = await engine.wait(await engine.start("invalid_subscription", {"kind": kind}))
+    assert p.status == "failed" and message in p.error
+    assert p.subscription_id is None
+    assert (await engine.list_subscriptions()).items == []

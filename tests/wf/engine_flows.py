@@ -343,3 +343,18 @@ async def blocks_the_loop() -> State:
 @workflow("An async step that blocks the event loop", target=Target.SYSTEM)
 def blocking():  # type: ignore[no-untyped-def]
     return init >> blocks_the_loop >> done
+
+
+@step("bad subscription")
+def bad_subscription(kind: str) -> State:
+    subs = {
+        "unknown_field": {"product": "node", "customer_id": "c1", "colour": "red"},
+        "no_product": {"customer_id": "c1"},
+        "bad_status": {"product": "node", "customer_id": "c1", "status": "sleeping"},
+    }
+    return {"subscription": subs[kind]}
+
+
+@workflow("Puts an invalid subscription into State")
+def invalid_subscription():  # type: ignore[no-untyped-def]
+    return init >> bad_subscription >> done
