@@ -6,6 +6,7 @@ never touch an actor: what they show is what has been committed.
 
 from __future__ import annotations
 
+import enum
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -119,6 +120,31 @@ class Views:
             next_retry_at=_dt(row["next_retry_at"]) if row["status"] == P.WAITING else None,
         )
 
+    async def _page(
+        self,
+        table: str,
+        columns: str,
+        filters: dict[str, str | None],
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[Any], str | None]:
+        """One page of ``table``, newest first; the cursor is the last row's rowid."""
+        where = [f"{column} = ?" for column, value in filters.items() if value is not None]
+        params: list[Any] = [value for value in filters.values() if value is not None]
+        after = _cursor(cursor)
+        if after is not None:
+            where.append("rowid < ?")
+            params.append(after)
+        limit = _limit(limit)
+        rows = await self.store.fetchall(
+            f"SELECT rowid, {columns} FROM {table}"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY rowid DESC LIMIT ?",
+            (*params, limit + 1),
+        )
+        more = len(rows) > limit
+        return rows[:limit], str(rows[limit - 1][0]) if more else None
+
     async def list_processes(
         self,
         *,
@@ -127,29 +153,14 @@ class Views:
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
-        where: list[str] = []
-        params: list[Any] = []
-        if status is not None:
-            try:
-                P(status)
-            except ValueError:
-                raise BadRequest(f"status: unknown status {status!r}") from None
-            where.append("status = ?")
-            params.append(status)
-        if workflow is not None:
-            where.append("workflow = ?")
-            params.append(workflow)
-        after = _cursor(cursor)
-        if after is not None:
-            where.append("rowid < ?")
-            params.append(after)
-        limit = _limit(limit)
-        rows = await self.store.fetchall(
-            "SELECT rowid, id, workflow, target, status, created_at, updated_at, reporter, "
-            "current_step, subscription_id, error FROM processes"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY rowid DESC LIMIT ?",
-            (*params, limit + 1),
+        _known(P, status, "status")
+        rows, next_cursor = await self._page(
+            "processes",
+            "id, workflow, target, status, created_at, updated_at, reporter, current_step, "
+            "subscription_id, error",
+            {"status": status, "workflow": workflow},
+            limit,
+            cursor,
         )
         items = [
             ProcessSummary(
@@ -164,10 +175,9 @@ class Views:
                 subscription_id=r[9],
                 error=r[10],
             )
-            for r in rows[:limit]
+            for r in rows
         ]
-        more = len(rows) > limit
-        return Page(items=items, next_cursor=str(rows[limit - 1][0]) if more else None)
+        return Page(items=items, next_cursor=next_cursor)
 
     async def get_subscription(self, sid: str) -> SubscriptionDetail:
         canonical = uuid_or_none(sid)
@@ -200,39 +210,28 @@ class Views:
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
-        where: list[str] = []
-        params: list[Any] = []
-        if status is not None:
-            try:
-                SubscriptionStatus(status)
-            except ValueError:
-                raise BadRequest(f"status: unknown subscription status {status!r}") from None
-            where.append("status = ?")
-            params.append(status)
-        for column, value in (("customer_id", customer_id), ("product", product)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        after = _cursor(cursor)
-        if after is not None:
-            where.append("rowid < ?")
-            params.append(after)
-        limit = _limit(limit)
-        rows = await self.store.fetchall(
-            f"SELECT rowid, {', '.join(SUBSCRIPTION_FIELDS)} FROM subscriptions"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY rowid DESC LIMIT ?",
-            (*params, limit + 1),
+        _known(SubscriptionStatus, status, "status")
+        rows, next_cursor = await self._page(
+            "subscriptions",
+            ", ".join(SUBSCRIPTION_FIELDS),
+            {"status": status, "customer_id": customer_id, "product": product},
+            limit,
+            cursor,
         )
-        items = [Subscription(**subscription_from_row(r[1:])) for r in rows[:limit]]
-        more = len(rows) > limit
-        return Page(items=items, next_cursor=str(rows[limit - 1][0]) if more else None)
+        items = [Subscription(**subscription_from_row(r[1:])) for r in rows]
+        return Page(items=items, next_cursor=next_cursor)
 
     async def counts(self) -> dict[str, int]:
         rows = await self.store.fetchall("SELECT status, count(*) FROM processes GROUP BY status")
         counts = {s.value: 0 for s in P}
         counts.update({status: n for status, n in rows})
         return counts
+
+
+def _known(kind: type[enum.Enum], value: str | None, parameter: str) -> None:
+    if value is not None and value not in kind._value2member_map_:
+        choices = ", ".join(str(m.value) for m in kind)
+        raise BadRequest(f"{parameter}: unknown value {value!r} (one of {choices})")
 
 
 def _cursor(cursor: str | None) -> int | None:
