@@ -25,6 +25,7 @@ from orchd import __version__, metrics, openapi
 from orchd.engine import Engine
 from orchd.errors import (
     BadRequest,
+    FormValidationError,
     OrchdError,
     PayloadTooLarge,
     ScheduleNotFound,
@@ -145,7 +146,8 @@ def _problem(body: Mapping[str, Any]) -> web.Response:
 
 
 def decode_body(raw: bytes, empty: Any) -> Any:
-    """Decode a request body as any JSON value; ``empty`` stands for a blank body."""
+    """Decode a request body as any JSON value; ``empty`` stands for a blank body (a JSON
+    ``null`` is a value like any other: a form refuses it, a callback may carry it)."""
     if not raw.strip():
         return empty
     try:
@@ -221,6 +223,11 @@ class ControlApi:
             response = _problem(exc.problem())
             if isinstance(exc, Unauthorized):
                 response.headers["WWW-Authenticate"] = "Bearer"
+        except ConnectionError:
+            # The client went away mid-request: nobody will read this, and nothing went
+            # wrong here (aiohttp would log a re-raised error as a crash).
+            log.debug("client disconnected method=%s route=%s", request.method, _route(request))
+            response = _problem(BadRequest("the client closed the connection").problem())
         except web.HTTPException as exc:
             if exc.status < 400:
                 self.requests[exc.status] += 1
@@ -347,6 +354,11 @@ class ControlApi:
             # Before reading the body: an unknown workflow is 404 whatever was posted.
             raise WorkflowNotFound(f"no workflow named {workflow!r}")
         body = await self._body(request, {})
+        if not isinstance(body, dict):  # null too: the engine would take None for "no input"
+            raise FormValidationError(
+                "the input must be a JSON object",
+                [{"loc": [], "msg": f"expected an object, got {type(body).__name__}"}],
+            )
         pid = await self.engine.start(workflow, body, reporter=reporter)
         return _json(Created(id=pid), status=201, headers={"Location": f"/api/processes/{pid}"})
 
@@ -488,8 +500,17 @@ class ControlApi:
 
     def _route_table(self) -> list[Route]:
         page = (
-            Param("limit", f"page size (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})", "integer"),
-            Param("cursor", "`next_cursor` of the previous page"),
+            Param(
+                "limit",
+                f"page size (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})",
+                "integer",
+                constraints=(("minimum", 1),),
+            ),
+            Param(
+                "cursor",
+                "`next_cursor` of the previous page",
+                constraints=(("pattern", "^[0-9]+$"),),
+            ),
         )
         process_status = tuple(s.value for s in ProcessStatus)
         sub_status = tuple(s.value for s in SubscriptionStatus)
@@ -501,13 +522,14 @@ class ControlApi:
                   list[WorkflowInfo]),
             Route("POST", "/api/processes/{workflow}", self.start_process, "Start a process",
                   Created, status=201, request=dict[str, Any],
-                  errors=(400, 404, 409, 413, 422, 503)),
+                  errors=(400, 404, 409, 413, 422, 503), doc_path="/api/processes/{id}",
+                  path_doc=(("id", "for a start: the workflow's name"),)),
             Route("GET", "/api/processes", self.list_processes, "Processes, newest first",
                   ProcessPage, errors=(400,),
                   query=(Param("status", "only this status", enum=process_status),
                          Param("workflow", "only this workflow"), *page)),
             Route("GET", "/api/processes/{id}", self.get_process, "One process with its steps",
-                  Process, errors=(404,)),
+                  Process, errors=(404,), path_doc=(("id", "the process id"),)),
             Route("POST", "/api/processes/{id}/resume", self.resume_process,
                   "Answer a suspended process's form", Accepted, status=202,
                   request=dict[str, Any], errors=(400, 413, 422, *action)),
@@ -533,8 +555,9 @@ class ControlApi:
                   "Server-sent events: process status changes and committed steps", Event,
                   media_type="text/event-stream", errors=(400,),
                   query=(Param("after", "replay events after this id (or Last-Event-ID)",
-                               "integer"),
-                         Param("process", "only this process's events"))),
+                               "integer", constraints=(("minimum", 0),)),
+                         Param("process", "only this process's events",
+                               constraints=(("format", "uuid"),)))),
             Route("GET", "/metrics", self.metrics, "Prometheus text exposition", str,
                   media_type="text/plain"),
             Route("GET", "/api/openapi.json", self.openapi_document, "This document",
@@ -609,17 +632,24 @@ def _route(request: web.Request) -> str | None:
 
 def _text(query: Mapping[str, str], name: str) -> str | None:
     value = query.get(name)
-    return value if value else None
+    if value == "":
+        raise BadRequest(f"{name}: empty; leave the parameter out instead")
+    return value
+
+
+def _integer(name: str, raw: str) -> int:
+    """ASCII digits only: int() would also take '1_0', '+5' and other scripts' digits."""
+    text = raw.strip()
+    if not text.isascii() or not text.isdigit():
+        raise BadRequest(f"{name}: expected a non-negative integer, got {raw!r}")
+    return int(text)
 
 
 def _limit(query: Mapping[str, str]) -> int:
-    raw = query.get("limit")
-    if not raw:
+    raw = _text(query, "limit")
+    if raw is None:
         return DEFAULT_LIMIT
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"limit: expected an integer, got {raw!r}") from None
+    value = _integer("limit", raw)
     if value < 1:
         raise BadRequest(f"limit: must be at least 1, got {value}")
     return min(value, MAX_LIMIT)
@@ -628,19 +658,16 @@ def _limit(query: Mapping[str, str]) -> int:
 def _event_id(request: web.Request) -> int | None:
     for name, raw in (
         ("Last-Event-ID", request.headers.get("Last-Event-ID")),
-        ("after", request.query.get("after")),
+        ("after", _text(request.query, "after")),
     ):
         if raw:
-            try:
-                return int(raw.strip())
-            except ValueError:
-                raise BadRequest(f"{name}: expected an event id, got {raw!r}") from None
+            return _integer(name, raw)
     return None
 
 
 def _process_filter(request: web.Request) -> str | None:
-    raw = request.query.get("process")
-    if not raw:
+    raw = _text(request.query, "process")
+    if raw is None:
         return None
     try:
         return str(uuid.UUID(raw))

@@ -85,6 +85,27 @@ def _with_details(formatter: logging.Formatter, line: str, record: logging.LogRe
     return line
 
 
+class _BadRequestsFilter(logging.Filter):
+    """aiohttp logs a malformed request (bad header, bad chunk, oversized line) with a full
+    traceback, as if the daemon had crashed; make it one warning line naming the problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and _is_protocol_error(exc):
+            record.msg = "malformed request refused (400): %s"
+            record.args = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__,)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _is_protocol_error(exc: BaseException) -> bool:
+    from aiohttp import http_exceptions  # the daemon has aiohttp loaded already
+
+    return isinstance(exc, http_exceptions.HttpProcessingError)
+
+
 def setup(
     level: str = "info",
     *,
@@ -111,6 +132,9 @@ def setup(
     for old in [h for h in root.handlers if getattr(h, _MARK, False)]:
         root.removeHandler(old)
     root.addHandler(handler)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _BadRequestsFilter) for f in server.filters):
+        server.addFilter(_BadRequestsFilter())
     set_level(level)
     return handler
 

@@ -41,6 +41,8 @@ class Param:
     description: str
     schema_type: str = "string"
     enum: tuple[str, ...] = ()
+    #: Extra JSON Schema keywords (minimum, format, pattern...), as the handler checks them.
+    constraints: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,10 @@ class Route:
     media_type: str = "application/json"
     #: Public routes need no bearer token, even over TCP.
     public: bool = False
+    #: The path as documented, when aiohttp's differs only in a parameter's name (OpenAPI
+    #: forbids two templates of one shape); ``path_doc`` describes that parameter.
+    doc_path: str | None = None
+    path_doc: tuple[tuple[str, str], ...] = ()
 
 
 _PATH_PARAM = re.compile(r"\{([^}/:]+)\}")
@@ -87,9 +93,17 @@ def document(
             "operationId": route.handler.__name__,
             "summary": route.summary,
         }
+        path = route.doc_path or route.path
+        described = dict(route.path_doc)
         params = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in _PATH_PARAM.findall(route.path)
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string"},
+                **({"description": described[name]} if name in described else {}),
+            }
+            for name in _PATH_PARAM.findall(path)
         ]
         params += [_query(p) for p in route.query]
         if params:
@@ -113,7 +127,7 @@ def document(
             used.add(status)
             responses[str(status)] = {"$ref": f"#/components/responses/{PROBLEMS[status][0]}"}
         op["responses"] = responses
-        paths.setdefault(route.path, {})[route.method.lower()] = op
+        paths.setdefault(path, {})[route.method.lower()] = op
 
     problem_ref = {"$ref": REF.format(name=problem.__name__)}
     return {
@@ -140,6 +154,9 @@ def _query(param: Param) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": param.schema_type}
     if param.enum:
         schema["enum"] = list(param.enum)
+    elif param.schema_type == "string":
+        schema["minLength"] = 1  # an empty value is refused, not taken as absent
+    schema.update(param.constraints)
     return {
         "name": param.name,
         "in": "query",
@@ -152,4 +169,20 @@ def _query(param: Param) -> dict[str, Any]:
 def _response(t: Any, media_type: str, schema_of: dict[Any, dict[str, Any]]) -> dict[str, Any]:
     if t is None:
         return {"description": "No content"}
+    if media_type == "text/event-stream":
+        # A stream is described one event at a time (OpenAPI 3.2's itemSchema, read as the
+        # schema by 3.1 tools): the JSON of ``t`` travels in each event's ``data`` field.
+        event = {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "event": {"type": "string"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": schema_of[t],
+                },
+            },
+        }
+        return {"description": "Success", "content": {media_type: {"schema": event}}}
     return {"description": "Success", "content": {media_type: {"schema": schema_of[t]}}}

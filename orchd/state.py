@@ -138,7 +138,7 @@ def to_json_values(step_name: str, result: Any) -> dict[str, Any]:
     try:
         converted = msgspec.to_builtins(result, str_keys=True)
         _json_encode(converted)
-    except (TypeError, msgspec.EncodeError, ValueError) as exc:
+    except (TypeError, msgspec.EncodeError, ValueError, RecursionError) as exc:
         raise StepOutputError(
             f"step {step_name!r} returned a value State cannot hold: {exc}"
         ) from None

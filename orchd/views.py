@@ -235,15 +235,11 @@ def _known(kind: type[enum.Enum], value: str | None, parameter: str) -> None:
 
 
 def _cursor(cursor: str | None) -> int | None:
-    if cursor is None or cursor == "":
+    if cursor is None:
         return None
-    try:
-        value = int(cursor)
-    except ValueError:
-        raise BadRequest(f"cursor: {cursor!r} is not a cursor from a previous page") from None
-    if value < 0:
-        raise BadRequest("cursor: must not be negative")
-    return value
+    if not (cursor.isascii() and cursor.isdigit()):
+        raise BadRequest(f"cursor: {cursor!r} is not a cursor from a previous page")
+    return min(int(cursor), 2**63 - 1)  # SQLite integers are 64-bit
 
 
 def _limit(limit: int) -> int:
