@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The bundled examples talk to this fake OSS; `make run` starts it beside the daemon.
 OSS_PORT ?= 8471
 
-.PHONY: install run test lint bench soak clean
+.PHONY: install run test lint tools bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check orchd tests
 	$(BIN)/mypy --strict orchd
 
-test: lint
+# The unit-file tests need systemd-analyze; install systemd's tools when they are missing
+# (as root on Debian-like systems; otherwise those tests skip and say why).
+tools:
+	@command -v systemd-analyze >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null) || \
+	  echo "systemd-analyze not available: the unit-file tests will be skipped"; }
+
+test: lint tools
 	$(BIN)/pytest
 
 bench: $(STAMP)

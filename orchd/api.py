@@ -631,10 +631,9 @@ def _route(request: web.Request) -> str | None:
 
 
 def _text(query: Mapping[str, str], name: str) -> str | None:
+    # An empty value means "not given": scripts build `?cursor=$next` with an empty first page.
     value = query.get(name)
-    if value == "":
-        raise BadRequest(f"{name}: empty; leave the parameter out instead")
-    return value
+    return value if value else None
 
 
 def _integer(name: str, raw: str) -> int:

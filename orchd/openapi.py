@@ -154,9 +154,9 @@ def _query(param: Param) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": param.schema_type}
     if param.enum:
         schema["enum"] = list(param.enum)
-    elif param.schema_type == "string":
-        schema["minLength"] = 1  # an empty value is refused, not taken as absent
     schema.update(param.constraints)
+    # An empty value counts as not given (`?cursor=` on a first page), whatever the type.
+    schema = {"anyOf": [schema, {"const": ""}]}
     return {
         "name": param.name,
         "in": "query",
