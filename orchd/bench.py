@@ -82,9 +82,10 @@ def bench_suspend():  # type: ignore[no-untyped-def]
 
 
 @step("poll slowly")
-async def _poll_slowly(rounds: int = 1000) -> State:
+async def _poll_slowly(rounds: int = 100) -> State:
+    # Like a step polling a slow OSS every few seconds: the actor waits, it does not spin.
     for _ in range(rounds):
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(5.0)
     return {}
 
 
@@ -260,9 +261,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--scaling", action="store_true", help="also the growth tables")
     parser.add_argument("--probe", nargs=2, metavar=("DB", "POLLING"), help=argparse.SUPPRESS)
     parser.add_argument("--p5-child", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--p6-probe", nargs=2, metavar=("SOCKET", "ID"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.p5_child:
         return bench_load.child_main(args.p5_child)
+    if args.p6_probe:
+        return bench_api.probe_main(*args.p6_probe)
     if args.probe:
         result = asyncio.run(_probe(args.probe[0], int(args.probe[1])))
         print(msgspec.json.encode(result).decode())
