@@ -289,7 +289,8 @@ def main(argv: list[str]) -> int:
         p2 = _median(runs, lambda: p2_latency(directory))
         p3 = p3_memory(directory, p3_count)
         p4_count = 1000 if args.quick else 10_000
-        p4 = bench_load.p4_polling(directory, p4_count)
+        p4 = bench_load.p4_polling(directory, p4_count, interval=1.0)
+        p4_flat = bench_load.p4_polling(directory, p4_count, interval=0.0)
         p5_count = 1000 if args.quick else 10_000
         p5 = bench_load.p5_recovery(directory, p5_count)
         p6 = bench_api.p6_latency(directory, p1_count)
@@ -321,13 +322,19 @@ def main(argv: list[str]) -> int:
                 "-",
                 "<= 8 KB/actor",
             ),
-            (
-                f"P4 {p4_count:,} processes polling an OSS",
-                f"{p4['requests_per_s']:,.0f} req/s "
-                f"({p4['requests_per_s'] / p4['baseline_per_s']:.2f}x), "
-                f"{p4['cpu_s']:.1f} s CPU, {p4['rss_mb']:.0f} MiB peak",
-                f"{p4['baseline_per_s']:,.0f} req/s plain aiohttp",
-                ">= 0.8x",
+            *(
+                (
+                    f"P4 {p4_count:,} processes polling an OSS {how}",
+                    f"{r['requests_per_s']:,.0f} req/s "
+                    f"({r['requests_per_s'] / r['baseline_per_s']:.2f}x), "
+                    f"{r['cpu_s']:.1f} s CPU, {r['rss_mb']:.0f} MiB peak",
+                    f"{r['baseline_per_s']:,.0f} req/s plain aiohttp",
+                    goal,
+                )
+                for how, r, goal in (
+                    ("every 1 s", p4, ">= 0.8x"),
+                    ("flat out", p4_flat, "(CPU per request)"),
+                )
             ),
             (
                 f"P5 SIGKILL, {p5['in_flight']:,.0f} in flight",

@@ -20,19 +20,31 @@ import aiohttp
 
 from orchd.dsl import State, done, init, step, workflow
 from orchd.engine import Engine
-from orchd.http import HttpClient
+from orchd.http import HttpClient, poll
 from orchd.model import Target
 
-#: Requests each polling process makes, and the connection limits both sides share.
+#: Requests each polling process makes, the pause between them (0: flat out), and the
+#: connection limits both sides share.
 POLL_ROUNDS = 5
 LIMIT = 500
 
 
 @step("poll the oss")
-async def _poll_the_oss(oss: str, http: HttpClient) -> State:
-    for _ in range(POLL_ROUNDS):
+async def _poll_the_oss(oss: str, http: HttpClient, interval: float = 0.0) -> State:
+    polls = 0
+
+    async def check() -> int | None:
+        nonlocal polls
         await http.get_json(f"{oss}/ping")
-    return {"polled": POLL_ROUNDS}
+        polls += 1
+        return polls if polls == POLL_ROUNDS else None
+
+    if interval:
+        await poll(check, interval=interval, backoff=1.0)
+    else:
+        while await check() is None:
+            pass
+    return {"polled": polls}
 
 
 @workflow("Benchmark: polls the fake OSS", target=Target.SYSTEM)
@@ -90,47 +102,68 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _baseline(url: str, processes: int) -> float:
+async def _baseline(url: str, processes: int, interval: float) -> float:
     """A plain aiohttp loop doing the same requests: requests per second."""
     connector = aiohttp.TCPConnector(limit=LIMIT, limit_per_host=LIMIT)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def one() -> None:
-            for _ in range(POLL_ROUNDS):
+            for n in range(POLL_ROUNDS):
+                if n and interval:
+                    await asyncio.sleep(interval)
                 async with session.get(f"{url}/ping") as resp:
-                    await resp.read()
+                    await resp.json()  # a poller reads the answer, as the orchd step does
 
         started = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(processes)))
         return processes * POLL_ROUNDS / (time.perf_counter() - started)
 
 
-async def _through_orchd(directory: str, url: str, processes: int) -> dict[str, float]:
+async def _through_orchd(
+    directory: str, url: str, processes: int, interval: float
+) -> dict[str, float]:
     http = HttpClient(limit=LIMIT, limit_per_host=LIMIT)
     await http.open()
     engine = Engine(
-        database=os.path.join(directory, "p4.db"),
+        database=os.path.join(directory, f"p4-{time.time_ns()}.db"),
         workflows=["orchd.bench_load"],
         resources={HttpClient: http},
     )
     await engine.open()
     try:
+        finished = 0
+        everyone = asyncio.Event()
+
+        async def watch() -> None:
+            nonlocal finished
+            async for event in engine.events.listen():
+                if event.kind == "process" and event.status not in ("created", "running"):
+                    finished += 1
+                    if finished == processes:
+                        everyone.set()
+                        return
+
+        watcher = asyncio.create_task(watch())
         cpu, started = _cpu(), time.perf_counter()
-        pids = []
         for chunk in range(0, processes, 1000):
             n = min(1000, processes - chunk)
-            pids += await asyncio.gather(
-                *(engine.start("bench_oss_poll", {"oss": url}) for _ in range(n))
+            await asyncio.gather(
+                *(
+                    engine.start("bench_oss_poll", {"oss": url, "interval": interval})
+                    for _ in range(n)
+                )
             )
         peak_actors = len(engine.actors)
-        for pid in pids:
-            process = await engine.wait(pid)
-            if process.status != "completed":
-                raise RuntimeError(f"P4 process {pid} ended {process.status}: {process.error}")
+        await everyone.wait()
         elapsed = time.perf_counter() - started
+        cpu_s = _cpu() - cpu
+        await watcher
+        counts = await engine.counts()
+        if counts["completed"] != processes:
+            raise RuntimeError(f"P4: not every process completed: {counts}")
         return {
             "requests_per_s": processes * POLL_ROUNDS / elapsed,
-            "cpu_s": _cpu() - cpu,
+            "cpu_s": cpu_s,
             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_actors": peak_actors,
         }
@@ -139,12 +172,18 @@ async def _through_orchd(directory: str, url: str, processes: int) -> dict[str, 
         await http.close()
 
 
-def p4_polling(directory: str, processes: int, latency: str = "20ms") -> dict[str, float]:
-    """orchd processes polling the fake OSS against a plain client loop, same server, same run."""
+def p4_polling(
+    directory: str, processes: int, interval: float, latency: str = "20ms"
+) -> dict[str, float]:
+    """orchd processes polling the fake OSS against a plain client loop, same server, same run.
+
+    With an ``interval`` each process polls as a real one does (check, wait, check again);
+    with 0 both sides send flat out, which measures CPU per request instead.
+    """
     oss = _FakeOssProcess(latency)
     try:
-        baseline = asyncio.run(_baseline(oss.url, processes))
-        result = asyncio.run(_through_orchd(directory, oss.url, processes))
+        baseline = asyncio.run(_baseline(oss.url, processes, interval))
+        result = asyncio.run(_through_orchd(directory, oss.url, processes, interval))
     finally:
         oss.close()
     return {**result, "baseline_per_s": baseline}

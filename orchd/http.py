@@ -4,8 +4,8 @@ A daemon runs thousands of processes, and many of them are waiting on a slow inv
 provisioning system at any moment. Two rules keep that cheap:
 
 - one ``aiohttp.ClientSession`` (one connection pool) per daemon, handed to steps as the
-  engine resource ``HttpClient``; a per-host semaphore makes a queued request cost a small
-  waiter, never a socket, and keeps one busy OSS from starving the others;
+  engine resource ``HttpClient``; its connector's per-host limit makes a queued request
+  cost a small waiter, never a socket, and keeps one busy OSS from starving the others;
 - waiting is ``await asyncio.sleep``: a process polling for "active" is one small task on the
   event loop, never a thread and never a blocked worker.
 
@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
@@ -158,7 +157,6 @@ class HttpClient:
         self.max_retry_after = max_retry_after
         self.stats = HttpStats()
         self._session: aiohttp.ClientSession | None = None
-        self._hosts: dict[tuple[str, str, int | None], asyncio.Semaphore] = {}
         self._random = random.Random()
 
     async def __aenter__(self) -> HttpClient:
@@ -194,14 +192,6 @@ class HttpClient:
     def closed(self) -> bool:
         return self._session is None
 
-    def _semaphore(self, url: str) -> asyncio.Semaphore:
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.hostname or "", parts.port)
-        sem = self._hosts.get(key)
-        if sem is None:
-            sem = self._hosts[key] = asyncio.Semaphore(self.limit_per_host)
-        return sem
-
     async def request(
         self,
         method: str,
@@ -235,14 +225,13 @@ class HttpClient:
         if timeout is not None:
             options["timeout"] = aiohttp.ClientTimeout(total=timeout)
         attempts = 1 + (self.retries if retry else 0)
-        sem = self._semaphore(url)
         for attempt in range(1, attempts + 1):
             if attempt > 1:
                 self.stats.retries += 1
             self.stats.requests += 1
             delay: float | None = None
             try:
-                answer = await self._send(session, sem, method, url, options)
+                answer = await self._send(session, method, url, options)
             except OssUnavailable as exc:
                 failure = exc
             else:
@@ -270,24 +259,23 @@ class HttpClient:
     async def _send(
         self,
         session: aiohttp.ClientSession,
-        sem: asyncio.Semaphore,
         method: str,
         url: str,
         options: dict[str, Any],
     ) -> HttpResponse:
-        """One attempt, holding a slot of the host's semaphore only while it runs."""
-        async with sem:
-            self.stats.in_flight += 1
-            try:
-                async with session.request(method, url, **options) as resp:
-                    body = await resp.read()
-                    return HttpResponse(method, url, resp.status, dict(resp.headers), body)
-            except TimeoutError:  # aiohttp's ServerTimeoutError is one too
-                raise OssUnavailable(method, url, "timed out") from None
-            except aiohttp.ClientError as exc:
-                raise OssUnavailable(method, url, f"{type(exc).__name__}: {exc}") from exc
-            finally:
-                self.stats.in_flight -= 1
+        """One attempt. A request over the host's limit waits inside the connector's queue (a
+        small future, no socket) until a connection to that host is free."""
+        self.stats.in_flight += 1
+        try:
+            async with session.request(method, url, **options) as resp:
+                body = await resp.read()
+                return HttpResponse(method, url, resp.status, dict(resp.headers), body)
+        except TimeoutError:  # aiohttp's ServerTimeoutError is one too
+            raise OssUnavailable(method, url, "timed out") from None
+        except aiohttp.ClientError as exc:
+            raise OssUnavailable(method, url, f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self.stats.in_flight -= 1
 
     def _retry_after(self, value: str | None) -> float | None:
         """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
