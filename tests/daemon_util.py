@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from orchd.client import UnixHTTPConnection as _ClientConnection
+
 ROOT = Path(__file__).resolve().parent.parent
 WF_DIR = Path(__file__).resolve().parent / "wf"
 #: Environment variables of a systemd service that must not leak into a test daemon.
@@ -42,22 +44,12 @@ _SYSTEMD_VARS = (
 START_TIMEOUT = 15.0
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """``http.client`` over a Unix stream socket."""
+class UnixHTTPConnection(_ClientConnection):
+    """``http.client`` over a Unix stream socket: the CLI's own connection class, with the
+    tests' default timeout."""
 
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+    def __init__(self, path: str, timeout: float | None = 10.0) -> None:
+        super().__init__(path, timeout=timeout)
 
 
 def toml_value(value: Any) -> str:
