@@ -41,7 +41,7 @@ EXIT_NOT_COMPLETED = 4
 
 
 #: Commands whose arguments belong to another module's own parser.
-PASSTHROUGH = {"bench": "orchd.bench", "fake-oss": "orchd.fakeoss"}
+PASSTHROUGH = {"bench": "orchd._bench.run", "fake-oss": "orchd.testing.fakeoss"}
 #: Global options that take a value (to find the command word before argparse runs).
 VALUE_OPTIONS = ("--socket", "--config", "--url", "--token-file")
 
@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in PASSTHROUGH.items():
         # Never parsed here: main() hands everything after the word to the module.
         sub.add_parser(name, help=f"run {module} (its own options follow)", add_help=False)
-    # `backup` and `check` work on the database file, not through the daemon (orchd.maintenance).
+    # `backup` and `check` work on the database file, not through the daemon
+    # (orchd.store.maintenance).
     p = command("backup", "copy the database online (safe while the daemon runs), then check it")
     p.add_argument("path", help="the backup file to write")
     p.add_argument("--database", metavar="DB", help="the database (default: the config's)")
@@ -539,7 +540,7 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
 }
 
 
-#: Commands on the database file, by the name of their function in orchd.maintenance.
+#: Commands on the database file, by the name of their function in orchd.store.maintenance.
 FILE_COMMANDS = {"backup": "cmd_backup", "check": "cmd_check"}
 
 
@@ -583,9 +584,11 @@ def _main(argv: list[str]) -> int:
     if args.command == "serve":
         return _run_module("orchd.daemon", lambda module: int(module.serve(args.config)))
     if args.command in FILE_COMMANDS:
-        # Exit statuses of their own: see orchd.maintenance.
+        # Exit statuses of their own: see orchd.store.maintenance.
         call = FILE_COMMANDS[args.command]
-        return _run_module("orchd.maintenance", lambda module: int(getattr(module, call)(args)))
+        return _run_module(
+            "orchd.store.maintenance", lambda module: int(getattr(module, call)(args))
+        )
     try:
         client = Client(resolve_endpoint(args.socket, args.url, args.config, args.token_file))
         return COMMANDS[args.command](client, args)

@@ -31,12 +31,12 @@ import msgspec
 from aiohttp import web
 
 from orchd import logs, systemd
-from orchd.api import create_app
+from orchd.api.routes import create_app
 from orchd.config import Config, LoadedConfig, load_config
 from orchd.engine import Engine
+from orchd.engine.scheduler import Scheduler
 from orchd.errors import ConfigError
 from orchd.http import HttpClient
-from orchd.scheduler import Scheduler
 
 __all__ = ["serve"]
 

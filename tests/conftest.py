@@ -48,7 +48,7 @@ async def api_engine(tmp_path: Path) -> AsyncIterator[Engine]:
 @pytest.fixture
 async def api_serve(api_engine: Engine) -> AsyncIterator[Callable[..., Awaitable[ApiClient]]]:
     """A factory: ``await api_serve(**create_app_options)`` gives a TestClient over TCP."""
-    from orchd.api import create_app
+    from orchd.api.routes import create_app
 
     clients: list[ApiClient] = []
 

@@ -18,11 +18,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from orchd.api import MAX_DEPTH, create_app
+from orchd.api.routes import MAX_DEPTH, create_app
 from orchd.config import ScheduleConfig
 from orchd.engine import Engine
+from orchd.engine.scheduler import Scheduler
 from orchd.model import ProcessStatus
-from orchd.scheduler import Scheduler
 
 Client = TestClient[web.Request, web.Application]
 Serve = Callable[..., Awaitable[Client]]

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from daemon_util import ROOT, WF_DIR, DaemonFactory, DaemonProcess
 
-from orchd import maintenance
+from orchd.store import maintenance
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="tmpfs and mount are Linux")
 

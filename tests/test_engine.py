@@ -350,12 +350,12 @@ async def test_a_failing_write_operation_does_not_stop_the_writer(engine: Engine
 async def test_a_step_blocking_the_event_loop_is_named_in_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="orchd.loopwatch")
+    caplog.set_level(logging.WARNING, logger="orchd.engine.loopwatch")
     async with Engine(
         database=str(tmp_path / "db"), workflows=["engine_flows"], block_warning=0.2
     ) as e:
         p = await e.wait(await e.start("blocking"))
         await asyncio.sleep(0.3)
     assert p.status == "completed"
-    warnings = [r.getMessage() for r in caplog.records if r.name == "orchd.loopwatch"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "orchd.engine.loopwatch"]
     assert any("blocks_the_loop" in w and "engine_flows.py" in w for w in warnings), warnings

@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 
 from orchd import Engine, Process
-from orchd.fakeoss import FakeOss
 from orchd.http import HttpClient
 from orchd.model import Event
+from orchd.testing.fakeoss import FakeOss
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from orchd.fakeoss import FakeOss, main, parse_duration
 from orchd.http import HttpClient
+from orchd.testing.fakeoss import FakeOss, main, parse_duration
 
 
 @pytest.fixture
@@ -101,7 +101,17 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_command_serves_until_signalled(sig: signal.Signals) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen(
-        [sys.executable, "-m", "orchd.fakeoss", "--port", "0", "--latency", "1ms", "--seed", "3"],
+        [
+            sys.executable,
+            "-m",
+            "orchd.testing.fakeoss",
+            "--port",
+            "0",
+            "--latency",
+            "1ms",
+            "--seed",
+            "3",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -12,7 +12,6 @@ from email.utils import format_datetime
 import pytest
 
 from orchd import http as http_module
-from orchd.fakeoss import FakeOss
 from orchd.http import (
     HttpClient,
     HttpError,
@@ -21,6 +20,7 @@ from orchd.http import (
     PollTimeout,
     poll,
 )
+from orchd.testing.fakeoss import FakeOss
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from daemon_util import DaemonFactory
 
-from orchd import maintenance
 from orchd.engine import Engine
-from orchd.store import SCHEMA_VERSION
+from orchd.store import maintenance
+from orchd.store.sqlite import SCHEMA_VERSION
 
 ORCHD_ENV = ("ORCHD_CONFIG", "ORCHD_SOCKET", "ORCHD_URL", "ORCHD_TOKEN", "STATE_DIRECTORY")
 

@@ -16,9 +16,9 @@ import sched_flows as flows
 
 from orchd import Engine
 from orchd.config import ScheduleConfig
+from orchd.engine.scheduler import Scheduler, following, latest_missed, next_fire_time
 from orchd.errors import ConfigError, ScheduleNotFound, ScheduleRunning
-from orchd.scheduler import Scheduler, following, latest_missed, next_fire_time
-from orchd.store import ScheduleRun
+from orchd.store.sqlite import ScheduleRun
 
 pytestmark = pytest.mark.anyio
 
@@ -319,7 +319,7 @@ async def test_missed_fire_times_run_once_within_grace_and_are_skipped_beyond(
 
     # Down again; the missed tick is 45 s old, beyond the grace: skipped and logged.
     async with open_engine(db) as engine:
-        caplog.set_level(logging.INFO, logger="orchd.scheduler")
+        caplog.set_level(logging.INFO, logger="orchd.engine.scheduler")
         sched = Scheduler(engine, config, clock=Clock(T0 + 405))
         await sched.load()
         await sched.run_pending()

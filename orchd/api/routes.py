@@ -21,7 +21,9 @@ from typing import Any, Protocol
 import msgspec
 from aiohttp import web
 
-from orchd import __version__, metrics, openapi
+from orchd import __version__
+from orchd.api import metrics, openapi
+from orchd.api.openapi import Param, Route
 from orchd.engine import Engine
 from orchd.errors import (
     BadRequest,
@@ -44,7 +46,6 @@ from orchd.model import (
     SubscriptionStatus,
     WorkflowInfo,
 )
-from orchd.openapi import Param, Route
 
 log = logging.getLogger("orchd.api")
 
@@ -63,7 +64,7 @@ MAX_REPORTER = 200
 
 
 class SchedulerLike(Protocol):
-    """What the API needs of the scheduler (``orchd.scheduler``).
+    """What the API needs of the scheduler (``orchd.engine.scheduler``).
 
     A scheduler may also offer ``run_counts() -> Mapping[str, int]`` (processes started per
     schedule), exported as ``orchd_schedule_runs_total``.

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from orchd import faults
+from orchd import _faults as faults
 from orchd.dsl import Form, Step, StepKind, Workflow
 from orchd.errors import (
     InvalidTransition,
@@ -40,13 +40,13 @@ from orchd.state import (
     to_json_values,
     validate_form,
 )
-from orchd.store import Checkpoint, ProcessWrite, StepWrite
+from orchd.store.sqlite import Checkpoint, ProcessWrite, StepWrite
 from orchd.subscriptions import SubscriptionError, complete_subscription
 
 if TYPE_CHECKING:
     from orchd.engine import Engine
 
-log = logging.getLogger("orchd.actor")
+log = logging.getLogger("orchd.engine.actor")
 P = ProcessStatus
 _MISSING: Any = object()
 

@@ -38,12 +38,12 @@ from cronsim import CronSim, CronSimError
 from orchd.config import ScheduleConfig
 from orchd.errors import ConfigError, OrchdError, ScheduleNotFound, ScheduleRunning
 from orchd.model import LastRun, ProcessStatus, ScheduleInfo, Target
-from orchd.store import ScheduleRun
+from orchd.store.sqlite import ScheduleRun
 
 if TYPE_CHECKING:
     from orchd.engine import Engine
 
-log = logging.getLogger("orchd.scheduler")
+log = logging.getLogger("orchd.engine.scheduler")
 P = ProcessStatus
 
 #: Statuses in which the last run blocks the next one (see the module docstring).

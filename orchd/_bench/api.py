@@ -33,7 +33,7 @@ class _Daemon:
             f.write(
                 f'database = "{os.path.join(home, "orchd.db")}"\n'
                 f'socket = "{self.socket}"\n'
-                'workflows = ["orchd.bench"]\nlog_level = "warning"\n'
+                'workflows = ["orchd._bench.run"]\nlog_level = "warning"\n'
             )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "orchd", "serve", "--config", config],
@@ -98,7 +98,7 @@ async def _p6(directory: str, processes: int) -> dict[str, Any]:
         # The prober is a process of its own: in this one, the load generator's own event
         # loop would delay its requests and blame the daemon for it.
         prober = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "orchd.bench", "--p6-probe", socket_path, probe,
+            sys.executable, "-m", "orchd._bench.run", "--p6-probe", socket_path, probe,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )  # fmt: skip
         await asyncio.sleep(0.2)

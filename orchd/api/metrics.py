@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from orchd.engine import STEP_BUCKETS, Engine
+from orchd.engine.engine import STEP_BUCKETS, Engine
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -21,9 +21,11 @@ from typing import Any
 
 import anyio
 
-from orchd import actor as actors
-from orchd import faults
+from orchd import _faults as faults
 from orchd.dsl import Step, Workflow, workflows_of
+from orchd.engine import actor as actors
+from orchd.engine.events import EventHub
+from orchd.engine.loopwatch import LoopWatch
 from orchd.errors import (
     CallbackNotFound,
     ConfigError,
@@ -32,8 +34,6 @@ from orchd.errors import (
     ShuttingDown,
     WorkflowNotFound,
 )
-from orchd.events import EventHub
-from orchd.loopwatch import LoopWatch
 from orchd.model import (
     ACTIVE,
     Page,
@@ -45,8 +45,8 @@ from orchd.model import (
     WorkflowInfo,
 )
 from orchd.state import StepOutputError, form_schema, to_json_values, validate_form
-from orchd.store import NewProcess, StepWrite, Store
-from orchd.views import Views, uuid_or_none
+from orchd.store.sqlite import NewProcess, StepWrite, Store
+from orchd.store.views import Views, uuid_or_none
 
 log = logging.getLogger("orchd.engine")
 P = ProcessStatus

@@ -26,7 +26,7 @@ from orchd.model import (
     Target,
 )
 from orchd.state import decode
-from orchd.store import SUBSCRIPTION_FIELDS, Store, subscription_from_row
+from orchd.store.sqlite import SUBSCRIPTION_FIELDS, Store, subscription_from_row
 
 P = ProcessStatus
 

@@ -16,7 +16,7 @@ import threading
 import time
 from types import FrameType
 
-log = logging.getLogger("orchd.loopwatch")
+log = logging.getLogger("orchd.engine.loopwatch")
 
 _OWN = (
     os.path.dirname(os.path.abspath(__file__)) + os.sep,

@@ -21,7 +21,8 @@ from typing import Any
 
 import msgspec
 
-from orchd import bench_api, bench_load
+from orchd._bench import api as bench_api
+from orchd._bench import load as bench_load
 from orchd.dsl import Form, State, done, init, inputstep, step, workflow
 from orchd.engine import Engine
 from orchd.model import Target
@@ -121,7 +122,7 @@ def raw_commit_rate(directory: str, count: int = 1000) -> float:
 
 
 async def _engine(directory: str, name: str) -> Engine:
-    engine = Engine(database=os.path.join(directory, f"{name}.db"), workflows=["orchd.bench"])
+    engine = Engine(database=os.path.join(directory, f"{name}.db"), workflows=["orchd._bench.run"])
     await engine.open()
     return engine
 
@@ -176,7 +177,7 @@ async def p2_latency(directory: str) -> float:
 
 
 async def _fill_suspended(db: str, count: int) -> None:
-    async with Engine(database=db, workflows=["orchd.bench"]) as engine:
+    async with Engine(database=db, workflows=["orchd._bench.run"]) as engine:
         for chunk in range(0, count, 1000):
             n = min(1000, count - chunk)
             await asyncio.gather(*(engine.start("bench_suspend") for _ in range(n)))
@@ -187,7 +188,7 @@ async def _fill_suspended(db: str, count: int) -> None:
 async def _probe(db: str, polling: int) -> dict[str, float]:
     """RSS of an engine opened on ``db``; then per actor with ``polling`` actors busy."""
     base = rss_mb()
-    async with Engine(database=db, workflows=["orchd.bench"], grace_period=0.1) as engine:
+    async with Engine(database=db, workflows=["orchd._bench.run"], grace_period=0.1) as engine:
         await asyncio.sleep(0.2)
         opened = rss_mb() - base
         before = rss_mb()
@@ -208,7 +209,7 @@ def p3_memory(directory: str, count: int) -> dict[str, float]:
 
     def probe(db: str, polling: int) -> dict[str, float]:
         out = subprocess.run(
-            [sys.executable, "-m", "orchd.bench", "--probe", db, str(polling)],
+            [sys.executable, "-m", "orchd._bench.run", "--probe", db, str(polling)],
             check=True,
             capture_output=True,
             text=True,

@@ -80,7 +80,7 @@ class _FakeOssProcess:
     def __init__(self, latency: str) -> None:
         self.port = _free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchd.fakeoss", "--port", str(self.port),
+            [sys.executable, "-m", "orchd.testing.fakeoss", "--port", str(self.port),
              "--latency", latency],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -126,7 +126,7 @@ async def _through_orchd(
     await http.open()
     engine = Engine(
         database=os.path.join(directory, f"p4-{time.time_ns()}.db"),
-        workflows=["orchd.bench_load"],
+        workflows=["orchd._bench.load"],
         resources={HttpClient: http},
     )
     await engine.open()
@@ -190,7 +190,7 @@ def p4_polling(
 
 
 async def _p5_child(db: str, processes: int) -> None:
-    async with Engine(database=db, workflows=["orchd.bench_load"]) as engine:
+    async with Engine(database=db, workflows=["orchd._bench.load"]) as engine:
         for chunk in range(0, processes, 1000):
             n = min(1000, processes - chunk)
             await asyncio.gather(*(engine.start("bench_slow_steps") for _ in range(n)))
@@ -200,7 +200,7 @@ async def _p5_child(db: str, processes: int) -> None:
 
 async def _p5_restart(db: str, processes: int) -> dict[str, float]:
     started = time.perf_counter()
-    engine = Engine(database=db, workflows=["orchd.bench_load"])
+    engine = Engine(database=db, workflows=["orchd._bench.load"])
     resumed: set[str] = set()
     everyone = asyncio.Event()
 
@@ -235,7 +235,7 @@ def p5_recovery(directory: str, processes: int) -> dict[str, float]:
     """SIGKILL an engine with ``processes`` in flight; restart; time until all move again."""
     db = os.path.join(directory, "p5.db")
     child = subprocess.Popen(
-        [sys.executable, "-m", "orchd.bench", "--p5-child", db, str(processes)],
+        [sys.executable, "-m", "orchd._bench.run", "--p5-child", db, str(processes)],
         stdout=subprocess.PIPE,
         text=True,
     )

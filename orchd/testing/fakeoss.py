@@ -1,7 +1,7 @@
 """A fake OSS (inventory and provisioning system) for demos, tests and benchmarks.
 
 ``orchd fake-oss --port 8471 --latency 200ms --error-rate 0.05`` (or ``python -m
-orchd.fakeoss``) serves a small JSON API that behaves like a slow, sometimes overloaded
+orchd.testing.fakeoss``) serves a small JSON API that behaves like a slow, sometimes overloaded
 provisioning system, so the example workflows have something real to poll:
 
 - ``POST /nodes`` ``{name, customer_id, ...}`` -> 201, status ``provisioning``; it becomes

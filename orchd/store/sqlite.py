@@ -24,7 +24,7 @@ import aiosqlite
 import msgspec
 from msgspec.structs import astuple
 
-from orchd import faults
+from orchd import _faults as faults
 from orchd.errors import StoreError, SubscriptionLocked, SubscriptionNotFound
 
 log = logging.getLogger("orchd.store")

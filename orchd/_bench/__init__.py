@@ -1,0 +1,1 @@
+"""``orchd bench``: the benchmark scenarios (private; the CLI runs ``orchd._bench.run``)."""

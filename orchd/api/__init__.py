@@ -1,0 +1,1 @@
+"""The control API layer: routes, the OpenAPI document and the Prometheus exposition."""

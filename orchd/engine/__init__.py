@@ -1,0 +1,5 @@
+"""The engine layer: the Engine façade, process actors, the event hub and the scheduler."""
+
+from orchd.engine.engine import Engine, load_workflows
+
+__all__ = ["Engine", "load_workflows"]
