@@ -24,6 +24,7 @@ import msgspec
 from cronsim import CronSim, CronSimError
 
 from orchd.errors import ConfigError
+from orchd.settings import EngineSettings
 from orchd.systemd import under_systemd
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "LoadedConfig",
     "ScheduleConfig",
     "check_database_path",
+    "engine_settings",
     "load_config",
     "parse_duration",
     "parse_listen",
@@ -455,6 +457,17 @@ def _token_path(config: Config, env: Mapping[str, str], source: str) -> Path | N
             " (or pass a 'token' credential with LoadCredential=)"
         )
     return None
+
+
+def engine_settings(config: Config) -> EngineSettings:
+    """The engine's settings from a validated config (durations parsed here, once)."""
+    return EngineSettings(
+        grace_period=config.grace_period_seconds,
+        step_timeout=config.step_timeout_seconds,
+        retry_delay=config.retry_delay_seconds,
+        retry_max_delay=config.retry_max_delay_seconds,
+        retry_max_attempts=config.retry_max_attempts,
+    )
 
 
 def _resolve_systemd_dirs(config: Config, env: Mapping[str, str]) -> Config:

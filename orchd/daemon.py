@@ -32,7 +32,7 @@ from aiohttp import web
 
 from orchd import logs, systemd
 from orchd.api.routes import create_app
-from orchd.config import Config, LoadedConfig, load_config
+from orchd.config import Config, LoadedConfig, engine_settings, load_config
 from orchd.engine import Engine
 from orchd.engine.scheduler import Scheduler
 from orchd.errors import ConfigError
@@ -144,11 +144,7 @@ def prepare(loaded: LoadedConfig) -> tuple[Engine, Scheduler, HttpClient]:
             config.database,
             config.workflows,
             synchronous=config.synchronous,
-            grace_period=config.grace_period_seconds,
-            step_timeout=config.step_timeout_seconds,
-            retry_delay=config.retry_delay_seconds,
-            retry_max_delay=config.retry_max_delay_seconds,
-            retry_max_attempts=config.retry_max_attempts,
+            settings=engine_settings(config),
             resources={HttpClient: http},
         )
     except ConfigError as exc:
@@ -355,7 +351,9 @@ class Daemon:
                     systemd.notify_ready("reload failed; running with the previous config")
             elif not self.stopping:
                 self.stopping = True
-                log.info("stopping signal=%s grace=%gs", signum.name, self.engine.grace_period)
+                log.info(
+                    "stopping signal=%s grace=%gs", signum.name, self.engine.settings.grace_period
+                )
                 systemd.notify_stopping()
                 self.stop_requested.set()
             else:
@@ -387,11 +385,7 @@ class Daemon:
         if scheduled:
             changes.append("schedules: " + ", ".join(scheduled))
         logs.set_level(new.log_level)
-        self.engine.grace_period = new.grace_period_seconds
-        self.engine.step_timeout = new.step_timeout_seconds
-        self.engine.retry_base = new.retry_delay_seconds
-        self.engine.retry_max_delay = new.retry_max_delay_seconds
-        self.engine.retry_max_attempts = new.retry_max_attempts
+        self.engine.settings = engine_settings(new)
         restart = restart_keys(old, new)
         # Keys that need a restart keep their running values, so the next reload names them again.
         self.config = msgspec.structs.replace(old, **{k: getattr(new, k) for k in RELOADABLE})

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import engine_flows as flows
+import msgspec
 import pytest
 
 from orchd import Engine
@@ -177,7 +178,7 @@ async def test_retrystep_fails_after_its_last_attempt(engine: Engine) -> None:
 
 async def test_retry_of_waiting_process_runs_it_now(engine: Engine) -> None:
     flows.FAIL["call oss"] = 1
-    engine.retry_base = 60.0
+    engine.settings = msgspec.structs.replace(engine.settings, retry_delay=60.0)
     pid = await engine.start("retrying")
     assert (await engine.wait(pid)).status == "waiting"
     await engine.retry(pid)

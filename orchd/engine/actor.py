@@ -426,7 +426,7 @@ class Actor:
 
     async def _call(self, step: Step, kwargs: dict[str, Any]) -> Any:
         assert step.func is not None
-        timeout = step.timeout if step.timeout is not None else self.engine.step_timeout
+        timeout = step.timeout if step.timeout is not None else self.engine.settings.step_timeout
         if not timeout:
             if step.is_async:  # the common case, one coroutine frame less per waiting actor
                 return await step.func(**kwargs)
@@ -454,7 +454,7 @@ class Actor:
         self.error = message
         if step.kind is StepKind.RETRY:
             self.attempts += 1
-            limit = step.max_attempts or self.engine.retry_max_attempts
+            limit = step.max_attempts or self.engine.settings.retry_max_attempts
             if self.attempts < limit:
                 self.next_retry_at = finished + self.engine.retry_delay(step, self.attempts)
                 await self._commit(

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
+import msgspec
 
 from orchd import _faults as faults
 from orchd.dsl import Step, Workflow, workflows_of
@@ -44,6 +45,7 @@ from orchd.model import (
     Target,
     WorkflowInfo,
 )
+from orchd.settings import EngineSettings
 from orchd.state import StepOutputError, form_schema, to_json_values, validate_form
 from orchd.store.sqlite import NewProcess, StepWrite, Store
 from orchd.store.views import Views, uuid_or_none
@@ -86,23 +88,21 @@ class Engine:
         database: str = "./orchd.db",
         workflows: Sequence[str | Workflow] = (),
         *,
+        settings: EngineSettings | None = None,
         synchronous: str = "FULL",
-        grace_period: float = 10.0,
-        step_timeout: float | None = None,
-        retry_delay: float = 5.0,
-        retry_max_delay: float = 600.0,
-        retry_max_attempts: int = 10,
         resources: Mapping[Any, Any] | None = None,
-        block_warning: float | None = 1.0,
+        **overrides: Any,
     ) -> None:
+        """``overrides`` are fields of :class:`EngineSettings` (``grace_period=2.0``, ...),
+        applied over ``settings``; embedded engines and tests set one or two that way."""
         self.workflows = load_workflows(workflows)
         self.store = Store(database, synchronous=synchronous)
         self.views = Views(self.store)
-        self.grace_period = grace_period
-        self.step_timeout = step_timeout
-        self.retry_base = retry_delay
-        self.retry_max_delay = retry_max_delay
-        self.retry_max_attempts = retry_max_attempts
+        try:
+            #: Read on every use, so a reload (assigning a new object) applies at once.
+            self.settings = msgspec.structs.replace(settings or EngineSettings(), **overrides)
+        except TypeError as exc:
+            raise TypeError(f"Engine(): {exc}") from None
         self.events = EventHub()
         #: Shared objects steps ask for by annotation (e.g. the daemon's HttpClient).
         self.resources: dict[Any, Any] = dict(resources or {})
@@ -115,11 +115,13 @@ class Engine:
         self._stop = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._own_http: Any = None
+        block = self.settings.block_warning
         #: Warns when workflow code blocks the event loop longer than this (None: off).
-        self.loopwatch = LoopWatch(block_warning) if block_warning else None
+        self.loopwatch = LoopWatch(block) if block else None
         self._accepting = False
         self._idle = asyncio.Event()
         self._hurry = asyncio.Event()
+        self._grace_cut = False
         self.started_at = time.time()
         # Counters for metrics.
         self.steps_total = 0
@@ -186,7 +188,7 @@ class Engine:
     def interrupt(self) -> None:
         """End the grace period of a close() now: running steps are interrupted (they run
         again at the next start)."""
-        self.grace_period = 0
+        self._grace_cut = True
         self._hurry.set()
         self._idle.set()
 
@@ -202,7 +204,7 @@ class Engine:
         self._timers.clear()
         for a in list(self.actors.values()):
             a.post(actors.Stop(), None)
-        with anyio.move_on_after(self.grace_period):
+        with anyio.move_on_after(0 if self._grace_cut else self.settings.grace_period):
             while self.actors and not self._hurry.is_set():
                 self._idle.clear()
                 await self._idle.wait()
@@ -299,8 +301,9 @@ class Engine:
 
     def retry_delay(self, step: Step, attempt: int) -> float:
         """Exponential backoff with jitter; never sooner than the base delay."""
-        base = step.backoff if step.backoff is not None else self.retry_base
-        delay = min(self.retry_max_delay, base * math.pow(2, attempt - 1))
+        settings = self.settings
+        base = step.backoff if step.backoff is not None else settings.retry_delay
+        delay = min(settings.retry_max_delay, base * math.pow(2, attempt - 1))
         return delay * (1 + 0.25 * random.random())
 
     def new_id(self) -> str:
