@@ -409,14 +409,14 @@ class Daemon:
             await asyncio.sleep(period)
 
     async def report_status(self) -> None:
-        last_total, last_at = self.engine.steps_total, time.monotonic()
+        last_total, last_at = self.engine.stats().steps_total, time.monotonic()
         while True:
             await asyncio.sleep(STATUS_EVERY)
             try:
                 counts = await asyncio.wait_for(self.engine.counts(), timeout=STATUS_EVERY)
             except Exception:
                 continue
-            now, total = time.monotonic(), self.engine.steps_total
+            now, total = time.monotonic(), self.engine.stats().steps_total
             rate = (total - last_total) / max(now - last_at, 1e-6)
             last_total, last_at = total, now
             systemd.notify_status(

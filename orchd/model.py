@@ -6,7 +6,7 @@ The process status machine lives here, in one table, checked in one place.
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -45,6 +45,15 @@ class StepStatus(enum.StrEnum):
 
 
 P = ProcessStatus
+
+#: The most items one page of a list holds, whatever the client asks for.
+MAX_PAGE = 500
+
+
+def utc(epoch: float) -> datetime:
+    """A stored time (epoch seconds) as the models show it."""
+    return datetime.fromtimestamp(epoch, UTC)
+
 
 #: Statuses from which a process never moves again.
 FINAL = frozenset({P.COMPLETED, P.ABORTED})
@@ -178,6 +187,10 @@ class Subscription(msgspec.Struct, kw_only=True):
     start_date: datetime | None = None
     end_date: datetime | None = None
     attributes: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+#: A subscription's fields, in the order they are stored and shown (contract §3).
+SUBSCRIPTION_FIELDS: tuple[str, ...] = Subscription.__struct_fields__
 
 
 class LinkedProcess(msgspec.Struct, kw_only=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import re
 import typing
 from collections.abc import Callable, Mapping
@@ -136,8 +137,8 @@ def to_json_values(step_name: str, result: Any) -> dict[str, Any]:
             f"step {step_name!r} returned {type(result).__name__}; a step returns a dict or None"
         )
     try:
+        # What to_builtins gives always encodes: the checkpoint encodes it, once.
         converted = msgspec.to_builtins(result, str_keys=True)
-        _json_encode(converted)
     except (TypeError, msgspec.EncodeError, ValueError, RecursionError) as exc:
         raise StepOutputError(
             f"step {step_name!r} returned a value State cannot hold: {exc}"
@@ -145,6 +146,20 @@ def to_json_values(step_name: str, result: Any) -> dict[str, Any]:
     if not isinstance(converted, dict):  # pragma: no cover - to_builtins keeps dicts as dicts
         raise StepOutputError(f"step {step_name!r} returned a non-dict")
     return converted
+
+
+def non_finite(value: Any, path: str = "") -> str | None:
+    """Where ``value`` (JSON values) holds a NaN or an infinity, e.g. ``'x.y[2] = nan'``."""
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"{where.lstrip('.') or 'a value'} = {item!r}"
+        if isinstance(item, dict):
+            stack.extend((f"{where}.{k}", v) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
+    return None
 
 
 _PATH = re.compile(r" - at `\$(.*)`$")

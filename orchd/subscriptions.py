@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-FIELDS = frozenset(
-    {"id", "product", "customer_id", "description", "status", "insync", "start_date",
-     "end_date", "attributes"}
-)  # fmt: skip
-STATUSES = frozenset({"initial", "provisioning", "active", "disabled", "terminated"})
+from orchd.model import SUBSCRIPTION_FIELDS, SubscriptionStatus
+
+FIELDS = frozenset(SUBSCRIPTION_FIELDS)
+STATUSES = frozenset(s.value for s in SubscriptionStatus)
 
 
 class SubscriptionError(Exception):

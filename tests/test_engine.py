@@ -19,6 +19,7 @@ from orchd.errors import (
     ProcessNotFound,
     WorkflowNotFound,
 )
+from orchd.store.base import Checkpoint, ProcessWrite
 
 pytestmark = pytest.mark.anyio
 
@@ -340,10 +341,21 @@ async def test_input_that_is_not_json_is_refused_and_the_store_keeps_working(
 
 
 async def test_a_failing_write_operation_does_not_stop_the_writer(engine: Engine) -> None:
-    def broken(conn: object) -> None:
-        raise ZeroDivisionError("bug in an operation")
-
-    with pytest.raises(ZeroDivisionError):
+    # A write that fails for a reason of its own, not the database's: a subscription
+    # without its fields (the engine never writes one; a bug could).
+    pid = await engine.start("conditional_task")
+    await engine.wait(pid)
+    row = await engine.store.process(pid)
+    assert row is not None
+    broken = Checkpoint(
+        process_id=pid,
+        process=ProcessWrite(
+            pk=row.pk, status="completed", pc=row.pc, seq=row.seq, state=b"{}",
+            current_step=None, updated_at=row.updated_at,
+        ),
+        subscription={"id": "x"},
+    )  # fmt: skip
+    with pytest.raises(KeyError):
         await engine.store.write(broken)
     assert (await engine.wait(await engine.start("conditional_task"))).status == "completed"
 

@@ -48,7 +48,7 @@ async def engine(
 async def reach(engine: Engine, pid: str, status: str) -> Process:
     """The process once it has reached ``status`` (from the engine's events, no polling)."""
     with anyio.fail_after(10):
-        listen = cast(AsyncGenerator[Event, None], engine.events.listen(after=0))
+        listen = cast(AsyncGenerator[Event, None], engine.listen(after=0))
         async with contextlib.aclosing(listen) as events:
             async for event in events:
                 if event.process_id == pid and event.status == status:

@@ -18,7 +18,7 @@ from orchd import Engine
 from orchd.config import ScheduleConfig
 from orchd.engine.scheduler import Scheduler, following, latest_missed, next_fire_time
 from orchd.errors import ConfigError, ScheduleNotFound, ScheduleRunning
-from orchd.store.sqlite import ScheduleRun
+from orchd.store.base import ScheduleRun
 
 pytestmark = pytest.mark.anyio
 

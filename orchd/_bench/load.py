@@ -136,7 +136,7 @@ async def _through_orchd(
 
         async def watch() -> None:
             nonlocal finished
-            async for event in engine.events.listen():
+            async for event in engine.listen():
                 if event.kind == "process" and event.status not in ("created", "running"):
                     finished += 1
                     if finished == processes:
@@ -205,7 +205,7 @@ async def _p5_restart(db: str, processes: int) -> dict[str, float]:
     everyone = asyncio.Event()
 
     async def watch() -> None:
-        async for event in engine.events.listen():
+        async for event in engine.listen():
             if event.kind == "step":
                 resumed.add(event.process_id)
                 if len(resumed) >= in_flight:
@@ -219,13 +219,18 @@ async def _p5_restart(db: str, processes: int) -> dict[str, float]:
         await everyone.wait()
         resumed_after = time.perf_counter() - started
         watcher.cancel()
-        rows = await engine.store.fetchall("SELECT id FROM processes")
-        statuses = [(await engine.wait(pid)).status for (pid,) in rows]
+        pids, cursor = [], None
+        while True:
+            page = await engine.list_processes(limit=500, cursor=cursor)
+            pids += [p.id for p in page.items]
+            if (cursor := page.next_cursor) is None:
+                break
+        statuses = [(await engine.wait(pid)).status for pid in pids]
         return {
             "in_flight": in_flight,
             "resumed_s": resumed_after,
             "completed": sum(s == "completed" for s in statuses),
-            "total": len(rows),
+            "total": len(pids),
         }
     finally:
         await engine.close()

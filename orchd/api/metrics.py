@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
-from orchd.engine.engine import STEP_BUCKETS, Engine
+from orchd.engine.stats import STEP_BUCKETS, EngineStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -53,14 +52,13 @@ class Exposition:
 
 def render(
     *,
-    engine: Engine,
+    stats: EngineStats,
     counts: Mapping[str, int],
     requests: Mapping[int, int],
     schedule_runs: Mapping[str, int] | None,
-    uptime: float,
 ) -> str:
     """The whole exposition."""
-    stats: Mapping[str, Any] = engine.store.stats or {}
+    store = stats.store
     out = Exposition()
     out.family(
         "orchd_processes",
@@ -68,50 +66,50 @@ def render(
         "Processes by status.",
         [("orchd_processes", {"status": s}, n) for s, n in sorted(counts.items())],
     )
-    out.single("orchd_steps_total", "counter", "Steps run since start.", engine.steps_total)
+    out.single("orchd_steps_total", "counter", "Steps run since start.", stats.steps_total)
     out.histogram(
         "orchd_step_duration_seconds",
         "How long steps ran.",
         STEP_BUCKETS,
-        engine.step_buckets,
-        engine.step_seconds_sum,
+        stats.step_buckets,
+        stats.step_seconds_sum,
     )
     out.single(
         "orchd_checkpoint_batches_total",
         "counter",
         "Checkpoint transactions committed.",
-        stats.get("batches", 0),
+        store.batches,
     )
     out.single(
         "orchd_checkpoints_total",
         "counter",
         "Checkpoints (writes) committed.",
-        stats.get("committed", 0),
+        store.committed,
     )
     out.single(
         "orchd_checkpoint_commit_seconds_total",
         "counter",
         "Time spent committing checkpoint transactions.",
-        stats.get("commit_seconds", 0.0),
+        store.commit_seconds,
     )
     out.single(
         "orchd_checkpoint_last_batch_size",
         "gauge",
         "Writes in the last committed transaction.",
-        stats.get("last_batch", 0),
+        store.last_batch,
     )
     out.single(
         "orchd_checkpoint_queue_depth",
         "gauge",
         "Writes waiting for the database.",
-        stats.get("queue", 0),
+        store.queue,
     )
-    out.single("orchd_actors_alive", "gauge", "Process actors alive.", len(engine.actors))
+    out.single("orchd_actors_alive", "gauge", "Process actors alive.", stats.actors)
     out.single(
         "orchd_mailbox_depth",
         "gauge",
         "Messages waiting in the actors' mailboxes.",
-        sum(len(a.mailbox) for a in engine.actors.values()),
+        stats.mailbox_depth,
     )
     if schedule_runs is not None:
         out.family(
@@ -136,9 +134,11 @@ def render(
         "orchd_store_failing",
         "gauge",
         "1 while the database refuses writes.",
-        1 if stats.get("failing") else 0,
+        1 if store.failing else 0,
     )
-    out.single("orchd_uptime_seconds", "gauge", "Seconds since the engine started.", uptime)
+    out.single(
+        "orchd_uptime_seconds", "gauge", "Seconds since the engine started.", stats.uptime_seconds
+    )
     return out.text()
 
 

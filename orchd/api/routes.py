@@ -332,13 +332,14 @@ class ControlApi:
             counts = await engine.counts()
         except Exception as exc:  # any failure of the database is what health reports
             database = f"error: {type(exc).__name__}: {exc}"
-        failing = (engine.store.stats or {}).get("failing")
+        stats = engine.stats()
+        failing = stats.store.failing
         if failing and database == "ok":
             database = f"writes failing: {failing}"
         body = Health(
             status="ok" if database == "ok" else "degraded",
             version=__version__,
-            uptime_seconds=round(time.time() - engine.started_at, 3),
+            uptime_seconds=round(stats.uptime_seconds, 3),
             processes=counts,
             database=database,
             accepting=engine.accepting,
@@ -428,7 +429,7 @@ class ControlApi:
         only = _process_filter(request)
         if after is None:
             # From here on: whatever is published before the listener registers is replayed.
-            after = self.engine.events.last_id
+            after = self.engine.last_event_id
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -470,7 +471,7 @@ class ControlApi:
 
     async def _pump(self, queue: asyncio.Queue[Event | None], after: int) -> None:
         try:
-            async for event in self.engine.events.listen(after):
+            async for event in self.engine.listen(after):
                 await queue.put(event)
         finally:
             # The engine closed the stream (shutdown, or this listener fell behind).
@@ -482,11 +483,10 @@ class ControlApi:
         engine = self.engine
         runs = getattr(self.scheduler, "run_counts", None)
         text = metrics.render(
-            engine=engine,
+            stats=engine.stats(),
             counts=await engine.counts(),
             requests=self.requests,
             schedule_runs=runs() if callable(runs) else None,
-            uptime=time.time() - engine.started_at,
         )
         return web.Response(body=text.encode(), headers={"Content-Type": metrics.CONTENT_TYPE})
 

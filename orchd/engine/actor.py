@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
+import random
 import secrets
 import time
 import traceback
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple, Protocol
 
 import anyio
 import msgspec
@@ -28,23 +31,29 @@ from orchd.errors import (
     ProcessNotFound,
     StoreError,
 )
-from orchd.model import ACTIVE, Action, ProcessStatus, StepStatus, Target, check_action
+from orchd.model import (
+    ACTIVE,
+    Action,
+    ProcessStatus,
+    StepStatus,
+    Target,
+    check_action,
+    check_transition,
+)
+from orchd.settings import EngineSettings
 from orchd.state import (
     StepInputError,
     StepOutputError,
     clone,
-    decode,
     encode,
     form_schema,
     inject,
+    non_finite,
     to_json_values,
     validate_form,
 )
-from orchd.store.sqlite import Checkpoint, ProcessWrite, StepWrite
+from orchd.store.base import Checkpoint, ProcessRow, ProcessWrite, StepWrite
 from orchd.subscriptions import SubscriptionError, complete_subscription
-
-if TYPE_CHECKING:
-    from orchd.engine import Engine
 
 log = logging.getLogger("orchd.engine.actor")
 P = ProcessStatus
@@ -87,6 +96,80 @@ class Stop(msgspec.Struct, frozen=True, tag=True):
 Message = Run | Resume | Retry | Abort | Callback | Expire | Stop
 
 
+class Host(Protocol):
+    """What an actor needs from the engine that runs it, and nothing more."""
+
+    @property
+    def settings(self) -> EngineSettings: ...
+
+    @property
+    def resources(self) -> Mapping[Any, Any]: ...
+
+    def workflow(self, name: str) -> Workflow | None: ...
+
+    async def load(self, pid: str) -> ProcessRow | None:
+        """The process as committed (None when it does not exist)."""
+        ...
+
+    async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Commit durably; returns once committed."""
+        ...
+
+    def committed(
+        self,
+        actor: Actor,
+        previous: ProcessStatus,
+        steps: list[StepWrite],
+        step_seconds: float | None,
+    ) -> None:
+        """Told after each commit: events, waiters, metrics."""
+        ...
+
+    def retire(self, actor: Actor) -> None:
+        """The actor's task ends: forget it (messages that came in late go to a new one)."""
+        ...
+
+    def later(self, pid: str, at: float, message: Message) -> None:
+        """Post ``message`` to the process at ``at`` (epoch seconds); one timer per kind."""
+        ...
+
+    def store_failed(self, pid: str) -> int:
+        """A commit failed: run the process again from its last commit later, backing off;
+        returns how many times in a row this happened."""
+        ...
+
+    def expect_callback(self, token: str, pid: str) -> None: ...
+
+    def new_id(self) -> str: ...
+
+
+class Changes(NamedTuple):
+    """What a step changed in State: the changed keys, and the same encoded once."""
+
+    values: dict[str, Any]
+    encoded: bytes | None
+
+
+NO_CHANGES = Changes({}, None)
+
+
+class Outcome(NamedTuple):
+    """How a step ended, as its checkpoint records it."""
+
+    #: The process's status after the step, and the step record's.
+    status: ProcessStatus
+    step_status: StepStatus
+    started: float
+    finished: float
+    changes: Changes = NO_CHANGES
+    #: Move on to the next step (else the process stays at this one).
+    advance: bool = False
+    #: ``state["subscription"]`` as it is to be saved, when the step changed it.
+    subscription: dict[str, Any] | None = None
+    error: str | None = None
+    traceback: str | None = None
+
+
 class Envelope:
     __slots__ = ("message", "reply")
 
@@ -122,14 +205,14 @@ class Actor:
 
     # Thousands of actors may be alive at once (polling an OSS): keep each one small.
     __slots__ = (
-        "engine", "pid", "mailbox", "loaded", "stopping", "abort_requested", "in_step",
+        "host", "pid", "mailbox", "loaded", "stopping", "abort_requested", "in_step",
         "pending_callback", "workflow", "workflow_name", "pk", "target", "status", "pc",
         "seq", "state", "current_step", "error", "form", "callback_token", "attempts",
         "next_retry_at", "subscription_id", "broken", "task",
     )  # fmt: skip
 
-    def __init__(self, engine: Engine, pid: str, row: dict[str, Any] | None = None) -> None:
-        self.engine = engine
+    def __init__(self, host: Host, pid: str, row: ProcessRow | None = None) -> None:
+        self.host = host
         self.pid = pid
         self.mailbox: list[Envelope] = []  # rarely more than one: a list is smallest
         self.task: asyncio.Task[None] | None = None
@@ -169,7 +252,7 @@ class Actor:
     async def run(self) -> None:
         try:
             if not self.loaded:
-                row = await self.engine.load_row(self.pid)
+                row = await self.host.load(self.pid)
                 if row is None:
                     self._fail_all(ProcessNotFound(f"process {self.pid} does not exist"))
                     return
@@ -186,7 +269,7 @@ class Actor:
                 return
         except StoreError as exc:
             self._fail_all(exc)
-            attempt = self.engine.reactivate_later(self.pid)
+            attempt = self.host.store_failed(self.pid)
             # The store logs the failure itself; say once per process that it will go on.
             (log.warning if attempt == 1 else log.debug)(
                 "process=%s checkpoint not committed, will run again from its last commit: %s",
@@ -194,10 +277,13 @@ class Actor:
                 exc,
             )
         except Exception:
-            log.exception("process=%s actor crashed", self.pid)
+            # A bug, not the database: the process still must not stay active with nobody
+            # running it, so it runs again from its last commit later, like after a failed write.
+            log.exception("process=%s actor crashed; it runs again from its last commit", self.pid)
             self._fail_all(OrchdError(f"process {self.pid}: internal error"))
+            self.host.store_failed(self.pid)
         finally:
-            self.engine.retire(self)
+            self.host.retire(self)
 
     def _fail_all(self, error: BaseException) -> None:
         while self.mailbox:
@@ -206,22 +292,22 @@ class Actor:
             _reply(self.pending_callback, error=error)
             self.pending_callback = None
 
-    def _load(self, row: dict[str, Any]) -> None:
-        self.workflow: Workflow | None = self.engine.workflows.get(row["workflow"])
-        self.workflow_name: str = row["workflow"]
-        self.pk: int = row["pk"]
-        self.target = Target(row["target"])
-        self.status = P(row["status"])
-        self.pc: int = row["pc"]
-        self.seq: int = row["seq"]
-        self.state: dict[str, Any] = row["state"]
-        self.current_step: str | None = row["current_step"]
-        self.error: str | None = row.get("error")
-        self.form: bytes | None = row.get("form")
-        self.callback_token: str | None = row.get("callback_token")
-        self.attempts: int = row.get("attempts", 0)
-        self.next_retry_at: float | None = row.get("next_retry_at")
-        self.subscription_id: str | None = row.get("subscription_id")
+    def _load(self, row: ProcessRow) -> None:
+        self.workflow: Workflow | None = self.host.workflow(row.workflow)
+        self.workflow_name = row.workflow
+        self.pk = row.pk
+        self.target = Target(row.target)
+        self.status = P(row.status)
+        self.pc = row.pc
+        self.seq = row.seq
+        self.state: dict[str, Any] = row.state
+        self.current_step = row.current_step
+        self.error = row.error
+        self.form = row.form
+        self.callback_token = row.callback_token
+        self.attempts = row.attempts
+        self.next_retry_at = row.next_retry_at
+        self.subscription_id = row.subscription_id
         self.loaded = True
         self.broken = self._check_definition()
 
@@ -245,8 +331,8 @@ class Actor:
             match message:
                 case Run() | Stop():
                     _reply(envelope)
-                case Resume(answer=answer, reporter=reporter):
-                    await self._resume(answer, reporter)
+                case Resume(answer=answer):
+                    await self._resume(answer)
                     _reply(envelope, self.status)
                 case Retry(automatic=automatic):
                     await self._retry(automatic)
@@ -286,13 +372,16 @@ class Actor:
 
     # -- actions --------------------------------------------------------------------------
 
-    async def _resume(self, answer: Any, reporter: str | None) -> None:
+    async def _resume(self, answer: Any) -> None:
         check_action(Action.RESUME, self.status, self.pid)
         step = self._step()
         form = await self._form_of(step)
         values = validate_form(form, answer)
         now = time.time()
-        await self._commit(P.RUNNING, step, StepStatus.SUCCESS, values, now, now, advance=True)
+        changes = self._changes(step.name, values)
+        await self._commit(
+            step, Outcome(P.RUNNING, StepStatus.SUCCESS, now, now, changes, advance=True)
+        )
 
     async def _retry(self, automatic: bool) -> None:
         if automatic:
@@ -330,8 +419,10 @@ class Actor:
         step = self._step()
         now = time.time()
         self.next_retry_at = None
-        delta = {"callback_result": payload}
-        await self._commit(P.RUNNING, step, StepStatus.SUCCESS, delta, now, now, advance=True)
+        changes = self._changes(step.name, {"callback_result": payload})
+        await self._commit(
+            step, Outcome(P.RUNNING, StepStatus.SUCCESS, now, now, changes, advance=True)
+        )
 
     async def _fail_wait(self, reason: str) -> None:
         step = self._step()
@@ -340,7 +431,7 @@ class Actor:
         # Back to the action, so a retry issues the request again with a fresh token.
         self.pc -= 1
         self.next_retry_at = None
-        await self._commit(P.FAILED, step, StepStatus.FAILED, None, now, now, error=self.error)
+        await self._commit(step, Outcome(P.FAILED, StepStatus.FAILED, now, now, error=self.error))
 
     # -- running steps --------------------------------------------------------------------
 
@@ -362,15 +453,13 @@ class Actor:
         step = self._step()
         started = time.time()
         if step.predicates and not self._predicate(step):
-            await self._commit(
-                P.RUNNING, step, StepStatus.SKIPPED, None, started, time.time(), advance=True
-            )
+            outcome = Outcome(P.RUNNING, StepStatus.SKIPPED, started, time.time(), advance=True)
+            await self._commit(step, outcome)
             return
         match step.kind:
             case StepKind.INIT:
-                await self._commit(
-                    P.RUNNING, step, StepStatus.SUCCESS, None, started, started, advance=True
-                )
+                outcome = Outcome(P.RUNNING, StepStatus.SUCCESS, started, started, advance=True)
+                await self._commit(step, outcome)
             case StepKind.DONE:
                 await self._done(step, started)
             case StepKind.ABORT:
@@ -392,20 +481,25 @@ class Actor:
         view = self.state
         if step.kind is StepKind.CALLBACK_ACTION:
             self.callback_token = secrets.token_urlsafe(24)
-            self.engine.expect_callback(self.callback_token, self.pid)
+            self.host.expect_callback(self.callback_token, self.pid)
             view = {**self.state, "callback_token": self.callback_token}
         self.in_step = True
         if faults.ENABLED:
             faults.point("before_step")
         try:
-            kwargs = inject(step.name, step.params, view, self.engine.resources)
+            kwargs = inject(step.name, step.params, view, self.host.resources)
             result = await self._call(step, kwargs)
             delta = to_json_values(step.name, result)
             if step.kind is StepKind.CALLBACK_ACTION:
                 delta.setdefault("callback_token", self.callback_token)
             sub = self._subscription_change(step, delta)
-        except asyncio.CancelledError:
-            raise
+            changes = self._changes(step.name, delta)
+        except asyncio.CancelledError as exc:
+            if _cancelled_from_outside():
+                raise  # this actor is being stopped: the step runs again at the next start
+            # Step code raised it itself (or cancelled something it awaited): a failed step.
+            await self._step_raised(step, exc, started)
+            return
         except BaseException as exc:  # SystemExit in workflow code fails the step, not orchd
             await self._step_raised(step, exc, started)
             return
@@ -413,20 +507,20 @@ class Actor:
             self.in_step = False
         if faults.ENABLED:
             faults.point("after_step")
-        await self._commit(
+        outcome = Outcome(
             P.RUNNING,
-            step,
             StepStatus.SUCCESS,
-            delta,
             started,
             time.time(),
+            changes,
             advance=True,
             subscription=sub,
         )
+        await self._commit(step, outcome)
 
     async def _call(self, step: Step, kwargs: dict[str, Any]) -> Any:
         assert step.func is not None
-        timeout = step.timeout if step.timeout is not None else self.engine.settings.step_timeout
+        timeout = step.timeout if step.timeout is not None else self.host.settings.step_timeout
         if not timeout:
             if step.is_async:  # the common case, one coroutine frame less per waiting actor
                 return await step.func(**kwargs)
@@ -454,25 +548,21 @@ class Actor:
         self.error = message
         if step.kind is StepKind.RETRY:
             self.attempts += 1
-            limit = step.max_attempts or self.engine.settings.retry_max_attempts
+            settings = self.host.settings
+            limit = step.max_attempts or settings.retry_max_attempts
             if self.attempts < limit:
-                self.next_retry_at = finished + self.engine.retry_delay(step, self.attempts)
-                await self._commit(
-                    P.WAITING,
-                    step,
-                    StepStatus.WAITING,
-                    None,
-                    started,
-                    finished,
-                    error=message,
-                    tb=tb,
+                self.next_retry_at = finished + retry_delay(settings, step, self.attempts)
+                outcome = Outcome(
+                    P.WAITING, StepStatus.WAITING, started, finished, error=message, traceback=tb
                 )
-                self.engine.schedule_retry(self.pid, self.next_retry_at)
+                await self._commit(step, outcome)
+                self.host.later(self.pid, self.next_retry_at, Retry(automatic=True))
                 return
             self.error = f"gave up after {self.attempts} attempts: {message}"
-        await self._commit(
-            P.FAILED, step, StepStatus.FAILED, None, started, finished, error=message, tb=tb
+        outcome = Outcome(
+            P.FAILED, StepStatus.FAILED, started, finished, error=message, traceback=tb
         )
+        await self._commit(step, outcome)
 
     async def _suspend(self, step: Step, started: float) -> None:
         try:
@@ -482,10 +572,10 @@ class Actor:
             await self._step_raised(step, exc, started)
             return
         self.form = encode(schema)
-        await self._commit(P.SUSPENDED, step, StepStatus.SUSPENDED, None, started, time.time())
+        await self._commit(step, Outcome(P.SUSPENDED, StepStatus.SUSPENDED, started, time.time()))
 
     async def _form_of(self, step: Step) -> type[Form]:
-        kwargs = inject(step.name, step.params, self.state, self.engine.resources)
+        kwargs = inject(step.name, step.params, self.state, self.host.resources)
         assert step.func is not None
         # An inputstep only picks a Form class: a plain function runs inline, not in a thread.
         form = await step.func(**kwargs) if step.is_async else step.func(**kwargs)
@@ -503,11 +593,10 @@ class Actor:
             return
         if step.callback_timeout:
             self.next_retry_at = started + step.callback_timeout
-        await self._commit(
-            P.AWAITING_CALLBACK, step, StepStatus.AWAITING_CALLBACK, None, started, time.time()
-        )
+        outcome = Outcome(P.AWAITING_CALLBACK, StepStatus.AWAITING_CALLBACK, started, time.time())
+        await self._commit(step, outcome)
         if self.next_retry_at is not None and self.callback_token:
-            self.engine.schedule_expiry(self.pid, self.callback_token, self.next_retry_at)
+            self.host.later(self.pid, self.next_retry_at, Expire(token=self.callback_token))
 
     async def _done(self, step: Step, started: float) -> None:
         sub = self.state.get("subscription")
@@ -522,24 +611,24 @@ class Actor:
             if self.target is Target.TERMINATE:
                 change["status"] = "terminated"
                 change["end_date"] = _now_iso()
-        delta = {"subscription": change} if change else None
-        await self._commit(
+        changes = self._changes(step.name, {"subscription": change} if change else None)
+        outcome = Outcome(
             P.COMPLETED,
-            step,
             StepStatus.SUCCESS,
-            delta,
             started,
             time.time(),
+            changes,
             advance=True,
             subscription=change,
         )
+        await self._commit(step, outcome)
 
     def _subscription_change(self, step: Step, delta: dict[str, Any]) -> dict[str, Any] | None:
         """Check and complete a subscription a step put into State; None if it did not."""
         given = delta.get("subscription", _MISSING)
         if given is _MISSING or self.target is Target.SYSTEM:
             return None
-        full = complete_subscription(step.name, given, self.subscription_id or self.engine.new_id())
+        full = complete_subscription(step.name, given, self.subscription_id or self.host.new_id())
         if self.subscription_id is not None and full["id"] != self.subscription_id:
             raise SubscriptionError(f"step {step.name!r}: a process cannot switch subscriptions")
         delta["subscription"] = full
@@ -550,49 +639,54 @@ class Actor:
 
     # -- checkpoints ----------------------------------------------------------------------
 
-    async def _commit(
-        self,
-        status: ProcessStatus,
-        step: Step,
-        step_status: StepStatus,
-        delta: dict[str, Any] | None,
-        started: float,
-        finished: float,
-        *,
-        advance: bool = False,
-        subscription: dict[str, Any] | None = None,
-        error: str | None = None,
-        tb: str | None = None,
-    ) -> None:
-        if delta:
-            changed = {k: v for k, v in delta.items() if self.state.get(k, _MISSING) != v}
+    def _changes(self, step_name: str, delta: dict[str, Any] | None) -> Changes:
+        """The keys ``delta`` changes in State, encoded once: the step record keeps these
+        bytes. Raises StepOutputError for a value JSON cannot hold faithfully."""
+        if not delta:
+            return NO_CHANGES
+        values = {k: v for k, v in delta.items() if self.state.get(k, _MISSING) != v}
+        if not values:
+            return NO_CHANGES
+        encoded = encode(values)
+        # JSON has no NaN or Infinity: the encoder would store them as null, silently. Only
+        # an encoding with a null in it can hide one, so only then is the value walked.
+        if b"null" in encoded and (where := non_finite(values)) is not None:
+            raise StepOutputError(
+                f"step {step_name!r} returned {where}, which JSON (and State) cannot hold"
+            )
+        return Changes(values, encoded)
+
+    async def _commit(self, step: Step, outcome: Outcome) -> None:
+        changed = outcome.changes.values
+        if changed:
             self.state.update(changed)
-        else:
-            changed = {}
-        if advance:
+        if outcome.advance:
             self.pc += 1
             self.form = None
-            if step.kind is not StepKind.RETRY or step_status is StepStatus.SUCCESS:
+            if step.kind is not StepKind.RETRY or outcome.step_status is StepStatus.SUCCESS:
                 self.attempts = 0
-            if step_status is StepStatus.SUCCESS:
+            if outcome.step_status is StepStatus.SUCCESS:
                 self.error = None
         self.seq += 1
         record = StepWrite(
             pk=self.pk,
             seq=self.seq,
             name=step.name,
-            status=step_status,
-            started_at=started,
-            finished_at=finished,
-            error=error,
-            traceback=tb,
-            delta=encode(changed) if changed else None,
+            status=outcome.step_status,
+            started_at=outcome.started,
+            finished_at=outcome.finished,
+            error=outcome.error,
+            traceback=outcome.traceback,
+            delta=outcome.changes.encoded,
         )
         assert self.workflow is not None
-        finished_all = status in (P.COMPLETED, P.ABORTED)
+        finished_all = outcome.status in (P.COMPLETED, P.ABORTED)
         self.current_step = None if finished_all else self.workflow.steps[self.pc].name
         await self._write(
-            status, steps=[record], subscription=subscription, step_seconds=finished - started
+            outcome.status,
+            steps=[record],
+            subscription=outcome.subscription,
+            step_seconds=outcome.finished - outcome.started,
         )
 
     async def _write(
@@ -605,6 +699,8 @@ class Actor:
         step_seconds: float | None = None,
     ) -> None:
         previous = self.status
+        # The one place a status changes: the table in orchd.model says what is allowed.
+        check_transition(previous, status)
         checkpoint = Checkpoint(
             process_id=self.pid,
             process=ProcessWrite(
@@ -626,9 +722,22 @@ class Actor:
             subscription=subscription,
             release=release,
         )
-        await self.engine.store.write(checkpoint)
+        await self.host.checkpoint(checkpoint)
         self.status = status
-        self.engine.committed(self, previous, steps, step_seconds)
+        self.host.committed(self, previous, steps, step_seconds)
+
+
+def retry_delay(settings: EngineSettings, step: Step, attempt: int) -> float:
+    """Exponential backoff with jitter; never sooner than the base delay."""
+    base = step.backoff if step.backoff is not None else settings.retry_delay
+    delay = min(settings.retry_max_delay, base * math.pow(2, attempt - 1))
+    return delay * (1 + 0.25 * random.random())
+
+
+def _cancelled_from_outside() -> bool:
+    """Whether the running task itself is being cancelled (not just an exception in it)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class StepCrash(Exception):
@@ -639,4 +748,6 @@ class StepTimeout(StepCrash):
     """Raised when a step runs past its timeout (the step's own or the engine's default)."""
 
 
-__all__ = ["Actor", "Run", "Resume", "Retry", "Abort", "Callback", "Expire", "Stop", "decode"]
+__all__ = [
+    "Actor", "Host", "Message", "Run", "Resume", "Retry", "Abort", "Callback", "Expire", "Stop"
+]  # fmt: skip

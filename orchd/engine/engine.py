@@ -10,23 +10,23 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import math
 import os
 import random
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
 import msgspec
 
 from orchd import _faults as faults
-from orchd.dsl import Step, Workflow, workflows_of
+from orchd.dsl import Workflow, workflows_of
 from orchd.engine import actor as actors
 from orchd.engine.events import EventHub
 from orchd.engine.loopwatch import LoopWatch
+from orchd.engine.stats import EngineStats, StepCounter
 from orchd.errors import (
     CallbackNotFound,
     ConfigError,
@@ -37,6 +37,7 @@ from orchd.errors import (
 )
 from orchd.model import (
     ACTIVE,
+    Event,
     Page,
     Process,
     ProcessStatus,
@@ -47,14 +48,13 @@ from orchd.model import (
 )
 from orchd.settings import EngineSettings
 from orchd.state import StepOutputError, form_schema, to_json_values, validate_form
-from orchd.store.sqlite import NewProcess, StepWrite, Store
+from orchd.store.base import Checkpoint, NewProcess, ProcessRow, StepWrite, Store
+from orchd.store.sqlite import SqliteStore
 from orchd.store.views import Views, uuid_or_none
 
 log = logging.getLogger("orchd.engine")
 P = ProcessStatus
 _ids = random.Random(os.urandom(32))
-
-MAX_PAGE = 500
 
 
 def load_workflows(sources: Iterable[str | Workflow]) -> dict[str, Workflow]:
@@ -96,14 +96,16 @@ class Engine:
         """``overrides`` are fields of :class:`EngineSettings` (``grace_period=2.0``, ...),
         applied over ``settings``; embedded engines and tests set one or two that way."""
         self.workflows = load_workflows(workflows)
-        self.store = Store(database, synchronous=synchronous)
-        self.views = Views(self.store)
+        #: The database. The engine layer (the scheduler) uses it; layers above use the
+        #: engine's methods.
+        self.store: Store = open_store(database, synchronous=synchronous)
+        self._views = Views(self.store)
         try:
             #: Read on every use, so a reload (assigning a new object) applies at once.
             self.settings = msgspec.structs.replace(settings or EngineSettings(), **overrides)
         except TypeError as exc:
             raise TypeError(f"Engine(): {exc}") from None
-        self.events = EventHub()
+        self._events = EventHub()
         #: Shared objects steps ask for by annotation (e.g. the daemon's HttpClient).
         self.resources: dict[Any, Any] = dict(resources or {})
         self.actors: dict[str, actors.Actor] = {}
@@ -123,11 +125,7 @@ class Engine:
         self._hurry = asyncio.Event()
         self._grace_cut = False
         self.started_at = time.time()
-        # Counters for metrics.
-        self.steps_total = 0
-        self.step_seconds: list[float] = []
-        self.step_buckets = [0] * (len(STEP_BUCKETS) + 1)
-        self.step_seconds_sum = 0.0
+        self._steps = StepCounter()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -169,21 +167,16 @@ class Engine:
 
     async def _recover(self) -> None:
         """Continue what a previous run left: active processes, retry and callback timers."""
-        # One query for all of them: thousands of processes may have been in flight.
-        rows = await self.views.load_rows("status IN ('created', 'running')", ())
+        rows = await self.store.active_processes()
         for row in rows:
-            self._post(row["id"], actors.Run(), None, row=row)
+            self._post(row.id, actors.Run(), None, row=row)
         if rows:
             log.info("recovered %d active processes", len(rows))
-        timed = await self.store.fetchall(
-            "SELECT id, status, next_retry_at, callback_token FROM processes "
-            "WHERE status IN ('waiting', 'awaiting_callback') AND next_retry_at IS NOT NULL"
-        )
-        for pid, status, at, token in timed:
-            if status == P.WAITING:
-                self.schedule_retry(pid, at)
-            elif token:
-                self.schedule_expiry(pid, token, at)
+        for timed in await self.store.timed_processes():
+            if timed.status == P.WAITING:
+                self.later(timed.id, timed.at, actors.Retry(automatic=True))
+            elif timed.callback_token:
+                self.later(timed.id, timed.at, actors.Expire(token=timed.callback_token))
 
     def interrupt(self) -> None:
         """End the grace period of a close() now: running steps are interrupted (they run
@@ -214,7 +207,7 @@ class Engine:
         if self._supervisor is not None:
             await self._supervisor
         self._tg = None
-        self.events.close()
+        self._events.close()
         for waiters in self._waiters.values():
             for fut in waiters:
                 if not fut.done():
@@ -235,7 +228,7 @@ class Engine:
         pid: str,
         message: actors.Message,
         reply: asyncio.Future[Any] | None,
-        row: dict[str, Any] | None = None,
+        row: ProcessRow | None = None,
     ) -> None:
         actor = self.actors.get(pid)
         if actor is None:
@@ -253,6 +246,17 @@ class Engine:
         self._post(pid, message, reply)
         return await reply
 
+    # -- the actors' host (orchd.engine.actor.Host) ----------------------------------------
+
+    def workflow(self, name: str) -> Workflow | None:
+        return self.workflows.get(name)
+
+    async def load(self, pid: str) -> ProcessRow | None:
+        return await self.store.process(pid)
+
+    async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        await self.store.write(checkpoint)
+
     def retire(self, actor: actors.Actor) -> None:
         if self.actors.get(actor.pid) is actor:
             del self.actors[actor.pid]
@@ -265,19 +269,18 @@ class Engine:
             for envelope in pending:
                 self._post(actor.pid, envelope.message, envelope.reply)
 
-    def reactivate_later(self, pid: str) -> int:
+    def store_failed(self, pid: str) -> int:
         """Run the process again from its last commit after a failed checkpoint, backing off
         (1 s, 2 s, 4 s ... 30 s) while the database keeps failing; returns the attempt."""
         attempt = self._store_failures[pid] = self._store_failures.get(pid, 0) + 1
-        if self._accepting:
-            delay = min(30.0, 2.0 ** (attempt - 1))
-            self._timer(pid, "reactivate", time.time() + delay, actors.Run())
+        self.later(pid, time.time() + min(30.0, 2.0 ** (attempt - 1)), actors.Run())
         return attempt
 
-    def _timer(self, pid: str, kind: str, at: float, message: actors.Message) -> None:
+    def later(self, pid: str, at: float, message: actors.Message) -> None:
         if not self._accepting:
             return
-        key = (pid, kind)
+        # One timer per process and kind of message: a new one replaces the old.
+        key = (pid, type(message).__name__)
         old = self._timers.pop(key, None)
         if old is not None:
             old.cancel()
@@ -290,21 +293,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         self._timers[key] = loop.call_later(max(0.0, at - time.time()), fire)
 
-    def schedule_retry(self, pid: str, at: float) -> None:
-        self._timer(pid, "retry", at, actors.Retry(automatic=True))
-
-    def schedule_expiry(self, pid: str, token: str, at: float) -> None:
-        self._timer(pid, "expiry", at, actors.Expire(token=token))
-
     def expect_callback(self, token: str, pid: str) -> None:
         self._tokens[token] = pid
-
-    def retry_delay(self, step: Step, attempt: int) -> float:
-        """Exponential backoff with jitter; never sooner than the base delay."""
-        settings = self.settings
-        base = step.backoff if step.backoff is not None else settings.retry_delay
-        delay = min(settings.retry_max_delay, base * math.pow(2, attempt - 1))
-        return delay * (1 + 0.25 * random.random())
 
     def new_id(self) -> str:
         # A version-4 UUID from a generator seeded by the OS: ids need to be unique, not
@@ -323,7 +313,7 @@ class Engine:
             self._store_failures.pop(actor.pid, None)
         status = actor.status
         for record in steps:
-            self.events.publish(
+            self._events.publish(
                 kind="step",
                 process_id=actor.pid,
                 workflow=actor.workflow_name,
@@ -332,9 +322,7 @@ class Engine:
                 step_status=StepStatus(record.status),
             )
         if step_seconds is not None:
-            self.steps_total += 1
-            self.step_seconds_sum += step_seconds
-            self.step_buckets[_bucket(step_seconds)] += 1
+            self._steps.add(step_seconds)
         for record in steps:
             log.debug(
                 "process=%s workflow=%s step=%r status=%s",
@@ -355,7 +343,7 @@ class Engine:
                 )
             else:
                 log.info("process=%s workflow=%s status=%s", actor.pid, actor.workflow_name, status)
-            self.events.publish(
+            self._events.publish(
                 kind="process", process_id=actor.pid, workflow=actor.workflow_name, status=status
             )
         if status not in ACTIVE:
@@ -364,9 +352,6 @@ class Engine:
                     fut.set_result(None)
             if actor.callback_token:
                 self._tokens.pop(actor.callback_token, None)
-
-    async def load_row(self, pid: str) -> dict[str, Any] | None:
-        return await self.views.load_row(pid)
 
     # -- the public API -------------------------------------------------------------------
 
@@ -410,21 +395,11 @@ class Engine:
             reporter=reporter,
             state=state,
             lock=lock,
+            first_step=wf.steps[0].name,
             created_at=time.time(),
         )
-        pk, state = await self.store.write(op)
-        row = {
-            "pk": pk,
-            "workflow": wf.name,
-            "target": wf.target,
-            "status": P.CREATED,
-            "pc": 0,
-            "seq": 0,
-            "state": state,
-            "current_step": wf.steps[0].name,
-            "subscription_id": lock,
-        }
-        self.events.publish(kind="process", process_id=pid, workflow=wf.name, status=P.CREATED)
+        row: ProcessRow = await self.store.write(op)
+        self._events.publish(kind="process", process_id=pid, workflow=wf.name, status=P.CREATED)
         self._post(pid, actors.Run(), None, row=row)
         return pid
 
@@ -474,7 +449,7 @@ class Engine:
 
     async def get(self, pid: str) -> Process:
         """The process as committed, with its whole step log."""
-        return await self.views.get(pid)
+        return await self._views.get(pid)
 
     async def list_processes(
         self,
@@ -485,12 +460,12 @@ class Engine:
         cursor: str | None = None,
     ) -> Page:
         """Processes, newest first, a page at a time."""
-        return await self.views.list_processes(
+        return await self._views.list_processes(
             status=status, workflow=workflow, limit=limit, cursor=cursor
         )
 
     async def get_subscription(self, sid: str) -> SubscriptionDetail:
-        return await self.views.get_subscription(sid)
+        return await self._views.get_subscription(sid)
 
     async def list_subscriptions(
         self,
@@ -501,13 +476,13 @@ class Engine:
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
-        return await self.views.list_subscriptions(
+        return await self._views.list_subscriptions(
             status=status, customer_id=customer_id, product=product, limit=limit, cursor=cursor
         )
 
     async def counts(self) -> dict[str, int]:
         """Processes by status."""
-        return await self.views.counts()
+        return await self._views.counts()
 
     async def wait(self, pid: str, timeout: float | None = None) -> Process:  # noqa: ASYNC109
         """Return the process once it is no longer created or running."""
@@ -546,14 +521,9 @@ class Engine:
 
     async def callback(self, token: str, payload: Any) -> str:
         """Deliver an external system's answer; returns the process id once committed."""
-        pid = self._tokens.get(token)
+        pid = self._tokens.get(token) or await self.store.process_waiting_for(token)
         if pid is None:
-            row = await self.store.fetchone(
-                "SELECT id FROM processes WHERE callback_token = ?", (token,)
-            )
-            if row is None:
-                raise CallbackNotFound("no process waits for this callback token")
-            pid = row[0]
+            raise CallbackNotFound("no process waits for this callback token")
         await self._ask(pid, actors.Callback(token=token, payload=payload))
         return pid
 
@@ -565,11 +535,39 @@ class Engine:
 
     async def ping(self) -> None:
         """Raise if the database does not answer."""
-        await self.store.fetchone("SELECT 1")
+        await self.store.ping()
 
     @property
     def accepting(self) -> bool:
         return self._accepting
+
+    @property
+    def last_event_id(self) -> int:
+        """The id of the newest event: a listener from now on passes it as ``after``."""
+        return self._events.last_id
+
+    def listen(self, after: int | None = None) -> AsyncGenerator[Event, None]:
+        """Events from now on (and those after the id ``after`` that are still kept)."""
+        return self._events.listen(after)
+
+    def stats(self) -> EngineStats:
+        """The engine's counters, for health, metrics and systemd's STATUS line."""
+        steps = self._steps
+        return EngineStats(
+            accepting=self._accepting,
+            uptime_seconds=time.time() - self.started_at,
+            actors=len(self.actors),
+            mailbox_depth=sum(len(a.mailbox) for a in self.actors.values()),
+            steps_total=steps.total,
+            step_buckets=list(steps.buckets),
+            step_seconds_sum=steps.seconds,
+            store=self.store.stats(),
+        )
+
+
+def open_store(database: str, *, synchronous: str = "FULL") -> Store:
+    """The store for ``database``: a path (or ``:memory:``) is SQLite."""
+    return SqliteStore(database, synchronous=synchronous)
 
 
 #: State keys the engine sets; input cannot supply them.
@@ -585,12 +583,3 @@ RESERVED_KEYS = frozenset(
         "callback_result",
     }
 )
-
-STEP_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
-
-
-def _bucket(seconds: float) -> int:
-    for i, bound in enumerate(STEP_BUCKETS):
-        if seconds <= bound:
-            return i
-    return len(STEP_BUCKETS)

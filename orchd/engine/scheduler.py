@@ -26,7 +26,6 @@ import heapq
 import logging
 import math
 import random
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from cronsim import CronSim, CronSimError
 from orchd.config import ScheduleConfig
 from orchd.errors import ConfigError, OrchdError, ScheduleNotFound, ScheduleRunning
 from orchd.model import LastRun, ProcessStatus, ScheduleInfo, Target
-from orchd.store.sqlite import ScheduleRun
+from orchd.store.base import ScheduleClaim, SchedulePlan, ScheduleRun, ScheduleStarted
 
 if TYPE_CHECKING:
     from orchd.engine import Engine
@@ -120,36 +119,6 @@ class _Entry:
         self.version += 1
 
 
-# Writes of our own, run inside the store's writer transaction.
-_SET_NEXT = """INSERT INTO schedules (name, next_fire_at) VALUES (?, ?)
-    ON CONFLICT (name) DO UPDATE SET next_fire_at = excluded.next_fire_at"""
-_CLAIM = "INSERT OR IGNORE INTO schedule_runs (name, fire_at, process_id) VALUES (?, ?, NULL)"
-_RUN = """INSERT INTO schedule_runs (name, fire_at, process_id) VALUES (?, ?, ?)
-    ON CONFLICT (name, fire_at) DO UPDATE SET process_id = excluded.process_id"""
-_LAST = """INSERT INTO schedules (name, last_process_id, last_fire_at) VALUES (?, ?, ?)
-    ON CONFLICT (name) DO UPDATE SET last_process_id = excluded.last_process_id,
-    last_fire_at = excluded.last_fire_at"""
-
-
-def _claim(name: str, fire_at: float, next_fire: float) -> Callable[[sqlite3.Connection], bool]:
-    """Claim a fire time and move the plan on; False when it was claimed before (a replay)."""
-
-    def op(conn: sqlite3.Connection) -> bool:
-        fresh = conn.execute(_CLAIM, (name, fire_at)).rowcount == 1
-        conn.execute(_SET_NEXT, (name, next_fire))
-        return fresh
-
-    return op
-
-
-def _record(name: str, fire_at: float, pid: str) -> Callable[[sqlite3.Connection], None]:
-    def op(conn: sqlite3.Connection) -> None:
-        conn.execute(_RUN, (name, fire_at, pid))
-        conn.execute(_LAST, (name, pid, fire_at))
-
-    return op
-
-
 class Scheduler:
     """Fires the configured schedules on an Engine; see the module docstring for the rules."""
 
@@ -227,14 +196,12 @@ class Scheduler:
         within ``misfire_grace``, however many were missed; otherwise it is skipped and logged.
         """
         now = self.clock()
-        rows = await self.engine.store.fetchall(
-            "SELECT name, last_process_id, last_fire_at, next_fire_at, skipped FROM schedules"
-        )
-        by_name = {r[0]: r for r in rows}
+        by_name = {row.name: row for row in await self.engine.store.schedules()}
         for entry in self._entries.values():
             persisted = None
             if (row := by_name.get(entry.name)) is not None:
-                _, entry.last_process_id, entry.last_fire, persisted, entry.skipped = row
+                entry.last_process_id, entry.last_fire = row.last_process_id, row.last_fire_at
+                persisted, entry.skipped = row.next_fire_at, row.skipped
                 await self._adopt(entry)
             self._plan(entry, persisted, now)
         await self._refresh(list(self._entries.values()))
@@ -244,14 +211,12 @@ class Scheduler:
 
     async def _adopt(self, entry: _Entry) -> None:
         """Take over a process started right before a crash that lost its record."""
-        row = await self.engine.store.fetchone(
-            "SELECT id, created_at FROM processes WHERE reporter = ? AND rowid > "
-            "coalesce((SELECT rowid FROM processes WHERE id = ?), 0) ORDER BY rowid DESC LIMIT 1",
-            (f"scheduler:{entry.name}", entry.last_process_id),
+        row = await self.engine.store.latest_started_by(
+            f"scheduler:{entry.name}", entry.last_process_id
         )
         if row is not None:
-            log.warning("schedule=%s adopting unrecorded run process=%s", entry.name, row[0])
-            entry.last_process_id, entry.last_fire = row[0], row[1]
+            log.warning("schedule=%s adopting unrecorded run process=%s", entry.name, row.id)
+            entry.last_process_id, entry.last_fire = row.id, row.created_at
 
     def _plan(self, entry: _Entry, persisted: float | None, now: float) -> None:
         config = entry.config
@@ -277,9 +242,9 @@ class Scheduler:
 
     async def _persist(self, entries: list[_Entry]) -> None:
         # A restart then keeps the plan: an interval never restarts its count from zero.
-        rows = [(e.name, e.next_fire) for e in entries if e.next_fire is not None]
-        if rows:
-            await self.engine.store.write(lambda conn: conn.executemany(_SET_NEXT, rows))
+        plan = {e.name: e.next_fire for e in entries if e.next_fire is not None}
+        if plan:
+            await self.engine.store.write(SchedulePlan(next_fire_at=plan))
 
     def _rebuild_heap(self) -> None:
         self._heap = [(e.due, e.version, e.name) for e in self._entries.values()]
@@ -350,7 +315,9 @@ class Scheduler:
                         "schedule=%s skipped tick %s: process=%s is still %s",
                         *(entry.name, _at(fire_at), entry.last_process_id, entry.last_status),
                     )
-            elif await self.engine.store.write(_claim(entry.name, fire_at, next_fire)):
+            elif await self.engine.store.write(
+                ScheduleClaim(name=entry.name, fire_at=fire_at, next_fire_at=next_fire)
+            ):
                 await self._start(entry, fire_at)
             else:
                 log.info("schedule=%s fire time %s already ran", entry.name, _at(fire_at))
@@ -367,7 +334,9 @@ class Scheduler:
         entry.last_process_id, entry.last_status, entry.last_fire = pid, P.CREATED, fire_at
         self.runs_total += 1
         self._runs[entry.name] = self._runs.get(entry.name, 0) + 1
-        await self.engine.store.write(_record(entry.name, fire_at, pid))
+        await self.engine.store.write(
+            ScheduleStarted(name=entry.name, fire_at=fire_at, process_id=pid)
+        )
         log.info("schedule=%s started process=%s workflow=%s", entry.name, pid, config.workflow)
         return pid
 
@@ -376,14 +345,11 @@ class Scheduler:
         pids = {e.last_process_id for e in entries if e.last_process_id is not None}
         if not pids:
             return
-        rows = await self.engine.store.fetchall(
-            f"SELECT id, status FROM processes WHERE id IN ({', '.join('?' * len(pids))})",
-            tuple(pids),
-        )
-        status = {pid: P(s) for pid, s in rows}
+        statuses = await self.engine.store.statuses(sorted(pids))
         for e in entries:
             if e.last_process_id is not None:
-                e.last_status = status.get(e.last_process_id)
+                known = statuses.get(e.last_process_id)
+                e.last_status = None if known is None else P(known)
 
     # -- the API --------------------------------------------------------------------------
 
@@ -454,12 +420,10 @@ class Scheduler:
 
     async def _load_one(self, entry: _Entry) -> None:
         """An added entry may have run before (removed and added back): keep its history."""
-        row = await self.engine.store.fetchone(
-            "SELECT last_process_id, last_fire_at, skipped FROM schedules WHERE name = ?",
-            (entry.name,),
-        )
-        if row is not None:
-            entry.last_process_id, entry.last_fire, entry.skipped = row
+        for row in await self.engine.store.schedules():
+            if row.name == entry.name:
+                entry.last_process_id, entry.last_fire = row.last_process_id, row.last_fire_at
+                entry.skipped = row.skipped
 
 
 _TIMING = ("every", "cron", "timezone", "enabled")

@@ -1,45 +1,37 @@
 """The read side: processes and subscriptions as the API and ``Engine.get`` show them.
 
-Reads go through the store's reader connection (WAL lets them run beside the writer) and
-never touch an actor: what they show is what has been committed.
+Built on the typed reads of any ``Store``: what they show is what has been committed, and they
+never touch an actor. Query parameters are checked here, once for every backend.
 """
 
 from __future__ import annotations
 
 import enum
 import uuid
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
 from orchd.errors import BadRequest, ProcessNotFound, SubscriptionNotFound
 from orchd.model import (
-    LinkedProcess,
+    MAX_PAGE,
+    SUBSCRIPTION_FIELDS,
     Page,
     Process,
     ProcessStatus,
-    ProcessSummary,
     StepRecord,
     StepStatus,
-    Subscription,
     SubscriptionDetail,
     SubscriptionStatus,
     Target,
+    utc,
 )
 from orchd.state import decode
-from orchd.store.sqlite import SUBSCRIPTION_FIELDS, Store, subscription_from_row
+from orchd.store.base import Store
 
 P = ProcessStatus
 
-#: The most items one page of a list holds, whatever the client asks for.
-MAX_PAGE = 500
-
-
-def _at(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)
-
 
 def _dt(epoch: float | None) -> datetime | None:
-    return None if epoch is None else _at(epoch)
+    return None if epoch is None else utc(epoch)
 
 
 def uuid_or_none(text: str) -> str | None:
@@ -49,101 +41,51 @@ def uuid_or_none(text: str) -> str | None:
         return None
 
 
-_ROW_COLUMNS = (
-    "rowid", "id", "workflow", "target", "status", "pc", "seq", "state", "reporter",
-    "subscription_id", "current_step", "error", "form", "callback_token", "attempts",
-    "next_retry_at", "created_at", "updated_at",
-)  # fmt: skip
-_ROW_NAMES = ("pk", *_ROW_COLUMNS[1:])
-
-
 class Views:
-    """Queries over committed state."""
+    """Processes and subscriptions as the API shows them, over any ``Store``."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def load_row(self, pid: str) -> dict[str, Any] | None:
-        rows = await self.load_rows("id = ?", (pid,))
-        return rows[0] if rows else None
-
-    async def load_rows(self, where: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        rows = await self.store.fetchall(
-            f"SELECT {', '.join(_ROW_COLUMNS)} FROM processes WHERE {where}", params
-        )
-        result = []
-        for row in rows:
-            fields = dict(zip(_ROW_NAMES, row, strict=True))
-            fields["state"] = decode(fields["state"])
-            result.append(fields)
-        return result
-
     async def get(self, pid: str) -> Process:
         """The process as committed, with its whole step log."""
-        if uuid_or_none(pid) is None:
+        canonical = uuid_or_none(pid)
+        if canonical is None:
             raise ProcessNotFound(f"process {pid!r} does not exist (not a process id)")
-        row = await self.load_row(pid)
+        row = await self.store.process(canonical)
         if row is None:
             raise ProcessNotFound(f"process {pid} does not exist")
-        steps = await self.store.fetchall(
-            "SELECT name, status, started_at, finished_at, error, traceback, delta FROM steps "
-            "WHERE process = ? ORDER BY seq",
-            (row["pk"],),
-        )
+        steps = await self.store.steps(row.pk)
+        status = P(row.status)
         return Process(
-            id=row["id"],
-            workflow=row["workflow"],
-            target=Target(row["target"]),
-            status=P(row["status"]),
-            state=row["state"],
+            id=row.id,
+            workflow=row.workflow,
+            target=Target(row.target),
+            status=status,
+            state=row.state,
             steps=[
                 StepRecord(
-                    name=name,
-                    status=StepStatus(status),
-                    started_at=_at(started),
-                    finished_at=_at(finished),
-                    error=error,
-                    traceback=tb,
-                    state_delta=decode(delta) if delta else {},
+                    name=s.name,
+                    status=StepStatus(s.status),
+                    started_at=utc(s.started_at),
+                    finished_at=utc(s.finished_at),
+                    error=s.error,
+                    traceback=s.traceback,
+                    state_delta=decode(s.delta) if s.delta else {},
                 )
-                for name, status, started, finished, error, tb, delta in steps
+                for s in steps
             ],
-            created_at=_at(row["created_at"]),
-            updated_at=_at(row["updated_at"]),
-            reporter=row["reporter"],
-            current_step=row["current_step"],
-            error=row["error"],
-            form=decode(row["form"]) if row["form"] else None,
-            subscription_id=row["subscription_id"],
-            callback_token=row["callback_token"] if row["status"] == P.AWAITING_CALLBACK else None,
-            attempts=row["attempts"],
-            next_retry_at=_dt(row["next_retry_at"]) if row["status"] == P.WAITING else None,
+            created_at=utc(row.created_at),
+            updated_at=utc(row.updated_at),
+            reporter=row.reporter,
+            current_step=row.current_step,
+            error=row.error,
+            form=decode(row.form) if row.form else None,
+            subscription_id=row.subscription_id,
+            callback_token=row.callback_token if status is P.AWAITING_CALLBACK else None,
+            attempts=row.attempts,
+            next_retry_at=_dt(row.next_retry_at) if status is P.WAITING else None,
         )
-
-    async def _page(
-        self,
-        table: str,
-        columns: str,
-        filters: dict[str, str | None],
-        limit: int,
-        cursor: str | None,
-    ) -> tuple[list[Any], str | None]:
-        """One page of ``table``, newest first; the cursor is the last row's rowid."""
-        where = [f"{column} = ?" for column, value in filters.items() if value is not None]
-        params: list[Any] = [value for value in filters.values() if value is not None]
-        after = _cursor(cursor)
-        if after is not None:
-            where.append("rowid < ?")
-            params.append(after)
-        limit = _limit(limit)
-        rows = await self.store.fetchall(
-            f"SELECT rowid, {columns} FROM {table}"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY rowid DESC LIMIT ?",
-            (*params, limit + 1),
-        )
-        more = len(rows) > limit
-        return rows[:limit], str(rows[limit - 1][0]) if more else None
 
     async def list_processes(
         self,
@@ -154,51 +96,18 @@ class Views:
         cursor: str | None = None,
     ) -> Page:
         _known(P, status, "status")
-        rows, next_cursor = await self._page(
-            "processes",
-            "id, workflow, target, status, created_at, updated_at, reporter, current_step, "
-            "subscription_id, error",
-            {"status": status, "workflow": workflow},
-            limit,
-            cursor,
-        )
-        items = [
-            ProcessSummary(
-                id=r[1],
-                workflow=r[2],
-                target=Target(r[3]),
-                status=P(r[4]),
-                created_at=_at(r[5]),
-                updated_at=_at(r[6]),
-                reporter=r[7],
-                current_step=r[8],
-                subscription_id=r[9],
-                error=r[10],
-            )
-            for r in rows
-        ]
-        return Page(items=items, next_cursor=next_cursor)
+        filters = _given(status=status, workflow=workflow)
+        items, after = await self.store.process_page(filters, _limit(limit), _cursor(cursor))
+        return Page(items=items, next_cursor=None if after is None else str(after))
 
     async def get_subscription(self, sid: str) -> SubscriptionDetail:
         canonical = uuid_or_none(sid)
-        row = None
-        if canonical is not None:
-            row = await self.store.fetchone(
-                f"SELECT {', '.join(SUBSCRIPTION_FIELDS)} FROM subscriptions WHERE id = ?",
-                (canonical,),
-            )
-        if row is None:
+        sub = None if canonical is None else await self.store.subscription(canonical)
+        if canonical is None or sub is None:
             raise SubscriptionNotFound(f"subscription {sid} does not exist")
-        links = await self.store.fetchall(
-            "SELECT p.id, p.workflow, p.status FROM subscription_processes l "
-            "JOIN processes p ON p.id = l.process_id WHERE l.subscription_id = ? "
-            "ORDER BY p.rowid",
-            (canonical,),
-        )
-        sub = subscription_from_row(row)
+        links = await self.store.subscription_processes(canonical)
         return SubscriptionDetail(
-            **sub,
-            processes=[LinkedProcess(id=i, workflow=w, status=P(s)) for i, w, s in links],
+            **{f: getattr(sub, f) for f in SUBSCRIPTION_FIELDS}, processes=links
         )
 
     async def list_subscriptions(
@@ -211,21 +120,19 @@ class Views:
         cursor: str | None = None,
     ) -> Page:
         _known(SubscriptionStatus, status, "status")
-        rows, next_cursor = await self._page(
-            "subscriptions",
-            ", ".join(SUBSCRIPTION_FIELDS),
-            {"status": status, "customer_id": customer_id, "product": product},
-            limit,
-            cursor,
-        )
-        items = [Subscription(**subscription_from_row(r[1:])) for r in rows]
-        return Page(items=items, next_cursor=next_cursor)
+        filters = _given(status=status, customer_id=customer_id, product=product)
+        items, after = await self.store.subscription_page(filters, _limit(limit), _cursor(cursor))
+        return Page(items=items, next_cursor=None if after is None else str(after))
 
     async def counts(self) -> dict[str, int]:
-        rows = await self.store.fetchall("SELECT status, count(*) FROM processes GROUP BY status")
+        """Processes by status, every status named."""
         counts = {s.value: 0 for s in P}
-        counts.update({status: n for status, n in rows})
+        counts.update(await self.store.counts())
         return counts
+
+
+def _given(**filters: str | None) -> dict[str, str]:
+    return {key: value for key, value in filters.items() if value is not None}
 
 
 def _known(kind: type[enum.Enum], value: str | None, parameter: str) -> None:
@@ -239,7 +146,7 @@ def _cursor(cursor: str | None) -> int | None:
         return None
     if not (cursor.isascii() and cursor.isdigit()):
         raise BadRequest(f"cursor: {cursor!r} is not a cursor from a previous page")
-    return min(int(cursor), 2**63 - 1)  # SQLite integers are 64-bit
+    return int(cursor)
 
 
 def _limit(limit: int) -> int:

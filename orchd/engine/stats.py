@@ -1,0 +1,44 @@
+"""What the engine counts, and the one snapshot of it that health, metrics and the daemon read."""
+
+from __future__ import annotations
+
+import msgspec
+
+from orchd.store.base import StoreStats
+
+#: Upper bounds (seconds) of the step-duration histogram's buckets; +Inf follows.
+STEP_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
+
+
+class StepCounter:
+    """Steps run and how long they took, as a histogram."""
+
+    __slots__ = ("total", "buckets", "seconds")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.buckets = [0] * (len(STEP_BUCKETS) + 1)
+        self.seconds = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.total += 1
+        self.seconds += seconds
+        for i, bound in enumerate(STEP_BUCKETS):
+            if seconds <= bound:
+                self.buckets[i] += 1
+                return
+        self.buckets[-1] += 1
+
+
+class EngineStats(msgspec.Struct, kw_only=True):
+    """A snapshot of the engine's counters (``Engine.stats()``)."""
+
+    accepting: bool
+    uptime_seconds: float
+    actors: int
+    mailbox_depth: int
+    steps_total: int
+    #: One count per bound of STEP_BUCKETS plus the overflow bucket, not cumulated.
+    step_buckets: list[int]
+    step_seconds_sum: float
+    store: StoreStats

@@ -1,0 +1,266 @@
+"""What the engine needs of a database: the records it reads and writes, and one interface.
+
+A backend (SQLite today) implements :class:`Store`. Writes are named operations (the
+``Op`` union below), each committed by the backend in one transaction with whatever else is
+queued, so many processes share one commit; reads return the typed records here or the
+models of ``orchd.model``. Nothing above this layer sees SQL or a row as a tuple or a dict.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import msgspec
+
+from orchd.model import LinkedProcess, ProcessSummary, Subscription
+
+
+class ProcessRow(msgspec.Struct, kw_only=True):
+    """A process as stored: what an actor loads to continue it."""
+
+    #: The row's integer key, which the step records use too.
+    pk: int
+    id: str
+    workflow: str
+    target: str
+    status: str
+    pc: int
+    seq: int
+    state: dict[str, Any]
+    reporter: str | None = None
+    subscription_id: str | None = None
+    current_step: str | None = None
+    error: str | None = None
+    #: The form's JSON Schema (encoded) while suspended.
+    form: bytes | None = None
+    callback_token: str | None = None
+    attempts: int = 0
+    next_retry_at: float | None = None
+    created_at: float
+    updated_at: float
+
+
+class StepRow(msgspec.Struct, kw_only=True):
+    """One step record as stored; ``delta`` is the encoded change it made to State."""
+
+    name: str
+    status: str
+    started_at: float
+    finished_at: float
+    error: str | None = None
+    traceback: str | None = None
+    delta: bytes | None = None
+
+
+class TimedProcess(msgspec.Struct, kw_only=True):
+    """A waiting process with a deadline: a retry due, or a callback that may expire."""
+
+    id: str
+    status: str
+    at: float
+    callback_token: str | None
+
+
+class ScheduleRow(msgspec.Struct, kw_only=True):
+    """What the scheduler keeps of one schedule across restarts."""
+
+    name: str
+    last_process_id: str | None
+    last_fire_at: float | None
+    next_fire_at: float | None
+    skipped: int
+
+
+class StoreStats(msgspec.Struct, kw_only=True):
+    """The writer's counters, for health and metrics."""
+
+    batches: int = 0
+    committed: int = 0
+    last_batch: int = 0
+    commit_seconds: float = 0.0
+    queue: int = 0
+    #: Why writes fail right now (None while they succeed).
+    failing: str | None = None
+
+
+# -- writes ---------------------------------------------------------------------------------
+
+
+class ProcessWrite(msgspec.Struct, kw_only=True, array_like=True):
+    """The whole mutable part of a process row, as a checkpoint sets it.
+
+    ``array_like``: the SQLite writer binds the fields in this order as its parameters.
+    """
+
+    status: str
+    pc: int
+    seq: int
+    state: bytes
+    current_step: str | None
+    error: str | None = None
+    form: bytes | None = None
+    callback_token: str | None = None
+    attempts: int = 0
+    next_retry_at: float | None = None
+    subscription_id: str | None = None
+    updated_at: float
+    pk: int
+
+
+class StepWrite(msgspec.Struct, kw_only=True, array_like=True):
+    """One step record, fields in the order the SQLite writer binds them."""
+
+    pk: int
+    seq: int
+    name: str
+    status: str
+    started_at: float
+    finished_at: float
+    error: str | None = None
+    traceback: str | None = None
+    delta: bytes | None = None
+
+
+class Checkpoint(msgspec.Struct, kw_only=True):
+    """Everything one step changes, committed in one transaction."""
+
+    process_id: str
+    process: ProcessWrite
+    steps: list[StepWrite] = []
+    #: ``state["subscription"]`` to save (insert or update), when the step changed it.
+    subscription: dict[str, Any] | None = None
+    #: A subscription to mark insync again without touching State (abort of MODIFY/TERMINATE).
+    release: str | None = None
+
+
+class NewProcess(msgspec.Struct, kw_only=True):
+    """A process to create; for MODIFY/TERMINATE it locks ``lock`` in the same transaction.
+
+    The write answers the new :class:`ProcessRow` (its State holds the locked subscription).
+    """
+
+    id: str
+    workflow: str
+    target: str
+    reporter: str | None
+    state: dict[str, Any]
+    lock: str | None = None
+    first_step: str
+    created_at: float
+
+
+class ScheduleRun(msgspec.Struct, kw_only=True):
+    """Record that one fire time ran or was skipped; answers False when it was recorded
+    before (a replay after a crash)."""
+
+    name: str
+    fire_at: float
+    process_id: str | None
+    next_fire_at: float | None
+    skipped: bool = False
+
+
+class ScheduleClaim(msgspec.Struct, kw_only=True):
+    """Claim a fire time and move the plan on to ``next_fire_at``, before the run starts;
+    answers False when the fire time was claimed before (a replay)."""
+
+    name: str
+    fire_at: float
+    next_fire_at: float
+
+
+class ScheduleStarted(msgspec.Struct, kw_only=True):
+    """The process a claimed fire time started."""
+
+    name: str
+    fire_at: float
+    process_id: str
+
+
+class SchedulePlan(msgspec.Struct, kw_only=True):
+    """The next fire time of each named schedule, kept so a restart keeps the plan."""
+
+    next_fire_at: dict[str, float]
+
+
+#: Every write a store takes.
+Op = Checkpoint | NewProcess | ScheduleRun | ScheduleClaim | ScheduleStarted | SchedulePlan
+
+
+# -- the interface --------------------------------------------------------------------------
+
+
+class Store(Protocol):
+    """A database for the engine. Every write commits durably before ``write`` returns."""
+
+    #: Where the data lives, for messages (a path or a URL).
+    path: str
+
+    async def open(self) -> None:
+        """Connect, create or migrate the schema; raise StoreError when that fails."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def write(self, op: Op) -> Any:
+        """Commit ``op`` (with others queued beside it) and answer what the op answers.
+
+        Refusals raise the op's error (SubscriptionLocked, ...); a database failure raises
+        StoreError. Cancelling the caller never cancels a commit that has begun.
+        """
+        ...
+
+    def stats(self) -> StoreStats: ...
+
+    async def ping(self) -> None:
+        """Raise unless the database answers a read."""
+        ...
+
+    # -- processes, for the engine --
+
+    async def process(self, pid: str) -> ProcessRow | None: ...
+
+    async def active_processes(self) -> list[ProcessRow]:
+        """Every process that was created or running: what a restart continues."""
+        ...
+
+    async def timed_processes(self) -> list[TimedProcess]: ...
+
+    async def process_waiting_for(self, token: str) -> str | None:
+        """The id of the process whose current wait this callback token belongs to."""
+        ...
+
+    async def steps(self, pk: int) -> list[StepRow]:
+        """A process's step records, oldest first."""
+        ...
+
+    async def statuses(self, pids: list[str]) -> dict[str, str]: ...
+
+    async def counts(self) -> dict[str, int]:
+        """Processes by status (statuses with none are left out)."""
+        ...
+
+    async def process_page(
+        self, filters: dict[str, str], limit: int, before: int | None
+    ) -> tuple[list[ProcessSummary], int | None]:
+        """Up to ``limit`` processes matching ``filters`` (column: value), newest first,
+        older than the cursor ``before``; and the cursor of the next page, if any."""
+        ...
+
+    # -- subscriptions --
+
+    async def subscription(self, sid: str) -> Subscription | None: ...
+
+    async def subscription_processes(self, sid: str) -> list[LinkedProcess]: ...
+
+    async def subscription_page(
+        self, filters: dict[str, str], limit: int, before: int | None
+    ) -> tuple[list[Subscription], int | None]: ...
+
+    # -- schedules --
+
+    async def schedules(self) -> list[ScheduleRow]: ...
+
+    async def latest_started_by(self, reporter: str, after_pid: str | None) -> ProcessRow | None:
+        """The newest process started by ``reporter`` after ``after_pid`` (or at all)."""
+        ...

@@ -1,0 +1,244 @@
+"""The SQLite read side: every query the engine, the API and the scheduler make.
+
+Reads run on their own connection (WAL lets them run beside the writer) and see only what has
+been committed. Rows leave this module as the typed records of ``orchd.store.base`` or the
+models of ``orchd.model``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+import aiosqlite
+import msgspec
+
+from orchd.errors import StoreError
+from orchd.model import (
+    SUBSCRIPTION_FIELDS,
+    LinkedProcess,
+    ProcessStatus,
+    ProcessSummary,
+    Subscription,
+    Target,
+    utc,
+)
+from orchd.store.base import ProcessRow, ScheduleRow, StepRow, TimedProcess
+
+_decode = msgspec.json.Decoder().decode
+
+_PROCESS_COLUMNS = (
+    "rowid", "id", "workflow", "target", "status", "pc", "seq", "state", "reporter",
+    "subscription_id", "current_step", "error", "form", "callback_token", "attempts",
+    "next_retry_at", "created_at", "updated_at",
+)  # fmt: skip
+_SELECT_PROCESS = f"SELECT {', '.join(_PROCESS_COLUMNS)} FROM processes"
+_SUMMARY_COLUMNS = (
+    "id, workflow, target, status, created_at, updated_at, reporter, current_step, "
+    "subscription_id, error"
+)
+SELECT_SUBSCRIPTION = f"SELECT {', '.join(SUBSCRIPTION_FIELDS)} FROM subscriptions WHERE id = ?"
+
+
+def process_row(row: Iterable[Any]) -> ProcessRow:
+    """A ``processes`` row (columns in ``_PROCESS_COLUMNS`` order) as a record."""
+    (pk, pid, workflow, target, status, pc, seq, state, reporter, subscription_id, current,
+     error, form, token, attempts, next_retry_at, created_at, updated_at) = row  # fmt: skip
+    return ProcessRow(
+        pk=pk,
+        id=pid,
+        workflow=workflow,
+        target=target,
+        status=status,
+        pc=pc,
+        seq=seq,
+        state=_decode(state),
+        reporter=reporter,
+        subscription_id=subscription_id,
+        current_step=current,
+        error=error,
+        form=form,
+        callback_token=token,
+        attempts=attempts,
+        next_retry_at=next_retry_at,
+        created_at=created_at,
+        updated_at=updated_at,
+    )
+
+
+def subscription_from_row(row: Iterable[Any]) -> dict[str, Any]:
+    """A subscriptions row (columns in SUBSCRIPTION_FIELDS order) as State holds it."""
+    sub = dict(zip(SUBSCRIPTION_FIELDS, row, strict=True))
+    sub["insync"] = bool(sub["insync"])
+    sub["attributes"] = _decode(sub["attributes"])
+    return sub
+
+
+def _summary(row: Iterable[Any]) -> ProcessSummary:
+    pid, workflow, target, status, created, updated, reporter, current, sid, error = row
+    return ProcessSummary(
+        id=pid,
+        workflow=workflow,
+        target=Target(target),
+        status=ProcessStatus(status),
+        created_at=utc(created),
+        updated_at=utc(updated),
+        reporter=reporter,
+        current_step=current,
+        subscription_id=sid,
+        error=error,
+    )
+
+
+class Reads:
+    """Queries over committed state, on a read-only connection of their own."""
+
+    def __init__(self) -> None:
+        self._reader: aiosqlite.Connection | None = None
+
+    async def open_reader(self, path: str) -> None:
+        self._reader = await aiosqlite.connect(path)
+        await self._reader.execute("PRAGMA query_only = 1")
+
+    async def close_reader(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        """Run a read-only query (also for tests and tools that inspect the database)."""
+        if self._reader is None:
+            raise StoreError("the store is closed")
+        # One trip to the reader thread per query (execute and fetch together): under load
+        # every trip waits for the event loop, so fewer trips mean a faster API.
+        rows = await self._reader.execute_fetchall(sql, tuple(params))
+        return list(rows)
+
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def ping(self) -> None:
+        await self.fetchone("SELECT 1")
+
+    # -- processes --
+
+    async def process(self, pid: str) -> ProcessRow | None:
+        row = await self.fetchone(f"{_SELECT_PROCESS} WHERE id = ?", (pid,))
+        return None if row is None else process_row(row)
+
+    async def active_processes(self) -> list[ProcessRow]:
+        # One query for all of them: thousands of processes may have been in flight.
+        rows = await self.fetchall(f"{_SELECT_PROCESS} WHERE status IN ('created', 'running')")
+        return [process_row(row) for row in rows]
+
+    async def timed_processes(self) -> list[TimedProcess]:
+        rows = await self.fetchall(
+            "SELECT id, status, next_retry_at, callback_token FROM processes "
+            "WHERE status IN ('waiting', 'awaiting_callback') AND next_retry_at IS NOT NULL"
+        )
+        return [TimedProcess(id=i, status=s, at=at, callback_token=t) for i, s, at, t in rows]
+
+    async def process_waiting_for(self, token: str) -> str | None:
+        row = await self.fetchone("SELECT id FROM processes WHERE callback_token = ?", (token,))
+        return None if row is None else str(row[0])
+
+    async def steps(self, pk: int) -> list[StepRow]:
+        rows = await self.fetchall(
+            "SELECT name, status, started_at, finished_at, error, traceback, delta FROM steps "
+            "WHERE process = ? ORDER BY seq",
+            (pk,),
+        )
+        return [
+            StepRow(
+                name=name,
+                status=status,
+                started_at=started,
+                finished_at=finished,
+                error=error,
+                traceback=tb,
+                delta=delta,
+            )
+            for name, status, started, finished, error, tb, delta in rows
+        ]
+
+    async def statuses(self, pids: list[str]) -> dict[str, str]:
+        if not pids:
+            return {}
+        rows = await self.fetchall(
+            f"SELECT id, status FROM processes WHERE id IN ({', '.join('?' * len(pids))})",
+            pids,
+        )
+        return {pid: status for pid, status in rows}
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.fetchall("SELECT status, count(*) FROM processes GROUP BY status")
+        return {status: n for status, n in rows}
+
+    async def _page(
+        self, table: str, columns: str, filters: dict[str, str], limit: int, before: int | None
+    ) -> tuple[list[sqlite3.Row], int | None]:
+        """One page of ``table``, newest first; the cursor is the last row's rowid."""
+        where = [f"{column} = ?" for column in filters]
+        params: list[Any] = list(filters.values())
+        if before is not None:
+            where.append("rowid < ?")
+            params.append(min(before, 2**63 - 1))  # SQLite integers are 64-bit
+        rows = await self.fetchall(
+            f"SELECT rowid, {columns} FROM {table}"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY rowid DESC LIMIT ?",
+            (*params, limit + 1),
+        )
+        more = len(rows) > limit
+        return rows[:limit], rows[limit - 1][0] if more else None
+
+    async def process_page(
+        self, filters: dict[str, str], limit: int, before: int | None
+    ) -> tuple[list[ProcessSummary], int | None]:
+        rows, cursor = await self._page("processes", _SUMMARY_COLUMNS, filters, limit, before)
+        return [_summary(r[1:]) for r in rows], cursor
+
+    # -- subscriptions --
+
+    async def subscription(self, sid: str) -> Subscription | None:
+        row = await self.fetchone(SELECT_SUBSCRIPTION, (sid,))
+        return None if row is None else Subscription(**subscription_from_row(row))
+
+    async def subscription_processes(self, sid: str) -> list[LinkedProcess]:
+        rows = await self.fetchall(
+            "SELECT p.id, p.workflow, p.status FROM subscription_processes l "
+            "JOIN processes p ON p.id = l.process_id WHERE l.subscription_id = ? "
+            "ORDER BY p.rowid",
+            (sid,),
+        )
+        return [LinkedProcess(id=i, workflow=w, status=ProcessStatus(s)) for i, w, s in rows]
+
+    async def subscription_page(
+        self, filters: dict[str, str], limit: int, before: int | None
+    ) -> tuple[list[Subscription], int | None]:
+        columns = ", ".join(SUBSCRIPTION_FIELDS)
+        rows, cursor = await self._page("subscriptions", columns, filters, limit, before)
+        return [Subscription(**subscription_from_row(r[1:])) for r in rows], cursor
+
+    # -- schedules --
+
+    async def schedules(self) -> list[ScheduleRow]:
+        rows = await self.fetchall(
+            "SELECT name, last_process_id, last_fire_at, next_fire_at, skipped FROM schedules"
+        )
+        return [
+            ScheduleRow(
+                name=n, last_process_id=p, last_fire_at=last, next_fire_at=nxt, skipped=skipped
+            )
+            for n, p, last, nxt, skipped in rows
+        ]
+
+    async def latest_started_by(self, reporter: str, after_pid: str | None) -> ProcessRow | None:
+        row = await self.fetchone(
+            f"{_SELECT_PROCESS} WHERE reporter = ? AND rowid > "
+            "coalesce((SELECT rowid FROM processes WHERE id = ?), 0) ORDER BY rowid DESC LIMIT 1",
+            (reporter, after_pid),
+        )
+        return None if row is None else process_row(row)

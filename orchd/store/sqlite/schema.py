@@ -1,0 +1,112 @@
+"""The SQLite schema, created and migrated forward by orchd itself, and how a connection is set
+up (WAL, the configured ``synchronous``)."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+from orchd.errors import StoreError
+
+log = logging.getLogger("orchd.store")
+
+SCHEMA_VERSION = 1
+
+#: Forward migrations: MIGRATIONS[n] takes a database from version n to n + 1.
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE processes (
+            rowid INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            workflow TEXT NOT NULL,
+            target TEXT NOT NULL,
+            status TEXT NOT NULL,
+            pc INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            state BLOB NOT NULL,
+            reporter TEXT,
+            subscription_id TEXT,
+            current_step TEXT,
+            error TEXT,
+            form BLOB,
+            callback_token TEXT UNIQUE,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_retry_at REAL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        "CREATE INDEX processes_by_status ON processes (status)",
+        "CREATE INDEX processes_by_workflow ON processes (workflow)",
+        """CREATE TABLE steps (
+            process INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            finished_at REAL NOT NULL,
+            error TEXT,
+            traceback TEXT,
+            delta BLOB,
+            PRIMARY KEY (process, seq)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE subscriptions (
+            rowid INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            product TEXT NOT NULL,
+            customer_id TEXT NOT NULL,
+            description TEXT NOT NULL DEFAULT '',
+            status TEXT NOT NULL,
+            insync INTEGER NOT NULL,
+            start_date TEXT,
+            end_date TEXT,
+            attributes BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        "CREATE INDEX subscriptions_by_customer ON subscriptions (customer_id)",
+        "CREATE INDEX subscriptions_by_status ON subscriptions (status)",
+        """CREATE TABLE subscription_processes (
+            subscription_id TEXT NOT NULL,
+            process_id TEXT NOT NULL,
+            PRIMARY KEY (subscription_id, process_id)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE schedules (
+            name TEXT PRIMARY KEY,
+            last_process_id TEXT,
+            last_fire_at REAL,
+            next_fire_at REAL,
+            skipped INTEGER NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE schedule_runs (
+            name TEXT NOT NULL,
+            fire_at REAL NOT NULL,
+            process_id TEXT,
+            PRIMARY KEY (name, fire_at)
+        ) WITHOUT ROWID""",
+    ],
+]
+
+
+def connect(path: str, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA foreign_keys = OFF")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to SCHEMA_VERSION; refuse a database from a newer orchd."""
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database has schema version {version}, newer than this orchd ({SCHEMA_VERSION})"
+        )
+    for target in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in MIGRATIONS[target]:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {target + 1}")
+        conn.execute("COMMIT")
+        log.info("migrated database schema to version %d", target + 1)
+    return SCHEMA_VERSION

@@ -1,0 +1,384 @@
+"""The SQLite writer: one thread owns the only writing connection and commits every queued
+operation of every process together (group commit).
+
+While one transaction is being made durable, the next batch gathers, so many actors share one
+fsync and every actor still waits for its own commit. Each operation of ``orchd.store.base.Op``
+has its statement(s) here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from msgspec.structs import astuple
+
+from orchd import _faults as faults
+from orchd.errors import StoreError, SubscriptionLocked, SubscriptionNotFound
+from orchd.store.base import (
+    Checkpoint,
+    NewProcess,
+    Op,
+    ProcessRow,
+    ScheduleClaim,
+    SchedulePlan,
+    ScheduleRun,
+    ScheduleStarted,
+)
+from orchd.store.sqlite.reads import SELECT_SUBSCRIPTION, subscription_from_row
+
+log = logging.getLogger("orchd.store")
+
+_encode = msgspec.json.Encoder().encode
+
+
+class _Batch:
+    """Rows of plain checkpoints gathered for executemany."""
+
+    def __init__(self) -> None:
+        self.processes: list[tuple[Any, ...]] = []
+        self.steps: list[tuple[Any, ...]] = []
+        self.subscriptions: list[tuple[Any, ...]] = []
+        self.links: list[tuple[str, str]] = []
+        self.releases: list[tuple[float, str]] = []
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        if self.subscriptions:
+            if faults.ENABLED:
+                faults.point("subscription_save")
+            conn.executemany(_UPSERT_SUBSCRIPTION, self.subscriptions)
+        if self.processes:
+            conn.executemany(_UPDATE_PROCESS, self.processes)
+        if self.steps:
+            conn.executemany(_INSERT_STEP, self.steps)
+        if self.links:
+            conn.executemany(_LINK, self.links)
+        if self.releases:
+            conn.executemany(_RELEASE, self.releases)
+        self.__init__()  # type: ignore[misc]
+
+
+_UPDATE_PROCESS = """UPDATE processes SET status = ?, pc = ?, seq = ?, state = ?, current_step = ?,
+    error = ?, form = ?, callback_token = ?, attempts = ?, next_retry_at = ?,
+    subscription_id = ?, updated_at = ? WHERE rowid = ?"""
+_INSERT_STEP = """INSERT INTO steps (process, seq, name, status, started_at, finished_at,
+    error, traceback, delta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+_UPSERT_SUBSCRIPTION = """INSERT INTO subscriptions (id, product, customer_id, description,
+    status, insync, start_date, end_date, attributes, created_at, updated_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (id) DO UPDATE SET product = excluded.product,
+    customer_id = excluded.customer_id, description = excluded.description,
+    status = excluded.status, insync = excluded.insync, start_date = excluded.start_date,
+    end_date = excluded.end_date, attributes = excluded.attributes,
+    updated_at = excluded.updated_at"""
+_LINK = "INSERT OR IGNORE INTO subscription_processes (subscription_id, process_id) VALUES (?, ?)"
+_RELEASE = "UPDATE subscriptions SET insync = 1, updated_at = ? WHERE id = ?"
+
+
+def _subscription_row(sub: dict[str, Any], now: float) -> tuple[Any, ...]:
+    return (
+        sub["id"],
+        sub["product"],
+        sub["customer_id"],
+        sub.get("description") or "",
+        sub.get("status") or "initial",
+        1 if sub.get("insync") else 0,
+        sub.get("start_date"),
+        sub.get("end_date"),
+        _encode(sub.get("attributes") or {}),
+        now,
+        now,
+    )
+
+
+def _add_checkpoint(batch: _Batch, cp: Checkpoint) -> None:
+    p = cp.process
+    batch.processes.append(astuple(p))
+    for s in cp.steps:
+        batch.steps.append(astuple(s))
+    if cp.subscription is not None:
+        batch.subscriptions.append(_subscription_row(cp.subscription, p.updated_at))
+        batch.links.append((cp.subscription["id"], cp.process_id))
+    if cp.release is not None:
+        batch.releases.append((p.updated_at, cp.release))
+
+
+_INSERT_PROCESS = """INSERT INTO processes (id, workflow, target, status, pc, seq, state, reporter,
+    subscription_id, current_step, created_at, updated_at)
+    VALUES (?, ?, ?, 'created', 0, 0, ?, ?, ?, ?, ?, ?)"""
+
+
+def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
+    state = op.state
+    if op.lock is not None:
+        row = conn.execute(SELECT_SUBSCRIPTION, (op.lock,)).fetchone()
+        if row is None:
+            raise SubscriptionNotFound(f"subscription {op.lock} does not exist")
+        sub = subscription_from_row(row)
+        if sub["status"] == "terminated":
+            raise SubscriptionLocked(f"subscription {op.lock} is terminated")
+        if not sub["insync"]:
+            raise SubscriptionLocked(
+                f"subscription {op.lock} is not insync: another process holds it"
+            )
+        conn.execute(
+            "UPDATE subscriptions SET insync = 0, updated_at = ? WHERE id = ?",
+            (op.created_at, op.lock),
+        )
+        conn.execute(_LINK, (op.lock, op.id))
+        sub["insync"] = False
+        state = {**state, "subscription": sub}
+    cur = conn.execute(
+        _INSERT_PROCESS,
+        (
+            op.id,
+            op.workflow,
+            op.target,
+            _encode(state),
+            op.reporter,
+            op.lock,
+            op.first_step,
+            op.created_at,
+            op.created_at,
+        ),
+    )
+    assert cur.lastrowid is not None
+    return ProcessRow(
+        pk=cur.lastrowid,
+        id=op.id,
+        workflow=op.workflow,
+        target=op.target,
+        status="created",
+        pc=0,
+        seq=0,
+        state=state,
+        reporter=op.reporter,
+        subscription_id=op.lock,
+        current_step=op.first_step,
+        created_at=op.created_at,
+        updated_at=op.created_at,
+    )
+
+
+_SET_NEXT = """INSERT INTO schedules (name, next_fire_at) VALUES (?, ?)
+    ON CONFLICT (name) DO UPDATE SET next_fire_at = excluded.next_fire_at"""
+_CLAIM = "INSERT OR IGNORE INTO schedule_runs (name, fire_at, process_id) VALUES (?, ?, NULL)"
+_RUN = """INSERT INTO schedule_runs (name, fire_at, process_id) VALUES (?, ?, ?)
+    ON CONFLICT (name, fire_at) DO UPDATE SET process_id = excluded.process_id"""
+_LAST = """INSERT INTO schedules (name, last_process_id, last_fire_at) VALUES (?, ?, ?)
+    ON CONFLICT (name) DO UPDATE SET last_process_id = excluded.last_process_id,
+    last_fire_at = excluded.last_fire_at"""
+_SCHEDULE_RUN = """INSERT INTO schedules (name, last_process_id, last_fire_at, next_fire_at,
+    skipped) VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET
+    last_process_id = coalesce(excluded.last_process_id, last_process_id),
+    last_fire_at = CASE WHEN excluded.last_process_id IS NULL THEN last_fire_at
+                        ELSE excluded.last_fire_at END,
+    next_fire_at = excluded.next_fire_at, skipped = skipped + excluded.skipped"""
+
+
+def _record_schedule_run(conn: sqlite3.Connection, op: ScheduleRun) -> bool:
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO schedule_runs (name, fire_at, process_id) VALUES (?, ?, ?)",
+        (op.name, op.fire_at, op.process_id),
+    )
+    if cur.rowcount == 0:
+        return False
+    conn.execute(
+        _SCHEDULE_RUN,
+        (op.name, op.process_id, op.fire_at, op.next_fire_at, int(op.skipped)),
+    )
+    return True
+
+
+def _claim(conn: sqlite3.Connection, op: ScheduleClaim) -> bool:
+    fresh = conn.execute(_CLAIM, (op.name, op.fire_at)).rowcount == 1
+    conn.execute(_SET_NEXT, (op.name, op.next_fire_at))
+    return fresh
+
+
+def _started(conn: sqlite3.Connection, op: ScheduleStarted) -> None:
+    conn.execute(_RUN, (op.name, op.fire_at, op.process_id))
+    conn.execute(_LAST, (op.name, op.process_id, op.fire_at))
+
+
+def _plan(conn: sqlite3.Connection, op: SchedulePlan) -> None:
+    conn.executemany(_SET_NEXT, list(op.next_fire_at.items()))
+
+
+#: How each operation other than a plain checkpoint is applied, inside the batch's transaction.
+_APPLY: dict[type[Any], Callable[[sqlite3.Connection, Any], Any]] = {
+    NewProcess: _create_process,
+    ScheduleRun: _record_schedule_run,
+    ScheduleClaim: _claim,
+    ScheduleStarted: _started,
+    SchedulePlan: _plan,
+}
+
+
+_Item = tuple[Op, "asyncio.Future[Any] | None"]
+
+#: Primary result codes that fail every operation alike (the lock, the disk, the file): a
+#: batch failing so is not retried op by op, which would wait out the busy timeout per op.
+_ENVIRONMENTAL = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_CANTOPEN,
+    }
+)
+
+
+class Writer(threading.Thread):
+    """Owns the only writing connection; commits batches of operations."""
+
+    #: A batch's actors all wake in one event-loop iteration: a bound keeps that iteration
+    #: short (API latency) while still sharing each fsync among hundreds of checkpoints.
+    MAX_BATCH = 256
+
+    def __init__(
+        self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, path: str
+    ) -> None:
+        super().__init__(name="orchd-writer", daemon=True)
+        self.conn = conn
+        self.loop = loop
+        self.path = path
+        st = os.stat(path)
+        #: (device, inode) of the file opened; another one at ``path`` means it was replaced.
+        self.identity = (st.st_dev, st.st_ino)
+        self.queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self.batches = 0
+        self.committed = 0
+        self.last_batch = 0
+        self.commit_seconds = 0.0
+        self.failing: str | None = None
+
+    def run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self.queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            results = self._commit(batch)
+            self.loop.call_soon_threadsafe(_resolve, results)
+        self.conn.close()
+
+    def moved(self) -> str | None:
+        """Why the file at ``path`` is no longer the one being written, if it is not."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return f"database file {self.path} was deleted"
+        except OSError:
+            return None  # cannot tell; SQLite reports real I/O trouble itself
+        if (st.st_dev, st.st_ino) != self.identity:
+            return f"database file {self.path} was replaced"
+        return None
+
+    def _fail(
+        self, batch: list[_Item], reason: str, exc: BaseException
+    ) -> list[tuple[asyncio.Future[Any] | None, Any, bool]]:
+        if reason != self.failing:
+            log.error("checkpoint commit failed: %s", reason)  # once per new reason
+        self.failing = reason
+        return [(fut, exc, False) for _, fut in batch]
+
+    def _commit(self, batch: list[_Item]) -> list[tuple[asyncio.Future[Any] | None, Any, bool]]:
+        started = time.perf_counter()
+        moved = self.moved()
+        if moved is not None:
+            # Commits to an unlinked inode succeed and are lost at the next start: refuse.
+            return self._fail(batch, moved, StoreError(f"{moved} while open; restart orchd"))
+        try:
+            results = self._apply(batch)
+        except Exception as exc:
+            # The writer thread must outlive any failure, or every later write would hang.
+            environmental = isinstance(exc, sqlite3.Error) and (
+                (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _ENVIRONMENTAL
+            )
+            if len(batch) > 1 and not environmental:
+                # One bad operation must not sink the others: commit each on its own.
+                return [r for item in batch for r in self._commit([item])]
+            if not isinstance(exc, sqlite3.Error):
+                # A bug in one operation, not trouble with the database.
+                log.error("write operation failed: %r", exc)
+                return [(fut, exc, False) for _, fut in batch]
+            return self._fail(batch, str(exc), StoreError(f"database write failed: {exc}"))
+        if self.failing is not None:
+            log.info("checkpoint commits succeed again after: %s", self.failing)
+        self.failing = None
+        self.batches += 1
+        self.committed += len(batch)
+        self.last_batch = len(batch)
+        self.commit_seconds += time.perf_counter() - started
+        return results
+
+    def _apply(self, batch: list[_Item]) -> list[tuple[asyncio.Future[Any] | None, Any, bool]]:
+        conn = self.conn
+        results: list[tuple[asyncio.Future[Any] | None, Any, bool]] = []
+        rows = _Batch()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for op, fut in batch:
+                if isinstance(op, Checkpoint):
+                    _add_checkpoint(rows, op)
+                    results.append((fut, None, True))
+                    continue
+                rows.flush(conn)  # keep the order of operations that read what others wrote
+                if isinstance(op, NewProcess) and op.lock is None:
+                    # A plain insert is never refused; a failure fails the batch, which is
+                    # then retried one operation at a time.
+                    results.append((fut, _create_process(conn, op), True))
+                    continue
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = _APPLY[type(op)](conn, op)
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:  # refused (locked, not found), or a bug
+                    conn.execute("ROLLBACK TO op")
+                    results.append((fut, exc, False))
+                else:
+                    results.append((fut, value, True))
+                conn.execute("RELEASE op")
+            rows.flush(conn)
+            if faults.ENABLED:
+                faults.point("in_commit")
+            conn.execute("COMMIT")
+            if faults.ENABLED:
+                faults.point("after_commit")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+
+def _resolve(results: list[tuple[asyncio.Future[Any] | None, Any, bool]]) -> None:
+    for fut, value, ok in results:
+        if fut is None or fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
