@@ -192,9 +192,39 @@ def validate_form(form: type[msgspec.Struct], answer: Any) -> dict[str, Any]:
     try:
         value = msgspec.convert(answer, form, strict=False)
     except msgspec.ValidationError as exc:
-        errors = validation_errors(exc)
+        errors = every_error(form, answer, exc)
         raise FormValidationError(f"input does not fit {form.__name__}: {exc}", errors) from None
     return to_json_values(form.__name__, value)
+
+
+def every_error(
+    form: type[msgspec.Struct], answer: dict[str, Any], first: msgspec.ValidationError
+) -> list[dict[str, Any]]:
+    """Every field at fault, not only the first msgspec met: a person fixing a form wants
+    them all at once. ``first`` stays first; then each other field is checked on its own."""
+    errors = validation_errors(first)
+    seen = {tuple(e["loc"][:1]) for e in errors}
+    fields = msgspec.structs.fields(form)
+    for f in fields:
+        if (f.encode_name,) in seen:
+            continue
+        if f.encode_name not in answer:
+            if f.required:
+                errors.append(
+                    {"loc": [f.encode_name], "msg": f"Object missing required field `{f.name}`"}
+                )
+            continue
+        try:
+            msgspec.convert(answer[f.encode_name], f.type, strict=False)
+        except msgspec.ValidationError as exc:
+            for entry in validation_errors(exc):
+                errors.append({"loc": [f.encode_name, *entry["loc"]], "msg": entry["msg"]})
+    if form.__struct_config__.forbid_unknown_fields:
+        known = {f.encode_name for f in fields}
+        for key in answer:
+            if key not in known and (key,) not in seen:
+                errors.append({"loc": [key], "msg": f"Object contains unknown field `{key}`"})
+    return errors
 
 
 @functools.lru_cache(maxsize=1024)
