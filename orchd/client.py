@@ -1,7 +1,7 @@
 """A small blocking client for the control API, standard library only.
 
 The CLI imports this module on every call, so it must stay cheap: no aiohttp, no msgspec, nothing
-from the rest of orchd. Errors::
+from the rest of orchd but its standard-library-only modules (``orchd.status``). Errors::
 
     ClientError                  the request did not produce the answer we wanted
     ├── EndpointError            the options, environment or config name no usable address
@@ -22,11 +22,11 @@ from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchd.status import ACTIVE as ACTIVE  # the CLI waits on it too
+
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_CONFIG = "/etc/orchd/orchd.toml"
 DEFAULT_SOCKET = "orchd.sock"
-#: Process statuses in which ``wait`` keeps waiting.
-ACTIVE = frozenset({"created", "running"})
 POLL_INTERVAL = 0.2
 #: How long the event stream may stay silent before ``wait`` reconnects and re-checks.
 STREAM_IDLE = 5.0
