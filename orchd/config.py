@@ -23,12 +23,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from cronsim import CronSim, CronSimError
 
+from orchd.configfile import find_config
 from orchd.errors import ConfigError
 from orchd.settings import EngineSettings
 from orchd.systemd import under_systemd
 
 __all__ = [
-    "SYSTEM_CONFIG",
     "Config",
     "HttpConfig",
     "LoadedConfig",
@@ -41,8 +41,6 @@ __all__ = [
     "validate_config",
 ]
 
-#: Read when systemd starts us and neither ``--config`` nor ``$ORCHD_CONFIG`` names a file.
-SYSTEM_CONFIG = Path("/etc/orchd/orchd.toml")
 #: How errors name the config when no file was read.
 DEFAULT_SOURCE = "<default config>"
 
@@ -278,12 +276,13 @@ def load_config(
 ) -> LoadedConfig:
     """Find, read, validate and resolve the config.
 
-    The file is ``path``, else ``$ORCHD_CONFIG``, else `SYSTEM_CONFIG` when systemd started us
-    and it exists, else none (the embedded defaults). ``check_token=False`` skips the token-file
-    checks, for clients that read the config only to find the socket.
+    The file is found by `orchd.configfile.find_config`: ``path``, else ``$ORCHD_CONFIG``, else
+    ``/etc/orchd/orchd.toml`` only when systemd started us, else none (the embedded defaults).
+    ``check_token=False`` skips the token-file checks.
     """
     systemd = under_systemd(env)
-    file = _find_file(path, env, systemd)
+    found = find_config(path, env, system_default=systemd)
+    file = None if found is None else Path(found)
     source = DEFAULT_SOURCE if file is None else str(file)
     raw = {} if file is None else _read_toml(file)
     try:
@@ -295,18 +294,6 @@ def load_config(
     if systemd:
         config = _resolve_systemd_dirs(config, env)
     return LoadedConfig(config=config, path=file, token_path=token_path, systemd=systemd)
-
-
-def _find_file(
-    path: str | os.PathLike[str] | None, env: Mapping[str, str], systemd: bool
-) -> Path | None:
-    if path is not None:
-        return Path(path)
-    if env.get("ORCHD_CONFIG"):
-        return Path(env["ORCHD_CONFIG"])
-    if systemd and SYSTEM_CONFIG.is_file():
-        return SYSTEM_CONFIG
-    return None
 
 
 def _read_toml(file: Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from orchd import config as config_module
+from orchd import configfile
 from orchd.config import (
     Config,
     HttpConfig,
@@ -32,7 +33,7 @@ def write(tmp_path: Path):
 @pytest.fixture(autouse=True)
 def no_system_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Whatever the test machine has in /etc/orchd must not leak into these tests.
-    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", tmp_path / "absent" / "orchd.toml")
+    monkeypatch.setattr(configfile, "SYSTEM_CONFIG", str(tmp_path / "absent" / "orchd.toml"))
 
 
 def error_of(path: Path, **kwargs: object) -> str:
@@ -298,7 +299,7 @@ def test_relative_paths_kept_outside_systemd(write) -> None:
 
 def test_system_config_used_under_systemd(monkeypatch: pytest.MonkeyPatch, write) -> None:
     path = write("log_level = 'debug'", name="system.toml")
-    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", path)
+    monkeypatch.setattr(configfile, "SYSTEM_CONFIG", str(path))
     assert load_config(env={"INVOCATION_ID": "1"}).path == path
     assert load_config(env={}).path is None
 
