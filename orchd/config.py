@@ -29,6 +29,7 @@ from orchd.settings import EngineSettings
 from orchd.systemd import under_systemd
 
 __all__ = [
+    "EXAMPLE_WORKFLOWS",
     "Config",
     "HttpConfig",
     "LoadedConfig",
@@ -43,6 +44,10 @@ __all__ = [
 
 #: How errors name the config when no file was read.
 DEFAULT_SOURCE = "<default config>"
+
+#: What the embedded default (no config file at all) imports, so ``make run`` has a demo;
+#: a config file loads only the workflows it names.
+EXAMPLE_WORKFLOWS = ("orchd.examples",)
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
@@ -111,7 +116,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     database: str = "./orchd.db"
     socket: str = "./orchd.sock"
-    workflows: list[str] = msgspec.field(default_factory=lambda: ["orchd.examples"])
+    #: A file that does not set it loads none (contract §11); see `EXAMPLE_WORKFLOWS`.
+    workflows: list[str] = []
     listen: str | None = None
     token_file: str | None = None
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
@@ -284,7 +290,7 @@ def load_config(
     found = find_config(path, env, system_default=systemd)
     file = None if found is None else Path(found)
     source = DEFAULT_SOURCE if file is None else str(file)
-    raw = {} if file is None else _read_toml(file)
+    raw = {"workflows": list(EXAMPLE_WORKFLOWS)} if file is None else _read_toml(file)
     try:
         config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:

@@ -226,6 +226,10 @@ class Daemon:
             self.config.database,
             len(self.engine.workflows),
         )
+        if not self.engine.workflows:
+            log.warning(
+                'no workflows loaded: set workflows = ["module", ...] in %s', self.loaded.source
+            )
         await self.http.open()
         stack.push_async_callback(_quietly, "closing the HTTP client", self.http.close)
         # The runner is set up (nothing listens yet) before the engine opens so that it is

@@ -47,7 +47,7 @@ def error_of(path: Path, **kwargs: object) -> str:
 def test_defaults_without_a_file() -> None:
     loaded = load_config(env={})
     assert loaded.path is None
-    assert loaded.config == Config()
+    assert loaded.config == Config(workflows=["orchd.examples"])
     c = loaded.config
     assert (c.database, c.socket, c.workflows) == ("./orchd.db", "./orchd.sock", ["orchd.examples"])
     assert c.listen is None and c.token_file is None and c.schedules == []
@@ -64,6 +64,10 @@ def test_empty_file_gives_defaults(write) -> None:
     loaded = load_config(write(""), env={})
     assert loaded.config == Config()
     assert loaded.source == str(loaded.path)
+
+
+def test_a_file_without_workflows_loads_no_examples(write) -> None:
+    assert load_config(write("log_level = 'debug'"), env={}).config.workflows == []
 
 
 @pytest.mark.parametrize(
@@ -329,7 +333,8 @@ def test_missing_given_file(tmp_path: Path, how: str) -> None:
 def test_bundled_example_loads() -> None:
     loaded = load_config(REPO / "config" / "orchd.toml", env={})
     assert loaded.config.database == "/var/lib/orchd/orchd.db"
-    assert [entry.key for entry in loaded.config.schedules] == ["validate_subscriptions"]
+    # Production config (contract §11): no example workflows, no schedules that need them.
+    assert loaded.config.workflows == [] and loaded.config.schedules == []
 
 
 def test_bundled_example_mentions_every_key() -> None:
