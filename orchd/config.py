@@ -25,7 +25,7 @@ from cronsim import CronSim, CronSimError
 
 from orchd.configfile import find_config
 from orchd.errors import ConfigError
-from orchd.settings import EngineSettings
+from orchd.settings import EngineSettings, HttpSettings
 from orchd.systemd import under_systemd
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "ScheduleConfig",
     "check_database_path",
     "engine_settings",
+    "http_settings",
     "load_config",
     "parse_duration",
     "parse_listen",
@@ -460,6 +461,18 @@ def engine_settings(config: Config) -> EngineSettings:
         retry_delay=config.retry_delay_seconds,
         retry_max_delay=config.retry_max_delay_seconds,
         retry_max_attempts=config.retry_max_attempts,
+    )
+
+
+def http_settings(config: Config) -> HttpSettings:
+    """The shared HTTP client's settings from a validated config (durations parsed here, once)."""
+    http = config.http
+    return HttpSettings(
+        limit=http.limit,
+        limit_per_host=http.limit_per_host,
+        timeout=http.timeout_seconds,
+        connect_timeout=http.connect_timeout_seconds,
+        retries=http.retries,
     )
 
 

@@ -34,7 +34,7 @@ from aiohttp import web
 
 from orchd import logs, systemd
 from orchd.api.routes import create_app
-from orchd.config import Config, LoadedConfig, engine_settings, load_config
+from orchd.config import Config, LoadedConfig, engine_settings, http_settings, load_config
 from orchd.engine import Engine
 from orchd.engine.scheduler import Scheduler
 from orchd.errors import ConfigError
@@ -123,13 +123,7 @@ def prepare(loaded: LoadedConfig) -> tuple[Engine, Scheduler, HttpClient]:
     """
     config, source = loaded.config, loaded.source
     try:
-        http = HttpClient(
-            limit=config.http.limit,
-            limit_per_host=config.http.limit_per_host,
-            timeout=config.http.timeout_seconds,
-            connect_timeout=config.http.connect_timeout_seconds,
-            retries=config.http.retries,
-        )
+        http = HttpClient(http_settings(config))
     except ValueError as exc:
         raise ConfigError(f"{source}: http: {exc}") from None
     for i, module in enumerate(config.workflows):
