@@ -119,6 +119,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     socket: str = "./orchd.sock"
     #: A file that does not set it loads none (contract §11); see `EXAMPLE_WORKFLOWS`.
     workflows: list[str] = []
+    #: ``"module:callable"`` entries, each returning an async context manager that yields
+    #: ``{Type: instance}`` for steps to receive by annotation (see the README).
+    resources: list[str] = []
     listen: str | None = None
     token_file: str | None = None
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
@@ -364,6 +367,11 @@ def validate_config(config: Config, *, source: str = DEFAULT_SOURCE) -> None:
     for i, module in enumerate(config.workflows):
         if not all(part.isidentifier() for part in module.split(".")):
             check.fail(f"workflows[{i}]", f"invalid module name {module!r}")
+    for i, spec in enumerate(config.resources):
+        module, sep, name = spec.partition(":")
+        dotted = [*module.split("."), *name.split(".")]
+        if not sep or not all(part.isidentifier() for part in dotted):
+            check.fail(f"resources[{i}]", f"expected 'module:callable', got {spec!r}")
     if config.listen is not None:
         check.parsed("listen", parse_listen, config.listen)
     check.parsed("socket_mode", _parse_mode, config.socket_mode)

@@ -26,7 +26,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import msgspec
@@ -66,12 +66,12 @@ def serve(config_path: str | None) -> int:
     try:
         loaded = load_config(config_path)
         loaded.check_database()
-        engine, scheduler, http = prepare(loaded)
+        engine, scheduler, http, resources = prepare(loaded)
     except ConfigError as exc:
         return _config_failure(exc)
     logs.setup(loaded.config.log_level)
     try:
-        code = _run(Daemon(loaded, engine, scheduler, http).run())
+        code = _run(Daemon(loaded, engine, scheduler, http, resources).run())
     except ConfigError as exc:
         code = _config_failure(exc)
     except Exception:
@@ -116,7 +116,9 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
         return runner.run(main)
 
 
-def prepare(loaded: LoadedConfig) -> tuple[Engine, Scheduler, HttpClient]:
+def prepare(
+    loaded: LoadedConfig,
+) -> tuple[Engine, Scheduler, HttpClient, list[ResourceFactory]]:
     """Import the workflows, make the (unopened) Engine, Scheduler and HTTP client.
 
     Raises ConfigError for anything the config got wrong, before anything is opened.
@@ -135,6 +137,7 @@ def prepare(loaded: LoadedConfig) -> tuple[Engine, Scheduler, HttpClient]:
             raise ConfigError(
                 f"{source}: workflows[{i}]: cannot import module {module!r}: {detail}"
             ) from None
+    factories = [resource_factory(source, i, entry) for i, entry in enumerate(config.resources)]
     try:
         engine = Engine(
             config.database,
@@ -149,7 +152,45 @@ def prepare(loaded: LoadedConfig) -> tuple[Engine, Scheduler, HttpClient]:
         scheduler = Scheduler(engine, list(config.schedules))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc.detail}") from None
-    return engine, scheduler, http
+    return engine, scheduler, http, factories
+
+
+ResourceFactory = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
+
+
+def resource_factory(source: str, index: int, entry: str) -> ResourceFactory:
+    """Import a ``resources`` entry (``module:callable``); ConfigError unless it is callable."""
+    module_name, _, attr = entry.partition(":")
+    where = f"{source}: resources[{index}]"
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except Exception as exc:
+        # Like workflow modules, resource code can fail on import in any way.
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise ConfigError(f"{where}: cannot import {entry!r}: {detail}") from None
+    if not callable(target):
+        raise ConfigError(f"{where}: {entry!r} is not callable")
+    factory: ResourceFactory = target
+    return factory
+
+
+async def enter_resources(
+    stack: contextlib.AsyncExitStack, factories: list[ResourceFactory], source: str
+) -> dict[Any, Any]:
+    """Enter each factory's context manager into ``stack``; merge the mappings they yield."""
+    merged: dict[Any, Any] = {}
+    for i, factory in enumerate(factories):
+        where = f"{source}: resources[{i}]"
+        manager = factory()
+        if not isinstance(manager, contextlib.AbstractAsyncContextManager):
+            raise ConfigError(f"{where}: does not return an async context manager")
+        provided = await stack.enter_async_context(manager)
+        if not isinstance(provided, Mapping) or not all(isinstance(k, type) for k in provided):
+            raise ConfigError(f"{where}: does not yield a mapping of types to instances")
+        merged.update(provided)
+    return merged
 
 
 class Daemon:
@@ -164,8 +205,14 @@ class Daemon:
     """
 
     def __init__(
-        self, loaded: LoadedConfig, engine: Engine, scheduler: Scheduler, http: HttpClient
+        self,
+        loaded: LoadedConfig,
+        engine: Engine,
+        scheduler: Scheduler,
+        http: HttpClient,
+        resources: list[ResourceFactory] | None = None,
     ) -> None:
+        self.resources = list(resources or [])
         self.loaded = loaded
         self.config = loaded.config
         self.engine = engine
@@ -213,17 +260,6 @@ class Daemon:
 
     async def start(self, stack: contextlib.AsyncExitStack) -> None:
         """Open the services in order, each entered into ``stack``; READY=1 at the end."""
-        log.info(
-            "starting pid=%d config=%s database=%s workflows=%d",
-            os.getpid(),
-            self.loaded.source,
-            self.config.database,
-            len(self.engine.workflows),
-        )
-        if not self.engine.workflows:
-            log.warning(
-                'no workflows loaded: set workflows = ["module", ...] in %s', self.loaded.source
-            )
         await self.http.open()
         stack.push_async_callback(_quietly, "closing the HTTP client", self.http.close)
         # The runner is set up (nothing listens yet) before the engine opens so that it is
@@ -236,6 +272,21 @@ class Daemon:
         )
         await runner.setup()
         stack.push_async_callback(_quietly, "closing the API", runner.cleanup)
+        # Entered before the engine opens and exited after it closes: steps may use them
+        # until the last one has stopped.
+        provided = await enter_resources(stack, self.resources, self.loaded.source)
+        self.engine.resources.update(provided)
+        log.info(
+            "starting pid=%d config=%s database=%s workflows=%d",
+            os.getpid(),
+            self.loaded.source,
+            self.config.database,
+            len(self.engine.workflows),
+        )
+        if not self.engine.workflows:
+            log.warning(
+                'no workflows loaded: set workflows = ["module", ...] in %s', self.loaded.source
+            )
         await self.engine.open()
         stack.push_async_callback(_quietly, "stopping the engine", self.engine.close)
         await stack.enter_async_context(self.scheduler)
