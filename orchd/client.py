@@ -1,7 +1,8 @@
 """A small blocking client for the control API, standard library only.
 
 The CLI imports this module on every call, so it must stay cheap: no aiohttp, no msgspec, nothing
-from the rest of orchd. Errors::
+from the rest of orchd but its standard-library-only modules (``orchd.status``,
+``orchd.configfile``). Errors::
 
     ClientError                  the request did not produce the answer we wanted
     ├── EndpointError            the options, environment or config name no usable address
@@ -22,11 +23,11 @@ from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchd.configfile import find_config
+from orchd.status import ACTIVE as ACTIVE  # the CLI waits on it too
+
 DEFAULT_TIMEOUT = 30.0
-DEFAULT_CONFIG = "/etc/orchd/orchd.toml"
 DEFAULT_SOCKET = "orchd.sock"
-#: Process statuses in which ``wait`` keeps waiting.
-ACTIVE = frozenset({"created", "running"})
 POLL_INTERVAL = 0.2
 #: How long the event stream may stay silent before ``wait`` reconnects and re-checks.
 STREAM_IDLE = 5.0
@@ -128,11 +129,11 @@ class Endpoint:
 def read_config(path: str | None, environ: Mapping[str, str]) -> dict[str, Any]:
     """The config's top-level keys, or {} when no config applies; cheap, no validation.
 
-    The file is ``path``, else ``$ORCHD_CONFIG``, else ``/etc/orchd/orchd.toml`` when it exists.
+    The file is found by `orchd.configfile.find_config` as a client finds it: ``path``, else
+    ``$ORCHD_CONFIG``, else ``/etc/orchd/orchd.toml`` whenever it exists.
     """
-    explicit = path or environ.get("ORCHD_CONFIG")
-    candidate = explicit or DEFAULT_CONFIG
-    if not explicit and not os.path.exists(candidate):
+    candidate = find_config(path or None, environ, system_default=True)
+    if candidate is None:
         return {}
     import tomllib
 

@@ -23,28 +23,32 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from cronsim import CronSim, CronSimError
 
+from orchd.configfile import find_config
 from orchd.errors import ConfigError
-from orchd.settings import EngineSettings
+from orchd.settings import EngineSettings, HttpSettings
 from orchd.systemd import under_systemd
 
 __all__ = [
-    "SYSTEM_CONFIG",
+    "EXAMPLE_WORKFLOWS",
     "Config",
     "HttpConfig",
     "LoadedConfig",
     "ScheduleConfig",
     "check_database_path",
     "engine_settings",
+    "http_settings",
     "load_config",
     "parse_duration",
     "parse_listen",
     "validate_config",
 ]
 
-#: Read when systemd starts us and neither ``--config`` nor ``$ORCHD_CONFIG`` names a file.
-SYSTEM_CONFIG = Path("/etc/orchd/orchd.toml")
 #: How errors name the config when no file was read.
 DEFAULT_SOURCE = "<default config>"
+
+#: What the embedded default (no config file at all) imports, so ``make run`` has a demo;
+#: a config file loads only the workflows it names.
+EXAMPLE_WORKFLOWS = ("orchd.examples",)
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
@@ -113,7 +117,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     database: str = "./orchd.db"
     socket: str = "./orchd.sock"
-    workflows: list[str] = msgspec.field(default_factory=lambda: ["orchd.examples"])
+    #: A file that does not set it loads none (contract §11); see `EXAMPLE_WORKFLOWS`.
+    workflows: list[str] = []
+    #: ``"module:callable"`` entries, each returning an async context manager that yields
+    #: ``{Type: instance}`` for steps to receive by annotation (see the README).
+    resources: list[str] = []
     listen: str | None = None
     token_file: str | None = None
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
@@ -278,14 +286,15 @@ def load_config(
 ) -> LoadedConfig:
     """Find, read, validate and resolve the config.
 
-    The file is ``path``, else ``$ORCHD_CONFIG``, else `SYSTEM_CONFIG` when systemd started us
-    and it exists, else none (the embedded defaults). ``check_token=False`` skips the token-file
-    checks, for clients that read the config only to find the socket.
+    The file is found by `orchd.configfile.find_config`: ``path``, else ``$ORCHD_CONFIG``, else
+    ``/etc/orchd/orchd.toml`` only when systemd started us, else none (the embedded defaults).
+    ``check_token=False`` skips the token-file checks.
     """
     systemd = under_systemd(env)
-    file = _find_file(path, env, systemd)
+    found = find_config(path, env, system_default=systemd)
+    file = None if found is None else Path(found)
     source = DEFAULT_SOURCE if file is None else str(file)
-    raw = {} if file is None else _read_toml(file)
+    raw = {"workflows": list(EXAMPLE_WORKFLOWS)} if file is None else _read_toml(file)
     try:
         config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
@@ -295,18 +304,6 @@ def load_config(
     if systemd:
         config = _resolve_systemd_dirs(config, env)
     return LoadedConfig(config=config, path=file, token_path=token_path, systemd=systemd)
-
-
-def _find_file(
-    path: str | os.PathLike[str] | None, env: Mapping[str, str], systemd: bool
-) -> Path | None:
-    if path is not None:
-        return Path(path)
-    if env.get("ORCHD_CONFIG"):
-        return Path(env["ORCHD_CONFIG"])
-    if systemd and SYSTEM_CONFIG.is_file():
-        return SYSTEM_CONFIG
-    return None
 
 
 def _read_toml(file: Path) -> dict[str, Any]:
@@ -370,6 +367,11 @@ def validate_config(config: Config, *, source: str = DEFAULT_SOURCE) -> None:
     for i, module in enumerate(config.workflows):
         if not all(part.isidentifier() for part in module.split(".")):
             check.fail(f"workflows[{i}]", f"invalid module name {module!r}")
+    for i, spec in enumerate(config.resources):
+        module, sep, name = spec.partition(":")
+        dotted = [*module.split("."), *name.split(".")]
+        if not sep or not all(part.isidentifier() for part in dotted):
+            check.fail(f"resources[{i}]", f"expected 'module:callable', got {spec!r}")
     if config.listen is not None:
         check.parsed("listen", parse_listen, config.listen)
     check.parsed("socket_mode", _parse_mode, config.socket_mode)
@@ -467,6 +469,18 @@ def engine_settings(config: Config) -> EngineSettings:
         retry_delay=config.retry_delay_seconds,
         retry_max_delay=config.retry_max_delay_seconds,
         retry_max_attempts=config.retry_max_attempts,
+    )
+
+
+def http_settings(config: Config) -> HttpSettings:
+    """The shared HTTP client's settings from a validated config (durations parsed here, once)."""
+    http = config.http
+    return HttpSettings(
+        limit=http.limit,
+        limit_per_host=http.limit_per_host,
+        timeout=http.timeout_seconds,
+        connect_timeout=http.connect_timeout_seconds,
+        retries=http.retries,
     )
 
 

@@ -1,9 +1,11 @@
 """``orchd serve``: the Engine behind the control API and the scheduler, run as a service.
 
 Start-up checks everything it can before touching the database (config, workflow modules,
-schedules, the socket, the database lock), so a mistake exits with status 2 and one line.
+schedules, the database lock, then the socket), so a mistake exits with status 2 and one line.
 Then, in order: open the engine, start the scheduler, start serving on every listener, and
-only then tell systemd READY=1. Signals go to one task of our own: SIGTERM/SIGINT stop
+only then tell systemd READY=1. A stop undoes it in reverse: stop accepting connections, stop
+the scheduler, close the engine (its grace period), the API, the HTTP client, the sockets, the
+socket file and last the lock. Signals go to one task of our own: SIGTERM/SIGINT stop
 gracefully (a second one skips the grace period), SIGHUP reloads the config.
 """
 
@@ -24,7 +26,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import msgspec
@@ -32,7 +34,7 @@ from aiohttp import web
 
 from orchd import logs, systemd
 from orchd.api.routes import create_app
-from orchd.config import Config, LoadedConfig, engine_settings, load_config
+from orchd.config import Config, LoadedConfig, engine_settings, http_settings, load_config
 from orchd.engine import Engine
 from orchd.engine.scheduler import Scheduler
 from orchd.errors import ConfigError
@@ -64,12 +66,12 @@ def serve(config_path: str | None) -> int:
     try:
         loaded = load_config(config_path)
         loaded.check_database()
-        engine, scheduler, http = prepare(loaded)
+        engine, scheduler, http, resources = prepare(loaded)
     except ConfigError as exc:
         return _config_failure(exc)
     logs.setup(loaded.config.log_level)
     try:
-        code = _run(Daemon(loaded, engine, scheduler, http).run())
+        code = _run(Daemon(loaded, engine, scheduler, http, resources).run())
     except ConfigError as exc:
         code = _config_failure(exc)
     except Exception:
@@ -114,20 +116,16 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
         return runner.run(main)
 
 
-def prepare(loaded: LoadedConfig) -> tuple[Engine, Scheduler, HttpClient]:
+def prepare(
+    loaded: LoadedConfig,
+) -> tuple[Engine, Scheduler, HttpClient, list[ResourceFactory]]:
     """Import the workflows, make the (unopened) Engine, Scheduler and HTTP client.
 
     Raises ConfigError for anything the config got wrong, before anything is opened.
     """
     config, source = loaded.config, loaded.source
     try:
-        http = HttpClient(
-            limit=config.http.limit,
-            limit_per_host=config.http.limit_per_host,
-            timeout=config.http.timeout_seconds,
-            connect_timeout=config.http.connect_timeout_seconds,
-            retries=config.http.retries,
-        )
+        http = HttpClient(http_settings(config))
     except ValueError as exc:
         raise ConfigError(f"{source}: http: {exc}") from None
     for i, module in enumerate(config.workflows):
@@ -139,6 +137,7 @@ def prepare(loaded: LoadedConfig) -> tuple[Engine, Scheduler, HttpClient]:
             raise ConfigError(
                 f"{source}: workflows[{i}]: cannot import module {module!r}: {detail}"
             ) from None
+    factories = [resource_factory(source, i, entry) for i, entry in enumerate(config.resources)]
     try:
         engine = Engine(
             config.database,
@@ -153,44 +152,94 @@ def prepare(loaded: LoadedConfig) -> tuple[Engine, Scheduler, HttpClient]:
         scheduler = Scheduler(engine, list(config.schedules))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc.detail}") from None
-    return engine, scheduler, http
+    return engine, scheduler, http, factories
+
+
+ResourceFactory = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
+
+
+def resource_factory(source: str, index: int, entry: str) -> ResourceFactory:
+    """Import a ``resources`` entry (``module:callable``); ConfigError unless it is callable."""
+    module_name, _, attr = entry.partition(":")
+    where = f"{source}: resources[{index}]"
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except Exception as exc:
+        # Like workflow modules, resource code can fail on import in any way.
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise ConfigError(f"{where}: cannot import {entry!r}: {detail}") from None
+    if not callable(target):
+        raise ConfigError(f"{where}: {entry!r} is not callable")
+    factory: ResourceFactory = target
+    return factory
+
+
+async def enter_resources(
+    stack: contextlib.AsyncExitStack, factories: list[ResourceFactory], source: str
+) -> dict[Any, Any]:
+    """Enter each factory's context manager into ``stack``; merge the mappings they yield."""
+    merged: dict[Any, Any] = {}
+    for i, factory in enumerate(factories):
+        where = f"{source}: resources[{i}]"
+        manager = factory()
+        if not isinstance(manager, contextlib.AbstractAsyncContextManager):
+            raise ConfigError(f"{where}: does not return an async context manager")
+        provided = await stack.enter_async_context(manager)
+        if not isinstance(provided, Mapping) or not all(isinstance(k, type) for k in provided):
+            raise ConfigError(f"{where}: does not yield a mapping of types to instances")
+        merged.update(provided)
+    return merged
 
 
 class Daemon:
-    """One run of the service: listeners, engine, scheduler and the signal task."""
+    """One run of the service: listeners, engine, scheduler and the daemon's own tasks.
+
+    What a run holds is entered into exit stacks as it is acquired, so a failed start undoes
+    exactly what was done and a stop undoes everything in reverse. Two stacks: ``claim``
+    holds what a second daemon would collide with (the database lock, the listeners, the
+    socket file) and is released last; ``services`` holds the HTTP client, the API runner,
+    the engine, the scheduler and the sites, and is closed while the signal task still runs,
+    so a second SIGTERM can cut the engine's grace period short.
+    """
 
     def __init__(
-        self, loaded: LoadedConfig, engine: Engine, scheduler: Scheduler, http: HttpClient
+        self,
+        loaded: LoadedConfig,
+        engine: Engine,
+        scheduler: Scheduler,
+        http: HttpClient,
+        resources: list[ResourceFactory] | None = None,
     ) -> None:
+        self.resources = list(resources or [])
         self.loaded = loaded
         self.config = loaded.config
         self.engine = engine
         self.scheduler = scheduler
-        self.scheduler_started = False
         self.http = http
-        self.http_open = False
         self.token: str | None = None
-        self.runners: list[web.AppRunner] = []
-        self.sites: list[web.BaseSite] = []
         self.sockets: list[tuple[socket.socket, bool]] = []  # (socket, needs the token)
-        self.socket_file: tuple[str, int] | None = None  # (path, inode) of the socket we made
-        self.lock_fd: int | None = None
         self.signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
         self.stop_requested = asyncio.Event()
         self.stopping = False
-        self.engine_open = False
-        self.tasks: list[asyncio.Task[None]] = []
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self.signals.put_nowait, signum)
         try:
-            await self.start()
-            self.tasks.append(asyncio.create_task(self.handle_signals(), name="signals"))
-            await self.stop_requested.wait()
+            with contextlib.ExitStack() as claim:
+                self.claim(claim)
+                async with contextlib.AsyncExitStack() as services:
+                    await self.start(services)
+                    async with asyncio.TaskGroup() as tasks:
+                        daemon_tasks = self.start_tasks(tasks)
+                        await self.stop_requested.wait()
+                        await services.aclose()
+                        for task in daemon_tasks:
+                            task.cancel()
         finally:
-            await self.shutdown()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
         log.info("stopped")
@@ -198,39 +247,75 @@ class Daemon:
 
     # -- start ----------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        config = self.config
-        # Bind (without listening) before the database is opened: a second daemon must
-        # refuse here rather than recover the first one's processes.
-        self.bind_listeners()
-        self.lock_database()
+    def claim(self, stack: contextlib.ExitStack) -> None:
+        """Take the database lock, then the listeners, before the database is opened.
+
+        The lock comes first: a second daemon on the same database must refuse before it
+        touches the socket path, or it could unlink the first one's socket.
+        """
+        lock = lock_database(self.config.database, self.loaded.source)
+        if lock is not None:
+            stack.callback(os.close, lock)
+        self.bind_listeners(stack)
+
+    async def start(self, stack: contextlib.AsyncExitStack) -> None:
+        """Open the services in order, each entered into ``stack``; READY=1 at the end."""
+        await self.http.open()
+        stack.push_async_callback(_quietly, "closing the HTTP client", self.http.close)
+        # The runner is set up (nothing listens yet) before the engine opens so that it is
+        # cleaned up after the engine closes: open requests get answers until then.
+        runner = web.AppRunner(
+            self.make_app(),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT,
+        )
+        await runner.setup()
+        stack.push_async_callback(_quietly, "closing the API", runner.cleanup)
+        # Entered before the engine opens and exited after it closes: steps may use them
+        # until the last one has stopped.
+        provided = await enter_resources(stack, self.resources, self.loaded.source)
+        self.engine.resources.update(provided)
         log.info(
             "starting pid=%d config=%s database=%s workflows=%d",
             os.getpid(),
             self.loaded.source,
-            config.database,
+            self.config.database,
             len(self.engine.workflows),
         )
-        await self.http.open()
-        self.http_open = True
+        if not self.engine.workflows:
+            log.warning(
+                'no workflows loaded: set workflows = ["module", ...] in %s', self.loaded.source
+            )
         await self.engine.open()
-        self.engine_open = True
-        await self.scheduler.start()
-        self.scheduler_started = True
-        await self.start_serving()
+        stack.push_async_callback(_quietly, "stopping the engine", self.engine.close)
+        await stack.enter_async_context(self.scheduler)
+        # TCP first, the Unix socket last: clients (and tests) poll the Unix socket's health.
+        for sock, _ in sorted(self.sockets, key=lambda item: not item[1]):
+            site = web.SockSite(runner, sock)
+            await site.start()
+            # Stopping a site stops accepting; requests on open connections still get
+            # answers (a new process is refused with 503 once the engine closes).
+            stack.push_async_callback(_quietly, "closing a listener", site.stop)
         names = ", ".join(_describe(sock) for sock, _ in self.sockets)
         log.info("ready listening=%s", names)
         systemd.notify_ready(f"ready; listening on {names}")
-        interval = systemd.watchdog_interval()
-        if interval is not None and config.watchdog:
-            self.tasks.append(asyncio.create_task(self.watchdog(interval), name="watchdog"))
-        if os.environ.get("NOTIFY_SOCKET"):
-            self.tasks.append(asyncio.create_task(self.report_status(), name="status"))
 
-    def bind_listeners(self) -> None:
+    def start_tasks(self, tasks: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+        """The daemon's own tasks, started once everything serves."""
+        started = [tasks.create_task(self.handle_signals(), name="signals")]
+        interval = systemd.watchdog_interval()
+        if interval is not None and self.config.watchdog:
+            started.append(tasks.create_task(self.watchdog(interval), name="watchdog"))
+        if os.environ.get("NOTIFY_SOCKET"):
+            started.append(tasks.create_task(self.report_status(), name="status"))
+        return started
+
+    def bind_listeners(self, stack: contextlib.ExitStack) -> None:
         source = self.loaded.source
         passed = systemd.listen_fds()
         for sock in passed:
+            stack.callback(sock.close)
             tcp = sock.family != socket.AF_UNIX
             if tcp and self.read_token() is None:
                 raise ConfigError(
@@ -241,22 +326,25 @@ class Daemon:
         if passed:
             log.info("socket activation sockets=%d", len(passed))
         if not any(s.family == socket.AF_UNIX for s, _ in self.sockets):
-            self.sockets.append((self.bind_unix(), False))
+            self.sockets.append((self.bind_unix(stack), False))
         address = self.config.listen_address
         if address is not None and not any(tcp for _, tcp in self.sockets):
             self.read_token()  # load_config made sure there is a token file
-            self.sockets.append((self.bind_tcp(address), True))
+            sock = self.bind_tcp(address)
+            stack.callback(sock.close)
+            self.sockets.append((sock, True))
 
     def read_token(self) -> str | None:
         if self.token is None and self.loaded.token_path is not None:
             self.token = self.loaded.read_token()
         return self.token
 
-    def bind_unix(self) -> socket.socket:
+    def bind_unix(self, stack: contextlib.ExitStack) -> socket.socket:
         path, source = self.config.socket, self.loaded.source
         remove_stale_socket(path, source)
         mode = self.config.socket_mode_bits
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Entered before the socket file exists, so the file is removed after the socket closes.
         # bind() creates the file with 0777 & ~umask: narrow the umask so it never exists
         # with more permissions than configured, not even for a moment.
         old = os.umask(0o777 & ~mode)
@@ -267,7 +355,8 @@ class Daemon:
             raise ConfigError(f"{source}: socket: cannot bind {path}: {exc.strerror}") from None
         finally:
             os.umask(old)
-        self.socket_file = (path, os.stat(path).st_ino)
+        stack.callback(remove_own_socket, path, os.stat(path).st_ino)
+        stack.callback(sock.close)
         try:
             os.chmod(path, mode)
             if self.config.socket_group is not None:
@@ -275,7 +364,6 @@ class Daemon:
                 if os.stat(path).st_gid != gid:
                     os.chown(path, -1, gid)
         except OSError as exc:
-            sock.close()
             raise ConfigError(f"{source}: socket_group: {path}: {exc.strerror}") from None
         sock.setblocking(False)
         return sock
@@ -298,42 +386,15 @@ class Daemon:
         sock.setblocking(False)
         return sock
 
-    def lock_database(self) -> None:
-        database = self.config.database
-        if database == ":memory:" or database.startswith("file:"):
-            return
-        path = f"{database}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise ConfigError(
-                    f"{self.loaded.source}: database: {database} is in use by another orchd"
-                ) from None
-            raise
-        self.lock_fd = fd
-
-    async def start_serving(self) -> None:
+    def make_app(self) -> web.Application:
         # One app for every listener: it asks for the token on TCP connections only.
-        app = create_app(
+        return create_app(
             self.engine,
             scheduler=self.scheduler,
             max_body=self.config.max_body,
             token=self.token,
             rate_limit=self.config.rate_limit,
         )
-        runner = web.AppRunner(
-            app, handle_signals=False, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT
-        )
-        await runner.setup()
-        self.runners.append(runner)
-        # TCP first, the Unix socket last: clients (and tests) poll the Unix socket's health.
-        for sock, _ in sorted(self.sockets, key=lambda item: not item[1]):
-            site = web.SockSite(runner, sock)
-            await site.start()
-            self.sites.append(site)
 
     # -- signals, reload, watchdog ---------------------------------------------------------
 
@@ -424,41 +485,42 @@ class Daemon:
                 f"{counts.get('failed', 0)} failed; {rate:.0f} steps/s"
             )
 
-    # -- stop -----------------------------------------------------------------------------
 
-    async def shutdown(self) -> None:
-        """Undo whatever start() got to, in reverse; safe to call after a failed start."""
-        # No new connections from here on; requests on open ones still get answers (a new
-        # process is refused with 503 once the engine closes).
-        for site in self.sites:
-            with contextlib.suppress(Exception):
-                await site.stop()
-        if self.scheduler_started:
-            await _quietly("stopping the scheduler", self.scheduler.stop())
-        if self.engine_open:
-            await _quietly("stopping the engine", self.engine.close())
-        for runner in self.runners:
-            await _quietly("closing the API", runner.cleanup())
-        if self.http_open:
-            await _quietly("closing the HTTP client", self.http.close())
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for sock, _ in self.sockets:
-            sock.close()
-        if self.socket_file is not None:
-            remove_own_socket(*self.socket_file)
-        if self.lock_fd is not None:
-            os.close(self.lock_fd)
-
-
-async def _quietly(what: str, awaitable: Coroutine[Any, Any, Any]) -> None:
+async def _quietly(what: str, close: Callable[[], Awaitable[Any]]) -> None:
+    """Run one step of the stop, log its failure, and let the rest of the stop go on."""
     try:
-        await awaitable
+        await close()
     except Exception:
         log.exception("error while %s", what)
+
+
+def lock_database(database: str, source: str) -> int | None:
+    """Lock the database file against a second daemon; the open descriptor holds the lock.
+
+    The lock is ``flock`` on the database file itself, opened (created if need be) with its own
+    open file description. ``open`` follows symlinks and a hard link is the same inode, so every
+    name of the file meets the same lock. ``flock`` locks are separate from the POSIX record locks
+    SQLite takes on the same file, and they are tied to this descriptor alone: SQLite closing
+    its own descriptors never drops it, and closing it never drops SQLite's. (A ``fcntl`` lock
+    would be dropped by any close of any descriptor on the file in this process.) An empty new
+    file is an empty database to SQLite; created 0644 before the umask, as SQLite would.
+    """
+    if database == ":memory:" or database.startswith("file:"):
+        return None
+    try:
+        fd = os.open(database, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"{source}: database: cannot open {database}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            raise ConfigError(
+                f"{source}: database: {database} is in use by another orchd"
+            ) from None
+        raise
+    return fd
 
 
 def restart_keys(old: Config, new: Config) -> list[str]:

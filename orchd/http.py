@@ -38,6 +38,8 @@ from typing import Any, TypeVar
 import aiohttp
 import msgspec
 
+from orchd.settings import HttpSettings
+
 log = logging.getLogger("orchd.http")
 T = TypeVar("T")
 
@@ -135,24 +137,38 @@ class HttpClient:
 
     def __init__(
         self,
+        settings: HttpSettings | None = None,
         *,
-        limit: int = 1000,
-        limit_per_host: int = 100,
-        timeout: float = 30.0,
-        connect_timeout: float = 10.0,
-        retries: int = 3,
+        limit: int | None = None,
+        limit_per_host: int | None = None,
+        timeout: float | None = None,
+        connect_timeout: float | None = None,
+        retries: int | None = None,
         backoff: float = 0.2,
         max_retry_after: float = 30.0,
     ) -> None:
-        if limit < 1 or limit_per_host < 1:
+        # The daemon passes one settings object built from the config; workflow authors and
+        # tests may name single limits instead, which then win over ``settings``.
+        given = {
+            "limit": limit,
+            "limit_per_host": limit_per_host,
+            "timeout": timeout,
+            "connect_timeout": connect_timeout,
+            "retries": retries,
+        }
+        chosen = msgspec.structs.replace(
+            settings or HttpSettings(), **{k: v for k, v in given.items() if v is not None}
+        )
+        if chosen.limit < 1 or chosen.limit_per_host < 1:
             raise ValueError("limit and limit_per_host must be at least 1")
-        if retries < 0 or backoff < 0:
+        if chosen.retries < 0 or backoff < 0:
             raise ValueError("retries and backoff must not be negative")
-        self.limit = limit
-        self.limit_per_host = limit_per_host
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.retries = retries
+        self.settings = chosen
+        self.limit = chosen.limit
+        self.limit_per_host = chosen.limit_per_host
+        self.timeout = chosen.timeout
+        self.connect_timeout = chosen.connect_timeout
+        self.retries = chosen.retries
         self.backoff = backoff
         self.max_retry_after = max_retry_after
         self.stats = HttpStats()

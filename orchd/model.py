@@ -13,6 +13,13 @@ import msgspec
 
 from orchd.errors import InvalidTransition
 
+# The statuses are written once, in orchd.status (standard library only, for the CLI); they are
+# re-exported here with the records that carry them.
+from orchd.status import ACTIVE as ACTIVE
+from orchd.status import FINAL as FINAL
+from orchd.status import ProcessStatus as ProcessStatus
+from orchd.status import StepStatus as StepStatus
+
 
 class Target(enum.StrEnum):
     """What a workflow does to a subscription."""
@@ -21,27 +28,6 @@ class Target(enum.StrEnum):
     MODIFY = "MODIFY"  # changes an existing one, holding its lock
     TERMINATE = "TERMINATE"  # ends an existing one, holding its lock
     SYSTEM = "SYSTEM"  # a task: no subscription, may be scheduled
-
-
-class ProcessStatus(enum.StrEnum):
-    CREATED = "created"  # committed, no step has finished yet
-    RUNNING = "running"  # an actor is running its steps
-    SUSPENDED = "suspended"  # waits for a user's form answer (resume)
-    WAITING = "waiting"  # a retrystep raised; retried automatically after a backoff
-    AWAITING_CALLBACK = "awaiting_callback"  # waits for an external system's callback
-    FAILED = "failed"  # a step raised; waits for a manual retry or abort
-    ABORTED = "aborted"  # ended by abort; final
-    COMPLETED = "completed"  # ran `done`; final
-
-
-class StepStatus(enum.StrEnum):
-    SUCCESS = "success"  # the step returned; its result is merged into State
-    SKIPPED = "skipped"  # a conditional's predicate was false
-    SUSPENDED = "suspended"  # an inputstep asked for a form
-    WAITING = "waiting"  # a retrystep raised
-    AWAITING_CALLBACK = "awaiting_callback"  # a callback step's action ran; waiting for the answer
-    FAILED = "failed"  # the step raised
-    ABORTED = "aborted"  # the process was aborted here
 
 
 P = ProcessStatus
@@ -54,12 +40,6 @@ def utc(epoch: float) -> datetime:
     """A stored time (epoch seconds) as the models show it."""
     return datetime.fromtimestamp(epoch, UTC)
 
-
-#: Statuses from which a process never moves again.
-FINAL = frozenset({P.COMPLETED, P.ABORTED})
-
-#: Statuses in which a process holds an actor (it has steps to run right now).
-ACTIVE = frozenset({P.CREATED, P.RUNNING})
 
 #: Every allowed status change. A status may also "change" to itself only where listed.
 TRANSITIONS: dict[ProcessStatus, frozenset[ProcessStatus]] = {

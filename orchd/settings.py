@@ -23,3 +23,16 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
     retry_max_attempts: int = 10
     #: Warn when workflow code blocks the event loop longer than this (None: off).
     block_warning: float | None = 1.0
+
+
+class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The shared HTTP client's pool and patience (``[http]``); durations in seconds."""
+
+    #: Connections open at once, in total and per host (a queued request waits, costing no socket).
+    limit: int = 1000
+    limit_per_host: int = 100
+    #: The whole request, and connecting alone.
+    timeout: float = 30.0
+    connect_timeout: float = 10.0
+    #: Retries of an idempotent request on a connection error, a timeout or 502/503/504.
+    retries: int = 3

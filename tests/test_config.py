@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from orchd import config as config_module
+from orchd import configfile
 from orchd.config import (
     Config,
     HttpConfig,
@@ -32,7 +33,7 @@ def write(tmp_path: Path):
 @pytest.fixture(autouse=True)
 def no_system_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Whatever the test machine has in /etc/orchd must not leak into these tests.
-    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", tmp_path / "absent" / "orchd.toml")
+    monkeypatch.setattr(configfile, "SYSTEM_CONFIG", str(tmp_path / "absent" / "orchd.toml"))
 
 
 def error_of(path: Path, **kwargs: object) -> str:
@@ -46,7 +47,7 @@ def error_of(path: Path, **kwargs: object) -> str:
 def test_defaults_without_a_file() -> None:
     loaded = load_config(env={})
     assert loaded.path is None
-    assert loaded.config == Config()
+    assert loaded.config == Config(workflows=["orchd.examples"])
     c = loaded.config
     assert (c.database, c.socket, c.workflows) == ("./orchd.db", "./orchd.sock", ["orchd.examples"])
     assert c.listen is None and c.token_file is None and c.schedules == []
@@ -63,6 +64,10 @@ def test_empty_file_gives_defaults(write) -> None:
     loaded = load_config(write(""), env={})
     assert loaded.config == Config()
     assert loaded.source == str(loaded.path)
+
+
+def test_a_file_without_workflows_loads_no_examples(write) -> None:
+    assert load_config(write("log_level = 'debug'"), env={}).config.workflows == []
 
 
 @pytest.mark.parametrize(
@@ -298,7 +303,7 @@ def test_relative_paths_kept_outside_systemd(write) -> None:
 
 def test_system_config_used_under_systemd(monkeypatch: pytest.MonkeyPatch, write) -> None:
     path = write("log_level = 'debug'", name="system.toml")
-    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", path)
+    monkeypatch.setattr(configfile, "SYSTEM_CONFIG", str(path))
     assert load_config(env={"INVOCATION_ID": "1"}).path == path
     assert load_config(env={}).path is None
 
@@ -328,7 +333,8 @@ def test_missing_given_file(tmp_path: Path, how: str) -> None:
 def test_bundled_example_loads() -> None:
     loaded = load_config(REPO / "config" / "orchd.toml", env={})
     assert loaded.config.database == "/var/lib/orchd/orchd.db"
-    assert [entry.key for entry in loaded.config.schedules] == ["validate_subscriptions"]
+    # Production config (contract §11): no example workflows, no schedules that need them.
+    assert loaded.config.workflows == [] and loaded.config.schedules == []
 
 
 def test_bundled_example_mentions_every_key() -> None:

@@ -148,7 +148,8 @@ def test_a_second_daemon_on_the_same_socket_refuses_to_start(
     daemon_factory: DaemonFactory,
 ) -> None:
     first = daemon_factory()
-    second = daemon_factory(name="d", start=False)
+    # Its own database, the first one's socket: the socket check refuses it.
+    second = daemon_factory({"socket": first.socket}, name="e", start=False)
     assert second.run_to_exit() == 2
     line = only_line(second)
     assert line.startswith("orchd: ") and "socket" in line and "already listening" in line

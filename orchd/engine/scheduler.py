@@ -174,6 +174,14 @@ class Scheduler:
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    async def __aenter__(self) -> Scheduler:
+        """``async with Scheduler(...)``: start on enter, stop on exit."""
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
     async def start(self) -> None:
         """Load persisted state, settle missed fire times, and start the timer task."""
         if self._task is None:

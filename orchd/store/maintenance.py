@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
+from orchd.status import FINAL, ProcessStatus, StepStatus
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -40,15 +42,11 @@ PROGRESS_MIN_PAGES = 25_600
 #: How many ids each kind of problem lists; the count is always complete.
 EXAMPLES = 20
 
-PROCESS_STATUSES = frozenset(
-    {"created", "running", "suspended", "waiting", "awaiting_callback", "failed", "aborted",
-     "completed"}
-)  # fmt: skip
-STEP_STATUSES = frozenset(
-    {"success", "skipped", "suspended", "waiting", "awaiting_callback", "failed", "aborted"}
-)
+# As plain strings: the checks below write them into SQL.
+PROCESS_STATUSES = frozenset(str(s) for s in ProcessStatus)
+STEP_STATUSES = frozenset(str(s) for s in StepStatus)
 #: Statuses after which a process holds no subscription.
-FINISHED = ("completed", "aborted")
+FINISHED = tuple(sorted(str(s) for s in FINAL))
 TABLES = (
     "processes",
     "steps",
