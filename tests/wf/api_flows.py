@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from orchd import (
@@ -17,6 +16,7 @@ from orchd import (
     step,
     workflow,
 )
+from orchd.testing import Gate
 
 
 class NodeForm(Form):
@@ -31,11 +31,6 @@ class Confirm(Form):
 
 class Count(Form):
     count: int
-
-
-#: Set by the test (or the fixture's teardown) to let ``api_gated`` go on; the fixture makes a
-#: fresh one per test, since an asyncio.Event belongs to one event loop.
-gate = asyncio.Event()
 
 
 @step("make_subscription")
@@ -82,8 +77,8 @@ def api_fail() -> StepList:
 
 
 @step("hold")
-async def hold() -> State:
-    await gate.wait()
+async def hold(gate: Gate) -> State:
+    await gate.passage()
     return {"held": True}
 
 
