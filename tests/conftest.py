@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from daemon_util import DaemonFactory
-from tests_support import EngineFactory
+from tests_support import WF_DIR, EngineFactory
 
 from orchd.engine import Engine
 from orchd.testing import Gate, workflow_engine
@@ -25,7 +25,6 @@ from orchd.testing import Gate, workflow_engine
 ApiClient = TestClient[web.Request, web.Application]
 
 
-WF_DIR = Path(__file__).parent / "wf"
 if str(WF_DIR) not in sys.path:
     sys.path.insert(0, str(WF_DIR))
 

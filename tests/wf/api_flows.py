@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared_steps import boom
+
 from orchd import (
     Form,
     State,
@@ -64,11 +66,6 @@ def ask_count() -> type[Form]:
 @workflow("Ask for a count", target=Target.SYSTEM)
 def api_ask() -> StepList:
     return init >> ask_count >> done
-
-
-@step("boom")
-def boom() -> State:
-    raise RuntimeError("kaput")
 
 
 @workflow("Always fails", target=Target.SYSTEM)
