@@ -13,7 +13,6 @@ from typing import Any
 
 import aiohttp
 import anyio
-import api_flows
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -23,6 +22,7 @@ from orchd.config import ScheduleConfig
 from orchd.engine import Engine
 from orchd.engine.scheduler import Scheduler
 from orchd.model import ProcessStatus
+from orchd.testing import Gate
 
 Client = TestClient[web.Request, web.Application]
 Serve = Callable[..., Awaitable[Client]]
@@ -363,11 +363,11 @@ async def test_abort_of_completed_process_is_409(api_client: Client, api_engine:
     assert (await api_engine.get(pid)).status == ProcessStatus.COMPLETED
 
 
-async def test_resume_of_running_process_is_409(api_client: Client) -> None:
+async def test_resume_of_running_process_is_409(api_client: Client, gate: Gate) -> None:
     pid = await start(api_client, "api_gated")
     await status_becomes(api_client, pid, "running")
     await problem(await api_client.post(f"/api/processes/{pid}/resume", json={}), 409)
-    api_flows.gate.set()
+    gate.open()
 
 
 async def test_modify_of_locked_subscription_is_409(api_client: Client, api_engine: Engine) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import engine_flows as flows
 import msgspec
 import pytest
+from steering import Calls, FailurePlan
+from tests_support import EngineFactory
 
 from orchd import Engine
 from orchd.errors import (
@@ -24,22 +24,11 @@ from orchd.store.base import Checkpoint, ProcessWrite
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(autouse=True)
-def _reset_flows() -> None:
-    flows.FAIL.clear()
-    flows.CALLS.clear()
-    flows.GATES.clear()
-
-
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
-    async with Engine(
-        database=str(tmp_path / "orchd.db"),
-        workflows=["engine_flows"],
-        retry_delay=0.05,
-        grace_period=0.5,
-    ) as e:
-        yield e
+async def engine(engine_factory: EngineFactory, step_resources: dict[type, object]) -> Engine:
+    return await engine_factory(
+        ["engine_flows"], resources=step_resources, retry_delay=0.05, grace_period=0.5
+    )
 
 
 def names(process) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
@@ -125,8 +114,10 @@ async def test_step_returning_a_non_dict_fails_with_a_clear_message(engine: Engi
     assert "returns list" in p.error and "dict or None" in p.error
 
 
-async def test_failed_step_keeps_its_record_and_state_and_retry_reruns_it(engine: Engine) -> None:
-    flows.FAIL["flaky"] = 1
+async def test_failed_step_keeps_its_record_and_state_and_retry_reruns_it(
+    engine: Engine, failures: FailurePlan, calls: Calls
+) -> None:
+    failures["flaky"] = 1
     pid = await engine.start("flaky_task")
     p = await engine.wait(pid)
     assert p.status == "failed"
@@ -146,11 +137,13 @@ async def test_failed_step_keeps_its_record_and_state_and_retry_reruns_it(engine
         ("done", "success"),
     ]
     assert p.state["saw_marker"] == 1
-    assert flows.CALLS == {"mark": 1, "flaky": 2}
+    assert calls == {"mark": 1, "flaky": 2}
 
 
-async def test_retrystep_waits_and_is_retried_automatically(engine: Engine) -> None:
-    flows.FAIL["call oss"] = 1
+async def test_retrystep_waits_and_is_retried_automatically(
+    engine: Engine, failures: FailurePlan
+) -> None:
+    failures["call oss"] = 1
     pid = await engine.start("retrying")
     p = await engine.wait(pid)
     assert p.status == "waiting"
@@ -164,8 +157,10 @@ async def test_retrystep_waits_and_is_retried_automatically(engine: Engine) -> N
     assert [s.status for s in p.steps if s.name == "call oss"] == ["waiting", "success"]
 
 
-async def test_retrystep_fails_after_its_last_attempt(engine: Engine) -> None:
-    flows.FAIL["call oss"] = 99
+async def test_retrystep_fails_after_its_last_attempt(
+    engine: Engine, failures: FailurePlan, calls: Calls
+) -> None:
+    failures["call oss"] = 99
     pid = await engine.start("retrying")
     for _ in range(300):
         p = await engine.get(pid)
@@ -173,12 +168,12 @@ async def test_retrystep_fails_after_its_last_attempt(engine: Engine) -> None:
             break
         await asyncio.sleep(0.02)
     assert p.status == "failed"
-    assert flows.CALLS["call oss"] == 3
+    assert calls["call oss"] == 3
     assert "gave up after 3 attempts" in p.error
 
 
-async def test_retry_of_waiting_process_runs_it_now(engine: Engine) -> None:
-    flows.FAIL["call oss"] = 1
+async def test_retry_of_waiting_process_runs_it_now(engine: Engine, failures: FailurePlan) -> None:
+    failures["call oss"] = 1
     engine.settings = msgspec.structs.replace(engine.settings, retry_delay=60.0)
     pid = await engine.start("retrying")
     assert (await engine.wait(pid)).status == "waiting"
@@ -361,14 +356,12 @@ async def test_a_failing_write_operation_does_not_stop_the_writer(engine: Engine
 
 
 async def test_a_step_blocking_the_event_loop_is_named_in_a_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    engine_factory: EngineFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="orchd.engine.loopwatch")
-    async with Engine(
-        database=str(tmp_path / "db"), workflows=["engine_flows"], block_warning=0.2
-    ) as e:
-        p = await e.wait(await e.start("blocking"))
-        await asyncio.sleep(0.3)
+    e = await engine_factory(["engine_flows"], name="db", block_warning=0.2)
+    p = await e.wait(await e.start("blocking"))
+    await asyncio.sleep(0.3)
     assert p.status == "completed"
     warnings = [r.getMessage() for r in caplog.records if r.name == "orchd.engine.loopwatch"]
     assert any("blocks_the_loop" in w and "engine_flows.py" in w for w in warnings), warnings

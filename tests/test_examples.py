@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
-from pathlib import Path
 from typing import Any, cast
 
 import anyio
 import pytest
 from aiohttp import web
+from tests_support import EngineFactory
 
 from orchd import Engine, Process
 from orchd.http import HttpClient
 from orchd.model import Event
 from orchd.testing.fakeoss import FakeOss
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
@@ -31,18 +26,13 @@ async def oss() -> AsyncIterator[FakeOss]:
 
 @pytest.fixture
 async def engine(
-    tmp_path: Path, oss: FakeOss, monkeypatch: pytest.MonkeyPatch
+    engine_factory: EngineFactory, oss: FakeOss, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Engine]:
     monkeypatch.setenv("ORCHD_OSS_URL", oss.url)
-    async with (
-        HttpClient(retries=8, backoff=0.005) as http,
-        Engine(
-            database=str(tmp_path / "db"),
-            workflows=["orchd.examples"],
-            resources={HttpClient: http},
-        ) as eng,
-    ):
-        yield eng
+    async with HttpClient(retries=8, backoff=0.005) as http:
+        engine = await engine_factory(["orchd.examples"], name="db", resources={HttpClient: http})
+        yield engine
+        await engine.close()  # before the client it uses closes
 
 
 async def reach(engine: Engine, pid: str, status: str) -> Process:

@@ -18,11 +18,6 @@ from orchd.testing.fakeoss import FakeOss, main, parse_duration
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def http() -> AsyncIterator[HttpClient]:
     async with HttpClient(backoff=0.01) as client:
         yield client

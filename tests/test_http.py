@@ -24,11 +24,6 @@ from orchd.testing.fakeoss import FakeOss
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def oss() -> AsyncIterator[FakeOss]:
     async with FakeOss(latency=0.005, provision_time=0.2, seed=1) as server:
         yield server

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import engine_flows as flows
 import pytest
+from steering import Calls, FailurePlan
+from tests_support import EngineFactory
 
 from orchd import Engine
 from orchd.errors import (
@@ -16,26 +15,16 @@ from orchd.errors import (
     SubscriptionLocked,
     SubscriptionNotFound,
 )
+from orchd.testing import Gate
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(autouse=True)
-def _reset_flows() -> None:
-    flows.FAIL.clear()
-    flows.CALLS.clear()
-    flows.GATES.clear()
-
-
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
-    async with Engine(
-        database=str(tmp_path / "orchd.db"),
-        workflows=["engine_flows"],
-        retry_delay=60.0,
-        grace_period=0.2,
-    ) as e:
-        yield e
+async def engine(engine_factory: EngineFactory, step_resources: dict[type, object]) -> Engine:
+    return await engine_factory(
+        ["engine_flows"], resources=step_resources, retry_delay=60.0, grace_period=0.2
+    )
 
 
 async def until(engine: Engine, pid: str, status: str) -> None:
@@ -64,17 +53,21 @@ async def test_abort_of_a_suspended_process(engine: Engine) -> None:
     assert p.steps[-1].name == "abort" and p.steps[-1].status == "aborted"
 
 
-async def test_abort_of_a_failed_process(engine: Engine) -> None:
-    flows.FAIL["flaky"] = 1
+async def test_abort_of_a_failed_process(
+    engine: Engine, failures: FailurePlan, calls: Calls
+) -> None:
+    failures["flaky"] = 1
     pid = await engine.start("flaky_task")
     await engine.wait(pid)
     await engine.abort(pid)
     assert (await engine.get(pid)).status == "aborted"
-    assert flows.CALLS["flaky"] == 1
+    assert calls["flaky"] == 1
 
 
-async def test_abort_of_a_waiting_process_cancels_its_retry(engine: Engine) -> None:
-    flows.FAIL["call oss"] = 1
+async def test_abort_of_a_waiting_process_cancels_its_retry(
+    engine: Engine, failures: FailurePlan
+) -> None:
+    failures["call oss"] = 1
     pid = await engine.start("retrying")
     assert (await engine.wait(pid)).status == "waiting"
     await engine.abort(pid)
@@ -92,12 +85,13 @@ async def test_abort_of_a_process_awaiting_callback(engine: Engine) -> None:
         await engine.callback(token, {"ok": True})
 
 
-async def test_abort_of_a_running_process_takes_effect_between_steps(engine: Engine) -> None:
+async def test_abort_of_a_running_process_takes_effect_between_steps(
+    engine: Engine, gate: Gate
+) -> None:
     pid = await engine.start("slow_task")
-    while flows.CALLS.get("slow") != 1:
-        await asyncio.sleep(0.005)
+    await gate.reached()
     await engine.abort(pid)  # requested: the slow step is still running
-    flows.GATES["slow"].set()
+    gate.open()
     p = await engine.wait(pid)
     assert p.status == "aborted"
     assert [(s.name, s.status) for s in p.steps][-2:] == [("slow", "success"), ("abort", "aborted")]
@@ -143,8 +137,8 @@ async def test_create_workflow_creates_the_subscription_and_done_marks_it_insync
     assert [p.workflow for p in sub.processes] == ["create_node"]
 
 
-async def test_subscription_is_saved_with_each_step(engine: Engine) -> None:
-    flows.FAIL["activate"] = 1
+async def test_subscription_is_saved_with_each_step(engine: Engine, failures: FailurePlan) -> None:
+    failures["activate"] = 1
     pid = await engine.start("create_node", {"name": "n1"})
     p = await engine.wait(pid)
     assert p.status == "failed"

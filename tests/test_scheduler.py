@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,13 +12,14 @@ from zoneinfo import ZoneInfo
 
 import anyio
 import pytest
-import sched_flows as flows
+from tests_support import EngineFactory
 
 from orchd import Engine
 from orchd.config import ScheduleConfig
 from orchd.engine.scheduler import Scheduler, following, latest_missed, next_fire_time
 from orchd.errors import ConfigError, ScheduleNotFound, ScheduleRunning
 from orchd.store.base import ScheduleRun
+from orchd.testing import Gate, workflow_engine
 
 pytestmark = pytest.mark.anyio
 
@@ -42,21 +43,15 @@ def cfg(workflow: str = "quick_task", **kw: Any) -> ScheduleConfig:
     return ScheduleConfig(workflow=workflow, **kw)
 
 
-def open_engine(db: Path) -> Engine:
-    return Engine(database=str(db), workflows=["sched_flows"], grace_period=0.5)
-
-
-@pytest.fixture(autouse=True)
-def gate() -> asyncio.Event:
-    flows.GATE["slow"] = asyncio.Event()
-    return flows.GATE["slow"]
+def open_engine(db: Path) -> AbstractAsyncContextManager[Engine]:
+    """An engine with the scheduler's tasks on ``db``; one after another is a restart."""
+    return workflow_engine(["sched_flows"], database=db, grace_period=0.5)
 
 
 @pytest.fixture
-async def engine(tmp_path: Path, gate: asyncio.Event) -> AsyncIterator[Engine]:
-    async with open_engine(tmp_path / "orchd.db") as e:
-        yield e
-        gate.set()  # let a slow task finish instead of being interrupted
+async def engine(engine_factory: EngineFactory, gate: Gate) -> Engine:
+    # The factory opens the gate at teardown: a slow task finishes instead of being interrupted.
+    return await engine_factory(["sched_flows"], resources={Gate: gate}, grace_period=0.5)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
@@ -185,7 +180,7 @@ async def _at_least(ids: Awaitable[list[str]], n: int) -> bool:
 
 
 async def test_a_slow_run_is_never_overlapped_and_skipped_ticks_are_counted(
-    engine: Engine, gate: asyncio.Event
+    engine: Engine, gate: Gate
 ) -> None:
     sched = Scheduler(engine, [cfg("slow_task", every="200ms", name="slow")])
     await sched.start()
@@ -200,7 +195,7 @@ async def test_a_slow_run_is_never_overlapped_and_skipped_ticks_are_counted(
         info = (await sched.entries())[0]
         assert info.running and info.last_run is not None
         assert info.last_run.process_id == first[0]
-        gate.set()
+        gate.open()
         await engine.wait(first[0])
         await eventually(lambda: _at_least(runs(engine, "slow", "completed"), 2))
     finally:
@@ -255,7 +250,7 @@ async def test_jitter_delays_the_run_but_not_the_recorded_fire_time(engine: Engi
 
 
 async def test_run_now_starts_a_process_and_conflicts_while_it_runs(
-    engine: Engine, gate: asyncio.Event
+    engine: Engine, gate: Gate
 ) -> None:
     clock = Clock(T0)
     sched = Scheduler(engine, [cfg("slow_task", every="1h", name="s")], clock=clock)
@@ -270,7 +265,7 @@ async def test_run_now_starts_a_process_and_conflicts_while_it_runs(
     assert exc.value.status == 409
     with pytest.raises(ScheduleNotFound):
         await sched.run_now("nope")
-    gate.set()
+    gate.open()
     assert (await engine.wait(pid)).status == "completed"
     clock.now += 1
     again = await sched.run_now("s")

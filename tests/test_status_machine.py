@@ -8,11 +8,11 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-import engine_flows as flows
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
+from steering import Calls, FailurePlan
 
 from orchd import Engine
 from orchd.errors import InvalidTransition
@@ -94,7 +94,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        flows.FAIL.update({"flaky": 10**9, "call oss": 10**9})
+        failures = FailurePlan({"flaky": 10**9, "call oss": 10**9})
         self.tmp = Path(__import__("tempfile").mkdtemp())
         self.loop = _Loop()
         self.engine = Engine(
@@ -102,6 +102,7 @@ class EngineMachine(RuleBasedStateMachine):
             workflows=["engine_flows"],
             retry_delay=3600.0,
             grace_period=1.0,
+            resources={FailurePlan: failures, Calls: Calls()},
         )
         self.loop.run(self.engine.open())
         self.status: dict[str, P] = {}
@@ -110,7 +111,6 @@ class EngineMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         self.loop.run(self.engine.close())
         self.loop.close()
-        flows.FAIL.clear()
 
     def settle(self, pid: str) -> P:
         process = self.loop.run(self.engine.wait(pid))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
+
+from shared_steps import boom
 
 from orchd import (
     Form,
@@ -17,6 +18,7 @@ from orchd import (
     step,
     workflow,
 )
+from orchd.testing import Gate
 
 
 class NodeForm(Form):
@@ -31,11 +33,6 @@ class Confirm(Form):
 
 class Count(Form):
     count: int
-
-
-#: Set by the test (or the fixture's teardown) to let ``api_gated`` go on; the fixture makes a
-#: fresh one per test, since an asyncio.Event belongs to one event loop.
-gate = asyncio.Event()
 
 
 @step("make_subscription")
@@ -71,19 +68,14 @@ def api_ask() -> StepList:
     return init >> ask_count >> done
 
 
-@step("boom")
-def boom() -> State:
-    raise RuntimeError("kaput")
-
-
 @workflow("Always fails", target=Target.SYSTEM)
 def api_fail() -> StepList:
     return init >> boom >> done
 
 
 @step("hold")
-async def hold() -> State:
-    await gate.wait()
+async def hold(gate: Gate) -> State:
+    await gate.passage()
     return {"held": True}
 
 

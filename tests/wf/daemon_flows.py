@@ -8,25 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from pathlib import Path
+
+from runfiles import record_run
+from shared_steps import tick
 
 from orchd import State, Target, done, init, step, workflow
 
 log = logging.getLogger("daemon_flows")
-
-
-def _record_run(process_id: str, name: str) -> int:
-    """Append one line for this run; return how many runs there were before it."""
-    folder = Path(os.environ.get("ORCHD_TEST_DIR", "."))
-    path = folder / f"{process_id}.{name}.runs"
-    before = len(path.read_text().splitlines()) if path.exists() else 0
-    with path.open("a") as f:
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    return before
 
 
 @step("hello")
@@ -43,7 +32,7 @@ def quick():  # type: ignore[no-untyped-def]
 @step("nap")
 async def nap(process_id: str, seconds: float = 1.0) -> State:
     # Only the first run sleeps, so a run interrupted by a crash finishes fast after a restart.
-    if _record_run(process_id, "nap") == 0:
+    if record_run(process_id, "nap") == 0:
         await asyncio.sleep(seconds)
     return {"napped": seconds}
 
@@ -61,7 +50,7 @@ def slow():  # type: ignore[no-untyped-def]
 @step("sync nap")
 def sync_nap(process_id: str, seconds: float = 1.0) -> State:
     # A plain function runs in a worker thread, which nothing can interrupt.
-    if _record_run(process_id, "sync nap") == 0:
+    if record_run(process_id, "sync nap") == 0:
         time.sleep(seconds)
     return {"napped": seconds}
 
@@ -69,11 +58,6 @@ def sync_nap(process_id: str, seconds: float = 1.0) -> State:
 @workflow("Sleep in a thread", target=Target.SYSTEM)
 def slow_sync():  # type: ignore[no-untyped-def]
     return init >> sync_nap >> done
-
-
-@step("tick")
-def tick() -> State:
-    return {"ticked": True}
 
 
 @workflow("A task to schedule", target=Target.SYSTEM)

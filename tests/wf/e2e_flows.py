@@ -7,13 +7,12 @@ number of times count their runs in ``<process id>.<step>.runs``.
 
 from __future__ import annotations
 
-import asyncio
-import os
-from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
 
 from msgspec import Meta
+from runfiles import held, record_run
+from shared_steps import tick
 
 from orchd import (
     Form,
@@ -34,27 +33,9 @@ from orchd import (
 HOLD_LIMIT = 60.0
 
 
-def _folder() -> Path:
-    return Path(os.environ.get("ORCHD_TEST_DIR", "."))
-
-
-def _count_run(process_id: str, name: str) -> int:
-    """Record one run of a step; return how many runs came before it."""
-    path = _folder() / f"{process_id}.{name}.runs"
-    before = len(path.read_text().splitlines()) if path.exists() else 0
-    with path.open("a") as f:
-        f.write("run\n")
-    return before
-
-
 async def _held(process_id: str) -> None:
-    release = _folder() / f"{process_id}.release"
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + HOLD_LIMIT
-    while not release.exists():
-        if loop.time() > deadline:
-            raise TimeoutError(f"{release} did not appear within {HOLD_LIMIT:g} s")
-        await asyncio.sleep(0.02)
+    if not await held(process_id, HOLD_LIMIT):
+        raise TimeoutError(f"{process_id}.release did not appear within {HOLD_LIMIT:g} s")
 
 
 # -- SYSTEM tasks --------------------------------------------------------------------------------
@@ -73,11 +54,6 @@ def greet(state: State) -> State:
 @workflow("Say hello", target=Target.SYSTEM)
 def e2e_hello() -> StepList:
     return init >> greet >> done
-
-
-@step("tick")
-def tick() -> State:
-    return {"ticked": True}
 
 
 @workflow("A task the config schedules", target=Target.SYSTEM)
@@ -113,7 +89,7 @@ def e2e_fail() -> StepList:
 
 @step("flaky")
 def flaky(process_id: str) -> State:
-    if _count_run(process_id, "flaky") == 0:
+    if record_run(process_id, "flaky") == 0:
         raise RuntimeError("flaky: first run fails")
     return {"flaky_ok": True}
 
@@ -125,7 +101,7 @@ def e2e_flaky() -> StepList:
 
 @retrystep("unstable")
 def unstable(process_id: str) -> State:
-    if _count_run(process_id, "unstable") < 2:
+    if record_run(process_id, "unstable") < 2:
         raise ConnectionError("unstable: not yet")
     return {"unstable_ok": True}
 

@@ -1,4 +1,8 @@
-"""Workflows the engine tests run. Module-level dicts let tests steer and observe steps."""
+"""Workflows the engine tests run (test_engine, test_lifecycle, test_status_machine, ...).
+
+Tests steer and observe steps through engine resources (``Calls``, ``FailurePlan``, ``Gate``)
+handed over by the fixtures in tests/conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Literal
 from uuid import UUID
 
 import msgspec
+from steering import NO_FAILURES, Calls, FailurePlan
 
 from orchd import (
     Form,
@@ -26,20 +31,7 @@ from orchd import (
     step,
     workflow,
 )
-
-#: step name -> how many more times it should raise before it succeeds
-FAIL: dict[str, int] = {}
-#: step name -> how many times it ran
-CALLS: dict[str, int] = {}
-#: events a slow step waits for
-GATES: dict[str, asyncio.Event] = {}
-
-
-def _count(name: str) -> None:
-    CALLS[name] = CALLS.get(name, 0) + 1
-    if FAIL.get(name, 0) > 0:
-        FAIL[name] -= 1
-        raise RuntimeError(f"{name} failed on purpose")
+from orchd.testing import Gate
 
 
 class NodeForm(Form):
@@ -49,7 +41,6 @@ class NodeForm(Form):
 
 @step("create subscription")
 def create_subscription(name: str, customer_id: str) -> State:
-    _count("create subscription")
     return {
         "subscription": {
             "product": "node",
@@ -61,8 +52,12 @@ def create_subscription(name: str, customer_id: str) -> State:
 
 
 @step("activate")
-async def activate(subscription: dict) -> State:  # type: ignore[type-arg]
-    _count("activate")
+async def activate(
+    subscription: dict,  # type: ignore[type-arg]
+    # A default plan, because create_node also serves tests that steer nothing.
+    failures: FailurePlan = NO_FAILURES,
+) -> State:
+    failures.check("activate")
     return {"subscription": {**subscription, "status": "active"}}
 
 
@@ -159,14 +154,15 @@ def bad_return():  # type: ignore[no-untyped-def]
 
 
 @step("flaky")
-def flaky(state: State) -> State:
-    _count("flaky")
+def flaky(state: State, calls: Calls, failures: FailurePlan) -> State:
+    calls.ran("flaky")
+    failures.check("flaky")
     return {"flaky_ran": True, "saw_marker": state.get("marker")}
 
 
 @step("mark")
-def mark() -> State:
-    _count("mark")
+def mark(calls: Calls) -> State:
+    calls.ran("mark")
     return {"marker": 1}
 
 
@@ -176,8 +172,9 @@ def flaky_task():  # type: ignore[no-untyped-def]
 
 
 @retrystep("call oss", max_attempts=3, backoff=0.05)
-def call_oss() -> State:
-    _count("call oss")
+def call_oss(calls: Calls, failures: FailurePlan) -> State:
+    calls.ran("call oss")
+    failures.check("call oss")
     return {"oss": "ok"}
 
 
@@ -238,7 +235,6 @@ def with_callback():  # type: ignore[no-untyped-def]
 
 @step("change description")
 def change_description(subscription: dict, description: str = "changed") -> State:  # type: ignore[type-arg]
-    _count("change description")
     return {"subscription": {**subscription, "description": description}}
 
 
@@ -268,9 +264,9 @@ def self_abort():  # type: ignore[no-untyped-def]
 
 
 @step("slow")
-async def slow() -> State:
-    _count("slow")
-    await GATES.setdefault("slow", asyncio.Event()).wait()
+async def slow(calls: Calls, gate: Gate) -> State:
+    calls.ran("slow")
+    await gate.passage()
     return {"slow": "done"}
 
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from pathlib import Path
 from typing import Any
+
+from runfiles import held, record_run, released
+from shared_steps import boom, tick
 
 from orchd import (
     Form,
@@ -37,19 +39,6 @@ if os.environ.get("ORCHD_FUZZ_FLOWS_IMPORT_ERROR"):
 VERSION = os.environ.get("ORCHD_FUZZ_FLOWS_VERSION", "A")
 #: How long a waiting step waits for its release file at most, so nothing hangs for ever.
 WAIT_LIMIT = 60.0
-
-
-def _folder() -> Path:
-    return Path(os.environ.get("ORCHD_TEST_DIR", "."))
-
-
-def record_run(process_id: str, name: str) -> None:
-    with (_folder() / f"{process_id}.{name}.runs").open("a") as f:
-        f.write(f"{os.getpid()}\n")
-
-
-def released(process_id: str) -> bool:
-    return (_folder() / f"{process_id}.release").exists()
 
 
 # -- the fuzz daemon's workflows: something in every status ------------------------------------
@@ -99,11 +88,6 @@ def fuzz_ask() -> StepList:
     return init >> ask_count >> done
 
 
-@step("boom")
-def boom() -> State:
-    raise RuntimeError("kaput")
-
-
 @workflow("Always fails", target=Target.SYSTEM)
 def fuzz_fail() -> StepList:
     return init >> boom >> done
@@ -112,10 +96,7 @@ def fuzz_fail() -> StepList:
 @step("wait for release")
 async def wait_for_release(process_id: str) -> State:
     record_run(process_id, "wait for release")
-    deadline = time.monotonic() + WAIT_LIMIT
-    while not released(process_id) and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    return {"released": released(process_id)}
+    return {"released": await held(process_id, WAIT_LIMIT)}
 
 
 @workflow("Runs until the test releases it", target=Target.SYSTEM)
@@ -146,11 +127,6 @@ def check_answer(callback_result: Any) -> State:
 @workflow("Waits for an external system", target=Target.SYSTEM)
 def fuzz_callback() -> StepList:
     return init >> callback_step("external", send_request, check_answer) >> done
-
-
-@step("tick")
-def tick() -> State:
-    return {"ticked": True}
 
 
 @workflow("A task to schedule", target=Target.SYSTEM)

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from orchd import Target, done, init, step, workflow
-
-#: The slow task's step waits for GATE["slow"] (a fresh Event per test, set by the test).
-GATE: dict[str, asyncio.Event] = {}
+from orchd.testing import Gate
 
 
 @step("tick")
@@ -16,8 +12,8 @@ def tick(state: dict[str, object]) -> dict[str, object]:
 
 
 @step("hold")
-async def hold() -> None:
-    await GATE["slow"].wait()
+async def hold(gate: Gate) -> None:
+    await gate.passage()
 
 
 @workflow("a task that finishes at once", target=Target.SYSTEM)
