@@ -3,7 +3,8 @@
 Scripts call this in loops, so only the standard library is imported here; ``serve``, ``bench``
 and ``fake-oss`` import their modules when they run. Exit statuses: 0 success, 1 the daemon
 refused the request, 2 usage error, 3 the daemon cannot be reached, 4 ``start --wait`` ended in
-a status other than completed.
+a status other than completed. ``check`` and ``backup`` use the same meanings: 1 problems found
+or the backup failed, 2 also for a database file that is missing or cannot be opened.
 
 Where the daemon is, first match wins: ``--url`` (TCP), ``--socket``, ``$ORCHD_SOCKET``,
 ``$ORCHD_URL``, the config's ``socket``, then its ``listen``, then ``./orchd.sock``. The config
@@ -89,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="orchd",
         description="Control the orchd workflow daemon, or run it (orchd serve).",
         epilog="Exit status: 0 ok, 1 refused by the daemon, 2 usage, 3 daemon unreachable, "
-        "4 start --wait did not complete. Socket: --socket, $ORCHD_SOCKET, the config's `socket` "
+        "4 start --wait did not complete; check/backup: 1 problems found or failed, 2 also a "
+        "missing or unopenable database. Socket: --socket, $ORCHD_SOCKET, the config's `socket` "
         "(/run/orchd/orchd.sock under systemd), else ./orchd.sock.",
         parents=[common],
     )

@@ -225,7 +225,7 @@ def test_check_cannot_open(what: str, tmp_path: Path) -> None:
         assert done.returncode == 1
         assert json.loads(done.stdout)["problems"][0]["kind"] == "schema"
         return
-    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.returncode == 2, done.stdout + done.stderr  # usage, not "unreachable" (#24)
     assert json.loads(done.stdout) == {"ok": False, "error": done.stderr.split(": ", 2)[2].strip()}
     assert str(path) in done.stderr
     assert not path.with_name("x.db-wal").exists()
@@ -277,11 +277,11 @@ def test_backup_usage_and_failures(sample_db: Path, tmp_path: Path) -> None:
     done = orchd("backup", str(sample_db), "--database", str(sample_db), "--force")
     assert done.returncode == 2 and "the database itself" in done.stderr
     done = orchd("backup", str(tmp_path / "b.db"), "--database", str(tmp_path / "none.db"))
-    assert done.returncode == 1 and "does not exist" in done.stderr
+    assert done.returncode == 2 and "does not exist" in done.stderr
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"\0garbage" * 1000)
     done = orchd("backup", str(tmp_path / "b.db"), "--database", str(garbage))
-    assert done.returncode == 1 and "not a database" in done.stderr
+    assert done.returncode == 2 and "not a database" in done.stderr
     done = orchd("backup", str(tmp_path / "no" / "b.db"), "--database", str(sample_db))
     assert done.returncode == 2 and "does not exist" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.db"]
@@ -510,3 +510,13 @@ def test_backup_refuses_a_side_file_of_the_database_as_destination(
         assert done.returncode == 2, done.stderr
         assert f"the database's {suffix} file" in done.stderr
     assert sorted(p.name for p in db.parent.iterdir()) == ["orchd.db"]
+
+
+@pytest.mark.parametrize("command", [["check"], ["backup", "b.db"]])
+def test_a_missing_database_is_a_usage_error_of_check_and_backup(
+    tmp_path: Path, command: list[str]
+) -> None:
+    done = orchd(*command, "--database", str(tmp_path / "none.db"), cwd=tmp_path)
+    assert done.returncode == maintenance.EXIT_USAGE == 2, done.stderr
+    assert f"cannot open database {tmp_path / 'none.db'}: it does not exist" in done.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -5,9 +5,11 @@ consistent snapshot while the daemon keeps writing, and neither tool ever writes
 source is opened with ``mode=ro``). Only the standard library is imported, so the commands
 start as fast as the rest of the CLI.
 
-Exit statuses: ``backup`` 0 written and checked, 1 failed (nothing is left at PATH), 2 usage
-(PATH exists without ``--force``, no usable database path); ``check`` 0 clean, 1 problems found,
-2 usage, 3 the database cannot be opened or read.
+Exit statuses, the CLI's meanings: ``backup`` 0 written and checked, 1 failed (nothing is left
+at PATH); ``check`` 0 clean, 1 problems found (also a database that opens but cannot be read
+through); both 2 usage: bad arguments, PATH exists without ``--force``, and a database file that
+is missing or cannot be opened (a problem of the command's configuration, as for ``serve``).
+Neither uses 3, which means "the daemon cannot be reached".
 """
 
 from __future__ import annotations
@@ -125,12 +127,12 @@ def connect_readonly(path: str) -> sqlite3.Connection:
     """
     if not os.path.isfile(path):
         what = "does not exist" if not os.path.exists(path) else "is not a regular file"
-        raise MaintenanceError(f"cannot open database {path}: it {what}", EXIT_UNOPENABLE)
+        raise MaintenanceError(f"cannot open database {path}: it {what}", EXIT_USAGE)
     for side in (path + suffix for suffix in SIDE_SUFFIXES):
         if os.path.islink(side):
             raise MaintenanceError(
                 f"cannot open database {path}: {side} is a symbolic link, not SQLite's file",
-                EXIT_UNOPENABLE,
+                EXIT_USAGE,
             )
     uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
     try:
@@ -138,7 +140,7 @@ def connect_readonly(path: str) -> sqlite3.Connection:
         # Opening is lazy: read the header now so "not a database" is an open failure.
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.Error as exc:
-        raise MaintenanceError(f"cannot open database {path}: {exc}", EXIT_UNOPENABLE) from None
+        raise MaintenanceError(f"cannot open database {path}: {exc}", EXIT_USAGE) from None
     return conn
 
 
@@ -172,10 +174,7 @@ def backup(
     dest = os.path.abspath(dest)
     _check_destination(source, dest, force)
     started = time.monotonic()
-    try:
-        src = connect_readonly(source)
-    except MaintenanceError as exc:
-        raise MaintenanceError(str(exc), EXIT_FAILED) from None
+    src = connect_readonly(source)
     directory, name = os.path.split(dest)
     _remove_leftovers(directory, name)
     try:
@@ -460,7 +459,7 @@ def check(path: str) -> Report:
         return _check(conn, Report(database=path))
     except sqlite3.Error as exc:
         # A file with a valid header can still be unreadable further in (truncated, garbage).
-        raise MaintenanceError(f"cannot read database {path}: {exc}", EXIT_UNOPENABLE) from None
+        raise MaintenanceError(f"cannot read database {path}: {exc}", EXIT_FAILED) from None
     finally:
         conn.close()
 
