@@ -305,8 +305,11 @@ def print_process(proc: dict[str, Any]) -> None:
             for s in steps
         ]
         print_table(("STEP", "STATUS", "STARTED", "DURATION", "ERROR"), rows)
-    failed = [s for s in steps if s.get("traceback") and s.get("status") in ("failed", "waiting")]
-    if failed:
+    # Only while the process is stuck on it: once a retry got past the step, the old attempt's
+    # traceback is history (still in the step log and --json), not the problem to look at.
+    stuck = ("failed", "waiting")
+    failed = [s for s in steps if s.get("traceback") and s.get("status") in stuck]
+    if failed and status in stuck:
         print(f"\ntraceback of step {failed[-1].get('name')!r}:")
         print(str(failed[-1]["traceback"]).rstrip())
 
