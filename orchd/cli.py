@@ -45,6 +45,8 @@ EXIT_NOT_COMPLETED = 4
 PASSTHROUGH = {"bench": "orchd._bench.run", "fake-oss": "orchd.testing.fakeoss"}
 #: Global options that take a value (to find the command word before argparse runs).
 VALUE_OPTIONS = ("--socket", "--config", "--url", "--token-file")
+#: Global options that only clients use; ``serve`` refuses them.
+SERVE_REFUSES = ("--socket", "--url", "--token-file", "--json")
 
 
 class UsageError(Exception):
@@ -551,7 +553,14 @@ FILE_COMMANDS = {"backup": "cmd_backup", "check": "cmd_check"}
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse and fill in the global options' defaults (suppressed while parsing)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        # The daemon takes everything from its config: a client option here would be silently
+        # ignored, and `serve --socket X` would listen where the operator did not ask (#17).
+        for option in SERVE_REFUSES:
+            if hasattr(args, option.lstrip("-").replace("-", "_")):
+                parser.error(f"serve takes no {option}; set it in the config file (--config)")
     for name in ("socket", "config", "url", "token_file"):
         if not hasattr(args, name):
             setattr(args, name, None)
