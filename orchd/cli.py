@@ -3,7 +3,8 @@
 Scripts call this in loops, so only the standard library is imported here; ``serve``, ``bench``
 and ``fake-oss`` import their modules when they run. Exit statuses: 0 success, 1 the daemon
 refused the request, 2 usage error, 3 the daemon cannot be reached, 4 ``start --wait`` ended in
-a status other than completed.
+a status other than completed. ``check`` and ``backup`` use the same meanings: 1 problems found
+or the backup failed, 2 also for a database file that is missing or cannot be opened.
 
 Where the daemon is, first match wins: ``--url`` (TCP), ``--socket``, ``$ORCHD_SOCKET``,
 ``$ORCHD_URL``, the config's ``socket``, then its ``listen``, then ``./orchd.sock``. The config
@@ -44,6 +45,8 @@ EXIT_NOT_COMPLETED = 4
 PASSTHROUGH = {"bench": "orchd._bench.run", "fake-oss": "orchd.testing.fakeoss"}
 #: Global options that take a value (to find the command word before argparse runs).
 VALUE_OPTIONS = ("--socket", "--config", "--url", "--token-file")
+#: Global options that only clients use; ``serve`` refuses them.
+SERVE_REFUSES = ("--socket", "--url", "--token-file", "--json")
 
 
 class UsageError(Exception):
@@ -89,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="orchd",
         description="Control the orchd workflow daemon, or run it (orchd serve).",
         epilog="Exit status: 0 ok, 1 refused by the daemon, 2 usage, 3 daemon unreachable, "
-        "4 start --wait did not complete. Socket: --socket, $ORCHD_SOCKET, the config's `socket` "
+        "4 start --wait did not complete; check/backup: 1 problems found or failed, 2 also a "
+        "missing or unopenable database. Socket: --socket, $ORCHD_SOCKET, the config's `socket` "
         "(/run/orchd/orchd.sock under systemd), else ./orchd.sock.",
         parents=[common],
     )
@@ -303,8 +307,11 @@ def print_process(proc: dict[str, Any]) -> None:
             for s in steps
         ]
         print_table(("STEP", "STATUS", "STARTED", "DURATION", "ERROR"), rows)
-    failed = [s for s in steps if s.get("traceback") and s.get("status") in ("failed", "waiting")]
-    if failed:
+    # Only while the process is stuck on it: once a retry got past the step, the old attempt's
+    # traceback is history (still in the step log and --json), not the problem to look at.
+    stuck = ("failed", "waiting")
+    failed = [s for s in steps if s.get("traceback") and s.get("status") in stuck]
+    if failed and status in stuck:
         print(f"\ntraceback of step {failed[-1].get('name')!r}:")
         print(str(failed[-1]["traceback"]).rstrip())
 
@@ -546,7 +553,14 @@ FILE_COMMANDS = {"backup": "cmd_backup", "check": "cmd_check"}
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse and fill in the global options' defaults (suppressed while parsing)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        # The daemon takes everything from its config: a client option here would be silently
+        # ignored, and `serve --socket X` would listen where the operator did not ask (#17).
+        for option in SERVE_REFUSES:
+            if hasattr(args, option.lstrip("-").replace("-", "_")):
+                parser.error(f"serve takes no {option}; set it in the config file (--config)")
     for name in ("socket", "config", "url", "token_file"):
         if not hasattr(args, name):
             setattr(args, name, None)

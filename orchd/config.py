@@ -184,16 +184,42 @@ class LoadedConfig:
         return DEFAULT_SOURCE if self.path is None else str(self.path)
 
     def read_token(self) -> str | None:
-        """The token (surrounding whitespace stripped); None when no file is configured."""
+        """The token (surrounding whitespace stripped); None when no file is configured.
+
+        The file must not be readable by group or others (a config error): whoever reads it can
+        drive the TCP API. A token of fewer than 128 bits gets a warning; the rule counts 4 bits
+        per character for a token of hex digits only (so 32 characters) and 6 for any other,
+        as base64 (so 22 characters).
+        """
+        import logging
+        import stat
+
+        min_hex, min_other = 32, 22
         if self.token_path is None:
             return None
         try:
-            token = self.token_path.read_text(encoding="utf-8").strip()
+            # One open: the mode checked is that of the file read, not of a name swapped later.
+            with open(self.token_path, encoding="utf-8") as f:
+                mode = os.fstat(f.fileno()).st_mode
+                if mode & (stat.S_IRGRP | stat.S_IROTH):
+                    detail = (
+                        f"{self.token_path} is readable by its group or others (mode "
+                        f"{stat.S_IMODE(mode):04o}); make it 0600, owned by the daemon's user"
+                    )
+                    raise ConfigError(f"{self.source}: token_file: {detail}")
+                token = f.read().strip()
         except (OSError, UnicodeDecodeError) as exc:
             detail = f"cannot read {self.token_path}: {exc}"
             raise ConfigError(f"{self.source}: token_file: {detail}") from None
         if not token:
             raise ConfigError(f"{self.source}: token_file: {self.token_path} is empty")
+        hex_only = all(c in "0123456789abcdefABCDEF" for c in token)
+        if len(token) < (min_hex if hex_only else min_other):
+            logging.getLogger("orchd.config").warning(
+                "token_file %s holds a token of fewer than 128 bits (%d characters); "
+                "use at least %d hex or %d base64 characters, e.g. `openssl rand -base64 32`",
+                self.token_path, len(token), min_hex, min_other,
+            )  # fmt: skip
         return token
 
     def check_database(self) -> None:

@@ -1,9 +1,17 @@
-"""`orchd bench --quick` runs end to end and prints its table (figures are not asserted)."""
+"""`orchd bench`: the quick run prints its table (figures are not asserted), and the P6 prober
+and the table survive a load that ends early."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+
+import pytest
+from daemon_util import DaemonFactory
+
+from orchd._bench.api import MIN_PROBES, quantile_ms
+from orchd._bench.run import _ms, _Table
 
 
 def test_bench_quick_prints_every_scenario() -> None:
@@ -17,3 +25,34 @@ def test_bench_quick_prints_every_scenario() -> None:
     for label in ("raw durable commit", "P1 ", "P2 ", "P3 ", "P4 ", "P5 "):
         assert label in result.stdout
     assert "1,000/1,000 completed" in result.stdout
+
+
+def test_p6_prober_takes_its_minimum_samples_when_stdin_closes_at_once(
+    daemon_factory: DaemonFactory,
+) -> None:
+    daemon = daemon_factory()
+    pid = daemon.start_process("quick")
+    # stdin at EOF from the start: the load ended before the prober sent anything (#26).
+    result = subprocess.run(
+        [sys.executable, "-m", "orchd._bench.run", "--p6-probe", daemon.socket, pid],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert len(json.loads(result.stdout)) >= MIN_PROBES > 0
+
+
+def test_latency_statistics_of_no_samples_say_so() -> None:
+    assert quantile_ms([], 0.99) is None
+    assert quantile_ms([], 0.5) is None
+    assert _ms(None) == "no samples"
+
+
+def test_bench_table_prints_a_row_as_soon_as_it_is_measured(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    table = _Table()
+    table.row("P1 something", "1 step/s")
+    assert "P1 something" in capsys.readouterr().out

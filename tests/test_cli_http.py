@@ -281,6 +281,17 @@ def test_show_renders_steps_and_traceback(stub: Stub, capsys: pytest.CaptureFixt
     assert json.loads(out) == PROCESS
 
 
+def test_show_leaves_out_the_traceback_of_a_process_that_completed_after_a_retry(
+    stub: Stub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    retried = {"name": "Provision node", "status": "success", "error": None, "traceback": None}
+    completed = dict(PROCESS, status="completed", error=None, steps=[*PROCESS["steps"], retried])
+    stub.on("GET", f"/api/processes/{PID}", (200, completed))
+    status, out, _ = orchd(stub, capsys, "show", PID)
+    assert status == 0 and "oss unreachable" in out  # the old attempt stays in the step log
+    assert "traceback" not in out and "wf.py" not in out
+
+
 def test_show_unknown_process_exits_1(stub: Stub, capsys: pytest.CaptureFixture[str]) -> None:
     stub.on("GET", "/api/processes/nope", problem(404, "no process nope"))
     status, out, err = orchd(stub, capsys, "show", "nope")

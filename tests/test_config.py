@@ -227,6 +227,7 @@ def test_listen_parsing(text: str, expected: tuple[str, int]) -> None:
 def test_bad_listen(write, tmp_path: Path, text: str) -> None:
     token = tmp_path / "token"
     token.write_text("secret\n")
+    token.chmod(0o600)  # a group/world-readable token file is refused
     path = write(f"listen = '{text}'\ntoken_file = '{token}'")
     assert error_of(path).startswith(f"{path}: listen: ")
 
@@ -234,6 +235,7 @@ def test_bad_listen(write, tmp_path: Path, text: str) -> None:
 def test_listen_address_property(write, tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("  secret\n")
+    token.chmod(0o600)
     loaded = load_config(write(f"listen = '[::1]:8470'\ntoken_file = '{token}'"), env={})
     assert loaded.config.listen_address == ("::1", 8470)
     assert loaded.token_path == token and loaded.read_token() == "secret"
@@ -248,6 +250,7 @@ def test_token_from_systemd_credential(write, tmp_path: Path) -> None:
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "token").write_text("from-credential")
+    (credentials / "token").chmod(0o400)  # as systemd makes credentials
     path = write("listen = '127.0.0.1:8470'")
     loaded = load_config(path, env={"CREDENTIALS_DIRECTORY": str(credentials)})
     assert loaded.read_token() == "from-credential"
@@ -415,3 +418,32 @@ def test_check_database_path_read_only_directory(tmp_path: Path) -> None:
 def test_toml_error_at_end_of_file_names_the_last_line(write) -> None:
     path = write("a = 1\nworkflows = [1,")
     assert error_of(path) == f"{path}: line 2: TOML syntax error: Invalid value (at end of file)"
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
+def test_a_token_file_readable_by_group_or_others_is_refused(
+    write, tmp_path: Path, mode: int
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("x" * 40)
+    token.chmod(mode)
+    loaded = load_config(write(f"listen = '127.0.0.1:8470'\ntoken_file = '{token}'"), env={})
+    with pytest.raises(ConfigError) as caught:
+        loaded.read_token()
+    assert str(caught.value).startswith(f"{loaded.source}: token_file: {token} is readable")
+
+
+@pytest.mark.parametrize(
+    ("token", "weak"),
+    [("a" * 31, True), ("a" * 32, False), ("Zz0_-" * 4, True), ("Zz0_-" * 4 + "ab", False)],
+)
+def test_a_token_under_128_bits_is_warned_about(
+    write, tmp_path: Path, caplog: pytest.LogCaptureFixture, token: str, weak: bool
+) -> None:
+    path = tmp_path / "token"
+    path.write_text(token)
+    path.chmod(0o600)
+    loaded = load_config(write(f"listen = '127.0.0.1:8470'\ntoken_file = '{path}'"), env={})
+    with caplog.at_level("WARNING", logger="orchd.config"):
+        assert loaded.read_token() == token
+    assert ("fewer than 128 bits" in caplog.text) is weak

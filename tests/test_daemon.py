@@ -179,6 +179,7 @@ def test_tcp_listener_needs_the_token_except_for_health(
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
+    token_file.chmod(0o600)  # a group/world-readable token file is refused
     port = free_port()
     daemon = daemon_factory({"listen": f"127.0.0.1:{port}", "token_file": str(token_file)})
     assert tcp_request("127.0.0.1", port, "GET", "/api/health")[0] == 200

@@ -568,3 +568,24 @@ def test_an_unreachable_daemon_exits_3(daemon: Daemon, argv: list[str]) -> None:
     done = daemon.cli(*argv, socket=missing)
     assert done.returncode == 3, (argv, done.returncode, done.stdout, done.stderr)
     assert done.stderr.strip() and done.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--socket", "x.sock"], ["--url", "http://127.0.0.1:1"], ["--token-file", "t"], ["--json"]],
+)
+def test_serve_refuses_a_client_option_with_a_usage_error(
+    tmp_path: Path, option: list[str]
+) -> None:
+    # A config serve would refuse anyway (exit 2): without the check, the test would still end
+    # quickly, but with the config's message instead of the option's.
+    config = tmp_path / "orchd.toml"
+    config.write_text("no_such_key = 1\n")
+    for argv in (["serve", *option], [*option, "serve"]):
+        done = subprocess.run(
+            [ORCHD, *argv, "--config", str(config)],
+            capture_output=True, text=True, cwd=tmp_path, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert f"serve takes no {option[0]}" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["orchd.toml"]

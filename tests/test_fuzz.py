@@ -168,6 +168,7 @@ class Campaign:
 def campaign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Campaign]:
     base = tmp_path_factory.mktemp("fuzz")
     (base / "token").write_text(TOKEN + "\n")
+    (base / "token").chmod(0o600)  # a group/world-readable token file is refused
     port = free_port()
     daemon = DaemonProcess(
         base / "daemon",

@@ -5,6 +5,7 @@ purpose."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import io
 import json
 import os
@@ -224,7 +225,7 @@ def test_check_cannot_open(what: str, tmp_path: Path) -> None:
         assert done.returncode == 1
         assert json.loads(done.stdout)["problems"][0]["kind"] == "schema"
         return
-    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.returncode == 2, done.stdout + done.stderr  # usage, not "unreachable" (#24)
     assert json.loads(done.stdout) == {"ok": False, "error": done.stderr.split(": ", 2)[2].strip()}
     assert str(path) in done.stderr
     assert not path.with_name("x.db-wal").exists()
@@ -276,11 +277,11 @@ def test_backup_usage_and_failures(sample_db: Path, tmp_path: Path) -> None:
     done = orchd("backup", str(sample_db), "--database", str(sample_db), "--force")
     assert done.returncode == 2 and "the database itself" in done.stderr
     done = orchd("backup", str(tmp_path / "b.db"), "--database", str(tmp_path / "none.db"))
-    assert done.returncode == 1 and "does not exist" in done.stderr
+    assert done.returncode == 2 and "does not exist" in done.stderr
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"\0garbage" * 1000)
     done = orchd("backup", str(tmp_path / "b.db"), "--database", str(garbage))
-    assert done.returncode == 1 and "not a database" in done.stderr
+    assert done.returncode == 2 and "not a database" in done.stderr
     done = orchd("backup", str(tmp_path / "no" / "b.db"), "--database", str(sample_db))
     assert done.returncode == 2 and "does not exist" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.db"]
@@ -373,3 +374,149 @@ def test_check_as_root_leaves_sidecars_to_the_owner(sample_db: Path, tmp_path: P
     assert maintenance.check(str(db)).ok
     for sidecar in (tmp_path / "orchd.db-wal", tmp_path / "orchd.db-shm"):
         assert (sidecar.stat().st_uid, sidecar.stat().st_gid) == (65534, 65534)
+
+
+# --- run as root: never hand a file to the database's owner by path (#1) -------------------------
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="only root can be tricked into chown")
+
+
+def _owned_by_nobody(sample_db: Path, directory: Path) -> Path:
+    db = directory / "orchd.db"
+    shutil.copyfile(sample_db, db)
+    os.chown(db, 65534, 65534)
+    os.chmod(db, 0o640)
+    return db
+
+
+def _root_secrets(directory: Path) -> list[Path]:
+    secrets = []
+    for name in ("secret-wal", "secret-shm"):
+        path = directory / name
+        path.write_text("")  # empty, like a file SQLite has just created
+        os.chmod(path, 0o600)
+        secrets.append(path)
+    return secrets
+
+
+def _untouched(secret: Path) -> bool:
+    st = secret.stat()
+    return (st.st_uid, st.st_gid, st.st_mode & 0o7777, st.st_size) == (0, 0, 0o600, 0)
+
+
+@as_root
+@pytest.mark.parametrize("command", [["check"], ["backup", "copy.db"]])
+def test_root_command_leaves_a_symlinked_side_file_target_alone(
+    sample_db: Path, tmp_path: Path, command: list[str]
+) -> None:
+    db = _owned_by_nobody(sample_db, tmp_path)
+    secrets = _root_secrets(tmp_path)
+    os.symlink(secrets[0], f"{db}-wal")
+    os.symlink(secrets[1], f"{db}-shm")
+    done = orchd(*command, "--database", str(db), cwd=tmp_path)
+    assert done.returncode != 0 and "symbolic link" in done.stderr
+    assert all(_untouched(s) for s in secrets)
+    assert not (tmp_path / "copy.db").exists()
+
+
+@as_root
+def test_root_check_chowns_nothing_swapped_in_after_sqlite_created_the_side_files(
+    sample_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The owner's move in the race: once SQLite has created -wal/-shm (owned by the owner),
+    # replace them with symlinks to root's files. Playing the attacker needs a hook at that
+    # instant, so SQLite's connect is wrapped to swap right after the connection's first read.
+    db = _owned_by_nobody(sample_db, tmp_path)
+    secrets = _root_secrets(tmp_path)
+    real_connect = sqlite3.connect
+
+    class Swapping(sqlite3.Connection):
+        swapped = False
+
+        def execute(self, *args: object) -> sqlite3.Cursor:
+            cursor = super().execute(*args)  # type: ignore[arg-type]
+            if not Swapping.swapped:
+                Swapping.swapped = True
+                for side, secret in zip(("-wal", "-shm"), secrets, strict=True):
+                    os.replace(db.with_name(db.name + side), tmp_path / f"old{side}")
+                    os.symlink(secret, f"{db}{side}")
+            return cursor
+
+    def connect(*args: object, **kwargs: object) -> sqlite3.Connection:
+        return real_connect(*args, factory=Swapping, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(maintenance.sqlite3, "connect", connect)
+    maintenance.connect_readonly(str(db)).close()
+    assert Swapping.swapped
+    assert all(_untouched(s) for s in secrets)
+
+
+# --- what a killed backup leaves, and destinations that are the database's own files (#14) -------
+
+
+def _leftover(directory: Path, name: str, age: float = 3600.0) -> Path:
+    path = directory / name
+    path.write_bytes(b"\0" * 4096)
+    then = time.time() - age
+    os.utime(path, (then, then))
+    return path
+
+
+def test_backup_removes_what_a_killed_backup_to_the_same_name_left(
+    sample_db: Path, tmp_path: Path
+) -> None:
+    killed = _leftover(tmp_path, ".b.db.k1ll3d_x.tmp")
+    journal = _leftover(tmp_path, ".b.db.k1ll3d_x.tmp-journal")
+    done = orchd("backup", str(tmp_path / "b.db"), "--database", str(sample_db))
+    assert done.returncode == 0, done.stderr
+    assert not killed.exists() and not journal.exists()
+
+
+def test_backup_keeps_files_that_are_not_unambiguously_its_leftovers(
+    sample_db: Path, tmp_path: Path
+) -> None:
+    kept = [
+        _leftover(tmp_path, ".other.db.k1ll3d_x.tmp"),  # another destination's
+        _leftover(tmp_path, ".b.db.short.tmp"),  # not mkstemp's name
+        _leftover(tmp_path, ".b.db.k1ll3d_x.tmp.bak"),
+        _leftover(tmp_path, ".b.db.fr3sh___.tmp", age=0.0),  # a backup that just began
+    ]
+    os.symlink(sample_db, tmp_path / ".b.db.symlink.tmp")
+    done = orchd("backup", str(tmp_path / "b.db"), "--database", str(sample_db))
+    assert done.returncode == 0, done.stderr
+    assert all(p.exists() for p in kept)
+    assert (tmp_path / ".b.db.symlink.tmp").is_symlink() and sample_db.exists()
+
+
+def test_backup_keeps_the_temporary_copy_of_a_live_backup(sample_db: Path, tmp_path: Path) -> None:
+    live = _leftover(tmp_path, ".b.db.l1v3___.tmp")
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the live backup holds it
+        done = orchd("backup", str(tmp_path / "b.db"), "--database", str(sample_db))
+    assert done.returncode == 0, done.stderr
+    assert live.exists()
+
+
+@pytest.mark.parametrize("suffix", ["-wal", "-shm", "-journal"])
+def test_backup_refuses_a_side_file_of_the_database_as_destination(
+    sample_db: Path, tmp_path: Path, suffix: str
+) -> None:
+    db = tmp_path / "db" / "orchd.db"
+    db.parent.mkdir()
+    shutil.copyfile(sample_db, db)
+    (tmp_path / "link").symlink_to(db.parent)  # the same file by another path
+    for dest in (f"{db}{suffix}", str(tmp_path / "link" / f"orchd.db{suffix}")):
+        done = orchd("backup", dest, "--database", str(db), "--force")
+        assert done.returncode == 2, done.stderr
+        assert f"the database's {suffix} file" in done.stderr
+    assert sorted(p.name for p in db.parent.iterdir()) == ["orchd.db"]
+
+
+@pytest.mark.parametrize("command", [["check"], ["backup", "b.db"]])
+def test_a_missing_database_is_a_usage_error_of_check_and_backup(
+    tmp_path: Path, command: list[str]
+) -> None:
+    done = orchd(*command, "--database", str(tmp_path / "none.db"), cwd=tmp_path)
+    assert done.returncode == maintenance.EXIT_USAGE == 2, done.stderr
+    assert f"cannot open database {tmp_path / 'none.db'}: it does not exist" in done.stderr
+    assert list(tmp_path.iterdir()) == []

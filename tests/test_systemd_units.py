@@ -115,3 +115,17 @@ def test_sysusers_creates_the_service_user(tmp_path: Path) -> None:
     assert users["orchd"][4:6] == ["orchd workflow daemon", "/var/lib/orchd"]
     groups = (tmp_path / "etc/group").read_text().splitlines()
     assert any(line.startswith("orchd:") for line in groups)
+
+
+def _settings(unit: str) -> dict[str, str]:
+    text = (UNITS / unit).read_text()
+    return dict(line.split("=", 1) for line in text.splitlines() if re.match(r"^[A-Z]\w*=", line))
+
+
+def test_stopping_the_service_keeps_the_activation_socket_path() -> None:
+    # systemd removes a RuntimeDirectory= when its service stops unless told to keep it; the
+    # socket unit's listening socket lives there, so its path would vanish after one restart.
+    service, socket_unit = _settings("orchd.service"), _settings("orchd.socket")
+    runtime = Path("/run") / service["RuntimeDirectory"]
+    assert Path(socket_unit["ListenStream"]).parent == runtime
+    assert service["RuntimeDirectoryPreserve"] == "yes"

@@ -22,6 +22,10 @@ import aiohttp
 #: Concurrent API clients of the load generator.
 CLIENTS = 100
 
+#: Requests the P6 prober sends even when the load ends before it got going: on a loaded
+#: 2-core machine its first request can come after the load is over (issue #26).
+MIN_PROBES = 50
+
 
 class _Daemon:
     def __init__(self, directory: str, name: str) -> None:
@@ -104,8 +108,7 @@ async def _p6(directory: str, processes: int) -> dict[str, Any]:
         await asyncio.sleep(0.2)
         await _start_many(session, "bench_ten_steps", processes)
         out, _ = await prober.communicate(b"")
-        latencies = sorted(json.loads(out))
-        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        latencies: list[float] = json.loads(out) if out.strip() else []
         walls = []
         for _ in range(5):
             t = time.perf_counter()
@@ -117,19 +120,29 @@ async def _p6(directory: str, processes: int) -> dict[str, Any]:
             )
             walls.append(time.perf_counter() - t)
         return {
-            "p99_ms": p99 * 1000,
-            "median_ms": statistics.median(latencies) * 1000,
+            "p99_ms": quantile_ms(latencies, 0.99),
+            "median_ms": quantile_ms(latencies, 0.5),
             "samples": len(latencies),
-            "ps_ms": statistics.median(walls) * 1000,
+            "ps_ms": quantile_ms(walls, 0.5),
         }
 
 
+def quantile_ms(seconds: list[float], q: float) -> float | None:
+    """The ``q`` quantile of ``seconds`` in milliseconds; None when there is no sample."""
+    if not seconds:
+        return None
+    ordered = sorted(seconds)
+    if q == 0.5:
+        return statistics.median(ordered) * 1000
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
+
+
 def probe_main(socket_path: str, pid: str) -> int:
-    """GET one process over and over until stdin closes; print the latencies (JSON)."""
+    """GET one process until stdin closes (at least MIN_PROBES times); print the latencies."""
     from orchd.client import UnixHTTPConnection
 
     latencies: list[float] = []
-    while not select.select([sys.stdin], [], [], 0)[0]:
+    while len(latencies) < MIN_PROBES or not select.select([sys.stdin], [], [], 0)[0]:
         conn = UnixHTTPConnection(socket_path, timeout=10)
         started = time.perf_counter()
         conn.request("GET", f"/api/processes/{pid}")

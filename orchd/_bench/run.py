@@ -249,13 +249,27 @@ async def _with_loop(measure: Callable[[], Awaitable[Any]]) -> Any:
     return await measure()
 
 
-def _table(rows: list[tuple[str, str, str, str]]) -> str:
-    header = ("scenario", "measured", "baseline", "goal")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
+class _Table:
+    """Prints the header at once and each row as soon as it is measured (flushed), so a
+    scenario that fails late never takes the figures measured before it with it."""
+
+    HEADER = ("scenario", "measured", "baseline", "goal")
+    WIDTHS = (44, 70, 30, 22)
+
+    def __init__(self) -> None:
+        self._line(self.HEADER)
+        self._line(tuple("-" * w for w in self.WIDTHS))
+
+    def _line(self, cells: tuple[str, ...]) -> None:
+        text = "  ".join(c.ljust(w) for c, w in zip(cells, self.WIDTHS, strict=True))
+        print(text.rstrip(), flush=True)
+
+    def row(self, scenario: str, measured: str, baseline: str = "-", goal: str = "-") -> None:
+        self._line((scenario, measured, baseline, goal))
+
+
+def _ms(value: float | None, digits: int = 1) -> str:
+    return "no samples" if value is None else f"{value:.{digits}f} ms"
 
 
 def main(argv: list[str]) -> int:
@@ -285,96 +299,92 @@ def main(argv: list[str]) -> int:
     except ImportError:
         pass
 
+    print(
+        f"orchd bench on {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+        f"median of {runs} run(s), synchronous=FULL",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="orchd-bench-") as directory:
+        table = _Table()
         raw = statistics.median(
             raw_commit_rate(directory, 300 if args.quick else 1000) for _ in range(runs)
         )
+        table.row("raw durable commit (1 row)", f"{raw:,.0f}/s")
         p1 = _median(runs, lambda: p1_throughput(directory, p1_count))
+        table.row(
+            f"P1 {p1_count:,} x 10-step processes",
+            f"{p1['steps_per_s']:,.0f} steps/s ({p1['steps_per_s'] / raw:.1f}x raw)",
+            f"{raw:,.0f} commits/s",
+            ">= 30,000/s, >= 5x raw",
+        )
         p2 = _median(runs, lambda: p2_latency(directory))
+        table.row(
+            "P2 one 10-step process",
+            f"{p2 * 1000:.1f} ms ({p2 * raw / 10:.2f}x)",
+            f"{10 / raw * 1000:.1f} ms (10 commits)",
+            "<= 1.2x",
+        )
         p3 = p3_memory(directory, p3_count)
+        table.row(
+            f"P3 {p3_count:,} suspended",
+            f"{p3['suspended_mb']:+.1f} MiB RSS",
+            "empty database",
+            "~0 beyond the db",
+        )
+        table.row(
+            f"P3 {p3['alive']:,.0f} actors polling",
+            f"{p3['per_actor_kb']:.1f} KiB/actor",
+            "-",
+            "<= 8 KB/actor",
+        )
         p4_count = 1000 if args.quick else 10_000
-        p4 = bench_load.p4_polling(directory, p4_count, interval=1.0)
-        p4_flat = bench_load.p4_polling(directory, p4_count, interval=0.0)
-        p5_count = 1000 if args.quick else 10_000
-        p5 = bench_load.p5_recovery(directory, p5_count)
+        p4_runs = (("every 1 s", 1.0, ">= 0.8x"), ("flat out", 0.0, "(CPU per request)"))
+        for how, interval, goal in p4_runs:
+            r = bench_load.p4_polling(directory, p4_count, interval=interval)
+            table.row(
+                f"P4 {p4_count:,} processes polling an OSS {how}",
+                f"{r['requests_per_s']:,.0f} req/s "
+                f"({r['requests_per_s'] / r['baseline_per_s']:.2f}x), "
+                f"{r['cpu_s']:.1f} s CPU, {r['rss_mb']:.0f} MiB peak",
+                f"{r['baseline_per_s']:,.0f} req/s plain aiohttp",
+                goal,
+            )
+        p5 = bench_load.p5_recovery(directory, 1000 if args.quick else 10_000)
+        table.row(
+            f"P5 SIGKILL, {p5['in_flight']:,.0f} in flight",
+            f"all moving again in {p5['resumed_s']:.2f} s, "
+            f"{p5['completed']:,.0f}/{p5['total']:,.0f} completed",
+            "-",
+            "<= 2 s, none lost",
+        )
         p6 = bench_api.p6_latency(directory, p1_count)
+        table.row(
+            f"P6 GET a process during {p1_count:,} starts",
+            f"p99 {_ms(p6['p99_ms'])} (median {_ms(p6['median_ms'])}, "
+            f"{p6['samples']:,} samples); orchd ps {_ms(p6['ps_ms'], 0)}",
+            "-",
+            "p99 < 5 ms; ps < 150 ms",
+        )
         p7_count = 2000 if args.quick else 10_000
         p7 = statistics.median(bench_api.p7_starts(directory, p7_count) for _ in range(runs))
-        rows = [
-            ("raw durable commit (1 row)", f"{raw:,.0f}/s", "-", "-"),
-            (
-                f"P1 {p1_count:,} x 10-step processes",
-                f"{p1['steps_per_s']:,.0f} steps/s ({p1['steps_per_s'] / raw:.1f}x raw)",
-                f"{raw:,.0f} commits/s",
-                ">= 30,000/s, >= 5x raw",
-            ),
-            (
-                "P2 one 10-step process",
-                f"{p2 * 1000:.1f} ms ({p2 * raw / 10:.2f}x)",
-                f"{10 / raw * 1000:.1f} ms (10 commits)",
-                "<= 1.2x",
-            ),
-            (
-                f"P3 {p3_count:,} suspended",
-                f"{p3['suspended_mb']:+.1f} MiB RSS",
-                "empty database",
-                "~0 beyond the db",
-            ),
-            (
-                f"P3 {p3['alive']:,.0f} actors polling",
-                f"{p3['per_actor_kb']:.1f} KiB/actor",
-                "-",
-                "<= 8 KB/actor",
-            ),
-            *(
-                (
-                    f"P4 {p4_count:,} processes polling an OSS {how}",
-                    f"{r['requests_per_s']:,.0f} req/s "
-                    f"({r['requests_per_s'] / r['baseline_per_s']:.2f}x), "
-                    f"{r['cpu_s']:.1f} s CPU, {r['rss_mb']:.0f} MiB peak",
-                    f"{r['baseline_per_s']:,.0f} req/s plain aiohttp",
-                    goal,
-                )
-                for how, r, goal in (
-                    ("every 1 s", p4, ">= 0.8x"),
-                    ("flat out", p4_flat, "(CPU per request)"),
-                )
-            ),
-            (
-                f"P5 SIGKILL, {p5['in_flight']:,.0f} in flight",
-                f"all moving again in {p5['resumed_s']:.2f} s, "
-                f"{p5['completed']:,.0f}/{p5['total']:,.0f} completed",
-                "-",
-                "<= 2 s, none lost",
-            ),
-            (
-                f"P6 GET a process during {p1_count:,} starts",
-                f"p99 {p6['p99_ms']:.1f} ms (median {p6['median_ms']:.1f}, "
-                f"{p6['samples']:,} samples); orchd ps {p6['ps_ms']:.0f} ms",
-                "-",
-                "p99 < 5 ms; ps < 150 ms",
-            ),
-            (
-                f"P7 {p7_count:,} starts over the socket",
-                f"{p7:,.0f} starts/s",
-                f"{bench_api.CLIENTS} concurrent clients",
-                ">= 5,000/s",
-            ),
-        ]
-        print(
-            f"orchd bench on {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-            f"median of {runs} run(s), synchronous=FULL"
+        table.row(
+            f"P7 {p7_count:,} starts over the socket",
+            f"{p7:,.0f} starts/s",
+            f"{bench_api.CLIENTS} concurrent clients",
+            ">= 5,000/s",
         )
-        print(_table(rows))
         if args.scaling:
             print("\nsteps/s and RSS by number of concurrent processes")
             for n in (100, 1000, 10_000, 100_000) if not args.quick else (100, 1000):
                 r = _median(1, lambda n=n: p1_throughput(directory, n))  # type: ignore[misc]
-                print(f"  {n:>7,}  {r['steps_per_s']:>9,.0f} steps/s  {r['rss_mb']:>7.1f} MiB")
+                print(
+                    f"  {n:>7,}  {r['steps_per_s']:>9,.0f} steps/s  {r['rss_mb']:>7.1f} MiB",
+                    flush=True,
+                )
             print("\nsteps/s by State size (1,000 processes)")
             for size in (1_000, 10_000, 100_000):
                 r = _median(1, lambda size=size: state_size(directory, size, 1000))  # type: ignore[misc]
-                print(f"  {size // 1000:>4} KB  {r:>9,.0f} steps/s")
+                print(f"  {size // 1000:>4} KB  {r:>9,.0f} steps/s", flush=True)
     return 0
 
 

@@ -5,17 +5,22 @@ consistent snapshot while the daemon keeps writing, and neither tool ever writes
 source is opened with ``mode=ro``). Only the standard library is imported, so the commands
 start as fast as the rest of the CLI.
 
-Exit statuses: ``backup`` 0 written and checked, 1 failed (nothing is left at PATH), 2 usage
-(PATH exists without ``--force``, no usable database path); ``check`` 0 clean, 1 problems found,
-2 usage, 3 the database cannot be opened or read.
+Exit statuses, the CLI's meanings: ``backup`` 0 written and checked, 1 failed (nothing is left
+at PATH); ``check`` 0 clean, 1 problems found (also a database that opens but cannot be read
+through); both 2 usage: bad arguments, PATH exists without ``--force``, and a database file that
+is missing or cannot be opened (a problem of the command's configuration, as for ``serve``).
+Neither uses 3, which means "the daemon cannot be reached".
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
+import re
 import sqlite3
+import stat
 import sys
 import tempfile
 import time
@@ -98,42 +103,43 @@ def database_path(
     return os.path.normpath(path)
 
 
+#: The files SQLite keeps beside a database, by suffix.
+SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+#: How ``backup`` names its temporary copy: ``.NAME.XXXXXXXX.tmp`` beside the destination.
+TEMP_SUFFIX = ".tmp"
+#: Seconds a temporary copy must be unchanged before a later backup may call it a leftover.
+LEFTOVER_AGE = 60.0
+
+
 def connect_readonly(path: str) -> sqlite3.Connection:
-    """A connection that can never write to ``path``, nor create it when it is missing."""
+    """A connection that can never write to ``path``, nor create it when it is missing.
+
+    Even a read-only reader of a WAL database creates ``-wal``/``-shm`` when no other connection
+    has them open, so ``sudo orchd check`` creates files beside the daemon's database. We never
+    chown or chmod them ourselves (issue #1): by path, that follows a symlink the database's
+    owner can swap in after SQLite created the file, and root would hand any file to that
+    owner. SQLite already does it safely: running as root, it fchowns the -wal and -shm it
+    creates to the database file's owner and group, on its own descriptor, with the database's
+    permission bits (tests/test_maintenance.py pins this). Side files that are symlinks when we
+    look are refused outright: SQLite never makes them.
+    """
     if not os.path.isfile(path):
         what = "does not exist" if not os.path.exists(path) else "is not a regular file"
-        raise MaintenanceError(f"cannot open database {path}: it {what}", EXIT_UNOPENABLE)
+        raise MaintenanceError(f"cannot open database {path}: it {what}", EXIT_USAGE)
+    for side in (path + suffix for suffix in SIDE_SUFFIXES):
+        if os.path.islink(side):
+            raise MaintenanceError(
+                f"cannot open database {path}: {side} is a symbolic link, not SQLite's file",
+                EXIT_USAGE,
+            )
     uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
-    sidecars = [path + "-wal", path + "-shm"]
-    absent = [p for p in sidecars if not os.path.exists(p)]
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5.0)
         # Opening is lazy: read the header now so "not a database" is an open failure.
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.Error as exc:
-        raise MaintenanceError(f"cannot open database {path}: {exc}", EXIT_UNOPENABLE) from None
-    _give_back(path, absent)
+        raise MaintenanceError(f"cannot open database {path}: {exc}", EXIT_USAGE) from None
     return conn
-
-
-def _give_back(path: str, created: list[str]) -> None:
-    """Hand -wal/-shm files our reading created to the database's owner.
-
-    Even a read-only reader of a WAL database creates them when the daemon is not running,
-    and a read-only reader cannot remove them again; made by root (``sudo orchd check``),
-    they would keep the daemon's own user from opening its database.
-    """
-    if os.geteuid() != 0:
-        return
-    owner = os.stat(path)
-    for sidecar in created:
-        try:
-            st = os.stat(sidecar)
-            if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
-                os.chown(sidecar, owner.st_uid, owner.st_gid)
-                os.chmod(sidecar, owner.st_mode & 0o666)
-        except OSError:
-            pass  # not created after all, or not ours to change: nothing to hand back
 
 
 # --- backup --------------------------------------------------------------------------------------
@@ -166,18 +172,18 @@ def backup(
     dest = os.path.abspath(dest)
     _check_destination(source, dest, force)
     started = time.monotonic()
-    try:
-        src = connect_readonly(source)
-    except MaintenanceError as exc:
-        raise MaintenanceError(str(exc), EXIT_FAILED) from None
+    src = connect_readonly(source)
     directory, name = os.path.split(dest)
+    _remove_leftovers(directory, name)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=TEMP_SUFFIX, dir=directory)
     except OSError as exc:
         src.close()
         raise MaintenanceError(f"cannot write in {directory}: {exc.strerror or exc}") from None
-    os.close(fd)
     try:
+        # Held until we are done (or killed: the kernel lets go), so a later run can tell a
+        # live copy from the leftover of a killed one.
+        fcntl.flock(fd, fcntl.LOCK_EX)
         pages = _copy(src, tmp, step_pages, progress)
         problems = _integrity(tmp)
         if problems:
@@ -187,14 +193,11 @@ def backup(
         _fsync(tmp)
         _place(tmp, dest, force)
     except BaseException:
-        for leftover in (tmp, tmp + "-journal", tmp + "-wal", tmp + "-shm"):
-            try:
-                os.unlink(leftover)
-            except FileNotFoundError:
-                pass
+        _unlink_temp(tmp)
         raise
     finally:
         src.close()
+        os.close(fd)
     return BackupResult(
         path=dest,
         size=os.stat(dest).st_size,
@@ -203,9 +206,55 @@ def backup(
     )
 
 
+def _remove_leftovers(directory: str, name: str) -> None:
+    """Delete the temporary copies killed backups to ``name`` left behind (issue #14).
+
+    Only what is unambiguously ours goes: a regular file named exactly as ``backup`` names its
+    temporary copy of ``name``, unchanged for LEFTOVER_AGE seconds (a backup that has just
+    created its file has not locked it yet), whose lock no live backup holds.
+    """
+    pattern = re.compile(rf"\.{re.escape(name)}\.[A-Za-z0-9_]{{8}}{re.escape(TEMP_SUFFIX)}")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for entry in names:
+        if not pattern.fullmatch(entry):
+            continue
+        path = os.path.join(directory, entry)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < LEFTOVER_AGE:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live backup holds it
+        else:
+            _unlink_temp(path)
+        finally:
+            os.close(fd)
+
+
+def _unlink_temp(tmp: str) -> None:
+    for leftover in (tmp, tmp + "-journal", tmp + "-wal", tmp + "-shm"):
+        try:
+            os.unlink(leftover)
+        except FileNotFoundError:
+            pass
+
+
 def _check_destination(source: str, dest: str, force: bool) -> None:
     if os.path.isdir(dest):
         raise MaintenanceError(f"{dest} is a directory; name the backup file", EXIT_USAGE)
+    real_source, real_dest = os.path.realpath(source), os.path.realpath(dest)
+    for suffix in ("", *SIDE_SUFFIXES):
+        if real_dest == real_source + suffix:
+            what = f"the database's {suffix} file" if suffix else "the database itself"
+            raise MaintenanceError(f"{dest} is {what}", EXIT_USAGE)
     if os.path.exists(dest):
         if os.path.exists(source) and os.path.samefile(source, dest):
             raise MaintenanceError(f"{dest} is the database itself", EXIT_USAGE)
@@ -408,7 +457,7 @@ def check(path: str) -> Report:
         return _check(conn, Report(database=path))
     except sqlite3.Error as exc:
         # A file with a valid header can still be unreadable further in (truncated, garbage).
-        raise MaintenanceError(f"cannot read database {path}: {exc}", EXIT_UNOPENABLE) from None
+        raise MaintenanceError(f"cannot read database {path}: {exc}", EXIT_FAILED) from None
     finally:
         conn.close()
 
