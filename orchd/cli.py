@@ -123,7 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("resume", "answer a suspended process's form")
     p.add_argument("id")
     p.add_argument("--input", metavar="JSON|@FILE|-", required=True)
-    command("retry", "re-run the failed step").add_argument("id")
+    p = command("retry", "re-run the failed step")
+    p.add_argument("id")
+    p.add_argument(
+        "--reissue",
+        action="store_true",
+        help="after a callback's validate step failed: ask the external system again",
+    )
+    p = command(
+        "callback",
+        "answer an awaiting_callback process: with its callback token as the external "
+        "system, or with its process id as an operator",
+    )
+    p.add_argument("target", metavar="TOKEN|ID")
+    p.add_argument("--input", metavar="JSON|@FILE|-", help="the answer (default: {})")
     command("abort", "abort a process").add_argument("id")
 
     p = command("subscriptions", "list subscriptions")
@@ -289,7 +302,6 @@ def print_process(proc: dict[str, Any]) -> None:
             ("error", proc.get("error")),
             ("attempts", proc.get("attempts") or None),
             ("next retry", when(proc.get("next_retry_at")) or None),
-            ("callback token", proc.get("callback_token")),
             ("form", form_text),
         ]
     )
@@ -420,7 +432,12 @@ def _action(client: Client, args: argparse.Namespace, action: str, body: Any = N
     if args.json:
         print_json(answer if answer is not None else {"id": args.id, "action": action})
     else:
-        done = {"resume": "resumed", "retry": "retrying", "abort": "abort requested for"}[action]
+        done = {
+            "resume": "resumed",
+            "retry": "retrying",
+            "abort": "abort requested for",
+            "callback": "answered",
+        }[action]
         print(f"{done} {args.id}")
     return EXIT_OK
 
@@ -430,7 +447,32 @@ def cmd_resume(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_retry(client: Client, args: argparse.Namespace) -> int:
-    return _action(client, args, "retry")
+    return _action(client, args, "retry", {"reissue": True} if args.reissue else None)
+
+
+def cmd_callback(client: Client, args: argparse.Namespace) -> int:
+    body = read_input(args.input)
+    if _is_process_id(args.target):
+        args.id = args.target
+        return _action(client, args, "callback", body)
+    answer = client.post(f"/api/callbacks/{quoted(args.target)}", body)
+    if args.json:
+        print_json(answer)
+    else:
+        pid = answer.get("id") if isinstance(answer, dict) else None
+        print(f"answered {pid or 'the callback'}")
+    return EXIT_OK
+
+
+def _is_process_id(text: str) -> bool:
+    """A process id (a UUID) rather than a callback token (URL-safe base64, no dashes in
+    these places)."""
+    import uuid
+
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
 
 
 def cmd_abort(client: Client, args: argparse.Namespace) -> int:
@@ -541,6 +583,7 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "resume": cmd_resume,
     "retry": cmd_retry,
     "abort": cmd_abort,
+    "callback": cmd_callback,
     "subscriptions": cmd_subscriptions,
     "subscription": cmd_subscription,
     "schedules": cmd_schedules,

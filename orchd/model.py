@@ -63,14 +63,19 @@ class Action(enum.StrEnum):
 
     RESUME = "resume"
     RETRY = "retry"
+    SKIP = "skip"
     ABORT = "abort"
     CALLBACK = "callback"
 
+
+#: The action recorded when a process is created (any status check is moot then).
+START = "start"
 
 #: The statuses in which each action is allowed.
 ALLOWED: dict[Action, frozenset[ProcessStatus]] = {
     Action.RESUME: frozenset({P.SUSPENDED}),
     Action.RETRY: frozenset({P.FAILED, P.WAITING}),
+    Action.SKIP: frozenset({P.FAILED, P.WAITING}),
     Action.ABORT: frozenset(
         {P.CREATED, P.RUNNING, P.SUSPENDED, P.WAITING, P.AWAITING_CALLBACK, P.FAILED}
     ),
@@ -91,6 +96,16 @@ def check_action(action: Action, current: ProcessStatus, process_id: str) -> Non
         raise InvalidTransition(
             f"cannot {action} process {process_id}: it is {current} (allowed when {allowed})"
         )
+
+
+class ActionRecord(msgspec.Struct, kw_only=True):
+    """Who asked for what (contract §10); ``actor`` is ``uid:N`` on the socket, ``token`` over
+    TCP, either followed by the client's label in parentheses."""
+
+    at: datetime
+    action: str
+    actor: str
+    detail: str | None = None
 
 
 class StepRecord(msgspec.Struct, kw_only=True):
@@ -115,6 +130,8 @@ class Process(msgspec.Struct, kw_only=True):
     status: ProcessStatus
     state: dict[str, Any]
     steps: list[StepRecord]
+    #: Who started, resumed, retried, skipped, aborted or answered it, oldest first.
+    actions: list[ActionRecord]
     created_at: datetime
     updated_at: datetime
     reporter: str | None = None
@@ -125,8 +142,6 @@ class Process(msgspec.Struct, kw_only=True):
     #: The form's JSON Schema while suspended.
     form: dict[str, Any] | None = None
     subscription_id: str | None = None
-    #: The token an external system posts to while awaiting_callback.
-    callback_token: str | None = None
     #: Attempts of the current retrystep so far, and when the next automatic one is due.
     attempts: int = 0
     next_retry_at: datetime | None = None

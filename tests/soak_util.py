@@ -327,7 +327,7 @@ class Driver:
     def call_back(self, pid: str) -> None:
         status, state = self.state(pid)
         if status == "awaiting_callback":
-            self.act("callback", "POST", f"/api/callbacks/{state['callback_token']}", {"ok": True})
+            self.act("callback", "POST", f"/api/callbacks/{state['asked_with']}", {"ok": True})
 
     def read_creates(self) -> None:
         done = listing(self.daemon, "/api/processes", status="completed", workflow="soak_create")

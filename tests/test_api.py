@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -234,9 +235,15 @@ async def test_abort_of_suspended_process_answers_202(
     assert await resp.json() == {"id": pid, "status": "aborted"}
 
 
-async def test_actions_record_the_reporter_header(api_client: Client, api_engine: Engine) -> None:
+async def test_the_reporter_header_labels_the_peer_and_never_replaces_it(
+    api_client: Client,
+) -> None:
     pid = await start(api_client, "api_fail", headers={"X-Orchd-Reporter": "alice"})
-    assert (await get(api_client, f"/api/processes/{pid}"))["reporter"] == "alice"
+    process = await get(api_client, f"/api/processes/{pid}")
+    assert process["reporter"] == "tcp:127.0.0.1 (alice)"
+    assert [(a["action"], a["actor"]) for a in process["actions"]] == [
+        ("start", "tcp:127.0.0.1 (alice)")
+    ]
 
 
 async def test_reporter_over_tcp_defaults_to_the_peer_address(api_client: Client) -> None:
@@ -244,12 +251,22 @@ async def test_reporter_over_tcp_defaults_to_the_peer_address(api_client: Client
     assert (await get(api_client, f"/api/processes/{pid}"))["reporter"] == "tcp:127.0.0.1"
 
 
-async def test_reporter_is_none_without_header_when_peer_reporter_is_off(
-    api_serve: Serve,
+async def test_a_reporter_label_with_control_characters_is_refused(
+    api_client: Client, api_engine: Engine
 ) -> None:
-    client = await api_serve(peer_reporter=False)
-    pid = await start(client, "api_fail")
-    assert (await get(client, f"/api/processes/{pid}"))["reporter"] is None
+    # A C1 control (NEL) passes the HTTP parser (header bytes are read as Latin-1); a label
+    # must not carry it into the audit trail and the logs.
+    server = api_client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b"POST /api/processes/api_fail HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"X-Orchd-Reporter: bob\x85evil\r\nConnection: close\r\n\r\n{}"
+    )
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"control characters" in answer
+    assert (await api_engine.list_processes()).items == []
 
 
 async def test_subscriptions_list_and_detail(api_client: Client, api_engine: Engine) -> None:
@@ -764,7 +781,7 @@ async def test_openapi_documents_every_route(api_client: Client) -> None:
     }
     documented = {(m, shape(path)) for path, ops in doc["paths"].items() for m in ops}
     assert registered == documented
-    assert len(registered) == 16
+    assert len(registered) == 17
     assert len({shape(p) for p in doc["paths"]}) == len(doc["paths"])
 
 
@@ -790,12 +807,12 @@ async def test_openapi_refs_resolve_and_problems_are_described(api_client: Clien
 # -- callbacks --------------------------------------------------------------------------------
 
 
-async def test_callback_completes_the_process_and_a_second_is_409(
+async def test_callback_completes_the_process_and_a_used_token_is_404(
     api_client: Client, api_engine: Engine
 ) -> None:
     pid = await start(api_client, "api_callback")
     assert (await api_engine.wait(pid, timeout=5)).status == ProcessStatus.AWAITING_CALLBACK
-    token = (await get(api_client, f"/api/processes/{pid}"))["callback_token"]
+    token = (await get(api_client, f"/api/processes/{pid}"))["state"]["sent_with"]
     assert token
     resp = await api_client.post(f"/api/callbacks/{token}", json={"ok": True})
     assert resp.status == 202
@@ -804,7 +821,7 @@ async def test_callback_completes_the_process_and_a_second_is_409(
     assert process.status == ProcessStatus.COMPLETED
     assert process.state["callback_result"] == {"ok": True}
     assert process.state["checked"] is True
-    await problem(await api_client.post(f"/api/callbacks/{token}", json={"ok": True}), 409)
+    await problem(await api_client.post(f"/api/callbacks/{token}", json={"ok": True}), 404)
 
 
 async def test_requests_are_counted_by_status_code(api_client: Client) -> None:

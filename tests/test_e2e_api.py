@@ -650,21 +650,30 @@ def test_callback_with_an_unknown_token_is_404(daemon: Daemon) -> None:
     assert_problem(daemon.call("POST", "/api/callbacks/no-such-token-at-all", {"ok": True}), 404)
 
 
-def test_callback_when_no_longer_awaiting_is_409(daemon: Daemon) -> None:
+def test_a_used_callback_token_is_404_and_changes_nothing(daemon: Daemon) -> None:
+    # §10: a token answers exactly one wait.
     pid = _awaiting_callback(daemon)
     token = daemon.get(pid)["state"]["sent_token"]
     assert daemon.call("POST", f"/api/callbacks/{token}", {"ok": True}).status == 202
     before = daemon.wait_for(pid, "completed")
-    assert_problem(daemon.call("POST", f"/api/callbacks/{token}", {"ok": False}), 409)
+    assert_problem(daemon.call("POST", f"/api/callbacks/{token}", {"ok": False}), 404)
     assert daemon.get(pid) == before
 
 
-def test_callback_to_an_aborted_process_is_409(daemon: Daemon) -> None:
+def test_the_token_of_an_aborted_wait_is_404(daemon: Daemon) -> None:
     pid = _awaiting_callback(daemon)
     token = daemon.get(pid)["state"]["sent_token"]
     assert daemon.call("POST", f"/api/processes/{pid}/abort").status == 202
     before = daemon.wait_for(pid, "aborted")
-    assert_problem(daemon.call("POST", f"/api/callbacks/{token}", {"ok": True}), 409)
+    assert_problem(daemon.call("POST", f"/api/callbacks/{token}", {"ok": True}), 404)
+    assert daemon.get(pid) == before
+
+
+def test_an_operator_callback_when_no_longer_awaiting_is_409(daemon: Daemon) -> None:
+    pid = _awaiting_callback(daemon)
+    assert daemon.call("POST", f"/api/processes/{pid}/callback", {"ok": True}).status == 202
+    before = daemon.wait_for(pid, "completed")
+    assert_problem(daemon.call("POST", f"/api/processes/{pid}/callback", {"ok": True}), 409)
     assert daemon.get(pid) == before
 
 

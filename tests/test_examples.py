@@ -185,10 +185,9 @@ async def test_provision_port_completes_after_the_callback(
 async def test_provision_port_with_a_direct_callback(engine: Engine) -> None:
     sid = await create(engine, name="p2")
     pid = await engine.start("provision_port", {"subscription_id": sid, "port": "ge-1", "vlan": 7})
-    # Nothing listens at ORCHD_CALLBACK_URL here: deliver the answer as the API would.
-    process = await reach(engine, pid, "awaiting_callback")
-    assert process.callback_token is not None
-    await engine.callback(process.callback_token, {"result": "error", "reason": "no such port"})
+    # Nothing listens at ORCHD_CALLBACK_URL here: an operator answers in the OSS's place.
+    await reach(engine, pid, "awaiting_callback")
+    await engine.answer_callback(pid, {"result": "error", "reason": "no such port"})
     process = await engine.wait(pid, timeout=10)
     assert process.status == "failed"
     assert process.error is not None and "no such port" in process.error

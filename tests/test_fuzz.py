@@ -103,7 +103,7 @@ def seed(daemon: DaemonProcess) -> Seeded:
         started.append(pid)
     tokens = []
     for pid in started:
-        token = daemon.get_process(pid).get("callback_token")
+        token = daemon.get_process(pid)["state"].get("sent_with")
         if token:
             tokens.append(str(token))
     status, workflows = daemon.request("GET", "/api/workflows")

@@ -10,6 +10,7 @@ from tests_support import EngineFactory
 
 from orchd import Engine
 from orchd.errors import (
+    CallbackNotFound,
     FormValidationError,
     InvalidTransition,
     SubscriptionLocked,
@@ -78,10 +79,10 @@ async def test_abort_of_a_waiting_process_cancels_its_retry(
 
 async def test_abort_of_a_process_awaiting_callback(engine: Engine) -> None:
     pid = await engine.start("with_callback")
-    token = (await engine.wait(pid)).state["callback_token"]
+    token = (await engine.wait(pid)).state["asked_with"]
     await engine.abort(pid)
     assert (await engine.get(pid)).status == "aborted"
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(CallbackNotFound):
         await engine.callback(token, {"ok": True})
 
 

@@ -113,7 +113,7 @@ def test_check_clean_database(sample_db: Path) -> None:
     done = orchd("check", "--database", str(sample_db))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no problems found" in done.stdout
-    assert "schema version: 1" in done.stdout
+    assert f"schema version: {SCHEMA_VERSION}" in done.stdout
     report = json.loads(orchd("check", "--database", str(sample_db), "--json").stdout)
     assert report["ok"] is True and report["problems"] == []
     assert report["integrity"] == ["ok"]

@@ -80,13 +80,21 @@ class SchedulerLike(Protocol):
 # -- the shapes the handlers answer with (also the OpenAPI schemas) ------------------------
 
 
-class Health(msgspec.Struct, kw_only=True):
+class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The daemon's health. A TCP client without the bearer token gets ``status`` only."""
+
     status: str  # "ok", or "degraded" when the database does not answer or refuses writes
-    version: str
-    uptime_seconds: float
-    processes: dict[str, int]
-    database: str  # "ok" or what is wrong
-    accepting: bool
+    version: str | None = None
+    uptime_seconds: float | None = None
+    processes: dict[str, int] | None = None
+    database: str | None = None  # "ok" or what is wrong
+    accepting: bool | None = None
+
+
+class RetryOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The optional body of a retry."""
+
+    reissue: bool = False
 
 
 class Created(msgspec.Struct, kw_only=True):
@@ -194,14 +202,12 @@ class ControlApi:
         *,
         max_body: int,
         token: str | None,
-        peer_reporter: bool,
         heartbeat: float,
     ) -> None:
         self.engine = engine
         self.scheduler = scheduler
         self.max_body = max_body
         self._token = token.encode() if token else None
-        self.peer_reporter = peer_reporter
         self.heartbeat = heartbeat
         self.requests: Counter[int] = Counter()
         self._limiter: RateLimiter | None = None
@@ -217,7 +223,7 @@ class ControlApi:
     ) -> web.StreamResponse:
         try:
             self._authorize(request)
-            if self._limiter is not None and (request.method, _route(request)) not in self._public:
+            if self._limiter is not None and _route(request) not in UNLIMITED:
                 self._limiter.take(self._client_key(request))
             response = await handler(request)
         except OrchdError as exc:
@@ -260,13 +266,22 @@ class ControlApi:
     def _authorize(self, request: web.Request) -> None:
         if self._token is None or not _is_tcp(request):
             return
-        if (request.method, _route(request)) in self._public:
+        if (_method(request), _route(request)) in self._public:
             return
+        if not self._has_token(request):
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not given.strip():
+                raise Unauthorized("a bearer token is required over TCP")
+            raise Unauthorized("the bearer token is wrong")
+
+    def _has_token(self, request: web.Request) -> bool:
+        """Whether the request carries the right bearer token (always true on the socket)."""
+        if self._token is None or not _is_tcp(request):
+            return True
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
-            raise Unauthorized("a bearer token is required over TCP")
-        if not hmac.compare_digest(given.strip().encode("utf-8", "replace"), self._token):
-            raise Unauthorized("the bearer token is wrong")
+            return False
+        return hmac.compare_digest(given.strip().encode("utf-8", "replace"), self._token)
 
     def _http_problem(self, request: web.Request, exc: web.HTTPException) -> web.Response:
         if isinstance(exc, web.HTTPNotFound):
@@ -304,18 +319,24 @@ class ControlApi:
             chunks.append(chunk)
         return decode_body(b"".join(chunks), empty)
 
-    def _reporter(self, request: web.Request) -> str | None:
-        given = request.headers.get("X-Orchd-Reporter", "").strip()
-        if given:
-            if len(given) > MAX_REPORTER:
-                raise BadRequest(f"X-Orchd-Reporter: longer than {MAX_REPORTER} characters")
-            return given
-        if not self.peer_reporter or request.transport is None:
-            return None
+    def _reporter(self, request: web.Request) -> str:
+        """Who asks (contract §10): ``uid:N`` on the socket, ``token`` over TCP with the bearer
+        token (``tcp:ADDRESS`` without one), then the client's ``X-Orchd-Reporter`` label in
+        parentheses. The label never replaces who the transport says the client is."""
+        label = request.headers.get("X-Orchd-Reporter", "").strip()
+        if len(label) > MAX_REPORTER:
+            raise BadRequest(f"X-Orchd-Reporter: longer than {MAX_REPORTER} characters")
+        if not label.isprintable():
+            raise BadRequest("X-Orchd-Reporter: control characters are not allowed")
         if not _is_tcp(request):
-            return _peer_uid(request.transport.get_extra_info("socket"))
-        peer = request.transport.get_extra_info("peername")
-        return f"tcp:{peer[0]}" if isinstance(peer, tuple) and peer else "tcp"
+            transport = request.transport
+            sock = None if transport is None else transport.get_extra_info("socket")
+            who = _peer_uid(sock) or "unix"
+        elif self._token is not None and self._has_token(request):
+            who = "token"
+        else:
+            who = self._client_key(request)
+        return f"{who} ({label})" if label else who
 
     @staticmethod
     def _accepted(pid: str, status: ProcessStatus) -> web.Response:
@@ -336,6 +357,11 @@ class ControlApi:
         failing = stats.store.failing
         if failing and database == "ok":
             database = f"writes failing: {failing}"
+        code = 200 if database == "ok" else 503
+        if not self._has_token(request):
+            # A stranger on TCP learns whether the daemon is well, nothing more (§10): not
+            # the database's path, not the error text.
+            return _json(Health(status="ok" if code == 200 else "degraded"), status=code)
         body = Health(
             status="ok" if database == "ok" else "degraded",
             version=__version__,
@@ -344,7 +370,7 @@ class ControlApi:
             database=database,
             accepting=engine.accepting,
         )
-        return _json(body, status=200 if database == "ok" else 503)
+        return _json(body, status=code)
 
     async def list_workflows(self, request: web.Request) -> web.Response:
         return _json(self.engine.workflow_info())
@@ -386,7 +412,19 @@ class ControlApi:
 
     async def retry_process(self, request: web.Request) -> web.Response:
         pid = request.match_info["id"]
-        status = await self.engine.retry(pid, reporter=self._reporter(request))
+        reporter = self._reporter(request)
+        try:
+            options = msgspec.convert(await self._body(request, {}), RetryOptions)
+        except msgspec.ValidationError as exc:
+            raise BadRequest(f'retry takes no body or {{"reissue": true}}: {exc}') from None
+        status = await self.engine.retry(pid, reporter=reporter, reissue=options.reissue)
+        return self._accepted(pid, status)
+
+    async def answer_callback(self, request: web.Request) -> web.Response:
+        pid = request.match_info["id"]
+        reporter = self._reporter(request)
+        payload = await self._body(request, None)
+        status = await self.engine.answer_callback(pid, payload, reporter=reporter)
         return self._accepted(pid, status)
 
     async def abort_process(self, request: web.Request) -> web.Response:
@@ -395,8 +433,9 @@ class ControlApi:
         return self._accepted(pid, status)
 
     async def post_callback(self, request: web.Request) -> web.Response:
+        reporter = self._reporter(request)
         payload = await self._body(request, None)
-        pid = await self.engine.callback(request.match_info["token"], payload)
+        pid = await self.engine.callback(request.match_info["token"], payload, reporter=reporter)
         # The answer is committed and the process is running its validate step.
         return self._accepted(pid, ProcessStatus.RUNNING)
 
@@ -517,8 +556,10 @@ class ControlApi:
         sub_status = tuple(s.value for s in SubscriptionStatus)
         action = (404, 409, 503)
         return [
-            Route("GET", "/api/health", self.health, "Liveness and database health", Health,
-                  alternatives=((503, Health),), public=True),
+            Route("GET", "/api/health", self.health,
+                  "Liveness and database health (over TCP without the token: the status only)",
+                  Health, alternatives=((503, Health),),
+                  public=True),
             Route("GET", "/api/workflows", self.list_workflows, "Registered workflows",
                   list[WorkflowInfo]),
             Route("POST", "/api/processes/{workflow}", self.start_process, "Start a process",
@@ -535,12 +576,18 @@ class ControlApi:
                   "Answer a suspended process's form", Accepted, status=202,
                   request=dict[str, Any], errors=(400, 413, 422, *action)),
             Route("POST", "/api/processes/{id}/retry", self.retry_process,
-                  "Re-run the failed step", Accepted, status=202, errors=action),
+                  "Re-run the failed step; with {\"reissue\": true} after a callback's "
+                  "validate step failed, ask the external system again", Accepted, status=202,
+                  request=RetryOptions, errors=(400, 413, *action)),
             Route("POST", "/api/processes/{id}/abort", self.abort_process, "Abort a process",
                   Accepted, status=202, errors=action),
+            Route("POST", "/api/processes/{id}/callback", self.answer_callback,
+                  "An operator answers an awaiting_callback process in the external system's "
+                  "place", Accepted, status=202, request=Any, errors=(400, 413, *action)),
             Route("POST", "/api/callbacks/{token}", self.post_callback,
-                  "An external system's answer for an awaiting_callback process", Accepted,
-                  status=202, request=Any, errors=(400, 413, *action)),
+                  "An external system's answer for an awaiting_callback process (the token is "
+                  "the credential: no bearer token needed over TCP)", Accepted,
+                  status=202, request=Any, errors=(400, 413, *action), public=True),
             Route("GET", "/api/subscriptions", self.list_subscriptions, "Subscriptions",
                   SubscriptionPage, errors=(400,),
                   query=(Param("status", "only this status", enum=sub_status),
@@ -594,16 +641,15 @@ def create_app(
     scheduler: SchedulerLike | None = None,
     max_body: int = 1 << 20,
     token: str | None = None,
-    peer_reporter: bool = True,
     heartbeat: float = HEARTBEAT,
     rate_limit: float = 0.0,
 ) -> web.Application:
     """The control API over ``engine``.
 
     ``token``, when set, is required (``Authorization: Bearer``) from TCP clients on every route
-    but ``GET /api/health``; Unix socket clients are trusted. ``peer_reporter`` names the
-    reporter of an action after the peer (``uid:N`` or ``tcp:IP``) when the client sends no
-    ``X-Orchd-Reporter`` header. ``rate_limit`` (requests per second per client, bursts of up to
+    but ``GET /api/health`` (which then tells only the status) and the callback route (whose
+    token is the credential); Unix socket clients are trusted, and recorded by their uid.
+    ``rate_limit`` (requests per second per client, bursts of up to
     twice that; 0 for none) answers 429 to a client that goes over it.
     """
     api = ControlApi(
@@ -611,7 +657,6 @@ def create_app(
         scheduler,
         max_body=max_body,
         token=token,
-        peer_reporter=peer_reporter,
         heartbeat=heartbeat,
     )
     api._limiter = RateLimiter(rate_limit) if rate_limit > 0 else None
@@ -619,11 +664,23 @@ def create_app(
     app = web.Application(middlewares=[api.middleware], client_max_size=max_body)
     app[API] = api
     for route in api.routes:
-        app.router.add_route(route.method, route.path, route.handler)
+        if route.method == "GET":
+            app.router.add_get(route.path, route.handler, allow_head=True)  # RFC 9110
+        else:
+            app.router.add_route(route.method, route.path, route.handler)
     return app
 
 
 API = web.AppKey("orchd.api", ControlApi)
+
+
+#: Routes outside the rate limit: monitoring must see the daemon even when a client floods it.
+UNLIMITED = frozenset({"/api/health"})
+
+
+def _method(request: web.Request) -> str:
+    """HEAD is GET without the body: it is authorised as the GET of the same route."""
+    return "GET" if request.method == "HEAD" else request.method
 
 
 def _route(request: web.Request) -> str | None:

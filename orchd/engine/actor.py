@@ -26,6 +26,7 @@ import msgspec
 from orchd import _faults as faults
 from orchd.dsl import Form, Step, StepKind, Workflow
 from orchd.errors import (
+    CallbackNotFound,
     InvalidTransition,
     OrchdError,
     ProcessNotFound,
@@ -52,7 +53,14 @@ from orchd.state import (
     to_json_values,
     validate_form,
 )
-from orchd.store.base import Checkpoint, ProcessRow, ProcessWrite, StepWrite
+from orchd.store.base import (
+    ActionWrite,
+    Checkpoint,
+    ProcessRow,
+    ProcessWrite,
+    StepWrite,
+    token_digest,
+)
 from orchd.subscriptions import SubscriptionError, complete_subscription
 
 log = logging.getLogger("orchd.engine.actor")
@@ -66,27 +74,34 @@ class Run(msgspec.Struct, frozen=True, tag=True):
 
 class Resume(msgspec.Struct, frozen=True, tag=True):
     answer: Any
-    reporter: str | None = None
+    actor: str
 
 
 class Retry(msgspec.Struct, frozen=True, tag=True):
+    #: Sent by the engine's own retry timer (not recorded as an action), not by a person.
     automatic: bool = False
-    reporter: str | None = None
+    actor: str = "engine"
+    #: After a callback's validate step failed: ask the external system again (a new token).
+    reissue: bool = False
 
 
 class Abort(msgspec.Struct, frozen=True, tag=True):
-    reporter: str | None = None
+    actor: str
 
 
 class Callback(msgspec.Struct, frozen=True, tag=True):
-    token: str
+    """An answer to the process's callback wait: from the external system, which knows the
+    token (``digest`` is its ``token_digest``), or from an operator by process id (None)."""
+
+    digest: str | None
     payload: Any
+    actor: str
 
 
 class Expire(msgspec.Struct, frozen=True, tag=True):
-    """A callback's deadline passed."""
+    """A callback's deadline passed (``digest``: the wait's token digest)."""
 
-    token: str
+    digest: str
 
 
 class Stop(msgspec.Struct, frozen=True, tag=True):
@@ -138,7 +153,11 @@ class Host(Protocol):
         returns how many times in a row this happened."""
         ...
 
-    def expect_callback(self, token: str, pid: str) -> None: ...
+    def expect_callback(self, digest: str, pid: str) -> None:
+        """Route callbacks with this token digest to the process."""
+        ...
+
+    def forget_callback(self, digest: str) -> None: ...
 
     def new_id(self) -> str: ...
 
@@ -168,6 +187,8 @@ class Outcome(NamedTuple):
     subscription: dict[str, Any] | None = None
     error: str | None = None
     traceback: str | None = None
+    #: The request that led here (a resume, a callback), recorded with the checkpoint.
+    action: ActionWrite | None = None
 
 
 class Envelope:
@@ -232,8 +253,8 @@ class Actor:
             # A running process answers at once instead of after its current step: abort is
             # noted for the next step boundary; resume, retry and a stray callback are refused.
             match message:
-                case Abort(reporter=reporter):
-                    self.abort_requested = reporter or "user"
+                case Abort(actor=actor):
+                    self.abort_requested = actor
                     _reply(envelope, self.status)
                     return
                 case Resume():
@@ -242,7 +263,7 @@ class Actor:
                 case Retry(automatic=False):
                     _reply(envelope, error=_refused(Action.RETRY, self.status, self.pid))
                     return
-                case Callback(token=token) if token != self.callback_token:
+                case Callback(digest=digest) if digest is None or digest != self.callback_token:
                     _reply(envelope, error=_refused(Action.CALLBACK, self.status, self.pid))
                     return
         if isinstance(message, Stop):
@@ -331,25 +352,28 @@ class Actor:
             match message:
                 case Run() | Stop():
                     _reply(envelope)
-                case Resume(answer=answer):
-                    await self._resume(answer)
+                case Resume(answer=answer, actor=actor):
+                    await self._resume(answer, actor)
                     _reply(envelope, self.status)
-                case Retry(automatic=automatic):
-                    await self._retry(automatic)
+                case Retry(automatic=automatic, actor=actor, reissue=reissue):
+                    await self._retry(automatic, actor, reissue)
                     _reply(envelope, self.status)
-                case Abort(reporter=reporter):
+                case Abort(actor=actor):
                     check_action(Action.ABORT, self.status, self.pid)
-                    await self._abort(reporter or "user")
+                    await self._abort(actor, requested=True)
                     _reply(envelope, self.status)
-                case Callback(token=token, payload=payload):
-                    if self._callback_pending(token):
+                case Callback(digest=digest, payload=payload, actor=actor):
+                    if digest is not None and self._callback_pending(digest):
                         self.pending_callback = envelope  # answered once it is committed
                         return
+                    if digest is not None and digest != self.callback_token:
+                        # An old or used token, or a made-up one: it answers no wait.
+                        raise CallbackNotFound("no process waits for this callback token")
                     check_action(Action.CALLBACK, self.status, self.pid)
-                    await self._take_callback(payload)
+                    await self._take_callback(payload, actor)
                     _reply(envelope)
-                case Expire(token=token):
-                    if self.status is P.AWAITING_CALLBACK and token == self.callback_token:
+                case Expire(digest=digest):
+                    if self.status is P.AWAITING_CALLBACK and digest == self.callback_token:
                         await self._fail_wait("no callback arrived before the deadline")
                     _reply(envelope)
         except StoreError:
@@ -360,30 +384,46 @@ class Actor:
         except OrchdError as exc:
             _reply(envelope, error=exc)
 
-    def _callback_pending(self, token: str) -> bool:
+    def _callback_pending(self, digest: str) -> bool:
         """A callback that arrived before the action's checkpoint: keep it for the wait step."""
         return (
             self.status in ACTIVE
-            and token == self.callback_token
+            and digest == self.callback_token
             and self.workflow is not None
             and self.pc < len(self.workflow.steps)
             and self.workflow.steps[self.pc].kind is StepKind.CALLBACK_WAIT
-        ) or (self.in_step and token == self.callback_token)
+        ) or (self.in_step and digest == self.callback_token)
+
+    def _action(self, action: Action, actor: str, detail: str | None = None) -> ActionWrite:
+        return ActionWrite(pk=self.pk, at=time.time(), action=action, actor=actor, detail=detail)
+
+    def _end_wait(self) -> None:
+        """A callback token answers one wait only: forget it once the wait is over."""
+        if self.callback_token is not None:
+            self.host.forget_callback(self.callback_token)
+            self.callback_token = None
 
     # -- actions --------------------------------------------------------------------------
 
-    async def _resume(self, answer: Any) -> None:
+    async def _resume(self, answer: Any, actor: str) -> None:
         check_action(Action.RESUME, self.status, self.pid)
         step = self._step()
         form = await self._form_of(step)
         values = validate_form(form, answer)
         now = time.time()
         changes = self._changes(step.name, values)
-        await self._commit(
-            step, Outcome(P.RUNNING, StepStatus.SUCCESS, now, now, changes, advance=True)
+        outcome = Outcome(
+            P.RUNNING,
+            StepStatus.SUCCESS,
+            now,
+            now,
+            changes,
+            advance=True,
+            action=self._action(Action.RESUME, actor),
         )
+        await self._commit(step, outcome)
 
-    async def _retry(self, automatic: bool) -> None:
+    async def _retry(self, automatic: bool, actor: str, reissue: bool) -> None:
         if automatic:
             if self.status is not P.WAITING or (self.next_retry_at or 0) > time.time() + 0.01:
                 return  # a stale timer: the process moved on or was retried by hand
@@ -393,11 +433,31 @@ class Actor:
                 self.attempts = 0
         if self.broken:
             raise InvalidTransition(f"cannot retry process {self.pid}: {self.broken}")
+        if reissue:
+            self._back_to_callback_action()
         self.error = None
         self.next_retry_at = None
-        await self._write(P.RUNNING, steps=[])
+        detail = "reissue" if reissue else None
+        actions = [] if automatic else [self._action(Action.RETRY, actor, detail)]
+        await self._write(P.RUNNING, steps=[], actions=actions)
 
-    async def _abort(self, reporter: str) -> None:
+    def _back_to_callback_action(self) -> None:
+        """``retry --reissue``: after a callback's validate step failed, go back to its action
+        so the external system is asked again, with a new token."""
+        assert self.workflow is not None
+        steps = self.workflow.steps
+        at = self.pc
+        if at >= 1 and steps[at].kind is not StepKind.CALLBACK_WAIT:
+            at -= 1  # the validate step follows the wait
+        if not (at >= 1 and steps[at].kind is StepKind.CALLBACK_WAIT):
+            raise InvalidTransition(
+                f"cannot reissue process {self.pid}: its failed step {steps[self.pc].name!r} "
+                "is not part of a callback_step"
+            )
+        self.pc = at - 1
+        self.current_step = steps[self.pc].name
+
+    async def _abort(self, actor: str, *, requested: bool) -> None:
         now = time.time()
         record = StepWrite(
             pk=self.pk,
@@ -406,23 +466,33 @@ class Actor:
             status=StepStatus.ABORTED,
             started_at=now,
             finished_at=now,
-            error=f"aborted by {reporter}",
+            error=f"aborted by {actor}",
         )
         self.seq += 1
         self.current_step = None
         release = self.subscription_id if self.target is not Target.SYSTEM else None
         self.form = None
         self.next_retry_at = None
-        await self._write(P.ABORTED, steps=[record], release=release)
+        self._end_wait()
+        actions = [self._action(Action.ABORT, actor)] if requested else []
+        await self._write(P.ABORTED, steps=[record], release=release, actions=actions)
 
-    async def _take_callback(self, payload: Any) -> None:
+    async def _take_callback(self, payload: Any, actor: str) -> None:
         step = self._step()
         now = time.time()
         self.next_retry_at = None
+        self._end_wait()
         changes = self._changes(step.name, {"callback_result": payload})
-        await self._commit(
-            step, Outcome(P.RUNNING, StepStatus.SUCCESS, now, now, changes, advance=True)
+        outcome = Outcome(
+            P.RUNNING,
+            StepStatus.SUCCESS,
+            now,
+            now,
+            changes,
+            advance=True,
+            action=self._action(Action.CALLBACK, actor),
         )
+        await self._commit(step, outcome)
 
     async def _fail_wait(self, reason: str) -> None:
         step = self._step()
@@ -431,6 +501,7 @@ class Actor:
         # Back to the action, so a retry issues the request again with a fresh token.
         self.pc -= 1
         self.next_retry_at = None
+        self._end_wait()
         await self._commit(step, Outcome(P.FAILED, StepStatus.FAILED, now, now, error=self.error))
 
     # -- running steps --------------------------------------------------------------------
@@ -443,8 +514,8 @@ class Actor:
     async def _advance(self) -> None:
         """Run the step at the program counter and commit its outcome."""
         if self.abort_requested is not None:
-            reporter, self.abort_requested = self.abort_requested, None
-            await self._abort(reporter)
+            actor, self.abort_requested = self.abort_requested, None
+            await self._abort(actor, requested=True)
             return
         if self.broken is not None:
             self.error = self.broken
@@ -463,7 +534,7 @@ class Actor:
             case StepKind.DONE:
                 await self._done(step, started)
             case StepKind.ABORT:
-                await self._abort("workflow")
+                await self._abort("workflow", requested=False)
             case StepKind.INPUT:
                 await self._suspend(step, started)
             case StepKind.CALLBACK_WAIT:
@@ -480,9 +551,13 @@ class Actor:
     async def _run_function(self, step: Step, started: float) -> None:
         view = self.state
         if step.kind is StepKind.CALLBACK_ACTION:
-            self.callback_token = secrets.token_urlsafe(24)
+            # The token is a capability: the action step sees it while it runs; the engine
+            # keeps only its digest (never in State, a step record or the API).
+            token = secrets.token_urlsafe(24)
+            self._end_wait()
+            self.callback_token = token_digest(token)
             self.host.expect_callback(self.callback_token, self.pid)
-            view = {**self.state, "callback_token": self.callback_token}
+            view = {**self.state, "callback_token": token}
         self.in_step = True
         if faults.ENABLED:
             faults.point("before_step")
@@ -490,8 +565,6 @@ class Actor:
             kwargs = inject(step.name, step.params, view, self.host.resources)
             result = await self._call(step, kwargs)
             delta = to_json_values(step.name, result)
-            if step.kind is StepKind.CALLBACK_ACTION:
-                delta.setdefault("callback_token", self.callback_token)
             sub = self._subscription_change(step, delta)
             changes = self._changes(step.name, delta)
         except asyncio.CancelledError as exc:
@@ -588,7 +661,7 @@ class Actor:
         if early is not None:
             self.pending_callback = None
             assert isinstance(early.message, Callback)
-            await self._take_callback(early.message.payload)
+            await self._take_callback(early.message.payload, early.message.actor)
             _reply(early)
             return
         if step.callback_timeout:
@@ -596,7 +669,7 @@ class Actor:
         outcome = Outcome(P.AWAITING_CALLBACK, StepStatus.AWAITING_CALLBACK, started, time.time())
         await self._commit(step, outcome)
         if self.next_retry_at is not None and self.callback_token:
-            self.host.later(self.pid, self.next_retry_at, Expire(token=self.callback_token))
+            self.host.later(self.pid, self.next_retry_at, Expire(digest=self.callback_token))
 
     async def _done(self, step: Step, started: float) -> None:
         sub = self.state.get("subscription")
@@ -687,6 +760,7 @@ class Actor:
             steps=[record],
             subscription=outcome.subscription,
             step_seconds=outcome.finished - outcome.started,
+            actions=[] if outcome.action is None else [outcome.action],
         )
 
     async def _write(
@@ -697,6 +771,7 @@ class Actor:
         subscription: dict[str, Any] | None = None,
         release: str | None = None,
         step_seconds: float | None = None,
+        actions: list[ActionWrite] | None = None,
     ) -> None:
         previous = self.status
         # The one place a status changes: the table in orchd.model says what is allowed.
@@ -719,6 +794,7 @@ class Actor:
                 updated_at=time.time(),
             ),
             steps=steps,
+            actions=actions or [],
             subscription=subscription,
             release=release,
         )

@@ -48,7 +48,14 @@ from orchd.model import (
 )
 from orchd.settings import EngineSettings
 from orchd.state import StepOutputError, form_schema, to_json_values, validate_form
-from orchd.store.base import Checkpoint, NewProcess, ProcessRow, StepWrite, Store
+from orchd.store.base import (
+    Checkpoint,
+    NewProcess,
+    ProcessRow,
+    StepWrite,
+    Store,
+    token_digest,
+)
 from orchd.store.sqlite import SqliteStore
 from orchd.store.views import Views, uuid_or_none
 
@@ -176,7 +183,7 @@ class Engine:
             if timed.status == P.WAITING:
                 self.later(timed.id, timed.at, actors.Retry(automatic=True))
             elif timed.callback_token:
-                self.later(timed.id, timed.at, actors.Expire(token=timed.callback_token))
+                self.later(timed.id, timed.at, actors.Expire(digest=timed.callback_token))
 
     def interrupt(self) -> None:
         """End the grace period of a close() now: running steps are interrupted (they run
@@ -293,8 +300,11 @@ class Engine:
         loop = asyncio.get_running_loop()
         self._timers[key] = loop.call_later(max(0.0, at - time.time()), fire)
 
-    def expect_callback(self, token: str, pid: str) -> None:
-        self._tokens[token] = pid
+    def expect_callback(self, digest: str, pid: str) -> None:
+        self._tokens[digest] = pid
+
+    def forget_callback(self, digest: str) -> None:
+        self._tokens.pop(digest, None)
 
     def new_id(self) -> str:
         # A version-4 UUID from a generator seeded by the OS: ids need to be unique, not
@@ -389,6 +399,7 @@ class Engine:
             "reporter": reporter,
         }
         op = NewProcess(
+            actor=_actor(reporter),
             id=pid,
             workflow=wf.name,
             target=wf.target,
@@ -505,27 +516,50 @@ class Engine:
                 if not waiters:
                     del self._waiters[pid]
 
+    # ``reporter`` names who asks (recorded in the process's actions): the API passes
+    # ``uid:N`` or ``token`` with the client's label; an embedding program what it likes.
+
     async def resume(self, pid: str, answer: Any, *, reporter: str | None = None) -> ProcessStatus:
         """Answer a suspended process's form; returns once committed and running again."""
-        return P(
-            await self._ask(self._check_id(pid), actors.Resume(answer=answer, reporter=reporter))
-        )
+        message = actors.Resume(answer=answer, actor=_actor(reporter))
+        return P(await self._ask(self._check_id(pid), message))
 
-    async def retry(self, pid: str, *, reporter: str | None = None) -> ProcessStatus:
-        """Re-run the failed (or waiting) step; returns once committed and running again."""
-        return P(await self._ask(self._check_id(pid), actors.Retry(reporter=reporter)))
+    async def retry(
+        self, pid: str, *, reporter: str | None = None, reissue: bool = False
+    ) -> ProcessStatus:
+        """Re-run the failed (or waiting) step; returns once committed and running again.
+
+        ``reissue``: the failed step is a callback's validate step (or its wait); go back to
+        the callback's action instead, so the external system is asked again (a new token).
+        """
+        message = actors.Retry(actor=_actor(reporter), reissue=reissue)
+        return P(await self._ask(self._check_id(pid), message))
 
     async def abort(self, pid: str, *, reporter: str | None = None) -> ProcessStatus:
         """Abort; returns once committed (for a running process: once requested)."""
-        return P(await self._ask(self._check_id(pid), actors.Abort(reporter=reporter)))
+        return P(await self._ask(self._check_id(pid), actors.Abort(actor=_actor(reporter))))
 
-    async def callback(self, token: str, payload: Any) -> str:
-        """Deliver an external system's answer; returns the process id once committed."""
-        pid = self._tokens.get(token) or await self.store.process_waiting_for(token)
+    async def callback(self, token: str, payload: Any, *, reporter: str | None = None) -> str:
+        """Deliver an external system's answer; returns the process id once committed.
+
+        A token answers one wait: an unknown, old or used one raises CallbackNotFound.
+        """
+        digest = token_digest(token)
+        pid = self._tokens.get(digest) or await self.store.process_waiting_for(digest)
         if pid is None:
             raise CallbackNotFound("no process waits for this callback token")
-        await self._ask(pid, actors.Callback(token=token, payload=payload))
+        actor = _actor(reporter, "callback token")
+        await self._ask(pid, actors.Callback(digest=digest, payload=payload, actor=actor))
         return pid
+
+    async def answer_callback(
+        self, pid: str, payload: Any, *, reporter: str | None = None
+    ) -> ProcessStatus:
+        """An operator answers an ``awaiting_callback`` process in the external system's place;
+        returns once committed."""
+        message = actors.Callback(digest=None, payload=payload, actor=_actor(reporter))
+        await self._ask(self._check_id(pid), message)
+        return P.RUNNING
 
     def _check_id(self, pid: str) -> str:
         canonical = uuid_or_none(pid)
@@ -563,6 +597,10 @@ class Engine:
             step_seconds_sum=steps.seconds,
             store=self.store.stats(),
         )
+
+
+def _actor(reporter: str | None, default: str = "engine") -> str:
+    return reporter or default
 
 
 def open_store(database: str, *, synchronous: str = "FULL") -> Store:

@@ -8,11 +8,17 @@ models of ``orchd.model``. Nothing above this layer sees SQL or a row as a tuple
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Protocol
 
 import msgspec
 
 from orchd.model import LinkedProcess, ProcessSummary, Subscription
+
+
+def token_digest(token: str) -> str:
+    """What the store keeps of a callback token: enough to find the wait, not to answer it."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class ProcessRow(msgspec.Struct, kw_only=True):
@@ -33,11 +39,21 @@ class ProcessRow(msgspec.Struct, kw_only=True):
     error: str | None = None
     #: The form's JSON Schema (encoded) while suspended.
     form: bytes | None = None
+    #: The digest of the token of the callback the process waits for (``token_digest``).
     callback_token: str | None = None
     attempts: int = 0
     next_retry_at: float | None = None
     created_at: float
     updated_at: float
+
+
+class ActionRow(msgspec.Struct, kw_only=True):
+    """Who asked for what, and when (the audit trail of contract §10)."""
+
+    at: float
+    action: str
+    actor: str
+    detail: str | None = None
 
 
 class StepRow(msgspec.Struct, kw_only=True):
@@ -121,12 +137,24 @@ class StepWrite(msgspec.Struct, kw_only=True, array_like=True):
     delta: bytes | None = None
 
 
+class ActionWrite(msgspec.Struct, kw_only=True, array_like=True):
+    """An action to record, fields in the order the SQLite writer binds them."""
+
+    pk: int
+    at: float
+    action: str
+    actor: str
+    detail: str | None = None
+
+
 class Checkpoint(msgspec.Struct, kw_only=True):
     """Everything one step changes, committed in one transaction."""
 
     process_id: str
     process: ProcessWrite
     steps: list[StepWrite] = []
+    #: The action that led to this checkpoint (resume, retry, ...), recorded with it.
+    actions: list[ActionWrite] = []
     #: ``state["subscription"]`` to save (insert or update), when the step changed it.
     subscription: dict[str, Any] | None = None
     #: A subscription to mark insync again without touching State (abort of MODIFY/TERMINATE).
@@ -147,6 +175,8 @@ class NewProcess(msgspec.Struct, kw_only=True):
     lock: str | None = None
     first_step: str
     created_at: float
+    #: Who started it, recorded as the process's first action.
+    actor: str
 
 
 class ScheduleRun(msgspec.Struct, kw_only=True):
@@ -232,6 +262,10 @@ class Store(Protocol):
 
     async def steps(self, pk: int) -> list[StepRow]:
         """A process's step records, oldest first."""
+        ...
+
+    async def actions(self, pk: int) -> list[ActionRow]:
+        """A process's actions, oldest first."""
         ...
 
     async def statuses(self, pids: list[str]) -> dict[str, str]: ...

@@ -14,6 +14,7 @@ from orchd.errors import BadRequest, ProcessNotFound, SubscriptionNotFound
 from orchd.model import (
     MAX_PAGE,
     SUBSCRIPTION_FIELDS,
+    ActionRecord,
     Page,
     Process,
     ProcessStatus,
@@ -56,6 +57,7 @@ class Views:
         if row is None:
             raise ProcessNotFound(f"process {pid} does not exist")
         steps = await self.store.steps(row.pk)
+        actions = await self.store.actions(row.pk)
         status = P(row.status)
         return Process(
             id=row.id,
@@ -75,6 +77,10 @@ class Views:
                 )
                 for s in steps
             ],
+            actions=[
+                ActionRecord(at=utc(a.at), action=a.action, actor=a.actor, detail=a.detail)
+                for a in actions
+            ],
             created_at=utc(row.created_at),
             updated_at=utc(row.updated_at),
             reporter=row.reporter,
@@ -82,7 +88,6 @@ class Views:
             error=row.error,
             form=decode(row.form) if row.form else None,
             subscription_id=row.subscription_id,
-            callback_token=row.callback_token if status is P.AWAITING_CALLBACK else None,
             attempts=row.attempts,
             next_retry_at=_dt(row.next_retry_at) if status is P.WAITING else None,
         )

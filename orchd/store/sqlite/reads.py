@@ -24,7 +24,7 @@ from orchd.model import (
     Target,
     utc,
 )
-from orchd.store.base import ProcessRow, ScheduleRow, StepRow, TimedProcess
+from orchd.store.base import ActionRow, ProcessRow, ScheduleRow, StepRow, TimedProcess
 
 _decode = msgspec.json.Decoder().decode
 
@@ -162,6 +162,13 @@ class Reads:
             )
             for name, status, started, finished, error, tb, delta in rows
         ]
+
+    async def actions(self, pk: int) -> list[ActionRow]:
+        rows = await self.fetchall(
+            "SELECT at, action, actor, detail FROM actions WHERE process = ? ORDER BY rowid",
+            (pk,),
+        )
+        return [ActionRow(at=at, action=a, actor=who, detail=d) for at, a, who, d in rows]
 
     async def statuses(self, pids: list[str]) -> dict[str, str]:
         if not pids:

@@ -5,15 +5,31 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 
 from orchd.errors import StoreError
+from orchd.store.base import token_digest
 
 log = logging.getLogger("orchd.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-#: Forward migrations: MIGRATIONS[n] takes a database from version n to n + 1.
-MIGRATIONS: list[list[str]] = [
+
+def _digest_callback_tokens(conn: sqlite3.Connection) -> None:
+    """Version 1 kept callback tokens as given; they are kept as digests from version 2 on,
+    so reading the database no longer hands out the capability to answer a wait."""
+    rows = conn.execute(
+        "SELECT rowid, callback_token FROM processes WHERE callback_token IS NOT NULL"
+    ).fetchall()
+    conn.executemany(
+        "UPDATE processes SET callback_token = ? WHERE rowid = ?",
+        [(token_digest(token), rowid) for rowid, token in rows],
+    )
+
+
+#: Forward migrations: MIGRATIONS[n] takes a database from version n to n + 1; a step is a
+#: statement or a function of the connection, run inside the migration's transaction.
+MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
     [
         """CREATE TABLE processes (
             rowid INTEGER PRIMARY KEY,
@@ -84,6 +100,18 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (name, fire_at)
         ) WITHOUT ROWID""",
     ],
+    [
+        # Who asked for what (contract §10): every start, resume, retry, skip, abort, callback.
+        """CREATE TABLE actions (
+            process INTEGER NOT NULL,
+            at REAL NOT NULL,
+            action TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            detail TEXT
+        )""",
+        "CREATE INDEX actions_by_process ON actions (process)",
+        _digest_callback_tokens,
+    ],
 ]
 
 
@@ -105,7 +133,10 @@ def migrate(conn: sqlite3.Connection) -> int:
     for target in range(version, SCHEMA_VERSION):
         conn.execute("BEGIN IMMEDIATE")
         for statement in MIGRATIONS[target]:
-            conn.execute(statement)
+            if isinstance(statement, str):
+                conn.execute(statement)
+            else:
+                statement(conn)
         conn.execute(f"PRAGMA user_version = {target + 1}")
         conn.execute("COMMIT")
         log.info("migrated database schema to version %d", target + 1)

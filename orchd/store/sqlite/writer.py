@@ -23,6 +23,7 @@ from msgspec.structs import astuple
 
 from orchd import _faults as faults
 from orchd.errors import StoreError, SubscriptionLocked, SubscriptionNotFound
+from orchd.model import START
 from orchd.store.base import (
     Checkpoint,
     NewProcess,
@@ -49,6 +50,7 @@ class _Batch:
         self.subscriptions: list[tuple[Any, ...]] = []
         self.links: list[tuple[str, str]] = []
         self.releases: list[tuple[float, str]] = []
+        self.actions: list[tuple[Any, ...]] = []
 
     def flush(self, conn: sqlite3.Connection) -> None:
         if self.subscriptions:
@@ -63,6 +65,8 @@ class _Batch:
             conn.executemany(_LINK, self.links)
         if self.releases:
             conn.executemany(_RELEASE, self.releases)
+        if self.actions:
+            conn.executemany(_INSERT_ACTION, self.actions)
         self.__init__()  # type: ignore[misc]
 
 
@@ -81,6 +85,7 @@ _UPSERT_SUBSCRIPTION = """INSERT INTO subscriptions (id, product, customer_id, d
     updated_at = excluded.updated_at"""
 _LINK = "INSERT OR IGNORE INTO subscription_processes (subscription_id, process_id) VALUES (?, ?)"
 _RELEASE = "UPDATE subscriptions SET insync = 1, updated_at = ? WHERE id = ?"
+_INSERT_ACTION = "INSERT INTO actions (process, at, action, actor, detail) VALUES (?, ?, ?, ?, ?)"
 
 
 def _subscription_row(sub: dict[str, Any], now: float) -> tuple[Any, ...]:
@@ -109,6 +114,8 @@ def _add_checkpoint(batch: _Batch, cp: Checkpoint) -> None:
         batch.links.append((cp.subscription["id"], cp.process_id))
     if cp.release is not None:
         batch.releases.append((p.updated_at, cp.release))
+    for a in cp.actions:
+        batch.actions.append(astuple(a))
 
 
 _INSERT_PROCESS = """INSERT INTO processes (id, workflow, target, status, pc, seq, state, reporter,
@@ -150,9 +157,11 @@ def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
             op.created_at,
         ),
     )
-    assert cur.lastrowid is not None
+    pk = cur.lastrowid
+    assert pk is not None
+    conn.execute(_INSERT_ACTION, (pk, op.created_at, START, op.actor, None))
     return ProcessRow(
-        pk=cur.lastrowid,
+        pk=pk,
         id=op.id,
         workflow=op.workflow,
         target=op.target,
