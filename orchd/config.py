@@ -139,6 +139,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     retry_max_delay: str = "10m"
     retry_max_attempts: NonNegative = 10
     step_timeout: str | None = None
+    #: Threads for sync steps; a call abandoned after its timeout gives its place back.
+    step_threads: Positive = 64
 
     @property
     def grace_period_seconds(self) -> float:
@@ -495,6 +497,7 @@ def engine_settings(config: Config) -> EngineSettings:
         retry_delay=config.retry_delay_seconds,
         retry_max_delay=config.retry_max_delay_seconds,
         retry_max_attempts=config.retry_max_attempts,
+        step_threads=config.step_threads,
     )
 
 

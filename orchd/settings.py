@@ -23,6 +23,8 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
     retry_max_attempts: int = 10
     #: Warn when workflow code blocks the event loop longer than this (None: off).
     block_warning: float | None = 1.0
+    #: Threads for sync steps (calls abandoned after a timeout do not count against it).
+    step_threads: int = 64
 
 
 class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):

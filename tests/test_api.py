@@ -714,6 +714,8 @@ async def test_metrics_expose_every_family(api_client: Client, api_engine: Engin
         "orchd_checkpoint_last_batch_size": "gauge",
         "orchd_checkpoint_queue_depth": "gauge",
         "orchd_actors_alive": "gauge",
+        "orchd_step_threads_abandoned_total": "counter",
+        "orchd_step_threads_abandoned": "gauge",
         "orchd_mailbox_depth": "gauge",
         "orchd_api_requests_total": "counter",
         "orchd_store_failing": "gauge",

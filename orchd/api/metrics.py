@@ -106,6 +106,18 @@ def render(
     )
     out.single("orchd_actors_alive", "gauge", "Process actors alive.", stats.actors)
     out.single(
+        "orchd_step_threads_abandoned_total",
+        "counter",
+        "Sync step calls abandoned after their timeout (their thread ran on).",
+        stats.step_threads_abandoned,
+    )
+    out.single(
+        "orchd_step_threads_abandoned",
+        "gauge",
+        "Abandoned sync step calls still running in their thread.",
+        stats.step_threads_abandoned_running,
+    )
+    out.single(
         "orchd_mailbox_depth",
         "gauge",
         "Messages waiting in the actors' mailboxes.",

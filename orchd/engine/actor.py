@@ -16,11 +16,10 @@ import random
 import secrets
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 
-import anyio
 import msgspec
 
 from orchd import _faults as faults
@@ -151,6 +150,14 @@ class Host(Protocol):
     def store_failed(self, pid: str) -> int:
         """A commit failed: run the process again from its last commit later, backing off;
         returns how many times in a row this happened."""
+        ...
+
+    async def in_thread(self, pid: str, step: str, call: Callable[[], Any]) -> Any:
+        """Run a sync step's call in the step threads and return its result."""
+        ...
+
+    def still_running(self, pid: str) -> str | None:
+        """The step whose timed-out call still runs in a thread for this process, if any."""
         ...
 
     def expect_callback(self, digest: str, pid: str) -> None:
@@ -433,6 +440,18 @@ class Actor:
                 self.attempts = 0
         if self.broken:
             raise InvalidTransition(f"cannot retry process {self.pid}: {self.broken}")
+        running = self.host.still_running(self.pid)
+        if running is not None:
+            # One step never runs twice at once (contract §2): not while a timed-out sync
+            # call of it still runs in its thread.
+            if automatic:
+                self.next_retry_at = time.time() + 1.0
+                self.host.later(self.pid, self.next_retry_at, Retry(automatic=True))
+                return
+            raise InvalidTransition(
+                f"cannot retry process {self.pid}: step {running!r} timed out but its call "
+                "still runs in its thread; retry once it has returned"
+            )
         if reissue:
             self._back_to_callback_action()
         self.error = None
@@ -598,18 +617,22 @@ class Actor:
             if step.is_async:  # the common case, one coroutine frame less per waiting actor
                 return await step.func(**kwargs)
             return await self._invoke(step, kwargs)
-        with anyio.move_on_after(timeout):
-            return await self._invoke(step, kwargs)
-        # Only our own deadline lands here; a TimeoutError the step raises passes through.
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                return await self._invoke(step, kwargs)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the step's own TimeoutError: a failure like any other
         raise StepTimeout(f"step {step.name!r} did not finish within {timeout:g} s")
 
-    @staticmethod
-    async def _invoke(step: Step, kwargs: dict[str, Any]) -> Any:
+    async def _invoke(self, step: Step, kwargs: dict[str, Any]) -> Any:
         assert step.func is not None
         if step.is_async:
             return await step.func(**kwargs)
-        call = functools.partial(step.func, **kwargs)
-        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        return await self.host.in_thread(
+            self.pid, step.name, functools.partial(step.func, **kwargs)
+        )
 
     async def _step_raised(self, step: Step, exc: BaseException, started: float) -> None:
         if isinstance(exc, StepInputError | StepOutputError | SubscriptionError | StepCrash):

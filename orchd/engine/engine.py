@@ -8,6 +8,8 @@ which is created on demand and retires when the process waits for someone else.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import importlib
 import logging
 import os
@@ -15,10 +17,9 @@ import random
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import anyio
 import msgspec
 
 from orchd import _faults as faults
@@ -27,6 +28,7 @@ from orchd.engine import actor as actors
 from orchd.engine.events import EventHub
 from orchd.engine.loopwatch import LoopWatch
 from orchd.engine.stats import EngineStats, StepCounter
+from orchd.engine.threads import StepThreads
 from orchd.errors import (
     CallbackNotFound,
     ConfigError,
@@ -127,6 +129,9 @@ class Engine:
         block = self.settings.block_warning
         #: Warns when workflow code blocks the event loop longer than this (None: off).
         self.loopwatch = LoopWatch(block) if block else None
+        self._threads = StepThreads(self.settings.step_threads)
+        #: Processes whose timed-out sync call still runs, and the step it belongs to.
+        self._abandoned: dict[str, str] = {}
         self._accepting = False
         self._idle = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -204,10 +209,11 @@ class Engine:
         self._timers.clear()
         for a in list(self.actors.values()):
             a.post(actors.Stop(), None)
-        with anyio.move_on_after(0 if self._grace_cut else self.settings.grace_period):
-            while self.actors and not self._hurry.is_set():
-                self._idle.clear()
-                await self._idle.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0 if self._grace_cut else self.settings.grace_period):
+                while self.actors and not self._hurry.is_set():
+                    self._idle.clear()
+                    await self._idle.wait()
         if self.actors:
             log.warning("interrupting %d steps after the grace period", len(self.actors))
         self._stop.set()
@@ -221,6 +227,7 @@ class Engine:
                     fut.set_exception(ShuttingDown("the engine stopped"))
         self._waiters.clear()
         await self.store.close()
+        self._threads.close()
         if self.loopwatch is not None:
             self.loopwatch.stop()
         if self._own_http is not None:
@@ -299,6 +306,22 @@ class Engine:
 
         loop = asyncio.get_running_loop()
         self._timers[key] = loop.call_later(max(0.0, at - time.time()), fire)
+
+    async def in_thread(self, pid: str, step: str, call: Callable[[], Any]) -> Any:
+        def abandoned(future: concurrent.futures.Future[Any]) -> None:
+            self._abandoned[pid] = step
+            loop = asyncio.get_running_loop()
+            log.warning("process=%s step=%r abandoned: its call runs on in its thread", pid, step)
+
+            def returned(_: concurrent.futures.Future[Any]) -> None:
+                loop.call_soon_threadsafe(self._abandoned.pop, pid, None)
+
+            future.add_done_callback(returned)
+
+        return await self._threads.run(call, abandoned)
+
+    def still_running(self, pid: str) -> str | None:
+        return self._abandoned.get(pid)
 
     def expect_callback(self, digest: str, pid: str) -> None:
         self._tokens[digest] = pid
@@ -506,7 +529,7 @@ class Engine:
                 process = await self.get(pid)
                 if process.status not in ACTIVE:
                     return process
-            with anyio.fail_after(timeout):
+            async with asyncio.timeout(timeout):
                 await fut
             return await self.get(pid)
         finally:
@@ -595,6 +618,8 @@ class Engine:
             steps_total=steps.total,
             step_buckets=list(steps.buckets),
             step_seconds_sum=steps.seconds,
+            step_threads_abandoned=self._threads.abandoned_total,
+            step_threads_abandoned_running=self._threads.abandoned_running,
             store=self.store.stats(),
         )
 

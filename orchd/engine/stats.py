@@ -41,4 +41,7 @@ class EngineStats(msgspec.Struct, kw_only=True):
     #: One count per bound of STEP_BUCKETS plus the overflow bucket, not cumulated.
     step_buckets: list[int]
     step_seconds_sum: float
+    #: Sync step calls abandoned after their timeout: ever, and still running in a thread.
+    step_threads_abandoned: int
+    step_threads_abandoned_running: int
     store: StoreStats

@@ -9,11 +9,10 @@ fails there with the same message.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Mapping
 from typing import Any
-
-import anyio
 
 from orchd.dsl import Step, StepKind
 from orchd.state import StepOutputError, inject, to_json_values
@@ -55,5 +54,5 @@ async def run_step(
     if step.is_async:
         result = await step.func(**kwargs)
     else:
-        result = await anyio.to_thread.run_sync(functools.partial(step.func, **kwargs))
+        result = await asyncio.to_thread(functools.partial(step.func, **kwargs))
     return to_json_values(step.name, result)

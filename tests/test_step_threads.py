@@ -1,0 +1,131 @@
+"""Sync steps run in threads of the engine's own; a timed-out call never runs twice at once and
+never starves other processes (contract §2)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from thread_flows import Release
+
+from orchd import Engine
+from orchd.errors import InvalidTransition
+
+pytestmark = pytest.mark.anyio
+
+Open = Callable[..., Any]
+
+
+@pytest.fixture
+async def release() -> AsyncIterator[Release]:
+    r = Release()
+    yield r
+    r.event.set()  # let every hung thread end
+
+
+@pytest.fixture
+async def open_engine(tmp_path: Path, release: Release) -> AsyncIterator[Callable[..., Any]]:
+    engines: list[Engine] = []
+
+    async def make(**settings: Any) -> Engine:
+        engine = Engine(
+            database=str(tmp_path / f"e{len(engines)}.db"),
+            workflows=["thread_flows"],
+            resources={Release: release},
+            grace_period=0.5,
+            **settings,
+        )
+        await engine.open()
+        engines.append(engine)
+        return engine
+
+    yield make
+    release.event.set()
+    for engine in engines:
+        await engine.close()
+
+
+async def test_retry_is_refused_while_the_timed_out_call_still_runs(
+    open_engine: Open, release: Release
+) -> None:
+    engine = await open_engine()
+    pid = await engine.start("hangs")
+    failed = await engine.wait(pid, timeout=10)
+    assert failed.status == "failed" and "did not finish within 0.2 s" in (failed.error or "")
+    with pytest.raises(InvalidTransition, match="still runs in its thread"):
+        await engine.retry(pid)
+    assert (await engine.get(pid)).status == "failed"
+    release.event.set()
+    for _ in range(200):  # the thread returns at once; the engine hears of it on its loop
+        try:
+            await engine.retry(pid)
+            break
+        except InvalidTransition:
+            await asyncio.sleep(0.01)
+    assert (await engine.wait(pid, timeout=10)).status == "completed"
+    assert release.most == 1 and release.runs == 2
+
+
+async def test_an_automatic_retry_waits_for_the_timed_out_call(
+    open_engine: Open, release: Release
+) -> None:
+    engine = await open_engine()
+    pid = await engine.start("hangs_and_retries")
+    await asyncio.sleep(1.0)  # several backoffs of 0.05 s have passed
+    assert release.runs == 1 and release.most == 1
+    assert (await engine.get(pid)).status == "waiting"
+    release.event.set()
+    for _ in range(500):
+        if (await engine.get(pid)).status == "completed":
+            break
+        await asyncio.sleep(0.01)
+    assert (await engine.get(pid)).status == "completed"
+    assert release.most == 1
+
+
+async def test_forty_five_hung_sync_steps_do_not_stall_the_others(
+    open_engine: Open, release: Release
+) -> None:
+    engine = await open_engine()  # the default pool: 64 threads
+    hung = [await engine.start("hangs_untimed") for _ in range(45)]
+    for _ in range(500):
+        if release.running == 45:
+            break
+        await asyncio.sleep(0.01)
+    quick = await engine.start("quick_sync")
+    assert (await engine.wait(quick, timeout=5)).status == "completed"
+    assert release.running == 45
+    release.event.set()
+    for pid in hung:
+        assert (await engine.wait(pid, timeout=10)).status == "completed"
+
+
+async def test_the_pool_size_is_the_step_threads_setting(
+    open_engine: Open, release: Release
+) -> None:
+    engine = await open_engine(step_threads=3)
+    [await engine.start("hangs_untimed") for _ in range(4)]
+    await asyncio.sleep(0.3)
+    assert release.running == 3  # the fourth waits for a thread
+
+
+async def test_abandoned_calls_give_their_place_back(open_engine: Open, release: Release) -> None:
+    engine = await open_engine(step_threads=2)
+    hung = [await engine.start("hangs") for _ in range(2)]
+    for pid in hung:
+        assert (await engine.wait(pid, timeout=10)).status == "failed"
+    # Both threads still hang, but their calls were abandoned: two more can run.
+    quick = [await engine.start("quick_sync") for _ in range(2)]
+    for pid in quick:
+        assert (await engine.wait(pid, timeout=5)).status == "completed"
+    stats = engine.stats()
+    assert stats.step_threads_abandoned == 2 and stats.step_threads_abandoned_running == 2
+    release.event.set()
+    for _ in range(200):
+        if engine.stats().step_threads_abandoned_running == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.stats().step_threads_abandoned_running == 0
