@@ -34,7 +34,14 @@ from aiohttp import web
 
 from orchd import logs, systemd
 from orchd.api.routes import create_app
-from orchd.config import Config, LoadedConfig, engine_settings, http_settings, load_config
+from orchd.config import (
+    Config,
+    LoadedConfig,
+    engine_settings,
+    http_settings,
+    load_config,
+    schedule_specs,
+)
 from orchd.engine import Engine
 from orchd.engine.scheduler import Scheduler
 from orchd.errors import ConfigError
@@ -149,7 +156,7 @@ def prepare(
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc.detail}") from None
     try:
-        scheduler = Scheduler(engine, list(config.schedules))
+        scheduler = Scheduler(engine, schedule_specs(config, source=source))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc.detail}") from None
     return engine, scheduler, http, factories
@@ -432,7 +439,7 @@ class Daemon:
         try:
             new = load_config(self.loaded.path).config
             # First, since the scheduler may still refuse the list: then nothing has changed.
-            scheduled = await self.scheduler.reload(list(new.schedules))
+            scheduled = await self.scheduler.reload(schedule_specs(new, source=source))
         except ConfigError as exc:
             detail = exc.detail if exc.detail.startswith(source) else f"{source}: {exc.detail}"
             log.error("reload failed, keeping the running config: %s", detail)

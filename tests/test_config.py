@@ -11,9 +11,12 @@ from orchd.config import (
     Config,
     HttpConfig,
     check_database_path,
+    engine_settings,
+    http_settings,
     load_config,
     parse_duration,
     parse_listen,
+    schedule_specs,
 )
 from orchd.errors import ConfigError
 
@@ -52,12 +55,13 @@ def test_defaults_without_a_file() -> None:
     assert (c.database, c.socket, c.workflows) == ("./orchd.db", "./orchd.sock", ["orchd.examples"])
     assert c.listen is None and c.token_file is None and c.schedules == []
     assert c.synchronous == "FULL" and c.log_level == "info" and c.watchdog is True
-    assert c.grace_period_seconds == 10 and c.max_body == 1048576
+    engine, http = engine_settings(c), http_settings(c)
+    assert engine.grace_period == 10 and c.max_body == 1048576
     assert c.socket_mode_bits == 0o660
-    assert (c.retry_delay_seconds, c.retry_max_delay_seconds) == (5, 600)
-    assert c.retry_max_attempts == 10 and c.step_timeout_seconds is None
+    assert (engine.retry_delay, engine.retry_max_delay) == (5, 600)
+    assert engine.retry_max_attempts == 10 and engine.step_timeout is None
     assert c.http == HttpConfig(limit=1000, limit_per_host=100, retries=3)
-    assert (c.http.timeout_seconds, c.http.connect_timeout_seconds) == (30, 10)
+    assert (http.timeout, http.connect_timeout) == (30, 10)
 
 
 def test_empty_file_gives_defaults(write) -> None:
@@ -156,8 +160,8 @@ def test_bad_cron(write, cron: str) -> None:
 
 def test_good_cron(write) -> None:
     path = write("[[schedules]]\nworkflow = 'w'\ncron = '*/5 * * * 1-5'")
-    (entry,) = load_config(path, env={}).config.schedules
-    assert entry.cron == "*/5 * * * 1-5" and entry.every_seconds is None
+    (entry,) = schedule_specs(load_config(path, env={}).config)
+    assert entry.cron == "*/5 * * * 1-5" and entry.every is None
 
 
 def test_every_and_cron_both(write) -> None:
@@ -174,9 +178,10 @@ def test_every_and_cron_neither(write) -> None:
 
 def test_schedule_name_defaults_to_workflow(write) -> None:
     path = write("[[schedules]]\nworkflow = 'w'\nevery = '1h30m'\njitter = '250ms'")
-    (entry,) = load_config(path, env={}).config.schedules
-    assert entry.name == entry.key == "w"
-    assert (entry.every_seconds, entry.jitter_seconds, entry.misfire_grace_seconds) == (
+    config = load_config(path, env={}).config
+    (entry,), (spec,) = config.schedules, schedule_specs(config)
+    assert entry.name == entry.key == spec.name == "w"
+    assert (spec.every, spec.jitter, spec.misfire_grace) == (
         5400,
         0.25,
         300,
@@ -197,7 +202,7 @@ def test_duplicate_schedule_names(write) -> None:
 
 def test_timezone(write) -> None:
     path = write("[[schedules]]\nworkflow = 'w'\ncron = '0 2 * * *'\ntimezone = 'Europe/Amsterdam'")
-    (entry,) = load_config(path, env={}).config.schedules
+    (entry,) = schedule_specs(load_config(path, env={}).config)
     assert entry.zone.key == "Europe/Amsterdam"
 
 
