@@ -25,7 +25,7 @@ from cronsim import CronSim, CronSimError
 
 from orchd.configfile import find_config
 from orchd.errors import ConfigError
-from orchd.settings import EngineSettings, HttpSettings, ScheduleSpec
+from orchd.settings import EngineSettings, HttpSettings, ScheduleSpec, TcpSettings
 from orchd.systemd import under_systemd
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "HttpConfig",
     "LoadedConfig",
     "ScheduleConfig",
+    "TcpConfig",
     "check_database_path",
     "engine_settings",
     "http_settings",
@@ -41,6 +42,7 @@ __all__ = [
     "parse_duration",
     "parse_listen",
     "schedule_specs",
+    "tcp_settings",
     "validate_config",
 ]
 
@@ -89,6 +91,14 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     retries: NonNegative = 3
 
 
+class TcpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Limits on the TCP listener's connections (``listen``); see `orchd.settings.TcpSettings`."""
+
+    max_connections: Positive = 512
+    max_per_peer: Positive = 64
+    header_timeout: str = "5s"
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole config file; every key is optional (see config/orchd.toml)."""
 
@@ -112,6 +122,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     watchdog: bool = True
     schedules: list[ScheduleConfig] = []
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    tcp: TcpConfig = msgspec.field(default_factory=TcpConfig)
     retry_delay: str = "5s"
     retry_max_delay: str = "10m"
     retry_max_attempts: NonNegative = 10
@@ -316,7 +327,7 @@ def _read_toml(file: Path) -> dict[str, Any]:
 
 _DURATION_KEYS = {
     "grace_period", "retry_delay", "retry_max_delay", "step_timeout",
-    "every", "jitter", "misfire_grace", "timeout", "connect_timeout",
+    "every", "jitter", "misfire_grace", "timeout", "connect_timeout", "header_timeout",
 }  # fmt: skip
 
 
@@ -371,6 +382,13 @@ def validate_config(config: Config, *, source: str = DEFAULT_SOURCE) -> None:
         check.duration("step_timeout", config.step_timeout, positive=True)
     check.duration("http.timeout", config.http.timeout, positive=True)
     check.duration("http.connect_timeout", config.http.connect_timeout, positive=True)
+    check.duration("tcp.header_timeout", config.tcp.header_timeout, positive=True)
+    if config.tcp.max_per_peer > config.tcp.max_connections:
+        check.fail(
+            "tcp.max_per_peer",
+            f"{config.tcp.max_per_peer} is more than tcp.max_connections"
+            f" ({config.tcp.max_connections})",
+        )
     schedule_specs(config, source=source)
 
 
@@ -493,6 +511,16 @@ def http_settings(config: Config) -> HttpSettings:
         timeout=parse_duration(http.timeout),
         connect_timeout=parse_duration(http.connect_timeout),
         retries=http.retries,
+    )
+
+
+def tcp_settings(config: Config) -> TcpSettings:
+    """The TCP listener's connection limits from a validated config."""
+    tcp = config.tcp
+    return TcpSettings(
+        max_connections=tcp.max_connections,
+        max_per_peer=tcp.max_per_peer,
+        header_timeout=parse_duration(tcp.header_timeout),
     )
 
 

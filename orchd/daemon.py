@@ -20,6 +20,7 @@ import grp
 import importlib
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -33,6 +34,7 @@ import msgspec
 from aiohttp import web
 
 from orchd import logs, systemd
+from orchd.api.guard import GUARD_KEY, TcpGuard
 from orchd.api.routes import create_app
 from orchd.config import (
     Config,
@@ -41,6 +43,7 @@ from orchd.config import (
     http_settings,
     load_config,
     schedule_specs,
+    tcp_settings,
 )
 from orchd.engine import Engine
 from orchd.engine.scheduler import Scheduler
@@ -56,6 +59,11 @@ EXIT_OK, EXIT_CRASH, EXIT_CONFIG = 0, 1, 2
 STATUS_EVERY = 5.0
 #: After the engine has stopped, how long open HTTP requests get to finish.
 HTTP_SHUTDOWN_TIMEOUT = 2.0
+#: Seconds an idle keep-alive connection stays open after a response (aiohttp's default is an
+#: hour: on TCP, time enough for idle connections to pile up to the caps and stay there).
+KEEPALIVE_TIMEOUT = 75.0
+#: The highest soft limit on open files the daemon asks for (Linux's default fs.nr_open).
+NOFILE_CEILING = 1 << 20
 #: Config keys applied by SIGHUP; a change to any other key needs a restart.
 RELOADABLE = (
     "log_level",
@@ -225,6 +233,7 @@ class Daemon:
         self.engine = engine
         self.scheduler = scheduler
         self.http = http
+        self.guard = TcpGuard(tcp_settings(loaded.config))
         self.token: str | None = None
         self.sockets: list[tuple[socket.socket, bool]] = []  # (socket, needs the token)
         self.signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
@@ -276,6 +285,7 @@ class Daemon:
             handle_signals=False,
             access_log=None,
             shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
         )
         await runner.setup()
         stack.push_async_callback(_quietly, "closing the API", runner.cleanup)
@@ -284,11 +294,12 @@ class Daemon:
         provided = await enter_resources(stack, self.resources, self.loaded.source)
         self.engine.resources.update(provided)
         log.info(
-            "starting pid=%d config=%s database=%s workflows=%d",
+            "starting pid=%d config=%s database=%s workflows=%d open_files=%d",
             os.getpid(),
             self.loaded.source,
             self.config.database,
             len(self.engine.workflows),
+            raise_open_files_limit(),
         )
         if not self.engine.workflows:
             log.warning(
@@ -298,7 +309,10 @@ class Daemon:
         stack.push_async_callback(_quietly, "stopping the engine", self.engine.close)
         await stack.enter_async_context(self.scheduler)
         # TCP first, the Unix socket last: clients (and tests) poll the Unix socket's health.
-        for sock, _ in sorted(self.sockets, key=lambda item: not item[1]):
+        for sock, tcp in sorted(self.sockets, key=lambda item: not item[1]):
+            if tcp:
+                await self.serve_tcp(stack, runner, sock)
+                continue
             site = web.SockSite(runner, sock)
             await site.start()
             # Stopping a site stops accepting; requests on open connections still get
@@ -307,6 +321,23 @@ class Daemon:
         names = ", ".join(_describe(sock) for sock, _ in self.sockets)
         log.info("ready listening=%s", names)
         systemd.notify_ready(f"ready; listening on {names}")
+
+    async def serve_tcp(
+        self, stack: contextlib.AsyncExitStack, runner: web.AppRunner, sock: socket.socket
+    ) -> None:
+        """Serve the app on a TCP socket, every connection through the guard first.
+
+        Not an aiohttp site, whose protocol factory cannot be wrapped: the same runner's
+        server handles the admitted connections, so its cleanup closes them as a site's.
+        """
+        assert runner.server is not None
+        factory = self.guard.protocol_factory(runner.server)
+        server = await asyncio.get_running_loop().create_server(factory, sock=sock)
+
+        async def stop_accepting() -> None:
+            server.close()  # like a site's stop: open connections are the runner's to close
+
+        stack.push_async_callback(_quietly, "closing a listener", stop_accepting)
 
     def start_tasks(self, tasks: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
         """The daemon's own tasks, started once everything serves."""
@@ -395,13 +426,15 @@ class Daemon:
 
     def make_app(self) -> web.Application:
         # One app for every listener: it asks for the token on TCP connections only.
-        return create_app(
+        app = create_app(
             self.engine,
             scheduler=self.scheduler,
             max_body=self.config.max_body,
             token=self.token,
             rate_limit=self.config.rate_limit,
         )
+        app[GUARD_KEY] = self.guard
+        return app
 
     # -- signals, reload, watchdog ---------------------------------------------------------
 
@@ -499,6 +532,26 @@ async def _quietly(what: str, close: Callable[[], Awaitable[Any]]) -> None:
         await close()
     except Exception:
         log.exception("error while %s", what)
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard one; return the soft limit.
+
+    The soft limit is often 1024 outside systemd, which a busy daemon reaches (step HTTP
+    connections, API clients, SQLite). The unit sets both limits (``LimitNOFILE=``) and
+    forbids ``setrlimit``, so nothing is called when they are already equal.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Linux refuses an unlimited soft limit on open files; its own ceiling (fs.nr_open)
+    # is 2**20 by default.
+    target = min(hard, NOFILE_CEILING) if hard != resource.RLIM_INFINITY else NOFILE_CEILING
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, target, exc)
+    return soft
 
 
 def lock_database(database: str, source: str) -> int | None:

@@ -64,3 +64,19 @@ class ScheduleSpec(msgspec.Struct, frozen=True, kw_only=True):
     #: A fire time missed while the daemon was down runs at start when at most this old.
     misfire_grace: float = 300.0
     enabled: bool = True
+
+
+class TcpSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Limits on the TCP listener's connections (``[tcp]``); the Unix socket has none.
+
+    Anyone who can reach the port can open connections before any token is checked, so
+    these bound what an unauthenticated peer can hold: descriptors, and the daemon's
+    room to answer on the Unix socket.
+    """
+
+    #: Connections open at once on one TCP listener; more are closed as they arrive.
+    max_connections: int = 512
+    #: Connections open at once from one peer address, over every TCP listener.
+    max_per_peer: int = 64
+    #: Seconds a new connection has to send its first complete request head.
+    header_timeout: float = 5.0

@@ -17,8 +17,10 @@ from orchd.config import (
     parse_duration,
     parse_listen,
     schedule_specs,
+    tcp_settings,
 )
 from orchd.errors import ConfigError
+from orchd.settings import TcpSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -349,6 +351,7 @@ def test_bundled_example_mentions_every_key() -> None:
     text = (REPO / "config" / "orchd.toml").read_text()
     keys = [*Config.__struct_fields__, *(f"{k} =" for k in HttpConfig.__struct_fields__)]
     keys += [f"{k} =" for k in config_module.ScheduleConfig.__struct_fields__]
+    keys += [f"{k} =" for k in config_module.TcpConfig.__struct_fields__]
     assert [key for key in keys if key not in text] == []
 
 
@@ -452,3 +455,28 @@ def test_a_token_under_128_bits_is_warned_about(
     with caplog.at_level("WARNING", logger="orchd.config"):
         assert loaded.read_token() == token
     assert ("fewer than 128 bits" in caplog.text) is weak
+
+
+def test_tcp_limits_have_safe_defaults_and_come_in_seconds(write) -> None:
+    assert tcp_settings(load_config(env={}).config) == TcpSettings(
+        max_connections=512, max_per_peer=64, header_timeout=5.0
+    )
+    path = write("[tcp]\nmax_connections = 10\nmax_per_peer = 2\nheader_timeout = '1500ms'")
+    assert tcp_settings(load_config(path, env={}).config) == TcpSettings(
+        max_connections=10, max_per_peer=2, header_timeout=1.5
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ("header_timeout = '0s'", "tcp.header_timeout: duration must be greater than zero"),
+        ("header_timeout = 5", "tcp.header_timeout: expected a duration string"),
+        ("max_connections = 0", "tcp.max_connections: expected int >= 1"),
+        ("max_connections = 4\nmax_per_peer = 8", "tcp.max_per_peer: 8 is more than"),
+        ("backlog = 5", "tcp.backlog: unknown key"),
+    ],
+)
+def test_bad_tcp_limits(write, table: str, problem: str) -> None:
+    path = write(f"[tcp]\n{table}")
+    assert error_of(path).startswith(f"{path}: {problem}")
