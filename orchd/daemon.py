@@ -20,7 +20,6 @@ import grp
 import importlib
 import logging
 import os
-import resource
 import signal
 import socket
 import stat
@@ -34,7 +33,7 @@ import msgspec
 from aiohttp import web
 
 from orchd import logs, systemd
-from orchd.api.guard import GUARD_KEY, TcpGuard
+from orchd.api.guard import GUARD_KEY, TcpGuard, raise_open_files_limit
 from orchd.api.routes import create_app
 from orchd.config import (
     Config,
@@ -62,8 +61,6 @@ HTTP_SHUTDOWN_TIMEOUT = 2.0
 #: Seconds an idle keep-alive connection stays open after a response (aiohttp's default is an
 #: hour: on TCP, time enough for idle connections to pile up to the caps and stay there).
 KEEPALIVE_TIMEOUT = 75.0
-#: The highest soft limit on open files the daemon asks for (Linux's default fs.nr_open).
-NOFILE_CEILING = 1 << 20
 #: Config keys applied by SIGHUP; a change to any other key needs a restart.
 RELOADABLE = (
     "log_level",
@@ -311,7 +308,9 @@ class Daemon:
         # TCP first, the Unix socket last: clients (and tests) poll the Unix socket's health.
         for sock, tcp in sorted(self.sockets, key=lambda item: not item[1]):
             if tcp:
-                await self.serve_tcp(stack, runner, sock)
+                server = await self.guard.serve(runner, sock)
+                # Like a site's stop: open connections are the runner's to close.
+                stack.push_async_callback(_quietly, "closing a listener", _closer(server))
                 continue
             site = web.SockSite(runner, sock)
             await site.start()
@@ -321,23 +320,6 @@ class Daemon:
         names = ", ".join(_describe(sock) for sock, _ in self.sockets)
         log.info("ready listening=%s", names)
         systemd.notify_ready(f"ready; listening on {names}")
-
-    async def serve_tcp(
-        self, stack: contextlib.AsyncExitStack, runner: web.AppRunner, sock: socket.socket
-    ) -> None:
-        """Serve the app on a TCP socket, every connection through the guard first.
-
-        Not an aiohttp site, whose protocol factory cannot be wrapped: the same runner's
-        server handles the admitted connections, so its cleanup closes them as a site's.
-        """
-        assert runner.server is not None
-        factory = self.guard.protocol_factory(runner.server)
-        server = await asyncio.get_running_loop().create_server(factory, sock=sock)
-
-        async def stop_accepting() -> None:
-            server.close()  # like a site's stop: open connections are the runner's to close
-
-        stack.push_async_callback(_quietly, "closing a listener", stop_accepting)
 
     def start_tasks(self, tasks: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
         """The daemon's own tasks, started once everything serves."""
@@ -526,32 +508,19 @@ class Daemon:
             )
 
 
+def _closer(server: asyncio.AbstractServer) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        server.close()
+
+    return close
+
+
 async def _quietly(what: str, close: Callable[[], Awaitable[Any]]) -> None:
     """Run one step of the stop, log its failure, and let the rest of the stop go on."""
     try:
         await close()
     except Exception:
         log.exception("error while %s", what)
-
-
-def raise_open_files_limit() -> int:
-    """Raise the soft limit on open files to the hard one; return the soft limit.
-
-    The soft limit is often 1024 outside systemd, which a busy daemon reaches (step HTTP
-    connections, API clients, SQLite). The unit sets both limits (``LimitNOFILE=``) and
-    forbids ``setrlimit``, so nothing is called when they are already equal.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    # Linux refuses an unlimited soft limit on open files; its own ceiling (fs.nr_open)
-    # is 2**20 by default.
-    target = min(hard, NOFILE_CEILING) if hard != resource.RLIM_INFINITY else NOFILE_CEILING
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (OSError, ValueError) as exc:
-            log.warning("cannot raise the open files limit from %d to %d: %s", soft, target, exc)
-    return soft
 
 
 def lock_database(database: str, source: str) -> int | None:

@@ -13,6 +13,8 @@ connection passes a `TcpGuard` first:
   ``header_timeout`` seconds, or it is reset and counted. An idle keep-alive connection after
   a response is aiohttp's to close (the runner's ``keepalive_timeout``).
 
+`raise_open_files_limit` is the other half of that budget: the daemon calls it at start.
+
 The Unix socket does not pass the guard: it is reachable only by the socket's group. The
 counters live on the guard, which the daemon stores in the app under `GUARD_KEY` for the API's
 metrics to read (`TcpGuard.counts`).
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
+import socket
 import time
 import typing
 from collections.abc import Callable
@@ -31,13 +35,15 @@ from aiohttp import web
 
 from orchd.settings import TcpSettings
 
-__all__ = ["GUARD_KEY", "ConnectionCounts", "TcpGuard"]
+__all__ = ["GUARD_KEY", "ConnectionCounts", "TcpGuard", "raise_open_files_limit"]
 
 log = logging.getLogger("orchd.api.guard")
 
 #: At most one warning about refused connections per this many seconds: an attack must not
 #: flood the journal.
 WARN_EVERY = 10.0
+#: The highest soft limit on open files the daemon asks for (Linux's default fs.nr_open).
+NOFILE_CEILING = 1 << 20
 
 
 class ConnectionCounts(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,6 +82,16 @@ class TcpGuard:
             refused_peer_total=self._refused_peer,
             header_timeouts_total=self._timeouts,
         )
+
+    async def serve(self, runner: web.AppRunner, sock: socket.socket) -> asyncio.AbstractServer:
+        """Serve ``runner``'s app on a TCP socket, every connection through this guard first.
+
+        Not an aiohttp site, whose protocol factory cannot be wrapped: the runner's server
+        handles the admitted connections, so its cleanup closes them as it closes a site's.
+        """
+        assert runner.server is not None
+        factory = self.protocol_factory(runner.server)
+        return await asyncio.get_running_loop().create_server(factory, sock=sock)
 
     def protocol_factory(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for ``loop.create_server`` on one TCP listener.
@@ -214,3 +230,23 @@ class _GuardedConnection(asyncio.Protocol):
         log.debug("closing TCP connection from %s: no request head in time", self.peer)
         if self.transport is not None:
             self.transport.abort()
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard one; return the soft limit.
+
+    The soft limit is often 1024 outside systemd, which a busy daemon reaches (step HTTP
+    connections, API clients, SQLite). The unit sets both limits (``LimitNOFILE=``) and
+    forbids ``setrlimit``, so nothing is called when they are already equal.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Linux refuses an unlimited soft limit on open files; its own ceiling (fs.nr_open)
+    # is 2**20 by default.
+    target = min(hard, NOFILE_CEILING) if hard != resource.RLIM_INFINITY else NOFILE_CEILING
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, target, exc)
+    return soft
