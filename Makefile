@@ -15,10 +15,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The fake OSS as `make run` starts it. The daemon has no TCP listener there, so the fake OSS
+# posts its job callbacks (provision_port) over the daemon's Unix socket.
+OSS_ARGS = --port $(OSS_PORT) --latency 200ms --error-rate 0.05 --callback-socket $(CURDIR)/orchd.sock
+
 # The daemon on its embedded default (./orchd.db, ./orchd.sock, the bundled examples), a fake
 # OSS for the examples to talk to, and a few demo processes started once the daemon answers.
 run: $(STAMP)
-	@$(BIN)/orchd fake-oss --port $(OSS_PORT) --latency 200ms --error-rate 0.05 & oss=$$!; \
+	@$(BIN)/orchd fake-oss $(OSS_ARGS) & oss=$$!; \
 	trap 'kill $$oss 2>/dev/null' EXIT INT TERM; \
 	ORCHD_OSS_URL=http://127.0.0.1:$(OSS_PORT) $(BIN)/python -m orchd.examples.demo & \
 	ORCHD_OSS_URL=http://127.0.0.1:$(OSS_PORT) $(BIN)/orchd serve

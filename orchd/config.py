@@ -25,7 +25,7 @@ from cronsim import CronSim, CronSimError
 
 from orchd.configfile import find_config
 from orchd.errors import ConfigError
-from orchd.settings import EngineSettings, HttpSettings
+from orchd.settings import EngineSettings, HttpSettings, ScheduleSpec, TcpSettings
 from orchd.systemd import under_systemd
 
 __all__ = [
@@ -34,12 +34,15 @@ __all__ = [
     "HttpConfig",
     "LoadedConfig",
     "ScheduleConfig",
+    "TcpConfig",
     "check_database_path",
     "engine_settings",
     "http_settings",
     "load_config",
     "parse_duration",
     "parse_listen",
+    "schedule_specs",
+    "tcp_settings",
     "validate_config",
 ]
 
@@ -77,22 +80,6 @@ class ScheduleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         """The entry's unique name (typed ``str``: ``name`` is filled in at decoding)."""
         return self.name if self.name is not None else self.workflow
 
-    @property
-    def every_seconds(self) -> float | None:
-        return None if self.every is None else parse_duration(self.every)
-
-    @property
-    def jitter_seconds(self) -> float:
-        return parse_duration(self.jitter)
-
-    @property
-    def misfire_grace_seconds(self) -> float:
-        return parse_duration(self.misfire_grace)
-
-    @property
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
-
 
 class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The HTTP client pool that workflow steps share to reach OSS/BSS systems."""
@@ -103,13 +90,13 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     connect_timeout: str = "10s"
     retries: NonNegative = 3
 
-    @property
-    def timeout_seconds(self) -> float:
-        return parse_duration(self.timeout)
 
-    @property
-    def connect_timeout_seconds(self) -> float:
-        return parse_duration(self.connect_timeout)
+class TcpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Limits on the TCP listener's connections (``listen``); see `orchd.settings.TcpSettings`."""
+
+    max_connections: Positive = 512
+    max_per_peer: Positive = 64
+    header_timeout: str = "5s"
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -135,28 +122,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     watchdog: bool = True
     schedules: list[ScheduleConfig] = []
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    tcp: TcpConfig = msgspec.field(default_factory=TcpConfig)
     retry_delay: str = "5s"
     retry_max_delay: str = "10m"
     retry_max_attempts: NonNegative = 10
     step_timeout: str | None = None
     #: Threads for sync steps; a call abandoned after its timeout gives its place back.
     step_threads: Positive = 64
-
-    @property
-    def grace_period_seconds(self) -> float:
-        return parse_duration(self.grace_period)
-
-    @property
-    def retry_delay_seconds(self) -> float:
-        return parse_duration(self.retry_delay)
-
-    @property
-    def retry_max_delay_seconds(self) -> float:
-        return parse_duration(self.retry_max_delay)
-
-    @property
-    def step_timeout_seconds(self) -> float | None:
-        return None if self.step_timeout is None else parse_duration(self.step_timeout)
 
     @property
     def socket_mode_bits(self) -> int:
@@ -357,7 +329,7 @@ def _read_toml(file: Path) -> dict[str, Any]:
 
 _DURATION_KEYS = {
     "grace_period", "retry_delay", "retry_max_delay", "step_timeout",
-    "every", "jitter", "misfire_grace", "timeout", "connect_timeout",
+    "every", "jitter", "misfire_grace", "timeout", "connect_timeout", "header_timeout",
 }  # fmt: skip
 
 
@@ -412,9 +384,26 @@ def validate_config(config: Config, *, source: str = DEFAULT_SOURCE) -> None:
         check.duration("step_timeout", config.step_timeout, positive=True)
     check.duration("http.timeout", config.http.timeout, positive=True)
     check.duration("http.connect_timeout", config.http.connect_timeout, positive=True)
+    check.duration("tcp.header_timeout", config.tcp.header_timeout, positive=True)
+    if config.tcp.max_per_peer > config.tcp.max_connections:
+        check.fail(
+            "tcp.max_per_peer",
+            f"{config.tcp.max_per_peer} is more than tcp.max_connections"
+            f" ({config.tcp.max_connections})",
+        )
+    schedule_specs(config, source=source)
+
+
+def schedule_specs(config: Config, *, source: str = DEFAULT_SOURCE) -> tuple[ScheduleSpec, ...]:
+    """The ``[[schedules]]`` entries checked and parsed for the scheduler, in file order.
+
+    Raises ConfigError (``<file>: schedules[N].key: problem``) on the first bad entry.
+    """
+    check = _Checker(source)
+    specs: list[ScheduleSpec] = []
     seen: dict[str, int] = {}
     for i, entry in enumerate(config.schedules):
-        check.schedule(entry, f"schedules[{i}]")
+        specs.append(check.schedule(entry, f"schedules[{i}]"))
         if entry.key in seen:
             check.fail(
                 f"schedules[{i}].name",
@@ -422,6 +411,7 @@ def validate_config(config: Config, *, source: str = DEFAULT_SOURCE) -> None:
                 " set a distinct name)",
             )
         seen[entry.key] = i
+    return tuple(specs)
 
 
 class _Checker:
@@ -448,16 +438,17 @@ class _Checker:
             self.fail(key, f"duration must be greater than zero, got {text!r}")
         return seconds
 
-    def schedule(self, entry: ScheduleConfig, at: str) -> None:
+    def schedule(self, entry: ScheduleConfig, at: str) -> ScheduleSpec:
         if not entry.workflow:
             self.fail(f"{at}.workflow", "must not be empty")
         if (entry.every is None) == (entry.cron is None):
             which = "both" if entry.every is not None else "neither"
             self.fail(at, f"set exactly one of 'every' or 'cron' ({which} given)")
+        every = None
         if entry.every is not None:
-            self.duration(f"{at}.every", entry.every, positive=True)
-        self.duration(f"{at}.jitter", entry.jitter)
-        self.duration(f"{at}.misfire_grace", entry.misfire_grace)
+            every = self.duration(f"{at}.every", entry.every, positive=True)
+        jitter = self.duration(f"{at}.jitter", entry.jitter)
+        misfire_grace = self.duration(f"{at}.misfire_grace", entry.misfire_grace)
         try:
             zone = ZoneInfo(entry.timezone)
         except (ZoneInfoNotFoundError, ValueError):
@@ -470,6 +461,18 @@ class _Checker:
                 CronSim(entry.cron, datetime.now(UTC).astimezone(zone))
             except CronSimError as exc:
                 self.fail(f"{at}.cron", f"invalid cron expression {entry.cron!r}: {exc}")
+        return ScheduleSpec(
+            name=entry.key,
+            workflow=entry.workflow,
+            input=dict(entry.input),
+            every=every,
+            every_text=entry.every,
+            cron=entry.cron,
+            zone=zone,
+            jitter=jitter,
+            misfire_grace=misfire_grace,
+            enabled=entry.enabled,
+        )
 
 
 def _token_path(config: Config, env: Mapping[str, str], source: str) -> Path | None:
@@ -491,11 +494,12 @@ def _token_path(config: Config, env: Mapping[str, str], source: str) -> Path | N
 
 def engine_settings(config: Config) -> EngineSettings:
     """The engine's settings from a validated config (durations parsed here, once)."""
+    step_timeout = config.step_timeout
     return EngineSettings(
-        grace_period=config.grace_period_seconds,
-        step_timeout=config.step_timeout_seconds,
-        retry_delay=config.retry_delay_seconds,
-        retry_max_delay=config.retry_max_delay_seconds,
+        grace_period=parse_duration(config.grace_period),
+        step_timeout=None if step_timeout is None else parse_duration(step_timeout),
+        retry_delay=parse_duration(config.retry_delay),
+        retry_max_delay=parse_duration(config.retry_max_delay),
         retry_max_attempts=config.retry_max_attempts,
         step_threads=config.step_threads,
     )
@@ -507,9 +511,19 @@ def http_settings(config: Config) -> HttpSettings:
     return HttpSettings(
         limit=http.limit,
         limit_per_host=http.limit_per_host,
-        timeout=http.timeout_seconds,
-        connect_timeout=http.connect_timeout_seconds,
+        timeout=parse_duration(http.timeout),
+        connect_timeout=parse_duration(http.connect_timeout),
         retries=http.retries,
+    )
+
+
+def tcp_settings(config: Config) -> TcpSettings:
+    """The TCP listener's connection limits from a validated config."""
+    tcp = config.tcp
+    return TcpSettings(
+        max_connections=tcp.max_connections,
+        max_per_peer=tcp.max_per_peer,
+        header_timeout=parse_duration(tcp.header_timeout),
     )
 
 

@@ -33,8 +33,17 @@ import msgspec
 from aiohttp import web
 
 from orchd import logs, systemd
+from orchd.api.guard import GUARD_KEY, TcpGuard, raise_open_files_limit
 from orchd.api.routes import create_app
-from orchd.config import Config, LoadedConfig, engine_settings, http_settings, load_config
+from orchd.config import (
+    Config,
+    LoadedConfig,
+    engine_settings,
+    http_settings,
+    load_config,
+    schedule_specs,
+    tcp_settings,
+)
 from orchd.engine import Engine
 from orchd.engine.scheduler import Scheduler
 from orchd.errors import ConfigError
@@ -49,6 +58,9 @@ EXIT_OK, EXIT_CRASH, EXIT_CONFIG = 0, 1, 2
 STATUS_EVERY = 5.0
 #: After the engine has stopped, how long open HTTP requests get to finish.
 HTTP_SHUTDOWN_TIMEOUT = 2.0
+#: Seconds an idle keep-alive connection stays open after a response (aiohttp's default is an
+#: hour: on TCP, time enough for idle connections to pile up to the caps and stay there).
+KEEPALIVE_TIMEOUT = 75.0
 #: Config keys applied by SIGHUP; a change to any other key needs a restart.
 RELOADABLE = (
     "log_level",
@@ -149,7 +161,7 @@ def prepare(
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc.detail}") from None
     try:
-        scheduler = Scheduler(engine, list(config.schedules))
+        scheduler = Scheduler(engine, schedule_specs(config, source=source))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc.detail}") from None
     return engine, scheduler, http, factories
@@ -218,6 +230,7 @@ class Daemon:
         self.engine = engine
         self.scheduler = scheduler
         self.http = http
+        self.guard = TcpGuard(tcp_settings(loaded.config))
         self.token: str | None = None
         self.sockets: list[tuple[socket.socket, bool]] = []  # (socket, needs the token)
         self.signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
@@ -269,6 +282,7 @@ class Daemon:
             handle_signals=False,
             access_log=None,
             shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
         )
         await runner.setup()
         stack.push_async_callback(_quietly, "closing the API", runner.cleanup)
@@ -277,11 +291,12 @@ class Daemon:
         provided = await enter_resources(stack, self.resources, self.loaded.source)
         self.engine.resources.update(provided)
         log.info(
-            "starting pid=%d config=%s database=%s workflows=%d",
+            "starting pid=%d config=%s database=%s workflows=%d open_files=%d",
             os.getpid(),
             self.loaded.source,
             self.config.database,
             len(self.engine.workflows),
+            raise_open_files_limit(),
         )
         if not self.engine.workflows:
             log.warning(
@@ -291,7 +306,12 @@ class Daemon:
         stack.push_async_callback(_quietly, "stopping the engine", self.engine.close)
         await stack.enter_async_context(self.scheduler)
         # TCP first, the Unix socket last: clients (and tests) poll the Unix socket's health.
-        for sock, _ in sorted(self.sockets, key=lambda item: not item[1]):
+        for sock, tcp in sorted(self.sockets, key=lambda item: not item[1]):
+            if tcp:
+                server = await self.guard.serve(runner, sock)
+                # Like a site's stop: open connections are the runner's to close.
+                stack.push_async_callback(_quietly, "closing a listener", _closer(server))
+                continue
             site = web.SockSite(runner, sock)
             await site.start()
             # Stopping a site stops accepting; requests on open connections still get
@@ -388,13 +408,15 @@ class Daemon:
 
     def make_app(self) -> web.Application:
         # One app for every listener: it asks for the token on TCP connections only.
-        return create_app(
+        app = create_app(
             self.engine,
             scheduler=self.scheduler,
             max_body=self.config.max_body,
             token=self.token,
             rate_limit=self.config.rate_limit,
         )
+        app[GUARD_KEY] = self.guard
+        return app
 
     # -- signals, reload, watchdog ---------------------------------------------------------
 
@@ -432,7 +454,7 @@ class Daemon:
         try:
             new = load_config(self.loaded.path).config
             # First, since the scheduler may still refuse the list: then nothing has changed.
-            scheduled = await self.scheduler.reload(list(new.schedules))
+            scheduled = await self.scheduler.reload(schedule_specs(new, source=source))
         except ConfigError as exc:
             detail = exc.detail if exc.detail.startswith(source) else f"{source}: {exc.detail}"
             log.error("reload failed, keeping the running config: %s", detail)
@@ -484,6 +506,13 @@ class Daemon:
                 f"{counts.get('running', 0)} running, {counts.get('waiting', 0)} waiting, "
                 f"{counts.get('failed', 0)} failed; {rate:.0f} steps/s"
             )
+
+
+def _closer(server: asyncio.AbstractServer) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        server.close()
+
+    return close
 
 
 async def _quietly(what: str, close: Callable[[], Awaitable[Any]]) -> None:

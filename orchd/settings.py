@@ -7,6 +7,9 @@ reload swaps one object instead of assigning fields one by one.
 
 from __future__ import annotations
 
+from typing import Any
+from zoneinfo import ZoneInfo
+
 import msgspec
 
 
@@ -38,3 +41,44 @@ class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
     connect_timeout: float = 10.0
     #: Retries of an idempotent request on a connection error, a timeout or 502/503/504.
     retries: int = 3
+
+
+class ScheduleSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One ``[[schedules]]`` entry as the scheduler runs it: parsed and checked at load.
+
+    Exactly one of ``every`` and ``cron`` is set; the cron expression is known to be valid
+    in ``zone``. Only what the config cannot know (does the workflow exist, is it a SYSTEM
+    task) is left for the scheduler to check.
+    """
+
+    #: The entry's unique name (the workflow's unless the entry names one).
+    name: str
+    workflow: str
+    input: dict[str, Any] = {}
+    #: Seconds between runs, or None for a cron entry.
+    every: float | None = None
+    #: ``every`` as written ("5m"), for the API and reload messages.
+    every_text: str | None = None
+    cron: str | None = None
+    zone: ZoneInfo = ZoneInfo("UTC")
+    #: Up to this many seconds are added at random to each fire time.
+    jitter: float = 0.0
+    #: A fire time missed while the daemon was down runs at start when at most this old.
+    misfire_grace: float = 300.0
+    enabled: bool = True
+
+
+class TcpSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Limits on the TCP listener's connections (``[tcp]``); the Unix socket has none.
+
+    Anyone who can reach the port can open connections before any token is checked, so
+    these bound what an unauthenticated peer can hold: descriptors, and the daemon's
+    room to answer on the Unix socket.
+    """
+
+    #: Connections open at once on one TCP listener; more are closed as they arrive.
+    max_connections: int = 512
+    #: Connections open at once from one peer address, over every TCP listener.
+    max_per_peer: int = 64
+    #: Seconds a new connection has to send its first complete request head.
+    header_timeout: float = 5.0

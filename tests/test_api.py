@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from orchd.api.routes import MAX_DEPTH, create_app
-from orchd.config import ScheduleConfig
+from orchd.config import Config, ScheduleConfig, schedule_specs
 from orchd.engine import Engine
 from orchd.engine.scheduler import Scheduler
 from orchd.model import ProcessStatus
@@ -79,13 +79,11 @@ async def status_becomes(client: Client, pid: str, status: str) -> None:
 
 
 def real_scheduler(engine: Engine) -> Scheduler:
-    return Scheduler(
-        engine,
-        [
-            ScheduleConfig(workflow="api_fail", name="nightly", every="5m"),
-            ScheduleConfig(workflow="api_gated", name="held", every="1h"),
-        ],
-    )
+    entries = [
+        ScheduleConfig(workflow="api_fail", name="nightly", every="5m"),
+        ScheduleConfig(workflow="api_gated", name="held", every="1h"),
+    ]
+    return Scheduler(engine, schedule_specs(Config(schedules=entries)))
 
 
 # -- success shapes ---------------------------------------------------------------------------

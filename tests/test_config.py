@@ -11,11 +11,16 @@ from orchd.config import (
     Config,
     HttpConfig,
     check_database_path,
+    engine_settings,
+    http_settings,
     load_config,
     parse_duration,
     parse_listen,
+    schedule_specs,
+    tcp_settings,
 )
 from orchd.errors import ConfigError
+from orchd.settings import TcpSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,12 +57,13 @@ def test_defaults_without_a_file() -> None:
     assert (c.database, c.socket, c.workflows) == ("./orchd.db", "./orchd.sock", ["orchd.examples"])
     assert c.listen is None and c.token_file is None and c.schedules == []
     assert c.synchronous == "FULL" and c.log_level == "info" and c.watchdog is True
-    assert c.grace_period_seconds == 10 and c.max_body == 1048576
+    engine, http = engine_settings(c), http_settings(c)
+    assert engine.grace_period == 10 and c.max_body == 1048576
     assert c.socket_mode_bits == 0o660
-    assert (c.retry_delay_seconds, c.retry_max_delay_seconds) == (5, 600)
-    assert c.retry_max_attempts == 10 and c.step_timeout_seconds is None
+    assert (engine.retry_delay, engine.retry_max_delay) == (5, 600)
+    assert engine.retry_max_attempts == 10 and engine.step_timeout is None
     assert c.http == HttpConfig(limit=1000, limit_per_host=100, retries=3)
-    assert (c.http.timeout_seconds, c.http.connect_timeout_seconds) == (30, 10)
+    assert (http.timeout, http.connect_timeout) == (30, 10)
 
 
 def test_empty_file_gives_defaults(write) -> None:
@@ -156,8 +162,8 @@ def test_bad_cron(write, cron: str) -> None:
 
 def test_good_cron(write) -> None:
     path = write("[[schedules]]\nworkflow = 'w'\ncron = '*/5 * * * 1-5'")
-    (entry,) = load_config(path, env={}).config.schedules
-    assert entry.cron == "*/5 * * * 1-5" and entry.every_seconds is None
+    (entry,) = schedule_specs(load_config(path, env={}).config)
+    assert entry.cron == "*/5 * * * 1-5" and entry.every is None
 
 
 def test_every_and_cron_both(write) -> None:
@@ -174,9 +180,10 @@ def test_every_and_cron_neither(write) -> None:
 
 def test_schedule_name_defaults_to_workflow(write) -> None:
     path = write("[[schedules]]\nworkflow = 'w'\nevery = '1h30m'\njitter = '250ms'")
-    (entry,) = load_config(path, env={}).config.schedules
-    assert entry.name == entry.key == "w"
-    assert (entry.every_seconds, entry.jitter_seconds, entry.misfire_grace_seconds) == (
+    config = load_config(path, env={}).config
+    (entry,), (spec,) = config.schedules, schedule_specs(config)
+    assert entry.name == entry.key == spec.name == "w"
+    assert (spec.every, spec.jitter, spec.misfire_grace) == (
         5400,
         0.25,
         300,
@@ -197,7 +204,7 @@ def test_duplicate_schedule_names(write) -> None:
 
 def test_timezone(write) -> None:
     path = write("[[schedules]]\nworkflow = 'w'\ncron = '0 2 * * *'\ntimezone = 'Europe/Amsterdam'")
-    (entry,) = load_config(path, env={}).config.schedules
+    (entry,) = schedule_specs(load_config(path, env={}).config)
     assert entry.zone.key == "Europe/Amsterdam"
 
 
@@ -344,6 +351,7 @@ def test_bundled_example_mentions_every_key() -> None:
     text = (REPO / "config" / "orchd.toml").read_text()
     keys = [*Config.__struct_fields__, *(f"{k} =" for k in HttpConfig.__struct_fields__)]
     keys += [f"{k} =" for k in config_module.ScheduleConfig.__struct_fields__]
+    keys += [f"{k} =" for k in config_module.TcpConfig.__struct_fields__]
     assert [key for key in keys if key not in text] == []
 
 
@@ -447,3 +455,28 @@ def test_a_token_under_128_bits_is_warned_about(
     with caplog.at_level("WARNING", logger="orchd.config"):
         assert loaded.read_token() == token
     assert ("fewer than 128 bits" in caplog.text) is weak
+
+
+def test_tcp_limits_have_safe_defaults_and_come_in_seconds(write) -> None:
+    assert tcp_settings(load_config(env={}).config) == TcpSettings(
+        max_connections=512, max_per_peer=64, header_timeout=5.0
+    )
+    path = write("[tcp]\nmax_connections = 10\nmax_per_peer = 2\nheader_timeout = '1500ms'")
+    assert tcp_settings(load_config(path, env={}).config) == TcpSettings(
+        max_connections=10, max_per_peer=2, header_timeout=1.5
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ("header_timeout = '0s'", "tcp.header_timeout: duration must be greater than zero"),
+        ("header_timeout = 5", "tcp.header_timeout: expected a duration string"),
+        ("max_connections = 0", "tcp.max_connections: expected int >= 1"),
+        ("max_connections = 4\nmax_per_peer = 8", "tcp.max_per_peer: 8 is more than"),
+        ("backlog = 5", "tcp.backlog: unknown key"),
+    ],
+)
+def test_bad_tcp_limits(write, table: str, problem: str) -> None:
+    path = write(f"[tcp]\n{table}")
+    assert error_of(path).startswith(f"{path}: {problem}")

@@ -63,8 +63,9 @@ def test_a_failed_start_undoes_the_lock_and_the_socket_file(
     daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     token_file = tmp_path / "token"
-    token_file.write_text("s3cret-token-that-is-long-enough-0123\n")
-    token_file.chmod(0o600)  # a group/world-readable token file is refused
+    token_file.write_text("s3cret-token-of-more-than-128-bits\n")
+    # Readable by others, the token is refused before the bind; short, it is warned about.
+    token_file.chmod(0o600)
     busy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     busy.bind(("127.0.0.1", 0))
     busy.listen()

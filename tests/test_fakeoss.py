@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,6 +84,50 @@ async def test_job_calls_back(http: HttpClient) -> None:
             assert (await http.get_json(f"{oss.url}/jobs/{job['id']}"))["status"] == "called_back"
     finally:
         await runner.cleanup()
+
+
+async def test_job_calls_back_over_the_callback_socket(http: HttpClient, tmp_path: Path) -> None:
+    arrived: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    async def callback(request: web.Request) -> web.Response:
+        arrived.put_nowait((request.path, await request.json()))
+        return web.json_response({}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/api/callbacks/{token}", callback)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    path = str(tmp_path / "daemon.sock")
+    try:
+        await web.UnixSite(runner, path).start()
+        async with FakeOss(job_time=0.01, callback_socket=path) as oss:
+            # Nothing listens on that port: only the path of the URL is used.
+            url = "http://127.0.0.1:9/api/callbacks/tok"
+            job = await http.post_json(f"{oss.url}/jobs", {"callback_url": url})
+            got = await asyncio.wait_for(arrived.get(), 5)
+            assert got == ("/api/callbacks/tok", {"result": "ok", "job_id": job["id"]})
+    finally:
+        await runner.cleanup()
+
+
+async def test_an_undelivered_callback_is_logged_with_the_job_and_the_reason(
+    http: HttpClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = str(tmp_path / "nobody.sock")
+    async with FakeOss(job_time=0.01, callback_socket=missing) as oss:
+        url = "http://127.0.0.1:8470/api/callbacks/secret-token"
+        job = await http.post_json(f"{oss.url}/jobs", {"callback_url": url})
+        for _ in range(500):  # three attempts, 1.5 s of pauses between them
+            if oss.stats.callbacks_failed:
+                break
+            await asyncio.sleep(0.01)
+    [record] = [r for r in caplog.records if r.name == "orchd.fakeoss"]
+    assert record.levelname == "WARNING"
+    message = record.getMessage()
+    assert f"job={job['id']}" in message and f"to={missing}" in message
+    assert "callback failed: " in message
+    # The token in the URL is a capability: it stays out of the log.
+    assert "secret-token" not in message
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,9 +15,10 @@ import pytest
 from tests_support import EngineFactory
 
 from orchd import Engine
-from orchd.config import ScheduleConfig
+from orchd.config import Config, ScheduleConfig, schedule_specs
 from orchd.engine.scheduler import Scheduler, following, latest_missed, next_fire_time
 from orchd.errors import ConfigError, ScheduleNotFound, ScheduleRunning
+from orchd.settings import ScheduleSpec
 from orchd.store.base import ScheduleRun
 from orchd.testing import Gate, workflow_engine
 
@@ -37,10 +38,12 @@ class Clock:
         return self.now
 
 
-def cfg(workflow: str = "quick_task", **kw: Any) -> ScheduleConfig:
+def cfg(workflow: str = "quick_task", **kw: Any) -> ScheduleSpec:
+    """One entry as a config file would give it, parsed the way the daemon parses it."""
     if "cron" not in kw:
         kw.setdefault("every", "1h")
-    return ScheduleConfig(workflow=workflow, **kw)
+    [spec] = schedule_specs(Config(schedules=[ScheduleConfig(workflow=workflow, **kw)]))
+    return spec
 
 
 def open_engine(db: Path) -> AbstractAsyncContextManager[Engine]:
@@ -382,3 +385,15 @@ async def test_reload_adds_removes_and_changes_keeping_state(engine: Engine) -> 
     )
     assert changes == ["changed a: input {} -> {'label': 'y'}, enabled True -> False"]
     assert (await sched.entries())[0].next_run is None
+
+
+async def test_reload_names_parsed_durations_and_the_zone_it_changed(engine: Engine) -> None:
+    sched = Scheduler(engine, [cfg(name="a", every="1m")], clock=Clock(T0))
+    await sched.load()
+    changes = await sched.reload(
+        [cfg(name="a", every="1m", jitter="1.5s", misfire_grace="1h", timezone="Europe/Amsterdam")]
+    )
+    assert changes == [
+        "changed a: jitter 0s -> 1.5s, timezone 'UTC' -> 'Europe/Amsterdam',"
+        " misfire_grace 300s -> 3600s"
+    ]

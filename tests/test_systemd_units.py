@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from orchd.settings import HttpSettings, TcpSettings
+
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 INSTALLED_BINARY = "/usr/local/bin/orchd"
 MAX_EXPOSURE = 2.0
@@ -101,6 +103,15 @@ def test_service_settings_the_daemon_relies_on() -> None:
     assert "PrivateNetwork" not in settings
     for directory in ("StateDirectory", "RuntimeDirectory", "ConfigurationDirectory"):
         assert settings[directory] == "orchd"
+
+
+def test_the_open_files_limit_has_room_for_the_connection_limits() -> None:
+    text = (UNITS / "orchd.service").read_text()
+    [limit] = re.findall(r"^LimitNOFILE=(\d+)$", text, re.MULTILINE)
+    # One value sets soft and hard alike: the daemon may not raise it under the unit's
+    # system call filter. Ten times the default HTTP pool and TCP cap leaves room for a
+    # larger pool, several listeners, Unix-socket clients and SQLite.
+    assert int(limit) >= 10 * (HttpSettings().limit + TcpSettings().max_connections)
 
 
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="no systemd-sysusers")

@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from cronsim import CronSim, CronSimError
+from cronsim import CronSim
 
-from orchd.config import ScheduleConfig
 from orchd.errors import ConfigError, OrchdError, ScheduleNotFound, ScheduleRunning
 from orchd.model import LastRun, ProcessStatus, ScheduleInfo, Target
+from orchd.settings import ScheduleSpec
 from orchd.store.base import ScheduleClaim, SchedulePlan, ScheduleRun, ScheduleStarted
 
 if TYPE_CHECKING:
@@ -53,9 +53,9 @@ RUNNING = frozenset({P.CREATED, P.RUNNING, P.WAITING, P.AWAITING_CALLBACK})
 MAX_SLEEP = 60.0
 
 
-def next_fire_time(config: ScheduleConfig, after: float) -> float:
+def next_fire_time(config: ScheduleSpec, after: float) -> float:
     """The first fire time strictly after ``after`` (epoch seconds), ignoring jitter."""
-    every = config.every_seconds
+    every = config.every
     if every is not None:
         return after + every
     assert config.cron is not None
@@ -66,21 +66,21 @@ def next_fire_time(config: ScheduleConfig, after: float) -> float:
         raise ValueError(f"cron {config.cron!r} never fires") from None
 
 
-def following(config: ScheduleConfig, fire_at: float, now: float) -> float:
+def following(config: ScheduleSpec, fire_at: float, now: float) -> float:
     """The fire time after ``fire_at`` that is still ahead of ``now``; missed ones coalesce.
 
     An interval stays anchored at ``fire_at`` (``fire_at + k * every``), so it never drifts.
     """
-    every = config.every_seconds
+    every = config.every
     if every is not None:
         steps = max(1, math.floor((now - fire_at) / every) + 1)
         return fire_at + steps * every
     return next_fire_time(config, max(fire_at, now))
 
 
-def latest_missed(config: ScheduleConfig, first: float, now: float) -> float:
+def latest_missed(config: ScheduleSpec, first: float, now: float) -> float:
     """The last fire time in ``[first, now]``, given that ``first <= now`` was missed."""
-    every = config.every_seconds
+    every = config.every
     if every is not None:
         return first + math.floor((now - first) / every) * every
     assert config.cron is not None
@@ -95,7 +95,7 @@ def _at(epoch: float | None) -> datetime | None:
 
 @dataclass
 class _Entry:
-    config: ScheduleConfig
+    config: ScheduleSpec
     #: The next fire time (stored, shown) and when it is actually due (plus jitter).
     next_fire: float | None = None
     due: float = math.inf
@@ -109,11 +109,11 @@ class _Entry:
 
     @property
     def name(self) -> str:
-        return self.config.key
+        return self.config.name
 
     def set_next(self, fire_at: float | None) -> None:
         self.next_fire = fire_at if self.config.enabled else None
-        jitter = self.config.jitter_seconds
+        jitter = self.config.jitter
         delay = random.uniform(0, jitter) if jitter > 0 else 0.0
         self.due = math.inf if self.next_fire is None else self.next_fire + delay
         self.version += 1
@@ -125,14 +125,14 @@ class Scheduler:
     def __init__(
         self,
         engine: Engine,
-        schedules: Sequence[ScheduleConfig],
+        schedules: Sequence[ScheduleSpec],
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
         self.clock = clock
         self.validate(schedules)
-        self._entries: dict[str, _Entry] = {s.key: _Entry(s) for s in schedules}
+        self._entries: dict[str, _Entry] = {s.name: _Entry(s) for s in schedules}
         self._heap: list[tuple[float, int, str]] = []
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one tick, run_now or reload at a time
@@ -143,10 +143,13 @@ class Scheduler:
         self.skipped_total = 0
         self._runs: dict[str, int] = {}
 
-    def validate(self, schedules: Sequence[ScheduleConfig] | None = None) -> None:
-        """Raise ConfigError (``schedules[N].key: problem``) unless every entry can run.
+    def validate(self, schedules: Sequence[ScheduleSpec] | None = None) -> None:
+        """Raise ConfigError (``schedules[N].key: problem``) unless every entry can run here.
 
-        Checks the given list, or the current entries when none is given.
+        Checks the given list, or the current entries when none is given, against what the
+        config cannot know: the workflow is loaded and is a SYSTEM task. Timing was checked
+        when the specs were built (`orchd.config.schedule_specs`); names are checked again
+        because specs may be made without a config.
         """
         given = [e.config for e in self._entries.values()] if schedules is None else schedules
         seen: set[str] = set()
@@ -159,18 +162,9 @@ class Scheduler:
                     f"schedules[{i}].workflow: {entry.workflow!r} is a {wf.target} workflow;"
                     " only SYSTEM workflows (tasks) can be scheduled"
                 )
-            if entry.key in seen:
-                raise ConfigError(f"schedules[{i}].name: duplicate schedule name {entry.key!r}")
-            seen.add(entry.key)
-            # validate_config reports these with the file's name; never run with a bad one.
-            try:
-                if (entry.every is None) == (entry.cron is None):
-                    raise ValueError("set exactly one of 'every' or 'cron'")
-                if (entry.every_seconds or 1) <= 0 or entry.jitter_seconds < 0:
-                    raise ValueError("'every' must be positive and 'jitter' not negative")
-                next_fire_time(entry, self.clock() + entry.misfire_grace_seconds)
-            except (ValueError, KeyError, CronSimError) as exc:
-                raise ConfigError(f"schedules[{i}]: {exc}") from None
+            if entry.name in seen:
+                raise ConfigError(f"schedules[{i}].name: duplicate schedule name {entry.name!r}")
+            seen.add(entry.name)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -236,12 +230,12 @@ class Scheduler:
             entry.set_next(fresh if config.cron is not None else min(persisted, fresh))
         else:
             missed = latest_missed(config, persisted, now)
-            if now - missed <= config.misfire_grace_seconds:
+            if now - missed <= config.misfire_grace:
                 log.info("schedule=%s running missed fire time %s once", entry.name, _at(missed))
                 entry.set_next(missed)
             else:
                 log.warning(
-                    "schedule=%s skipping missed fire time %s (older than misfire_grace %s)",
+                    "schedule=%s skipping missed fire time %s (older than misfire_grace %gs)",
                     entry.name,
                     _at(missed),
                     config.misfire_grace,
@@ -386,7 +380,7 @@ class Scheduler:
                 )
             return await self._start(entry, self.clock())
 
-    async def reload(self, schedules: Sequence[ScheduleConfig]) -> list[str]:
+    async def reload(self, schedules: Sequence[ScheduleSpec]) -> list[str]:
         """Apply a new list of schedules; returns what changed, e.g. ``"added x"``.
 
         Unchanged entries keep their state and plan; a changed entry keeps its last run and
@@ -397,7 +391,7 @@ class Scheduler:
         changes: list[str] = []
         async with self._lock:
             now = self.clock()
-            old, new = self._entries, {s.key: s for s in schedules}
+            old, new = self._entries, {s.name: s for s in schedules}
             replanned: list[_Entry] = []
             entries: dict[str, _Entry] = {}
             for key, config in new.items():
@@ -434,7 +428,7 @@ class Scheduler:
                 entry.skipped = row.skipped
 
 
-_TIMING = ("every", "cron", "timezone", "enabled")
+_TIMING = ("every", "cron", "zone", "enabled")
 
 
 def _info(e: _Entry) -> ScheduleInfo:
@@ -446,9 +440,9 @@ def _info(e: _Entry) -> ScheduleInfo:
     return ScheduleInfo(
         name=e.name,
         workflow=c.workflow,
-        every=c.every,
+        every=c.every_text,
         cron=c.cron,
-        timezone=c.timezone,
+        timezone=c.zone.key,
         enabled=c.enabled,
         running=e.last_status in RUNNING,
         last_run=last,
@@ -457,15 +451,21 @@ def _info(e: _Entry) -> ScheduleInfo:
     )
 
 
-def _diff(old: ScheduleConfig, new: ScheduleConfig) -> str:
+def _diff(old: ScheduleSpec, new: ScheduleSpec) -> str:
     """What changed in an entry, e.g. ``every 5m -> every 1m, enabled True -> False``."""
 
-    def when(c: ScheduleConfig) -> str:
-        return f"every {c.every}" if c.every is not None else f"cron {c.cron!r}"
+    def when(c: ScheduleSpec) -> str:
+        return f"every {c.every_text}" if c.every is not None else f"cron {c.cron!r}"
+
+    def shown(name: str, c: ScheduleSpec) -> str:
+        value = getattr(c, name)
+        if name == "zone":
+            return repr(value.key)
+        return f"{value:g}s" if name in ("jitter", "misfire_grace") else repr(value)
 
     parts = [f"{when(old)} -> {when(new)}"] if when(old) != when(new) else []
-    for name in ("workflow", "input", "jitter", "timezone", "enabled", "misfire_grace"):
-        before, after = getattr(old, name), getattr(new, name)
-        if before != after:
-            parts.append(f"{name} {before!r} -> {after!r}")
+    for name in ("workflow", "input", "jitter", "zone", "enabled", "misfire_grace"):
+        if getattr(old, name) != getattr(new, name):
+            label = "timezone" if name == "zone" else name
+            parts.append(f"{label} {shown(name, old)} -> {shown(name, new)}")
     return ", ".join(parts)

@@ -32,7 +32,9 @@ def callback_url(token: str) -> str:
     """Where the OSS should post its answer for ``token``: the daemon's callback route.
 
     The base is ``$ORCHD_CALLBACK_URL``, default ``http://127.0.0.1:8470`` (the daemon's
-    optional TCP listener, which the OSS must be able to reach).
+    optional TCP listener, which the OSS must be able to reach). Without a TCP listener, as
+    under ``make run``, ``orchd fake-oss --callback-socket PATH`` posts to this URL's path
+    over the daemon's Unix socket instead.
     """
     base = os.environ.get("ORCHD_CALLBACK_URL", "http://127.0.0.1:8470").rstrip("/")
     return f"{base}/api/callbacks/{quote(token, safe='')}"

@@ -11,7 +11,10 @@ provisioning system, so the example workflows have something real to poll:
   a fault), ``DELETE /nodes/{id}`` -> 202, ``deleting``, then 404 after ``--provision-time``.
 - ``POST /jobs`` ``{callback_url, ...}`` -> 202; after ``--job-time`` the fake OSS POSTs
   ``{"result": "ok", "job_id": ...}`` to ``callback_url`` (with a bearer token when
-  ``--callback-token-file`` is given); ``GET /jobs/{id}`` shows how that went.
+  ``--callback-token-file`` is given); ``GET /jobs/{id}`` shows how that went, and a callback
+  it could not deliver is logged as a warning. With ``--callback-socket PATH`` callbacks go
+  over that Unix socket (the daemon's control socket, for a daemon without a TCP listener):
+  the URL's path is posted to, its host and port are not used.
 - ``GET /ping`` (cheap, for benchmarks), ``GET /stats`` and ``GET /health``.
 
 Every request but ``/health`` and ``/stats`` is delayed by ``--latency`` (with +-10 % jitter)
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import random
 import signal
 import sys
@@ -34,15 +38,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+
+from orchd import logs
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _QUIET = frozenset({"/health", "/stats"})
 #: Node fields a client may not set: the OSS owns them.
 _OWNED = frozenset({"id", "created_at", "updated_at"})
 STATUSES = frozenset({"provisioning", "active", "updating", "error", "deleting"})
+
+log = logging.getLogger("orchd.fakeoss")
 
 
 def parse_duration(text: str) -> float:
@@ -86,6 +95,7 @@ class FakeOss:
         provision_time: float = 1.0,
         job_time: float = 0.5,
         callback_token: str | None = None,
+        callback_socket: str | None = None,
     ) -> None:
         if not 0.0 <= error_rate <= 1.0:
             raise ValueError("error_rate must be between 0 and 1")
@@ -96,6 +106,8 @@ class FakeOss:
         self.provision_time = provision_time
         self.job_time = job_time
         self.callback_token = callback_token
+        #: Post callbacks over this Unix socket instead of to the URL's host.
+        self.callback_socket = callback_socket
         self.stats = FakeStats()
         #: Nodes by id, as the API shows them (statuses are brought up to date on access).
         self.nodes: dict[str, dict[str, Any]] = {}
@@ -153,7 +165,12 @@ class FakeOss:
 
     async def start(self) -> None:
         """Bind and serve; with ``port=0`` the chosen port is in ``self.port`` afterwards."""
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        connector = None
+        if self.callback_socket is not None:
+            connector = aiohttp.UnixConnector(path=self.callback_socket)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=10)
+        )
         # Short: a request still sleeping in the injected latency need not delay the exit.
         runner = web.AppRunner(
             self.app(), handle_signals=False, access_log=None, shutdown_timeout=1.0
@@ -341,6 +358,9 @@ class FakeOss:
                 last = f"callback failed: {type(exc).__name__}: {exc}"
         job.update(status="callback_failed", error=last)
         self.stats.callbacks_failed += 1
+        # The host, not the URL: its path holds the callback token, a capability.
+        to = self.callback_socket if self.callback_socket is not None else urlsplit(url).netloc
+        log.warning("callback not delivered job=%s to=%s: %s", job["id"], to, last)
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -395,6 +415,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--job-time", type=_duration, default=0.5, help="until a job calls back")
     parser.add_argument("--callback-token-file", type=Path, help="bearer token for callbacks")
+    parser.add_argument(
+        "--callback-socket",
+        metavar="PATH",
+        help="post callbacks over this Unix socket (e.g. the daemon's orchd.sock)",
+    )
     return parser
 
 
@@ -428,6 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     options = {k: v for k, v in vars(args).items() if k != "callback_token_file"}
     oss = FakeOss(**options, callback_token=token)
+    logs.setup("info")
     try:
         asyncio.run(_serve(oss))
     except OSError as exc:

@@ -1,0 +1,189 @@
+"""A real daemon's TCP listener under idle connections it did not ask for (issue #10 item 2).
+
+Each test starts ``orchd serve`` with TCP on and opens plain sockets that never send a byte,
+as an unauthenticated peer can. The daemon runs with a small limit on open files, so without
+the caps the idle connections would take every descriptor and the Unix socket would stop
+answering.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from daemon_util import DaemonFactory, DaemonProcess, free_port, tcp_request
+
+#: The daemon's limit on open files (soft and hard), well below what the test opens.
+NOFILE = 200
+#: Sets the limit, then becomes the daemon (same pid, so the factory still tracks it).
+LIMITED = (
+    "import os, resource, sys; n = int(sys.argv[1]);"
+    " resource.setrlimit(resource.RLIMIT_NOFILE, (n, n));"
+    " os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+)
+
+
+def start_limited(
+    daemon_factory: DaemonFactory, tmp_path: Path, tcp: dict[str, object]
+) -> tuple[DaemonProcess, int]:
+    token = tmp_path / "token"
+    token.write_text("t" * 40)
+    token.chmod(0o600)
+    port = free_port()
+    config = {"listen": f"127.0.0.1:{port}", "token_file": str(token), "tcp": tcp}
+    daemon = daemon_factory(config, start=False)
+    command = daemon.command()
+    daemon.command = lambda: [sys.executable, "-c", LIMITED, str(NOFILE), *command[1:]]  # type: ignore[method-assign]
+    daemon.start()
+    return daemon, port
+
+
+def open_idle(
+    stack: ExitStack, port: int, count: int, source: str = "127.0.0.1"
+) -> list[socket.socket]:
+    """``count`` connections that send nothing; the kernel completes them before accept."""
+    made = []
+    for _ in range(count):
+        sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+        sock.setblocking(False)
+        made.append(sock)
+    return made
+
+
+def is_closed(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        return exc.errno in (errno.ECONNRESET, errno.EPIPE)
+
+
+def closed(socks: list[socket.socket]) -> int:
+    return sum(is_closed(s) for s in socks)
+
+
+def wait_closed(socks: list[socket.socket], count: int, timeout: float) -> float:
+    """Wait until ``count`` of ``socks`` are closed by the daemon; return the time it took."""
+    started = time.monotonic()
+    while closed(socks) < count:
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{closed(socks)} of {len(socks)} closed, expected {count}")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def cli_health(daemon: DaemonProcess) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchd", "health", "--socket", daemon.socket],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+
+
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    with ExitStack() as sockets:
+        yield sockets
+
+
+def test_connections_over_the_cap_are_closed_at_once_and_the_socket_keeps_answering(
+    daemon_factory: DaemonFactory, tmp_path: Path, stack: ExitStack
+) -> None:
+    cap, opened = 50, 3 * NOFILE
+    tcp = {"max_connections": cap, "max_per_peer": cap, "header_timeout": "4s"}
+    daemon, port = start_limited(daemon_factory, tmp_path, tcp)
+    socks = open_idle(stack, port, opened)
+    health = cli_health(daemon)
+    assert health.returncode == 0, health.stderr
+    # Timed from the last connect: the kernel holds the rest until the daemon accepts them.
+    wait_closed(socks, opened - cap, timeout=3.0)
+    assert closed(socks) == opened - cap
+    assert "refusing TCP connections" in daemon.last_run_stderr()
+    # Once the idle ones are gone, TCP serves again.
+    wait_closed(socks, opened, timeout=8.0)
+    assert tcp_request("127.0.0.1", port, "GET", "/api/health")[0] == 200
+
+
+def test_idle_connections_are_closed_after_the_header_timeout(
+    daemon_factory: DaemonFactory, tmp_path: Path, stack: ExitStack
+) -> None:
+    daemon, port = start_limited(daemon_factory, tmp_path, {"header_timeout": "1500ms"})
+    started = time.monotonic()
+    silent = open_idle(stack, port, 20)
+    # One that sends half a request head is as idle as one that sends nothing.
+    partial = open_idle(stack, port, 1)[0]
+    partial.send(b"GET /api/health HTTP/1.1\r\nHost: x\r\n")
+    assert cli_health(daemon).returncode == 0
+    assert closed([*silent, partial]) == 0
+    wait_closed([*silent, partial], 21, timeout=6.0)
+    assert time.monotonic() - started >= 1.4
+    health = cli_health(daemon)
+    assert health.returncode == 0, health.stderr
+
+
+def test_a_complete_request_head_stops_the_header_timer(
+    daemon_factory: DaemonFactory, tmp_path: Path, stack: ExitStack
+) -> None:
+    _, port = start_limited(daemon_factory, tmp_path, {"header_timeout": "1s"})
+    [sock] = open_idle(stack, port, 1)
+    sock.setblocking(True)
+    sock.settimeout(5)
+    # The head arrives in two pieces, split inside the blank line that ends it.
+    sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r")
+    sock.sendall(b"\n")
+    assert read_status(sock) == 200
+    time.sleep(1.5)
+    sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert read_status(sock) == 200
+
+
+def read_status(sock: socket.socket) -> int:
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    response.read()
+    return response.status
+
+
+def test_one_peer_address_is_capped_and_others_still_connect(
+    daemon_factory: DaemonFactory, tmp_path: Path, stack: ExitStack
+) -> None:
+    tcp = {"max_connections": 100, "max_per_peer": 5, "header_timeout": "10s"}
+    daemon, port = start_limited(daemon_factory, tmp_path, tcp)
+    greedy = open_idle(stack, port, 12)
+    wait_closed(greedy, 7, timeout=3.0)
+    other = open_idle(stack, port, 5, source="127.0.0.2")
+    time.sleep(0.5)
+    assert closed(greedy) == 7 and closed(other) == 0
+    assert "max_per_peer" in daemon.last_run_stderr()
+
+
+def test_the_daemon_raises_its_soft_open_files_limit_to_the_hard_one(
+    daemon_factory: DaemonFactory,
+) -> None:
+    daemon = daemon_factory(start=False)
+    command = daemon.command()
+    code = (
+        "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096));"
+        " os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+    )
+    daemon.command = lambda: [sys.executable, "-c", code, *command[1:]]  # type: ignore[method-assign]
+    daemon.start()
+    assert daemon.proc is not None
+    limits = Path(f"/proc/{daemon.proc.pid}/limits").read_text()
+    [line] = [line for line in limits.splitlines() if line.startswith("Max open files")]
+    assert line.split()[3:5] == ["4096", "4096"]
+    assert "open_files=4096" in daemon.last_run_stderr()

@@ -1,0 +1,84 @@
+"""`make run`'s demo, wired as the Makefile wires it (issue #10 item 25).
+
+A daemon on the bundled examples with no TCP listener, and ``orchd fake-oss`` started with the
+Makefile's own ``OSS_ARGS`` (only the port and the directory changed): ``provision_port`` must
+complete, which it does only when the fake OSS's callback reaches the daemon's Unix socket.
+"""
+
+from __future__ import annotations
+
+import http.client
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon_util import ROOT, DaemonFactory, DaemonProcess, free_port
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def makefile_oss_args(port: int, directory: Path) -> list[str]:
+    """``$(OSS_ARGS)`` as the Makefile expands it, for ``make run`` started in ``directory``."""
+    result = subprocess.run(
+        ["make", "-s", "--no-print-directory", "-C", str(ROOT), "--eval",
+         "print-oss-args: ; @echo $(OSS_ARGS)", "print-oss-args",
+         f"OSS_PORT={port}", f"CURDIR={directory}"],
+        capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    return shlex.split(result.stdout)
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        assert proc.poll() is None, "the fake OSS exited"
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        try:
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        assert time.monotonic() < deadline, "the fake OSS did not answer"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def demo(daemon_factory: DaemonFactory) -> Iterator[DaemonProcess]:
+    port = free_port()
+    daemon = daemon_factory(
+        {"workflows": ["orchd.examples"]},
+        start=False,
+        env={"ORCHD_OSS_URL": f"http://127.0.0.1:{port}"},
+    )
+    args = makefile_oss_args(port, daemon.dir)
+    oss_log = (daemon.dir / "fake-oss.log").open("wb")
+    oss = subprocess.Popen(
+        [sys.executable, "-m", "orchd", "fake-oss", *args],
+        cwd=daemon.dir, stdout=oss_log, stderr=subprocess.STDOUT, env=daemon.environment(),
+    )  # fmt: skip
+    try:
+        wait_listening(port, oss)
+        daemon.start()
+        yield daemon
+    finally:
+        oss.terminate()
+        oss.wait(10)
+        oss_log.close()
+
+
+def test_provision_port_completes_under_make_run(demo: DaemonProcess) -> None:
+    assert "listen" not in demo.config
+    node = demo.wait_process(demo.start_process("create_node", {"name": "n1"}), timeout=30)
+    form = {"subscription_id": node["subscription_id"], "port": "xe-0/0/1", "vlan": 100}
+    pid = demo.start_process("provision_port", form)
+    process = demo.wait_process(pid, statuses=("completed", "failed"), timeout=30)
+    assert process["status"] == "completed", process
+    assert process["state"]["callback_result"]["result"] == "ok"
