@@ -10,28 +10,27 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import importlib
 import logging
 import os
 import random
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 
 from orchd import _faults as faults
-from orchd.dsl import Workflow, workflows_of
+from orchd.dsl import Workflow
 from orchd.engine import actor as actors
 from orchd.engine.events import EventHub
+from orchd.engine.loading import load_workflows
 from orchd.engine.loopwatch import LoopWatch
 from orchd.engine.stats import EngineStats, StepCounter
 from orchd.engine.threads import StepThreads
 from orchd.errors import (
     CallbackNotFound,
-    ConfigError,
     FormValidationError,
     ProcessNotFound,
     ShuttingDown,
@@ -64,29 +63,6 @@ from orchd.store.views import Views, uuid_or_none
 log = logging.getLogger("orchd.engine")
 P = ProcessStatus
 _ids = random.Random(os.urandom(32))
-
-
-def load_workflows(sources: Iterable[str | Workflow]) -> dict[str, Workflow]:
-    """Import workflow modules and collect their workflows, by name."""
-    found: dict[str, Workflow] = {}
-    for source in sources:
-        if isinstance(source, Workflow):
-            found[source.name] = source
-            continue
-        try:
-            importlib.import_module(source)
-        except Exception as exc:  # any failure of workflow code at import is a config error
-            raise ConfigError(
-                f"workflows: cannot import module {source!r}: {type(exc).__name__}: {exc}"
-            ) from exc
-        entries = workflows_of(source)
-        if not entries:
-            raise ConfigError(f"workflows: module {source!r} defines no @workflow")
-        for name, wf in entries.items():
-            if name in found and found[name] is not wf:
-                raise ConfigError(f"workflows: two workflows are named {name!r}")
-            found[name] = wf
-    return found
 
 
 class Engine:

@@ -1,0 +1,58 @@
+"""Finding the workflows a config names: import each module, and a package's submodules too.
+
+A package named in ``workflows`` is walked: every submodule is imported, so its ``@workflow``
+functions register without the package having to import them itself (README: "every
+``@workflow`` in it and its submodules"). Any failure of workflow code at import is a config
+error naming the module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Iterable
+from types import ModuleType
+
+from orchd.dsl import Workflow, workflows_of
+from orchd.errors import ConfigError
+
+
+def load_workflows(sources: Iterable[str | Workflow]) -> dict[str, Workflow]:
+    """Import workflow modules (and their submodules) and collect their workflows, by name."""
+    found: dict[str, Workflow] = {}
+    for source in sources:
+        if isinstance(source, Workflow):
+            found[source.name] = source
+            continue
+        _import_tree(source)  # for the @workflow registrations it makes
+        entries = workflows_of(source)
+        if not entries:
+            raise ConfigError(f"workflows: module {source!r} defines no @workflow")
+        for name, wf in entries.items():
+            if name in found and found[name] is not wf:
+                raise ConfigError(f"workflows: two workflows are named {name!r}")
+            found[name] = wf
+    return found
+
+
+def _import_tree(name: str) -> None:
+    path = getattr(_import(name), "__path__", None)
+    if path is None:
+        return  # a plain module
+
+    def failed(subpackage: str) -> None:  # walk_packages imports subpackages to look inside
+        _import(subpackage)
+
+    found = pkgutil.walk_packages(path, prefix=f"{name}.", onerror=failed)
+    for info in sorted(found, key=lambda i: i.name):
+        if not info.name.rpartition(".")[2].startswith("_"):  # private modules stay out
+            _import(info.name)
+
+
+def _import(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:  # any failure of workflow code at import is a config error
+        raise ConfigError(
+            f"workflows: cannot import module {name!r}: {type(exc).__name__}: {exc}"
+        ) from exc

@@ -1,0 +1,18 @@
+"""``workflows = ["pkg"]`` registers every @workflow of the package and its submodules."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchd.engine import load_workflows
+from orchd.errors import ConfigError
+
+
+def test_a_packages_submodules_are_registered_without_importing_them_itself() -> None:
+    found = load_workflows(["wfpkg"])
+    assert set(found) == {"in_a_submodule", "in_a_nested_package"}
+
+
+def test_a_submodule_that_fails_to_import_is_a_config_error_naming_it() -> None:
+    with pytest.raises(ConfigError, match=r"brokenpkg\.bad.*RuntimeError: bad workflow code"):
+        load_workflows(["brokenpkg"])
