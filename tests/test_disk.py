@@ -384,24 +384,46 @@ def test_long_lock_refuses_a_start_then_recovers(make_daemon: Callable[..., Daem
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
+@pytest.mark.parametrize("which", ["", "-wal"])
 def test_database_file_gone_is_reported(
-    how: str, make_daemon: Callable[..., DaemonProcess], tmp_path: Path
+    how: str, which: str, make_daemon: Callable[..., DaemonProcess], tmp_path: Path
 ) -> None:
     daemon = make_daemon()
     first = daemon.start_process("steady", {"pause": 0})
     daemon.wait_process(first)
+    # The health check below looks at the files: let it see the WAL once before it goes.
+    assert health(daemon)[0] == 200
+    target = daemon.db + which
+    assert os.path.exists(target)
     if how == "deleted":
-        os.unlink(daemon.db)
+        os.unlink(target)
     else:
         other = tmp_path / "other.db"
         sqlite3.connect(other).close()
-        os.replace(other, daemon.db)
+        os.replace(other, target)
     # Without a write in between: an idle daemon must notice too.
     body = wait_until("health reports the lost file", lambda: degraded(daemon), timeout=3)
-    assert how in body["database"] and daemon.db in body["database"], body
+    assert how in body["database"] and target in body["database"], body
     assert failing_gauge(daemon) == "1"
     # A write is refused rather than made into a file no later start will see.
     status, problem = daemon.request("POST", "/api/processes/steady", {"pause": 0})
     assert status == 503, problem
     assert how in problem["detail"], problem
-    daemon.wait_for_log(f"database file {daemon.db} was {how}")
+    what = "WAL file" if which else "database file"
+    daemon.wait_for_log(f"{what} {target} was {how}")
+
+
+def test_a_deleted_wal_loses_no_acknowledged_step(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    daemon = make_daemon()
+    done = [daemon.start_process("steady", {"pause": 0}) for _ in range(5)]
+    for pid in done:
+        daemon.wait_process(pid)
+    assert health(daemon)[0] == 200  # the WAL has been seen
+    os.unlink(daemon.db + "-wal")
+    daemon.wait_for_log("its committed pages were saved into the database file")
+    daemon.kill()
+    daemon.start()
+    for pid in done:
+        assert daemon.get_process(pid)["status"] == "completed"

@@ -9,6 +9,7 @@ has its statement(s) here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -254,6 +255,8 @@ class Writer(threading.Thread):
     #: A batch's actors all wake in one event-loop iteration: a bound keeps that iteration
     #: short (API latency) while still sharing each fsync among hundreds of checkpoints.
     MAX_BATCH = 256
+    #: Seconds between looks at the files while no write comes.
+    WATCH_EVERY = 1.0
 
     def __init__(
         self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, path: str
@@ -265,6 +268,11 @@ class Writer(threading.Thread):
         st = os.stat(path)
         #: (device, inode) of the file opened; another one at ``path`` means it was replaced.
         self.identity = (st.st_dev, st.st_ino)
+        #: The same for the WAL, once it exists: committed pages live there until a
+        #: checkpoint, so a deleted WAL loses them at the next start, silently.
+        self.wal_identity: tuple[int, int] | None = None
+        #: Whether the committed pages of a lost WAL were saved (done once).
+        self.rescued = False
         self.queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self.batches = 0
         self.committed = 0
@@ -275,7 +283,11 @@ class Writer(threading.Thread):
     def run(self) -> None:
         stopping = False
         while not stopping:
-            first = self.queue.get()
+            try:
+                first = self.queue.get(timeout=self.WATCH_EVERY)
+            except queue.Empty:
+                self._watch()  # an idle daemon notices a lost file too
+                continue
             if first is None:
                 break
             batch = [first]
@@ -293,16 +305,18 @@ class Writer(threading.Thread):
         self.conn.close()
 
     def moved(self) -> str | None:
-        """Why the file at ``path`` is no longer the one being written, if it is not."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return f"database file {self.path} was deleted"
-        except OSError:
-            return None  # cannot tell; SQLite reports real I/O trouble itself
-        if (st.st_dev, st.st_ino) != self.identity:
-            return f"database file {self.path} was replaced"
-        return None
+        """Why the file at ``path`` (or its WAL) is no longer the one being written, if so."""
+        problem = _identity_problem(self.path, self.identity, "database file")
+        if problem is not None:
+            return problem
+        wal = f"{self.path}-wal"
+        if self.wal_identity is None:
+            # SQLite creates the WAL at the first transaction and keeps it while we are open.
+            with contextlib.suppress(OSError):
+                st = os.stat(wal)
+                self.wal_identity = (st.st_dev, st.st_ino)
+            return None
+        return _identity_problem(wal, self.wal_identity, "WAL file")
 
     def _fail(
         self, batch: list[_Item], reason: str, exc: BaseException
@@ -312,9 +326,24 @@ class Writer(threading.Thread):
         self.failing = reason
         return [(fut, exc, False) for _, fut in batch]
 
+    def _watch(self) -> str | None:
+        """Check the files; when the WAL is gone, save what it held first."""
+        moved = self.moved()
+        if moved is not None and moved.startswith("WAL") and not self.rescued:
+            self.rescued = True
+            # The WAL is unlinked but still open here: a checkpoint copies its committed
+            # pages into the database file, so no acknowledged step is lost at the next start.
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.error("%s; saving its committed pages failed: %s", moved, exc)
+            else:
+                log.error("%s; its committed pages were saved into the database file", moved)
+        return moved
+
     def _commit(self, batch: list[_Item]) -> list[tuple[asyncio.Future[Any] | None, Any, bool]]:
         started = time.perf_counter()
-        moved = self.moved()
+        moved = self._watch()
         if moved is not None:
             # Commits to an unlinked inode succeed and are lost at the next start: refuse.
             return self._fail(batch, moved, StoreError(f"{moved} while open; restart orchd"))
@@ -381,6 +410,18 @@ class Writer(threading.Thread):
                 conn.execute("ROLLBACK")
             raise
         return results
+
+
+def _identity_problem(path: str, identity: tuple[int, int], what: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"{what} {path} was deleted"
+    except OSError:
+        return None  # cannot tell; SQLite reports real I/O trouble itself
+    if (st.st_dev, st.st_ino) != identity:
+        return f"{what} {path} was replaced"
+    return None
 
 
 def _resolve(results: list[tuple[asyncio.Future[Any] | None, Any, bool]]) -> None:
