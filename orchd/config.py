@@ -25,18 +25,26 @@ from cronsim import CronSim, CronSimError
 
 from orchd.configfile import find_config
 from orchd.errors import ConfigError
-from orchd.settings import EngineSettings, HttpSettings, ScheduleSpec, TcpSettings
+from orchd.settings import (
+    EngineSettings,
+    EventSettings,
+    HttpSettings,
+    ScheduleSpec,
+    TcpSettings,
+)
 from orchd.systemd import under_systemd
 
 __all__ = [
     "EXAMPLE_WORKFLOWS",
     "Config",
+    "EventsConfig",
     "HttpConfig",
     "LoadedConfig",
     "ScheduleConfig",
     "TcpConfig",
     "check_database_path",
     "engine_settings",
+    "event_settings",
     "http_settings",
     "load_config",
     "parse_duration",
@@ -99,6 +107,14 @@ class TcpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     header_timeout: str = "5s"
 
 
+class EventsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Limits on event streams; see `orchd.settings.EventSettings`."""
+
+    max_streams: Positive = 128
+    max_per_peer: Positive = 16
+    write_timeout: str = "10s"
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole config file; every key is optional (see config/orchd.toml)."""
 
@@ -123,6 +139,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     schedules: list[ScheduleConfig] = []
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     tcp: TcpConfig = msgspec.field(default_factory=TcpConfig)
+    events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     retry_delay: str = "5s"
     retry_max_delay: str = "10m"
     retry_max_attempts: NonNegative = 10
@@ -330,6 +347,7 @@ def _read_toml(file: Path) -> dict[str, Any]:
 _DURATION_KEYS = {
     "grace_period", "retry_delay", "retry_max_delay", "step_timeout",
     "every", "jitter", "misfire_grace", "timeout", "connect_timeout", "header_timeout",
+    "write_timeout",
 }  # fmt: skip
 
 
@@ -390,6 +408,13 @@ def validate_config(config: Config, *, source: str = DEFAULT_SOURCE) -> None:
             "tcp.max_per_peer",
             f"{config.tcp.max_per_peer} is more than tcp.max_connections"
             f" ({config.tcp.max_connections})",
+        )
+    check.duration("events.write_timeout", config.events.write_timeout, positive=True)
+    if config.events.max_per_peer > config.events.max_streams:
+        check.fail(
+            "events.max_per_peer",
+            f"{config.events.max_per_peer} is more than events.max_streams"
+            f" ({config.events.max_streams})",
         )
     schedule_specs(config, source=source)
 
@@ -514,6 +539,16 @@ def http_settings(config: Config) -> HttpSettings:
         timeout=parse_duration(http.timeout),
         connect_timeout=parse_duration(http.connect_timeout),
         retries=http.retries,
+    )
+
+
+def event_settings(config: Config) -> EventSettings:
+    """The event streams' limits from a validated config."""
+    events = config.events
+    return EventSettings(
+        max_streams=events.max_streams,
+        max_per_peer=events.max_per_peer,
+        write_timeout=parse_duration(events.write_timeout),
     )
 
 

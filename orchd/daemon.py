@@ -39,6 +39,7 @@ from orchd.config import (
     Config,
     LoadedConfig,
     engine_settings,
+    event_settings,
     http_settings,
     load_config,
     schedule_specs,
@@ -414,6 +415,7 @@ class Daemon:
             max_body=self.config.max_body,
             token=self.token,
             rate_limit=self.config.rate_limit,
+            events=event_settings(self.config),
         )
         app[GUARD_KEY] = self.guard
         return app

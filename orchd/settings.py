@@ -68,6 +68,17 @@ class ScheduleSpec(msgspec.Struct, frozen=True, kw_only=True):
     enabled: bool = True
 
 
+class EventSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Limits on ``GET /api/events`` streams (``[events]``): each holds the events its client
+    has not read yet."""
+
+    #: Streams open at once, in all and per client (uid on the socket, address on TCP).
+    max_streams: int = 128
+    max_per_peer: int = 16
+    #: A client that takes no write for this long is disconnected (it reconnects and resumes).
+    write_timeout: float = 10.0
+
+
 class TcpSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Limits on the TCP listener's connections (``[tcp]``); the Unix socket has none.
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
+from orchd.api.guard import ConnectionCounts
+from orchd.api.sse import StreamCounts
 from orchd.engine.stats import STEP_BUCKETS, EngineStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -56,6 +58,8 @@ def render(
     counts: Mapping[str, int],
     requests: Mapping[int, int],
     schedule_runs: Mapping[str, int] | None,
+    streams: StreamCounts,
+    connections: ConnectionCounts | None = None,
 ) -> str:
     """The whole exposition."""
     store = stats.store
@@ -133,6 +137,21 @@ def render(
                 for name, n in sorted(schedule_runs.items())
             ],
         )
+    out.single("orchd_event_streams", "gauge", "Event streams open.", streams.open)
+    out.single(
+        "orchd_event_streams_refused_total",
+        "counter",
+        "Event streams refused: too many open, in all or from one client.",
+        streams.refused_total,
+    )
+    out.single(
+        "orchd_event_streams_dropped_total",
+        "counter",
+        "Event stream clients disconnected because they stopped reading.",
+        streams.dropped_total,
+    )
+    if connections is not None:
+        _tcp_connections(out, connections)
     out.family(
         "orchd_api_requests_total",
         "counter",
@@ -152,6 +171,29 @@ def render(
         "orchd_uptime_seconds", "gauge", "Seconds since the engine started.", stats.uptime_seconds
     )
     return out.text()
+
+
+def _tcp_connections(out: Exposition, c: ConnectionCounts) -> None:
+    out.single("orchd_tcp_connections", "gauge", "TCP connections open.", c.open)
+    out.single(
+        "orchd_tcp_connections_accepted_total", "counter", "TCP connections admitted.",
+        c.accepted_total,
+    )  # fmt: skip
+    out.family(
+        "orchd_tcp_connections_refused_total",
+        "counter",
+        "TCP connections reset on arrival, by the cap that refused them.",
+        [
+            ("orchd_tcp_connections_refused_total", {"cap": "listener"}, c.refused_listener_total),
+            ("orchd_tcp_connections_refused_total", {"cap": "peer"}, c.refused_peer_total),
+        ],
+    )
+    out.single(
+        "orchd_tcp_header_timeouts_total",
+        "counter",
+        "TCP connections reset for sending no request head in time.",
+        c.header_timeouts_total,
+    )
 
 
 def _number(value: float) -> str:

@@ -23,7 +23,9 @@ from aiohttp import web
 
 from orchd import __version__
 from orchd.api import metrics, openapi
+from orchd.api.guard import GUARD_KEY
 from orchd.api.openapi import Param, Route
+from orchd.api.sse import HEARTBEAT, EventStreams
 from orchd.engine import Engine
 from orchd.errors import (
     BadRequest,
@@ -46,13 +48,10 @@ from orchd.model import (
     SubscriptionStatus,
     WorkflowInfo,
 )
+from orchd.settings import EventSettings
 
 log = logging.getLogger("orchd.api")
 
-#: Seconds between SSE heartbeat comments.
-HEARTBEAT = 15.0
-#: Seconds between checks that an SSE client is still connected.
-POLL = 1.0
 #: The most items one page of a list holds, whatever ``limit`` asks.
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -203,12 +202,13 @@ class ControlApi:
         max_body: int,
         token: str | None,
         heartbeat: float,
+        events: EventSettings,
     ) -> None:
         self.engine = engine
         self.scheduler = scheduler
         self.max_body = max_body
         self._token = token.encode() if token else None
-        self.heartbeat = heartbeat
+        self.streams = EventStreams(events, heartbeat)
         self.requests: Counter[int] = Counter()
         self._limiter: RateLimiter | None = None
         self.routes = self._route_table()
@@ -469,63 +469,20 @@ class ControlApi:
         if after is None:
             # From here on: whatever is published before the listener registers is replayed.
             after = self.engine.last_event_id
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        await response.prepare(request)
-        queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=1000)
-        pump = asyncio.create_task(self._pump(queue, after), name="sse pump")
-        try:
-            await response.write(b": connected\n\n")
-            last_write = time.monotonic()
-            # aiohttp does not cancel a handler whose client left: look at the transport
-            # every POLL seconds, so a quiet stream is not kept for a whole heartbeat.
-            while request.transport is not None:
-                try:
-                    event = await asyncio.wait_for(queue.get(), min(POLL, self.heartbeat))
-                except TimeoutError:
-                    if time.monotonic() - last_write >= self.heartbeat:
-                        await response.write(b": heartbeat\n\n")
-                        last_write = time.monotonic()
-                    continue
-                if event is None:
-                    break
-                if only is not None and event.process_id != only:
-                    continue
-                await response.write(
-                    b"id: %d\nevent: %s\ndata: %s\n\n"
-                    % (event.id, event.kind.encode(), _encoder.encode(event))
-                )
-                last_write = time.monotonic()
-        except ConnectionError:
-            pass  # the client went away
-        finally:
-            pump.cancel()
-            await asyncio.wait([pump])
-        return response
-
-    async def _pump(self, queue: asyncio.Queue[Event | None], after: int) -> None:
-        try:
-            async for event in self.engine.listen(after):
-                await queue.put(event)
-        finally:
-            # The engine closed the stream (shutdown, or this listener fell behind).
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(None)
+        client = self._client_key(request)
+        return await self.streams.serve(request, client, self.engine.listen, after, only)
 
     async def metrics(self, request: web.Request) -> web.Response:
         engine = self.engine
         runs = getattr(self.scheduler, "run_counts", None)
+        guard = request.app.get(GUARD_KEY)
         text = metrics.render(
             stats=engine.stats(),
             counts=await engine.counts(),
             requests=self.requests,
             schedule_runs=runs() if callable(runs) else None,
+            streams=self.streams.counts(),
+            connections=None if guard is None else guard.counts(),
         )
         return web.Response(body=text.encode(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
@@ -643,6 +600,7 @@ def create_app(
     token: str | None = None,
     heartbeat: float = HEARTBEAT,
     rate_limit: float = 0.0,
+    events: EventSettings | None = None,
 ) -> web.Application:
     """The control API over ``engine``.
 
@@ -658,6 +616,7 @@ def create_app(
         max_body=max_body,
         token=token,
         heartbeat=heartbeat,
+        events=events or EventSettings(),
     )
     api._limiter = RateLimiter(rate_limit) if rate_limit > 0 else None
     # Our own limit applies to bodies; aiohttp's is set alike for anything reading them itself.

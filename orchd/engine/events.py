@@ -11,6 +11,9 @@ from typing import Any
 
 from orchd.model import Event
 
+#: Events a listener may leave unread before the hub closes it.
+LISTENER_BUFFER = 1000
+
 
 class EventHub:
     """Fans engine events out to listeners, keeping recent ones so a client can catch up."""
@@ -35,7 +38,8 @@ class EventHub:
                 listener.put_nowait(None)
 
     async def listen(self, after: int | None = None) -> AsyncGenerator[Event, None]:
-        queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=10_000)
+        # A listener that falls this far behind is closed (it may reconnect and resume).
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=LISTENER_BUFFER)
         backlog = [e for e in self.recent if after is not None and e.id > after]
         self.listeners.add(queue)
         try:
