@@ -34,6 +34,7 @@ from aiohttp import web
 
 from orchd import logs, systemd
 from orchd.api.guard import GUARD_KEY, TcpGuard, raise_open_files_limit
+from orchd.api.protocol import answer_malformed_requests_with_problems
 from orchd.api.routes import create_app
 from orchd.config import (
     Config,
@@ -286,6 +287,7 @@ class Daemon:
             keepalive_timeout=KEEPALIVE_TIMEOUT,
         )
         await runner.setup()
+        answer_malformed_requests_with_problems(runner.server)
         stack.push_async_callback(_quietly, "closing the API", runner.cleanup)
         # Entered before the engine opens and exited after it closes: steps may use them
         # until the last one has stopped.

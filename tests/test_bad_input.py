@@ -217,8 +217,28 @@ def test_malformed_http_is_refused_and_changes_nothing(
 ) -> None:
     answer = exchange(daemon, MALFORMED[kind])
     assert answer.status in (400, 431), (answer.status, answer.body)
+    assert answer.content_type == "application/problem+json", answer.headers
+    assert answer.json["status"] == answer.status and answer.json["detail"]
     watch.assert_healthy()
     watch.assert_unchanged()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"Authorization: Bearer s3cret-token-value\x01",
+        b"X-Orchd-Reporter: s3cret-token-value\x7f",
+        b"Authorization Bearer s3cret-token-value",  # no colon
+    ],
+)
+def test_a_malformed_header_is_not_echoed_back(
+    daemon: DaemonProcess, watch: Watch, line: bytes
+) -> None:
+    answer = exchange(daemon, b"GET /api/health HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n\r\n")
+    assert answer.status == 400
+    assert b"s3cret" not in answer.body and b"s3cret" not in repr(answer.headers).encode()
+    assert "s3cret" not in daemon.stderr
+    watch.assert_healthy()
 
 
 @pytest.mark.parametrize("kind", list(MALFORMED))
