@@ -2,8 +2,8 @@
 
 ``ORCHD_FAULTS="after_step@3,in_commit@2"`` SIGKILLs the process the 3rd time it reaches
 ``after_step`` and the 2nd time it reaches ``in_commit``; ``name%0.01`` kills with probability
-0.01 at each pass (seeded by ``$ORCHD_FAULTS_SEED``). The points, in the order a step meets
-them:
+0.01 at each pass (seeded by ``$ORCHD_FAULTS_SEED``); ``in_commit@2!`` raises FaultInjected
+there instead, as a bug would. The points, in the order a step meets them:
 
 - ``before_step``: an actor is about to run a step
 - ``after_step``: the step returned; its checkpoint is not yet submitted
@@ -27,13 +27,17 @@ ENABLED = bool(_SPEC)
 _hits: dict[str, int] = {}
 _at: dict[str, int] = {}
 _odds: dict[str, float] = {}
+#: Points that raise FaultInjected instead of killing (``name@n!``): a bug, not a crash.
+_raise: set[str] = set()
 _lock = threading.Lock()
 _random = random.Random(int(os.environ.get("ORCHD_FAULTS_SEED", "0")))
 
 for _item in filter(None, (part.strip() for part in _SPEC.split(","))):
     if "@" in _item:
         _name, _n = _item.split("@", 1)
-        _at[_name] = int(_n)
+        if _n.endswith("!"):
+            _raise.add(_name)
+        _at[_name] = int(_n.rstrip("!"))
     elif "%" in _item:
         _name, _p = _item.split("%", 1)
         _odds[_name] = float(_p)
@@ -41,10 +45,16 @@ for _item in filter(None, (part.strip() for part in _SPEC.split(","))):
         _at[_item] = 1
 
 
+class FaultInjected(Exception):
+    """Raised at a point whose spec ends in ``!``: an unexpected bug at that place."""
+
+
 def point(name: str) -> None:
-    """Die here (SIGKILL, no clean-up at all) when the spec says so."""
+    """Die here (SIGKILL, no clean-up at all) when the spec says so, or raise for ``!``."""
     with _lock:
         hits = _hits[name] = _hits.get(name, 0) + 1
         die = _at.get(name) == hits or (name in _odds and _random.random() < _odds[name])
+    if die and name in _raise:
+        raise FaultInjected(f"fault injected at {name} (pass {hits})")
     if die:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from orchd.model import SUBSCRIPTION_FIELDS, SubscriptionStatus
@@ -40,8 +41,16 @@ def complete_subscription(step: str, given: Any, new_id: str) -> dict[str, Any]:
     attributes = given.get("attributes") or {}
     if not isinstance(attributes, dict):
         raise SubscriptionError(f"{where} attributes must be an object")
+    sid = given.get("id") or new_id
+    try:
+        sid = str(uuid.UUID(sid))
+    except (TypeError, ValueError, AttributeError):
+        raise SubscriptionError(f"{where} id {sid!r} is not a UUID") from None
+    for key in ("description", "start_date", "end_date"):
+        if given.get(key) is not None and not isinstance(given[key], str):
+            raise SubscriptionError(f"{where} {key} must be text")
     return {
-        "id": given.get("id") or new_id,
+        "id": sid,
         "product": given["product"],
         "customer_id": given["customer_id"],
         "description": given.get("description") or "",

@@ -229,12 +229,15 @@ async def test_subscription_list_filters_by_status_and_customer(engine: Engine) 
         ("unknown_field", "unknown field(s) colour"),
         ("no_product", "needs 'product'"),
         ("bad_status", "status 'sleeping' is not one of"),
+        ("list_id", "id ['x'] is not a UUID"),
+        ("text_id", "id 'node-1' is not a UUID"),
+        ("object_date", "start_date must be text"),
     ],
 )
 async def test_an_invalid_subscription_fails_the_step_and_saves_nothing(
     engine: Engine, kind: str, message: str
 ) -> None:
-    p = await engine.wait(await engine.start("invalid_subscription", {"kind": kind}))
+    p = await engine.wait(await engine.start("invalid_subscription", {"kind": kind}), timeout=10)
     assert p.status == "failed" and message in p.error
     assert p.subscription_id is None
     assert (await engine.list_subscriptions()).items == []

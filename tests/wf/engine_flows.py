@@ -347,6 +347,9 @@ def bad_subscription(kind: str) -> State:
         "unknown_field": {"product": "node", "customer_id": "c1", "colour": "red"},
         "no_product": {"customer_id": "c1"},
         "bad_status": {"product": "node", "customer_id": "c1", "status": "sleeping"},
+        "list_id": {"id": ["x"], "product": "node", "customer_id": "c1"},
+        "text_id": {"id": "node-1", "product": "node", "customer_id": "c1"},
+        "object_date": {"product": "node", "customer_id": "c1", "start_date": {"y": 2026}},
     }
     return {"subscription": subs[kind]}
 
