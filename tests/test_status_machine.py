@@ -15,6 +15,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 from steering import Calls, FailurePlan
 
 from orchd import Engine
+from orchd.engine.actor import Actor
 from orchd.errors import InvalidTransition
 from orchd.model import (
     ACTIVE,
@@ -174,3 +175,19 @@ EngineMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_engine_status_machine = EngineMachine.TestCase
+
+
+async def test_the_one_place_a_status_is_written_refuses_a_change_the_table_forbids(
+    tmp_path: Path,
+) -> None:
+    # White box: every status change goes through Actor._write, which checks the table. A
+    # completed process made "running" again by a bug would run steps a second time.
+    async with Engine(database=str(tmp_path / "db"), workflows=["engine_flows"]) as engine:
+        pid = await engine.start("conditional_task")
+        assert (await engine.wait(pid)).status == P.COMPLETED
+        row = await engine.store.process(pid)
+        assert row is not None
+        actor = Actor(engine, pid, row)
+        with pytest.raises(InvalidTransition, match="a completed process cannot become running"):
+            await actor._write(P.RUNNING, steps=[])
+        assert (await engine.get(pid)).status == P.COMPLETED
