@@ -32,7 +32,8 @@ class Target(enum.StrEnum):
 
 P = ProcessStatus
 
-#: The most items one page of a list holds, whatever the client asks for.
+#: Items on a page of a list when the client does not say, and the most it may ask for.
+DEFAULT_PAGE = 50
 MAX_PAGE = 500
 
 

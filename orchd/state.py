@@ -182,13 +182,20 @@ def validation_errors(exc: msgspec.ValidationError) -> list[dict[str, Any]]:
     return [{"loc": loc, "msg": text}]
 
 
-def validate_form(form: type[msgspec.Struct], answer: Any) -> dict[str, Any]:
-    """Check ``answer`` against ``form``; the JSON values of the valid answer, with defaults."""
-    if not isinstance(answer, dict):
+def require_object(value: Any) -> dict[str, Any]:
+    """``value`` as the JSON object every input and form answer must be; 422 otherwise."""
+    if not isinstance(value, dict):
+        kind = "null" if value is None else type(value).__name__
         raise FormValidationError(
             "the input must be a JSON object",
-            [{"loc": [], "msg": f"expected an object, got {type(answer).__name__}"}],
+            [{"loc": [], "msg": f"expected an object, got {kind}"}],
         )
+    return value
+
+
+def validate_form(form: type[msgspec.Struct], answer: Any) -> dict[str, Any]:
+    """Check ``answer`` against ``form``; the JSON values of the valid answer, with defaults."""
+    require_object(answer)
     try:
         value = msgspec.convert(answer, form, strict=False)
     except msgspec.ValidationError as exc:

@@ -29,7 +29,6 @@ from orchd.api.sse import HEARTBEAT, EventStreams
 from orchd.engine import Engine
 from orchd.errors import (
     BadRequest,
-    FormValidationError,
     OrchdError,
     PayloadTooLarge,
     ScheduleNotFound,
@@ -38,6 +37,8 @@ from orchd.errors import (
     WorkflowNotFound,
 )
 from orchd.model import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
     Event,
     Process,
     ProcessStatus,
@@ -49,16 +50,15 @@ from orchd.model import (
     WorkflowInfo,
 )
 from orchd.settings import EventSettings
+from orchd.state import require_object
 
 log = logging.getLogger("orchd.api")
 
-#: The most items one page of a list holds, whatever ``limit`` asks.
-MAX_LIMIT = 500
-DEFAULT_LIMIT = 50
 #: Request bodies nested deeper than this are refused (400) rather than handed on.
 MAX_DEPTH = 64
 #: Seconds the health check waits for the database.
 PING_TIMEOUT = 5.0
+#: The longest ``X-Orchd-Reporter`` label.
 MAX_REPORTER = 200
 
 
@@ -381,12 +381,8 @@ class ControlApi:
         if workflow not in self.engine.workflows:
             # Before reading the body: an unknown workflow is 404 whatever was posted.
             raise WorkflowNotFound(f"no workflow named {workflow!r}")
-        body = await self._body(request, {})
-        if not isinstance(body, dict):  # null too: the engine would take None for "no input"
-            raise FormValidationError(
-                "the input must be a JSON object",
-                [{"loc": [], "msg": f"expected an object, got {type(body).__name__}"}],
-            )
+        # null too: the engine would take None for "no input"
+        body = require_object(await self._body(request, {}))
         pid = await self.engine.start(workflow, body, reporter=reporter)
         return _json(Created(id=pid), status=201, headers={"Location": f"/api/processes/{pid}"})
 
@@ -499,7 +495,7 @@ class ControlApi:
         page = (
             Param(
                 "limit",
-                f"page size (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})",
+                f"page size (default {DEFAULT_PAGE}, at most {MAX_PAGE})",
                 "integer",
                 constraints=(("minimum", 1),),
             ),
@@ -664,11 +660,11 @@ def _integer(name: str, raw: str) -> int:
 def _limit(query: Mapping[str, str]) -> int:
     raw = _text(query, "limit")
     if raw is None:
-        return DEFAULT_LIMIT
+        return DEFAULT_PAGE
     value = _integer("limit", raw)
     if value < 1:
         raise BadRequest(f"limit: must be at least 1, got {value}")
-    return min(value, MAX_LIMIT)
+    return min(value, MAX_PAGE)
 
 
 def _event_id(request: web.Request) -> int | None:

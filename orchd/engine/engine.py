@@ -38,6 +38,7 @@ from orchd.errors import (
 )
 from orchd.model import (
     ACTIVE,
+    DEFAULT_PAGE,
     Event,
     Page,
     Process,
@@ -48,7 +49,13 @@ from orchd.model import (
     WorkflowInfo,
 )
 from orchd.settings import EngineSettings
-from orchd.state import StepOutputError, form_schema, to_json_values, validate_form
+from orchd.state import (
+    StepOutputError,
+    form_schema,
+    require_object,
+    to_json_values,
+    validate_form,
+)
 from orchd.store.base import (
     Checkpoint,
     NewProcess,
@@ -414,11 +421,7 @@ class Engine:
         return pid
 
     def _initial_input(self, wf: Workflow, given: Any) -> dict[str, Any]:
-        if not isinstance(given, dict):
-            raise FormValidationError(
-                "the input must be a JSON object", [{"loc": [], "msg": "expected an object"}]
-            )
-        given = dict(given)
+        given = dict(require_object(given))
         needs_subscription = wf.target in (Target.MODIFY, Target.TERMINATE)
         subscription_id = given.get("subscription_id")
         if needs_subscription:
@@ -466,7 +469,7 @@ class Engine:
         *,
         status: str | None = None,
         workflow: str | None = None,
-        limit: int = 50,
+        limit: int = DEFAULT_PAGE,
         cursor: str | None = None,
     ) -> Page:
         """Processes, newest first, a page at a time."""
@@ -483,7 +486,7 @@ class Engine:
         status: str | None = None,
         customer_id: str | None = None,
         product: str | None = None,
-        limit: int = 50,
+        limit: int = DEFAULT_PAGE,
         cursor: str | None = None,
     ) -> Page:
         return await self._views.list_subscriptions(

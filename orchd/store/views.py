@@ -12,6 +12,7 @@ from datetime import datetime
 
 from orchd.errors import BadRequest, ProcessNotFound, SubscriptionNotFound
 from orchd.model import (
+    DEFAULT_PAGE,
     MAX_PAGE,
     SUBSCRIPTION_FIELDS,
     ActionRecord,
@@ -97,7 +98,7 @@ class Views:
         *,
         status: str | None = None,
         workflow: str | None = None,
-        limit: int = 50,
+        limit: int = DEFAULT_PAGE,
         cursor: str | None = None,
     ) -> Page:
         _known(P, status, "status")
@@ -121,7 +122,7 @@ class Views:
         status: str | None = None,
         customer_id: str | None = None,
         product: str | None = None,
-        limit: int = 50,
+        limit: int = DEFAULT_PAGE,
         cursor: str | None = None,
     ) -> Page:
         _known(SubscriptionStatus, status, "status")
