@@ -16,14 +16,24 @@ import random
 import secrets
 import time
 import traceback
-from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Protocol
-
-import msgspec
+from typing import Any, NamedTuple
 
 from orchd import _faults as faults
 from orchd.dsl import Form, Step, StepKind, Workflow
+from orchd.engine.host import Host
+from orchd.engine.messages import (
+    Abort,
+    Callback,
+    Envelope,
+    Expire,
+    Message,
+    Resume,
+    Retry,
+    Run,
+    Stop,
+    respond,
+)
 from orchd.errors import (
     CallbackNotFound,
     InvalidTransition,
@@ -67,108 +77,6 @@ P = ProcessStatus
 _MISSING: Any = object()
 
 
-class Run(msgspec.Struct, frozen=True, tag=True):
-    """Start running (after a start or a restart)."""
-
-
-class Resume(msgspec.Struct, frozen=True, tag=True):
-    answer: Any
-    actor: str
-
-
-class Retry(msgspec.Struct, frozen=True, tag=True):
-    #: Sent by the engine's own retry timer (not recorded as an action), not by a person.
-    automatic: bool = False
-    actor: str = "engine"
-    #: After a callback's validate step failed: ask the external system again (a new token).
-    reissue: bool = False
-
-
-class Abort(msgspec.Struct, frozen=True, tag=True):
-    actor: str
-
-
-class Callback(msgspec.Struct, frozen=True, tag=True):
-    """An answer to the process's callback wait: from the external system, which knows the
-    token (``digest`` is its ``token_digest``), or from an operator by process id (None)."""
-
-    digest: str | None
-    payload: Any
-    actor: str
-
-
-class Expire(msgspec.Struct, frozen=True, tag=True):
-    """A callback's deadline passed (``digest``: the wait's token digest)."""
-
-    digest: str
-
-
-class Stop(msgspec.Struct, frozen=True, tag=True):
-    """Finish the current step, commit, and retire (shutdown)."""
-
-
-Message = Run | Resume | Retry | Abort | Callback | Expire | Stop
-
-
-class Host(Protocol):
-    """What an actor needs from the engine that runs it, and nothing more."""
-
-    @property
-    def settings(self) -> EngineSettings: ...
-
-    @property
-    def resources(self) -> Mapping[Any, Any]: ...
-
-    def workflow(self, name: str) -> Workflow | None: ...
-
-    async def load(self, pid: str) -> ProcessRow | None:
-        """The process as committed (None when it does not exist)."""
-        ...
-
-    async def checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Commit durably; returns once committed."""
-        ...
-
-    def committed(
-        self,
-        actor: Actor,
-        previous: ProcessStatus,
-        steps: list[StepWrite],
-        step_seconds: float | None,
-    ) -> None:
-        """Told after each commit: events, waiters, metrics."""
-        ...
-
-    def retire(self, actor: Actor) -> None:
-        """The actor's task ends: forget it (messages that came in late go to a new one)."""
-        ...
-
-    def later(self, pid: str, at: float, message: Message) -> None:
-        """Post ``message`` to the process at ``at`` (epoch seconds); one timer per kind."""
-        ...
-
-    def store_failed(self, pid: str) -> int:
-        """A commit failed: run the process again from its last commit later, backing off;
-        returns how many times in a row this happened."""
-        ...
-
-    async def in_thread(self, pid: str, step: str, call: Callable[[], Any]) -> Any:
-        """Run a sync step's call in the step threads and return its result."""
-        ...
-
-    def still_running(self, pid: str) -> str | None:
-        """The step whose timed-out call still runs in a thread for this process, if any."""
-        ...
-
-    def expect_callback(self, digest: str, pid: str) -> None:
-        """Route callbacks with this token digest to the process."""
-        ...
-
-    def forget_callback(self, digest: str) -> None: ...
-
-    def new_id(self) -> str: ...
-
-
 class Changes(NamedTuple):
     """What a step changed in State: the changed keys, and the same encoded once."""
 
@@ -196,24 +104,6 @@ class Outcome(NamedTuple):
     traceback: str | None = None
     #: The request that led here (a resume, a callback), recorded with the checkpoint.
     action: ActionWrite | None = None
-
-
-class Envelope:
-    __slots__ = ("message", "reply")
-
-    def __init__(self, message: Message, reply: asyncio.Future[Any] | None) -> None:
-        self.message = message
-        self.reply = reply
-
-
-def _reply(envelope: Envelope, value: Any = None, error: BaseException | None = None) -> None:
-    fut = envelope.reply
-    if fut is None or fut.done():
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(value)
 
 
 def _refused(action: Action, status: ProcessStatus, pid: str) -> InvalidTransition:
@@ -262,16 +152,16 @@ class Actor:
             match message:
                 case Abort(actor=actor):
                     self.abort_requested = actor
-                    _reply(envelope, self.status)
+                    respond(envelope, self.status)
                     return
                 case Resume():
-                    _reply(envelope, error=_refused(Action.RESUME, self.status, self.pid))
+                    respond(envelope, error=_refused(Action.RESUME, self.status, self.pid))
                     return
                 case Retry(automatic=False):
-                    _reply(envelope, error=_refused(Action.RETRY, self.status, self.pid))
+                    respond(envelope, error=_refused(Action.RETRY, self.status, self.pid))
                     return
                 case Callback(digest=digest) if digest is None or digest != self.callback_token:
-                    _reply(envelope, error=_refused(Action.CALLBACK, self.status, self.pid))
+                    respond(envelope, error=_refused(Action.CALLBACK, self.status, self.pid))
                     return
         if isinstance(message, Stop):
             self.stopping = True
@@ -315,9 +205,9 @@ class Actor:
 
     def _fail_all(self, error: BaseException) -> None:
         while self.mailbox:
-            _reply(self.mailbox.pop(0), error=error)
+            respond(self.mailbox.pop(0), error=error)
         if self.pending_callback is not None:
-            _reply(self.pending_callback, error=error)
+            respond(self.pending_callback, error=error)
             self.pending_callback = None
 
     def _load(self, row: ProcessRow) -> None:
@@ -358,17 +248,17 @@ class Actor:
         try:
             match message:
                 case Run() | Stop():
-                    _reply(envelope)
+                    respond(envelope)
                 case Resume(answer=answer, actor=actor):
                     await self._resume(answer, actor)
-                    _reply(envelope, self.status)
+                    respond(envelope, self.status)
                 case Retry(automatic=automatic, actor=actor, reissue=reissue):
                     await self._retry(automatic, actor, reissue)
-                    _reply(envelope, self.status)
+                    respond(envelope, self.status)
                 case Abort(actor=actor):
                     check_action(Action.ABORT, self.status, self.pid)
                     await self._abort(actor, requested=True)
-                    _reply(envelope, self.status)
+                    respond(envelope, self.status)
                 case Callback(digest=digest, payload=payload, actor=actor):
                     if digest is not None and self._callback_pending(digest):
                         self.pending_callback = envelope  # answered once it is committed
@@ -378,18 +268,17 @@ class Actor:
                         raise CallbackNotFound("no process waits for this callback token")
                     check_action(Action.CALLBACK, self.status, self.pid)
                     await self._take_callback(payload, actor)
-                    _reply(envelope)
+                    respond(envelope)
                 case Expire(digest=digest):
                     if self.status is P.AWAITING_CALLBACK and digest == self.callback_token:
                         await self._fail_wait("no callback arrived before the deadline")
-                    _reply(envelope)
+                    respond(envelope)
         except StoreError:
-            _reply(
-                envelope, error=StoreError(f"process {self.pid}: the database refused the write")
-            )
+            refusal = StoreError(f"process {self.pid}: the database refused the write")
+            respond(envelope, error=refusal)
             raise
         except OrchdError as exc:
-            _reply(envelope, error=exc)
+            respond(envelope, error=exc)
 
     def _callback_pending(self, digest: str) -> bool:
         """A callback that arrived before the action's checkpoint: keep it for the wait step."""
@@ -685,7 +574,7 @@ class Actor:
             self.pending_callback = None
             assert isinstance(early.message, Callback)
             await self._take_callback(early.message.payload, early.message.actor)
-            _reply(early)
+            respond(early)
             return
         if step.callback_timeout:
             self.next_retry_at = started + step.callback_timeout

@@ -24,6 +24,7 @@ import msgspec
 from orchd import _faults as faults
 from orchd.dsl import Workflow
 from orchd.engine import actor as actors
+from orchd.engine import messages
 from orchd.engine.events import EventHub
 from orchd.engine.loading import load_workflows
 from orchd.engine.loopwatch import LoopWatch
@@ -164,14 +165,14 @@ class Engine:
         """Continue what a previous run left: active processes, retry and callback timers."""
         rows = await self.store.active_processes()
         for row in rows:
-            self._post(row.id, actors.Run(), None, row=row)
+            self._post(row.id, messages.Run(), None, row=row)
         if rows:
             log.info("recovered %d active processes", len(rows))
         for timed in await self.store.timed_processes():
             if timed.status == P.WAITING:
-                self.later(timed.id, timed.at, actors.Retry(automatic=True))
+                self.later(timed.id, timed.at, messages.Retry(automatic=True))
             elif timed.callback_token:
-                self.later(timed.id, timed.at, actors.Expire(digest=timed.callback_token))
+                self.later(timed.id, timed.at, messages.Expire(digest=timed.callback_token))
 
     def interrupt(self) -> None:
         """End the grace period of a close() now: running steps are interrupted (they run
@@ -191,7 +192,7 @@ class Engine:
             handle.cancel()
         self._timers.clear()
         for a in list(self.actors.values()):
-            a.post(actors.Stop(), None)
+            a.post(messages.Stop(), None)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0 if self._grace_cut else self.settings.grace_period):
                 while self.actors and not self._hurry.is_set():
@@ -223,7 +224,7 @@ class Engine:
     def _post(
         self,
         pid: str,
-        message: actors.Message,
+        message: messages.Message,
         reply: asyncio.Future[Any] | None,
         row: ProcessRow | None = None,
     ) -> None:
@@ -236,7 +237,7 @@ class Engine:
             actor.task = self._tg.create_task(actor.run())
         actor.post(message, reply)
 
-    async def _ask(self, pid: str, message: actors.Message) -> Any:
+    async def _ask(self, pid: str, message: messages.Message) -> Any:
         if not self._accepting:
             raise ShuttingDown("the engine is shutting down")
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -270,10 +271,10 @@ class Engine:
         """Run the process again from its last commit after a failed checkpoint, backing off
         (1 s, 2 s, 4 s ... 30 s) while the database keeps failing; returns the attempt."""
         attempt = self._store_failures[pid] = self._store_failures.get(pid, 0) + 1
-        self.later(pid, time.time() + min(30.0, 2.0 ** (attempt - 1)), actors.Run())
+        self.later(pid, time.time() + min(30.0, 2.0 ** (attempt - 1)), messages.Run())
         return attempt
 
-    def later(self, pid: str, at: float, message: actors.Message) -> None:
+    def later(self, pid: str, at: float, message: messages.Message) -> None:
         if not self._accepting:
             return
         # One timer per process and kind of message: a new one replaces the old.
@@ -417,7 +418,7 @@ class Engine:
         )
         row: ProcessRow = await self.store.write(op)
         self._events.publish(kind="process", process_id=pid, workflow=wf.name, status=P.CREATED)
-        self._post(pid, actors.Run(), None, row=row)
+        self._post(pid, messages.Run(), None, row=row)
         return pid
 
     def _initial_input(self, wf: Workflow, given: Any) -> dict[str, Any]:
@@ -523,7 +524,7 @@ class Engine:
 
     async def resume(self, pid: str, answer: Any, *, reporter: str | None = None) -> ProcessStatus:
         """Answer a suspended process's form; returns once committed and running again."""
-        message = actors.Resume(answer=answer, actor=_actor(reporter))
+        message = messages.Resume(answer=answer, actor=_actor(reporter))
         return P(await self._ask(self._check_id(pid), message))
 
     async def retry(
@@ -534,12 +535,12 @@ class Engine:
         ``reissue``: the failed step is a callback's validate step (or its wait); go back to
         the callback's action instead, so the external system is asked again (a new token).
         """
-        message = actors.Retry(actor=_actor(reporter), reissue=reissue)
+        message = messages.Retry(actor=_actor(reporter), reissue=reissue)
         return P(await self._ask(self._check_id(pid), message))
 
     async def abort(self, pid: str, *, reporter: str | None = None) -> ProcessStatus:
         """Abort; returns once committed (for a running process: once requested)."""
-        return P(await self._ask(self._check_id(pid), actors.Abort(actor=_actor(reporter))))
+        return P(await self._ask(self._check_id(pid), messages.Abort(actor=_actor(reporter))))
 
     async def callback(self, token: str, payload: Any, *, reporter: str | None = None) -> str:
         """Deliver an external system's answer; returns the process id once committed.
@@ -551,7 +552,7 @@ class Engine:
         if pid is None:
             raise CallbackNotFound("no process waits for this callback token")
         actor = _actor(reporter, "callback token")
-        await self._ask(pid, actors.Callback(digest=digest, payload=payload, actor=actor))
+        await self._ask(pid, messages.Callback(digest=digest, payload=payload, actor=actor))
         return pid
 
     async def answer_callback(
@@ -559,7 +560,7 @@ class Engine:
     ) -> ProcessStatus:
         """An operator answers an ``awaiting_callback`` process in the external system's place;
         returns once committed."""
-        message = actors.Callback(digest=None, payload=payload, actor=_actor(reporter))
+        message = messages.Callback(digest=None, payload=payload, actor=_actor(reporter))
         await self._ask(self._check_id(pid), message)
         return P.RUNNING
 

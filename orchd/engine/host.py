@@ -1,0 +1,78 @@
+"""What an actor needs from the engine that runs it: the contract between the two.
+
+The engine implements it (``orchd.engine.engine.Engine``); nothing else of the engine is
+visible to an actor, so the actor can be read, and changed, on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from orchd.dsl import Workflow
+from orchd.engine.messages import Message
+from orchd.model import ProcessStatus
+from orchd.settings import EngineSettings
+from orchd.store.base import Checkpoint, ProcessRow, StepWrite
+
+if TYPE_CHECKING:
+    from orchd.engine.actor import Actor
+
+
+class Host(Protocol):
+    """What an actor needs from the engine that runs it, and nothing more."""
+
+    @property
+    def settings(self) -> EngineSettings: ...
+
+    @property
+    def resources(self) -> Mapping[Any, Any]: ...
+
+    def workflow(self, name: str) -> Workflow | None: ...
+
+    async def load(self, pid: str) -> ProcessRow | None:
+        """The process as committed (None when it does not exist)."""
+        ...
+
+    async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Commit durably; returns once committed."""
+        ...
+
+    def committed(
+        self,
+        actor: Actor,
+        previous: ProcessStatus,
+        steps: list[StepWrite],
+        step_seconds: float | None,
+    ) -> None:
+        """Told after each commit: events, waiters, metrics."""
+        ...
+
+    def retire(self, actor: Actor) -> None:
+        """The actor's task ends: forget it (messages that came in late go to a new one)."""
+        ...
+
+    def later(self, pid: str, at: float, message: Message) -> None:
+        """Post ``message`` to the process at ``at`` (epoch seconds); one timer per kind."""
+        ...
+
+    def store_failed(self, pid: str) -> int:
+        """A commit failed: run the process again from its last commit later, backing off;
+        returns how many times in a row this happened."""
+        ...
+
+    async def in_thread(self, pid: str, step: str, call: Callable[[], Any]) -> Any:
+        """Run a sync step's call in the step threads and return its result."""
+        ...
+
+    def still_running(self, pid: str) -> str | None:
+        """The step whose timed-out call still runs in a thread for this process, if any."""
+        ...
+
+    def expect_callback(self, digest: str, pid: str) -> None:
+        """Route callbacks with this token digest to the process."""
+        ...
+
+    def forget_callback(self, digest: str) -> None: ...
+
+    def new_id(self) -> str: ...

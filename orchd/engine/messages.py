@@ -1,0 +1,74 @@
+"""The messages an actor takes, and the envelope that carries a reply back.
+
+Every action on a process (a resume, a retry, a callback, ...) is one of these, posted to the
+process's actor; the actor handles them one at a time, so nothing else changes a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+
+
+class Run(msgspec.Struct, frozen=True, tag=True):
+    """Start running (after a start or a restart)."""
+
+
+class Resume(msgspec.Struct, frozen=True, tag=True):
+    answer: Any
+    actor: str
+
+
+class Retry(msgspec.Struct, frozen=True, tag=True):
+    #: Sent by the engine's own retry timer (not recorded as an action), not by a person.
+    automatic: bool = False
+    actor: str = "engine"
+    #: After a callback's validate step failed: ask the external system again (a new token).
+    reissue: bool = False
+
+
+class Abort(msgspec.Struct, frozen=True, tag=True):
+    actor: str
+
+
+class Callback(msgspec.Struct, frozen=True, tag=True):
+    """An answer to the process's callback wait: from the external system, which knows the
+    token (``digest`` is its ``token_digest``), or from an operator by process id (None)."""
+
+    digest: str | None
+    payload: Any
+    actor: str
+
+
+class Expire(msgspec.Struct, frozen=True, tag=True):
+    """A callback's deadline passed (``digest``: the wait's token digest)."""
+
+    digest: str
+
+
+class Stop(msgspec.Struct, frozen=True, tag=True):
+    """Finish the current step, commit, and retire (shutdown)."""
+
+
+Message = Run | Resume | Retry | Abort | Callback | Expire | Stop
+
+
+class Envelope:
+    __slots__ = ("message", "reply")
+
+    def __init__(self, message: Message, reply: asyncio.Future[Any] | None) -> None:
+        self.message = message
+        self.reply = reply
+
+
+def respond(envelope: Envelope, value: Any = None, error: BaseException | None = None) -> None:
+    """Send the action's outcome to whoever waits for it (once; later answers are dropped)."""
+    fut = envelope.reply
+    if fut is None or fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(value)
