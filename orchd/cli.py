@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="after a callback's validate step failed: ask the external system again",
     )
+    p = command("skip", "record the failing step skipped and go on with the next one")
+    p.add_argument("id")
+    p.add_argument("--reason", required=True, help="why (recorded with the step)")
     p = command(
         "callback",
         "answer an awaiting_callback process: with its callback token as the external "
@@ -163,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace PATH if it exists")
     p = command("check", "integrity, orphan and stuck-lock checks of the database (read-only)")
     p.add_argument("--database", metavar="DB", help="the database (default: the config's)")
+    p.add_argument(
+        "--workflows",
+        nargs="+",
+        metavar="MODULE",
+        help="instead: import this (new) workflow code and list the unfinished processes it "
+        "would strand (run before a deploy; exit 1 when any)",
+    )
     return parser
 
 
@@ -437,6 +447,7 @@ def _action(client: Client, args: argparse.Namespace, action: str, body: Any = N
             "retry": "retrying",
             "abort": "abort requested for",
             "callback": "answered",
+            "skip": "skipped the failing step of",
         }[action]
         print(f"{done} {args.id}")
     return EXIT_OK
@@ -448,6 +459,10 @@ def cmd_resume(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_retry(client: Client, args: argparse.Namespace) -> int:
     return _action(client, args, "retry", {"reissue": True} if args.reissue else None)
+
+
+def cmd_skip(client: Client, args: argparse.Namespace) -> int:
+    return _action(client, args, "skip", {"reason": args.reason})
 
 
 def cmd_callback(client: Client, args: argparse.Namespace) -> int:
@@ -584,6 +599,7 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "retry": cmd_retry,
     "abort": cmd_abort,
     "callback": cmd_callback,
+    "skip": cmd_skip,
     "subscriptions": cmd_subscriptions,
     "subscription": cmd_subscription,
     "schedules": cmd_schedules,
@@ -640,6 +656,10 @@ def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.command == "serve":
         return _run_module("orchd.daemon", lambda module: int(module.serve(args.config)))
+    if args.command == "check" and args.workflows:
+        return _run_module(
+            "orchd.deploycheck", lambda module: int(module.cmd_check_workflows(args))
+        )
     if args.command in FILE_COMMANDS:
         # Exit statuses of their own: see orchd.store.maintenance.
         call = FILE_COMMANDS[args.command]

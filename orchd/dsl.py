@@ -1,9 +1,14 @@
 """The workflow DSL: steps, step lists, and the ``workflow`` decorator.
 
-A workflow is flattened, when it is defined, into a tuple of ``Step``s that the actor runs by
-index; that index (the program counter) is what a checkpoint records, so a process resumes at
-the right step after a restart. Conditionals become predicates on the steps they wrap, and a
-``callback_step`` becomes three steps (action, wait, validate).
+A workflow is flattened, when it is defined, into a tuple of ``Step``s that the actor runs in
+order. Conditionals become predicates on the steps they wrap, and a ``callback_step`` becomes
+three steps (action, wait, validate).
+
+Where a process stands is recorded as a *position*: the key of its next step (``key=``, by
+default the step's name) and which occurrence of that key it is in the list. A process
+continues at its key in whatever code is loaded when it goes on, so steps added, removed or
+reordered elsewhere in the list do not matter (contract §7); a list of steps finds positions
+with ``Positions``.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ class Step:
     name: str
     func: Callable[..., Any] | None
     kind: StepKind = StepKind.PLAIN
+    #: The step's identity across code changes ("" means its name).
+    key: str = ""
     params: tuple[Param, ...] = ()
     is_async: bool = False
     predicates: tuple[Predicate, ...] = ()
@@ -56,6 +63,10 @@ class Step:
     backoff: float | None = None
     #: For CALLBACK_WAIT: how long the process may wait for the callback.
     callback_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", self.name)
 
     def __rshift__(self, other: Step | StepList) -> StepList:
         return StepList([self]) >> other
@@ -140,34 +151,58 @@ def _check_name(name: object, decorator: str) -> str:
     return name
 
 
-def step(name: str, *, timeout: float | None = None) -> Callable[[Callable[..., Any]], Step]:
-    """Turn a function (sync or async) into a step; its result is merged into State."""
+def _check_key(key: object, name: str) -> str:
+    if key is None:
+        return name
+    if not isinstance(key, str) or not key:
+        raise WorkflowDefinitionError(f"step {name!r}: key must be a non-empty string")
+    return key
+
+
+def step(
+    name: str, *, key: str | None = None, timeout: float | None = None
+) -> Callable[[Callable[..., Any]], Step]:
+    """Turn a function (sync or async) into a step; its result is merged into State.
+
+    ``key`` is the step's identity across code changes (default: its name); rename a step
+    and keep its key, and processes standing at it go on at the renamed step.
+    """
     _check_name(name, "step")
-    return lambda func: _make_step(func, name, StepKind.PLAIN, timeout=timeout)
+    key = _check_key(key, name)
+    return lambda func: _make_step(func, name, StepKind.PLAIN, key=key, timeout=timeout)
 
 
 def retrystep(
     name: str,
     *,
+    key: str | None = None,
     max_attempts: int | None = None,
     backoff: float | None = None,
     timeout: float | None = None,
 ) -> Callable[[Callable[..., Any]], Step]:
     """Like ``step``, but an exception makes the process ``waiting`` and retried later."""
     _check_name(name, "retrystep")
+    key = _check_key(key, name)
     if max_attempts is not None and max_attempts < 1:
         raise WorkflowDefinitionError(f"retrystep {name!r}: max_attempts must be at least 1")
     if backoff is not None and backoff <= 0:
         raise WorkflowDefinitionError(f"retrystep {name!r}: backoff must be positive")
     return lambda func: _make_step(
-        func, name, StepKind.RETRY, max_attempts=max_attempts, backoff=backoff, timeout=timeout
+        func,
+        name,
+        StepKind.RETRY,
+        key=key,
+        max_attempts=max_attempts,
+        backoff=backoff,
+        timeout=timeout,
     )
 
 
-def inputstep(name: str) -> Callable[[Callable[..., Any]], Step]:
+def inputstep(name: str, *, key: str | None = None) -> Callable[[Callable[..., Any]], Step]:
     """Suspend the process until a user answers the Form class the function returns."""
     _check_name(name, "inputstep")
-    return lambda func: _make_step(func, name, StepKind.INPUT)
+    key = _check_key(key, name)
+    return lambda func: _make_step(func, name, StepKind.INPUT, key=key)
 
 
 def callback_step(
@@ -175,20 +210,25 @@ def callback_step(
     action_step: Step,
     validate_step: Step,
     *,
+    key: str | None = None,
     timeout: float | None = None,
 ) -> StepList:
     """Run ``action_step``, wait for an external callback, then run ``validate_step``.
 
     The action may read ``state["callback_token"]`` and hand it to the external system, which
     posts its answer to ``/api/callbacks/{token}``; the answer lands in
-    ``state["callback_result"]`` before ``validate_step`` runs.
+    ``state["callback_result"]`` before ``validate_step`` runs. ``key`` is the wait's key
+    (default ``name``); the action and validate steps keep their own.
     """
     _check_name(name, "callback_step")
+    key = _check_key(key, name)
     for role, given in (("action_step", action_step), ("validate_step", validate_step)):
         if not isinstance(given, Step) or given.func is None:
             raise WorkflowDefinitionError(f"callback_step {name!r}: {role} must be a step")
     action = replace(action_step, kind=StepKind.CALLBACK_ACTION)
-    wait = Step(name=name, func=None, kind=StepKind.CALLBACK_WAIT, callback_timeout=timeout)
+    wait = Step(
+        name=name, func=None, kind=StepKind.CALLBACK_WAIT, key=key, callback_timeout=timeout
+    )
     return StepList([action, wait, validate_step])
 
 
@@ -221,9 +261,62 @@ class Workflow:
     form: type[Form] | None = None
     module: str = ""
     func: Callable[[], StepList] | None = field(default=None, repr=False)
+    positions: Positions = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positions", Positions(self.steps))
 
     def __call__(self) -> StepList:
         return StepList(self.steps)
+
+    def locate(self, key: str | None, occurrence: int, index: int, current_step: str | None) -> int:
+        """Where a process recorded at this position goes on in this code; raises Stranded
+        when it cannot (contract §7). Rows from before step keys (``key`` None) stand at
+        ``index``, which holds only while the step there has the name they recorded."""
+        if key is not None:
+            found = self.positions.index(key, occurrence)
+            if found is None:
+                raise Stranded(f"workflow changed: step key {key!r} no longer exists")
+            return found
+        if current_step is not None and (
+            index >= len(self.steps) or self.steps[index].name != current_step
+        ):
+            raise Stranded(
+                f"workflow {self.name!r} changed: step {current_step!r} "
+                f"is no longer step {index + 1}"
+            )
+        return index
+
+
+class Stranded(Exception):
+    """Raised when a process's position does not exist in the workflow code loaded now."""
+
+
+class Positions:
+    """Positions in a list of steps: ``(key, occurrence)`` to an index and back.
+
+    The occurrence counts earlier steps with the same key, so the third ``bump`` of a list is
+    ``("bump", 2)`` wherever the list puts it.
+    """
+
+    __slots__ = ("_at", "_index")
+
+    def __init__(self, steps: Iterable[Step]) -> None:
+        seen: dict[str, int] = {}
+        self._at: list[tuple[str, int]] = []
+        for s in steps:
+            occurrence = seen.get(s.key, 0)
+            seen[s.key] = occurrence + 1
+            self._at.append((s.key, occurrence))
+        self._index = {position: i for i, position in enumerate(self._at)}
+
+    def at(self, index: int) -> tuple[str, int]:
+        """The position of the step at ``index``."""
+        return self._at[index]
+
+    def index(self, key: str, occurrence: int = 0) -> int | None:
+        """Where the position is in this list, or None when the list has no such step."""
+        return self._index.get((key, occurrence))
 
 
 #: Every workflow defined so far, by module; the Engine picks the ones of the modules it loads.

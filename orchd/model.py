@@ -50,7 +50,8 @@ TRANSITIONS: dict[ProcessStatus, frozenset[ProcessStatus]] = {
     P.RUNNING: frozenset(
         {P.RUNNING, P.SUSPENDED, P.WAITING, P.AWAITING_CALLBACK, P.FAILED, P.ABORTED, P.COMPLETED}
     ),
-    P.SUSPENDED: frozenset({P.RUNNING, P.ABORTED}),
+    # FAILED: the code loaded now no longer has its step (contract §7).
+    P.SUSPENDED: frozenset({P.RUNNING, P.FAILED, P.ABORTED}),
     P.WAITING: frozenset({P.RUNNING, P.FAILED, P.ABORTED}),
     P.AWAITING_CALLBACK: frozenset({P.RUNNING, P.FAILED, P.ABORTED}),
     P.FAILED: frozenset({P.RUNNING, P.ABORTED}),
@@ -113,11 +114,16 @@ class StepRecord(msgspec.Struct, kw_only=True):
     """One entry of a process's audit log."""
 
     name: str
+    #: The step's identity across code changes (contract §7).
+    key: str | None = None
     status: StepStatus
     started_at: datetime
     finished_at: datetime
     error: str | None = None
     traceback: str | None = None
+    #: For a step an operator skipped: who, and why.
+    actor: str | None = None
+    reason: str | None = None
     #: The keys this step changed in State (not the whole State).
     state_delta: dict[str, Any] = msgspec.field(default_factory=dict)
 

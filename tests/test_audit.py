@@ -244,3 +244,23 @@ def test_a_token_that_answered_early_cannot_answer_the_next_wait(daemon: DaemonP
     assert daemon.get_process(pid)["status"] == "awaiting_callback"
     assert daemon.request("POST", f"/api/callbacks/{second}", {"ok": True})[0] == 202
     assert daemon.wait_process(pid, ("completed",))["status"] == "completed"
+
+
+def test_skip_over_the_api_and_the_cli(daemon: DaemonProcess) -> None:
+    pid = daemon.start_process("operated", {"outbox": outbox(daemon)})
+    daemon.wait_process(pid, ("suspended",))
+    assert daemon.request("POST", f"/api/processes/{pid}/skip", {"reason": "x"})[0] == 409
+    daemon.request("POST", f"/api/processes/{pid}/resume", {"approved": True})
+    daemon.wait_process(pid, ("failed",))
+    status, problem = daemon.request("POST", f"/api/processes/{pid}/skip", {})
+    assert status == 422 and problem["errors"][0]["loc"] == ["reason"]
+    assert daemon.request("POST", f"/api/processes/{pid}/skip", {"reason": ""})[0] == 422
+    done = cli(daemon, "skip", pid, "--reason", "done by hand")
+    assert done.returncode == 0, done.stderr
+    process = daemon.wait_process(pid, ("completed",))
+    skipped = [s for s in process["steps"] if s["status"] == "skipped"]
+    assert [(s["name"], s["reason"], s["actor"]) for s in skipped] == [
+        ("fail once", "done by hand", ME)
+    ]
+    assert actions(process)[-1] == ("skip", ME)
+    assert "failed" not in process["state"]

@@ -150,6 +150,11 @@ class EngineMachine(RuleBasedStateMachine):
             assert self.settle(pid) in (P.FAILED, P.WAITING)
 
     @rule(pid=processes)
+    def skip(self, pid: str) -> None:
+        if self.act(pid, Action.SKIP, self.engine.skip(pid, "skipped by the state machine")):
+            self.settle(pid)  # it went on past the skipped step, to wherever that leads
+
+    @rule(pid=processes)
     def abort(self, pid: str) -> None:
         if self.act(pid, Action.ABORT, self.engine.abort(pid)):
             assert self.settle(pid) == P.ABORTED

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import msgspec
 from aiohttp import web
@@ -50,7 +50,7 @@ from orchd.model import (
     WorkflowInfo,
 )
 from orchd.settings import EventSettings
-from orchd.state import require_object
+from orchd.state import require_object, validate_form
 
 log = logging.getLogger("orchd.api")
 
@@ -88,6 +88,12 @@ class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
     processes: dict[str, int] | None = None
     database: str | None = None  # "ok" or what is wrong
     accepting: bool | None = None
+
+
+class SkipRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of a skip: why the step is skipped (recorded with it)."""
+
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
 
 
 class RetryOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -416,6 +422,13 @@ class ControlApi:
         status = await self.engine.retry(pid, reporter=reporter, reissue=options.reissue)
         return self._accepted(pid, status)
 
+    async def skip_process(self, request: web.Request) -> web.Response:
+        pid = request.match_info["id"]
+        reporter = self._reporter(request)
+        reason = validate_form(SkipRequest, await self._body(request, {}))["reason"]
+        status = await self.engine.skip(pid, reason, reporter=reporter)
+        return self._accepted(pid, status)
+
     async def answer_callback(self, request: web.Request) -> web.Response:
         pid = request.match_info["id"]
         reporter = self._reporter(request)
@@ -534,6 +547,10 @@ class ControlApi:
                   request=RetryOptions, errors=(400, 413, *action)),
             Route("POST", "/api/processes/{id}/abort", self.abort_process, "Abort a process",
                   Accepted, status=202, errors=action),
+            Route("POST", "/api/processes/{id}/skip", self.skip_process,
+                  "Record the failing step of a failed or waiting process as skipped (State as "
+                  "it was) and go on with the next step", Accepted, status=202,
+                  request=SkipRequest, errors=(400, 413, 422, *action)),
             Route("POST", "/api/processes/{id}/callback", self.answer_callback,
                   "An operator answers an awaiting_callback process in the external system's "
                   "place", Accepted, status=202, request=Any, errors=(400, 413, *action)),

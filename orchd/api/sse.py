@@ -28,12 +28,14 @@ log = logging.getLogger("orchd.api.sse")
 HEARTBEAT = 15.0
 #: Seconds between checks that a client is still connected.
 POLL = 1.0
-#: Events a stream holds for its client beyond what the engine's hub holds.
+#: Events a stream holds for its client beyond what the engine's hub holds for it.
 BUFFER = 64
+#: Events the hub holds for a stream's client before it closes the stream.
+HUB_BUFFER = 1000
 
 _encode = msgspec.json.Encoder().encode
 
-Listen = Callable[[int], AsyncIterator[Event]]
+Listen = Callable[[int, int], AsyncIterator[Event]]
 
 
 class StreamCounts(msgspec.Struct, frozen=True, kw_only=True):
@@ -157,7 +159,7 @@ class _SlowClient(Exception):
 
 async def _pump(listen: Listen, queue: asyncio.Queue[Event | None], after: int) -> None:
     try:
-        async for event in listen(after):
+        async for event in listen(after, HUB_BUFFER):
             await queue.put(event)
     finally:
         # The engine closed the stream (shutdown, or this listener fell behind).

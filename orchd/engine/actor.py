@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from orchd import _faults as faults
-from orchd.dsl import Form, Step, StepKind, Workflow
+from orchd.dsl import Form, Step, StepKind, Stranded, Workflow
 from orchd.engine.host import Host
 from orchd.engine.messages import (
     Abort,
@@ -31,11 +31,13 @@ from orchd.engine.messages import (
     Resume,
     Retry,
     Run,
+    Skip,
     Stop,
     respond,
 )
 from orchd.errors import (
     CallbackNotFound,
+    FormValidationError,
     InvalidTransition,
     OrchdError,
     ProcessNotFound,
@@ -43,6 +45,7 @@ from orchd.errors import (
 )
 from orchd.model import (
     ACTIVE,
+    FINAL,
     Action,
     ProcessStatus,
     StepStatus,
@@ -125,7 +128,7 @@ class Actor:
     __slots__ = (
         "host", "pid", "mailbox", "loaded", "stopping", "abort_requested", "in_step",
         "pending_callback", "workflow", "workflow_name", "pk", "target", "status", "pc",
-        "seq", "state", "current_step", "error", "form", "callback_token", "attempts",
+        "seq", "state", "current_step", "error", "form", "callback_token", "attempts", "position",
         "next_retry_at", "subscription_id", "broken", "task",
     )  # fmt: skip
 
@@ -159,6 +162,9 @@ class Actor:
                     return
                 case Retry(automatic=False):
                     respond(envelope, error=_refused(Action.RETRY, self.status, self.pid))
+                    return
+                case Skip():
+                    respond(envelope, error=_refused(Action.SKIP, self.status, self.pid))
                     return
                 case Callback(digest=digest) if digest is None or digest != self.callback_token:
                     respond(envelope, error=_refused(Action.CALLBACK, self.status, self.pid))
@@ -226,21 +232,22 @@ class Actor:
         self.attempts = row.attempts
         self.next_retry_at = row.next_retry_at
         self.subscription_id = row.subscription_id
+        self.position = None if row.step_key is None else (row.step_key, row.step_occurrence)
         self.loaded = True
-        self.broken = self._check_definition()
+        self.broken = self._place()
 
-    def _check_definition(self) -> str | None:
-        """Why the process cannot go on with the workflow code loaded now, if it cannot."""
+    def _place(self) -> str | None:
+        """Find the process's position in the workflow code loaded now (setting ``pc``);
+        why it cannot go on, if it cannot (contract §7)."""
         if self.workflow is None:
             return f"workflow {self.workflow_name!r} is not registered"
-        steps = self.workflow.steps
-        if self.current_step is not None and (
-            self.pc >= len(steps) or steps[self.pc].name != self.current_step
-        ):
-            return (
-                f"workflow {self.workflow_name!r} changed: step {self.current_step!r} "
-                f"is no longer step {self.pc + 1}"
-            )
+        if self.status in FINAL:
+            return None
+        key, occurrence = self.position or (None, 0)
+        try:
+            self.pc = self.workflow.locate(key, occurrence, self.pc, self.current_step)
+        except Stranded as exc:
+            return str(exc)
         return None
 
     async def _handle(self, envelope: Envelope) -> None:
@@ -254,6 +261,9 @@ class Actor:
                     respond(envelope, self.status)
                 case Retry(automatic=automatic, actor=actor, reissue=reissue):
                     await self._retry(automatic, actor, reissue)
+                    respond(envelope, self.status)
+                case Skip(reason=reason, actor=actor):
+                    await self._skip(reason, actor)
                     respond(envelope, self.status)
                 case Abort(actor=actor):
                     check_action(Action.ABORT, self.status, self.pid)
@@ -303,6 +313,7 @@ class Actor:
 
     async def _resume(self, answer: Any, actor: str) -> None:
         check_action(Action.RESUME, self.status, self.pid)
+        await self._fail_if_broken()
         step = self._step()
         form = await self._form_of(step)
         values = validate_form(form, answer)
@@ -327,8 +338,7 @@ class Actor:
             check_action(Action.RETRY, self.status, self.pid)
             if self.status is P.FAILED:
                 self.attempts = 0
-        if self.broken:
-            raise InvalidTransition(f"cannot retry process {self.pid}: {self.broken}")
+        await self._fail_if_broken()
         running = self.host.still_running(self.pid)
         if running is not None:
             # One step never runs twice at once (contract §2): not while a timed-out sync
@@ -348,6 +358,58 @@ class Actor:
         detail = "reissue" if reissue else None
         actions = [] if automatic else [self._action(Action.RETRY, actor, detail)]
         await self._write(P.RUNNING, steps=[], actions=actions)
+
+    async def _fail_if_broken(self) -> None:
+        """A process whose step the code loaded now lacks fails, and nothing runs (§7)."""
+        if self.broken is None:
+            return
+        if self.status is not P.FAILED:
+            self.error = self.broken
+            self.next_retry_at = None
+            await self._write(P.FAILED, steps=[])
+        raise InvalidTransition(f"process {self.pid} cannot go on: {self.broken}")
+
+    async def _skip(self, reason: str, actor: str) -> None:
+        """Record the failing step (a whole callback_step, when its action or wait failed)
+        as skipped, keep State as it is, and go on with the next step."""
+        check_action(Action.SKIP, self.status, self.pid)
+        if not reason.strip():
+            raise FormValidationError(
+                "skip needs a reason", [{"loc": ["reason"], "msg": "a reason is required"}]
+            )
+        await self._fail_if_broken()
+        assert self.workflow is not None
+        steps = self.workflow.steps
+        skipped = [steps[self.pc]]
+        if skipped[0].func is None and skipped[0].kind is not StepKind.CALLBACK_WAIT:
+            raise InvalidTransition(f"cannot skip the built-in step {skipped[0].name!r}")
+        if skipped[0].kind is StepKind.CALLBACK_ACTION:
+            skipped = list(steps[self.pc : self.pc + 3])  # the action, the wait, the validate
+        now = time.time()
+        records = []
+        for s in skipped:
+            self.seq += 1
+            records.append(
+                StepWrite(
+                    pk=self.pk,
+                    seq=self.seq,
+                    name=s.name,
+                    key=s.key,
+                    status=StepStatus.SKIPPED,
+                    started_at=now,
+                    finished_at=now,
+                    actor=actor,
+                    reason=reason,
+                )  # fmt: skip
+            )
+        self.pc += len(skipped)
+        self.current_step = steps[self.pc].name
+        self.error = None
+        self.attempts = 0
+        self.next_retry_at = None
+        self._end_wait()
+        action = self._action(Action.SKIP, actor, reason)
+        await self._write(P.RUNNING, steps=records, actions=[action])
 
     def _back_to_callback_action(self) -> None:
         """``retry --reissue``: after a callback's validate step failed, go back to its action
@@ -657,6 +719,7 @@ class Actor:
             pk=self.pk,
             seq=self.seq,
             name=step.name,
+            key=step.key,
             status=outcome.step_status,
             started_at=outcome.started,
             finished_at=outcome.finished,
@@ -688,6 +751,12 @@ class Actor:
         previous = self.status
         # The one place a status changes: the table in orchd.model says what is allowed.
         check_transition(previous, status)
+        if status in FINAL:
+            self.position = None
+        elif self.broken is None and self.workflow is not None:
+            # A broken process keeps the position it had: fixed code may find it again.
+            self.position = self.workflow.positions.at(self.pc)
+        key, occurrence = self.position or (None, 0)
         checkpoint = Checkpoint(
             process_id=self.pid,
             process=ProcessWrite(
@@ -703,6 +772,8 @@ class Actor:
                 attempts=self.attempts,
                 next_retry_at=self.next_retry_at,
                 subscription_id=self.subscription_id,
+                step_key=key,
+                step_occurrence=occurrence,
                 updated_at=time.time(),
             ),
             steps=steps,

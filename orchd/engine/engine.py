@@ -25,7 +25,7 @@ from orchd import _faults as faults
 from orchd.dsl import Workflow
 from orchd.engine import actor as actors
 from orchd.engine import messages
-from orchd.engine.events import EventHub
+from orchd.engine.events import LISTENER_BUFFER, EventHub
 from orchd.engine.loading import load_workflows
 from orchd.engine.loopwatch import LoopWatch
 from orchd.engine.stats import EngineStats, StepCounter
@@ -60,6 +60,7 @@ from orchd.state import (
 from orchd.store.base import (
     Checkpoint,
     NewProcess,
+    Positions,
     ProcessRow,
     StepWrite,
     Store,
@@ -163,6 +164,7 @@ class Engine:
 
     async def _recover(self) -> None:
         """Continue what a previous run left: active processes, retry and callback timers."""
+        await self._place_unkeyed()
         rows = await self.store.active_processes()
         for row in rows:
             self._post(row.id, messages.Run(), None, row=row)
@@ -173,6 +175,29 @@ class Engine:
                 self.later(timed.id, timed.at, messages.Retry(automatic=True))
             elif timed.callback_token:
                 self.later(timed.id, timed.at, messages.Expire(digest=timed.callback_token))
+
+    async def _place_unkeyed(self) -> None:
+        """Give processes from before step keys their position, once: the key and occurrence of
+        the step at their index, when that step still has the name they recorded."""
+        placed: list[tuple[int, str, int]] = []
+        stranded = []
+        for row in await self.store.unplaced_processes():
+            wf = self.workflows.get(row.workflow)
+            steps = wf.steps if wf is not None else ()
+            if wf is not None and row.pc < len(steps) and steps[row.pc].name == row.current_step:
+                placed.append((row.pk, *wf.positions.at(row.pc)))
+            else:
+                stranded.append(row.id)
+        if placed:
+            await self.store.write(Positions(rows=placed))
+            log.info("placed %d processes from before step keys by their step's key", len(placed))
+        if stranded:
+            log.warning(
+                "%d processes from before step keys stand at a step that changed; they fail "
+                "when they go on: %s",
+                len(stranded),
+                ", ".join(stranded[:20]),
+            )
 
     def interrupt(self) -> None:
         """End the grace period of a close() now: running steps are interrupted (they run
@@ -414,6 +439,7 @@ class Engine:
             state=state,
             lock=lock,
             first_step=wf.steps[0].name,
+            first_key=wf.steps[0].key,
             created_at=time.time(),
         )
         row: ProcessRow = await self.store.write(op)
@@ -538,6 +564,12 @@ class Engine:
         message = messages.Retry(actor=_actor(reporter), reissue=reissue)
         return P(await self._ask(self._check_id(pid), message))
 
+    async def skip(self, pid: str, reason: str, *, reporter: str | None = None) -> ProcessStatus:
+        """Record a ``failed`` or ``waiting`` process's failing step as skipped (State as it
+        was) and go on with the next step; returns once committed and running again."""
+        message = messages.Skip(reason=reason, actor=_actor(reporter))
+        return P(await self._ask(self._check_id(pid), message))
+
     async def abort(self, pid: str, *, reporter: str | None = None) -> ProcessStatus:
         """Abort; returns once committed (for a running process: once requested)."""
         return P(await self._ask(self._check_id(pid), messages.Abort(actor=_actor(reporter))))
@@ -583,9 +615,12 @@ class Engine:
         """The id of the newest event: a listener from now on passes it as ``after``."""
         return self._events.last_id
 
-    def listen(self, after: int | None = None) -> AsyncGenerator[Event, None]:
-        """Events from now on (and those after the id ``after`` that are still kept)."""
-        return self._events.listen(after)
+    def listen(
+        self, after: int | None = None, buffer: int = LISTENER_BUFFER
+    ) -> AsyncGenerator[Event, None]:
+        """Events from now on (and those after the id ``after`` that are still kept). A
+        listener that leaves more than ``buffer`` events unread is closed (its loop ends)."""
+        return self._events.listen(after, buffer)
 
     def stats(self) -> EngineStats:
         """The engine's counters, for health, metrics and systemd's STATUS line."""

@@ -11,8 +11,9 @@ from typing import Any
 
 from orchd.model import Event
 
-#: Events a listener may leave unread before the hub closes it.
-LISTENER_BUFFER = 1000
+#: Events a listener may leave unread before the hub closes it (unless it asks for another
+#: bound): enough for an in-process consumer to keep up with thousands of processes.
+LISTENER_BUFFER = 10_000
 
 
 class EventHub:
@@ -37,9 +38,11 @@ class EventHub:
                 listener.get_nowait()
                 listener.put_nowait(None)
 
-    async def listen(self, after: int | None = None) -> AsyncGenerator[Event, None]:
+    async def listen(
+        self, after: int | None = None, buffer: int = LISTENER_BUFFER
+    ) -> AsyncGenerator[Event, None]:
         # A listener that falls this far behind is closed (it may reconnect and resume).
-        queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=LISTENER_BUFFER)
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=buffer)
         backlog = [e for e in self.recent if after is not None and e.id > after]
         self.listeners.add(queue)
         try:

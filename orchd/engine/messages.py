@@ -29,6 +29,13 @@ class Retry(msgspec.Struct, frozen=True, tag=True):
     reissue: bool = False
 
 
+class Skip(msgspec.Struct, frozen=True, tag=True):
+    """Record the failing step skipped and go on with the next (operator remediation)."""
+
+    reason: str
+    actor: str
+
+
 class Abort(msgspec.Struct, frozen=True, tag=True):
     actor: str
 
@@ -52,7 +59,7 @@ class Stop(msgspec.Struct, frozen=True, tag=True):
     """Finish the current step, commit, and retire (shutdown)."""
 
 
-Message = Run | Resume | Retry | Abort | Callback | Expire | Stop
+Message = Run | Resume | Retry | Skip | Abort | Callback | Expire | Stop
 
 
 class Envelope:

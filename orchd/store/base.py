@@ -33,6 +33,10 @@ class ProcessRow(msgspec.Struct, kw_only=True):
     pc: int
     seq: int
     state: dict[str, Any]
+    #: Where the process stands: its next step's key and that key's occurrence in the list
+    #: (None once finished, and for rows from before step keys, which ``pc`` still places).
+    step_key: str | None = None
+    step_occurrence: int = 0
     reporter: str | None = None
     subscription_id: str | None = None
     current_step: str | None = None
@@ -66,6 +70,10 @@ class StepRow(msgspec.Struct, kw_only=True):
     error: str | None = None
     traceback: str | None = None
     delta: bytes | None = None
+    key: str | None = None
+    #: Who skipped the step, and why (an operator's skip).
+    actor: str | None = None
+    reason: str | None = None
 
 
 class TimedProcess(msgspec.Struct, kw_only=True):
@@ -119,6 +127,8 @@ class ProcessWrite(msgspec.Struct, kw_only=True, array_like=True):
     attempts: int = 0
     next_retry_at: float | None = None
     subscription_id: str | None = None
+    step_key: str | None = None
+    step_occurrence: int = 0
     updated_at: float
     pk: int
 
@@ -135,6 +145,9 @@ class StepWrite(msgspec.Struct, kw_only=True, array_like=True):
     error: str | None = None
     traceback: str | None = None
     delta: bytes | None = None
+    key: str | None = None
+    actor: str | None = None
+    reason: str | None = None
 
 
 class ActionWrite(msgspec.Struct, kw_only=True, array_like=True):
@@ -173,7 +186,9 @@ class NewProcess(msgspec.Struct, kw_only=True):
     reporter: str | None
     state: dict[str, Any]
     lock: str | None = None
+    #: The first step's name and key (the process's position).
     first_step: str
+    first_key: str
     created_at: float
     #: Who started it, recorded as the process's first action.
     actor: str
@@ -207,6 +222,13 @@ class ScheduleStarted(msgspec.Struct, kw_only=True):
     process_id: str
 
 
+class Positions(msgspec.Struct, kw_only=True):
+    """Positions of processes from before step keys, translated from ``pc`` (once)."""
+
+    #: (process key, step key, occurrence)
+    rows: list[tuple[int, str, int]]
+
+
 class SchedulePlan(msgspec.Struct, kw_only=True):
     """The next fire time of each named schedule, kept so a restart keeps the plan."""
 
@@ -214,7 +236,15 @@ class SchedulePlan(msgspec.Struct, kw_only=True):
 
 
 #: Every write a store takes.
-Op = Checkpoint | NewProcess | ScheduleRun | ScheduleClaim | ScheduleStarted | SchedulePlan
+Op = (
+    Checkpoint
+    | NewProcess
+    | ScheduleRun
+    | ScheduleClaim
+    | ScheduleStarted
+    | SchedulePlan
+    | Positions
+)
 
 
 # -- the interface --------------------------------------------------------------------------
@@ -249,6 +279,10 @@ class Store(Protocol):
     # -- processes, for the engine --
 
     async def process(self, pid: str) -> ProcessRow | None: ...
+
+    async def unplaced_processes(self) -> list[ProcessRow]:
+        """Unfinished processes without a step key (from before step keys)."""
+        ...
 
     async def active_processes(self) -> list[ProcessRow]:
         """Every process that was created or running: what a restart continues."""

@@ -69,11 +69,14 @@ class Views:
             steps=[
                 StepRecord(
                     name=s.name,
+                    key=s.key,
                     status=StepStatus(s.status),
                     started_at=utc(s.started_at),
                     finished_at=utc(s.finished_at),
                     error=s.error,
                     traceback=s.traceback,
+                    actor=s.actor,
+                    reason=s.reason,
                     state_delta=decode(s.delta) if s.delta else {},
                 )
                 for s in steps

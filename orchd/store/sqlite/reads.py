@@ -31,7 +31,7 @@ _decode = msgspec.json.Decoder().decode
 _PROCESS_COLUMNS = (
     "rowid", "id", "workflow", "target", "status", "pc", "seq", "state", "reporter",
     "subscription_id", "current_step", "error", "form", "callback_token", "attempts",
-    "next_retry_at", "created_at", "updated_at",
+    "next_retry_at", "created_at", "updated_at", "step_key", "step_occurrence",
 )  # fmt: skip
 _SELECT_PROCESS = f"SELECT {', '.join(_PROCESS_COLUMNS)} FROM processes"
 _SUMMARY_COLUMNS = (
@@ -44,7 +44,8 @@ SELECT_SUBSCRIPTION = f"SELECT {', '.join(SUBSCRIPTION_FIELDS)} FROM subscriptio
 def process_row(row: Iterable[Any]) -> ProcessRow:
     """A ``processes`` row (columns in ``_PROCESS_COLUMNS`` order) as a record."""
     (pk, pid, workflow, target, status, pc, seq, state, reporter, subscription_id, current,
-     error, form, token, attempts, next_retry_at, created_at, updated_at) = row  # fmt: skip
+     error, form, token, attempts, next_retry_at, created_at, updated_at, key,
+     occurrence) = row  # fmt: skip
     return ProcessRow(
         pk=pk,
         id=pid,
@@ -64,6 +65,8 @@ def process_row(row: Iterable[Any]) -> ProcessRow:
         next_retry_at=next_retry_at,
         created_at=created_at,
         updated_at=updated_at,
+        step_key=key,
+        step_occurrence=occurrence or 0,
     )
 
 
@@ -128,6 +131,12 @@ class Reads:
         row = await self.fetchone(f"{_SELECT_PROCESS} WHERE id = ?", (pid,))
         return None if row is None else process_row(row)
 
+    async def unplaced_processes(self) -> list[ProcessRow]:
+        rows = await self.fetchall(
+            f"{_SELECT_PROCESS} WHERE step_key IS NULL AND status NOT IN ('completed', 'aborted')"
+        )
+        return [process_row(row) for row in rows]
+
     async def active_processes(self) -> list[ProcessRow]:
         # One query for all of them: thousands of processes may have been in flight.
         rows = await self.fetchall(f"{_SELECT_PROCESS} WHERE status IN ('created', 'running')")
@@ -146,8 +155,8 @@ class Reads:
 
     async def steps(self, pk: int) -> list[StepRow]:
         rows = await self.fetchall(
-            "SELECT name, status, started_at, finished_at, error, traceback, delta FROM steps "
-            "WHERE process = ? ORDER BY seq",
+            "SELECT name, status, started_at, finished_at, error, traceback, delta, key, actor, "
+            "reason FROM steps WHERE process = ? ORDER BY seq",
             (pk,),
         )
         return [
@@ -159,8 +168,11 @@ class Reads:
                 error=error,
                 traceback=tb,
                 delta=delta,
+                key=key,
+                actor=actor,
+                reason=reason,
             )
-            for name, status, started, finished, error, tb, delta in rows
+            for name, status, started, finished, error, tb, delta, key, actor, reason in rows
         ]
 
     async def actions(self, pk: int) -> list[ActionRow]:

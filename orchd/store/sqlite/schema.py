@@ -12,7 +12,7 @@ from orchd.store.base import token_digest
 
 log = logging.getLogger("orchd.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _digest_callback_tokens(conn: sqlite3.Connection) -> None:
@@ -111,6 +111,17 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         )""",
         "CREATE INDEX actions_by_process ON actions (process)",
         _digest_callback_tokens,
+    ],
+    [
+        # Step identity (contract §7): a process's position is its next step's key and that
+        # key's occurrence; rows from before stay NULL until the engine translates them from
+        # ``pc`` with the code it loads (``Engine.open``), once.
+        "ALTER TABLE processes ADD COLUMN step_key TEXT",
+        "ALTER TABLE processes ADD COLUMN step_occurrence INTEGER",
+        "ALTER TABLE steps ADD COLUMN key TEXT",
+        # Who skipped a step and why (operator remediation).
+        "ALTER TABLE steps ADD COLUMN actor TEXT",
+        "ALTER TABLE steps ADD COLUMN reason TEXT",
     ],
 ]
 

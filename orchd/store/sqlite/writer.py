@@ -29,6 +29,7 @@ from orchd.store.base import (
     Checkpoint,
     NewProcess,
     Op,
+    Positions,
     ProcessRow,
     ScheduleClaim,
     SchedulePlan,
@@ -73,9 +74,9 @@ class _Batch:
 
 _UPDATE_PROCESS = """UPDATE processes SET status = ?, pc = ?, seq = ?, state = ?, current_step = ?,
     error = ?, form = ?, callback_token = ?, attempts = ?, next_retry_at = ?,
-    subscription_id = ?, updated_at = ? WHERE rowid = ?"""
+    subscription_id = ?, step_key = ?, step_occurrence = ?, updated_at = ? WHERE rowid = ?"""
 _INSERT_STEP = """INSERT INTO steps (process, seq, name, status, started_at, finished_at,
-    error, traceback, delta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    error, traceback, delta, key, actor, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 _UPSERT_SUBSCRIPTION = """INSERT INTO subscriptions (id, product, customer_id, description,
     status, insync, start_date, end_date, attributes, created_at, updated_at)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -120,8 +121,8 @@ def _add_checkpoint(batch: _Batch, cp: Checkpoint) -> None:
 
 
 _INSERT_PROCESS = """INSERT INTO processes (id, workflow, target, status, pc, seq, state, reporter,
-    subscription_id, current_step, created_at, updated_at)
-    VALUES (?, ?, ?, 'created', 0, 0, ?, ?, ?, ?, ?, ?)"""
+    subscription_id, current_step, step_key, step_occurrence, created_at, updated_at)
+    VALUES (?, ?, ?, 'created', 0, 0, ?, ?, ?, ?, ?, 0, ?, ?)"""
 
 
 def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
@@ -154,6 +155,7 @@ def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
             op.reporter,
             op.lock,
             op.first_step,
+            op.first_key,
             op.created_at,
             op.created_at,
         ),
@@ -173,6 +175,7 @@ def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
         reporter=op.reporter,
         subscription_id=op.lock,
         current_step=op.first_step,
+        step_key=op.first_key,
         created_at=op.created_at,
         updated_at=op.created_at,
     )
@@ -223,6 +226,13 @@ def _plan(conn: sqlite3.Connection, op: SchedulePlan) -> None:
     conn.executemany(_SET_NEXT, list(op.next_fire_at.items()))
 
 
+def _place(conn: sqlite3.Connection, op: Positions) -> None:
+    conn.executemany(
+        "UPDATE processes SET step_key = ?, step_occurrence = ? WHERE rowid = ?",
+        [(key, occurrence, pk) for pk, key, occurrence in op.rows],
+    )
+
+
 #: How each operation other than a plain checkpoint is applied, inside the batch's transaction.
 _APPLY: dict[type[Any], Callable[[sqlite3.Connection, Any], Any]] = {
     NewProcess: _create_process,
@@ -230,6 +240,7 @@ _APPLY: dict[type[Any], Callable[[sqlite3.Connection, Any], Any]] = {
     ScheduleClaim: _claim,
     ScheduleStarted: _started,
     SchedulePlan: _plan,
+    Positions: _place,
 }
 
 
