@@ -284,6 +284,19 @@ async def test_skip_needs_a_reason_and_changes_nothing_without_one(
     assert await engine.get(pid) == before
 
 
+async def test_skip_of_a_waiting_process_cancels_its_retry_and_goes_on(open_engine: Open) -> None:
+    engine = await open_engine("ident_v1")
+    pid = await engine.start("keeps_failing")
+    assert (await engine.wait(pid, timeout=10)).status == "waiting"
+    await engine.skip(pid, "the OSS will not come back today")
+    process = await engine.wait(pid, timeout=10)
+    assert process.status == "completed"
+    assert [(s.name, s.status) for s in process.steps][-3:] == [
+        ("flaky", "skipped"), ("report", "success"), ("done", "success")
+    ]  # fmt: skip
+    assert process.next_retry_at is None and process.error is None
+
+
 @pytest.mark.parametrize("status", ["suspended", "completed"])
 async def test_skip_is_refused_in_other_statuses(open_engine: Open, status: str) -> None:
     engine = await open_engine("ident_v1")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchd import Form, State, inputstep, step
+from orchd import Form, State, inputstep, retrystep, step
 
 
 class Approval(Form):
@@ -56,3 +56,8 @@ def new_first() -> State:
 @step("extra")
 def extra() -> State:
     return _mark("extra")
+
+
+@retrystep("flaky", backoff=3600.0)
+def flaky() -> State:
+    raise RuntimeError("the OSS is down")

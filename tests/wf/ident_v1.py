@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ident_common import apply, approve, check, prepare, report
+from ident_common import apply, approve, check, flaky, prepare, report
 
 from orchd import Target, done, init, workflow
 
@@ -15,3 +15,8 @@ def provision():  # type: ignore[no-untyped-def]
 @workflow("Two approvals, version 1", target=Target.SYSTEM)
 def twice():  # type: ignore[no-untyped-def]
     return init >> approve >> check >> approve >> report >> done
+
+
+@workflow("A retrystep that keeps failing", target=Target.SYSTEM)
+def keeps_failing():  # type: ignore[no-untyped-def]
+    return init >> flaky >> report >> done
