@@ -784,7 +784,7 @@ async def test_openapi_documents_every_route(api_client: Client) -> None:
     }
     documented = {(m, shape(path)) for path, ops in doc["paths"].items() for m in ops}
     assert registered == documented
-    assert len(registered) == 17
+    assert len(registered) == 18
     assert len({shape(p) for p in doc["paths"]}) == len(doc["paths"])
 
 

@@ -56,8 +56,10 @@ class Route:
     #: The type the success answer encodes (a msgspec-able type), or None for no body.
     response: Any
     status: int = 200
-    #: The type of the JSON request body, or None when the route reads none.
+    #: The type of the JSON request body, or None when the route reads none; whether a body
+    #: must be sent (most routes take a missing body as ``{}``).
     request: Any = None
+    body_required: bool = False
     query: tuple[Param, ...] = ()
     errors: tuple[int, ...] = ()
     #: Other non-problem answers, e.g. health's 503 with the same shape as its 200.
@@ -110,7 +112,7 @@ def document(
             op["parameters"] = params
         if route.request is not None:
             op["requestBody"] = {
-                "required": False,
+                "required": route.body_required,
                 "content": {"application/json": {"schema": schema_of[route.request]}},
             }
         responses: dict[str, Any] = {

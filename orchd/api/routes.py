@@ -93,7 +93,7 @@ class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
 class SkipRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The body of a skip: why the step is skipped (recorded with it)."""
 
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=r"\S")]
 
 
 class RetryOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -550,7 +550,7 @@ class ControlApi:
             Route("POST", "/api/processes/{id}/skip", self.skip_process,
                   "Record the failing step of a failed or waiting process as skipped (State as "
                   "it was) and go on with the next step", Accepted, status=202,
-                  request=SkipRequest, errors=(400, 413, 422, *action)),
+                  request=SkipRequest, body_required=True, errors=(400, 413, 422, *action)),
             Route("POST", "/api/processes/{id}/callback", self.answer_callback,
                   "An operator answers an awaiting_callback process in the external system's "
                   "place", Accepted, status=202, request=Any, errors=(400, 413, *action)),
