@@ -10,6 +10,7 @@ there instead, as a bug would. The points, in the order a step meets them:
 - ``subscription_save``: the writer is saving a subscription, inside the transaction
 - ``in_commit``: the writer has written a batch, before COMMIT
 - ``after_commit``: COMMIT returned; the actors are not yet told
+- ``parent_woken``: a child's last commit woke its parent; the parent is not yet told
 - ``shutdown``: the engine is closing
 """
 

@@ -40,6 +40,7 @@ class StepKind(enum.Enum):
     INPUT = "input"  # returns a Form class; the process suspends until answered
     CALLBACK_ACTION = "callback_action"  # runs with a fresh callback token in State
     CALLBACK_WAIT = "callback_wait"  # the process awaits the callback here
+    CHILDREN = "children"  # starts child processes and waits until they have finished
     INIT = "init"  # built-in first step
     DONE = "done"  # built-in last step: completes the process
     ABORT = "abort"  # built-in: ends the process as aborted
@@ -63,6 +64,12 @@ class Step:
     backoff: float | None = None
     #: For CALLBACK_WAIT: how long the process may wait for the callback.
     callback_timeout: float | None = None
+    #: For CHILDREN: the children's workflow, the State key of their inputs, where their
+    #: results go, and how many may be unfinished (and started) at once.
+    child_workflow: str = ""
+    items_key: str = ""
+    into: str | None = None
+    max_concurrency: int | None = None
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -230,6 +237,45 @@ def callback_step(
         name=name, func=None, kind=StepKind.CALLBACK_WAIT, key=key, callback_timeout=timeout
     )
     return StepList([action, wait, validate_step])
+
+
+def children(
+    name: str,
+    *,
+    workflow: str,
+    inputs: str,
+    max_concurrency: int | None = None,
+    into: str | None = None,
+    key: str | None = None,
+) -> Step:
+    """Start one child process of ``workflow`` per element of the list ``state[inputs]`` (each
+    element its input) and wait until every child has completed or been aborted (contract §9).
+
+    The children are created together with this step's checkpoint, or none is. At most
+    ``max_concurrency`` are unfinished and started at once; the others wait as ``created``.
+    With ``into``, ``state[into]`` gets ``{"id", "status", "state"}`` per child, in input order.
+    """
+    _check_name(name, "children")
+    key = _check_key(key, name)
+    for what, value in (("workflow", workflow), ("inputs", inputs)):
+        if not isinstance(value, str) or not value:
+            raise WorkflowDefinitionError(f"children {name!r}: {what} must be a name")
+    if into is not None and (not isinstance(into, str) or not into):
+        raise WorkflowDefinitionError(f"children {name!r}: into must be a State key")
+    if max_concurrency is not None and (
+        not isinstance(max_concurrency, int) or max_concurrency < 1
+    ):
+        raise WorkflowDefinitionError(f"children {name!r}: max_concurrency must be at least 1")
+    return Step(
+        name=name,
+        func=None,
+        kind=StepKind.CHILDREN,
+        key=key,
+        child_workflow=workflow,
+        items_key=inputs,
+        into=into,
+        max_concurrency=max_concurrency,
+    )
 
 
 def conditional(predicate: Predicate) -> Callable[[Step | StepList], StepList]:

@@ -32,6 +32,21 @@ class Target(enum.StrEnum):
 
 P = ProcessStatus
 
+#: State keys the engine sets; input cannot supply them.
+RESERVED_KEYS = frozenset(
+    {
+        "process_id",
+        "workflow_name",
+        "workflow_target",
+        "reporter",
+        "subscription",
+        "subscription_id",
+        "callback_token",
+        "callback_result",
+    }
+)
+
+
 #: Items on a page of a list when the client does not say, and the most it may ask for.
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
@@ -45,11 +60,31 @@ def utc(epoch: float) -> datetime:
 #: Every allowed status change. A status may also "change" to itself only where listed.
 TRANSITIONS: dict[ProcessStatus, frozenset[ProcessStatus]] = {
     P.CREATED: frozenset(
-        {P.RUNNING, P.SUSPENDED, P.WAITING, P.AWAITING_CALLBACK, P.FAILED, P.ABORTED, P.COMPLETED}
-    ),
+        {
+            P.RUNNING,
+            P.SUSPENDED,
+            P.WAITING,
+            P.AWAITING_CALLBACK,
+            P.AWAITING_CHILDREN,
+            P.FAILED,
+            P.ABORTED,
+            P.COMPLETED,
+        }
+    ),  # fmt: skip
     P.RUNNING: frozenset(
-        {P.RUNNING, P.SUSPENDED, P.WAITING, P.AWAITING_CALLBACK, P.FAILED, P.ABORTED, P.COMPLETED}
-    ),
+        {
+            P.RUNNING,
+            P.SUSPENDED,
+            P.WAITING,
+            P.AWAITING_CALLBACK,
+            P.AWAITING_CHILDREN,
+            P.FAILED,
+            P.ABORTED,
+            P.COMPLETED,
+        }
+    ),  # fmt: skip
+    # RUNNING when its last child finishes (the store wakes it); FAILED when its code changed.
+    P.AWAITING_CHILDREN: frozenset({P.RUNNING, P.FAILED, P.ABORTED}),
     # FAILED: the code loaded now no longer has its step (contract §7).
     P.SUSPENDED: frozenset({P.RUNNING, P.FAILED, P.ABORTED}),
     P.WAITING: frozenset({P.RUNNING, P.FAILED, P.ABORTED}),
@@ -79,8 +114,16 @@ ALLOWED: dict[Action, frozenset[ProcessStatus]] = {
     Action.RETRY: frozenset({P.FAILED, P.WAITING}),
     Action.SKIP: frozenset({P.FAILED, P.WAITING}),
     Action.ABORT: frozenset(
-        {P.CREATED, P.RUNNING, P.SUSPENDED, P.WAITING, P.AWAITING_CALLBACK, P.FAILED}
-    ),
+        {
+            P.CREATED,
+            P.RUNNING,
+            P.SUSPENDED,
+            P.WAITING,
+            P.AWAITING_CALLBACK,
+            P.AWAITING_CHILDREN,
+            P.FAILED,
+        }
+    ),  # fmt: skip
     Action.CALLBACK: frozenset({P.AWAITING_CALLBACK}),
 }
 
@@ -152,6 +195,9 @@ class Process(msgspec.Struct, kw_only=True):
     #: Attempts of the current retrystep so far, and when the next automatic one is due.
     attempts: int = 0
     next_retry_at: datetime | None = None
+    #: Contract §9: the parent of a child process, and a parent's children (every fan-out).
+    parent_id: str | None = None
+    children: list[LinkedProcess] = msgspec.field(default_factory=list)
 
 
 class ProcessSummary(msgspec.Struct, kw_only=True):
@@ -167,6 +213,7 @@ class ProcessSummary(msgspec.Struct, kw_only=True):
     current_step: str | None = None
     subscription_id: str | None = None
     error: str | None = None
+    parent_id: str | None = None
 
 
 class SubscriptionStatus(enum.StrEnum):
@@ -228,6 +275,8 @@ class Event(msgspec.Struct, kw_only=True):
     process_id: str
     workflow: str
     status: ProcessStatus
+    #: The parent, for a child process (contract §9).
+    parent_id: str | None = None
     step: str | None = None
     step_status: StepStatus | None = None
     at: datetime | None = None

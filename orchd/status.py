@@ -17,6 +17,7 @@ class ProcessStatus(enum.StrEnum):
     SUSPENDED = "suspended"  # waits for a user's form answer (resume)
     WAITING = "waiting"  # a retrystep raised; retried automatically after a backoff
     AWAITING_CALLBACK = "awaiting_callback"  # waits for an external system's callback
+    AWAITING_CHILDREN = "awaiting_children"  # waits until its child processes have finished
     FAILED = "failed"  # a step raised; waits for a manual retry or abort
     ABORTED = "aborted"  # ended by abort; final
     COMPLETED = "completed"  # ran `done`; final

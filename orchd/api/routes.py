@@ -397,6 +397,7 @@ class ControlApi:
         page = await self.engine.list_processes(
             status=_text(query, "status"),
             workflow=_text(query, "workflow"),
+            parent=_text(query, "parent"),
             limit=_limit(query),
             cursor=_text(query, "cursor"),
         )
@@ -535,7 +536,9 @@ class ControlApi:
             Route("GET", "/api/processes", self.list_processes, "Processes, newest first",
                   ProcessPage, errors=(400,),
                   query=(Param("status", "only this status", enum=process_status),
-                         Param("workflow", "only this workflow"), *page)),
+                         Param("workflow", "only this workflow"),
+                         Param("parent", "only the children of this process",
+                               constraints=(("format", "uuid"),)), *page)),
             Route("GET", "/api/processes/{id}", self.get_process, "One process with its steps",
                   Process, errors=(404,), path_doc=(("id", "the process id"),)),
             Route("POST", "/api/processes/{id}/resume", self.resume_process,

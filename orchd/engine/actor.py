@@ -46,6 +46,7 @@ from orchd.errors import (
 from orchd.model import (
     ACTIVE,
     FINAL,
+    RESERVED_KEYS,
     Action,
     ProcessStatus,
     StepStatus,
@@ -68,8 +69,13 @@ from orchd.state import (
 from orchd.store.base import (
     ActionWrite,
     Checkpoint,
+    ChildOf,
+    ChildRefused,
+    NewProcess,
     ProcessRow,
     ProcessWrite,
+    ReplaceChildren,
+    StartChildren,
     StepWrite,
     token_digest,
 )
@@ -129,7 +135,8 @@ class Actor:
         "host", "pid", "mailbox", "loaded", "stopping", "abort_requested", "in_step",
         "pending_callback", "workflow", "workflow_name", "pk", "target", "status", "pc",
         "seq", "state", "current_step", "error", "form", "callback_token", "attempts", "position",
-        "next_retry_at", "subscription_id", "broken", "task",
+        "next_retry_at", "subscription_id", "broken", "task", "parent_id", "child_group",
+        "children_group", "children_pending", "replace_aborted",
     )  # fmt: skip
 
     def __init__(self, host: Host, pid: str, row: ProcessRow | None = None) -> None:
@@ -233,6 +240,11 @@ class Actor:
         self.next_retry_at = row.next_retry_at
         self.subscription_id = row.subscription_id
         self.position = None if row.step_key is None else (row.step_key, row.step_occurrence)
+        self.parent_id = row.parent_id
+        self.child_group = row.child_group
+        self.children_group = row.children_group
+        self.children_pending = row.children_pending
+        self.replace_aborted = False
         self.loaded = True
         self.broken = self._place()
 
@@ -353,6 +365,8 @@ class Actor:
             )
         if reissue:
             self._back_to_callback_action()
+        # A retried children step starts new children for its aborted elements only.
+        self.replace_aborted = self.children_group is not None
         self.error = None
         self.next_retry_at = None
         detail = "reissue" if reissue else None
@@ -509,6 +523,8 @@ class Actor:
                 await self._suspend(step, started)
             case StepKind.CALLBACK_WAIT:
                 await self._wait_for_callback(step, started)
+            case StepKind.CHILDREN:
+                await self._children(step, started)
             case _:
                 await self._run_function(step, started)
 
@@ -670,6 +686,101 @@ class Actor:
         )
         await self._commit(step, outcome)
 
+    async def _children(self, step: Step, started: float) -> None:
+        """Start the children (once), or take their results when they have all finished."""
+        try:
+            if self.children_group is None:
+                await self._start_children(step)
+                return
+            rows = await self.host.children_of(self.pid, self.children_group)
+            if any(r.status not in FINAL for r in rows):  # woken early: wait on
+                self.children_pending = sum(r.status not in FINAL for r in rows)
+                await self._write(P.AWAITING_CHILDREN, steps=[])
+                return
+            aborted = [r for r in rows if r.status == P.ABORTED]
+            if aborted and self.replace_aborted:
+                await self._restart_aborted(step, aborted)
+                return
+            if aborted:
+                named = ", ".join(f"element {r.child_index} ({r.id})" for r in aborted)
+                raise StepCrash(f"children {step.name!r}: aborted: {named}")
+        except (StepCrash, StepOutputError, OrchdError) as exc:
+            await self._step_raised(step, exc, started)
+            return
+        results = [
+            {"id": r.id, "status": r.status, "state": _without_reserved(r.state)} for r in rows
+        ]
+        changes = self._changes(step.name, {step.into: results} if step.into else None)
+        self.children_group = self.children_pending = None
+        outcome = Outcome(
+            P.RUNNING, StepStatus.SUCCESS, started, time.time(), changes, advance=True
+        )
+        await self._commit(step, outcome)
+
+    def _child_starts(
+        self, step: Step, elements: list[tuple[int, Any]], group: int, running: int
+    ) -> list[NewProcess]:
+        """Check every element's start; raises StepCrash naming each one refused."""
+        limit = step.max_concurrency or len(elements)
+        starts, problems = [], []
+        for n, (index, given) in enumerate(elements):
+            try:
+                starts.append(
+                    self.host.prepare_start(
+                        step.child_workflow,
+                        given,
+                        f"parent {self.pid}",
+                        parent_id=self.pid,
+                        group=group,
+                        index=index,
+                        held=running + n >= limit,
+                    )
+                )
+            except OrchdError as exc:
+                problems.append(f"element {index}: {exc.detail}")
+        if problems:
+            raise StepCrash(f"children {step.name!r}: " + "; ".join(problems))
+        return starts
+
+    async def _start_children(self, step: Step) -> None:
+        inputs = self.state.get(step.items_key)
+        if not isinstance(inputs, list):
+            raise StepCrash(
+                f"children {step.name!r}: state[{step.items_key!r}] must be a list of inputs"
+            )
+        group = self.seq + 1  # unique within the process: a later children step gets another
+        starts = self._child_starts(step, list(enumerate(inputs)), group, 0)
+        await self._await_children(group, starts, detach=None)
+
+    async def _restart_aborted(self, step: Step, aborted: list[ProcessRow]) -> None:
+        assert self.children_group is not None
+        inputs = self.state.get(step.items_key)
+        assert isinstance(inputs, list)
+        indexes = [r.child_index for r in aborted if r.child_index is not None]
+        elements = [(i, inputs[i]) for i in indexes]
+        starts = self._child_starts(step, elements, self.children_group, 0)
+        await self._await_children(self.children_group, starts, detach=[r.id for r in aborted])
+
+    async def _await_children(
+        self, group: int, starts: list[NewProcess], detach: list[str] | None
+    ) -> None:
+        previous = (self.children_group, self.children_pending)
+        self.children_group, self.children_pending = group, len(starts)
+        self.replace_aborted = False
+        status = P.AWAITING_CHILDREN if starts else P.RUNNING  # none: join at once
+        checkpoint = self._checkpoint(status, steps=[])
+        op: StartChildren | ReplaceChildren
+        if detach is None:
+            op = StartChildren(parent=checkpoint, children=starts)
+        else:
+            op = ReplaceChildren(parent=checkpoint, detach=detach, children=starts)
+        try:
+            await self.host.start_children(op)
+        except ChildRefused as exc:
+            self.children_group, self.children_pending = previous
+            raise StepCrash(f"children: {exc}") from None
+        self._committed(status, [], None)
+
     def _subscription_change(self, step: Step, delta: dict[str, Any]) -> dict[str, Any] | None:
         """Check and complete a subscription a step put into State; None if it did not."""
         given = delta.get("subscription", _MISSING)
@@ -748,16 +859,34 @@ class Actor:
         step_seconds: float | None = None,
         actions: list[ActionWrite] | None = None,
     ) -> None:
-        previous = self.status
+        checkpoint = self._checkpoint(
+            status, steps=steps, subscription=subscription, release=release, actions=actions
+        )
+        await self.host.checkpoint(checkpoint)
+        self._committed(status, steps, step_seconds)
+
+    def _checkpoint(
+        self,
+        status: ProcessStatus,
+        *,
+        steps: list[StepWrite],
+        subscription: dict[str, Any] | None = None,
+        release: str | None = None,
+        actions: list[ActionWrite] | None = None,
+    ) -> Checkpoint:
+        """The process as it is now, moving to ``status``, as one write."""
         # The one place a status changes: the table in orchd.model says what is allowed.
-        check_transition(previous, status)
+        check_transition(self.status, status)
         if status in FINAL:
             self.position = None
         elif self.broken is None and self.workflow is not None:
             # A broken process keeps the position it had: fixed code may find it again.
             self.position = self.workflow.positions.at(self.pc)
         key, occurrence = self.position or (None, 0)
-        checkpoint = Checkpoint(
+        child_of = None
+        if status in FINAL and self.parent_id is not None and self.child_group is not None:
+            child_of = ChildOf(parent_id=self.parent_id, group=self.child_group)
+        return Checkpoint(
             process_id=self.pid,
             process=ProcessWrite(
                 pk=self.pk,
@@ -774,16 +903,27 @@ class Actor:
                 subscription_id=self.subscription_id,
                 step_key=key,
                 step_occurrence=occurrence,
+                children_group=self.children_group,
+                children_pending=self.children_pending,
                 updated_at=time.time(),
             ),
             steps=steps,
             actions=actions or [],
             subscription=subscription,
             release=release,
+            child_of=child_of,
         )
-        await self.host.checkpoint(checkpoint)
-        self.status = status
+
+    def _committed(
+        self, status: ProcessStatus, steps: list[StepWrite], step_seconds: float | None
+    ) -> None:
+        previous, self.status = self.status, status
         self.host.committed(self, previous, steps, step_seconds)
+
+
+def _without_reserved(state: dict[str, Any]) -> dict[str, Any]:
+    """A child's State as its parent collects it: without the keys the engine sets."""
+    return {k: v for k, v in state.items() if k not in RESERVED_KEYS}
 
 
 def retry_delay(settings: EngineSettings, step: Step, attempt: int) -> float:

@@ -40,6 +40,8 @@ from orchd.errors import (
 from orchd.model import (
     ACTIVE,
     DEFAULT_PAGE,
+    FINAL,
+    RESERVED_KEYS,
     Event,
     Page,
     Process,
@@ -59,9 +61,12 @@ from orchd.state import (
 )
 from orchd.store.base import (
     Checkpoint,
+    ChildFinished,
     NewProcess,
     Positions,
     ProcessRow,
+    ReplaceChildren,
+    StartChildren,
     StepWrite,
     Store,
     token_digest,
@@ -165,6 +170,9 @@ class Engine:
     async def _recover(self) -> None:
         """Continue what a previous run left: active processes, retry and callback timers."""
         await self._place_unkeyed()
+        for child, parent in await self.store.unfinished_children_of_aborted():
+            # The parent's abort committed, the cascade to its children did not finish.
+            self._post(child, messages.Abort(actor=f"parent {parent}"), None)
         rows = await self.store.active_processes()
         for row in rows:
             self._post(row.id, messages.Run(), None, row=row)
@@ -278,7 +286,23 @@ class Engine:
         return await self.store.process(pid)
 
     async def checkpoint(self, checkpoint: Checkpoint) -> None:
-        await self.store.write(checkpoint)
+        finished = await self.store.write(checkpoint)
+        if isinstance(finished, ChildFinished):
+            # A child's last checkpoint: its parent may be awake, a held sibling free to go.
+            if faults.ENABLED and finished.woke is not None:
+                faults.point("parent_woken")
+            for pid in (finished.woke, finished.started):
+                if pid is not None and self._accepting:
+                    self._post(pid, messages.Run(), None)
+
+    async def start_children(self, op: StartChildren | ReplaceChildren) -> None:
+        for row in await self.store.write(op):
+            if row.held:
+                continue
+            self._started(row)
+
+    async def children_of(self, pid: str, group: int) -> list[ProcessRow]:
+        return await self.store.children(pid, group)
 
     def retire(self, actor: actors.Actor) -> None:
         if self.actors.get(actor.pid) is actor:
@@ -359,6 +383,7 @@ class Engine:
                 kind="step",
                 process_id=actor.pid,
                 workflow=actor.workflow_name,
+                parent_id=actor.parent_id,
                 status=status,
                 step=record.name,
                 step_status=StepStatus(record.status),
@@ -386,14 +411,31 @@ class Engine:
             else:
                 log.info("process=%s workflow=%s status=%s", actor.pid, actor.workflow_name, status)
             self._events.publish(
-                kind="process", process_id=actor.pid, workflow=actor.workflow_name, status=status
+                kind="process",
+                process_id=actor.pid,
+                workflow=actor.workflow_name,
+                parent_id=actor.parent_id,
+                status=status,
             )
+            if status is P.ABORTED and actor.children_group is not None:
+                self._cascade_abort(actor.pid)
         if status not in ACTIVE:
             for fut in self._waiters.pop(actor.pid, ()):
                 if not fut.done():
                     fut.set_result(None)
             if actor.callback_token:
                 self._tokens.pop(actor.callback_token, None)
+
+    def _cascade_abort(self, parent_id: str) -> None:
+        """An aborted parent aborts every unfinished child (each through its own actor)."""
+
+        async def cascade() -> None:
+            for child in await self.store.children(parent_id):
+                if child.status not in FINAL and self._accepting:
+                    self._post(child.id, messages.Abort(actor=f"parent {parent_id}"), None)
+
+        if self._tg is not None:
+            self._tg.create_task(cascade())
 
     # -- the public API -------------------------------------------------------------------
 
@@ -413,10 +455,33 @@ class Engine:
         """Create a process and set it running; returns its id once committed."""
         if not self._accepting:
             raise ShuttingDown("the engine is not accepting new processes")
+        op = self.prepare_start(workflow, {} if input is None else input, reporter)
+        row: ProcessRow = await self.store.write(op)
+        self._started(row)
+        return op.id
+
+    def _started(self, row: ProcessRow) -> None:
+        event = {"process_id": row.id, "workflow": row.workflow, "parent_id": row.parent_id}
+        self._events.publish(kind="process", status=P.CREATED, **event)
+        self._post(row.id, messages.Run(), None, row=row)
+
+    def prepare_start(
+        self,
+        workflow: str,
+        input: Any,
+        reporter: str | None,
+        *,
+        parent_id: str | None = None,
+        group: int | None = None,
+        index: int | None = None,
+        held: bool = False,
+    ) -> NewProcess:
+        """Check a start (workflow, input) and build it; raises what a refused start raises.
+        A child names its parent, fan-out and element; ``held`` waits for a free slot."""
         wf = self.workflows.get(workflow)
         if wf is None:
             raise WorkflowNotFound(f"no workflow named {workflow!r}")
-        values = self._initial_input(wf, {} if input is None else input)
+        values = self._initial_input(wf, input)
         pid = self.new_id()
         lock = (
             values.get("subscription_id")
@@ -430,7 +495,7 @@ class Engine:
             "workflow_target": str(wf.target),
             "reporter": reporter,
         }
-        op = NewProcess(
+        return NewProcess(
             actor=_actor(reporter),
             id=pid,
             workflow=wf.name,
@@ -441,11 +506,11 @@ class Engine:
             first_step=wf.steps[0].name,
             first_key=wf.steps[0].key,
             created_at=time.time(),
+            parent_id=parent_id,
+            child_group=group,
+            child_index=index,
+            held=held,
         )
-        row: ProcessRow = await self.store.write(op)
-        self._events.publish(kind="process", process_id=pid, workflow=wf.name, status=P.CREATED)
-        self._post(pid, messages.Run(), None, row=row)
-        return pid
 
     def _initial_input(self, wf: Workflow, given: Any) -> dict[str, Any]:
         given = dict(require_object(given))
@@ -496,12 +561,13 @@ class Engine:
         *,
         status: str | None = None,
         workflow: str | None = None,
+        parent: str | None = None,
         limit: int = DEFAULT_PAGE,
         cursor: str | None = None,
     ) -> Page:
-        """Processes, newest first, a page at a time."""
+        """Processes, newest first, a page at a time (``parent``: that process's children)."""
         return await self._views.list_processes(
-            status=status, workflow=workflow, limit=limit, cursor=cursor
+            status=status, workflow=workflow, parent=parent, limit=limit, cursor=cursor
         )
 
     async def get_subscription(self, sid: str) -> SubscriptionDetail:
@@ -646,18 +712,3 @@ def _actor(reporter: str | None, default: str = "engine") -> str:
 def open_store(database: str, *, synchronous: str = "FULL") -> Store:
     """The store for ``database``: a path (or ``:memory:``) is SQLite."""
     return SqliteStore(database, synchronous=synchronous)
-
-
-#: State keys the engine sets; input cannot supply them.
-RESERVED_KEYS = frozenset(
-    {
-        "process_id",
-        "workflow_name",
-        "workflow_target",
-        "reporter",
-        "subscription",
-        "subscription_id",
-        "callback_token",
-        "callback_result",
-    }
-)

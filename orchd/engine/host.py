@@ -13,7 +13,14 @@ from orchd.dsl import Workflow
 from orchd.engine.messages import Message
 from orchd.model import ProcessStatus
 from orchd.settings import EngineSettings
-from orchd.store.base import Checkpoint, ProcessRow, StepWrite
+from orchd.store.base import (
+    Checkpoint,
+    NewProcess,
+    ProcessRow,
+    ReplaceChildren,
+    StartChildren,
+    StepWrite,
+)
 
 if TYPE_CHECKING:
     from orchd.engine.actor import Actor
@@ -68,6 +75,26 @@ class Host(Protocol):
     def still_running(self, pid: str) -> str | None:
         """The step whose timed-out call still runs in a thread for this process, if any."""
         ...
+
+    def prepare_start(
+        self,
+        workflow: str,
+        input: Any,
+        reporter: str | None,
+        *,
+        parent_id: str | None = None,
+        group: int | None = None,
+        index: int | None = None,
+        held: bool = False,
+    ) -> NewProcess:
+        """Check and build a child's start; raises what a refused start raises."""
+        ...
+
+    async def start_children(self, op: StartChildren | ReplaceChildren) -> None:
+        """Commit a parent's checkpoint with its new children, then start those not held."""
+        ...
+
+    async def children_of(self, pid: str, group: int) -> list[ProcessRow]: ...
 
     def expect_callback(self, digest: str, pid: str) -> None:
         """Route callbacks with this token digest to the process."""

@@ -46,7 +46,7 @@ log = logging.getLogger("orchd.engine.scheduler")
 P = ProcessStatus
 
 #: Statuses in which the last run blocks the next one (see the module docstring).
-RUNNING = frozenset({P.CREATED, P.RUNNING, P.WAITING, P.AWAITING_CALLBACK})
+RUNNING = frozenset({P.CREATED, P.RUNNING, P.WAITING, P.AWAITING_CALLBACK, P.AWAITING_CHILDREN})
 
 #: The longest single sleep: the loop sleeps on the monotonic clock but fire times are wall-clock
 #: times, so it looks again now and then in case the wall clock was stepped (NTP, suspend).

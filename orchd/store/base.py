@@ -37,6 +37,15 @@ class ProcessRow(msgspec.Struct, kw_only=True):
     #: (None once finished, and for rows from before step keys, which ``pc`` still places).
     step_key: str | None = None
     step_occurrence: int = 0
+    #: For a child: its parent, its fan-out and element; for a parent waiting for a fan-out:
+    #: that fan-out and how many of its children are unfinished.
+    parent_id: str | None = None
+    child_group: int | None = None
+    child_index: int | None = None
+    children_group: int | None = None
+    children_pending: int | None = None
+    #: A child waiting as created for a free slot (not started at a restart).
+    held: bool = False
     reporter: str | None = None
     subscription_id: str | None = None
     current_step: str | None = None
@@ -129,6 +138,8 @@ class ProcessWrite(msgspec.Struct, kw_only=True, array_like=True):
     subscription_id: str | None = None
     step_key: str | None = None
     step_occurrence: int = 0
+    children_group: int | None = None
+    children_pending: int | None = None
     updated_at: float
     pk: int
 
@@ -172,6 +183,30 @@ class Checkpoint(msgspec.Struct, kw_only=True):
     subscription: dict[str, Any] | None = None
     #: A subscription to mark insync again without touching State (abort of MODIFY/TERMINATE).
     release: str | None = None
+    #: For a child that finishes here (completed or aborted): its parent and fan-out, whose
+    #: count goes down in the same transaction (waking the parent at zero, starting a held
+    #: sibling). The write then answers a ``ChildFinished``.
+    child_of: ChildOf | None = None
+
+
+class ChildOf(msgspec.Struct, kw_only=True):
+    parent_id: str
+    group: int
+
+
+class ChildFinished(msgspec.Struct, kw_only=True):
+    """What a child's last checkpoint set going: the parent it woke, the sibling it started."""
+
+    woke: str | None = None
+    started: str | None = None
+
+
+class ChildRefused(Exception):
+    """Raised when a child cannot be created (its subscription locked or missing)."""
+
+    def __init__(self, index: int | None, reason: str) -> None:
+        super().__init__(f"element {index}: {reason}")
+        self.index = index
 
 
 class NewProcess(msgspec.Struct, kw_only=True):
@@ -192,6 +227,28 @@ class NewProcess(msgspec.Struct, kw_only=True):
     created_at: float
     #: Who started it, recorded as the process's first action.
     actor: str
+    #: For a child: its parent, fan-out and element; ``held``: it waits for a free slot.
+    parent_id: str | None = None
+    child_group: int | None = None
+    child_index: int | None = None
+    held: bool = False
+
+
+class StartChildren(msgspec.Struct, kw_only=True):
+    """A parent's checkpoint (now ``awaiting_children``) and every child it starts, committed
+    together or not at all. Answers the new children's rows; a child refused (its subscription
+    locked or missing) raises ChildRefused naming its element."""
+
+    parent: Checkpoint
+    children: list[NewProcess]
+
+
+class ReplaceChildren(msgspec.Struct, kw_only=True):
+    """A retried parent's fan-out: the aborted children detached, new ones for their elements."""
+
+    parent: Checkpoint
+    detach: list[str]
+    children: list[NewProcess]
 
 
 class ScheduleRun(msgspec.Struct, kw_only=True):
@@ -244,6 +301,8 @@ Op = (
     | ScheduleStarted
     | SchedulePlan
     | Positions
+    | StartChildren
+    | ReplaceChildren
 )
 
 
@@ -303,6 +362,18 @@ class Store(Protocol):
         ...
 
     async def statuses(self, pids: list[str]) -> dict[str, str]: ...
+
+    async def children(self, parent_id: str, group: int | None = None) -> list[ProcessRow]:
+        """A parent's children (of one fan-out, when given), in element order."""
+        ...
+
+    async def child_links(self, parent_id: str) -> list[LinkedProcess]:
+        """Every child of a parent (of every fan-out), in element order."""
+        ...
+
+    async def unfinished_children_of_aborted(self) -> list[tuple[str, str]]:
+        """Children still unfinished whose parent was aborted (a cascade a crash cut short)."""
+        ...
 
     async def counts(self) -> dict[str, int]:
         """Processes by status (statuses with none are left out)."""

@@ -59,6 +59,7 @@ class Views:
             raise ProcessNotFound(f"process {pid} does not exist")
         steps = await self.store.steps(row.pk)
         actions = await self.store.actions(row.pk)
+        children = await self.store.child_links(row.id)
         status = P(row.status)
         return Process(
             id=row.id,
@@ -94,6 +95,8 @@ class Views:
             subscription_id=row.subscription_id,
             attempts=row.attempts,
             next_retry_at=_dt(row.next_retry_at) if status is P.WAITING else None,
+            parent_id=row.parent_id,
+            children=children,
         )
 
     async def list_processes(
@@ -101,11 +104,17 @@ class Views:
         *,
         status: str | None = None,
         workflow: str | None = None,
+        parent: str | None = None,
         limit: int = DEFAULT_PAGE,
         cursor: str | None = None,
     ) -> Page:
         _known(P, status, "status")
-        filters = _given(status=status, workflow=workflow)
+        if parent is not None:
+            canonical = uuid_or_none(parent)
+            if canonical is None:
+                raise BadRequest(f"parent: {parent!r} is not a process id")
+            parent = canonical
+        filters = _given(status=status, workflow=workflow, parent_id=parent)
         items, after = await self.store.process_page(filters, _limit(limit), _cursor(cursor))
         return Page(items=items, next_cursor=None if after is None else str(after))
 

@@ -31,12 +31,13 @@ _decode = msgspec.json.Decoder().decode
 _PROCESS_COLUMNS = (
     "rowid", "id", "workflow", "target", "status", "pc", "seq", "state", "reporter",
     "subscription_id", "current_step", "error", "form", "callback_token", "attempts",
-    "next_retry_at", "created_at", "updated_at", "step_key", "step_occurrence",
+    "next_retry_at", "created_at", "updated_at", "step_key", "step_occurrence", "parent_id",
+    "child_group", "child_index", "children_group", "children_pending", "held",
 )  # fmt: skip
 _SELECT_PROCESS = f"SELECT {', '.join(_PROCESS_COLUMNS)} FROM processes"
 _SUMMARY_COLUMNS = (
     "id, workflow, target, status, created_at, updated_at, reporter, current_step, "
-    "subscription_id, error"
+    "subscription_id, error, parent_id"
 )
 SELECT_SUBSCRIPTION = f"SELECT {', '.join(SUBSCRIPTION_FIELDS)} FROM subscriptions WHERE id = ?"
 
@@ -45,7 +46,8 @@ def process_row(row: Iterable[Any]) -> ProcessRow:
     """A ``processes`` row (columns in ``_PROCESS_COLUMNS`` order) as a record."""
     (pk, pid, workflow, target, status, pc, seq, state, reporter, subscription_id, current,
      error, form, token, attempts, next_retry_at, created_at, updated_at, key,
-     occurrence) = row  # fmt: skip
+     occurrence, parent_id, child_group, child_index, children_group,
+     children_pending, held) = row  # fmt: skip
     return ProcessRow(
         pk=pk,
         id=pid,
@@ -67,6 +69,12 @@ def process_row(row: Iterable[Any]) -> ProcessRow:
         updated_at=updated_at,
         step_key=key,
         step_occurrence=occurrence or 0,
+        parent_id=parent_id,
+        child_group=child_group,
+        child_index=child_index,
+        children_group=children_group,
+        children_pending=children_pending,
+        held=bool(held),
     )
 
 
@@ -79,7 +87,7 @@ def subscription_from_row(row: Iterable[Any]) -> dict[str, Any]:
 
 
 def _summary(row: Iterable[Any]) -> ProcessSummary:
-    pid, workflow, target, status, created, updated, reporter, current, sid, error = row
+    pid, workflow, target, status, created, updated, reporter, current, sid, error, parent = row
     return ProcessSummary(
         id=pid,
         workflow=workflow,
@@ -91,6 +99,7 @@ def _summary(row: Iterable[Any]) -> ProcessSummary:
         current_step=current,
         subscription_id=sid,
         error=error,
+        parent_id=parent,
     )
 
 
@@ -139,7 +148,10 @@ class Reads:
 
     async def active_processes(self) -> list[ProcessRow]:
         # One query for all of them: thousands of processes may have been in flight.
-        rows = await self.fetchall(f"{_SELECT_PROCESS} WHERE status IN ('created', 'running')")
+        # Children held for a free slot wait: a restart must not start them all at once.
+        rows = await self.fetchall(
+            f"{_SELECT_PROCESS} WHERE status IN ('created', 'running') AND held = 0"
+        )
         return [process_row(row) for row in rows]
 
     async def timed_processes(self) -> list[TimedProcess]:
@@ -181,6 +193,33 @@ class Reads:
             (pk,),
         )
         return [ActionRow(at=at, action=a, actor=who, detail=d) for at, a, who, d in rows]
+
+    async def children(self, parent_id: str, group: int | None = None) -> list[ProcessRow]:
+        if group is None:
+            rows = await self.fetchall(
+                f"{_SELECT_PROCESS} WHERE parent_id = ? ORDER BY rowid", (parent_id,)
+            )
+        else:
+            rows = await self.fetchall(
+                f"{_SELECT_PROCESS} WHERE parent_id = ? AND child_group = ? ORDER BY child_index",
+                (parent_id, group),
+            )
+        return [process_row(row) for row in rows]
+
+    async def child_links(self, parent_id: str) -> list[LinkedProcess]:
+        rows = await self.fetchall(
+            "SELECT id, workflow, status FROM processes WHERE parent_id = ? "
+            "ORDER BY child_index, rowid",
+            (parent_id,),
+        )
+        return [LinkedProcess(id=i, workflow=w, status=ProcessStatus(s)) for i, w, s in rows]
+
+    async def unfinished_children_of_aborted(self) -> list[tuple[str, str]]:
+        rows = await self.fetchall(
+            "SELECT c.id, c.parent_id FROM processes c JOIN processes p ON p.id = c.parent_id "
+            "WHERE p.status = 'aborted' AND c.status NOT IN ('completed', 'aborted')"
+        )
+        return [(str(child), str(parent)) for child, parent in rows]
 
     async def statuses(self, pids: list[str]) -> dict[str, str]:
         if not pids:

@@ -12,7 +12,7 @@ from orchd.store.base import token_digest
 
 log = logging.getLogger("orchd.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _digest_callback_tokens(conn: sqlite3.Connection) -> None:
@@ -122,6 +122,18 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         # Who skipped a step and why (operator remediation).
         "ALTER TABLE steps ADD COLUMN actor TEXT",
         "ALTER TABLE steps ADD COLUMN reason TEXT",
+    ],
+    [
+        # Child processes (contract §9). A child names its parent, the fan-out it belongs to
+        # (``child_group``: the parent's children step run) and its element; ``held`` children
+        # wait as created for a free slot. A waiting parent counts its unfinished children.
+        "ALTER TABLE processes ADD COLUMN parent_id TEXT",
+        "ALTER TABLE processes ADD COLUMN child_group INTEGER",
+        "ALTER TABLE processes ADD COLUMN child_index INTEGER",
+        "ALTER TABLE processes ADD COLUMN held INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE processes ADD COLUMN children_group INTEGER",
+        "ALTER TABLE processes ADD COLUMN children_pending INTEGER",
+        "CREATE INDEX processes_by_parent ON processes (parent_id, child_group, held)",
     ],
 ]
 

@@ -27,14 +27,18 @@ from orchd.errors import StoreError, SubscriptionLocked, SubscriptionNotFound
 from orchd.model import START
 from orchd.store.base import (
     Checkpoint,
+    ChildFinished,
+    ChildRefused,
     NewProcess,
     Op,
     Positions,
     ProcessRow,
+    ReplaceChildren,
     ScheduleClaim,
     SchedulePlan,
     ScheduleRun,
     ScheduleStarted,
+    StartChildren,
 )
 from orchd.store.sqlite.reads import SELECT_SUBSCRIPTION, subscription_from_row
 
@@ -74,7 +78,8 @@ class _Batch:
 
 _UPDATE_PROCESS = """UPDATE processes SET status = ?, pc = ?, seq = ?, state = ?, current_step = ?,
     error = ?, form = ?, callback_token = ?, attempts = ?, next_retry_at = ?,
-    subscription_id = ?, step_key = ?, step_occurrence = ?, updated_at = ? WHERE rowid = ?"""
+    subscription_id = ?, step_key = ?, step_occurrence = ?, children_group = ?,
+    children_pending = ?, updated_at = ? WHERE rowid = ?"""
 _INSERT_STEP = """INSERT INTO steps (process, seq, name, status, started_at, finished_at,
     error, traceback, delta, key, actor, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 _UPSERT_SUBSCRIPTION = """INSERT INTO subscriptions (id, product, customer_id, description,
@@ -121,8 +126,9 @@ def _add_checkpoint(batch: _Batch, cp: Checkpoint) -> None:
 
 
 _INSERT_PROCESS = """INSERT INTO processes (id, workflow, target, status, pc, seq, state, reporter,
-    subscription_id, current_step, step_key, step_occurrence, created_at, updated_at)
-    VALUES (?, ?, ?, 'created', 0, 0, ?, ?, ?, ?, ?, 0, ?, ?)"""
+    subscription_id, current_step, step_key, step_occurrence, created_at, updated_at, parent_id,
+    child_group, child_index, held)
+    VALUES (?, ?, ?, 'created', 0, 0, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)"""
 
 
 def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
@@ -158,6 +164,10 @@ def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
             op.first_key,
             op.created_at,
             op.created_at,
+            op.parent_id,
+            op.child_group,
+            op.child_index,
+            int(op.held),
         ),
     )
     pk = cur.lastrowid
@@ -176,6 +186,10 @@ def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
         subscription_id=op.lock,
         current_step=op.first_step,
         step_key=op.first_key,
+        parent_id=op.parent_id,
+        child_group=op.child_group,
+        child_index=op.child_index,
+        held=op.held,
         created_at=op.created_at,
         updated_at=op.created_at,
     )
@@ -222,6 +236,67 @@ def _started(conn: sqlite3.Connection, op: ScheduleStarted) -> None:
     conn.execute(_LAST, (op.name, op.process_id, op.fire_at))
 
 
+def _checkpoint_now(conn: sqlite3.Connection, cp: Checkpoint) -> None:
+    rows = _Batch()
+    _add_checkpoint(rows, cp)
+    rows.flush(conn)
+
+
+def _create_children(conn: sqlite3.Connection, children: list[NewProcess]) -> list[ProcessRow]:
+    created = []
+    for child in children:
+        try:
+            created.append(_create_process(conn, child))
+        except (SubscriptionLocked, SubscriptionNotFound) as exc:
+            raise ChildRefused(child.child_index, exc.detail) from None
+    return created
+
+
+def _start_children(conn: sqlite3.Connection, op: StartChildren) -> list[ProcessRow]:
+    created = _create_children(conn, op.children)
+    _checkpoint_now(conn, op.parent)
+    return created
+
+
+def _replace_children(conn: sqlite3.Connection, op: ReplaceChildren) -> list[ProcessRow]:
+    conn.executemany(
+        "UPDATE processes SET child_group = NULL WHERE id = ?", [(pid,) for pid in op.detach]
+    )
+    return _start_children(conn, StartChildren(parent=op.parent, children=op.children))
+
+
+_COUNT_DOWN = """UPDATE processes SET children_pending = children_pending - 1
+    WHERE id = ? AND children_group = ? AND children_pending > 0"""
+_NEXT_HELD = """SELECT id FROM processes WHERE parent_id = ? AND child_group = ? AND held = 1
+    ORDER BY child_index LIMIT 1"""
+
+
+def _finish_child(conn: sqlite3.Connection, cp: Checkpoint) -> ChildFinished:
+    """A child's last checkpoint, and its parent's count of unfinished children with it."""
+    _checkpoint_now(conn, cp)
+    link = cp.child_of
+    assert link is not None
+    conn.execute(_COUNT_DOWN, (link.parent_id, link.group))
+    row = conn.execute(
+        "SELECT status, children_pending, children_group FROM processes WHERE id = ?",
+        (link.parent_id,),
+    ).fetchone()
+    if row is None or row[0] != "awaiting_children" or row[2] != link.group:
+        return ChildFinished()  # aborted, or moved on: nothing to wake, nothing to start
+    answer = ChildFinished()
+    if row[1] == 0:
+        conn.execute(
+            "UPDATE processes SET status = 'running', updated_at = ? WHERE id = ?",
+            (cp.process.updated_at, link.parent_id),
+        )
+        answer.woke = link.parent_id
+    held = conn.execute(_NEXT_HELD, (link.parent_id, link.group)).fetchone()
+    if held is not None:
+        conn.execute("UPDATE processes SET held = 0 WHERE id = ?", (held[0],))
+        answer.started = held[0]
+    return answer
+
+
 def _plan(conn: sqlite3.Connection, op: SchedulePlan) -> None:
     conn.executemany(_SET_NEXT, list(op.next_fire_at.items()))
 
@@ -241,6 +316,9 @@ _APPLY: dict[type[Any], Callable[[sqlite3.Connection, Any], Any]] = {
     ScheduleStarted: _started,
     SchedulePlan: _plan,
     Positions: _place,
+    StartChildren: _start_children,
+    ReplaceChildren: _replace_children,
+    Checkpoint: _finish_child,  # only a child's last one comes here (see _apply)
 }
 
 
@@ -389,7 +467,7 @@ class Writer(threading.Thread):
         conn.execute("BEGIN IMMEDIATE")
         try:
             for op, fut in batch:
-                if isinstance(op, Checkpoint):
+                if isinstance(op, Checkpoint) and op.child_of is None:
                     _add_checkpoint(rows, op)
                     results.append((fut, None, True))
                     continue
