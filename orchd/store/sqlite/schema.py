@@ -133,7 +133,7 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         "ALTER TABLE processes ADD COLUMN held INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE processes ADD COLUMN children_group INTEGER",
         "ALTER TABLE processes ADD COLUMN children_pending INTEGER",
-        "CREATE INDEX processes_by_parent ON processes (parent_id, child_group, held)",
+        "CREATE INDEX processes_by_parent ON processes (parent_id, child_group, held, child_index)",
     ],
 ]
 
