@@ -183,3 +183,5 @@ async def test_events_of_children_name_their_parent(engine: Engine) -> None:
     mine = [e for e in seen if e.process_id == child]
     assert mine and all(e.parent_id == pid for e in mine)
     assert all(e.parent_id is None for e in seen if e.process_id == pid)
+    statuses = [e.status for e in seen if e.process_id == pid and e.kind == "process"]
+    assert statuses == ["created", "running", "awaiting_children", "running", "completed"]

@@ -289,8 +289,16 @@ class Engine:
         finished = await self.store.write(checkpoint)
         if isinstance(finished, ChildFinished):
             # A child's last checkpoint: its parent may be awake, a held sibling free to go.
-            if faults.ENABLED and finished.woke is not None:
-                faults.point("parent_woken")
+            if finished.woke is not None:
+                if faults.ENABLED:
+                    faults.point("parent_woken")
+                self._events.publish(
+                    kind="process",
+                    process_id=finished.woke,
+                    workflow=finished.woke_workflow,
+                    parent_id=finished.woke_parent,
+                    status=P.RUNNING,
+                )
             for pid in (finished.woke, finished.started):
                 if pid is not None and self._accepting:
                     self._post(pid, messages.Run(), None)

@@ -198,6 +198,9 @@ class ChildFinished(msgspec.Struct, kw_only=True):
     """What a child's last checkpoint set going: the parent it woke, the sibling it started."""
 
     woke: str | None = None
+    #: The woken parent's workflow and its own parent, for its status event.
+    woke_workflow: str = ""
+    woke_parent: str | None = None
     started: str | None = None
 
 

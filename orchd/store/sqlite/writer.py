@@ -278,7 +278,8 @@ def _finish_child(conn: sqlite3.Connection, cp: Checkpoint) -> ChildFinished:
     assert link is not None
     conn.execute(_COUNT_DOWN, (link.parent_id, link.group))
     row = conn.execute(
-        "SELECT status, children_pending, children_group FROM processes WHERE id = ?",
+        "SELECT status, children_pending, children_group, workflow, parent_id FROM processes "
+        "WHERE id = ?",
         (link.parent_id,),
     ).fetchone()
     if row is None or row[0] != "awaiting_children" or row[2] != link.group:
@@ -289,7 +290,7 @@ def _finish_child(conn: sqlite3.Connection, cp: Checkpoint) -> ChildFinished:
             "UPDATE processes SET status = 'running', updated_at = ? WHERE id = ?",
             (cp.process.updated_at, link.parent_id),
         )
-        answer.woke = link.parent_id
+        answer.woke, answer.woke_workflow, answer.woke_parent = link.parent_id, row[3], row[4]
     held = conn.execute(_NEXT_HELD, (link.parent_id, link.group)).fetchone()
     if held is not None:
         conn.execute("UPDATE processes SET held = 0 WHERE id = ?", (held[0],))
