@@ -9,18 +9,17 @@ in the database until a message re-activates it.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import math
-import random
 import secrets
 import time
 import traceback
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from orchd import _faults as faults
 from orchd.dsl import Form, Step, StepKind, Stranded, Workflow
+from orchd.engine.calls import call_step, cancelled_from_outside
+from orchd.engine.children import aborted_problem, child_starts, results
 from orchd.engine.host import Host
 from orchd.engine.messages import (
     Abort,
@@ -35,6 +34,12 @@ from orchd.engine.messages import (
     Stop,
     respond,
 )
+from orchd.engine.outcome import (
+    Outcome,
+    StepCrash,
+    changes_of,
+    retry_delay,
+)
 from orchd.errors import (
     CallbackNotFound,
     FormValidationError,
@@ -46,7 +51,6 @@ from orchd.errors import (
 from orchd.model import (
     ACTIVE,
     FINAL,
-    RESERVED_KEYS,
     Action,
     ProcessStatus,
     StepStatus,
@@ -54,7 +58,6 @@ from orchd.model import (
     check_action,
     check_transition,
 )
-from orchd.settings import EngineSettings
 from orchd.state import (
     StepInputError,
     StepOutputError,
@@ -62,7 +65,6 @@ from orchd.state import (
     encode,
     form_schema,
     inject,
-    non_finite,
     to_json_values,
     validate_form,
 )
@@ -84,35 +86,6 @@ from orchd.subscriptions import SubscriptionError, complete_subscription
 log = logging.getLogger("orchd.engine.actor")
 P = ProcessStatus
 _MISSING: Any = object()
-
-
-class Changes(NamedTuple):
-    """What a step changed in State: the changed keys, and the same encoded once."""
-
-    values: dict[str, Any]
-    encoded: bytes | None
-
-
-NO_CHANGES = Changes({}, None)
-
-
-class Outcome(NamedTuple):
-    """How a step ended, as its checkpoint records it."""
-
-    #: The process's status after the step, and the step record's.
-    status: ProcessStatus
-    step_status: StepStatus
-    started: float
-    finished: float
-    changes: Changes = NO_CHANGES
-    #: Move on to the next step (else the process stays at this one).
-    advance: bool = False
-    #: ``state["subscription"]`` as it is to be saved, when the step changed it.
-    subscription: dict[str, Any] | None = None
-    error: str | None = None
-    traceback: str | None = None
-    #: The request that led here (a resume, a callback), recorded with the checkpoint.
-    action: ActionWrite | None = None
 
 
 def _refused(action: Action, status: ProcessStatus, pid: str) -> InvalidTransition:
@@ -330,7 +303,7 @@ class Actor:
         form = await self._form_of(step)
         values = validate_form(form, answer)
         now = time.time()
-        changes = self._changes(step.name, values)
+        changes = changes_of(self.state, step.name, values)
         outcome = Outcome(
             P.RUNNING,
             StepStatus.SUCCESS,
@@ -466,7 +439,7 @@ class Actor:
         now = time.time()
         self.next_retry_at = None
         self._end_wait()
-        changes = self._changes(step.name, {"callback_result": payload})
+        changes = changes_of(self.state, step.name, {"callback_result": payload})
         outcome = Outcome(
             P.RUNNING,
             StepStatus.SUCCESS,
@@ -549,12 +522,12 @@ class Actor:
             faults.point("before_step")
         try:
             kwargs = inject(step.name, step.params, view, self.host.resources)
-            result = await self._call(step, kwargs)
+            result = await call_step(self.host, self.pid, step, kwargs)
             delta = to_json_values(step.name, result)
             sub = self._subscription_change(step, delta)
-            changes = self._changes(step.name, delta)
+            changes = changes_of(self.state, step.name, delta)
         except asyncio.CancelledError as exc:
-            if _cancelled_from_outside():
+            if cancelled_from_outside():
                 raise  # this actor is being stopped: the step runs again at the next start
             # Step code raised it itself (or cancelled something it awaited): a failed step.
             await self._step_raised(step, exc, started)
@@ -576,30 +549,6 @@ class Actor:
             subscription=sub,
         )
         await self._commit(step, outcome)
-
-    async def _call(self, step: Step, kwargs: dict[str, Any]) -> Any:
-        assert step.func is not None
-        timeout = step.timeout if step.timeout is not None else self.host.settings.step_timeout
-        if not timeout:
-            if step.is_async:  # the common case, one coroutine frame less per waiting actor
-                return await step.func(**kwargs)
-            return await self._invoke(step, kwargs)
-        deadline = asyncio.timeout(timeout)
-        try:
-            async with deadline:
-                return await self._invoke(step, kwargs)
-        except TimeoutError:
-            if not deadline.expired():
-                raise  # the step's own TimeoutError: a failure like any other
-        raise StepTimeout(f"step {step.name!r} did not finish within {timeout:g} s")
-
-    async def _invoke(self, step: Step, kwargs: dict[str, Any]) -> Any:
-        assert step.func is not None
-        if step.is_async:
-            return await step.func(**kwargs)
-        return await self.host.in_thread(
-            self.pid, step.name, functools.partial(step.func, **kwargs)
-        )
 
     async def _step_raised(self, step: Step, exc: BaseException, started: float) -> None:
         if isinstance(exc, StepInputError | StepOutputError | SubscriptionError | StepCrash):
@@ -674,7 +623,7 @@ class Actor:
             if self.target is Target.TERMINATE:
                 change["status"] = "terminated"
                 change["end_date"] = _now_iso()
-        changes = self._changes(step.name, {"subscription": change} if change else None)
+        changes = changes_of(self.state, step.name, {"subscription": change} if change else None)
         outcome = Outcome(
             P.COMPLETED,
             StepStatus.SUCCESS,
@@ -702,45 +651,17 @@ class Actor:
                 await self._restart_aborted(step, aborted)
                 return
             if aborted:
-                named = ", ".join(f"element {r.child_index} ({r.id})" for r in aborted)
-                raise StepCrash(f"children {step.name!r}: aborted: {named}")
+                raise aborted_problem(step, aborted)
         except (StepCrash, StepOutputError, OrchdError) as exc:
             await self._step_raised(step, exc, started)
             return
-        results = [
-            {"id": r.id, "status": r.status, "state": _without_reserved(r.state)} for r in rows
-        ]
-        changes = self._changes(step.name, {step.into: results} if step.into else None)
+        collected = {step.into: results(rows)} if step.into else None
+        changes = changes_of(self.state, step.name, collected)
         self.children_group = self.children_pending = None
         outcome = Outcome(
             P.RUNNING, StepStatus.SUCCESS, started, time.time(), changes, advance=True
         )
         await self._commit(step, outcome)
-
-    def _child_starts(
-        self, step: Step, elements: list[tuple[int, Any]], group: int, running: int
-    ) -> list[NewProcess]:
-        """Check every element's start; raises StepCrash naming each one refused."""
-        limit = step.max_concurrency or len(elements)
-        starts, problems = [], []
-        for n, (index, given) in enumerate(elements):
-            try:
-                starts.append(
-                    self.host.prepare_start(
-                        step.child_workflow,
-                        given,
-                        f"parent {self.pid}",
-                        parent_id=self.pid,
-                        group=group,
-                        index=index,
-                        held=running + n >= limit,
-                    )
-                )
-            except OrchdError as exc:
-                problems.append(f"element {index}: {exc.detail}")
-        if problems:
-            raise StepCrash(f"children {step.name!r}: " + "; ".join(problems))
-        return starts
 
     async def _start_children(self, step: Step) -> None:
         inputs = self.state.get(step.items_key)
@@ -749,7 +670,7 @@ class Actor:
                 f"children {step.name!r}: state[{step.items_key!r}] must be a list of inputs"
             )
         group = self.seq + 1  # unique within the process: a later children step gets another
-        starts = self._child_starts(step, list(enumerate(inputs)), group, 0)
+        starts = child_starts(self.host, self.pid, step, list(enumerate(inputs)), group)
         await self._await_children(group, starts, detach=None)
 
     async def _restart_aborted(self, step: Step, aborted: list[ProcessRow]) -> None:
@@ -758,7 +679,7 @@ class Actor:
         assert isinstance(inputs, list)
         indexes = [r.child_index for r in aborted if r.child_index is not None]
         elements = [(i, inputs[i]) for i in indexes]
-        starts = self._child_starts(step, elements, self.children_group, 0)
+        starts = child_starts(self.host, self.pid, step, elements, self.children_group)
         await self._await_children(self.children_group, starts, detach=[r.id for r in aborted])
 
     async def _await_children(
@@ -796,23 +717,6 @@ class Actor:
         return full
 
     # -- checkpoints ----------------------------------------------------------------------
-
-    def _changes(self, step_name: str, delta: dict[str, Any] | None) -> Changes:
-        """The keys ``delta`` changes in State, encoded once: the step record keeps these
-        bytes. Raises StepOutputError for a value JSON cannot hold faithfully."""
-        if not delta:
-            return NO_CHANGES
-        values = {k: v for k, v in delta.items() if self.state.get(k, _MISSING) != v}
-        if not values:
-            return NO_CHANGES
-        encoded = encode(values)
-        # JSON has no NaN or Infinity: the encoder would store them as null, silently. Only
-        # an encoding with a null in it can hide one, so only then is the value walked.
-        if b"null" in encoded and (where := non_finite(values)) is not None:
-            raise StepOutputError(
-                f"step {step_name!r} returned {where}, which JSON (and State) cannot hold"
-            )
-        return Changes(values, encoded)
 
     async def _commit(self, step: Step, outcome: Outcome) -> None:
         changed = outcome.changes.values
@@ -919,32 +823,6 @@ class Actor:
     ) -> None:
         previous, self.status = self.status, status
         self.host.committed(self, previous, steps, step_seconds)
-
-
-def _without_reserved(state: dict[str, Any]) -> dict[str, Any]:
-    """A child's State as its parent collects it: without the keys the engine sets."""
-    return {k: v for k, v in state.items() if k not in RESERVED_KEYS}
-
-
-def retry_delay(settings: EngineSettings, step: Step, attempt: int) -> float:
-    """Exponential backoff with jitter; never sooner than the base delay."""
-    base = step.backoff if step.backoff is not None else settings.retry_delay
-    delay = min(settings.retry_max_delay, base * math.pow(2, attempt - 1))
-    return delay * (1 + 0.25 * random.random())
-
-
-def _cancelled_from_outside() -> bool:
-    """Whether the running task itself is being cancelled (not just an exception in it)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-class StepCrash(Exception):
-    """Raised when engine-side evaluation for a step (its condition, its deadline) fails."""
-
-
-class StepTimeout(StepCrash):
-    """Raised when a step runs past its timeout (the step's own or the engine's default)."""
 
 
 __all__ = [

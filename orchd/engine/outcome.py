@@ -1,0 +1,78 @@
+"""How a step ended, as its checkpoint records it: what it changed in State (encoded once) and
+the record's status; and the errors engine-side evaluation of a step raises."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, NamedTuple
+
+from orchd.dsl import Step
+from orchd.model import ProcessStatus, StepStatus
+from orchd.settings import EngineSettings
+from orchd.state import StepOutputError, encode, non_finite
+from orchd.store.base import ActionWrite
+
+_MISSING: Any = object()
+
+
+class Changes(NamedTuple):
+    """What a step changed in State: the changed keys, and the same encoded once."""
+
+    values: dict[str, Any]
+    encoded: bytes | None
+
+
+NO_CHANGES = Changes({}, None)
+
+
+def changes_of(state: dict[str, Any], step_name: str, delta: dict[str, Any] | None) -> Changes:
+    """The keys ``delta`` changes in ``state``, encoded once: the step record keeps these
+    bytes. Raises StepOutputError for a value JSON cannot hold faithfully."""
+    if not delta:
+        return NO_CHANGES
+    values = {k: v for k, v in delta.items() if state.get(k, _MISSING) != v}
+    if not values:
+        return NO_CHANGES
+    encoded = encode(values)
+    # JSON has no NaN or Infinity: the encoder would store them as null, silently. Only an
+    # encoding with a null in it can hide one, so only then is the value walked.
+    if b"null" in encoded and (where := non_finite(values)) is not None:
+        raise StepOutputError(
+            f"step {step_name!r} returned {where}, which JSON (and State) cannot hold"
+        )
+    return Changes(values, encoded)
+
+
+class Outcome(NamedTuple):
+    """How a step ended, as its checkpoint records it."""
+
+    #: The process's status after the step, and the step record's.
+    status: ProcessStatus
+    step_status: StepStatus
+    started: float
+    finished: float
+    changes: Changes = NO_CHANGES
+    #: Move on to the next step (else the process stays at this one).
+    advance: bool = False
+    #: ``state["subscription"]`` as it is to be saved, when the step changed it.
+    subscription: dict[str, Any] | None = None
+    error: str | None = None
+    traceback: str | None = None
+    #: The request that led here (a resume, a callback), recorded with the checkpoint.
+    action: ActionWrite | None = None
+
+
+def retry_delay(settings: EngineSettings, step: Step, attempt: int) -> float:
+    """Exponential backoff with jitter; never sooner than the base delay."""
+    base = step.backoff if step.backoff is not None else settings.retry_delay
+    delay = min(settings.retry_max_delay, base * math.pow(2, attempt - 1))
+    return delay * (1 + 0.25 * random.random())
+
+
+class StepCrash(Exception):
+    """Raised when engine-side evaluation for a step (its condition, its deadline) fails."""
+
+
+class StepTimeout(StepCrash):
+    """Raised when a step runs past its timeout (the step's own or the engine's default)."""
