@@ -41,6 +41,25 @@ def _trivial(n: int) -> Any:
 _STEPS = [_trivial(n) for n in range(8)]
 
 
+def _trivial_sync(n: int) -> Any:
+    @step(f"sync step {n}")
+    def trivial() -> State:
+        return {f"k{n}": n}
+
+    return trivial
+
+
+_SYNC_STEPS = [_trivial_sync(n) for n in range(8)]
+
+
+@workflow("Benchmark: ten trivial steps, plain functions", target=Target.SYSTEM)
+def bench_ten_sync_steps():  # type: ignore[no-untyped-def]
+    flow = init
+    for s in _SYNC_STEPS:
+        flow = flow >> s
+    return flow >> done
+
+
 @workflow("Benchmark: a child of three trivial steps", target=Target.SYSTEM)
 def bench_child():  # type: ignore[no-untyped-def]
     return init >> _STEPS[0] >> _STEPS[1] >> _STEPS[2] >> done
@@ -164,10 +183,12 @@ async def _run_all(
     return elapsed
 
 
-async def p1_throughput(directory: str, processes: int) -> dict[str, float]:
-    engine = await _engine(directory, f"p1-{processes}")
+async def p1_throughput(
+    directory: str, processes: int, workflow: str = "bench_ten_steps"
+) -> dict[str, float]:
+    engine = await _engine(directory, f"p1-{workflow}-{processes}")
     try:
-        elapsed = await _run_all(engine, "bench_ten_steps", processes)
+        elapsed = await _run_all(engine, workflow, processes)
         store = engine.stats().store
         return {
             "steps_per_s": processes * 10 / elapsed,
@@ -194,6 +215,19 @@ async def p8_children(directory: str, count: int) -> dict[str, float]:
             raise RuntimeError("P8: the event listener fell behind; no figure")
         independent = await _run_all(engine, "bench_child", count, steps=5)
         return {"fan_out_s": fan_out, "independent_s": independent}
+    finally:
+        await engine.close()
+
+
+async def sequential_starts(directory: str, count: int) -> float:
+    """Starts per second from one client in a loop, each waiting for its durable commit, while
+    the started processes (ten async steps) run beside them."""
+    engine = await _engine(directory, f"seq-{count}")
+    try:
+        started = time.perf_counter()
+        for _ in range(count):
+            await engine.start("bench_ten_steps")
+        return count / (time.perf_counter() - started)
     finally:
         await engine.close()
 
@@ -351,6 +385,14 @@ def main(argv: list[str]) -> int:
             f"{raw:,.0f} commits/s",
             ">= 30,000/s, >= 5x raw",
         )
+        p1s = _median(runs, lambda: p1_throughput(directory, p1_count, "bench_ten_sync_steps"))
+        table.row(
+            f"P1s {p1_count:,} x 10 plain-function steps",
+            f"{p1s['steps_per_s']:,.0f} steps/s "
+            f"({p1s['steps_per_s'] / p1['steps_per_s']:.2f}x async)",
+            f"{p1['steps_per_s']:,.0f} async steps/s (P1)",
+            ">= 0.8x async",
+        )
         p2 = _median(runs, lambda: p2_latency(directory))
         table.row(
             "P2 one 10-step process",
@@ -406,6 +448,14 @@ def main(argv: list[str]) -> int:
             f"{p7:,.0f} starts/s",
             f"{bench_api.CLIENTS} concurrent clients",
             ">= 5,000/s",
+        )
+        seq_count = 500 if args.quick else 2000
+        seq = _median(runs, lambda: sequential_starts(directory, seq_count))
+        table.row(
+            f"P7s {seq_count:,} starts one after another",
+            f"{seq:,.0f} starts/s",
+            f"{raw:,.0f} raw commits/s",
+            "as close to raw as durability allows",
         )
         p8_count = 1000 if args.quick else 10_000
         p8 = _median(runs, lambda: p8_children(directory, p8_count))

@@ -6,18 +6,35 @@ call gives its place in the pool back, so a few hung steps never stall every oth
 sync steps; the pool then runs up to ``size`` live calls beside at most ``size`` abandoned ones,
 which ``/metrics`` counts. Threads are daemon threads: a hung step never keeps the interpreter
 from exiting (the daemon's shutdown commits first).
+
+Results go back to the event loop in batches: a worker that finishes a call adds it to a list
+and wakes the loop only when the list was empty, so thousands of short steps cost a handful of
+wake-ups instead of one each (a thread hop is the whole cost of a trivial sync step).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
-_Item = tuple["concurrent.futures.Future[Any]", Callable[[], Any]]
+_PENDING, _RUNNING, _DONE, _CANCELLED = range(4)
+
+
+class _Job:
+    __slots__ = ("call", "future", "state", "result", "failed", "abandoned", "on_return")
+
+    def __init__(self, call: Callable[[], Any], future: asyncio.Future[Any]) -> None:
+        self.call = call
+        self.future = future
+        self.state = _PENDING
+        self.result: Any = None
+        self.failed = False
+        self.abandoned = False
+        #: Called on the loop when an abandoned call has returned at last.
+        self.on_return: Callable[[], None] | None = None
 
 
 class StepThreads:
@@ -27,7 +44,7 @@ class StepThreads:
         if size < 1:
             raise ValueError("step_threads must be at least 1")
         self.size = size
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
         #: Calls running on a thread, and calls queued that no thread has taken yet.
@@ -36,28 +53,36 @@ class StepThreads:
         #: Abandoned calls still running, and all calls ever abandoned.
         self.abandoned_running = 0
         self.abandoned_total = 0
+        #: Finished calls waiting to be handed to the loop, and the loop to hand them to.
+        self._finished: list[_Job] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(
-        self,
-        call: Callable[[], Any],
-        on_abandon: Callable[[concurrent.futures.Future[Any]], None],
+        self, call: Callable[[], Any], on_abandon: Callable[[], Callable[[], None]]
     ) -> Any:
         """Run ``call`` in a thread and return its result. If the caller stops waiting
         (cancelled: a timeout, a shutdown) while the call runs, the call is abandoned:
-        ``on_abandon(future)`` is called now (the future completes when the call returns),
-        and its thread is counted until then."""
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._submit(future, call)
+        ``on_abandon()`` is called now and returns the callback to run (on the loop) when the
+        call has returned; its thread is counted until then."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        job = _Job(call, loop.create_future())
+        self._submit(job)
         try:
-            return await asyncio.wrap_future(future)
+            return await job.future
         except asyncio.CancelledError:
-            if future.cancel():  # not started yet: nothing runs on
-                raise
-            self._abandon(future)
-            on_abandon(future)
+            with self._lock:
+                if job.state == _PENDING:
+                    job.state = _CANCELLED  # never started: nothing runs on
+                elif job.state == _RUNNING:
+                    job.abandoned = True
+                    self.abandoned_running += 1
+                    self.abandoned_total += 1
+            if job.abandoned:
+                job.on_return = on_abandon()
             raise
 
-    def _submit(self, future: concurrent.futures.Future[Any], call: Callable[[], Any]) -> None:
+    def _submit(self, job: _Job) -> None:
         with self._lock:
             self._pending += 1
             idle = self._threads - self._busy
@@ -66,46 +91,60 @@ class StepThreads:
             start = idle < self._pending and live < self.size and self._threads < 2 * self.size
             if start:
                 self._threads += 1
-        self._queue.put((future, call))
+        self._queue.put(job)
         if start:
             threading.Thread(target=self._work, name="orchd-step", daemon=True).start()
 
-    def _abandon(self, future: concurrent.futures.Future[Any]) -> None:
-        with self._lock:
-            if future.done():
-                return
-            self.abandoned_running += 1
-            self.abandoned_total += 1
-
-        def returned(_: concurrent.futures.Future[Any]) -> None:
-            with self._lock:
-                self.abandoned_running -= 1
-
-        future.add_done_callback(returned)
-
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
+            job = self._queue.get()
+            if job is None:
                 with self._lock:
                     self._threads -= 1
                 return
-            future, call = item
             with self._lock:
                 self._pending -= 1
+                if job.state == _CANCELLED:
+                    continue
+                job.state = _RUNNING
                 self._busy += 1
-            if future.set_running_or_notify_cancel():
-                try:
-                    result = call()
-                except BaseException as exc:  # handed to the awaiting step, whatever it is
-                    future.set_exception(exc)
-                else:
-                    future.set_result(result)
+            try:
+                job.result = job.call()
+            except BaseException as exc:  # handed to the awaiting step, whatever it is
+                job.result, job.failed = exc, True
             with self._lock:
+                job.state = _DONE
                 self._busy -= 1
-                if self._threads - self.abandoned_running > self.size:
+                if job.abandoned:
+                    self.abandoned_running -= 1
+                wake = not self._finished
+                self._finished.append(job)
+                shrink = self._threads - self.abandoned_running > self.size
+                if shrink:
                     self._threads -= 1  # one too many since an abandoned call returned
-                    return
+            if wake and self._loop is not None:
+                try:
+                    self._loop.call_soon_threadsafe(self._deliver)
+                except RuntimeError:
+                    pass  # the loop is closed: nobody waits for these any more
+            if shrink:
+                return
+
+    def _deliver(self) -> None:
+        """On the loop: hand every finished call's result to its step."""
+        with self._lock:
+            finished, self._finished = self._finished, []
+        for job in finished:
+            if job.abandoned:
+                if job.on_return is not None:
+                    job.on_return()
+                continue
+            if job.future.done():
+                continue
+            if job.failed:
+                job.future.set_exception(job.result)
+            else:
+                job.future.set_result(job.result)
 
     def close(self) -> None:
         """Let the threads end once they are idle; running calls finish on their own (their

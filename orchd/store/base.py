@@ -332,6 +332,12 @@ class Store(Protocol):
         """
         ...
 
+    def commit_now(self, op: Op) -> tuple[bool, Any]:
+        """Commit ``op`` on the calling thread, blocking it, if that is cheaper than queueing
+        (nothing else waits): ``(True, answer)``; else ``(False, None)`` and ``write`` it.
+        Equally durable; a store that cannot always answers ``(False, None)``."""
+        ...
+
     def stats(self) -> StoreStats: ...
 
     async def ping(self) -> None:

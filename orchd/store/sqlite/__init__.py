@@ -84,6 +84,12 @@ class SqliteStore(Reads):
         self._writer.queue.put((op, fut))
         return fut
 
+    def commit_now(self, op: Op) -> tuple[bool, Any]:
+        """Commit ``op`` right here if the writer is idle (see ``Writer.commit_now``)."""
+        if self._writer is None:
+            raise StoreError("the store is closed")
+        return self._writer.commit_now(op)
+
     async def write(self, op: Op) -> Any:
         """Submit and wait for the commit. No shield is needed: the commit happens in the
         writer thread whether or not anyone still waits for it."""
