@@ -12,7 +12,7 @@ from orchd.store.base import token_digest
 
 log = logging.getLogger("orchd.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _digest_callback_tokens(conn: sqlite3.Connection) -> None:
@@ -122,6 +122,20 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         # Who skipped a step and why (operator remediation).
         "ALTER TABLE steps ADD COLUMN actor TEXT",
         "ALTER TABLE steps ADD COLUMN reason TEXT",
+    ],
+    [
+        # Idempotent starts (contract §11): a key names at most one process while it exists.
+        "ALTER TABLE processes ADD COLUMN idempotency_key TEXT",
+        "CREATE UNIQUE INDEX processes_by_idempotency_key ON processes (idempotency_key)",
+        # Retention finds finished processes by status and age.
+        "CREATE INDEX processes_by_age ON processes (status, updated_at)",
+        # Durable events (contract §10): the id is what SSE clients resume from, so it must
+        # never be reused, even after every row was pruned (AUTOINCREMENT).
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            process_id TEXT NOT NULL,
+            data BLOB NOT NULL
+        )""",
     ],
 ]
 

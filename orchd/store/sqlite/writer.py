@@ -23,20 +23,28 @@ import msgspec
 from msgspec.structs import astuple
 
 from orchd import _faults as faults
-from orchd.errors import StoreError, SubscriptionLocked, SubscriptionNotFound
-from orchd.model import START
+from orchd.errors import IdempotencyConflict, StoreError, SubscriptionLocked, SubscriptionNotFound
+from orchd.model import START, Event
 from orchd.store.base import (
     Checkpoint,
     NewProcess,
     Op,
     Positions,
     ProcessRow,
+    Prune,
+    Pruned,
     ScheduleClaim,
     SchedulePlan,
     ScheduleRun,
     ScheduleStarted,
 )
-from orchd.store.sqlite.reads import SELECT_SUBSCRIPTION, subscription_from_row
+from orchd.store.sqlite.reads import (
+    SELECT_PROCESS,
+    SELECT_SUBSCRIPTION,
+    process_row,
+    prunable_where,
+    subscription_from_row,
+)
 
 log = logging.getLogger("orchd.store")
 
@@ -53,8 +61,9 @@ class _Batch:
         self.links: list[tuple[str, str]] = []
         self.releases: list[tuple[float, str]] = []
         self.actions: list[tuple[Any, ...]] = []
+        self.events: list[Event] = []
 
-    def flush(self, conn: sqlite3.Connection) -> None:
+    def flush(self, conn: sqlite3.Connection, staged: list[Event]) -> None:
         if self.subscriptions:
             if faults.ENABLED:
                 faults.point("subscription_save")
@@ -69,7 +78,21 @@ class _Batch:
             conn.executemany(_RELEASE, self.releases)
         if self.actions:
             conn.executemany(_INSERT_ACTION, self.actions)
+        if self.events:
+            _insert_events(conn, self.events, staged)
         self.__init__()  # type: ignore[misc]
+
+
+_INSERT_EVENT = "INSERT INTO events (process_id, data) VALUES (?, ?)"
+
+
+def _insert_events(conn: sqlite3.Connection, events: list[Event], staged: list[Event]) -> None:
+    """Store events; the ids the table gives them (consecutive: one connection writes, inside
+    one transaction) are set on the copies staged for announcing after the commit."""
+    conn.executemany(_INSERT_EVENT, [(e.process_id, _encode(e)) for e in events])
+    last: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+    first = last - len(events) + 1
+    staged.extend(msgspec.structs.replace(e, id=first + i) for i, e in enumerate(events))
 
 
 _UPDATE_PROCESS = """UPDATE processes SET status = ?, pc = ?, seq = ?, state = ?, current_step = ?,
@@ -118,14 +141,29 @@ def _add_checkpoint(batch: _Batch, cp: Checkpoint) -> None:
         batch.releases.append((p.updated_at, cp.release))
     for a in cp.actions:
         batch.actions.append(astuple(a))
+    batch.events.extend(cp.events)
 
 
 _INSERT_PROCESS = """INSERT INTO processes (id, workflow, target, status, pc, seq, state, reporter,
-    subscription_id, current_step, step_key, step_occurrence, created_at, updated_at)
-    VALUES (?, ?, ?, 'created', 0, 0, ?, ?, ?, ?, ?, 0, ?, ?)"""
+    subscription_id, current_step, step_key, step_occurrence, created_at, updated_at,
+    idempotency_key) VALUES (?, ?, ?, 'created', 0, 0, ?, ?, ?, ?, ?, 0, ?, ?, ?)"""
 
 
 def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
+    if op.idempotency_key is not None:
+        # Checked and inserted in one transaction of the only writer: two starts with one
+        # key make one process (the UNIQUE index is the backstop).
+        found = conn.execute(
+            f"{SELECT_PROCESS} WHERE idempotency_key = ?", (op.idempotency_key,)
+        ).fetchone()
+        if found is not None:
+            existing = process_row(found)
+            if existing.workflow != op.workflow:
+                raise IdempotencyConflict(
+                    f"Idempotency-Key {op.idempotency_key!r} started process {existing.id} "
+                    f"of workflow {existing.workflow!r}, not {op.workflow!r}"
+                )
+            return existing
     state = op.state
     if op.lock is not None:
         row = conn.execute(SELECT_SUBSCRIPTION, (op.lock,)).fetchone()
@@ -158,6 +196,7 @@ def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
             op.first_key,
             op.created_at,
             op.created_at,
+            op.idempotency_key,
         ),
     )
     pk = cur.lastrowid
@@ -233,8 +272,37 @@ def _place(conn: sqlite3.Connection, op: Positions) -> None:
     )
 
 
+def _prune(conn: sqlite3.Connection, op: Prune) -> Pruned:
+    where, params = prunable_where(op.retention)
+    if where is None:
+        return Pruned()
+    rows = conn.execute(
+        f"SELECT rowid, id FROM processes WHERE {where} LIMIT ?", (*params, op.limit)
+    ).fetchall()
+    if not rows:
+        return Pruned()
+    pks = [pk for pk, _ in rows]
+    ids = [pid for _, pid in rows]
+    marks = ", ".join("?" * len(rows))
+    steps = conn.execute(f"DELETE FROM steps WHERE process IN ({marks})", pks).rowcount
+    actions = conn.execute(f"DELETE FROM actions WHERE process IN ({marks})", pks).rowcount
+    # Subscriptions stay; their links to the processes go. A schedule keeps its row (its
+    # last run may be one of these); the runs' dedupe rows of the processes go.
+    conn.execute(f"DELETE FROM subscription_processes WHERE process_id IN ({marks})", ids)
+    conn.execute(f"DELETE FROM schedule_runs WHERE process_id IN ({marks})", ids)
+    conn.execute(f"DELETE FROM processes WHERE rowid IN ({marks})", pks)
+    if op.retention.tasks_before is not None:
+        # Fire times skipped because the previous run was still going start no process.
+        conn.execute(
+            "DELETE FROM schedule_runs WHERE process_id IS NULL AND fire_at < ?",
+            (op.retention.tasks_before,),
+        )
+    return Pruned(processes=len(rows), steps=steps, actions=actions)
+
+
 #: How each operation other than a plain checkpoint is applied, inside the batch's transaction.
 _APPLY: dict[type[Any], Callable[[sqlite3.Connection, Any], Any]] = {
+    Prune: _prune,
     NewProcess: _create_process,
     ScheduleRun: _record_schedule_run,
     ScheduleClaim: _claim,
@@ -270,10 +338,22 @@ class Writer(threading.Thread):
     WATCH_EVERY = 1.0
 
     def __init__(
-        self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, path: str
+        self,
+        conn: sqlite3.Connection,
+        loop: asyncio.AbstractEventLoop,
+        path: str,
+        *,
+        keep_events: int = 100_000,
+        event_sink: Callable[[list[Event]], None] | None = None,
     ) -> None:
         super().__init__(name="orchd-writer", daemon=True)
         self.conn = conn
+        #: Events kept in the table; older ones are deleted now and then, by count.
+        self.keep_events = keep_events
+        self.event_sink = event_sink
+        self._events_since_prune = 0
+        #: Events of the transactions committed since the last hand-over to the loop.
+        self._announce: list[Event] = []
         self.loop = loop
         self.path = path
         st = os.stat(path)
@@ -312,7 +392,8 @@ class Writer(threading.Thread):
                     break
                 batch.append(item)
             results = self._commit(batch)
-            self.loop.call_soon_threadsafe(_resolve, results)
+            events, self._announce = self._announce, []
+            self.loop.call_soon_threadsafe(_resolve, results, events, self.event_sink)
         self.conn.close()
 
     def moved(self) -> str | None:
@@ -386,6 +467,7 @@ class Writer(threading.Thread):
         conn = self.conn
         results: list[tuple[asyncio.Future[Any] | None, Any, bool]] = []
         rows = _Batch()
+        staged: list[Event] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
             for op, fut in batch:
@@ -393,15 +475,19 @@ class Writer(threading.Thread):
                     _add_checkpoint(rows, op)
                     results.append((fut, None, True))
                     continue
-                rows.flush(conn)  # keep the order of operations that read what others wrote
-                if isinstance(op, NewProcess) and op.lock is None:
+                rows.flush(conn, staged)  # keep the order of operations that read others'
+                if isinstance(op, NewProcess) and op.lock is None and op.idempotency_key is None:
                     # A plain insert is never refused; a failure fails the batch, which is
                     # then retried one operation at a time.
                     results.append((fut, _create_process(conn, op), True))
+                    if op.events:
+                        _insert_events(conn, op.events, staged)
                     continue
                 conn.execute("SAVEPOINT op")
                 try:
                     value = _APPLY[type(op)](conn, op)
+                    if isinstance(op, NewProcess) and op.events and value.id == op.id:
+                        _insert_events(conn, op.events, staged)
                 except sqlite3.Error:
                     raise
                 except Exception as exc:  # refused (locked, not found), or a bug
@@ -410,10 +496,12 @@ class Writer(threading.Thread):
                 else:
                     results.append((fut, value, True))
                 conn.execute("RELEASE op")
-            rows.flush(conn)
+            rows.flush(conn, staged)
+            self._prune_events(staged)
             if faults.ENABLED:
                 faults.point("in_commit")
             conn.execute("COMMIT")
+            self._announce.extend(staged)
             if faults.ENABLED:
                 faults.point("after_commit")
         except BaseException:
@@ -421,6 +509,17 @@ class Writer(threading.Thread):
                 conn.execute("ROLLBACK")
             raise
         return results
+
+    def _prune_events(self, staged: list[Event]) -> None:
+        """Keep the events table near ``keep_events`` rows: a range delete on the key, now
+        and then (every tenth of that many new events), inside the batch's transaction."""
+        if not staged:
+            return
+        self._events_since_prune += len(staged)
+        if self._events_since_prune < max(1, self.keep_events // 10):
+            return
+        self._events_since_prune = 0
+        self.conn.execute("DELETE FROM events WHERE id <= ?", (staged[-1].id - self.keep_events,))
 
 
 def _identity_problem(path: str, identity: tuple[int, int], what: str) -> str | None:
@@ -435,7 +534,14 @@ def _identity_problem(path: str, identity: tuple[int, int], what: str) -> str | 
     return None
 
 
-def _resolve(results: list[tuple[asyncio.Future[Any] | None, Any, bool]]) -> None:
+def _resolve(
+    results: list[tuple[asyncio.Future[Any] | None, Any, bool]],
+    events: list[Event],
+    sink: Callable[[list[Event]], None] | None,
+) -> None:
+    # Announced before the writers wake, in commit order: ids only ever grow to a listener.
+    if events and sink is not None:
+        sink(events)
     for fut, value, ok in results:
         if fut is None or fut.done():
             continue
