@@ -38,6 +38,7 @@ __all__ = [
     "EXAMPLE_WORKFLOWS",
     "Config",
     "EventsConfig",
+    "RetentionConfig",
     "HttpConfig",
     "LoadedConfig",
     "ScheduleConfig",
@@ -115,6 +116,15 @@ class EventsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     write_timeout: str = "10s"
 
 
+class RetentionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How long completed and aborted processes are kept after their last change ("0": for
+    ever), and how many events are kept for clients that resume."""
+
+    tasks: str = "7d"
+    workflows: str = "365d"
+    events: Positive = 100_000
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole config file; every key is optional (see config/orchd.toml)."""
 
@@ -140,6 +150,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     tcp: TcpConfig = msgspec.field(default_factory=TcpConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     retry_delay: str = "5s"
     retry_max_delay: str = "10m"
     retry_max_attempts: NonNegative = 10
@@ -410,6 +421,8 @@ def validate_config(config: Config, *, source: str = DEFAULT_SOURCE) -> None:
             f" ({config.tcp.max_connections})",
         )
     check.duration("events.write_timeout", config.events.write_timeout, positive=True)
+    check.duration("retention.tasks", config.retention.tasks)
+    check.duration("retention.workflows", config.retention.workflows)
     if config.events.max_per_peer > config.events.max_streams:
         check.fail(
             "events.max_per_peer",
@@ -527,7 +540,16 @@ def engine_settings(config: Config) -> EngineSettings:
         retry_max_delay=parse_duration(config.retry_max_delay),
         retry_max_attempts=config.retry_max_attempts,
         step_threads=config.step_threads,
+        retain_tasks=_kept_for(config.retention.tasks),
+        retain_workflows=_kept_for(config.retention.workflows),
+        keep_events=config.retention.events,
     )
+
+
+def _kept_for(text: str) -> float | None:
+    """A retention duration in seconds; "0" keeps for ever (None)."""
+    seconds = parse_duration(text)
+    return None if seconds == 0 else seconds
 
 
 def http_settings(config: Config) -> HttpSettings:

@@ -332,7 +332,17 @@ class Daemon:
             started.append(tasks.create_task(self.watchdog(interval), name="watchdog"))
         if os.environ.get("NOTIFY_SOCKET"):
             started.append(tasks.create_task(self.report_status(), name="status"))
+        started.append(tasks.create_task(self.prune(), name="retention"))
         return started
+
+    async def prune(self) -> None:
+        """Retention (``[retention]``): delete old finished processes now, then hourly."""
+        while True:
+            try:
+                await self.engine.gc()
+            except Exception as exc:  # the database's trouble is reported elsewhere too
+                log.warning("pruning failed, will try again: %s", exc)
+            await asyncio.sleep(PRUNE_EVERY)
 
     def bind_listeners(self, stack: contextlib.ExitStack) -> None:
         source = self.loaded.source
@@ -510,6 +520,10 @@ class Daemon:
                 f"{counts.get('running', 0)} running, {counts.get('waiting', 0)} waiting, "
                 f"{counts.get('failed', 0)} failed; {rate:.0f} steps/s"
             )
+
+
+#: Seconds between retention runs.
+PRUNE_EVERY = 3600.0
 
 
 def _closer(server: asyncio.AbstractServer) -> Callable[[], Awaitable[None]]:

@@ -17,7 +17,9 @@ using the ``status`` and ``slug`` that the class itself declares::
     ├── Conflict                     409
     │   ├── InvalidTransition        the action is not allowed in the process's status
     │   ├── SubscriptionLocked       another process holds the subscription, or it is terminated
-    │   └── ScheduleRunning
+    │   ├── ScheduleRunning
+    │   ├── IdempotencyConflict      an Idempotency-Key already started another workflow
+    │   └── AmbiguousId              an id prefix matches more than one process
     ├── PayloadTooLarge              413
     ├── TooManyRequests              429: a client went over the configured rate
     ├── FormValidationError          422: the answer does not fit the form
@@ -154,6 +156,20 @@ class ScheduleRunning(Conflict):
 
     slug = "schedule-running"
     title = "Schedule already running"
+
+
+class IdempotencyConflict(Conflict):
+    """Raised when an ``Idempotency-Key`` already started a process of another workflow."""
+
+    slug = "idempotency-conflict"
+    title = "Idempotency key used for another workflow"
+
+
+class AmbiguousId(Conflict):
+    """Raised when an abbreviated process id matches more than one process."""
+
+    slug = "ambiguous-id"
+    title = "Ambiguous process id"
 
 
 class PayloadTooLarge(OrchdError):

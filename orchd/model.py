@@ -282,6 +282,16 @@ class Event(msgspec.Struct, kw_only=True):
     at: datetime | None = None
 
 
+class Reset(msgspec.Struct, kw_only=True):
+    """Sent (``event: reset``) instead of events a client asked for that are no longer kept,
+    or that this database never gave: reload what you show, then follow from ``id``."""
+
+    id: int
+    kind: str = "reset"
+    reload: bool = True
+    reason: str
+
+
 class LastRun(msgspec.Struct, kw_only=True):
     process_id: str
     status: ProcessStatus | None

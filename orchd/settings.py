@@ -28,6 +28,12 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
     block_warning: float | None = 1.0
     #: Threads for sync steps (calls abandoned after a timeout do not count against it).
     step_threads: int = 64
+    #: Seconds a completed or aborted task (SYSTEM target) and other process are kept after
+    #: their last change (None: for ever); see ``Engine.gc``.
+    retain_tasks: float | None = 7 * 86400.0
+    retain_workflows: float | None = 365 * 86400.0
+    #: Events kept in the database for clients that resume (``Last-Event-ID``).
+    keep_events: int = 100_000
 
 
 class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):

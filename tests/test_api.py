@@ -713,6 +713,9 @@ async def test_metrics_expose_every_family(api_client: Client, api_engine: Engin
         "orchd_checkpoint_queue_depth": "gauge",
         "orchd_actors_alive": "gauge",
         "orchd_step_threads_abandoned_total": "counter",
+        "orchd_pruned_processes_total": "counter",
+        "orchd_pruned_steps_total": "counter",
+        "orchd_pruned_actions_total": "counter",
         "orchd_step_threads_abandoned": "gauge",
         "orchd_mailbox_depth": "gauge",
         "orchd_event_streams": "gauge",
@@ -784,7 +787,7 @@ async def test_openapi_documents_every_route(api_client: Client) -> None:
     }
     documented = {(m, shape(path)) for path, ops in doc["paths"].items() for m in ops}
     assert registered == documented
-    assert len(registered) == 18
+    assert len(registered) == 19
     assert len({shape(p) for p in doc["paths"]}) == len(doc["paths"])
 
 

@@ -121,6 +121,19 @@ def render(
         "Abandoned sync step calls still running in their thread.",
         stats.step_threads_abandoned_running,
     )
+    for what, count in (
+        ("processes", stats.pruned_processes),
+        ("steps", stats.pruned_steps),
+        ("actions", stats.pruned_actions),
+    ):
+        out.single(
+            f"orchd_pruned_{what}_total",
+            "counter",
+            f"Finished {what} deleted by retention."
+            if what == "processes"
+            else f"Records of {what} deleted with their processes by retention.",
+            count,
+        )
     out.single(
         "orchd_mailbox_depth",
         "gauge",

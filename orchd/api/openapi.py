@@ -172,8 +172,7 @@ def _response(t: Any, media_type: str, schema_of: dict[Any, dict[str, Any]]) -> 
     if t is None:
         return {"description": "No content"}
     if media_type == "text/event-stream":
-        # A stream is described one event at a time (OpenAPI 3.2's itemSchema, read as the
-        # schema by 3.1 tools): the JSON of ``t`` travels in each event's ``data`` field.
+        # One event's shape, for an extension: the JSON of ``t`` travels in ``data``.
         event = {
             "type": "object",
             "properties": {
@@ -186,5 +185,13 @@ def _response(t: Any, media_type: str, schema_of: dict[Any, dict[str, Any]]) -> 
                 },
             },
         }
-        return {"description": "Success", "content": {media_type: {"schema": event}}}
+        # No ``schema``: tools read it as the shape of the whole body or of each event, and
+        # either reading rejects a real stream; what each event carries is said below.
+        return {
+            "description": "A stream of server-sent events; `x-sse-event` is one event's "
+            'shape. `event: reset` (data `{"id", "kind": "reset", "reload": '
+            'true, "reason"}`) replaces events that are no longer kept: reload, then '
+            "follow.",
+            "content": {media_type: {"x-sse-event": event}},
+        }
     return {"description": "Success", "content": {media_type: {"schema": schema_of[t]}}}

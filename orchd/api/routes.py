@@ -106,6 +106,21 @@ class Created(msgspec.Struct, kw_only=True):
     id: str
 
 
+class GcRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The optional body of ``POST /api/gc``."""
+
+    dry_run: bool = False
+
+
+class GcResult(msgspec.Struct, kw_only=True):
+    """What retention deleted now (or, for a dry run, would delete)."""
+
+    dry_run: bool
+    processes: int
+    steps: int
+    actions: int
+
+
 class Accepted(msgspec.Struct, kw_only=True):
     id: str
     status: ProcessStatus
@@ -388,9 +403,16 @@ class ControlApi:
             # Before reading the body: an unknown workflow is 404 whatever was posted.
             raise WorkflowNotFound(f"no workflow named {workflow!r}")
         # null too: the engine would take None for "no input"
+        key = _idempotency_key(request)
         body = require_object(await self._body(request, {}))
-        pid = await self.engine.start(workflow, body, reporter=reporter)
-        return _json(Created(id=pid), status=201, headers={"Location": f"/api/processes/{pid}"})
+        pid, created = await self.engine.start_once(
+            workflow, body, reporter=reporter, idempotency_key=key
+        )
+        return _json(
+            Created(id=pid),
+            status=201 if created else 200,
+            headers={"Location": f"/api/processes/{pid}"},
+        )
 
     async def list_processes(self, request: web.Request) -> web.Response:
         query = request.query
@@ -476,11 +498,23 @@ class ControlApi:
     async def events(self, request: web.Request) -> web.StreamResponse:
         after = _event_id(request)
         only = _process_filter(request)
-        if after is None:
-            # From here on: whatever is published before the listener registers is replayed.
-            after = self.engine.last_event_id
         client = self._client_key(request)
-        return await self.streams.serve(request, client, self.engine.listen, after, only)
+        return await self.streams.serve(request, client, self.engine.stream, after, only)
+
+    async def gc(self, request: web.Request) -> web.Response:
+        try:
+            options = msgspec.convert(await self._body(request, {}), GcRequest)
+        except msgspec.ValidationError as exc:
+            raise BadRequest(f'gc takes no body or {{"dry_run": true}}: {exc}') from None
+        done = await self.engine.gc(dry_run=options.dry_run)
+        return _json(
+            GcResult(
+                dry_run=options.dry_run,
+                processes=done.processes,
+                steps=done.steps,
+                actions=done.actions,
+            )
+        )
 
     async def metrics(self, request: web.Request) -> web.Response:
         engine = self.engine
@@ -529,8 +563,11 @@ class ControlApi:
                   public=True),
             Route("GET", "/api/workflows", self.list_workflows, "Registered workflows",
                   list[WorkflowInfo]),
-            Route("POST", "/api/processes/{workflow}", self.start_process, "Start a process",
-                  Created, status=201, request=dict[str, Any],
+            Route("POST", "/api/processes/{workflow}", self.start_process,
+                  "Start a process. With an Idempotency-Key header: 200 and the id of the "
+                  "process of this workflow that holds the key, when one does (409 for another "
+                  "workflow's)", Created, status=201, alternatives=((200, Created),),
+                  request=dict[str, Any],
                   errors=(400, 404, 409, 413, 422, 503), doc_path="/api/processes/{id}",
                   path_doc=(("id", "for a start: the workflow's name"),)),
             Route("GET", "/api/processes", self.list_processes, "Processes, newest first",
@@ -579,6 +616,10 @@ class ControlApi:
                                "integer", constraints=(("minimum", 0),)),
                          Param("process", "only this process's events",
                                constraints=(("format", "uuid"),)))),
+            Route("POST", "/api/gc", self.gc,
+                  "Delete completed and aborted processes older than the retention (with "
+                  "{\"dry_run\": true}: count them)", GcResult, request=GcRequest,
+                  errors=(400, 413, 503)),
             Route("GET", "/metrics", self.metrics, "Prometheus text exposition", str,
                   media_type="text/plain"),
             Route("GET", "/api/openapi.json", self.openapi_document, "This document",
@@ -695,6 +736,21 @@ def _event_id(request: web.Request) -> int | None:
         if raw:
             return _integer(name, raw)
     return None
+
+
+#: The longest ``Idempotency-Key``.
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    raw = request.headers.get("Idempotency-Key")
+    if raw is None:
+        return None
+    if not 1 <= len(raw) <= MAX_IDEMPOTENCY_KEY or not all("!" <= c <= "~" for c in raw):
+        raise BadRequest(
+            f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters without spaces"
+        )
+    return raw
 
 
 def _process_filter(request: web.Request) -> str | None:

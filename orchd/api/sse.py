@@ -19,7 +19,7 @@ import msgspec
 from aiohttp import web
 
 from orchd.errors import TooManyRequests
-from orchd.model import Event
+from orchd.model import Event, Reset
 from orchd.settings import EventSettings
 
 log = logging.getLogger("orchd.api.sse")
@@ -35,7 +35,7 @@ HUB_BUFFER = 1000
 
 _encode = msgspec.json.Encoder().encode
 
-Listen = Callable[[int, int], AsyncIterator[Event]]
+Listen = Callable[[int | None, int], AsyncIterator[Event | Reset]]
 
 
 class StreamCounts(msgspec.Struct, frozen=True, kw_only=True):
@@ -87,7 +87,7 @@ class EventStreams:
         request: web.Request,
         client: str,
         listen: Listen,
-        after: int,
+        after: int | None,
         only: str | None,
     ) -> web.StreamResponse:
         """Stream events after the id ``after`` (of process ``only``, if given)."""
@@ -98,7 +98,12 @@ class EventStreams:
             self._leave(client)
 
     async def _stream(
-        self, request: web.Request, client: str, listen: Listen, after: int, only: str | None
+        self,
+        request: web.Request,
+        client: str,
+        listen: Listen,
+        after: int | None,
+        only: str | None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={
@@ -108,7 +113,7 @@ class EventStreams:
             }
         )
         await response.prepare(request)
-        queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=BUFFER)
+        queue: asyncio.Queue[Event | Reset | None] = asyncio.Queue(maxsize=BUFFER)
         pump = asyncio.create_task(_pump(listen, queue, after), name="sse pump")
         try:
             await self._write(request, response, b": connected\n\n")
@@ -125,7 +130,7 @@ class EventStreams:
                     continue
                 if event is None:
                     break
-                if only is not None and event.process_id != only:
+                if only is not None and isinstance(event, Event) and event.process_id != only:
                     continue
                 frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (
                     event.id,
@@ -157,7 +162,9 @@ class _SlowClient(Exception):
     """Raised when a client has not taken a write within the write timeout."""
 
 
-async def _pump(listen: Listen, queue: asyncio.Queue[Event | None], after: int) -> None:
+async def _pump(
+    listen: Listen, queue: asyncio.Queue[Event | Reset | None], after: int | None
+) -> None:
     try:
         async for event in listen(after, HUB_BUFFER):
             await queue.put(event)

@@ -12,10 +12,12 @@ import contextlib
 import logging
 import os
 import random
+import re
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -30,6 +32,7 @@ from orchd.engine.loopwatch import LoopWatch
 from orchd.engine.stats import EngineStats, StepCounter
 from orchd.engine.threads import StepThreads
 from orchd.errors import (
+    AmbiguousId,
     CallbackNotFound,
     FormValidationError,
     ProcessNotFound,
@@ -45,6 +48,7 @@ from orchd.model import (
     Page,
     Process,
     ProcessStatus,
+    Reset,
     StepStatus,
     SubscriptionDetail,
     Target,
@@ -64,7 +68,10 @@ from orchd.store.base import (
     NewProcess,
     Positions,
     ProcessRow,
+    Prune,
+    Pruned,
     ReplaceChildren,
+    Retention,
     StartChildren,
     StepWrite,
     Store,
@@ -74,6 +81,11 @@ from orchd.store.sqlite import SqliteStore
 from orchd.store.views import Views, uuid_or_none
 
 log = logging.getLogger("orchd.engine")
+#: The shortest abbreviation of a process id that is taken (contract §10).
+MIN_PREFIX = 8
+_PREFIX = re.compile(r"[0-9a-f][0-9a-f-]*")
+#: Processes deleted per write when pruning: each write stays a few milliseconds long.
+PRUNE_BATCH = 200
 P = ProcessStatus
 _ids = random.Random(os.urandom(32))
 
@@ -94,16 +106,21 @@ class Engine:
         """``overrides`` are fields of :class:`EngineSettings` (``grace_period=2.0``, ...),
         applied over ``settings``; embedded engines and tests set one or two that way."""
         self.workflows = load_workflows(workflows)
-        #: The database. The engine layer (the scheduler) uses it; layers above use the
-        #: engine's methods.
-        self.store: Store = open_store(database, synchronous=synchronous)
-        self._views = Views(self.store)
         try:
             #: Read on every use, so a reload (assigning a new object) applies at once.
             self.settings = msgspec.structs.replace(settings or EngineSettings(), **overrides)
         except TypeError as exc:
             raise TypeError(f"Engine(): {exc}") from None
+        #: The database. The engine layer (the scheduler) uses it; layers above use the
+        #: engine's methods.
+        self.store: Store = open_store(
+            database, synchronous=synchronous, keep_events=self.settings.keep_events
+        )
+        self._views = Views(self.store)
         self._events = EventHub()
+        self.store.on_events(self._events.publish)
+        #: What retention deleted since the engine started, for metrics.
+        self.pruned = Pruned()
         #: Shared objects steps ask for by annotation (e.g. the daemon's HttpClient).
         self.resources: dict[Any, Any] = dict(resources or {})
         self.actors: dict[str, actors.Actor] = {}
@@ -146,6 +163,7 @@ class Engine:
             await self._own_http.open()
             self.resources[HttpClient] = self._own_http
         await self.store.open()
+        _, self._events.last_id = await self.store.event_bounds()
         if self.loopwatch is not None:
             self.loopwatch.start()
         ready = asyncio.Event()
@@ -285,6 +303,9 @@ class Engine:
         return await self.store.process(pid)
 
     async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        actor = self.actors.get(checkpoint.process_id)
+        if actor is not None:
+            checkpoint.events = _events_of(actor, checkpoint)
         committed, finished = False, None
         if len(self.actors) == 1:
             # A lone process: committing here skips two thread hand-offs per step; the loop
@@ -296,25 +317,19 @@ class Engine:
             finished = await self.store.write(checkpoint)
         if isinstance(finished, ChildFinished):
             # A child's last checkpoint: its parent may be awake, a held sibling free to go.
-            if finished.woke is not None:
-                if faults.ENABLED:
-                    faults.point("parent_woken")
-                self._events.publish(
-                    kind="process",
-                    process_id=finished.woke,
-                    workflow=finished.woke_workflow,
-                    parent_id=finished.woke_parent,
-                    status=P.RUNNING,
-                )
+            if finished.woke is not None and faults.ENABLED:
+                faults.point("parent_woken")
             for pid in (finished.woke, finished.started):
                 if pid is not None and self._accepting:
                     self._post(pid, messages.Run(), None)
 
     async def start_children(self, op: StartChildren | ReplaceChildren) -> None:
+        actor = self.actors.get(op.parent.process_id)
+        if actor is not None:
+            op.parent.events = _events_of(actor, op.parent)
         for row in await self.store.write(op):
-            if row.held:
-                continue
-            self._started(row)
+            if not row.held:
+                self._post(row.id, messages.Run(), None, row=row)
 
     async def children_of(self, pid: str, group: int) -> list[ProcessRow]:
         return await self.store.children(pid, group)
@@ -392,16 +407,6 @@ class Engine:
         if self._store_failures:
             self._store_failures.pop(actor.pid, None)
         status = actor.status
-        for record in steps:
-            self._events.publish(
-                kind="step",
-                process_id=actor.pid,
-                workflow=actor.workflow_name,
-                parent_id=actor.parent_id,
-                status=status,
-                step=record.name,
-                step_status=StepStatus(record.status),
-            )
         if step_seconds is not None:
             self._steps.add(step_seconds)
         for record in steps:
@@ -424,13 +429,6 @@ class Engine:
                 )
             else:
                 log.info("process=%s workflow=%s status=%s", actor.pid, actor.workflow_name, status)
-            self._events.publish(
-                kind="process",
-                process_id=actor.pid,
-                workflow=actor.workflow_name,
-                parent_id=actor.parent_id,
-                status=status,
-            )
             if status is P.ABORTED and actor.children_group is not None:
                 self._cascade_abort(actor.pid)
         if status not in ACTIVE:
@@ -465,19 +463,43 @@ class Engine:
             for wf in sorted(self.workflows.values(), key=lambda w: w.name)
         ]
 
-    async def start(self, workflow: str, input: Any = None, *, reporter: str | None = None) -> str:
-        """Create a process and set it running; returns its id once committed."""
+    async def start(
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        reporter: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Create a process and set it running; returns its id once committed.
+
+        With ``idempotency_key``, a process of this workflow that holds the key already is
+        answered instead of a new one (one of another workflow: IdempotencyConflict).
+        """
+        pid, _ = await self.start_once(
+            workflow, input, reporter=reporter, idempotency_key=idempotency_key
+        )
+        return pid
+
+    async def start_once(
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        reporter: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[str, bool]:
+        """``start``, also telling whether the process was created now (False: the key's)."""
         if not self._accepting:
             raise ShuttingDown("the engine is not accepting new processes")
-        op = self.prepare_start(workflow, {} if input is None else input, reporter)
+        op = self.prepare_start(
+            workflow, {} if input is None else input, reporter, idempotency_key=idempotency_key
+        )
         row: ProcessRow = await self.store.write(op)
-        self._started(row)
-        return op.id
-
-    def _started(self, row: ProcessRow) -> None:
-        event = {"process_id": row.id, "workflow": row.workflow, "parent_id": row.parent_id}
-        self._events.publish(kind="process", status=P.CREATED, **event)
+        if row.id != op.id:
+            return row.id, False  # the key's process, started before
         self._post(row.id, messages.Run(), None, row=row)
+        return row.id, True
 
     def prepare_start(
         self,
@@ -489,6 +511,7 @@ class Engine:
         group: int | None = None,
         index: int | None = None,
         held: bool = False,
+        idempotency_key: str | None = None,
     ) -> NewProcess:
         """Check a start (workflow, input) and build it; raises what a refused start raises.
         A child names its parent, fan-out and element; ``held`` waits for a free slot."""
@@ -524,6 +547,8 @@ class Engine:
             child_group=group,
             child_index=index,
             held=held,
+            idempotency_key=idempotency_key,
+            events=[_event("process", pid, wf.name, P.CREATED, parent_id=parent_id)],
         )
 
     def _initial_input(self, wf: Workflow, given: Any) -> dict[str, Any]:
@@ -567,8 +592,8 @@ class Engine:
         return dict(values)
 
     async def get(self, pid: str) -> Process:
-        """The process as committed, with its whole step log."""
-        return await self._views.get(pid)
+        """The process as committed, with its whole step log (``pid`` may be a prefix)."""
+        return await self._views.get(await self.resolve_id(pid))
 
     async def list_processes(
         self,
@@ -631,7 +656,7 @@ class Engine:
     async def resume(self, pid: str, answer: Any, *, reporter: str | None = None) -> ProcessStatus:
         """Answer a suspended process's form; returns once committed and running again."""
         message = messages.Resume(answer=answer, actor=_actor(reporter))
-        return P(await self._ask(self._check_id(pid), message))
+        return P(await self._ask(await self.resolve_id(pid), message))
 
     async def retry(
         self, pid: str, *, reporter: str | None = None, reissue: bool = False
@@ -642,17 +667,19 @@ class Engine:
         the callback's action instead, so the external system is asked again (a new token).
         """
         message = messages.Retry(actor=_actor(reporter), reissue=reissue)
-        return P(await self._ask(self._check_id(pid), message))
+        return P(await self._ask(await self.resolve_id(pid), message))
 
     async def skip(self, pid: str, reason: str, *, reporter: str | None = None) -> ProcessStatus:
         """Record a ``failed`` or ``waiting`` process's failing step as skipped (State as it
         was) and go on with the next step; returns once committed and running again."""
         message = messages.Skip(reason=reason, actor=_actor(reporter))
-        return P(await self._ask(self._check_id(pid), message))
+        return P(await self._ask(await self.resolve_id(pid), message))
 
     async def abort(self, pid: str, *, reporter: str | None = None) -> ProcessStatus:
         """Abort; returns once committed (for a running process: once requested)."""
-        return P(await self._ask(self._check_id(pid), messages.Abort(actor=_actor(reporter))))
+        return P(
+            await self._ask(await self.resolve_id(pid), messages.Abort(actor=_actor(reporter)))
+        )
 
     async def callback(self, token: str, payload: Any, *, reporter: str | None = None) -> str:
         """Deliver an external system's answer; returns the process id once committed.
@@ -673,14 +700,28 @@ class Engine:
         """An operator answers an ``awaiting_callback`` process in the external system's place;
         returns once committed."""
         message = messages.Callback(digest=None, payload=payload, actor=_actor(reporter))
-        await self._ask(self._check_id(pid), message)
+        await self._ask(await self.resolve_id(pid), message)
         return P.RUNNING
 
-    def _check_id(self, pid: str) -> str:
+    async def resolve_id(self, pid: str) -> str:
+        """The process id ``pid`` names: itself, or the one process whose id starts with it
+        (at least MIN_PREFIX characters); ProcessNotFound, or AmbiguousId for two or more."""
         canonical = uuid_or_none(pid)
-        if canonical is None:
-            raise ProcessNotFound(f"process {pid!r} does not exist (not a process id)")
-        return canonical
+        if canonical is not None:
+            return canonical
+        prefix = pid.lower()
+        if len(prefix) < MIN_PREFIX or len(prefix) >= 36 or not _PREFIX.fullmatch(prefix):
+            raise ProcessNotFound(
+                f"process {pid!r} does not exist (not a process id, nor a prefix of at least "
+                f"{MIN_PREFIX} of its characters)"
+            )
+        found = await self.store.processes_with_prefix(prefix, 3)
+        if not found:
+            raise ProcessNotFound(f"no process id starts with {pid!r}")
+        if len(found) > 1:
+            listed = ", ".join(found[:2]) + (", ..." if len(found) > 2 else "")
+            raise AmbiguousId(f"{pid!r} is the start of more than one process id: {listed}")
+        return found[0]
 
     async def ping(self) -> None:
         """Raise if the database does not answer."""
@@ -695,12 +736,56 @@ class Engine:
         """The id of the newest event: a listener from now on passes it as ``after``."""
         return self._events.last_id
 
-    def listen(
+    async def listen(
         self, after: int | None = None, buffer: int = LISTENER_BUFFER
     ) -> AsyncGenerator[Event, None]:
         """Events from now on (and those after the id ``after`` that are still kept). A
         listener that leaves more than ``buffer`` events unread is closed (its loop ends)."""
-        return self._events.listen(after, buffer)
+        async for event in self.stream(after, buffer):
+            if isinstance(event, Event):
+                yield event
+
+    def stream(
+        self, after: int | None = None, buffer: int = LISTENER_BUFFER
+    ) -> AsyncGenerator[Event | Reset, None]:
+        """``listen``, with a :class:`Reset` first when events after ``after`` are no longer
+        kept (or ``after`` is unknown here): what an SSE client gets."""
+        store = self.store
+        return self._events.stream(after, buffer, store.event_bounds, store.events_after)
+
+    # -- retention ------------------------------------------------------------------------
+
+    def retention(self, now: float | None = None) -> Retention:
+        """Which finished processes may be deleted now, by the settings."""
+        now = time.time() if now is None else now
+        tasks, workflows = self.settings.retain_tasks, self.settings.retain_workflows
+        return Retention(
+            tasks_before=None if tasks is None else now - tasks,
+            workflows_before=None if workflows is None else now - workflows,
+        )
+
+    async def gc(self, *, dry_run: bool = False, batch: int = PRUNE_BATCH) -> Pruned:
+        """Delete finished processes older than the retention, ``batch`` at a time (each its
+        own short write, so checkpoints in between wait little); or count them."""
+        retention = self.retention()
+        if dry_run:
+            return await self.store.prunable(retention)
+        total = Pruned()
+        while True:
+            done: Pruned = await self.store.write(Prune(retention=retention, limit=batch))
+            total += done
+            if done.processes < batch:
+                break
+            await asyncio.sleep(0)  # let what queued meanwhile go first
+        self.pruned += total
+        if total.processes:
+            log.info(
+                "pruned processes=%d steps=%d actions=%d",
+                total.processes,
+                total.steps,
+                total.actions,
+            )
+        return total
 
     def stats(self) -> EngineStats:
         """The engine's counters, for health, metrics and systemd's STATUS line."""
@@ -716,13 +801,54 @@ class Engine:
             step_threads_abandoned=self._threads.abandoned_total,
             step_threads_abandoned_running=self._threads.abandoned_running,
             store=self.store.stats(),
+            pruned_processes=self.pruned.processes,
+            pruned_steps=self.pruned.steps,
+            pruned_actions=self.pruned.actions,
         )
+
+
+def _event(
+    kind: str,
+    pid: str,
+    workflow: str,
+    status: ProcessStatus,
+    step: str | None = None,
+    step_status: StepStatus | None = None,
+    *,
+    parent_id: str | None = None,
+) -> Event:
+    # The id is the events table's key, given when the write commits.
+    return Event(
+        id=0,
+        kind=kind,
+        process_id=pid,
+        workflow=workflow,
+        parent_id=parent_id,
+        status=status,
+        step=step,
+        step_status=step_status,
+        at=datetime.now(UTC),
+    )
+
+
+def _events_of(actor: actors.Actor, checkpoint: Checkpoint) -> list[Event]:
+    """What a checkpoint announces: each step record, then the status when it changes (or
+    when no step was recorded). The actor's status is still the one before the write."""
+    status = P(checkpoint.process.status)
+    name, parent = actor.workflow_name, actor.parent_id
+    events = [
+        _event("step", actor.pid, name, status, r.name, StepStatus(r.status), parent_id=parent)
+        for r in checkpoint.steps
+    ]
+    if status is not actor.status or not checkpoint.steps:
+        events.append(_event("process", actor.pid, name, status, parent_id=parent))
+    return events
 
 
 def _actor(reporter: str | None, default: str = "engine") -> str:
     return reporter or default
 
 
-def open_store(database: str, *, synchronous: str = "FULL") -> Store:
+def open_store(database: str, *, synchronous: str = "FULL", keep_events: int = 100_000) -> Store:
     """The store for ``database``: a path (or ``:memory:``) is SQLite."""
-    return SqliteStore(database, synchronous=synchronous)
+    return SqliteStore(database, synchronous=synchronous, keep_events=keep_events)

@@ -1,61 +1,100 @@
-"""Announcing what the engine commits: to SSE clients, waiters and anyone listening."""
+"""Announcing what the engine commits: to SSE clients, waiters and anyone listening.
+
+Events are stored by the writer in the transaction that causes them (the id is the events
+table's key), then handed to the hub here in commit order. A listener that asks for events
+after an id gets what is kept of them from memory or the database, then follows live; one that
+asks for more than is kept gets one :class:`~orchd.model.Reset` instead of a silent gap.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
-from collections.abc import AsyncGenerator
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
-from orchd.model import Event
+from orchd.model import Event, Reset
 
 #: Events a listener may leave unread before the hub closes it (unless it asks for another
 #: bound): enough for an in-process consumer to keep up with thousands of processes.
 LISTENER_BUFFER = 10_000
+#: Events read from the database per query while a listener catches up.
+PAGE = 500
+
+Bounds = Callable[[], Awaitable[tuple[int, int]]]
+After = Callable[[int, int], Awaitable[list[Event]]]
 
 
 class EventHub:
-    """Fans engine events out to listeners, keeping recent ones so a client can catch up."""
+    """Fans committed events out to listeners, keeping the newest in memory."""
 
-    def __init__(self, keep: int = 10_000) -> None:
-        # Ids keep growing across restarts, so a reconnecting client never sees one reused.
-        self.last_id = int(time.time() * 1000) * 1000
+    def __init__(self, keep: int = 2_000) -> None:
+        #: The newest id announced (set from the database when the engine opens).
+        self.last_id = 0
         self.recent: deque[Event] = deque(maxlen=keep)
         self.listeners: set[asyncio.Queue[Event | None]] = set()
 
-    def publish(self, **fields: Any) -> None:
-        self.last_id += 1
-        event = Event(id=self.last_id, at=datetime.now(UTC), **fields)
-        self.recent.append(event)
-        for listener in list(self.listeners):
-            try:
-                listener.put_nowait(event)
-            except asyncio.QueueFull:
-                # A listener that cannot keep up is closed rather than allowed to grow.
-                self.listeners.discard(listener)
-                listener.get_nowait()
-                listener.put_nowait(None)
+    def publish(self, events: list[Event]) -> None:
+        for event in events:
+            self.last_id = event.id
+            self.recent.append(event)
+            for listener in list(self.listeners):
+                try:
+                    listener.put_nowait(event)
+                except asyncio.QueueFull:
+                    # A listener that cannot keep up is closed rather than allowed to grow.
+                    self.listeners.discard(listener)
+                    listener.get_nowait()
+                    listener.put_nowait(None)
 
-    async def listen(
-        self, after: int | None = None, buffer: int = LISTENER_BUFFER
-    ) -> AsyncGenerator[Event, None]:
-        # A listener that falls this far behind is closed (it may reconnect and resume).
+    async def stream(
+        self, after: int | None, buffer: int, bounds: Bounds, stored: After
+    ) -> AsyncGenerator[Event | Reset, None]:
+        """Events after ``after`` (None: from now on), then live ones. ``bounds`` and
+        ``stored`` read the database's oldest kept and newest ids, and kept events."""
+        # Registered first: whatever is announced while the backlog is read waits here.
         queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=buffer)
-        backlog = [e for e in self.recent if after is not None and e.id > after]
+        upto = self.last_id
         self.listeners.add(queue)
         try:
-            for event in backlog:
-                yield event
-            seen = backlog[-1].id if backlog else (after or 0)
+            seen = upto if after is None else after
+            if seen > upto:
+                # An id this database never gave (another database, or from before ids were
+                # durable): what the client has cannot be continued.
+                yield Reset(id=upto, reason=f"event {seen} is unknown here; reload")
+                seen = upto
+            elif seen < upto:
+                kept = list(self.recent)
+                if kept and kept[0].id <= seen + 1:
+                    for event in kept:
+                        if seen < event.id <= upto:
+                            yield event
+                    seen = upto
+                else:
+                    oldest, _ = await bounds()
+                    if seen + 1 < oldest:
+                        yield Reset(
+                            id=upto,
+                            reason=f"events after {seen} are no longer kept (the oldest kept "
+                            f"is {oldest}); reload",
+                        )
+                        seen = upto
+                    while seen < upto:
+                        page = await stored(seen, PAGE)
+                        if not page:
+                            break
+                        for event in page:
+                            if event.id > upto:
+                                break
+                            yield event
+                        seen = max(seen, min(page[-1].id, upto))
+                    seen = upto
             while True:
                 item = await queue.get()
                 if item is None:
                     return
                 if item.id > seen:
+                    seen = item.id
                     yield item
-
         finally:
             self.listeners.discard(queue)
 

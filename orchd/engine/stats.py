@@ -45,3 +45,7 @@ class EngineStats(msgspec.Struct, kw_only=True):
     step_threads_abandoned: int
     step_threads_abandoned_running: int
     store: StoreStats
+    #: What retention deleted since the engine started.
+    pruned_processes: int = 0
+    pruned_steps: int = 0
+    pruned_actions: int = 0

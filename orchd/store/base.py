@@ -9,11 +9,12 @@ models of ``orchd.model``. Nothing above this layer sees SQL or a row as a tuple
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
 
-from orchd.model import LinkedProcess, ProcessSummary, Subscription
+from orchd.model import Event, LinkedProcess, ProcessSummary, Subscription
 
 
 def token_digest(token: str) -> str:
@@ -183,6 +184,9 @@ class Checkpoint(msgspec.Struct, kw_only=True):
     subscription: dict[str, Any] | None = None
     #: A subscription to mark insync again without touching State (abort of MODIFY/TERMINATE).
     release: str | None = None
+    #: What to announce once committed; stored in the same transaction, which gives each its
+    #: id (``id`` here is ignored), so a client resumes from the database after a restart.
+    events: list[Event] = []
     #: For a child that finishes here (completed or aborted): its parent and fan-out, whose
     #: count goes down in the same transaction (waking the parent at zero, starting a held
     #: sibling). The write then answers a ``ChildFinished``.
@@ -198,9 +202,6 @@ class ChildFinished(msgspec.Struct, kw_only=True):
     """What a child's last checkpoint set going: the parent it woke, the sibling it started."""
 
     woke: str | None = None
-    #: The woken parent's workflow and its own parent, for its status event.
-    woke_workflow: str = ""
-    woke_parent: str | None = None
     started: str | None = None
 
 
@@ -235,6 +236,11 @@ class NewProcess(msgspec.Struct, kw_only=True):
     child_group: int | None = None
     child_index: int | None = None
     held: bool = False
+    #: With a key, a process that holds it already is answered instead (its row, whose ``id``
+    #: differs from this op's); one of another workflow is refused (IdempotencyConflict).
+    idempotency_key: str | None = None
+    #: Stored (and announced) only when the process is created; see ``Checkpoint.events``.
+    events: list[Event] = []
 
 
 class StartChildren(msgspec.Struct, kw_only=True):
@@ -295,6 +301,40 @@ class SchedulePlan(msgspec.Struct, kw_only=True):
     next_fire_at: dict[str, float]
 
 
+class Retention(msgspec.Struct, frozen=True, kw_only=True):
+    """Which finished (completed or aborted) processes may go: those whose last change is
+    before these epoch seconds; None keeps them for ever."""
+
+    #: SYSTEM-target processes (tasks).
+    tasks_before: float | None
+    #: Every other target.
+    workflows_before: float | None
+
+
+class Prune(msgspec.Struct, kw_only=True):
+    """Delete up to ``limit`` processes that ``retention`` lets go, with their step records,
+    actions, subscription links and schedule runs; answers :class:`Pruned`. Small batches keep
+    each write short, so checkpoints queued beside it wait little."""
+
+    retention: Retention
+    limit: int
+
+
+class Pruned(msgspec.Struct, kw_only=True):
+    """What a prune deleted (or, for a dry run, would delete)."""
+
+    processes: int = 0
+    steps: int = 0
+    actions: int = 0
+
+    def __add__(self, other: Pruned) -> Pruned:
+        return Pruned(
+            processes=self.processes + other.processes,
+            steps=self.steps + other.steps,
+            actions=self.actions + other.actions,
+        )
+
+
 #: Every write a store takes.
 Op = (
     Checkpoint
@@ -306,6 +346,7 @@ Op = (
     | Positions
     | StartChildren
     | ReplaceChildren
+    | Prune
 )
 
 
@@ -411,4 +452,27 @@ class Store(Protocol):
 
     async def latest_started_by(self, reporter: str, after_pid: str | None) -> ProcessRow | None:
         """The newest process started by ``reporter`` after ``after_pid`` (or at all)."""
+        ...
+
+    async def processes_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        """Ids of processes that start with ``prefix`` (at most ``limit``)."""
+        ...
+
+    # -- retention and events --
+
+    async def prunable(self, retention: Retention) -> Pruned:
+        """What pruning with ``retention`` would delete now (a dry run)."""
+        ...
+
+    def on_events(self, sink: Callable[[list[Event]], None]) -> None:
+        """Call ``sink`` on the event loop with the events of each commit, ids set, in id
+        order, before anyone waiting for that commit wakes."""
+        ...
+
+    async def event_bounds(self) -> tuple[int, int]:
+        """The oldest event id kept and the newest id given (oldest > newest: none kept)."""
+        ...
+
+    async def events_after(self, after: int, limit: int) -> list[Event]:
+        """Up to ``limit`` kept events with ids after ``after``, oldest first."""
         ...

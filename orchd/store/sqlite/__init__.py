@@ -12,9 +12,11 @@ import os
 import shutil
 import sqlite3
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from orchd.errors import StoreError
+from orchd.model import Event
 from orchd.store.base import Op, StoreStats
 from orchd.store.sqlite.reads import Reads
 from orchd.store.sqlite.schema import SCHEMA_VERSION, connect, migrate
@@ -28,8 +30,10 @@ SYNCHRONOUS = ("FULL", "NORMAL", "OFF")
 class SqliteStore(Reads):
     """The database, opened once per engine (implements ``orchd.store.base.Store``)."""
 
-    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str, *, synchronous: str = "FULL", keep_events: int = 100_000) -> None:
         super().__init__()
+        self.keep_events = keep_events
+        self._event_sink: Callable[[list[Event]], None] | None = None
         if synchronous not in SYNCHRONOUS:
             raise ValueError("synchronous must be FULL or NORMAL")
         self._tmpdir: str | None = None
@@ -47,7 +51,9 @@ class SqliteStore(Reads):
         loop = asyncio.get_running_loop()
         try:
             conn = await asyncio.to_thread(self._open_writer)
-            self._writer = Writer(conn, loop, self.path)
+            self._writer = Writer(
+                conn, loop, self.path, keep_events=self.keep_events, event_sink=self._event_sink
+            )
             self._writer.start()
             await self.open_reader(self.path)
         except sqlite3.Error as exc:
@@ -71,6 +77,11 @@ class SqliteStore(Reads):
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
+
+    def on_events(self, sink: Callable[[list[Event]], None]) -> None:
+        self._event_sink = sink
+        if self._writer is not None:
+            self._writer.event_sink = sink
 
     def submit(self, op: Op) -> asyncio.Future[Any]:
         """Queue a write; the future resolves once its transaction has committed.

@@ -17,6 +17,7 @@ import msgspec
 from orchd.errors import StoreError
 from orchd.model import (
     SUBSCRIPTION_FIELDS,
+    Event,
     LinkedProcess,
     ProcessStatus,
     ProcessSummary,
@@ -24,7 +25,15 @@ from orchd.model import (
     Target,
     utc,
 )
-from orchd.store.base import ActionRow, ProcessRow, ScheduleRow, StepRow, TimedProcess
+from orchd.store.base import (
+    ActionRow,
+    ProcessRow,
+    Pruned,
+    Retention,
+    ScheduleRow,
+    StepRow,
+    TimedProcess,
+)
 
 _decode = msgspec.json.Decoder().decode
 
@@ -35,6 +44,8 @@ _PROCESS_COLUMNS = (
     "child_group", "child_index", "children_group", "children_pending", "held",
 )  # fmt: skip
 _SELECT_PROCESS = f"SELECT {', '.join(_PROCESS_COLUMNS)} FROM processes"
+#: For the writer, which answers an idempotent start with the row that holds the key.
+SELECT_PROCESS = _SELECT_PROCESS
 _SUMMARY_COLUMNS = (
     "id, workflow, target, status, created_at, updated_at, reporter, current_step, "
     "subscription_id, error, parent_id"
@@ -76,6 +87,22 @@ def process_row(row: Iterable[Any]) -> ProcessRow:
         children_pending=children_pending,
         held=bool(held),
     )
+
+
+def prunable_where(retention: Retention) -> tuple[str | None, tuple[float, ...]]:
+    """The condition on ``processes`` rows that ``retention`` lets go (None: none)."""
+    ages: list[str] = []
+    params: list[float] = []
+    if retention.tasks_before is not None:
+        ages.append("(target = 'SYSTEM' AND updated_at < ?)")
+        params.append(retention.tasks_before)
+    if retention.workflows_before is not None:
+        ages.append("(target != 'SYSTEM' AND updated_at < ?)")
+        params.append(retention.workflows_before)
+    if not ages:
+        return None, ()
+    where = f"status IN ('completed', 'aborted') AND ({' OR '.join(ages)})"
+    return where, tuple(params)
 
 
 def subscription_from_row(row: Iterable[Any]) -> dict[str, Any]:
@@ -300,3 +327,45 @@ class Reads:
             (reporter, after_pid),
         )
         return None if row is None else process_row(row)
+
+    async def processes_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        # Ids are lower-case text: a range on the UNIQUE index, not a scan.
+        rows = await self.fetchall(
+            "SELECT id FROM processes WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+            (prefix, prefix + "\U0010ffff", limit),
+        )
+        return [r[0] for r in rows]
+
+    # -- retention and events --
+
+    async def prunable(self, retention: Retention) -> Pruned:
+        where, params = prunable_where(retention)
+        if where is None:
+            return Pruned()
+        row = await self.fetchone(
+            f"""SELECT count(*), coalesce(sum(steps), 0), coalesce(sum(actions), 0) FROM (
+                SELECT (SELECT count(*) FROM steps WHERE process = p.rowid) AS steps,
+                       (SELECT count(*) FROM actions WHERE process = p.rowid) AS actions
+                FROM processes AS p WHERE {where})""",
+            params,
+        )
+        assert row is not None
+        return Pruned(processes=row[0], steps=row[1], actions=row[2])
+
+    async def event_bounds(self) -> tuple[int, int]:
+        row = await self.fetchone(
+            "SELECT (SELECT min(id) FROM events),"
+            " (SELECT seq FROM sqlite_sequence WHERE name = 'events')"
+        )
+        newest = (row[1] if row else None) or 0
+        oldest = row[0] if row and row[0] is not None else newest + 1
+        return oldest, newest
+
+    async def events_after(self, after: int, limit: int) -> list[Event]:
+        rows = await self.fetchall(
+            "SELECT id, data FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+        )
+        return [msgspec.structs.replace(_decode_event(data), id=eid) for eid, data in rows]
+
+
+_decode_event = msgspec.json.Decoder(Event).decode

@@ -12,7 +12,7 @@ from orchd.store.base import token_digest
 
 log = logging.getLogger("orchd.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _digest_callback_tokens(conn: sqlite3.Connection) -> None:
@@ -134,6 +134,20 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         "ALTER TABLE processes ADD COLUMN children_group INTEGER",
         "ALTER TABLE processes ADD COLUMN children_pending INTEGER",
         "CREATE INDEX processes_by_parent ON processes (parent_id, child_group, held, child_index)",
+    ],
+    [
+        # Idempotent starts (contract §11): a key names at most one process while it exists.
+        "ALTER TABLE processes ADD COLUMN idempotency_key TEXT",
+        "CREATE UNIQUE INDEX processes_by_idempotency_key ON processes (idempotency_key)",
+        # Retention finds finished processes by status and age.
+        "CREATE INDEX processes_by_age ON processes (status, updated_at)",
+        # Durable events (contract §10): the id is what SSE clients resume from, so it must
+        # never be reused, even after every row was pruned (AUTOINCREMENT).
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            process_id TEXT NOT NULL,
+            data BLOB NOT NULL
+        )""",
     ],
 ]
 

@@ -17,14 +17,15 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from msgspec.structs import astuple
 
 from orchd import _faults as faults
-from orchd.errors import StoreError, SubscriptionLocked, SubscriptionNotFound
-from orchd.model import START
+from orchd.errors import IdempotencyConflict, StoreError, SubscriptionLocked, SubscriptionNotFound
+from orchd.model import START, Event, ProcessStatus
 from orchd.store.base import (
     Checkpoint,
     ChildFinished,
@@ -33,6 +34,8 @@ from orchd.store.base import (
     Op,
     Positions,
     ProcessRow,
+    Prune,
+    Pruned,
     ReplaceChildren,
     ScheduleClaim,
     SchedulePlan,
@@ -40,7 +43,13 @@ from orchd.store.base import (
     ScheduleStarted,
     StartChildren,
 )
-from orchd.store.sqlite.reads import SELECT_SUBSCRIPTION, subscription_from_row
+from orchd.store.sqlite.reads import (
+    SELECT_PROCESS,
+    SELECT_SUBSCRIPTION,
+    process_row,
+    prunable_where,
+    subscription_from_row,
+)
 
 log = logging.getLogger("orchd.store")
 
@@ -57,8 +66,9 @@ class _Batch:
         self.links: list[tuple[str, str]] = []
         self.releases: list[tuple[float, str]] = []
         self.actions: list[tuple[Any, ...]] = []
+        self.events: list[Event] = []
 
-    def flush(self, conn: sqlite3.Connection) -> None:
+    def flush(self, conn: sqlite3.Connection, staged: list[Event]) -> None:
         if self.subscriptions:
             if faults.ENABLED:
                 faults.point("subscription_save")
@@ -73,7 +83,21 @@ class _Batch:
             conn.executemany(_RELEASE, self.releases)
         if self.actions:
             conn.executemany(_INSERT_ACTION, self.actions)
+        if self.events:
+            _insert_events(conn, self.events, staged)
         self.__init__()  # type: ignore[misc]
+
+
+_INSERT_EVENT = "INSERT INTO events (process_id, data) VALUES (?, ?)"
+
+
+def _insert_events(conn: sqlite3.Connection, events: list[Event], staged: list[Event]) -> None:
+    """Store events; the ids the table gives them (consecutive: one connection writes, inside
+    one transaction) are set on the copies staged for announcing after the commit."""
+    conn.executemany(_INSERT_EVENT, [(e.process_id, _encode(e)) for e in events])
+    last: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+    first = last - len(events) + 1
+    staged.extend(msgspec.structs.replace(e, id=first + i) for i, e in enumerate(events))
 
 
 _UPDATE_PROCESS = """UPDATE processes SET status = ?, pc = ?, seq = ?, state = ?, current_step = ?,
@@ -123,15 +147,30 @@ def _add_checkpoint(batch: _Batch, cp: Checkpoint) -> None:
         batch.releases.append((p.updated_at, cp.release))
     for a in cp.actions:
         batch.actions.append(astuple(a))
+    batch.events.extend(cp.events)
 
 
 _INSERT_PROCESS = """INSERT INTO processes (id, workflow, target, status, pc, seq, state, reporter,
     subscription_id, current_step, step_key, step_occurrence, created_at, updated_at, parent_id,
-    child_group, child_index, held)
-    VALUES (?, ?, ?, 'created', 0, 0, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)"""
+    child_group, child_index, held, idempotency_key)
+    VALUES (?, ?, ?, 'created', 0, 0, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)"""
 
 
 def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
+    if op.idempotency_key is not None:
+        # Checked and inserted in one transaction of the only writer: two starts with one
+        # key make one process (the UNIQUE index is the backstop).
+        found = conn.execute(
+            f"{SELECT_PROCESS} WHERE idempotency_key = ?", (op.idempotency_key,)
+        ).fetchone()
+        if found is not None:
+            existing = process_row(found)
+            if existing.workflow != op.workflow:
+                raise IdempotencyConflict(
+                    f"Idempotency-Key {op.idempotency_key!r} started process {existing.id} "
+                    f"of workflow {existing.workflow!r}, not {op.workflow!r}"
+                )
+            return existing
     state = op.state
     if op.lock is not None:
         row = conn.execute(SELECT_SUBSCRIPTION, (op.lock,)).fetchone()
@@ -168,6 +207,7 @@ def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
             op.child_group,
             op.child_index,
             int(op.held),
+            op.idempotency_key,
         ),
     )
     pk = cur.lastrowid
@@ -236,33 +276,40 @@ def _started(conn: sqlite3.Connection, op: ScheduleStarted) -> None:
     conn.execute(_LAST, (op.name, op.process_id, op.fire_at))
 
 
-def _checkpoint_now(conn: sqlite3.Connection, cp: Checkpoint) -> None:
+def _checkpoint_now(conn: sqlite3.Connection, cp: Checkpoint, staged: list[Event]) -> None:
     rows = _Batch()
     _add_checkpoint(rows, cp)
-    rows.flush(conn)
+    rows.flush(conn, staged)
 
 
-def _create_children(conn: sqlite3.Connection, children: list[NewProcess]) -> list[ProcessRow]:
+def _create_children(
+    conn: sqlite3.Connection, children: list[NewProcess], staged: list[Event]
+) -> list[ProcessRow]:
     created = []
     for child in children:
         try:
             created.append(_create_process(conn, child))
         except (SubscriptionLocked, SubscriptionNotFound) as exc:
             raise ChildRefused(child.child_index, exc.detail) from None
+        _insert_events(conn, child.events, staged)
     return created
 
 
-def _start_children(conn: sqlite3.Connection, op: StartChildren) -> list[ProcessRow]:
-    created = _create_children(conn, op.children)
-    _checkpoint_now(conn, op.parent)
+def _start_children(
+    conn: sqlite3.Connection, op: StartChildren, staged: list[Event]
+) -> list[ProcessRow]:
+    created = _create_children(conn, op.children, staged)
+    _checkpoint_now(conn, op.parent, staged)
     return created
 
 
-def _replace_children(conn: sqlite3.Connection, op: ReplaceChildren) -> list[ProcessRow]:
+def _replace_children(
+    conn: sqlite3.Connection, op: ReplaceChildren, staged: list[Event]
+) -> list[ProcessRow]:
     conn.executemany(
         "UPDATE processes SET child_group = NULL WHERE id = ?", [(pid,) for pid in op.detach]
     )
-    return _start_children(conn, StartChildren(parent=op.parent, children=op.children))
+    return _start_children(conn, StartChildren(parent=op.parent, children=op.children), staged)
 
 
 _COUNT_DOWN = """UPDATE processes SET children_pending = children_pending - 1
@@ -271,9 +318,9 @@ _NEXT_HELD = """SELECT id FROM processes WHERE parent_id = ? AND child_group = ?
     ORDER BY child_index LIMIT 1"""
 
 
-def _finish_child(conn: sqlite3.Connection, cp: Checkpoint) -> ChildFinished:
+def _finish_child(conn: sqlite3.Connection, cp: Checkpoint, staged: list[Event]) -> ChildFinished:
     """A child's last checkpoint, and its parent's count of unfinished children with it."""
-    _checkpoint_now(conn, cp)
+    _checkpoint_now(conn, cp, staged)
     link = cp.child_of
     assert link is not None
     conn.execute(_COUNT_DOWN, (link.parent_id, link.group))
@@ -290,7 +337,17 @@ def _finish_child(conn: sqlite3.Connection, cp: Checkpoint) -> ChildFinished:
             "UPDATE processes SET status = 'running', updated_at = ? WHERE id = ?",
             (cp.process.updated_at, link.parent_id),
         )
-        answer.woke, answer.woke_workflow, answer.woke_parent = link.parent_id, row[3], row[4]
+        answer.woke = link.parent_id
+        woke = Event(
+            id=0,
+            kind="process",
+            process_id=link.parent_id,
+            workflow=row[3],
+            parent_id=row[4],
+            status=ProcessStatus.RUNNING,
+            at=datetime.now(UTC),
+        )
+        _insert_events(conn, [woke], staged)
     held = conn.execute(_NEXT_HELD, (link.parent_id, link.group)).fetchone()
     if held is not None:
         conn.execute("UPDATE processes SET held = 0 WHERE id = ?", (held[0],))
@@ -309,14 +366,47 @@ def _place(conn: sqlite3.Connection, op: Positions) -> None:
     )
 
 
+def _prune(conn: sqlite3.Connection, op: Prune) -> Pruned:
+    where, params = prunable_where(op.retention)
+    if where is None:
+        return Pruned()
+    rows = conn.execute(
+        f"SELECT rowid, id FROM processes WHERE {where} LIMIT ?", (*params, op.limit)
+    ).fetchall()
+    if not rows:
+        return Pruned()
+    pks = [pk for pk, _ in rows]
+    ids = [pid for _, pid in rows]
+    marks = ", ".join("?" * len(rows))
+    steps = conn.execute(f"DELETE FROM steps WHERE process IN ({marks})", pks).rowcount
+    actions = conn.execute(f"DELETE FROM actions WHERE process IN ({marks})", pks).rowcount
+    # Subscriptions stay; their links to the processes go. A schedule keeps its row (its
+    # last run may be one of these); the runs' dedupe rows of the processes go.
+    conn.execute(f"DELETE FROM subscription_processes WHERE process_id IN ({marks})", ids)
+    conn.execute(f"DELETE FROM schedule_runs WHERE process_id IN ({marks})", ids)
+    conn.execute(f"DELETE FROM processes WHERE rowid IN ({marks})", pks)
+    if op.retention.tasks_before is not None:
+        # Fire times skipped because the previous run was still going start no process.
+        conn.execute(
+            "DELETE FROM schedule_runs WHERE process_id IS NULL AND fire_at < ?",
+            (op.retention.tasks_before,),
+        )
+    return Pruned(processes=len(rows), steps=steps, actions=actions)
+
+
 #: How each operation other than a plain checkpoint is applied, inside the batch's transaction.
 _APPLY: dict[type[Any], Callable[[sqlite3.Connection, Any], Any]] = {
+    Prune: _prune,
     NewProcess: _create_process,
     ScheduleRun: _record_schedule_run,
     ScheduleClaim: _claim,
     ScheduleStarted: _started,
     SchedulePlan: _plan,
     Positions: _place,
+}
+
+#: Operations that store events of their own (``staged`` for announcing after the commit).
+_APPLY_STAGED: dict[type[Any], Callable[[sqlite3.Connection, Any, list[Event]], Any]] = {
     StartChildren: _start_children,
     ReplaceChildren: _replace_children,
     Checkpoint: _finish_child,  # only a child's last one comes here (see _apply)
@@ -349,10 +439,22 @@ class Writer(threading.Thread):
     WATCH_EVERY = 1.0
 
     def __init__(
-        self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, path: str
+        self,
+        conn: sqlite3.Connection,
+        loop: asyncio.AbstractEventLoop,
+        path: str,
+        *,
+        keep_events: int = 100_000,
+        event_sink: Callable[[list[Event]], None] | None = None,
     ) -> None:
         super().__init__(name="orchd-writer", daemon=True)
         self.conn = conn
+        #: Events kept in the table; older ones are deleted now and then, by count.
+        self.keep_events = keep_events
+        self.event_sink = event_sink
+        self._events_since_prune = 0
+        #: Events of the transactions committed since the last hand-over to the loop.
+        self._announce: list[Event] = []
         self.loop = loop
         self.path = path
         st = os.stat(path)
@@ -395,7 +497,8 @@ class Writer(threading.Thread):
                 batch.append(item)
             with self.lock:
                 results = self._commit(batch)
-            self.loop.call_soon_threadsafe(_resolve, results)
+            events, self._announce = self._announce, []
+            self.loop.call_soon_threadsafe(_resolve, results, events, self.event_sink)
         self.conn.close()
 
     def moved(self) -> str | None:
@@ -444,8 +547,11 @@ class Writer(threading.Thread):
             return False, None
         try:
             ((_, value, ok),) = self._commit([(op, None)])
+            events, self._announce = self._announce, []
         finally:
             self.lock.release()
+        if events and self.event_sink is not None:
+            self.event_sink(events)  # on the loop's thread already: announce at once
         if not ok:
             raise value
         return True, value
@@ -484,6 +590,7 @@ class Writer(threading.Thread):
         conn = self.conn
         results: list[tuple[asyncio.Future[Any] | None, Any, bool]] = []
         rows = _Batch()
+        staged: list[Event] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
             for op, fut in batch:
@@ -491,15 +598,22 @@ class Writer(threading.Thread):
                     _add_checkpoint(rows, op)
                     results.append((fut, None, True))
                     continue
-                rows.flush(conn)  # keep the order of operations that read what others wrote
-                if isinstance(op, NewProcess) and op.lock is None:
+                rows.flush(conn, staged)  # keep the order of operations that read others'
+                if isinstance(op, NewProcess) and op.lock is None and op.idempotency_key is None:
                     # A plain insert is never refused; a failure fails the batch, which is
                     # then retried one operation at a time.
                     results.append((fut, _create_process(conn, op), True))
+                    if op.events:
+                        _insert_events(conn, op.events, staged)
                     continue
                 conn.execute("SAVEPOINT op")
                 try:
-                    value = _APPLY[type(op)](conn, op)
+                    if type(op) in _APPLY_STAGED:
+                        value = _APPLY_STAGED[type(op)](conn, op, staged)
+                    else:
+                        value = _APPLY[type(op)](conn, op)
+                    if isinstance(op, NewProcess) and op.events and value.id == op.id:
+                        _insert_events(conn, op.events, staged)
                 except sqlite3.Error:
                     raise
                 except Exception as exc:  # refused (locked, not found), or a bug
@@ -508,10 +622,12 @@ class Writer(threading.Thread):
                 else:
                     results.append((fut, value, True))
                 conn.execute("RELEASE op")
-            rows.flush(conn)
+            rows.flush(conn, staged)
+            self._prune_events(staged)
             if faults.ENABLED:
                 faults.point("in_commit")
             conn.execute("COMMIT")
+            self._announce.extend(staged)
             if faults.ENABLED:
                 faults.point("after_commit")
         except BaseException:
@@ -519,6 +635,17 @@ class Writer(threading.Thread):
                 conn.execute("ROLLBACK")
             raise
         return results
+
+    def _prune_events(self, staged: list[Event]) -> None:
+        """Keep the events table near ``keep_events`` rows: a range delete on the key, now
+        and then (every tenth of that many new events), inside the batch's transaction."""
+        if not staged:
+            return
+        self._events_since_prune += len(staged)
+        if self._events_since_prune < max(1, self.keep_events // 10):
+            return
+        self._events_since_prune = 0
+        self.conn.execute("DELETE FROM events WHERE id <= ?", (staged[-1].id - self.keep_events,))
 
 
 def _identity_problem(path: str, identity: tuple[int, int], what: str) -> str | None:
@@ -533,7 +660,14 @@ def _identity_problem(path: str, identity: tuple[int, int], what: str) -> str | 
     return None
 
 
-def _resolve(results: list[tuple[asyncio.Future[Any] | None, Any, bool]]) -> None:
+def _resolve(
+    results: list[tuple[asyncio.Future[Any] | None, Any, bool]],
+    events: list[Event],
+    sink: Callable[[list[Event]], None] | None,
+) -> None:
+    # Announced before the writers wake, in commit order: ids only ever grow to a listener.
+    if events and sink is not None:
+        sink(events)
     for fut, value, ok in results:
         if fut is None or fut.done():
             continue
