@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, NoReturn
 
+from orchd import cliops
 from orchd.client import (
     ACTIVE,
     BadResponse,
@@ -44,9 +45,9 @@ EXIT_NOT_COMPLETED = 4
 #: Commands whose arguments belong to another module's own parser.
 PASSTHROUGH = {"bench": "orchd._bench.run", "fake-oss": "orchd.testing.fakeoss"}
 #: Global options that take a value (to find the command word before argparse runs).
-VALUE_OPTIONS = ("--socket", "--config", "--url", "--token-file")
+VALUE_OPTIONS = ("--socket", "--config", "--url", "--token-file", "--reporter")
 #: Global options that only clients use; ``serve`` refuses them.
-SERVE_REFUSES = ("--socket", "--url", "--token-file", "--json")
+SERVE_REFUSES = ("--socket", "--url", "--token-file", "--json", "--reporter")
 
 
 class UsageError(Exception):
@@ -82,6 +83,11 @@ def _global_options() -> argparse.ArgumentParser:
     group.add_argument("--url", metavar="URL", help="talk TCP instead: http://host:port")
     group.add_argument("--token-file", metavar="PATH", help="bearer token for --url")
     group.add_argument("--json", action="store_true", help="print the API's JSON")
+    group.add_argument(
+        "--reporter",
+        metavar="LABEL",
+        help="a label for the audit trail, beside your uid or token (X-Orchd-Reporter)",
+    )
     return parent
 
 
@@ -103,7 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, parents=[common])
 
-    command("serve", "run the daemon in the foreground")
+    p = command("serve", "run the daemon in the foreground")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only validate the config and import the workflows (exit 0 or 2); start nothing",
+    )
     command("health", "is the daemon up")
     command("workflows", "list the registered workflows")
 
@@ -112,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", metavar="JSON|@FILE|-", help="the initial form's answer")
     p.add_argument("--wait", action="store_true", help="wait until it is no longer running")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="give up waiting after this")
+    p.add_argument(
+        "--key",
+        metavar="KEY",
+        help="idempotency key: a start with a key that started a process of this workflow "
+        "answers that process instead (safe to retry)",
+    )
 
     p = command("ps", "list processes, newest first")
     p.add_argument("--status")
@@ -120,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int)
     p.add_argument("--all", action="store_true", help="fetch every page")
 
-    command("show", "show one process and its step log").add_argument("id")
+    p = command("show", "show one process and its step log")
+    p.add_argument("id")
+    p.add_argument("--state", action="store_true", help="print only its State, as JSON")
     p = command("resume", "answer a suspended process's form")
     p.add_argument("id")
     p.add_argument("--input", metavar="JSON|@FILE|-", required=True)
@@ -150,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int)
     p.add_argument("--all", action="store_true", help="fetch every page")
     command("subscription", "show one subscription").add_argument("id")
+
+    p = command("events", "follow the event stream (reconnects after a daemon restart)")
+    p.add_argument("--process", metavar="ID", help="only this process's events")
+    p = command("gc", "delete finished processes older than the retention now")
+    p.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
 
     p = command("schedules", "list the scheduler's entries")
     schedule_sub = p.add_subparsers(dest="schedules_command", metavar="ACTION")
@@ -379,7 +403,8 @@ def cmd_start(client: Client, args: argparse.Namespace) -> int:
     body = read_input(args.input)
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be positive")
-    answer = client.post(f"/api/processes/{quoted(args.workflow)}", body)
+    headers = None if args.key is None else {"Idempotency-Key": args.key}
+    answer = client.post(f"/api/processes/{quoted(args.workflow)}", body, headers)
     if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
         raise BadResponse(f"the daemon's answer to start has no process id: {answer!r}")
     pid = answer["id"]
@@ -450,7 +475,9 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_show(client: Client, args: argparse.Namespace) -> int:
     proc = client.process(args.id)
-    if args.json:
+    if args.state:
+        print_json(proc.get("state"))
+    elif args.json:
         print_json(proc)
     else:
         print_process(proc)
@@ -500,14 +527,15 @@ def cmd_callback(client: Client, args: argparse.Namespace) -> int:
 
 
 def _is_process_id(text: str) -> bool:
-    """A process id (a UUID) rather than a callback token (URL-safe base64, no dashes in
-    these places)."""
+    """A process id (a UUID) or a prefix of one (at least 8 characters, hex and dashes)
+    rather than a callback token (URL-safe base64 of 32 characters)."""
+    import re
     import uuid
 
     try:
         return str(uuid.UUID(text)) == text.lower()
     except ValueError:
-        return False
+        return len(text) < 32 and re.fullmatch(r"[0-9a-fA-F][0-9a-fA-F-]{7,}", text) is not None
 
 
 def cmd_abort(client: Client, args: argparse.Namespace) -> int:
@@ -593,19 +621,19 @@ def cmd_schedules(client: Client, args: argparse.Namespace) -> int:
     for s in data or []:
         last = s.get("last_run")
         last_text = f"{last.get('status')} {when(last.get('at'))}" if isinstance(last, dict) else ""
-        every = f"every {s['every']}" if s.get("every") else f"cron {s.get('cron') or '?'}"
+        trigger = f"every {s['every']}" if s.get("every") else f"cron {s.get('cron') or '?'}"
         rows.append(
             (
                 s.get("name"),
                 s.get("workflow"),
-                every,
+                trigger,
                 "yes" if s.get("enabled") else "no",
                 last_text,
                 when(s.get("next_run")),
                 s.get("skipped", 0),
             )
         )
-    print_table(("NAME", "WORKFLOW", "RUNS", "ENABLED", "LAST RUN", "NEXT RUN", "SKIPPED"), rows)
+    print_table(("NAME", "WORKFLOW", "TRIGGER", "ENABLED", "LAST RUN", "NEXT RUN", "SKIPPED"), rows)
     return EXIT_OK
 
 
@@ -623,6 +651,8 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "subscriptions": cmd_subscriptions,
     "subscription": cmd_subscription,
     "schedules": cmd_schedules,
+    "events": cliops.cmd_events,
+    "gc": cliops.cmd_gc,
 }
 
 
@@ -640,7 +670,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         for option in SERVE_REFUSES:
             if hasattr(args, option.lstrip("-").replace("-", "_")):
                 parser.error(f"serve takes no {option}; set it in the config file (--config)")
-    for name in ("socket", "config", "url", "token_file"):
+    for name in ("socket", "config", "url", "token_file", "reporter"):
         if not hasattr(args, name):
             setattr(args, name, None)
     if not hasattr(args, "json"):
@@ -675,7 +705,8 @@ def _main(argv: list[str]) -> int:
         return _run_module(PASSTHROUGH[name], lambda module: int(module.main(rest)))
     args = parse_args(argv)
     if args.command == "serve":
-        return _run_module("orchd.daemon", lambda module: int(module.serve(args.config)))
+        run = "check" if args.check else "serve"
+        return _run_module("orchd.daemon", lambda module: int(getattr(module, run)(args.config)))
     if args.command == "check" and args.workflows:
         return _run_module(
             "orchd.deploycheck", lambda module: int(module.cmd_check_workflows(args))
@@ -687,7 +718,8 @@ def _main(argv: list[str]) -> int:
             "orchd.store.maintenance", lambda module: int(getattr(module, call)(args))
         )
     try:
-        client = Client(resolve_endpoint(args.socket, args.url, args.config, args.token_file))
+        endpoint = resolve_endpoint(args.socket, args.url, args.config, args.token_file)
+        client = Client(endpoint, reporter=args.reporter)
         return COMMANDS[args.command](client, args)
     except (UsageError, EndpointError) as exc:
         return _fail(str(exc), EXIT_USAGE)

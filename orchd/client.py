@@ -235,12 +235,18 @@ def parse_sse(lines: Iterable[bytes]) -> Iterator[Event]:
 class Client:
     """Blocking JSON requests to the control API; one connection per request."""
 
-    def __init__(self, endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT, reporter: str | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
+        #: A label the daemon adds to who asks, in the audit trail (``X-Orchd-Reporter``).
+        self.reporter = reporter
 
     def _headers(self, has_body: bool) -> dict[str, str]:
         headers = {"Accept": "application/json"}
+        if self.reporter:
+            headers["X-Orchd-Reporter"] = self.reporter
         if has_body:
             headers["Content-Type"] = "application/json"
         if self.endpoint.token:
@@ -284,9 +290,10 @@ class Client:
         path: str,
         body: Any = None,
         query: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         """Send one request; return the decoded JSON answer (None when the body is empty)."""
-        conn, resp = self._open(method, path, body, query)
+        conn, resp = self._open(method, path, body, query, headers)
         try:
             raw = resp.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -309,11 +316,16 @@ class Client:
     def get(self, path: str, query: dict[str, Any] | None = None) -> Any:
         return self.request("GET", path, query=query)
 
-    def post(self, path: str, body: Any = None) -> Any:
-        return self.request("POST", path, body={} if body is None else body)
+    def post(self, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+        return self.request("POST", path, body={} if body is None else body, headers=headers)
 
     def events(
-        self, read_timeout: float | None = None, until: float | None = None
+        self,
+        read_timeout: float | None = None,
+        until: float | None = None,
+        *,
+        last_event_id: str | None = None,
+        process: str | None = None,
     ) -> Generator[Event, None, None]:
         """Follow ``GET /api/events``.
 
@@ -322,10 +334,14 @@ class Client:
         waits longer than ``read_timeout``, or any read after ``until`` (a ``time.monotonic()``
         value), raises ``TimeoutError``.
         """
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
         conn, resp = self._open(
             "GET",
             "/api/events",
-            headers={"Accept": "text/event-stream"},
+            query={"process": process},
+            headers=headers,
             timeout=read_timeout,
         )
 

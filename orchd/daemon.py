@@ -95,6 +95,21 @@ def serve(config_path: str | None) -> int:
     return code
 
 
+def check(config_path: str | None) -> int:
+    """``orchd serve --check``: validate the config and import the workflows and resources,
+    then exit 0, or 2 with the problem; nothing is started, bound or opened."""
+    try:
+        loaded = load_config(config_path)
+        engine, _, _, factories = prepare(loaded)
+    except ConfigError as exc:
+        return _config_failure(exc)
+    print(
+        f"orchd: {loaded.source}: ok ({len(engine.workflows)} workflows, "
+        f"{len(loaded.config.schedules)} schedules, {len(factories)} resources)"
+    )
+    return EXIT_OK
+
+
 def _exit_despite_stuck_threads(code: int) -> None:
     """Exit now if a step interrupted after the grace period still runs in a worker thread.
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +24,7 @@ from orchd.errors import AmbiguousId, ProcessNotFound
 from orchd.store.base import NewProcess
 
 KEEP_TASKS = {"workflows": ["e2e_flows"]}
+SCHEDULE = '[[schedules]]\nworkflow = "e2e_tick"\nevery = "1h"\n'
 
 
 @pytest.fixture
@@ -314,3 +319,119 @@ async def test_an_ambiguous_prefix_is_refused(tmp_path: Path) -> None:
         assert (await engine.get("abcdef12-0000-4000-8000-1")).id.endswith("2")
         with pytest.raises(ProcessNotFound):
             await engine.get("abcdef13")
+
+
+# -- the CLI --------------------------------------------------------------------------------
+
+
+def cli(d: DaemonProcess, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchd", "--socket", d.socket, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_start_with_a_key_prints_the_same_id_twice(daemon: DaemonProcess) -> None:
+    first = cli(daemon, "start", "e2e_hello", "--key", "run-1")
+    again = cli(daemon, "start", "e2e_hello", "--key", "run-1")
+    assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+    assert first.stdout == again.stdout and len(first.stdout.strip()) == 36
+    other = cli(daemon, "start", "e2e_tick", "--key", "run-1")
+    assert other.returncode == 1 and "run-1" in other.stderr
+
+
+def test_gc_dry_run_counts_and_gc_deletes(daemon_factory: DaemonFactory) -> None:
+    d = daemon_factory({**KEEP_TASKS, "retention": {"tasks": "1s"}})
+    finished(d)
+    time.sleep(1.2)
+    dry = cli(d, "gc", "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.startswith("would delete 1 processes"), dry
+    done = cli(d, "gc", "--json")
+    assert json.loads(done.stdout)["processes"] == 1
+    assert cli(d, "gc").stdout.startswith("deleted 0 processes")
+
+
+def test_show_takes_a_prefix_and_prints_the_state(daemon: DaemonProcess) -> None:
+    pid = finished(daemon)
+    shown = cli(daemon, "show", pid[:8], "--state")
+    assert shown.returncode == 0, shown.stderr
+    state = json.loads(shown.stdout)
+    assert state["process_id"] == pid and state["workflow_name"] == "e2e_hello"
+    assert cli(daemon, "show", pid[:7]).returncode == 1
+
+
+def test_the_reporter_option_labels_the_action(daemon: DaemonProcess) -> None:
+    started = cli(daemon, "--reporter", "nightly-job", "start", "e2e_hello")
+    pid = started.stdout.strip()
+    process = daemon.wait_process(pid, ("completed",))
+    assert process["actions"][0]["actor"] == f"uid:{os.getuid()} (nightly-job)"
+
+
+def test_schedules_show_a_trigger_column(daemon_factory: DaemonFactory) -> None:
+    d = daemon_factory(KEEP_TASKS, raw_config=SCHEDULE)
+    out = cli(d, "schedules").stdout
+    assert out.split()[:3] == ["NAME", "WORKFLOW", "TRIGGER"] and "every 1h" in out
+
+
+def test_serve_check_validates_without_starting(daemon_factory: DaemonFactory) -> None:
+    d = daemon_factory(KEEP_TASKS, start=False)
+    ok = subprocess.run(
+        [sys.executable, "-m", "orchd", "serve", "--check", "--config", str(d.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=d.environment(),
+    )
+    assert ok.returncode == 0 and "ok" in ok.stdout, ok.stderr
+    assert not Path(d.db).exists() and not Path(d.socket).exists()
+    d.write_config({"workflows": ["no_such_module_here"]})
+    bad = subprocess.run(
+        [sys.executable, "-m", "orchd", "serve", "--check", "--config", str(d.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=d.environment(),
+    )
+    assert bad.returncode == 2 and "workflows[0]" in bad.stderr, bad.stderr
+    assert not Path(d.db).exists()
+
+
+def test_events_follow_across_a_daemon_restart(daemon: DaemonProcess) -> None:
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "orchd", "--socket", daemon.socket, "events", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    got: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [got.put(x) for x in follower.stdout or ()])
+    reader.start()
+    try:
+        assert follower.stderr is not None
+        assert "following" in follower.stderr.readline()  # subscribed: nothing is missed
+        first = daemon.start_process("e2e_hello")
+        lines = _lines_until(got, first)
+        daemon.stop()
+        daemon.start()
+        second = daemon.start_process("e2e_hello")
+        lines += _lines_until(got, second)
+    finally:
+        follower.terminate()
+        _, err = follower.communicate(timeout=10)
+        reader.join(timeout=10)
+    ids = [line["id"] for line in lines]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert {line["process_id"] for line in lines} == {first, second}
+    assert "resuming after event" in err, err
+
+
+def _lines_until(lines: queue.Queue[str], pid: str) -> list[dict[str, Any]]:
+    got = []
+    while True:
+        event = json.loads(lines.get(timeout=15))
+        got.append(event)
+        if event.get("process_id") == pid and event["kind"] == "process":
+            if event["status"] == "completed":
+                return got

@@ -23,6 +23,7 @@ import msgspec
 
 from orchd._bench import api as bench_api
 from orchd._bench import load as bench_load
+from orchd._bench import retention as bench_retention
 from orchd.dsl import Form, State, children, done, init, inputstep, step, workflow
 from orchd.engine import Engine
 from orchd.model import Target
@@ -464,6 +465,15 @@ def main(argv: list[str]) -> int:
             f"{p8['fan_out_s']:.2f} s until the parent completed",
             f"{p8['independent_s']:.2f} s as independent starts",
             "< 5 s (10,000)",
+        )
+        # The quick (smoke) run simulates a schedule ten times slower, and says so.
+        days, per_day = (9, 864) if args.quick else (30, bench_retention.PER_DAY)
+        r = bench_retention.database_size(directory, days, per_day)
+        table.row(
+            f"database after {days} days of a {86400 // per_day} s schedule",
+            f"{r['with_mb']:.1f} MiB, {r['with_kept']:,.0f} processes with retention (tasks = 7d)",
+            f"{r['without_mb']:.1f} MiB, {r['without_kept']:,.0f} without",
+            "bounded",
         )
         if args.scaling:
             print("\nsteps/s and RSS by number of concurrent processes")

@@ -764,10 +764,17 @@ class Engine:
             workflows_before=None if workflows is None else now - workflows,
         )
 
-    async def gc(self, *, dry_run: bool = False, batch: int = PRUNE_BATCH) -> Pruned:
-        """Delete finished processes older than the retention, ``batch`` at a time (each its
-        own short write, so checkpoints in between wait little); or count them."""
-        retention = self.retention()
+    async def gc(
+        self,
+        *,
+        dry_run: bool = False,
+        batch: int = PRUNE_BATCH,
+        retention: Retention | None = None,
+    ) -> Pruned:
+        """Delete finished processes older than the retention (the settings', or the one
+        given), ``batch`` at a time (each its own short write, so checkpoints in between wait
+        little); or count them."""
+        retention = self.retention() if retention is None else retention
         if dry_run:
             return await self.store.prunable(retention)
         total = Pruned()
