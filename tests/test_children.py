@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from orchd import Engine, Process
 from orchd.errors import InvalidTransition
+from orchd.store.base import Retention
 from orchd.testing import Gate
 
 Make = Callable[..., Any]
@@ -185,3 +187,19 @@ async def test_events_of_children_name_their_parent(engine: Engine) -> None:
     assert all(e.parent_id is None for e in seen if e.process_id == pid)
     statuses = [e.status for e in seen if e.process_id == pid and e.kind == "process"]
     assert statuses == ["created", "running", "awaiting_children", "running", "completed"]
+
+
+async def test_retention_keeps_the_finished_children_of_a_parent_still_waiting(
+    engine: Engine, gate: Gate
+) -> None:
+    pid = await engine.start("fan_out", {"inputs": [{"n": 1}, {"n": 2, "mode": "hold"}]})
+    await gate.reached(1)
+    first = (await engine.get(pid)).children[0].id
+    await settle(engine, first, "completed")
+    everything = Retention(tasks_before=time.time() + 60, workflows_before=time.time() + 60)
+    assert (await engine.gc(retention=everything)).processes == 0
+    gate.open()
+    parent = await settle(engine, pid, "completed")
+    assert [r["id"] for r in parent.state["results"]][0] == first
+    # Once the parent has finished, the family may go.
+    assert (await engine.gc(retention=everything)).processes == 3

@@ -101,7 +101,13 @@ def prunable_where(retention: Retention) -> tuple[str | None, tuple[float, ...]]
         params.append(retention.workflows_before)
     if not ages:
         return None, ()
-    where = f"status IN ('completed', 'aborted') AND ({' OR '.join(ages)})"
+    # A finished child of a parent still waiting (or failed at its children step) stays: the
+    # parent collects it when it joins, however long its fan-out takes.
+    where = (
+        f"status IN ('completed', 'aborted') AND ({' OR '.join(ages)}) AND (parent_id IS NULL "
+        "OR parent_id NOT IN (SELECT id FROM processes WHERE status NOT IN "
+        "('completed', 'aborted')))"
+    )
     return where, tuple(params)
 
 
