@@ -302,16 +302,14 @@ class Actor:
         step = self._step()
         form = await self._form_of(step)
         values = validate_form(form, answer)
+        await self._answered(step, values, self._action(Action.RESUME, actor))
+
+    async def _answered(self, step: Step, delta: dict[str, Any], action: ActionWrite) -> None:
+        """An answer (a form's, a callback's) completes the step that waited for it."""
         now = time.time()
-        changes = changes_of(self.state, step.name, values)
+        changes = changes_of(self.state, step.name, delta)
         outcome = Outcome(
-            P.RUNNING,
-            StepStatus.SUCCESS,
-            now,
-            now,
-            changes,
-            advance=True,
-            action=self._action(Action.RESUME, actor),
+            P.RUNNING, StepStatus.SUCCESS, now, now, changes, advance=True, action=action
         )
         await self._commit(step, outcome)
 
@@ -436,20 +434,10 @@ class Actor:
 
     async def _take_callback(self, payload: Any, actor: str) -> None:
         step = self._step()
-        now = time.time()
         self.next_retry_at = None
         self._end_wait()
-        changes = changes_of(self.state, step.name, {"callback_result": payload})
-        outcome = Outcome(
-            P.RUNNING,
-            StepStatus.SUCCESS,
-            now,
-            now,
-            changes,
-            advance=True,
-            action=self._action(Action.CALLBACK, actor),
-        )
-        await self._commit(step, outcome)
+        action = self._action(Action.CALLBACK, actor)
+        await self._answered(step, {"callback_result": payload}, action)
 
     async def _fail_wait(self, reason: str) -> None:
         step = self._step()
