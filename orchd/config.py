@@ -143,6 +143,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     rate_limit: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     max_body: Positive = 1048576
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: Every log line valid logfmt (default) or one JSON object; "text" for people.
+    log_format: Literal["logfmt", "json", "text"] = "logfmt"
     socket_mode: str = "0660"
     socket_group: str | None = None
     watchdog: bool = True

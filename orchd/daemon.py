@@ -83,7 +83,7 @@ def serve(config_path: str | None) -> int:
         engine, scheduler, http, resources = prepare(loaded)
     except ConfigError as exc:
         return _config_failure(exc)
-    logs.setup(loaded.config.log_level)
+    logs.setup(loaded.config.log_level, log_format=loaded.config.log_format)
     try:
         code = _run(Daemon(loaded, engine, scheduler, http, resources).run())
     except ConfigError as exc:

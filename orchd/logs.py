@@ -1,10 +1,17 @@
-"""Logging for the daemon: one handler on stderr, in one of two shapes.
+"""Logging for the daemon: one handler on stderr, one record a line.
 
-Under journald (stderr is the journal's stream) a line carries no timestamp, since the journal
-adds its own, and starts with a ``<N>`` syslog priority so ``journalctl -p`` can filter it.
-Anywhere else a line starts with an ISO 8601 UTC timestamp and the level name::
+``log_format`` picks the shape. ``logfmt`` (the default) is parsed by every log shipper::
+
+    ts=2026-11-26T12:00:00.123Z level=info logger=orchd.engine msg="recovered 3 processes"
+
+``json`` is one JSON object a line (``ts``, ``level``, ``logger``, ``msg``, ``exc`` with a
+traceback); ``text`` is for people reading a terminal::
 
     2026-11-26T12:00:00.123Z INFO orchd.engine recovered 3 active processes
+
+Under journald (stderr is the journal's stream) a line carries no timestamp, since the journal
+adds its own, and starts with a ``<N>`` syslog priority so ``journalctl -p`` can filter it (the
+journal strips it). A traceback stays inside its record (escaped) in logfmt and json.
 
 The library itself only has a NullHandler (see ``orchd/__init__.py``); this module is used by
 the daemon, never on import.
@@ -12,6 +19,7 @@ the daemon, never on import.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -21,7 +29,16 @@ from typing import TextIO
 
 from orchd.systemd import under_journald
 
-__all__ = ["JournaldFormatter", "TextFormatter", "setup", "set_level", "LEVELS"]
+__all__ = [
+    "FORMATS",
+    "JournaldFormatter",
+    "JsonFormatter",
+    "LEVELS",
+    "LogfmtFormatter",
+    "TextFormatter",
+    "set_level",
+    "setup",
+]
 
 #: Config ``log_level`` values and the logging levels they stand for.
 LEVELS = {
@@ -75,6 +92,82 @@ class JournaldFormatter(logging.Formatter):
         return "\n".join(prefix + line for line in text.splitlines())
 
 
+def _stamp(record: logging.LogRecord) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{stamp}.{int(record.msecs):03d}Z"
+
+
+def _fields(
+    formatter: logging.Formatter, record: logging.LogRecord, journald: bool
+) -> dict[str, str]:
+    fields = {} if journald else {"ts": _stamp(record)}
+    fields |= {
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    if record.exc_info and not record.exc_text:
+        record.exc_text = formatter.formatException(record.exc_info)
+    if record.exc_text:
+        fields["exc"] = record.exc_text
+    if record.stack_info:
+        fields["stack"] = formatter.formatStack(record.stack_info)
+    return fields
+
+
+def _logfmt_value(value: str) -> str:
+    """A value as logfmt writes it: bare when it can be, else quoted with escapes."""
+    if value and all(c.isprintable() and c not in ' "=\\' for c in value):
+        return value
+    escaped = (
+        value.replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+        .replace("\t", "\\t")
+    )
+    # Any other control character would break a line-based reader: written as \xNN.
+    escaped = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in escaped)
+    return f'"{escaped}"'
+
+
+class LogfmtFormatter(logging.Formatter):
+    """One logfmt line a record: ``ts=... level=info logger=... msg="..."``."""
+
+    def __init__(self, journald: bool = False) -> None:
+        super().__init__()
+        self.journald = journald
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = _fields(self, record, self.journald)
+        line = " ".join(f"{key}={_logfmt_value(value)}" for key, value in fields.items())
+        return f"<{_priority(record.levelno)}>{line}" if self.journald else line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a record."""
+
+    def __init__(self, journald: bool = False) -> None:
+        super().__init__()
+        self.journald = journald
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = json.dumps(_fields(self, record, self.journald), ensure_ascii=False)
+        return f"<{_priority(record.levelno)}>{line}" if self.journald else line
+
+
+#: Config ``log_format`` values.
+FORMATS = ("logfmt", "json", "text")
+
+
+def _formatter(log_format: str, journald: bool) -> logging.Formatter:
+    if log_format == "json":
+        return JsonFormatter(journald)
+    if log_format == "text":
+        return JournaldFormatter() if journald else TextFormatter()
+    return LogfmtFormatter(journald)
+
+
 def _with_details(formatter: logging.Formatter, line: str, record: logging.LogRecord) -> str:
     if record.exc_info and not record.exc_text:
         record.exc_text = formatter.formatException(record.exc_info)
@@ -112,6 +205,7 @@ def setup(
     stream: TextIO | None = None,
     env: Mapping[str, str] = os.environ,
     journald: bool | None = None,
+    log_format: str = "logfmt",
 ) -> logging.Handler:
     """Send every log record at ``level`` or above to stderr; return the handler.
 
@@ -126,7 +220,7 @@ def setup(
             fd = None
         journald = fd is not None and under_journald(env, fd)
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JournaldFormatter() if journald else TextFormatter())
+    handler.setFormatter(_formatter(log_format, journald))
     setattr(handler, _MARK, True)
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _MARK, False)]:

@@ -22,10 +22,9 @@ from daemon_util import (
     free_port,
     tcp_request,
 )
+from tests_support import parse_logfmt
 
 from orchd import logs
-
-TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) \S+ ")
 
 
 def step_records(process: dict[str, object], name: str) -> list[dict[str, object]]:
@@ -51,8 +50,11 @@ def test_serves_health_on_a_0660_socket(daemon_factory: DaemonFactory) -> None:
     status, workflows = daemon.request("GET", "/api/workflows")
     assert status == 200 and "quick" in {w["name"] for w in workflows}
     lines = daemon.last_run_stderr().splitlines()
-    assert lines and all(TEXT_LINE.match(line) for line in lines), lines
-    assert any("orchd.daemon ready" in line for line in lines)
+    assert lines
+    for line in lines:  # the default log_format: every line parses as logfmt
+        fields = parse_logfmt(line)
+        assert {"ts", "level", "logger", "msg"} <= set(fields), line
+    assert any('logger=orchd.daemon msg="ready' in line for line in lines)
 
 
 def test_sigterm_exits_0_removes_the_socket_and_keeps_data(
@@ -63,7 +65,7 @@ def test_sigterm_exits_0_removes_the_socket_and_keeps_data(
     daemon.wait_process(pid)
     assert daemon.stop() == 0
     assert not os.path.exists(daemon.socket)
-    assert "orchd.daemon stopped" in daemon.last_run_stderr()
+    assert "logger=orchd.daemon msg=stopped" in daemon.last_run_stderr()
     daemon.start()
     process = daemon.get_process(pid)
     assert process["status"] == "completed"
@@ -227,7 +229,7 @@ def test_sighup_reloads_log_level_and_schedules(daemon_factory: DaemonFactory) -
     assert "restart needed for: max_body" in line
     # The new level applies, to workflow code's loggers too.
     pid = daemon.start_process("quick")
-    daemon.wait_for_log(f"DEBUG daemon_flows saying hello process={pid}")
+    daemon.wait_for_log(f'level=debug logger=daemon_flows msg="saying hello process={pid}"')
 
 
 def test_a_broken_config_on_sighup_keeps_the_daemon_running(
@@ -238,7 +240,7 @@ def test_a_broken_config_on_sighup_keeps_the_daemon_running(
     daemon.send_signal(signal.SIGHUP)
     err = daemon.wait_for_log("reload failed")
     failed = next(line for line in err.splitlines() if "reload failed" in line)
-    assert " ERROR " in failed and str(daemon.config_path) in failed and "bogus_key" in failed
+    assert "level=error" in failed and str(daemon.config_path) in failed and "bogus_key" in failed
     assert daemon.running
     assert daemon.request("GET", "/api/health")[0] == 200
     pid = daemon.start_process("quick")
@@ -343,7 +345,7 @@ def test_journald_style_logs_when_stderr_is_the_journal(daemon_factory: DaemonFa
     daemon.start()
     assert daemon.stop() == 0
     lines = daemon.last_run_stderr().splitlines()
-    assert "<6>orchd.daemon ready listening=unix:" in "\n".join(lines)
+    assert '<6>level=info logger=orchd.daemon msg="ready listening=unix:' in "\n".join(lines)
     assert all(re.match(r"<[0-7]>\S+ ", line) for line in lines), lines
 
 
@@ -455,3 +457,27 @@ def test_journald_lines_carry_a_priority_prefix_on_every_line() -> None:
     lines = text.splitlines()
     assert lines[0] == "<3>orchd.engine crashed" and lines[-1] == "<3>ValueError: boom"
     assert all(line.startswith("<3>") for line in lines)
+
+
+def test_json_logs_are_one_object_a_line(daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory({"log_format": "json"})
+    assert daemon.stop() == 0
+    lines = daemon.last_run_stderr().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert records and all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
+    assert any(r["logger"] == "orchd.daemon" and r["msg"] == "stopped" for r in records)
+
+
+def test_a_logfmt_record_keeps_a_traceback_and_odd_characters_inside_one_line() -> None:
+    try:
+        raise RuntimeError('bad "quote"\nsecond line')
+    except RuntimeError:
+        info = sys.exc_info()
+    record = logging.LogRecord(
+        "orchd.engine", logging.ERROR, __file__, 1, "step=%s failed", ("a b=c\x1b",), info
+    )
+    line = logs.LogfmtFormatter().format(record)
+    assert "\n" not in line
+    fields = parse_logfmt(line)
+    assert fields["level"] == "error" and fields["msg"] == "step=a b=c\x1b failed"
+    assert 'RuntimeError: bad "quote"\nsecond line' in fields["exc"]

@@ -212,7 +212,7 @@ def assert_resumable(snap: dict[str, tuple[str, int, list[tuple[int, str]]]]) ->
 
 
 def error_lines(log: str) -> list[str]:
-    return [ln for ln in log.splitlines() if " ERROR " in ln]
+    return [ln for ln in log.splitlines() if "level=error" in ln]
 
 
 # --- a full filesystem ---------------------------------------------------------------------------

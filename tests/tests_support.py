@@ -15,3 +15,55 @@ ROOT = TESTS_DIR.parent
 
 #: The ``engine_factory`` fixture (tests/conftest.py): ``await engine_factory(workflows, ...)``.
 EngineFactory = Callable[..., Awaitable["Engine"]]
+
+
+def parse_logfmt(line: str) -> dict[str, str]:
+    """A strict logfmt reader: ``key=value`` pairs split by single spaces, a value bare (no
+    space, quote, ``=`` or backslash) or double-quoted with backslash escapes. Raises
+    ValueError on anything else, so a test fails on a line a log shipper would choke on."""
+    fields: dict[str, str] = {}
+    i, n = 0, len(line)
+    escapes = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
+    while i < n:
+        eq = line.find("=", i)
+        key = line[i:eq]
+        if eq < 0 or not key or not all(c.isalnum() or c in "_.-" for c in key):
+            raise ValueError(f"no key at {i}: {line!r}")
+        i = eq + 1
+        if i < n and line[i] == '"':
+            i += 1
+            value = []
+            while True:
+                if i >= n:
+                    raise ValueError(f"unterminated quote: {line!r}")
+                c = line[i]
+                if c == "\\":
+                    nxt = line[i + 1 : i + 2]
+                    if nxt == "x":
+                        value.append(chr(int(line[i + 2 : i + 4], 16)))
+                        i += 4
+                        continue
+                    if nxt not in escapes:
+                        raise ValueError(f"bad escape at {i}: {line!r}")
+                    value.append(escapes[nxt])
+                    i += 2
+                    continue
+                if c == '"':
+                    i += 1
+                    break
+                value.append(c)
+                i += 1
+            fields[key] = "".join(value)
+        else:
+            end = line.find(" ", i)
+            end = n if end < 0 else end
+            bare = line[i:end]
+            if any(c in bare for c in '"=\\') or not bare:
+                raise ValueError(f"bad bare value at {i}: {line!r}")
+            fields[key] = bare
+            i = end
+        if i < n:
+            if line[i] != " ":
+                raise ValueError(f"no space after a value at {i}: {line!r}")
+            i += 1
+    return fields
