@@ -823,6 +823,7 @@ def _event(
     step_status: StepStatus | None = None,
     *,
     parent_id: str | None = None,
+    at: datetime | None = None,
 ) -> Event:
     # The id is the events table's key, given when the write commits.
     return Event(
@@ -834,21 +835,26 @@ def _event(
         status=status,
         step=step,
         step_status=step_status,
-        at=datetime.now(UTC),
+        at=at or datetime.now(UTC),
     )
 
 
 def _events_of(actor: actors.Actor, checkpoint: Checkpoint) -> list[Event]:
     """What a checkpoint announces: each step record, then the status when it changes (or
     when no step was recorded). The actor's status is still the one before the write."""
-    status = P(checkpoint.process.status)
-    name, parent = actor.workflow_name, actor.parent_id
+    # Every step of every process announces itself: this runs once per checkpoint, so the
+    # statuses (already members) are not converted again and the clock is read once.
+    status: Any = checkpoint.process.status
+    pid, name, parent, at = actor.pid, actor.workflow_name, actor.parent_id, datetime.now(UTC)
     events = [
-        _event("step", actor.pid, name, status, r.name, StepStatus(r.status), parent_id=parent)
+        Event(
+            id=0, kind="step", process_id=pid, workflow=name, parent_id=parent, status=status,
+            step=r.name, step_status=r.status, at=at,  # type: ignore[arg-type]
+        )
         for r in checkpoint.steps
-    ]
-    if status is not actor.status or not checkpoint.steps:
-        events.append(_event("process", actor.pid, name, status, parent_id=parent))
+    ]  # fmt: skip
+    if status != actor.status or not checkpoint.steps:
+        events.append(_event("process", pid, name, status, parent_id=parent, at=at))
     return events
 
 

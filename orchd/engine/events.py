@@ -34,10 +34,12 @@ class EventHub:
         self.listeners: set[asyncio.Queue[Event | None]] = set()
 
     def publish(self, events: list[Event]) -> None:
-        for event in events:
-            self.last_id = event.id
-            self.recent.append(event)
-            for listener in list(self.listeners):
+        if not events:
+            return
+        self.last_id = events[-1].id
+        self.recent.extend(events)
+        for listener in list(self.listeners):
+            for event in events:
                 try:
                     listener.put_nowait(event)
                 except asyncio.QueueFull:
@@ -45,6 +47,7 @@ class EventHub:
                     self.listeners.discard(listener)
                     listener.get_nowait()
                     listener.put_nowait(None)
+                    break
 
     async def stream(
         self, after: int | None, buffer: int, bounds: Bounds, stored: After

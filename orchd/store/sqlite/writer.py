@@ -97,7 +97,9 @@ def _insert_events(conn: sqlite3.Connection, events: list[Event], staged: list[E
     conn.executemany(_INSERT_EVENT, [(e.process_id, _encode(e)) for e in events])
     last: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
     first = last - len(events) + 1
-    staged.extend(msgspec.structs.replace(e, id=first + i) for i, e in enumerate(events))
+    for i, e in enumerate(events):
+        e.id = first + i  # the writer owns these until they are announced
+    staged.extend(events)
 
 
 _UPDATE_PROCESS = """UPDATE processes SET status = ?, pc = ?, seq = ?, state = ?, current_step = ?,
