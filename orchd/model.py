@@ -57,32 +57,16 @@ def utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
+#: Where a step that ran can leave a process: anywhere but back to created.
+_AFTER_A_STEP = frozenset(
+    {P.RUNNING, P.SUSPENDED, P.WAITING, P.AWAITING_CALLBACK, P.AWAITING_CHILDREN, P.FAILED,
+     P.ABORTED, P.COMPLETED}
+)  # fmt: skip
+
 #: Every allowed status change. A status may also "change" to itself only where listed.
 TRANSITIONS: dict[ProcessStatus, frozenset[ProcessStatus]] = {
-    P.CREATED: frozenset(
-        {
-            P.RUNNING,
-            P.SUSPENDED,
-            P.WAITING,
-            P.AWAITING_CALLBACK,
-            P.AWAITING_CHILDREN,
-            P.FAILED,
-            P.ABORTED,
-            P.COMPLETED,
-        }
-    ),  # fmt: skip
-    P.RUNNING: frozenset(
-        {
-            P.RUNNING,
-            P.SUSPENDED,
-            P.WAITING,
-            P.AWAITING_CALLBACK,
-            P.AWAITING_CHILDREN,
-            P.FAILED,
-            P.ABORTED,
-            P.COMPLETED,
-        }
-    ),  # fmt: skip
+    P.CREATED: _AFTER_A_STEP,
+    P.RUNNING: _AFTER_A_STEP,
     # RUNNING when its last child finishes (the store wakes it); FAILED when its code changed.
     P.AWAITING_CHILDREN: frozenset({P.RUNNING, P.FAILED, P.ABORTED}),
     # FAILED: the code loaded now no longer has its step (contract §7).

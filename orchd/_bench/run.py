@@ -31,7 +31,15 @@ from orchd.model import Target
 PAYLOAD: dict[str, str] = {}
 
 
-def _trivial(n: int) -> Any:
+def _trivial(n: int, *, sync: bool = False) -> Any:
+    if sync:
+
+        @step(f"sync step {n}")
+        def trivial_sync() -> State:
+            return {f"k{n}": n}
+
+        return trivial_sync
+
     @step(f"step {n}")
     async def trivial() -> State:
         return {f"k{n}": n}
@@ -40,25 +48,19 @@ def _trivial(n: int) -> Any:
 
 
 _STEPS = [_trivial(n) for n in range(8)]
+_SYNC_STEPS = [_trivial(n, sync=True) for n in range(8)]
 
 
-def _trivial_sync(n: int) -> Any:
-    @step(f"sync step {n}")
-    def trivial() -> State:
-        return {f"k{n}": n}
-
-    return trivial
-
-
-_SYNC_STEPS = [_trivial_sync(n) for n in range(8)]
+def _ten(steps: list[Any]) -> Any:
+    flow = init
+    for s in steps:
+        flow = flow >> s
+    return flow >> done
 
 
 @workflow("Benchmark: ten trivial steps, plain functions", target=Target.SYSTEM)
 def bench_ten_sync_steps():  # type: ignore[no-untyped-def]
-    flow = init
-    for s in _SYNC_STEPS:
-        flow = flow >> s
-    return flow >> done
+    return _ten(_SYNC_STEPS)
 
 
 @workflow("Benchmark: a child of three trivial steps", target=Target.SYSTEM)
@@ -74,10 +76,7 @@ def bench_fan_out():  # type: ignore[no-untyped-def]
 
 @workflow("Benchmark: ten trivial steps", target=Target.SYSTEM)
 def bench_ten_steps():  # type: ignore[no-untyped-def]
-    flow = init
-    for s in _STEPS:
-        flow = flow >> s
-    return flow >> done
+    return _ten(_STEPS)
 
 
 def _payload_step(n: int) -> Any:
