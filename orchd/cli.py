@@ -385,7 +385,12 @@ def cmd_health(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         print_json(data)
     elif isinstance(data, dict):
-        print_fields([(str(k), v) for k, v in data.items()])
+        pairs = []
+        for key, value in data.items():
+            if isinstance(value, dict):  # processes by status: "running 2, failed 1"
+                value = ", ".join(f"{k} {v}" for k, v in value.items() if v) or "none"
+            pairs.append((str(key), value))
+        print_fields(pairs)
     return EXIT_OK
 
 

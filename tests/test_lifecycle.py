@@ -163,6 +163,16 @@ async def test_modify_locks_the_subscription_until_done(engine: Engine) -> None:
     assert [p.workflow for p in sub.processes] == ["create_node", "modify_node_paused"]
 
 
+async def test_a_refused_start_names_the_process_that_holds_the_subscription(
+    engine: Engine,
+) -> None:
+    sid = await created_subscription(engine)
+    holder = await engine.start("modify_node_paused", {"subscription_id": sid})
+    await engine.wait(holder)
+    with pytest.raises(SubscriptionLocked, match=f"process {holder} holds it"):
+        await engine.start("modify_node", {"subscription_id": sid})
+
+
 async def test_of_two_concurrent_modify_starts_one_is_refused(engine: Engine) -> None:
     sid = await created_subscription(engine)
     results = await asyncio.gather(

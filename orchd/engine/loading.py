@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import traceback
 from collections.abc import Iterable
 from types import ModuleType
 
@@ -30,7 +31,10 @@ def load_workflows(sources: Iterable[str | Workflow]) -> dict[str, Workflow]:
             raise ConfigError(f"workflows: module {source!r} defines no @workflow")
         for name, wf in entries.items():
             if name in found and found[name] is not wf:
-                raise ConfigError(f"workflows: two workflows are named {name!r}")
+                raise ConfigError(
+                    f"workflows: two workflows are named {name!r}, in modules "
+                    f"{found[name].module!r} and {wf.module!r}"
+                )
             found[name] = wf
     return found
 
@@ -53,6 +57,21 @@ def _import(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except Exception as exc:  # any failure of workflow code at import is a config error
+        where = _raised_at(exc)
         raise ConfigError(
-            f"workflows: cannot import module {name!r}: {type(exc).__name__}: {exc}"
+            f"workflows: cannot import module {name!r}: {type(exc).__name__}: {exc}{where}"
         ) from exc
+
+
+def _raised_at(exc: BaseException) -> str:
+    """`` (file.py, line 12)``: where workflow code raised, the last frame of its traceback."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" ({exc.filename}, line {exc.lineno})"
+    frames = traceback.extract_tb(exc.__traceback__)
+    user = [
+        f for f in frames
+        if f.filename != __file__ and "importlib" not in f.filename and "<frozen" not in f.filename
+    ]  # fmt: skip
+    if not user:
+        return ""
+    return f" ({user[-1].filename}, line {user[-1].lineno})"

@@ -152,6 +152,9 @@ def _add_checkpoint(batch: _Batch, cp: Checkpoint) -> None:
     batch.events.extend(cp.events)
 
 
+#: The unfinished process that holds a subscription (for the message of a refused start).
+_HOLDER = """SELECT id FROM processes WHERE subscription_id = ?
+    AND status NOT IN ('completed', 'aborted') ORDER BY rowid DESC LIMIT 1"""
 _INSERT_PROCESS = """INSERT INTO processes (id, workflow, target, status, pc, seq, state, reporter,
     subscription_id, current_step, step_key, step_occurrence, created_at, updated_at, parent_id,
     child_group, child_index, held, idempotency_key)
@@ -182,9 +185,9 @@ def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
         if sub["status"] == "terminated":
             raise SubscriptionLocked(f"subscription {op.lock} is terminated")
         if not sub["insync"]:
-            raise SubscriptionLocked(
-                f"subscription {op.lock} is not insync: another process holds it"
-            )
+            holder = conn.execute(_HOLDER, (op.lock,)).fetchone()
+            who = f"process {holder[0]} holds it" if holder else "another process holds it"
+            raise SubscriptionLocked(f"subscription {op.lock} is not insync: {who}")
         conn.execute(
             "UPDATE subscriptions SET insync = 0, updated_at = ? WHERE id = ?",
             (op.created_at, op.lock),
