@@ -2,14 +2,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# What running needs, and what testing needs on top (linters, pytest, schemathesis).
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 # The bundled examples talk to this fake OSS; `make run` starts it beside the daemon.
 OSS_PORT ?= 8471
 
 .PHONY: install run test lint tools bench soak clean
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
@@ -21,7 +27,7 @@ OSS_ARGS = --port $(OSS_PORT) --latency 200ms --error-rate 0.05 --callback-socke
 
 # The daemon on its embedded default (./orchd.db, ./orchd.sock, the bundled examples), a fake
 # OSS for the examples to talk to, and a few demo processes started once the daemon answers.
-run: $(STAMP)
+run: $(RUN_STAMP)
 	@$(BIN)/orchd fake-oss $(OSS_ARGS) & oss=$$!; \
 	trap 'kill $$oss 2>/dev/null' EXIT INT TERM; \
 	ORCHD_OSS_URL=http://127.0.0.1:$(OSS_PORT) $(BIN)/python -m orchd.examples.demo & \
@@ -42,7 +48,7 @@ tools:
 test: lint tools
 	$(BIN)/pytest
 
-bench: $(STAMP)
+bench: $(RUN_STAMP)
 	$(BIN)/orchd bench
 
 # The long crash test: 100 kills over 5,000 processes (make test runs a short one).
