@@ -724,6 +724,10 @@ async def test_metrics_expose_every_family(api_client: Client, api_engine: Engin
         "orchd_api_requests_total": "counter",
         "orchd_store_failing": "gauge",
         "orchd_uptime_seconds": "gauge",
+        "orchd_workflow_processes": "gauge",
+        "orchd_workflow_step_failures_total": "counter",
+        "orchd_workflow_step_duration_seconds": "histogram",
+        "orchd_start_time_seconds": "gauge",
     }
     values = {(n, tuple(sorted(labels.items()))): v for n, labels, v in samples}
     assert values[("orchd_processes", (("status", "completed"),))] == 1
@@ -748,6 +752,25 @@ async def test_metrics_histogram_buckets_are_cumulative(
     assert counts == sorted(counts)
     total = next(v for n, _, v in samples if n == "orchd_step_duration_seconds_count")
     assert counts[-1] == total >= 9
+
+
+async def test_metrics_break_processes_and_steps_down_by_workflow(
+    api_client: Client, api_engine: Engine
+) -> None:
+    await api_engine.wait(await start(api_client, "api_create", {"name": "n"}), timeout=5)
+    await api_engine.wait(await start(api_client, "api_fail"), timeout=5)
+    _, samples = parse_metrics(await (await api_client.get("/metrics")).text())
+    values = {(n, tuple(sorted(labels.items()))): v for n, labels, v in samples}
+    by = "orchd_workflow_processes"
+    assert values[(by, (("status", "completed"), ("workflow", "api_create")))] == 1
+    assert values[(by, (("status", "failed"), ("workflow", "api_fail")))] == 1
+    assert (by, (("status", "failed"), ("workflow", "api_create"))) not in values
+    failures = "orchd_workflow_step_failures_total"
+    assert values[(failures, (("workflow", "api_fail"),))] == 1
+    assert values[(failures, (("workflow", "api_create"),))] == 0
+    count = "orchd_workflow_step_duration_seconds_count"
+    assert values[(count, (("workflow", "api_create"),))] >= 3
+    assert values[("orchd_start_time_seconds", ())] == pytest.approx(api_engine.started_at)
 
 
 async def test_metrics_count_schedule_runs(api_serve: Serve, api_engine: Engine) -> None:

@@ -39,13 +39,24 @@ class Exposition:
         total: float,
     ) -> None:
         """``buckets`` holds one count per bound plus the overflow (+Inf) bucket, not cumulated."""
+        self.histograms(name, help_text, bounds, [({}, buckets, total)])
+
+    def histograms(
+        self,
+        name: str,
+        help_text: str,
+        bounds: Sequence[float],
+        series: Sequence[tuple[Labels, Sequence[int], float]],
+    ) -> None:
+        """One histogram family of several labelled series (``(labels, buckets, total)``)."""
         samples: list[Sample] = []
-        running = 0
-        for bound, count in zip([*bounds, math.inf], buckets, strict=True):
-            running += count
-            samples.append((f"{name}_bucket", {"le": _number(bound)}, running))
-        samples.append((f"{name}_sum", {}, total))
-        samples.append((f"{name}_count", {}, running))
+        for labels, buckets, total in series:
+            running = 0
+            for bound, count in zip([*bounds, math.inf], buckets, strict=True):
+                running += count
+                samples.append((f"{name}_bucket", {**labels, "le": _number(bound)}, running))
+            samples.append((f"{name}_sum", labels, total))
+            samples.append((f"{name}_count", labels, running))
         self.family(name, "histogram", help_text, samples)
 
     def text(self) -> str:
@@ -60,6 +71,7 @@ def render(
     schedule_runs: Mapping[str, int] | None,
     streams: StreamCounts,
     connections: ConnectionCounts | None = None,
+    by_workflow: Mapping[tuple[str, str], int] | None = None,
 ) -> str:
     """The whole exposition."""
     store = stats.store
@@ -71,6 +83,7 @@ def render(
         [("orchd_processes", {"status": s}, n) for s, n in sorted(counts.items())],
     )
     out.single("orchd_steps_total", "counter", "Steps run since start.", stats.steps_total)
+    _by_workflow(out, stats, by_workflow or {})
     out.histogram(
         "orchd_step_duration_seconds",
         "How long steps ran.",
@@ -184,6 +197,39 @@ def render(
         "orchd_uptime_seconds", "gauge", "Seconds since the engine started.", stats.uptime_seconds
     )
     return out.text()
+
+
+def _by_workflow(
+    out: Exposition, stats: EngineStats, counts: Mapping[tuple[str, str], int]
+) -> None:
+    out.family(
+        "orchd_workflow_processes",
+        "gauge",
+        "Processes by workflow and status (the pairs there are).",
+        [
+            ("orchd_workflow_processes", {"workflow": w, "status": s}, n)
+            for (w, s), n in sorted(counts.items())
+        ],
+    )
+    workflows = sorted(stats.by_workflow.items())
+    out.family(
+        "orchd_workflow_step_failures_total",
+        "counter",
+        "Steps that failed or went waiting since start, by workflow.",
+        [("orchd_workflow_step_failures_total", {"workflow": w}, s.failures) for w, s in workflows],
+    )
+    out.histograms(
+        "orchd_workflow_step_duration_seconds",
+        "How long steps ran, by workflow.",
+        STEP_BUCKETS,
+        [({"workflow": w}, s.buckets, s.seconds_sum) for w, s in workflows],
+    )
+    out.single(
+        "orchd_start_time_seconds",
+        "gauge",
+        "When the engine started (Unix time).",
+        stats.started_at,
+    )
 
 
 def _tcp_connections(out: Exposition, c: ConnectionCounts) -> None:

@@ -527,6 +527,7 @@ class ControlApi:
             schedule_runs=runs() if callable(runs) else None,
             streams=self.streams.counts(),
             connections=None if guard is None else guard.counts(),
+            by_workflow=await engine.counts_by_workflow(),
         )
         return web.Response(body=text.encode(), headers={"Content-Type": metrics.CONTENT_TYPE})
 

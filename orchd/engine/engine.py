@@ -15,7 +15,7 @@ import random
 import re
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +29,7 @@ from orchd.engine import messages
 from orchd.engine.events import LISTENER_BUFFER, EventHub
 from orchd.engine.loading import load_workflows
 from orchd.engine.loopwatch import LoopWatch
-from orchd.engine.stats import EngineStats, StepCounter
+from orchd.engine.stats import EngineStats, StepCounter, WorkflowSteps
 from orchd.engine.threads import StepThreads
 from orchd.errors import (
     AmbiguousId,
@@ -144,6 +144,8 @@ class Engine:
         self._grace_cut = False
         self.started_at = time.time()
         self._steps = StepCounter()
+        self._steps_by_workflow: dict[str, StepCounter] = {}
+        self._failures: Counter[str] = Counter()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -409,6 +411,13 @@ class Engine:
         status = actor.status
         if step_seconds is not None:
             self._steps.add(step_seconds)
+            counter = self._steps_by_workflow.get(actor.workflow_name)
+            if counter is None:
+                counter = self._steps_by_workflow[actor.workflow_name] = StepCounter()
+            counter.add(step_seconds)
+        for record in steps:
+            if record.status in (StepStatus.FAILED, StepStatus.WAITING):
+                self._failures[actor.workflow_name] += 1
         for record in steps:
             log.debug(
                 "process=%s workflow=%s step=%r status=%s",
@@ -629,6 +638,10 @@ class Engine:
         """Processes by status."""
         return await self._views.counts()
 
+    async def counts_by_workflow(self) -> dict[tuple[str, str], int]:
+        """Processes by workflow and status (only the pairs there are)."""
+        return await self.store.counts_by_workflow()
+
     async def wait(self, pid: str, timeout: float | None = None) -> Process:  # noqa: ASYNC109
         """Return the process once it is no longer created or running."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -805,6 +818,13 @@ class Engine:
             steps_total=steps.total,
             step_buckets=list(steps.buckets),
             step_seconds_sum=steps.seconds,
+            by_workflow={
+                name: WorkflowSteps(
+                    buckets=list(c.buckets), seconds_sum=c.seconds, failures=self._failures[name]
+                )
+                for name, c in self._steps_by_workflow.items()
+            },
+            started_at=self.started_at,
             step_threads_abandoned=self._threads.abandoned_total,
             step_threads_abandoned_running=self._threads.abandoned_running,
             store=self.store.stats(),

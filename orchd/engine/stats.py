@@ -30,6 +30,14 @@ class StepCounter:
         self.buckets[-1] += 1
 
 
+class WorkflowSteps(msgspec.Struct, kw_only=True):
+    """One workflow's steps: how long they ran, and how many failed (or went waiting)."""
+
+    buckets: list[int]
+    seconds_sum: float
+    failures: int
+
+
 class EngineStats(msgspec.Struct, kw_only=True):
     """A snapshot of the engine's counters (``Engine.stats()``)."""
 
@@ -41,6 +49,10 @@ class EngineStats(msgspec.Struct, kw_only=True):
     #: One count per bound of STEP_BUCKETS plus the overflow bucket, not cumulated.
     step_buckets: list[int]
     step_seconds_sum: float
+    #: The same by workflow, with each workflow's failed steps.
+    by_workflow: dict[str, WorkflowSteps]
+    #: When the engine started (epoch seconds).
+    started_at: float
     #: Sync step calls abandoned after their timeout: ever, and still running in a thread.
     step_threads_abandoned: int
     step_threads_abandoned_running: int

@@ -425,6 +425,10 @@ class Store(Protocol):
         """Children still unfinished whose parent was aborted (a cascade a crash cut short)."""
         ...
 
+    async def counts_by_workflow(self) -> dict[tuple[str, str], int]:
+        """Processes by workflow and status."""
+        ...
+
     async def counts(self) -> dict[str, int]:
         """Processes by status (statuses with none are left out)."""
         ...

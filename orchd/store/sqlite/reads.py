@@ -267,6 +267,12 @@ class Reads:
         rows = await self.fetchall("SELECT status, count(*) FROM processes GROUP BY status")
         return {status: n for status, n in rows}
 
+    async def counts_by_workflow(self) -> dict[tuple[str, str], int]:
+        rows = await self.fetchall(
+            "SELECT workflow, status, count(*) FROM processes GROUP BY workflow, status"
+        )
+        return {(workflow, status): n for workflow, status, n in rows}
+
     async def _page(
         self, table: str, columns: str, filters: dict[str, str], limit: int, before: int | None
     ) -> tuple[list[sqlite3.Row], int | None]:
