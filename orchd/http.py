@@ -267,7 +267,18 @@ class HttpClient:
                 # processes that failed together, never sooner than half the step.
                 step = self.backoff * 2 ** (attempt - 1)
                 delay = step / 2 + self._random.uniform(0, step / 2)
-            log.debug("retry %s %s in %.3f s: %s", method, url, delay, failure.reason)
+            # At info: a retry is the first sign of a struggling OSS, and an operator should
+            # see it without turning on debug logging.
+            log.info(
+                "retrying %s %s in %.3f s: attempt %d of %d got status=%s (%s)",
+                method,
+                url,
+                delay,
+                attempt,
+                attempts,
+                failure.status if failure.status is not None else "none",
+                failure.reason,
+            )
             await asyncio.sleep(delay)
         self.stats.failures += 1
         raise failure

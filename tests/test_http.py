@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -48,6 +49,20 @@ async def test_get_is_retried_on_503_and_succeeds(oss: FakeOss, http: HttpClient
     assert oss.stats.injected_errors == 2
     assert (http.stats.requests, http.stats.retries, http.stats.failures) == (3, 2, 0)
     assert http.stats.in_flight == 0
+
+
+async def test_each_retry_is_logged_at_info_with_status_and_attempt(
+    oss: FakeOss, http: HttpClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    oss.fail_next(2)
+    with caplog.at_level(logging.INFO, logger="orchd.http"):
+        await http.get_json(f"{oss.url}/ping")
+    retries = [r for r in caplog.records if r.name == "orchd.http" and "retrying" in r.message]
+    assert [r.levelno for r in retries] == [logging.INFO, logging.INFO]
+    attempts = f"of {1 + http.retries}"
+    assert f"attempt 1 {attempts} got status=503" in retries[0].message
+    assert f"attempt 2 {attempts} got status=503" in retries[1].message
+    assert f"GET {oss.url}/ping" in retries[0].message
 
 
 async def test_get_gives_up_after_the_retries(oss: FakeOss, http: HttpClient) -> None:
