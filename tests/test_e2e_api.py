@@ -1075,8 +1075,9 @@ PROMETHEUS_SAMPLE = re.compile(
 )
 
 
-def test_metrics_parse_as_prometheus_text(daemon: Daemon) -> None:
-    daemon.wait_for(daemon.start("e2e_hello"), "completed")
+def scrape(daemon: Daemon) -> tuple[dict[str, str], dict[str, float]]:
+    """``/metrics`` parsed strictly: the families' types, and each sample's value by its
+    name and label text as written."""
     answer = daemon.call("GET", "/metrics")
     assert answer.status == 200
     assert answer.content_type == "text/plain", answer.headers
@@ -1099,7 +1100,22 @@ def test_metrics_parse_as_prometheus_text(daemon: Daemon) -> None:
         value = float(match["value"])  # also accepts NaN, +Inf, -Inf
         assert not math.isnan(value) or match["value"] == "NaN"
         samples[match["name"] + (match["labels"] or "")] = value
+    return types, samples
+
+
+def test_metrics_parse_as_prometheus_text(daemon: Daemon) -> None:
+    daemon.wait_for(daemon.start("e2e_hello"), "completed")
+    types, samples = scrape(daemon)
     assert samples and types
+
+
+def test_metrics_label_processes_and_step_durations_by_workflow(daemon: Daemon) -> None:
+    daemon.wait_for(daemon.start("e2e_hello"), "completed")
+    types, samples = scrape(daemon)
+    assert types["orchd_workflow_step_duration_seconds"] == "histogram"
+    assert samples['orchd_workflow_processes{workflow="e2e_hello",status="completed"}'] >= 1
+    assert samples['orchd_workflow_step_duration_seconds_count{workflow="e2e_hello"}'] >= 1
+    assert 0 < samples["orchd_start_time_seconds"] <= time.time()
 
 
 def test_an_unknown_route_is_a_404_problem(daemon: Daemon) -> None:
