@@ -84,6 +84,8 @@ log = logging.getLogger("orchd.engine")
 #: The shortest abbreviation of a process id that is taken (contract §10).
 MIN_PREFIX = 8
 _PREFIX = re.compile(r"[0-9a-f][0-9a-f-]*")
+#: Step outcomes counted as failures by workflow in ``/metrics`` (a waiting step failed once).
+_FAILURES = frozenset((StepStatus.FAILED, StepStatus.WAITING))
 #: Processes deleted per write when pruning: each write stays a few milliseconds long.
 PRUNE_BATCH = 200
 P = ProcessStatus
@@ -416,9 +418,8 @@ class Engine:
                 counter = self._steps_by_workflow[actor.workflow_name] = StepCounter()
             counter.add(step_seconds)
         for record in steps:
-            if record.status in (StepStatus.FAILED, StepStatus.WAITING):
+            if record.status in _FAILURES:
                 self._failures[actor.workflow_name] += 1
-        for record in steps:
             log.debug(
                 "process=%s workflow=%s step=%r status=%s",
                 actor.pid,
@@ -822,7 +823,8 @@ class Engine:
                 name: WorkflowSteps(
                     buckets=list(c.buckets), seconds_sum=c.seconds, failures=self._failures[name]
                 )
-                for name, c in self._steps_by_workflow.items()
+                for name in self._steps_by_workflow.keys() | self._failures.keys()
+                for c in [self._steps_by_workflow.get(name) or StepCounter()]
             },
             started_at=self.started_at,
             step_threads_abandoned=self._threads.abandoned_total,
