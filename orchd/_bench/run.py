@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from orchd._bench import api as bench_api
+from orchd._bench import children as bench_children
 from orchd._bench import load as bench_load
 from orchd._bench import retention as bench_retention
 from orchd.dsl import Form, State, children, done, init, inputstep, step, workflow
@@ -345,10 +346,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--scaling", action="store_true", help="also the growth tables")
     parser.add_argument("--probe", nargs=2, metavar=("DB", "POLLING"), help=argparse.SUPPRESS)
     parser.add_argument("--p5-child", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--p8-child", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--p6-probe", nargs=2, metavar=("SOCKET", "ID"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.p5_child:
         return bench_load.child_main(args.p5_child)
+    if args.p8_child:
+        return bench_children.child_main(args.p8_child)
     if args.p6_probe:
         return bench_api.probe_main(*args.p6_probe)
     if args.probe:
@@ -462,6 +466,14 @@ def main(argv: list[str]) -> int:
             f"{p8['fan_out_s']:.2f} s until the parent completed",
             f"{p8['independent_s']:.2f} s as independent starts",
             "< 5 s (10,000)",
+        )
+        p8k = bench_children.fan_out_with_a_kill(directory, p8_count)
+        table.row(
+            "P8k the same, SIGKILL at half the children, restart",
+            f"{p8k['total_s']:.2f} s, {p8k['recovered_s']:.2f} s of it after the restart;"
+            f" {p8k['completed']:,.0f} children, each completed once",
+            f"{p8['fan_out_s']:.2f} s without the kill",
+            f"exactly {p8_count:,}",
         )
         # The quick (smoke) run simulates a schedule ten times slower, and says so.
         days, per_day = (9, 864) if args.quick else (30, bench_retention.PER_DAY)
