@@ -22,7 +22,17 @@ def test_bench_quick_prints_every_scenario() -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    for label in ("raw durable commit", "P1 ", "P2 ", "P3 ", "P4 ", "P5 ", "P8 ", "P8k ", "database after "):
+    for label in (
+        "raw durable commit",
+        "P1 ",
+        "P2 ",
+        "P3 ",
+        "P4 ",
+        "P5 ",
+        "P8 ",
+        "P8k ",
+        "database after ",
+    ):
         assert label in result.stdout
     assert "1,000/1,000 completed" in result.stdout
     # The crash row checks its own outcome (exactly the children asked for) or fails the run.
