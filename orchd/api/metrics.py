@@ -67,11 +67,11 @@ def render(
     *,
     stats: EngineStats,
     counts: Mapping[str, int],
+    by_workflow: Mapping[tuple[str, str], int],
     requests: Mapping[int, int],
     schedule_runs: Mapping[str, int] | None,
     streams: StreamCounts,
     connections: ConnectionCounts | None = None,
-    by_workflow: Mapping[tuple[str, str], int] | None = None,
 ) -> str:
     """The whole exposition."""
     store = stats.store
@@ -83,7 +83,7 @@ def render(
         [("orchd_processes", {"status": s}, n) for s, n in sorted(counts.items())],
     )
     out.single("orchd_steps_total", "counter", "Steps run since start.", stats.steps_total)
-    _by_workflow(out, stats, by_workflow or {})
+    _by_workflow(out, stats, by_workflow)
     out.histogram(
         "orchd_step_duration_seconds",
         "How long steps ran.",

@@ -520,14 +520,15 @@ class ControlApi:
         engine = self.engine
         runs = getattr(self.scheduler, "run_counts", None)
         guard = request.app.get(GUARD_KEY)
+        by_status, by_workflow = await engine.counts_by_workflow()
         text = metrics.render(
             stats=engine.stats(),
-            counts=await engine.counts(),
+            counts=by_status,
             requests=self.requests,
             schedule_runs=runs() if callable(runs) else None,
             streams=self.streams.counts(),
             connections=None if guard is None else guard.counts(),
-            by_workflow=await engine.counts_by_workflow(),
+            by_workflow=by_workflow,
         )
         return web.Response(body=text.encode(), headers={"Content-Type": metrics.CONTENT_TYPE})
 

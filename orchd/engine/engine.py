@@ -78,7 +78,7 @@ from orchd.store.base import (
     token_digest,
 )
 from orchd.store.sqlite import SqliteStore
-from orchd.store.views import Views, uuid_or_none
+from orchd.store.views import Views, every_status, uuid_or_none
 
 log = logging.getLogger("orchd.engine")
 #: The shortest abbreviation of a process id that is taken (contract §10).
@@ -639,9 +639,11 @@ class Engine:
         """Processes by status."""
         return await self._views.counts()
 
-    async def counts_by_workflow(self) -> dict[tuple[str, str], int]:
-        """Processes by workflow and status (only the pairs there are)."""
-        return await self.store.counts_by_workflow()
+    async def counts_by_workflow(self) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+        """Processes by status (every status named) and by workflow and status (only the
+        pairs there are), from one read: what ``/metrics`` shows of each."""
+        pairs = await self.store.counts_by_workflow()
+        return every_status((status, n) for (_, status), n in pairs.items()), pairs
 
     async def wait(self, pid: str, timeout: float | None = None) -> Process:  # noqa: ASYNC109
         """Return the process once it is no longer created or running."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 
 from orchd.errors import BadRequest, ProcessNotFound, SubscriptionNotFound
@@ -144,9 +145,15 @@ class Views:
 
     async def counts(self) -> dict[str, int]:
         """Processes by status, every status named."""
-        counts = {s.value: 0 for s in P}
-        counts.update(await self.store.counts())
-        return counts
+        return every_status((await self.store.counts()).items())
+
+
+def every_status(counts: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """``(status, count)`` pairs summed by status, every status named (0 where there are none)."""
+    totals = {s.value: 0 for s in P}
+    for status, n in counts:
+        totals[status] += n
+    return totals
 
 
 def _given(**filters: str | None) -> dict[str, str]:
