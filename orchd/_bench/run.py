@@ -207,10 +207,7 @@ async def p8_children(directory: str, count: int) -> dict[str, float]:
     try:
         started = time.perf_counter()
         pid = await engine.start("bench_fan_out", {"inputs": [{} for _ in range(count)]})
-        # Polled, cheaply (one row's status): 10,000 children announce far more events than a
-        # listener is let to buffer, and the parent's view lists all of them.
-        while (await engine.store.statuses([pid]))[pid] != "completed":  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+        await bench_children.until_completed(engine, pid)
         fan_out = time.perf_counter() - started
         independent = await _run_all(engine, "bench_child", count, steps=5)
         return {"fan_out_s": fan_out, "independent_s": independent}
