@@ -41,6 +41,8 @@ class StepKind(enum.Enum):
     CALLBACK_ACTION = "callback_action"  # runs with a fresh callback token in State
     CALLBACK_WAIT = "callback_wait"  # the process awaits the callback here
     CHILDREN = "children"  # starts child processes and waits until they have finished
+    PARALLEL = "parallel"  # runs its branches concurrently, then merges what they changed
+    FOREACH = "foreach"  # runs its branch once per element of a list, then collects
     INIT = "init"  # built-in first step
     DONE = "done"  # built-in last step: completes the process
     ABORT = "abort"  # built-in: ends the process as aborted
@@ -70,10 +72,22 @@ class Step:
     items_key: str = ""
     into: str | None = None
     max_concurrency: int | None = None
+    #: For PARALLEL: its branches; for FOREACH: the one branch run per element (also uses
+    #: ``items_key``, ``into`` and ``max_concurrency``). Positions find a branch's steps.
+    branches: tuple[tuple[Step, ...], ...] = ()
+    branch_positions: tuple[Positions, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.key:
             object.__setattr__(self, "key", self.name)
+        if self.branches and not self.branch_positions:
+            positions = tuple(Positions(b) for b in self.branches)
+            object.__setattr__(self, "branch_positions", positions)
+
+    @property
+    def forks(self) -> bool:
+        """Whether the step runs branches (``parallel`` or ``foreach``)."""
+        return self.kind in (StepKind.PARALLEL, StepKind.FOREACH)
 
     def __rshift__(self, other: Step | StepList) -> StepList:
         return StepList([self]) >> other
@@ -275,6 +289,100 @@ def children(
         items_key=inputs,
         into=into,
         max_concurrency=max_concurrency,
+    )
+
+
+#: What a branch may hold (contract §8): no input (nobody answers a form inside a branch),
+#: no built-ins, no child processes.
+_IN_BRANCH = {
+    StepKind.PLAIN,
+    StepKind.RETRY,
+    StepKind.CALLBACK_ACTION,
+    StepKind.CALLBACK_WAIT,
+    StepKind.PARALLEL,
+    StepKind.FOREACH,
+}
+
+
+def _branch(where: str, given: object) -> tuple[Step, ...]:
+    if isinstance(given, Step):
+        given = StepList([given])
+    if not isinstance(given, StepList):
+        raise WorkflowDefinitionError(f"{where}: a branch is a StepList, e.g. begin >> a >> b")
+    for s in given:
+        if s.kind is StepKind.INPUT:
+            raise WorkflowDefinitionError(
+                f"{where}: inputstep {s.name!r} cannot stand in a branch (nobody could answer "
+                "its form while the other branches run); put it before or after the fork"
+            )
+        if s.kind not in _IN_BRANCH:
+            raise WorkflowDefinitionError(
+                f"{where}: {s.kind.value} step {s.name!r} cannot stand in a branch"
+            )
+    return tuple(given)
+
+
+def _fork_key(key: str | None, name: str) -> str:
+    key = _check_key(key, name)
+    if "/" in key:
+        # A branch is named by its fork's key and index, joined with "/" ("A/0/B/3").
+        raise WorkflowDefinitionError(
+            f"fork {name!r}: its key {key!r} may not contain '/' (give key= without one)"
+        )
+    return key
+
+
+def parallel(name: str, *branches: StepList | Step, key: str | None = None) -> Step:
+    """Run two or more branches concurrently, each from a copy of State at the fork, and merge
+    what each changed once all have finished (contract §8). Two branches setting one key to
+    different values fail the step, naming the key and both branches."""
+    _check_name(name, "parallel")
+    key = _fork_key(key, name)
+    if len(branches) < 2:
+        raise WorkflowDefinitionError(f"parallel {name!r}: give two or more branches")
+    where = f"parallel {name!r}"
+    return Step(
+        name=name,
+        func=None,
+        kind=StepKind.PARALLEL,
+        key=key,
+        branches=tuple(_branch(f"{where} branch {i}", b) for i, b in enumerate(branches)),
+    )
+
+
+def foreach(
+    name: str,
+    items_key: str,
+    branch: StepList | Step,
+    *,
+    into: str | None = None,
+    max_concurrency: int | None = None,
+    key: str | None = None,
+) -> Step:
+    """Run ``branch`` once per element of the list ``state[items_key]``, at most
+    ``max_concurrency`` at once (contract §8). A branch starts from the fork's State plus
+    ``item`` and ``item_index`` (and a dict element's keys); with ``into``, what each branch
+    changed is listed under ``state[into]`` in element order."""
+    _check_name(name, "foreach")
+    key = _fork_key(key, name)
+    where = f"foreach {name!r}"
+    if not isinstance(items_key, str) or not items_key:
+        raise WorkflowDefinitionError(f"{where}: items_key must be a State key")
+    if into is not None and (not isinstance(into, str) or not into):
+        raise WorkflowDefinitionError(f"{where}: into must be a State key")
+    if max_concurrency is not None and (
+        not isinstance(max_concurrency, int) or max_concurrency < 1
+    ):
+        raise WorkflowDefinitionError(f"{where}: max_concurrency must be at least 1")
+    return Step(
+        name=name,
+        func=None,
+        kind=StepKind.FOREACH,
+        key=key,
+        items_key=items_key,
+        into=into,
+        max_concurrency=max_concurrency,
+        branches=(_branch(where, branch),),
     )
 
 

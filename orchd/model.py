@@ -153,6 +153,38 @@ class StepRecord(msgspec.Struct, kw_only=True):
     reason: str | None = None
     #: The keys this step changed in State (not the whole State).
     state_delta: dict[str, Any] = msgspec.field(default_factory=dict)
+    #: The branch it ran in (contract §8): the fork's key and the branch's index, nested
+    #: forks joined by "/" ("Gather facts/1", "A/0/B/3"); None on the main line.
+    branch: str | None = None
+
+
+class BranchSummary(msgspec.Struct, kw_only=True):
+    """One branch of a fork, as ``GET /api/processes/{id}`` shows it."""
+
+    branch: str
+    #: ``running``, ``waiting``, ``awaiting_callback``, ``failed``, ``forked`` (inside a
+    #: nested fork) or ``done``.
+    status: str
+    #: Its last recorded step, and that step's error when the branch failed or waits.
+    step: str | None = None
+    error: str | None = None
+
+
+class ForkSummary(msgspec.Struct, kw_only=True):
+    """A fork of a process and its branches: every branch while there are few, else the
+    counts by status and the branches that did not finish well (a foreach over thousands)."""
+
+    #: The fork's path: its key, under its branch for a nested fork ("A/0/B").
+    fork: str
+    #: The branch it runs in (None on the main line).
+    parent_branch: str | None = None
+    #: Whether it has joined (its branches' changes are in State).
+    joined: bool
+    #: Started branches by status.
+    counts: dict[str, int]
+    branches: list[BranchSummary]
+    #: True when ``branches`` leaves finished branches out.
+    abridged: bool = False
 
 
 class Process(msgspec.Struct, kw_only=True):
@@ -182,6 +214,8 @@ class Process(msgspec.Struct, kw_only=True):
     #: Contract §9: the parent of a child process, and a parent's children (every fan-out).
     parent_id: str | None = None
     children: list[LinkedProcess] = msgspec.field(default_factory=list)
+    #: Contract §8: the process's forks and their branches, outermost first.
+    branches: list[ForkSummary] = msgspec.field(default_factory=list)
 
 
 class ProcessSummary(msgspec.Struct, kw_only=True):
@@ -263,6 +297,8 @@ class Event(msgspec.Struct, kw_only=True):
     parent_id: str | None = None
     step: str | None = None
     step_status: StepStatus | None = None
+    #: For a step that ran in a branch: the branch (contract §8).
+    branch: str | None = None
     at: datetime | None = None
 
 

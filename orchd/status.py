@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["ACTIVE", "FINAL", "ProcessStatus", "StepStatus"]
+__all__ = ["ACTIVE", "FINAL", "BranchStatus", "ProcessStatus", "StepStatus"]
 
 
 class ProcessStatus(enum.StrEnum):
@@ -31,6 +31,17 @@ class StepStatus(enum.StrEnum):
     AWAITING_CALLBACK = "awaiting_callback"  # a callback step's action ran; waiting for the answer
     FAILED = "failed"  # the step raised
     ABORTED = "aborted"  # the process was aborted here
+
+
+class BranchStatus(enum.StrEnum):
+    """Where one branch of a forked process stands (contract §8)."""
+
+    RUNNING = "running"  # has a step to run now
+    FORKED = "forked"  # its nested fork's branches run
+    WAITING = "waiting"  # a retrystep raised; retried automatically after a backoff
+    AWAITING_CALLBACK = "awaiting_callback"  # waits for its own callback token
+    FAILED = "failed"  # a step raised; waits for a retry or a skip of the process
+    DONE = "done"  # ran its last step; waits for the join
 
 
 #: Statuses from which a process never moves again (it holds no subscription lock).

@@ -18,6 +18,7 @@ from typing import Any
 
 from orchd import _faults as faults
 from orchd.dsl import Form, Step, StepKind, Stranded, Workflow
+from orchd.engine.branches import Broken, Forks
 from orchd.engine.calls import call_step, cancelled_from_outside
 from orchd.engine.children import aborted_problem, child_starts, results
 from orchd.engine.host import Host
@@ -70,11 +71,13 @@ from orchd.state import (
 )
 from orchd.store.base import (
     ActionWrite,
+    BranchRow,
     Checkpoint,
     ChildOf,
     ChildRefused,
     NewProcess,
     ProcessRow,
+    ProcessTouch,
     ProcessWrite,
     ReplaceChildren,
     StartChildren,
@@ -109,7 +112,7 @@ class Actor:
         "pending_callback", "workflow", "workflow_name", "pk", "target", "status", "pc",
         "seq", "state", "current_step", "error", "form", "callback_token", "attempts", "position",
         "next_retry_at", "subscription_id", "broken", "task", "parent_id", "child_group",
-        "children_group", "children_pending", "replace_aborted",
+        "children_group", "children_pending", "replace_aborted", "forks",
     )  # fmt: skip
 
     def __init__(self, host: Host, pid: str, row: ProcessRow | None = None) -> None:
@@ -122,6 +125,7 @@ class Actor:
         self.abort_requested: str | None = None
         self.in_step = False
         self.pending_callback: Envelope | None = None
+        self.forks: Forks | None = None
         if row is not None:
             self._load(row)
 
@@ -132,10 +136,17 @@ class Actor:
         if self.loaded and self.status in ACTIVE:
             # A running process answers at once instead of after its current step: abort is
             # noted for the next step boundary; resume, retry and a stray callback are refused.
+            forks = self.forks
             match message:
                 case Abort(actor=actor):
                     self.abort_requested = actor
                     respond(envelope, self.status)
+                    if forks is not None:
+                        forks.wake.set()
+                    return
+                case Callback(digest=str(digest)) if forks is not None and forks.owns(digest):
+                    self.mailbox.append(envelope)  # a branch's callback: its fork takes it
+                    forks.wake.set()
                     return
                 case Resume():
                     respond(envelope, error=_refused(Action.RESUME, self.status, self.pid))
@@ -152,6 +163,8 @@ class Actor:
         if isinstance(message, Stop):
             self.stopping = True
         self.mailbox.append(envelope)
+        if self.forks is not None and self.forks.running:
+            self.forks.wake.set()
 
     async def run(self) -> None:
         try:
@@ -254,6 +267,9 @@ class Actor:
                     check_action(Action.ABORT, self.status, self.pid)
                     await self._abort(actor, requested=True)
                     respond(envelope, self.status)
+                case Callback(digest=digest, payload=payload, actor=actor) if self._at_fork():
+                    await self._branch_callback(digest, payload, actor)
+                    respond(envelope)
                 case Callback(digest=digest, payload=payload, actor=actor):
                     if digest is not None and self._callback_pending(digest):
                         self.pending_callback = envelope  # answered once it is committed
@@ -314,6 +330,9 @@ class Actor:
         await self._commit(step, outcome)
 
     async def _retry(self, automatic: bool, actor: str, reissue: bool) -> None:
+        if automatic and self._at_fork():
+            await self._fork_timer()
+            return
         if automatic:
             if self.status is not P.WAITING or (self.next_retry_at or 0) > time.time() + 0.01:
                 return  # a stale timer: the process moved on or was retried by hand
@@ -334,6 +353,12 @@ class Actor:
                 f"cannot retry process {self.pid}: step {running!r} timed out but its call "
                 "still runs in its thread; retry once it has returned"
             )
+        forks = await self._fork_standing()
+        if reissue and forks is not None:
+            raise InvalidTransition(
+                f"cannot reissue process {self.pid}: it stands at a fork; retry re-runs its "
+                "failed branches"
+            )
         if reissue:
             self._back_to_callback_action()
         # A retried children step starts new children for its aborted elements only.
@@ -342,7 +367,8 @@ class Actor:
         self.next_retry_at = None
         detail = "reissue" if reissue else None
         actions = [] if automatic else [self._action(Action.RETRY, actor, detail)]
-        await self._write(P.RUNNING, steps=[], actions=actions)
+        rows = forks.rerun() if forks is not None else []
+        await self._write(P.RUNNING, steps=[], actions=actions, branches=rows)
 
     async def _fail_if_broken(self) -> None:
         """A process whose step the code loaded now lacks fails, and nothing runs (§7)."""
@@ -364,9 +390,21 @@ class Actor:
             )
         await self._fail_if_broken()
         assert self.workflow is not None
+        forks = await self._fork_standing()
+        if forks is not None:
+            rows, records = forks.skip(reason, actor, time.time())
+            if records:  # else the fork itself failed (a conflict): skip it whole, below
+                self.error, self.attempts, self.next_retry_at = None, 0, None
+                action = self._action(Action.SKIP, actor, reason)
+                await self._write(P.RUNNING, steps=records, actions=[action], branches=rows)
+                return
         steps = self.workflow.steps
         skipped = [steps[self.pc]]
-        if skipped[0].func is None and skipped[0].kind is not StepKind.CALLBACK_WAIT:
+        if (
+            skipped[0].func is None
+            and skipped[0].kind is not StepKind.CALLBACK_WAIT
+            and not skipped[0].forks
+        ):
             raise InvalidTransition(f"cannot skip the built-in step {skipped[0].name!r}")
         if skipped[0].kind is StepKind.CALLBACK_ACTION:
             skipped = list(steps[self.pc : self.pc + 3])  # the action, the wait, the validate
@@ -394,7 +432,9 @@ class Actor:
         self.next_retry_at = None
         self._end_wait()
         action = self._action(Action.SKIP, actor, reason)
-        await self._write(P.RUNNING, steps=records, actions=[action])
+        drops = [""] if skipped[0].forks else []
+        self.forks = None
+        await self._write(P.RUNNING, steps=records, actions=[action], drops=drops)
 
     def _back_to_callback_action(self) -> None:
         """``retry --reissue``: after a callback's validate step failed, go back to its action
@@ -429,8 +469,12 @@ class Actor:
         self.form = None
         self.next_retry_at = None
         self._end_wait()
+        if self.forks is not None:
+            self.forks.forget_tokens()
+            self.forks = None
         actions = [self._action(Action.ABORT, actor)] if requested else []
-        await self._write(P.ABORTED, steps=[record], release=release, actions=actions)
+        # Branches of a fork it stood at go with it (none, mostly: the delete finds nothing).
+        await self._write(P.ABORTED, steps=[record], release=release, actions=actions, drops=[""])
 
     async def _take_callback(self, payload: Any, actor: str) -> None:
         step = self._step()
@@ -486,6 +530,8 @@ class Actor:
                 await self._wait_for_callback(step, started)
             case StepKind.CHILDREN:
                 await self._children(step, started)
+            case StepKind.PARALLEL | StepKind.FOREACH:
+                await self._fork(step, started)
             case _:
                 await self._run_function(step, started)
 
@@ -500,7 +546,7 @@ class Actor:
         if step.kind is StepKind.CALLBACK_ACTION:
             # The token is a capability: the action step sees it while it runs; the engine
             # keeps only its digest (never in State, a step record or the API).
-            token = secrets.token_urlsafe(24)
+            token = self.new_callback_token()
             self._end_wait()
             self.callback_token = token_digest(token)
             self.host.expect_callback(self.callback_token, self.pid)
@@ -704,6 +750,143 @@ class Actor:
             delta["subscription_id"] = full["id"]
         return full
 
+    # -- forks (contract §8; the branches themselves run in orchd.engine.branches) ---------
+
+    def _at_fork(self) -> bool:
+        """Whether the process stands at a parallel or foreach step."""
+        wf = self.workflow
+        return (
+            wf is not None
+            and self.broken is None
+            and self.status not in FINAL
+            and self.pc < len(wf.steps)
+            and wf.steps[self.pc].forks
+        )
+
+    async def _fork_standing(self) -> Forks | None:
+        """The fork the process stands at, with the branches it committed (loaded once);
+        None when it stands at none, or its fork could not even open (its step failed)."""
+        if not self._at_fork():
+            return None
+        step = self._step()
+        if self.forks is None or self.forks.top.step is not step:
+            try:
+                forks = Forks(self, step, self.state)
+                forks.load(await self.host.branches(self.pk))
+            except StepCrash:
+                return None
+            except Broken as exc:
+                self.broken = str(exc)
+                await self._fail_if_broken()
+            self.forks = forks
+        return self.forks
+
+    async def _fork(self, step: Step, started: float) -> None:
+        """Run the fork's branches until none can run; then join, or wait as §8 says."""
+        try:
+            forks = Forks(self, step, self.state) if self.forks is None else self.forks
+            if self.forks is None:
+                forks.load(await self.host.branches(self.pk))
+                self.forks = forks
+        except StepCrash as exc:
+            await self._step_raised(step, exc, started)
+            return
+        except Broken as exc:
+            self.broken = self.error = str(exc)
+            await self._write(P.FAILED, steps=[])
+            return
+        await forks.drive()
+        if self.abort_requested is not None or self.stopping:
+            return  # the loop aborts, or the actor stops; the branches' commits stand
+        if not forks.top.complete:
+            status, self.error, self.next_retry_at = forks.blocked()
+            await self._write(status, steps=[])
+            return
+        try:
+            delta = forks.top.joined_changes()
+            sub = self._subscription_change(step, delta)
+            changes = changes_of(self.state, step.name, delta)
+        except (StepCrash, StepOutputError, SubscriptionError) as exc:
+            await self._step_raised(step, exc, forks.started)
+            return
+        self.forks = None
+        outcome = Outcome(
+            P.RUNNING,
+            StepStatus.SUCCESS,
+            forks.started,
+            time.time(),
+            changes,
+            advance=True,
+            subscription=sub,
+        )
+        await self._commit(step, outcome)
+
+    async def _fork_timer(self) -> None:
+        """A retry timer of a blocked fork: branches due run again, expired waits fail."""
+        if self.status not in (P.WAITING, P.AWAITING_CALLBACK):
+            return  # failed: a person decides; running: the running fork takes its timers
+        forks = await self._fork_standing()
+        if forks is None:
+            return
+        rows, records = forks.tick(time.time())
+        if not rows:
+            due = forks.due()
+            if due is not None:
+                self.host.later(self.pid, due, Retry(automatic=True))
+            return
+        if any(b.status == "running" for b in forks.leaves()):
+            status, self.error, self.next_retry_at = P.RUNNING, None, None
+        else:
+            status, self.error, self.next_retry_at = forks.blocked()
+        await self._write(status, steps=records, branches=rows)
+
+    async def _branch_callback(self, digest: str | None, payload: Any, actor: str) -> None:
+        """A callback for a branch's wait, while no branch runs: the branch goes on."""
+        forks = await self._fork_standing()
+        if forks is None:
+            raise CallbackNotFound("no process waits for this callback token")
+        branch = forks.awaiting(digest)
+        row, record = forks.answer(branch, payload, time.time())
+        action = self._action(Action.CALLBACK, actor, f"branch {branch.path}")
+        self.error = self.next_retry_at = None
+        await self._write(P.RUNNING, steps=[record], actions=[action], branches=[row])
+
+    def next_seq(self) -> int:
+        """The number of the process's next step record."""
+        self.seq += 1
+        return self.seq
+
+    def new_callback_token(self) -> str:
+        return secrets.token_urlsafe(24)
+
+    @property
+    def concurrent(self) -> bool:
+        """Whether several of its branches may be committing at once."""
+        return self.forks is not None and self.forks.running
+
+    async def touch(
+        self,
+        steps: list[StepWrite],
+        branches: list[BranchRow],
+        *,
+        drops: list[str] | None = None,
+        actions: list[ActionWrite] | None = None,
+    ) -> None:
+        """Commit steps of branches: their records and rows, and the process's step count
+        and time (never its State, which the join alone changes)."""
+        touch = ProcessTouch(status=self.status, seq=self.seq, updated_at=time.time(), pk=self.pk)
+        checkpoint = Checkpoint(
+            process_id=self.pid,
+            process=touch,
+            steps=steps,
+            branches=branches,
+            drop_branches=drops or [],
+            actions=actions or [],
+        )
+        await self.host.checkpoint(checkpoint)
+        seconds = steps[-1].finished_at - steps[-1].started_at if steps else None
+        self.host.committed(self, self.status, steps, seconds)
+
     # -- checkpoints ----------------------------------------------------------------------
 
     async def _commit(self, step: Step, outcome: Outcome) -> None:
@@ -739,6 +922,8 @@ class Actor:
             subscription=outcome.subscription,
             step_seconds=outcome.finished - outcome.started,
             actions=[] if outcome.action is None else [outcome.action],
+            # A fork joins (or is skipped by its condition): its branches' rows go with it.
+            drops=[""] if step.forks and outcome.advance else [],
         )
 
     async def _write(
@@ -750,10 +935,14 @@ class Actor:
         release: str | None = None,
         step_seconds: float | None = None,
         actions: list[ActionWrite] | None = None,
+        branches: list[BranchRow] | None = None,
+        drops: list[str] | None = None,
     ) -> None:
         checkpoint = self._checkpoint(
             status, steps=steps, subscription=subscription, release=release, actions=actions
         )
+        checkpoint.branches = branches or []
+        checkpoint.drop_branches = drops or []
         await self.host.checkpoint(checkpoint)
         self._committed(status, steps, step_seconds)
 

@@ -63,6 +63,7 @@ from orchd.state import (
     validate_form,
 )
 from orchd.store.base import (
+    BranchRow,
     Checkpoint,
     ChildFinished,
     NewProcess,
@@ -204,6 +205,9 @@ class Engine:
                 self.later(timed.id, timed.at, messages.Retry(automatic=True))
             elif timed.callback_token:
                 self.later(timed.id, timed.at, messages.Expire(digest=timed.callback_token))
+            else:
+                # A fork's branch waits for a callback with a deadline (contract §8).
+                self.later(timed.id, timed.at, messages.Retry(automatic=True))
 
     async def _place_unkeyed(self) -> None:
         """Give processes from before step keys their position, once: the key and occurrence of
@@ -311,7 +315,7 @@ class Engine:
         if actor is not None:
             checkpoint.events = _events_of(actor, checkpoint)
         committed, finished = False, None
-        if len(self.actors) == 1:
+        if len(self.actors) == 1 and (actor is None or not actor.concurrent):
             # A lone process: committing here skips two thread hand-offs per step; the loop
             # waits for the fsync meanwhile, which only this process needs.
             committed, finished = self.store.commit_now(checkpoint)
@@ -337,6 +341,9 @@ class Engine:
 
     async def children_of(self, pid: str, group: int) -> list[ProcessRow]:
         return await self.store.children(pid, group)
+
+    async def branches(self, pk: int) -> list[BranchRow]:
+        return await self.store.branches(pk)
 
     def retire(self, actor: actors.Actor) -> None:
         if self.actors.get(actor.pid) is actor:
@@ -873,7 +880,7 @@ def _events_of(actor: actors.Actor, checkpoint: Checkpoint) -> list[Event]:
     events = [
         Event(
             id=0, kind="step", process_id=pid, workflow=name, parent_id=parent, status=status,
-            step=r.name, step_status=r.status, at=at,  # type: ignore[arg-type]
+            step=r.name, step_status=r.status, branch=r.branch, at=at,  # type: ignore[arg-type]
         )
         for r in checkpoint.steps
     ]  # fmt: skip

@@ -14,6 +14,7 @@ from orchd.engine.messages import Message
 from orchd.model import ProcessStatus
 from orchd.settings import EngineSettings
 from orchd.store.base import (
+    BranchRow,
     Checkpoint,
     NewProcess,
     ProcessRow,
@@ -95,6 +96,10 @@ class Host(Protocol):
         ...
 
     async def children_of(self, pid: str, group: int) -> list[ProcessRow]: ...
+
+    async def branches(self, pk: int) -> list[BranchRow]:
+        """The started branches of the fork a process stands at, as committed."""
+        ...
 
     def expect_callback(self, digest: str, pid: str) -> None:
         """Route callbacks with this token digest to the process."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from orchd.dsl import Step
@@ -26,7 +27,7 @@ class Changes(NamedTuple):
 NO_CHANGES = Changes({}, None)
 
 
-def changes_of(state: dict[str, Any], step_name: str, delta: dict[str, Any] | None) -> Changes:
+def changes_of(state: Mapping[str, Any], step_name: str, delta: dict[str, Any] | None) -> Changes:
     """The keys ``delta`` changes in ``state``, encoded once: the step record keeps these
     bytes. Raises StepOutputError for a value JSON cannot hold faithfully."""
     if not delta:

@@ -84,6 +84,27 @@ class StepRow(msgspec.Struct, kw_only=True):
     #: Who skipped the step, and why (an operator's skip).
     actor: str | None = None
     reason: str | None = None
+    #: The branch it ran in ("Gather facts/1"), None on the main line.
+    branch: str | None = None
+
+
+class BranchRow(msgspec.Struct, kw_only=True, array_like=True):
+    """Where one started branch of a forked process stands (contract §8), until its fork
+    joins. ``path`` names it ("A/0", nested "A/0/B/3"); ``changes`` is what it changed in State
+    since it started (encoded); ``step_key`` and ``step_occurrence`` its next step's position
+    in the branch's steps (None once it is done). Fields in the order the writer binds them."""
+
+    pk: int
+    path: str
+    status: str
+    step_key: str | None = None
+    step_occurrence: int = 0
+    changes: bytes | None = None
+    error: str | None = None
+    attempts: int = 0
+    next_retry_at: float | None = None
+    #: The digest of the token its callback wait answers to.
+    callback_token: str | None = None
 
 
 class TimedProcess(msgspec.Struct, kw_only=True):
@@ -160,6 +181,20 @@ class StepWrite(msgspec.Struct, kw_only=True, array_like=True):
     key: str | None = None
     actor: str | None = None
     reason: str | None = None
+    branch: str | None = None
+
+
+class ProcessTouch(msgspec.Struct, kw_only=True, array_like=True):
+    """What a step in a branch changes of its process row: the status, the step count and the
+    time, never State (which stays as it was at the fork until the join), so a large State is
+    not written again with each branch step. Fields in the order the writer binds them."""
+
+    status: str
+    seq: int
+    error: str | None = None
+    next_retry_at: float | None = None
+    updated_at: float
+    pk: int
 
 
 class ActionWrite(msgspec.Struct, kw_only=True, array_like=True):
@@ -176,8 +211,13 @@ class Checkpoint(msgspec.Struct, kw_only=True):
     """Everything one step changes, committed in one transaction."""
 
     process_id: str
-    process: ProcessWrite
+    process: ProcessWrite | ProcessTouch
     steps: list[StepWrite] = []
+    #: Branches of a forked process whose place changed (inserted or replaced).
+    branches: list[BranchRow] = []
+    #: Branches that go: every branch whose path starts with one of these prefixes ("" for
+    #: all of the process's), when their fork joins or the process ends.
+    drop_branches: list[str] = []
     #: The action that led to this checkpoint (resume, retry, ...), recorded with it.
     actions: list[ActionWrite] = []
     #: ``state["subscription"]`` to save (insert or update), when the step changed it.
@@ -409,6 +449,10 @@ class Store(Protocol):
 
     async def actions(self, pk: int) -> list[ActionRow]:
         """A process's actions, oldest first."""
+        ...
+
+    async def branches(self, pk: int) -> list[BranchRow]:
+        """The started branches of a forked process (none when it is not forked)."""
         ...
 
     async def statuses(self, pids: list[str]) -> dict[str, str]: ...

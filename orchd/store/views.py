@@ -10,6 +10,7 @@ import enum
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from orchd.errors import BadRequest, ProcessNotFound, SubscriptionNotFound
 from orchd.model import (
@@ -17,6 +18,8 @@ from orchd.model import (
     MAX_PAGE,
     SUBSCRIPTION_FIELDS,
     ActionRecord,
+    BranchSummary,
+    ForkSummary,
     Page,
     Process,
     ProcessStatus,
@@ -28,9 +31,66 @@ from orchd.model import (
     utc,
 )
 from orchd.state import decode
-from orchd.store.base import Store
+from orchd.store.base import BranchRow, StepRow, Store
 
 P = ProcessStatus
+FINAL_NAMES = frozenset({P.COMPLETED.value, P.ABORTED.value})
+#: A fork lists each branch up to this many; beyond, the counts and the unfinished ones.
+LISTED_BRANCHES = 20
+
+
+def fork_summaries(steps: list[StepRow], live: list[BranchRow]) -> list[ForkSummary]:
+    """The forks of a process and their branches, from its step records and the branches
+    still standing (contract §8): a tree a person can read, even for a foreach over 10,000."""
+    last: dict[str, StepRow] = {}
+    joins: set[tuple[str | None, str | None]] = set()
+    for s in steps:
+        if s.branch is not None:
+            last[s.branch] = s
+        if s.status == StepStatus.SUCCESS and s.key is not None:
+            joins.add((s.branch, s.key))
+    standing = {b.path: b for b in live}
+    forks: dict[str, list[BranchSummary]] = {}
+    for path in sorted({*last, *standing}, key=_path_order):
+        record, row = last.get(path), standing.get(path)
+        if row is not None:
+            status, error = row.status, row.error
+        else:
+            assert record is not None
+            finished = record.status in (StepStatus.SUCCESS, StepStatus.SKIPPED)
+            status, error = ("done", None) if finished else (record.status, record.error)
+        forks.setdefault(path.rsplit("/", 1)[0], []).append(
+            BranchSummary(
+                branch=path, status=status, step=record.name if record else None, error=error
+            )
+        )
+    summaries = []
+    for fork, branches in forks.items():
+        parent_path, _, key = fork.rpartition("/")
+        parent_branch = parent_path or None
+        counts: dict[str, int] = {}
+        for b in branches:
+            counts[b.status] = counts.get(b.status, 0) + 1
+        abridged = len(branches) > LISTED_BRANCHES
+        if abridged:
+            branches = [b for b in branches if b.status != "done"][:LISTED_BRANCHES]
+        summaries.append(
+            ForkSummary(
+                fork=fork,
+                parent_branch=parent_branch,
+                joined=(parent_branch, key) in joins
+                and not any(p.startswith(fork + "/") for p in standing),
+                counts=counts,
+                branches=branches,
+                abridged=abridged,
+            )
+        )
+    return summaries
+
+
+def _path_order(path: str) -> list[tuple[int, Any]]:
+    """Branch paths in their natural order: "A/2" before "A/10"."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in path.split("/")]
 
 
 def _dt(epoch: float | None) -> datetime | None:
@@ -60,6 +120,7 @@ class Views:
             raise ProcessNotFound(f"process {pid} does not exist")
         steps = await self.store.steps(row.pk)
         actions = await self.store.actions(row.pk)
+        live = await self.store.branches(row.pk) if row.status not in FINAL_NAMES else []
         children = await self.store.child_links(row.id)
         status = P(row.status)
         return Process(
@@ -80,6 +141,7 @@ class Views:
                     actor=s.actor,
                     reason=s.reason,
                     state_delta=decode(s.delta) if s.delta else {},
+                    branch=s.branch,
                 )
                 for s in steps
             ],
@@ -98,6 +160,7 @@ class Views:
             next_retry_at=_dt(row.next_retry_at) if status is P.WAITING else None,
             parent_id=row.parent_id,
             children=children,
+            branches=fork_summaries(steps, live),
         )
 
     async def list_processes(

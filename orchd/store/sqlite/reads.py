@@ -27,6 +27,7 @@ from orchd.model import (
 )
 from orchd.store.base import (
     ActionRow,
+    BranchRow,
     ProcessRow,
     Pruned,
     Retention,
@@ -196,12 +197,19 @@ class Reads:
 
     async def process_waiting_for(self, token: str) -> str | None:
         row = await self.fetchone("SELECT id FROM processes WHERE callback_token = ?", (token,))
+        if row is None:
+            # A branch's wait (contract §8): the token names the branch's process.
+            row = await self.fetchone(
+                "SELECT p.id FROM branches b JOIN processes p ON p.rowid = b.process "
+                "WHERE b.callback_token = ?",
+                (token,),
+            )
         return None if row is None else str(row[0])
 
     async def steps(self, pk: int) -> list[StepRow]:
         rows = await self.fetchall(
             "SELECT name, status, started_at, finished_at, error, traceback, delta, key, actor, "
-            "reason FROM steps WHERE process = ? ORDER BY seq",
+            "reason, branch FROM steps WHERE process = ? ORDER BY seq",
             (pk,),
         )
         return [
@@ -216,9 +224,20 @@ class Reads:
                 key=key,
                 actor=actor,
                 reason=reason,
+                branch=branch,
             )
-            for name, status, started, finished, error, tb, delta, key, actor, reason in rows
+            for name, status, started, finished, error, tb, delta, key, actor, reason, branch in (
+                rows
+            )
         ]
+
+    async def branches(self, pk: int) -> list[BranchRow]:
+        rows = await self.fetchall(
+            "SELECT process, path, status, step_key, step_occurrence, changes, error, attempts, "
+            "next_retry_at, callback_token FROM branches WHERE process = ?",
+            (pk,),
+        )
+        return [msgspec.convert(row, BranchRow) for row in rows]
 
     async def actions(self, pk: int) -> list[ActionRow]:
         rows = await self.fetchall(

@@ -12,7 +12,7 @@ from orchd.store.base import token_digest
 
 log = logging.getLogger("orchd.store")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _digest_callback_tokens(conn: sqlite3.Connection) -> None:
@@ -148,6 +148,27 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
             process_id TEXT NOT NULL,
             data BLOB NOT NULL
         )""",
+    ],
+    [
+        # Parallel branches (contract §8). A step record names its branch (NULL on the main
+        # line); a started branch keeps where it stands and what it changed until its fork
+        # joins, so each branch goes on from its own last commit after a crash.
+        "ALTER TABLE steps ADD COLUMN branch TEXT",
+        """CREATE TABLE branches (
+            process INTEGER NOT NULL,
+            path TEXT NOT NULL,
+            status TEXT NOT NULL,
+            step_key TEXT,
+            step_occurrence INTEGER NOT NULL DEFAULT 0,
+            changes BLOB,
+            error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_retry_at REAL,
+            callback_token TEXT,
+            PRIMARY KEY (process, path)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX branches_by_token ON branches (callback_token) "
+        "WHERE callback_token IS NOT NULL",
     ],
 ]
 

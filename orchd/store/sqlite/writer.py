@@ -34,6 +34,7 @@ from orchd.store.base import (
     Op,
     Positions,
     ProcessRow,
+    ProcessTouch,
     Prune,
     Pruned,
     ReplaceChildren,
@@ -61,6 +62,9 @@ class _Batch:
 
     def __init__(self) -> None:
         self.processes: list[tuple[Any, ...]] = []
+        self.touches: list[tuple[Any, ...]] = []
+        self.branches: list[tuple[Any, ...]] = []
+        self.drops: list[tuple[int, str]] = []
         self.steps: list[tuple[Any, ...]] = []
         self.subscriptions: list[tuple[Any, ...]] = []
         self.links: list[tuple[str, str]] = []
@@ -75,6 +79,14 @@ class _Batch:
             conn.executemany(_UPSERT_SUBSCRIPTION, self.subscriptions)
         if self.processes:
             conn.executemany(_UPDATE_PROCESS, self.processes)
+        if self.touches:
+            conn.executemany(_TOUCH_PROCESS, self.touches)
+        if self.drops:
+            # Before the upserts: a join drops its fork's branches, and the branch it returns
+            # to (kept, a shorter path) is written after.
+            conn.executemany(_DROP_BRANCHES, self.drops)
+        if self.branches:
+            conn.executemany(_UPSERT_BRANCH, self.branches)
         if self.steps:
             conn.executemany(_INSERT_STEP, self.steps)
         if self.links:
@@ -107,7 +119,17 @@ _UPDATE_PROCESS = """UPDATE processes SET status = ?, pc = ?, seq = ?, state = ?
     subscription_id = ?, step_key = ?, step_occurrence = ?, children_group = ?,
     children_pending = ?, updated_at = ? WHERE rowid = ?"""
 _INSERT_STEP = """INSERT INTO steps (process, seq, name, status, started_at, finished_at,
-    error, traceback, delta, key, actor, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    error, traceback, delta, key, actor, reason, branch)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+# Branch steps of one process may share a batch: the step count only goes up.
+_TOUCH_PROCESS = """UPDATE processes SET status = ?, seq = max(seq, ?), error = ?,
+    next_retry_at = ?, updated_at = ? WHERE rowid = ?"""
+_UPSERT_BRANCH = """INSERT OR REPLACE INTO branches (process, path, status, step_key,
+    step_occurrence, changes, error, attempts, next_retry_at, callback_token)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+# A prefix ends with "/" (or is "" for every branch): "A/1/" never matches "A/10".
+_DROP_BRANCHES = """DELETE FROM branches WHERE process = ?1
+    AND substr(path, 1, length(?2)) = ?2"""
 _UPSERT_SUBSCRIPTION = """INSERT INTO subscriptions (id, product, customer_id, description,
     status, insync, start_date, end_date, attributes, created_at, updated_at)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -139,7 +161,14 @@ def _subscription_row(sub: dict[str, Any], now: float) -> tuple[Any, ...]:
 
 def _add_checkpoint(batch: _Batch, cp: Checkpoint) -> None:
     p = cp.process
-    batch.processes.append(astuple(p))
+    if isinstance(p, ProcessTouch):
+        batch.touches.append(astuple(p))
+    else:
+        batch.processes.append(astuple(p))
+    for prefix in cp.drop_branches:
+        batch.drops.append((p.pk, prefix))
+    for b in cp.branches:
+        batch.branches.append(astuple(b))
     for s in cp.steps:
         batch.steps.append(astuple(s))
     if cp.subscription is not None:
@@ -389,6 +418,7 @@ def _prune(conn: sqlite3.Connection, op: Prune) -> Pruned:
     # last run may be one of these); the runs' dedupe rows of the processes go.
     conn.execute(f"DELETE FROM subscription_processes WHERE process_id IN ({marks})", ids)
     conn.execute(f"DELETE FROM schedule_runs WHERE process_id IN ({marks})", ids)
+    conn.execute(f"DELETE FROM branches WHERE process IN ({marks})", pks)
     conn.execute(f"DELETE FROM processes WHERE rowid IN ({marks})", pks)
     if op.retention.tasks_before is not None:
         # Fire times skipped because the previous run was still going start no process.
