@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("show", "show one process and its step log")
     p.add_argument("id")
     p.add_argument("--state", action="store_true", help="print only its State, as JSON")
+    p.add_argument(
+        "--branch",
+        metavar="PATH",
+        help="the step log of the branches under PATH (e.g. 'Configure ports/7')",
+    )
     p = command("resume", "answer a suspended process's form")
     p.add_argument("id")
     p.add_argument("--input", metavar="JSON|@FILE|-", required=True)
@@ -327,7 +332,45 @@ def _children_summary(children: Any) -> str | None:
     return f"{len(children)}: {parts}  (orchd ps --parent ID lists them)"
 
 
-def print_process(proc: dict[str, Any]) -> None:
+def _in_branch(step: dict[str, Any], branch: str | None) -> bool:
+    """Whether a step record belongs to the log asked for: the main line's (no branch), or
+    the branches at or under ``branch``."""
+    where = step.get("branch")
+    if branch is None:
+        return where is None
+    return isinstance(where, str) and (
+        where == branch or where.startswith(branch.rstrip("/") + "/")
+    )
+
+
+def print_branches(proc: dict[str, Any]) -> None:
+    """A process's forks as a tree: each fork with its branches counted by status, and the
+    branches listed while there are few (else the ones that did not finish)."""
+    forks = [f for f in proc.get("branches") or [] if isinstance(f, dict)]
+    if not forks:
+        return
+    print("\nbranches:")
+    for fork in forks:
+        path = str(fork.get("fork"))
+        depth = "  " * (1 + path.count("/") // 2)
+        counts = fork.get("counts") or {}
+        total = sum(int(n) for n in counts.values())
+        parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda i: -i[1]))
+        joined = "joined" if fork.get("joined") else "forked"
+        print(f"{depth}{path}  {joined}  {total} started: {parts}")
+        for b in fork.get("branches") or []:
+            error = _one_line(b.get("error"), 60)
+            line = f"{depth}  {b.get('branch')}  {b.get('status')}  {b.get('step') or ''}"
+            print(f"{line}  {error}".rstrip())
+        if fork.get("abridged"):
+            listed = len(fork.get("branches") or [])
+            print(
+                f"{depth}  ({total - listed} more; orchd show {proc.get('id')} "
+                f"--branch '{path}' gives their steps)"
+            )
+
+
+def print_process(proc: dict[str, Any], branch: str | None = None) -> None:
     """A process for humans: header, step log, the failed step's traceback."""
     status = proc.get("status")
     target = proc.get("target")
@@ -354,12 +397,13 @@ def print_process(proc: dict[str, Any]) -> None:
             ("form", form_text),
         ]
     )
-    steps = [s for s in proc.get("steps") or [] if isinstance(s, dict)]
+    every = [s for s in proc.get("steps") or [] if isinstance(s, dict)]
+    steps = [s for s in every if _in_branch(s, branch)]
     if steps:
         print()
         rows = [
             (
-                s.get("name"),
+                s.get("name") if branch is None else f"{s.get('branch')}: {s.get('name')}",
                 s.get("status"),
                 when(s.get("started_at")),
                 duration(s.get("started_at"), s.get("finished_at")),
@@ -368,12 +412,15 @@ def print_process(proc: dict[str, Any]) -> None:
             for s in steps
         ]
         print_table(("STEP", "STATUS", "STARTED", "DURATION", "ERROR"), rows)
+    if branch is None:
+        print_branches(proc)
     # Only while the process is stuck on it: once a retry got past the step, the old attempt's
     # traceback is history (still in the step log and --json), not the problem to look at.
     stuck = ("failed", "waiting")
-    failed = [s for s in steps if s.get("traceback") and s.get("status") in stuck]
+    failed = [s for s in every if s.get("traceback") and s.get("status") in stuck]
     if failed and status in stuck:
-        print(f"\ntraceback of step {failed[-1].get('name')!r}:")
+        where = f" (branch {failed[-1]['branch']})" if failed[-1].get("branch") else ""
+        print(f"\ntraceback of step {failed[-1].get('name')!r}{where}:")
         print(str(failed[-1]["traceback"]).rstrip())
 
 
@@ -485,7 +532,7 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
     elif args.json:
         print_json(proc)
     else:
-        print_process(proc)
+        print_process(proc, branch=args.branch)
     return EXIT_OK
 
 

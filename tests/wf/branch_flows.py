@@ -25,6 +25,7 @@ from orchd import (
     step,
     workflow,
 )
+from orchd.testing import Gate
 
 
 class Ledger:
@@ -253,3 +254,48 @@ async def only_big(item: int, ledger: Ledger) -> State:
 def conditions():  # type: ignore[no-untyped-def]
     big = conditional(lambda state: state["item"] > 10)(only_big)
     return init >> foreach("Sizes", "numbers", begin >> big, into="sizes") >> done
+
+
+# -- holding (abort, restarts) --------------------------------------------------------------
+
+
+@step("quick")
+async def quick(ledger: Ledger) -> State:
+    ledger.note("quick")
+    return {"quick": True}
+
+
+@step("hold")
+async def hold(gate: Gate, ledger: Ledger) -> State:
+    ledger.note("hold")
+    await gate.passage()
+    return {"held": True}
+
+
+@step("after hold")
+async def after_hold(ledger: Ledger) -> State:
+    ledger.note("after hold")
+    return {"after_hold": True}
+
+
+@workflow("One branch holds at the gate", initial_input_form=Plan)
+def held():  # type: ignore[no-untyped-def]
+    return init >> parallel("Hold", begin >> quick, begin >> hold >> after_hold) >> done
+
+
+@step("hold item")
+async def hold_item(item: int, gate: Gate, ledger: Ledger) -> State:
+    ledger.note("hold item", item)
+    if item % 2:
+        await gate.passage()
+    return {"seen": item}
+
+
+@workflow("Odd elements hold at the gate", initial_input_form=Plan)
+def held_items():  # type: ignore[no-untyped-def]
+    return init >> foreach("Hold odd", "numbers", begin >> hold_item, into="seen") >> done
+
+
+@workflow("A foreach over a string", initial_input_form=Plan)
+def not_a_list():  # type: ignore[no-untyped-def]
+    return init >> foreach("Bad", "node", begin >> configure_port) >> done
