@@ -27,7 +27,7 @@ from typing import Any
 import soak_flows
 from daemon_util import DaemonFactory, DaemonProcess
 
-from orchd.dsl import StepKind, Workflow
+from orchd.dsl import Step, StepKind, Workflow
 
 WORKFLOWS: dict[str, Workflow] = {
     wf.name: wf
@@ -40,6 +40,8 @@ WORKFLOWS: dict[str, Workflow] = {
         soak_flows.soak_create,
         soak_flows.soak_modify,
         soak_flows.soak_terminate,
+        soak_flows.soak_parallel,
+        soak_flows.soak_foreach,
     )
 }
 #: Steps that run workflow code; each of their runs leaves a line in the effect log.
@@ -219,10 +221,10 @@ def listing(daemon: DaemonProcess, path: str, **query: str) -> list[dict[str, An
 
 def plan(rng: random.Random, count: int) -> list[tuple[str, dict[str, Any]]]:
     """The processes to start, in order, with the inputs that tell the driver what to do."""
-    kinds = ("plain", "failing", "retrying", "suspend", "callback", "create")
+    kinds = ("plain", "failing", "retrying", "suspend", "callback", "create", "parallel", "foreach")
     starts: list[tuple[str, dict[str, Any]]] = []
     for i in range(count):
-        kind = rng.choices(kinds, weights=(30, 15, 15, 15, 10, 15))[0]
+        kind = rng.choices(kinds, weights=(25, 12, 12, 12, 9, 15, 8, 7))[0]
         if kind == "plain":
             body: dict[str, Any] = {
                 "extra": rng.random() < 0.5,
@@ -236,6 +238,11 @@ def plan(rng: random.Random, count: int) -> list[tuple[str, dict[str, Any]]]:
             body = {"abort_at_suspend": rng.random() < 0.2}
         elif kind == "callback":
             body = {}
+        elif kind == "parallel":
+            body = {"retry_times": rng.randint(0, 2)}
+        elif kind == "foreach":
+            size = rng.randint(0, 6)
+            body = {"elements": list(range(size)), "fail_at": rng.choice((-1, 0, size - 1))}
         else:
             body = {"name": f"s{i}", "customer": f"c{i % 7}", "chain": rng.choice(CHAINS)}
         starts.append((f"soak_{kind}", body))
@@ -539,10 +546,11 @@ class Snapshot:
                 }
                 processes[pid] = by_pk[pk] = process
             steps = conn.execute(
-                "SELECT process, seq, name, status, error, delta FROM steps ORDER BY process, seq"
+                "SELECT process, seq, name, status, error, delta, branch FROM steps "
+                "ORDER BY process, seq"
             )
-            for pk, seq, name, status, error, delta in steps:
-                record = (seq, name, status, error, json.loads(delta) if delta else {})
+            for pk, seq, name, status, error, delta, branch in steps:
+                record = (seq, name, status, error, json.loads(delta) if delta else {}, branch)
                 by_pk[pk]["records"].append(record)
             subscriptions = {}
             columns = "id, product, customer_id, description, status, insync, start_date, end_date"
@@ -571,24 +579,50 @@ def expected_statuses(process: dict[str, Any]) -> tuple[str, ...]:
     return ("completed",)
 
 
+def branch_steps(wf: Workflow, branch: str | None) -> tuple[Step, ...]:
+    """The steps a record of ``branch`` ("Split/1", "Fan/3") belongs to."""
+    if branch is None:
+        return wf.steps
+    key, index = branch.split("/")
+    fork = next(s for s in wf.steps if s.key == key)
+    return fork.branches[0 if fork.kind is StepKind.FOREACH else int(index)]
+
+
 def check_records(process: dict[str, Any]) -> list[str]:
-    """The step log must be one valid run of the workflow."""
+    """The step log must be one valid run of the workflow, and of each of its branches."""
     wf = WORKFLOWS[process["workflow"]]
-    records, state, where = process["records"], process["state"], f"process {process['id']}"
+    records, where = process["records"], f"process {process['id']}"
     if [r[0] for r in records] != list(range(1, len(records) + 1)) or process["seq"] != len(
         records
     ):
         return [f"{where}: seqs {[r[0] for r in records]}, process seq {process['seq']}"]
     problems: list[str] = []
+    branches = sorted({r[5] for r in records if r[5] is not None})
+    for branch in [None, *branches]:
+        mine = [r for r in records if r[5] == branch]
+        problems += check_run(process, branch_steps(wf, branch), mine, branch)
+    return problems + check_failures(process)
+
+
+def check_run(
+    process: dict[str, Any],
+    steps: tuple[Step, ...],
+    records: list[tuple[Any, ...]],
+    branch: str | None,
+) -> list[str]:
+    """One line's records (the main line's, or one branch's) are a valid run of its steps."""
+    state = process["state"]
+    where = f"process {process['id']}" + (f" branch {branch}" if branch else "")
+    problems: list[str] = []
     pc, held = 0, False
-    for i, (_, name, status, _, _) in enumerate(records):
+    for i, (_, name, status, *_) in enumerate(records):
         if status == "aborted":
             if name != "abort" or i != len(records) - 1:
                 problems.append(f"{where}: abort record {i + 1} of {len(records)}")
             return problems
-        if pc >= len(wf.steps):
-            return [*problems, f"{where}: record {i + 1} {name!r} after done"]
-        step = wf.steps[pc]
+        if pc >= len(steps):
+            return [*problems, f"{where}: record {i + 1} {name!r} after its last step"]
+        step = steps[pc]
         if name != step.name:
             return [*problems, f"{where}: record {i + 1} is {name!r}, step {step.name!r} is due"]
         if status == "success":
@@ -605,16 +639,22 @@ def check_records(process: dict[str, Any]) -> list[str]:
             held = True
         else:
             problems.append(f"{where}: record {i + 1} {name!r} has status {status!r}")
-    if process["status"] == "completed" and pc != len(wf.steps):
-        problems.append(f"{where}: completed at step {pc + 1} of {len(wf.steps)}")
-    return problems + check_failures(process)
+    if process["status"] == "completed" and pc != len(steps):
+        problems.append(f"{where}: completed at step {pc + 1} of {len(steps)}")
+    return problems
 
 
 def check_failures(process: dict[str, Any]) -> list[str]:
     """A step fails at most as often as the input planned (the attempt count outlives kills)."""
     state = process["state"]
-    failures = Counter(r[1] for r in process["records"] if r[2] in ("failed", "waiting"))
-    allowed = {"flaky": state.get("fail_times", 0), "call-oss": state.get("retry_times", 0)}
+    failures = Counter(label(r) for r in process["records"] if r[2] in ("failed", "waiting"))
+    allowed = {
+        "flaky": state.get("fail_times", 0),
+        "call-oss": state.get("retry_times", 0),
+        "right@Split/1": state.get("retry_times", 0),
+        f"fan-work@Fan/{state.get('fail_at')}": 1,
+        # A fork whose branch failed is recorded once it joins, never failed itself.
+    }
     return [
         f"process {process['id']}: {name!r} failed {n} times, planned {allowed.get(name, 0)}"
         for name, n in failures.items()
@@ -622,15 +662,26 @@ def check_failures(process: dict[str, Any]) -> list[str]:
     ]
 
 
+def label(record: tuple[Any, ...]) -> str:
+    """How a step record's run is named in the effect log: ``name@branch`` in a branch."""
+    name, branch = record[1], record[5]
+    return name if branch is None else f"{name}@{branch}"
+
+
 def committed_nonces(process: dict[str, Any]) -> tuple[list[tuple[str, str, str]], list[str]]:
     """[(nonce, step, outcome)] of the process's effect-step records by seq, and problems."""
-    kinds = {s.name: s.kind for s in WORKFLOWS[process["workflow"]].steps}
+    wf = WORKFLOWS[process["workflow"]]
+    kinds = {s.name: s.kind for s in wf.steps}
+    for fork in (s for s in wf.steps if s.forks):
+        kinds.update((s.name, s.kind) for branch in fork.branches for s in branch)
     found: list[tuple[str, str, str]] = []
     problems: list[str] = []
     last_success: dict[str, str] = {}
-    for seq, name, status, error, delta in process["records"]:
+    for record in process["records"]:
+        seq, name, status, error, delta, _ = record
         if kinds.get(name) not in EFFECT_KINDS or status == "skipped":
             continue
+        name = label(record)
         if status == "success":
             nonce = delta.get(soak_flows.RAN + name)
             last_success[name] = nonce
@@ -644,6 +695,16 @@ def committed_nonces(process: dict[str, Any]) -> tuple[list[tuple[str, str, str]
             continue
         found.append((nonce, name, outcome))
     for name, nonce in last_success.items():
+        if "@Fan/" in name:
+            # A foreach's branches changed State under "fanned", once joined.
+            if process["status"] != "completed":
+                continue
+            fanned = process["state"]["fanned"][int(name.rsplit("/", 1)[1])]
+            if fanned.get(soak_flows.RAN + name) != nonce:
+                problems.append(f"process {process['id']}: {name!r} {nonce} not in {fanned}")
+            continue
+        if "@" in name and process["status"] != "completed":
+            continue  # a parallel branch's changes come into State when it joins
         if process["state"].get(soak_flows.RAN + name) != nonce:
             problems.append(
                 f"process {process['id']}: State has {name!r} run "
@@ -666,7 +727,8 @@ def check_effects(snapshot: Snapshot, log: str, runs: list[Run]) -> tuple[int, i
             continue
         pid, step, nonce, daemon_pid, outcome = parts
         entries[nonce] = (n, pid, step, int(daemon_pid), outcome)
-        per_process[pid].append(nonce)
+        # Each branch is a line of its own: its runs follow each other, not the others'.
+        per_process[f"{pid}@{step.partition('@')[2]}"].append(nonce)
     committed: set[str] = set()
     for process in snapshot.processes.values():
         found, more = committed_nonces(process)
@@ -679,10 +741,12 @@ def check_effects(snapshot: Snapshot, log: str, runs: list[Run]) -> tuple[int, i
                 continue
             committed.add(nonce)
             lines.append(entry[0])
-        if lines != sorted(lines):
+        if process["workflow"] not in ("soak_parallel", "soak_foreach") and lines != sorted(lines):
+            # (Branches interleave: their records' order is checked per branch by check_run.)
             problems.append(f"process {process['id']}: records out of the effect log's order")
     lost = 0
-    for pid, nonces in per_process.items():
+    for line, nonces in per_process.items():
+        pid = line.partition("@")[0]
         in_run: Counter[int] = Counter()
         for i, nonce in enumerate(nonces):
             if nonce in committed:

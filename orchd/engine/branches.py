@@ -23,6 +23,7 @@ from collections import ChainMap, deque
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from orchd import _faults as faults
 from orchd.dsl import Step, StepKind
 from orchd.engine.calls import call_step, cancelled_from_outside
 from orchd.engine.messages import Callback, Envelope, Expire, Retry, Run, respond
@@ -559,6 +560,8 @@ class Forks:
             b.token = token_digest(token)
             actor.host.expect_callback(b.token, actor.pid)
             view = ChainMap({"callback_token": token}, *b.state().maps)
+        if faults.ENABLED:
+            faults.point("before_step")
         try:
             kwargs = _inject(step, view, actor)
             result = await call_step(actor.host, actor.pid, step, kwargs)
@@ -572,6 +575,8 @@ class Forks:
         except BaseException as exc:
             await self._raised(b, step, exc, started)
             return
+        if faults.ENABLED:
+            faults.point("after_step")
         await self._commit(b, step, StepStatus.SUCCESS, started, changes)
 
     async def _raised(self, b: Branch, step: Step, exc: BaseException, started: float) -> None:

@@ -39,7 +39,7 @@ EXIT_UNOPENABLE = 3
 DEFAULT_DATABASE = "./orchd.db"
 #: The schema version the checks below are written for (orchd.store.SCHEMA_VERSION; a test
 #: keeps the two equal without importing the store here).
-KNOWN_SCHEMA_VERSION = 5
+KNOWN_SCHEMA_VERSION = 6
 #: Pages copied per backup step; between steps the daemon's writer is never blocked anyway.
 BACKUP_STEP_PAGES = 1024
 #: Databases with at least this many pages get progress lines on stderr (~100 MB at 4 KiB).
@@ -61,6 +61,7 @@ TABLES = (
     "schedule_runs",
     "actions",
     "events",
+    "branches",
 )
 
 
@@ -437,6 +438,12 @@ CHECKS: dict[str, tuple[str, str]] = {
         f"""SELECT s.id FROM subscriptions s WHERE s.insync = 0 AND NOT EXISTS (
               SELECT 1 FROM subscription_processes l JOIN processes p ON p.id = l.process_id
               WHERE l.subscription_id = s.id AND p.status NOT IN {FINISHED!r})""",
+    ),
+    "stray_branches": (
+        "branch rows of processes that are finished or gone (a fork's rows go at its join)",
+        f"""SELECT coalesce(p.id, 'process #' || b.process) || ' branch ' || b.path
+            FROM branches b LEFT JOIN processes p ON p.rowid = b.process
+            WHERE p.rowid IS NULL OR p.status IN {FINISHED!r}""",
     ),
     "bad_process_status": (
         "processes with a status orchd does not know",

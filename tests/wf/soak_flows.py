@@ -31,11 +31,14 @@ from orchd import (
     Form,
     State,
     Target,
+    begin,
     callback_step,
     conditional,
     done,
+    foreach,
     init,
     inputstep,
+    parallel,
     retrystep,
     step,
     workflow,
@@ -60,7 +63,7 @@ def _effect(process_id: str, name: str, outcome: str = "ok") -> str:
 
 def _attempt(process_id: str, name: str) -> int:
     """Count one more attempt of this step for this process; return how many came before."""
-    path = Path(os.environ["ORCHD_SOAK_DIR"]) / f"{process_id}.{name}"
+    path = Path(os.environ["ORCHD_SOAK_DIR"]) / f"{process_id}.{name.replace('/', '_')}"
     before = len(path.read_text().splitlines()) if path.exists() else 0
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -250,3 +253,55 @@ async def disable(process_id: str, subscription: dict[str, Any]) -> State:
 @workflow("Soak: terminate a subscription", target=Target.TERMINATE)
 def soak_terminate():  # type: ignore[no-untyped-def]
     return init >> disable >> done
+
+
+# -- forks (contract §8) ----------------------------------------------------------------------
+#
+# A step in a branch logs itself as ``<name>@<branch>`` and leaves its nonce under
+# ``ran:<name>@<branch>``, so the checks follow each branch's runs on their own.
+
+
+def _in_branch(process_id: str, label: str) -> State:
+    return {RAN + label: _effect(process_id, label)}
+
+
+@step("left")
+def left(process_id: str) -> State:
+    return _after(_in_branch(process_id, "left@Split/0"))
+
+
+@retrystep("right")
+async def right(process_id: str, retry_times: int = 0) -> State:
+    return await _pause(_maybe_fail(process_id, "right@Split/1", retry_times))
+
+
+@step("right-after")
+async def right_after(process_id: str) -> State:
+    return await _pause(_in_branch(process_id, "right-after@Split/1"))
+
+
+@workflow("Soak: two branches, one retrying", target=Target.SYSTEM)
+def soak_parallel():  # type: ignore[no-untyped-def]
+    split = parallel("Split", begin >> left, begin >> right >> right_after)
+    return init >> prepare >> split >> finish >> done
+
+
+@step("fan-work")
+async def fan_work(process_id: str, item_index: int, fail_at: int = -1) -> State:
+    label = f"fan-work@Fan/{item_index}"
+    if item_index == fail_at:
+        return await _pause(_maybe_fail(process_id, label, 1))
+    return await _pause(_in_branch(process_id, label))
+
+
+@step("fan-check")
+def fan_check(process_id: str, item_index: int) -> State:
+    return _after(_in_branch(process_id, f"fan-check@Fan/{item_index}"))
+
+
+@workflow("Soak: a foreach, three branches at a time", target=Target.SYSTEM)
+def soak_foreach():  # type: ignore[no-untyped-def]
+    fan = foreach(
+        "Fan", "elements", begin >> fan_work >> fan_check, into="fanned", max_concurrency=3
+    )
+    return init >> fan >> finish >> done
