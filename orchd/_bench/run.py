@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from orchd._bench import api as bench_api
+from orchd._bench import branches as bench_branches
 from orchd._bench import children as bench_children
 from orchd._bench import load as bench_load
 from orchd._bench import retention as bench_retention
@@ -345,6 +346,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--p5-child", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--p8-child", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--p6-probe", nargs=2, metavar=("SOCKET", "ID"), help=argparse.SUPPRESS)
+    parser.add_argument("--p9-probe", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.p5_child:
         return bench_load.child_main(args.p5_child)
@@ -352,6 +354,8 @@ def main(argv: list[str]) -> int:
         return bench_children.child_main(args.p8_child)
     if args.p6_probe:
         return bench_api.probe_main(*args.p6_probe)
+    if args.p9_probe:
+        return bench_branches.probe_main(*args.p9_probe)
     if args.probe:
         result = asyncio.run(_probe(args.probe[0], int(args.probe[1])))
         print(msgspec.json.encode(result).decode())
@@ -471,6 +475,22 @@ def main(argv: list[str]) -> int:
             f" {p8k['completed']:,.0f} children, each completed once",
             f"{p8['fan_out_s']:.2f} s without the kill",
             f"exactly {p8_count:,}",
+        )
+        p9_count = 1000 if args.quick else 10_000
+        p9 = _median(runs, lambda: bench_branches.p9_throughput(directory, p9_count))
+        table.row(
+            f"P9 foreach over {p9_count:,}, 2 async steps a branch (1,000 at once)",
+            f"{p9['steps_per_s']:,.0f} branch steps/s "
+            f"({p9['steps_per_s'] / p1['steps_per_s']:.2f}x P1), {p9['seconds']:.2f} s",
+            f"{p1['steps_per_s']:,.0f} steps/s (P1)",
+            ">= 0.8x P1",
+        )
+        p9m = bench_branches.p9_memory(directory, p3_count // 10)
+        table.row(
+            f"P9 {p9m['waiting']:,.0f} branches waiting in a step",
+            f"{p9m['per_branch_kb']:.1f} KiB/branch",
+            f"{p3['per_actor_kb']:.1f} KiB/actor polling (P3)",
+            "<= P3's per actor",
         )
         # The quick (smoke) run simulates a schedule ten times slower, and says so.
         days, per_day = (9, 864) if args.quick else (30, bench_retention.PER_DAY)
