@@ -31,6 +31,8 @@ def test_bench_quick_prints_every_scenario() -> None:
         "P5 ",
         "P8 ",
         "P8k ",
+        "P9 foreach over 1,000",
+        "P9 200 branches waiting",
         "database after ",
     ):
         assert label in result.stdout
