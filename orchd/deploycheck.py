@@ -16,7 +16,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import TextIO
 
-from orchd.dsl import Stranded, Workflow
+from orchd.dsl import Positions, Step, Stranded, Workflow, branch_steps
 from orchd.engine.loading import load_workflows
 from orchd.errors import ConfigError
 from orchd.status import FINAL
@@ -44,21 +44,39 @@ def stranded(conn: sqlite3.Connection, workflows: dict[str, Workflow]) -> list[S
     columns = {row[1] for row in conn.execute("PRAGMA table_info(processes)")}
     keyed = "step_key" in columns  # a database from before step keys (a backup) has none
     finished = ", ".join(f"'{s.value}'" for s in FINAL)
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     rows = conn.execute(
-        "SELECT id, workflow, status, pc, current_step, "
+        "SELECT rowid, id, workflow, status, pc, current_step, "
         + ("step_key, step_occurrence" if keyed else "NULL, 0")
         + f" FROM processes WHERE status NOT IN ({finished}) ORDER BY rowid"
-    )
+    ).fetchall()
     found = []
-    for pid, name, status, pc, current, key, occurrence in rows:
+    for pk, pid, name, status, pc, current, key, occurrence in rows:
         wf = workflows.get(name)
         try:
             if wf is None:
                 raise Stranded(f"workflow {name!r} is not in the new code")
-            wf.locate(key, occurrence or 0, pc, current)
+            at = wf.locate(key, occurrence or 0, pc, current)
+            if "branches" in tables and at < len(wf.steps) and wf.steps[at].forks:
+                _locate_branches(conn, pk, wf.steps[at])
         except Stranded as exc:
             found.append(StrandedProcess(pid, name, status, key or current, str(exc)))
     return found
+
+
+def _locate_branches(conn: sqlite3.Connection, pk: int, fork: Step) -> None:
+    """Raise Stranded when a branch of the fork a process stands at has lost its step."""
+    rows = conn.execute(
+        "SELECT path, step_key, step_occurrence FROM branches "
+        "WHERE process = ? AND step_key IS NOT NULL ORDER BY path",
+        (pk,),
+    )
+    for path, key, occurrence in rows:
+        steps = branch_steps(fork, path)
+        if steps is None:
+            raise Stranded(f"workflow changed: branch {path!r} no longer exists")
+        if Positions(steps).index(key, occurrence) is None:
+            raise Stranded(f"workflow changed: step key {key!r} no longer exists (branch {path!r})")
 
 
 def print_stranded(found: list[StrandedProcess], checked: int, stream: TextIO) -> None:

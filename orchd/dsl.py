@@ -442,6 +442,27 @@ class Workflow:
         return index
 
 
+def branch_steps(fork: Step, path: str) -> tuple[Step, ...] | None:
+    """The steps of the branch ``path`` ("A/0", nested "A/0/B/3") of ``fork``, the step whose
+    key the path starts with; None when the code has no such branch."""
+    parts = path.split("/")
+    step: Step | None = fork
+    steps: tuple[Step, ...] | None = None
+    for i in range(0, len(parts), 2):
+        index = parts[i + 1] if i + 1 < len(parts) else ""
+        if step is None or not step.forks or step.key != parts[i] or not index.isdigit():
+            return None
+        if step.kind is StepKind.FOREACH:
+            steps = step.branches[0]
+        elif int(index) < len(step.branches):
+            steps = step.branches[int(index)]
+        else:
+            return None
+        if i + 2 < len(parts):
+            step = next((s for s in steps if s.key == parts[i + 2]), None)
+    return steps
+
+
 class Stranded(Exception):
     """Raised when a process's position does not exist in the workflow code loaded now."""
 

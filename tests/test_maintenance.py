@@ -141,6 +141,10 @@ def _corruptions(ids: dict[str, str]) -> dict[str, tuple[str, ...]]:
             f"AND seq = (SELECT max(seq) FROM steps WHERE process = {pk})",
         ),
         "stuck_lock": (f"UPDATE subscriptions SET insync = 0 WHERE id = '{sub}'",),
+        # A finished process keeps no branches: its fork's rows go at the join.
+        "stray_branches": (
+            f"INSERT INTO branches (process, path, status) VALUES ({pk}, 'Fan/0', 'done')",
+        ),
         "bad_process_status": (f"UPDATE processes SET status = 'exploded' WHERE id = '{create}'",),
         "bad_step_status": (f"UPDATE steps SET status = 'meh' WHERE process = {pk} AND seq = 1",),
         "schema": ("PRAGMA user_version = 7",),
@@ -161,6 +165,7 @@ KINDS = [
     "seq_mismatch",
     "seq_gap",
     "stuck_lock",
+    "stray_branches",
     "bad_process_status",
     "bad_step_status",
     "schema",
