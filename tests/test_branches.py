@@ -436,3 +436,31 @@ async def test_step_events_carry_their_branch(engine: Engine) -> None:
     await engine.wait(await engine.start("gather", {}))
     await asyncio.wait_for(listener, 5)
     assert ("check IPAM", "Gather facts/1") in seen and ("decide", None) in seen
+
+
+async def test_a_branch_callback_past_its_deadline_fails_its_branch_and_a_retry_asks_again(
+    engine: Engine, ledger: Ledger
+) -> None:
+    pid = await engine.start("circuit_deadline", {})
+    process = await settle(engine, pid, "failed")
+    assert "no callback arrived before the deadline" in (process.error or "")
+    assert records(process, "Provision/1") == [("count", "success", "Provision/1")]
+    await engine.retry(pid)
+    await settle(engine, pid, "awaiting_callback")
+    tokens = [what for name, what in ledger.calls if name == "order circuit"]
+    assert len(tokens) == 2  # the action ran again, with a new token
+    await engine.callback(tokens[1], {"circuit": "late but fine"})
+    process = await engine.wait(pid)
+    assert process.status == "completed" and process.state["circuit"] == "late but fine"
+    assert ledger.count("count") == 1
+
+
+async def test_many_branches_waiting_for_their_retries_all_go_on_by_themselves(
+    engine: Engine, ledger: Ledger
+) -> None:
+    ledger.failing.update({"first", "second", "third"})  # the first three calls fail
+    pid = await engine.start("retry_many", {"numbers": [1, 2, 3, 4]})
+    process = await settle(engine, pid, "completed", "failed")
+    assert process.status == "completed", process.error
+    assert process.state["reserved"] == [{"reserved": n} for n in (1, 2, 3, 4)]
+    assert ledger.count("reserve item") == 7

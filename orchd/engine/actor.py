@@ -839,6 +839,7 @@ class Actor:
         else:
             status, self.error, self.next_retry_at = forks.blocked()
         await self._write(status, steps=records, branches=rows)
+        forks.schedule_timer()  # for the branches still waiting
 
     async def _branch_callback(self, digest: str | None, payload: Any, actor: str) -> None:
         """A callback for a branch's wait, while no branch runs: the branch goes on."""

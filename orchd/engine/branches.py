@@ -219,6 +219,10 @@ class Forks:
         self.wake = asyncio.Event()
         self.crash: BaseException | None = None
         self.running = False
+        #: Branches by the digest of the callback token they handed out.
+        self.tokens: dict[str, Branch] = {}
+        #: When the retry timer set last fires (a later due needs no new timer).
+        self.timer_at: float | None = None
         _fill_pending(self.top)
 
     # -- loading --------------------------------------------------------------------------
@@ -238,6 +242,8 @@ class Forks:
             b = Branch(fork, index)
             b.place(row)
             fork.branches[index] = b
+            if b.token is not None:
+                self.tokens[b.token] = b
             if b.status is not B.DONE:
                 fork.unfinished += 1
             if b.status is B.RUNNING and b.steps[b.pc].forks:
@@ -252,10 +258,7 @@ class Forks:
         return (b for b in self.top.walk() if b.status is not B.FORKED)
 
     def owns(self, digest: str) -> Branch | None:
-        for b in self.leaves():
-            if b.token == digest:
-                return b
-        return None
+        return self.tokens.get(digest)
 
     def blocked(self) -> tuple[ProcessStatus, str | None, float | None]:
         """The process's status once no branch can run (contract §8), the error to show and
@@ -384,7 +387,7 @@ class Forks:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-            self._schedule_timer()
+            self.schedule_timer()
 
     def _prepare(self, fork: Fork) -> None:
         """Before running: every runnable branch is ready, forks take their free slots, and
@@ -429,6 +432,7 @@ class Forks:
                     before = [b for b in self.leaves() if b.status is B.WAITING]
                     rows, records = self.tick(time.time())
                     self.ready.extend(b for b in before if b.status is B.RUNNING)
+                    self.schedule_timer()
                     if records:
                         self._launch_write(rows, records)
                     respond(envelope)
@@ -558,6 +562,7 @@ class Forks:
             token = actor.new_callback_token()
             self._forget(b)
             b.token = token_digest(token)
+            self.tokens[b.token] = b
             actor.host.expect_callback(b.token, actor.pid)
             view = ChainMap({"callback_token": token}, *b.state().maps)
         if faults.ENABLED:
@@ -598,7 +603,7 @@ class Forks:
                 b.error = f"gave up after {b.attempts} attempts: {message}"
         record = self._record(b, step, status, started, finished, error=message, tb=tb)
         await self.actor.touch([record], [b.row(self.actor.pk)])
-        self._schedule_timer()
+        self._timer_for(b)
 
     async def _wait(self, b: Branch, step: Step, started: float) -> None:
         if step.callback_timeout:
@@ -606,7 +611,7 @@ class Forks:
         b.status = B.AWAITING_CALLBACK
         record = self._record(b, step, StepStatus.AWAITING_CALLBACK, started, time.time())
         await self.actor.touch([record], [b.row(self.actor.pk)])
-        self._schedule_timer()
+        self._timer_for(b)
 
     async def _take_callback(self, b: Branch, envelope: Envelope) -> None:
         message = envelope.message
@@ -703,6 +708,7 @@ class Forks:
 
     def _forget(self, b: Branch) -> None:
         if b.token is not None:
+            self.tokens.pop(b.token, None)
             self.actor.host.forget_callback(b.token)
             b.token = None
 
@@ -715,10 +721,22 @@ class Forks:
         ]
         return min(times) if times else None
 
-    def _schedule_timer(self) -> None:
+    def schedule_timer(self) -> None:
+        """A retry timer for the branch due first (waiting, or a callback wait's deadline)."""
         due = self.due()
+        self.timer_at = due
         if due is not None:
             self.actor.host.later(self.actor.pid, due, Retry(automatic=True))
+
+    def _timer_for(self, b: Branch) -> None:
+        """A branch that now waits until ``next_retry_at``: a timer then, unless one is set
+        sooner (a tick sets the next one). Keeps thousands of waiting branches cheap."""
+        at = b.next_retry_at
+        if self.timer_at is None:
+            self.schedule_timer()  # the first here: others may have been set before a restart
+        elif at is not None and at < self.timer_at - 0.001:
+            self.timer_at = at
+            self.actor.host.later(self.actor.pid, at, Retry(automatic=True))
 
 
 def _fill_pending(fork: Fork) -> None:

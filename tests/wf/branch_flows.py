@@ -299,3 +299,22 @@ def held_items():  # type: ignore[no-untyped-def]
 @workflow("A foreach over a string", initial_input_form=Plan)
 def not_a_list():  # type: ignore[no-untyped-def]
     return init >> foreach("Bad", "node", begin >> configure_port) >> done
+
+
+@workflow("A branch's callback may time out", initial_input_form=Plan)
+def circuit_deadline():  # type: ignore[no-untyped-def]
+    order = callback_step("await circuit", order_circuit, check_circuit, timeout=0.3)
+    return init >> parallel("Provision", order, begin >> count) >> done
+
+
+@retrystep("reserve item", backoff=0.1)
+async def reserve_item(item: int, ledger: Ledger) -> State:
+    ledger.note("reserve item", item)
+    if ledger.count("reserve item") <= len(ledger.failing):
+        raise RuntimeError(f"item {item}: not yet")
+    return {"reserved": item}
+
+
+@workflow("Several branches wait for their retries", initial_input_form=Plan)
+def retry_many():  # type: ignore[no-untyped-def]
+    return init >> foreach("Reserve", "numbers", begin >> reserve_item, into="reserved") >> done
