@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
-from collections import ChainMap, deque
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections import deque
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchd import _faults as faults
@@ -64,7 +64,7 @@ class Fork:
         "limit",
     )  # fmt: skip
 
-    def __init__(self, step: Step, owner: Branch | None, base: MutableMapping[str, Any]) -> None:
+    def __init__(self, step: Step, owner: Branch | None, base: Mapping[str, Any]) -> None:
         self.step = step
         self.owner = owner
         self.path: str = step.key if owner is None else f"{owner.path}/{step.key}"
@@ -154,13 +154,14 @@ class Branch:
         self.early: Envelope | None = None
         self.nested: Fork | None = None
 
-    def state(self) -> ChainMap[str, Any]:
-        """The branch's State: the fork's, its element's keys, then what it changed."""
-        return ChainMap(self.changes, self.fork.start_state(self.index), self.fork.base)
+    def state(self) -> dict[str, Any]:
+        """The branch's State: the fork's, its element's keys, then what it changed (a new
+        dict of references: a step's arguments are copies, so nothing is shared by mistake)."""
+        return {**self.fork.base, **self.fork.start_state(self.index), **self.changes}
 
     def own_changes(self) -> dict[str, Any]:
         """What the branch changed relative to how it started (the join's input)."""
-        start = ChainMap(self.fork.start_state(self.index), self.fork.base)
+        start = {**self.fork.base, **self.fork.start_state(self.index)}
         own = {k: v for k, v in self.changes.items() if start.get(k, _MISSING) != v}
         if self.fork.items is not None:
             for key in _ELEMENT_KEYS:
@@ -209,7 +210,7 @@ class Branch:
 class Forks:
     """The fork a process stands at, with its nested forks, run by the process's actor."""
 
-    def __init__(self, actor: Actor, step: Step, base: MutableMapping[str, Any]) -> None:
+    def __init__(self, actor: Actor, step: Step, base: Mapping[str, Any]) -> None:
         self.actor = actor
         self.top = Fork(step, None, base)
         self.started = time.time()
@@ -564,7 +565,7 @@ class Forks:
             b.token = token_digest(token)
             self.tokens[b.token] = b
             actor.host.expect_callback(b.token, actor.pid)
-            view = ChainMap({"callback_token": token}, *b.state().maps)
+            view = {**b.state(), "callback_token": token}
         if faults.ENABLED:
             faults.point("before_step")
         try:
