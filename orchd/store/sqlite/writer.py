@@ -62,7 +62,8 @@ class _Batch:
 
     def __init__(self) -> None:
         self.processes: list[tuple[Any, ...]] = []
-        self.touches: list[tuple[Any, ...]] = []
+        #: One touch per process: a batch may hold many steps of one process's branches.
+        self.touches: dict[int, ProcessTouch] = {}
         self.branches: list[tuple[Any, ...]] = []
         self.drops: list[tuple[int, str]] = []
         self.steps: list[tuple[Any, ...]] = []
@@ -80,7 +81,7 @@ class _Batch:
         if self.processes:
             conn.executemany(_UPDATE_PROCESS, self.processes)
         if self.touches:
-            conn.executemany(_TOUCH_PROCESS, self.touches)
+            conn.executemany(_TOUCH_PROCESS, [astuple(t) for t in self.touches.values()])
         if self.drops:
             # Before the upserts: a join drops its fork's branches, and the branch it returns
             # to (kept, a shorter path) is written after.
@@ -121,7 +122,7 @@ _UPDATE_PROCESS = """UPDATE processes SET status = ?, pc = ?, seq = ?, state = ?
 _INSERT_STEP = """INSERT INTO steps (process, seq, name, status, started_at, finished_at,
     error, traceback, delta, key, actor, reason, branch)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
-# Branch steps of one process may share a batch: the step count only goes up.
+# The newest touch of a process in a batch is written (and the step count never goes down).
 _TOUCH_PROCESS = """UPDATE processes SET status = ?, seq = max(seq, ?), error = ?,
     next_retry_at = ?, updated_at = ? WHERE rowid = ?"""
 _UPSERT_BRANCH = """INSERT OR REPLACE INTO branches (process, path, status, step_key,
@@ -162,7 +163,9 @@ def _subscription_row(sub: dict[str, Any], now: float) -> tuple[Any, ...]:
 def _add_checkpoint(batch: _Batch, cp: Checkpoint) -> None:
     p = cp.process
     if isinstance(p, ProcessTouch):
-        batch.touches.append(astuple(p))
+        kept = batch.touches.get(p.pk)
+        if kept is None or kept.seq <= p.seq:
+            batch.touches[p.pk] = p
     else:
         batch.processes.append(astuple(p))
     for prefix in cp.drop_branches:
