@@ -327,9 +327,11 @@ class Engine:
             # A child's last checkpoint: its parent may be awake, a held sibling free to go.
             if finished.woke is not None and faults.ENABLED:
                 faults.point("parent_woken")
-            for pid in (finished.woke, finished.started):
-                if pid is not None and self._accepting:
-                    self._post(pid, messages.Run(), None)
+            if finished.woke is not None and self._accepting:
+                self._post(finished.woke, messages.Run(), None)
+            if finished.started is not None and self._accepting:
+                row = finished.started_row
+                self._post(finished.started, messages.Run(), None, row=row)
 
     async def start_children(self, op: StartChildren | ReplaceChildren) -> None:
         actor = self.actors.get(op.parent.process_id)

@@ -243,6 +243,8 @@ class ChildFinished(msgspec.Struct, kw_only=True):
 
     woke: str | None = None
     started: str | None = None
+    #: The started sibling's row, read in the same transaction (its actor needs no load).
+    started_row: ProcessRow | None = None
 
 
 class ChildRefused(Exception):

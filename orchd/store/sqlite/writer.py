@@ -389,6 +389,8 @@ def _finish_child(conn: sqlite3.Connection, cp: Checkpoint, staged: list[Event])
     if held is not None:
         conn.execute("UPDATE processes SET held = 0 WHERE id = ?", (held[0],))
         answer.started = held[0]
+        row = conn.execute(f"{SELECT_PROCESS} WHERE id = ?", (held[0],)).fetchone()
+        answer.started_row = process_row(row) if row is not None else None
     return answer
 
 
