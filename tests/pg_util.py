@@ -164,3 +164,21 @@ async def create_schema(server: PgServer, hint: str = "") -> str:
     finally:
         await conn.close()
     return server.schema_url(schema)
+
+
+def fresh_schema(server: PgServer) -> str:
+    """``create_schema`` for a test that is not a coroutine (daemon tests)."""
+    return _run(create_schema(server))
+
+
+def query(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one query on ``url`` (a test reading what the daemons committed)."""
+
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(url)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return _run(run())

@@ -79,7 +79,7 @@ from orchd.store.base import (
     Store,
     token_digest,
 )
-from orchd.store.cluster import ClusterStore
+from orchd.store.cluster import ClusterStore, NodeInfo
 from orchd.store.postgres import PgStore, is_postgres_url
 from orchd.store.sqlite import SqliteStore
 from orchd.store.views import Views, every_status, uuid_or_none
@@ -819,6 +819,10 @@ class Engine:
         """Raise if the database does not answer."""
         await self.store.ping()
 
+    async def live_nodes(self) -> list[NodeInfo] | None:
+        """The nodes of this engine's cluster whose lease holds (None: not a cluster)."""
+        return None if self.node is None else await self.node.live_nodes()
+
     @property
     def accepting(self) -> bool:
         return self._accepting
@@ -911,6 +915,8 @@ class Engine:
             pruned_processes=self.pruned.processes,
             pruned_steps=self.pruned.steps,
             pruned_actions=self.pruned.actions,
+            node_id=None if self.node is None else self.node.node_id,
+            cluster=None if self.node is None else self.node.counters(),
         )
 
 

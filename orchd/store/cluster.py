@@ -13,16 +13,10 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
+from orchd.model import NodeInfo
 from orchd.store.base import ProcessRow
 
-
-class NodeInfo(msgspec.Struct, kw_only=True):
-    """A live node, as ``/api/health`` lists it."""
-
-    node_id: str
-    started_at: float
-    heartbeat_at: float
-    lease_until: float
+__all__ = ["Claim", "ClusterStore", "Mail", "NodeInfo", "Postman"]
 
 
 class Claim(msgspec.Struct, kw_only=True):
