@@ -15,6 +15,7 @@ from typing import Any
 import pg_util
 import pytest
 from daemon_util import DaemonFactory, DaemonProcess
+from test_operations import events
 
 LEASE = 2.0
 
@@ -65,6 +66,14 @@ def test_every_node_answers_for_every_process_and_names_the_live_nodes(cluster: 
     health = b.request("GET", "/api/health")[1]
     assert health["node"] == "b"
     assert [n["node_id"] for n in health["nodes"]] == ["a", "b"]
+    on_b = events(b)  # b's stream shows what a runs, in id order
+    try:
+        check_requests(a, b, cluster.runs, on_b)
+    finally:
+        on_b.close()
+
+
+def check_requests(a: DaemonProcess, b: DaemonProcess, runs: Path, on_b: Any) -> None:
 
     # Started on a, answered on b: a form, then a callback, each posted to the other node.
     asked = a.start_process("cluster_ask")
@@ -78,7 +87,7 @@ def test_every_node_answers_for_every_process_and_names_the_live_nodes(cluster: 
 
     waiting = a.start_process("cluster_callback")
     a.wait_process(waiting, ("awaiting_callback",))
-    token = (cluster.runs / f"{waiting}.token").read_text()
+    token = (runs / f"{waiting}.token").read_text()
     status, body = b.request("POST", f"/api/callbacks/{token}", {"ok": True})
     assert status == 202, body
     finished = a.wait_process(waiting)
@@ -90,6 +99,17 @@ def test_every_node_answers_for_every_process_and_names_the_live_nodes(cluster: 
     b.wait_process(again, ("suspended",))
     status, problem = a.request("POST", f"/api/processes/{again}/resume", {"approved": "x"})
     assert status == 422 and problem["errors"], problem
+
+    seen = on_b.until(asked, "completed")
+    assert [e.data["step"] for e in seen if e.data["process_id"] == asked and e.data["step"]] == [
+        "init",
+        "approve",  # suspended
+        "approve",  # answered through b
+        "after approval",
+        "done",
+    ]
+    ids = [int(e.id) for e in seen if e.id is not None]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
 
     metrics = a.request("GET", "/metrics")[1]
     assert "orchd_forwarded_requests_total" in metrics and "orchd_takeovers_total" in metrics
@@ -178,3 +198,32 @@ def test_a_schedule_fire_time_runs_once_in_the_cluster(cluster: Any) -> None:
     assert len(fire_times) == len(set(fire_times))
     assert 3 <= len(started) <= 8, len(started)  # one a second, not three
     assert {p for _, p in fired if p is not None} == {row[0] for row in started}
+
+
+def test_a_fan_out_goes_on_when_the_parents_node_dies(cluster: Any) -> None:
+    a, b, c = cluster(3)
+    parent = a.start_process("cluster_fan_out", {"inputs": [{"pause": 0.5}] * 16})
+    deadline = time.monotonic() + 30
+    while True:  # some children done, some running, some held: then a dies
+        done = pg_util.query(
+            cluster.url,
+            "SELECT count(*) FROM processes WHERE parent_id = $1 AND status = 'completed'",
+            parent,
+        )[0][0]
+        if done >= 4:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    a.kill()
+    finished = b.wait_process(parent, ("completed",), timeout=LEASE + 30)
+    assert finished["state"]["finished"] == 16
+    kids = pg_util.query(
+        cluster.url, "SELECT id, status FROM processes WHERE parent_id = $1", parent
+    )
+    assert len(kids) == 16 and all(status == "completed" for _, status in kids)
+    doubled = pg_util.query(
+        cluster.url,
+        "SELECT s.process, s.name, count(*) FROM steps s GROUP BY s.process, s.name "
+        "HAVING count(*) > 1",
+    )
+    assert doubled == []

@@ -18,6 +18,7 @@ from orchd import (
     StepList,
     Target,
     callback_step,
+    children,
     done,
     init,
     inputstep,
@@ -92,3 +93,16 @@ def tick(process_id: str) -> State:
 @workflow("A task the cluster schedules", target=Target.SYSTEM)
 def cluster_tick() -> StepList:
     return init >> tick >> done
+
+
+@step("count the children")
+def count_children(results: list[dict[str, Any]]) -> State:
+    return {"finished": sum(1 for r in results if r["status"] == "completed")}
+
+
+@workflow("Fans out to short processes, a few at a time", target=Target.SYSTEM)
+def cluster_fan_out() -> StepList:
+    fan = children(
+        "fan", workflow="cluster_steady", inputs="inputs", max_concurrency=4, into="results"
+    )
+    return init >> fan >> count_children >> done
