@@ -13,8 +13,9 @@ import argparse
 import json
 import sqlite3
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from orchd.dsl import Stranded, Workflow
 from orchd.engine.loading import load_workflows
@@ -39,16 +40,24 @@ class StrandedProcess:
     problem: str
 
 
+_FINISHED = ", ".join(f"'{s.value}'" for s in FINAL)
+#: The unfinished processes, oldest first, as ``placed`` reads them.
+UNFINISHED = (
+    "SELECT id, workflow, status, pc, current_step, step_key, step_occurrence "
+    f"FROM processes WHERE status NOT IN ({_FINISHED}) ORDER BY rowid"
+)
+
+
 def stranded(conn: sqlite3.Connection, workflows: dict[str, Workflow]) -> list[StrandedProcess]:
     """The unfinished processes the given workflow code cannot continue, oldest first."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(processes)")}
     keyed = "step_key" in columns  # a database from before step keys (a backup) has none
-    finished = ", ".join(f"'{s.value}'" for s in FINAL)
-    rows = conn.execute(
-        "SELECT id, workflow, status, pc, current_step, "
-        + ("step_key, step_occurrence" if keyed else "NULL, 0")
-        + f" FROM processes WHERE status NOT IN ({finished}) ORDER BY rowid"
-    )
+    query = UNFINISHED if keyed else UNFINISHED.replace("step_key, step_occurrence", "NULL, 0")
+    return placed(conn.execute(query), workflows)
+
+
+def placed(rows: Iterable[Sequence[Any]], workflows: dict[str, Workflow]) -> list[StrandedProcess]:
+    """Of ``rows`` (``UNFINISHED``'s columns), those the workflow code cannot place."""
     found = []
     for pid, name, status, pc, current, key, occurrence in rows:
         wf = workflows.get(name)
@@ -76,11 +85,14 @@ def print_stranded(found: list[StrandedProcess], checked: int, stream: TextIO) -
 
 def cmd_check_workflows(args: argparse.Namespace) -> int:
     try:
-        path = database_path(args.database, args.config)
+        path = database_path(args.database, args.config, postgres=True)
         try:
             workflows = load_workflows(args.workflows)
         except ConfigError as exc:
             raise MaintenanceError(f"--workflows: {exc.detail}", EXIT_USAGE) from None
+        if path.startswith(("postgresql://", "postgres://")):
+            found, checked = _on_postgres(path, workflows)
+            return _report(args, found, checked)
         conn = connect_readonly(path)
         try:
             found = stranded(conn, workflows)
@@ -98,9 +110,33 @@ def cmd_check_workflows(args: argparse.Namespace) -> int:
     except sqlite3.Error as exc:
         print(f"orchd: check: cannot read the database: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    return _report(args, found, checked)
+
+
+def _report(args: argparse.Namespace, found: list[StrandedProcess], checked: int) -> int:
     if args.json:
         body = {"ok": not found, "checked": checked, "stranded": [asdict(p) for p in found]}
         print(json.dumps(body, indent=2))
     else:
         print_stranded(found, checked, sys.stdout)
     return EXIT_FAILED if found else EXIT_OK
+
+
+def _on_postgres(url: str, workflows: dict[str, Workflow]) -> tuple[list[StrandedProcess], int]:
+    """The same check on a cluster's database (read-only: one SELECT)."""
+    import asyncio
+
+    import asyncpg
+
+    async def read() -> list[Sequence[Any]]:
+        conn = await asyncpg.connect(url)
+        try:
+            return [tuple(r) for r in await conn.fetch(UNFINISHED)]
+        finally:
+            await conn.close()
+
+    try:
+        rows = asyncio.run(read())
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise MaintenanceError(f"cannot read the database: {exc}") from None
+    return placed(rows, workflows), len(rows)
