@@ -86,16 +86,24 @@ class Node:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        """Take nothing more over (the engine is stopping); the lease is still renewed while
+        running steps finish."""
+        await self._cancel(self._tasks[1:])
+        self._tasks = self._tasks[:1]
 
     async def leave(self) -> None:
         """Hand our processes back (their actors are stopped): others continue them at once."""
+        await self._cancel(self._tasks)
+        self._tasks = []
         await self.store.leave()
+
+    @staticmethod
+    async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _beat(self) -> None:
         while True:

@@ -124,7 +124,11 @@ class PgStore(PgReads):
                 await conn.fetchval("SELECT coalesce(max(id), 0) FROM events") or 0
             )
             self._writer = Writer(
-                conn, self.node_id, keep_events=self.keep_events, announce=self._announce
+                conn,
+                self.node_id,
+                keep_events=self.keep_events,
+                announce=self._announce,
+                connect=self._connect,
             )
             self._writer.start()
             self._mailbox = nodes.Mailbox(self._pool, self.node_id)
@@ -136,6 +140,9 @@ class PgStore(PgReads):
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
             await self.close()
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
+
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.url)
 
     async def close(self) -> None:
         if self._writer is not None:

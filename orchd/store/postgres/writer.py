@@ -63,6 +63,26 @@ _APPLY_STAGED: dict[type[Any], _Staged] = {
 
 _Result = tuple["asyncio.Future[Any]", Any, bool]
 
+_CONNECTION_TROUBLE = (
+    asyncpg.PostgresError,
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    TimeoutError,
+)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection is unusable (rather than one statement failed)."""
+    if not isinstance(exc, asyncpg.PostgresError):
+        return True
+    return isinstance(
+        exc,
+        asyncpg.exceptions.OperatorInterventionError
+        | asyncpg.exceptions.PostgresConnectionError
+        | asyncpg.exceptions.InsufficientResourcesError,
+    )
+
 
 class Writer:
     """Owns the writing connection; commits batches of operations."""
@@ -76,8 +96,11 @@ class Writer:
         *,
         keep_events: int,
         announce: Callable[[list[Event]], Awaitable[None]],
+        connect: Callable[[], Awaitable[asyncpg.Connection]],
     ) -> None:
         self.conn = conn
+        #: A new connection when the server dropped ours (a restart, a failover).
+        self.connect = connect
         self.node = node
         self.keep_events = keep_events
         #: Called with each commit's events (ids set) before the writers waiting for it wake.
@@ -143,9 +166,14 @@ class Writer:
         started = time.perf_counter()
         try:
             results = await self._apply(batch, staged)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+        except _CONNECTION_TROUBLE as exc:
             staged.clear()
-            if len(batch) > 1 and isinstance(exc, asyncpg.PostgresError):
+            lost = _connection_lost(exc)
+            if lost:
+                # The next batch starts on a new connection (the server restarted, failed over
+                # or dropped us); this one fails as a whole and its actors run again later.
+                self.conn.terminate()
+            elif len(batch) > 1:
                 # One bad operation must not sink the others: commit each on its own.
                 results = []
                 for item in batch:
@@ -182,6 +210,8 @@ class Writer:
     async def _apply(
         self, batch: list[tuple[Op, asyncio.Future[Any]]], staged: list[Event]
     ) -> list[_Result]:
+        if self.conn.is_closed():
+            self.conn = await self.connect()
         conn = self.conn
         node = self.node
         results: list[_Result] = []
