@@ -200,8 +200,15 @@ class Node:
 
     def observe(self, events: list[Event]) -> None:
         """Events of every node: a process another node runs ends here too for ``wait``."""
+        actors = self.engine.actors
         for event in events:
-            if event.kind == "process" and event.status not in ACTIVE:
+            # A process running here wakes its waiters itself, once its actor has taken
+            # the commit in (metrics, callbacks): only other nodes' processes end here.
+            if (
+                event.kind == "process"
+                and event.status not in ACTIVE
+                and event.process_id not in actors
+            ):
                 self.engine.wake_waiters(event.process_id)
 
     def counters(self) -> dict[str, float]:
