@@ -91,6 +91,7 @@ class PgStore(PgReads):
         self._published = 0
         self._publishing = asyncio.Lock()
         self._tail_task: asyncio.Task[None] | None = None
+        self._announcing: set[asyncio.Task[None]] = set()
         self._tail_wake = asyncio.Event()
         self._postman: Postman | None = None
         self._counts = {"lease_renewals": 0, "lease_renewal_failures": 0, "takeovers": 0}
@@ -147,6 +148,9 @@ class PgStore(PgReads):
     async def close(self) -> None:
         if self._writer is not None:
             await self._writer.stop()
+        for task in list(self._announcing):
+            with contextlib.suppress(Exception):
+                await task
         if self._tail_task is not None:
             self._tail_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -201,13 +205,32 @@ class PgStore(PgReads):
 
     async def _announce(self, committed: list[Event]) -> None:
         """Hand a commit's events to the sink, after any other node's committed before them
-        (ids are committed in order, so everything below ours is in the table by now)."""
-        async with self._publishing:
-            if committed[0].id > self._published + 1:
-                await self._catch_up(committed[0].id - 1)
-            fresh = [e for e in committed if e.id > self._published]
-            if fresh and self._event_sink is not None:
-                self._published = fresh[-1].id
+        (ids are committed in order, so everything below ours is in the table by now).
+
+        Alone on the database (no gap before our ids) this happens before the writers of the
+        commit wake, as on SQLite. When other nodes' events come first, reading them is left
+        to a task of its own, so the writer goes on committing meanwhile."""
+        if not self._publishing.locked() and committed[0].id == self._published + 1:
+            self._publish(committed)
+            return
+        task = asyncio.create_task(self._announce_after_others(committed))
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+
+    async def _announce_after_others(self, committed: list[Event]) -> None:
+        try:
+            async with self._publishing:
+                if committed[0].id > self._published + 1:
+                    await self._catch_up(committed[0].id - 1)
+                self._publish(committed)
+        except (StoreError, asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            log.warning("announcing events failed (the stream catches up): %s", exc)
+
+    def _publish(self, events: list[Event]) -> None:
+        fresh = [e for e in events if e.id > self._published]
+        if fresh:
+            self._published = fresh[-1].id
+            if self._event_sink is not None:
                 self._event_sink(fresh)
 
     async def _catch_up(self, upto: int | None = None) -> None:
