@@ -16,7 +16,7 @@ import pytest
 from steering import Calls, FailurePlan
 
 from orchd import Engine
-from orchd.errors import StoreError
+from orchd.errors import StoreError, SubscriptionLocked
 from orchd.testing import Gate
 
 Open = Callable[..., Awaitable[Engine]]
@@ -129,3 +129,26 @@ async def test_the_engine_reconnects_when_the_server_drops_its_connections(
     else:
         raise AssertionError("no start succeeded after the connections were dropped")
     assert (await a.wait(pid, timeout=10)).status == "completed"
+
+
+async def test_a_subscription_lock_holds_across_nodes(pg_server: pg_util.PgServer) -> None:
+    url = await pg_util.create_schema(pg_server)
+    a = Engine(database=url, workflows=["e2e_flows"], node_id="a")
+    b = Engine(database=url, workflows=["e2e_flows"], node_id="b")
+    async with a, b:
+        created = await a.wait(await a.start("e2e_create", {"name": "w", "customer_id": "c"}))
+        sid = created.state["subscription_id"]
+        change = {"subscription_id": sid, "description": "x"}
+        for _ in range(5):  # two nodes, one subscription, at the same moment: one start wins
+            outcomes = await asyncio.gather(
+                a.start("e2e_modify", change), b.start("e2e_modify", change),
+                return_exceptions=True,
+            )  # fmt: skip
+            won = [o for o in outcomes if isinstance(o, str)]
+            lost = [o for o in outcomes if isinstance(o, SubscriptionLocked)]
+            assert len(won) == 1 and len(lost) == 1, outcomes
+            assert (await b.wait(won[0], timeout=10)).status == "suspended"
+            await b.resume(won[0], {"ok": True})  # answered on b, whoever owns it
+            assert (await a.wait(won[0], timeout=10)).status == "completed"
+        sub = await b.get_subscription(sid)
+        assert sub.insync and sub.description == "x"
