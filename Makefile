@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The bundled examples talk to this fake OSS; `make run` starts it beside the daemon.
 OSS_PORT ?= 8471
 
-.PHONY: install run test lint tools bench soak clean
+.PHONY: install run test lint tools pgtools bench soak clean
 
 $(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,7 +45,16 @@ tools:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null) || \
 	  echo "systemd-analyze not available: the unit-file tests will be skipped"; }
 
-test: lint tools
+# The PostgreSQL tests use a server on 127.0.0.1:5432 (trust auth, user postgres) or
+# $$ORCHD_TEST_PG; without one they start a private cluster with the server binaries, installed
+# here when missing (as root on Debian-like systems; otherwise those tests skip and say why).
+pgtools:
+	@pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || \
+	  echo "no PostgreSQL server nor its binaries: the PostgreSQL tests will be skipped"; }
+
+test: lint tools pgtools
 	$(BIN)/pytest
 
 bench: $(RUN_STAMP)

@@ -194,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="the backup file to write")
     p.add_argument("--database", metavar="DB", help="the database (default: the config's)")
     p.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    p = command(
+        "migrate", "copy a stopped SQLite database into an empty PostgreSQL database (verified)"
+    )
+    p.add_argument("--to", metavar="URL", help="postgresql://user@host:5432/dbname")
+    p.add_argument("--database", metavar="DB", help="the SQLite file (default: the config's)")
     p = command("check", "integrity, orphan and stuck-lock checks of the database (read-only)")
     p.add_argument("--database", metavar="DB", help="the database (default: the config's)")
     p.add_argument(
@@ -762,6 +767,11 @@ def _main(argv: list[str]) -> int:
     if args.command == "check" and args.workflows:
         return _run_module(
             "orchd.deploycheck", lambda module: int(module.cmd_check_workflows(args))
+        )
+    if args.command == "migrate":
+        # Exit statuses as the file commands': see orchd.store.postgres.copy.
+        return _run_module(
+            "orchd.store.postgres.copy", lambda module: int(module.cmd_migrate(args))
         )
     if args.command in FILE_COMMANDS:
         # Exit statuses of their own: see orchd.store.maintenance.

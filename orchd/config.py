@@ -159,6 +159,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     step_timeout: str | None = None
     #: Threads for sync steps; a call abandoned after its timeout gives its place back.
     step_threads: Positive = 64
+    #: A cluster (``database`` on PostgreSQL): this daemon's name (default ``hostname:pid``)
+    #: and how long its lease on its processes lasts without a heartbeat.
+    node_id: str | None = None
+    lease_timeout: str = "10s"
 
     @property
     def socket_mode_bits(self) -> int:
@@ -256,6 +260,19 @@ def parse_duration(text: str) -> float:
     return total
 
 
+def _check_postgres_url(text: str) -> None:
+    """A ``postgresql://user@host:port/dbname`` URL names its host and database."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as exc:
+        raise ValueError(f"invalid PostgreSQL URL: {exc}") from None
+    if not parts.path.strip("/"):
+        raise ValueError("a PostgreSQL URL names its database: postgresql://user@host:5432/dbname")
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """``"host:port"`` or ``"[v6addr]:port"`` as ``(host, port)``; ValueError when malformed."""
     expected = "expected host:port, e.g. 127.0.0.1:8470 or [::1]:8470"
@@ -283,13 +300,33 @@ def _parse_mode(text: str) -> int:
 
 
 def _not_a_path(database: str) -> bool:
-    """SQLite's in-memory database and URI filenames name no file we could check or move."""
-    return database == ":memory:" or database.startswith("file:")
+    """SQLite's in-memory database and URI filenames name no file we could check or move;
+    a PostgreSQL URL names a server."""
+    return (
+        database == ":memory:"
+        or database.startswith(("file:", "sqlite://"))
+        or is_postgres(database)
+    )
+
+
+def is_postgres(database: str) -> bool:
+    """Whether the ``database`` setting names a PostgreSQL server (a cluster's database)."""
+    return database.startswith(("postgresql://", "postgres://"))
+
+
+def sqlite_file(database: str) -> str:
+    """The file of a SQLite ``database`` setting: ``sqlite:///path`` or the path itself."""
+    if database.startswith("sqlite://"):
+        return database.removeprefix("sqlite://") or ":memory:"
+    return database
 
 
 def check_database_path(path: str | os.PathLike[str], *, source: str = DEFAULT_SOURCE) -> None:
     """Raise ConfigError unless SQLite can create and write ``path`` and its journal files."""
-    if _not_a_path(os.fspath(path)):
+    if is_postgres(os.fspath(path)):
+        return
+    path = sqlite_file(os.fspath(path))
+    if _not_a_path(path):
         return
     target = Path(path)
     parent = target.parent
@@ -358,7 +395,7 @@ def _read_toml(file: Path) -> dict[str, Any]:
 
 
 _DURATION_KEYS = {
-    "grace_period", "retry_delay", "retry_max_delay", "step_timeout",
+    "grace_period", "lease_timeout", "retry_delay", "retry_max_delay", "step_timeout",
     "every", "jitter", "misfire_grace", "timeout", "connect_timeout", "header_timeout",
     "write_timeout",
 }  # fmt: skip
@@ -407,6 +444,11 @@ def validate_config(config: Config, *, source: str = DEFAULT_SOURCE) -> None:
         check.parsed("listen", parse_listen, config.listen)
     check.parsed("socket_mode", _parse_mode, config.socket_mode)
     check.duration("grace_period", config.grace_period)
+    check.duration("lease_timeout", config.lease_timeout, positive=True)
+    if config.node_id is not None and not config.node_id.strip():
+        check.fail("node_id", "must not be empty")
+    if is_postgres(config.database):
+        check.parsed("database", _check_postgres_url, config.database)
     delay = check.duration("retry_delay", config.retry_delay)
     max_delay = check.duration("retry_max_delay", config.retry_max_delay, positive=True)
     if max_delay < delay:
@@ -545,6 +587,8 @@ def engine_settings(config: Config) -> EngineSettings:
         retain_tasks=_kept_for(config.retention.tasks),
         retain_workflows=_kept_for(config.retention.workflows),
         keep_events=config.retention.events,
+        node_id=config.node_id,
+        lease_timeout=parse_duration(config.lease_timeout),
     )
 
 

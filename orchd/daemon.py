@@ -42,8 +42,10 @@ from orchd.config import (
     engine_settings,
     event_settings,
     http_settings,
+    is_postgres,
     load_config,
     schedule_specs,
+    sqlite_file,
     tcp_settings,
 )
 from orchd.engine import Engine
@@ -312,7 +314,7 @@ class Daemon:
             "starting pid=%d config=%s database=%s workflows=%d open_files=%d",
             os.getpid(),
             self.loaded.source,
-            self.config.database,
+            self.engine.store.path,
             len(self.engine.workflows),
             raise_open_files_limit(),
         )
@@ -567,6 +569,11 @@ def lock_database(database: str, source: str) -> int | None:
     would be dropped by any close of any descriptor on the file in this process.) An empty new
     file is an empty database to SQLite; created 0644 before the umask, as SQLite would.
     """
+    if is_postgres(database):
+        # Several daemons share a PostgreSQL database by design: each is a node, and leases
+        # (not a file lock) keep any process from running on two of them at once.
+        return None
+    database = sqlite_file(database)
     if database == ":memory:" or database.startswith("file:"):
         return None
     try:

@@ -13,8 +13,9 @@ import argparse
 import json
 import sqlite3
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from orchd.dsl import Positions, Step, Stranded, Workflow, branch_steps
 from orchd.engine.loading import load_workflows
@@ -39,17 +40,44 @@ class StrandedProcess:
     problem: str
 
 
+_FINISHED = ", ".join(f"'{s.value}'" for s in FINAL)
+#: The unfinished processes, oldest first, as ``placed`` reads them.
+UNFINISHED = (
+    "SELECT rowid, id, workflow, status, pc, current_step, step_key, step_occurrence "
+    f"FROM processes WHERE status NOT IN ({_FINISHED}) ORDER BY rowid"
+)
+#: Where the started branches of unfinished processes stand (contract §8).
+BRANCHES = (
+    "SELECT b.process, b.path, b.step_key, b.step_occurrence FROM branches b "
+    f"JOIN processes p ON p.rowid = b.process WHERE p.status NOT IN ({_FINISHED}) "
+    "AND b.step_key IS NOT NULL ORDER BY b.process, b.path"
+)
+#: Branch positions by process key: (path, key, occurrence).
+BranchPlaces = Mapping[int, list[tuple[str, str, int]]]
+
+
+def _by_process(rows: Iterable[Sequence[Any]]) -> dict[int, list[tuple[str, str, int]]]:
+    found: dict[int, list[tuple[str, str, int]]] = {}
+    for pk, path, key, occurrence in rows:
+        found.setdefault(pk, []).append((path, key, occurrence or 0))
+    return found
+
+
 def stranded(conn: sqlite3.Connection, workflows: dict[str, Workflow]) -> list[StrandedProcess]:
     """The unfinished processes the given workflow code cannot continue, oldest first."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(processes)")}
     keyed = "step_key" in columns  # a database from before step keys (a backup) has none
-    finished = ", ".join(f"'{s.value}'" for s in FINAL)
+    query = UNFINISHED if keyed else UNFINISHED.replace("step_key, step_occurrence", "NULL, 0")
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-    rows = conn.execute(
-        "SELECT rowid, id, workflow, status, pc, current_step, "
-        + ("step_key, step_occurrence" if keyed else "NULL, 0")
-        + f" FROM processes WHERE status NOT IN ({finished}) ORDER BY rowid"
-    ).fetchall()
+    branches = _by_process(conn.execute(BRANCHES)) if "branches" in tables else {}
+    return placed(conn.execute(query).fetchall(), workflows, branches)
+
+
+def placed(
+    rows: Iterable[Sequence[Any]], workflows: dict[str, Workflow], branches: BranchPlaces
+) -> list[StrandedProcess]:
+    """Of ``rows`` (``UNFINISHED``'s columns), those the workflow code cannot place: their
+    own position, or (at a fork) one of their branches' positions is gone."""
     found = []
     for pk, pid, name, status, pc, current, key, occurrence in rows:
         wf = workflows.get(name)
@@ -57,21 +85,16 @@ def stranded(conn: sqlite3.Connection, workflows: dict[str, Workflow]) -> list[S
             if wf is None:
                 raise Stranded(f"workflow {name!r} is not in the new code")
             at = wf.locate(key, occurrence or 0, pc, current)
-            if "branches" in tables and at < len(wf.steps) and wf.steps[at].forks:
-                _locate_branches(conn, pk, wf.steps[at])
+            if at < len(wf.steps) and wf.steps[at].forks:
+                _locate_branches(wf.steps[at], branches.get(pk, []))
         except Stranded as exc:
             found.append(StrandedProcess(pid, name, status, key or current, str(exc)))
     return found
 
 
-def _locate_branches(conn: sqlite3.Connection, pk: int, fork: Step) -> None:
+def _locate_branches(fork: Step, places: list[tuple[str, str, int]]) -> None:
     """Raise Stranded when a branch of the fork a process stands at has lost its step."""
-    rows = conn.execute(
-        "SELECT path, step_key, step_occurrence FROM branches "
-        "WHERE process = ? AND step_key IS NOT NULL ORDER BY path",
-        (pk,),
-    )
-    for path, key, occurrence in rows:
+    for path, key, occurrence in places:
         steps = branch_steps(fork, path)
         if steps is None:
             raise Stranded(f"workflow changed: branch {path!r} no longer exists")
@@ -94,11 +117,14 @@ def print_stranded(found: list[StrandedProcess], checked: int, stream: TextIO) -
 
 def cmd_check_workflows(args: argparse.Namespace) -> int:
     try:
-        path = database_path(args.database, args.config)
+        path = database_path(args.database, args.config, postgres=True)
         try:
             workflows = load_workflows(args.workflows)
         except ConfigError as exc:
             raise MaintenanceError(f"--workflows: {exc.detail}", EXIT_USAGE) from None
+        if path.startswith(("postgresql://", "postgres://")):
+            found, checked = _on_postgres(path, workflows)
+            return _report(args, found, checked)
         conn = connect_readonly(path)
         try:
             found = stranded(conn, workflows)
@@ -116,9 +142,35 @@ def cmd_check_workflows(args: argparse.Namespace) -> int:
     except sqlite3.Error as exc:
         print(f"orchd: check: cannot read the database: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    return _report(args, found, checked)
+
+
+def _report(args: argparse.Namespace, found: list[StrandedProcess], checked: int) -> int:
     if args.json:
         body = {"ok": not found, "checked": checked, "stranded": [asdict(p) for p in found]}
         print(json.dumps(body, indent=2))
     else:
         print_stranded(found, checked, sys.stdout)
     return EXIT_FAILED if found else EXIT_OK
+
+
+def _on_postgres(url: str, workflows: dict[str, Workflow]) -> tuple[list[StrandedProcess], int]:
+    """The same check on a cluster's database (read-only: one SELECT)."""
+    import asyncio
+
+    import asyncpg
+
+    async def read() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        conn = await asyncpg.connect(url)
+        try:
+            async with conn.transaction(readonly=True, isolation="repeatable_read"):
+                rows = [tuple(r) for r in await conn.fetch(UNFINISHED)]
+                return rows, [tuple(r) for r in await conn.fetch(BRANCHES)]
+        finally:
+            await conn.close()
+
+    try:
+        rows, branches = asyncio.run(read())
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise MaintenanceError(f"cannot read the database: {exc}") from None
+    return placed(rows, workflows, _by_process(branches)), len(rows)

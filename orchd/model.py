@@ -332,3 +332,13 @@ class ScheduleInfo(msgspec.Struct, kw_only=True):
     next_run: datetime | None = None
     #: Ticks skipped because the previous run had not finished.
     skipped: int = 0
+
+
+class NodeInfo(msgspec.Struct, kw_only=True):
+    """A node of a cluster whose lease holds, as ``/api/health`` lists it (times are the
+    database's clock, epoch seconds)."""
+
+    node_id: str
+    started_at: float
+    heartbeat_at: float
+    lease_until: float

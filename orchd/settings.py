@@ -34,6 +34,10 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
     retain_workflows: float | None = 365 * 86400.0
     #: Events kept in the database for clients that resume (``Last-Event-ID``).
     keep_events: int = 100_000
+    #: This daemon's name in a cluster (PostgreSQL); None: ``hostname:pid``.
+    node_id: str | None = None
+    #: Seconds a node's lease lasts unrenewed: how long its processes wait after it dies.
+    lease_timeout: float = 10.0
 
 
 class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):

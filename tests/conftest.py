@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import pg_util
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -63,11 +64,66 @@ def step_resources(gate: Gate, failures: FailurePlan, calls: Calls) -> dict[type
     return {Gate: gate, FailurePlan: failures, Calls: calls}
 
 
+# -- the database backends: every engine test runs on SQLite and on PostgreSQL -----------------
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes ``backend`` (through ``engine_factory`` or ``database_factory``) runs
+    once per backend; ``@pytest.mark.sqlite_only`` keeps one on SQLite (it opens the file)."""
+    if "backend" in metafunc.fixturenames:
+        only = metafunc.definition.get_closest_marker("sqlite_only")
+        metafunc.parametrize("backend", BACKENDS[:1] if only else BACKENDS, indirect=True)
+
+
 @pytest.fixture
-async def engine_factory(tmp_path: Path) -> AsyncIterator[EngineFactory]:
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[pg_util.PgServer]:
+    """A PostgreSQL server and a fresh database for this test run (see tests/pg_util.py);
+    the PostgreSQL tests skip, saying why, when there is none."""
+    server = pg_util.start()
+    if isinstance(server, str):
+        pytest.skip(f"PostgreSQL tests skipped: {server}")
+    try:
+        yield server
+    finally:
+        pg_util.stop(server)
+
+
+@pytest.fixture
+def database_factory(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Callable[[str], Awaitable[str]]:
+    """``await database_factory(name)``: the ``database`` setting of a fresh database for this
+    test and backend: ``tmp_path/name`` on SQLite, a schema of its own on PostgreSQL. The same
+    name gives the same database again (a restart)."""
+    made: dict[str, str] = {}
+    server = request.getfixturevalue("pg_server") if backend == "postgresql" else None
+
+    async def database(name: str = "orchd.db") -> str:
+        if name not in made:
+            if server is not None:
+                made[name] = await pg_util.create_schema(server)
+            else:
+                made[name] = str(tmp_path / name)
+        return made[name]
+
+    return database
+
+
+@pytest.fixture
+async def engine_factory(
+    database_factory: Callable[[str], Awaitable[str]],
+) -> AsyncIterator[EngineFactory]:
     """``await engine_factory(workflows, name="orchd.db", resources=None, **settings)``: an
-    open Engine on ``tmp_path/name`` (settings are EngineSettings fields); every engine it
-    opened is closed at teardown, its gates opened first."""
+    open Engine on the database ``name`` of this test's backend (a file in ``tmp_path`` or a
+    PostgreSQL schema; settings are EngineSettings fields); every engine it opened is closed at
+    teardown, its gates opened first."""
     async with AsyncExitStack() as stack:
 
         async def open_engine(
@@ -77,10 +133,9 @@ async def engine_factory(tmp_path: Path) -> AsyncIterator[EngineFactory]:
             resources: dict[type, object] | None = None,
             **settings: Any,
         ) -> Engine:
+            database = await database_factory(name)
             return await stack.enter_async_context(
-                workflow_engine(
-                    workflows, resources=resources, database=tmp_path / name, **settings
-                )
+                workflow_engine(workflows, resources=resources, database=database, **settings)
             )
 
         yield open_engine

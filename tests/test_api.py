@@ -702,7 +702,7 @@ async def test_metrics_expose_every_family(api_client: Client, api_engine: Engin
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     types, samples = parse_metrics(await resp.text())
-    assert types == {
+    expected = {
         "orchd_processes": "gauge",
         "orchd_steps_total": "counter",
         "orchd_step_duration_seconds": "histogram",
@@ -729,6 +729,16 @@ async def test_metrics_expose_every_family(api_client: Client, api_engine: Engin
         "orchd_workflow_step_duration_seconds": "histogram",
         "orchd_start_time_seconds": "gauge",
     }
+    if api_engine.node is not None:  # on PostgreSQL the engine is a node of a cluster
+        expected |= {
+            "orchd_lease_renewals_total": "counter",
+            "orchd_lease_renewal_failures_total": "counter",
+            "orchd_takeovers_total": "counter",
+            "orchd_forwarded_requests_total": "counter",
+            "orchd_served_requests_total": "counter",
+            "orchd_lease_expiry_timestamp_seconds": "gauge",
+        }
+    assert types == expected
     values = {(n, tuple(sorted(labels.items()))): v for n, labels, v in samples}
     assert values[("orchd_processes", (("status", "completed"),))] == 1
     assert {labels["status"] for n, labels, _ in samples if n == "orchd_processes"} == {

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pg_util
 import pytest
 from daemon_util import DaemonFactory
 
@@ -70,3 +71,23 @@ def test_bench_table_prints_a_row_as_soon_as_it_is_measured(
     table = _Table()
     table.row("P1 something", "1 step/s")
     assert "P1 something" in capsys.readouterr().out
+
+
+def test_bench_postgres_rows_compare_p1_with_raw_commits_and_nodes_with_one(
+    pg_server: pg_util.PgServer,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "orchd", "bench", "--quick", "--postgres", pg_server.admin_url,
+         "--postgres-only"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for label in ("PG raw commit", "PG P1 ", "x raw", "PG 1 node", "PG 2 nodes", "PG 3 nodes"):
+        assert label in result.stdout, result.stdout
+    # The run's database was dropped at the end.
+    left = pg_util.query(
+        pg_server.admin_url, "SELECT count(*) FROM pg_database WHERE datname LIKE 'orchd_bench_%'"
+    )
+    assert left[0][0] == 0

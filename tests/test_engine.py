@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 import msgspec
 import pytest
 from steering import Calls, FailurePlan
-from tests_support import EngineFactory
+from tests_support import DatabaseFactory, EngineFactory
 
 from orchd import Engine
 from orchd.errors import (
@@ -289,8 +288,8 @@ async def test_process_list_is_newest_first_and_pages_with_a_cursor(engine: Engi
     assert len(only.items) == 5
 
 
-async def test_state_survives_an_engine_restart(tmp_path: Path) -> None:
-    db = str(tmp_path / "orchd.db")
+async def test_state_survives_an_engine_restart(database_factory: DatabaseFactory) -> None:
+    db = await database_factory("orchd.db")
     async with Engine(database=db, workflows=["engine_flows"]) as e:
         pid = await e.start("needs_approval", {"name": "n1"})
         await e.wait(pid)

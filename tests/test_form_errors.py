@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from tests_support import DatabaseFactory
 
 from orchd import Engine
 from orchd.api.routes import create_app
@@ -16,8 +16,9 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
-    async with Engine(database=str(tmp_path / "orchd.db"), workflows=["form_flows"]) as e:
+async def engine(database_factory: DatabaseFactory) -> AsyncIterator[Engine]:
+    database = await database_factory("orchd.db")
+    async with Engine(database=database, workflows=["form_flows"]) as e:
         yield e
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from daemon_util import DaemonFactory, DaemonProcess, UnixHTTPConnection
+from tests_support import DatabaseFactory
 
 from orchd import Engine
 from orchd.errors import AmbiguousId, ProcessNotFound
@@ -94,8 +95,10 @@ def test_a_malformed_idempotency_key_is_400_and_starts_nothing(
     assert page["items"] == []
 
 
-async def test_engine_start_with_a_key_returns_the_same_id(tmp_path: Path) -> None:
-    async with Engine(database=str(tmp_path / "e.db"), workflows=["e2e_flows"]) as engine:
+async def test_engine_start_with_a_key_returns_the_same_id(
+    database_factory: DatabaseFactory,
+) -> None:
+    async with Engine(database=await database_factory("e.db"), workflows=["e2e_flows"]) as engine:
         first = await engine.start("e2e_hello", idempotency_key="once")
         assert await engine.start("e2e_hello", idempotency_key="once") == first
         await engine.wait(first)
@@ -270,8 +273,8 @@ def test_an_id_this_database_never_gave_gets_a_reset(daemon: DaemonProcess) -> N
     assert first.event == "reset" and "unknown" in first.data["reason"]
 
 
-async def test_listen_replays_stored_events_after_an_id(tmp_path: Path) -> None:
-    path = str(tmp_path / "e.db")
+async def test_listen_replays_stored_events_after_an_id(database_factory: DatabaseFactory) -> None:
+    path = await database_factory("e.db")
     async with Engine(database=path, workflows=["e2e_flows"]) as engine:
         after = engine.last_event_id
         pid = await engine.start("e2e_hello")
@@ -297,8 +300,8 @@ def test_a_unique_prefix_of_eight_characters_names_a_process(daemon: DaemonProce
     assert status == 409  # found, and completed
 
 
-async def test_an_ambiguous_prefix_is_refused(tmp_path: Path) -> None:
-    async with Engine(database=str(tmp_path / "e.db"), workflows=["e2e_flows"]) as engine:
+async def test_an_ambiguous_prefix_is_refused(database_factory: DatabaseFactory) -> None:
+    async with Engine(database=await database_factory("e.db"), workflows=["e2e_flows"]) as engine:
         for pid in ("abcdef12-0000-4000-8000-000000000001", "abcdef12-0000-4000-8000-100000000002"):
             # Two ids with one prefix, as random ids rarely have them.
             await engine.store.write(

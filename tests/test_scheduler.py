@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import anyio
 import pytest
-from tests_support import EngineFactory
+from tests_support import DatabaseFactory, EngineFactory
 
 from orchd import Engine
 from orchd.config import Config, ScheduleConfig, schedule_specs
@@ -46,7 +46,7 @@ def cfg(workflow: str = "quick_task", **kw: Any) -> ScheduleSpec:
     return spec
 
 
-def open_engine(db: Path) -> AbstractAsyncContextManager[Engine]:
+def open_engine(db: Path | str) -> AbstractAsyncContextManager[Engine]:
     """An engine with the scheduler's tasks on ``db``; one after another is a restart."""
     return workflow_engine(["sched_flows"], database=db, grace_period=0.5)
 
@@ -294,9 +294,9 @@ async def test_a_scheduled_tick_is_skipped_while_a_manual_run_is_going(engine: E
 
 
 async def test_missed_fire_times_run_once_within_grace_and_are_skipped_beyond(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    database_factory: DatabaseFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    db = tmp_path / "orchd.db"
+    db = await database_factory("orchd.db")
     config = [cfg(every="1m", name="m", misfire_grace="30s")]
     async with open_engine(db) as engine:
         sched = Scheduler(engine, config, clock=Clock(T0))

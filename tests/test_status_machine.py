@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 from steering import Calls, FailurePlan
+from tests_support import DatabaseFactory
 
 from orchd import Engine
 from orchd.engine.actor import Actor
@@ -184,11 +185,11 @@ test_engine_status_machine = EngineMachine.TestCase
 
 
 async def test_the_one_place_a_status_is_written_refuses_a_change_the_table_forbids(
-    tmp_path: Path,
+    database_factory: DatabaseFactory,
 ) -> None:
     # White box: every status change goes through Actor._write, which checks the table. A
     # completed process made "running" again by a bug would run steps a second time.
-    async with Engine(database=str(tmp_path / "db"), workflows=["engine_flows"]) as engine:
+    async with Engine(database=await database_factory("db"), workflows=["engine_flows"]) as engine:
         pid = await engine.start("conditional_task")
         assert (await engine.wait(pid)).status == P.COMPLETED
         row = await engine.store.process(pid)

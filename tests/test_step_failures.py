@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
+from tests_support import DatabaseFactory
 
 from orchd import Engine
 
@@ -13,8 +13,9 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
-    async with Engine(database=str(tmp_path / "orchd.db"), workflows=["failure_flows"]) as e:
+async def engine(database_factory: DatabaseFactory) -> AsyncIterator[Engine]:
+    database = await database_factory("orchd.db")
+    async with Engine(database=database, workflows=["failure_flows"]) as e:
         yield e
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from daemon_util import WF_DIR
+from tests_support import DatabaseFactory
 
 from orchd import Engine
 from orchd.dsl import Positions, Step
@@ -25,7 +26,7 @@ Open = Callable[..., Any]
 
 
 @pytest.fixture
-async def open_engine(tmp_path: Path) -> AsyncIterator[Open]:
+async def open_engine(database_factory: DatabaseFactory) -> AsyncIterator[Open]:
     """``await open_engine("ident_v2")``: an Engine on the test's one database with that code;
     the one opened before is closed first (a deploy: stop, new code, start)."""
     current: list[Engine] = []
@@ -33,7 +34,7 @@ async def open_engine(tmp_path: Path) -> AsyncIterator[Open]:
     async def make(module: str) -> Engine:
         if current:
             await current.pop().close()
-        engine = Engine(database=str(tmp_path / "orchd.db"), workflows=[module])
+        engine = Engine(database=await database_factory("orchd.db"), workflows=[module])
         await engine.open()
         current.append(engine)
         return engine
@@ -141,6 +142,7 @@ async def test_a_missing_key_fails_the_process_with_the_message_and_runs_nothing
     assert (await engine.wait(pid, timeout=10)).status == "suspended"
 
 
+@pytest.mark.sqlite_only  # stages rows in, or reads, the SQLite file itself
 async def test_an_active_process_whose_key_is_gone_fails_at_the_restart(
     open_engine: Open, tmp_path: Path
 ) -> None:
@@ -180,6 +182,7 @@ def schema_2_database(path: Path, rows: list[tuple[str, str, int, str]]) -> None
     conn.close()
 
 
+@pytest.mark.sqlite_only  # stages rows in, or reads, the SQLite file itself
 async def test_processes_from_before_step_keys_are_placed_by_their_step_once(
     open_engine: Open, tmp_path: Path
 ) -> None:
@@ -217,6 +220,7 @@ def check(db: Path, *modules: str, json_output: bool = False) -> subprocess.Comp
     )  # fmt: skip
 
 
+@pytest.mark.sqlite_only  # stages rows in, or reads, the SQLite file itself
 async def test_check_workflows_lists_exactly_the_processes_new_code_would_strand(
     open_engine: Open, tmp_path: Path
 ) -> None:

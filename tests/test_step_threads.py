@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+from tests_support import DatabaseFactory
 from thread_flows import Release
 
 from orchd import Engine
@@ -27,12 +27,14 @@ async def release() -> AsyncIterator[Release]:
 
 
 @pytest.fixture
-async def open_engine(tmp_path: Path, release: Release) -> AsyncIterator[Callable[..., Any]]:
+async def open_engine(
+    database_factory: DatabaseFactory, release: Release
+) -> AsyncIterator[Callable[..., Any]]:
     engines: list[Engine] = []
 
     async def make(**settings: Any) -> Engine:
         engine = Engine(
-            database=str(tmp_path / f"e{len(engines)}.db"),
+            database=await database_factory(f"e{len(engines)}.db"),
             workflows=["thread_flows"],
             resources={Release: release},
             grace_period=0.5,

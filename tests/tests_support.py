@@ -15,6 +15,8 @@ ROOT = TESTS_DIR.parent
 
 #: The ``engine_factory`` fixture (tests/conftest.py): ``await engine_factory(workflows, ...)``.
 EngineFactory = Callable[..., Awaitable["Engine"]]
+#: The ``database_factory`` fixture: ``await database_factory(name)`` -> a ``database`` setting.
+DatabaseFactory = Callable[..., Awaitable[str]]
 
 
 def parse_logfmt(line: str) -> dict[str, str]:

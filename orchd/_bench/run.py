@@ -25,6 +25,7 @@ from orchd._bench import api as bench_api
 from orchd._bench import branches as bench_branches
 from orchd._bench import children as bench_children
 from orchd._bench import load as bench_load
+from orchd._bench import postgres as bench_pg
 from orchd._bench import retention as bench_retention
 from orchd.dsl import Form, State, children, done, init, inputstep, step, workflow
 from orchd.engine import Engine
@@ -347,7 +348,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--p8-child", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--p6-probe", nargs=2, metavar=("SOCKET", "ID"), help=argparse.SUPPRESS)
     parser.add_argument("--p9-probe", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        default=os.environ.get("ORCHD_BENCH_PG"),
+        help="also the PostgreSQL rows, on a database created (and dropped) on this server "
+        "(default $ORCHD_BENCH_PG)",
+    )
+    parser.add_argument(
+        "--postgres-only", action="store_true", help="only the PostgreSQL rows (with --postgres)"
+    )
+    parser.add_argument("--pg-node", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.pg_node:
+        return bench_pg.node_main(args.pg_node)
     if args.p5_child:
         return bench_load.child_main(args.p5_child)
     if args.p8_child:
@@ -375,6 +389,11 @@ def main(argv: list[str]) -> int:
         f"median of {runs} run(s), synchronous=FULL",
         flush=True,
     )
+    if args.postgres_only:
+        if not args.postgres:
+            parser.error("--postgres-only needs --postgres URL (or $ORCHD_BENCH_PG)")
+        bench_pg.rows(args.postgres, quick=args.quick, row=_Table().row)
+        return 0
     with tempfile.TemporaryDirectory(prefix="orchd-bench-") as directory:
         table = _Table()
         raw = statistics.median(
@@ -501,6 +520,10 @@ def main(argv: list[str]) -> int:
             f"{r['without_mb']:.1f} MiB, {r['without_kept']:,.0f} without",
             "bounded",
         )
+        if args.postgres:
+            bench_pg.rows(args.postgres, quick=args.quick, row=table.row)
+        else:
+            print("(PostgreSQL rows: pass --postgres URL or set ORCHD_BENCH_PG)", flush=True)
         if args.scaling:
             print("\nsteps/s and RSS by number of concurrent processes")
             for n in (100, 1000, 10_000, 100_000) if not args.quick else (100, 1000):

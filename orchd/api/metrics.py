@@ -196,7 +196,35 @@ def render(
     out.single(
         "orchd_uptime_seconds", "gauge", "Seconds since the engine started.", stats.uptime_seconds
     )
+    if stats.cluster is not None:
+        _cluster(out, stats.cluster)
     return out.text()
+
+
+#: A cluster node's counters: (metric, kind, help, key in ``EngineStats.cluster``).
+_CLUSTER = (
+    ("orchd_lease_renewals_total", "counter", "Lease renewals (heartbeats) committed.",
+     "lease_renewals"),
+    ("orchd_lease_renewal_failures_total", "counter", "Lease renewals that failed.",
+     "lease_renewal_failures"),
+    ("orchd_takeovers_total", "counter",
+     "Processes taken over from nodes whose lease lapsed.", "takeovers"),
+    ("orchd_forwarded_requests_total", "counter",
+     "Requests for processes another node owns, forwarded to it.", "forwarded"),
+    ("orchd_served_requests_total", "counter",
+     "Requests other nodes forwarded here.", "served"),
+)  # fmt: skip
+
+
+def _cluster(out: Exposition, cluster: Mapping[str, float]) -> None:
+    for name, kind, help_text, key in _CLUSTER:
+        out.single(name, kind, help_text, cluster.get(key, 0.0))
+    out.single(
+        "orchd_lease_expiry_timestamp_seconds",
+        "gauge",
+        "When this node's lease lapses unless renewed (database clock, epoch seconds).",
+        cluster.get("lease_until", 0.0),
+    )
 
 
 def _by_workflow(

@@ -40,6 +40,7 @@ from orchd.model import (
     DEFAULT_PAGE,
     MAX_PAGE,
     Event,
+    NodeInfo,
     Process,
     ProcessStatus,
     ProcessSummary,
@@ -88,6 +89,9 @@ class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
     processes: dict[str, int] | None = None
     database: str | None = None  # "ok" or what is wrong
     accepting: bool | None = None
+    #: In a cluster (PostgreSQL): this node, and every node whose lease holds.
+    node: str | None = None
+    nodes: list[NodeInfo] | None = None
 
 
 class SkipRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -369,9 +373,11 @@ class ControlApi:
         engine = self.engine
         database = "ok"
         counts: dict[str, int] = {}
+        nodes = None
         try:
             await asyncio.wait_for(engine.ping(), PING_TIMEOUT)
             counts = await engine.counts()
+            nodes = await engine.live_nodes()
         except Exception as exc:  # any failure of the database is what health reports
             database = f"error: {type(exc).__name__}: {exc}"
         stats = engine.stats()
@@ -390,6 +396,8 @@ class ControlApi:
             processes=counts,
             database=database,
             accepting=engine.accepting,
+            node=stats.node_id,
+            nodes=nodes,
         )
         return _json(body, status=code)
 

@@ -26,6 +26,7 @@ from orchd import _faults as faults
 from orchd.dsl import Workflow
 from orchd.engine import actor as actors
 from orchd.engine import messages
+from orchd.engine.cluster import Node
 from orchd.engine.events import LISTENER_BUFFER, EventHub
 from orchd.engine.loading import load_workflows
 from orchd.engine.loopwatch import LoopWatch
@@ -35,6 +36,7 @@ from orchd.errors import (
     AmbiguousId,
     CallbackNotFound,
     FormValidationError,
+    OrchdError,
     ProcessNotFound,
     ShuttingDown,
     WorkflowNotFound,
@@ -78,6 +80,8 @@ from orchd.store.base import (
     Store,
     token_digest,
 )
+from orchd.store.cluster import ClusterStore, NodeInfo
+from orchd.store.postgres import PgStore, is_postgres_url
 from orchd.store.sqlite import SqliteStore
 from orchd.store.views import Views, every_status, uuid_or_none
 
@@ -117,11 +121,19 @@ class Engine:
         #: The database. The engine layer (the scheduler) uses it; layers above use the
         #: engine's methods.
         self.store: Store = open_store(
-            database, synchronous=synchronous, keep_events=self.settings.keep_events
+            str(database),
+            synchronous=synchronous,
+            keep_events=self.settings.keep_events,
+            node_id=self.settings.node_id,
+            lease_timeout=self.settings.lease_timeout,
         )
         self._views = Views(self.store)
         self._events = EventHub()
-        self.store.on_events(self._events.publish)
+        #: This engine as a node of a cluster (a store several daemons share), or None.
+        self.node: Node | None = None
+        if isinstance(self.store, ClusterStore):
+            self.node = Node(self, self.store, self.settings.lease_timeout)
+        self.store.on_events(self._on_events)
         #: What retention deleted since the engine started, for metrics.
         self.pruned = Pruned()
         #: Shared objects steps ask for by annotation (e.g. the daemon's HttpClient).
@@ -149,6 +161,12 @@ class Engine:
         self._steps = StepCounter()
         self._steps_by_workflow: dict[str, StepCounter] = {}
         self._failures: Counter[str] = Counter()
+        self._sends: set[asyncio.Task[None]] = set()
+
+    def _on_events(self, events: list[Event]) -> None:
+        self._events.publish(events)
+        if self.node is not None:
+            self.node.observe(events)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -168,6 +186,8 @@ class Engine:
             await self._own_http.open()
             self.resources[HttpClient] = self._own_http
         await self.store.open()
+        if self.node is not None:
+            await self.node.start()
         _, self._events.last_id = await self.store.event_bounds()
         if self.loopwatch is not None:
             self.loopwatch.start()
@@ -177,6 +197,8 @@ class Engine:
         await ready.wait()
         self._accepting = True
         await self._recover()
+        if self.node is not None:
+            self.node.run()
 
     async def _supervise(self, ready: asyncio.Event) -> None:
         """Own every actor in one task group, in a task of its own, so the engine can be
@@ -194,7 +216,7 @@ class Engine:
         await self._place_unkeyed()
         for child, parent in await self.store.unfinished_children_of_aborted():
             # The parent's abort committed, the cascade to its children did not finish.
-            self._post(child, messages.Abort(actor=f"parent {parent}"), None)
+            self.send(child, messages.Abort(actor=f"parent {parent}"))
         rows = await self.store.active_processes()
         for row in rows:
             self._post(row.id, messages.Run(), None, row=row)
@@ -244,6 +266,8 @@ class Engine:
         if self._tg is None:
             return
         self._accepting = False
+        if self.node is not None:
+            await self.node.stop()
         if faults.ENABLED:
             faults.point("shutdown")
         for handle in self._timers.values():
@@ -268,6 +292,7 @@ class Engine:
                 if not fut.done():
                     fut.set_exception(ShuttingDown("the engine stopped"))
         self._waiters.clear()
+        await self._leave()
         await self.store.close()
         self._threads.close()
         if self.loopwatch is not None:
@@ -276,6 +301,13 @@ class Engine:
             await self._own_http.close()
             self.resources.pop(type(self._own_http), None)
             self._own_http = None
+
+    async def _leave(self) -> None:
+        """In a cluster, hand this node's processes back (their actors have stopped)."""
+        if self.node is not None:
+            await self.node.leave()
+        for task in list(self._sends):
+            task.cancel()
 
     # -- actors ---------------------------------------------------------------------------
 
@@ -298,9 +330,48 @@ class Engine:
     async def _ask(self, pid: str, message: messages.Message) -> Any:
         if not self._accepting:
             raise ShuttingDown("the engine is shutting down")
+        if self.node is not None and pid not in self.actors:
+            # In a cluster the process may be another node's: claim it, or ask its owner.
+            owner = await self.node.owner(pid)
+            if owner is not None:
+                return await self.node.forward(owner, pid, message)
+        return await self.ask_local(pid, message)
+
+    async def ask_local(self, pid: str, message: messages.Message) -> Any:
+        """Hand ``message`` to this engine's actor of ``pid`` and wait for its answer."""
+        if not self._accepting:
+            raise ShuttingDown("the engine is shutting down")
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._post(pid, message, reply)
         return await reply
+
+    def post_local(self, pid: str, message: messages.Message, row: ProcessRow | None) -> None:
+        """Post to this engine's actor (a process this node has just claimed)."""
+        if self._accepting:
+            self._post(pid, message, None, row=row)
+
+    def send(self, pid: str, message: messages.Message) -> None:
+        """Post ``message`` without waiting for an answer; in a cluster, to whichever node
+        owns the process (a timer, a cascade)."""
+        if self.node is None or pid in self.actors:
+            self._post(pid, message, None)
+            return
+
+        async def route() -> None:
+            try:
+                await self._ask(pid, message)
+            except OrchdError as exc:
+                log.debug("process=%s %s not delivered: %s", pid, type(message).__name__, exc)
+
+        task = asyncio.get_running_loop().create_task(route())
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    def wake_waiters(self, pid: str) -> None:
+        """The process is no longer active (seen in an event, maybe another node's)."""
+        for fut in self._waiters.get(pid, ()):
+            if not fut.done():
+                fut.set_result(None)
 
     # -- the actors' host (orchd.engine.actor.Host) ----------------------------------------
 
@@ -378,7 +449,7 @@ class Engine:
         def fire() -> None:
             self._timers.pop(key, None)
             if self._accepting:
-                self._post(pid, message, None)
+                self.send(pid, message)
 
         loop = asyncio.get_running_loop()
         self._timers[key] = loop.call_later(max(0.0, at - time.time()), fire)
@@ -459,11 +530,16 @@ class Engine:
 
     def _cascade_abort(self, parent_id: str) -> None:
         """An aborted parent aborts every unfinished child (each through its own actor)."""
+        reason = messages.Abort(actor=f"parent {parent_id}")
+        for actor in list(self.actors.values()):
+            # Children running here hear it before their next step, whatever a read costs.
+            if actor.loaded and actor.parent_id == parent_id and actor.status not in FINAL:
+                self._post(actor.pid, reason, None)
 
         async def cascade() -> None:
             for child in await self.store.children(parent_id):
                 if child.status not in FINAL and self._accepting:
-                    self._post(child.id, messages.Abort(actor=f"parent {parent_id}"), None)
+                    self.send(child.id, messages.Abort(actor=f"parent {parent_id}"))
 
         if self._tg is not None:
             self._tg.create_task(cascade())
@@ -752,6 +828,10 @@ class Engine:
         """Raise if the database does not answer."""
         await self.store.ping()
 
+    async def live_nodes(self) -> list[NodeInfo] | None:
+        """The nodes of this engine's cluster whose lease holds (None: not a cluster)."""
+        return None if self.node is None else await self.node.live_nodes()
+
     @property
     def accepting(self) -> bool:
         return self._accepting
@@ -844,6 +924,8 @@ class Engine:
             pruned_processes=self.pruned.processes,
             pruned_steps=self.pruned.steps,
             pruned_actions=self.pruned.actions,
+            node_id=None if self.node is None else self.node.node_id,
+            cluster=None if self.node is None else self.node.counters(),
         )
 
 
@@ -895,6 +977,25 @@ def _actor(reporter: str | None, default: str = "engine") -> str:
     return reporter or default
 
 
-def open_store(database: str, *, synchronous: str = "FULL", keep_events: int = 100_000) -> Store:
-    """The store for ``database``: a path (or ``:memory:``) is SQLite."""
-    return SqliteStore(database, synchronous=synchronous, keep_events=keep_events)
+def open_store(
+    database: str,
+    *,
+    synchronous: str = "FULL",
+    keep_events: int = 100_000,
+    node_id: str | None = None,
+    lease_timeout: float = 10.0,
+) -> Store:
+    """The store for ``database``: a ``postgresql://`` URL is PostgreSQL (several nodes may
+    share it); a path, ``sqlite:///path`` or ``:memory:`` is SQLite."""
+    if is_postgres_url(database):
+        return PgStore(
+            database, node_id=node_id, lease_timeout=lease_timeout, keep_events=keep_events
+        )
+    return SqliteStore(sqlite_path(database), synchronous=synchronous, keep_events=keep_events)
+
+
+def sqlite_path(database: str) -> str:
+    """The file a SQLite database setting names (``sqlite:///path`` or the path itself)."""
+    if database.startswith("sqlite://"):
+        return database.removeprefix("sqlite://") or ":memory:"
+    return database

@@ -325,6 +325,11 @@ class Scheduler:
                 log.info("schedule=%s fire time %s already ran", entry.name, _at(fire_at))
 
     async def _busy(self, entry: _Entry) -> bool:
+        if self.engine.node is not None:
+            # In a cluster another node may have run the last fire time: its run counts.
+            for row in await self.engine.store.schedules():
+                if row.name == entry.name and row.last_process_id is not None:
+                    entry.last_process_id, entry.last_fire = row.last_process_id, row.last_fire_at
         await self._refresh([entry])
         return entry.last_status in RUNNING
 

@@ -61,3 +61,6 @@ class EngineStats(msgspec.Struct, kw_only=True):
     pruned_processes: int = 0
     pruned_steps: int = 0
     pruned_actions: int = 0
+    #: In a cluster: this node's name and its lease and takeover counters (else None).
+    node_id: str | None = None
+    cluster: dict[str, float] | None = None

@@ -77,12 +77,18 @@ class MaintenanceError(Exception):
 
 
 def database_path(
-    given: str | None, config: str | None, environ: Mapping[str, str] | None = None
+    given: str | None,
+    config: str | None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    postgres: bool = False,
 ) -> str:
     """``--database``, else the config's ``database`` (read cheaply, as the CLI reads ``socket``).
 
     A relative path from the config is anchored where the daemon would anchor it: in
-    ``$STATE_DIRECTORY`` when that is set, else the current directory.
+    ``$STATE_DIRECTORY`` when that is set, else the current directory. A PostgreSQL URL is
+    answered as it is when the command takes one (``postgres``), else refused: the file tools
+    have PostgreSQL's own as their counterparts.
     """
     env = os.environ if environ is None else environ
     if given:
@@ -101,6 +107,15 @@ def database_path(
         state_dir = env.get("STATE_DIRECTORY", "").split(":")[0]
         if state_dir and not os.path.isabs(path) and not path.startswith("file:"):
             path = os.path.join(state_dir, path)
+    if path.startswith(("postgresql://", "postgres://")):
+        if postgres:
+            return path
+        raise MaintenanceError(
+            "the database is PostgreSQL: backup and check work on a SQLite file; on PostgreSQL "
+            "use pg_dump (or the server's own backups) and pg_amcheck",
+            EXIT_USAGE,
+        )
+    path = path.removeprefix("sqlite://") if path.startswith("sqlite://") else path
     if path == ":memory:" or path.startswith("file:"):
         raise MaintenanceError(f"database {path!r} is not a file this tool can open", EXIT_USAGE)
     return os.path.normpath(path)

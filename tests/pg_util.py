@@ -1,0 +1,184 @@
+"""A PostgreSQL server for the tests, found or started once per test run.
+
+In order: ``$ORCHD_TEST_PG`` (a server URL), a server answering on 127.0.0.1:5432 as user
+``postgres`` (trust auth), or a private cluster started in a temporary directory with the
+server binaries of ``/usr/lib/postgresql/*/bin`` (``make tools`` installs them as root when they
+are missing). The run gets a fresh database of its own (``orchd_test_<random>``), dropped at the
+end; each test gets fresh schemas in it. When none of that is possible the PostgreSQL tests skip
+and say why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import glob
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+
+T = TypeVar("T")
+LOCAL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass
+class PgServer:
+    """A reachable server and the database of this test run (``url``)."""
+
+    admin_url: str
+    url: str
+    database: str
+    cluster_dir: str | None = None
+    pg_ctl: str | None = None
+
+    def schema_url(self, schema: str) -> str:
+        return f"{self.url}?search_path={schema}"
+
+
+async def _answers(url: str) -> str | None:
+    try:
+        conn = await asyncio.wait_for(asyncpg.connect(url), 5)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    await conn.close()
+    return None
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to the end on a loop of its own (in a thread: a test's loop may run)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _private_cluster() -> tuple[str, str, str] | str:
+    """Start a throw-away cluster: ``(admin url, data dir, pg_ctl)`` or why not."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        return "no PostgreSQL server on 127.0.0.1:5432 and no server binaries installed"
+    bindir = os.path.dirname(found[-1])
+    initdb, pg_ctl = os.path.join(bindir, "initdb"), os.path.join(bindir, "pg_ctl")
+    folder = tempfile.mkdtemp(prefix="orchd-pg-")
+    run_as = _as_server_user(folder)
+    if isinstance(run_as, str):
+        shutil.rmtree(folder)
+        return run_as
+    data = os.path.join(folder, "data")
+    port = _free_port()
+    subprocess.run(
+        [*run_as, initdb, "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *run_as, pg_ctl, "-D", data, "-l", os.path.join(folder, "log"), "-w", "-o",
+            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres", folder, pg_ctl
+
+
+def _as_server_user(folder: str) -> list[str] | str:
+    """The command prefix that runs the server binaries: none, or (as root, which initdb
+    refuses) ``runuser`` as the distribution's ``postgres`` user, who then owns ``folder``."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        import pwd
+
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        return "running as root and there is no postgres user to run a private cluster as"
+    if shutil.which("runuser") is None:
+        return "running as root without runuser to start a private cluster as postgres"
+    os.chown(folder, user.pw_uid, user.pw_gid)
+    return ["runuser", "-u", "postgres", "--"]
+
+
+def start() -> PgServer | str:
+    """Find or start a server and create this run's database; or say why not."""
+    admin = os.environ.get("ORCHD_TEST_PG") or LOCAL
+    why = _run(_answers(admin))
+    cluster_dir = pg_ctl = None
+    if why is not None:
+        made = _private_cluster()
+        if isinstance(made, str):
+            return f"{made} ({admin}: {why})"
+        admin, cluster_dir, pg_ctl = made
+    name = f"orchd_test_{secrets.token_hex(4)}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    _run(create())
+    url = admin.rsplit("/", 1)[0] + "/" + name
+    return PgServer(admin, url, name, cluster_dir, pg_ctl)
+
+
+def stop(server: PgServer) -> None:
+    async def drop() -> None:
+        conn = await asyncpg.connect(server.admin_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{server.database}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    _run(drop())
+    if server.cluster_dir is not None and server.pg_ctl is not None:
+        data = os.path.join(server.cluster_dir, "data")
+        run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run(
+            [*run_as, server.pg_ctl, "-D", data, "-m", "immediate", "stop"],
+            check=False,
+            capture_output=True,
+        )
+        shutil.rmtree(server.cluster_dir, ignore_errors=True)
+
+
+async def create_schema(server: PgServer, hint: str = "") -> str:
+    """A fresh schema for one test (or one database name of a test); answers its URL."""
+    schema = f"t_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(server.url)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+    finally:
+        await conn.close()
+    return server.schema_url(schema)
+
+
+def fresh_schema(server: PgServer) -> str:
+    """``create_schema`` for a test that is not a coroutine (daemon tests)."""
+    return _run(create_schema(server))
+
+
+def query(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one query on ``url`` (a test reading what the daemons committed)."""
+
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(url)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return _run(run())

@@ -1,0 +1,229 @@
+"""Several daemons on one PostgreSQL database (contract §12), as real subprocesses.
+
+Each daemon is a node with its own socket; they share the database (a schema of this test run's
+database) and the folder where the steps of tests/wf/cluster_flows.py log their runs.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pg_util
+import pytest
+from daemon_util import DaemonFactory, DaemonProcess
+from test_operations import events
+
+LEASE = 2.0
+
+
+@pytest.fixture
+def cluster(daemon_factory: DaemonFactory, pg_server: pg_util.PgServer, tmp_path: Path) -> Any:
+    """``cluster(n, **config)``: n daemons (nodes a, b, c, ...) on one fresh database."""
+    url = pg_util.fresh_schema(pg_server)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+
+    def make(n: int, raw_config: str | None = None, **config: Any) -> list[DaemonProcess]:
+        nodes = []
+        for i in range(n):
+            name = "abcdefgh"[i]
+            settings = {
+                "database": url,
+                "workflows": ["cluster_flows"],
+                "node_id": name,
+                "lease_timeout": f"{LEASE:g}s",
+                "log_level": "info",
+                **config,
+            }
+            nodes.append(
+                daemon_factory(
+                    settings, name=name, env={"ORCHD_TEST_DIR": str(runs)}, raw_config=raw_config
+                )
+            )
+        return nodes
+
+    make.url = url  # type: ignore[attr-defined]
+    make.runs = runs  # type: ignore[attr-defined]
+    return make
+
+
+def step_runs(runs: Path) -> list[tuple[str, str, int]]:
+    """Every logged step run: (process id, step, daemon pid)."""
+    found = []
+    for log in runs.glob("runs-*.log"):
+        for line in log.read_text().splitlines():
+            pid, step, daemon = line.rsplit(" ", 2)
+            found.append((pid, step, int(daemon)))
+    return found
+
+
+def test_every_node_answers_for_every_process_and_names_the_live_nodes(cluster: Any) -> None:
+    a, b = cluster(2)
+    health = b.request("GET", "/api/health")[1]
+    assert health["node"] == "b"
+    assert [n["node_id"] for n in health["nodes"]] == ["a", "b"]
+    on_b = events(b)  # b's stream shows what a runs, in id order
+    try:
+        check_requests(a, b, cluster.runs, on_b)
+    finally:
+        on_b.close()
+
+
+def check_requests(a: DaemonProcess, b: DaemonProcess, runs: Path, on_b: Any) -> None:
+
+    # Started on a, answered on b: a form, then a callback, each posted to the other node.
+    asked = a.start_process("cluster_ask")
+    a.wait_process(asked, ("suspended",))
+    status, body = b.request("POST", f"/api/processes/{asked}/resume", {"approved": True})
+    assert status == 202, body
+    done = b.wait_process(asked)
+    assert done["state"]["verdict"] is True
+    status, problem = b.request("POST", f"/api/processes/{asked}/resume", {"approved": True})
+    assert status == 409, problem  # refused by the owner, and said so through b
+
+    waiting = a.start_process("cluster_callback")
+    a.wait_process(waiting, ("awaiting_callback",))
+    token = (runs / f"{waiting}.token").read_text()
+    status, body = b.request("POST", f"/api/callbacks/{token}", {"ok": True})
+    assert status == 202, body
+    finished = a.wait_process(waiting)
+    assert finished["state"]["answered"] is True
+    assert b.request("POST", f"/api/callbacks/{token}", {"ok": True})[0] == 404  # used
+
+    # A form answer that fails validation is refused through the other node as 422.
+    again = b.start_process("cluster_ask")
+    b.wait_process(again, ("suspended",))
+    status, problem = a.request("POST", f"/api/processes/{again}/resume", {"approved": "x"})
+    assert status == 422 and problem["errors"], problem
+
+    seen = on_b.until(asked, "completed")
+    assert [e.data["step"] for e in seen if e.data["process_id"] == asked and e.data["step"]] == [
+        "init",
+        "approve",  # suspended
+        "approve",  # answered through b
+        "after approval",
+        "done",
+    ]
+    ids = [int(e.id) for e in seen if e.id is not None]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+    metrics = a.request("GET", "/metrics")[1]
+    assert "orchd_forwarded_requests_total" in metrics and "orchd_takeovers_total" in metrics
+
+
+def test_the_survivors_finish_a_killed_nodes_processes_once(cluster: Any) -> None:
+    nodes = cluster(3)
+    a, b, c = nodes
+    pids = []
+    for i in range(1000):
+        pids.append(nodes[i % 3].start_process("cluster_steady", {"pause": 3.0}))
+    # b dies with its share of the processes in flight.
+    owned = pg_util.query(
+        cluster.url,
+        "SELECT count(*) FROM processes WHERE owner = 'b' AND status IN ('created', 'running')",
+    )[0][0]
+    assert owned > 250, owned
+    b.kill()
+    killed_at = time.monotonic()
+    b_pid = b.proc.pid if b.proc is not None else -1
+
+    deadline = killed_at + 120
+    taken_at = None
+    while True:
+        rows = pg_util.query(
+            cluster.url,
+            "SELECT count(*) FILTER (WHERE status = 'completed'), "
+            "count(*) FILTER (WHERE owner = 'b' AND status IN ('created', 'running')) "
+            "FROM processes",
+        )
+        completed, left_on_b = rows[0]
+        if taken_at is None and left_on_b == 0:
+            taken_at = time.monotonic()
+        if completed == len(pids):
+            break
+        assert time.monotonic() < deadline, f"{completed} of {len(pids)} completed"
+        time.sleep(0.2)
+    assert taken_at is not None and taken_at - killed_at <= LEASE + 5, taken_at - killed_at
+    print(f"takeover of {owned} processes {taken_at - killed_at:.2f} s after the kill")
+
+    # Each step recorded once per process, in order.
+    records = pg_util.query(
+        cluster.url,
+        "SELECT p.id, s.name, s.status FROM steps s JOIN processes p ON p.rowid = s.process "
+        "ORDER BY p.id, s.seq",
+    )
+    by_process: dict[str, list[str]] = {}
+    for pid, name, status in records:
+        assert status == "success", (pid, name, status)
+        by_process.setdefault(pid, []).append(name)
+    assert set(by_process) == set(pids)
+    assert all(names == ["init", "c1", "c2", "c3", "done"] for names in by_process.values())
+
+    # A step ran again only when its first run was on the killed node (uncommitted there).
+    runs = step_runs(cluster.runs)
+    counts = Counter((pid, step) for pid, step, _ in runs)
+    survivors = Counter((pid, step) for pid, step, daemon in runs if daemon != b_pid)
+    assert all(n == 1 for n in survivors.values()), [k for k, n in survivors.items() if n > 1]
+    again = [key for key, n in counts.items() if n > 1]
+    assert all(counts[key] == 2 for key in again)
+    assert len(again) <= owned  # at most the one in-flight step of each process b had
+    health = a.request("GET", "/api/health")[1]
+    assert [n["node_id"] for n in health["nodes"]] == ["a", "c"]
+    takeovers = sum(
+        float(line.split()[-1])
+        for node in (a, c)
+        for line in node.request("GET", "/metrics")[1].splitlines()
+        if line.startswith("orchd_takeovers_total")
+    )
+    assert takeovers >= 1
+
+
+def test_a_schedule_fire_time_runs_once_in_the_cluster(cluster: Any) -> None:
+    schedule = '[[schedules]]\nworkflow = "cluster_tick"\nevery = "1s"\n'
+    nodes = cluster(3, raw_config=schedule)
+    time.sleep(6)
+    for node in nodes:
+        assert node.stop(signal.SIGTERM) == 0
+    fired = pg_util.query(
+        cluster.url, "SELECT fire_at, process_id FROM schedule_runs WHERE name = 'cluster_tick'"
+    )
+    started = pg_util.query(
+        cluster.url, "SELECT id FROM processes WHERE reporter = 'scheduler:cluster_tick'"
+    )
+    fire_times = [f for f, _ in fired]
+    assert len(fire_times) == len(set(fire_times))
+    assert 3 <= len(started) <= 8, len(started)  # one a second, not three
+    assert {p for _, p in fired if p is not None} == {row[0] for row in started}
+
+
+def test_a_fan_out_goes_on_when_the_parents_node_dies(cluster: Any) -> None:
+    a, b, c = cluster(3)
+    parent = a.start_process("cluster_fan_out", {"inputs": [{"pause": 0.5}] * 16})
+    deadline = time.monotonic() + 30
+    while True:  # some children done, some running, some held: then a dies
+        done = pg_util.query(
+            cluster.url,
+            "SELECT count(*) FROM processes WHERE parent_id = $1 AND status = 'completed'",
+            parent,
+        )[0][0]
+        if done >= 4:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    a.kill()
+    finished = b.wait_process(parent, ("completed",), timeout=LEASE + 30)
+    assert finished["state"]["finished"] == 16
+    kids = pg_util.query(
+        cluster.url, "SELECT id, status FROM processes WHERE parent_id = $1", parent
+    )
+    assert len(kids) == 16 and all(status == "completed" for _, status in kids)
+    doubled = pg_util.query(
+        cluster.url,
+        "SELECT s.process, s.name, count(*) FROM steps s GROUP BY s.process, s.name "
+        "HAVING count(*) > 1",
+    )
+    assert doubled == []

@@ -1,0 +1,154 @@
+"""Nodes of one PostgreSQL database inside one test process: leases, fencing, reconnects.
+
+The daemon-level cluster tests are in tests/test_cluster.py; these drive two Engines directly,
+so a lease can be made to lapse at a chosen moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pg_util
+import pytest
+from steering import Calls, FailurePlan
+
+from orchd import Engine
+from orchd.errors import StoreError, SubscriptionLocked
+from orchd.testing import Gate
+
+Open = Callable[..., Awaitable[Engine]]
+
+
+@pytest.fixture
+async def nodes(pg_server: pg_util.PgServer) -> AsyncIterator[tuple[str, Open]]:
+    url = await pg_util.create_schema(pg_server)
+    opened: list[Engine] = []
+
+    async def open_node(node: str, gate: Gate, calls: Calls, **settings: Any) -> Engine:
+        engine = Engine(
+            database=url,
+            workflows=["engine_flows"],
+            node_id=node,
+            lease_timeout=1.0,
+            resources={Gate: gate, Calls: calls, FailurePlan: FailurePlan()},
+            grace_period=0.5,
+            **settings,
+        )
+        await engine.open()
+        opened.append(engine)
+        return engine
+
+    try:
+        yield url, open_node
+    finally:
+        for engine in opened:
+            for resource in engine.resources.values():
+                if isinstance(resource, Gate):
+                    resource.open()
+            await engine.close()
+
+
+async def sql(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
+
+
+async def test_a_node_that_lost_its_lease_cannot_overwrite_its_successor(
+    nodes: tuple[str, Open],
+) -> None:
+    url, open_node = nodes
+    held, free = Gate(), Gate(open=True)
+    calls_a, calls_b = Calls(), Calls()
+    a = await open_node("a", held, calls_a)
+    pid = await a.start("slow_task")
+    await held.reached(1)
+    b = await open_node("b", free, calls_b)
+    # a stalls (its heartbeat stopped, as in a long GC pause or a partition): its lease lapses
+    # and b takes the process over from its last committed step.
+    assert a.node is not None
+    await a.node._cancel(a.node._tasks)
+    await sql(url, "UPDATE nodes SET lease_until = 0 WHERE node_id = 'a'")
+    done = await b.wait(pid, timeout=10)
+    assert done.status == "completed" and calls_b["slow"] == 1
+    # a wakes up and finishes its step: its checkpoint is refused, nothing is recorded twice.
+    held.open()
+    await asyncio.sleep(0.5)
+    again = await b.get(pid)
+    assert [s.name for s in again.steps] == ["init", "slow", "always", "done"]
+    assert again.status == "completed"
+
+
+async def test_requests_reach_the_owner_and_a_clean_stop_hands_processes_over(
+    nodes: tuple[str, Open],
+) -> None:
+    url, open_node = nodes
+    gate = Gate()
+    a = await open_node("a", gate, Calls())
+    b = await open_node("b", Gate(open=True), Calls())
+    pid = await a.start("slow_task")
+    await gate.reached(1)
+    # b cannot run it (a owns it): abort through b is a's to carry out between steps.
+    assert await b.abort(pid) == "running"
+    gate.open()
+    assert (await b.wait(pid, timeout=10)).status == "aborted"
+
+    held = Gate()
+    c = await open_node("c", held, Calls())
+    second = await c.start("slow_task")
+    await held.reached(1)
+    await c.close()  # grace period passes; the step is interrupted, the process handed back
+    assert (await b.wait(second, timeout=10)).status == "completed"
+    owner = await sql(url, "SELECT owner FROM processes WHERE id = $1", second)
+    assert owner[0][0] in ("a", "b")  # whichever swept first
+
+
+async def test_the_engine_reconnects_when_the_server_drops_its_connections(
+    nodes: tuple[str, Open],
+) -> None:
+    url, open_node = nodes
+    a = await open_node("a", Gate(open=True), Calls())
+    first = await a.start("slow_task")
+    assert (await a.wait(first, timeout=10)).status == "completed"
+    await sql(
+        url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    for _ in range(50):  # the first write after the drop may be refused; then it reconnects
+        try:
+            pid = await a.start("slow_task")
+            break
+        except StoreError:
+            await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("no start succeeded after the connections were dropped")
+    assert (await a.wait(pid, timeout=10)).status == "completed"
+
+
+async def test_a_subscription_lock_holds_across_nodes(pg_server: pg_util.PgServer) -> None:
+    url = await pg_util.create_schema(pg_server)
+    a = Engine(database=url, workflows=["e2e_flows"], node_id="a")
+    b = Engine(database=url, workflows=["e2e_flows"], node_id="b")
+    async with a, b:
+        created = await a.wait(await a.start("e2e_create", {"name": "w", "customer_id": "c"}))
+        sid = created.state["subscription_id"]
+        change = {"subscription_id": sid, "description": "x"}
+        for _ in range(5):  # two nodes, one subscription, at the same moment: one start wins
+            outcomes = await asyncio.gather(
+                a.start("e2e_modify", change), b.start("e2e_modify", change),
+                return_exceptions=True,
+            )  # fmt: skip
+            won = [o for o in outcomes if isinstance(o, str)]
+            lost = [o for o in outcomes if isinstance(o, SubscriptionLocked)]
+            assert len(won) == 1 and len(lost) == 1, outcomes
+            assert (await b.wait(won[0], timeout=10)).status == "suspended"
+            await b.resume(won[0], {"ok": True})  # answered on b, whoever owns it
+            assert (await a.wait(won[0], timeout=10)).status == "completed"
+        sub = await b.get_subscription(sid)
+        assert sub.insync and sub.description == "x"

@@ -1,0 +1,108 @@
+"""Workflows the cluster tests run on several daemons sharing one PostgreSQL database.
+
+Every run of a step appends ``<process id> <step> <daemon pid>`` to ``runs-<daemon pid>.log``
+in ``$ORCHD_TEST_DIR`` (shared by the daemons of a test), so the test can tell which daemon ran
+what, and whether a committed step ever ran again. A plain ``write`` survives a SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from orchd import (
+    Form,
+    State,
+    StepList,
+    Target,
+    callback_step,
+    children,
+    done,
+    init,
+    inputstep,
+    step,
+    workflow,
+)
+
+
+def _log(process_id: str, name: str) -> None:
+    folder = Path(os.environ.get("ORCHD_TEST_DIR", "."))
+    with open(folder / f"runs-{os.getpid()}.log", "a") as f:
+        f.write(f"{process_id} {name} {os.getpid()}\n")
+
+
+def _pause(name: str):  # type: ignore[no-untyped-def]
+    @step(name)
+    async def pause(process_id: str, pause: float = 0.3) -> State:
+        _log(process_id, name)
+        await asyncio.sleep(pause)
+        return {name: os.getpid()}
+
+    return pause
+
+
+@workflow("Three short steps", target=Target.SYSTEM)
+def cluster_steady() -> StepList:
+    return init >> _pause("c1") >> _pause("c2") >> _pause("c3") >> done
+
+
+class Approval(Form):
+    approved: bool
+
+
+@inputstep("approve")
+def approve() -> type[Form]:
+    return Approval
+
+
+@step("after approval")
+def after_approval(approved: bool) -> State:
+    return {"ran_on": os.getpid(), "verdict": approved}
+
+
+@workflow("Asks a person, then finishes", target=Target.SYSTEM)
+def cluster_ask() -> StepList:
+    return init >> approve >> after_approval >> done
+
+
+@step("ask the OSS")
+def ask_oss(process_id: str, callback_token: str) -> State:
+    folder = Path(os.environ.get("ORCHD_TEST_DIR", "."))
+    (folder / f"{process_id}.token").write_text(callback_token)
+    return {}
+
+
+@step("check the answer")
+def check(callback_result: dict[str, Any]) -> State:
+    return {"answered": callback_result.get("ok") is True, "checked_on": os.getpid()}
+
+
+@workflow("Waits for an external system's callback", target=Target.SYSTEM)
+def cluster_callback() -> StepList:
+    return init >> callback_step("oss", ask_oss, check) >> done
+
+
+@step("tick")
+def tick(process_id: str) -> State:
+    _log(process_id, "tick")
+    return {}
+
+
+@workflow("A task the cluster schedules", target=Target.SYSTEM)
+def cluster_tick() -> StepList:
+    return init >> tick >> done
+
+
+@step("count the children")
+def count_children(results: list[dict[str, Any]]) -> State:
+    return {"finished": sum(1 for r in results if r["status"] == "completed")}
+
+
+@workflow("Fans out to short processes, a few at a time", target=Target.SYSTEM)
+def cluster_fan_out() -> StepList:
+    fan = children(
+        "fan", workflow="cluster_steady", inputs="inputs", max_concurrency=4, into="results"
+    )
+    return init >> fan >> count_children >> done
