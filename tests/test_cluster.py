@@ -227,3 +227,32 @@ def test_a_fan_out_goes_on_when_the_parents_node_dies(cluster: Any) -> None:
         "HAVING count(*) > 1",
     )
     assert doubled == []
+
+
+def test_a_fork_goes_on_branch_by_branch_when_its_node_dies(cluster: Any) -> None:
+    a, b = cluster(2)
+    pid = a.start_process("cluster_foreach", {"ports": list(range(12))})
+    deadline = time.monotonic() + 30
+    while sum(step.startswith("port-") for p, step, _ in step_runs(cluster.runs) if p == pid) < 6:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    a.kill()
+    process = b.wait_process(pid, ("completed",), timeout=LEASE + 30)
+    assert [r["port"] for r in process["state"]["done_ports"]] == list(range(12))
+    records = Counter(s["branch"] for s in process["steps"] if s["name"] == "port")
+    assert len(records) == 12 and set(records.values()) == {1}  # no record twice
+    runs = Counter(step for p, step, _ in step_runs(cluster.runs) if p == pid)
+    # Only the (at most four) branch steps in flight when a died ran again, on b.
+    assert all(n in (1, 2) for n in runs.values()) and sum(runs.values()) <= 12 + 4
+    assert [s["name"] for s in process["steps"]].count("Ports") == 1
+
+
+def test_a_branch_callback_posted_to_another_node_reaches_its_branch(cluster: Any) -> None:
+    a, b = cluster(2)
+    pid = a.start_process("cluster_branch_callback", {})
+    a.wait_process(pid, ("awaiting_callback",), timeout=30)
+    status, _ = b.request("POST", f"/api/processes/{pid}/callback", {"circuit": "C-7"})
+    assert status == 202
+    process = a.wait_process(pid, ("completed",), timeout=30)
+    assert process["state"]["circuit"] == "C-7"
+    assert [x["action"] for x in process["actions"]] == ["start", "callback"]

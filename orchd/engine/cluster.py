@@ -146,6 +146,9 @@ class Node:
                 engine.send(pid, messages.Retry(automatic=True))
             elif digest:
                 engine.send(pid, messages.Expire(digest=digest))
+            else:
+                # A fork's branch waits for a callback with a deadline (contract §8).
+                engine.send(pid, messages.Retry(automatic=True))
 
     async def live_nodes(self) -> list[NodeInfo]:
         return await self.store.live_nodes()

@@ -17,11 +17,14 @@ from orchd import (
     State,
     StepList,
     Target,
+    begin,
     callback_step,
     children,
     done,
+    foreach,
     init,
     inputstep,
+    parallel,
     step,
     workflow,
 )
@@ -106,3 +109,41 @@ def cluster_fan_out() -> StepList:
         "fan", workflow="cluster_steady", inputs="inputs", max_concurrency=4, into="results"
     )
     return init >> fan >> count_children >> done
+
+
+# -- forks (contract §8) across nodes -------------------------------------------------------
+
+
+@step("port")
+async def port(process_id: str, item: int, pause: float = 0.3) -> State:
+    _log(process_id, f"port-{item}")
+    await asyncio.sleep(pause)
+    return {"port": item, "node": os.getpid()}
+
+
+@step("order circuit")
+async def order_circuit(process_id: str, callback_token: str) -> State:
+    _log(process_id, "order circuit")
+    return {"ordered": True}
+
+
+@step("take circuit")
+async def take_circuit(callback_result: dict[str, Any]) -> State:
+    return {"circuit": callback_result.get("circuit")}
+
+
+class Ports(Form):
+    ports: list[int]
+    pause: float = 0.3
+
+
+@workflow("A foreach over ports, four at a time", initial_input_form=Ports)
+def cluster_foreach() -> StepList:
+    fan = foreach("Ports", "ports", begin >> port, into="done_ports", max_concurrency=4)
+    return init >> fan >> done
+
+
+@workflow("A branch waits for a callback")
+def cluster_branch_callback() -> StepList:
+    wait = callback_step("await circuit", order_circuit, take_circuit)
+    return init >> parallel("Provision", wait, begin >> _pause("inventory")) >> done
