@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from orchd.api.console.core import Console, posted_text
+from orchd.api.console.core import Console, posted_text, see_other
 from orchd.api.console.forms import build_form, read_answer
 from orchd.api.console.pages import Pages
 from orchd.api.routes import MAX_IDEMPOTENCY_KEY, SkipRequest, decode_body
@@ -23,8 +23,8 @@ from orchd.errors import BadRequest, FormValidationError, OrchdError, ScheduleNo
 from orchd.state import require_object, validate_form
 
 
-def _done(pid: str, what: str) -> web.HTTPSeeOther:
-    return web.HTTPSeeOther(f"/ui/processes/{pid}?done={what}")
+def _done(pid: str, what: str) -> web.Response:
+    return see_other(f"/ui/processes/{pid}?done={what}")
 
 
 def _merge(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -43,9 +43,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Paths that need no session: the login page and the files it uses.
 OPEN_PATHS = ("/ui/login", "/ui/static/")
-#: Where the request's session is kept while it is handled.
-SESSION = "orchd.console.session"
-NEW_SESSION = "orchd.console.new_session"
+#: Where the request's session is kept while it is handled, and whether it is new.
+SESSION = web.RequestKey("orchd.console.session", Session)
+NEW_SESSION = web.RequestKey("orchd.console.new_session", bool)
 
 
 class Console:
@@ -109,7 +109,7 @@ class Console:
         except web.HTTPException as exc:
             if exc.status >= 400:
                 raise
-            response = exc
+            response = web.Response(status=exc.status, headers=exc.headers)
         if request.get(NEW_SESSION):
             set_cookie(request, response, request[SESSION])
         static = request.path.startswith("/ui/static/")
@@ -144,8 +144,7 @@ class Console:
 
     def _login_first(self, request: web.Request) -> web.StreamResponse:
         if request.method in ("GET", "HEAD") and request.path != "/ui/events":
-            target = request.path_qs
-            return web.HTTPSeeOther(f"/ui/login?next={_quote(target)}")
+            return see_other(f"/ui/login?next={_quote(request.path_qs)}")
         return secure(
             web.Response(
                 status=401,
@@ -153,6 +152,11 @@ class Console:
                 headers={"WWW-Authenticate": 'Cookie realm="orchd console"'},
             )
         )
+
+
+def see_other(location: str) -> web.Response:
+    """303: after a post, the browser gets the page that shows the outcome."""
+    return web.Response(status=303, headers={"Location": location})
 
 
 def session_of(request: web.Request) -> Session:

@@ -20,6 +20,7 @@ from orchd.api.console.core import (
     label_of,
     posted_text,
     safe_next,
+    see_other,
     session_of,
 )
 from orchd.api.console.forms import RenderedForm, build_form
@@ -243,7 +244,7 @@ class Pages:
     async def login(self, request: web.Request) -> web.StreamResponse:
         target = safe_next(request.query.get("next"))
         if not self.console.login_required(request):
-            return web.HTTPSeeOther(target)
+            return see_other(target)
         return self.console.render(
             request, "login.html", title="Log in", next=target, label="", error=None
         )
@@ -252,7 +253,7 @@ class Pages:
         posted = await posted_text(request)
         target = safe_next(posted.get("next"))
         if not self.console.login_required(request):
-            return web.HTTPSeeOther(target)
+            return see_other(target)
         error = None
         try:
             label = label_of(posted.get("label", ""))
@@ -271,13 +272,13 @@ class Pages:
                 error=error,
             )
         session = self.console.sessions.open(tcp=True, label=label)
-        response = web.HTTPSeeOther(target)
+        response = see_other(target)
         set_cookie(request, response, session)
         return response
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
         self.console.sessions.close(session_of(request).id)
-        response = web.HTTPSeeOther("/ui/login" if self.console.login_required(request) else "/ui/")
+        response = see_other("/ui/login" if self.console.login_required(request) else "/ui/")
         clear_cookie(response)
         return response
 
