@@ -46,6 +46,9 @@ OPEN_PATHS = ("/ui/login", "/ui/static/")
 #: Where the request's session is kept while it is handled, and whether it is new.
 SESSION = web.RequestKey("orchd.console.session", Session)
 NEW_SESSION = web.RequestKey("orchd.console.new_session", bool)
+#: The newest event id when the request came in, before anything was read: a page's script
+#: follows the stream from there, so no change between the read and the render is missed.
+EVENTS_AFTER = web.RequestKey("orchd.console.events_after", int)
 
 
 class Console:
@@ -82,7 +85,7 @@ class Console:
         page = self.templates.get_template(template).render(
             session=session,
             version=__version__,
-            last_event_id=self.engine.last_event_id,
+            last_event_id=request.get(EVENTS_AFTER, self.engine.last_event_id),
             actor=self.actor(request) if session is not None else "",
             **context,
         )
@@ -102,6 +105,7 @@ class Console:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        request[EVENTS_AFTER] = self.engine.last_event_id
         try:
             response = await self._guarded(request, handler)
         except OrchdError as exc:
