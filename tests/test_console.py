@@ -402,3 +402,23 @@ def test_posted_text_becomes_the_json_the_api_would_get() -> None:
     assert answer["n"] == "forty"  # passed on for the engine to name the problem
     assert answer["ok"] is True
     assert [p["loc"] for p in problems] == [["tags"]]
+
+
+def test_every_console_file_ships_in_the_package() -> None:
+    """A non-editable install has only what package-data names: a template or script that
+    matches none of its patterns would be missing from a wheel."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["orchd.api.console"]
+    folder = root / "orchd" / "api" / "console"
+    files = [
+        str(path.relative_to(folder))
+        for path in folder.rglob("*")
+        if path.is_file() and path.suffix not in (".py", ".pyc")
+    ]
+    assert files, "the console has no templates or static files"
+    assert [f for f in files if not any(fnmatch.fnmatch(f, p) for p in patterns)] == []

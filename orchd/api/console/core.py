@@ -19,6 +19,7 @@ Errors the engine raises (404, 409, ...) become an HTML page with the problem's 
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -73,6 +74,12 @@ class Console:
             return f"token ({session.label})" if session.label else "token"
         return self.api._reporter(request)
 
+    def _footer_actor(self, request: web.Request) -> str:
+        try:
+            return self.actor(request)
+        except BadRequest:  # a bad X-Orchd-Reporter: the page still renders (the action won't)
+            return ""
+
     # -- answers --------------------------------------------------------------------------
 
     def render(
@@ -86,7 +93,7 @@ class Console:
             session=session,
             version=__version__,
             last_event_id=request.get(EVENTS_AFTER, self.engine.last_event_id),
-            actor=self.actor(request) if session is not None else "",
+            actor=self._footer_actor(request) if session is not None else "",
             **context,
         )
         return html(page, status)
@@ -206,6 +213,4 @@ def safe_next(target: str | None) -> str:
 
 
 def _quote(text: str) -> str:
-    from urllib.parse import quote
-
-    return quote(text, safe="")
+    return urllib.parse.quote(text, safe="")

@@ -20,6 +20,7 @@ from typing import Any
 
 from orchd.api.routes import decode_body
 from orchd.errors import BadRequest
+from orchd.state import encode
 
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -101,8 +102,6 @@ def _shown(value: Any, kind: str) -> str:
     if value is None:
         return ""
     if kind == "json":
-        from orchd.state import encode
-
         return encode(value).decode()
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -11,6 +11,7 @@ session) says something changed.
 from __future__ import annotations
 
 import importlib.resources
+import secrets
 from typing import Any
 
 from aiohttp import web
@@ -27,7 +28,7 @@ from orchd.api.console.forms import RenderedForm, build_form
 from orchd.api.console.session import clear_cookie, set_cookie
 from orchd.api.routes import _event_id, _limit, _process_filter, _text
 from orchd.errors import BadRequest, WorkflowNotFound
-from orchd.model import ALLOWED, Process, ProcessStatus, SubscriptionStatus
+from orchd.model import ALLOWED, Process, ProcessStatus, SubscriptionStatus, WorkflowInfo
 
 #: Static files by name, read once from the package.
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
@@ -151,17 +152,20 @@ class Pages:
         prefill = {k: v for k, v in request.query.items() if isinstance(v, str)}
         return self.start_page(request, info, build_form(info.form, prefill=prefill))
 
-    def workflow_info(self, name: str) -> Any:
+    def workflow_info(self, name: str) -> WorkflowInfo:
         for info in self.engine.workflow_info():
             if info.name == name:
                 return info
         raise WorkflowNotFound(f"no workflow named {name!r}")
 
     def start_page(
-        self, request: web.Request, info: Any, form: RenderedForm, status: int = 200, **extra: Any
+        self,
+        request: web.Request,
+        info: WorkflowInfo,
+        form: RenderedForm,
+        status: int = 200,
+        **extra: Any,
     ) -> web.Response:
-        import secrets
-
         return self.console.render(
             request,
             "workflow.html",

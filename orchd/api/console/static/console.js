@@ -49,7 +49,15 @@
     const url = "/ui/events" + (after ? "?after=" + encodeURIComponent(after) : "");
     const source = new EventSource(url);
     source.addEventListener("open", function () { liveState("Updates live as processes change."); });
-    source.addEventListener("error", function () { liveState("Live updates paused: reconnecting…"); });
+    source.addEventListener("error", function () {
+      if (source.readyState === EventSource.CLOSED) {
+        // Refused (a session that expired, too many streams): the browser will not retry.
+        liveState("Live updates stopped: reload the page.");
+        announce("Live updates stopped: reload the page.");
+      } else {
+        liveState("Live updates paused: reconnecting…");
+      }
+    });
     source.addEventListener("reset", function () { window.location.reload(); });
     ["process", "step"].forEach(function (kind) {
       source.addEventListener(kind, function (message) {
