@@ -422,3 +422,72 @@ def test_every_console_file_ships_in_the_package() -> None:
     ]
     assert files, "the console has no templates or static files"
     assert [f for f in files if not any(fnmatch.fnmatch(f, p) for p in patterns)] == []
+
+
+def test_the_console_table_of_the_config(tmp_path: Any) -> None:
+    from orchd.config import console_settings as settings_of
+    from orchd.config import load_config
+    from orchd.errors import ConfigError
+
+    path = tmp_path / "orchd.toml"
+    path.write_text('[console]\nsession_timeout = "30m"\nenabled = false\n')
+    assert settings_of(load_config(path, env={}).config) == ConsoleSettings(
+        enabled=False, session_timeout=1800.0
+    )
+    path.write_text('[console]\nsession_timeout = "0s"\n')
+    with pytest.raises(ConfigError, match=r"console\.session_timeout: .*greater than zero"):
+        load_config(path, env={})
+
+
+def test_steps_of_parallel_branches_get_a_branch_column() -> None:
+    """Step records of parallel branches carry ``branch`` (contract §8); the timeline shows it
+    (main-line steps as "main") and leaves the column out for a process without branches."""
+    from datetime import UTC, datetime
+
+    from orchd.api.console.pages import timeline
+    from orchd.api.console.render import environment
+    from orchd.model import Process, StepRecord
+
+    class BranchStep(StepRecord, kw_only=True):
+        branch: str | None = None
+
+    now = datetime.now(UTC)
+
+    def record(name: str, branch: str | None) -> BranchStep:
+        return BranchStep(
+            name=name, status="success", started_at=now, finished_at=now, branch=branch
+        )
+
+    steps = [record("init", None), record("read ims", "Gather facts/0"), record("done", None)]
+    process = Process(
+        id="6f1c1d2e-0000-4000-8000-000000000001",
+        workflow="wf",
+        target="SYSTEM",
+        status="completed",
+        state={},
+        steps=steps,  # type: ignore[arg-type]
+        actions=[],
+        created_at=now,
+        updated_at=now,
+    )
+    template = environment().get_template("process.html")
+
+    def render(rows: list[Any]) -> str:
+        return template.render(
+            session=None, version="t", last_event_id=0, actor="", notice=None, problem=None,
+            nav="", title="t", p=process, allowed=set(), resume_form=None,
+            branches=any(r[2] for r in rows), steps=rows,
+            skip={"reason": "", "errors": []}, callback={"payload": "", "errors": []},
+        )  # fmt: skip
+
+    rows = timeline(process)
+    assert [branch for _, _, branch in rows] == [None, "Gather facts/0", None]
+    html = render(rows)
+    assert '<th scope="col">Branch</th>' in html
+    cells = re.findall(r'<td data-label="Branch">([^<]*)</td>', html)
+    assert cells == ["main", "Gather facts/0", "main"]
+    # Today's step records, which have no ``branch`` field at all.
+    process.steps = [
+        StepRecord(name=s.name, status=s.status, started_at=now, finished_at=now) for s in steps
+    ]
+    assert "Branch" not in render(timeline(process))

@@ -28,7 +28,14 @@ from orchd.api.console.forms import RenderedForm, build_form
 from orchd.api.console.session import clear_cookie, set_cookie
 from orchd.api.routes import _event_id, _limit, _process_filter, _text
 from orchd.errors import BadRequest, WorkflowNotFound
-from orchd.model import ALLOWED, Process, ProcessStatus, SubscriptionStatus, WorkflowInfo
+from orchd.model import (
+    ALLOWED,
+    Process,
+    ProcessStatus,
+    StepRecord,
+    SubscriptionStatus,
+    WorkflowInfo,
+)
 
 #: Static files by name, read once from the package.
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
@@ -53,6 +60,12 @@ def load_static() -> dict[str, tuple[bytes, str]]:
         if item.is_file() and suffix in STATIC_TYPES:
             files[item.name] = (item.read_bytes(), STATIC_TYPES[suffix])
     return files
+
+
+def timeline(process: Process) -> list[tuple[int, StepRecord, str | None]]:
+    """The step records, numbered, each with its parallel branch (contract §8), read where a
+    record has one (``None``: the main line)."""
+    return [(i + 1, s, getattr(s, "branch", None)) for i, s in enumerate(process.steps)]
 
 
 class Pages:
@@ -118,7 +131,7 @@ class Pages:
         allowed = {action.value for action, when in ALLOWED.items() if process.status in when}
         if resume_form is None and process.form is not None and "resume" in allowed:
             resume_form = build_form(process.form)
-        steps = [(i + 1, s, getattr(s, "branch", None)) for i, s in enumerate(process.steps)]
+        steps = timeline(process)
         return self.console.render(
             request,
             "process.html",
