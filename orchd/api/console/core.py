@@ -121,6 +121,8 @@ class Console:
             if exc.status >= 400:
                 raise
             response = web.Response(status=exc.status, headers=exc.headers)
+        if response.prepared:
+            return response  # the event stream: its headers went out when it started
         if request.get(NEW_SESSION):
             set_cookie(request, response, request[SESSION])
         static = request.path.startswith("/ui/static/")
