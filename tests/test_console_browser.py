@@ -210,9 +210,25 @@ def test_skip_a_failed_step_with_a_reason(page: Page, console: Console) -> None:
     assert process["state"]["went_on"] is True
 
 
-def test_abort(page: Page, console: Console) -> None:
+def test_abort_after_confirming(page: Page, console: Console) -> None:
     pid = console.started("console_ask", "suspended")
     page.goto(console.url(f"/ui/processes/{pid}"))
+    asked: list[str] = []
+
+    def answer(accept: bool) -> Any:
+        def handle(dialog: Any) -> None:
+            asked.append(dialog.message)
+            dialog.accept() if accept else dialog.dismiss()
+
+        return handle
+
+    page.once("dialog", answer(False))
+    page.locator("#abort-form").get_by_role("button", name="Abort").click()
+    assert asked and pid[:8] in asked[0]
+    page.wait_for_timeout(300)  # time for a post that should not happen
+    expect(status_of(page)).to_have_text("suspended")  # cancelled: nothing was posted
+    assert console.daemon.get_process(pid)["status"] == "suspended"
+    page.once("dialog", answer(True))
     page.locator("#abort-form").get_by_role("button", name="Abort").click()
     expect(status_of(page)).to_have_text("aborted")
     expect(page.locator("#actions")).to_contain_text("None")

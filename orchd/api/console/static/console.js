@@ -180,6 +180,15 @@
     });
   }
 
+  // Forms that cannot be undone (abort) ask first. Delegated, so forms that a live refresh
+  // brings in ask too.
+  document.addEventListener("submit", function (event) {
+    const form = event.target;
+    if (form instanceof HTMLFormElement && form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
+      event.preventDefault();
+    }
+  });
+
   document.addEventListener("DOMContentLoaded", function () {
     // After a refused form, start where the first problem is.
     const invalid = document.querySelector('[aria-invalid="true"]');
