@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The bundled examples talk to this fake OSS; `make run` starts it beside the daemon.
 OSS_PORT ?= 8471
 
-.PHONY: install run test lint tools pgtools bench soak clean
+.PHONY: install run test lint tools pgtools browser bench soak clean
 
 $(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,7 +54,16 @@ pgtools:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || \
 	  echo "no PostgreSQL server nor its binaries: the PostgreSQL tests will be skipped"; }
 
-test: lint tools pgtools
+# The console's browser tests drive the distribution's Chromium through Playwright (which
+# cannot download its own browser here); install it when missing, as root on Debian-like
+# systems, otherwise those tests skip and say why.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "chromium not available: the console's browser tests will be skipped"; }
+
+test: lint tools pgtools browser
 	$(BIN)/pytest
 
 bench: $(RUN_STAMP)

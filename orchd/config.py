@@ -26,6 +26,7 @@ from cronsim import CronSim, CronSimError
 from orchd.configfile import find_config
 from orchd.errors import ConfigError
 from orchd.settings import (
+    ConsoleSettings,
     EngineSettings,
     EventSettings,
     HttpSettings,
@@ -37,6 +38,7 @@ from orchd.systemd import under_systemd
 __all__ = [
     "EXAMPLE_WORKFLOWS",
     "Config",
+    "ConsoleConfig",
     "EventsConfig",
     "RetentionConfig",
     "HttpConfig",
@@ -44,6 +46,7 @@ __all__ = [
     "ScheduleConfig",
     "TcpConfig",
     "check_database_path",
+    "console_settings",
     "engine_settings",
     "event_settings",
     "http_settings",
@@ -116,6 +119,13 @@ class EventsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     write_timeout: str = "10s"
 
 
+class ConsoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The web console at ``/ui/``; see `orchd.settings.ConsoleSettings`."""
+
+    enabled: bool = True
+    session_timeout: str = "8h"
+
+
 class RetentionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How long completed and aborted processes are kept after their last change ("0": for
     ever), and how many events are kept for clients that resume."""
@@ -152,6 +162,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     tcp: TcpConfig = msgspec.field(default_factory=TcpConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
+    console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     retry_delay: str = "5s"
     retry_max_delay: str = "10m"
@@ -397,7 +408,7 @@ def _read_toml(file: Path) -> dict[str, Any]:
 _DURATION_KEYS = {
     "grace_period", "lease_timeout", "retry_delay", "retry_max_delay", "step_timeout",
     "every", "jitter", "misfire_grace", "timeout", "connect_timeout", "header_timeout",
-    "write_timeout",
+    "write_timeout", "session_timeout",
 }  # fmt: skip
 
 
@@ -465,6 +476,7 @@ def validate_config(config: Config, *, source: str = DEFAULT_SOURCE) -> None:
             f" ({config.tcp.max_connections})",
         )
     check.duration("events.write_timeout", config.events.write_timeout, positive=True)
+    check.duration("console.session_timeout", config.console.session_timeout, positive=True)
     check.duration("retention.tasks", config.retention.tasks)
     check.duration("retention.workflows", config.retention.workflows)
     if config.events.max_per_peer > config.events.max_streams:
@@ -617,6 +629,14 @@ def event_settings(config: Config) -> EventSettings:
         max_streams=events.max_streams,
         max_per_peer=events.max_per_peer,
         write_timeout=parse_duration(events.write_timeout),
+    )
+
+
+def console_settings(config: Config) -> ConsoleSettings:
+    """The web console's settings from a validated config."""
+    return ConsoleSettings(
+        enabled=config.console.enabled,
+        session_timeout=parse_duration(config.console.session_timeout),
     )
 
 

@@ -39,6 +39,7 @@ from orchd.api.routes import create_app
 from orchd.config import (
     Config,
     LoadedConfig,
+    console_settings,
     engine_settings,
     event_settings,
     http_settings,
@@ -445,6 +446,7 @@ class Daemon:
             token=self.token,
             rate_limit=self.config.rate_limit,
             events=event_settings(self.config),
+            console=console_settings(self.config),
         )
         app[GUARD_KEY] = self.guard
         return app

@@ -89,6 +89,14 @@ class EventSettings(msgspec.Struct, frozen=True, kw_only=True):
     write_timeout: float = 10.0
 
 
+class ConsoleSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The web console (``[console]``): whether ``/ui/`` is served, and how long a TCP login
+    lasts before the token is asked again."""
+
+    enabled: bool = True
+    session_timeout: float = 8 * 3600.0
+
+
 class TcpSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Limits on the TCP listener's connections (``[tcp]``); the Unix socket has none.
 

@@ -50,7 +50,7 @@ from orchd.model import (
     SubscriptionStatus,
     WorkflowInfo,
 )
-from orchd.settings import EventSettings
+from orchd.settings import ConsoleSettings, EventSettings
 from orchd.state import require_object, validate_form
 
 log = logging.getLogger("orchd.api")
@@ -238,6 +238,8 @@ class ControlApi:
         self._limiter: RateLimiter | None = None
         self.routes = self._route_table()
         self._public = {(r.method, r.path) for r in self.routes if r.public}
+        #: Route prefixes whose handlers authorise requests themselves (the web console).
+        self._own_auth: tuple[str, ...] = ()
         self._document: dict[str, Any] | None = None
 
     # -- the middleware -------------------------------------------------------------------
@@ -293,11 +295,30 @@ class ControlApi:
             return
         if (_method(request), _route(request)) in self._public:
             return
+        route = _route(request) or ""
+        if any(route == own or route.startswith(own + "/") for own in self._own_auth):
+            return
         if not self._has_token(request):
             scheme, _, given = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not given.strip():
                 raise Unauthorized("a bearer token is required over TCP")
             raise Unauthorized("the bearer token is wrong")
+
+    def authorises_itself(self, prefix: str) -> None:
+        """Leave the routes under ``prefix`` to authorise their own requests: the web console
+        takes a session cookie where the API takes the bearer token."""
+        self._own_auth = (*self._own_auth, prefix)
+
+    def token_matches(self, given: str) -> bool:
+        """Whether ``given`` is the bearer token (constant time); False when none is set."""
+        if self._token is None:
+            return False
+        return hmac.compare_digest(given.strip().encode("utf-8", "replace"), self._token)
+
+    def token_required(self, request: web.Request) -> bool:
+        """Whether this request came over TCP with a token configured (the socket never
+        needs one)."""
+        return self._token is not None and _is_tcp(request)
 
     def _has_token(self, request: web.Request) -> bool:
         """Whether the request carries the right bearer token (always true on the socket)."""
@@ -370,6 +391,11 @@ class ControlApi:
     # -- handlers -------------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
+        body, code = await self.health_report(full=self._has_token(request))
+        return _json(body, status=code)
+
+    async def health_report(self, *, full: bool) -> tuple[Health, int]:
+        """The daemon's health and its HTTP status; ``full=False``: the status only."""
         engine = self.engine
         database = "ok"
         counts: dict[str, int] = {}
@@ -385,10 +411,10 @@ class ControlApi:
         if failing and database == "ok":
             database = f"writes failing: {failing}"
         code = 200 if database == "ok" else 503
-        if not self._has_token(request):
+        if not full:
             # A stranger on TCP learns whether the daemon is well, nothing more (§10): not
             # the database's path, not the error text.
-            return _json(Health(status="ok" if code == 200 else "degraded"), status=code)
+            return Health(status="ok" if code == 200 else "degraded"), code
         body = Health(
             status="ok" if database == "ok" else "degraded",
             version=__version__,
@@ -399,7 +425,7 @@ class ControlApi:
             node=stats.node_id,
             nodes=nodes,
         )
-        return _json(body, status=code)
+        return body, code
 
     async def list_workflows(self, request: web.Request) -> web.Response:
         return _json(self.engine.workflow_info())
@@ -668,6 +694,7 @@ def create_app(
     heartbeat: float = HEARTBEAT,
     rate_limit: float = 0.0,
     events: EventSettings | None = None,
+    console: ConsoleSettings | None = None,
 ) -> web.Application:
     """The control API over ``engine``.
 
@@ -675,7 +702,8 @@ def create_app(
     but ``GET /api/health`` (which then tells only the status) and the callback route (whose
     token is the credential); Unix socket clients are trusted, and recorded by their uid.
     ``rate_limit`` (requests per second per client, bursts of up to
-    twice that; 0 for none) answers 429 to a client that goes over it.
+    twice that; 0 for none) answers 429 to a client that goes over it. ``console`` configures
+    the web console under ``/ui/`` (``orchd.api.console``).
     """
     api = ControlApi(
         engine,
@@ -694,6 +722,12 @@ def create_app(
             app.router.add_get(route.path, route.handler, allow_head=True)  # RFC 9110
         else:
             app.router.add_route(route.method, route.path, route.handler)
+    console = console or ConsoleSettings()
+    if console.enabled:
+        # Imported here: the console builds on this module (its handlers call ControlApi's).
+        from orchd.api.console import setup_console
+
+        setup_console(app, api, session_timeout=console.session_timeout)
     return app
 
 

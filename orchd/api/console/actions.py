@@ -1,0 +1,153 @@
+"""The console's actions: every ``POST`` under ``/ui`` but the login.
+
+Each one makes the engine call its JSON route makes, with the body the route would decode
+and the actor the route would record, then redirects to the page that shows the outcome
+(post/redirect/get, so a reload does not post twice). When the engine refuses, the page is
+rendered again with the problem: a 422 puts each ``{"loc", "msg"}`` next to its field and
+keeps what the operator typed; a 409 (the status changed meanwhile) shows the detail above
+the actions the process allows now. The CSRF token was checked before any of this runs
+(``core.Console.middleware``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from orchd.api.console.core import Console, posted_text, see_other
+from orchd.api.console.forms import build_form, read_answer
+from orchd.api.console.pages import Pages
+from orchd.api.routes import MAX_IDEMPOTENCY_KEY, SkipRequest, decode_body
+from orchd.errors import BadRequest, FormValidationError, OrchdError, ScheduleNotFound
+from orchd.state import require_object, validate_form
+
+
+def _done(pid: str, what: str) -> web.Response:
+    return see_other(f"/ui/processes/{pid}?done={what}")
+
+
+def _merge(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Our "not JSON" errors first; the engine's for the other fields after them."""
+    flagged = {tuple(e["loc"][:1]) for e in ours}
+    return ours + [e for e in theirs if tuple(e.get("loc", [])[:1]) not in flagged]
+
+
+def _fields(exc: FormValidationError) -> FormValidationError:
+    """The 422 as the page's banner says it: the fields themselves carry the details."""
+    count = len(exc.errors)
+    detail = f"{count} field{'s' if count != 1 else ''} to correct, marked below."
+    return FormValidationError(detail, exc.errors)
+
+
+class Actions:
+    """The ``POST`` handlers."""
+
+    def __init__(self, console: Console, pages: Pages) -> None:
+        self.console = console
+        self.engine = console.engine
+        self.pages = pages
+
+    async def _refused(
+        self, request: web.Request, pid: str, exc: OrchdError, **forms: Any
+    ) -> web.Response:
+        process = await self.engine.get(pid)
+        return self.pages.process_page(
+            request, process, status=exc.status, problem=exc.problem(), **forms
+        )
+
+    async def resume(self, request: web.Request) -> web.StreamResponse:
+        pid = await self.engine.resolve_id(request.match_info["id"])
+        posted = await posted_text(request)
+        process = await self.engine.get(pid)
+        answer, problems = read_answer(process.form, posted)
+        try:
+            await self.engine.resume(pid, answer, reporter=self.console.actor(request))
+        except FormValidationError as exc:
+            errors = _merge(problems, exc.errors)
+            form = build_form(process.form, answer=answer, errors=errors)
+            return await self._refused(request, pid, _fields(exc), resume_form=form)
+        except OrchdError as exc:
+            return await self._refused(request, pid, exc)
+        return _done(pid, "resumed")
+
+    async def retry(self, request: web.Request) -> web.StreamResponse:
+        pid = await self.engine.resolve_id(request.match_info["id"])
+        posted = await posted_text(request)
+        try:
+            await self.engine.retry(
+                pid, reporter=self.console.actor(request), reissue=posted.get("reissue") == "true"
+            )
+        except OrchdError as exc:
+            return await self._refused(request, pid, exc)
+        return _done(pid, "retried")
+
+    async def skip(self, request: web.Request) -> web.StreamResponse:
+        pid = await self.engine.resolve_id(request.match_info["id"])
+        posted = await posted_text(request)
+        given = posted.get("reason", "")
+        try:
+            # The route's own check: a reason is required and must not be blank.
+            reason = validate_form(SkipRequest, {"reason": given})["reason"]
+            await self.engine.skip(pid, reason, reporter=self.console.actor(request))
+        except FormValidationError as exc:
+            skip = {"reason": given, "errors": [e["msg"] for e in exc.errors]}
+            return await self._refused(request, pid, exc, skip=skip)
+        except OrchdError as exc:
+            return await self._refused(request, pid, exc, skip={"reason": given, "errors": []})
+        return _done(pid, "skipped")
+
+    async def abort(self, request: web.Request) -> web.StreamResponse:
+        pid = await self.engine.resolve_id(request.match_info["id"])
+        try:
+            await self.engine.abort(pid, reporter=self.console.actor(request))
+        except OrchdError as exc:
+            return await self._refused(request, pid, exc)
+        return _done(pid, "aborted")
+
+    async def callback(self, request: web.Request) -> web.StreamResponse:
+        pid = await self.engine.resolve_id(request.match_info["id"])
+        posted = await posted_text(request)
+        text = posted.get("payload", "")
+        try:
+            # The body the callback route would decode from the same text.
+            payload = decode_body(text.encode(), None)
+            await self.engine.answer_callback(pid, payload, reporter=self.console.actor(request))
+        except BadRequest as exc:
+            callback = {"payload": text, "errors": [exc.detail]}
+            return await self._refused(request, pid, exc, callback=callback)
+        except OrchdError as exc:
+            return await self._refused(request, pid, exc, callback={"payload": text, "errors": []})
+        return _done(pid, "answered")
+
+    async def start(self, request: web.Request) -> web.StreamResponse:
+        info = self.pages.workflow_info(request.match_info["name"])
+        posted = await posted_text(request)
+        answer, problems = read_answer(info.form, posted)
+        key = posted.get("idempotency_key") or None
+        if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
+            key = None
+        try:
+            pid, _ = await self.engine.start_once(
+                info.name,
+                require_object(answer),
+                reporter=self.console.actor(request),
+                idempotency_key=key,
+            )
+        except FormValidationError as exc:
+            form = build_form(info.form, answer=answer, errors=_merge(problems, exc.errors))
+            return self.pages.start_page(request, info, form, status=422, problem=exc.problem())
+        except OrchdError as exc:
+            form = build_form(info.form, answer=answer)
+            return self.pages.start_page(
+                request, info, form, status=exc.status, problem=exc.problem()
+            )
+        return _done(pid, "started")
+
+    async def run_schedule(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        scheduler = self.console.api.scheduler
+        if scheduler is None:
+            raise ScheduleNotFound(f"no schedule named {name!r} (no scheduler runs)")
+        pid = await scheduler.run_now(name)
+        return _done(pid, "ran")

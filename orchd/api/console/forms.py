@@ -1,0 +1,226 @@
+"""HTML forms from the JSON Schemas the API publishes, and their answers back to JSON.
+
+The schema is the one ``GET /api/workflows`` and ``GET /api/processes/{id}`` show (msgspec's,
+from the workflow's ``Form``). Each top-level property becomes one field whose kind follows
+its type: text, integer, number, a checkbox for booleans, a choice for enums, and a JSON text
+area for anything nested (objects, lists, unions the browser cannot express).
+
+Validation is not repeated here: the answer goes to the engine exactly as the JSON API hands
+it on, and the engine's 422 (``errors: [{"loc", "msg"}]``) is shown next to the fields.
+Turning the browser's strings into JSON values is all this module does, and where a string
+does not parse it is passed on as it is, so that the engine names the problem.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchd.api.routes import decode_body
+from orchd.errors import BadRequest
+from orchd.state import encode
+
+_INTEGER = re.compile(r"[+-]?\d+")
+
+#: The field kinds a template knows how to draw.
+KINDS = ("text", "integer", "number", "boolean", "choice", "json")
+
+
+@dataclass
+class Field:
+    """One input of a rendered form."""
+
+    name: str
+    kind: str
+    label: str
+    required: bool
+    description: str = ""
+    #: What the input shows: the answer being corrected, else the schema's default.
+    value: str = ""
+    checked: bool = False
+    #: For ``choice``: (value as sent, label); for the others, hints for the input.
+    choices: list[tuple[str, str]] = field(default_factory=list)
+    #: Numeric bounds and string lengths, for the browser's input and the reader.
+    attrs: dict[str, str] = field(default_factory=dict)
+    #: The schema's ``format`` (``uuid``, ``date-time``, ...), shown as a hint.
+    format: str = ""
+    #: Messages of the last answer's errors at this field.
+    errors: list[str] = field(default_factory=list)
+    #: For ``choice``: the enum's values, to send the value of the right JSON type back.
+    raw_choices: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class RenderedForm:
+    """A whole form: its fields, and errors that belong to no field."""
+
+    title: str
+    fields: list[Field]
+    errors: list[str] = field(default_factory=list)
+
+    def field_named(self, name: str) -> Field | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+
+def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> dict[str, Any]:
+    """The schema with a top-level ``$ref`` (into ``$defs``) replaced by its target."""
+    resolved = dict(schema)
+    seen = 0
+    while isinstance(resolved.get("$ref"), str) and seen < 16:
+        name = resolved.pop("$ref").rpartition("/")[2]
+        target = root.get("$defs", {}).get(name, {})
+        resolved = {**target, **resolved}
+        seen += 1
+    return resolved
+
+
+def _non_null(schema: dict[str, Any], root: Mapping[str, Any]) -> dict[str, Any]:
+    """``T | None`` is drawn as T: an empty input means "not given", so the default applies."""
+    options = schema.get("anyOf")
+    if isinstance(options, list):
+        kept = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
+        if len(kept) == 1:
+            inner = _resolve(kept[0], root)
+            return {**{k: v for k, v in schema.items() if k != "anyOf"}, **inner}
+    return schema
+
+
+def _kind(schema: Mapping[str, Any]) -> str:
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return "choice"
+    kind = schema.get("type")
+    if kind == "string":
+        return "text"
+    if kind in ("integer", "number", "boolean"):
+        return str(kind)
+    return "json"
+
+
+def _shown(value: Any, kind: str) -> str:
+    if value is None:
+        return ""
+    if kind == "json":
+        return encode(value).decode()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+_BOUNDS = {
+    "minimum": "min",
+    "maximum": "max",
+    "minLength": "minlength",
+    "maxLength": "maxlength",
+}
+
+
+def build_form(
+    schema: Mapping[str, Any] | None,
+    answer: Mapping[str, Any] | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    prefill: Mapping[str, str] | None = None,
+) -> RenderedForm:
+    """The fields of ``schema``, filled with ``answer`` (a refused answer being corrected) or
+    ``prefill`` (query parameters of a link) or the defaults, with ``errors`` placed."""
+    schema = schema or {}
+    properties = schema.get("properties") or {}
+    required = set(schema.get("required") or ())
+    fields: list[Field] = []
+    for name, raw in properties.items():
+        prop = _non_null(_resolve(raw, schema), schema)
+        kind = _kind(prop)
+        item = Field(
+            name=name,
+            kind=kind,
+            label=str(prop.get("title") or name.replace("_", " ")),
+            required=name in required,
+            description=str(prop.get("description") or ""),
+        )
+        for key, attr in _BOUNDS.items():
+            if key in prop and kind in ("text", "integer", "number"):
+                item.attrs[attr] = str(prop[key])
+        item.format = str(prop.get("format") or "")
+        if kind == "choice":
+            item.raw_choices = list(prop["enum"])
+            item.choices = [(_shown(v, "text"), _shown(v, "text")) for v in prop["enum"]]
+        if answer is not None and name in answer:
+            current: Any = answer[name]
+        elif prefill is not None and name in prefill:
+            current = prefill[name]
+        else:
+            current = prop.get("default")
+        if kind == "boolean":
+            item.checked = current is True or current in ("true", "on", "1")
+        elif isinstance(current, str) and kind in ("json",) and answer is not None:
+            item.value = current  # the text that did not parse, as typed
+        else:
+            item.value = _shown(current, kind if not isinstance(current, str) else "text")
+        fields.append(item)
+    form = RenderedForm(title=str(schema.get("title") or ""), fields=fields)
+    place_errors(form, errors or [])
+    return form
+
+
+def place_errors(form: RenderedForm, errors: list[dict[str, Any]]) -> None:
+    """Put each ``{"loc", "msg"}`` next to the field its location starts with; the rest (a
+    whole-form problem) at the top."""
+    for error in errors:
+        loc = list(error.get("loc") or [])
+        message = str(error.get("msg") or "invalid")
+        target = form.field_named(str(loc[0])) if loc else None
+        if target is None:
+            form.errors.append(message if not loc else f"{'.'.join(map(str, loc))}: {message}")
+            continue
+        inner = ".".join(str(part) for part in loc[1:])
+        target.errors.append(f"{inner}: {message}" if inner else message)
+
+
+def read_answer(
+    schema: Mapping[str, Any] | None, posted: Mapping[str, str]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The JSON answer a form post stands for, and the fields whose text is not JSON.
+
+    Empty inputs are left out, so the form's default applies (or the engine says the field
+    is required). Numbers that do not parse go on as text: the engine's message says what
+    was expected. Unchecked boxes are ``false``.
+    """
+    form = build_form(schema)
+    answer: dict[str, Any] = {}
+    problems: list[dict[str, Any]] = []
+    for item in form.fields:
+        text = posted.get(item.name)
+        if item.kind == "boolean":
+            answer[item.name] = text is not None and text not in ("", "false", "off")
+            continue
+        if text is None or text == "":
+            continue
+        if item.kind == "integer" and _INTEGER.fullmatch(text.strip()):
+            answer[item.name] = int(text.strip())
+        elif item.kind == "number":
+            answer[item.name] = _number(text)
+        elif item.kind == "choice":
+            answer[item.name] = next(
+                (v for v in item.raw_choices if _shown(v, "text") == text), text
+            )
+        elif item.kind == "json":
+            try:
+                answer[item.name] = decode_body(text.encode(), None)
+            except BadRequest as exc:
+                answer[item.name] = text
+                problems.append({"loc": [item.name], "msg": exc.detail})
+        else:
+            answer[item.name] = text
+    return answer, problems
+
+
+def _number(text: str) -> Any:
+    stripped = text.strip()
+    if _INTEGER.fullmatch(stripped):
+        return int(stripped)
+    try:
+        value = float(stripped)
+    except ValueError:
+        return text
+    return value if value == value and abs(value) != float("inf") else text

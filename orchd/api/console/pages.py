@@ -1,0 +1,309 @@
+"""The console's pages: what an operator reads (every ``GET`` under ``/ui``).
+
+Each page asks the engine what the JSON API would ask it (``Engine.list_processes``,
+``Engine.get``, the scheduler's entries, the API's own health report) and renders that, so
+the console never shows something the API would not. The live parts of a page (the process
+list's rows, a process's sections) are re-fetched by ``static/console.js`` from the same
+handlers when the event stream (``/ui/events``, the API's stream behind the console's
+session) says something changed.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from orchd.api.console.core import (
+    Console,
+    label_of,
+    posted_text,
+    safe_next,
+    see_other,
+    session_of,
+)
+from orchd.api.console.forms import RenderedForm, build_form
+from orchd.api.console.session import clear_cookie, set_cookie
+from orchd.api.routes import _event_id, _limit, _process_filter, _text
+from orchd.errors import BadRequest, WorkflowNotFound
+from orchd.model import (
+    ALLOWED,
+    Process,
+    ProcessStatus,
+    StepRecord,
+    SubscriptionStatus,
+    WorkflowInfo,
+)
+
+#: Static files by name, read once from the package.
+STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
+
+#: What a successful action's redirect says on the process page (``?done=``).
+NOTICES = {
+    "started": "Started.",
+    "resumed": "The answer was accepted; the process goes on.",
+    "retried": "Retrying the failed step.",
+    "skipped": "The step was skipped; the process goes on.",
+    "aborted": "Aborted.",
+    "answered": "The callback answer was accepted.",
+    "ran": "The schedule's workflow was started now.",
+}
+
+
+def load_static() -> dict[str, tuple[bytes, str]]:
+    files: dict[str, tuple[bytes, str]] = {}
+    folder = importlib.resources.files("orchd.api.console") / "static"
+    for item in folder.iterdir():
+        suffix = "." + item.name.rpartition(".")[2]
+        if item.is_file() and suffix in STATIC_TYPES:
+            files[item.name] = (item.read_bytes(), STATIC_TYPES[suffix])
+    return files
+
+
+def timeline(process: Process) -> list[tuple[int, StepRecord, str | None]]:
+    """The step records, numbered, each with its parallel branch (contract §8), read where a
+    record has one (``None``: the main line)."""
+    return [(i + 1, s, getattr(s, "branch", None)) for i, s in enumerate(process.steps)]
+
+
+class Pages:
+    """The ``GET`` handlers (and the login, which comes before any session)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.engine = console.engine
+        self.static = load_static()
+
+    # -- processes ------------------------------------------------------------------------
+
+    async def processes(self, request: web.Request) -> web.Response:
+        query = request.query
+        status, workflow = _text(query, "status"), _text(query, "workflow")
+        parent = _text(query, "parent")
+        cursor = _text(query, "cursor")
+        page = await self.engine.list_processes(
+            status=status,
+            workflow=workflow,
+            parent=parent,
+            limit=_limit(query),
+            cursor=cursor,
+        )
+        return self.console.render(
+            request,
+            "processes.html",
+            title="Processes",
+            nav="processes",
+            items=page.items,
+            next_cursor=page.next_cursor,
+            first_page=cursor is None,
+            status_filter=status or "",
+            workflow=workflow or "",
+            parent=parent or "",
+            statuses=[s.value for s in ProcessStatus],
+            workflows=[w.name for w in self.engine.workflow_info()],
+        )
+
+    async def process_row(self, request: web.Request) -> web.Response:
+        process = await self.engine.get(request.match_info["id"])
+        return self.console.render(request, "process_row.html", p=process)
+
+    async def process(self, request: web.Request) -> web.Response:
+        process = await self.engine.get(request.match_info["id"])
+        done = request.query.get("done", "")
+        return self.process_page(request, process, notice=NOTICES.get(done))
+
+    def process_page(
+        self,
+        request: web.Request,
+        process: Process,
+        *,
+        status: int = 200,
+        notice: str | None = None,
+        problem: dict[str, Any] | None = None,
+        resume_form: RenderedForm | None = None,
+        skip: dict[str, Any] | None = None,
+        callback: dict[str, Any] | None = None,
+    ) -> web.Response:
+        """One process; the ``resume_form``, ``skip`` and ``callback`` of a refused action
+        keep what the operator typed, with the errors next to it."""
+        allowed = {action.value for action, when in ALLOWED.items() if process.status in when}
+        if resume_form is None and process.form is not None and "resume" in allowed:
+            resume_form = build_form(process.form)
+        steps = timeline(process)
+        return self.console.render(
+            request,
+            "process.html",
+            status=status,
+            title=f"{process.workflow} {process.id[:8]}",
+            nav="processes",
+            p=process,
+            allowed=allowed,
+            steps=steps,
+            branches=any(branch for _, _, branch in steps),
+            resume_form=resume_form,
+            skip=skip or {"reason": "", "errors": []},
+            callback=callback or {"payload": "", "errors": []},
+            notice=notice,
+            problem=problem,
+        )
+
+    # -- workflows ------------------------------------------------------------------------
+
+    async def workflows(self, request: web.Request) -> web.Response:
+        return self.console.render(
+            request,
+            "workflows.html",
+            title="Start a workflow",
+            nav="workflows",
+            workflows=self.engine.workflow_info(),
+        )
+
+    async def workflow(self, request: web.Request) -> web.Response:
+        info = self.workflow_info(request.match_info["name"])
+        prefill = {k: v for k, v in request.query.items() if isinstance(v, str)}
+        return self.start_page(request, info, build_form(info.form, prefill=prefill))
+
+    def workflow_info(self, name: str) -> WorkflowInfo:
+        for info in self.engine.workflow_info():
+            if info.name == name:
+                return info
+        raise WorkflowNotFound(f"no workflow named {name!r}")
+
+    def start_page(
+        self,
+        request: web.Request,
+        info: WorkflowInfo,
+        form: RenderedForm,
+        status: int = 200,
+        **extra: Any,
+    ) -> web.Response:
+        return self.console.render(
+            request,
+            "workflow.html",
+            status=status,
+            title=f"Start {info.name}",
+            nav="workflows",
+            wf=info,
+            form=form,
+            # A double submit (or a reload of the post) answers the same process.
+            idempotency_key=f"console-{secrets.token_hex(16)}",
+            **extra,
+        )
+
+    # -- subscriptions, schedules, health -------------------------------------------------
+
+    async def subscriptions(self, request: web.Request) -> web.Response:
+        query = request.query
+        filters = {k: _text(query, k) for k in ("status", "customer_id", "product")}
+        page = await self.engine.list_subscriptions(
+            **filters, limit=_limit(query), cursor=_text(query, "cursor")
+        )
+        return self.console.render(
+            request,
+            "subscriptions.html",
+            title="Subscriptions",
+            nav="subscriptions",
+            items=page.items,
+            next_cursor=page.next_cursor,
+            filters={k: v or "" for k, v in filters.items()},
+            statuses=[s.value for s in SubscriptionStatus],
+        )
+
+    async def subscription(self, request: web.Request) -> web.Response:
+        sub = await self.engine.get_subscription(request.match_info["id"])
+        workflows = [w for w in self.engine.workflow_info() if w.target in ("MODIFY", "TERMINATE")]
+        return self.console.render(
+            request,
+            "subscription.html",
+            title=f"Subscription {sub.id[:8]}",
+            nav="subscriptions",
+            sub=sub,
+            workflows=workflows,
+        )
+
+    async def schedules(self, request: web.Request) -> web.Response:
+        scheduler = self.console.api.scheduler
+        entries = await scheduler.entries() if scheduler is not None else []
+        done = request.query.get("done", "")
+        return self.console.render(
+            request,
+            "schedules.html",
+            title="Schedules",
+            nav="schedules",
+            entries=entries,
+            notice=NOTICES.get(done),
+        )
+
+    async def health(self, request: web.Request) -> web.Response:
+        report, code = await self.console.api.health_report(full=True)
+        return self.console.render(
+            request, "health.html", status=code, title="Health", nav="health", health=report
+        )
+
+    # -- the event stream -----------------------------------------------------------------
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """``/api/events`` as the console's session may read it (a browser's EventSource
+        cannot send the bearer token): the same streams, limits and ids."""
+        api = self.console.api
+        return await api.streams.serve(
+            request,
+            api._client_key(request),
+            self.engine.stream,
+            _event_id(request),
+            _process_filter(request),
+        )
+
+    # -- logging in and out ---------------------------------------------------------------
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        target = safe_next(request.query.get("next"))
+        if not self.console.login_required(request):
+            return see_other(target)
+        return self.console.render(
+            request, "login.html", title="Log in", next=target, label="", error=None
+        )
+
+    async def login_post(self, request: web.Request) -> web.StreamResponse:
+        posted = await posted_text(request)
+        target = safe_next(posted.get("next"))
+        if not self.console.login_required(request):
+            return see_other(target)
+        error = None
+        try:
+            label = label_of(posted.get("label", ""))
+        except BadRequest as exc:
+            label, error = "", exc.detail
+        if error is None and not self.console.api.token_matches(posted.get("token", "")):
+            error = "This is not the daemon's token."
+        if error is not None:
+            return self.console.render(
+                request,
+                "login.html",
+                status=401,
+                title="Log in",
+                next=target,
+                label=posted.get("label", ""),
+                error=error,
+            )
+        session = self.console.sessions.open(tcp=True, label=label)
+        response = see_other(target)
+        set_cookie(request, response, session)
+        return response
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        self.console.sessions.close(session_of(request).id)
+        response = see_other("/ui/login" if self.console.login_required(request) else "/ui/")
+        clear_cookie(response)
+        return response
+
+    async def static_file(self, request: web.Request) -> web.Response:
+        found = self.static.get(request.match_info["name"])
+        if found is None:
+            raise web.HTTPNotFound()
+        body, content_type = found
+        return web.Response(
+            body=body, content_type=content_type, headers={"Cache-Control": "no-cache"}
+        )

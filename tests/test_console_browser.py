@@ -1,0 +1,331 @@
+"""The web console in a real browser: Chromium (the distribution's) driven by Playwright
+against a real daemon that listens on TCP with a token.
+
+One daemon and one browser serve the whole module; each test gets a fresh browser context
+(its own cookies) and logs in through the login page. The daemon runs tests/wf/console_flows.py.
+`make test` installs Chromium when it is missing and it runs as root; elsewhere these tests skip
+and say why.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from daemon_util import DaemonFactory, DaemonProcess, free_port
+
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (make install adds it)"
+)
+from playwright.sync_api import Browser, BrowserContext, Page, expect  # noqa: E402
+
+CHROMIUM = os.environ.get("ORCHD_CHROMIUM", "/usr/bin/chromium")
+if not os.access(CHROMIUM, os.X_OK):
+    pytest.skip(
+        f"no Chromium at {CHROMIUM} (ORCHD_CHROMIUM): `make test` installs Debian's chromium "
+        "when run as root; Playwright cannot download its own browser here",
+        allow_module_level=True,
+    )
+
+TOKEN = "console-browser-token-0123456789abcdef"
+#: Generous for a shared 2-core machine; a passing run waits far less.
+WAIT_MS = 15_000
+expect.set_options(timeout=WAIT_MS)
+
+
+class Console:
+    """The daemon under test and its console's address."""
+
+    def __init__(self, daemon: DaemonProcess, base: str) -> None:
+        self.daemon = daemon
+        self.base = base
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def started(self, workflow: str, status: str, body: Any = None) -> str:
+        pid = self.daemon.start_process(workflow, body)
+        self.daemon.wait_process(pid, (status,))
+        return pid
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    base = tmp_path_factory.mktemp("console")
+    token = base / "token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
+    port = free_port()
+    factory = DaemonFactory(base)
+    schedule = '[[schedules]]\nworkflow = "console_quick"\nevery = "1h"\n'
+    try:
+        daemon = factory(
+            {
+                "workflows": ["console_flows"],
+                "listen": f"127.0.0.1:{port}",
+                "token_file": str(token),
+            },
+            raw_config=schedule,
+        )
+        yield Console(daemon, f"http://127.0.0.1:{port}")
+    finally:
+        factory.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext, console: Console) -> Page:
+    """A page logged in as "operator"."""
+    page = context.new_page()
+    log_in(page, console, "operator")
+    return page
+
+
+def log_in(page: Page, console: Console, name: str = "") -> None:
+    page.goto(console.url("/ui/"))
+    expect(page).to_have_url(re.compile(r"/ui/login\?next="))
+    page.get_by_label("Token").fill(TOKEN)
+    page.get_by_label("Your name").fill(name)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(console.url("/ui/"))
+    expect(page.get_by_role("heading", name="Processes")).to_be_visible()
+
+
+def status_of(page: Page) -> Any:
+    return page.locator("h1 .status")
+
+
+# -- logging in, the live list -------------------------------------------------------------
+
+
+def test_log_in_and_see_a_process_appear_live(page: Page, console: Console) -> None:
+    page.evaluate("window.notReloaded = true")
+    pid = console.daemon.start_process("console_quick", {"name": "live"})
+    row = page.locator(f'tr[data-id="{pid}"]')
+    expect(row).to_be_visible()
+    expect(row.locator(".status")).to_have_text("completed")
+    expect(page.locator("#announce")).to_contain_text(pid[:8])  # told to screen readers
+    assert page.evaluate("window.notReloaded") is True  # no reload happened
+    row.get_by_role("link").click()
+    expect(page).to_have_url(console.url(f"/ui/processes/{pid}"))
+    expect(status_of(page)).to_have_text("completed")
+    expect(page.locator('tr[data-step="hello"] details.delta')).to_contain_text("greeting")
+
+
+def test_a_filtered_list_takes_only_matching_processes(page: Page, console: Console) -> None:
+    page.get_by_label("Status").select_option("suspended")
+    page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile(r"status=suspended"))
+    quick = console.daemon.start_process("console_quick")
+    asked = console.daemon.start_process("console_ask")
+    expect(page.locator(f'tr[data-id="{asked}"] .status')).to_have_text("suspended")
+    console.daemon.wait_process(quick)
+    expect(page.locator(f'tr[data-id="{quick}"]')).to_have_count(0)
+
+
+# -- actions on a process ------------------------------------------------------------------
+
+
+def test_answer_a_form_after_a_422_shown_in_place(page: Page, console: Console) -> None:
+    pid = console.started("console_ask", "suspended")
+    page.goto(console.url(f"/ui/processes/{pid}"))
+    form = page.locator("#resume-form")
+    form.get_by_label("vlan").fill("5000")
+    with page.expect_response(re.compile(r"/resume$")) as answer:
+        form.get_by_role("button", name="Resume").click()
+    assert answer.value.status == 422
+    expect(page.locator('[data-field="vlan"] .error')).to_contain_text("4094")
+    expect(page.locator('[data-field="port_name"] .error')).to_contain_text("required")
+    expect(form.get_by_label("vlan")).to_have_value("5000")  # what was typed stays
+    expect(form.get_by_label("port name")).to_be_focused()  # the first field at fault
+    assert console.daemon.get_process(pid)["status"] == "suspended"
+
+    form.get_by_label("port name").fill("xe-0/0/1")
+    form.get_by_label("vlan").fill("12")
+    form.get_by_label("Speed").select_option("10G")
+    form.get_by_label("confirm").check()
+    form.get_by_role("button", name="Resume").click()
+    expect(page.locator(".notice")).to_contain_text("accepted")
+    expect(status_of(page)).to_have_text("completed")  # updated live
+    process = console.daemon.get_process(pid)
+    assert process["state"]["configured"] == "xe-0/0/1.12 at 10G"
+    assert process["state"]["confirm"] is True
+    assert process["actions"][-1]["action"] == "resume"
+    assert process["actions"][-1]["actor"] == "token (operator)"
+
+
+def test_retry_a_failed_process(page: Page, console: Console) -> None:
+    pid = console.started("console_flaky", "failed")
+    page.goto(console.url(f"/ui/processes/{pid}"))
+    expect(page.locator('tr[data-step="flaky"] details')).to_contain_text("Traceback")
+    expect(page.locator(".process-error")).to_contain_text("the first run fails")
+    page.locator("#retry-form").get_by_role("button", name="Retry").click()
+    expect(status_of(page)).to_have_text("completed")
+    process = console.daemon.get_process(pid)
+    assert [s["status"] for s in process["steps"] if s["name"] == "flaky"] == [
+        "failed",
+        "success",
+    ]
+    assert process["actions"][-1]["action"] == "retry"
+
+
+def test_skip_a_failed_step_with_a_reason(page: Page, console: Console) -> None:
+    pid = console.started("console_fail", "failed")
+    page.goto(console.url(f"/ui/processes/{pid}"))
+    skip = page.locator("#skip-form")
+    skip.get_by_role("button", name="Skip").click()
+    expect(page.locator("#skip-error")).to_be_visible()  # a reason is required
+    assert console.daemon.get_process(pid)["status"] == "failed"
+    page.locator("#skip-form").get_by_label("Reason").fill("done by hand on the router")
+    page.locator("#skip-form").get_by_role("button", name="Skip").click()
+    expect(status_of(page)).to_have_text("completed")
+    expect(page.locator('tr[data-step="explode"][data-status="skipped"]')).to_contain_text(
+        "done by hand on the router"
+    )
+    process = console.daemon.get_process(pid)
+    skipped = [s for s in process["steps"] if s["status"] == "skipped"]
+    assert skipped[-1]["reason"] == "done by hand on the router"
+    assert skipped[-1]["actor"] == "token (operator)"
+    assert process["state"]["went_on"] is True
+
+
+def test_abort_after_confirming(page: Page, console: Console) -> None:
+    pid = console.started("console_ask", "suspended")
+    page.goto(console.url(f"/ui/processes/{pid}"))
+    asked: list[str] = []
+
+    def answer(accept: bool) -> Any:
+        def handle(dialog: Any) -> None:
+            asked.append(dialog.message)
+            dialog.accept() if accept else dialog.dismiss()
+
+        return handle
+
+    page.once("dialog", answer(False))
+    page.locator("#abort-form").get_by_role("button", name="Abort").click()
+    assert asked and pid[:8] in asked[0]
+    page.wait_for_timeout(300)  # time for a post that should not happen
+    expect(status_of(page)).to_have_text("suspended")  # cancelled: nothing was posted
+    assert console.daemon.get_process(pid)["status"] == "suspended"
+    page.once("dialog", answer(True))
+    page.locator("#abort-form").get_by_role("button", name="Abort").click()
+    expect(status_of(page)).to_have_text("aborted")
+    expect(page.locator("#actions")).to_contain_text("None")
+    assert console.daemon.get_process(pid)["status"] == "aborted"
+
+
+def test_answer_a_callback_as_the_operator(page: Page, console: Console) -> None:
+    pid = console.started("console_callback", "awaiting_callback")
+    page.goto(console.url(f"/ui/processes/{pid}"))
+    page.get_by_label("Answer (JSON)").fill('{"ok": tru')
+    page.get_by_role("button", name="Send the answer").click()
+    expect(page.locator("#callback-error")).to_contain_text("not valid JSON")
+    page.get_by_label("Answer (JSON)").fill('{"ok": true, "ref": 7}')
+    page.get_by_role("button", name="Send the answer").click()
+    expect(status_of(page)).to_have_text("completed")
+    assert console.daemon.get_process(pid)["state"]["answer"] == {"ok": True, "ref": 7}
+
+
+def test_a_parent_shows_its_children(page: Page, console: Console) -> None:
+    pid = console.started("console_parent", "completed")
+    page.goto(console.url(f"/ui/processes/{pid}"))
+    children = page.locator("#children tbody tr")
+    expect(children).to_have_count(2)
+    expect(children.locator(".status")).to_have_text(["completed", "completed"])
+
+
+# -- starting workflows, schedules ---------------------------------------------------------
+
+
+def test_start_a_workflow_from_its_form(page: Page, console: Console) -> None:
+    page.get_by_role("link", name="Start").click()
+    page.get_by_role("link", name="console_create").click()
+    form = page.locator("#start-form")
+    expect(form.get_by_label("size")).to_have_value("1")  # the schema's default
+    form.get_by_label("customer id").fill("acme")
+    form.get_by_role("button", name="Start").click()
+    expect(page.locator('[data-field="name"] .error')).to_contain_text("required")
+    form = page.locator("#start-form")
+    expect(form.get_by_label("customer id")).to_have_value("acme")
+    form.get_by_label("name").fill("w1")
+    form.get_by_label("size").fill("3")
+    form.get_by_role("button", name="Start").click()
+    expect(page).to_have_url(re.compile(r"/ui/processes/[0-9a-f-]{36}\?done=started$"))
+    expect(status_of(page)).to_have_text("completed")
+    page.locator("#summary").get_by_role("link").first.click()  # its subscription
+    expect(page.get_by_role("heading", name=re.compile("console-widget"))).to_be_visible()
+    expect(page.locator("table tbody")).to_contain_text("console_create")
+
+
+def test_run_a_schedule_now(page: Page, console: Console) -> None:
+    page.get_by_role("link", name="Schedules").click()
+    page.get_by_role("button", name="Run console_quick now").click()
+    expect(page).to_have_url(re.compile(r"/ui/processes/[0-9a-f-]{36}\?done=ran$"))
+    expect(status_of(page)).to_have_text("completed")
+
+
+# -- security ------------------------------------------------------------------------------
+
+
+def test_a_forged_post_is_refused_and_changes_nothing(
+    page: Page, context: BrowserContext, console: Console
+) -> None:
+    pid = console.started("console_ask", "suspended")
+    # The browser holds a live session cookie; a post that lacks the page's token is refused.
+    for form in ({}, {"csrf": "forged"}):
+        resp = context.request.post(console.url(f"/ui/processes/{pid}/abort"), form=form)
+        assert resp.status == 403
+    process = console.daemon.get_process(pid)
+    assert process["status"] == "suspended"
+    assert [a["action"] for a in process["actions"]] == ["start"]
+
+
+def test_log_out(page: Page, console: Console) -> None:
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(re.compile(r"/ui/login"))
+    page.goto(console.url("/ui/schedules"))
+    expect(page).to_have_url(re.compile(r"/ui/login\?next="))
+
+
+# -- small screens and the keyboard --------------------------------------------------------
+
+
+def test_phone_width_and_keyboard(browser: Browser, console: Console) -> None:
+    pid = console.started("console_ask", "suspended")
+    ctx = browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        page = ctx.new_page()
+        log_in(page, console)
+        for path in ("/ui/", f"/ui/processes/{pid}"):
+            page.goto(console.url(path))
+            wide = page.evaluate("document.documentElement.scrollWidth")
+            assert wide <= 390, f"{path} scrolls sideways at phone width ({wide}px)"
+        page.keyboard.press("Tab")
+        expect(page.locator(":focus")).to_have_text("Skip to content")
+        page.keyboard.press("Enter")
+        page.keyboard.press("Tab")  # into the page: the first field of the form
+        page.keyboard.type("ge-1/1/1")
+        expect(page.get_by_label("port name")).to_have_value("ge-1/1/1")
+    finally:
+        ctx.close()
