@@ -439,55 +439,51 @@ def test_the_console_table_of_the_config(tmp_path: Any) -> None:
         load_config(path, env={})
 
 
-def test_steps_of_parallel_branches_get_a_branch_column() -> None:
-    """Step records of parallel branches carry ``branch`` (contract §8); the timeline shows it
-    (main-line steps as "main") and leaves the column out for a process without branches."""
+async def test_a_forked_process_shows_its_branches_and_one_branchs_steps(
+    engine_factory: EngineFactory,
+) -> None:
+    from branch_flows import Ledger
+
+    ledger = Ledger()
+    ledger.failing.add(3)
+    engine = await engine_factory(["branch_flows"], name="forks.db", resources={Ledger: ledger})
+    pid = await engine.start("ports", {"ports": list(range(1, 41))})
+    assert (await engine.wait(pid)).status == "failed"
+    client: Client = TestClient(TestServer(create_app(engine, token=TOKEN)))
+    await client.start_server()
+    try:
+        await login(client)
+        page = await (await client.get(f"/ui/processes/{pid}")).text()
+        assert 'id="forks-h">Branches' in page and "Configure ports/2" in page
+        # 40 branch steps are few enough to show with the main line, each with its branch.
+        assert page.count('data-label="Branch">Configure ports/') == 40
+        one = await (await client.get(f"/ui/processes/{pid}?branch=Configure+ports/2")).text()
+        assert "Steps of Configure ports/2" in one
+        assert one.count('data-label="Branch">') == 1 and "3 is failing" in one
+    finally:
+        await client.close()
+
+
+def test_a_large_fork_leaves_its_branch_steps_out_of_the_timeline() -> None:
     from datetime import UTC, datetime
 
-    from orchd.api.console.pages import timeline
-    from orchd.api.console.render import environment
+    from orchd.api.console.pages import TIMELINE_BRANCH_STEPS, timeline
     from orchd.model import Process, StepRecord
-
-    class BranchStep(StepRecord, kw_only=True):
-        branch: str | None = None
 
     now = datetime.now(UTC)
 
-    def record(name: str, branch: str | None) -> BranchStep:
-        return BranchStep(
+    def record(name: str, branch: str | None) -> StepRecord:
+        return StepRecord(
             name=name, status="success", started_at=now, finished_at=now, branch=branch
         )
 
-    steps = [record("init", None), record("read ims", "Gather facts/0"), record("done", None)]
+    fan = [record("work", f"F/{i}") for i in range(TIMELINE_BRANCH_STEPS + 1)]
     process = Process(
-        id="6f1c1d2e-0000-4000-8000-000000000001",
-        workflow="wf",
-        target="SYSTEM",
-        status="completed",
-        state={},
-        steps=steps,  # type: ignore[arg-type]
-        actions=[],
-        created_at=now,
-        updated_at=now,
-    )
-    template = environment().get_template("process.html")
-
-    def render(rows: list[Any]) -> str:
-        return template.render(
-            session=None, version="t", last_event_id=0, actor="", notice=None, problem=None,
-            nav="", title="t", p=process, allowed=set(), resume_form=None,
-            branches=any(r[2] for r in rows), steps=rows,
-            skip={"reason": "", "errors": []}, callback={"payload": "", "errors": []},
-        )  # fmt: skip
-
-    rows = timeline(process)
-    assert [branch for _, _, branch in rows] == [None, "Gather facts/0", None]
-    html = render(rows)
-    assert '<th scope="col">Branch</th>' in html
-    cells = re.findall(r'<td data-label="Branch">([^<]*)</td>', html)
-    assert cells == ["main", "Gather facts/0", "main"]
-    # Today's step records, which have no ``branch`` field at all.
-    process.steps = [
-        StepRecord(name=s.name, status=s.status, started_at=now, finished_at=now) for s in steps
-    ]
-    assert "Branch" not in render(timeline(process))
+        id="6f1c1d2e-0000-4000-8000-000000000001", workflow="wf", target="SYSTEM",
+        status="completed", state={}, steps=[record("init", None), *fan, record("done", None)],
+        actions=[], created_at=now, updated_at=now,
+    )  # fmt: skip
+    shown, hidden = timeline(process)
+    assert [s.name for _, s, _ in shown] == ["init", "done"] and hidden == len(fan)
+    shown, hidden = timeline(process, "F/7")
+    assert [(n, b) for n, _, b in shown] == [(9, "F/7")] and hidden == 0

@@ -62,10 +62,25 @@ def load_static() -> dict[str, tuple[bytes, str]]:
     return files
 
 
-def timeline(process: Process) -> list[tuple[int, StepRecord, str | None]]:
-    """The step records, numbered, each with its parallel branch (contract §8), read where a
-    record has one (``None``: the main line)."""
-    return [(i + 1, s, getattr(s, "branch", None)) for i, s in enumerate(process.steps)]
+#: Beyond this many branch step records, the timeline shows the main line only (and the
+#: branches section counts them); a branch's own steps are one click away.
+TIMELINE_BRANCH_STEPS = 200
+
+
+def timeline(
+    process: Process, branch: str | None = None
+) -> tuple[list[tuple[int, StepRecord, str | None]], int]:
+    """The step records, numbered, each with its branch (contract §8; ``None``: the main
+    line): those of ``branch`` and the branches under it when one is asked for, else all of
+    them while they are few, else the main line's. Also how many branch records were left out."""
+    numbered = [(i + 1, s, s.branch) for i, s in enumerate(process.steps)]
+    if branch:
+        prefix = branch.rstrip("/") + "/"
+        return [n for n in numbered if n[2] == branch or (n[2] or "").startswith(prefix)], 0
+    in_branches = sum(1 for n in numbered if n[2] is not None)
+    if in_branches <= TIMELINE_BRANCH_STEPS:
+        return numbered, 0
+    return [n for n in numbered if n[2] is None], in_branches
 
 
 class Pages:
@@ -131,7 +146,8 @@ class Pages:
         allowed = {action.value for action, when in ALLOWED.items() if process.status in when}
         if resume_form is None and process.form is not None and "resume" in allowed:
             resume_form = build_form(process.form)
-        steps = timeline(process)
+        branch = request.query.get("branch") or None
+        steps, hidden = timeline(process, branch)
         return self.console.render(
             request,
             "process.html",
@@ -141,7 +157,9 @@ class Pages:
             p=process,
             allowed=allowed,
             steps=steps,
-            branches=any(branch for _, _, branch in steps),
+            branches=any(b for _, _, b in steps) or bool(branch),
+            branch=branch,
+            hidden_branch_steps=hidden,
             resume_form=resume_form,
             skip=skip or {"reason": "", "errors": []},
             callback=callback or {"payload": "", "errors": []},
