@@ -6,6 +6,7 @@ never touch an actor. Query parameters are checked here, once for every backend.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import uuid
 from collections.abc import Iterable
@@ -88,6 +89,10 @@ def fork_summaries(steps: list[StepRow], live: list[BranchRow]) -> list[ForkSumm
     return summaries
 
 
+async def _nothing() -> list[BranchRow]:
+    return []
+
+
 def _path_order(path: str) -> list[tuple[int, Any]]:
     """Branch paths in their natural order: "A/2" before "A/10"."""
     return [(0, int(part)) if part.isdigit() else (1, part) for part in path.split("/")]
@@ -118,10 +123,15 @@ class Views:
         row = await self.store.process(canonical)
         if row is None:
             raise ProcessNotFound(f"process {pid} does not exist")
-        steps = await self.store.steps(row.pk)
-        actions = await self.store.actions(row.pk)
-        live = await self.store.branches(row.pk) if row.status not in FINAL_NAMES else []
-        children = await self.store.child_links(row.id)
+        # Asked together: the reads queue up at once, so a busy engine delays this request by
+        # one turn of its event loop, not one per query.
+        forked = row.status not in FINAL_NAMES
+        steps, actions, live, children = await asyncio.gather(
+            self.store.steps(row.pk),
+            self.store.actions(row.pk),
+            self.store.branches(row.pk) if forked else _nothing(),
+            self.store.child_links(row.id),
+        )
         status = P(row.status)
         return Process(
             id=row.id,

@@ -708,10 +708,23 @@ def _resolve(
     # Announced before the writers wake, in commit order: ids only ever grow to a listener.
     if events and sink is not None:
         sink(events)
-    for fut, value, ok in results:
+    _wake(results, 0)
+
+
+#: Writers woken per turn of the event loop. A batch wakes up to MAX_BATCH actors, and each
+#: runs its next step in the turn after it is woken: woken all at once they would make one
+#: long turn, and a request to the API waits for the whole of it (for each of its reads).
+WAKE_PER_TURN = 32
+
+
+def _wake(results: list[tuple[asyncio.Future[Any] | None, Any, bool]], start: int) -> None:
+    end = start + WAKE_PER_TURN
+    for fut, value, ok in results[start:end]:
         if fut is None or fut.done():
             continue
         if ok:
             fut.set_result(value)
         else:
             fut.set_exception(value)
+    if end < len(results):
+        asyncio.get_running_loop().call_soon(_wake, results, end)
