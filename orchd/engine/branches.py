@@ -570,9 +570,12 @@ class Forks:
             faults.point("before_step")
         try:
             kwargs = _inject(step, view, actor)
+            # Thousands of branches may wait in their steps at once: each keeps its arguments,
+            # not a copy of its State.
+            del view
             result = await call_step(actor.host, actor.pid, step, kwargs)
             delta = to_json_values(step.name, result)
-            changes = changes_of(view, step.name, delta)
+            changes = changes_of(b.state(), step.name, delta)
         except asyncio.CancelledError as exc:
             if cancelled_from_outside():
                 raise
