@@ -206,3 +206,32 @@ async def test_validate_subscriptions_reports_faulty_nodes(engine: Engine, oss: 
         {"node_id": bad_node, "name": "bad1", "customer_id": "demo", "status": "error"}
     ]
     assert healthy != faulty
+
+
+async def test_provision_ports_configures_every_port_in_its_own_branch(
+    engine: Engine, oss: FakeOss, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    oss.job_time = 0.02
+
+    async def receive(request: web.Request) -> web.Response:
+        await engine.callback(request.match_info["token"], await request.json())
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_post("/api/callbacks/{token}", receive)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        monkeypatch.setenv("ORCHD_CALLBACK_URL", f"http://127.0.0.1:{runner.addresses[0][1]}")
+        sid = await create(engine, name="many")
+        ports = [{"port": f"ge-0/0/{n}", "vlan": 100 + n} for n in range(6)]
+        pid = await engine.start("provision_ports", {"subscription_id": sid, "ports": ports})
+        process = await reach(engine, pid, "completed")
+        assert [r["configured"] for r in process.state["port_results"]] == ports
+        branches = {s.branch for s in process.steps if s.branch is not None}
+        assert branches == {f"configure_ports/{n}" for n in range(6)}
+        sub = await engine.get_subscription(sid)
+        assert sub.attributes["ports"] == ports and sub.insync
+    finally:
+        await runner.cleanup()

@@ -82,3 +82,14 @@ def test_provision_port_completes_under_make_run(demo: DaemonProcess) -> None:
     process = demo.wait_process(pid, statuses=("completed", "failed"), timeout=30)
     assert process["status"] == "completed", process
     assert process["state"]["callback_result"]["result"] == "ok"
+
+
+def test_provision_ports_completes_under_make_run(demo: DaemonProcess) -> None:
+    node = demo.wait_process(demo.start_process("create_node", {"name": "n2"}), timeout=30)
+    ports = [{"port": f"ge-0/0/{n}", "vlan": 10 + n} for n in range(3)]
+    pid = demo.start_process(
+        "provision_ports", {"subscription_id": node["subscription_id"], "ports": ports}
+    )
+    process = demo.wait_process(pid, statuses=("completed", "failed"), timeout=30)
+    assert process["status"] == "completed", process
+    assert [r["configured"] for r in process["state"]["port_results"]] == ports

@@ -40,7 +40,10 @@ def main(socket_path: str = "./orchd.sock") -> int:
         f"    .venv/bin/orchd show {started[1]}\n"
         "    .venv/bin/orchd subscriptions\n"
         '    .venv/bin/orchd start modify_node --input \'{"subscription_id": "<id>", '
-        '"role": "core"}\' --wait\n',
+        '"role": "core"}\' --wait\n'
+        '    .venv/bin/orchd start provision_ports --input \'{"subscription_id": "<id>", '
+        '"ports": [{"port": "ge-0/0/1", "vlan": 10}, {"port": "ge-0/0/2", "vlan": 20}]}\' '
+        "--wait   (one branch per port)\n",
         file=sys.stderr,
         flush=True,
     )
