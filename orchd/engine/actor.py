@@ -18,9 +18,9 @@ from typing import Any
 
 from orchd import _faults as faults
 from orchd.dsl import Form, Step, StepKind, Stranded, Workflow
-from orchd.engine.branches import Broken, Forks
 from orchd.engine.calls import call_step, cancelled_from_outside
 from orchd.engine.children import aborted_problem, child_starts, results
+from orchd.engine.forks import Broken, Forks
 from orchd.engine.host import Host
 from orchd.engine.messages import (
     Abort,
@@ -750,7 +750,7 @@ class Actor:
             delta["subscription_id"] = full["id"]
         return full
 
-    # -- forks (contract §8; the branches themselves run in orchd.engine.branches) ---------
+    # -- forks (contract §8; the branches themselves run in orchd.engine.forks) ------------
 
     def _at_fork(self) -> bool:
         """Whether the process stands at a parallel or foreach step."""

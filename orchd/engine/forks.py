@@ -1,0 +1,591 @@
+"""Running a process's fork (contract §8): ``parallel`` and ``foreach`` inside its actor.
+
+A fork runs inside its process's actor. Each branch that can run is a small task running its
+steps one at a time against its own view of State (the State at the fork, plus a foreach
+element, plus what the branch changed), and each step commits with the group commit like any
+other step: its record names the branch, and the branch's row says where it stands and what it
+changed. The process's own State is not touched until the join, which merges (``parallel``) or
+collects (``foreach``) what the branches changed in one checkpoint that also drops their rows:
+a join happens once, and after a crash every branch goes on from its own last commit.
+
+A branch that must wait (a retrystep's backoff, a callback) or that failed ends its task and
+holds nothing but its row; the process runs while any branch can run, and when none can it
+takes the status §8 gives (failed, else waiting, else awaiting_callback) and its actor retires.
+A retry, a skip, a callback or a retry timer makes branches runnable again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from collections import deque
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from orchd import _faults as faults
+from orchd.dsl import Step, StepKind
+from orchd.engine.branches import Branch, Broken, Fork, fill_pending
+from orchd.engine.calls import call_step, cancelled_from_outside
+from orchd.engine.messages import Callback, Envelope, Expire, Retry, Run, respond
+from orchd.engine.outcome import NO_CHANGES, Changes, StepCrash, changes_of, retry_delay
+from orchd.errors import CallbackNotFound, InvalidTransition
+from orchd.model import Action, ProcessStatus, StepStatus
+from orchd.state import (
+    StepInputError,
+    StepOutputError,
+    clone,
+    inject,
+    to_json_values,
+)
+from orchd.status import BranchStatus
+from orchd.store.base import ActionWrite, BranchRow, StepWrite, token_digest
+
+if TYPE_CHECKING:
+    from orchd.engine.actor import Actor
+
+B = BranchStatus
+P = ProcessStatus
+
+
+class Forks:
+    """The fork a process stands at, with its nested forks, run by the process's actor."""
+
+    def __init__(self, actor: Actor, step: Step, base: Mapping[str, Any]) -> None:
+        self.actor = actor
+        self.top = Fork(step, None, base)
+        self.started = time.time()
+        #: Branch tasks running now, and branches ready to run.
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.ready: deque[Branch] = deque()
+        self.wake = asyncio.Event()
+        self.crash: BaseException | None = None
+        self.running = False
+        #: Branches by the digest of the callback token they handed out.
+        self.tokens: dict[str, Branch] = {}
+        #: When the retry timer set last fires (a later due needs no new timer).
+        self.timer_at: float | None = None
+        fill_pending(self.top)
+
+    # -- loading --------------------------------------------------------------------------
+
+    def load(self, rows: list[BranchRow]) -> None:
+        """Put back the branches a previous run committed. Raises Broken."""
+        by_path = {r.path: r for r in rows}
+        self._load_fork(self.top, by_path)
+
+    def _load_fork(self, fork: Fork, rows: dict[str, BranchRow]) -> None:
+        fork.pending.clear()
+        for index in range(fork.count):
+            row = rows.get(f"{fork.path}/{index}")
+            if row is None:
+                fork.pending.append(index)
+                continue
+            b = Branch(fork, index)
+            b.place(row)
+            fork.branches[index] = b
+            if b.token is not None:
+                self.tokens[b.token] = b
+            if b.status is not B.DONE:
+                fork.unfinished += 1
+            if b.status is B.RUNNING and b.steps[b.pc].forks:
+                b.nested = Fork(b.steps[b.pc], b, b.state())
+                self._load_fork(b.nested, rows)
+                if not b.nested.complete:
+                    b.status = B.FORKED
+
+    # -- what the actor asks --------------------------------------------------------------
+
+    def leaves(self) -> Iterator[Branch]:
+        return (b for b in self.top.walk() if b.status is not B.FORKED)
+
+    def owns(self, digest: str) -> Branch | None:
+        return self.tokens.get(digest)
+
+    def blocked(self) -> tuple[ProcessStatus, str | None, float | None]:
+        """The process's status once no branch can run (contract §8), the error to show and
+        when the next timer is due."""
+        failed = waiting = None
+        for b in self.leaves():
+            if b.status is B.FAILED and failed is None:
+                failed = b
+            elif b.status is B.WAITING and waiting is None:
+                waiting = b
+        if failed is not None:
+            return P.FAILED, f"branch {failed.path}: {failed.error}", None
+        if waiting is not None:
+            return P.WAITING, f"branch {waiting.path}: {waiting.error}", self.due()
+        return P.AWAITING_CALLBACK, None, self.due()
+
+    def rerun(self, *, failed_only: bool = False) -> list[BranchRow]:
+        """A retry: failed branches (and waiting ones) run again from their failing step."""
+        changed = []
+        for b in list(self.leaves()):
+            if b.status is B.FAILED or (b.status is B.WAITING and not failed_only):
+                if b.status is B.FAILED:
+                    b.attempts = 0
+                b.status, b.error, b.next_retry_at = B.RUNNING, None, None
+                changed.append(b.row(self.actor.pk))
+        return changed
+
+    def tick(self, now: float) -> tuple[list[BranchRow], list[StepWrite]]:
+        """A timer: waiting branches whose backoff is over run again; a callback wait past its
+        deadline fails its branch (back at the action, so a retry asks again)."""
+        rows, records = [], []
+        for b in list(self.leaves()):
+            if b.next_retry_at is None or b.next_retry_at > now + 0.01:
+                continue
+            if b.status is B.WAITING:
+                b.status, b.next_retry_at = B.RUNNING, None
+                rows.append(b.row(self.actor.pk))
+            elif b.status is B.AWAITING_CALLBACK:
+                wait = b.steps[b.pc]
+                self._forget(b)
+                b.error = f"{wait.name}: no callback arrived before the deadline"
+                b.status, b.next_retry_at = B.FAILED, None
+                b.pc -= 1
+                records.append(self._record(b, wait, StepStatus.FAILED, now, now, error=b.error))
+                rows.append(b.row(self.actor.pk))
+        return rows, records
+
+    def skip(self, reason: str, actor: str, now: float) -> tuple[list[BranchRow], list[StepWrite]]:
+        """A skip: every failed branch (else every waiting one) records its failing step (a
+        whole callback_step when its action or wait failed) skipped and goes on."""
+        leaves = list(self.leaves())
+        targets = [b for b in leaves if b.status is B.FAILED] or [
+            b for b in leaves if b.status is B.WAITING
+        ]
+        rows, records = [], []
+        for b in targets:
+            first = b.steps[b.pc]
+            count = 3 if first.kind is StepKind.CALLBACK_ACTION else 1
+            for s in b.steps[b.pc : b.pc + count]:
+                records.append(
+                    self._record(b, s, StepStatus.SKIPPED, now, now, actor=actor, reason=reason)
+                )
+            self._forget(b)
+            b.pc += count
+            b.error, b.attempts, b.next_retry_at = None, 0, None
+            b.status = B.RUNNING
+            if b.pc >= len(b.steps):
+                self._done(b)
+            rows.append(b.row(self.actor.pk))
+        return rows, records
+
+    def awaiting(self, digest: str | None) -> Branch:
+        """The branch a callback answers: by its token, or (an operator's answer by process
+        id) the only branch awaiting one."""
+        if digest is not None:
+            b = self.owns(digest)
+            if b is None or b.status is not B.AWAITING_CALLBACK:
+                raise CallbackNotFound("no process waits for this callback token")
+            return b
+        waiting = [b for b in self.leaves() if b.status is B.AWAITING_CALLBACK]
+        if len(waiting) != 1:
+            names = ", ".join(b.path for b in waiting) or "none"
+            raise InvalidTransition(
+                f"process {self.actor.pid}: answer by token: branches awaiting a callback: {names}"
+            )
+        return waiting[0]
+
+    def answer(self, b: Branch, payload: Any, now: float) -> tuple[BranchRow, StepWrite]:
+        """A callback's answer completes the branch's wait step."""
+        wait = b.steps[b.pc]
+        self._forget(b)
+        changes = changes_of(b.state(), wait.name, {"callback_result": payload})
+        record = self._advance(b, wait, StepStatus.SUCCESS, now, now, changes)
+        return b.row(self.actor.pk), record
+
+    def forget_tokens(self) -> None:
+        for b in self.leaves():
+            self._forget(b)
+
+    # -- running --------------------------------------------------------------------------
+
+    async def drive(self) -> None:
+        """Run every branch that can run until none can: all done (the join is the actor's),
+        or each failed, waiting or halted (an abort, a shutdown)."""
+        self.running = True
+        self.crash = None
+        self.ready.clear()
+        self._prepare(self.top)
+        try:
+            while True:
+                self._take_mail()
+                if self.crash is not None:
+                    raise self.crash
+                if not self._halted():
+                    while self.ready:
+                        self._launch(self.ready.popleft())
+                if not self.tasks:
+                    return
+                self.wake.clear()
+                await self.wake.wait()
+        finally:
+            self.running = False
+            self.ready.clear()
+            pending = list(self.tasks.values())
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            self.schedule_timer()
+
+    def _prepare(self, fork: Fork) -> None:
+        """Before running: every runnable branch is ready, forks take their free slots, and
+        a branch whose nested fork completed meanwhile (a skip) goes on to its join."""
+        for b in list(fork.branches.values()):
+            if b.status is B.FORKED and b.nested is not None:
+                self._prepare(b.nested)
+                if b.nested.complete:
+                    b.status = B.RUNNING
+            if b.status is B.RUNNING:
+                self.ready.append(b)
+        self._fill(fork)
+
+    def _halted(self) -> bool:
+        return self.actor.abort_requested is not None or self.actor.stopping
+
+    def _launch(self, b: Branch, answer: Envelope | None = None) -> None:
+        if b.path in self.tasks:
+            return
+        task = asyncio.get_running_loop().create_task(self._run(b, answer))
+        self.tasks[b.path] = task
+
+        def ended(t: asyncio.Task[None]) -> None:
+            if self.tasks.get(b.path) is t:
+                del self.tasks[b.path]
+            if not t.cancelled() and t.exception() is not None and self.crash is None:
+                self.crash = t.exception()
+            self.wake.set()
+
+        task.add_done_callback(ended)
+
+    def _take_mail(self) -> None:
+        """Messages that came in while branches run: a callback for a branch, a timer."""
+        mailbox = self.actor.mailbox
+        keep = []
+        while mailbox:
+            envelope = mailbox.pop(0)
+            match envelope.message:
+                case Callback(digest=digest) if digest is not None:
+                    self._callback_while_running(envelope, digest)
+                case Retry(automatic=True):
+                    before = [b for b in self.leaves() if b.status is B.WAITING]
+                    rows, records = self.tick(time.time())
+                    self.ready.extend(b for b in before if b.status is B.RUNNING)
+                    self.schedule_timer()
+                    if records:
+                        self._launch_write(rows, records)
+                    respond(envelope)
+                case Expire() | Run():
+                    respond(envelope)
+                case _:
+                    keep.append(envelope)
+        mailbox.extend(keep)
+
+    def _callback_while_running(self, envelope: Envelope, digest: str) -> None:
+        b = self.owns(digest)
+        if b is None:
+            respond(envelope, error=CallbackNotFound("no process waits for this callback token"))
+        elif b.status is B.AWAITING_CALLBACK and b.path not in self.tasks:
+            self._launch(b, envelope)
+        else:
+            b.early = envelope  # its action has not finished: the wait takes it
+
+    def _launch_write(self, rows: list[BranchRow], records: list[StepWrite]) -> None:
+        async def write() -> None:
+            await self.actor.touch(records, rows)
+
+        task = asyncio.get_running_loop().create_task(write())
+        key = f"#write{id(task)}"
+        self.tasks[key] = task
+
+        def ended(t: asyncio.Task[None]) -> None:
+            self.tasks.pop(key, None)
+            if not t.cancelled() and t.exception() is not None and self.crash is None:
+                self.crash = t.exception()
+            self.wake.set()
+
+        task.add_done_callback(ended)
+
+    async def _run(self, b: Branch, answer: Envelope | None) -> None:
+        """Run one branch until it is done, blocked or halted; when that completes a nested
+        fork, its join goes on with the branch that holds it, in this task."""
+        if answer is not None:
+            await self._take_callback(b, answer)
+        while True:
+            await self._steps(b)
+            if b.status is not B.DONE:
+                return
+            owner = self._join_owner(b.fork)
+            if owner is None:
+                return
+            b = owner
+
+    async def _steps(self, b: Branch) -> None:
+        while b.status is B.RUNNING and not self._halted():
+            if b.pc >= len(b.steps):
+                self._done(b)  # an empty branch
+                return
+            step = b.steps[b.pc]
+            started = time.time()
+            try:
+                run = not step.predicates or self._should_run(b, step)
+            except StepCrash as exc:
+                await self._raised(b, step, exc, started)
+                return
+            if not run:
+                await self._commit(b, step, StepStatus.SKIPPED, started, NO_CHANGES)
+            elif step.forks:
+                if not await self._enter(b, step, started):
+                    return
+            elif step.kind is StepKind.CALLBACK_WAIT:
+                if b.early is None:
+                    await self._wait(b, step, started)
+                    return
+                early, b.early = b.early, None
+                await self._take_callback(b, early)
+            else:
+                await self._call(b, step, started)
+
+    def _should_run(self, b: Branch, step: Step) -> bool:
+        try:
+            return step.should_run(clone(dict(b.state())))
+        except Exception as exc:
+            raise StepCrash(f"step {step.name!r}: its condition raised {exc!r}") from exc
+
+    async def _enter(self, b: Branch, step: Step, started: float) -> bool:
+        """A nested fork: open it (or take the one loaded), and join it at once when it has
+        nothing to run (an empty foreach). Answers whether the branch goes on in this task."""
+        if b.nested is None:
+            try:
+                b.nested = Fork(step, b, b.state())
+            except StepCrash as exc:
+                await self._raised(b, step, exc, started)
+                return False
+            fill_pending(b.nested)
+        if b.nested.complete:
+            await self._join(b, started)
+            return True
+        b.status = B.FORKED
+        self._fill(b.nested)
+        return False
+
+    def _join_owner(self, fork: Fork) -> Branch | None:
+        """After a branch of ``fork`` finished: the branch to go on with in this task, when
+        the fork is nested and now complete (its join is next)."""
+        if not fork.complete or fork.owner is None:
+            self._fill(fork)
+            return None
+        owner = fork.owner
+        if owner.status is not B.FORKED:
+            return None  # another task joins it
+        owner.status = B.RUNNING
+        return owner
+
+    async def _join(self, b: Branch, started: float) -> None:
+        fork = b.nested
+        assert fork is not None
+        step = b.steps[b.pc]
+        try:
+            delta = fork.joined_changes()
+            changes = changes_of(b.state(), step.name, delta)
+        except (StepCrash, StepOutputError) as exc:
+            await self._raised(b, step, exc, started)
+            return
+        b.nested = None
+        await self._commit(b, step, StepStatus.SUCCESS, started, changes, drop=fork.path + "/")
+
+    async def _call(self, b: Branch, step: Step, started: float) -> None:
+        view: Mapping[str, Any] = b.state()
+        actor = self.actor
+        if step.kind is StepKind.CALLBACK_ACTION:
+            token = actor.new_callback_token()
+            self._forget(b)
+            b.token = token_digest(token)
+            self.tokens[b.token] = b
+            actor.host.expect_callback(b.token, actor.pid)
+            view = {**b.state(), "callback_token": token}
+        if faults.ENABLED:
+            faults.point("before_step")
+        try:
+            kwargs = _inject(step, view, actor)
+            # Thousands of branches may wait in their steps at once: each keeps its arguments,
+            # not a copy of its State.
+            del view
+            result = await call_step(actor.host, actor.pid, step, kwargs)
+            delta = to_json_values(step.name, result)
+            changes = changes_of(b.state(), step.name, delta)
+        except asyncio.CancelledError as exc:
+            if cancelled_from_outside():
+                raise
+            await self._raised(b, step, exc, started)
+            return
+        except BaseException as exc:
+            await self._raised(b, step, exc, started)
+            return
+        if faults.ENABLED:
+            faults.point("after_step")
+        await self._commit(b, step, StepStatus.SUCCESS, started, changes)
+
+    async def _raised(self, b: Branch, step: Step, exc: BaseException, started: float) -> None:
+        if isinstance(exc, StepInputError | StepOutputError | StepCrash):
+            message = str(exc)
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+        tb = "".join(traceback.format_exception(exc))
+        finished = time.time()
+        b.error = message
+        status, b.status = StepStatus.FAILED, B.FAILED
+        if step.kind is StepKind.RETRY:
+            b.attempts += 1
+            settings = self.actor.host.settings
+            if b.attempts < (step.max_attempts or settings.retry_max_attempts):
+                b.next_retry_at = finished + retry_delay(settings, step, b.attempts)
+                status, b.status = StepStatus.WAITING, B.WAITING
+            else:
+                b.error = f"gave up after {b.attempts} attempts: {message}"
+        record = self._record(b, step, status, started, finished, error=message, tb=tb)
+        await self.actor.touch([record], [b.row(self.actor.pk)])
+        self._timer_for(b)
+
+    async def _wait(self, b: Branch, step: Step, started: float) -> None:
+        if step.callback_timeout:
+            b.next_retry_at = started + step.callback_timeout
+        b.status = B.AWAITING_CALLBACK
+        record = self._record(b, step, StepStatus.AWAITING_CALLBACK, started, time.time())
+        await self.actor.touch([record], [b.row(self.actor.pk)])
+        self._timer_for(b)
+
+    async def _take_callback(self, b: Branch, envelope: Envelope) -> None:
+        message = envelope.message
+        assert isinstance(message, Callback)
+        row, record = self.answer(b, message.payload, time.time())
+        action = ActionWrite(
+            pk=self.actor.pk,
+            at=time.time(),
+            action=Action.CALLBACK,
+            actor=message.actor,
+            detail=f"branch {b.path}",
+        )
+        await self.actor.touch([record], [row], actions=[action])
+        respond(envelope)
+
+    async def _commit(
+        self,
+        b: Branch,
+        step: Step,
+        status: StepStatus,
+        started: float,
+        changes: Changes,
+        drop: str | None = None,
+    ) -> None:
+        record = self._advance(b, step, status, started, time.time(), changes)
+        drops = [] if drop is None else [drop]
+        await self.actor.touch([record], [b.row(self.actor.pk)], drops=drops)
+
+    def _advance(
+        self,
+        b: Branch,
+        step: Step,
+        status: StepStatus,
+        started: float,
+        finished: float,
+        changes: Changes,
+    ) -> StepWrite:
+        if changes.values:
+            b.changes.update(changes.values)
+        b.pc += 1
+        b.error, b.next_retry_at = None, None
+        b.status = B.RUNNING
+        if step.kind is not StepKind.RETRY or status is StepStatus.SUCCESS:
+            b.attempts = 0
+        if b.pc >= len(b.steps):
+            self._done(b)
+        return self._record(b, step, status, started, finished, delta=changes.encoded)
+
+    def _done(self, b: Branch) -> None:
+        if b.status is B.DONE:
+            return
+        b.status = B.DONE
+        b.fork.unfinished -= 1
+
+    def _record(
+        self,
+        b: Branch,
+        step: Step,
+        status: StepStatus,
+        started: float,
+        finished: float,
+        *,
+        error: str | None = None,
+        tb: str | None = None,
+        delta: bytes | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> StepWrite:
+        return StepWrite(
+            pk=self.actor.pk,
+            seq=self.actor.next_seq(),
+            name=step.name,
+            key=step.key,
+            status=status,
+            started_at=started,
+            finished_at=finished,
+            error=error,
+            traceback=tb,
+            delta=delta,
+            actor=actor,
+            reason=reason,
+            branch=b.path,
+        )
+
+    def _fill(self, fork: Fork) -> None:
+        """Start the fork's next branches while it has free slots."""
+        while fork.pending and fork.unfinished < fork.limit:
+            index = fork.pending.popleft()
+            b = Branch(fork, index)
+            fork.branches[index] = b
+            fork.unfinished += 1
+            if self.running:
+                self.ready.append(b)
+
+    def _forget(self, b: Branch) -> None:
+        if b.token is not None:
+            self.tokens.pop(b.token, None)
+            self.actor.host.forget_callback(b.token)
+            b.token = None
+
+    def due(self) -> float | None:
+        """When the next waiting branch is due, or the next callback wait expires."""
+        times = [
+            b.next_retry_at
+            for b in self.leaves()
+            if b.next_retry_at is not None and b.status in (B.WAITING, B.AWAITING_CALLBACK)
+        ]
+        return min(times) if times else None
+
+    def schedule_timer(self) -> None:
+        """A retry timer for the branch due first (waiting, or a callback wait's deadline)."""
+        due = self.due()
+        self.timer_at = due
+        if due is not None:
+            self.actor.host.later(self.actor.pid, due, Retry(automatic=True))
+
+    def _timer_for(self, b: Branch) -> None:
+        """A branch that now waits until ``next_retry_at``: a timer then, unless one is set
+        sooner (a tick sets the next one). Keeps thousands of waiting branches cheap."""
+        at = b.next_retry_at
+        if self.timer_at is None:
+            self.schedule_timer()  # the first here: others may have been set before a restart
+        elif at is not None and at < self.timer_at - 0.001:
+            self.timer_at = at
+            self.actor.host.later(self.actor.pid, at, Retry(automatic=True))
+
+
+def _inject(step: Step, view: Mapping[str, Any], actor: Actor) -> dict[str, Any]:
+    return inject(step.name, step.params, view, actor.host.resources)
+
+
+__all__ = ["Broken", "Forks"]
