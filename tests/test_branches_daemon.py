@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from daemon_util import DaemonFactory, DaemonProcess
+from test_operations import events
 
 N = 24
 
@@ -113,3 +114,13 @@ def test_a_sigkill_mid_fork_resumes_each_branch_from_its_own_last_step(
     assert all(r in (1, 2) for r in runs) and sum(runs) <= N + 5
     assert [s["name"] for s in process["steps"]].count("Configure ports") == 1
     assert daemon.step_runs(pid, "report") == 1
+
+
+def test_server_sent_step_events_carry_their_branch(daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory({"workflows": ["branch_daemon_flows"]})
+    stream = events(daemon)
+    pid = daemon.start_process("configure_ports", {"ports": [0, 1]})
+    got = stream.until(pid, "completed")
+    stream.close()
+    steps = {(e.data.get("step"), e.data.get("branch")) for e in got if e.data["kind"] == "step"}
+    assert ("verify", "Configure ports/1") in steps and ("report", None) in steps
