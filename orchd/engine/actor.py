@@ -18,9 +18,10 @@ from typing import Any
 
 from orchd import _faults as faults
 from orchd.dsl import Form, Step, StepKind, Stranded, Workflow
+from orchd.engine import children as childstep
+from orchd.engine import forkstep
 from orchd.engine.calls import call_step, cancelled_from_outside
-from orchd.engine.children import aborted_problem, child_starts, results
-from orchd.engine.forks import Broken, Forks
+from orchd.engine.forks import Forks
 from orchd.engine.host import Host
 from orchd.engine.messages import (
     Abort,
@@ -74,13 +75,9 @@ from orchd.store.base import (
     BranchRow,
     Checkpoint,
     ChildOf,
-    ChildRefused,
-    NewProcess,
     ProcessRow,
     ProcessTouch,
     ProcessWrite,
-    ReplaceChildren,
-    StartChildren,
     StepWrite,
     token_digest,
 )
@@ -267,8 +264,8 @@ class Actor:
                     check_action(Action.ABORT, self.status, self.pid)
                     await self._abort(actor, requested=True)
                     respond(envelope, self.status)
-                case Callback(digest=digest, payload=payload, actor=actor) if self._at_fork():
-                    await self._branch_callback(digest, payload, actor)
+                case Callback(digest=digest, payload=payload, actor=actor) if self.at_fork():
+                    await forkstep.callback(self, digest, payload, actor)
                     respond(envelope)
                 case Callback(digest=digest, payload=payload, actor=actor):
                     if digest is not None and self._callback_pending(digest):
@@ -301,7 +298,7 @@ class Actor:
             and self.workflow.steps[self.pc].kind is StepKind.CALLBACK_WAIT
         ) or (self.in_step and digest == self.callback_token)
 
-    def _action(self, action: Action, actor: str, detail: str | None = None) -> ActionWrite:
+    def action(self, action: Action, actor: str, detail: str | None = None) -> ActionWrite:
         return ActionWrite(pk=self.pk, at=time.time(), action=action, actor=actor, detail=detail)
 
     def _end_wait(self) -> None:
@@ -314,11 +311,11 @@ class Actor:
 
     async def _resume(self, answer: Any, actor: str) -> None:
         check_action(Action.RESUME, self.status, self.pid)
-        await self._fail_if_broken()
-        step = self._step()
+        await self.fail_if_broken()
+        step = self.step_now()
         form = await self._form_of(step)
         values = validate_form(form, answer)
-        await self._answered(step, values, self._action(Action.RESUME, actor))
+        await self._answered(step, values, self.action(Action.RESUME, actor))
 
     async def _answered(self, step: Step, delta: dict[str, Any], action: ActionWrite) -> None:
         """An answer (a form's, a callback's) completes the step that waited for it."""
@@ -327,11 +324,11 @@ class Actor:
         outcome = Outcome(
             P.RUNNING, StepStatus.SUCCESS, now, now, changes, advance=True, action=action
         )
-        await self._commit(step, outcome)
+        await self.commit(step, outcome)
 
     async def _retry(self, automatic: bool, actor: str, reissue: bool) -> None:
-        if automatic and self._at_fork():
-            await self._fork_timer()
+        if automatic and self.at_fork():
+            await forkstep.timer(self)
             return
         if automatic:
             if self.status is not P.WAITING or (self.next_retry_at or 0) > time.time() + 0.01:
@@ -340,7 +337,7 @@ class Actor:
             check_action(Action.RETRY, self.status, self.pid)
             if self.status is P.FAILED:
                 self.attempts = 0
-        await self._fail_if_broken()
+        await self.fail_if_broken()
         running = self.host.still_running(self.pid)
         if running is not None:
             # One step never runs twice at once (contract §2): not while a timed-out sync
@@ -353,7 +350,7 @@ class Actor:
                 f"cannot retry process {self.pid}: step {running!r} timed out but its call "
                 "still runs in its thread; retry once it has returned"
             )
-        forks = await self._fork_standing()
+        forks = await forkstep.standing(self)
         if reissue and forks is not None:
             raise InvalidTransition(
                 f"cannot reissue process {self.pid}: it stands at a fork; retry re-runs its "
@@ -366,18 +363,18 @@ class Actor:
         self.error = None
         self.next_retry_at = None
         detail = "reissue" if reissue else None
-        actions = [] if automatic else [self._action(Action.RETRY, actor, detail)]
+        actions = [] if automatic else [self.action(Action.RETRY, actor, detail)]
         rows = forks.rerun() if forks is not None else []
-        await self._write(P.RUNNING, steps=[], actions=actions, branches=rows)
+        await self.write(P.RUNNING, steps=[], actions=actions, branches=rows)
 
-    async def _fail_if_broken(self) -> None:
+    async def fail_if_broken(self) -> None:
         """A process whose step the code loaded now lacks fails, and nothing runs (§7)."""
         if self.broken is None:
             return
         if self.status is not P.FAILED:
             self.error = self.broken
             self.next_retry_at = None
-            await self._write(P.FAILED, steps=[])
+            await self.write(P.FAILED, steps=[])
         raise InvalidTransition(f"process {self.pid} cannot go on: {self.broken}")
 
     async def _skip(self, reason: str, actor: str) -> None:
@@ -388,15 +385,15 @@ class Actor:
             raise FormValidationError(
                 "skip needs a reason", [{"loc": ["reason"], "msg": "a reason is required"}]
             )
-        await self._fail_if_broken()
+        await self.fail_if_broken()
         assert self.workflow is not None
-        forks = await self._fork_standing()
+        forks = await forkstep.standing(self)
         if forks is not None:
             rows, records = forks.skip(reason, actor, time.time())
             if records:  # else the fork itself failed (a conflict): skip it whole, below
                 self.error, self.attempts, self.next_retry_at = None, 0, None
-                action = self._action(Action.SKIP, actor, reason)
-                await self._write(P.RUNNING, steps=records, actions=[action], branches=rows)
+                action = self.action(Action.SKIP, actor, reason)
+                await self.write(P.RUNNING, steps=records, actions=[action], branches=rows)
                 return
         steps = self.workflow.steps
         skipped = [steps[self.pc]]
@@ -431,10 +428,10 @@ class Actor:
         self.attempts = 0
         self.next_retry_at = None
         self._end_wait()
-        action = self._action(Action.SKIP, actor, reason)
+        action = self.action(Action.SKIP, actor, reason)
         drops = [""] if skipped[0].forks else []
         self.forks = None
-        await self._write(P.RUNNING, steps=records, actions=[action], drops=drops)
+        await self.write(P.RUNNING, steps=records, actions=[action], drops=drops)
 
     def _back_to_callback_action(self) -> None:
         """``retry --reissue``: after a callback's validate step failed, go back to its action
@@ -472,30 +469,30 @@ class Actor:
         if self.forks is not None:
             self.forks.forget_tokens()
             self.forks = None
-        actions = [self._action(Action.ABORT, actor)] if requested else []
+        actions = [self.action(Action.ABORT, actor)] if requested else []
         # Branches of a fork it stood at go with it (none, mostly: the delete finds nothing).
-        await self._write(P.ABORTED, steps=[record], release=release, actions=actions, drops=[""])
+        await self.write(P.ABORTED, steps=[record], release=release, actions=actions, drops=[""])
 
     async def _take_callback(self, payload: Any, actor: str) -> None:
-        step = self._step()
+        step = self.step_now()
         self.next_retry_at = None
         self._end_wait()
-        action = self._action(Action.CALLBACK, actor)
+        action = self.action(Action.CALLBACK, actor)
         await self._answered(step, {"callback_result": payload}, action)
 
     async def _fail_wait(self, reason: str) -> None:
-        step = self._step()
+        step = self.step_now()
         now = time.time()
         self.error = f"{step.name}: {reason}"
         # Back to the action, so a retry issues the request again with a fresh token.
         self.pc -= 1
         self.next_retry_at = None
         self._end_wait()
-        await self._commit(step, Outcome(P.FAILED, StepStatus.FAILED, now, now, error=self.error))
+        await self.commit(step, Outcome(P.FAILED, StepStatus.FAILED, now, now, error=self.error))
 
     # -- running steps --------------------------------------------------------------------
 
-    def _step(self) -> Step:
+    def step_now(self) -> Step:
         if self.workflow is None or self.broken is not None:
             raise InvalidTransition(f"process {self.pid} cannot go on: {self.broken}")
         return self.workflow.steps[self.pc]
@@ -508,18 +505,18 @@ class Actor:
             return
         if self.broken is not None:
             self.error = self.broken
-            await self._write(P.FAILED, steps=[])
+            await self.write(P.FAILED, steps=[])
             return
-        step = self._step()
+        step = self.step_now()
         started = time.time()
         if step.predicates and not self._predicate(step):
             outcome = Outcome(P.RUNNING, StepStatus.SKIPPED, started, time.time(), advance=True)
-            await self._commit(step, outcome)
+            await self.commit(step, outcome)
             return
         match step.kind:
             case StepKind.INIT:
                 outcome = Outcome(P.RUNNING, StepStatus.SUCCESS, started, started, advance=True)
-                await self._commit(step, outcome)
+                await self.commit(step, outcome)
             case StepKind.DONE:
                 await self._done(step, started)
             case StepKind.ABORT:
@@ -529,9 +526,9 @@ class Actor:
             case StepKind.CALLBACK_WAIT:
                 await self._wait_for_callback(step, started)
             case StepKind.CHILDREN:
-                await self._children(step, started)
+                await childstep.run(self, step, started)
             case StepKind.PARALLEL | StepKind.FOREACH:
-                await self._fork(step, started)
+                await forkstep.run(self, step, started)
             case _:
                 await self._run_function(step, started)
 
@@ -558,16 +555,16 @@ class Actor:
             kwargs = inject(step.name, step.params, view, self.host.resources)
             result = await call_step(self.host, self.pid, step, kwargs)
             delta = to_json_values(step.name, result)
-            sub = self._subscription_change(step, delta)
+            sub = self.subscription_change(step, delta)
             changes = changes_of(self.state, step.name, delta)
         except asyncio.CancelledError as exc:
             if cancelled_from_outside():
                 raise  # this actor is being stopped: the step runs again at the next start
             # Step code raised it itself (or cancelled something it awaited): a failed step.
-            await self._step_raised(step, exc, started)
+            await self.step_raised(step, exc, started)
             return
         except BaseException as exc:  # SystemExit in workflow code fails the step, not orchd
-            await self._step_raised(step, exc, started)
+            await self.step_raised(step, exc, started)
             return
         finally:
             self.in_step = False
@@ -582,9 +579,9 @@ class Actor:
             advance=True,
             subscription=sub,
         )
-        await self._commit(step, outcome)
+        await self.commit(step, outcome)
 
-    async def _step_raised(self, step: Step, exc: BaseException, started: float) -> None:
+    async def step_raised(self, step: Step, exc: BaseException, started: float) -> None:
         if isinstance(exc, StepInputError | StepOutputError | SubscriptionError | StepCrash):
             message = str(exc)
         else:
@@ -601,24 +598,24 @@ class Actor:
                 outcome = Outcome(
                     P.WAITING, StepStatus.WAITING, started, finished, error=message, traceback=tb
                 )
-                await self._commit(step, outcome)
+                await self.commit(step, outcome)
                 self.host.later(self.pid, self.next_retry_at, Retry(automatic=True))
                 return
             self.error = f"gave up after {self.attempts} attempts: {message}"
         outcome = Outcome(
             P.FAILED, StepStatus.FAILED, started, finished, error=message, traceback=tb
         )
-        await self._commit(step, outcome)
+        await self.commit(step, outcome)
 
     async def _suspend(self, step: Step, started: float) -> None:
         try:
             form = await self._form_of(step)
             schema = form_schema(form)
         except Exception as exc:
-            await self._step_raised(step, exc, started)
+            await self.step_raised(step, exc, started)
             return
         self.form = encode(schema)
-        await self._commit(step, Outcome(P.SUSPENDED, StepStatus.SUSPENDED, started, time.time()))
+        await self.commit(step, Outcome(P.SUSPENDED, StepStatus.SUSPENDED, started, time.time()))
 
     async def _form_of(self, step: Step) -> type[Form]:
         kwargs = inject(step.name, step.params, self.state, self.host.resources)
@@ -640,7 +637,7 @@ class Actor:
         if step.callback_timeout:
             self.next_retry_at = started + step.callback_timeout
         outcome = Outcome(P.AWAITING_CALLBACK, StepStatus.AWAITING_CALLBACK, started, time.time())
-        await self._commit(step, outcome)
+        await self.commit(step, outcome)
         if self.next_retry_at is not None and self.callback_token:
             self.host.later(self.pid, self.next_retry_at, Expire(digest=self.callback_token))
 
@@ -667,76 +664,9 @@ class Actor:
             advance=True,
             subscription=change,
         )
-        await self._commit(step, outcome)
+        await self.commit(step, outcome)
 
-    async def _children(self, step: Step, started: float) -> None:
-        """Start the children (once), or take their results when they have all finished."""
-        try:
-            if self.children_group is None:
-                await self._start_children(step)
-                return
-            rows = await self.host.children_of(self.pid, self.children_group)
-            if any(r.status not in FINAL for r in rows):  # woken early: wait on
-                self.children_pending = sum(r.status not in FINAL for r in rows)
-                await self._write(P.AWAITING_CHILDREN, steps=[])
-                return
-            aborted = [r for r in rows if r.status == P.ABORTED]
-            if aborted and self.replace_aborted:
-                await self._restart_aborted(step, aborted)
-                return
-            if aborted:
-                raise aborted_problem(step, aborted)
-        except (StepCrash, StepOutputError, OrchdError) as exc:
-            await self._step_raised(step, exc, started)
-            return
-        collected = {step.into: results(rows)} if step.into else None
-        changes = changes_of(self.state, step.name, collected)
-        self.children_group = self.children_pending = None
-        outcome = Outcome(
-            P.RUNNING, StepStatus.SUCCESS, started, time.time(), changes, advance=True
-        )
-        await self._commit(step, outcome)
-
-    async def _start_children(self, step: Step) -> None:
-        inputs = self.state.get(step.items_key)
-        if not isinstance(inputs, list):
-            raise StepCrash(
-                f"children {step.name!r}: state[{step.items_key!r}] must be a list of inputs"
-            )
-        group = self.seq + 1  # unique within the process: a later children step gets another
-        starts = child_starts(self.host, self.pid, step, list(enumerate(inputs)), group)
-        await self._await_children(group, starts, detach=None)
-
-    async def _restart_aborted(self, step: Step, aborted: list[ProcessRow]) -> None:
-        assert self.children_group is not None
-        inputs = self.state.get(step.items_key)
-        assert isinstance(inputs, list)
-        indexes = [r.child_index for r in aborted if r.child_index is not None]
-        elements = [(i, inputs[i]) for i in indexes]
-        starts = child_starts(self.host, self.pid, step, elements, self.children_group)
-        await self._await_children(self.children_group, starts, detach=[r.id for r in aborted])
-
-    async def _await_children(
-        self, group: int, starts: list[NewProcess], detach: list[str] | None
-    ) -> None:
-        previous = (self.children_group, self.children_pending)
-        self.children_group, self.children_pending = group, len(starts)
-        self.replace_aborted = False
-        status = P.AWAITING_CHILDREN if starts else P.RUNNING  # none: join at once
-        checkpoint = self._checkpoint(status, steps=[])
-        op: StartChildren | ReplaceChildren
-        if detach is None:
-            op = StartChildren(parent=checkpoint, children=starts)
-        else:
-            op = ReplaceChildren(parent=checkpoint, detach=detach, children=starts)
-        try:
-            await self.host.start_children(op)
-        except ChildRefused as exc:
-            self.children_group, self.children_pending = previous
-            raise StepCrash(f"children: {exc}") from None
-        self._committed(status, [], None)
-
-    def _subscription_change(self, step: Step, delta: dict[str, Any]) -> dict[str, Any] | None:
+    def subscription_change(self, step: Step, delta: dict[str, Any]) -> dict[str, Any] | None:
         """Check and complete a subscription a step put into State; None if it did not."""
         given = delta.get("subscription", _MISSING)
         if given is _MISSING or self.target is Target.SYSTEM:
@@ -752,7 +682,7 @@ class Actor:
 
     # -- forks (contract §8; the branches themselves run in orchd.engine.forks) ------------
 
-    def _at_fork(self) -> bool:
+    def at_fork(self) -> bool:
         """Whether the process stands at a parallel or foreach step."""
         wf = self.workflow
         return (
@@ -762,95 +692,6 @@ class Actor:
             and self.pc < len(wf.steps)
             and wf.steps[self.pc].forks
         )
-
-    async def _fork_standing(self) -> Forks | None:
-        """The fork the process stands at, with the branches it committed (loaded once);
-        None when it stands at none, or its fork could not even open (its step failed)."""
-        if not self._at_fork():
-            return None
-        step = self._step()
-        if self.forks is None or self.forks.top.step is not step:
-            try:
-                forks = Forks(self, step, self.state)
-                forks.load(await self.host.branches(self.pk))
-            except StepCrash:
-                return None
-            except Broken as exc:
-                self.broken = str(exc)
-                await self._fail_if_broken()
-            self.forks = forks
-        return self.forks
-
-    async def _fork(self, step: Step, started: float) -> None:
-        """Run the fork's branches until none can run; then join, or wait as §8 says."""
-        try:
-            forks = Forks(self, step, self.state) if self.forks is None else self.forks
-            if self.forks is None:
-                forks.load(await self.host.branches(self.pk))
-                self.forks = forks
-        except StepCrash as exc:
-            await self._step_raised(step, exc, started)
-            return
-        except Broken as exc:
-            self.broken = self.error = str(exc)
-            await self._write(P.FAILED, steps=[])
-            return
-        await forks.drive()
-        if self.abort_requested is not None or self.stopping:
-            return  # the loop aborts, or the actor stops; the branches' commits stand
-        if not forks.top.complete:
-            status, self.error, self.next_retry_at = forks.blocked()
-            await self._write(status, steps=[])
-            return
-        try:
-            delta = forks.top.joined_changes()
-            sub = self._subscription_change(step, delta)
-            changes = changes_of(self.state, step.name, delta)
-        except (StepCrash, StepOutputError, SubscriptionError) as exc:
-            await self._step_raised(step, exc, forks.started)
-            return
-        self.forks = None
-        outcome = Outcome(
-            P.RUNNING,
-            StepStatus.SUCCESS,
-            forks.started,
-            time.time(),
-            changes,
-            advance=True,
-            subscription=sub,
-        )
-        await self._commit(step, outcome)
-
-    async def _fork_timer(self) -> None:
-        """A retry timer of a blocked fork: branches due run again, expired waits fail."""
-        if self.status not in (P.WAITING, P.AWAITING_CALLBACK):
-            return  # failed: a person decides; running: the running fork takes its timers
-        forks = await self._fork_standing()
-        if forks is None:
-            return
-        rows, records = forks.tick(time.time())
-        if not rows:
-            due = forks.due()
-            if due is not None:
-                self.host.later(self.pid, due, Retry(automatic=True))
-            return
-        if any(b.status == "running" for b in forks.leaves()):
-            status, self.error, self.next_retry_at = P.RUNNING, None, None
-        else:
-            status, self.error, self.next_retry_at = forks.blocked()
-        await self._write(status, steps=records, branches=rows)
-        forks.schedule_timer()  # for the branches still waiting
-
-    async def _branch_callback(self, digest: str | None, payload: Any, actor: str) -> None:
-        """A callback for a branch's wait, while no branch runs: the branch goes on."""
-        forks = await self._fork_standing()
-        if forks is None:
-            raise CallbackNotFound("no process waits for this callback token")
-        branch = forks.awaiting(digest)
-        row, record = forks.answer(branch, payload, time.time())
-        action = self._action(Action.CALLBACK, actor, f"branch {branch.path}")
-        self.error = self.next_retry_at = None
-        await self._write(P.RUNNING, steps=[record], actions=[action], branches=[row])
 
     def next_seq(self) -> int:
         """The number of the process's next step record."""
@@ -888,9 +729,10 @@ class Actor:
         seconds = steps[-1].finished_at - steps[-1].started_at if steps else None
         self.host.committed(self, self.status, steps, seconds)
 
-    # -- checkpoints ----------------------------------------------------------------------
+    # -- checkpoints (also what the children and fork steps commit through: their sides of
+    # the actor are orchd.engine.children and orchd.engine.forkstep) ---------------------
 
-    async def _commit(self, step: Step, outcome: Outcome) -> None:
+    async def commit(self, step: Step, outcome: Outcome) -> None:
         changed = outcome.changes.values
         if changed:
             self.state.update(changed)
@@ -917,7 +759,7 @@ class Actor:
         assert self.workflow is not None
         finished_all = outcome.status in (P.COMPLETED, P.ABORTED)
         self.current_step = None if finished_all else self.workflow.steps[self.pc].name
-        await self._write(
+        await self.write(
             outcome.status,
             steps=[record],
             subscription=outcome.subscription,
@@ -927,7 +769,7 @@ class Actor:
             drops=[""] if step.forks and outcome.advance else [],
         )
 
-    async def _write(
+    async def write(
         self,
         status: ProcessStatus,
         *,
@@ -939,15 +781,15 @@ class Actor:
         branches: list[BranchRow] | None = None,
         drops: list[str] | None = None,
     ) -> None:
-        checkpoint = self._checkpoint(
+        checkpoint = self.checkpoint_of(
             status, steps=steps, subscription=subscription, release=release, actions=actions
         )
         checkpoint.branches = branches or []
         checkpoint.drop_branches = drops or []
         await self.host.checkpoint(checkpoint)
-        self._committed(status, steps, step_seconds)
+        self.committed_as(status, steps, step_seconds)
 
-    def _checkpoint(
+    def checkpoint_of(
         self,
         status: ProcessStatus,
         *,
@@ -996,7 +838,7 @@ class Actor:
             child_of=child_of,
         )
 
-    def _committed(
+    def committed_as(
         self, status: ProcessStatus, steps: list[StepWrite], step_seconds: float | None
     ) -> None:
         previous, self.status = self.status, status

@@ -2,19 +2,26 @@
 
 The fan-out itself is committed by the store (``StartChildren``: the parent's checkpoint and
 every child in one transaction) and the parent is woken by its last child's commit; what is
-left here is what the parent's actor decides.
+left here is what the parent's actor decides: ``run`` is its side of a children step.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 from orchd.dsl import Step
 from orchd.engine.host import Host
-from orchd.engine.outcome import StepCrash
+from orchd.engine.outcome import Outcome, StepCrash, changes_of
 from orchd.errors import OrchdError
-from orchd.model import RESERVED_KEYS
-from orchd.store.base import NewProcess, ProcessRow
+from orchd.model import FINAL, RESERVED_KEYS, ProcessStatus, StepStatus
+from orchd.state import StepOutputError
+from orchd.store.base import ChildRefused, NewProcess, ProcessRow, ReplaceChildren, StartChildren
+
+if TYPE_CHECKING:
+    from orchd.engine.actor import Actor
+
+P = ProcessStatus
 
 
 def child_starts(
@@ -60,3 +67,75 @@ def results(rows: list[ProcessRow]) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+# -- the parent's actor at a children step ----------------------------------------------
+
+
+async def run(actor: Actor, step: Step, started: float) -> None:
+    """Start the children (once), or take their results when they have all finished."""
+    try:
+        if actor.children_group is None:
+            await _start(actor, step)
+            return
+        rows = await actor.host.children_of(actor.pid, actor.children_group)
+        if any(r.status not in FINAL for r in rows):  # woken early: wait on
+            actor.children_pending = sum(r.status not in FINAL for r in rows)
+            await actor.write(P.AWAITING_CHILDREN, steps=[])
+            return
+        aborted = [r for r in rows if r.status == P.ABORTED]
+        if aborted and actor.replace_aborted:
+            await _restart_aborted(actor, step, aborted)
+            return
+        if aborted:
+            raise aborted_problem(step, aborted)
+    except (StepCrash, StepOutputError, OrchdError) as exc:
+        await actor.step_raised(step, exc, started)
+        return
+    collected = {step.into: results(rows)} if step.into else None
+    changes = changes_of(actor.state, step.name, collected)
+    actor.children_group = actor.children_pending = None
+    outcome = Outcome(P.RUNNING, StepStatus.SUCCESS, started, time.time(), changes, advance=True)
+    await actor.commit(step, outcome)
+
+
+async def _start(actor: Actor, step: Step) -> None:
+    inputs = actor.state.get(step.items_key)
+    if not isinstance(inputs, list):
+        raise StepCrash(
+            f"children {step.name!r}: state[{step.items_key!r}] must be a list of inputs"
+        )
+    group = actor.seq + 1  # unique within the process: a later children step gets another
+    starts = child_starts(actor.host, actor.pid, step, list(enumerate(inputs)), group)
+    await _fan_out(actor, group, starts, detach=None)
+
+
+async def _restart_aborted(actor: Actor, step: Step, aborted: list[ProcessRow]) -> None:
+    assert actor.children_group is not None
+    inputs = actor.state.get(step.items_key)
+    assert isinstance(inputs, list)
+    indexes = [r.child_index for r in aborted if r.child_index is not None]
+    elements = [(i, inputs[i]) for i in indexes]
+    starts = child_starts(actor.host, actor.pid, step, elements, actor.children_group)
+    await _fan_out(actor, actor.children_group, starts, detach=[r.id for r in aborted])
+
+
+async def _fan_out(
+    actor: Actor, group: int, starts: list[NewProcess], detach: list[str] | None
+) -> None:
+    previous = (actor.children_group, actor.children_pending)
+    actor.children_group, actor.children_pending = group, len(starts)
+    actor.replace_aborted = False
+    status = P.AWAITING_CHILDREN if starts else P.RUNNING  # none: join at once
+    checkpoint = actor.checkpoint_of(status, steps=[])
+    op: StartChildren | ReplaceChildren
+    if detach is None:
+        op = StartChildren(parent=checkpoint, children=starts)
+    else:
+        op = ReplaceChildren(parent=checkpoint, detach=detach, children=starts)
+    try:
+        await actor.host.start_children(op)
+    except ChildRefused as exc:
+        actor.children_group, actor.children_pending = previous
+        raise StepCrash(f"children: {exc}") from None
+    actor.committed_as(status, [], None)

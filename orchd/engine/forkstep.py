@@ -1,0 +1,117 @@
+"""The actor's side of a fork step (contract §8): open or load the fork, run it until no
+branch can run, then join it or take the status §8 gives; and the actions (a timer, a callback)
+that reach a process whose fork is blocked. The branches themselves run in
+``orchd.engine.forks``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from orchd.dsl import Step
+from orchd.engine.forks import Broken, Forks
+from orchd.engine.messages import Retry
+from orchd.engine.outcome import Outcome, StepCrash, changes_of
+from orchd.errors import CallbackNotFound
+from orchd.model import Action, ProcessStatus, StepStatus
+from orchd.state import StepOutputError
+from orchd.subscriptions import SubscriptionError
+
+if TYPE_CHECKING:
+    from orchd.engine.actor import Actor
+
+P = ProcessStatus
+
+
+async def standing(actor: Actor) -> Forks | None:
+    """The fork the process stands at, with the branches it committed (loaded once);
+    None when it stands at none, or its fork could not even open (its step failed)."""
+    if not actor.at_fork():
+        return None
+    step = actor.step_now()
+    if actor.forks is None or actor.forks.top.step is not step:
+        try:
+            forks = Forks(actor, step, actor.state)
+            forks.load(await actor.host.branches(actor.pk))
+        except StepCrash:
+            return None
+        except Broken as exc:
+            actor.broken = str(exc)
+            await actor.fail_if_broken()
+        actor.forks = forks
+    return actor.forks
+
+
+async def run(actor: Actor, step: Step, started: float) -> None:
+    """Run the fork's branches until none can run; then join, or wait as §8 says."""
+    try:
+        forks = Forks(actor, step, actor.state) if actor.forks is None else actor.forks
+        if actor.forks is None:
+            forks.load(await actor.host.branches(actor.pk))
+            actor.forks = forks
+    except StepCrash as exc:
+        await actor.step_raised(step, exc, started)
+        return
+    except Broken as exc:
+        actor.broken = actor.error = str(exc)
+        await actor.write(P.FAILED, steps=[])
+        return
+    await forks.drive()
+    if actor.abort_requested is not None or actor.stopping:
+        return  # the loop aborts, or the actor stops; the branches' commits stand
+    if not forks.top.complete:
+        status, actor.error, actor.next_retry_at = forks.blocked()
+        await actor.write(status, steps=[])
+        return
+    try:
+        delta = forks.top.joined_changes()
+        sub = actor.subscription_change(step, delta)
+        changes = changes_of(actor.state, step.name, delta)
+    except (StepCrash, StepOutputError, SubscriptionError) as exc:
+        await actor.step_raised(step, exc, forks.started)
+        return
+    actor.forks = None
+    outcome = Outcome(
+        P.RUNNING,
+        StepStatus.SUCCESS,
+        forks.started,
+        time.time(),
+        changes,
+        advance=True,
+        subscription=sub,
+    )
+    await actor.commit(step, outcome)
+
+
+async def timer(actor: Actor) -> None:
+    """A retry timer of a blocked fork: branches due run again, expired waits fail."""
+    if actor.status not in (P.WAITING, P.AWAITING_CALLBACK):
+        return  # failed: a person decides; running: the running fork takes its timers
+    forks = await standing(actor)
+    if forks is None:
+        return
+    rows, records = forks.tick(time.time())
+    if not rows:
+        due = forks.due()
+        if due is not None:
+            actor.host.later(actor.pid, due, Retry(automatic=True))
+        return
+    if any(b.status == "running" for b in forks.leaves()):
+        status, actor.error, actor.next_retry_at = P.RUNNING, None, None
+    else:
+        status, actor.error, actor.next_retry_at = forks.blocked()
+    await actor.write(status, steps=records, branches=rows)
+    forks.schedule_timer()  # for the branches still waiting
+
+
+async def callback(actor: Actor, digest: str | None, payload: Any, who: str) -> None:
+    """A callback for a branch's wait, while no branch runs: the branch goes on."""
+    forks = await standing(actor)
+    if forks is None:
+        raise CallbackNotFound("no process waits for this callback token")
+    branch = forks.awaiting(digest)
+    row, record = forks.answer(branch, payload, time.time())
+    action = actor.action(Action.CALLBACK, who, f"branch {branch.path}")
+    actor.error = actor.next_retry_at = None
+    await actor.write(P.RUNNING, steps=[record], actions=[action], branches=[row])
