@@ -187,7 +187,7 @@ test_engine_status_machine = EngineMachine.TestCase
 async def test_the_one_place_a_status_is_written_refuses_a_change_the_table_forbids(
     database_factory: DatabaseFactory,
 ) -> None:
-    # White box: every status change goes through Actor._write, which checks the table. A
+    # White box: every status change goes through Actor.write, which checks the table. A
     # completed process made "running" again by a bug would run steps a second time.
     async with Engine(database=await database_factory("db"), workflows=["engine_flows"]) as engine:
         pid = await engine.start("conditional_task")
@@ -196,5 +196,5 @@ async def test_the_one_place_a_status_is_written_refuses_a_change_the_table_forb
         assert row is not None
         actor = Actor(engine, pid, row)
         with pytest.raises(InvalidTransition, match="a completed process cannot become running"):
-            await actor._write(P.RUNNING, steps=[])
+            await actor.write(P.RUNNING, steps=[])
         assert (await engine.get(pid)).status == P.COMPLETED
