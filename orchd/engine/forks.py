@@ -117,11 +117,11 @@ class Forks:
             return P.WAITING, f"branch {waiting.path}: {waiting.error}", self.due()
         return P.AWAITING_CALLBACK, None, self.due()
 
-    def rerun(self, *, failed_only: bool = False) -> list[BranchRow]:
+    def rerun(self) -> list[BranchRow]:
         """A retry: failed branches (and waiting ones) run again from their failing step."""
         changed = []
         for b in list(self.leaves()):
-            if b.status is B.FAILED or (b.status is B.WAITING and not failed_only):
+            if b.status in (B.FAILED, B.WAITING):
                 if b.status is B.FAILED:
                     b.attempts = 0
                 b.status, b.error, b.next_retry_at = B.RUNNING, None, None

@@ -16,6 +16,7 @@ from orchd.engine.outcome import Outcome, StepCrash, changes_of
 from orchd.errors import CallbackNotFound
 from orchd.model import Action, ProcessStatus, StepStatus
 from orchd.state import StepOutputError
+from orchd.status import BranchStatus
 from orchd.subscriptions import SubscriptionError
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ async def timer(actor: Actor) -> None:
         if due is not None:
             actor.host.later(actor.pid, due, Retry(automatic=True))
         return
-    if any(b.status == "running" for b in forks.leaves()):
+    if any(b.status is BranchStatus.RUNNING for b in forks.leaves()):
         status, actor.error, actor.next_retry_at = P.RUNNING, None, None
     else:
         status, actor.error, actor.next_retry_at = forks.blocked()
