@@ -17,7 +17,6 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -27,15 +26,15 @@ from orchd.dsl import Workflow
 from orchd.engine import actor as actors
 from orchd.engine import messages
 from orchd.engine.cluster import Node
-from orchd.engine.events import LISTENER_BUFFER, EventHub
+from orchd.engine.events import LISTENER_BUFFER, EventHub, events_of
 from orchd.engine.loading import load_workflows
 from orchd.engine.loopwatch import LoopWatch
+from orchd.engine.starts import build_start
 from orchd.engine.stats import EngineStats, StepCounter, WorkflowSteps
 from orchd.engine.threads import StepThreads
 from orchd.errors import (
     AmbiguousId,
     CallbackNotFound,
-    FormValidationError,
     OrchdError,
     ProcessNotFound,
     ShuttingDown,
@@ -45,7 +44,6 @@ from orchd.model import (
     ACTIVE,
     DEFAULT_PAGE,
     FINAL,
-    RESERVED_KEYS,
     Event,
     Page,
     Process,
@@ -53,16 +51,11 @@ from orchd.model import (
     Reset,
     StepStatus,
     SubscriptionDetail,
-    Target,
     WorkflowInfo,
 )
 from orchd.settings import EngineSettings
 from orchd.state import (
-    StepOutputError,
     form_schema,
-    require_object,
-    to_json_values,
-    validate_form,
 )
 from orchd.store.base import (
     BranchRow,
@@ -384,7 +377,7 @@ class Engine:
     async def checkpoint(self, checkpoint: Checkpoint) -> None:
         actor = self.actors.get(checkpoint.process_id)
         if actor is not None:
-            checkpoint.events = _events_of(actor, checkpoint)
+            checkpoint.events = events_of(actor, checkpoint)
         committed, finished = False, None
         if len(self.actors) == 1 and (actor is None or not actor.concurrent):
             # A lone process: committing here skips two thread hand-offs per step; the loop
@@ -407,7 +400,7 @@ class Engine:
     async def start_children(self, op: StartChildren | ReplaceChildren) -> None:
         actor = self.actors.get(op.parent.process_id)
         if actor is not None:
-            op.parent.events = _events_of(actor, op.parent)
+            op.parent.events = events_of(actor, op.parent)
         for row in await self.store.write(op):
             if not row.held:
                 self._post(row.id, messages.Run(), None, row=row)
@@ -613,78 +606,17 @@ class Engine:
         wf = self.workflows.get(workflow)
         if wf is None:
             raise WorkflowNotFound(f"no workflow named {workflow!r}")
-        values = self._initial_input(wf, input)
-        pid = self.new_id()
-        lock = (
-            values.get("subscription_id")
-            if wf.target in (Target.MODIFY, Target.TERMINATE)
-            else None
-        )
-        state = {
-            **values,
-            "process_id": pid,
-            "workflow_name": wf.name,
-            "workflow_target": str(wf.target),
-            "reporter": reporter,
-        }
-        return NewProcess(
-            actor=_actor(reporter),
-            id=pid,
-            workflow=wf.name,
-            target=wf.target,
-            reporter=reporter,
-            state=state,
-            lock=lock,
-            first_step=wf.steps[0].name,
-            first_key=wf.steps[0].key,
-            created_at=time.time(),
+        return build_start(
+            wf,
+            input,
+            reporter,
+            self.new_id(),
             parent_id=parent_id,
-            child_group=group,
-            child_index=index,
+            group=group,
+            index=index,
             held=held,
             idempotency_key=idempotency_key,
-            events=[_event("process", pid, wf.name, P.CREATED, parent_id=parent_id)],
         )
-
-    def _initial_input(self, wf: Workflow, given: Any) -> dict[str, Any]:
-        given = dict(require_object(given))
-        needs_subscription = wf.target in (Target.MODIFY, Target.TERMINATE)
-        subscription_id = given.get("subscription_id")
-        if needs_subscription:
-            if subscription_id is None:
-                raise FormValidationError(
-                    f"a {wf.target} workflow needs subscription_id",
-                    [{"loc": ["subscription_id"], "msg": "field required"}],
-                )
-            canonical = uuid_or_none(subscription_id) if isinstance(subscription_id, str) else None
-            if canonical is None:
-                raise FormValidationError(
-                    "subscription_id must be a UUID",
-                    [{"loc": ["subscription_id"], "msg": "expected a UUID string"}],
-                )
-        if wf.form is None:
-            reserved = sorted(
-                k
-                for k in given
-                if k in RESERVED_KEYS and not (needs_subscription and k == "subscription_id")
-            )
-            if reserved:
-                raise FormValidationError(
-                    f"{', '.join(reserved)}: set by the engine, not by the input",
-                    [{"loc": [k], "msg": "reserved State key"} for k in reserved],
-                )
-            try:
-                values = to_json_values("input", given)
-            except StepOutputError as exc:
-                raise FormValidationError(str(exc), [{"loc": [], "msg": str(exc)}]) from None
-        else:
-            in_form = "subscription_id" in wf.form.__struct_fields__
-            if needs_subscription and not in_form:
-                given.pop("subscription_id")
-            values = validate_form(wf.form, given)
-        if needs_subscription:
-            values["subscription_id"] = canonical
-        return dict(values)
 
     async def get(self, pid: str) -> Process:
         """The process as committed, with its whole step log (``pid`` may be a prefix)."""
@@ -927,50 +859,6 @@ class Engine:
             node_id=None if self.node is None else self.node.node_id,
             cluster=None if self.node is None else self.node.counters(),
         )
-
-
-def _event(
-    kind: str,
-    pid: str,
-    workflow: str,
-    status: ProcessStatus,
-    step: str | None = None,
-    step_status: StepStatus | None = None,
-    *,
-    parent_id: str | None = None,
-    at: datetime | None = None,
-) -> Event:
-    # The id is the events table's key, given when the write commits.
-    return Event(
-        id=0,
-        kind=kind,
-        process_id=pid,
-        workflow=workflow,
-        parent_id=parent_id,
-        status=status,
-        step=step,
-        step_status=step_status,
-        at=at or datetime.now(UTC),
-    )
-
-
-def _events_of(actor: actors.Actor, checkpoint: Checkpoint) -> list[Event]:
-    """What a checkpoint announces: each step record, then the status when it changes (or
-    when no step was recorded). The actor's status is still the one before the write."""
-    # Every step of every process announces itself: this runs once per checkpoint, so the
-    # statuses (already members) are not converted again and the clock is read once.
-    status: Any = checkpoint.process.status
-    pid, name, parent, at = actor.pid, actor.workflow_name, actor.parent_id, datetime.now(UTC)
-    events = [
-        Event(
-            id=0, kind="step", process_id=pid, workflow=name, parent_id=parent, status=status,
-            step=r.name, step_status=r.status, branch=r.branch, at=at,  # type: ignore[arg-type]
-        )
-        for r in checkpoint.steps
-    ]  # fmt: skip
-    if status != actor.status or not checkpoint.steps:
-        events.append(_event("process", pid, name, status, parent_id=parent, at=at))
-    return events
 
 
 def _actor(reporter: str | None, default: str = "engine") -> str:

@@ -11,8 +11,14 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-from orchd.model import Event, Reset
+from orchd.model import Event, ProcessStatus, Reset, StepStatus
+from orchd.store.base import Checkpoint
+
+if TYPE_CHECKING:
+    from orchd.engine.actor import Actor
 
 #: Events a listener may leave unread before the hub closes it (unless it asks for another
 #: bound): enough for an in-process consumer to keep up with thousands of processes.
@@ -108,3 +114,48 @@ class EventHub:
             except asyncio.QueueFull:
                 pass
         self.listeners.clear()
+
+
+def event(
+    kind: str,
+    pid: str,
+    workflow: str,
+    status: ProcessStatus,
+    step: str | None = None,
+    step_status: StepStatus | None = None,
+    *,
+    parent_id: str | None = None,
+    at: datetime | None = None,
+) -> Event:
+    """An event to store and announce; the id is the events table's key, given when the write
+    commits."""
+    return Event(
+        id=0,
+        kind=kind,
+        process_id=pid,
+        workflow=workflow,
+        parent_id=parent_id,
+        status=status,
+        step=step,
+        step_status=step_status,
+        at=at or datetime.now(UTC),
+    )
+
+
+def events_of(actor: Actor, checkpoint: Checkpoint) -> list[Event]:
+    """What a checkpoint announces: each step record, then the status when it changes (or
+    when no step was recorded). The actor's status is still the one before the write."""
+    # Every step of every process announces itself: this runs once per checkpoint, so the
+    # statuses (already members) are not converted again and the clock is read once.
+    status: Any = checkpoint.process.status
+    pid, name, parent, at = actor.pid, actor.workflow_name, actor.parent_id, datetime.now(UTC)
+    events = [
+        Event(
+            id=0, kind="step", process_id=pid, workflow=name, parent_id=parent, status=status,
+            step=r.name, step_status=r.status, branch=r.branch, at=at,  # type: ignore[arg-type]
+        )
+        for r in checkpoint.steps
+    ]  # fmt: skip
+    if status != actor.status or not checkpoint.steps:
+        events.append(event("process", pid, name, status, parent_id=parent, at=at))
+    return events

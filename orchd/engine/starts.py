@@ -1,0 +1,106 @@
+"""Starting a process: checking a start's input against its workflow and building the new
+process (its first State, its subscription lock, its first event), for a start by a user, a
+schedule or a parent's children step alike."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from orchd.dsl import Workflow
+from orchd.engine.events import event
+from orchd.errors import FormValidationError
+from orchd.model import RESERVED_KEYS, ProcessStatus, Target
+from orchd.state import StepOutputError, require_object, to_json_values, validate_form
+from orchd.store.base import NewProcess
+from orchd.store.views import uuid_or_none
+
+P = ProcessStatus
+
+
+def build_start(
+    wf: Workflow,
+    input: Any,
+    reporter: str | None,
+    pid: str,
+    *,
+    parent_id: str | None = None,
+    group: int | None = None,
+    index: int | None = None,
+    held: bool = False,
+    idempotency_key: str | None = None,
+) -> NewProcess:
+    """Check a start of ``wf`` (its input) and build it as process ``pid``; raises what a
+    refused start raises. A child names its parent, fan-out and element; ``held`` waits
+    for a free slot."""
+    values = initial_input(wf, input)
+    lock = values.get("subscription_id") if wf.target in (Target.MODIFY, Target.TERMINATE) else None
+    state = {
+        **values,
+        "process_id": pid,
+        "workflow_name": wf.name,
+        "workflow_target": str(wf.target),
+        "reporter": reporter,
+    }
+    return NewProcess(
+        actor=reporter or "engine",
+        id=pid,
+        workflow=wf.name,
+        target=wf.target,
+        reporter=reporter,
+        state=state,
+        lock=lock,
+        first_step=wf.steps[0].name,
+        first_key=wf.steps[0].key,
+        created_at=time.time(),
+        parent_id=parent_id,
+        child_group=group,
+        child_index=index,
+        held=held,
+        idempotency_key=idempotency_key,
+        events=[event("process", pid, wf.name, P.CREATED, parent_id=parent_id)],
+    )
+
+
+def initial_input(wf: Workflow, given: Any) -> dict[str, Any]:
+    """The State a start begins with, from its input: the workflow's form, or (without
+    one) any JSON object but the engine's own keys; a MODIFY or TERMINATE needs a
+    subscription_id."""
+    given = dict(require_object(given))
+    needs_subscription = wf.target in (Target.MODIFY, Target.TERMINATE)
+    subscription_id = given.get("subscription_id")
+    if needs_subscription:
+        if subscription_id is None:
+            raise FormValidationError(
+                f"a {wf.target} workflow needs subscription_id",
+                [{"loc": ["subscription_id"], "msg": "field required"}],
+            )
+        canonical = uuid_or_none(subscription_id) if isinstance(subscription_id, str) else None
+        if canonical is None:
+            raise FormValidationError(
+                "subscription_id must be a UUID",
+                [{"loc": ["subscription_id"], "msg": "expected a UUID string"}],
+            )
+    if wf.form is None:
+        reserved = sorted(
+            k
+            for k in given
+            if k in RESERVED_KEYS and not (needs_subscription and k == "subscription_id")
+        )
+        if reserved:
+            raise FormValidationError(
+                f"{', '.join(reserved)}: set by the engine, not by the input",
+                [{"loc": [k], "msg": "reserved State key"} for k in reserved],
+            )
+        try:
+            values = to_json_values("input", given)
+        except StepOutputError as exc:
+            raise FormValidationError(str(exc), [{"loc": [], "msg": str(exc)}]) from None
+    else:
+        in_form = "subscription_id" in wf.form.__struct_fields__
+        if needs_subscription and not in_form:
+            given.pop("subscription_id")
+        values = validate_form(wf.form, given)
+    if needs_subscription:
+        values["subscription_id"] = canonical
+    return dict(values)
