@@ -464,3 +464,20 @@ async def test_many_branches_waiting_for_their_retries_all_go_on_by_themselves(
     assert process.status == "completed", process.error
     assert process.state["reserved"] == [{"reserved": n} for n in (1, 2, 3, 4)]
     assert ledger.count("reserve item") == 7
+
+
+async def test_aborting_a_waiting_fork_drops_its_branches_and_no_timer_revives_it(
+    engine: Engine, ledger: Ledger
+) -> None:
+    ledger.failing.add("reserve")
+    pid = await engine.start("flaky", {})
+    await settle(engine, pid, "waiting")
+    await engine.abort(pid, reporter="ops")
+    process = await engine.get(pid)
+    assert process.status == "aborted"
+    row = await engine.store.process(pid)
+    assert row is not None and await engine.store.branches(row.pk) == []
+    calls = ledger.count("reserve")
+    await asyncio.sleep(0.5)  # past the branch's backoff (0.2 s)
+    assert ledger.count("reserve") == calls
+    assert (await engine.get(pid)).status == "aborted"
