@@ -32,10 +32,12 @@ from orchd.model import (
     utc,
 )
 from orchd.state import decode
+from orchd.status import BranchStatus
 from orchd.store.base import BranchRow, StepRow, Store
 
 P = ProcessStatus
 FINAL_NAMES = frozenset({P.COMPLETED.value, P.ABORTED.value})
+DONE = BranchStatus.DONE.value
 #: A fork lists each branch up to this many; beyond, the counts and the unfinished ones.
 LISTED_BRANCHES = 20
 
@@ -59,7 +61,7 @@ def fork_summaries(steps: list[StepRow], live: list[BranchRow]) -> list[ForkSumm
         else:
             assert record is not None
             finished = record.status in (StepStatus.SUCCESS, StepStatus.SKIPPED)
-            status, error = ("done", None) if finished else (record.status, record.error)
+            status, error = (DONE, None) if finished else (record.status, record.error)
         forks.setdefault(path.rsplit("/", 1)[0], []).append(
             BranchSummary(
                 branch=path, status=status, step=record.name if record else None, error=error
@@ -74,7 +76,7 @@ def fork_summaries(steps: list[StepRow], live: list[BranchRow]) -> list[ForkSumm
             counts[b.status] = counts.get(b.status, 0) + 1
         abridged = len(branches) > LISTED_BRANCHES
         if abridged:
-            branches = [b for b in branches if b.status != "done"][:LISTED_BRANCHES]
+            branches = [b for b in branches if b.status != DONE][:LISTED_BRANCHES]
         summaries.append(
             ForkSummary(
                 fork=fork,
