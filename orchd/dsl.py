@@ -1,8 +1,9 @@
 """The workflow DSL: steps, step lists, and the ``workflow`` decorator.
 
 A workflow is flattened, when it is defined, into a tuple of ``Step``s that the actor runs in
-order. Conditionals become predicates on the steps they wrap, and a ``callback_step`` becomes
-three steps (action, wait, validate).
+order. Conditionals become predicates on the steps they wrap, a ``callback_step`` becomes
+three steps (action, wait, validate), and a ``parallel`` or ``foreach`` stays one step that
+holds its branches' flattened steps (contract §8).
 
 Where a process stands is recorded as a *position*: the key of its next step (``key=``, by
 default the step's name) and which occurrence of that key it is in the list. A process
