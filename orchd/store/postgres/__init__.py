@@ -28,7 +28,7 @@ from orchd.store.postgres import nodes
 from orchd.store.postgres.reads import PgReads
 from orchd.store.postgres.schema import SCHEMA_VERSION, migrate
 from orchd.store.postgres.writer import EVENTS_CHANNEL, Writer
-from orchd.store.sqlite.reads import SELECT_PROCESS, process_row
+from orchd.store.sqlreads import SELECT_PROCESS, process_row
 
 __all__ = ["SCHEMA_VERSION", "PgStore", "default_node_id", "is_postgres_url"]
 

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from orchd.store.cluster import Claim, Mail, NodeInfo, Postman
-from orchd.store.sqlite.reads import SELECT_PROCESS, process_row
+from orchd.store.sqlreads import SELECT_PROCESS, process_row
 
 log = logging.getLogger("orchd.store.nodes")
 

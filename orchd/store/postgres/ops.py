@@ -38,7 +38,7 @@ from orchd.store.base import (
     StepWrite,
 )
 from orchd.store.postgres.reads import SELECT_SUBSCRIPTION, prunable_where
-from orchd.store.sqlite.reads import SELECT_PROCESS, process_row, subscription_from_row
+from orchd.store.sqlreads import SELECT_PROCESS, process_row, subscription_from_row
 
 _encode = msgspec.json.Encoder().encode
 Conn = asyncpg.Connection

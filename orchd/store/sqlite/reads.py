@@ -1,4 +1,5 @@
-"""The SQLite read side: every query the engine, the API and the scheduler make.
+"""The SQLite read side: the connection reads run on, and the queries that differ from
+PostgreSQL's (the shared ones are ``orchd.store.sqlreads``).
 
 Reads run on their own connection (WAL lets them run beside the writer) and see only what has
 been committed. Rows leave this module as the typed records of ``orchd.store.base`` or the
@@ -8,86 +9,29 @@ models of ``orchd.model``.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 import aiosqlite
-import msgspec
 
 from orchd.errors import StoreError
-from orchd.model import (
-    SUBSCRIPTION_FIELDS,
-    Event,
-    LinkedProcess,
-    ProcessStatus,
-    ProcessSummary,
-    Subscription,
-    Target,
-    utc,
-)
-from orchd.store.base import (
-    ActionRow,
-    BranchRow,
-    ProcessRow,
-    Pruned,
-    Retention,
-    ScheduleRow,
-    StepRow,
-    TimedProcess,
+from orchd.store.base import ProcessRow, Pruned, Retention
+from orchd.store.sqlreads import (
+    SELECT_PROCESS,
+    SELECT_SUBSCRIPTION,
+    SqlReads,
+    process_row,
+    subscription_from_row,
 )
 
-_decode = msgspec.json.Decoder().decode
-
-_PROCESS_COLUMNS = (
-    "rowid", "id", "workflow", "target", "status", "pc", "seq", "state", "reporter",
-    "subscription_id", "current_step", "error", "form", "callback_token", "attempts",
-    "next_retry_at", "created_at", "updated_at", "step_key", "step_occurrence", "parent_id",
-    "child_group", "child_index", "children_group", "children_pending", "held",
-)  # fmt: skip
-_SELECT_PROCESS = f"SELECT {', '.join(_PROCESS_COLUMNS)} FROM processes"
-#: For the writer, which answers an idempotent start with the row that holds the key.
-SELECT_PROCESS = _SELECT_PROCESS
-_SUMMARY_COLUMNS = (
-    "id, workflow, target, status, created_at, updated_at, reporter, current_step, "
-    "subscription_id, error, parent_id"
-)
-SELECT_SUBSCRIPTION = f"SELECT {', '.join(SUBSCRIPTION_FIELDS)} FROM subscriptions WHERE id = ?"
-
-
-def process_row(row: Iterable[Any]) -> ProcessRow:
-    """A ``processes`` row (columns in ``_PROCESS_COLUMNS`` order) as a record."""
-    (pk, pid, workflow, target, status, pc, seq, state, reporter, subscription_id, current,
-     error, form, token, attempts, next_retry_at, created_at, updated_at, key,
-     occurrence, parent_id, child_group, child_index, children_group,
-     children_pending, held) = row  # fmt: skip
-    return ProcessRow(
-        pk=pk,
-        id=pid,
-        workflow=workflow,
-        target=target,
-        status=status,
-        pc=pc,
-        seq=seq,
-        state=_decode(state),
-        reporter=reporter,
-        subscription_id=subscription_id,
-        current_step=current,
-        error=error,
-        form=form,
-        callback_token=token,
-        attempts=attempts,
-        next_retry_at=next_retry_at,
-        created_at=created_at,
-        updated_at=updated_at,
-        step_key=key,
-        step_occurrence=occurrence or 0,
-        parent_id=parent_id,
-        child_group=child_group,
-        child_index=child_index,
-        children_group=children_group,
-        children_pending=children_pending,
-        held=bool(held),
-    )
+__all__ = [
+    "SELECT_PROCESS",
+    "SELECT_SUBSCRIPTION",
+    "Reads",
+    "process_row",
+    "prunable_where",
+    "subscription_from_row",
+]
 
 
 def prunable_where(retention: Retention) -> tuple[str | None, tuple[float, ...]]:
@@ -112,32 +56,7 @@ def prunable_where(retention: Retention) -> tuple[str | None, tuple[float, ...]]
     return where, tuple(params)
 
 
-def subscription_from_row(row: Iterable[Any]) -> dict[str, Any]:
-    """A subscriptions row (columns in SUBSCRIPTION_FIELDS order) as State holds it."""
-    sub = dict(zip(SUBSCRIPTION_FIELDS, row, strict=True))
-    sub["insync"] = bool(sub["insync"])
-    sub["attributes"] = _decode(sub["attributes"])
-    return sub
-
-
-def _summary(row: Iterable[Any]) -> ProcessSummary:
-    pid, workflow, target, status, created, updated, reporter, current, sid, error, parent = row
-    return ProcessSummary(
-        id=pid,
-        workflow=workflow,
-        target=Target(target),
-        status=ProcessStatus(status),
-        created_at=utc(created),
-        updated_at=utc(updated),
-        reporter=reporter,
-        current_step=current,
-        subscription_id=sid,
-        error=error,
-        parent_id=parent,
-    )
-
-
-class Reads:
+class Reads(SqlReads):
     """Queries over committed state, on a read-only connection of their own."""
 
     def __init__(self) -> None:
@@ -152,7 +71,7 @@ class Reads:
             await self._reader.close()
             self._reader = None
 
-    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Run a read-only query (also for tests and tools that inspect the database)."""
         if self._reader is None:
             raise StoreError("the store is closed")
@@ -161,117 +80,13 @@ class Reads:
         rows = await self._reader.execute_fetchall(sql, tuple(params))
         return list(rows)
 
-    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
-        rows = await self.fetchall(sql, params)
-        return rows[0] if rows else None
-
-    async def ping(self) -> None:
-        await self.fetchone("SELECT 1")
-
-    # -- processes --
-
-    async def process(self, pid: str) -> ProcessRow | None:
-        row = await self.fetchone(f"{_SELECT_PROCESS} WHERE id = ?", (pid,))
-        return None if row is None else process_row(row)
-
-    async def unplaced_processes(self) -> list[ProcessRow]:
-        rows = await self.fetchall(
-            f"{_SELECT_PROCESS} WHERE step_key IS NULL AND status NOT IN ('completed', 'aborted')"
-        )
-        return [process_row(row) for row in rows]
-
     async def active_processes(self) -> list[ProcessRow]:
         # One query for all of them: thousands of processes may have been in flight.
         # Children held for a free slot wait: a restart must not start them all at once.
         rows = await self.fetchall(
-            f"{_SELECT_PROCESS} WHERE status IN ('created', 'running') AND held = 0"
+            f"{SELECT_PROCESS} WHERE status IN ('created', 'running') AND held = 0"
         )
         return [process_row(row) for row in rows]
-
-    async def timed_processes(self) -> list[TimedProcess]:
-        rows = await self.fetchall(
-            "SELECT id, status, next_retry_at, callback_token FROM processes "
-            "WHERE status IN ('waiting', 'awaiting_callback') AND next_retry_at IS NOT NULL"
-        )
-        return [TimedProcess(id=i, status=s, at=at, callback_token=t) for i, s, at, t in rows]
-
-    async def process_waiting_for(self, token: str) -> str | None:
-        row = await self.fetchone("SELECT id FROM processes WHERE callback_token = ?", (token,))
-        if row is None:
-            # A branch's wait (contract §8): the token names the branch's process.
-            row = await self.fetchone(
-                "SELECT p.id FROM branches b JOIN processes p ON p.rowid = b.process "
-                "WHERE b.callback_token = ?",
-                (token,),
-            )
-        return None if row is None else str(row[0])
-
-    async def steps(self, pk: int) -> list[StepRow]:
-        rows = await self.fetchall(
-            "SELECT name, status, started_at, finished_at, error, traceback, delta, key, actor, "
-            "reason, branch FROM steps WHERE process = ? ORDER BY seq",
-            (pk,),
-        )
-        return [
-            StepRow(
-                name=name,
-                status=status,
-                started_at=started,
-                finished_at=finished,
-                error=error,
-                traceback=tb,
-                delta=delta,
-                key=key,
-                actor=actor,
-                reason=reason,
-                branch=branch,
-            )
-            for name, status, started, finished, error, tb, delta, key, actor, reason, branch in (
-                rows
-            )
-        ]
-
-    async def branches(self, pk: int) -> list[BranchRow]:
-        rows = await self.fetchall(
-            "SELECT process, path, status, step_key, step_occurrence, changes, error, attempts, "
-            "next_retry_at, callback_token FROM branches WHERE process = ?",
-            (pk,),
-        )
-        return [msgspec.convert(row, BranchRow) for row in rows]
-
-    async def actions(self, pk: int) -> list[ActionRow]:
-        rows = await self.fetchall(
-            "SELECT at, action, actor, detail FROM actions WHERE process = ? ORDER BY rowid",
-            (pk,),
-        )
-        return [ActionRow(at=at, action=a, actor=who, detail=d) for at, a, who, d in rows]
-
-    async def children(self, parent_id: str, group: int | None = None) -> list[ProcessRow]:
-        if group is None:
-            rows = await self.fetchall(
-                f"{_SELECT_PROCESS} WHERE parent_id = ? ORDER BY rowid", (parent_id,)
-            )
-        else:
-            rows = await self.fetchall(
-                f"{_SELECT_PROCESS} WHERE parent_id = ? AND child_group = ? ORDER BY child_index",
-                (parent_id, group),
-            )
-        return [process_row(row) for row in rows]
-
-    async def child_links(self, parent_id: str) -> list[LinkedProcess]:
-        rows = await self.fetchall(
-            "SELECT id, workflow, status FROM processes WHERE parent_id = ? "
-            "ORDER BY child_index, rowid",
-            (parent_id,),
-        )
-        return [LinkedProcess(id=i, workflow=w, status=ProcessStatus(s)) for i, w, s in rows]
-
-    async def unfinished_children_of_aborted(self) -> list[tuple[str, str]]:
-        rows = await self.fetchall(
-            "SELECT c.id, c.parent_id FROM processes c JOIN processes p ON p.id = c.parent_id "
-            "WHERE p.status = 'aborted' AND c.status NOT IN ('completed', 'aborted')"
-        )
-        return [(str(child), str(parent)) for child, parent in rows]
 
     async def statuses(self, pids: list[str]) -> dict[str, str]:
         if not pids:
@@ -281,83 +96,6 @@ class Reads:
             pids,
         )
         return {pid: status for pid, status in rows}
-
-    async def counts(self) -> dict[str, int]:
-        rows = await self.fetchall("SELECT status, count(*) FROM processes GROUP BY status")
-        return {status: n for status, n in rows}
-
-    async def counts_by_workflow(self) -> dict[tuple[str, str], int]:
-        rows = await self.fetchall(
-            "SELECT workflow, status, count(*) FROM processes GROUP BY workflow, status"
-        )
-        return {(workflow, status): n for workflow, status, n in rows}
-
-    async def _page(
-        self, table: str, columns: str, filters: dict[str, str], limit: int, before: int | None
-    ) -> tuple[list[sqlite3.Row], int | None]:
-        """One page of ``table``, newest first; the cursor is the last row's rowid."""
-        where = [f"{column} = ?" for column in filters]
-        params: list[Any] = list(filters.values())
-        if before is not None:
-            where.append("rowid < ?")
-            params.append(min(before, 2**63 - 1))  # SQLite integers are 64-bit
-        rows = await self.fetchall(
-            f"SELECT rowid, {columns} FROM {table}"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY rowid DESC LIMIT ?",
-            (*params, limit + 1),
-        )
-        more = len(rows) > limit
-        return rows[:limit], rows[limit - 1][0] if more else None
-
-    async def process_page(
-        self, filters: dict[str, str], limit: int, before: int | None
-    ) -> tuple[list[ProcessSummary], int | None]:
-        rows, cursor = await self._page("processes", _SUMMARY_COLUMNS, filters, limit, before)
-        return [_summary(r[1:]) for r in rows], cursor
-
-    # -- subscriptions --
-
-    async def subscription(self, sid: str) -> Subscription | None:
-        row = await self.fetchone(SELECT_SUBSCRIPTION, (sid,))
-        return None if row is None else Subscription(**subscription_from_row(row))
-
-    async def subscription_processes(self, sid: str) -> list[LinkedProcess]:
-        rows = await self.fetchall(
-            "SELECT p.id, p.workflow, p.status FROM subscription_processes l "
-            "JOIN processes p ON p.id = l.process_id WHERE l.subscription_id = ? "
-            "ORDER BY p.rowid",
-            (sid,),
-        )
-        return [LinkedProcess(id=i, workflow=w, status=ProcessStatus(s)) for i, w, s in rows]
-
-    async def subscription_page(
-        self, filters: dict[str, str], limit: int, before: int | None
-    ) -> tuple[list[Subscription], int | None]:
-        columns = ", ".join(SUBSCRIPTION_FIELDS)
-        rows, cursor = await self._page("subscriptions", columns, filters, limit, before)
-        return [Subscription(**subscription_from_row(r[1:])) for r in rows], cursor
-
-    # -- schedules --
-
-    async def schedules(self) -> list[ScheduleRow]:
-        rows = await self.fetchall(
-            "SELECT name, last_process_id, last_fire_at, next_fire_at, skipped FROM schedules"
-        )
-        return [
-            ScheduleRow(
-                name=n, last_process_id=p, last_fire_at=last, next_fire_at=nxt, skipped=skipped
-            )
-            for n, p, last, nxt, skipped in rows
-        ]
-
-    async def latest_started_by(self, reporter: str, after_pid: str | None) -> ProcessRow | None:
-        row = await self.fetchone(
-            f"{_SELECT_PROCESS} WHERE reporter = ? AND rowid > "
-            "coalesce((SELECT rowid FROM processes WHERE id = ?), 0) ORDER BY rowid DESC LIMIT 1",
-            (reporter, after_pid),
-        )
-        return None if row is None else process_row(row)
 
     async def processes_with_prefix(self, prefix: str, limit: int) -> list[str]:
         # Ids are lower-case text: a range on the UNIQUE index, not a scan.
@@ -391,12 +129,3 @@ class Reads:
         newest = (row[1] if row else None) or 0
         oldest = row[0] if row and row[0] is not None else newest + 1
         return oldest, newest
-
-    async def events_after(self, after: int, limit: int) -> list[Event]:
-        rows = await self.fetchall(
-            "SELECT id, data FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
-        )
-        return [msgspec.structs.replace(_decode_event(data), id=eid) for eid, data in rows]
-
-
-_decode_event = msgspec.json.Decoder(Event).decode

@@ -1,0 +1,310 @@
+"""The reads both backends answer with the same SQL, and the functions that turn rows into
+records: one place for each query, so SQLite and PostgreSQL cannot drift apart.
+
+Queries are written with SQLite's ``?`` placeholders; the PostgreSQL store numbers them
+(``$1, $2, ...``) before it runs them. What differs between the two (the connection, a list
+parameter, a prefix search, pruning and event bounds) stays in each backend's own module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from orchd.model import (
+    SUBSCRIPTION_FIELDS,
+    Event,
+    LinkedProcess,
+    ProcessStatus,
+    ProcessSummary,
+    Subscription,
+    Target,
+    utc,
+)
+from orchd.store.base import (
+    ActionRow,
+    BranchRow,
+    ProcessRow,
+    ScheduleRow,
+    StepRow,
+    TimedProcess,
+)
+
+_decode = msgspec.json.Decoder().decode
+
+_PROCESS_COLUMNS = (
+    "rowid", "id", "workflow", "target", "status", "pc", "seq", "state", "reporter",
+    "subscription_id", "current_step", "error", "form", "callback_token", "attempts",
+    "next_retry_at", "created_at", "updated_at", "step_key", "step_occurrence", "parent_id",
+    "child_group", "child_index", "children_group", "children_pending", "held",
+)  # fmt: skip
+SELECT_PROCESS = f"SELECT {', '.join(_PROCESS_COLUMNS)} FROM processes"
+_SUMMARY_COLUMNS = (
+    "id, workflow, target, status, created_at, updated_at, reporter, current_step, "
+    "subscription_id, error, parent_id"
+)
+SELECT_SUBSCRIPTION = f"SELECT {', '.join(SUBSCRIPTION_FIELDS)} FROM subscriptions WHERE id = ?"
+
+
+def process_row(row: Iterable[Any]) -> ProcessRow:
+    """A ``processes`` row (columns in ``_PROCESS_COLUMNS`` order) as a record."""
+    (pk, pid, workflow, target, status, pc, seq, state, reporter, subscription_id, current,
+     error, form, token, attempts, next_retry_at, created_at, updated_at, key,
+     occurrence, parent_id, child_group, child_index, children_group,
+     children_pending, held) = row  # fmt: skip
+    return ProcessRow(
+        pk=pk,
+        id=pid,
+        workflow=workflow,
+        target=target,
+        status=status,
+        pc=pc,
+        seq=seq,
+        state=_decode(state),
+        reporter=reporter,
+        subscription_id=subscription_id,
+        current_step=current,
+        error=error,
+        form=form,
+        callback_token=token,
+        attempts=attempts,
+        next_retry_at=next_retry_at,
+        created_at=created_at,
+        updated_at=updated_at,
+        step_key=key,
+        step_occurrence=occurrence or 0,
+        parent_id=parent_id,
+        child_group=child_group,
+        child_index=child_index,
+        children_group=children_group,
+        children_pending=children_pending,
+        held=bool(held),
+    )
+
+
+def subscription_from_row(row: Iterable[Any]) -> dict[str, Any]:
+    """A subscriptions row (columns in SUBSCRIPTION_FIELDS order) as State holds it."""
+    sub = dict(zip(SUBSCRIPTION_FIELDS, row, strict=True))
+    sub["insync"] = bool(sub["insync"])
+    sub["attributes"] = _decode(sub["attributes"])
+    return sub
+
+
+def _summary(row: Iterable[Any]) -> ProcessSummary:
+    pid, workflow, target, status, created, updated, reporter, current, sid, error, parent = row
+    return ProcessSummary(
+        id=pid,
+        workflow=workflow,
+        target=Target(target),
+        status=ProcessStatus(status),
+        created_at=utc(created),
+        updated_at=utc(updated),
+        reporter=reporter,
+        current_step=current,
+        subscription_id=sid,
+        error=error,
+        parent_id=parent,
+    )
+
+
+_decode_event = msgspec.json.Decoder(Event).decode
+#: Filters the API may pass to a page (column names, never user text).
+_FILTERABLE = frozenset({"status", "workflow", "parent_id", "customer_id", "product"})
+
+
+class SqlReads:
+    """The queries of ``orchd.store.base.Store`` that read alike on both backends, over the
+    backend's own ``fetchall``."""
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def ping(self) -> None:
+        await self.fetchone("SELECT 1")
+
+    async def process(self, pid: str) -> ProcessRow | None:
+        row = await self.fetchone(f"{SELECT_PROCESS} WHERE id = ?", (pid,))
+        return None if row is None else process_row(row)
+
+    async def unplaced_processes(self) -> list[ProcessRow]:
+        rows = await self.fetchall(
+            f"{SELECT_PROCESS} WHERE step_key IS NULL AND status NOT IN ('completed', 'aborted')"
+        )
+        return [process_row(row) for row in rows]
+
+    async def timed_processes(self) -> list[TimedProcess]:
+        rows = await self.fetchall(
+            "SELECT id, status, next_retry_at, callback_token FROM processes "
+            "WHERE status IN ('waiting', 'awaiting_callback') AND next_retry_at IS NOT NULL"
+        )
+        return [TimedProcess(id=i, status=s, at=at, callback_token=t) for i, s, at, t in rows]
+
+    async def process_waiting_for(self, token: str) -> str | None:
+        row = await self.fetchone("SELECT id FROM processes WHERE callback_token = ?", (token,))
+        if row is None:
+            # A branch's wait (contract §8): the token names the branch's process.
+            row = await self.fetchone(
+                "SELECT p.id FROM branches b JOIN processes p ON p.rowid = b.process "
+                "WHERE b.callback_token = ?",
+                (token,),
+            )
+        return None if row is None else str(row[0])
+
+    async def steps(self, pk: int) -> list[StepRow]:
+        rows = await self.fetchall(
+            "SELECT name, status, started_at, finished_at, error, traceback, delta, key, actor, "
+            "reason, branch FROM steps WHERE process = ? ORDER BY seq",
+            (pk,),
+        )
+        return [
+            StepRow(
+                name=name,
+                status=status,
+                started_at=started,
+                finished_at=finished,
+                error=error,
+                traceback=tb,
+                delta=delta,
+                key=key,
+                actor=actor,
+                reason=reason,
+                branch=branch,
+            )
+            for name, status, started, finished, error, tb, delta, key, actor, reason, branch in (
+                rows
+            )
+        ]
+
+    async def branches(self, pk: int) -> list[BranchRow]:
+        rows = await self.fetchall(
+            "SELECT process, path, status, step_key, step_occurrence, changes, error, attempts, "
+            "next_retry_at, callback_token FROM branches WHERE process = ?",
+            (pk,),
+        )
+        return [msgspec.convert(tuple(row), BranchRow) for row in rows]
+
+    async def actions(self, pk: int) -> list[ActionRow]:
+        rows = await self.fetchall(
+            "SELECT at, action, actor, detail FROM actions WHERE process = ? ORDER BY rowid",
+            (pk,),
+        )
+        return [ActionRow(at=at, action=a, actor=who, detail=d) for at, a, who, d in rows]
+
+    async def children(self, parent_id: str, group: int | None = None) -> list[ProcessRow]:
+        if group is None:
+            rows = await self.fetchall(
+                f"{SELECT_PROCESS} WHERE parent_id = ? ORDER BY rowid", (parent_id,)
+            )
+        else:
+            rows = await self.fetchall(
+                f"{SELECT_PROCESS} WHERE parent_id = ? AND child_group = ? ORDER BY child_index",
+                (parent_id, group),
+            )
+        return [process_row(row) for row in rows]
+
+    async def child_links(self, parent_id: str) -> list[LinkedProcess]:
+        rows = await self.fetchall(
+            "SELECT id, workflow, status FROM processes WHERE parent_id = ? "
+            "ORDER BY child_index, rowid",
+            (parent_id,),
+        )
+        return [LinkedProcess(id=i, workflow=w, status=ProcessStatus(s)) for i, w, s in rows]
+
+    async def unfinished_children_of_aborted(self) -> list[tuple[str, str]]:
+        rows = await self.fetchall(
+            "SELECT c.id, c.parent_id FROM processes c JOIN processes p ON p.id = c.parent_id "
+            "WHERE p.status = 'aborted' AND c.status NOT IN ('completed', 'aborted')"
+        )
+        return [(str(child), str(parent)) for child, parent in rows]
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.fetchall("SELECT status, count(*) FROM processes GROUP BY status")
+        return {status: n for status, n in rows}
+
+    async def counts_by_workflow(self) -> dict[tuple[str, str], int]:
+        rows = await self.fetchall(
+            "SELECT workflow, status, count(*) FROM processes GROUP BY workflow, status"
+        )
+        return {(workflow, status): n for workflow, status, n in rows}
+
+    async def _page(
+        self, table: str, columns: str, filters: dict[str, str], limit: int, before: int | None
+    ) -> tuple[list[Any], int | None]:
+        """One page of ``table``, newest first; the cursor is the last row's rowid."""
+        for column in filters:
+            if column not in _FILTERABLE:
+                raise ValueError(f"not a filter: {column}")
+        where = [f"{column} = ?" for column in filters]
+        params: list[Any] = list(filters.values())
+        if before is not None:
+            where.append("rowid < ?")
+            params.append(min(before, 2**63 - 1))  # integers are 64-bit on both backends
+        rows = await self.fetchall(
+            f"SELECT rowid, {columns} FROM {table}"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY rowid DESC LIMIT ?",
+            (*params, limit + 1),
+        )
+        more = len(rows) > limit
+        return rows[:limit], rows[limit - 1][0] if more else None
+
+    async def process_page(
+        self, filters: dict[str, str], limit: int, before: int | None
+    ) -> tuple[list[ProcessSummary], int | None]:
+        rows, cursor = await self._page("processes", _SUMMARY_COLUMNS, filters, limit, before)
+        return [_summary(tuple(r)[1:]) for r in rows], cursor
+
+    # -- subscriptions --
+
+    async def subscription(self, sid: str) -> Subscription | None:
+        row = await self.fetchone(SELECT_SUBSCRIPTION, (sid,))
+        return None if row is None else Subscription(**subscription_from_row(row))
+
+    async def subscription_processes(self, sid: str) -> list[LinkedProcess]:
+        rows = await self.fetchall(
+            "SELECT p.id, p.workflow, p.status FROM subscription_processes l "
+            "JOIN processes p ON p.id = l.process_id WHERE l.subscription_id = ? "
+            "ORDER BY p.rowid",
+            (sid,),
+        )
+        return [LinkedProcess(id=i, workflow=w, status=ProcessStatus(s)) for i, w, s in rows]
+
+    async def subscription_page(
+        self, filters: dict[str, str], limit: int, before: int | None
+    ) -> tuple[list[Subscription], int | None]:
+        columns = ", ".join(SUBSCRIPTION_FIELDS)
+        rows, cursor = await self._page("subscriptions", columns, filters, limit, before)
+        return [Subscription(**subscription_from_row(tuple(r)[1:])) for r in rows], cursor
+
+    # -- schedules --
+
+    async def schedules(self) -> list[ScheduleRow]:
+        rows = await self.fetchall(
+            "SELECT name, last_process_id, last_fire_at, next_fire_at, skipped FROM schedules"
+        )
+        return [
+            ScheduleRow(
+                name=n, last_process_id=p, last_fire_at=last, next_fire_at=nxt, skipped=skipped
+            )
+            for n, p, last, nxt, skipped in rows
+        ]
+
+    async def latest_started_by(self, reporter: str, after_pid: str | None) -> ProcessRow | None:
+        row = await self.fetchone(
+            f"{SELECT_PROCESS} WHERE reporter = ? AND rowid > "
+            "coalesce((SELECT rowid FROM processes WHERE id = ?), 0) ORDER BY rowid DESC LIMIT 1",
+            (reporter, after_pid),
+        )
+        return None if row is None else process_row(row)
+
+    async def events_after(self, after: int, limit: int) -> list[Event]:
+        rows = await self.fetchall(
+            "SELECT id, data FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+        )
+        return [msgspec.structs.replace(_decode_event(data), id=eid) for eid, data in rows]
