@@ -20,7 +20,7 @@ import asyncio
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchd import _faults as faults
@@ -247,14 +247,18 @@ class Forks:
         return self.actor.abort_requested is not None or self.actor.stopping
 
     def _launch(self, b: Branch, answer: Envelope | None = None) -> None:
-        if b.path in self.tasks:
-            return
-        task = asyncio.get_running_loop().create_task(self._run(b, answer))
-        self.tasks[b.path] = task
+        if b.path not in self.tasks:
+            self._track(b.path, self._run(b, answer))
+
+    def _track(self, key: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as one of the fork's tasks; its end wakes the driver, and what it
+        raised (a bug, a store failure) ends the drive."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks[key] = task
 
         def ended(t: asyncio.Task[None]) -> None:
-            if self.tasks.get(b.path) is t:
-                del self.tasks[b.path]
+            if self.tasks.get(key) is t:
+                del self.tasks[key]
             if not t.cancelled() and t.exception() is not None and self.crash is None:
                 self.crash = t.exception()
             self.wake.set()
@@ -275,8 +279,8 @@ class Forks:
                     rows, records = self.tick(time.time())
                     self.ready.extend(b for b in before if b.status is B.RUNNING)
                     self.schedule_timer()
-                    if records:
-                        self._launch_write(rows, records)
+                    if records:  # callback waits past their deadline
+                        self._track(f"#expired{id(records)}", self.actor.touch(records, rows))
                     respond(envelope)
                 case Expire() | Run():
                     respond(envelope)
@@ -292,22 +296,6 @@ class Forks:
             self._launch(b, envelope)
         else:
             b.early = envelope  # its action has not finished: the wait takes it
-
-    def _launch_write(self, rows: list[BranchRow], records: list[StepWrite]) -> None:
-        async def write() -> None:
-            await self.actor.touch(records, rows)
-
-        task = asyncio.get_running_loop().create_task(write())
-        key = f"#write{id(task)}"
-        self.tasks[key] = task
-
-        def ended(t: asyncio.Task[None]) -> None:
-            self.tasks.pop(key, None)
-            if not t.cancelled() and t.exception() is not None and self.crash is None:
-                self.crash = t.exception()
-            self.wake.set()
-
-        task.add_done_callback(ended)
 
     async def _run(self, b: Branch, answer: Envelope | None) -> None:
         """Run one branch until it is done, blocked or halted; when that completes a nested

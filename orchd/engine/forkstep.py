@@ -25,32 +25,35 @@ if TYPE_CHECKING:
 P = ProcessStatus
 
 
-async def standing(actor: Actor) -> Forks | None:
-    """The fork the process stands at, with the branches it committed (loaded once);
-    None when it stands at none, or its fork could not even open (its step failed)."""
-    if not actor.at_fork():
-        return None
-    step = actor.step_now()
+async def _opened(actor: Actor, step: Step) -> Forks:
+    """The fork at ``step``, with the branches the process committed (loaded once). Raises
+    StepCrash when the fork cannot open, Broken when code lost a branch's step."""
     if actor.forks is None or actor.forks.top.step is not step:
-        try:
-            forks = Forks(actor, step, actor.state)
-            forks.load(await actor.host.branches(actor.pk))
-        except StepCrash:
-            return None
-        except Broken as exc:
-            actor.broken = str(exc)
-            await actor.fail_if_broken()
+        forks = Forks(actor, step, actor.state)
+        forks.load(await actor.host.branches(actor.pk))
         actor.forks = forks
     return actor.forks
+
+
+async def standing(actor: Actor) -> Forks | None:
+    """The fork the process stands at; None when it stands at none, or its fork could not
+    even open (its step failed)."""
+    if not actor.at_fork():
+        return None
+    try:
+        return await _opened(actor, actor.step_now())
+    except StepCrash:
+        return None
+    except Broken as exc:
+        actor.broken = str(exc)
+        await actor.fail_if_broken()  # raises: the process cannot go on
+        raise
 
 
 async def run(actor: Actor, step: Step, started: float) -> None:
     """Run the fork's branches until none can run; then join, or wait as §8 says."""
     try:
-        forks = Forks(actor, step, actor.state) if actor.forks is None else actor.forks
-        if actor.forks is None:
-            forks.load(await actor.host.branches(actor.pk))
-            actor.forks = forks
+        forks = await _opened(actor, step)
     except StepCrash as exc:
         await actor.step_raised(step, exc, started)
         return
