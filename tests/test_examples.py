@@ -35,6 +35,27 @@ async def engine(
         await engine.close()  # before the client it uses closes
 
 
+@pytest.fixture
+async def callbacks(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """The daemon's callback route, for the fake OSS's job callbacks, in front of ``engine``
+    (``ORCHD_CALLBACK_URL`` points the example workflows at it)."""
+
+    async def receive(request: web.Request) -> web.Response:
+        await engine.callback(request.match_info["token"], await request.json())
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_post("/api/callbacks/{token}", receive)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        monkeypatch.setenv("ORCHD_CALLBACK_URL", f"http://127.0.0.1:{runner.addresses[0][1]}")
+        yield
+    finally:
+        await runner.cleanup()
+
+
 async def reach(engine: Engine, pid: str, status: str) -> Process:
     """The process once it has reached ``status`` (from the engine's events, no polling)."""
     with anyio.fail_after(10):
@@ -150,36 +171,22 @@ async def test_terminate_node(engine: Engine, oss: FakeOss) -> None:
 
 @pytest.mark.parametrize("job_time", [0.0, 0.05])
 async def test_provision_port_completes_after_the_callback(
-    engine: Engine, oss: FakeOss, monkeypatch: pytest.MonkeyPatch, job_time: float
+    engine: Engine, oss: FakeOss, callbacks: None, job_time: float
 ) -> None:
     # job_time 0: the callback may arrive before the action's checkpoint is written.
     oss.job_time = job_time
-
-    async def receive(request: web.Request) -> web.Response:
-        await engine.callback(request.match_info["token"], await request.json())
-        return web.Response(status=202)
-
-    app = web.Application()
-    app.router.add_post("/api/callbacks/{token}", receive)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        monkeypatch.setenv("ORCHD_CALLBACK_URL", f"http://127.0.0.1:{runner.addresses[0][1]}")
-        sid = await create(engine, name="p1")
-        pid = await engine.start(
-            "provision_port", {"subscription_id": sid, "port": "xe-0/0/1", "vlan": 100}
-        )
-        process = await reach(engine, pid, "completed")
-        assert process.state["callback_result"]["result"] == "ok"
-        assert oss.jobs[process.state["job_id"]]["request"]["vlan"] == 100
-        names = [name for name, _ in steps(process)]
-        assert names == ["init", "request_port", "await_port", "confirm_port", "done"]
-        sub = await engine.get_subscription(sid)
-        assert sub.attributes["ports"] == [{"port": "xe-0/0/1", "vlan": 100}]
-        assert sub.insync
-    finally:
-        await runner.cleanup()
+    sid = await create(engine, name="p1")
+    pid = await engine.start(
+        "provision_port", {"subscription_id": sid, "port": "xe-0/0/1", "vlan": 100}
+    )
+    process = await reach(engine, pid, "completed")
+    assert process.state["callback_result"]["result"] == "ok"
+    assert oss.jobs[process.state["job_id"]]["request"]["vlan"] == 100
+    names = [name for name, _ in steps(process)]
+    assert names == ["init", "request_port", "await_port", "confirm_port", "done"]
+    sub = await engine.get_subscription(sid)
+    assert sub.attributes["ports"] == [{"port": "xe-0/0/1", "vlan": 100}]
+    assert sub.insync
 
 
 async def test_provision_port_with_a_direct_callback(engine: Engine) -> None:
@@ -209,29 +216,15 @@ async def test_validate_subscriptions_reports_faulty_nodes(engine: Engine, oss: 
 
 
 async def test_provision_ports_configures_every_port_in_its_own_branch(
-    engine: Engine, oss: FakeOss, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, oss: FakeOss, callbacks: None
 ) -> None:
     oss.job_time = 0.02
-
-    async def receive(request: web.Request) -> web.Response:
-        await engine.callback(request.match_info["token"], await request.json())
-        return web.Response(status=202)
-
-    app = web.Application()
-    app.router.add_post("/api/callbacks/{token}", receive)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        monkeypatch.setenv("ORCHD_CALLBACK_URL", f"http://127.0.0.1:{runner.addresses[0][1]}")
-        sid = await create(engine, name="many")
-        ports = [{"port": f"ge-0/0/{n}", "vlan": 100 + n} for n in range(6)]
-        pid = await engine.start("provision_ports", {"subscription_id": sid, "ports": ports})
-        process = await reach(engine, pid, "completed")
-        assert [r["configured"] for r in process.state["port_results"]] == ports
-        branches = {s.branch for s in process.steps if s.branch is not None}
-        assert branches == {f"configure_ports/{n}" for n in range(6)}
-        sub = await engine.get_subscription(sid)
-        assert sub.attributes["ports"] == ports and sub.insync
-    finally:
-        await runner.cleanup()
+    sid = await create(engine, name="many")
+    ports = [{"port": f"ge-0/0/{n}", "vlan": 100 + n} for n in range(6)]
+    pid = await engine.start("provision_ports", {"subscription_id": sid, "ports": ports})
+    process = await reach(engine, pid, "completed")
+    assert [r["configured"] for r in process.state["port_results"]] == ports
+    branches = {s.branch for s in process.steps if s.branch is not None}
+    assert branches == {f"configure_ports/{n}" for n in range(6)}
+    sub = await engine.get_subscription(sid)
+    assert sub.attributes["ports"] == ports and sub.insync

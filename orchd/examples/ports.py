@@ -46,6 +46,38 @@ class PortProvisioningFailed(Exception):
     """Raised when the OSS reports that it could not configure the port."""
 
 
+async def _post_job(
+    http: HttpClient,
+    subscription: dict[str, Any],
+    port: str,
+    vlan: int,
+    process_id: str,
+    token: str,
+) -> State:
+    """Ask the OSS to configure ``port``; it posts the outcome to the token's callback URL."""
+    job = await http.post_json(
+        f"{oss_url()}/jobs",
+        {
+            "kind": "provision_port",
+            "node_id": node_id_of(subscription),
+            "port": port,
+            "vlan": vlan,
+            "callback_url": callback_url(token),
+        },
+        # One job per token: a retry of this request is safe, a new token is a new job.
+        headers={"Idempotency-Key": f"{process_id}:{token}"},
+        idempotent=True,
+    )
+    return {"job_id": job["id"]}
+
+
+def _check_job(callback_result: Any, port: str) -> None:
+    """Raise unless the OSS's callback says the port is configured."""
+    result = callback_result.get("result") if isinstance(callback_result, dict) else None
+    if result != "ok":
+        raise PortProvisioningFailed(f"the OSS did not configure port {port}: {callback_result}")
+
+
 @step("request_port")
 async def request_port(
     subscription: dict[str, Any],
@@ -55,29 +87,14 @@ async def request_port(
     callback_token: str,
     http: HttpClient,
 ) -> State:
-    job = await http.post_json(
-        f"{oss_url()}/jobs",
-        {
-            "kind": "provision_port",
-            "node_id": node_id_of(subscription),
-            "port": port,
-            "vlan": vlan,
-            "callback_url": callback_url(callback_token),
-        },
-        # One job per token: a retry of this request is safe, a new token is a new job.
-        headers={"Idempotency-Key": f"{process_id}:{callback_token}"},
-        idempotent=True,
-    )
-    return {"job_id": job["id"]}
+    return await _post_job(http, subscription, port, vlan, process_id, callback_token)
 
 
 @step("confirm_port")
 async def confirm_port(
     subscription: dict[str, Any], callback_result: Any, port: str, vlan: int
 ) -> State:
-    result = callback_result.get("result") if isinstance(callback_result, dict) else None
-    if result != "ok":
-        raise PortProvisioningFailed(f"the OSS did not configure port {port}: {callback_result}")
+    _check_job(callback_result, port)
     attributes = dict(subscription.get("attributes") or {})
     ports = [p for p in attributes.get("ports", []) if p.get("port") != port]
     attributes["ports"] = [*ports, {"port": port, "vlan": vlan}]
@@ -108,30 +125,15 @@ async def request_port_job(
     port: str,
     vlan: int,
     process_id: str,
-    item_index: int,
     callback_token: str,
     http: HttpClient,
 ) -> State:
-    job = await http.post_json(
-        f"{oss_url()}/jobs",
-        {
-            "kind": "provision_port",
-            "node_id": node_id_of(subscription),
-            "port": port,
-            "vlan": vlan,
-            "callback_url": callback_url(callback_token),
-        },
-        headers={"Idempotency-Key": f"{process_id}:{item_index}:{callback_token}"},
-        idempotent=True,
-    )
-    return {"job_id": job["id"]}
+    return await _post_job(http, subscription, port, vlan, process_id, callback_token)
 
 
 @step("check_port_job")
 async def check_port_job(callback_result: Any, port: str, vlan: int) -> State:
-    result = callback_result.get("result") if isinstance(callback_result, dict) else None
-    if result != "ok":
-        raise PortProvisioningFailed(f"the OSS did not configure port {port}: {callback_result}")
+    _check_job(callback_result, port)
     return {"configured": {"port": port, "vlan": vlan}}
 
 
