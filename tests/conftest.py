@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from daemon_util import DaemonFactory
-from tests_support import WF_DIR, EngineFactory
+from tests_support import WF_DIR, EngineFactory, Open
 
 from orchd.engine import Engine
 from orchd.testing import Gate, workflow_engine
@@ -114,6 +114,25 @@ def database_factory(
         return made[name]
 
     return database
+
+
+@pytest.fixture
+async def open_engine(database_factory: Callable[[str], Awaitable[str]]) -> AsyncIterator[Open]:
+    """``await open_engine("ident_v2")``: an Engine on the test's one database with that code;
+    the one opened before is closed first (a deploy: stop, new code, start)."""
+    current: list[Engine] = []
+
+    async def make(module: str) -> Engine:
+        if current:
+            await current.pop().close()
+        engine = Engine(database=await database_factory("orchd.db"), workflows=[module])
+        await engine.open()
+        current.append(engine)
+        return engine
+
+    yield make
+    for engine in current:
+        await engine.close()
 
 
 @pytest.fixture

@@ -4,36 +4,15 @@ code loaded now; when the key is gone the process fails, and ``check --workflows
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from test_step_identity import check
+from tests_support import Open
 
 from orchd import Engine
 from orchd.dsl import branch_steps
 from orchd.errors import InvalidTransition
-
-Open = Callable[..., Any]
-
-
-@pytest.fixture
-async def open_engine(tmp_path: Path) -> AsyncIterator[Open]:
-    """An Engine on the test's one database with the given code; the previous one closed."""
-    current: list[Engine] = []
-
-    async def make(module: str) -> Engine:
-        if current:
-            await current.pop().close()
-        engine = Engine(database=str(tmp_path / "orchd.db"), workflows=[module])
-        await engine.open()
-        current.append(engine)
-        return engine
-
-    yield make
-    for engine in current:
-        await engine.close()
 
 
 async def failed_at_apply(engine: Engine, tmp_path: Path) -> str:
@@ -72,6 +51,7 @@ async def test_a_branch_whose_key_is_gone_fails_and_runs_nothing(
     assert process.status == "failed" and len(process.steps) == before
 
 
+@pytest.mark.sqlite_only  # reads the SQLite file itself
 async def test_check_workflows_names_a_branch_new_code_would_strand(
     open_engine: Open, tmp_path: Path
 ) -> None:

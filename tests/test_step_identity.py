@@ -9,39 +9,17 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_util import WF_DIR
-from tests_support import DatabaseFactory
+from tests_support import Open
 
 from orchd import Engine
 from orchd.dsl import Positions, Step
 from orchd.errors import FormValidationError, InvalidTransition
 from orchd.store.sqlite.schema import MIGRATIONS
-
-Open = Callable[..., Any]
-
-
-@pytest.fixture
-async def open_engine(database_factory: DatabaseFactory) -> AsyncIterator[Open]:
-    """``await open_engine("ident_v2")``: an Engine on the test's one database with that code;
-    the one opened before is closed first (a deploy: stop, new code, start)."""
-    current: list[Engine] = []
-
-    async def make(module: str) -> Engine:
-        if current:
-            await current.pop().close()
-        engine = Engine(database=await database_factory("orchd.db"), workflows=[module])
-        await engine.open()
-        current.append(engine)
-        return engine
-
-    yield make
-    for engine in current:
-        await engine.close()
 
 
 def names(process: Any) -> list[str]:

@@ -17,6 +17,8 @@ ROOT = TESTS_DIR.parent
 EngineFactory = Callable[..., Awaitable["Engine"]]
 #: The ``database_factory`` fixture: ``await database_factory(name)`` -> a ``database`` setting.
 DatabaseFactory = Callable[..., Awaitable[str]]
+#: The ``open_engine`` fixture: ``await open_engine(module)`` -> an Engine with that code.
+Open = Callable[..., Awaitable["Engine"]]
 
 
 def parse_logfmt(line: str) -> dict[str, str]:
