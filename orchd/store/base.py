@@ -284,6 +284,30 @@ class NewProcess(msgspec.Struct, kw_only=True):
     #: Stored (and announced) only when the process is created; see ``Checkpoint.events``.
     events: list[Event] = []
 
+    def created_row(self, pk: int, state: dict[str, Any]) -> ProcessRow:
+        """The row this start creates, as a store answers it: key ``pk``, and ``state`` (the
+        input's, with the locked subscription when there is one)."""
+        return ProcessRow(
+            pk=pk,
+            id=self.id,
+            workflow=self.workflow,
+            target=self.target,
+            status="created",
+            pc=0,
+            seq=0,
+            state=state,
+            reporter=self.reporter,
+            subscription_id=self.lock,
+            current_step=self.first_step,
+            step_key=self.first_key,
+            parent_id=self.parent_id,
+            child_group=self.child_group,
+            child_index=self.child_index,
+            held=self.held,
+            created_at=self.created_at,
+            updated_at=self.created_at,
+        )
+
 
 class StartChildren(msgspec.Struct, kw_only=True):
     """A parent's checkpoint (now ``awaiting_children``) and every child it starts, committed

@@ -1,5 +1,6 @@
 """The reads both backends answer with the same SQL, and the functions that turn rows into
-records: one place for each query, so SQLite and PostgreSQL cannot drift apart.
+records (and a subscription into the row it is written as): one place for each, so SQLite and
+PostgreSQL cannot drift apart.
 
 Queries are written with SQLite's ``?`` placeholders; the PostgreSQL store numbers them
 (``$1, $2, ...``) before it runs them. What differs between the two (the connection, a list
@@ -33,6 +34,7 @@ from orchd.store.base import (
 )
 
 _decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
 
 _PROCESS_COLUMNS = (
     "rowid", "id", "workflow", "target", "status", "pc", "seq", "state", "reporter",
@@ -90,6 +92,24 @@ def subscription_from_row(row: Iterable[Any]) -> dict[str, Any]:
     sub["insync"] = bool(sub["insync"])
     sub["attributes"] = _decode(sub["attributes"])
     return sub
+
+
+def subscription_values(sub: dict[str, Any], now: float) -> tuple[Any, ...]:
+    """What a subscription in State is written as: the ``subscriptions`` columns in
+    ``SUBSCRIPTION_FIELDS`` order, then created and updated times (both ``now``)."""
+    return (
+        sub["id"],
+        sub["product"],
+        sub["customer_id"],
+        sub.get("description") or "",
+        sub.get("status") or "initial",
+        bool(sub.get("insync")),
+        sub.get("start_date"),
+        sub.get("end_date"),
+        _encode(sub.get("attributes") or {}),
+        now,
+        now,
+    )
 
 
 def _summary(row: Iterable[Any]) -> ProcessSummary:

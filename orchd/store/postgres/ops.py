@@ -9,7 +9,6 @@ node whose lease lapsed and whose processes another node took over has its write
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import msgspec
@@ -38,7 +37,12 @@ from orchd.store.base import (
     StepWrite,
 )
 from orchd.store.postgres.reads import SELECT_SUBSCRIPTION, prunable_where
-from orchd.store.sqlreads import SELECT_PROCESS, process_row, subscription_from_row
+from orchd.store.sqlreads import (
+    SELECT_PROCESS,
+    process_row,
+    subscription_from_row,
+    subscription_values,
+)
 
 _encode = msgspec.json.Encoder().encode
 Conn = asyncpg.Connection
@@ -92,7 +96,7 @@ class Rows:
         if steps:
             await conn.executemany(_INSERT_STEP, steps)
         subs = [
-            _subscription_row(cp.subscription, cp.process.updated_at)
+            subscription_values(cp.subscription, cp.process.updated_at)
             for cp in cps
             if cp.subscription is not None
         ]
@@ -173,22 +177,6 @@ _UPSERT_SUBSCRIPTION = """INSERT INTO subscriptions (id, product, customer_id, d
 _LINK = """INSERT INTO subscription_processes (subscription_id, process_id) VALUES ($1, $2)
     ON CONFLICT DO NOTHING"""
 _RELEASE = "UPDATE subscriptions SET insync = true, updated_at = $1 WHERE id = $2"
-
-
-def _subscription_row(sub: dict[str, Any], now: float) -> tuple[Any, ...]:
-    return (
-        sub["id"],
-        sub["product"],
-        sub["customer_id"],
-        sub.get("description") or "",
-        sub.get("status") or "initial",
-        bool(sub.get("insync")),
-        sub.get("start_date"),
-        sub.get("end_date"),
-        _encode(sub.get("attributes") or {}),
-        now,
-        now,
-    )
 
 
 async def store_events(conn: Conn, events: list[Event]) -> None:
@@ -278,26 +266,7 @@ async def create_process(conn: Conn, op: NewProcess, node: str, events: list[Eve
     )
     await conn.execute(_INSERT_ACTION, pk, op.created_at, START, op.actor, None)
     events.extend(op.events)
-    return ProcessRow(
-        pk=pk,
-        id=op.id,
-        workflow=op.workflow,
-        target=op.target,
-        status="created",
-        pc=0,
-        seq=0,
-        state=state,
-        reporter=op.reporter,
-        subscription_id=op.lock,
-        current_step=op.first_step,
-        step_key=op.first_key,
-        parent_id=op.parent_id,
-        child_group=op.child_group,
-        child_index=op.child_index,
-        held=op.held,
-        created_at=op.created_at,
-        updated_at=op.created_at,
-    )
+    return op.created_row(pk, state)
 
 
 _SET_NEXT = """INSERT INTO schedules (name, next_fire_at) VALUES ($1, $2)

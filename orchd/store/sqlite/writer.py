@@ -51,6 +51,7 @@ from orchd.store.sqlite.reads import (
     prunable_where,
     subscription_from_row,
 )
+from orchd.store.sqlreads import subscription_values
 
 log = logging.getLogger("orchd.store")
 
@@ -144,22 +145,6 @@ _RELEASE = "UPDATE subscriptions SET insync = 1, updated_at = ? WHERE id = ?"
 _INSERT_ACTION = "INSERT INTO actions (process, at, action, actor, detail) VALUES (?, ?, ?, ?, ?)"
 
 
-def _subscription_row(sub: dict[str, Any], now: float) -> tuple[Any, ...]:
-    return (
-        sub["id"],
-        sub["product"],
-        sub["customer_id"],
-        sub.get("description") or "",
-        sub.get("status") or "initial",
-        1 if sub.get("insync") else 0,
-        sub.get("start_date"),
-        sub.get("end_date"),
-        _encode(sub.get("attributes") or {}),
-        now,
-        now,
-    )
-
-
 def _add_checkpoint(batch: _Batch, cp: Checkpoint) -> None:
     p = cp.process
     if isinstance(p, ProcessTouch):
@@ -175,7 +160,7 @@ def _add_checkpoint(batch: _Batch, cp: Checkpoint) -> None:
     for s in cp.steps:
         batch.steps.append(astuple(s))
     if cp.subscription is not None:
-        batch.subscriptions.append(_subscription_row(cp.subscription, p.updated_at))
+        batch.subscriptions.append(subscription_values(cp.subscription, p.updated_at))
         batch.links.append((cp.subscription["id"], cp.process_id))
     if cp.release is not None:
         batch.releases.append((p.updated_at, cp.release))
@@ -250,26 +235,7 @@ def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
     pk = cur.lastrowid
     assert pk is not None
     conn.execute(_INSERT_ACTION, (pk, op.created_at, START, op.actor, None))
-    return ProcessRow(
-        pk=pk,
-        id=op.id,
-        workflow=op.workflow,
-        target=op.target,
-        status="created",
-        pc=0,
-        seq=0,
-        state=state,
-        reporter=op.reporter,
-        subscription_id=op.lock,
-        current_step=op.first_step,
-        step_key=op.first_key,
-        parent_id=op.parent_id,
-        child_group=op.child_group,
-        child_index=op.child_index,
-        held=op.held,
-        created_at=op.created_at,
-        updated_at=op.created_at,
-    )
+    return op.created_row(pk, state)
 
 
 _SET_NEXT = """INSERT INTO schedules (name, next_fire_at) VALUES (?, ?)
