@@ -363,3 +363,17 @@ async def test_a_step_blocking_the_event_loop_is_named_in_a_warning(
     assert p.status == "completed"
     warnings = [r.getMessage() for r in caplog.records if r.name == "orchd.engine.loopwatch"]
     assert any("blocks_the_loop" in w and "engine_flows.py" in w for w in warnings), warnings
+
+
+async def test_an_action_is_taken_as_soon_as_a_read_shows_the_status_it_needs(
+    engine: Engine, failures: FailurePlan
+) -> None:
+    # What a read shows has been committed; the process's actor may not have been told yet.
+    # An action sent at that moment waits for it, instead of being refused as "running".
+    for attempt in range(20):
+        failures["flaky"] = 1
+        pid = await engine.start("flaky_task")
+        while (await engine.get(pid)).status != "failed":
+            await asyncio.sleep(0)
+        assert await engine.retry(pid) in ("running", "completed"), attempt
+        assert (await engine.wait(pid)).status == "completed"

@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
@@ -95,20 +96,30 @@ def p7_starts(directory: str, count: int) -> float:
     return asyncio.run(_p7(directory, count))
 
 
+async def _probe(socket_path: str, pid: str, during: Awaitable[Any]) -> list[float]:
+    """GET latencies of ``pid`` while ``during`` runs. The prober is a process of its own: in
+    this one, the load generator's own event loop would delay its requests and blame the
+    daemon for it."""
+    prober = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchd._bench.run", "--p6-probe", socket_path, pid,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    await asyncio.sleep(0.2)
+    await during
+    out, _ = await prober.communicate(b"")
+    latencies: list[float] = json.loads(out) if out.strip() else []
+    return latencies
+
+
 async def _p6(directory: str, processes: int) -> dict[str, Any]:
     async with _Daemon(directory, "p6") as session:
         probe = (await _start_many(session, "bench_suspend", 1))[0]
         socket_path = session.connector.path  # type: ignore[union-attr]
-        # The prober is a process of its own: in this one, the load generator's own event
-        # loop would delay its requests and blame the daemon for it.
-        prober = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "orchd._bench.run", "--p6-probe", socket_path, probe,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        )  # fmt: skip
-        await asyncio.sleep(0.2)
-        await _start_many(session, "bench_ten_steps", processes)
-        out, _ = await prober.communicate(b"")
-        latencies: list[float] = json.loads(out) if out.strip() else []
+        # The baseline: the same request to the same daemon with nothing else to do.
+        idle = await _probe(socket_path, probe, asyncio.sleep(1.0))
+        latencies = await _probe(
+            socket_path, probe, _start_many(session, "bench_ten_steps", processes)
+        )
         walls = []
         for _ in range(5):
             t = time.perf_counter()
@@ -123,6 +134,7 @@ async def _p6(directory: str, processes: int) -> dict[str, Any]:
             "p99_ms": quantile_ms(latencies, 0.99),
             "median_ms": quantile_ms(latencies, 0.5),
             "samples": len(latencies),
+            "idle_p99_ms": quantile_ms(idle, 0.99),
             "ps_ms": quantile_ms(walls, 0.5),
         }
 

@@ -109,7 +109,7 @@ class Actor:
         "pending_callback", "workflow", "workflow_name", "pk", "target", "status", "pc",
         "seq", "state", "current_step", "error", "form", "callback_token", "attempts", "position",
         "next_retry_at", "subscription_id", "broken", "task", "parent_id", "child_group",
-        "children_group", "children_pending", "replace_aborted", "forks",
+        "children_group", "children_pending", "replace_aborted", "forks", "committing",
     )  # fmt: skip
 
     def __init__(self, host: Host, pid: str, row: ProcessRow | None = None) -> None:
@@ -123,6 +123,9 @@ class Actor:
         self.in_step = False
         self.pending_callback: Envelope | None = None
         self.forks: Forks | None = None
+        #: A checkpoint is being committed: a reader may see what it writes (a new status)
+        #: before this actor is told that it committed.
+        self.committing = False
         if row is not None:
             self._load(row)
 
@@ -130,9 +133,11 @@ class Actor:
 
     def post(self, message: Message, reply: asyncio.Future[Any] | None) -> None:
         envelope = Envelope(message, reply)
-        if self.loaded and self.status in ACTIVE:
+        if self.loaded and self.status in ACTIVE and not self.committing:
             # A running process answers at once instead of after its current step: abort is
             # noted for the next step boundary; resume, retry and a stray callback are refused.
+            # Not while a new status commits: a client that has read it (reads see a commit
+            # before its actor wakes) must find the action taken, so it waits for the commit.
             forks = self.forks
             match message:
                 case Abort(actor=actor):
@@ -786,7 +791,11 @@ class Actor:
         )
         checkpoint.branches = branches or []
         checkpoint.drop_branches = drops or []
-        await self.host.checkpoint(checkpoint)
+        self.committing = True
+        try:
+            await self.host.checkpoint(checkpoint)
+        finally:
+            self.committing = False
         self.committed_as(status, steps, step_seconds)
 
     def checkpoint_of(

@@ -107,6 +107,16 @@ class BranchRow(msgspec.Struct, kw_only=True, array_like=True):
     callback_token: str | None = None
 
 
+class ProcessRecords(msgspec.Struct, kw_only=True):
+    """Everything a process's detail shows beside its row, read together."""
+
+    steps: list[StepRow]
+    actions: list[ActionRow]
+    #: Its standing branches (asked only while it is unfinished).
+    branches: list[BranchRow]
+    children: list[LinkedProcess]
+
+
 class TimedProcess(msgspec.Struct, kw_only=True):
     """A waiting process with a deadline: a retry due, or a callback that may expire."""
 
@@ -479,6 +489,11 @@ class Store(Protocol):
 
     async def branches(self, pk: int) -> list[BranchRow]:
         """The started branches of a forked process (none when it is not forked)."""
+        ...
+
+    async def records(self, row: ProcessRow, *, branches: bool) -> ProcessRecords:
+        """The step records, actions, children and (when ``branches``) standing branches of
+        the process of ``row``: what its detail shows, read as cheaply as the backend can."""
         ...
 
     async def statuses(self, pids: list[str]) -> dict[str, str]: ...

@@ -9,6 +9,7 @@ parameter, a prefix search, pruning and event bounds) stays in each backend's ow
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -27,11 +28,17 @@ from orchd.model import (
 from orchd.store.base import (
     ActionRow,
     BranchRow,
+    ProcessRecords,
     ProcessRow,
     ScheduleRow,
     StepRow,
     TimedProcess,
 )
+
+
+async def _no_branches() -> list[BranchRow]:
+    return []
+
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
@@ -136,20 +143,38 @@ _FILTERABLE = frozenset({"status", "workflow", "parent_id", "customer_id", "prod
 
 class SqlReads:
     """The queries of ``orchd.store.base.Store`` that read alike on both backends, over the
-    backend's own ``fetchall``."""
+    backend's own ``fetchall`` and ``lookup``.
+
+    A *lookup* finds its rows by key on an index, so its cost follows the size of its answer
+    (which the caller goes on to handle anyway): a backend may run it where that is cheapest,
+    even on the event loop. Anything that may scan (counts, pages, filters without an index)
+    is a ``fetchall``.
+    """
+
+    #: Whether ``records`` issues its reads at once (they overlap on a pool of connections)
+    #: or one after another (each is answered at once, so gathering would only add turns of
+    #: the event loop).
+    READS_OVERLAP = True
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         raise NotImplementedError
 
+    async def lookup(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return await self.fetchall(sql, params)
+
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
         rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def lookup_one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self.lookup(sql, params)
         return rows[0] if rows else None
 
     async def ping(self) -> None:
         await self.fetchone("SELECT 1")
 
     async def process(self, pid: str) -> ProcessRow | None:
-        row = await self.fetchone(f"{SELECT_PROCESS} WHERE id = ?", (pid,))
+        row = await self.lookup_one(f"{SELECT_PROCESS} WHERE id = ?", (pid,))
         return None if row is None else process_row(row)
 
     async def unplaced_processes(self) -> list[ProcessRow]:
@@ -166,10 +191,10 @@ class SqlReads:
         return [TimedProcess(id=i, status=s, at=at, callback_token=t) for i, s, at, t in rows]
 
     async def process_waiting_for(self, token: str) -> str | None:
-        row = await self.fetchone("SELECT id FROM processes WHERE callback_token = ?", (token,))
+        row = await self.lookup_one("SELECT id FROM processes WHERE callback_token = ?", (token,))
         if row is None:
             # A branch's wait (contract §8): the token names the branch's process.
-            row = await self.fetchone(
+            row = await self.lookup_one(
                 "SELECT p.id FROM branches b JOIN processes p ON p.rowid = b.process "
                 "WHERE b.callback_token = ?",
                 (token,),
@@ -177,7 +202,7 @@ class SqlReads:
         return None if row is None else str(row[0])
 
     async def steps(self, pk: int) -> list[StepRow]:
-        rows = await self.fetchall(
+        rows = await self.lookup(
             "SELECT name, status, started_at, finished_at, error, traceback, delta, key, actor, "
             "reason, branch FROM steps WHERE process = ? ORDER BY seq",
             (pk,),
@@ -202,7 +227,7 @@ class SqlReads:
         ]
 
     async def branches(self, pk: int) -> list[BranchRow]:
-        rows = await self.fetchall(
+        rows = await self.lookup(
             "SELECT process, path, status, step_key, step_occurrence, changes, error, attempts, "
             "next_retry_at, callback_token FROM branches WHERE process = ?",
             (pk,),
@@ -210,7 +235,7 @@ class SqlReads:
         return [msgspec.convert(tuple(row), BranchRow) for row in rows]
 
     async def actions(self, pk: int) -> list[ActionRow]:
-        rows = await self.fetchall(
+        rows = await self.lookup(
             "SELECT at, action, actor, detail FROM actions WHERE process = ? ORDER BY rowid",
             (pk,),
         )
@@ -218,23 +243,38 @@ class SqlReads:
 
     async def children(self, parent_id: str, group: int | None = None) -> list[ProcessRow]:
         if group is None:
-            rows = await self.fetchall(
+            rows = await self.lookup(
                 f"{SELECT_PROCESS} WHERE parent_id = ? ORDER BY rowid", (parent_id,)
             )
         else:
-            rows = await self.fetchall(
+            rows = await self.lookup(
                 f"{SELECT_PROCESS} WHERE parent_id = ? AND child_group = ? ORDER BY child_index",
                 (parent_id, group),
             )
         return [process_row(row) for row in rows]
 
     async def child_links(self, parent_id: str) -> list[LinkedProcess]:
-        rows = await self.fetchall(
+        rows = await self.lookup(
             "SELECT id, workflow, status FROM processes WHERE parent_id = ? "
             "ORDER BY child_index, rowid",
             (parent_id,),
         )
         return [LinkedProcess(id=i, workflow=w, status=ProcessStatus(s)) for i, w, s in rows]
+
+    async def records(self, row: ProcessRow, *, branches: bool) -> ProcessRecords:
+        if self.READS_OVERLAP:
+            steps, actions, standing, children = await asyncio.gather(
+                self.steps(row.pk),
+                self.actions(row.pk),
+                self.branches(row.pk) if branches else _no_branches(),
+                self.child_links(row.id),
+            )
+        else:
+            steps = await self.steps(row.pk)
+            actions = await self.actions(row.pk)
+            standing = await self.branches(row.pk) if branches else []
+            children = await self.child_links(row.id)
+        return ProcessRecords(steps=steps, actions=actions, branches=standing, children=children)
 
     async def unfinished_children_of_aborted(self) -> list[tuple[str, str]]:
         rows = await self.fetchall(
@@ -283,11 +323,11 @@ class SqlReads:
     # -- subscriptions --
 
     async def subscription(self, sid: str) -> Subscription | None:
-        row = await self.fetchone(SELECT_SUBSCRIPTION, (sid,))
+        row = await self.lookup_one(SELECT_SUBSCRIPTION, (sid,))
         return None if row is None else Subscription(**subscription_from_row(row))
 
     async def subscription_processes(self, sid: str) -> list[LinkedProcess]:
-        rows = await self.fetchall(
+        rows = await self.lookup(
             "SELECT p.id, p.workflow, p.status FROM subscription_processes l "
             "JOIN processes p ON p.id = l.process_id WHERE l.subscription_id = ? "
             "ORDER BY p.rowid",

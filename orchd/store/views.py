@@ -6,7 +6,6 @@ never touch an actor. Query parameters are checked here, once for every backend.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import uuid
 from collections.abc import Iterable
@@ -91,10 +90,6 @@ def fork_summaries(steps: list[StepRow], live: list[BranchRow]) -> list[ForkSumm
     return summaries
 
 
-async def _nothing() -> list[BranchRow]:
-    return []
-
-
 def _path_order(path: str) -> list[tuple[int, Any]]:
     """Branch paths in their natural order: "A/2" before "A/10"."""
     return [(0, int(part)) if part.isdigit() else (1, part) for part in path.split("/")]
@@ -125,15 +120,8 @@ class Views:
         row = await self.store.process(canonical)
         if row is None:
             raise ProcessNotFound(f"process {pid} does not exist")
-        # Asked together: the reads queue up at once, so a busy engine delays this request by
-        # one turn of its event loop, not one per query.
-        forked = row.status not in FINAL_NAMES
-        steps, actions, live, children = await asyncio.gather(
-            self.store.steps(row.pk),
-            self.store.actions(row.pk),
-            self.store.branches(row.pk) if forked else _nothing(),
-            self.store.child_links(row.id),
-        )
+        records = await self.store.records(row, branches=row.status not in FINAL_NAMES)
+        steps = records.steps
         status = P(row.status)
         return Process(
             id=row.id,
@@ -159,7 +147,7 @@ class Views:
             ],
             actions=[
                 ActionRecord(at=utc(a.at), action=a.action, actor=a.actor, detail=a.detail)
-                for a in actions
+                for a in records.actions
             ],
             created_at=utc(row.created_at),
             updated_at=utc(row.updated_at),
@@ -171,8 +159,8 @@ class Views:
             attempts=row.attempts,
             next_retry_at=_dt(row.next_retry_at) if status is P.WAITING else None,
             parent_id=row.parent_id,
-            children=children,
-            branches=fork_summaries(steps, live),
+            children=records.children,
+            branches=fork_summaries(steps, records.branches),
         )
 
     async def list_processes(
