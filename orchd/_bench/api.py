@@ -111,8 +111,8 @@ async def _probe(socket_path: str, pid: str, during: Awaitable[Any]) -> list[flo
     return latencies
 
 
-async def _p6(directory: str, processes: int) -> dict[str, Any]:
-    async with _Daemon(directory, "p6") as session:
+async def _p6(directory: str, processes: int, run: int) -> dict[str, Any]:
+    async with _Daemon(directory, f"p6-{run}") as session:
         probe = (await _start_many(session, "bench_suspend", 1))[0]
         socket_path = session.connector.path  # type: ignore[union-attr]
         # The baseline: the same request to the same daemon with nothing else to do.
@@ -165,6 +165,7 @@ def probe_main(socket_path: str, pid: str) -> int:
     return 0
 
 
-def p6_latency(directory: str, processes: int) -> dict[str, Any]:
-    """GET latency of one process while ``processes`` ten-step processes start and run."""
-    return asyncio.run(_p6(directory, processes))
+def p6_latency(directory: str, processes: int, run: int = 0) -> dict[str, Any]:
+    """GET latency of one process while ``processes`` ten-step processes start and run (a
+    daemon and database of its own for each ``run``)."""
+    return asyncio.run(_p6(directory, processes, run))

@@ -681,9 +681,9 @@ def _resolve(
 #: runs its next step in the turn after it is woken: woken all at once they would make one
 #: long turn, and a request to the API waits for the whole of it, at each of the three or so
 #: turns it takes. Measured under load (``orchd bench``, P6 and P1): 32 gave a GET's p99 of
-#: 5.5 ms, 16 gave 4.4 ms, 8 gave 3.2 ms; each halving cost about 3 % of P1's steps/s (more
-#: turns, each handing the GIL to the writer thread).
-WAKE_PER_TURN = 16
+#: 5.5 ms, 16 gave 4.0-5.2 ms, 8 gave 3.2-3.9 ms; each halving cost about 3 % of P1's steps/s
+#: (more turns of the loop, each a system call and a chance for the writer to take the GIL).
+WAKE_PER_TURN = 8
 
 
 def _wake(results: list[tuple[asyncio.Future[Any] | None, Any, bool]], start: int) -> None:
