@@ -76,8 +76,11 @@ class Reads(SqlReads):
         self._reader = await aiosqlite.connect(path)
         await self._reader.execute("PRAGMA query_only = 1")
         # Autocommit: each read's snapshot ends with its statement, so no read holds back
-        # the WAL's checkpoints.
-        self._inline = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # the WAL's checkpoints. A WAL reader waits for nobody in practice; should SQLite
+        # still say busy (a WAL being recovered), the loop is not held for long.
+        self._inline = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=0.5
+        )
         self._inline.execute("PRAGMA query_only = 1")
 
     async def close_reader(self) -> None:
