@@ -136,8 +136,8 @@ class Actor:
         if self.loaded and self.status in ACTIVE and not self.committing:
             # A running process answers at once instead of after its current step: abort is
             # noted for the next step boundary; resume, retry and a stray callback are refused.
-            # Not while a new status commits: a client that has read it (reads see a commit
-            # before its actor wakes) must find the action taken, so it waits for the commit.
+            # Not while a checkpoint commits: a client that has read what it writes (reads see
+            # a commit before its actor wakes) must find the action taken, so it waits.
             forks = self.forks
             match message:
                 case Abort(actor=actor):
