@@ -270,15 +270,32 @@ async def _probe(db: str, polling: int) -> dict[str, float]:
     return {"opened_mb": opened, "per_actor_kb": per_actor, "alive": alive}
 
 
+async def _bare_tasks(count: int) -> dict[str, float]:
+    """The baseline of P3's per-actor figure: RSS per plain asyncio task doing what the
+    polling step does (sleep, wake, sleep again), with nothing of orchd around it."""
+
+    async def poll_slowly() -> None:
+        for _ in range(100):
+            await asyncio.sleep(5.0)
+
+    before = rss_mb()
+    tasks = [asyncio.create_task(poll_slowly()) for _ in range(count)]
+    await asyncio.sleep(0.5)
+    per_task = (rss_mb() - before) * 1024 / max(1, count)
+    for task in tasks:
+        task.cancel()
+    return {"per_task_kb": per_task}
+
+
 def p3_memory(directory: str, count: int) -> dict[str, float]:
     """Each figure comes from a fresh process, so memory freed earlier cannot hide a cost."""
     full, empty = os.path.join(directory, "p3.db"), os.path.join(directory, "p3-empty.db")
     asyncio.run(_fill_suspended(full, count))
     asyncio.run(_fill_suspended(empty, 0))
 
-    def probe(db: str, polling: int) -> dict[str, float]:
+    def probe(db: str, polling: int, what: str = "--probe") -> dict[str, float]:
         out = subprocess.run(
-            [sys.executable, "-m", "orchd._bench.run", "--probe", db, str(polling)],
+            [sys.executable, "-m", "orchd._bench.run", what, db, str(polling)],
             check=True,
             capture_output=True,
             text=True,
@@ -288,10 +305,12 @@ def p3_memory(directory: str, count: int) -> dict[str, float]:
 
     with_suspended, without = probe(full, 0), probe(empty, 0)
     polling = probe(empty, count)
+    bare = probe(empty, count, "--task-probe")
     return {
         "suspended_mb": with_suspended["opened_mb"] - without["opened_mb"],
         "per_actor_kb": polling["per_actor_kb"],
         "alive": polling["alive"],
+        "per_task_kb": bare["per_task_kb"],
     }
 
 
@@ -344,12 +363,35 @@ def _ms(value: float | None, digits: int = 1) -> str:
     return "no samples" if value is None else f"{value:.{digits}f} ms"
 
 
+def _subprocess_role(args: argparse.Namespace) -> int | None:
+    """Run as one of the bench's own subprocesses when asked to (their exit status)."""
+    if args.pg_node:
+        return bench_pg.node_main(args.pg_node)
+    if args.p5_child:
+        return bench_load.child_main(args.p5_child)
+    if args.p8_child:
+        return bench_children.child_main(args.p8_child)
+    if args.p6_probe:
+        return bench_api.probe_main(*args.p6_probe)
+    if args.p9_probe:
+        return bench_branches.probe_main(*args.p9_probe)
+    if args.task_probe:
+        print(msgspec.json.encode(asyncio.run(_bare_tasks(int(args.task_probe[1])))).decode())
+        return 0
+    if args.probe:
+        result = asyncio.run(_probe(args.probe[0], int(args.probe[1])))
+        print(msgspec.json.encode(result).decode())
+        return 0
+    return None
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="orchd bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, one run (smoke)")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--scaling", action="store_true", help="also the growth tables")
     parser.add_argument("--probe", nargs=2, metavar=("DB", "POLLING"), help=argparse.SUPPRESS)
+    parser.add_argument("--task-probe", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--p5-child", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--p8-child", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--p6-probe", nargs=2, metavar=("SOCKET", "ID"), help=argparse.SUPPRESS)
@@ -366,20 +408,9 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--pg-node", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.pg_node:
-        return bench_pg.node_main(args.pg_node)
-    if args.p5_child:
-        return bench_load.child_main(args.p5_child)
-    if args.p8_child:
-        return bench_children.child_main(args.p8_child)
-    if args.p6_probe:
-        return bench_api.probe_main(*args.p6_probe)
-    if args.p9_probe:
-        return bench_branches.probe_main(*args.p9_probe)
-    if args.probe:
-        result = asyncio.run(_probe(args.probe[0], int(args.probe[1])))
-        print(msgspec.json.encode(result).decode())
-        return 0
+    helper = _subprocess_role(args)
+    if helper is not None:
+        return helper
     runs = 1 if args.quick else args.runs
     p1_count = 200 if args.quick else 2000
     p3_count = 2000 if args.quick else 100_000
@@ -438,7 +469,7 @@ def main(argv: list[str]) -> int:
         table.row(
             f"P3 {p3['alive']:,.0f} actors polling",
             f"{p3['per_actor_kb']:.1f} KiB/actor",
-            "-",
+            f"{p3['per_task_kb']:.1f} KiB per bare asyncio task",
             "<= 8 KB/actor",
         )
         p4_count = 1000 if args.quick else 10_000
