@@ -377,3 +377,12 @@ async def test_an_action_is_taken_as_soon_as_a_read_shows_the_status_it_needs(
             await asyncio.sleep(0)
         assert await engine.retry(pid) in ("running", "completed"), attempt
         assert (await engine.wait(pid)).status == "completed"
+
+
+async def test_callback_tokens_never_start_with_a_dash(engine: Engine) -> None:
+    # `orchd callback TOKEN` would read a leading "-" as an option.
+    from orchd.engine.actor import Actor
+
+    tokens = {Actor.new_callback_token(None) for _ in range(2000)}  # type: ignore[arg-type]
+    assert len(tokens) == 2000
+    assert not any(t.startswith("-") for t in tokens)

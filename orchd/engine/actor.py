@@ -704,7 +704,11 @@ class Actor:
         return self.seq
 
     def new_callback_token(self) -> str:
-        return secrets.token_urlsafe(24)
+        # Never starting with "-": a script passes it to `orchd callback TOKEN`, where a
+        # leading dash would read as an option (1 token in 64 did).
+        while (token := secrets.token_urlsafe(24)).startswith("-"):
+            pass
+        return token
 
     @property
     def concurrent(self) -> bool:
