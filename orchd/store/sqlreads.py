@@ -1,10 +1,12 @@
-"""The reads both backends answer with the same SQL, and the functions that turn rows into
-records (and a subscription into the row it is written as): one place for each, so SQLite and
-PostgreSQL cannot drift apart.
+"""The reads both backends answer with the same SQL, the functions that turn rows into
+records (and a subscription into the row it is written as), and the rules their writers share
+(which processes retention lets go): one place for each, so SQLite and PostgreSQL cannot drift
+apart.
 
 Queries are written with SQLite's ``?`` placeholders; the PostgreSQL store numbers them
 (``$1, $2, ...``) before it runs them. What differs between the two (the connection, a list
-parameter, a prefix search, pruning and event bounds) stays in each backend's own module.
+parameter, a prefix search, the deletes of pruning and event bounds) stays in each backend's
+own module.
 """
 
 from __future__ import annotations
@@ -30,10 +32,35 @@ from orchd.store.base import (
     BranchRow,
     ProcessRecords,
     ProcessRow,
+    Pruned,
+    Retention,
     ScheduleRow,
     StepRow,
     TimedProcess,
 )
+
+
+def prunable_where(retention: Retention) -> tuple[str | None, tuple[float, ...]]:
+    """The condition on ``processes`` rows that ``retention`` lets go (None: none), with
+    ``?`` placeholders (the PostgreSQL store numbers them)."""
+    ages: list[str] = []
+    params: list[float] = []
+    if retention.tasks_before is not None:
+        ages.append("(target = 'SYSTEM' AND updated_at < ?)")
+        params.append(retention.tasks_before)
+    if retention.workflows_before is not None:
+        ages.append("(target != 'SYSTEM' AND updated_at < ?)")
+        params.append(retention.workflows_before)
+    if not ages:
+        return None, ()
+    # A finished child of a parent still waiting (or failed at its children step) stays: the
+    # parent collects it when it joins, however long its fan-out takes.
+    where = (
+        f"status IN ('completed', 'aborted') AND ({' OR '.join(ages)}) AND (parent_id IS NULL "
+        "OR parent_id NOT IN (SELECT id FROM processes WHERE status NOT IN "
+        "('completed', 'aborted')))"
+    )
+    return where, tuple(params)
 
 
 async def _no_branches() -> list[BranchRow]:
@@ -319,6 +346,21 @@ class SqlReads:
     ) -> tuple[list[ProcessSummary], int | None]:
         rows, cursor = await self._page("processes", _SUMMARY_COLUMNS, filters, limit, before)
         return [_summary(tuple(r)[1:]) for r in rows], cursor
+
+    async def prunable(self, retention: Retention) -> Pruned:
+        where, params = prunable_where(retention)
+        if where is None:
+            return Pruned()
+        row = await self.fetchone(
+            f"""SELECT count(*), coalesce(sum(steps), 0), coalesce(sum(actions), 0) FROM (
+                SELECT (SELECT count(*) FROM steps WHERE process = p.rowid) AS steps,
+                       (SELECT count(*) FROM actions WHERE process = p.rowid) AS actions
+                FROM processes AS p WHERE {where}) AS counted""",
+            params,
+        )
+        assert row is not None
+        # PostgreSQL sums to numeric.
+        return Pruned(processes=row[0], steps=int(row[1]), actions=int(row[2]))
 
     # -- subscriptions --
 

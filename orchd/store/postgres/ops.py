@@ -36,10 +36,11 @@ from orchd.store.base import (
     StartChildren,
     StepWrite,
 )
-from orchd.store.postgres.reads import SELECT_SUBSCRIPTION, prunable_where
+from orchd.store.postgres.reads import SELECT_SUBSCRIPTION, numbered
 from orchd.store.sqlreads import (
     SELECT_PROCESS,
     process_row,
+    prunable_where,
     subscription_from_row,
     subscription_values,
 )
@@ -432,8 +433,7 @@ async def prune(conn: Conn, op: Prune) -> Pruned:
     if where is None:
         return Pruned()
     rows = await conn.fetch(
-        f"SELECT rowid, id FROM processes WHERE {where} LIMIT ${len(params) + 1} "
-        "FOR UPDATE SKIP LOCKED",
+        numbered(f"SELECT rowid, id FROM processes WHERE {where} LIMIT ? FOR UPDATE SKIP LOCKED"),
         *params,
         op.limit,
     )

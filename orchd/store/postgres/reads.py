@@ -14,7 +14,6 @@ import asyncpg
 
 from orchd.errors import StoreError
 from orchd.model import SUBSCRIPTION_FIELDS
-from orchd.store.base import Pruned, Retention
 from orchd.store.sqlreads import SqlReads
 
 #: For the writer, which runs its statements on the connection directly.
@@ -36,28 +35,6 @@ def numbered(sql: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
-
-
-def prunable_where(retention: Retention, first: int = 1) -> tuple[str | None, list[float]]:
-    """The condition on ``processes`` rows that ``retention`` lets go (None: none); its
-    parameters are numbered from ``first``."""
-    ages: list[str] = []
-    params: list[float] = []
-    if retention.tasks_before is not None:
-        ages.append(f"(target = 'SYSTEM' AND updated_at < ${first + len(params)})")
-        params.append(retention.tasks_before)
-    if retention.workflows_before is not None:
-        ages.append(f"(target != 'SYSTEM' AND updated_at < ${first + len(params)})")
-        params.append(retention.workflows_before)
-    if not ages:
-        return None, []
-    # A finished child of a parent still waiting stays: the parent collects it when it joins.
-    where = (
-        f"status IN ('completed', 'aborted') AND ({' OR '.join(ages)}) AND (parent_id IS NULL "
-        "OR parent_id NOT IN (SELECT id FROM processes WHERE status NOT IN "
-        "('completed', 'aborted')))"
-    )
-    return where, params
 
 
 class PgReads(SqlReads):
@@ -93,20 +70,6 @@ class PgReads(SqlReads):
         return [r[0] for r in rows]
 
     # -- retention and events --
-
-    async def prunable(self, retention: Retention) -> Pruned:
-        where, params = prunable_where(retention)
-        if where is None:
-            return Pruned()
-        row = await self.fetchone(
-            f"""SELECT count(*), coalesce(sum(steps), 0), coalesce(sum(actions), 0) FROM (
-                SELECT (SELECT count(*) FROM steps WHERE process = p.rowid) AS steps,
-                       (SELECT count(*) FROM actions WHERE process = p.rowid) AS actions
-                FROM processes AS p WHERE {where}) AS counted""",
-            params,
-        )
-        assert row is not None
-        return Pruned(processes=row[0], steps=int(row[1]), actions=int(row[2]))
 
     async def event_bounds(self) -> tuple[int, int]:
         row = await self.fetchone(

@@ -15,45 +15,14 @@ from typing import Any
 import aiosqlite
 
 from orchd.errors import StoreError
-from orchd.store.base import ProcessRow, Pruned, Retention
+from orchd.store.base import ProcessRow
 from orchd.store.sqlreads import (
     SELECT_PROCESS,
-    SELECT_SUBSCRIPTION,
     SqlReads,
     process_row,
-    subscription_from_row,
 )
 
-__all__ = [
-    "SELECT_PROCESS",
-    "SELECT_SUBSCRIPTION",
-    "Reads",
-    "process_row",
-    "prunable_where",
-    "subscription_from_row",
-]
-
-
-def prunable_where(retention: Retention) -> tuple[str | None, tuple[float, ...]]:
-    """The condition on ``processes`` rows that ``retention`` lets go (None: none)."""
-    ages: list[str] = []
-    params: list[float] = []
-    if retention.tasks_before is not None:
-        ages.append("(target = 'SYSTEM' AND updated_at < ?)")
-        params.append(retention.tasks_before)
-    if retention.workflows_before is not None:
-        ages.append("(target != 'SYSTEM' AND updated_at < ?)")
-        params.append(retention.workflows_before)
-    if not ages:
-        return None, ()
-    # A finished child of a parent still waiting (or failed at its children step) stays: the
-    # parent collects it when it joins, however long its fan-out takes.
-    where = (
-        f"status IN ('completed', 'aborted') AND ({' OR '.join(ages)}) AND (parent_id IS NULL "
-        "OR parent_id NOT IN (SELECT id FROM processes WHERE status NOT IN "
-        "('completed', 'aborted')))"
-    )
-    return where, tuple(params)
+__all__ = ["Reads"]
 
 
 class Reads(SqlReads):
@@ -131,20 +100,6 @@ class Reads(SqlReads):
         return [r[0] for r in rows]
 
     # -- retention and events --
-
-    async def prunable(self, retention: Retention) -> Pruned:
-        where, params = prunable_where(retention)
-        if where is None:
-            return Pruned()
-        row = await self.fetchone(
-            f"""SELECT count(*), coalesce(sum(steps), 0), coalesce(sum(actions), 0) FROM (
-                SELECT (SELECT count(*) FROM steps WHERE process = p.rowid) AS steps,
-                       (SELECT count(*) FROM actions WHERE process = p.rowid) AS actions
-                FROM processes AS p WHERE {where})""",
-            params,
-        )
-        assert row is not None
-        return Pruned(processes=row[0], steps=row[1], actions=row[2])
 
     async def event_bounds(self) -> tuple[int, int]:
         row = await self.fetchone(

@@ -44,14 +44,14 @@ from orchd.store.base import (
     ScheduleStarted,
     StartChildren,
 )
-from orchd.store.sqlite.reads import (
+from orchd.store.sqlreads import (
     SELECT_PROCESS,
     SELECT_SUBSCRIPTION,
     process_row,
     prunable_where,
     subscription_from_row,
+    subscription_values,
 )
-from orchd.store.sqlreads import subscription_values
 
 log = logging.getLogger("orchd.store")
 
