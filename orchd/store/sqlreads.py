@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from orchd.errors import IdempotencyConflict, SubscriptionLocked
 from orchd.model import (
     SUBSCRIPTION_FIELDS,
     Event,
@@ -30,6 +31,7 @@ from orchd.model import (
 from orchd.store.base import (
     ActionRow,
     BranchRow,
+    NewProcess,
     ProcessRecords,
     ProcessRow,
     Pruned,
@@ -61,6 +63,29 @@ def prunable_where(retention: Retention) -> tuple[str | None, tuple[float, ...]]
         "('completed', 'aborted')))"
     )
     return where, tuple(params)
+
+
+def keyed_process(found: ProcessRow, op: NewProcess) -> ProcessRow:
+    """What a start with an Idempotency-Key that ``found`` holds already answers: that process,
+    unless the start asks for another workflow."""
+    if found.workflow != op.workflow:
+        raise IdempotencyConflict(
+            f"Idempotency-Key {op.idempotency_key!r} started process {found.id} "
+            f"of workflow {found.workflow!r}, not {op.workflow!r}"
+        )
+    return found
+
+
+def refuse_terminated(sub: dict[str, Any], lock: str) -> None:
+    """A start may not lock a terminated subscription."""
+    if sub["status"] == "terminated":
+        raise SubscriptionLocked(f"subscription {lock} is terminated")
+
+
+def not_insync(lock: str, holder: str | None) -> SubscriptionLocked:
+    """The refusal of a start on a subscription another process holds (named when found)."""
+    who = f"process {holder} holds it" if holder else "another process holds it"
+    return SubscriptionLocked(f"subscription {lock} is not insync: {who}")
 
 
 async def _no_branches() -> list[BranchRow]:

@@ -14,7 +14,7 @@ import asyncpg
 import msgspec
 from msgspec.structs import astuple
 
-from orchd.errors import IdempotencyConflict, StoreError, SubscriptionLocked, SubscriptionNotFound
+from orchd.errors import StoreError, SubscriptionLocked, SubscriptionNotFound
 from orchd.model import START, Event, ProcessStatus
 from orchd.store.base import (
     ActionWrite,
@@ -39,8 +39,11 @@ from orchd.store.base import (
 from orchd.store.postgres.reads import SELECT_SUBSCRIPTION, numbered
 from orchd.store.sqlreads import (
     SELECT_PROCESS,
+    keyed_process,
+    not_insync,
     process_row,
     prunable_where,
+    refuse_terminated,
     subscription_from_row,
     subscription_values,
 )
@@ -219,13 +222,7 @@ async def create_process(conn: Conn, op: NewProcess, node: str, events: list[Eve
             f"{SELECT_PROCESS} WHERE idempotency_key = $1", op.idempotency_key
         )
         if found is not None:
-            existing = process_row(found)
-            if existing.workflow != op.workflow:
-                raise IdempotencyConflict(
-                    f"Idempotency-Key {op.idempotency_key!r} started process {existing.id} "
-                    f"of workflow {existing.workflow!r}, not {op.workflow!r}"
-                )
-            return existing
+            return keyed_process(process_row(found), op)
     state = op.state
     if op.lock is not None:
         # The row lock serialises two starts on one subscription, whichever node takes them.
@@ -233,12 +230,9 @@ async def create_process(conn: Conn, op: NewProcess, node: str, events: list[Eve
         if row is None:
             raise SubscriptionNotFound(f"subscription {op.lock} does not exist")
         sub = subscription_from_row(row)
-        if sub["status"] == "terminated":
-            raise SubscriptionLocked(f"subscription {op.lock} is terminated")
+        refuse_terminated(sub, op.lock)
         if not sub["insync"]:
-            holder = await conn.fetchval(_HOLDER, op.lock)
-            who = f"process {holder} holds it" if holder else "another process holds it"
-            raise SubscriptionLocked(f"subscription {op.lock} is not insync: {who}")
+            raise not_insync(op.lock, await conn.fetchval(_HOLDER, op.lock))
         await conn.execute(
             "UPDATE subscriptions SET insync = false, updated_at = $1 WHERE id = $2",
             op.created_at,

@@ -24,7 +24,7 @@ import msgspec
 from msgspec.structs import astuple
 
 from orchd import _faults as faults
-from orchd.errors import IdempotencyConflict, StoreError, SubscriptionLocked, SubscriptionNotFound
+from orchd.errors import StoreError, SubscriptionLocked, SubscriptionNotFound
 from orchd.model import START, Event, ProcessStatus
 from orchd.store.base import (
     Checkpoint,
@@ -47,8 +47,11 @@ from orchd.store.base import (
 from orchd.store.sqlreads import (
     SELECT_PROCESS,
     SELECT_SUBSCRIPTION,
+    keyed_process,
+    not_insync,
     process_row,
     prunable_where,
+    refuse_terminated,
     subscription_from_row,
     subscription_values,
 )
@@ -186,25 +189,17 @@ def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
             f"{SELECT_PROCESS} WHERE idempotency_key = ?", (op.idempotency_key,)
         ).fetchone()
         if found is not None:
-            existing = process_row(found)
-            if existing.workflow != op.workflow:
-                raise IdempotencyConflict(
-                    f"Idempotency-Key {op.idempotency_key!r} started process {existing.id} "
-                    f"of workflow {existing.workflow!r}, not {op.workflow!r}"
-                )
-            return existing
+            return keyed_process(process_row(found), op)
     state = op.state
     if op.lock is not None:
         row = conn.execute(SELECT_SUBSCRIPTION, (op.lock,)).fetchone()
         if row is None:
             raise SubscriptionNotFound(f"subscription {op.lock} does not exist")
         sub = subscription_from_row(row)
-        if sub["status"] == "terminated":
-            raise SubscriptionLocked(f"subscription {op.lock} is terminated")
+        refuse_terminated(sub, op.lock)
         if not sub["insync"]:
             holder = conn.execute(_HOLDER, (op.lock,)).fetchone()
-            who = f"process {holder[0]} holds it" if holder else "another process holds it"
-            raise SubscriptionLocked(f"subscription {op.lock} is not insync: {who}")
+            raise not_insync(op.lock, holder[0] if holder else None)
         conn.execute(
             "UPDATE subscriptions SET insync = 0, updated_at = ? WHERE id = ?",
             (op.created_at, op.lock),
