@@ -9,12 +9,16 @@ models of ``orchd.model``. Nothing above this layer sees SQL or a row as a tuple
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
 
 from orchd.model import Event, LinkedProcess, ProcessSummary, Subscription
+
+log = logging.getLogger("orchd.store")
 
 
 def token_digest(token: str) -> str:
@@ -146,6 +150,50 @@ class StoreStats(msgspec.Struct, kw_only=True):
     queue: int = 0
     #: Why writes fail right now (None while they succeed).
     failing: str | None = None
+
+
+class CommitCounters:
+    """What a backend's writer counts of its commits, and why they fail right now: the base
+    of each writer, so both count and say it alike."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.committed = 0
+        self.last_batch = 0
+        self.commit_seconds = 0.0
+        #: Why commits fail right now (None while they succeed).
+        self.failing: str | None = None
+
+    def failed(self, reason: str) -> None:
+        """A commit failed; logged once per new reason."""
+        if reason != self.failing:
+            log.error("checkpoint commit failed: %s", reason)
+        self.failing = reason
+
+    def succeeded(self, size: int, started: float) -> None:
+        """A batch of ``size`` operations committed; ``started`` is its perf_counter()."""
+        if self.failing is not None:
+            log.info("checkpoint commits succeed again after: %s", self.failing)
+        self.failing = None
+        self.batches += 1
+        self.committed += size
+        self.last_batch = size
+        self.commit_seconds += time.perf_counter() - started
+
+    def counted(self, queue: int, trouble: Callable[[], str | None] | None = None) -> StoreStats:
+        """The counters as health and metrics read them; ``trouble`` is asked when no commit
+        has failed (an idle writer notices nothing by itself)."""
+        failing = self.failing
+        if failing is None and trouble is not None:
+            failing = trouble()
+        return StoreStats(
+            batches=self.batches,
+            committed=self.committed,
+            last_batch=self.last_batch,
+            commit_seconds=self.commit_seconds,
+            queue=queue,
+            failing=failing,
+        )
 
 
 # -- writes ---------------------------------------------------------------------------------

@@ -189,14 +189,7 @@ class PgStore(PgReads):
         w = self._writer
         if w is None:
             return StoreStats()
-        return StoreStats(
-            batches=w.batches,
-            committed=w.committed,
-            last_batch=w.last_batch,
-            commit_seconds=w.commit_seconds,
-            queue=len(w.queue),
-            failing=w.failing,
-        )
+        return w.counted(len(w.queue))
 
     # -- events ---------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from orchd.model import Event
 from orchd.store.base import (
     Checkpoint,
     ChildRefused,
+    CommitCounters,
     NewProcess,
     Op,
     Positions,
@@ -84,7 +85,7 @@ def _connection_lost(exc: BaseException) -> bool:
     )
 
 
-class Writer:
+class Writer(CommitCounters):
     """Owns the writing connection; commits batches of operations."""
 
     MAX_BATCH = 256
@@ -98,6 +99,7 @@ class Writer:
         announce: Callable[[list[Event]], Awaitable[None]],
         connect: Callable[[], Awaitable[asyncpg.Connection]],
     ) -> None:
+        super().__init__()
         self.conn = conn
         #: A new connection when the server dropped ours (a restart, a failover).
         self.connect = connect
@@ -110,11 +112,6 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._events_since_prune = 0
-        self.batches = 0
-        self.committed = 0
-        self.last_batch = 0
-        self.commit_seconds = 0.0
-        self.failing: str | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="orchd pg writer")
@@ -182,9 +179,7 @@ class Writer:
                     staged.extend(one)
                 return results
             reason = str(exc) or type(exc).__name__
-            if reason != self.failing:
-                log.error("checkpoint commit failed: %s", reason)
-            self.failing = reason
+            self.failed(reason)
             error = StoreError(f"database write failed: {reason}")
             return [(fut, error, False) for _, fut in batch]
         except Exception as exc:  # a bug in one operation, not trouble with the database
@@ -198,13 +193,7 @@ class Writer:
                 return results
             log.error("write operation failed: %r", exc)
             return [(fut, exc, False) for _, fut in batch]
-        if self.failing is not None:
-            log.info("checkpoint commits succeed again after: %s", self.failing)
-        self.failing = None
-        self.batches += 1
-        self.committed += len(batch)
-        self.last_batch = len(batch)
-        self.commit_seconds += time.perf_counter() - started
+        self.succeeded(len(batch), started)
         return results
 
     async def _apply(

@@ -110,12 +110,5 @@ class SqliteStore(Reads):
         w = self._writer
         if w is None:
             return StoreStats()
-        return StoreStats(
-            batches=w.batches,
-            committed=w.committed,
-            last_batch=w.last_batch,
-            commit_seconds=w.commit_seconds,
-            queue=w.queue.qsize(),
-            # An idle writer notices nothing: look at the file whenever asked (health, metrics).
-            failing=w.failing or w.moved(),
-        )
+        # An idle writer notices nothing: look at the file whenever asked (health, metrics).
+        return w.counted(w.queue.qsize(), w.moved)

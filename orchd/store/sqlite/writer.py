@@ -30,6 +30,7 @@ from orchd.store.base import (
     Checkpoint,
     ChildFinished,
     ChildRefused,
+    CommitCounters,
     NewProcess,
     Op,
     Positions,
@@ -430,7 +431,7 @@ _ENVIRONMENTAL = frozenset(
 )
 
 
-class Writer(threading.Thread):
+class Writer(threading.Thread, CommitCounters):
     """Owns the only writing connection; commits batches of operations."""
 
     #: A batch's actors all wake in one event-loop iteration: a bound keeps that iteration
@@ -448,7 +449,8 @@ class Writer(threading.Thread):
         keep_events: int = 100_000,
         event_sink: Callable[[list[Event]], None] | None = None,
     ) -> None:
-        super().__init__(name="orchd-writer", daemon=True)
+        threading.Thread.__init__(self, name="orchd-writer", daemon=True)
+        CommitCounters.__init__(self)
         self.conn = conn
         #: Events kept in the table; older ones are deleted now and then, by count.
         self.keep_events = keep_events
@@ -469,11 +471,6 @@ class Writer(threading.Thread):
         #: Held while a batch commits, by this thread or by an inline commit (``commit_now``).
         self.lock = threading.Lock()
         self.queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self.batches = 0
-        self.committed = 0
-        self.last_batch = 0
-        self.commit_seconds = 0.0
-        self.failing: str | None = None
 
     def run(self) -> None:
         stopping = False
@@ -519,9 +516,7 @@ class Writer(threading.Thread):
     def _fail(
         self, batch: list[_Item], reason: str, exc: BaseException
     ) -> list[tuple[asyncio.Future[Any] | None, Any, bool]]:
-        if reason != self.failing:
-            log.error("checkpoint commit failed: %s", reason)  # once per new reason
-        self.failing = reason
+        self.failed(reason)
         return [(fut, exc, False) for _, fut in batch]
 
     def _watch(self) -> str | None:
@@ -578,13 +573,7 @@ class Writer(threading.Thread):
                 log.error("write operation failed: %r", exc)
                 return [(fut, exc, False) for _, fut in batch]
             return self._fail(batch, str(exc), StoreError(f"database write failed: {exc}"))
-        if self.failing is not None:
-            log.info("checkpoint commits succeed again after: %s", self.failing)
-        self.failing = None
-        self.batches += 1
-        self.committed += len(batch)
-        self.last_batch = len(batch)
-        self.commit_seconds += time.perf_counter() - started
+        self.succeeded(len(batch), started)
         return results
 
     def _apply(self, batch: list[_Item]) -> list[tuple[asyncio.Future[Any] | None, Any, bool]]:
