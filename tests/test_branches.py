@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from branch_flows import Ledger, Plan, count, read_ims, read_ipam
+from tests_support import settle
 
 from orchd import Engine, Process, begin, callback_step, children, foreach, inputstep, parallel
 from orchd.errors import CallbackNotFound, InvalidTransition, WorkflowDefinitionError
@@ -26,17 +27,6 @@ async def engine(engine_factory: Make, ledger: Ledger, gate: Gate) -> Engine:
     return await engine_factory(  # type: ignore[no-any-return]
         ["branch_flows"], resources={Ledger: ledger, Gate: gate}, grace_period=0.5
     )
-
-
-async def settle(engine: Engine, pid: str, *statuses: str) -> Process:
-    """Wait until the process is in one of ``statuses``."""
-    deadline = asyncio.get_running_loop().time() + 10
-    while True:
-        process = await engine.get(pid)
-        if process.status in statuses:
-            return process
-        assert asyncio.get_running_loop().time() < deadline, (process.status, process.error)
-        await asyncio.sleep(0.01)
 
 
 def records(process: Process, branch: str | None = "*") -> list[tuple[str, str, str | None]]:

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from tests_support import settle
 
-from orchd import Engine, Process
+from orchd import Engine
 from orchd.errors import InvalidTransition
 from orchd.store.base import Retention
 from orchd.testing import Gate
@@ -20,17 +21,6 @@ Make = Callable[..., Any]
 @pytest.fixture
 async def engine(engine_factory: Make, gate: Gate) -> Engine:
     return await engine_factory(["child_flows"], resources={Gate: gate})  # type: ignore[no-any-return]
-
-
-async def settle(engine: Engine, pid: str, *statuses: str) -> Process:
-    """Wait until the process is in one of ``statuses`` (waiting statuses included)."""
-    deadline = asyncio.get_running_loop().time() + 10
-    while True:
-        process = await engine.get(pid)
-        if process.status in statuses:
-            return process
-        assert asyncio.get_running_loop().time() < deadline, (process.status, process.error)
-        await asyncio.sleep(0.01)
 
 
 def inputs(*numbers: int, **extra: Any) -> dict[str, Any]:

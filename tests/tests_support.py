@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from orchd.engine import Engine
+    from orchd.model import Process
 
 TESTS_DIR = Path(__file__).parent
 WF_DIR = TESTS_DIR / "wf"
@@ -19,6 +21,17 @@ EngineFactory = Callable[..., Awaitable["Engine"]]
 DatabaseFactory = Callable[..., Awaitable[str]]
 #: The ``open_engine`` fixture: ``await open_engine(module)`` -> an Engine with that code.
 Open = Callable[..., Awaitable["Engine"]]
+
+
+async def settle(engine: Engine, pid: str, *statuses: str) -> Process:
+    """Wait (10 s at most) until the process is in one of ``statuses``, as committed."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        process = await engine.get(pid)
+        if process.status in statuses:
+            return process
+        assert asyncio.get_running_loop().time() < deadline, (process.status, process.error)
+        await asyncio.sleep(0.01)
 
 
 def parse_logfmt(line: str) -> dict[str, str]:
