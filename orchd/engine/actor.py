@@ -12,7 +12,6 @@ import asyncio
 import logging
 import secrets
 import time
-import traceback
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +39,7 @@ from orchd.engine.outcome import (
     Outcome,
     StepCrash,
     changes_of,
+    failure_of,
     retry_delay,
 )
 from orchd.errors import (
@@ -61,7 +61,6 @@ from orchd.model import (
     check_transition,
 )
 from orchd.state import (
-    StepInputError,
     StepOutputError,
     clone,
     encode,
@@ -587,11 +586,7 @@ class Actor:
         await self.commit(step, outcome)
 
     async def step_raised(self, step: Step, exc: BaseException, started: float) -> None:
-        if isinstance(exc, StepInputError | StepOutputError | SubscriptionError | StepCrash):
-            message = str(exc)
-        else:
-            message = f"{type(exc).__name__}: {exc}"
-        tb = "".join(traceback.format_exception(exc))
+        message, tb = failure_of(exc)
         finished = time.time()
         self.error = message
         if step.kind is StepKind.RETRY:

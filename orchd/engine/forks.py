@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import traceback
 from collections import deque
 from collections.abc import Coroutine, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -28,11 +27,10 @@ from orchd.dsl import Step, StepKind
 from orchd.engine.branches import Branch, Broken, Fork, fill_pending
 from orchd.engine.calls import call_step, cancelled_from_outside
 from orchd.engine.messages import Callback, Envelope, Expire, Retry, Run, respond
-from orchd.engine.outcome import NO_CHANGES, Changes, StepCrash, changes_of, retry_delay
+from orchd.engine.outcome import NO_CHANGES, Changes, StepCrash, changes_of, failure_of, retry_delay
 from orchd.errors import CallbackNotFound, InvalidTransition
 from orchd.model import Action, ProcessStatus, StepStatus
 from orchd.state import (
-    StepInputError,
     StepOutputError,
     clone,
     inject,
@@ -418,11 +416,7 @@ class Forks:
         await self._commit(b, step, StepStatus.SUCCESS, started, changes)
 
     async def _raised(self, b: Branch, step: Step, exc: BaseException, started: float) -> None:
-        if isinstance(exc, StepInputError | StepOutputError | StepCrash):
-            message = str(exc)
-        else:
-            message = f"{type(exc).__name__}: {exc}"
-        tb = "".join(traceback.format_exception(exc))
+        message, tb = failure_of(exc)
         finished = time.time()
         b.error = message
         status, b.status = StepStatus.FAILED, B.FAILED

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import math
 import random
+import traceback
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from orchd.dsl import Step
 from orchd.model import ProcessStatus, StepStatus
 from orchd.settings import EngineSettings
-from orchd.state import StepOutputError, encode, non_finite
+from orchd.state import StepInputError, StepOutputError, encode, non_finite
 from orchd.store.base import ActionWrite
+from orchd.subscriptions import SubscriptionError
 
 _MISSING: Any = object()
 
@@ -77,3 +79,14 @@ class StepCrash(Exception):
 
 class StepTimeout(StepCrash):
     """Raised when a step runs past its timeout (the step's own or the engine's default)."""
+
+
+def failure_of(exc: BaseException) -> tuple[str, str]:
+    """A failed step's error and traceback, as its record keeps them: an error orchd words
+    itself (bad input or output, a refused subscription, the engine's own) by its message,
+    anything else by its type and message."""
+    if isinstance(exc, StepInputError | StepOutputError | SubscriptionError | StepCrash):
+        message = str(exc)
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+    return message, "".join(traceback.format_exception(exc))
