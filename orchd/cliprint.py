@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from orchd.branchpaths import within
+
 
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
@@ -90,9 +92,7 @@ def _in_branch(step: dict[str, Any], branch: str | None) -> bool:
     where = step.get("branch")
     if branch is None:
         return where is None
-    return isinstance(where, str) and (
-        where == branch or where.startswith(branch.rstrip("/") + "/")
-    )
+    return isinstance(where, str) and within(where, branch)
 
 
 def print_branches(proc: dict[str, Any]) -> None:

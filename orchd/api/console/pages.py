@@ -27,6 +27,7 @@ from orchd.api.console.core import (
 from orchd.api.console.forms import RenderedForm, build_form
 from orchd.api.console.session import clear_cookie, set_cookie
 from orchd.api.routes import _event_id, _limit, _process_filter, _text
+from orchd.branchpaths import within
 from orchd.errors import BadRequest, WorkflowNotFound
 from orchd.model import (
     ALLOWED,
@@ -75,8 +76,7 @@ def timeline(
     them while they are few, else the main line's. Also how many branch records were left out."""
     numbered = [(i + 1, s, s.branch) for i, s in enumerate(process.steps)]
     if branch:
-        prefix = branch.rstrip("/") + "/"
-        return [n for n in numbered if n[2] == branch or (n[2] or "").startswith(prefix)], 0
+        return [n for n in numbered if within(n[2], branch)], 0
     in_branches = sum(1 for n in numbered if n[2] is not None)
     if in_branches <= TIMELINE_BRANCH_STEPS:
         return numbered, 0
