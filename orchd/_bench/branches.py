@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 
-import msgspec
-
+from orchd._bench.fresh import in_fresh_interpreter, report
 from orchd.dsl import Form, State, begin, done, foreach, init, step, workflow
 from orchd.engine import Engine
 
@@ -115,16 +112,8 @@ async def _probe(db: str, count: int) -> dict[str, float]:
 def p9_memory(directory: str, count: int) -> dict[str, float]:
     """KiB of RSS per branch waiting in its step, in a fresh interpreter."""
     db = os.path.join(directory, f"p9-memory-{count}.db")
-    out = subprocess.run(
-        [sys.executable, "-m", "orchd._bench.run", "--p9-probe", db, str(count)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    result: dict[str, float] = msgspec.json.decode(out.strip().splitlines()[-1])
-    return result
+    return in_fresh_interpreter("--p9-probe", db, str(count))
 
 
 def probe_main(db: str, count: str) -> int:
-    print(msgspec.json.encode(asyncio.run(_probe(db, int(count)))).decode())
-    return 0
+    return report(asyncio.run(_probe(db, int(count))))

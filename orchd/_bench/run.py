@@ -12,14 +12,11 @@ import os
 import resource
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-import msgspec
 
 from orchd._bench import api as bench_api
 from orchd._bench import branches as bench_branches
@@ -27,6 +24,7 @@ from orchd._bench import children as bench_children
 from orchd._bench import load as bench_load
 from orchd._bench import postgres as bench_pg
 from orchd._bench import retention as bench_retention
+from orchd._bench.fresh import in_fresh_interpreter, report
 from orchd.dsl import Form, State, children, done, init, inputstep, step, workflow
 from orchd.engine import Engine
 from orchd.model import Target
@@ -293,15 +291,8 @@ def p3_memory(directory: str, count: int) -> dict[str, float]:
     asyncio.run(_fill_suspended(full, count))
     asyncio.run(_fill_suspended(empty, 0))
 
-    def probe(db: str, polling: int, what: str = "--probe") -> dict[str, float]:
-        out = subprocess.run(
-            [sys.executable, "-m", "orchd._bench.run", what, db, str(polling)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        result: dict[str, float] = msgspec.json.decode(out.strip().splitlines()[-1])
-        return result
+    def probe(db: str, polling: int, flag: str = "--probe") -> dict[str, float]:
+        return in_fresh_interpreter(flag, db, str(polling))
 
     with_suspended, without = probe(full, 0), probe(empty, 0)
     polling = probe(empty, count)
@@ -376,12 +367,9 @@ def _subprocess_role(args: argparse.Namespace) -> int | None:
     if args.p9_probe:
         return bench_branches.probe_main(*args.p9_probe)
     if args.task_probe:
-        print(msgspec.json.encode(asyncio.run(_bare_tasks(int(args.task_probe[1])))).decode())
-        return 0
+        return report(asyncio.run(_bare_tasks(int(args.task_probe[1]))))
     if args.probe:
-        result = asyncio.run(_probe(args.probe[0], int(args.probe[1])))
-        print(msgspec.json.encode(result).decode())
-        return 0
+        return report(asyncio.run(_probe(args.probe[0], int(args.probe[1]))))
     return None
 
 
