@@ -197,18 +197,3 @@ async def migrate(conn: asyncpg.Connection) -> int:
             await conn.execute("UPDATE orchd_schema SET version = $1", target + 1)
             log.info("migrated database schema to version %d", target + 1)
     return SCHEMA_VERSION
-
-
-#: Every table orchd keeps (what ``orchd migrate`` checks is empty, what tests drop).
-TABLES = (
-    "processes",
-    "steps",
-    "subscriptions",
-    "subscription_processes",
-    "schedules",
-    "schedule_runs",
-    "actions",
-    "events",
-    "nodes",
-    "node_messages",
-)
