@@ -254,6 +254,16 @@ def callback_step(
     return StepList([action, wait, validate_step])
 
 
+def _check_fan_out(where: str, into: Any, max_concurrency: Any) -> None:
+    """The options ``children`` and ``foreach`` share: where results go, how many at once."""
+    if into is not None and (not isinstance(into, str) or not into):
+        raise WorkflowDefinitionError(f"{where}: into must be a State key")
+    if max_concurrency is not None and (
+        not isinstance(max_concurrency, int) or max_concurrency < 1
+    ):
+        raise WorkflowDefinitionError(f"{where}: max_concurrency must be at least 1")
+
+
 def children(
     name: str,
     *,
@@ -275,12 +285,7 @@ def children(
     for what, value in (("workflow", workflow), ("inputs", inputs)):
         if not isinstance(value, str) or not value:
             raise WorkflowDefinitionError(f"children {name!r}: {what} must be a name")
-    if into is not None and (not isinstance(into, str) or not into):
-        raise WorkflowDefinitionError(f"children {name!r}: into must be a State key")
-    if max_concurrency is not None and (
-        not isinstance(max_concurrency, int) or max_concurrency < 1
-    ):
-        raise WorkflowDefinitionError(f"children {name!r}: max_concurrency must be at least 1")
+    _check_fan_out(f"children {name!r}", into, max_concurrency)
     return Step(
         name=name,
         func=None,
@@ -369,12 +374,7 @@ def foreach(
     where = f"foreach {name!r}"
     if not isinstance(items_key, str) or not items_key:
         raise WorkflowDefinitionError(f"{where}: items_key must be a State key")
-    if into is not None and (not isinstance(into, str) or not into):
-        raise WorkflowDefinitionError(f"{where}: into must be a State key")
-    if max_concurrency is not None and (
-        not isinstance(max_concurrency, int) or max_concurrency < 1
-    ):
-        raise WorkflowDefinitionError(f"{where}: max_concurrency must be at least 1")
+    _check_fan_out(where, into, max_concurrency)
     return Step(
         name=name,
         func=None,

@@ -345,6 +345,19 @@ def test_a_parallel_needs_two_branches_and_a_key_without_a_slash() -> None:
         parallel("a/b", begin >> read_ims, begin >> read_ipam)
 
 
+def test_a_foreach_and_a_children_step_refuse_a_bad_into_or_max_concurrency() -> None:
+    for bad in (0, -1, 1.5, "2"):
+        with pytest.raises(WorkflowDefinitionError, match="foreach 'F': max_concurrency must"):
+            foreach("F", "items", begin >> count, max_concurrency=bad)  # type: ignore[arg-type]
+        with pytest.raises(WorkflowDefinitionError, match="children 'C': max_concurrency must"):
+            children("C", workflow="w", inputs="items", max_concurrency=bad)  # type: ignore[arg-type]
+    for bad_into in ("", 3):
+        with pytest.raises(WorkflowDefinitionError, match="foreach 'F': into must be a State"):
+            foreach("F", "items", begin >> count, into=bad_into)  # type: ignore[arg-type]
+        with pytest.raises(WorkflowDefinitionError, match="children 'C': into must be a State"):
+            children("C", workflow="w", inputs="items", into=bad_into)  # type: ignore[arg-type]
+
+
 def test_a_callback_step_may_stand_in_a_branch() -> None:
     order = callback_step("wait", read_ims, read_ipam)
     fork = parallel("P", order, begin >> count)
