@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -78,6 +77,7 @@ from orchd.store.base import (
     ProcessTouch,
     ProcessWrite,
     StepWrite,
+    new_callback_token,
     token_digest,
 )
 from orchd.subscriptions import SubscriptionError, complete_subscription
@@ -547,7 +547,7 @@ class Actor:
         if step.kind is StepKind.CALLBACK_ACTION:
             # The token is a capability: the action step sees it while it runs; the engine
             # keeps only its digest (never in State, a step record or the API).
-            token = self.new_callback_token()
+            token = new_callback_token()
             self._end_wait()
             self.callback_token = token_digest(token)
             self.host.expect_callback(self.callback_token, self.pid)
@@ -697,13 +697,6 @@ class Actor:
         """The number of the process's next step record."""
         self.seq += 1
         return self.seq
-
-    def new_callback_token(self) -> str:
-        # Never starting with "-": a script passes it to `orchd callback TOKEN`, where a
-        # leading dash would read as an option (1 token in 64 did).
-        while (token := secrets.token_urlsafe(24)).startswith("-"):
-            pass
-        return token
 
     @property
     def concurrent(self) -> bool:

@@ -37,7 +37,7 @@ from orchd.state import (
     to_json_values,
 )
 from orchd.status import BranchStatus
-from orchd.store.base import ActionWrite, BranchRow, StepWrite, token_digest
+from orchd.store.base import ActionWrite, BranchRow, StepWrite, new_callback_token, token_digest
 
 if TYPE_CHECKING:
     from orchd.engine.actor import Actor
@@ -387,7 +387,7 @@ class Forks:
         view: Mapping[str, Any] = b.state()
         actor = self.actor
         if step.kind is StepKind.CALLBACK_ACTION:
-            token = actor.new_callback_token()
+            token = new_callback_token()
             self._forget(b)
             b.token = token_digest(token)
             self.tokens[b.token] = b

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -19,6 +20,14 @@ import msgspec
 from orchd.model import Event, LinkedProcess, ProcessSummary, Subscription
 
 log = logging.getLogger("orchd.store")
+
+
+def new_callback_token() -> str:
+    """A token for one callback wait. Never starting with "-": a script passes it to
+    `orchd callback TOKEN`, where a leading dash would read as an option (1 token in 64 did)."""
+    while (token := secrets.token_urlsafe(24)).startswith("-"):
+        pass
+    return token
 
 
 def token_digest(token: str) -> str:
