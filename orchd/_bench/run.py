@@ -477,7 +477,8 @@ def main(argv: list[str]) -> int:
             f"P5 SIGKILL, {p5['in_flight']:,.0f} in flight",
             f"all moving again in {p5['resumed_s']:.2f} s, "
             f"{p5['completed']:,.0f}/{p5['total']:,.0f} completed",
-            "-",
+            f"{p5['stopped_resumed_s']:.2f} s after SIGTERM, "
+            f"{p5['stopped_in_flight']:,.0f} in flight",
             "<= 2 s, none lost",
         )
         p6s = [bench_api.p6_latency(directory, p1_count, run) for run in range(runs)]
