@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import gc
 import grp
 import importlib
 import logging
@@ -32,7 +31,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from orchd import logs, systemd
+from orchd import gcpolicy, logs, systemd
 from orchd.api.guard import GUARD_KEY, TcpGuard, raise_open_files_limit
 from orchd.api.protocol import answer_malformed_requests_with_problems
 from orchd.api.routes import create_app
@@ -137,9 +136,7 @@ def _config_failure(exc: ConfigError) -> int:
 def _run(main: Coroutine[Any, Any, int]) -> int:
     # Everything imported so far lives as long as the daemon: keep it out of the cyclic
     # collector's sight, and collect less often, so a collection never stalls the API.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gcpolicy.apply()
     try:
         import uvloop
     except ImportError:
