@@ -4,6 +4,10 @@ An actor lives only while its process has work: it runs steps while the process 
 running, handles the messages in its mailbox, and retires as soon as the process waits for
 someone else (a user, a callback, a retry timer) or has finished. The process then exists only
 in the database until a message re-activates it.
+
+The actor's side of someone acting on the process (resume, retry, skip, abort, a callback) is
+in ``orchd.engine.actions``; of a children step in ``orchd.engine.children``; of a fork in
+``orchd.engine.forkstep``.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from typing import Any
 
 from orchd import _faults as faults
 from orchd.dsl import Form, Step, StepKind, Stranded, Workflow
+from orchd.engine import actions, forkstep
 from orchd.engine import children as childstep
-from orchd.engine import forkstep
 from orchd.engine.calls import call_step, cancelled_from_outside
 from orchd.engine.forks import Forks
 from orchd.engine.host import Host
@@ -43,7 +47,6 @@ from orchd.engine.outcome import (
 )
 from orchd.errors import (
     CallbackNotFound,
-    FormValidationError,
     InvalidTransition,
     OrchdError,
     ProcessNotFound,
@@ -66,7 +69,6 @@ from orchd.state import (
     form_schema,
     inject,
     to_json_values,
-    validate_form,
 )
 from orchd.store.base import (
     ActionWrite,
@@ -256,17 +258,17 @@ class Actor:
                 case Run() | Stop():
                     respond(envelope)
                 case Resume(answer=answer, actor=actor):
-                    await self._resume(answer, actor)
+                    await actions.resume(self, answer, actor)
                     respond(envelope, self.status)
                 case Retry(automatic=automatic, actor=actor, reissue=reissue):
-                    await self._retry(automatic, actor, reissue)
+                    await actions.retry(self, automatic, actor, reissue)
                     respond(envelope, self.status)
                 case Skip(reason=reason, actor=actor):
-                    await self._skip(reason, actor)
+                    await actions.skip(self, reason, actor)
                     respond(envelope, self.status)
                 case Abort(actor=actor):
                     check_action(Action.ABORT, self.status, self.pid)
-                    await self._abort(actor, requested=True)
+                    await actions.abort(self, actor, requested=True)
                     respond(envelope, self.status)
                 case Callback(digest=digest, payload=payload, actor=actor) if self.at_fork():
                     await forkstep.callback(self, digest, payload, actor)
@@ -279,11 +281,11 @@ class Actor:
                         # An old or used token, or a made-up one: it answers no wait.
                         raise CallbackNotFound("no process waits for this callback token")
                     check_action(Action.CALLBACK, self.status, self.pid)
-                    await self._take_callback(payload, actor)
+                    await actions.take_callback(self, payload, actor)
                     respond(envelope)
                 case Expire(digest=digest):
                     if self.status is P.AWAITING_CALLBACK and digest == self.callback_token:
-                        await self._fail_wait("no callback arrived before the deadline")
+                        await actions.fail_wait(self, "no callback arrived before the deadline")
                     respond(envelope)
         except StoreError:
             refusal = StoreError(f"process {self.pid}: the database refused the write")
@@ -305,71 +307,11 @@ class Actor:
     def action(self, action: Action, actor: str, detail: str | None = None) -> ActionWrite:
         return ActionWrite(pk=self.pk, at=time.time(), action=action, actor=actor, detail=detail)
 
-    def _end_wait(self) -> None:
+    def end_wait(self) -> None:
         """A callback token answers one wait only: forget it once the wait is over."""
         if self.callback_token is not None:
             self.host.forget_callback(self.callback_token)
             self.callback_token = None
-
-    # -- actions --------------------------------------------------------------------------
-
-    async def _resume(self, answer: Any, actor: str) -> None:
-        check_action(Action.RESUME, self.status, self.pid)
-        await self.fail_if_broken()
-        step = self.step_now()
-        form = await self._form_of(step)
-        values = validate_form(form, answer)
-        await self._answered(step, values, self.action(Action.RESUME, actor))
-
-    async def _answered(self, step: Step, delta: dict[str, Any], action: ActionWrite) -> None:
-        """An answer (a form's, a callback's) completes the step that waited for it."""
-        now = time.time()
-        changes = changes_of(self.state, step.name, delta)
-        outcome = Outcome(
-            P.RUNNING, StepStatus.SUCCESS, now, now, changes, advance=True, action=action
-        )
-        await self.commit(step, outcome)
-
-    async def _retry(self, automatic: bool, actor: str, reissue: bool) -> None:
-        if automatic and self.at_fork():
-            await forkstep.timer(self)
-            return
-        if automatic:
-            if self.status is not P.WAITING or (self.next_retry_at or 0) > time.time() + 0.01:
-                return  # a stale timer: the process moved on or was retried by hand
-        else:
-            check_action(Action.RETRY, self.status, self.pid)
-            if self.status is P.FAILED:
-                self.attempts = 0
-        await self.fail_if_broken()
-        running = self.host.still_running(self.pid)
-        if running is not None:
-            # One step never runs twice at once (contract §2): not while a timed-out sync
-            # call of it still runs in its thread.
-            if automatic:
-                self.next_retry_at = time.time() + 1.0
-                self.host.later(self.pid, self.next_retry_at, Retry(automatic=True))
-                return
-            raise InvalidTransition(
-                f"cannot retry process {self.pid}: step {running!r} timed out but its call "
-                "still runs in its thread; retry once it has returned"
-            )
-        forks = await forkstep.standing(self)
-        if reissue and forks is not None:
-            raise InvalidTransition(
-                f"cannot reissue process {self.pid}: it stands at a fork; retry re-runs its "
-                "failed branches"
-            )
-        if reissue:
-            self._back_to_callback_action()
-        # A retried children step starts new children for its aborted elements only.
-        self.replace_aborted = self.children_group is not None
-        self.error = None
-        self.next_retry_at = None
-        detail = "reissue" if reissue else None
-        actions = [] if automatic else [self.action(Action.RETRY, actor, detail)]
-        rows = forks.rerun() if forks is not None else []
-        await self.write(P.RUNNING, steps=[], actions=actions, branches=rows)
 
     async def fail_if_broken(self) -> None:
         """A process whose step the code loaded now lacks fails, and nothing runs (§7)."""
@@ -380,119 +322,6 @@ class Actor:
             self.next_retry_at = None
             await self.write(P.FAILED, steps=[])
         raise InvalidTransition(f"process {self.pid} cannot go on: {self.broken}")
-
-    async def _skip(self, reason: str, actor: str) -> None:
-        """Record the failing step (a whole callback_step, when its action or wait failed)
-        as skipped, keep State as it is, and go on with the next step."""
-        check_action(Action.SKIP, self.status, self.pid)
-        if not reason.strip():
-            raise FormValidationError(
-                "skip needs a reason", [{"loc": ["reason"], "msg": "a reason is required"}]
-            )
-        await self.fail_if_broken()
-        assert self.workflow is not None
-        forks = await forkstep.standing(self)
-        if forks is not None:
-            rows, records = forks.skip(reason, actor, time.time())
-            if records:  # else the fork itself failed (a conflict): skip it whole, below
-                self.error, self.attempts, self.next_retry_at = None, 0, None
-                action = self.action(Action.SKIP, actor, reason)
-                await self.write(P.RUNNING, steps=records, actions=[action], branches=rows)
-                return
-        steps = self.workflow.steps
-        skipped = [steps[self.pc]]
-        if (
-            skipped[0].func is None
-            and skipped[0].kind is not StepKind.CALLBACK_WAIT
-            and not skipped[0].forks
-        ):
-            raise InvalidTransition(f"cannot skip the built-in step {skipped[0].name!r}")
-        if skipped[0].kind is StepKind.CALLBACK_ACTION:
-            skipped = list(steps[self.pc : self.pc + 3])  # the action, the wait, the validate
-        now = time.time()
-        records = []
-        for s in skipped:
-            self.seq += 1
-            records.append(
-                StepWrite(
-                    pk=self.pk,
-                    seq=self.seq,
-                    name=s.name,
-                    key=s.key,
-                    status=StepStatus.SKIPPED,
-                    started_at=now,
-                    finished_at=now,
-                    actor=actor,
-                    reason=reason,
-                )  # fmt: skip
-            )
-        self.pc += len(skipped)
-        self.current_step = steps[self.pc].name
-        self.error = None
-        self.attempts = 0
-        self.next_retry_at = None
-        self._end_wait()
-        action = self.action(Action.SKIP, actor, reason)
-        drops = [""] if skipped[0].forks else []
-        self.forks = None
-        await self.write(P.RUNNING, steps=records, actions=[action], drops=drops)
-
-    def _back_to_callback_action(self) -> None:
-        """``retry --reissue``: after a callback's validate step failed, go back to its action
-        so the external system is asked again, with a new token."""
-        assert self.workflow is not None
-        steps = self.workflow.steps
-        at = self.pc
-        if at >= 1 and steps[at].kind is not StepKind.CALLBACK_WAIT:
-            at -= 1  # the validate step follows the wait
-        if not (at >= 1 and steps[at].kind is StepKind.CALLBACK_WAIT):
-            raise InvalidTransition(
-                f"cannot reissue process {self.pid}: its failed step {steps[self.pc].name!r} "
-                "is not part of a callback_step"
-            )
-        self.pc = at - 1
-        self.current_step = steps[self.pc].name
-
-    async def _abort(self, actor: str, *, requested: bool) -> None:
-        now = time.time()
-        record = StepWrite(
-            pk=self.pk,
-            seq=self.seq + 1,
-            name="abort",
-            status=StepStatus.ABORTED,
-            started_at=now,
-            finished_at=now,
-            error=f"aborted by {actor}",
-        )
-        self.seq += 1
-        self.current_step = None
-        release = self.subscription_id if self.target is not Target.SYSTEM else None
-        self.form = None
-        self.next_retry_at = None
-        self._end_wait()
-        if self.forks is not None:
-            self.forks.forget_tokens()
-            self.forks = None
-        actions = [self.action(Action.ABORT, actor)] if requested else []
-        # Branches of a fork it stood at go with it (none, mostly: the delete finds nothing).
-        await self.write(P.ABORTED, steps=[record], release=release, actions=actions, drops=[""])
-
-    async def _take_callback(self, payload: Any, actor: str) -> None:
-        step = self.step_now()
-        self.next_retry_at = None
-        self._end_wait()
-        action = self.action(Action.CALLBACK, actor)
-        await self._answered(step, {"callback_result": payload}, action)
-
-    async def _fail_wait(self, reason: str) -> None:
-        step = self.step_now()
-        now = time.time()
-        self.error = f"{step.name}: {reason}"
-        # Back to the action, so a retry issues the request again with a fresh token.
-        self.pc -= 1
-        self.next_retry_at = None
-        self._end_wait()
-        await self.commit(step, Outcome(P.FAILED, StepStatus.FAILED, now, now, error=self.error))
 
     # -- running steps --------------------------------------------------------------------
 
@@ -505,7 +334,7 @@ class Actor:
         """Run the step at the program counter and commit its outcome."""
         if self.abort_requested is not None:
             actor, self.abort_requested = self.abort_requested, None
-            await self._abort(actor, requested=True)
+            await actions.abort(self, actor, requested=True)
             return
         if self.broken is not None:
             self.error = self.broken
@@ -524,7 +353,7 @@ class Actor:
             case StepKind.DONE:
                 await self._done(step, started)
             case StepKind.ABORT:
-                await self._abort("workflow", requested=False)
+                await actions.abort(self, "workflow", requested=False)
             case StepKind.INPUT:
                 await self._suspend(step, started)
             case StepKind.CALLBACK_WAIT:
@@ -548,7 +377,7 @@ class Actor:
             # The token is a capability: the action step sees it while it runs; the engine
             # keeps only its digest (never in State, a step record or the API).
             token = new_callback_token()
-            self._end_wait()
+            self.end_wait()
             self.callback_token = token_digest(token)
             self.host.expect_callback(self.callback_token, self.pid)
             view = {**self.state, "callback_token": token}
@@ -609,7 +438,7 @@ class Actor:
 
     async def _suspend(self, step: Step, started: float) -> None:
         try:
-            form = await self._form_of(step)
+            form = await self.form_of(step)
             schema = form_schema(form)
         except Exception as exc:
             await self.step_raised(step, exc, started)
@@ -617,7 +446,7 @@ class Actor:
         self.form = encode(schema)
         await self.commit(step, Outcome(P.SUSPENDED, StepStatus.SUSPENDED, started, time.time()))
 
-    async def _form_of(self, step: Step) -> type[Form]:
+    async def form_of(self, step: Step) -> type[Form]:
         kwargs = inject(step.name, step.params, self.state, self.host.resources)
         assert step.func is not None
         # An inputstep only picks a Form class: a plain function runs inline, not in a thread.
@@ -631,7 +460,7 @@ class Actor:
         if early is not None:
             self.pending_callback = None
             assert isinstance(early.message, Callback)
-            await self._take_callback(early.message.payload, early.message.actor)
+            await actions.take_callback(self, early.message.payload, early.message.actor)
             respond(early)
             return
         if step.callback_timeout:
