@@ -13,18 +13,29 @@ import logging
 import socket
 import struct
 import time
-import uuid
 from collections import Counter
 from collections.abc import Mapping
-from typing import Annotated, Any, Protocol
+from typing import Any, Protocol
 
 import msgspec
 from aiohttp import web
 
 from orchd import __version__
-from orchd.api import metrics, openapi
+from orchd.api import inputs, metrics, openapi
 from orchd.api.guard import GUARD_KEY
 from orchd.api.openapi import Param, Route
+from orchd.api.shapes import (
+    Accepted,
+    Created,
+    GcRequest,
+    GcResult,
+    Health,
+    Problem,
+    ProcessPage,
+    RetryOptions,
+    SkipRequest,
+    SubscriptionPage,
+)
 from orchd.api.sse import HEARTBEAT, EventStreams
 from orchd.engine import Engine
 from orchd.errors import (
@@ -40,12 +51,9 @@ from orchd.model import (
     DEFAULT_PAGE,
     MAX_PAGE,
     Event,
-    NodeInfo,
     Process,
     ProcessStatus,
-    ProcessSummary,
     ScheduleInfo,
-    Subscription,
     SubscriptionDetail,
     SubscriptionStatus,
     WorkflowInfo,
@@ -55,8 +63,6 @@ from orchd.state import require_object, validate_form
 
 log = logging.getLogger("orchd.api")
 
-#: Request bodies nested deeper than this are refused (400) rather than handed on.
-MAX_DEPTH = 64
 #: Seconds the health check waits for the database.
 PING_TIMEOUT = 5.0
 #: The longest ``X-Orchd-Reporter`` label.
@@ -77,86 +83,7 @@ class SchedulerLike(Protocol):
         ...
 
 
-# -- the shapes the handlers answer with (also the OpenAPI schemas) ------------------------
-
-
-class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """The daemon's health. A TCP client without the bearer token gets ``status`` only."""
-
-    status: str  # "ok", or "degraded" when the database does not answer or refuses writes
-    version: str | None = None
-    uptime_seconds: float | None = None
-    processes: dict[str, int] | None = None
-    database: str | None = None  # "ok" or what is wrong
-    accepting: bool | None = None
-    #: In a cluster (PostgreSQL): this node, and every node whose lease holds.
-    node: str | None = None
-    nodes: list[NodeInfo] | None = None
-
-
-class SkipRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The body of a skip: why the step is skipped (recorded with it)."""
-
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=r"\S")]
-
-
-class RetryOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The optional body of a retry."""
-
-    reissue: bool = False
-
-
-class Created(msgspec.Struct, kw_only=True):
-    id: str
-
-
-class GcRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The optional body of ``POST /api/gc``."""
-
-    dry_run: bool = False
-
-
-class GcResult(msgspec.Struct, kw_only=True):
-    """What retention deleted now (or, for a dry run, would delete)."""
-
-    dry_run: bool
-    processes: int
-    steps: int
-    actions: int
-
-
-class Accepted(msgspec.Struct, kw_only=True):
-    id: str
-    status: ProcessStatus
-
-
-class ProcessPage(msgspec.Struct, kw_only=True):
-    items: list[ProcessSummary]
-    next_cursor: str | None = None
-
-
-class SubscriptionPage(msgspec.Struct, kw_only=True):
-    items: list[Subscription]
-    next_cursor: str | None = None
-
-
-class ProblemError(msgspec.Struct, kw_only=True):
-    loc: list[str | int]
-    msg: str
-
-
-class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """RFC 9457 problem details; ``errors`` only for form validation (422)."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    errors: list[ProblemError] | None = None
-
-
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder()
 
 
 def _json(value: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -176,38 +103,6 @@ def _problem(body: Mapping[str, Any]) -> web.Response:
     return web.Response(
         body=encoded, status=int(body["status"]), content_type="application/problem+json"
     )
-
-
-def decode_body(raw: bytes, empty: Any) -> Any:
-    """Decode a request body as any JSON value; ``empty`` stands for a blank body (a JSON
-    ``null`` is a value like any other: a form refuses it, a callback may carry it)."""
-    if not raw.strip():
-        return empty
-    try:
-        value = _decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise BadRequest(f"the body is nested deeper than {MAX_DEPTH} levels") from None
-    if _deeper_than(value, MAX_DEPTH):
-        raise BadRequest(f"the body is nested deeper than {MAX_DEPTH} levels")
-    return value
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
 
 
 def _is_tcp(request: web.Request) -> bool:
@@ -363,7 +258,7 @@ class ControlApi:
             if size > self.max_body:
                 raise PayloadTooLarge(f"the body exceeds the limit of {self.max_body} bytes")
             chunks.append(chunk)
-        return decode_body(b"".join(chunks), empty)
+        return inputs.decode_body(b"".join(chunks), empty)
 
     def _reporter(self, request: web.Request) -> str:
         """Who asks (contract §10): ``uid:N`` on the socket, ``token`` over TCP with the bearer
@@ -437,7 +332,7 @@ class ControlApi:
             # Before reading the body: an unknown workflow is 404 whatever was posted.
             raise WorkflowNotFound(f"no workflow named {workflow!r}")
         # null too: the engine would take None for "no input"
-        key = _idempotency_key(request)
+        key = inputs.idempotency_key(request)
         body = require_object(await self._body(request, {}))
         pid, created = await self.engine.start_once(
             workflow, body, reporter=reporter, idempotency_key=key
@@ -451,11 +346,11 @@ class ControlApi:
     async def list_processes(self, request: web.Request) -> web.Response:
         query = request.query
         page = await self.engine.list_processes(
-            status=_text(query, "status"),
-            workflow=_text(query, "workflow"),
-            parent=_text(query, "parent"),
-            limit=_limit(query),
-            cursor=_text(query, "cursor"),
+            status=inputs.text(query, "status"),
+            workflow=inputs.text(query, "workflow"),
+            parent=inputs.text(query, "parent"),
+            limit=inputs.page_limit(query),
+            cursor=inputs.text(query, "cursor"),
         )
         return _json(ProcessPage(items=page.items, next_cursor=page.next_cursor))
 
@@ -508,11 +403,11 @@ class ControlApi:
     async def list_subscriptions(self, request: web.Request) -> web.Response:
         query = request.query
         page = await self.engine.list_subscriptions(
-            status=_text(query, "status"),
-            customer_id=_text(query, "customer_id"),
-            product=_text(query, "product"),
-            limit=_limit(query),
-            cursor=_text(query, "cursor"),
+            status=inputs.text(query, "status"),
+            customer_id=inputs.text(query, "customer_id"),
+            product=inputs.text(query, "product"),
+            limit=inputs.page_limit(query),
+            cursor=inputs.text(query, "cursor"),
         )
         return _json(SubscriptionPage(items=page.items, next_cursor=page.next_cursor))
 
@@ -530,8 +425,8 @@ class ControlApi:
         return _json(Created(id=pid), status=201, headers={"Location": f"/api/processes/{pid}"})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        after = _event_id(request)
-        only = _process_filter(request)
+        after = inputs.event_id(request)
+        only = inputs.process_filter(request)
         client = self._client_key(request)
         return await self.streams.serve(request, client, self.engine.stream, after, only)
 
@@ -746,65 +641,6 @@ def _method(request: web.Request) -> str:
 def _route(request: web.Request) -> str | None:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else None
-
-
-def _text(query: Mapping[str, str], name: str) -> str | None:
-    # An empty value means "not given": scripts build `?cursor=$next` with an empty first page.
-    value = query.get(name)
-    return value if value else None
-
-
-def _integer(name: str, raw: str) -> int:
-    """ASCII digits only: int() would also take '1_0', '+5' and other scripts' digits."""
-    text = raw.strip()
-    if not text.isascii() or not text.isdigit():
-        raise BadRequest(f"{name}: expected a non-negative integer, got {raw!r}")
-    return int(text)
-
-
-def _limit(query: Mapping[str, str]) -> int:
-    raw = _text(query, "limit")
-    if raw is None:
-        return DEFAULT_PAGE
-    value = _integer("limit", raw)
-    if value < 1:
-        raise BadRequest(f"limit: must be at least 1, got {value}")
-    return min(value, MAX_PAGE)
-
-
-def _event_id(request: web.Request) -> int | None:
-    for name, raw in (
-        ("Last-Event-ID", request.headers.get("Last-Event-ID")),
-        ("after", _text(request.query, "after")),
-    ):
-        if raw:
-            return _integer(name, raw)
-    return None
-
-
-#: The longest ``Idempotency-Key``.
-MAX_IDEMPOTENCY_KEY = 200
-
-
-def _idempotency_key(request: web.Request) -> str | None:
-    raw = request.headers.get("Idempotency-Key")
-    if raw is None:
-        return None
-    if not 1 <= len(raw) <= MAX_IDEMPOTENCY_KEY or not all("!" <= c <= "~" for c in raw):
-        raise BadRequest(
-            f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters without spaces"
-        )
-    return raw
-
-
-def _process_filter(request: web.Request) -> str | None:
-    raw = _text(request.query, "process")
-    if raw is None:
-        return None
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise BadRequest(f"process: {raw!r} is not a process id") from None
 
 
 def _peer_uid(sock: socket.socket | None) -> str | None:

@@ -18,7 +18,8 @@ from aiohttp import web
 from orchd.api.console.core import Console, posted_text, see_other
 from orchd.api.console.forms import build_form, read_answer
 from orchd.api.console.pages import Pages
-from orchd.api.routes import MAX_IDEMPOTENCY_KEY, SkipRequest, decode_body
+from orchd.api.inputs import MAX_IDEMPOTENCY_KEY, decode_body
+from orchd.api.shapes import SkipRequest
 from orchd.errors import BadRequest, FormValidationError, OrchdError, ScheduleNotFound
 from orchd.state import require_object, validate_form
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchd.api.routes import decode_body
+from orchd.api.inputs import decode_body
 from orchd.errors import BadRequest
 from orchd.state import encode
 

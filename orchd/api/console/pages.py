@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from orchd.api import inputs
 from orchd.api.console.core import (
     Console,
     label_of,
@@ -26,7 +27,6 @@ from orchd.api.console.core import (
 )
 from orchd.api.console.forms import RenderedForm, build_form
 from orchd.api.console.session import clear_cookie, set_cookie
-from orchd.api.routes import _event_id, _limit, _process_filter, _text
 from orchd.branchpaths import within
 from orchd.errors import BadRequest, WorkflowNotFound
 from orchd.model import (
@@ -95,14 +95,14 @@ class Pages:
 
     async def processes(self, request: web.Request) -> web.Response:
         query = request.query
-        status, workflow = _text(query, "status"), _text(query, "workflow")
-        parent = _text(query, "parent")
-        cursor = _text(query, "cursor")
+        status, workflow = inputs.text(query, "status"), inputs.text(query, "workflow")
+        parent = inputs.text(query, "parent")
+        cursor = inputs.text(query, "cursor")
         page = await self.engine.list_processes(
             status=status,
             workflow=workflow,
             parent=parent,
-            limit=_limit(query),
+            limit=inputs.page_limit(query),
             cursor=cursor,
         )
         return self.console.render(
@@ -214,9 +214,9 @@ class Pages:
 
     async def subscriptions(self, request: web.Request) -> web.Response:
         query = request.query
-        filters = {k: _text(query, k) for k in ("status", "customer_id", "product")}
+        filters = {k: inputs.text(query, k) for k in ("status", "customer_id", "product")}
         page = await self.engine.list_subscriptions(
-            **filters, limit=_limit(query), cursor=_text(query, "cursor")
+            **filters, limit=inputs.page_limit(query), cursor=inputs.text(query, "cursor")
         )
         return self.console.render(
             request,
@@ -270,8 +270,8 @@ class Pages:
             request,
             api._client_key(request),
             self.engine.stream,
-            _event_id(request),
-            _process_filter(request),
+            inputs.event_id(request),
+            inputs.process_filter(request),
         )
 
     # -- logging in and out ---------------------------------------------------------------
