@@ -74,8 +74,7 @@ from orchd.store.base import (
     token_digest,
 )
 from orchd.store.cluster import ClusterStore, NodeInfo
-from orchd.store.postgres import PgStore, is_postgres_url
-from orchd.store.sqlite import SqliteStore
+from orchd.store.opening import open_store
 from orchd.store.views import Views, every_status, uuid_or_none
 
 log = logging.getLogger("orchd.engine")
@@ -863,27 +862,3 @@ class Engine:
 
 def _actor(reporter: str | None, default: str = "engine") -> str:
     return reporter or default
-
-
-def open_store(
-    database: str,
-    *,
-    synchronous: str = "FULL",
-    keep_events: int = 100_000,
-    node_id: str | None = None,
-    lease_timeout: float = 10.0,
-) -> Store:
-    """The store for ``database``: a ``postgresql://`` URL is PostgreSQL (several nodes may
-    share it); a path, ``sqlite:///path`` or ``:memory:`` is SQLite."""
-    if is_postgres_url(database):
-        return PgStore(
-            database, node_id=node_id, lease_timeout=lease_timeout, keep_events=keep_events
-        )
-    return SqliteStore(sqlite_path(database), synchronous=synchronous, keep_events=keep_events)
-
-
-def sqlite_path(database: str) -> str:
-    """The file a SQLite database setting names (``sqlite:///path`` or the path itself)."""
-    if database.startswith("sqlite://"):
-        return database.removeprefix("sqlite://") or ":memory:"
-    return database
