@@ -15,7 +15,7 @@ import random
 import re
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,7 +30,7 @@ from orchd.engine.events import LISTENER_BUFFER, EventHub, events_of
 from orchd.engine.loading import load_workflows
 from orchd.engine.loopwatch import LoopWatch
 from orchd.engine.starts import build_start
-from orchd.engine.stats import EngineStats, StepCounter, WorkflowSteps
+from orchd.engine.stats import EngineStats, StepMetrics
 from orchd.engine.threads import StepThreads
 from orchd.errors import (
     AmbiguousId,
@@ -49,7 +49,6 @@ from orchd.model import (
     Process,
     ProcessStatus,
     Reset,
-    StepStatus,
     SubscriptionDetail,
     WorkflowInfo,
 )
@@ -82,7 +81,6 @@ log = logging.getLogger("orchd.engine")
 MIN_PREFIX = 8
 _PREFIX = re.compile(r"[0-9a-f][0-9a-f-]*")
 #: Step outcomes counted as failures by workflow in ``/metrics`` (a waiting step failed once).
-_FAILURES = frozenset((StepStatus.FAILED, StepStatus.WAITING))
 #: Processes deleted per write when pruning: each write stays a few milliseconds long.
 PRUNE_BATCH = 200
 P = ProcessStatus
@@ -150,9 +148,7 @@ class Engine:
         self._hurry = asyncio.Event()
         self._grace_cut = False
         self.started_at = time.time()
-        self._steps = StepCounter()
-        self._steps_by_workflow: dict[str, StepCounter] = {}
-        self._failures: Counter[str] = Counter()
+        self._steps = StepMetrics()
         self._sends: set[asyncio.Task[None]] = set()
 
     def _on_events(self, events: list[Event]) -> None:
@@ -483,15 +479,8 @@ class Engine:
         if self._store_failures:
             self._store_failures.pop(actor.pid, None)
         status = actor.status
-        if step_seconds is not None:
-            self._steps.add(step_seconds)
-            counter = self._steps_by_workflow.get(actor.workflow_name)
-            if counter is None:
-                counter = self._steps_by_workflow[actor.workflow_name] = StepCounter()
-            counter.add(step_seconds)
+        self._steps.add(actor.workflow_name, steps, step_seconds)
         for record in steps:
-            if record.status in _FAILURES:
-                self._failures[actor.workflow_name] += 1
             log.debug(
                 "process=%s workflow=%s step=%r status=%s",
                 actor.pid,
@@ -832,7 +821,7 @@ class Engine:
 
     def stats(self) -> EngineStats:
         """The engine's counters, for health, metrics and systemd's STATUS line."""
-        steps = self._steps
+        steps = self._steps.all
         return EngineStats(
             accepting=self._accepting,
             uptime_seconds=time.time() - self.started_at,
@@ -841,13 +830,7 @@ class Engine:
             steps_total=steps.total,
             step_buckets=list(steps.buckets),
             step_seconds_sum=steps.seconds,
-            by_workflow={
-                name: WorkflowSteps(
-                    buckets=list(c.buckets), seconds_sum=c.seconds, failures=self._failures[name]
-                )
-                for name in self._steps_by_workflow.keys() | self._failures.keys()
-                for c in [self._steps_by_workflow.get(name) or StepCounter()]
-            },
+            by_workflow=self._steps.by_workflow(),
             started_at=self.started_at,
             step_threads_abandoned=self._threads.abandoned_total,
             step_threads_abandoned_running=self._threads.abandoned_running,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import msgspec
 
-from orchd.store.base import StoreStats
+from orchd.model import StepStatus
+from orchd.store.base import StepWrite, StoreStats
 
 #: Upper bounds (seconds) of the step-duration histogram's buckets; +Inf follows.
 STEP_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
@@ -36,6 +39,40 @@ class WorkflowSteps(msgspec.Struct, kw_only=True):
     buckets: list[int]
     seconds_sum: float
     failures: int
+
+
+#: The step records counted as failures in a workflow's metrics.
+_FAILURES = frozenset((StepStatus.FAILED, StepStatus.WAITING))
+
+
+class StepMetrics:
+    """Every step's duration, in all and by workflow, and each workflow's failed steps."""
+
+    def __init__(self) -> None:
+        self.all = StepCounter()
+        self._by_workflow: dict[str, StepCounter] = {}
+        self._failures: Counter[str] = Counter()
+
+    def add(self, workflow: str, steps: list[StepWrite], seconds: float | None) -> None:
+        """A commit of ``workflow``'s ``steps``; ``seconds``: how long the step ran, if one did."""
+        if seconds is not None:
+            self.all.add(seconds)
+            counter = self._by_workflow.get(workflow)
+            if counter is None:
+                counter = self._by_workflow[workflow] = StepCounter()
+            counter.add(seconds)
+        for record in steps:
+            if record.status in _FAILURES:
+                self._failures[workflow] += 1
+
+    def by_workflow(self) -> dict[str, WorkflowSteps]:
+        return {
+            name: WorkflowSteps(
+                buckets=list(c.buckets), seconds_sum=c.seconds, failures=self._failures[name]
+            )
+            for name in self._by_workflow.keys() | self._failures.keys()
+            for c in [self._by_workflow.get(name) or StepCounter()]
+        }
 
 
 class EngineStats(msgspec.Struct, kw_only=True):
