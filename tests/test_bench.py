@@ -1,5 +1,5 @@
-"""`orchd bench`: the quick run prints its table (figures are not asserted), and the P6 prober
-and the table survive a load that ends early."""
+"""`orchd bench`: the quick run prints its table with each row's same-run baseline (figures
+are not asserted), and the P6 prober and the table survive a load that ends early."""
 
 from __future__ import annotations
 
@@ -26,10 +26,14 @@ def test_bench_quick_prints_every_scenario() -> None:
     for label in (
         "raw durable commit",
         "P1 ",
+        "P1s ",
         "P2 ",
         "P3 ",
         "P4 ",
         "P5 ",
+        "P6 ",
+        "P7 ",
+        "P7s ",
         "P8 ",
         "P8k ",
         "P9 foreach over 1,000",
@@ -38,6 +42,16 @@ def test_bench_quick_prints_every_scenario() -> None:
     ):
         assert label in result.stdout
     assert "1,000/1,000 completed" in result.stdout
+    # Every row has a baseline from the same run; these are the ones added last.
+    for baseline in (
+        "after SIGTERM",  # P5: the same restart after an orderly stop
+        "refused (404)",  # P7: the same requests without a start
+        "10 raw commits, interleaved",  # P2
+        "async steps/s (P1)",  # P1s
+    ):
+        assert baseline in result.stdout
+    # Measured as the daemon runs: its garbage-collector set-up, named in the header.
+    assert "garbage collection as `orchd serve` sets it" in result.stdout
     # The crash row checks its own outcome (exactly the children asked for) or fails the run.
     assert "1,000 children, each completed once" in result.stdout
 
