@@ -80,7 +80,6 @@ log = logging.getLogger("orchd.engine")
 #: The shortest abbreviation of a process id that is taken (contract §10).
 MIN_PREFIX = 8
 _PREFIX = re.compile(r"[0-9a-f][0-9a-f-]*")
-#: Step outcomes counted as failures by workflow in ``/metrics`` (a waiting step failed once).
 #: Processes deleted per write when pruning: each write stays a few milliseconds long.
 PRUNE_BATCH = 200
 P = ProcessStatus

@@ -41,7 +41,7 @@ class WorkflowSteps(msgspec.Struct, kw_only=True):
     failures: int
 
 
-#: The step records counted as failures in a workflow's metrics.
+#: Step outcomes counted as failures by workflow in ``/metrics`` (a waiting step failed once).
 _FAILURES = frozenset((StepStatus.FAILED, StepStatus.WAITING))
 
 
