@@ -249,6 +249,24 @@ async def test_a_callback_step_makes_only_its_branch_wait_for_its_token(
         await engine.callback(token, {"circuit": "C-2"})
 
 
+async def test_a_callback_that_arrives_while_its_branch_commits_the_wait_is_taken(
+    engine: Engine, ledger: Ledger
+) -> None:
+    # The answer comes the moment the wait is committed, before the branch's task has heard
+    # of its own commit (listeners hear first): it must be taken, not kept and forgotten.
+    after = engine.last_event_id
+    pid = await engine.start("circuit", {})
+    async with asyncio.timeout(10):
+        async for event in engine.listen(after):
+            if event.process_id == pid and event.step_status == "awaiting_callback":
+                token = next(what for name, what in ledger.calls if name == "order circuit")
+                await engine.callback(token, {"circuit": "C-1"})
+                break
+        process = await engine.wait(pid)
+    assert process.status == "completed", process.error
+    assert process.state["circuit"] == "C-1"
+
+
 async def test_an_operator_answers_the_only_waiting_branch_by_process_id(
     engine: Engine,
 ) -> None:

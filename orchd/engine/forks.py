@@ -63,6 +63,9 @@ class Forks:
         self.tokens: dict[str, Branch] = {}
         #: When the retry timer set last fires (a later due needs no new timer).
         self.timer_at: float | None = None
+        #: Branches holding an answer that came while their task, its wait committed, was
+        #: still ending: the driver hands each over once that task is gone.
+        self.answered: list[Branch] = []
         fill_pending(self.top)
 
     # -- loading --------------------------------------------------------------------------
@@ -213,6 +216,7 @@ class Forks:
                 if self.crash is not None:
                     raise self.crash
                 if not self._halted():
+                    self._hand_over_answers()
                     while self.ready:
                         self._launch(self.ready.popleft())
                 if not self.tasks:
@@ -227,6 +231,7 @@ class Forks:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+            self._refuse_held_answers()
             self.schedule_timer()
 
     def _prepare(self, fork: Fork) -> None:
@@ -294,6 +299,30 @@ class Forks:
             self._launch(b, envelope)
         else:
             b.early = envelope  # its action has not finished: the wait takes it
+            if b.status is B.AWAITING_CALLBACK:
+                self.answered.append(b)  # its wait is committed, its task not yet gone
+
+    def _hand_over_answers(self) -> None:
+        """Run each branch whose answer came while its task was ending, once it has ended."""
+        still = []
+        for b in self.answered:
+            if b.early is None or b.status is not B.AWAITING_CALLBACK:
+                continue
+            if b.path in self.tasks:
+                still.append(b)
+                continue
+            early, b.early = b.early, None
+            self._launch(b, early)
+        self.answered = still
+
+    def _refuse_held_answers(self) -> None:
+        """An answer still held when the branches stop (an abort, a shutdown, a crash) is
+        refused, so its sender does not wait for ever; the wait stays open for a new one."""
+        for b in self.answered:
+            if b.early is not None and b.status is B.AWAITING_CALLBACK:
+                early, b.early = b.early, None
+                respond(early, error=CallbackNotFound(f"branch {b.path} stopped; send again"))
+        self.answered = []
 
     async def _run(self, b: Branch, answer: Envelope | None) -> None:
         """Run one branch until it is done, blocked or halted; when that completes a nested
