@@ -28,7 +28,7 @@ from orchd.engine.branches import Branch, Broken, Fork, fill_pending
 from orchd.engine.calls import call_step, cancelled_from_outside
 from orchd.engine.messages import Callback, Envelope, Expire, Retry, Run, respond
 from orchd.engine.outcome import NO_CHANGES, Changes, StepCrash, changes_of, failure_of, retry_delay
-from orchd.errors import CallbackNotFound, InvalidTransition
+from orchd.errors import CallbackNotFound, InvalidTransition, OrchdError, ShuttingDown
 from orchd.model import Action, ProcessStatus, StepStatus
 from orchd.state import (
     StepOutputError,
@@ -316,12 +316,18 @@ class Forks:
         self.answered = still
 
     def _refuse_held_answers(self) -> None:
-        """An answer still held when the branches stop (an abort, a shutdown, a crash) is
-        refused, so its sender does not wait for ever; the wait stays open for a new one."""
+        """An answer still held when the branches stop is refused, so its sender does not
+        wait for ever: at a shutdown with 503 (the wait is committed, and the sender's retry
+        is taken after the restart), after an abort or a crash as a token no wait holds."""
         for b in self.answered:
             if b.early is not None and b.status is B.AWAITING_CALLBACK:
                 early, b.early = b.early, None
-                respond(early, error=CallbackNotFound(f"branch {b.path} stopped; send again"))
+                refusal: OrchdError = (
+                    ShuttingDown("the engine is shutting down; send the callback again")
+                    if self.actor.stopping
+                    else CallbackNotFound("no process waits for this callback token")
+                )
+                respond(early, error=refusal)
         self.answered = []
 
     async def _run(self, b: Branch, answer: Envelope | None) -> None:
