@@ -267,6 +267,27 @@ async def test_a_callback_that_arrives_while_its_branch_commits_the_wait_is_take
     assert process.state["circuit"] == "C-1"
 
 
+async def test_a_second_answer_while_the_first_is_taken_finds_the_token_used(
+    engine: Engine, ledger: Ledger
+) -> None:
+    # Two deliveries of one callback at the wait's commit (a sender that retried): the first
+    # is the answer, the second is refused at once rather than kept and left waiting.
+    after = engine.last_event_id
+    pid = await engine.start("circuit", {})
+    async with asyncio.timeout(10):
+        async for event in engine.listen(after):
+            if event.process_id == pid and event.step_status == "awaiting_callback":
+                token = next(what for name, what in ledger.calls if name == "order circuit")
+                first = asyncio.ensure_future(engine.callback(token, {"circuit": "C-1"}))
+                second = asyncio.ensure_future(engine.callback(token, {"circuit": "C-2"}))
+                answers = await asyncio.gather(first, second, return_exceptions=True)
+                break
+        process = await engine.wait(pid)
+    assert answers[0] == pid
+    assert isinstance(answers[1], CallbackNotFound)
+    assert process.status == "completed" and process.state["circuit"] == "C-1"
+
+
 async def test_an_operator_answers_the_only_waiting_branch_by_process_id(
     engine: Engine,
 ) -> None:

@@ -66,6 +66,8 @@ class Forks:
         #: Branches holding an answer that came while their task, its wait committed, was
         #: still ending: the driver hands each over once that task is gone.
         self.answered: list[Branch] = []
+        #: Tokens (digests) whose answer came while branches ran and is taken or held.
+        self.accepted: set[str] = set()
         fill_pending(self.top)
 
     # -- loading --------------------------------------------------------------------------
@@ -293,9 +295,12 @@ class Forks:
 
     def _callback_while_running(self, envelope: Envelope, digest: str) -> None:
         b = self.owns(digest)
-        if b is None:
+        if b is None or digest in self.accepted:
+            # A token answers one wait: a second answer (a sender's retry) finds it used.
             respond(envelope, error=CallbackNotFound("no process waits for this callback token"))
-        elif b.status is B.AWAITING_CALLBACK and b.path not in self.tasks:
+            return
+        self.accepted.add(digest)
+        if b.status is B.AWAITING_CALLBACK and b.path not in self.tasks:
             self._launch(b, envelope)
         else:
             b.early = envelope  # its action has not finished: the wait takes it
@@ -322,6 +327,8 @@ class Forks:
         for b in self.answered:
             if b.early is not None and b.status is B.AWAITING_CALLBACK:
                 early, b.early = b.early, None
+                if b.token is not None:
+                    self.accepted.discard(b.token)  # the sender may answer again
                 refusal: OrchdError = (
                     ShuttingDown("the engine is shutting down; send the callback again")
                     if self.actor.stopping
@@ -571,6 +578,7 @@ class Forks:
     def _forget(self, b: Branch) -> None:
         if b.token is not None:
             self.tokens.pop(b.token, None)
+            self.accepted.discard(b.token)
             self.actor.host.forget_callback(b.token)
             b.token = None
 
