@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -249,20 +249,31 @@ async def test_a_callback_step_makes_only_its_branch_wait_for_its_token(
         await engine.callback(token, {"circuit": "C-2"})
 
 
-async def test_a_callback_that_arrives_while_its_branch_commits_the_wait_is_taken(
-    engine: Engine, ledger: Ledger
-) -> None:
-    # The answer comes the moment the wait is committed, before the branch's task has heard
-    # of its own commit (listeners hear first): it must be taken, not kept and forgotten.
+async def answer_at_the_wait(
+    engine: Engine, ledger: Ledger, deliver: Callable[[str], Awaitable[Any]]
+) -> tuple[Any, Process]:
+    """Start ``circuit`` and ``deliver`` its branch's token the moment the wait's commit is
+    announced, before the branch's task has heard of its own commit (listeners hear first);
+    what ``deliver`` answered, and the process once it has finished."""
     after = engine.last_event_id
     pid = await engine.start("circuit", {})
     async with asyncio.timeout(10):
         async for event in engine.listen(after):
             if event.process_id == pid and event.step_status == "awaiting_callback":
                 token = next(what for name, what in ledger.calls if name == "order circuit")
-                await engine.callback(token, {"circuit": "C-1"})
+                delivered = await deliver(token)
                 break
-        process = await engine.wait(pid)
+        return delivered, await engine.wait(pid)
+
+
+async def test_a_callback_that_arrives_while_its_branch_commits_the_wait_is_taken(
+    engine: Engine, ledger: Ledger
+) -> None:
+    # It must be taken, not kept and forgotten.
+    async def deliver(token: str) -> Any:
+        return await engine.callback(token, {"circuit": "C-1"})
+
+    _, process = await answer_at_the_wait(engine, ledger, deliver)
     assert process.status == "completed", process.error
     assert process.state["circuit"] == "C-1"
 
@@ -272,18 +283,13 @@ async def test_a_second_answer_while_the_first_is_taken_finds_the_token_used(
 ) -> None:
     # Two deliveries of one callback at the wait's commit (a sender that retried): the first
     # is the answer, the second is refused at once rather than kept and left waiting.
-    after = engine.last_event_id
-    pid = await engine.start("circuit", {})
-    async with asyncio.timeout(10):
-        async for event in engine.listen(after):
-            if event.process_id == pid and event.step_status == "awaiting_callback":
-                token = next(what for name, what in ledger.calls if name == "order circuit")
-                first = asyncio.ensure_future(engine.callback(token, {"circuit": "C-1"}))
-                second = asyncio.ensure_future(engine.callback(token, {"circuit": "C-2"}))
-                answers = await asyncio.gather(first, second, return_exceptions=True)
-                break
-        process = await engine.wait(pid)
-    assert answers[0] == pid
+    async def deliver(token: str) -> list[Any]:
+        first = asyncio.ensure_future(engine.callback(token, {"circuit": "C-1"}))
+        second = asyncio.ensure_future(engine.callback(token, {"circuit": "C-2"}))
+        return await asyncio.gather(first, second, return_exceptions=True)
+
+    answers, process = await answer_at_the_wait(engine, ledger, deliver)
+    assert answers[0] == process.id
     assert isinstance(answers[1], CallbackNotFound)
     assert process.status == "completed" and process.state["circuit"] == "C-1"
 
