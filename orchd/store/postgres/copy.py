@@ -63,6 +63,7 @@ _PROCESS_COLUMNS = (
     "subscription_id", "current_step", "error", "form", "callback_token", "attempts",
     "next_retry_at", "created_at", "updated_at", "step_key", "step_occurrence", "parent_id",
     "child_group", "child_index", "held", "children_group", "children_pending", "idempotency_key",
+    "trace_id",
 )  # fmt: skip
 
 #: (table, its columns on both sides, how a SQLite row becomes a PostgreSQL one). Actions have
@@ -120,10 +121,19 @@ TABLES: list[tuple[str, tuple[str, ...], Convert]] = [
             "attributes",
             "created_at",
             "updated_at",
+            "version",
+            "note",
+            "search",
         ),
         _bool_at(6),
     ),  # fmt: skip
     ("subscription_processes", ("subscription_id", "process_id"), _same),
+    ("subscription_relations", ("subscription_id", "path", "depends_on"), _same),
+    (
+        "subscription_actions",
+        ("rowid", "subscription_id", "at", "action", "actor", "detail"),
+        _same,
+    ),
     ("schedules", ("name", "last_process_id", "last_fire_at", "next_fire_at", "skipped"), _same),
     ("schedule_runs", ("name", "fire_at", "process_id"), _same),
     ("events", ("id", "process_id", "data"), _same),

@@ -12,7 +12,7 @@ from orchd.store.base import token_digest
 
 log = logging.getLogger("orchd.store")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def _digest_callback_tokens(conn: sqlite3.Connection) -> None:
@@ -169,6 +169,33 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         ) WITHOUT ROWID""",
         "CREATE INDEX branches_by_token ON branches (callback_token) "
         "WHERE callback_token IS NOT NULL",
+    ],
+    [
+        # Traces: every process belongs to a W3C trace, kept across restarts.
+        "ALTER TABLE processes ADD COLUMN trace_id TEXT",
+        # Products: a subscription's version (one more with every saved change, against lost
+        # updates), an operator's note, the text a search looks in, and who did what to it.
+        "ALTER TABLE subscriptions ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE subscriptions ADD COLUMN note TEXT",
+        "ALTER TABLE subscriptions ADD COLUMN search TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX subscriptions_by_product ON subscriptions (product, status)",
+        # A subscription depends on each one its Refs name (``path``: where, e.g. saps[1].port).
+        """CREATE TABLE subscription_relations (
+            subscription_id TEXT NOT NULL,
+            path TEXT NOT NULL,
+            depends_on TEXT NOT NULL,
+            PRIMARY KEY (subscription_id, path)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX subscription_relations_by_target ON subscription_relations (depends_on)",
+        """CREATE TABLE subscription_actions (
+            subscription_id TEXT NOT NULL,
+            at REAL NOT NULL,
+            action TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            detail TEXT
+        )""",
+        "CREATE INDEX subscription_actions_by_subscription ON subscription_actions "
+        "(subscription_id)",
     ],
 ]
 
