@@ -43,14 +43,22 @@ _EXPORTS = {
     "retrystep": "orchd.dsl",
     "step": "orchd.dsl",
     "workflow": "orchd.dsl",
+    "Block": "orchd.products",
+    "Product": "orchd.products",
+    "Ref": "orchd.products",
+    "product": "orchd.products",
+    "required": "orchd.products",
 }
 
 __all__ = [
+    "Block",
     "Engine",
     "Form",
     "OrchdError",
     "Process",
     "ProcessStatus",
+    "Product",
+    "Ref",
     "State",
     "Step",
     "StepList",
@@ -67,6 +75,8 @@ __all__ = [
     "init",
     "inputstep",
     "parallel",
+    "product",
+    "required",
     "retrystep",
     "step",
     "workflow",
@@ -110,3 +120,4 @@ if TYPE_CHECKING:
     from orchd.engine import Engine
     from orchd.errors import OrchdError
     from orchd.model import Process, ProcessStatus, StepStatus, Target
+    from orchd.products import Block, Product, Ref, product, required

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import enum
 import inspect
+import re
+import string
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -24,7 +26,8 @@ from typing import Any, TypeAlias, overload
 import msgspec
 
 from orchd.errors import WorkflowDefinitionError
-from orchd.model import Target
+from orchd.model import FORMLESS, SubscriptionStatus, Target
+from orchd.products import Product
 from orchd.state import Param, signature_params
 
 State: TypeAlias = dict[str, Any]
@@ -77,6 +80,9 @@ class Step:
     #: ``items_key``, ``into`` and ``max_concurrency``). Positions find a branch's steps.
     branches: tuple[tuple[Step, ...], ...] = ()
     branch_positions: tuple[Positions, ...] = ()
+    #: The shared resources the step takes before it runs (contract §16): ``"limit"`` or
+    #: ``"limit:{state_key}..."``, each key filled from State.
+    uses: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -181,17 +187,62 @@ def _check_key(key: object, name: str) -> str:
     return key
 
 
+#: A limit's name in ``uses=`` (and in ``[limits]``): no colon, no braces, no spaces.
+LIMIT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _check_uses(uses: object, name: str) -> tuple[str, ...]:
+    """``uses=`` of a step: ``["router:{node_name}", "oss"]``; each entry a limit's name,
+    optionally ``:`` and a key whose ``{fields}`` are State keys (contract §16)."""
+    if uses is None:
+        return ()
+    if isinstance(uses, str) or not isinstance(uses, list | tuple):
+        raise WorkflowDefinitionError(
+            f"step {name!r}: uses must be a list of resources, e.g. uses=['router:{{node}}']"
+        )
+    checked = []
+    for entry in uses:
+        if not isinstance(entry, str):
+            raise WorkflowDefinitionError(f"step {name!r}: uses: {entry!r} is not a string")
+        limit, _, key = entry.partition(":")
+        if not LIMIT_NAME.fullmatch(limit):
+            raise WorkflowDefinitionError(
+                f"step {name!r}: uses {entry!r}: a resource is a limit's name (letters, digits, "
+                "'_', '.', '-'), then optionally ':' and its key, e.g. 'router:{node_name}'"
+            )
+        try:
+            fields = list(string.Formatter().parse(key))
+        except ValueError as exc:
+            raise WorkflowDefinitionError(f"step {name!r}: uses {entry!r}: {exc}") from None
+        for _, field_name, spec, conversion in fields:
+            if field_name is not None and (
+                not field_name.isidentifier() or spec or conversion is not None
+            ):
+                raise WorkflowDefinitionError(
+                    f"step {name!r}: uses {entry!r}: {{{field_name}}} must name a State key "
+                    "as {key} (no index, attribute, conversion or format)"
+                )
+        checked.append(entry)
+    return tuple(checked)
+
+
 def step(
-    name: str, *, key: str | None = None, timeout: float | None = None
+    name: str,
+    *,
+    key: str | None = None,
+    timeout: float | None = None,
+    uses: list[str] | tuple[str, ...] | None = None,
 ) -> Callable[[Callable[..., Any]], Step]:
     """Turn a function (sync or async) into a step; its result is merged into State.
 
     ``key`` is the step's identity across code changes (default: its name); rename a step
-    and keep its key, and processes standing at it go on at the renamed step.
+    and keep its key, and processes standing at it go on at the renamed step. ``uses`` names
+    the shared resources it takes before it runs (contract §16).
     """
     _check_name(name, "step")
     key = _check_key(key, name)
-    return lambda func: _make_step(func, name, StepKind.PLAIN, key=key, timeout=timeout)
+    used = _check_uses(uses, name)
+    return lambda func: _make_step(func, name, StepKind.PLAIN, key=key, timeout=timeout, uses=used)
 
 
 def retrystep(
@@ -201,10 +252,12 @@ def retrystep(
     max_attempts: int | None = None,
     backoff: float | None = None,
     timeout: float | None = None,
+    uses: list[str] | tuple[str, ...] | None = None,
 ) -> Callable[[Callable[..., Any]], Step]:
     """Like ``step``, but an exception makes the process ``waiting`` and retried later."""
     _check_name(name, "retrystep")
     key = _check_key(key, name)
+    used = _check_uses(uses, name)
     if max_attempts is not None and max_attempts < 1:
         raise WorkflowDefinitionError(f"retrystep {name!r}: max_attempts must be at least 1")
     if backoff is not None and backoff <= 0:
@@ -217,6 +270,7 @@ def retrystep(
         max_attempts=max_attempts,
         backoff=backoff,
         timeout=timeout,
+        uses=used,
     )
 
 
@@ -416,6 +470,10 @@ class Workflow:
     form: type[Form] | None = None
     module: str = ""
     func: Callable[[], StepList] | None = field(default=None, repr=False)
+    #: The product it is tied to (its name), and the statuses of a subscription it may start
+    #: on (None: any but terminated; a CREATE has none).
+    product: str | None = None
+    usable_when: tuple[str, ...] | None = None
     positions: Positions = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -503,16 +561,25 @@ def workflow(
     description: str,
     initial_input_form: type[Form] | None = None,
     target: Target = Target.CREATE,
+    *,
+    product: str | type[Product] | None = None,
+    usable_when: Iterable[str] | None = None,
 ) -> Callable[[Callable[[], StepList]], Workflow]:
-    """Register the decorated function's StepList as a workflow named after the function."""
+    """Register the decorated function's StepList as a workflow named after the function.
+
+    ``product`` ties it to a product (a name or a registered ``Product`` class);
+    ``usable_when`` lists the subscription statuses it may start on (default ``("active",)``
+    for a product's MODIFY, TERMINATE, VALIDATE and RECONCILE workflows)."""
     if not isinstance(description, str):
         raise WorkflowDefinitionError("workflow() takes a description string first")
     target = Target(target)
+    product_name = _product_name(product)
 
     def register(func: Callable[[], StepList]) -> Workflow:
         name = func.__name__
         steps = _as_steplist(func())
         _validate(name, steps, target, initial_input_form)
+        usable = _usable_when(name, target, product_name, usable_when)
         module = getattr(func, "__module__", "") or ""
         wf = Workflow(
             name=name,
@@ -522,11 +589,50 @@ def workflow(
             form=initial_input_form,
             module=module,
             func=func,
+            product=product_name,
+            usable_when=usable,
         )
         REGISTRY.setdefault(module, {})[name] = wf
         return wf
 
     return register
+
+
+def _product_name(product: str | type[Product] | None) -> str | None:
+    if product is None or isinstance(product, str):
+        return product or None
+    if isinstance(product, type) and issubclass(product, Product) and product.product_name:
+        return product.product_name
+    raise WorkflowDefinitionError(
+        f"workflow(product={product!r}): name a product, or a class registered with @product"
+    )
+
+
+def _usable_when(
+    name: str, target: Target, product: str | None, given: Iterable[str] | None
+) -> tuple[str, ...] | None:
+    where = f"workflow {name!r}"
+    if product is not None and target is Target.SYSTEM:
+        raise WorkflowDefinitionError(f"{where}: a SYSTEM workflow (task) has no product")
+    if given is None:
+        if product is None or target is Target.CREATE:
+            return None
+        return ("active",)
+    if target is Target.CREATE or target is Target.SYSTEM:
+        raise WorkflowDefinitionError(
+            f"{where}: usable_when is for workflows that start on an existing subscription"
+        )
+    statuses = (given,) if isinstance(given, str) else tuple(given)
+    unknown = [s for s in statuses if s not in _SUBSCRIPTION_STATUSES]
+    if unknown or not statuses:
+        raise WorkflowDefinitionError(
+            f"{where}: usable_when takes subscription statuses "
+            f"({', '.join(sorted(_SUBSCRIPTION_STATUSES))}), not {list(unknown or statuses)!r}"
+        )
+    return statuses
+
+
+_SUBSCRIPTION_STATUSES = frozenset(s.value for s in SubscriptionStatus)
 
 
 def _validate(name: str, steps: StepList, target: Target, form: type[Form] | None) -> None:
@@ -538,8 +644,8 @@ def _validate(name: str, steps: StepList, target: Target, form: type[Form] | Non
             raise WorkflowDefinitionError(f"{where}: {s.name} may only stand first or last")
     if form is not None and not (isinstance(form, type) and issubclass(form, msgspec.Struct)):
         raise WorkflowDefinitionError(f"{where}: initial_input_form must be a Form subclass")
-    if target is Target.SYSTEM and form is not None:
-        raise WorkflowDefinitionError(f"{where}: a SYSTEM workflow (task) takes no input form")
+    if target in FORMLESS and form is not None:
+        raise WorkflowDefinitionError(f"{where}: a {target} workflow takes no input form")
 
 
 def workflows_of(module_name: str) -> dict[str, Workflow]:

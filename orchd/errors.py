@@ -7,7 +7,9 @@ using the ``status`` and ``slug`` that the class itself declares::
     ├── ConfigError                  a config file or key is wrong (exit status 2)
     ├── WorkflowDefinitionError      workflow code misuses the DSL
     ├── BadRequest                   400: malformed JSON or parameters
+    │   └── DuplicateKey             a JSON object names one key twice
     ├── Unauthorized                 401: missing or wrong bearer token
+    ├── CrossSiteRequest             403: a state-changing request from another site
     ├── NotFound                     404
     │   ├── WorkflowNotFound
     │   ├── ProcessNotFound
@@ -16,13 +18,16 @@ using the ``status`` and ``slug`` that the class itself declares::
     │   └── ScheduleNotFound
     ├── Conflict                     409
     │   ├── InvalidTransition        the action is not allowed in the process's status
-    │   ├── SubscriptionLocked       another process holds the subscription, or it is terminated
+    │   ├── SubscriptionLocked       a start may not take the subscription (its ``reason``)
     │   ├── ScheduleRunning
     │   ├── IdempotencyConflict      an Idempotency-Key already started another workflow
     │   └── AmbiguousId              an id prefix matches more than one process
     ├── PayloadTooLarge              413
+    ├── UnsupportedMediaType         415: a JSON API body that is not application/json
+    ├── MisdirectedRequest           421: a Host that names no name of this daemon (TCP)
     ├── TooManyRequests              429: a client went over the configured rate
     ├── FormValidationError          422: the answer does not fit the form
+    ├── IdempotencyKeyReused         422: an Idempotency-Key sent again with another body
     ├── StoreError                   503: the database refused a write
     └── ShuttingDown                 503: the engine no longer takes work
 """
@@ -78,12 +83,29 @@ class BadRequest(OrchdError):
     title = "Bad request"
 
 
+class DuplicateKey(BadRequest):
+    """Raised when a JSON body names one key twice in an object (which value was meant?)."""
+
+    slug = "duplicate-key"
+    title = "Duplicate key in JSON"
+
+
 class Unauthorized(OrchdError):
     """Raised when a TCP request lacks the right bearer token."""
 
     status = 401
     slug = "unauthorized"
     title = "Unauthorized"
+
+
+class CrossSiteRequest(OrchdError):
+    """Raised when a request that would change something comes from another site: its
+    ``Origin`` is not the host it was sent to, or ``Sec-Fetch-Site`` says it is not
+    same-origin. A browser made it on behalf of a page the operator visited."""
+
+    status = 403
+    slug = "cross-site-request"
+    title = "Cross-site request refused"
 
 
 class NotFound(OrchdError):
@@ -145,10 +167,23 @@ class InvalidTransition(Conflict):
 
 
 class SubscriptionLocked(Conflict):
-    """Raised when a subscription is held by another process or is terminated."""
+    """Raised when a start may not take the subscription it names; ``reason`` says why:
+    ``locked`` (another process holds it), ``status`` (the workflow is not usable in its
+    status), ``in_use`` (a TERMINATE while others use it) or ``stale`` (it changed since the
+    ``version`` the start names). The problem carries ``reason`` and what it names."""
 
     slug = "subscription-locked"
     title = "Subscription not available"
+
+    def __init__(
+        self, detail: str, *, reason: str = "locked", extra: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.extra = extra or {}
+
+    def problem(self) -> dict[str, Any]:
+        return {**super().problem(), "reason": self.reason, **self.extra}
 
 
 class ScheduleRunning(Conflict):
@@ -180,6 +215,23 @@ class PayloadTooLarge(OrchdError):
     title = "Payload too large"
 
 
+class UnsupportedMediaType(OrchdError):
+    """Raised when a request to the JSON API carries a body that is not ``application/json``."""
+
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+class MisdirectedRequest(OrchdError):
+    """Raised when a request's ``Host`` names neither this daemon's listener nor a name set in
+    ``allowed_hosts`` (a DNS-rebinding page, or a request meant for another server)."""
+
+    status = 421
+    slug = "misdirected-request"
+    title = "Misdirected request"
+
+
 class TooManyRequests(OrchdError):
     """Raised when one client sends more requests than the configured rate allows."""
 
@@ -203,6 +255,15 @@ class FormValidationError(OrchdError):
         body = super().problem()
         body["errors"] = self.errors
         return body
+
+
+class IdempotencyKeyReused(OrchdError):
+    """Raised when an ``Idempotency-Key`` that started a process comes again with another
+    input: the client has mixed up two requests, and answering the first would hide it."""
+
+    status = 422
+    slug = "idempotency-key-reused"
+    title = "Idempotency key used with another input"
 
 
 class StoreError(OrchdError):

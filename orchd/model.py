@@ -28,6 +28,14 @@ class Target(enum.StrEnum):
     MODIFY = "MODIFY"  # changes an existing one, holding its lock
     TERMINATE = "TERMINATE"  # ends an existing one, holding its lock
     SYSTEM = "SYSTEM"  # a task: no subscription, may be scheduled
+    VALIDATE = "VALIDATE"  # checks one against the outside world, holding its lock; no form
+    RECONCILE = "RECONCILE"  # a MODIFY without a form
+
+
+#: The targets whose process holds an existing subscription (its lock) from start to ``done``.
+HOLDS_SUBSCRIPTION = frozenset({Target.MODIFY, Target.TERMINATE, Target.VALIDATE, Target.RECONCILE})
+#: The targets that take no input form.
+FORMLESS = frozenset({Target.SYSTEM, Target.VALIDATE, Target.RECONCILE})
 
 
 P = ProcessStatus
@@ -187,10 +195,53 @@ class ForkSummary(msgspec.Struct, kw_only=True):
     abridged: bool = False
 
 
+class BlockedOn(msgspec.Struct, kw_only=True):
+    """What a running process waits for before its step runs (contract §16): the limit, the
+    key (what its ``uses=`` filled in from State) and since when."""
+
+    resource: str
+    key: str
+    since: datetime
+
+
+class ResourceHolder(msgspec.Struct, kw_only=True):
+    """A step holding a key of a limit."""
+
+    process_id: str
+    step: str
+    since: datetime
+    #: The node it runs on (a cluster on PostgreSQL), else None.
+    node: str | None = None
+
+
+class ResourceKey(msgspec.Struct, kw_only=True):
+    """One key of a limit that is in use or waited for."""
+
+    key: str
+    holders: list[ResourceHolder]
+    waiting: int = 0
+
+
+class ResourceLimit(msgspec.Struct, kw_only=True):
+    """A limit of ``[limits]`` as ``GET /api/resources`` shows it: its bounds, and its keys
+    in use or waited for (with several nodes, the whole cluster's)."""
+
+    resource: str
+    #: Steps at once per key (None: no bound), and starts per key ("10/s"; None: no rate).
+    concurrency: int | None = None
+    rate: str | None = None
+    in_use: int = 0
+    waiting: int = 0
+    keys: list[ResourceKey] = msgspec.field(default_factory=list)
+
+
 class Process(msgspec.Struct, kw_only=True):
     """A process as the API and ``Engine.get`` show it."""
 
     id: str
+    #: Its W3C trace (contract §17): 32 lowercase hex digits, the trace its start request's
+    #: ``traceparent`` named (a child: its parent's), else one of its own.
+    trace_id: str = ""
     workflow: str
     target: Target
     status: ProcessStatus
@@ -216,6 +267,8 @@ class Process(msgspec.Struct, kw_only=True):
     children: list[LinkedProcess] = msgspec.field(default_factory=list)
     #: Contract §8: the process's forks and their branches, outermost first.
     branches: list[ForkSummary] = msgspec.field(default_factory=list)
+    #: Contract §16: the limit its step waits for while running (null when it waits for none).
+    blocked_on: BlockedOn | None = None
 
 
 class ProcessSummary(msgspec.Struct, kw_only=True):
@@ -232,6 +285,8 @@ class ProcessSummary(msgspec.Struct, kw_only=True):
     subscription_id: str | None = None
     error: str | None = None
     parent_id: str | None = None
+    #: Contract §16: the limit its step waits for while running (null when none).
+    blocked_on: BlockedOn | None = None
 
 
 class SubscriptionStatus(enum.StrEnum):
@@ -254,9 +309,14 @@ class Subscription(msgspec.Struct, kw_only=True):
     start_date: datetime | None = None
     end_date: datetime | None = None
     attributes: dict[str, Any] = msgspec.field(default_factory=dict)
+    #: One more with every saved change of its content (not its lock, not its note): a
+    #: MODIFY started with the version it was read at is refused when it has moved on.
+    version: int = 0
+    #: An operator's note (``PUT /api/subscriptions/{id}/note``); no workflow writes it.
+    note: str | None = None
 
 
-#: A subscription's fields, in the order they are stored and shown (contract §3).
+#: A subscription's fields, in the order they are stored and shown.
 SUBSCRIPTION_FIELDS: tuple[str, ...] = Subscription.__struct_fields__
 
 
@@ -266,8 +326,53 @@ class LinkedProcess(msgspec.Struct, kw_only=True):
     status: ProcessStatus
 
 
+class Related(msgspec.Struct, kw_only=True):
+    """A subscription on the other end of a relation (``depends_on`` / ``in_use_by``)."""
+
+    id: str
+    product: str
+    status: SubscriptionStatus
+    description: str = ""
+    #: Where the relation is written: the Ref's path in the subscription that depends.
+    path: str = ""
+
+
+class UsableWorkflow(msgspec.Struct, kw_only=True):
+    """A workflow of the subscription's product, and whether it may start on it now."""
+
+    name: str
+    target: Target
+    description: str = ""
+    usable: bool
+    #: Why not, when not: ``locked``, ``status`` or ``in_use``.
+    reason: str | None = None
+    detail: str | None = None
+
+
+class SubscriptionAction(msgspec.Struct, kw_only=True):
+    """Who did what to a subscription outside a process (setting its note)."""
+
+    at: datetime
+    action: str
+    actor: str
+    detail: str | None = None
+
+
 class SubscriptionDetail(Subscription, kw_only=True):
     processes: list[LinkedProcess] = msgspec.field(default_factory=list)
+    depends_on: list[Related] = msgspec.field(default_factory=list)
+    in_use_by: list[Related] = msgspec.field(default_factory=list)
+    workflows: list[UsableWorkflow] = msgspec.field(default_factory=list)
+    actions: list[SubscriptionAction] = msgspec.field(default_factory=list)
+
+
+class ProductInfo(msgspec.Struct, kw_only=True):
+    """A registered product: its JSON Schema and the workflows tied to it."""
+
+    name: str
+    description: str
+    schema: dict[str, Any]
+    workflows: list[str] = msgspec.field(default_factory=list)
 
 
 class WorkflowInfo(msgspec.Struct, kw_only=True):

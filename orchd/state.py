@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from orchd.errors import FormValidationError, WorkflowDefinitionError
+from orchd.products import Product, ProductError, as_state, to_model
 
 _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder().decode
@@ -107,6 +108,12 @@ def inject(
         if p.annotation is _MISSING:
             kwargs[p.name] = clone(value)
             continue
+        if isinstance(p.annotation, type) and issubclass(p.annotation, Product):
+            try:
+                kwargs[p.name] = to_model(p.annotation, value, where=f"state key {p.name!r}")
+            except ProductError as exc:
+                raise StepInputError(f"step {step_name!r}: {exc}") from None
+            continue
         try:
             kwargs[p.name] = msgspec.convert(value, p.annotation, strict=False)
         except (msgspec.ValidationError, TypeError) as exc:
@@ -136,6 +143,9 @@ def to_json_values(step_name: str, result: Any) -> dict[str, Any]:
         raise StepOutputError(
             f"step {step_name!r} returned {type(result).__name__}; a step returns a dict or None"
         )
+    if any(isinstance(v, Product) for v in result.values()):
+        # A typed subscription goes into State in the shape every subscription has.
+        result = {k: as_state(v) if isinstance(v, Product) else v for k, v in result.items()}
     try:
         # What to_builtins gives always encodes: the checkpoint encodes it, once.
         converted = msgspec.to_builtins(result, str_keys=True)

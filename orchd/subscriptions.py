@@ -1,29 +1,96 @@
-"""What a subscription in State must look like before the engine saves it (contract §3)."""
+"""What a subscription in State must look like before the engine saves it.
+
+An untyped subscription (its product has no registered class) is checked field by field, its
+product data an ``attributes`` object. A typed one is checked against its product
+(``orchd.products``): the types of its fields, the fields its status requires, and the Refs it
+holds, which become its relations. Either way, what is saved has the same shape, and its
+``version`` goes up by one when its content changed.
+"""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 from orchd.model import SUBSCRIPTION_FIELDS, SubscriptionStatus
+from orchd.products import PRODUCTS, Product, ProductError, as_state, missing_at, refs_of, to_model
 
 FIELDS = frozenset(SUBSCRIPTION_FIELDS)
 STATUSES = frozenset(s.value for s in SubscriptionStatus)
+#: What a save does not count as a change of content: the lock, the counter itself, the note.
+_NOT_CONTENT = frozenset({"insync", "version", "note"})
 
 
 class SubscriptionError(Exception):
     """Raised when a step puts a subscription into State that cannot be saved."""
 
 
-def complete_subscription(step: str, given: Any, new_id: str) -> dict[str, Any]:
+class Saved(NamedTuple):
+    """A subscription as it will be saved, and for a typed one its relations."""
+
+    sub: dict[str, Any]
+    #: Path -> id of every Ref it holds (None: untyped, or the same as before).
+    relations: dict[str, str] | None
+    #: The Refs that are new since the last save (path -> (id, product)): the engine checks
+    #: that each names a subscription of that product that is not terminated.
+    new_refs: dict[str, tuple[str, str]]
+
+
+def complete_subscription(
+    step: str, given: Any, new_id: str, previous: dict[str, Any] | None = None
+) -> Saved:
     """Check a subscription a step returned and fill in every field, as it will be saved.
 
     ``insync`` is always false here: the running process holds the subscription until its
-    ``done`` step (or an abort) releases it.
+    ``done`` step (or an abort) releases it. ``previous`` is the subscription as State held it
+    before the step (None for a new one).
     """
     where = f"step {step!r}: subscription"
+    if isinstance(given, Product):
+        given = as_state(given)
     if not isinstance(given, dict):
         raise SubscriptionError(f"{where} must be an object")
+    product = given.get("product") or (previous or {}).get("product")
+    cls = PRODUCTS.get(product) if isinstance(product, str) else None
+    if cls is not None:
+        sub, model = _typed(where, cls, {**given, "product": product}, new_id)
+    else:
+        sub, model = _untyped(where, given, new_id), None
+    before = previous if previous and previous.get("id") == sub["id"] else None
+    sub["note"] = before.get("note") if before else None
+    version = int(before.get("version") or 0) if before else 0
+    sub["version"] = version if before and _same_content(before, sub) else version + 1
+    if model is None or cls is None:
+        return Saved(sub, None, {})
+    refs = refs_of(model)
+    old = _refs_before(cls, before)
+    relations = {path: sid for path, (sid, _) in refs.items()}
+    new_refs = {path: ref for path, ref in refs.items() if old.get(path) != ref[0]}
+    unchanged = before is not None and old == relations
+    return Saved(sub, None if unchanged else relations, new_refs)
+
+
+def _typed(
+    where: str, cls: type[Product], given: dict[str, Any], new_id: str
+) -> tuple[dict[str, Any], Product]:
+    try:
+        model = to_model(cls, given, where=where)
+    except ProductError as exc:
+        raise SubscriptionError(str(exc)) from None
+    if not model.customer_id:
+        raise SubscriptionError(f"{where} needs 'customer_id' (text)")
+    missing = missing_at(model)
+    if missing:
+        raise SubscriptionError(
+            f"{where} {', '.join(missing)}: required when the subscription is {model.status!r}"
+        )
+    sub = as_state(model)
+    sub["id"] = _uuid(where, given.get("id") or new_id)
+    sub["insync"] = False
+    return sub, model
+
+
+def _untyped(where: str, given: dict[str, Any], new_id: str) -> dict[str, Any]:
     unknown = set(given) - FIELDS
     if unknown:
         raise SubscriptionError(
@@ -41,16 +108,11 @@ def complete_subscription(step: str, given: Any, new_id: str) -> dict[str, Any]:
     attributes = given.get("attributes") or {}
     if not isinstance(attributes, dict):
         raise SubscriptionError(f"{where} attributes must be an object")
-    sid = given.get("id") or new_id
-    try:
-        sid = str(uuid.UUID(sid))
-    except (TypeError, ValueError, AttributeError):
-        raise SubscriptionError(f"{where} id {sid!r} is not a UUID") from None
     for key in ("description", "start_date", "end_date"):
         if given.get(key) is not None and not isinstance(given[key], str):
             raise SubscriptionError(f"{where} {key} must be text")
     return {
-        "id": sid,
+        "id": _uuid(where, given.get("id") or new_id),
         "product": given["product"],
         "customer_id": given["customer_id"],
         "description": given.get("description") or "",
@@ -60,3 +122,26 @@ def complete_subscription(step: str, given: Any, new_id: str) -> dict[str, Any]:
         "end_date": given.get("end_date"),
         "attributes": attributes,
     }
+
+
+def _uuid(where: str, sid: Any) -> str:
+    try:
+        return str(uuid.UUID(sid))
+    except (TypeError, ValueError, AttributeError):
+        raise SubscriptionError(f"{where} id {sid!r} is not a UUID") from None
+
+
+def _same_content(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    keys = (set(before) | set(after)) - _NOT_CONTENT
+    return all(before.get(k) == after.get(k) for k in keys)
+
+
+def _refs_before(cls: type[Product], before: dict[str, Any] | None) -> dict[str, str]:
+    """What the Refs of the subscription as saved before named (path -> id)."""
+    if before is None:
+        return {}
+    try:
+        model = to_model(cls, before)
+    except ProductError:  # saved before its product had a class, or of another shape
+        return {}
+    return {path: sid for path, (sid, _) in refs_of(model).items()}

@@ -83,6 +83,7 @@ from orchd.store.base import (
     token_digest,
 )
 from orchd.subscriptions import SubscriptionError, complete_subscription
+from orchd.tracing import enter_step, leave_step
 
 log = logging.getLogger("orchd.engine.actor")
 P = ProcessStatus
@@ -111,6 +112,7 @@ class Actor:
         "seq", "state", "current_step", "error", "form", "callback_token", "attempts", "position",
         "next_retry_at", "subscription_id", "broken", "task", "parent_id", "child_group",
         "children_group", "children_pending", "replace_aborted", "forks", "committing",
+        "trace_id",
     )  # fmt: skip
 
     def __init__(self, host: Host, pid: str, row: ProcessRow | None = None) -> None:
@@ -228,6 +230,7 @@ class Actor:
         self.attempts = row.attempts
         self.next_retry_at = row.next_retry_at
         self.subscription_id = row.subscription_id
+        self.trace_id = row.trace_id
         self.position = None if row.step_key is None else (row.step_key, row.step_occurrence)
         self.parent_id = row.parent_id
         self.child_group = row.child_group
@@ -384,11 +387,15 @@ class Actor:
         self.in_step = True
         if faults.ENABLED:
             faults.point("before_step")
+        # Its requests carry the process's trace and this call's span (contract §17).
+        traced = enter_step(
+            self.host.tracing, self.pid, self.trace_id, None, step.key, self.attempts + 1
+        )
         try:
             kwargs = inject(step.name, step.params, view, self.host.resources)
             result = await call_step(self.host, self.pid, step, kwargs)
             delta = to_json_values(step.name, result)
-            sub = self.subscription_change(step, delta)
+            sub, relations = await self.subscription_change(step, delta)
             changes = changes_of(self.state, step.name, delta)
         except asyncio.CancelledError as exc:
             if cancelled_from_outside():
@@ -401,6 +408,7 @@ class Actor:
             return
         finally:
             self.in_step = False
+            leave_step(traced)
         if faults.ENABLED:
             faults.point("after_step")
         outcome = Outcome(
@@ -411,6 +419,7 @@ class Actor:
             changes,
             advance=True,
             subscription=sub,
+            relations=relations,
         )
         await self.commit(step, outcome)
 
@@ -483,6 +492,7 @@ class Actor:
             if self.target is Target.TERMINATE:
                 change["status"] = "terminated"
                 change["end_date"] = _now_iso()
+                change["version"] = int(sub.get("version") or 0) + 1
         changes = changes_of(self.state, step.name, {"subscription": change} if change else None)
         outcome = Outcome(
             P.COMPLETED,
@@ -495,19 +505,48 @@ class Actor:
         )
         await self.commit(step, outcome)
 
-    def subscription_change(self, step: Step, delta: dict[str, Any]) -> dict[str, Any] | None:
-        """Check and complete a subscription a step put into State; None if it did not."""
+    async def subscription_change(
+        self, step: Step, delta: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, dict[str, str] | None]:
+        """Check and complete a subscription a step put into State, and for a typed one the
+        relations to save with it; (None, None) if the step did not change it."""
         given = delta.get("subscription", _MISSING)
         if given is _MISSING or self.target is Target.SYSTEM:
-            return None
-        full = complete_subscription(step.name, given, self.subscription_id or self.host.new_id())
+            return None, None
+        previous = self.state.get("subscription")
+        saved = complete_subscription(
+            step.name,
+            given,
+            self.subscription_id or self.host.new_id(),
+            previous if isinstance(previous, dict) else None,
+        )
+        full = saved.sub
         if self.subscription_id is not None and full["id"] != self.subscription_id:
             raise SubscriptionError(f"step {step.name!r}: a process cannot switch subscriptions")
+        if saved.new_refs:
+            await self._check_refs(step.name, full["id"], saved.new_refs)
         delta["subscription"] = full
         if self.subscription_id is None:
             self.subscription_id = full["id"]
             delta["subscription_id"] = full["id"]
-        return full
+        return full, saved.relations
+
+    async def _check_refs(self, step: str, own: str, refs: dict[str, tuple[str, str]]) -> None:
+        """Each new Ref names a subscription of its product that is not terminated."""
+        for path, (sid, product) in refs.items():
+            where = f"step {step!r}: subscription {path}"
+            if sid == own:
+                raise SubscriptionError(f"{where}: a subscription cannot depend on itself")
+            found = await self.host.subscription_of(sid)
+            if found is None:
+                raise SubscriptionError(f"{where}: subscription {sid} does not exist")
+            if found.product != product:
+                raise SubscriptionError(
+                    f"{where}: subscription {sid} is a {found.product!r} subscription, "
+                    f"not {product!r}"
+                )
+            if found.status == "terminated":
+                raise SubscriptionError(f"{where}: subscription {sid} is terminated")
 
     # -- forks (contract §8; the branches themselves run in orchd.engine.forks) ------------
 
@@ -589,6 +628,7 @@ class Actor:
             outcome.status,
             steps=[record],
             subscription=outcome.subscription,
+            relations=outcome.relations,
             step_seconds=outcome.finished - outcome.started,
             actions=[] if outcome.action is None else [outcome.action],
             # A fork joins (or is skipped by its condition): its branches' rows go with it.
@@ -601,6 +641,7 @@ class Actor:
         *,
         steps: list[StepWrite],
         subscription: dict[str, Any] | None = None,
+        relations: dict[str, str] | None = None,
         release: str | None = None,
         step_seconds: float | None = None,
         actions: list[ActionWrite] | None = None,
@@ -610,6 +651,7 @@ class Actor:
         checkpoint = self.checkpoint_of(
             status, steps=steps, subscription=subscription, release=release, actions=actions
         )
+        checkpoint.relations = relations
         checkpoint.branches = branches or []
         checkpoint.drop_branches = drops or []
         self.committing = True

@@ -25,6 +25,7 @@ from orchd import _faults as faults
 from orchd.dsl import Workflow
 from orchd.engine import actor as actors
 from orchd.engine import messages
+from orchd.engine.catalog import Catalog
 from orchd.engine.cluster import Node
 from orchd.engine.events import LISTENER_BUFFER, EventHub, events_of
 from orchd.engine.loading import load_workflows
@@ -38,6 +39,7 @@ from orchd.errors import (
     OrchdError,
     ProcessNotFound,
     ShuttingDown,
+    SubscriptionNotFound,
     WorkflowNotFound,
 )
 from orchd.model import (
@@ -48,7 +50,9 @@ from orchd.model import (
     Page,
     Process,
     ProcessStatus,
+    ProductInfo,
     Reset,
+    Subscription,
     SubscriptionDetail,
     WorkflowInfo,
 )
@@ -67,6 +71,7 @@ from orchd.store.base import (
     Pruned,
     ReplaceChildren,
     Retention,
+    SetNote,
     StartChildren,
     StepWrite,
     Store,
@@ -75,6 +80,7 @@ from orchd.store.base import (
 from orchd.store.cluster import ClusterStore, NodeInfo
 from orchd.store.opening import open_store
 from orchd.store.views import Views, every_status, uuid_or_none
+from orchd.tracing import Tracing, new_trace_id, parse_traceparent
 
 log = logging.getLogger("orchd.engine")
 #: The shortest abbreviation of a process id that is taken (contract §10).
@@ -97,11 +103,20 @@ class Engine:
         settings: EngineSettings | None = None,
         synchronous: str = "FULL",
         resources: Mapping[Any, Any] | None = None,
+        tracing: Tracing | None = None,
         **overrides: Any,
     ) -> None:
         """``overrides`` are fields of :class:`EngineSettings` (``grace_period=2.0``, ...),
-        applied over ``settings``; embedded engines and tests set one or two that way."""
+        applied over ``settings``; embedded engines and tests set one or two that way.
+        ``tracing``: where spans go (``orchd.tracing.otel(...)``); by default none are made,
+        and processes still have trace ids that their steps' requests carry."""
         self.workflows = load_workflows(workflows)
+        #: Spans of processes and steps (contract §17); its owner shuts it down.
+        self.tracing: Tracing = tracing if tracing is not None else Tracing()
+        #: The products the workflows define, name and reach, with their workflows.
+        self.catalog = Catalog(
+            self.workflows.values(), [w for w in workflows if isinstance(w, str)]
+        )
         try:
             #: Read on every use, so a reload (assigning a new object) applies at once.
             self.settings = msgspec.structs.replace(settings or EngineSettings(), **overrides)
@@ -311,6 +326,8 @@ class Engine:
                 raise ShuttingDown("the engine is not running")
             actor = actors.Actor(self, pid, row)
             self.actors[pid] = actor
+            if self.tracing.on:
+                self.tracing.began(pid)
             actor.task = self._tg.create_task(actor.run())
         actor.post(message, reply)
 
@@ -395,7 +412,13 @@ class Engine:
         actor = self.actors.get(op.parent.process_id)
         if actor is not None:
             op.parent.events = events_of(actor, op.parent)
-        for row in await self.store.write(op):
+        rows = await self.store.write(op)
+        if self.tracing.on:
+            for row in rows:
+                self.tracing.started(
+                    row.id, row.workflow, row.trace_id, row.created_at, parent_id=row.parent_id
+                )
+        for row in rows:
             if not row.held:
                 self._post(row.id, messages.Run(), None, row=row)
 
@@ -406,6 +429,8 @@ class Engine:
         return await self.store.branches(pk)
 
     def retire(self, actor: actors.Actor) -> None:
+        if self.tracing.on and actor.loaded:
+            self.tracing.retired(actor.pid, actor.workflow_name, actor.trace_id, actor.status)
         if self.actors.get(actor.pid) is actor:
             del self.actors[actor.pid]
             if not self.actors:
@@ -479,26 +504,36 @@ class Engine:
             self._store_failures.pop(actor.pid, None)
         status = actor.status
         self._steps.add(actor.workflow_name, steps, step_seconds)
+        if self.tracing.on and steps:
+            self.tracing.committed(actor.pid, actor.workflow_name, actor.trace_id, steps)
         for record in steps:
             log.debug(
-                "process=%s workflow=%s step=%r status=%s",
+                "process=%s workflow=%s step=%r status=%s trace_id=%s",
                 actor.pid,
                 actor.workflow_name,
                 record.name,
                 record.status,
+                actor.trace_id,
             )
         if status is not previous or not steps:
             if status in (P.FAILED, P.WAITING):
                 log.warning(
-                    "process=%s workflow=%s status=%s step=%r error=%r",
+                    "process=%s workflow=%s status=%s step=%r error=%r trace_id=%s",
                     actor.pid,
                     actor.workflow_name,
                     status,
                     actor.current_step,
                     actor.error,
+                    actor.trace_id,
                 )
             else:
-                log.info("process=%s workflow=%s status=%s", actor.pid, actor.workflow_name, status)
+                log.info(
+                    "process=%s workflow=%s status=%s trace_id=%s",
+                    actor.pid,
+                    actor.workflow_name,
+                    status,
+                    actor.trace_id,
+                )
             if status is P.ABORTED and actor.children_group is not None:
                 self._cascade_abort(actor.pid)
         if status not in ACTIVE:
@@ -545,14 +580,21 @@ class Engine:
         *,
         reporter: str | None = None,
         idempotency_key: str | None = None,
+        traceparent: str | None = None,
     ) -> str:
         """Create a process and set it running; returns its id once committed.
 
         With ``idempotency_key``, a process of this workflow that holds the key already is
         answered instead of a new one (one of another workflow: IdempotencyConflict).
+        ``traceparent`` (a W3C header value): the process joins that trace; without one, or
+        with an invalid one, it begins a trace of its own.
         """
         pid, _ = await self.start_once(
-            workflow, input, reporter=reporter, idempotency_key=idempotency_key
+            workflow,
+            input,
+            reporter=reporter,
+            idempotency_key=idempotency_key,
+            traceparent=traceparent,
         )
         return pid
 
@@ -563,6 +605,7 @@ class Engine:
         *,
         reporter: str | None = None,
         idempotency_key: str | None = None,
+        traceparent: str | None = None,
     ) -> tuple[str, bool]:
         """``start``, also telling whether the process was created now (False: the key's)."""
         if not self._accepting:
@@ -570,9 +613,14 @@ class Engine:
         op = self.prepare_start(
             workflow, {} if input is None else input, reporter, idempotency_key=idempotency_key
         )
+        remote = parse_traceparent(traceparent)
+        if remote is not None:
+            op.trace_id = remote.trace_id
         row: ProcessRow = await self.store.write(op)
         if row.id != op.id:
             return row.id, False  # the key's process, started before
+        if self.tracing.on:
+            self.tracing.started(row.id, row.workflow, row.trace_id, row.created_at, remote=remote)
         self._post(row.id, messages.Run(), None, row=row)
         return row.id, True
 
@@ -593,7 +641,7 @@ class Engine:
         wf = self.workflows.get(workflow)
         if wf is None:
             raise WorkflowNotFound(f"no workflow named {workflow!r}")
-        return build_start(
+        op = build_start(
             wf,
             input,
             reporter,
@@ -604,6 +652,11 @@ class Engine:
             held=held,
             idempotency_key=idempotency_key,
         )
+        # Contract §17: a child is in its parent's trace (its parent's actor is starting it);
+        # any other start begins a trace of its own (start_once joins a request's instead).
+        parent = self.actors.get(parent_id) if parent_id is not None else None
+        op.trace_id = parent.trace_id if parent is not None and parent.loaded else new_trace_id()
+        return op
 
     async def get(self, pid: str) -> Process:
         """The process as committed, with its whole step log (``pid`` may be a prefix)."""
@@ -624,7 +677,25 @@ class Engine:
         )
 
     async def get_subscription(self, sid: str) -> SubscriptionDetail:
-        return await self._views.get_subscription(sid)
+        """The subscription with its processes, relations, note's history and the workflows of
+        its product (each ``usable`` now or not, with the ``reason``)."""
+        detail = await self._views.get_subscription(sid)
+        detail.workflows = await self.catalog.usable(self.store, detail)
+        return detail
+
+    async def subscription_of(self, sid: str) -> Subscription | None:
+        return await self.store.subscription(sid)
+
+    async def set_note(self, sid: str, note: str, *, by: str) -> None:
+        """Set a subscription's note, recorded with who set it (``by``)."""
+        canonical = uuid_or_none(sid)
+        op = SetNote(subscription_id=canonical or sid, note=note, actor=by, at=time.time())
+        if canonical is None or not await self.store.write(op):
+            raise SubscriptionNotFound(f"subscription {sid} does not exist")
+
+    def products(self) -> list[ProductInfo]:
+        """Each product the loaded workflows define or name, with its JSON Schema."""
+        return self.catalog.info()
 
     async def list_subscriptions(
         self,
@@ -632,11 +703,18 @@ class Engine:
         status: str | None = None,
         customer_id: str | None = None,
         product: str | None = None,
+        q: str | None = None,
         limit: int = DEFAULT_PAGE,
         cursor: str | None = None,
     ) -> Page:
+        """Subscriptions, newest first; ``q``: text in the description or any text value."""
         return await self._views.list_subscriptions(
-            status=status, customer_id=customer_id, product=product, limit=limit, cursor=cursor
+            status=status,
+            customer_id=customer_id,
+            product=product,
+            q=q,
+            limit=limit,
+            cursor=cursor,
         )
 
     async def counts(self) -> dict[str, int]:
@@ -701,17 +779,32 @@ class Engine:
             await self._ask(await self.resolve_id(pid), messages.Abort(actor=_actor(reporter)))
         )
 
-    async def callback(self, token: str, payload: Any, *, reporter: str | None = None) -> str:
+    async def callback(
+        self,
+        token: str,
+        payload: Any,
+        *,
+        reporter: str | None = None,
+        traceparent: str | None = None,
+    ) -> str:
         """Deliver an external system's answer; returns the process id once committed.
 
         A token answers one wait: an unknown, old or used one raises CallbackNotFound.
+        ``traceparent``: the sender's trace context, linked from the process's trace when
+        tracing is on.
         """
+        arrived = time.time()
         digest = token_digest(token)
         pid = self._tokens.get(digest) or await self.store.process_waiting_for(digest)
         if pid is None:
             raise CallbackNotFound("no process waits for this callback token")
         actor = _actor(reporter, "callback token")
         await self._ask(pid, messages.Callback(digest=digest, payload=payload, actor=actor))
+        sender = parse_traceparent(traceparent) if self.tracing.on else None
+        if sender is not None:
+            row = await self.store.process(pid)
+            if row is not None:
+                self.tracing.callback(pid, row.workflow, row.trace_id, arrived, sender)
         return pid
 
     async def answer_callback(

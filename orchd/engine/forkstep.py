@@ -70,7 +70,7 @@ async def run(actor: Actor, step: Step, started: float) -> None:
         return
     try:
         delta = forks.top.joined_changes()
-        sub = actor.subscription_change(step, delta)
+        sub, relations = await actor.subscription_change(step, delta)
         changes = changes_of(actor.state, step.name, delta)
     except (StepCrash, StepOutputError, SubscriptionError) as exc:
         await actor.step_raised(step, exc, forks.started)
@@ -84,6 +84,7 @@ async def run(actor: Actor, step: Step, started: float) -> None:
         changes,
         advance=True,
         subscription=sub,
+        relations=relations,
     )
     await actor.commit(step, outcome)
 

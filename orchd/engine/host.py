@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from orchd.dsl import Workflow
 from orchd.engine.messages import Message
-from orchd.model import ProcessStatus
+from orchd.model import ProcessStatus, Subscription
 from orchd.settings import EngineSettings
 from orchd.store.base import (
     BranchRow,
@@ -22,6 +22,7 @@ from orchd.store.base import (
     StartChildren,
     StepWrite,
 )
+from orchd.tracing import Tracing
 
 if TYPE_CHECKING:
     from orchd.engine.actor import Actor
@@ -35,6 +36,11 @@ class Host(Protocol):
 
     @property
     def resources(self) -> Mapping[Any, Any]: ...
+
+    @property
+    def tracing(self) -> Tracing:
+        """Spans (contract §17); ``tracing.on`` is False while tracing is off."""
+        ...
 
     def workflow(self, name: str) -> Workflow | None: ...
 
@@ -108,3 +114,7 @@ class Host(Protocol):
     def forget_callback(self, digest: str) -> None: ...
 
     def new_id(self) -> str: ...
+
+    async def subscription_of(self, sid: str) -> Subscription | None:
+        """A subscription as committed (None when it does not exist)."""
+        ...

@@ -4,9 +4,11 @@ the record's status; and the errors engine-side evaluation of a step raises."""
 from __future__ import annotations
 
 import math
+import os
 import random
 import traceback
 from collections.abc import Mapping
+from types import TracebackType
 from typing import Any, NamedTuple
 
 from orchd.dsl import Step
@@ -64,6 +66,8 @@ class Outcome(NamedTuple):
     traceback: str | None = None
     #: The request that led here (a resume, a callback), recorded with the checkpoint.
     action: ActionWrite | None = None
+    #: A typed subscription's relations, when they changed (``Checkpoint.relations``).
+    relations: dict[str, str] | None = None
 
 
 def retry_delay(settings: EngineSettings, step: Step, attempt: int) -> float:
@@ -84,9 +88,28 @@ class StepTimeout(StepCrash):
 def failure_of(exc: BaseException) -> tuple[str, str]:
     """A failed step's error and traceback, as its record keeps them: an error orchd words
     itself (bad input or output, a refused subscription, the engine's own) by its message,
-    anything else by its type and message."""
+    anything else by its type and message. The traceback starts at the step's own code."""
     if isinstance(exc, StepInputError | StepOutputError | SubscriptionError | StepCrash):
         message = str(exc)
     else:
         message = f"{type(exc).__name__}: {exc}"
-    return message, "".join(traceback.format_exception(exc))
+    shown = traceback.TracebackException(type(exc), exc, _from_user_code(exc.__traceback__))
+    return message, "".join(shown.format())
+
+
+#: orchd's own code; its bundled examples are workflow code like anyone's.
+_ORCHD = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_EXAMPLES = os.path.join(_ORCHD, "examples") + os.sep
+
+
+def _from_user_code(tb: TracebackType | None) -> TracebackType | None:
+    """``tb`` without the engine's frames that called the step (the actor, the thread pool),
+    which come first and say nothing about the failure; all of it when no frame is another's
+    (the engine's own error)."""
+    first = tb
+    while first is not None:
+        path = first.tb_frame.f_code.co_filename
+        if not path.startswith(_ORCHD) or path.startswith(_EXAMPLES):
+            return first
+        first = first.tb_next
+    return tb

@@ -10,7 +10,7 @@ from typing import Any
 from orchd.dsl import Workflow
 from orchd.engine.events import event
 from orchd.errors import FormValidationError
-from orchd.model import RESERVED_KEYS, ProcessStatus, Target
+from orchd.model import HOLDS_SUBSCRIPTION, RESERVED_KEYS, ProcessStatus
 from orchd.state import StepOutputError, require_object, to_json_values, validate_form
 from orchd.store.base import NewProcess
 from orchd.store.views import uuid_or_none
@@ -34,7 +34,9 @@ def build_start(
     refused start raises. A child names its parent, fan-out and element; ``held`` waits
     for a free slot."""
     values = initial_input(wf, input)
-    lock = values.get("subscription_id") if wf.target in (Target.MODIFY, Target.TERMINATE) else None
+    holds = wf.target in HOLDS_SUBSCRIPTION
+    lock = values.get("subscription_id") if holds else None
+    version = values.pop("version", None) if holds and _version_apart(wf) else None
     state = {
         **values,
         "process_id": pid,
@@ -59,7 +61,16 @@ def build_start(
         held=held,
         idempotency_key=idempotency_key,
         events=[event("process", pid, wf.name, P.CREATED, parent_id=parent_id)],
+        product=wf.product if holds else None,
+        usable_when=wf.usable_when,
+        expect_version=version,
     )
+
+
+def _version_apart(wf: Workflow) -> bool:
+    """Whether a start's ``version`` is the engine's (checked against the subscription, not
+    kept in State), not a field of the workflow's own form."""
+    return wf.form is None or "version" not in wf.form.__struct_fields__
 
 
 def initial_input(wf: Workflow, given: Any) -> dict[str, Any]:
@@ -67,8 +78,14 @@ def initial_input(wf: Workflow, given: Any) -> dict[str, Any]:
     one) any JSON object but the engine's own keys; a MODIFY or TERMINATE needs a
     subscription_id."""
     given = dict(require_object(given))
-    needs_subscription = wf.target in (Target.MODIFY, Target.TERMINATE)
+    needs_subscription = wf.target in HOLDS_SUBSCRIPTION
     subscription_id = given.get("subscription_id")
+    version = given.pop("version", None) if needs_subscription and _version_apart(wf) else None
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+        raise FormValidationError(
+            "version must be an integer",
+            [{"loc": ["version"], "msg": "expected an integer (the subscription's version)"}],
+        )
     if needs_subscription:
         if subscription_id is None:
             raise FormValidationError(
@@ -103,4 +120,6 @@ def initial_input(wf: Workflow, given: Any) -> dict[str, Any]:
         values = validate_form(wf.form, given)
     if needs_subscription:
         values["subscription_id"] = canonical
+    if version is not None:
+        values["version"] = version
     return dict(values)

@@ -17,7 +17,15 @@ from typing import Any, Protocol
 
 import msgspec
 
-from orchd.model import Event, LinkedProcess, ProcessSummary, Subscription
+from orchd.model import (
+    Event,
+    LinkedProcess,
+    ProcessSummary,
+    Related,
+    Subscription,
+    SubscriptionAction,
+)
+from orchd.tracing import trace_id_of
 
 log = logging.getLogger("orchd.store")
 
@@ -72,6 +80,9 @@ class ProcessRow(msgspec.Struct, kw_only=True):
     next_retry_at: float | None = None
     created_at: float
     updated_at: float
+    #: The W3C trace it belongs to (contract §17): stored at its start; for a row from before
+    #: traces (NULL) derived from its id when read (``orchd.tracing.trace_id_of``).
+    trace_id: str = ""
 
 
 class ActionRow(msgspec.Struct, kw_only=True):
@@ -289,6 +300,9 @@ class Checkpoint(msgspec.Struct, kw_only=True):
     actions: list[ActionWrite] = []
     #: ``state["subscription"]`` to save (insert or update), when the step changed it.
     subscription: dict[str, Any] | None = None
+    #: With a typed subscription: what its Refs name now (path -> subscription id), which
+    #: replace its relations in the same transaction. None leaves them as they are.
+    relations: dict[str, str] | None = None
     #: A subscription to mark insync again without touching State (abort of MODIFY/TERMINATE).
     release: str | None = None
     #: What to announce once committed; stored in the same transaction, which gives each its
@@ -350,6 +364,14 @@ class NewProcess(msgspec.Struct, kw_only=True):
     idempotency_key: str | None = None
     #: Stored (and announced) only when the process is created; see ``Checkpoint.events``.
     events: list[Event] = []
+    #: The trace it joins (a start's ``traceparent``, a child's parent's) or begins; None:
+    #: left NULL, read as the one derived from its id.
+    trace_id: str | None = None
+    #: For a workflow of a product: the product the locked subscription must be of, and the
+    #: statuses it may start on; ``expect_version``: the version the start was made at.
+    product: str | None = None
+    usable_when: tuple[str, ...] | None = None
+    expect_version: int | None = None
 
     def created_row(self, pk: int, state: dict[str, Any]) -> ProcessRow:
         """The row this start creates, as a store answers it: key ``pk``, and ``state`` (the
@@ -373,6 +395,7 @@ class NewProcess(msgspec.Struct, kw_only=True):
             held=self.held,
             created_at=self.created_at,
             updated_at=self.created_at,
+            trace_id=self.trace_id or trace_id_of(self.id),
         )
 
 
@@ -468,6 +491,15 @@ class Pruned(msgspec.Struct, kw_only=True):
         )
 
 
+class SetNote(msgspec.Struct, kw_only=True):
+    """Set a subscription's note and record who did; answers whether it exists."""
+
+    subscription_id: str
+    note: str
+    actor: str
+    at: float
+
+
 #: Every write a store takes.
 Op = (
     Checkpoint
@@ -480,6 +512,7 @@ Op = (
     | StartChildren
     | ReplaceChildren
     | Prune
+    | SetNote
 )
 
 
@@ -589,8 +622,20 @@ class Store(Protocol):
     async def subscription_processes(self, sid: str) -> list[LinkedProcess]: ...
 
     async def subscription_page(
-        self, filters: dict[str, str], limit: int, before: int | None
-    ) -> tuple[list[Subscription], int | None]: ...
+        self, filters: dict[str, str], limit: int, before: int | None, q: str | None = None
+    ) -> tuple[list[Subscription], int | None]:
+        """As ``process_page``; ``q``: text found in the description or any text value."""
+        ...
+
+    async def relations(self, sid: str) -> tuple[list[Related], list[Related]]:
+        """What the subscription depends on, and what uses it."""
+        ...
+
+    async def subscription_actions(self, sid: str) -> list[SubscriptionAction]: ...
+
+    async def holder(self, sid: str) -> str | None:
+        """The unfinished process that holds the subscription, if any."""
+        ...
 
     # -- schedules --
 

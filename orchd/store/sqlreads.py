@@ -12,22 +12,26 @@ own module.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
 
-from orchd.errors import IdempotencyConflict, SubscriptionLocked
+from orchd.errors import FormValidationError, IdempotencyConflict, SubscriptionLocked
 from orchd.model import (
     SUBSCRIPTION_FIELDS,
     Event,
     LinkedProcess,
     ProcessStatus,
     ProcessSummary,
+    Related,
     Subscription,
+    SubscriptionAction,
+    SubscriptionStatus,
     Target,
     utc,
 )
+from orchd.products import search_text
 from orchd.store.base import (
     ActionRow,
     BranchRow,
@@ -37,9 +41,11 @@ from orchd.store.base import (
     Pruned,
     Retention,
     ScheduleRow,
+    SetNote,
     StepRow,
     TimedProcess,
 )
+from orchd.tracing import trace_id_of
 
 
 def prunable_where(retention: Retention) -> tuple[str | None, tuple[float, ...]]:
@@ -79,13 +85,17 @@ def keyed_process(found: ProcessRow, op: NewProcess) -> ProcessRow:
 def refuse_terminated(sub: dict[str, Any], lock: str) -> None:
     """A start may not lock a terminated subscription."""
     if sub["status"] == "terminated":
-        raise SubscriptionLocked(f"subscription {lock} is terminated")
+        raise SubscriptionLocked(f"subscription {lock} is terminated", reason="status")
 
 
 def not_insync(lock: str, holder: str | None) -> SubscriptionLocked:
     """The refusal of a start on a subscription another process holds (named when found)."""
     who = f"process {holder} holds it" if holder else "another process holds it"
-    return SubscriptionLocked(f"subscription {lock} is not insync: {who}")
+    return SubscriptionLocked(
+        f"subscription {lock} is not insync: {who}",
+        reason="locked",
+        extra={"process_id": holder} if holder else None,
+    )
 
 
 async def _no_branches() -> list[BranchRow]:
@@ -99,7 +109,7 @@ _PROCESS_COLUMNS = (
     "rowid", "id", "workflow", "target", "status", "pc", "seq", "state", "reporter",
     "subscription_id", "current_step", "error", "form", "callback_token", "attempts",
     "next_retry_at", "created_at", "updated_at", "step_key", "step_occurrence", "parent_id",
-    "child_group", "child_index", "children_group", "children_pending", "held",
+    "child_group", "child_index", "children_group", "children_pending", "held", "trace_id",
 )  # fmt: skip
 SELECT_PROCESS = f"SELECT {', '.join(_PROCESS_COLUMNS)} FROM processes"
 _SUMMARY_COLUMNS = (
@@ -114,7 +124,7 @@ def process_row(row: Iterable[Any]) -> ProcessRow:
     (pk, pid, workflow, target, status, pc, seq, state, reporter, subscription_id, current,
      error, form, token, attempts, next_retry_at, created_at, updated_at, key,
      occurrence, parent_id, child_group, child_index, children_group,
-     children_pending, held) = row  # fmt: skip
+     children_pending, held, trace_id) = row  # fmt: skip
     return ProcessRow(
         pk=pk,
         id=pid,
@@ -142,6 +152,8 @@ def process_row(row: Iterable[Any]) -> ProcessRow:
         children_group=children_group,
         children_pending=children_pending,
         held=bool(held),
+        # NULL for a process from before traces: its trace id is derived from its id.
+        trace_id=trace_id or trace_id_of(pid),
     )
 
 
@@ -155,7 +167,8 @@ def subscription_from_row(row: Iterable[Any]) -> dict[str, Any]:
 
 def subscription_values(sub: dict[str, Any], now: float) -> tuple[Any, ...]:
     """What a subscription in State is written as: the ``subscriptions`` columns in
-    ``SUBSCRIPTION_FIELDS`` order, then created and updated times (both ``now``)."""
+    ``SUBSCRIPTION_FIELDS`` order, then its search text, created and updated times (both
+    ``now``)."""
     return (
         sub["id"],
         sub["product"],
@@ -166,9 +179,83 @@ def subscription_values(sub: dict[str, Any], now: float) -> tuple[Any, ...]:
         sub.get("start_date"),
         sub.get("end_date"),
         _encode(sub.get("attributes") or {}),
+        int(sub.get("version") or 0),
+        sub.get("note"),
+        search_text(sub),
         now,
         now,
     )
+
+
+#: Insert or update a subscription (values: ``subscription_values``). The note is the
+#: operator's: a workflow's save never writes over it.
+UPSERT_SUBSCRIPTION = """INSERT INTO subscriptions (id, product, customer_id, description,
+    status, insync, start_date, end_date, attributes, version, note, search, created_at,
+    updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (id) DO UPDATE SET product = excluded.product,
+    customer_id = excluded.customer_id, description = excluded.description,
+    status = excluded.status, insync = excluded.insync, start_date = excluded.start_date,
+    end_date = excluded.end_date, attributes = excluded.attributes,
+    version = excluded.version, search = excluded.search, updated_at = excluded.updated_at"""
+#: A saved subscription's relations are replaced by the ones its Refs name now.
+DROP_RELATIONS = "DELETE FROM subscription_relations WHERE subscription_id = ?"
+INSERT_RELATION = """INSERT INTO subscription_relations (subscription_id, path, depends_on)
+    VALUES (?, ?, ?)"""
+#: The unfinished process that holds a subscription (for the message of a refused start).
+SELECT_HOLDER = """SELECT id FROM processes WHERE subscription_id = ?
+    AND status NOT IN ('completed', 'aborted') ORDER BY rowid DESC LIMIT 1"""
+#: The subscriptions that use one and are not terminated (a TERMINATE is refused while any).
+SELECT_USERS = """SELECT s.id FROM subscription_relations r
+    JOIN subscriptions s ON s.id = r.subscription_id
+    WHERE r.depends_on = ? AND s.status != 'terminated' ORDER BY s.id"""
+
+
+INSERT_SUBSCRIPTION_ACTION = """INSERT INTO subscription_actions (subscription_id, at, action,
+    actor, detail) VALUES (?, ?, ?, ?, ?)"""
+
+
+def astuple_note(op: SetNote) -> tuple[Any, ...]:
+    """The ``subscription_actions`` row that records a note being set."""
+    return (op.subscription_id, op.at, "note", op.actor, op.note)
+
+
+def refuse_start(
+    sub: dict[str, Any],
+    op: NewProcess,
+    holder: Callable[[], str | None],
+    users: Callable[[], list[str]],
+) -> None:
+    """Whether a start may take the subscription it names (``op.lock``), read in the start's
+    transaction: the refusals come in the order a person would fix them."""
+    lock = sub["id"]
+    if op.product is not None and sub["product"] != op.product:
+        raise FormValidationError(
+            f"subscription {lock} is a {sub['product']!r} subscription, not {op.product!r}",
+            [{"loc": ["subscription_id"], "msg": f"not a {op.product!r} subscription"}],
+        )
+    if not sub["insync"]:
+        raise not_insync(lock, holder())
+    if op.usable_when is not None and sub["status"] not in op.usable_when:
+        raise SubscriptionLocked(
+            f"{op.workflow} may start only on a subscription that is "
+            f"{' or '.join(op.usable_when)}; subscription {lock} is {sub['status']}",
+            reason="status",
+        )
+    refuse_terminated(sub, lock)
+    if op.expect_version is not None and op.expect_version != sub["version"]:
+        raise SubscriptionLocked(
+            f"subscription {lock} has changed: it is at version {sub['version']}, "
+            f"the start was made at version {op.expect_version}",
+            reason="stale",
+        )
+    if op.target == "TERMINATE":
+        using = users()
+        if using:
+            raise SubscriptionLocked(
+                f"subscription {lock} is in use by {', '.join(using)}",
+                reason="in_use",
+                extra={"in_use_by": using},
+            )
 
 
 def _summary(row: Iterable[Any]) -> ProcessSummary:
@@ -346,14 +433,24 @@ class SqlReads:
         return {(workflow, status): n for workflow, status, n in rows}
 
     async def _page(
-        self, table: str, columns: str, filters: dict[str, str], limit: int, before: int | None
+        self,
+        table: str,
+        columns: str,
+        filters: dict[str, str],
+        limit: int,
+        before: int | None,
+        condition: tuple[str, Any] | None = None,
     ) -> tuple[list[Any], int | None]:
-        """One page of ``table``, newest first; the cursor is the last row's rowid."""
+        """One page of ``table``, newest first; the cursor is the last row's rowid.
+        ``condition``: one more condition (SQL with one placeholder, and its value)."""
         for column in filters:
             if column not in _FILTERABLE:
                 raise ValueError(f"not a filter: {column}")
         where = [f"{column} = ?" for column in filters]
         params: list[Any] = list(filters.values())
+        if condition is not None:
+            where.append(condition[0])
+            params.append(condition[1])
         if before is not None:
             where.append("rowid < ?")
             params.append(min(before, 2**63 - 1))  # integers are 64-bit on both backends
@@ -403,11 +500,53 @@ class SqlReads:
         return [LinkedProcess(id=i, workflow=w, status=ProcessStatus(s)) for i, w, s in rows]
 
     async def subscription_page(
-        self, filters: dict[str, str], limit: int, before: int | None
+        self, filters: dict[str, str], limit: int, before: int | None, q: str | None = None
     ) -> tuple[list[Subscription], int | None]:
         columns = ", ".join(SUBSCRIPTION_FIELDS)
-        rows, cursor = await self._page("subscriptions", columns, filters, limit, before)
+        text = None
+        if q:
+            # The search column holds the lower-cased text values; q's own wildcards are
+            # taken literally.
+            escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            text = ("search LIKE ? ESCAPE '\\'", f"%{escaped}%")
+        rows, cursor = await self._page("subscriptions", columns, filters, limit, before, text)
         return [Subscription(**subscription_from_row(tuple(r)[1:])) for r in rows], cursor
+
+    async def relations(self, sid: str) -> tuple[list[Related], list[Related]]:
+        depends = await self.lookup(
+            "SELECT s.id, s.product, s.status, s.description, r.path "
+            "FROM subscription_relations r JOIN subscriptions s ON s.id = r.depends_on "
+            "WHERE r.subscription_id = ? ORDER BY r.path",
+            (sid,),
+        )
+        users = await self.lookup(
+            "SELECT s.id, s.product, s.status, s.description, r.path "
+            "FROM subscription_relations r JOIN subscriptions s ON s.id = r.subscription_id "
+            "WHERE r.depends_on = ? ORDER BY s.rowid, r.path",
+            (sid,),
+        )
+
+        def related(rows: list[Any]) -> list[Related]:
+            return [
+                Related(id=i, product=p, status=SubscriptionStatus(st), description=d, path=at)
+                for i, p, st, d, at in rows
+            ]
+
+        return related(depends), related(users)
+
+    async def subscription_actions(self, sid: str) -> list[SubscriptionAction]:
+        rows = await self.lookup(
+            "SELECT at, action, actor, detail FROM subscription_actions "
+            "WHERE subscription_id = ? ORDER BY at",
+            (sid,),
+        )
+        return [
+            SubscriptionAction(at=utc(at), action=a, actor=who, detail=d) for at, a, who, d in rows
+        ]
+
+    async def holder(self, sid: str) -> str | None:
+        row = await self.lookup_one(SELECT_HOLDER, (sid,))
+        return None if row is None else str(row[0])
 
     # -- schedules --
 

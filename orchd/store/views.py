@@ -125,6 +125,7 @@ class Views:
         status = P(row.status)
         return Process(
             id=row.id,
+            trace_id=row.trace_id,
             workflow=row.workflow,
             target=Target(row.target),
             status=status,
@@ -188,8 +189,13 @@ class Views:
         if canonical is None or sub is None:
             raise SubscriptionNotFound(f"subscription {sid} does not exist")
         links = await self.store.subscription_processes(canonical)
+        depends_on, in_use_by = await self.store.relations(canonical)
         return SubscriptionDetail(
-            **{f: getattr(sub, f) for f in SUBSCRIPTION_FIELDS}, processes=links
+            **{f: getattr(sub, f) for f in SUBSCRIPTION_FIELDS},
+            processes=links,
+            depends_on=depends_on,
+            in_use_by=in_use_by,
+            actions=await self.store.subscription_actions(canonical),
         )
 
     async def list_subscriptions(
@@ -198,12 +204,15 @@ class Views:
         status: str | None = None,
         customer_id: str | None = None,
         product: str | None = None,
+        q: str | None = None,
         limit: int = DEFAULT_PAGE,
         cursor: str | None = None,
     ) -> Page:
         _known(SubscriptionStatus, status, "status")
         filters = _given(status=status, customer_id=customer_id, product=product)
-        items, after = await self.store.subscription_page(filters, _limit(limit), _cursor(cursor))
+        items, after = await self.store.subscription_page(
+            filters, _limit(limit), _cursor(cursor), q or None
+        )
         return Page(items=items, next_cursor=None if after is None else str(after))
 
     async def counts(self) -> dict[str, int]:

@@ -33,17 +33,24 @@ from orchd.store.base import (
     SchedulePlan,
     ScheduleRun,
     ScheduleStarted,
+    SetNote,
     StartChildren,
     StepWrite,
 )
 from orchd.store.postgres.reads import SELECT_SUBSCRIPTION, numbered
 from orchd.store.sqlreads import (
+    DROP_RELATIONS,
+    INSERT_RELATION,
+    INSERT_SUBSCRIPTION_ACTION,
+    SELECT_HOLDER,
     SELECT_PROCESS,
+    SELECT_USERS,
+    UPSERT_SUBSCRIPTION,
+    astuple_note,
     keyed_process,
-    not_insync,
     process_row,
     prunable_where,
-    refuse_terminated,
+    refuse_start,
     subscription_from_row,
     subscription_values,
 )
@@ -106,6 +113,15 @@ class Rows:
         ]
         if subs:
             await conn.executemany(_UPSERT_SUBSCRIPTION, subs)
+            relations = {
+                cp.subscription["id"]: cp.relations
+                for cp in cps
+                if cp.subscription is not None and cp.relations is not None
+            }
+            if relations:
+                await conn.executemany(_DROP_RELATIONS, [(sid,) for sid in relations])
+                rows = [(sid, at, to) for sid, refs in relations.items() for at, to in refs.items()]
+                await conn.executemany(_INSERT_RELATION, rows)
             await conn.executemany(
                 _LINK,
                 [(cp.subscription["id"], cp.process_id) for cp in cps if cp.subscription],
@@ -170,14 +186,12 @@ _UPSERT_BRANCH = """INSERT INTO branches (process, path, status, step_key, step_
 _DROP_BRANCHES = "DELETE FROM branches WHERE process = $1 AND left(path, length($2)) = $2"
 _INSERT_STEP = _insert("steps", StepWrite.__struct_fields__, {"pk": "process"})
 _INSERT_ACTION = _insert("actions", ActionWrite.__struct_fields__, {"pk": "process"})
-_UPSERT_SUBSCRIPTION = """INSERT INTO subscriptions (id, product, customer_id, description,
-    status, insync, start_date, end_date, attributes, created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-    ON CONFLICT (id) DO UPDATE SET product = excluded.product,
-    customer_id = excluded.customer_id, description = excluded.description,
-    status = excluded.status, insync = excluded.insync, start_date = excluded.start_date,
-    end_date = excluded.end_date, attributes = excluded.attributes,
-    updated_at = excluded.updated_at"""
+_UPSERT_SUBSCRIPTION = numbered(UPSERT_SUBSCRIPTION)
+_DROP_RELATIONS = numbered(DROP_RELATIONS)
+_INSERT_RELATION = numbered(INSERT_RELATION)
+_SELECT_USERS = numbered(SELECT_USERS)
+_SELECT_HOLDER = numbered(SELECT_HOLDER)
+_INSERT_SUBSCRIPTION_ACTION = numbered(INSERT_SUBSCRIPTION_ACTION)
 _LINK = """INSERT INTO subscription_processes (subscription_id, process_id) VALUES ($1, $2)
     ON CONFLICT DO NOTHING"""
 _RELEASE = "UPDATE subscriptions SET insync = true, updated_at = $1 WHERE id = $2"
@@ -205,14 +219,11 @@ async def store_events(conn: Conn, events: list[Event]) -> None:
     )
 
 
-#: The unfinished process that holds a subscription (for the message of a refused start).
-_HOLDER = """SELECT id FROM processes WHERE subscription_id = $1
-    AND status NOT IN ('completed', 'aborted') ORDER BY rowid DESC LIMIT 1"""
 _INSERT_PROCESS = """INSERT INTO processes (id, workflow, target, status, pc, seq, state,
     reporter, subscription_id, current_step, step_key, step_occurrence, created_at, updated_at,
-    parent_id, child_group, child_index, held, idempotency_key, owner)
+    parent_id, child_group, child_index, held, idempotency_key, owner, trace_id)
     VALUES ($1, $2, $3, 'created', 0, 0, $4, $5, $6, $7, $8, 0, $9, $9, $10, $11, $12, $13, $14,
-        $15)
+        $15, $16)
     RETURNING rowid"""
 
 
@@ -230,9 +241,14 @@ async def create_process(conn: Conn, op: NewProcess, node: str, events: list[Eve
         if row is None:
             raise SubscriptionNotFound(f"subscription {op.lock} does not exist")
         sub = subscription_from_row(row)
-        refuse_terminated(sub, op.lock)
-        if not sub["insync"]:
-            raise not_insync(op.lock, await conn.fetchval(_HOLDER, op.lock))
+        # Both reads are made whatever the answer: refuse_start asks for them synchronously.
+        holder = None if sub["insync"] else await conn.fetchval(_SELECT_HOLDER, op.lock)
+        users = (
+            [r[0] for r in await conn.fetch(_SELECT_USERS, op.lock)]
+            if op.target == "TERMINATE"
+            else []
+        )
+        refuse_start(sub, op, lambda: holder, lambda: users)
         await conn.execute(
             "UPDATE subscriptions SET insync = false, updated_at = $1 WHERE id = $2",
             op.created_at,
@@ -258,6 +274,7 @@ async def create_process(conn: Conn, op: NewProcess, node: str, events: list[Eve
         op.held,
         op.idempotency_key,
         None if op.held else node,  # a held child is nobody's until a slot frees
+        op.trace_id,
     )
     await conn.execute(_INSERT_ACTION, pk, op.created_at, START, op.actor, None)
     events.extend(op.events)
@@ -420,6 +437,16 @@ async def finish_child(conn: Conn, cp: Checkpoint, node: str, events: list[Event
     if held is not None:
         answer.started = held
     return answer
+
+
+async def set_note(conn: Conn, op: SetNote) -> bool:
+    found = await conn.fetchval(
+        "UPDATE subscriptions SET note = $1 WHERE id = $2 RETURNING 1", op.note, op.subscription_id
+    )
+    if found is None:
+        return False
+    await conn.execute(_INSERT_SUBSCRIPTION_ACTION, *astuple_note(op))
+    return True
 
 
 async def prune(conn: Conn, op: Prune) -> Pruned:

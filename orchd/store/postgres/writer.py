@@ -33,6 +33,7 @@ from orchd.store.base import (
     SchedulePlan,
     ScheduleRun,
     ScheduleStarted,
+    SetNote,
     StartChildren,
 )
 from orchd.store.postgres import ops
@@ -52,6 +53,7 @@ _APPLY: dict[type[Any], _Apply] = {
     ScheduleStarted: ops.started,
     SchedulePlan: ops.plan,
     Positions: ops.place,
+    SetNote: ops.set_note,
 }
 _Staged = Callable[[asyncpg.Connection, Any, str, list[Event]], Awaitable[Any]]
 #: Operations that write process rows (fenced by this node) and collect events.

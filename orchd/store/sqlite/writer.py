@@ -43,16 +43,23 @@ from orchd.store.base import (
     SchedulePlan,
     ScheduleRun,
     ScheduleStarted,
+    SetNote,
     StartChildren,
 )
 from orchd.store.sqlreads import (
+    DROP_RELATIONS,
+    INSERT_RELATION,
+    INSERT_SUBSCRIPTION_ACTION,
+    SELECT_HOLDER,
     SELECT_PROCESS,
     SELECT_SUBSCRIPTION,
+    SELECT_USERS,
+    UPSERT_SUBSCRIPTION,
+    astuple_note,
     keyed_process,
-    not_insync,
     process_row,
     prunable_where,
-    refuse_terminated,
+    refuse_start,
     subscription_from_row,
     subscription_values,
 )
@@ -73,6 +80,7 @@ class _Batch:
         self.drops: list[tuple[int, str]] = []
         self.steps: list[tuple[Any, ...]] = []
         self.subscriptions: list[tuple[Any, ...]] = []
+        self.relations: dict[str, dict[str, str]] = {}
         self.links: list[tuple[str, str]] = []
         self.releases: list[tuple[float, str]] = []
         self.actions: list[tuple[Any, ...]] = []
@@ -82,7 +90,13 @@ class _Batch:
         if self.subscriptions:
             if faults.ENABLED:
                 faults.point("subscription_save")
-            conn.executemany(_UPSERT_SUBSCRIPTION, self.subscriptions)
+            conn.executemany(UPSERT_SUBSCRIPTION, self.subscriptions)
+        if self.relations:
+            conn.executemany(DROP_RELATIONS, [(sid,) for sid in self.relations])
+            rows = [
+                (sid, at, to) for sid, refs in self.relations.items() for at, to in refs.items()
+            ]
+            conn.executemany(INSERT_RELATION, rows)
         if self.processes:
             conn.executemany(_UPDATE_PROCESS, self.processes)
         if self.touches:
@@ -136,14 +150,6 @@ _UPSERT_BRANCH = """INSERT OR REPLACE INTO branches (process, path, status, step
 # A prefix ends with "/" (or is "" for every branch): "A/1/" never matches "A/10".
 _DROP_BRANCHES = """DELETE FROM branches WHERE process = ?1
     AND substr(path, 1, length(?2)) = ?2"""
-_UPSERT_SUBSCRIPTION = """INSERT INTO subscriptions (id, product, customer_id, description,
-    status, insync, start_date, end_date, attributes, created_at, updated_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (id) DO UPDATE SET product = excluded.product,
-    customer_id = excluded.customer_id, description = excluded.description,
-    status = excluded.status, insync = excluded.insync, start_date = excluded.start_date,
-    end_date = excluded.end_date, attributes = excluded.attributes,
-    updated_at = excluded.updated_at"""
 _LINK = "INSERT OR IGNORE INTO subscription_processes (subscription_id, process_id) VALUES (?, ?)"
 _RELEASE = "UPDATE subscriptions SET insync = 1, updated_at = ? WHERE id = ?"
 _INSERT_ACTION = "INSERT INTO actions (process, at, action, actor, detail) VALUES (?, ?, ?, ?, ?)"
@@ -165,6 +171,8 @@ def _add_checkpoint(batch: _Batch, cp: Checkpoint) -> None:
         batch.steps.append(astuple(s))
     if cp.subscription is not None:
         batch.subscriptions.append(subscription_values(cp.subscription, p.updated_at))
+        if cp.relations is not None:
+            batch.relations[cp.subscription["id"]] = cp.relations
         batch.links.append((cp.subscription["id"], cp.process_id))
     if cp.release is not None:
         batch.releases.append((p.updated_at, cp.release))
@@ -173,13 +181,10 @@ def _add_checkpoint(batch: _Batch, cp: Checkpoint) -> None:
     batch.events.extend(cp.events)
 
 
-#: The unfinished process that holds a subscription (for the message of a refused start).
-_HOLDER = """SELECT id FROM processes WHERE subscription_id = ?
-    AND status NOT IN ('completed', 'aborted') ORDER BY rowid DESC LIMIT 1"""
 _INSERT_PROCESS = """INSERT INTO processes (id, workflow, target, status, pc, seq, state, reporter,
     subscription_id, current_step, step_key, step_occurrence, created_at, updated_at, parent_id,
-    child_group, child_index, held, idempotency_key)
-    VALUES (?, ?, ?, 'created', 0, 0, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)"""
+    child_group, child_index, held, idempotency_key, trace_id)
+    VALUES (?, ?, ?, 'created', 0, 0, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 
 def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
@@ -197,10 +202,16 @@ def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
         if row is None:
             raise SubscriptionNotFound(f"subscription {op.lock} does not exist")
         sub = subscription_from_row(row)
-        refuse_terminated(sub, op.lock)
-        if not sub["insync"]:
-            holder = conn.execute(_HOLDER, (op.lock,)).fetchone()
-            raise not_insync(op.lock, holder[0] if holder else None)
+        lock = op.lock
+
+        def holder() -> str | None:
+            found = conn.execute(SELECT_HOLDER, (lock,)).fetchone()
+            return found[0] if found else None
+
+        def users() -> list[str]:
+            return [r[0] for r in conn.execute(SELECT_USERS, (lock,))]
+
+        refuse_start(sub, op, holder, users)
         conn.execute(
             "UPDATE subscriptions SET insync = 0, updated_at = ? WHERE id = ?",
             (op.created_at, op.lock),
@@ -226,6 +237,7 @@ def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
             op.child_index,
             int(op.held),
             op.idempotency_key,
+            op.trace_id,
         ),
     )
     pk = cur.lastrowid
@@ -273,6 +285,16 @@ def _claim(conn: sqlite3.Connection, op: ScheduleClaim) -> bool:
 def _started(conn: sqlite3.Connection, op: ScheduleStarted) -> None:
     conn.execute(_RUN, (op.name, op.fire_at, op.process_id))
     conn.execute(_LAST, (op.name, op.process_id, op.fire_at))
+
+
+def _set_note(conn: sqlite3.Connection, op: SetNote) -> bool:
+    cur = conn.execute(
+        "UPDATE subscriptions SET note = ? WHERE id = ?", (op.note, op.subscription_id)
+    )
+    if cur.rowcount == 0:
+        return False
+    conn.execute(INSERT_SUBSCRIPTION_ACTION, astuple_note(op))
+    return True
 
 
 def _checkpoint_now(conn: sqlite3.Connection, cp: Checkpoint, staged: list[Event]) -> None:
@@ -405,6 +427,7 @@ _APPLY: dict[type[Any], Callable[[sqlite3.Connection, Any], Any]] = {
     ScheduleStarted: _started,
     SchedulePlan: _plan,
     Positions: _place,
+    SetNote: _set_note,
 }
 
 #: Operations that store events of their own (``staged`` for announcing after the commit).
