@@ -14,7 +14,7 @@ import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 import msgspec
@@ -22,6 +22,7 @@ from aiohttp import web
 
 from orchd import __version__
 from orchd.api import inputs, metrics, openapi
+from orchd.api.acceptance import Acceptance
 from orchd.api.guard import GUARD_KEY
 from orchd.api.openapi import Param, Route
 from orchd.api.shapes import (
@@ -30,6 +31,7 @@ from orchd.api.shapes import (
     GcRequest,
     GcResult,
     Health,
+    NoteRequest,
     Problem,
     ProcessPage,
     RetryOptions,
@@ -53,6 +55,7 @@ from orchd.model import (
     Event,
     Process,
     ProcessStatus,
+    ProductInfo,
     ScheduleInfo,
     SubscriptionDetail,
     SubscriptionStatus,
@@ -123,8 +126,11 @@ class ControlApi:
         token: str | None,
         heartbeat: float,
         events: EventSettings,
+        acceptance: Acceptance | None = None,
     ) -> None:
         self.engine = engine
+        #: Which requests are taken at all (Host, Origin, media type): every route's first check.
+        self.acceptance = acceptance or Acceptance()
         self.scheduler = scheduler
         self.max_body = max_body
         self._token = token.encode() if token else None
@@ -144,6 +150,7 @@ class ControlApi:
         self, request: web.Request, handler: openapi.Handler
     ) -> web.StreamResponse:
         try:
+            self.acceptance.check(request, tcp=_is_tcp(request))
             self._authorize(request)
             if self._limiter is not None and _route(request) not in UNLIMITED:
                 self._limiter.take(self._client_key(request))
@@ -335,7 +342,12 @@ class ControlApi:
         key = inputs.idempotency_key(request)
         body = require_object(await self._body(request, {}))
         pid, created = await self.engine.start_once(
-            workflow, body, reporter=reporter, idempotency_key=key
+            workflow,
+            body,
+            reporter=reporter,
+            idempotency_key=key,
+            # Contract §17: a valid one joins its trace; an invalid one is ignored.
+            traceparent=request.headers.get("traceparent"),
         )
         return _json(
             Created(id=pid),
@@ -350,7 +362,7 @@ class ControlApi:
             workflow=inputs.text(query, "workflow"),
             parent=inputs.text(query, "parent"),
             limit=inputs.page_limit(query),
-            cursor=inputs.text(query, "cursor"),
+            cursor=inputs.cursor(query),
         )
         return _json(ProcessPage(items=page.items, next_cursor=page.next_cursor))
 
@@ -396,7 +408,12 @@ class ControlApi:
     async def post_callback(self, request: web.Request) -> web.Response:
         reporter = self._reporter(request)
         payload = await self._body(request, None)
-        pid = await self.engine.callback(request.match_info["token"], payload, reporter=reporter)
+        pid = await self.engine.callback(
+            request.match_info["token"],
+            payload,
+            reporter=reporter,
+            traceparent=request.headers.get("traceparent"),
+        )
         # The answer is committed and the process is running its validate step.
         return self._accepted(pid, ProcessStatus.RUNNING)
 
@@ -406,13 +423,24 @@ class ControlApi:
             status=inputs.text(query, "status"),
             customer_id=inputs.text(query, "customer_id"),
             product=inputs.text(query, "product"),
+            q=inputs.text(query, "q"),
             limit=inputs.page_limit(query),
-            cursor=inputs.text(query, "cursor"),
+            cursor=inputs.cursor(query),
         )
         return _json(SubscriptionPage(items=page.items, next_cursor=page.next_cursor))
 
     async def get_subscription(self, request: web.Request) -> web.Response:
         return _json(await self.engine.get_subscription(request.match_info["id"]))
+
+    async def set_note(self, request: web.Request) -> web.Response:
+        sid = request.match_info["id"]
+        by = self._reporter(request)
+        note = validate_form(NoteRequest, await self._body(request, None))["note"]
+        await self.engine.set_note(sid, note, by=by)
+        return _json(await self.engine.get_subscription(sid))
+
+    async def list_products(self, request: web.Request) -> web.Response:
+        return _json(self.engine.products())
 
     async def list_schedules(self, request: web.Request) -> web.Response:
         return _json(await self.scheduler.entries() if self.scheduler is not None else [])
@@ -426,7 +454,7 @@ class ControlApi:
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         after = inputs.event_id(request)
-        only = inputs.process_filter(request)
+        only = await inputs.process_filter(request, self.engine.resolve_id)
         client = self._client_key(request)
         return await self.streams.serve(request, client, self.engine.stream, after, only)
 
@@ -497,7 +525,8 @@ class ControlApi:
             Route("POST", "/api/processes/{workflow}", self.start_process,
                   "Start a process. With an Idempotency-Key header: 200 and the id of the "
                   "process of this workflow that holds the key, when one does (409 for another "
-                  "workflow's)", Created, status=201, alternatives=((200, Created),),
+                  "workflow's). A valid W3C traceparent header: the process joins that trace",
+                  Created, status=201, alternatives=((200, Created),),
                   request=dict[str, Any],
                   errors=(400, 404, 409, 413, 422, 503), doc_path="/api/processes/{id}",
                   path_doc=(("id", "for a start: the workflow's name"),)),
@@ -533,9 +562,19 @@ class ControlApi:
                   SubscriptionPage, errors=(400,),
                   query=(Param("status", "only this status", enum=sub_status),
                          Param("customer_id", "only this customer"),
-                         Param("product", "only this product"), *page)),
+                         Param("product", "only this product"),
+                         Param("q", "text found in the description or any text value"),
+                         *page)),
             Route("GET", "/api/subscriptions/{id}", self.get_subscription,
-                  "One subscription with its processes", SubscriptionDetail, errors=(404,)),
+                  "One subscription with its processes, relations (depends_on, in_use_by), "
+                  "note and the workflows of its product (usable now, or the reason not)",
+                  SubscriptionDetail, errors=(404,)),
+            Route("PUT", "/api/subscriptions/{id}/note", self.set_note,
+                  "Set the subscription's note (recorded in its actions with who set it)",
+                  SubscriptionDetail, request=NoteRequest, body_required=True,
+                  errors=(400, 404, 413, 422)),
+            Route("GET", "/api/products", self.list_products,
+                  "Each product with its JSON Schema and its workflows", list[ProductInfo]),
             Route("GET", "/api/schedules", self.list_schedules, "The scheduler's entries",
                   list[ScheduleInfo]),
             Route("POST", "/api/schedules/{name}/run", self.run_schedule,
@@ -590,6 +629,8 @@ def create_app(
     rate_limit: float = 0.0,
     events: EventSettings | None = None,
     console: ConsoleSettings | None = None,
+    allowed_hosts: Iterable[str] = (),
+    listen_host: str | None = None,
 ) -> web.Application:
     """The control API over ``engine``.
 
@@ -598,7 +639,9 @@ def create_app(
     token is the credential); Unix socket clients are trusted, and recorded by their uid.
     ``rate_limit`` (requests per second per client, bursts of up to
     twice that; 0 for none) answers 429 to a client that goes over it. ``console`` configures
-    the web console under ``/ui/`` (``orchd.api.console``).
+    the web console under ``/ui/`` (``orchd.api.console``). ``allowed_hosts`` are the names
+    besides its own addresses (``listen_host``, the address a connection came to, localhost)
+    that a request's ``Host`` may give (``orchd.api.acceptance``).
     """
     api = ControlApi(
         engine,
@@ -607,6 +650,7 @@ def create_app(
         token=token,
         heartbeat=heartbeat,
         events=events or EventSettings(),
+        acceptance=Acceptance(allowed_hosts, listen_host),
     )
     api._limiter = RateLimiter(rate_limit) if rate_limit > 0 else None
     # Our own limit applies to bodies; aiohttp's is set alike for anything reading them itself.

@@ -30,6 +30,12 @@ class SkipRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=r"\S")]
 
 
+class NoteRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of ``PUT /api/subscriptions/{id}/note`` (an empty note clears it)."""
+
+    note: Annotated[str, msgspec.Meta(max_length=10_000)]
+
+
 class RetryOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The optional body of a retry."""
 
@@ -83,3 +89,8 @@ class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
     status: int
     detail: str
     errors: list[ProblemError] | None = None
+    #: A start refused on its subscription (409): ``locked``, ``status``, ``in_use`` or
+    #: ``stale``; with ``process_id`` (the holder) or ``in_use_by`` (the users).
+    reason: str | None = None
+    process_id: str | None = None
+    in_use_by: list[str] | None = None

@@ -3,8 +3,10 @@ points sit on ports; and their CREATE, MODIFY, TERMINATE and VALIDATE workflows.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
+from runfiles import record_run
 from steering import FailurePlan
 
 from orchd import (
@@ -212,3 +214,20 @@ def wrong_product(subscription: L2vpn) -> State:
 @workflow("Read a node as the wrong product", target=Target.MODIFY, product=Node)
 def misread_node() -> object:
     return init >> wrong_product >> done
+
+
+@step("Hold until restarted")
+async def hold(process_id: str) -> State:
+    # The first run waits for a SIGKILL; the run after the restart goes on.
+    if record_run(process_id, "hold") == 0:
+        await asyncio.sleep(3600)
+    return {"held": True}
+
+
+@workflow(
+    "Create an L2VPN, held after its subscription is saved",
+    initial_input_form=L2vpnForm,
+    product=L2vpn,
+)
+def create_l2vpn_held() -> object:
+    return init >> build_l2vpn >> hold >> done
