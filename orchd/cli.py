@@ -2,9 +2,10 @@
 
 Scripts call this in loops, so only the standard library is imported here; ``serve``, ``bench``
 and ``fake-oss`` import their modules when they run. Exit statuses: 0 success, 1 the daemon
-refused the request, 2 usage error, 3 the daemon cannot be reached, 4 ``start --wait`` ended in
-a status other than completed. ``check`` and ``backup`` use the same meanings: 1 problems found
-or the backup failed, 2 also for a database file that is missing or cannot be opened.
+refused the request, 2 usage error, 3 the daemon cannot be reached, 4 ``wait`` (or ``start
+--wait``) ended in a status other than completed, 5 its ``--timeout`` passed first. ``check`` and
+``backup`` use the same meanings: 1 problems found or the backup failed, 2 also for a database
+file that is missing or cannot be opened.
 
 Where the daemon is, first match wins: ``--url`` (TCP), ``--socket``, ``$ORCHD_SOCKET``,
 ``$ORCHD_URL``, the config's ``socket``, then its ``listen``, then ``./orchd.sock``. The config
@@ -21,9 +22,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from orchd import cliops
+from orchd import cliops, cliproducts
 from orchd.client import (
-    ACTIVE,
+    IN_PROGRESS,
     BadResponse,
     Client,
     ClientError,
@@ -33,9 +34,11 @@ from orchd.client import (
     quoted,
     resolve_endpoint,
 )
+from orchd.cliops import more_hint as _more_hint
+from orchd.cliops import pages as _pages
 from orchd.cliprint import (
     one_line,
-    print_fields,
+    print_health,
     print_json,
     print_process,
     print_table,
@@ -47,6 +50,22 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_NOT_COMPLETED = 4
+EXIT_TIMEOUT = 5
+
+#: What ``orchd wait`` and ``orchd start --wait`` wait for and exit with, for their --help.
+WAIT_EPILOG = """\
+{who} through created, running, waiting, awaiting_callback and
+awaiting_children until the process is completed, failed, aborted or suspended (a person must
+act). --json prints the process as GET /api/processes/{{id}} answers it, whatever the exit status.
+
+exit status:
+  0  the process completed
+  1  the daemon refused the request (say, an unknown or ambiguous id)
+  2  usage error
+  3  the daemon cannot be reached, or went away while waiting
+  4  the process is failed, aborted or suspended
+  5  --timeout passed first (the process goes on)
+"""
 
 
 #: Commands whose arguments belong to another module's own parser.
@@ -105,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="orchd",
         description="Control the orchd workflow daemon, or run it (orchd serve).",
         epilog="Exit status: 0 ok, 1 refused by the daemon, 2 usage, 3 daemon unreachable, "
-        "4 start --wait did not complete; check/backup: 1 problems found or failed, 2 also a "
+        "4 wait (start --wait) ended other than completed, 5 its --timeout passed first; "
+        "check/backup: 1 problems found or failed, 2 also a "
         "missing or unopenable database. Socket: --socket, $ORCHD_SOCKET, the config's `socket` "
         "(/run/orchd/orchd.sock under systemd), else ./orchd.sock.",
         parents=[common],
@@ -113,8 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, parents=[common])
+    def command(name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
+        # An epilog lists exit statuses: its lines are kept as written.
+        layout = argparse.RawDescriptionHelpFormatter if epilog else argparse.HelpFormatter
+        return sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            parents=[common],
+            epilog=epilog,
+            formatter_class=layout,
+        )
 
     p = command("serve", "run the daemon in the foreground")
     p.add_argument(
@@ -125,17 +154,31 @@ def build_parser() -> argparse.ArgumentParser:
     command("health", "is the daemon up")
     command("workflows", "list the registered workflows")
 
-    p = command("start", "start a process of a workflow")
+    p = command(
+        "start", "start a process of a workflow", WAIT_EPILOG.format(who="With --wait, it waits")
+    )
     p.add_argument("workflow")
     p.add_argument("--input", metavar="JSON|@FILE|-", help="the initial form's answer")
-    p.add_argument("--wait", action="store_true", help="wait until it is no longer running")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="give up waiting after this")
+    p.add_argument(
+        "--wait", action="store_true", help="then wait as `orchd wait` does (exit status below)"
+    )
+    p.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="with --wait: stop waiting after this"
+    )
     p.add_argument(
         "--key",
         metavar="KEY",
         help="idempotency key: a start with a key that started a process of this workflow "
         "answers that process instead (safe to retry)",
     )
+
+    p = command(
+        "wait",
+        "wait until a process completes or needs a person",
+        WAIT_EPILOG.format(who="Waits"),
+    )
+    p.add_argument("id", help="a process id, or a unique prefix of it (8+ characters)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop waiting after this")
 
     p = command("ps", "list processes, newest first")
     p.add_argument("--status")
@@ -178,9 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status")
     p.add_argument("--customer-id")
     p.add_argument("--product")
+    p.add_argument("-q", "--query", metavar="TEXT", help="text in the description or any value")
     p.add_argument("--limit", type=int)
     p.add_argument("--all", action="store_true", help="fetch every page")
-    command("subscription", "show one subscription").add_argument("id")
+    command(
+        "subscription", "show one subscription: its fields, relations and usable workflows"
+    ).add_argument("id")
+    command("products", "list the products and their workflows")
 
     p = command("events", "follow the event stream (reconnects after a daemon restart)")
     p.add_argument("--process", metavar="ID", help="only this process's events")
@@ -278,12 +325,7 @@ def cmd_health(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         print_json(data)
     elif isinstance(data, dict):
-        pairs = []
-        for key, value in data.items():
-            if isinstance(value, dict):  # processes by status: "running 2, failed 1"
-                value = ", ".join(f"{k} {v}" for k, v in value.items() if v) or "none"
-            pairs.append((str(key), value))
-        print_fields(pairs)
+        print_health(data)
     return EXIT_OK
 
 
@@ -299,8 +341,7 @@ def cmd_workflows(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_start(client: Client, args: argparse.Namespace) -> int:
     body = read_input(args.input)
-    if args.timeout is not None and args.timeout <= 0:
-        raise UsageError("--timeout must be positive")
+    _check_timeout(args.timeout)
     headers = None if args.key is None else {"Idempotency-Key": args.key}
     answer = client.post(f"/api/processes/{quoted(args.workflow)}", body, headers)
     if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
@@ -312,44 +353,48 @@ def cmd_start(client: Client, args: argparse.Namespace) -> int:
         else:
             print(pid)
         return EXIT_OK
+    return _wait(client, pid, args)
+
+
+def cmd_wait(client: Client, args: argparse.Namespace) -> int:
+    _check_timeout(args.timeout)
+    return _wait(client, args.id, args)
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not timeout > 0:  # NaN too
+        raise UsageError("--timeout must be positive: a number of seconds")
+
+
+def _wait(client: Client, pid: str, args: argparse.Namespace) -> int:
+    """Wait for the process and print it; the exit status says how it stands."""
     proc = client.wait(pid, args.timeout)
-    if proc.get("status") in ACTIVE:
-        gave_up = f"gave up after {args.timeout:g} s: process {pid} is still {proc.get('status')}"
-        _fail(gave_up, EXIT_NOT_COMPLETED)
+    status = proc.get("status")
+    if status in IN_PROGRESS:
+        print(
+            f"orchd: gave up after {args.timeout:g} s: process {proc.get('id', pid)} is still "
+            f"{status} (it goes on)",
+            file=sys.stderr,
+        )
     if args.json:
         print_json(proc)
     else:
         print_process(proc)
-    return EXIT_OK if proc.get("status") == "completed" else EXIT_NOT_COMPLETED
-
-
-def _pages(client: Client, path: str, query: dict[str, Any], every: bool) -> dict[str, Any]:
-    """One page, or with ``every`` all of them as one page with ``next_cursor`` null."""
-    page = _page(client, path, query)
-    items = list(page.get("items") or [])
-    while every and page.get("next_cursor"):
-        page = _page(client, path, query | {"cursor": page["next_cursor"]})
-        items.extend(page.get("items") or [])
-    return page | {"items": items, "next_cursor": None} if every else page
-
-
-def _page(client: Client, path: str, query: dict[str, Any]) -> dict[str, Any]:
-    page = client.get(path, query)
-    if not isinstance(page, dict):
-        raise BadResponse(f"the daemon's answer for {path} is not a page: {page!r}")
-    return page
-
-
-def _more_hint(page: dict[str, Any], what: str) -> None:
-    if page.get("next_cursor"):
-        print(f"(more {what}: add --all)", file=sys.stderr)
+    if status == "completed":
+        return EXIT_OK
+    return EXIT_TIMEOUT if status in IN_PROGRESS else EXIT_NOT_COMPLETED
 
 
 def cmd_ps(client: Client, args: argparse.Namespace) -> int:
+    parent = args.parent
+    if parent is not None and len(parent) != 36:
+        # The list filters by a whole id: resolve a prefix first (the daemon does; an unknown
+        # or ambiguous one is refused rather than listing nothing).
+        parent = str(client.process(parent).get("id") or parent)
     query = {
         "status": args.status,
         "workflow": args.workflow,
-        "parent": args.parent,
+        "parent": parent,
         "limit": args.limit,
     }
     page = _pages(client, "/api/processes", query, args.all)
@@ -440,66 +485,6 @@ def cmd_abort(client: Client, args: argparse.Namespace) -> int:
     return _action(client, args, "abort")
 
 
-def cmd_subscriptions(client: Client, args: argparse.Namespace) -> int:
-    query = {
-        "status": args.status,
-        "customer_id": args.customer_id,
-        "product": args.product,
-        "limit": args.limit,
-    }
-    page = _pages(client, "/api/subscriptions", query, args.all)
-    if args.json:
-        print_json(page)
-        return EXIT_OK
-    rows = [
-        (
-            s.get("id"),
-            s.get("product"),
-            s.get("customer_id"),
-            s.get("status"),
-            "yes" if s.get("insync") else "no",
-            one_line(s.get("description"), 50),
-        )
-        for s in page["items"]
-    ]
-    print_table(("ID", "PRODUCT", "CUSTOMER", "STATUS", "INSYNC", "DESCRIPTION"), rows)
-    _more_hint(page, "subscriptions")
-    return EXIT_OK
-
-
-def cmd_subscription(client: Client, args: argparse.Namespace) -> int:
-    sub = client.get(f"/api/subscriptions/{quoted(args.id)}")
-    if not isinstance(sub, dict):
-        raise BadResponse(f"the daemon's answer for subscription {args.id} is not an object")
-    if args.json:
-        print_json(sub)
-        return EXIT_OK
-    print_fields(
-        [
-            ("id", sub.get("id")),
-            ("product", sub.get("product")),
-            ("customer", sub.get("customer_id")),
-            ("description", sub.get("description")),
-            ("status", sub.get("status")),
-            ("insync", "yes" if sub.get("insync") else "no"),
-            ("start", when(sub.get("start_date"))),
-            ("end", when(sub.get("end_date"))),
-        ]
-    )
-    if sub.get("attributes"):
-        print("attributes:")
-        for line in json.dumps(sub["attributes"], indent=2, ensure_ascii=False).splitlines():
-            print(f"  {line}")
-    processes = sub.get("processes") or []
-    if processes:
-        print()
-        print_table(
-            ("PROCESS", "WORKFLOW", "STATUS"),
-            [(p.get("id"), p.get("workflow"), p.get("status")) for p in processes],
-        )
-    return EXIT_OK
-
-
 def cmd_schedules(client: Client, args: argparse.Namespace) -> int:
     if getattr(args, "schedules_command", None) == "run":
         answer = client.post(f"/api/schedules/{quoted(args.name)}/run")
@@ -539,6 +524,7 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "health": cmd_health,
     "workflows": cmd_workflows,
     "start": cmd_start,
+    "wait": cmd_wait,
     "ps": cmd_ps,
     "show": cmd_show,
     "resume": cmd_resume,
@@ -546,8 +532,9 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "abort": cmd_abort,
     "callback": cmd_callback,
     "skip": cmd_skip,
-    "subscriptions": cmd_subscriptions,
-    "subscription": cmd_subscription,
+    "subscriptions": cliproducts.cmd_subscriptions,
+    "subscription": cliproducts.cmd_subscription,
+    "products": cliproducts.cmd_products,
     "schedules": cmd_schedules,
     "events": cliops.cmd_events,
     "gc": cliops.cmd_gc,

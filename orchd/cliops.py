@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from orchd.client import Client, DaemonUnreachable, Event, quoted
+from orchd.client import BadResponse, Client, DaemonUnreachable, Event, quoted
 
 #: Seconds between attempts to reach a daemon that went away, growing to the last.
 RECONNECT = (0.2, 0.5, 1.0, 2.0)
@@ -88,3 +88,25 @@ def cmd_gc(client: Client, args: argparse.Namespace) -> int:
         f"{answer['actions']} actions)"
     )
     return 0
+
+
+def pages(client: Client, path: str, query: dict[str, Any], every: bool) -> dict[str, Any]:
+    """One page, or with ``every`` all of them as one page with ``next_cursor`` null."""
+    page = _page(client, path, query)
+    items = list(page.get("items") or [])
+    while every and page.get("next_cursor"):
+        page = _page(client, path, query | {"cursor": page["next_cursor"]})
+        items.extend(page.get("items") or [])
+    return page | {"items": items, "next_cursor": None} if every else page
+
+
+def _page(client: Client, path: str, query: dict[str, Any]) -> dict[str, Any]:
+    page = client.get(path, query)
+    if not isinstance(page, dict):
+        raise BadResponse(f"the daemon's answer for {path} is not a page: {page!r}")
+    return page
+
+
+def more_hint(page: dict[str, Any], what: str) -> None:
+    if page.get("next_cursor"):
+        print(f"(more {what}: add --all)", file=sys.stderr)
