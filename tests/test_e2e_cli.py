@@ -186,15 +186,8 @@ def test_start_wait_json_prints_the_process_object_as_the_api_does(daemon: Daemo
     assert printed == daemon.get(printed["id"])
 
 
-@pytest.mark.parametrize(
-    ("workflow", "status"),
-    [
-        ("e2e_fail", "failed"),
-        ("e2e_ask", "suspended"),
-        ("e2e_stuck", "waiting"),
-        ("e2e_callback", "awaiting_callback"),
-    ],
-)
+# `waiting` and `awaiting_callback` are waited through: tests/test_cli_wait.py.
+@pytest.mark.parametrize(("workflow", "status"), [("e2e_fail", "failed"), ("e2e_ask", "suspended")])
 def test_start_wait_exits_4_when_the_process_did_not_complete(
     daemon: Daemon, workflow: str, status: str
 ) -> None:
@@ -436,7 +429,15 @@ def test_subscriptions_json_is_a_page_of_the_api(daemon: Daemon) -> None:
     item = next(s for s in page["items"] if s["id"] == sid)
     status, detail = daemon.api("GET", f"/api/subscriptions/{sid}")
     assert status == 200
-    assert item == {k: v for k, v in detail.items() if k != "processes"}
+    # The detail adds what the list leaves out (processes, relations, workflows, actions).
+    assert item == {k: detail[k] for k in item}
+    assert set(detail) - set(item) == {
+        "processes",
+        "depends_on",
+        "in_use_by",
+        "workflows",
+        "actions",
+    }
 
 
 def test_schedules_lists_the_configured_entry(daemon: Daemon) -> None:
