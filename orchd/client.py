@@ -24,15 +24,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchd.configfile import find_config
-from orchd.status import ACTIVE as ACTIVE  # the CLI waits on it too
+from orchd.status import IN_PROGRESS as IN_PROGRESS  # the CLI waits on it too
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_SOCKET = "orchd.sock"
-POLL_INTERVAL = 0.2
-#: How long the event stream may stay silent before ``wait`` reconnects and re-checks.
-STREAM_IDLE = 5.0
-#: How long ``wait`` keeps one event stream before it reconnects and re-checks.
-STREAM_MAX_AGE = 30.0
+#: Seconds between reads of a process ``wait`` polls (only when the daemon refuses a stream).
+POLL_INTERVAL = 0.5
+#: How long the event stream may stay silent before ``wait`` reconnects and re-checks: longer
+#: than the daemon's heartbeat (15 s), so only a stream that died unnoticed is dropped.
+STREAM_IDLE = 40.0
+#: Pauses before ``wait`` opens again a stream that ended at once, growing to the last.
+RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0)
 
 
 class ClientError(Exception):
@@ -369,56 +371,76 @@ class Client:
         return proc
 
     def wait(self, pid: str, timeout: float | None = None) -> dict[str, Any]:
-        """The process once it is no longer created/running, or when ``timeout`` runs out.
+        """The process once it has stopped where only a person can move it on: ``completed``,
+        ``failed``, ``aborted`` or ``suspended``; or, when ``timeout`` seconds pass first, as
+        it is then (still in a status of ``IN_PROGRESS``). ``pid`` may be a prefix.
 
-        Follows the event stream and falls back to polling when the stream fails.
+        Follows the process's events (``GET /api/events?process=ID``) and reads the process
+        again after subscribing, so a change between the first read and the stream is not
+        missed, and whenever an event says it may have stopped. A stream the daemon closes is
+        opened again; a daemon that went away raises DaemonUnreachable. Polls only when the
+        daemon refuses a stream (too many open).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        proc = self._wait_events(pid, deadline)
-        return proc if proc is not None else self._wait_polling(pid, deadline)
-
-    def _wait_events(self, pid: str, deadline: float | None) -> dict[str, Any] | None:
-        while True:
+        proc = self.process(pid)
+        pid = str(proc.get("id") or pid)  # a prefix resolved: the stream takes a whole id
+        reconnects = 0
+        while proc.get("status") in IN_PROGRESS:
             remaining = _remaining(deadline)
             if remaining == 0:
-                return self.process(pid)
-            idle = STREAM_IDLE if remaining is None else max(0.05, min(STREAM_IDLE, remaining))
-            # Reconnect now and then even when the stream is busy: a re-check after subscribing
-            # covers any event the daemon dropped.
-            age = STREAM_MAX_AGE if remaining is None else min(STREAM_MAX_AGE, remaining)
-            stream = self.events(read_timeout=idle, until=time.monotonic() + age)
+                break
+            idle = STREAM_IDLE if remaining is None else min(STREAM_IDLE, remaining + 0.05)
+            opened = time.monotonic()
+            stream = self.events(read_timeout=idle, until=deadline, process=pid)
+            subscribed = False
             try:
-                while True:
-                    try:
-                        event = next(stream)
-                    except TimeoutError:
-                        break  # silent for a while, or time is up: reconnect and re-check
-                    except (ClientError, OSError, http.client.HTTPException, StopIteration):
-                        return None
-                    if _worth_a_look(event, pid) or _remaining(deadline) == 0:
+                for event in stream:
+                    subscribed = True
+                    if _may_have_stopped(event, pid):
                         proc = self.process(pid)
-                        if proc.get("status") not in ACTIVE or _remaining(deadline) == 0:
+                        if proc.get("status") not in IN_PROGRESS:
                             return proc
+            except TimeoutError:
+                # Silent for STREAM_IDLE (heartbeats stopped), or the time is up: read again.
+                proc = self.process(pid)
+                continue
+            except DaemonRefused:
+                if subscribed:
+                    raise  # a read of the process refused, not the stream
+                return self._wait_polling(pid, deadline)
+            except (OSError, http.client.HTTPException):
+                pass  # the connection broke mid-stream: open another (or find the daemon gone)
             finally:
                 stream.close()
+            # The stream ended. Streams that end at once (a daemon shutting down) are not
+            # reopened in a tight loop; the next attempt to reach a daemon that went away fails.
+            reconnects = reconnects + 1 if time.monotonic() - opened < 1.0 else 0
+            if reconnects:
+                pause = RECONNECT_DELAYS[min(reconnects, len(RECONNECT_DELAYS)) - 1]
+                left = _remaining(deadline)
+                time.sleep(pause if left is None else min(pause, left))
+        return proc
 
     def _wait_polling(self, pid: str, deadline: float | None) -> dict[str, Any]:
         while True:
             proc = self.process(pid)
-            if proc.get("status") not in ACTIVE or _remaining(deadline) == 0:
+            remaining = _remaining(deadline)
+            if proc.get("status") not in IN_PROGRESS or remaining == 0:
                 return proc
-            time.sleep(POLL_INTERVAL)
+            time.sleep(POLL_INTERVAL if remaining is None else min(POLL_INTERVAL, remaining))
 
 
-def _worth_a_look(event: Event, pid: str) -> bool:
-    # Right after subscribing we re-check, since the change may have come before the stream.
-    # Afterwards, any event that names the process, unless it says the process is still active.
-    if event.event == "subscribed":
+def _may_have_stopped(event: Event, pid: str) -> bool:
+    # Right after subscribing, read again: the change may have come before the stream. Then
+    # every event of the process, unless it says the process is still in progress (the change
+    # to a stopping status is an event of its own, so reading the whole process once per step
+    # of a long run would only cost).
+    if event.event in ("subscribed", "reset"):
         return True
-    if pid not in event.data:
-        return False
     data = event.json()
-    return not (isinstance(data, dict) and data.get("status") in ACTIVE)
+    if not isinstance(data, dict):
+        return pid in event.data
+    return data.get("process_id") == pid and data.get("status") not in IN_PROGRESS
 
 
 def _remaining(deadline: float | None) -> float | None:

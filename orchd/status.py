@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["ACTIVE", "FINAL", "BranchStatus", "ProcessStatus", "StepStatus"]
+__all__ = ["ACTIVE", "FINAL", "IN_PROGRESS", "BranchStatus", "ProcessStatus", "StepStatus"]
 
 
 class ProcessStatus(enum.StrEnum):
@@ -47,7 +47,15 @@ class BranchStatus(enum.StrEnum):
 #: Statuses from which a process never moves again (it holds no subscription lock).
 FINAL = frozenset({ProcessStatus.COMPLETED, ProcessStatus.ABORTED})
 
-#: Statuses in which a process holds an actor (it has steps to run right now); a client's
-#: ``wait`` keeps waiting while a process is in one of them. StrEnum members hash and compare
-#: as their values, so ``"running" in ACTIVE`` holds.
+#: Statuses in which a process holds an actor (it has steps to run right now). StrEnum members
+#: hash and compare as their values, so ``"running" in ACTIVE`` holds.
 ACTIVE = frozenset({ProcessStatus.CREATED, ProcessStatus.RUNNING})
+
+#: Statuses a process leaves by itself, with nobody acting on it: ``orchd wait`` and ``orchd
+#: start --wait`` wait through them, and stop at any other (``completed``, ``failed``,
+#: ``aborted``, or ``suspended``, where a person must answer a form).
+IN_PROGRESS = ACTIVE | {
+    ProcessStatus.WAITING,
+    ProcessStatus.AWAITING_CALLBACK,
+    ProcessStatus.AWAITING_CHILDREN,
+}
