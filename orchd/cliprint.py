@@ -5,8 +5,9 @@ instead). Standard library only, like the rest of the client."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from orchd.branchpaths import within
@@ -57,14 +58,64 @@ def duration(start: Any, end: Any) -> str:
     first, last = _parse_time(start), _parse_time(end)
     if first is None or last is None:
         return ""
-    seconds = (last - first).total_seconds()
+    return seconds_text((last - first).total_seconds())
+
+
+def seconds_text(seconds: float) -> str:
+    """A span of time for people: ``850ms``, ``12.5s``, ``3m05s``, ``2h10m``, ``3d04h``."""
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 60:
         return f"{seconds:.1f}s"
     if seconds < 3600:
         return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600):02d}h"
+
+
+def epoch_text(value: Any, now: float) -> str:
+    """An epoch time as ISO 8601 in UTC, with how long ago (or how soon) it is from ``now``."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "" if value is None else str(value)
+    moment = datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds")
+    moment = moment.replace("+00:00", "Z")
+    span = seconds_text(abs(now - value))
+    return f"{moment} ({span} ago)" if value <= now else f"{moment} (in {span})"
+
+
+def print_health(health: dict[str, Any], now: float | None = None) -> None:
+    """``GET /api/health`` for people: its fields, then a cluster's nodes as a table."""
+    now = time.time() if now is None else now
+    pairs: list[tuple[str, Any]] = []
+    for key, value in health.items():
+        if key == "nodes":
+            continue
+        if key == "uptime_seconds" and isinstance(value, int | float):
+            key, value = "uptime", seconds_text(float(value))
+        elif isinstance(value, bool):
+            value = "yes" if value else "no"
+        elif isinstance(value, dict):  # processes by status: "running 2, failed 1"
+            value = ", ".join(f"{k} {v}" for k, v in value.items() if v) or "none"
+        pairs.append((str(key), value))
+    print_fields(pairs)
+    nodes = [n for n in health.get("nodes") or [] if isinstance(n, dict)]
+    if not nodes:
+        return
+    # The nodes' times are the database's clock; the ages are from this machine's.
+    print("\nnodes:")
+    rows = [
+        (
+            f"{n.get('node_id')} (this node)"
+            if n.get("node_id") == health.get("node")
+            else n.get("node_id"),
+            epoch_text(n.get("started_at"), now),
+            epoch_text(n.get("heartbeat_at"), now),
+            epoch_text(n.get("lease_until"), now),
+        )
+        for n in nodes
+    ]
+    print_table(("NODE", "STARTED", "LAST HEARTBEAT", "LEASE UNTIL"), rows)
 
 
 def one_line(text: Any, limit: int = 80) -> str:
@@ -122,8 +173,32 @@ def print_branches(proc: dict[str, Any]) -> None:
             )
 
 
+def _skip_note(step: dict[str, Any]) -> str | None:
+    """``skipped by uid:1000 (alice): applied by hand`` for a step an operator skipped."""
+    reason = step.get("reason")
+    if not reason:
+        return None
+    actor = step.get("actor")
+    return f"skipped by {actor}: {reason}" if actor else f"skipped: {reason}"
+
+
+def print_actions(proc: dict[str, Any]) -> None:
+    """The audit trail: who started, resumed, retried, skipped, aborted or answered the
+    process, and when, oldest first."""
+    actions = [a for a in proc.get("actions") or [] if isinstance(a, dict)]
+    if not actions:
+        return
+    print("\nactions:")
+    rows = [
+        (when(a.get("at")), a.get("action"), a.get("actor"), one_line(a.get("detail")))
+        for a in actions
+    ]
+    print_table(("AT", "ACTION", "ACTOR", "DETAIL"), rows)
+
+
 def print_process(proc: dict[str, Any], branch: str | None = None) -> None:
-    """A process for humans: header, step log, the failed step's traceback."""
+    """A process for humans: header, step log (with skip reasons), forks, audit trail, and the
+    failed step's traceback."""
     status = proc.get("status")
     target = proc.get("target")
     form = proc.get("form")
@@ -159,13 +234,14 @@ def print_process(proc: dict[str, Any], branch: str | None = None) -> None:
                 s.get("status"),
                 when(s.get("started_at")),
                 duration(s.get("started_at"), s.get("finished_at")),
-                one_line(s.get("error")),
+                one_line(s.get("error") or _skip_note(s)),
             )
             for s in steps
         ]
-        print_table(("STEP", "STATUS", "STARTED", "DURATION", "ERROR"), rows)
+        print_table(("STEP", "STATUS", "STARTED", "DURATION", "ERROR / REASON"), rows)
     if branch is None:
         print_branches(proc)
+        print_actions(proc)
     # Only while the process is stuck on it: once a retry got past the step, the old attempt's
     # traceback is history (still in the step log and --json), not the problem to look at.
     stuck = ("failed", "waiting")
