@@ -52,6 +52,7 @@ __all__ = [
     "http_settings",
     "load_config",
     "parse_duration",
+    "parse_host",
     "parse_listen",
     "schedule_specs",
     "tcp_settings",
@@ -147,6 +148,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     resources: list[str] = []
     listen: str | None = None
     token_file: str | None = None
+    #: Names besides the listener's own address and localhost that a request's ``Host`` may
+    #: give (``name`` for any port, ``name:port``): a reverse proxy's or a tunnel's name.
+    allowed_hosts: list[str] = []
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     grace_period: str = "10s"
     #: Requests per second one client (socket uid, TCP address) may send; 0: no limit.
@@ -304,6 +308,49 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+_HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?")
+_HOST_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def canonical_name(name: str) -> str | None:
+    """A host name or address as compared: lower case without a trailing dot, an address in
+    its one written form (an IPv4-mapped IPv6 address as IPv4); None when it is neither."""
+    name = name.lower().removesuffix(".")
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return name if _HOST_NAME.fullmatch(name) else None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address)
+
+
+def parse_host(text: str) -> tuple[str, int | None] | None:
+    """``name``, ``name:port``, ``[v6]`` or ``[v6]:port`` as ``(canonical name, port or
+    None)``; None when it is none of these (a ``Host`` header or an ``allowed_hosts`` entry)."""
+    text = text.strip()
+    if text.startswith("["):
+        inner, bracket, rest = text[1:].partition("]")
+        if not bracket or ":" not in inner:
+            return None
+        port_text = rest.removeprefix(":") if rest.startswith(":") else None
+        if rest and port_text is None:
+            return None
+        name = inner
+    else:
+        name, colon, port_text_or_empty = text.partition(":")
+        port_text = port_text_or_empty if colon else None
+    if port_text is not None and not _HOST_PORT.fullmatch(port_text):
+        return None
+    port = None if port_text is None else int(port_text)
+    if port is not None and port > 65535:
+        return None
+    canonical = canonical_name(name) if name else None
+    if canonical is None or (":" in canonical and not text.startswith("[")):
+        return None
+    return canonical, port
+
+
 def _parse_mode(text: str) -> int:
     if not re.fullmatch(r"(0o|0)?[0-7]{3}", text):
         raise ValueError(f"invalid file mode {text!r} (expected octal, e.g. 0660)")
@@ -453,6 +500,7 @@ def validate_config(config: Config, *, source: str = DEFAULT_SOURCE) -> None:
             check.fail(f"resources[{i}]", f"expected 'module:callable', got {spec!r}")
     if config.listen is not None:
         check.parsed("listen", parse_listen, config.listen)
+    check.hosts("allowed_hosts", config.allowed_hosts)
     check.parsed("socket_mode", _parse_mode, config.socket_mode)
     check.duration("grace_period", config.grace_period)
     check.duration("lease_timeout", config.lease_timeout, positive=True)
@@ -522,6 +570,15 @@ class _Checker:
             parse(text)
         except ValueError as exc:
             self.fail(key, str(exc))
+
+    def hosts(self, key: str, hosts: list[str]) -> None:
+        for i, host in enumerate(hosts):
+            if parse_host(host) is None:
+                self.fail(
+                    f"{key}[{i}]",
+                    f"{host!r} is not a host name or address with an optional port "
+                    '(e.g. "orchd.example.net", "orchd.example.net:8443", "[::1]:8470")',
+                )
 
     def duration(self, key: str, text: str, *, positive: bool = False) -> float:
         try:

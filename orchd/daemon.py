@@ -436,6 +436,7 @@ class Daemon:
 
     def make_app(self) -> web.Application:
         # One app for every listener: it asks for the token on TCP connections only.
+        address = self.config.listen_address
         app = create_app(
             self.engine,
             scheduler=self.scheduler,
@@ -444,6 +445,8 @@ class Daemon:
             rate_limit=self.config.rate_limit,
             events=event_settings(self.config),
             console=console_settings(self.config),
+            allowed_hosts=self.config.allowed_hosts,
+            listen_host=None if address is None else address[0],
         )
         app[GUARD_KEY] = self.guard
         return app

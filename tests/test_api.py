@@ -258,7 +258,8 @@ async def test_a_reporter_label_with_control_characters_is_refused(
     server = api_client.server
     reader, writer = await asyncio.open_connection(server.host, server.port)
     writer.write(
-        b"POST /api/processes/api_fail HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        f"POST /api/processes/api_fail HTTP/1.1\r\nHost: {server.host}:{server.port}\r\n".encode()
+        + b"Content-Type: application/json\r\nContent-Length: 2\r\n"
         b"X-Orchd-Reporter: bob\x85evil\r\nConnection: close\r\n\r\n{}"
     )
     answer = await reader.read()
@@ -436,7 +437,10 @@ async def test_malformed_body_is_400(api_client: Client, raw: bytes) -> None:
 @pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 5000, 200_000])
 async def test_deeply_nested_body_is_400(api_client: Client, depth: int) -> None:
     raw = b"[" * depth + b"]" * depth
-    await problem(await api_client.post("/api/processes/api_create", data=raw), 400)
+    resp = await api_client.post(
+        "/api/processes/api_create", data=raw, headers={"Content-Type": "application/json"}
+    )
+    await problem(resp, 400)
 
 
 async def test_nested_body_within_the_limit_is_accepted(
@@ -488,7 +492,9 @@ async def test_chunked_body_over_max_body_is_413(api_serve: Serve) -> None:
             yield b"x" * 50
         yield b'"}'
 
-    resp = await client.post("/api/processes/api_create", data=chunks())
+    resp = await client.post(
+        "/api/processes/api_create", data=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert resp.request_info.headers.get("Transfer-Encoding") == "chunked"
     await problem(resp, 413)
     assert (await get(client, "/api/processes"))["items"] == []
@@ -717,7 +723,7 @@ async def test_metrics_expose_every_family(api_client: Client, api_engine: Engin
         "orchd_pruned_processes_total": "counter",
         "orchd_pruned_steps_total": "counter",
         "orchd_pruned_actions_total": "counter",
-        "orchd_step_threads_abandoned": "gauge",
+        "orchd_step_threads_abandoned_running": "gauge",
         "orchd_mailbox_depth": "gauge",
         "orchd_event_streams": "gauge",
         "orchd_event_streams_refused_total": "counter",

@@ -353,7 +353,9 @@ def test_chunked_body_over_max_body_is_413_and_creates_nothing(
 ) -> None:
     body = json.dumps({"name": "x" * (2 * MAX_BODY)}).encode()
     data = request_bytes(
-        "POST", "/api/processes/fuzz_create", headers={"Transfer-Encoding": "chunked"}
+        "POST",
+        "/api/processes/fuzz_create",
+        headers={"Transfer-Encoding": "chunked", "Content-Type": "application/json"},
     )
     answer = exchange(daemon, data + chunked(body))
     assert answer.status == 413 and answer.content_type == PROBLEM, answer

@@ -5,27 +5,41 @@ console reads its own requests with the same rules.
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from orchd.errors import BadRequest
+from orchd.engine.engine import MIN_PREFIX
+from orchd.errors import BadRequest, DuplicateKey
 from orchd.model import DEFAULT_PAGE, MAX_PAGE
 
 #: Request bodies nested deeper than this are refused (400) rather than handed on.
 MAX_DEPTH = 64
+#: The most digits an integer parameter may have: more than any id or count (2**63 has 19),
+#: and far below the 4,300 beyond which Python refuses to convert a string at all.
+MAX_DIGITS = 18
 
 _decoder = msgspec.json.Decoder()
+_PREFIX = re.compile(r"[0-9a-f][0-9a-f-]*")
+#: A JSON string literal (the body is known to be valid JSON when this is used).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 
 
 def decode_body(raw: bytes, empty: Any) -> Any:
-    """Decode a request body as any JSON value; ``empty`` stands for a blank body (a JSON
-    ``null`` is a value like any other: a form refuses it, a callback may carry it)."""
-    if not raw.strip():
+    """Decode a request body as any JSON value; ``empty`` stands for no body at all (a JSON
+    ``null`` is a value like any other: a form refuses it, a callback may carry it). A body
+    of only whitespace is not JSON: it is refused like any other."""
+    if not raw:
         return empty
+    if not raw.strip():
+        raise BadRequest(
+            "the body is only whitespace, which is not JSON: send a JSON value or no body"
+        )
     try:
         value = _decoder.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
@@ -34,7 +48,45 @@ def decode_body(raw: bytes, empty: Any) -> Any:
         raise BadRequest(f"the body is nested deeper than {MAX_DEPTH} levels") from None
     if _deeper_than(value, MAX_DEPTH):
         raise BadRequest(f"the body is nested deeper than {MAX_DEPTH} levels")
+    if b":" in raw and _members(value) != _STRING.sub(b'""', raw).count(b":"):
+        _name_duplicate(raw)
     return value
+
+
+def _members(value: Any) -> int:
+    """How many members the objects in ``value`` have, once each key is counted once."""
+    count = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            count += len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def _name_duplicate(raw: bytes) -> None:
+    """Raise DuplicateKey naming a key that ``raw`` gives twice in one object.
+
+    Every colon outside a string separates a member from its value, so more colons than the
+    decoded objects have members means a key came twice (the later one would silently win);
+    this slower reading names it."""
+
+    def pairs(members: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in members:
+            if key in seen:
+                raise DuplicateKey(f"the body gives the key {key!r} twice in one object")
+            seen[key] = value
+        return seen
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except ValueError:
+        pass  # what the standard library reads differently (a number of 5,000 digits)
+    raise DuplicateKey("the body gives a key twice in one object")
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
@@ -60,11 +112,25 @@ def text(query: Mapping[str, str], name: str) -> str | None:
 
 
 def integer(name: str, raw: str) -> int:
-    """ASCII digits only: int() would also take '1_0', '+5' and other scripts' digits."""
+    """ASCII digits only: int() would also take '1_0', '+5' and other scripts' digits; at most
+    MAX_DIGITS of them (a longer number is no id or count, and a very long one int() refuses)."""
     text = raw.strip()
     if not text.isascii() or not text.isdigit():
-        raise BadRequest(f"{name}: expected a non-negative integer, got {raw!r}")
+        raise BadRequest(f"{name}: expected a non-negative integer, got {_shown(raw)}")
+    if len(text.lstrip("0")) > MAX_DIGITS:
+        raise BadRequest(f"{name}: {_shown(raw)} is too large (at most {MAX_DIGITS} digits)")
     return int(text)
+
+
+def _shown(raw: str) -> str:
+    """A parameter as an answer quotes it: whole when short, else its start."""
+    return repr(raw) if len(raw) <= 40 else f"{raw[:20]!r}... ({len(raw)} characters)"
+
+
+def cursor(query: Mapping[str, str]) -> str | None:
+    """The ``?cursor=`` of a page: ``next_cursor`` of the one before, a number."""
+    raw = text(query, "cursor")
+    return None if raw is None else str(integer("cursor", raw))
 
 
 def page_limit(query: Mapping[str, str]) -> int:
@@ -102,11 +168,22 @@ def idempotency_key(request: web.Request) -> str | None:
     return raw
 
 
-def process_filter(request: web.Request) -> str | None:
+async def process_filter(
+    request: web.Request, resolve: Callable[[str], Awaitable[str]]
+) -> str | None:
+    """The ``?process=`` filter: a process id, or a unique prefix of one of at least
+    MIN_PREFIX characters as every other route takes (``resolve`` finds its process: 404
+    when none, 409 when several)."""
     raw = text(request.query, "process")
     if raw is None:
         return None
     try:
         return str(uuid.UUID(raw))
     except ValueError:
-        raise BadRequest(f"process: {raw!r} is not a process id") from None
+        pass
+    if not MIN_PREFIX <= len(raw) < 36 or not _PREFIX.fullmatch(raw.lower()):
+        raise BadRequest(
+            f"process: {_shown(raw)} is not a process id, nor a prefix of at least "
+            f"{MIN_PREFIX} of its characters"
+        )
+    return await resolve(raw)

@@ -129,7 +129,7 @@ def render(
         stats.step_threads_abandoned,
     )
     out.single(
-        "orchd_step_threads_abandoned",
+        "orchd_step_threads_abandoned_running",
         "gauge",
         "Abandoned sync step calls still running in their thread.",
         stats.step_threads_abandoned_running,

@@ -20,13 +20,36 @@ REF = "#/components/schemas/{name}"
 
 #: The problem responses a route may declare, by status.
 PROBLEMS: dict[int, tuple[str, str]] = {
-    400: ("BadRequest", "Malformed JSON or query parameter"),
+    400: (
+        "BadRequest",
+        "Malformed JSON (whitespace alone included; a key twice in one object), header or query "
+        "parameter, or no usable Host header (TCP)",
+    ),
     401: ("Unauthorized", "Missing or wrong bearer token (TCP only)"),
+    403: (
+        "CrossSiteRequest",
+        "A browser sent this for another site: its Origin is not the Host it was sent to, or "
+        "Sec-Fetch-Site is cross-site or same-site; nothing was done",
+    ),
     404: ("NotFound", "Unknown route, workflow, process, subscription, token or schedule"),
     405: ("MethodNotAllowed", "The route does not take this method"),
     409: ("Conflict", "Not allowed in the current status, or the subscription is locked"),
     413: ("PayloadTooLarge", "The body is larger than the configured limit"),
-    422: ("ValidationFailed", "The input does not fit the form; `errors` says where"),
+    415: (
+        "UnsupportedMediaType",
+        "A body that is not `application/json` (a `charset=utf-8` parameter is allowed)",
+    ),
+    421: (
+        "MisdirectedRequest",
+        "Over TCP: the Host header names neither this daemon's listener, localhost nor a name "
+        "in `allowed_hosts`; on the Unix socket: a browser's request that does not come as "
+        "localhost or an allowed name",
+    ),
+    422: (
+        "ValidationFailed",
+        "The input does not fit the form (`errors` says where), or an Idempotency-Key came "
+        "again with another input",
+    ),
     429: ("TooManyRequests", "The client went over the configured request rate"),
     500: ("InternalError", "An unexpected error (logged by the daemon)"),
     503: ("Unavailable", "The database refused a write, or the daemon is stopping"),
@@ -35,7 +58,7 @@ PROBLEMS: dict[int, tuple[str, str]] = {
 
 @dataclass(frozen=True)
 class Param:
-    """A query parameter."""
+    """A query parameter, or (in a route's ``headers``) a request header."""
 
     name: str
     description: str
@@ -61,9 +84,13 @@ class Route:
     request: Any = None
     body_required: bool = False
     query: tuple[Param, ...] = ()
+    #: The request headers the handler reads.
+    headers: tuple[Param, ...] = ()
     errors: tuple[int, ...] = ()
     #: Other non-problem answers, e.g. health's 503 with the same shape as its 200.
     alternatives: tuple[tuple[int, Any], ...] = ()
+    #: What an answer means, by status, where "Success" would not say it.
+    described: tuple[tuple[int, str], ...] = ()
     media_type: str = "application/json"
     #: Public routes need no bearer token, even over TCP.
     public: bool = False
@@ -108,6 +135,7 @@ def document(
             for name in _PATH_PARAM.findall(path)
         ]
         params += [_query(p) for p in route.query]
+        params += [_header(p) for p in route.headers]
         if params:
             op["parameters"] = params
         if route.request is not None:
@@ -115,12 +143,20 @@ def document(
                 "required": route.body_required,
                 "content": {"application/json": {"schema": schema_of[route.request]}},
             }
-        responses: dict[str, Any] = {
-            str(route.status): _response(route.response, route.media_type, schema_of)
-        }
-        for status, t in route.alternatives:
-            responses[str(status)] = _response(t, route.media_type, schema_of)
-        errors = set(route.errors) | {500}
+        meaning = dict(route.described)
+        responses: dict[str, Any] = {}
+        for status, t in ((route.status, route.response), *route.alternatives):
+            answer = _response(t, route.media_type, schema_of)
+            if status in meaning:
+                answer["description"] = meaning[status]
+            responses[str(status)] = answer
+        # What any request may be refused with before its route reads it (api.acceptance):
+        # a Host that is not this daemon's, a post from another site, a body not typed JSON.
+        errors = set(route.errors) | {400, 421, 500}
+        if route.method not in ("GET", "HEAD"):
+            errors.add(403)
+        if route.request is not None:
+            errors.add(415)
         if not route.public:
             errors.update((401, 429))
         else:
@@ -162,6 +198,18 @@ def _query(param: Param) -> dict[str, Any]:
     return {
         "name": param.name,
         "in": "query",
+        "required": False,
+        "description": param.description,
+        "schema": schema,
+    }
+
+
+def _header(param: Param) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": param.schema_type}
+    schema.update(param.constraints)
+    return {
+        "name": param.name,
+        "in": "header",
         "required": False,
         "description": param.description,
         "schema": schema,

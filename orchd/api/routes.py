@@ -40,6 +40,7 @@ from orchd.api.shapes import (
 )
 from orchd.api.sse import HEARTBEAT, EventStreams
 from orchd.engine import Engine
+from orchd.engine.engine import MIN_PREFIX
 from orchd.errors import (
     BadRequest,
     OrchdError,
@@ -70,6 +71,13 @@ log = logging.getLogger("orchd.api")
 PING_TIMEOUT = 5.0
 #: The longest ``X-Orchd-Reporter`` label.
 MAX_REPORTER = 200
+#: How the OpenAPI document describes a number the API reads (``inputs.integer``): at most
+#: MAX_DIGITS digits after any leading zeros; and an abbreviated process id.
+MAX_NUMBER = 10**inputs.MAX_DIGITS - 1
+NUMBER_PATTERN = f"^0*[0-9]{{1,{inputs.MAX_DIGITS}}}$"
+PREFIX_PATTERN = f"^[0-9a-fA-F][0-9a-fA-F-]{{{MIN_PREFIX - 1},34}}$"
+#: A label as ``str.isprintable`` takes it, within the Latin-1 that headers carry.
+LABEL_PATTERN = "^[^\\x00-\\x1f\\x7f-\\xa0\\xad]*$"
 
 
 class SchedulerLike(Protocol):
@@ -504,12 +512,21 @@ class ControlApi:
                 "limit",
                 f"page size (default {DEFAULT_PAGE}, at most {MAX_PAGE})",
                 "integer",
-                constraints=(("minimum", 1),),
+                constraints=(("minimum", 1), ("maximum", MAX_NUMBER)),
             ),
             Param(
                 "cursor",
                 "`next_cursor` of the previous page",
-                constraints=(("pattern", "^[0-9]+$"),),
+                constraints=(("pattern", NUMBER_PATTERN),),
+            ),
+        )
+        # Who asks is recorded with this label (contract §10) by every route that acts.
+        reporter = (
+            Param(
+                "X-Orchd-Reporter",
+                "a label for the audit trail, added to who the transport says the client is "
+                "(`uid:1000 (alice)`), never replacing it",
+                constraints=(("maxLength", MAX_REPORTER), ("pattern", LABEL_PATTERN)),
             ),
         )
         process_status = tuple(s.value for s in ProcessStatus)
@@ -519,6 +536,8 @@ class ControlApi:
             Route("GET", "/api/health", self.health,
                   "Liveness and database health (over TCP without the token: the status only)",
                   Health, alternatives=((503, Health),),
+                  described=((200, "The daemon and its database are well"),
+                             (503, "Degraded: the database does not answer or refuses writes")),
                   public=True),
             Route("GET", "/api/workflows", self.list_workflows, "Registered workflows",
                   list[WorkflowInfo]),
@@ -527,7 +546,17 @@ class ControlApi:
                   "process of this workflow that holds the key, when one does (409 for another "
                   "workflow's). A valid W3C traceparent header: the process joins that trace",
                   Created, status=201, alternatives=((200, Created),),
+                  described=((201, "Started"),
+                             (200, "The process this Idempotency-Key started, with this input")),
                   request=dict[str, Any],
+                  headers=(Param("Idempotency-Key",
+                                 "a start with a key that started a process of this workflow "
+                                 "with the same input answers that process (200); another "
+                                 "input gets 422, another workflow 409",
+                                 constraints=(("minLength", 1),
+                                              ("maxLength", inputs.MAX_IDEMPOTENCY_KEY),
+                                              ("pattern", "^[!-~]+$"))),
+                           *reporter),
                   errors=(400, 404, 409, 413, 422, 503), doc_path="/api/processes/{id}",
                   path_doc=(("id", "for a start: the workflow's name"),)),
             Route("GET", "/api/processes", self.list_processes, "Processes, newest first",
@@ -540,24 +569,27 @@ class ControlApi:
                   Process, errors=(404,), path_doc=(("id", "the process id"),)),
             Route("POST", "/api/processes/{id}/resume", self.resume_process,
                   "Answer a suspended process's form", Accepted, status=202,
-                  request=dict[str, Any], errors=(400, 413, 422, *action)),
+                  request=dict[str, Any], headers=reporter, errors=(400, 413, 422, *action)),
             Route("POST", "/api/processes/{id}/retry", self.retry_process,
                   "Re-run the failed step; with {\"reissue\": true} after a callback's "
                   "validate step failed, ask the external system again", Accepted, status=202,
-                  request=RetryOptions, errors=(400, 413, *action)),
+                  request=RetryOptions, headers=reporter, errors=(400, 413, *action)),
             Route("POST", "/api/processes/{id}/abort", self.abort_process, "Abort a process",
-                  Accepted, status=202, errors=action),
+                  Accepted, status=202, headers=reporter, errors=(400, *action)),
             Route("POST", "/api/processes/{id}/skip", self.skip_process,
                   "Record the failing step of a failed or waiting process as skipped (State as "
                   "it was) and go on with the next step", Accepted, status=202,
-                  request=SkipRequest, body_required=True, errors=(400, 413, 422, *action)),
+                  request=SkipRequest, body_required=True, headers=reporter,
+                  errors=(400, 413, 422, *action)),
             Route("POST", "/api/processes/{id}/callback", self.answer_callback,
                   "An operator answers an awaiting_callback process in the external system's "
-                  "place", Accepted, status=202, request=Any, errors=(400, 413, *action)),
+                  "place", Accepted, status=202, request=Any, headers=reporter,
+                  errors=(400, 413, *action)),
             Route("POST", "/api/callbacks/{token}", self.post_callback,
                   "An external system's answer for an awaiting_callback process (the token is "
                   "the credential: no bearer token needed over TCP)", Accepted,
-                  status=202, request=Any, errors=(400, 413, *action), public=True),
+                  status=202, request=Any, headers=reporter, errors=(400, 413, *action),
+                  public=True),
             Route("GET", "/api/subscriptions", self.list_subscriptions, "Subscriptions",
                   SubscriptionPage, errors=(400,),
                   query=(Param("status", "only this status", enum=sub_status),
@@ -581,11 +613,17 @@ class ControlApi:
                   "Run a schedule's workflow now", Created, status=201, errors=(404, 409, 503)),
             Route("GET", "/api/events", self.events,
                   "Server-sent events: process status changes and committed steps", Event,
-                  media_type="text/event-stream", errors=(400,),
+                  media_type="text/event-stream", errors=(400, 404, 409),
                   query=(Param("after", "replay events after this id (or Last-Event-ID)",
-                               "integer", constraints=(("minimum", 0),)),
-                         Param("process", "only this process's events",
-                               constraints=(("format", "uuid"),)))),
+                               "integer", constraints=(("minimum", 0), ("maximum", MAX_NUMBER))),
+                         Param("process", "only this process's events: its id, or a unique "
+                               f"prefix of at least {MIN_PREFIX} characters (404 when no "
+                               "process has it, 409 when several do)",
+                               constraints=(("anyOf", [{"format": "uuid"},
+                                                       {"pattern": PREFIX_PATTERN}]),))),
+                  headers=(Param("Last-Event-ID", "the id of the last event received: the "
+                                 "stream resumes after it (across restarts too)",
+                                 constraints=(("pattern", "^\\s*(0*[0-9]{1,18})?\\s*$"),)),)),
             Route("POST", "/api/gc", self.gc,
                   "Delete completed and aborted processes older than the retention (with "
                   "{\"dry_run\": true}: count them)", GcResult, request=GcRequest,

@@ -34,6 +34,11 @@ BUFFER = 64
 HUB_BUFFER = 1000
 
 _encode = msgspec.json.Encoder().encode
+_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
 
 Listen = Callable[[int | None, int], AsyncIterator[Event | Reset]]
 
@@ -90,7 +95,12 @@ class EventStreams:
         after: int | None,
         only: str | None,
     ) -> web.StreamResponse:
-        """Stream events after the id ``after`` (of process ``only``, if given)."""
+        """Stream events after the id ``after`` (of process ``only``, if given). A HEAD
+        request gets the stream's headers and nothing else: no body, no stream held open."""
+        if request.method == "HEAD":
+            response = web.StreamResponse(headers=_HEADERS)
+            await response.prepare(request)
+            return response
         self._admit(client)
         try:
             return await self._stream(request, client, listen, after, only)
@@ -105,13 +115,7 @@ class EventStreams:
         after: int | None,
         only: str | None,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
+        response = web.StreamResponse(headers=_HEADERS)
         await response.prepare(request)
         queue: asyncio.Queue[Event | Reset | None] = asyncio.Queue(maxsize=BUFFER)
         pump = asyncio.create_task(_pump(listen, queue, after), name="sse pump")

@@ -111,8 +111,9 @@ class Actions:
         posted = await posted_text(request)
         text = posted.get("payload", "")
         try:
-            # The body the callback route would decode from the same text.
-            payload = decode_body(text.encode(), None)
+            # The body the callback route would decode from the same text (an empty or blank
+            # field: no body, as the console has always read it).
+            payload = decode_body(text.strip().encode(), None)
             await self.engine.answer_callback(pid, payload, reporter=self.console.actor(request))
         except BadRequest as exc:
             callback = {"payload": text, "errors": [exc.detail]}

@@ -206,7 +206,7 @@ def read_answer(
             )
         elif item.kind == "json":
             try:
-                answer[item.name] = decode_body(text.encode(), None)
+                answer[item.name] = decode_body(text.strip().encode(), None)
             except BadRequest as exc:
                 answer[item.name] = text
                 problems.append({"loc": [item.name], "msg": exc.detail})

@@ -97,7 +97,7 @@ class Pages:
         query = request.query
         status, workflow = inputs.text(query, "status"), inputs.text(query, "workflow")
         parent = inputs.text(query, "parent")
-        cursor = inputs.text(query, "cursor")
+        cursor = inputs.cursor(query)
         page = await self.engine.list_processes(
             status=status,
             workflow=workflow,
@@ -216,7 +216,7 @@ class Pages:
         query = request.query
         filters = {k: inputs.text(query, k) for k in ("status", "customer_id", "product")}
         page = await self.engine.list_subscriptions(
-            **filters, limit=inputs.page_limit(query), cursor=inputs.text(query, "cursor")
+            **filters, limit=inputs.page_limit(query), cursor=inputs.cursor(query)
         )
         return self.console.render(
             request,
@@ -271,7 +271,7 @@ class Pages:
             api._client_key(request),
             self.engine.stream,
             inputs.event_id(request),
-            inputs.process_filter(request),
+            await inputs.process_filter(request, self.engine.resolve_id),
         )
 
     # -- logging in and out ---------------------------------------------------------------
