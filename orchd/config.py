@@ -127,6 +127,14 @@ class ConsoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     session_timeout: str = "8h"
 
 
+class TracingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Spans exported through OpenTelemetry's SDK (the ``orchd[otel]`` extra), configured by
+    its standard ``OTEL_*`` environment variables; off by default. Trace ids, and the
+    ``traceparent`` of steps' requests, do not depend on it."""
+
+    enabled: bool = False
+
+
 class RetentionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How long completed and aborted processes are kept after their last change ("0": for
     ever), and how many events are kept for clients that resume."""
@@ -168,6 +176,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
     retry_delay: str = "5s"
     retry_max_delay: str = "10m"
     retry_max_attempts: NonNegative = 10

@@ -52,6 +52,7 @@ from orchd.engine import Engine
 from orchd.engine.scheduler import Scheduler
 from orchd.errors import ConfigError
 from orchd.http import HttpClient
+from orchd.tracing import otel, otel_available
 
 __all__ = ["serve"]
 
@@ -167,6 +168,11 @@ def prepare(
                 f"{source}: workflows[{i}]: cannot import module {module!r}: {detail}"
             ) from None
     factories = [resource_factory(source, i, entry) for i, entry in enumerate(config.resources)]
+    if config.tracing.enabled and not otel_available():
+        raise ConfigError(
+            f"{source}: tracing.enabled: OpenTelemetry's SDK is not installed "
+            "(pip install 'orchd[otel]')"
+        )
     try:
         engine = Engine(
             config.database,
@@ -319,6 +325,14 @@ class Daemon:
         if not self.engine.workflows:
             log.warning(
                 'no workflows loaded: set workflows = ["module", ...] in %s', self.loaded.source
+            )
+        if self.config.tracing.enabled:
+            # Contract §17: spans through OpenTelemetry's SDK, its OTEL_* variables; the last
+            # ones are flushed once the engine has stopped.
+            tracing = otel()
+            self.engine.tracing = tracing
+            stack.push_async_callback(
+                _quietly, "flushing spans", lambda: asyncio.to_thread(tracing.shutdown)
             )
         await self.engine.open()
         stack.push_async_callback(_quietly, "stopping the engine", self.engine.close)

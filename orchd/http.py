@@ -39,6 +39,7 @@ import aiohttp
 import msgspec
 
 from orchd.settings import HttpSettings
+from orchd.tracing import CURRENT, TRACEPARENT
 
 log = logging.getLogger("orchd.http")
 T = TypeVar("T")
@@ -132,7 +133,9 @@ class HttpClient:
     ``resources={HttpClient: http}``; a step asks for it with a parameter annotated
     ``HttpClient``. Idempotent methods are retried with exponential backoff and jitter on
     connection errors, timeouts and 502/503/504 (``Retry-After`` is honoured); POST only when
-    the caller passes ``idempotent=True`` (for example with an idempotency key).
+    the caller passes ``idempotent=True`` (for example with an idempotency key). A request
+    made by a step carries a W3C ``traceparent`` header naming its process's trace and the
+    step's span (unless the caller passed one).
     """
 
     def __init__(
@@ -233,6 +236,10 @@ class HttpClient:
         method = method.upper()
         retry = method in IDEMPOTENT if idempotent is None else idempotent
         send_headers = dict(headers or {})
+        step = CURRENT.get()
+        if step is not None and not any(k.lower() == TRACEPARENT for k in send_headers):
+            # Contract §17: the OSS sees the process's trace, under the calling step's span.
+            send_headers[TRACEPARENT] = step.traceparent()
         data = None
         if json is not None:
             data = _encode(json)

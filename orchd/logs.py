@@ -13,6 +13,10 @@ Under journald (stderr is the journal's stream) a line carries no timestamp, sin
 adds its own, and starts with a ``<N>`` syslog priority so ``journalctl -p`` can filter it (the
 journal strips it). A traceback stays inside its record (escaped) in logfmt and json.
 
+A record logged while a step runs (by the step's own code, or the HTTP client retrying one of
+its requests) names the step's process and trace (``process=... trace_id=...``), as the
+engine's own lines about a process do (contract §17).
+
 The library itself only has a NullHandler (see ``orchd/__init__.py``); this module is used by
 the daemon, never on import.
 """
@@ -28,6 +32,7 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from orchd.systemd import under_journald
+from orchd.tracing import CURRENT, StepTrace
 
 __all__ = [
     "FORMATS",
@@ -79,7 +84,8 @@ class TextFormatter(logging.Formatter):
         return f"{stamp}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{self.formatTime(record)} {record.levelname} {record.name} {record.getMessage()}"
+        message = record.getMessage() + _step_text(record)
+        line = f"{self.formatTime(record)} {record.levelname} {record.name} {message}"
         return _with_details(self, line, record)
 
 
@@ -87,7 +93,8 @@ class JournaldFormatter(logging.Formatter):
     """``<6>orchd.engine message``: every line prefixed, so a traceback keeps its priority."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = _with_details(self, f"{record.name} {record.getMessage()}", record)
+        message = record.getMessage() + _step_text(record)
+        text = _with_details(self, f"{record.name} {message}", record)
         prefix = f"<{_priority(record.levelno)}>"
         return "\n".join(prefix + line for line in text.splitlines())
 
@@ -101,11 +108,15 @@ def _fields(
     formatter: logging.Formatter, record: logging.LogRecord, journald: bool
 ) -> dict[str, str]:
     fields = {} if journald else {"ts": _stamp(record)}
+    message = record.getMessage()
     fields |= {
         "level": record.levelname.lower(),
         "logger": record.name,
-        "msg": record.getMessage(),
+        "msg": message,
     }
+    step = _step_of(message)
+    if step is not None:
+        fields |= {"process": step.process_id, "trace_id": step.trace_id}
     if record.exc_info and not record.exc_text:
         record.exc_text = formatter.formatException(record.exc_info)
     if record.exc_text:
@@ -113,6 +124,18 @@ def _fields(
     if record.stack_info:
         fields["stack"] = formatter.formatStack(record.stack_info)
     return fields
+
+
+def _step_of(message: str) -> StepTrace | None:
+    """The step running where a record is logged (a handler formats in the logging thread,
+    in its context), unless the message names its trace already."""
+    step = CURRENT.get()
+    return None if step is None or "trace_id=" in message else step
+
+
+def _step_text(record: logging.LogRecord) -> str:
+    step = _step_of(record.getMessage())
+    return "" if step is None else f" process={step.process_id} trace_id={step.trace_id}"
 
 
 def _logfmt_value(value: str) -> str:

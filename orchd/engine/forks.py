@@ -38,6 +38,7 @@ from orchd.state import (
 )
 from orchd.status import BranchStatus
 from orchd.store.base import ActionWrite, BranchRow, StepWrite, new_callback_token, token_digest
+from orchd.tracing import enter_step, leave_step
 
 if TYPE_CHECKING:
     from orchd.engine.actor import Actor
@@ -437,6 +438,9 @@ class Forks:
             view = {**b.state(), "callback_token": token}
         if faults.ENABLED:
             faults.point("before_step")
+        traced = enter_step(
+            actor.host.tracing, actor.pid, actor.trace_id, b.path, step.key, b.attempts + 1
+        )
         try:
             kwargs = _inject(step, view, actor)
             # Thousands of branches may wait in their steps at once: each keeps its arguments,
@@ -453,6 +457,8 @@ class Forks:
         except BaseException as exc:
             await self._raised(b, step, exc, started)
             return
+        finally:
+            leave_step(traced)
         if faults.ENABLED:
             faults.point("after_step")
         await self._commit(b, step, StepStatus.SUCCESS, started, changes)

@@ -15,6 +15,8 @@ wake-ups instead of one each (a thread hop is the whole cost of a trivial sync s
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import queue
 import threading
 from collections.abc import Callable
@@ -63,10 +65,11 @@ class StepThreads:
         """Run ``call`` in a thread and return its result. If the caller stops waiting
         (cancelled: a timeout, a shutdown) while the call runs, the call is abandoned:
         ``on_abandon()`` is called now and returns the callback to run (on the loop) when the
-        call has returned; its thread is counted until then."""
+        call has returned; its thread is counted until then. The call runs in a copy of the
+        caller's context (as ``asyncio.to_thread`` does): a step's trace reaches its thread."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        job = _Job(call, loop.create_future())
+        job = _Job(functools.partial(contextvars.copy_context().run, call), loop.create_future())
         self._submit(job)
         try:
             return await job.future
