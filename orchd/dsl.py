@@ -329,6 +329,7 @@ def children(
 ) -> Step:
     """Start one child process of ``workflow`` per element of the list ``state[inputs]`` (each
     element its input) and wait until every child has completed or been aborted (contract §9).
+    ``workflow="{key}"`` starts the workflow whose name State holds under ``key``.
 
     The children are created together with this step's checkpoint, or none is. At most
     ``max_concurrency`` are unfinished and started at once; the others wait as ``created``.

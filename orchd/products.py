@@ -365,11 +365,12 @@ def to_model(cls: type[Product], sub: Any, *, where: str = "subscription") -> Pr
 
 def as_state(model: Product) -> dict[str, Any]:
     """A model as State (and the API) holds a subscription: its own fields, ``product``, and
-    the product's fields under ``attributes``."""
+    the product's fields under ``attributes`` (a product declared ``omit_defaults=True`` leaves
+    out the fields at their defaults)."""
+    own = {k: msgspec.to_builtins(getattr(model, k)) for k in OWN_FIELDS}
+    if own["id"] is None:
+        del own["id"]
     values = msgspec.to_builtins(model)
-    own = {k: values[k] for k in OWN_FIELDS if k in values}
-    if own.get("id") is None:
-        own.pop("id", None)
     attributes = {k: v for k, v in values.items() if k not in _OWN}
     return {**own, "product": model.product_name, "attributes": attributes}
 

@@ -200,12 +200,12 @@ async def test_provision_port_with_a_direct_callback(engine: Engine) -> None:
     assert process.error is not None and "no such port" in process.error
 
 
-async def test_validate_subscriptions_reports_faulty_nodes(engine: Engine, oss: FakeOss) -> None:
+async def test_find_faulty_nodes_reports_faulty_nodes(engine: Engine, oss: FakeOss) -> None:
     healthy = await create(engine, name="ok1")
     faulty = await create(engine, name="bad1")
     bad_node = (await engine.get_subscription(faulty)).attributes["node_id"]
     oss.set_status(bad_node, "error")
-    pid = await engine.start("validate_subscriptions")
+    pid = await engine.start("find_faulty_nodes")
     process = await engine.wait(pid, timeout=10)
     assert process.status == "completed", process.error
     assert process.state["checked"] == 2

@@ -24,8 +24,25 @@ if TYPE_CHECKING:
 P = ProcessStatus
 
 
+def child_workflow(step: Step, state: dict[str, Any]) -> str:
+    """The workflow a children step starts: its name, or with ``"{key}"`` the name State holds
+    under ``key`` (a task that picks the workflow from its input)."""
+    name = step.child_workflow
+    if not (name.startswith("{") and name.endswith("}")):
+        return name
+    found = state.get(name[1:-1])
+    if not isinstance(found, str) or not found:
+        raise StepCrash(f"children {step.name!r}: state[{name[1:-1]!r}] must name a workflow")
+    return found
+
+
 def child_starts(
-    host: Host, parent_id: str, step: Step, elements: list[tuple[int, Any]], group: int
+    host: Host,
+    parent_id: str,
+    step: Step,
+    elements: list[tuple[int, Any]],
+    group: int,
+    workflow: str,
 ) -> list[NewProcess]:
     """Check every element's start (``(index, input)``); the first ``max_concurrency`` go at
     once, the others are held. Raises StepCrash naming each element refused."""
@@ -35,7 +52,7 @@ def child_starts(
         try:
             starts.append(
                 host.prepare_start(
-                    step.child_workflow,
+                    workflow,
                     given,
                     f"parent {parent_id}",
                     parent_id=parent_id,
@@ -106,7 +123,8 @@ async def _start(actor: Actor, step: Step) -> None:
             f"children {step.name!r}: state[{step.items_key!r}] must be a list of inputs"
         )
     group = actor.seq + 1  # unique within the process: a later children step gets another
-    starts = child_starts(actor.host, actor.pid, step, list(enumerate(inputs)), group)
+    workflow = child_workflow(step, actor.state)
+    starts = child_starts(actor.host, actor.pid, step, list(enumerate(inputs)), group, workflow)
     await _fan_out(actor, group, starts, detach=None)
 
 
@@ -116,7 +134,8 @@ async def _restart_aborted(actor: Actor, step: Step, aborted: list[ProcessRow]) 
     assert isinstance(inputs, list)
     indexes = [r.child_index for r in aborted if r.child_index is not None]
     elements = [(i, inputs[i]) for i in indexes]
-    starts = child_starts(actor.host, actor.pid, step, elements, actor.children_group)
+    workflow = child_workflow(step, actor.state)
+    starts = child_starts(actor.host, actor.pid, step, elements, actor.children_group, workflow)
     await _fan_out(actor, actor.children_group, starts, detach=[r.id for r in aborted])
 
 

@@ -1,8 +1,10 @@
-"""The "node" product: create, modify and terminate a network node through the OSS.
+"""The "node" product (``orchd.examples.products.Node``): create, modify and terminate a
+network node through the OSS.
 
-A node subscription's attributes are ``{"node_id", "name", "role"}``; ``node_id`` is the
-OSS's id. The OSS provisions and deletes asynchronously, so the workflows poll it, in a
-``retrystep``: an OSS that is down or slow makes the process ``waiting``, not ``failed``.
+A node subscription's attributes are ``{"node_id", "name", "role"}`` (and ``ports`` once some
+are configured); ``node_id`` is the OSS's id, required from ``provisioning`` on. The OSS
+provisions and deletes asynchronously, so the workflows poll it, in a ``retrystep``: an OSS
+that is down or slow makes the process ``waiting``, not ``failed``.
 """
 
 from __future__ import annotations
@@ -105,7 +107,9 @@ async def activate(subscription: dict[str, Any]) -> State:
     return {"subscription": {**subscription, "status": "active"}}
 
 
-@workflow("Create a network node", initial_input_form=CreateNodeForm, target=Target.CREATE)
+@workflow(
+    "Create a network node", initial_input_form=CreateNodeForm, target=Target.CREATE, product="node"
+)
 def create_node() -> StepList:
     return init >> reserve_node >> wait_until_active >> activate >> done
 
@@ -168,7 +172,10 @@ def _declined(state: State) -> bool:
 
 
 @workflow(
-    "Change a node's description or role", initial_input_form=ModifyNodeForm, target=Target.MODIFY
+    "Change a node's description or role",
+    initial_input_form=ModifyNodeForm,
+    target=Target.MODIFY,
+    product="node",
 )
 def modify_node() -> StepList:
     # A core node waits for an operator to confirm a maintenance window; declining aborts
@@ -202,6 +209,11 @@ async def wait_until_gone(node_id: str, http: HttpClient) -> State:
     return {"node_status": await _wait_for(http, node_id, "gone")}
 
 
-@workflow("Delete a network node", initial_input_form=TerminateNodeForm, target=Target.TERMINATE)
+@workflow(
+    "Delete a network node",
+    initial_input_form=TerminateNodeForm,
+    target=Target.TERMINATE,
+    product="node",
+)
 def terminate_node() -> StepList:
     return init >> delete_node >> wait_until_gone >> done

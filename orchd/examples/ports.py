@@ -101,7 +101,12 @@ async def confirm_port(
     return {"subscription": {**subscription, "attributes": attributes}, "port_status": "up"}
 
 
-@workflow("Configure a port on a node", initial_input_form=ProvisionPortForm, target=Target.MODIFY)
+@workflow(
+    "Configure a port on a node",
+    initial_input_form=ProvisionPortForm,
+    target=Target.MODIFY,
+    product="node",
+)
 def provision_port() -> StepList:
     return init >> callback_step("await_port", request_port, confirm_port, timeout=3600.0) >> done
 
@@ -150,6 +155,7 @@ async def record_ports(subscription: dict[str, Any], port_results: list[dict[str
     "Configure many ports of a node at once",
     initial_input_form=ProvisionPortsForm,
     target=Target.MODIFY,
+    product="node",
 )
 def provision_ports() -> StepList:
     # One branch per port (each element's "port" and "vlan" are in its branch's State), four
