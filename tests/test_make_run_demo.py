@@ -93,3 +93,35 @@ def test_provision_ports_completes_under_make_run(demo: DaemonProcess) -> None:
     process = demo.wait_process(pid, statuses=("completed", "failed"), timeout=30)
     assert process["status"] == "completed", process
     assert [r["configured"] for r in process["state"]["port_results"]] == ports
+
+
+def run_demo(demo: DaemonProcess) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchd.examples.demo", demo.socket],
+        env=demo.environment(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def test_the_demo_builds_a_network_with_relations_once(demo: DaemonProcess) -> None:
+    first = run_demo(demo)
+    assert first.returncode == 0, first.stderr
+    status, page = demo.request("GET", "/api/subscriptions?limit=50")
+    products = sorted(s["product"] for s in page["items"])
+    assert products == ["core_link", "l2vpn", "node", "node", "port", "port", "port"]
+    # lon-edge-1's port carries both the core link and the L2VPN.
+    port = next(s for s in page["items"] if s["description"] == "lon-edge-1 xe-0/0/1")
+    _, detail = demo.request("GET", f"/api/subscriptions/{port['id']}")
+    assert sorted(u["product"] for u in detail["in_use_by"]) == ["core_link", "l2vpn"]
+    status, problem = demo.request(
+        "POST", "/api/processes/terminate_port", {"subscription_id": port["id"]}
+    )
+    assert (status, problem["reason"]) == (409, "in_use")
+    again = run_demo(demo)
+    assert again.returncode == 0, again.stderr
+    assert "nothing new is built" in again.stderr
+    _, after = demo.request("GET", "/api/subscriptions?limit=50")
+    assert len(after["items"]) == len(page["items"])

@@ -1,15 +1,27 @@
-"""What `make run` shows a new user: a few example processes started once the daemon answers.
+"""What `make run` shows a new user: a small network built once the daemon answers.
 
 Run beside ``orchd serve`` (embedded default) and ``orchd fake-oss``; it talks to the daemon
-through the same client as the CLI, starts some processes, and says what to try next.
+through the same client as the CLI. On a database without subscriptions it builds two nodes,
+three ports, a core link and an L2VPN, one workflow after the other (each needs the one
+before), then starts the built-in ``validate_subscriptions`` task for the nodes and says what
+to try next. On a database that has subscriptions already it only says what to try: a second
+``make run`` adds nothing.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 from orchd.client import Client, ClientError, DaemonUnreachable, Endpoint
+
+#: How long one demo process may take (the fake OSS fails some requests: retries back off).
+PROCESS_TIMEOUT = 90.0
+
+
+class DemoError(Exception):
+    """Raised when a demo process does not complete."""
 
 
 def main(socket_path: str = "./orchd.sock") -> int:
@@ -25,29 +37,68 @@ def main(socket_path: str = "./orchd.sock") -> int:
                 return 1
             time.sleep(0.3)
     try:
-        started = [
-            client.post("/api/processes/create_node", {"name": f"demo-{n}", "role": role})["id"]
-            for n, role in enumerate(("edge", "core", "access"), start=1)
-        ]
-        client.post("/api/processes/validate_subscriptions", {})
-    except ClientError as exc:
+        if client.get("/api/subscriptions", {"limit": 1})["items"]:
+            say("demo: the database has subscriptions already; nothing new is built.")
+            built = None
+        else:
+            built = build(client)
+    except (ClientError, DemoError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
-    print(
-        "\ndemo: started 3 create_node processes and a validate_subscriptions task.\n"
-        "  Try, in another terminal (the fake OSS fails 5% of requests, so some retry):\n"
-        "    .venv/bin/orchd ps\n"
-        f"    .venv/bin/orchd show {started[1]}\n"
-        "    .venv/bin/orchd subscriptions\n"
-        '    .venv/bin/orchd start modify_node --input \'{"subscription_id": "<id>", '
-        '"role": "core"}\' --wait\n'
-        '    .venv/bin/orchd start provision_ports --input \'{"subscription_id": "<id>", '
-        '"ports": [{"port": "ge-0/0/1", "vlan": 10}, {"port": "ge-0/0/2", "vlan": 20}]}\' '
-        "--wait   (one branch per port)\n",
-        file=sys.stderr,
-        flush=True,
-    )
+    hints(built)
     return 0
+
+
+def build(client: Client) -> dict[str, str]:
+    say("demo: building a small network (nodes in the fake OSS, ports, a core link, an L2VPN)")
+    n1 = run(client, "create_node", {"name": "ams-core-1", "role": "core"})
+    n2 = run(client, "create_node", {"name": "lon-edge-1", "role": "edge"})
+    p1 = run(client, "create_port", {"node": n1, "name": "xe-0/0/1"})
+    p2 = run(client, "create_port", {"node": n2, "name": "xe-0/0/1"})
+    p3 = run(client, "create_port", {"node": n1, "name": "xe-0/0/2", "speed": 1000})
+    link = run(client, "create_core_link", {"port_a": p1, "port_b": p2})
+    vpn = run(client, "create_l2vpn", {"ports": [p3, p2], "vlan": 100})
+    client.post("/api/processes/validate_subscriptions", {"product": "node"})
+    return {"node": n1, "port": p2, "core_link": link, "l2vpn": vpn}
+
+
+def run(client: Client, workflow: str, given: dict[str, Any]) -> str:
+    """Start ``workflow`` and wait until it completes; its subscription's id."""
+    pid = client.post(f"/api/processes/{workflow}", given)["id"]
+    deadline = time.monotonic() + PROCESS_TIMEOUT
+    while True:
+        process = client.get(f"/api/processes/{pid}")
+        if process["status"] == "completed":
+            sid = str(process["state"]["subscription_id"])
+            say(f"  {workflow:<17} {sid}  {process['state']['subscription']['description']}")
+            return sid
+        if process["status"] in ("failed", "aborted", "suspended") or (
+            time.monotonic() > deadline
+        ):
+            raise DemoError(f"{workflow} ({pid}) is {process['status']}: {process.get('error')}")
+        time.sleep(0.2)
+
+
+def hints(built: dict[str, str] | None) -> None:
+    orchd = ".venv/bin/orchd"
+    port = built["port"] if built else "<a port's id>"
+    node = built["node"] if built else "<a node's id>"
+    say(
+        "\ndemo: try, in another terminal:\n"
+        f"    {orchd} products\n"
+        f"    {orchd} subscriptions\n"
+        f"    {orchd} subscription {port}      (what it depends on, what uses it)\n"
+        f'    {orchd} start terminate_port --input \'{{"subscription_id": "{port}"}}\'\n'
+        "        (refused: the core link and the L2VPN use it)\n"
+        f'    {orchd} start modify_node --input \'{{"subscription_id": "{node}", '
+        '"role": "edge"}\' --wait\n'
+        f"    {orchd} ps\n"
+        "  and the console at http://localhost:<port>/ui/ through the tunnel the README shows.\n"
+    )
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
