@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from steering import FailurePlan
-from tests_support import EngineFactory
+from tests_support import EngineFactory, settle
 
 from orchd.engine import Engine
 from orchd.errors import (
@@ -289,3 +289,33 @@ def test_a_ref_to_a_class_that_is_not_a_product_is_refused_at_load_naming_its_fi
         Engine(database=":memory:", workflows=["product_dangling_flows"])
     assert "not a registered product" in str(refused.value)
     assert "product_dangling_flows.py, line" in str(refused.value)
+
+
+async def test_validate_subscriptions_validates_each_active_insync_subscription_as_a_child(
+    engine: Engine, failures: FailurePlan
+) -> None:
+    nodes = [await make_node(engine, f"r{i}") for i in range(3)]
+    provisioning = await run(
+        engine, "create_node", {"customer_id": "acme", "name": "p", "status": "provisioning"}
+    )
+    pid = await engine.start("validate_subscriptions", {"product": "node"}, reporter="test")
+    task = await settle(engine, pid, "completed", "failed")
+    assert task.status == "completed", task.error
+    children = (await engine.list_processes(parent=task.id)).items
+    assert sorted(c.workflow for c in children) == ["validate_node"] * 3
+    validated = {(await engine.get(c.id)).state["subscription_id"] for c in children}
+    assert validated == set(nodes)  # not the one still provisioning
+    assert provisioning.state["subscription_id"] not in validated
+
+
+async def test_validate_subscriptions_without_a_product_is_refused(engine: Engine) -> None:
+    with pytest.raises(FormValidationError):
+        await engine.start("validate_subscriptions", {})
+
+
+async def test_validate_subscriptions_of_a_product_without_validation_fails_saying_so(
+    engine: Engine,
+) -> None:
+    task = await run(engine, "validate_subscriptions", {"product": "port"})
+    assert task.status == "failed"
+    assert "no VALIDATE workflow" in (task.error or "")

@@ -25,6 +25,7 @@ from orchd import _faults as faults
 from orchd.dsl import Workflow
 from orchd.engine import actor as actors
 from orchd.engine import messages
+from orchd.engine import builtins
 from orchd.engine.catalog import Catalog
 from orchd.engine.cluster import Node
 from orchd.engine.events import LISTENER_BUFFER, EventHub, events_of
@@ -111,6 +112,8 @@ class Engine:
         ``tracing``: where spans go (``orchd.tracing.otel(...)``); by default none are made,
         and processes still have trace ids that their steps' requests carry."""
         self.workflows = load_workflows(workflows)
+        # The built-in task, unless loaded code has a workflow of its name.
+        self.workflows.setdefault(builtins.VALIDATE_TASK, builtins.validate_subscriptions)
         #: Spans of processes and steps (contract §17); its owner shuts it down.
         self.tracing: Tracing = tracing if tracing is not None else Tracing()
         #: The products the workflows define, name and reach, with their workflows.
@@ -142,6 +145,9 @@ class Engine:
         self.pruned = Pruned()
         #: Shared objects steps ask for by annotation (e.g. the daemon's HttpClient).
         self.resources: dict[Any, Any] = dict(resources or {})
+        self.resources.setdefault(
+            builtins.Subscriptions, builtins.Subscriptions(self.store, self.catalog)
+        )
         self.actors: dict[str, actors.Actor] = {}
         self._tokens: dict[str, str] = {}
         self._store_failures: dict[str, int] = {}
