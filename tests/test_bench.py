@@ -27,6 +27,7 @@ def test_bench_quick_prints_every_scenario() -> None:
         "raw durable commit",
         "P1 ",
         "P1s ",
+        "P1t ",
         "P2 ",
         "P3 ",
         "P4 ",
@@ -48,6 +49,7 @@ def test_bench_quick_prints_every_scenario() -> None:
         "refused (404)",  # P7: the same requests without a start
         "10 raw commits, interleaved",  # P2
         "async steps/s (P1)",  # P1s
+        "steps/s tracing off",  # P1t: the same processes without spans
     ):
         assert baseline in result.stdout
     # Measured as the daemon runs: its garbage-collector set-up, named in the header.

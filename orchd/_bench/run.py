@@ -25,6 +25,7 @@ from orchd._bench import children as bench_children
 from orchd._bench import load as bench_load
 from orchd._bench import postgres as bench_pg
 from orchd._bench import retention as bench_retention
+from orchd._bench import tracing as bench_tracing
 from orchd._bench.fresh import in_fresh_interpreter, report
 from orchd.dsl import Form, State, children, done, init, inputstep, step, workflow
 from orchd.engine import Engine
@@ -488,6 +489,22 @@ def main(argv: list[str]) -> int:
             f"{p1['steps_per_s']:,.0f} async steps/s (P1)",
             ">= 0.8x async",
         )
+        if bench_tracing.available():
+            # Spans on and off, in turns: what tracing costs the step path (contract §17).
+            on, off = _alternating(
+                runs,
+                lambda: bench_tracing.p1_traced(directory, p1_count, True),
+                lambda: bench_tracing.p1_traced(directory, p1_count, False),
+            )
+            table.row(
+                f"P1t {p1_count:,} x 10-step processes, tracing on",
+                f"{on['steps_per_s']:,.0f} steps/s ({on['steps_per_s'] / off['steps_per_s']:.2f}x"
+                f" off), {on['spans']:,.0f} spans exported (OTLP-encoded)",
+                f"{off['steps_per_s']:,.0f} steps/s tracing off",
+                "off: no cost beyond P1",
+            )
+        else:
+            print("(P1t: tracing needs the otel extra, pip install 'orchd[otel]')", flush=True)
         p2 = _median(runs, lambda: p2_latency(directory))
         table.row(
             "P2 one 10-step process",
