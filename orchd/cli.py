@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from orchd import cliops, cliproducts
+from orchd import cliops, cliproducts, cliresources
 from orchd.client import (
     IN_PROGRESS,
     BadResponse,
@@ -231,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("events", "follow the event stream (reconnects after a daemon restart)")
     p.add_argument("--process", metavar="ID", help="only this process's events")
+    command("resources", "limits on shared resources: their keys in use and the holders")
     p = command("gc", "delete finished processes older than the retention now")
     p.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
 
@@ -538,6 +539,7 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "schedules": cmd_schedules,
     "events": cliops.cmd_events,
     "gc": cliops.cmd_gc,
+    "resources": cliresources.cmd_resources,
 }
 
 

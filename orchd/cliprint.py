@@ -196,6 +196,14 @@ def print_actions(proc: dict[str, Any]) -> None:
     print_table(("AT", "ACTION", "ACTOR", "DETAIL"), rows)
 
 
+def _blocked_on(blocked: Any) -> str | None:
+    """Contract §16: ``router r1 since 12:00:01`` while a step waits for a limit's slot."""
+    if not isinstance(blocked, dict):
+        return None
+    key = f" {blocked.get('key')}" if blocked.get("key") else ""
+    return f"{blocked.get('resource')}{key} since {when(blocked.get('since'))}"
+
+
 def print_process(proc: dict[str, Any], branch: str | None = None) -> None:
     """A process for humans: header, step log (with skip reasons), forks, audit trail, and the
     failed step's traceback."""
@@ -222,6 +230,7 @@ def print_process(proc: dict[str, Any], branch: str | None = None) -> None:
             ("error", proc.get("error")),
             ("attempts", proc.get("attempts") or None),
             ("next retry", when(proc.get("next_retry_at")) or None),
+            ("blocked on", _blocked_on(proc.get("blocked_on"))),
             ("form", form_text),
         ]
     )

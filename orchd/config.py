@@ -30,6 +30,7 @@ from orchd.settings import (
     EngineSettings,
     EventSettings,
     HttpSettings,
+    LimitSpec,
     ScheduleSpec,
     TcpSettings,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "engine_settings",
     "event_settings",
     "http_settings",
+    "limit_specs",
     "load_config",
     "parse_duration",
     "parse_host",
@@ -135,6 +137,15 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     enabled: bool = False
 
 
+class LimitConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A ``[limits.NAME]`` table (contract §16): per key, at most ``concurrency`` steps at once
+    and at most ``rate`` starts (``"10/s"``, ``"600/m"``, ``"100/h"``), spaced evenly. A bare
+    number (``router = 1``) is the concurrency alone."""
+
+    concurrency: Positive | None = None
+    rate: str | None = None
+
+
 class RetentionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How long completed and aborted processes are kept after their last change ("0": for
     ever), and how many events are kept for clients that resume."""
@@ -183,6 +194,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     step_timeout: str | None = None
     #: Threads for sync steps; a call abandoned after its timeout gives its place back.
     step_threads: Positive = 64
+    #: Limits on shared resources that steps name with ``uses=`` (contract §16).
+    #: Each entry a concurrency (``router = 1``) or a table (``LimitConfig``), checked by
+    #: ``limit_specs`` so that an error names the limit.
+    limits: dict[str, Any] = {}
     #: A cluster (``database`` on PostgreSQL): this daemon's name (default ``hostname:pid``)
     #: and how long its lease on its processes lasts without a heartbeat.
     node_id: str | None = None
@@ -543,6 +558,65 @@ def validate_config(config: Config, *, source: str = DEFAULT_SOURCE) -> None:
             f" ({config.events.max_streams})",
         )
     schedule_specs(config, source=source)
+    limit_specs(config, source=source)
+
+
+_RATE = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*/\s*(s|m|h)\s*")
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+#: A limit's name, as a step's ``uses=`` names it (``orchd.dsl.LIMIT_NAME``).
+_LIMIT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def parse_rate(text: str) -> float:
+    """Starts per second in ``"10/s"``, ``"600/m"`` or ``"100/h"``; ValueError otherwise."""
+    found = _RATE.fullmatch(text)
+    if found is None:
+        raise ValueError(f"invalid rate {text!r} (use e.g. \"10/s\", \"600/m\" or \"100/h\")")
+    per_second = float(found.group(1)) / _RATE_UNITS[found.group(2)]
+    if per_second <= 0:
+        raise ValueError(f"rate must be greater than zero, got {text!r}")
+    return per_second
+
+
+def limit_specs(config: Config, *, source: str = DEFAULT_SOURCE) -> dict[str, LimitSpec]:
+    """The ``[limits]`` table checked and parsed: ``{name: LimitSpec}``.
+
+    Raises ConfigError (``<file>: limits.NAME...: problem``) on the first bad entry. Whether
+    every limit a step names is set is the engine's check, once the workflows are loaded."""
+    check = _Checker(source)
+    specs = {}
+    for name, entry in config.limits.items():
+        if not _LIMIT_NAME.fullmatch(name):
+            check.fail(
+                f"limits.{name}", "a limit's name has only letters, digits, '_', '.' and '-'"
+            )
+        try:
+            entry = msgspec.convert(entry, Positive | LimitConfig)
+        except msgspec.ValidationError as exc:
+            problem = _describe_validation_error(str(exc))
+            where, _, what = problem.partition(": ")
+            if where == "top level":
+                if "got object" not in what:
+                    what = f"{what} (a number: at most so many at once; or a table)"
+                check.fail(f"limits.{name}", what)
+            check.fail(f"limits.{name}.{where}", what)
+        if isinstance(entry, int):
+            specs[name] = LimitSpec(concurrency=entry)
+            continue
+        if entry.concurrency is None and entry.rate is None:
+            check.fail(f"limits.{name}", "set concurrency, rate or both")
+        rate = None
+        if entry.rate is not None:
+            try:
+                rate = parse_rate(entry.rate)
+            except ValueError as exc:
+                check.fail(f"limits.{name}.rate", str(exc))
+        specs[name] = LimitSpec(
+            concurrency=entry.concurrency,
+            rate=rate,
+            rate_text=None if entry.rate is None else entry.rate.strip(),
+        )
+    return specs
 
 
 def schedule_specs(config: Config, *, source: str = DEFAULT_SOURCE) -> tuple[ScheduleSpec, ...]:
@@ -667,6 +741,7 @@ def engine_settings(config: Config) -> EngineSettings:
         keep_events=config.retention.events,
         node_id=config.node_id,
         lease_timeout=parse_duration(config.lease_timeout),
+        limits=limit_specs(config),
     )
 
 

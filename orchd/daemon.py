@@ -43,12 +43,14 @@ from orchd.config import (
     event_settings,
     http_settings,
     is_postgres,
+    limit_specs,
     load_config,
     schedule_specs,
     sqlite_file,
     tcp_settings,
 )
 from orchd.engine import Engine
+from orchd.engine.limits import check_uses
 from orchd.engine.scheduler import Scheduler
 from orchd.errors import ConfigError
 from orchd.http import HttpClient
@@ -75,6 +77,7 @@ RELOADABLE = (
     "retry_delay",
     "retry_max_delay",
     "retry_max_attempts",
+    "limits",
 )
 
 
@@ -500,6 +503,9 @@ class Daemon:
         source, old = self.loaded.source, self.config
         try:
             new = load_config(self.loaded.path).config
+            # Contract §16: a limit a loaded step names may not go (refused like an unknown
+            # one at start-up); changed ones apply to the next acquisitions.
+            check_uses(self.engine.workflows, limit_specs(new, source=source))
             # First, since the scheduler may still refuse the list: then nothing has changed.
             scheduled = await self.scheduler.reload(schedule_specs(new, source=source))
         except ConfigError as exc:
@@ -516,6 +522,7 @@ class Daemon:
             changes.append("schedules: " + ", ".join(scheduled))
         logs.set_level(new.log_level)
         self.engine.settings = engine_settings(new)
+        self.engine.limits.reconfigured()
         restart = restart_keys(old, new)
         # Keys that need a restart keep their running values, so the next reload names them again.
         self.config = msgspec.structs.replace(old, **{k: getattr(new, k) for k in RELOADABLE})

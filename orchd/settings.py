@@ -13,6 +13,18 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 
+class LimitSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One limit on a shared resource (``[limits]``, contract §16), per key: at most
+    ``concurrency`` steps at once, and at most ``rate`` starts a second, spaced evenly."""
+
+    #: Steps holding a key at once (None: no bound, only the rate).
+    concurrency: int | None = None
+    #: Starts per second per key (None: no rate), one every ``1 / rate`` seconds.
+    rate: float | None = None
+    #: The rate as written ("10/s"), for the API and reload messages.
+    rate_text: str | None = None
+
+
 class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
     """How the engine runs steps; a reload (SIGHUP) may replace the whole object."""
 
@@ -38,6 +50,8 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
     node_id: str | None = None
     #: Seconds a node's lease lasts unrenewed: how long its processes wait after it dies.
     lease_timeout: float = 10.0
+    #: Limits on shared resources by name (contract §16); a step's ``uses=`` names them.
+    limits: dict[str, LimitSpec] = {}
 
 
 class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -198,7 +198,25 @@ def render(
     )
     if stats.cluster is not None:
         _cluster(out, stats.cluster)
+    _resources(out, stats.resources)
     return out.text()
+
+
+def _resources(out: Exposition, resources: Mapping[str, tuple[int, int]]) -> None:
+    """Contract §16: each limit's slots held and steps waiting for one, on this node."""
+    limits = sorted(resources.items())
+    out.family(
+        "orchd_resource_in_use",
+        "gauge",
+        "Slots of a limit on shared resources held by steps on this node.",
+        [("orchd_resource_in_use", {"resource": name}, held) for name, (held, _) in limits],
+    )
+    out.family(
+        "orchd_resource_waiting",
+        "gauge",
+        "Steps on this node waiting for a slot of a limit on shared resources.",
+        [("orchd_resource_waiting", {"resource": name}, wait) for name, (_, wait) in limits],
+    )
 
 
 #: A cluster node's counters: (metric, kind, help, key in ``EngineStats.cluster``).

@@ -57,6 +57,7 @@ from orchd.model import (
     Process,
     ProcessStatus,
     ProductInfo,
+    ResourceLimit,
     ScheduleInfo,
     SubscriptionDetail,
     SubscriptionStatus,
@@ -450,6 +451,9 @@ class ControlApi:
     async def list_products(self, request: web.Request) -> web.Response:
         return _json(self.engine.products())
 
+    async def list_resources(self, request: web.Request) -> web.Response:
+        return _json(await self.engine.resource_limits())
+
     async def list_schedules(self, request: web.Request) -> web.Response:
         return _json(await self.scheduler.entries() if self.scheduler is not None else [])
 
@@ -609,6 +613,10 @@ class ControlApi:
                   "Each product with its JSON Schema and its workflows", list[ProductInfo]),
             Route("GET", "/api/schedules", self.list_schedules, "The scheduler's entries",
                   list[ScheduleInfo]),
+            Route("GET", "/api/resources", self.list_resources,
+                  "Each limit on shared resources ([limits]), its keys in use (in the whole "
+                  "cluster) with their holders, and how many steps wait for each",
+                  list[ResourceLimit]),
             Route("POST", "/api/schedules/{name}/run", self.run_schedule,
                   "Run a schedule's workflow now", Created, status=201, errors=(404, 409, 503)),
             Route("GET", "/api/events", self.events,

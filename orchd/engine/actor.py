@@ -25,6 +25,7 @@ from orchd.engine import children as childstep
 from orchd.engine.calls import call_step, cancelled_from_outside
 from orchd.engine.forks import Forks
 from orchd.engine.host import Host
+from orchd.engine.limits import Halted, slots_of
 from orchd.engine.messages import (
     Abort,
     Callback,
@@ -393,10 +394,12 @@ class Actor:
         )
         try:
             kwargs = inject(step.name, step.params, view, self.host.resources)
-            result = await call_step(self.host, self.pid, step, kwargs)
+            result = await call_step(self.host, self.pid, step, kwargs, slots_of(step, view))
             delta = to_json_values(step.name, result)
             sub, relations = await self.subscription_change(step, delta)
             changes = changes_of(self.state, step.name, delta)
+        except Halted:
+            return  # aborted or stopped while it waited for its resources (§16): it never ran
         except asyncio.CancelledError as exc:
             if cancelled_from_outside():
                 raise  # this actor is being stopped: the step runs again at the next start

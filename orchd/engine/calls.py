@@ -1,8 +1,10 @@
 """Calling a step's function: on the event loop or in the step threads, within its timeout.
 
-Only the engine's own deadline becomes a StepTimeout; a TimeoutError the step raises itself is
-a failure like any other. Only the actor's own cancellation may propagate: whatever step code
-raises, CancelledError included, is the step's failure (contract §2).
+A step that names resources takes them here first (``orchd.engine.limits``), on the main line
+and in branches alike. Only the engine's own deadline becomes a StepTimeout; a TimeoutError the
+step raises itself is a failure like any other. Only the actor's own cancellation may
+propagate: whatever step code raises, CancelledError included, is the step's failure (contract
+§2).
 """
 
 from __future__ import annotations
@@ -13,11 +15,19 @@ from typing import Any
 
 from orchd.dsl import Step
 from orchd.engine.host import Host
+from orchd.engine.limits import Slot
 from orchd.engine.outcome import StepTimeout
 
 
-async def call_step(host: Host, pid: str, step: Step, kwargs: dict[str, Any]) -> Any:
+async def call_step(
+    host: Host, pid: str, step: Step, kwargs: dict[str, Any], uses: tuple[Slot, ...] = ()
+) -> Any:
+    """Call the step; with ``uses`` (``limits.slots_of``), first take those slots, waiting
+    for them (contract §16): the wait counts toward no timeout, and an abort or a stop ends
+    it with ``Halted`` before anything ran."""
     assert step.func is not None
+    if uses:
+        await host.limits.acquire(pid, step.name, uses)
     timeout = step.timeout if step.timeout is not None else host.settings.step_timeout
     if not timeout:
         if step.is_async:  # the common case, one coroutine frame less per waiting actor

@@ -29,6 +29,7 @@ from orchd.engine import builtins
 from orchd.engine.catalog import Catalog
 from orchd.engine.cluster import Node
 from orchd.engine.events import LISTENER_BUFFER, EventHub, events_of
+from orchd.engine.limits import ClusterLimiter, Limiter, check_uses
 from orchd.engine.loading import load_workflows
 from orchd.engine.loopwatch import LoopWatch
 from orchd.engine.starts import build_start
@@ -53,11 +54,12 @@ from orchd.model import (
     ProcessStatus,
     ProductInfo,
     Reset,
+    ResourceLimit,
     Subscription,
     SubscriptionDetail,
     WorkflowInfo,
 )
-from orchd.settings import EngineSettings
+from orchd.settings import EngineSettings, LimitSpec
 from orchd.state import (
     form_schema,
 )
@@ -80,6 +82,7 @@ from orchd.store.base import (
 )
 from orchd.store.cluster import ClusterStore, NodeInfo
 from orchd.store.opening import open_store
+from orchd.store.slots import HasSlots
 from orchd.store.views import Views, every_status, uuid_or_none
 from orchd.tracing import Tracing, new_trace_id, parse_traceparent
 
@@ -125,6 +128,8 @@ class Engine:
             self.settings = msgspec.structs.replace(settings or EngineSettings(), **overrides)
         except TypeError as exc:
             raise TypeError(f"Engine(): {exc}") from None
+        # Contract §16: every limit a step names must be configured (ConfigError, naming it).
+        check_uses(self.workflows, self.settings.limits)
         #: The database. The engine layer (the scheduler) uses it; layers above use the
         #: engine's methods.
         self.store: Store = open_store(
@@ -140,6 +145,12 @@ class Engine:
         self.node: Node | None = None
         if isinstance(self.store, ClusterStore):
             self.node = Node(self, self.store, self.settings.lease_timeout)
+        #: Limits on shared resources (contract §16): in memory, or a cluster's table of slots.
+        self.limits: Limiter = (
+            ClusterLimiter(self._limit_specs, self.store.slots, _sweep_every(self.settings))
+            if isinstance(self.store, HasSlots)
+            else Limiter(self._limit_specs)
+        )
         self.store.on_events(self._on_events)
         #: What retention deleted since the engine started, for metrics.
         self.pruned = Pruned()
@@ -171,6 +182,9 @@ class Engine:
         self._steps = StepMetrics()
         self._sends: set[asyncio.Task[None]] = set()
 
+    def _limit_specs(self) -> Mapping[str, LimitSpec]:
+        return self.settings.limits  # read at each decision: a reload applies at once
+
     def _on_events(self, events: list[Event]) -> None:
         self._events.publish(events)
         if self.node is not None:
@@ -196,6 +210,7 @@ class Engine:
         await self.store.open()
         if self.node is not None:
             await self.node.start()
+        await self.limits.open()
         _, self._events.last_id = await self.store.event_bounds()
         if self.loopwatch is not None:
             self.loopwatch.start()
@@ -283,6 +298,7 @@ class Engine:
         self._timers.clear()
         for a in list(self.actors.values()):
             a.post(messages.Stop(), None)
+            self.limits.interrupt(a.pid)  # a step waiting for resources does not run now
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0 if self._grace_cut else self.settings.grace_period):
                 while self.actors and not self._hurry.is_set():
@@ -300,6 +316,7 @@ class Engine:
                 if not fut.done():
                     fut.set_exception(ShuttingDown("the engine stopped"))
         self._waiters.clear()
+        await self.limits.close()
         await self._leave()
         await self.store.close()
         self._threads.close()
@@ -336,6 +353,8 @@ class Engine:
                 self.tracing.began(pid)
             actor.task = self._tg.create_task(actor.run())
         actor.post(message, reply)
+        if self.limits.waiting and isinstance(message, messages.Abort | messages.Stop):
+            self.limits.interrupt(pid)  # §16: it no longer waits for resources
 
     async def _ask(self, pid: str, message: messages.Message) -> Any:
         if not self._accepting:
@@ -404,6 +423,8 @@ class Engine:
             await asyncio.sleep(0)  # let the loop serve its sockets between steps
         else:
             finished = await self.store.write(checkpoint)
+        if self.limits.by_task:
+            self.limits.committed()  # §16: its step's outcome is committed, its slots free
         if isinstance(finished, ChildFinished):
             # A child's last checkpoint: its parent may be awake, a held sibling free to go.
             if finished.woke is not None and faults.ENABLED:
@@ -435,6 +456,8 @@ class Engine:
         return await self.store.branches(pk)
 
     def retire(self, actor: actors.Actor) -> None:
+        if actor.pid in self.limits.by_pid:
+            self.limits.release_process(actor.pid)  # whatever it held or waited for
         if self.tracing.on and actor.loaded:
             self.tracing.retired(actor.pid, actor.workflow_name, actor.trace_id, actor.status)
         if self.actors.get(actor.pid) is actor:
@@ -666,7 +689,10 @@ class Engine:
 
     async def get(self, pid: str) -> Process:
         """The process as committed, with its whole step log (``pid`` may be a prefix)."""
-        return await self._views.get(await self.resolve_id(pid))
+        process = await self._views.get(await self.resolve_id(pid))
+        if process.status == P.RUNNING:
+            process.blocked_on = (await self.limits.blocked([process.id])).get(process.id)
+        return process
 
     async def list_processes(
         self,
@@ -678,9 +704,20 @@ class Engine:
         cursor: str | None = None,
     ) -> Page:
         """Processes, newest first, a page at a time (``parent``: that process's children)."""
-        return await self._views.list_processes(
+        page = await self._views.list_processes(
             status=status, workflow=workflow, parent=parent, limit=limit, cursor=cursor
         )
+        running = [p for p in page.items if p.status == P.RUNNING]
+        if running:
+            blocked = await self.limits.blocked([p.id for p in running])
+            for p in running:
+                p.blocked_on = blocked.get(p.id)
+        return page
+
+    async def resource_limits(self) -> list[ResourceLimit]:
+        """Each limit on shared resources, its keys in use (with several nodes, the whole
+        cluster's) and their holders (contract §16)."""
+        return await self.limits.report()
 
     async def get_subscription(self, sid: str) -> SubscriptionDetail:
         """The subscription with its processes, relations, note's history and the workflows of
@@ -938,8 +975,15 @@ class Engine:
             pruned_actions=self.pruned.actions,
             node_id=None if self.node is None else self.node.node_id,
             cluster=None if self.node is None else self.node.counters(),
+            resources=self.limits.counts(),
         )
 
 
 def _actor(reporter: str | None, default: str = "engine") -> str:
     return reporter or default
+
+
+def _sweep_every(settings: EngineSettings) -> float:
+    """How often a node frees dead nodes' resource slots: as often as it looks for their
+    processes (``orchd.engine.cluster``)."""
+    return max(0.2, min(1.0, settings.lease_timeout / 5))

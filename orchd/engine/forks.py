@@ -26,6 +26,7 @@ from orchd import _faults as faults
 from orchd.dsl import Step, StepKind
 from orchd.engine.branches import Branch, Broken, Fork, fill_pending
 from orchd.engine.calls import call_step, cancelled_from_outside
+from orchd.engine.limits import Halted, slots_of
 from orchd.engine.messages import Callback, Envelope, Expire, Retry, Run, respond
 from orchd.engine.outcome import NO_CHANGES, Changes, StepCrash, changes_of, failure_of, retry_delay
 from orchd.errors import CallbackNotFound, InvalidTransition, OrchdError, ShuttingDown
@@ -443,12 +444,15 @@ class Forks:
         )
         try:
             kwargs = _inject(step, view, actor)
+            uses = slots_of(step, view)
             # Thousands of branches may wait in their steps at once: each keeps its arguments,
             # not a copy of its State.
             del view
-            result = await call_step(actor.host, actor.pid, step, kwargs)
+            result = await call_step(actor.host, actor.pid, step, kwargs, uses)
             delta = to_json_values(step.name, result)
             changes = changes_of(b.state(), step.name, delta)
+        except Halted:
+            return  # aborted or stopped while it waited for its resources (§16): it never ran
         except asyncio.CancelledError as exc:
             if cancelled_from_outside():
                 raise

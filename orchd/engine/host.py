@@ -26,6 +26,7 @@ from orchd.tracing import Tracing
 
 if TYPE_CHECKING:
     from orchd.engine.actor import Actor
+    from orchd.engine.limits import Limiter
 
 
 class Host(Protocol):
@@ -36,6 +37,11 @@ class Host(Protocol):
 
     @property
     def resources(self) -> Mapping[Any, Any]: ...
+
+    @property
+    def limits(self) -> Limiter:
+        """The limits on shared resources that steps' ``uses=`` take (contract §16)."""
+        ...
 
     @property
     def tracing(self) -> Tracing:

@@ -27,6 +27,7 @@ from orchd.store.cluster import Claim, NodeInfo, Postman
 from orchd.store.postgres import nodes
 from orchd.store.postgres.reads import PgReads
 from orchd.store.postgres.schema import SCHEMA_VERSION, migrate
+from orchd.store.postgres.slots import PgSlots
 from orchd.store.postgres.writer import EVENTS_CHANNEL, Writer
 from orchd.store.sqlreads import SELECT_PROCESS, process_row
 
@@ -95,6 +96,8 @@ class PgStore(PgReads):
         self._tail_wake = asyncio.Event()
         self._postman: Postman | None = None
         self._counts = {"lease_renewals": 0, "lease_renewal_failures": 0, "takeovers": 0}
+        #: The cluster's table of resource slots (contract §16).
+        self.slots = PgSlots(self.node_id, self.incarnation)
 
     async def open(self) -> None:
         try:
@@ -137,6 +140,8 @@ class PgStore(PgReads):
             self._listener = await asyncpg.connect(self.url)
             await self._listener.add_listener(EVENTS_CHANNEL, self._on_events_notified)
             await self._listener.add_listener(nodes.channel(self.node_id), self._on_mail_notified)
+            await self._listener.add_listener(self.slots.channel, self.slots.notified)
+            self.slots.pool = self._pool
             self._tail_task = asyncio.create_task(self._tail(), name="orchd pg events")
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
             await self.close()

@@ -18,13 +18,16 @@ from orchd.errors import StoreError
 
 log = logging.getLogger("orchd.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Advisory lock keys (any constants; they only need to differ from each other).
 MIGRATE_LOCK = 0x6F72_6364_0001
 #: Held by a transaction while it takes event ids and until it commits, so ids are committed
 #: in the order they are given: a reader that saw id N never later meets a smaller new one.
 EVENTS_LOCK = 0x6F72_6364_0002
+#: Held by a transaction on the table of resource slots (contract §16) until it commits: one
+#: node at a time decides who holds a slot.
+SLOTS_LOCK = 0x6F72_6364_0010
 
 #: Forward migrations: MIGRATIONS[n] takes a database from version n to n + 1.
 MIGRATIONS: list[list[str]] = [
@@ -198,6 +201,34 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX subscription_actions_by_subscription ON subscription_actions "
         "(subscription_id)",
+    ],
+    [
+        # Limits on shared resources (contract §16): each slot a step holds or waits for, by
+        # limit and key, with the node running it (a dead node's slots go with its lease); a
+        # request's number is its place in each queue. And when each rated key's next start
+        # may happen. SQLite needs neither: one node keeps its limits in memory.
+        """CREATE TABLE resource_slots (
+            request BIGINT NOT NULL,
+            resource TEXT NOT NULL,
+            key TEXT NOT NULL,
+            held BOOLEAN NOT NULL DEFAULT false,
+            process_id TEXT NOT NULL,
+            step TEXT NOT NULL,
+            node TEXT NOT NULL,
+            incarnation TEXT NOT NULL,
+            since DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (request, resource, key)
+        )""",
+        "CREATE INDEX resource_slots_by_key ON resource_slots (resource, key, request)",
+        "CREATE INDEX resource_slots_by_node ON resource_slots (node, incarnation)",
+        "CREATE INDEX resource_slots_waiting ON resource_slots (process_id) WHERE NOT held",
+        "CREATE SEQUENCE resource_requests AS BIGINT",
+        """CREATE TABLE resource_rates (
+            resource TEXT NOT NULL,
+            key TEXT NOT NULL,
+            next_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (resource, key)
+        )""",
     ],
 ]
 
