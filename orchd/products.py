@@ -291,23 +291,49 @@ def ref_targets(cls: type) -> list[type[Product]]:
     return found
 
 
-def _walk(obj: Any, prefix: str = "") -> Iterator[tuple[str, _Field, Any]]:
-    """Every field of a product or block instance, nested ones included, with its path
-    (``saps[1].vlan``) and value."""
-    for f in _plan(type(obj)):
+_REQUIRED: dict[type, tuple[_Field, ...]] = {}
+_REFERRING: dict[type, tuple[_Field, ...]] = {}
+
+
+def _requiring(cls: type) -> tuple[_Field, ...]:
+    """The fields a status may require: required ones, and blocks holding some."""
+    found = _REQUIRED.get(cls)
+    if found is None:
+        found = tuple(
+            f for f in _plan(cls)
+            if f.required is not None or (f.block is not None and _requiring(f.block))
+        )  # fmt: skip
+        _REQUIRED[cls] = found
+    return found
+
+
+def _referring(cls: type) -> tuple[_Field, ...]:
+    """The fields that hold Refs: Refs, and blocks holding some."""
+    found = _REFERRING.get(cls)
+    if found is None:
+        found = tuple(
+            f for f in _plan(cls)
+            if f.ref is not None or (f.block is not None and _referring(f.block))
+        )  # fmt: skip
+        _REFERRING[cls] = found
+    return found
+
+
+def _missing(obj: Any, prefix: str, rank: int, missing: list[str]) -> None:
+    """Collect the unset fields ``rank`` requires, nested blocks included, each by its path
+    (``saps[1].vlan``)."""
+    for f in _requiring(type(obj)):
         value = getattr(obj, f.name)
-        path = f"{prefix}{f.name}"
-        if f.many and isinstance(value, list | tuple | set | frozenset):
-            yield path, f, value
-            for i, item in enumerate(value):
-                if f.ref is not None:
-                    yield f"{path}[{i}]", _Field(f.name, None, f.ref, None, False), item
-                elif f.block is not None and item is not None:
-                    yield from _walk(item, f"{path}[{i}].")
-            continue
-        yield path, f, value
-        if f.block is not None and value is not None:
-            yield from _walk(value, f"{path}.")
+        if value is None:
+            if f.required is not None and LIFECYCLE[f.required] <= rank:
+                missing.append(prefix + f.name)
+        elif f.block is not None:
+            if f.many:
+                for i, item in enumerate(value):
+                    if item is not None:
+                        _missing(item, f"{prefix}{f.name}[{i}].", rank, missing)
+            else:
+                _missing(value, f"{prefix}{f.name}.", rank, missing)
 
 
 # -- checks and conversions -------------------------------------------------------------------
@@ -320,21 +346,63 @@ class ProductError(Exception):
 
 def missing_at(model: Product) -> list[str]:
     """The paths of the fields ``model``'s status requires that are not set."""
+    missing: list[str] = []
     rank = LIFECYCLE.get(model.status, 0)
-    return [
-        path
-        for path, f, value in _walk(model)
-        if f.required is not None and value is None and LIFECYCLE[f.required] <= rank
-    ]
+    if rank:
+        _missing(model, "", rank, missing)
+    return missing
 
 
 def refs_of(model: Product) -> dict[str, tuple[str, str]]:
     """Each Ref the model holds: its path -> (the subscription id, the product it must be)."""
+    return refs_in(type(model), msgspec.to_builtins(model))
+
+
+def refs_in(cls: type, values: Any, prefix: str = "") -> dict[str, tuple[str, str]]:
+    """The Refs a product's (or block's) fields hold, read from their JSON values (as State
+    holds a subscription's, under ``attributes``) without building the model: path ->
+    (the subscription id, the product it must be)."""
     found: dict[str, tuple[str, str]] = {}
-    for path, f, value in _walk(model):
-        if f.ref is not None and isinstance(value, uuid.UUID):
-            found[path] = (str(value), f.ref.product)
+    if isinstance(values, dict):
+        _refs_in(cls, values, prefix, found)
     return found
+
+
+def _refs_in(cls: type, values: dict[str, Any], prefix: str, found: dict[str, Any]) -> None:
+    for f in _referring(cls):
+        value = values.get(f.name)
+        if value is None:
+            continue
+        if f.many:
+            if isinstance(value, list):
+                _refs_in_list(f, value, f"{prefix}{f.name}", found)
+        elif f.ref is not None:
+            if isinstance(value, str):
+                found[prefix + f.name] = (value, f.ref.product)
+        elif isinstance(value, dict):
+            _refs_in(f.block, value, f"{prefix}{f.name}.", found)  # type: ignore[arg-type]
+
+
+def _refs_in_list(f: _Field, items: list[Any], path: str, found: dict[str, Any]) -> None:
+    if f.ref is not None:
+        product = f.ref.product
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                found[f"{path}[{i}]"] = (item, product)
+        return
+    assert f.block is not None
+    inner = _referring(f.block)
+    if len(inner) == 1 and inner[0].ref is not None and not inner[0].many:
+        # The usual shape (a list of blocks, each with one Ref, e.g. SAPs on ports), read in
+        # one loop: this runs at every save of such a subscription.
+        name, product = inner[0].name, inner[0].ref.product
+        for i, item in enumerate(items):
+            if isinstance(item, dict) and isinstance(ref := item.get(name), str):
+                found[f"{path}[{i}].{name}"] = (ref, product)
+        return
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            _refs_in(f.block, item, f"{path}[{i}].", found)
 
 
 def to_model(cls: type[Product], sub: Any, *, where: str = "subscription") -> Product:
@@ -367,10 +435,13 @@ def as_state(model: Product) -> dict[str, Any]:
     """A model as State (and the API) holds a subscription: its own fields, ``product``, and
     the product's fields under ``attributes`` (a product declared ``omit_defaults=True`` leaves
     out the fields at their defaults)."""
-    own = {k: msgspec.to_builtins(getattr(model, k)) for k in OWN_FIELDS}
-    if own["id"] is None:
-        del own["id"]
     values = msgspec.to_builtins(model)
+    # The own fields are text, numbers, booleans or None but the id (a UUID), and are read
+    # from the model: omit_defaults may have left them out of ``values``.
+    own = {k: getattr(model, k) for k in OWN_FIELDS}
+    sid = own.pop("id")
+    if sid is not None:
+        own["id"] = str(sid)
     attributes = {k: v for k, v in values.items() if k not in _OWN}
     return {**own, "product": model.product_name, "attributes": attributes}
 

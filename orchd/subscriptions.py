@@ -13,7 +13,15 @@ import uuid
 from typing import Any, NamedTuple
 
 from orchd.model import SUBSCRIPTION_FIELDS, SubscriptionStatus
-from orchd.products import PRODUCTS, Product, ProductError, as_state, missing_at, refs_of, to_model
+from orchd.products import (
+    PRODUCTS,
+    Product,
+    ProductError,
+    as_state,
+    missing_at,
+    refs_in,
+    to_model,
+)
 
 FIELDS = frozenset(SUBSCRIPTION_FIELDS)
 STATUSES = frozenset(s.value for s in SubscriptionStatus)
@@ -52,8 +60,9 @@ def complete_subscription(
         raise SubscriptionError(f"{where} must be an object")
     product = given.get("product") or (previous or {}).get("product")
     cls = PRODUCTS.get(product) if isinstance(product, str) else None
+    refs: dict[str, tuple[str, str]] = {}
     if cls is not None:
-        sub, model = _typed(where, cls, {**given, "product": product}, new_id)
+        sub, model, refs = _typed(where, cls, {**given, "product": product}, new_id)
     else:
         sub, model = _untyped(where, given, new_id), None
     before = previous if previous and previous.get("id") == sub["id"] else None
@@ -62,7 +71,6 @@ def complete_subscription(
     sub["version"] = version if before and _same_content(before, sub) else version + 1
     if model is None or cls is None:
         return Saved(sub, None, {})
-    refs = refs_of(model)
     old = _refs_before(cls, before)
     relations = {path: sid for path, (sid, _) in refs.items()}
     new_refs = {path: ref for path, ref in refs.items() if old.get(path) != ref[0]}
@@ -72,7 +80,7 @@ def complete_subscription(
 
 def _typed(
     where: str, cls: type[Product], given: dict[str, Any], new_id: str
-) -> tuple[dict[str, Any], Product]:
+) -> tuple[dict[str, Any], Product, dict[str, tuple[str, str]]]:
     try:
         model = to_model(cls, given, where=where)
     except ProductError as exc:
@@ -87,7 +95,7 @@ def _typed(
     sub = as_state(model)
     sub["id"] = _uuid(where, given.get("id") or new_id)
     sub["insync"] = False
-    return sub, model
+    return sub, model, _refs(cls, sub["attributes"])
 
 
 def _untyped(where: str, given: dict[str, Any], new_id: str) -> dict[str, Any]:
@@ -140,8 +148,22 @@ def _refs_before(cls: type[Product], before: dict[str, Any] | None) -> dict[str,
     """What the Refs of the subscription as saved before named (path -> id)."""
     if before is None:
         return {}
-    try:
-        model = to_model(cls, before)
-    except ProductError:  # saved before its product had a class, or of another shape
-        return {}
-    return {path: sid for path, (sid, _) in refs_of(model).items()}
+    return {path: sid for path, (sid, _) in _refs(cls, before.get("attributes")).items()}
+
+
+#: The Refs of the attributes saved last, by the identity of the attributes object: the
+#: next step of the same process finds them here (State keeps that very object) instead of
+#: reading them again. Entries hold their object, so an id is never taken for another's.
+_RECENT: dict[int, tuple[Any, dict[str, tuple[str, str]]]] = {}
+_RECENT_MAX = 4096
+
+
+def _refs(cls: type[Product], attributes: Any) -> dict[str, tuple[str, str]]:
+    hit = _RECENT.get(id(attributes))
+    if hit is not None and hit[0] is attributes:
+        return hit[1]
+    refs = refs_in(cls, attributes)
+    if len(_RECENT) >= _RECENT_MAX:
+        _RECENT.clear()
+    _RECENT[id(attributes)] = (attributes, refs)
+    return refs

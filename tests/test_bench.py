@@ -39,6 +39,8 @@ def test_bench_quick_prints_every_scenario() -> None:
         "P8k ",
         "P9 foreach over 1,000",
         "P9 200 branches waiting",
+        "PR1 ",
+        "PR2 ",
         "database after ",
     ):
         assert label in result.stdout
@@ -50,6 +52,8 @@ def test_bench_quick_prints_every_scenario() -> None:
         "10 raw commits, interleaved",  # P2
         "async steps/s (P1)",  # P1s
         "steps/s tracing off",  # P1t: the same processes without spans
+        "steps/s untyped, same size",  # PR1: the same MODIFY on an untyped subscription
+        "ms without q",  # PR2: the same page without a search
     ):
         assert baseline in result.stdout
     # Measured as the daemon runs: its garbage-collector set-up, named in the header.

@@ -24,6 +24,7 @@ from orchd._bench import branches as bench_branches
 from orchd._bench import children as bench_children
 from orchd._bench import load as bench_load
 from orchd._bench import postgres as bench_pg
+from orchd._bench import products as bench_products
 from orchd._bench import retention as bench_retention
 from orchd._bench import tracing as bench_tracing
 from orchd._bench.fresh import in_fresh_interpreter, report
@@ -605,6 +606,22 @@ def main(argv: list[str]) -> int:
             f"{p9m['per_branch_kb']:.1f} KiB/branch",
             f"{p3['per_actor_kb']:.1f} KiB/actor polling (P3)",
             "<= P3's per actor",
+        )
+        m_count = 50 if args.quick else 400
+        m = bench_products.typed_modify(directory, m_count, runs)
+        table.row(
+            f"PR1 MODIFY of an L2VPN of 8 SAPs, 8 steps, {m_count} at once",
+            f"{m['typed']:,.0f} steps/s typed ({m['typed'] / m['untyped']:.2f}x)",
+            f"{m['untyped']:,.0f} steps/s untyped, same size",
+            ">= 0.8x",
+        )
+        s_count = 10_000 if args.quick else 100_000
+        q = bench_products.search(directory, s_count, 100 if args.quick else 400)
+        table.row(
+            f"PR2 GET /api/subscriptions?q= over {s_count:,} subscriptions",
+            f"p99 {q['q_p99_ms']:.1f} ms",
+            f"p99 {q['list_p99_ms']:.1f} ms without q",
+            "p99 < 50 ms",
         )
         # The quick (smoke) run simulates a schedule ten times slower, and says so.
         days, per_day = (9, 864) if args.quick else (30, bench_retention.PER_DAY)
