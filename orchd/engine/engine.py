@@ -458,8 +458,11 @@ class Engine:
     def retire(self, actor: actors.Actor) -> None:
         if actor.pid in self.limits.by_pid:
             self.limits.release_process(actor.pid)  # whatever it held or waited for
-        if self.tracing.on and actor.loaded:
-            self.tracing.retired(actor.pid, actor.workflow_name, actor.trace_id, actor.status)
+        if self.tracing.on:
+            if actor.loaded:
+                self.tracing.retired(actor.pid, actor.workflow_name, actor.trace_id, actor.status)
+            else:  # it never ran (its process was not found): its run had no span
+                self.tracing.retired(actor.pid, "", "", "")
         if self.actors.get(actor.pid) is actor:
             del self.actors[actor.pid]
             if not self.actors:
