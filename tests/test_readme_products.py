@@ -1,0 +1,51 @@
+"""The README's Products example runs as written: its code block is loaded as a workflow
+module, and its workflows create a typed subscription and change it."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests_support import ROOT
+
+from orchd.testing import workflow_engine
+
+
+def products_example() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("\n## Products\n") :]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match is not None, "the Products section has no Python example"
+    return match.group(1)
+
+
+@pytest.fixture
+def example_module(tmp_path: Path) -> Iterator[str]:
+    (tmp_path / "readme_products.py").write_text(products_example())
+    sys.path.insert(0, str(tmp_path))
+    try:
+        yield "readme_products"
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("readme_products", None)
+
+
+async def test_the_readme_products_example_creates_and_changes_a_router(
+    example_module: str,
+) -> None:
+    async with workflow_engine([example_module]) as engine:
+        created = await engine.wait(
+            await engine.start("create_router", {"name": "r1", "ims_id": 4})
+        )
+        assert created.status == "completed", created.error
+        sid = created.state["subscription_id"]
+        renamed = await engine.wait(
+            await engine.start("rename_router", {"subscription_id": sid, "new_name": "r2"})
+        )
+        assert renamed.status == "completed", renamed.error
+        sub = await engine.get_subscription(sid)
+        assert sub.product == "router" and sub.attributes["node"] == {"name": "r2", "ims_id": 4}
+        assert {p.name for p in engine.products()} >= {"router", "router_port"}
