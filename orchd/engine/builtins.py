@@ -78,9 +78,7 @@ class ValidateSubscriptions(Form):
 async def pick_subscriptions(product: str, subscriptions: Subscriptions) -> State:
     workflow = subscriptions.validate_workflow(product)
     if workflow is None:
-        raise ValueError(
-            f"product {product!r} has no VALIDATE workflow among the loaded workflows"
-        )
+        raise ValueError(f"product {product!r} has no VALIDATE workflow among the loaded workflows")
     found = await subscriptions.find(product=product, status="active", insync=True)
     validations: list[dict[str, Any]] = [{"subscription_id": s.id} for s in found]
     return {"validate_workflow": workflow, "validations": validations}

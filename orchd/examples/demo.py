@@ -72,9 +72,7 @@ def run(client: Client, workflow: str, given: dict[str, Any]) -> str:
             sid = str(process["state"]["subscription_id"])
             say(f"  {workflow:<17} {sid}  {process['state']['subscription']['description']}")
             return sid
-        if process["status"] in ("failed", "aborted", "suspended") or (
-            time.monotonic() > deadline
-        ):
+        if process["status"] in ("failed", "aborted", "suspended") or (time.monotonic() > deadline):
             raise DemoError(f"{workflow} ({pid}) is {process['status']}: {process.get('error')}")
         time.sleep(0.2)
 

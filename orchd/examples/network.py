@@ -179,4 +179,3 @@ async def check_saps(subscription: L2vpn, subscriptions: Subscriptions) -> State
 @workflow("Check that every port of an L2VPN is active", target=Target.VALIDATE, product=L2vpn)
 def validate_l2vpn() -> StepList:
     return init >> check_saps >> done
-
