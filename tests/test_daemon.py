@@ -369,7 +369,9 @@ def test_new_processes_get_503_while_shutting_down(daemon_factory: DaemonFactory
                 break
             assert time.monotonic() < deadline, "still accepting"
             time.sleep(0.02)
-        conn.request("POST", "/api/processes/quick", body=b"{}")
+        conn.request(
+            "POST", "/api/processes/quick", body=b"{}", headers={"Content-Type": "application/json"}
+        )
         response = conn.getresponse()
         problem = json.loads(response.read())
         assert response.status == 503 and problem["type"].endswith("shutting-down"), problem

@@ -147,7 +147,7 @@ def _corruptions(ids: dict[str, str]) -> dict[str, tuple[str, ...]]:
         ),
         "bad_process_status": (f"UPDATE processes SET status = 'exploded' WHERE id = '{create}'",),
         "bad_step_status": (f"UPDATE steps SET status = 'meh' WHERE process = {pk} AND seq = 1",),
-        "schema": ("PRAGMA user_version = 8",),
+        "schema": (f"PRAGMA user_version = {SCHEMA_VERSION + 1}",),
         "integrity": (
             # The index now claims to sort by workflow while its entries are by status.
             "PRAGMA writable_schema = ON",

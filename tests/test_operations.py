@@ -85,6 +85,7 @@ def test_a_malformed_idempotency_key_is_400_and_starts_nothing(
     conn = UnixHTTPConnection(daemon.socket)
     conn.putrequest("POST", "/api/processes/e2e_hello")
     conn.putheader("Idempotency-Key", key.encode("utf-8"))
+    conn.putheader("Content-Type", "application/json")
     conn.putheader("Content-Length", "2")
     conn.endheaders(b"{}")
     response = conn.getresponse()

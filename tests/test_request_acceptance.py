@@ -10,6 +10,7 @@ socket and on its TCP listener:
 - numbers too long for any id or count are a 400, not a 500;
 - ``HEAD /api/events`` has no body;
 - the metrics' names do not clash, the OpenAPI document describes the headers and answers;
+- an ``Idempotency-Key`` answers only the input it was first sent with (422 otherwise).
 
 Every refusal is checked to have changed nothing that the test can see.
 """
@@ -26,6 +27,9 @@ from typing import Any
 
 import pytest
 from daemon_util import DaemonProcess, UnixHTTPConnection, free_port
+from tests_support import EngineFactory
+
+from orchd.errors import IdempotencyKeyReused
 
 TOKEN = "acceptance-token-0123456789abcdef"
 #: The name the config allows besides the daemon's own.
@@ -225,25 +229,12 @@ def test_a_form_post_to_the_socket_starts_nothing(served: Served) -> None:
         )
         assert_problem(reply, 415)
     assert processes(served, "fuzz_tick") == ticks
-
-
-@pytest.mark.parametrize(
-    "content_type",
-    ["application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8"],
-)
-def test_json_with_or_without_a_utf8_charset_is_taken(served: Served, content_type: str) -> None:
-    reply = send(
-        served, "POST", "/api/processes/fuzz_tick", b'{"n": 1}', {"Content-Type": content_type}
-    )
-    assert reply.status == 201, reply.body
-
-
-def test_a_route_without_a_body_needs_no_content_type(served: Served) -> None:
-    # Content-Length: 0 and no type, as `curl -X POST` sends it: no body, nothing to type.
-    reply = send(served, "POST", "/api/gc", b"", {"Content-Length": "0"})
-    assert reply.status == 200, reply.body
-    reply = send(served, "POST", f"/api/schedules/{SCHEDULE}/run", b"")
-    assert reply.status == 201, reply.body
+    # JSON is taken, with or without a UTF-8 charset.
+    for content_type in ("application/json", "Application/JSON;charset=UTF-8"):
+        reply = send(
+            served, "POST", "/api/processes/fuzz_tick", b'{"n": 1}', {"Content-Type": content_type}
+        )
+        assert reply.status == 201, reply.body
 
 
 # -- 2. nothing changed on behalf of another site (403) --------------------------------------
@@ -261,6 +252,7 @@ CROSS_SITE: dict[str, dict[str, str]] = {
 @pytest.mark.parametrize("kind", list(CROSS_SITE))
 @pytest.mark.parametrize("tcp", [False, True], ids=["socket", "tcp"])
 def test_a_cross_site_request_changes_nothing(served: Served, kind: str, tcp: bool) -> None:
+    """...and the same request from the page's own origin, or from a script, is taken."""
     host = f"localhost:{served.port}" if tcp else "localhost:8470"
     headers = {"Host": host, "Content-Type": "application/json", **CROSS_SITE[kind]}
     ticks = processes(served, "fuzz_tick")
@@ -276,20 +268,15 @@ def test_a_cross_site_request_changes_nothing(served: Served, kind: str, tcp: bo
         assert problem["type"] == "urn:orchd:problem:cross-site-request"
     assert processes(served, "fuzz_tick") == ticks
     assert served.daemon.get_process(hold)["status"] == "running"
-    assert send(served, "POST", f"/api/processes/{hold}/abort", tcp=tcp).status == 202
-
-
-@pytest.mark.parametrize("tcp", [False, True], ids=["socket", "tcp"])
-def test_a_same_origin_request_and_one_without_origin_are_taken(served: Served, tcp: bool) -> None:
-    host = f"localhost:{served.port}" if tcp else "localhost:8470"
-    same = {"Host": host, "Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}
-    assert json_post(served, "/api/processes/fuzz_tick", {}, headers=same, tcp=tcp).status == 201
-    # Scripts and the CLI send no Origin.
-    assert json_post(served, "/api/processes/fuzz_tick", {}, tcp=tcp).status == 201
     # Reading is not changing: a cross-site GET is answered (the browser keeps the answer
     # from the other site's script).
     reply = send(served, "GET", "/api/workflows", headers={"Origin": EVIL, "Host": host}, tcp=tcp)
     assert reply.status == 200
+    # From the page's own origin, and from a script (no Origin), the same posts are taken.
+    same = {"Host": host, "Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}
+    assert json_post(served, "/api/processes/fuzz_tick", {}, headers=same, tcp=tcp).status == 201
+    assert json_post(served, "/api/processes/fuzz_tick", {}, tcp=tcp).status == 201
+    assert send(served, "POST", f"/api/processes/{hold}/abort", b"", same, tcp=tcp).status == 202
 
 
 def console_session(served: Served, path: str, host: str) -> tuple[str, str]:
@@ -414,10 +401,8 @@ def test_on_the_socket_a_browser_must_come_as_localhost(served: Served) -> None:
             reply = json_post(served, "/api/processes/fuzz_tick", {}, headers=headers)
             assert_problem(reply, 421)
     assert processes(served, "fuzz_tick") == ticks
-
-
-def test_on_the_socket_scripts_may_send_any_host(served: Served) -> None:
-    # curl --unix-socket orchd.sock http://x/api/...: no Origin, no Sec-Fetch-Site.
+    # Scripts send no Origin and no Sec-Fetch-Site: any Host will do
+    # (curl --unix-socket orchd.sock http://x/api/...).
     reply = json_post(served, "/api/processes/fuzz_tick", {}, headers={"Host": "x"})
     assert reply.status == 201, reply.body
 
@@ -436,6 +421,10 @@ def test_a_body_of_whitespace_is_400_not_no_body(
     assert processes(served, "fuzz_tick") == ticks
     assert served.daemon.get_process(suspended)["status"] == "suspended"
     assert served.daemon.get_process(awaiting[0])["status"] == "awaiting_callback"
+    # No body at all (Content-Length: 0, no type, as `curl -X POST` sends it) stays "no body"
+    # where a route takes none.
+    reply = send(served, "POST", "/api/gc", b"", {"Content-Length": "0"})
+    assert reply.status == 200 and reply.json["dry_run"] is False, reply.body
 
 
 def test_an_object_that_names_a_key_twice_is_400(served: Served, suspended: str) -> None:
@@ -473,11 +462,12 @@ HUGE = "9" * 5000
         (f"/api/processes?limit={HUGE}", {}),
         (f"/api/subscriptions?limit={HUGE}", {}),
         (f"/api/processes?cursor={HUGE}", {}),
-        ("/api/events", {"Last-Event-ID": "9" * 25}),
-        (f"/api/processes?cursor={'9' * 25}", {}),
+        ("/api/events", {"Last-Event-ID": str(2**63)}),
+        (f"/api/events?after={2**63}", {}),
+        (f"/api/processes?cursor={2**63}", {}),
     ],
-    ids=["Last-Event-ID", "after", "limit", "subscriptions limit", "cursor", "Last-Event-ID 25",
-         "cursor 25"],
+    ids=["Last-Event-ID", "after", "limit", "subscriptions limit", "cursor",
+         "Last-Event-ID 2**63", "after 2**63", "cursor 2**63"],
 )  # fmt: skip
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 def test_a_number_too_long_for_any_id_is_400(
@@ -595,3 +585,41 @@ def test_the_events_process_filter_takes_an_id_prefix(served: Served) -> None:
     assert_problem(send(served, "GET", "/api/events?process=ffffffff-f"), 404)
     assert_problem(send(served, "GET", "/api/events?process=xyz"), 400)
     assert_problem(send(served, "GET", "/api/events?process=abc"), 400)
+
+
+# -- 8. an Idempotency-Key answers the input it came with ------------------------------------
+
+
+def test_an_idempotency_key_sent_again_with_another_input_is_422(served: Served) -> None:
+    headers = {"Idempotency-Key": "acceptance-key-1"}
+    first = json_post(served, "/api/processes/fuzz_tick", {"n": 1, "m": [1, 2]}, headers=headers)
+    assert first.status == 201, first.body
+    pid = first.json["id"]
+    # The same input, written otherwise (another key order, other spacing): the same process.
+    again = send(
+        served,
+        "POST",
+        "/api/processes/fuzz_tick",
+        b'{ "m" : [1,2] , "n":1 }',
+        {**headers, "Content-Type": "application/json"},
+    )
+    assert again.status == 200 and again.json["id"] == pid, again.body
+    ticks = processes(served, "fuzz_tick")
+    for other in ({"n": 2, "m": [1, 2]}, {"n": 1}, {}):
+        reply = json_post(served, "/api/processes/fuzz_tick", other, headers=headers)
+        problem = assert_problem(reply, 422)
+        assert problem["type"] == "urn:orchd:problem:idempotency-key-reused"
+        assert pid in problem["detail"]
+    assert processes(served, "fuzz_tick") == ticks
+
+
+async def test_a_key_sent_again_with_another_input_is_refused_on_both_backends(
+    engine_factory: EngineFactory,
+) -> None:
+    # The daemon above runs on SQLite; the digest is kept by the PostgreSQL store alike.
+    engine = await engine_factory(["fuzz_flows"])
+    pid = await engine.start("fuzz_tick", {"n": 1, "m": "x"}, idempotency_key="k")
+    assert await engine.start("fuzz_tick", {"m": "x", "n": 1}, idempotency_key="k") == pid
+    with pytest.raises(IdempotencyKeyReused, match=pid):
+        await engine.start("fuzz_tick", {"n": 2, "m": "x"}, idempotency_key="k")
+    assert [p.id for p in (await engine.list_processes(workflow="fuzz_tick")).items] == [pid]

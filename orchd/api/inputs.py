@@ -20,9 +20,9 @@ from orchd.model import DEFAULT_PAGE, MAX_PAGE
 
 #: Request bodies nested deeper than this are refused (400) rather than handed on.
 MAX_DEPTH = 64
-#: The most digits an integer parameter may have: more than any id or count (2**63 has 19),
-#: and far below the 4,300 beyond which Python refuses to convert a string at all.
-MAX_DIGITS = 18
+#: The largest integer a parameter may give: the database's (ids and cursors are its integers).
+#: Its 19 digits are checked first: Python refuses to convert a string of more than 4,300.
+MAX_INTEGER = 2**63 - 1
 
 _decoder = msgspec.json.Decoder()
 _PREFIX = re.compile(r"[0-9a-f][0-9a-f-]*")
@@ -113,12 +113,12 @@ def text(query: Mapping[str, str], name: str) -> str | None:
 
 def integer(name: str, raw: str) -> int:
     """ASCII digits only: int() would also take '1_0', '+5' and other scripts' digits; at most
-    MAX_DIGITS of them (a longer number is no id or count, and a very long one int() refuses)."""
+    MAX_INTEGER (a larger number is no id or count, and a very long one int() refuses)."""
     text = raw.strip()
     if not text.isascii() or not text.isdigit():
         raise BadRequest(f"{name}: expected a non-negative integer, got {_shown(raw)}")
-    if len(text.lstrip("0")) > MAX_DIGITS:
-        raise BadRequest(f"{name}: {_shown(raw)} is too large (at most {MAX_DIGITS} digits)")
+    if len(text.lstrip("0")) > len(str(MAX_INTEGER)) or int(text) > MAX_INTEGER:
+        raise BadRequest(f"{name}: {_shown(raw)} is larger than {MAX_INTEGER}")
     return int(text)
 
 

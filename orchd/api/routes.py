@@ -72,10 +72,10 @@ log = logging.getLogger("orchd.api")
 PING_TIMEOUT = 5.0
 #: The longest ``X-Orchd-Reporter`` label.
 MAX_REPORTER = 200
-#: How the OpenAPI document describes a number the API reads (``inputs.integer``): at most
-#: MAX_DIGITS digits after any leading zeros; and an abbreviated process id.
-MAX_NUMBER = 10**inputs.MAX_DIGITS - 1
-NUMBER_PATTERN = f"^0*[0-9]{{1,{inputs.MAX_DIGITS}}}$"
+#: How the OpenAPI document describes a number the API reads (``inputs.integer``), and an
+#: abbreviated process id. A pattern cannot say "at most 2**63 - 1": it says 18 digits.
+MAX_NUMBER = inputs.MAX_INTEGER
+NUMBER_PATTERN = "^0*[0-9]{1,18}$"
 PREFIX_PATTERN = f"^[0-9a-fA-F][0-9a-fA-F-]{{{MIN_PREFIX - 1},34}}$"
 #: A label as ``str.isprintable`` takes it, within the Latin-1 that headers carry.
 LABEL_PATTERN = "^[^\\x00-\\x1f\\x7f-\\xa0\\xad]*$"

@@ -4,8 +4,11 @@ schedule or a parent's children step alike."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
+
+import msgspec
 
 from orchd.dsl import Workflow
 from orchd.engine.events import event
@@ -34,6 +37,7 @@ def build_start(
     refused start raises. A child names its parent, fan-out and element; ``held`` waits
     for a free slot."""
     values = initial_input(wf, input)
+    digest = None if idempotency_key is None else input_digest(values)
     holds = wf.target in HOLDS_SUBSCRIPTION
     lock = values.get("subscription_id") if holds else None
     version = values.pop("version", None) if holds and _version_apart(wf) else None
@@ -60,11 +64,18 @@ def build_start(
         child_index=index,
         held=held,
         idempotency_key=idempotency_key,
+        idempotency_digest=digest,
         events=[event("process", pid, wf.name, P.CREATED, parent_id=parent_id)],
         product=wf.product if holds else None,
         usable_when=wf.usable_when,
         expect_version=version,
     )
+
+
+def input_digest(values: dict[str, Any]) -> str:
+    """What a start's input is, for a later start with its Idempotency-Key to be compared
+    with: the SHA-256 of its JSON with sorted keys (so neither key order nor spacing counts)."""
+    return hashlib.sha256(msgspec.json.encode(values, order="sorted")).hexdigest()
 
 
 def _version_apart(wf: Workflow) -> bool:

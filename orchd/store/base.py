@@ -362,6 +362,9 @@ class NewProcess(msgspec.Struct, kw_only=True):
     #: With a key, a process that holds it already is answered instead (its row, whose ``id``
     #: differs from this op's); one of another workflow is refused (IdempotencyConflict).
     idempotency_key: str | None = None
+    #: What the start's input was (``engine.starts.input_digest``), set with a key: the key's
+    #: process answers only a start with the same input (else IdempotencyKeyReused).
+    idempotency_digest: str | None = None
     #: Stored (and announced) only when the process is created; see ``Checkpoint.events``.
     events: list[Event] = []
     #: The trace it joins (a start's ``traceparent``, a child's parent's) or begins; None:

@@ -17,7 +17,12 @@ from typing import Any
 
 import msgspec
 
-from orchd.errors import FormValidationError, IdempotencyConflict, SubscriptionLocked
+from orchd.errors import (
+    FormValidationError,
+    IdempotencyConflict,
+    IdempotencyKeyReused,
+    SubscriptionLocked,
+)
 from orchd.model import (
     SUBSCRIPTION_FIELDS,
     Event,
@@ -71,15 +76,23 @@ def prunable_where(retention: Retention) -> tuple[str | None, tuple[float, ...]]
     return where, tuple(params)
 
 
-def keyed_process(found: ProcessRow, op: NewProcess) -> ProcessRow:
-    """What a start with an Idempotency-Key that ``found`` holds already answers: that process,
-    unless the start asks for another workflow."""
-    if found.workflow != op.workflow:
+def keyed_process(found: Iterable[Any], op: NewProcess) -> ProcessRow:
+    """What a start with an Idempotency-Key that the process ``found`` holds already answers
+    (a row of ``SELECT_KEYED``: the digest of its input, then the process): that process,
+    unless the start asks for another workflow or gives another input."""
+    digest, *columns = found
+    process = process_row(columns)
+    if process.workflow != op.workflow:
         raise IdempotencyConflict(
-            f"Idempotency-Key {op.idempotency_key!r} started process {found.id} "
-            f"of workflow {found.workflow!r}, not {op.workflow!r}"
+            f"Idempotency-Key {op.idempotency_key!r} started process {process.id} "
+            f"of workflow {process.workflow!r}, not {op.workflow!r}"
         )
-    return found
+    if None not in (digest, op.idempotency_digest) and digest != op.idempotency_digest:
+        raise IdempotencyKeyReused(
+            f"Idempotency-Key {op.idempotency_key!r} started process {process.id} with "
+            "another input; a new start needs a new key"
+        )
+    return process
 
 
 def refuse_terminated(sub: dict[str, Any], lock: str) -> None:
@@ -112,6 +125,8 @@ _PROCESS_COLUMNS = (
     "child_group", "child_index", "children_group", "children_pending", "held", "trace_id",
 )  # fmt: skip
 SELECT_PROCESS = f"SELECT {', '.join(_PROCESS_COLUMNS)} FROM processes"
+#: The process that holds an Idempotency-Key, after the digest of the input it started with.
+SELECT_KEYED = f"SELECT idempotency_digest, {', '.join(_PROCESS_COLUMNS)} FROM processes"
 _SUMMARY_COLUMNS = (
     "id, workflow, target, status, created_at, updated_at, reporter, current_step, "
     "subscription_id, error, parent_id"

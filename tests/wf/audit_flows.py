@@ -78,7 +78,12 @@ def answer_early(socket: str, outbox: str, callback_token: str) -> State:
 
     def post() -> None:
         conn: http.client.HTTPConnection = UnixHTTPConnection(socket, timeout=30)
-        conn.request("POST", f"/api/callbacks/{callback_token}", body=b'{"ok": true}')
+        conn.request(
+            "POST",
+            f"/api/callbacks/{callback_token}",
+            body=b'{"ok": true}',
+            headers={"Content-Type": "application/json"},
+        )
         conn.getresponse().read()
         conn.close()
 

@@ -43,12 +43,11 @@ from orchd.store.sqlreads import (
     INSERT_RELATION,
     INSERT_SUBSCRIPTION_ACTION,
     SELECT_HOLDER,
-    SELECT_PROCESS,
+    SELECT_KEYED,
     SELECT_USERS,
     UPSERT_SUBSCRIPTION,
     astuple_note,
     keyed_process,
-    process_row,
     prunable_where,
     refuse_start,
     subscription_from_row,
@@ -221,19 +220,20 @@ async def store_events(conn: Conn, events: list[Event]) -> None:
 
 _INSERT_PROCESS = """INSERT INTO processes (id, workflow, target, status, pc, seq, state,
     reporter, subscription_id, current_step, step_key, step_occurrence, created_at, updated_at,
-    parent_id, child_group, child_index, held, idempotency_key, owner, trace_id)
+    parent_id, child_group, child_index, held, idempotency_key, owner, trace_id,
+    idempotency_digest)
     VALUES ($1, $2, $3, 'created', 0, 0, $4, $5, $6, $7, $8, 0, $9, $9, $10, $11, $12, $13, $14,
-        $15, $16)
+        $15, $16, $17)
     RETURNING rowid"""
 
 
 async def create_process(conn: Conn, op: NewProcess, node: str, events: list[Event]) -> ProcessRow:
     if op.idempotency_key is not None:
         found = await conn.fetchrow(
-            f"{SELECT_PROCESS} WHERE idempotency_key = $1", op.idempotency_key
+            f"{SELECT_KEYED} WHERE idempotency_key = $1", op.idempotency_key
         )
         if found is not None:
-            return keyed_process(process_row(found), op)
+            return keyed_process(found, op)
     state = op.state
     if op.lock is not None:
         # The row lock serialises two starts on one subscription, whichever node takes them.
@@ -275,6 +275,7 @@ async def create_process(conn: Conn, op: NewProcess, node: str, events: list[Eve
         op.idempotency_key,
         None if op.held else node,  # a held child is nobody's until a slot frees
         op.trace_id,
+        op.idempotency_digest,
     )
     await conn.execute(_INSERT_ACTION, pk, op.created_at, START, op.actor, None)
     events.extend(op.events)

@@ -18,7 +18,7 @@ from orchd.errors import StoreError
 
 log = logging.getLogger("orchd.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Advisory lock keys (any constants; they only need to differ from each other).
 MIGRATE_LOCK = 0x6F72_6364_0001
@@ -229,6 +229,10 @@ MIGRATIONS: list[list[str]] = [
             next_at DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (resource, key)
         )""",
+    ],
+    [
+        # What input an Idempotency-Key started its process with, as SQLite's version 8.
+        "ALTER TABLE processes ADD COLUMN idempotency_digest TEXT",
     ],
 ]
 

@@ -12,7 +12,7 @@ from orchd.store.base import token_digest
 
 log = logging.getLogger("orchd.store")
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def _digest_callback_tokens(conn: sqlite3.Connection) -> None:
@@ -196,6 +196,11 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         )""",
         "CREATE INDEX subscription_actions_by_subscription ON subscription_actions "
         "(subscription_id)",
+    ],
+    [
+        # An Idempotency-Key answers only the input it started its process with (contract
+        # §11): the SHA-256 of that input's JSON (keys sorted). NULL for keys used before.
+        "ALTER TABLE processes ADD COLUMN idempotency_digest TEXT",
     ],
 ]
 

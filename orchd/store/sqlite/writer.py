@@ -51,6 +51,7 @@ from orchd.store.sqlreads import (
     INSERT_RELATION,
     INSERT_SUBSCRIPTION_ACTION,
     SELECT_HOLDER,
+    SELECT_KEYED,
     SELECT_PROCESS,
     SELECT_SUBSCRIPTION,
     SELECT_USERS,
@@ -183,8 +184,8 @@ def _add_checkpoint(batch: _Batch, cp: Checkpoint) -> None:
 
 _INSERT_PROCESS = """INSERT INTO processes (id, workflow, target, status, pc, seq, state, reporter,
     subscription_id, current_step, step_key, step_occurrence, created_at, updated_at, parent_id,
-    child_group, child_index, held, idempotency_key, trace_id)
-    VALUES (?, ?, ?, 'created', 0, 0, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    child_group, child_index, held, idempotency_key, trace_id, idempotency_digest)
+    VALUES (?, ?, ?, 'created', 0, 0, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 
 def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
@@ -192,10 +193,10 @@ def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
         # Checked and inserted in one transaction of the only writer: two starts with one
         # key make one process (the UNIQUE index is the backstop).
         found = conn.execute(
-            f"{SELECT_PROCESS} WHERE idempotency_key = ?", (op.idempotency_key,)
+            f"{SELECT_KEYED} WHERE idempotency_key = ?", (op.idempotency_key,)
         ).fetchone()
         if found is not None:
-            return keyed_process(process_row(found), op)
+            return keyed_process(found, op)
     state = op.state
     if op.lock is not None:
         row = conn.execute(SELECT_SUBSCRIPTION, (op.lock,)).fetchone()
@@ -238,6 +239,7 @@ def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
             int(op.held),
             op.idempotency_key,
             op.trace_id,
+            op.idempotency_digest,
         ),
     )
     pk = cur.lastrowid
