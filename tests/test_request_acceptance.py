@@ -536,6 +536,7 @@ def test_openapi_describes_the_headers_the_api_reads(document: dict[str, Any]) -
                  "/api/processes/{id}/skip", "/api/processes/{id}/abort",
                  "/api/processes/{id}/callback", "/api/callbacks/{token}"):  # fmt: skip
         assert "X-Orchd-Reporter" in headers(path, "post"), path
+    assert "X-Orchd-Reporter" in headers("/api/subscriptions/{id}/note", "put")
 
 
 def test_openapi_describes_the_refusals_of_this_file(document: dict[str, Any]) -> None:

@@ -607,7 +607,7 @@ class ControlApi:
                   SubscriptionDetail, errors=(404,)),
             Route("PUT", "/api/subscriptions/{id}/note", self.set_note,
                   "Set the subscription's note (recorded in its actions with who set it)",
-                  SubscriptionDetail, request=NoteRequest, body_required=True,
+                  SubscriptionDetail, request=NoteRequest, body_required=True, headers=reporter,
                   errors=(400, 404, 413, 422)),
             Route("GET", "/api/products", self.list_products,
                   "Each product with its JSON Schema and its workflows", list[ProductInfo]),
