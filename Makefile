@@ -1,4 +1,4 @@
-# The two commands a new user types: `make run` and `make test`.
+# The two commands a new user types: `make run` and `make test` (and `make check` while editing).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The bundled examples talk to this fake OSS; `make run` starts it beside the daemon.
 OSS_PORT ?= 8471
 
-.PHONY: install run test lint tools pgtools browser bench soak clean
+.PHONY: install run test check lint sysdeps tools pgtools browser bench soak clean
 
 $(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,7 @@ $(RUN_STAMP): pyproject.toml
 	touch $(RUN_STAMP)
 
 $(STAMP): $(RUN_STAMP)
+	@echo "installing the test tools into $(VENV) with pip (pyproject.toml's [test] extra)"
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
@@ -38,40 +39,44 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check orchd tests
 	$(BIN)/mypy --strict orchd
 
-# The unit-file tests need systemd-analyze; install systemd's tools when they are missing
-# (as root on Debian-like systems; otherwise those tests skip and say why).
+# System packages some tests need: systemd-analyze (the unit-file tests), a PostgreSQL server
+# on 127.0.0.1:5432 (trust auth, user postgres), $$ORCHD_TEST_PG or the server binaries for a
+# private one (the PostgreSQL tests), and the distribution's Chromium, which Playwright drives
+# (the console's browser tests; Playwright cannot download its own browser here).
+# tests/system-packages.sh says which are missing and what it installs before installing them
+# with apt-get, only as root on Debian-like systems and never with NO_INSTALL=1; otherwise it
+# installs nothing and names the tests that will skip (each says why when it does).
+sysdeps:
+	@tests/system-packages.sh systemd postgresql chromium
 tools:
-	@command -v systemd-analyze >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null) || \
-	  echo "systemd-analyze not available: the unit-file tests will be skipped"; }
-
-# The PostgreSQL tests use a server on 127.0.0.1:5432 (trust auth, user postgres) or
-# $$ORCHD_TEST_PG; without one they start a private cluster with the server binaries, installed
-# here when missing (as root on Debian-like systems; otherwise those tests skip and say why).
+	@tests/system-packages.sh systemd
 pgtools:
-	@pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
-	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || \
-	  echo "no PostgreSQL server nor its binaries: the PostgreSQL tests will be skipped"; }
-
-# The console's browser tests drive the distribution's Chromium through Playwright (which
-# cannot download its own browser here); install it when missing, as root on Debian-like
-# systems, otherwise those tests skip and say why.
+	@tests/system-packages.sh postgresql
 CHROMIUM ?= /usr/bin/chromium
 browser:
-	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
-	  echo "chromium not available: the console's browser tests will be skipped"; }
+	@ORCHD_CHROMIUM=$(CHROMIUM) tests/system-packages.sh chromium
 
-test: lint tools pgtools browser
-	$(BIN)/pytest
+# The suite runs on JOBS xdist workers (the tests wait on daemons, sockets and PostgreSQL more
+# than they compute, so more workers than cores); --dist loadgroup sends each test to the next
+# free worker but keeps a file with module-scoped fixtures on one, and the load and timing
+# tests (group "heavy") one after another on one (tests/conftest.py). JOBS=0 runs serially.
+JOBS ?= 4
+PYTEST_JOBS = $(if $(filter 0,$(JOBS)),-p no:xdist,-n $(JOBS) --dist loadgroup)
+
+test: lint sysdeps
+	$(BIN)/pytest $(PYTEST_JOBS)
+
+# The edit-test loop: the fast tiers (unit and engine, no daemon subprocess), in under a minute.
+check: $(STAMP)
+	$(BIN)/ruff check orchd tests
+	$(BIN)/pytest $(PYTEST_JOBS) -q -m "unit or engine"
 
 bench: $(RUN_STAMP)
 	$(BIN)/orchd bench
 
 # The long crash test: 100 kills over 5,000 processes (make test runs a short one).
 soak: $(STAMP)
-	ORCHD_SOAK=long $(BIN)/pytest tests/test_soak.py -m soak -s
+	ORCHD_SOAK=long $(BIN)/pytest tests/test_soak.py::test_long_soak -s
 
 clean:
 	rm -rf $(VENV) orchd.egg-info

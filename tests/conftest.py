@@ -37,6 +37,92 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+# -- tiers and how xdist spreads them ----------------------------------------------------------
+#
+# Every test file is in one tier (a marker: ``pytest -m unit``): unit, engine, daemon, cluster,
+# soak or browser. The files named below have theirs here; a file that names none (a
+# ``pytestmark``) is judged by what it uses: a daemon or a subprocess makes it ``daemon``, an
+# in-process Engine or a database ``engine``, nothing of that ``unit``. ``make check`` runs
+# unit and engine; ``make test`` runs every tier on several xdist workers (``--dist
+# loadgroup``), where each test goes to whichever worker is free, but
+#
+# - the tests of a file whose fixtures are module-scoped (one daemon for the file, the fuzz
+#   campaign) stay on one worker: its group is the file;
+# - the tests that load the machine or measure timing (the bench smoke test, the soak, the
+#   cluster's takeovers) are the group ``heavy``: one after another on one worker, never two
+#   of them at once, and first, so the longest chain starts at once.
+
+TIERS = ("unit", "engine", "daemon", "cluster", "soak", "browser")
+TIER_OF_FILE = {
+    "test_bench.py": "soak",
+    "test_soak.py": "soak",
+    "test_cluster.py": "cluster",
+    "test_pg_nodes.py": "cluster",
+    "test_console_browser.py": "browser",
+}
+HEAVY_FILES = ("test_bench.py", "test_soak.py", "test_cluster.py")
+#: Fixtures that mean an Engine or a database in the test process (tier ``engine``).
+ENGINE_FIXTURES = frozenset(
+    {"backend", "engine_factory", "database_factory", "open_engine", "api_engine", "pg_server"}
+)
+#: Names a module imports when it drives daemons or other programs (tier ``daemon``).
+PROCESS_NAMES = ("DaemonProcess", "DaemonFactory", "subprocess")
+
+
+def _tier_of(items: list[pytest.Item]) -> str:
+    """The tier of one file's tests: its ``pytestmark``, the table, or what it uses."""
+    first = items[0]
+    for mark in first.iter_markers():
+        if mark.name in TIERS and all(i.get_closest_marker(mark.name) for i in items):
+            return mark.name
+    if first.path.name in TIER_OF_FILE:
+        return TIER_OF_FILE[first.path.name]
+    module = getattr(first, "module", None)
+    names = vars(module) if module is not None else {}
+    if "daemon_factory" in {f for i in items for f in i.fixturenames} or any(
+        n in names for n in PROCESS_NAMES
+    ):
+        return "daemon"
+    if ENGINE_FIXTURES & {f for i in items for f in i.fixturenames}:
+        return "engine"
+    return "unit"
+
+
+def _module_scoped(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    for defs in info.name2fixturedefs.values():
+        for fixturedef in defs:
+            if fixturedef.scope in ("module", "package", "class") and fixturedef.baseid:
+                return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups it marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    xdist = config.pluginmanager.hasplugin("xdist")  # its marker is known only with it
+    by_file: dict[Path, list[pytest.Item]] = {}
+    for item in items:
+        by_file.setdefault(item.path, []).append(item)
+    rank: dict[Path, int] = {}
+    for path, mine in by_file.items():
+        tier = _tier_of(mine)
+        group = None
+        if path.name in HEAVY_FILES:
+            group, rank[path] = "heavy", 0
+        elif any(_module_scoped(i) for i in mine):
+            group, rank[path] = path.stem, 1
+        for item in mine:
+            if not item.get_closest_marker(tier):
+                item.add_marker(getattr(pytest.mark, tier))
+            if xdist and group is not None and not item.get_closest_marker("xdist_group"):
+                item.add_marker(pytest.mark.xdist_group(group))
+    # The heavy group first, then the files kept whole, then the rest, each in collection
+    # order (a stable sort: every worker collects the same order, as xdist requires).
+    items.sort(key=lambda i: rank.get(i.path, 2))
+
+
 # -- in-process engines and what steers their steps -------------------------------------------
 
 

@@ -3,8 +3,10 @@
 In order: ``$ORCHD_TEST_PG`` (a server URL), a server answering on 127.0.0.1:5432 as user
 ``postgres`` (trust auth), or a private cluster started in a temporary directory with the
 server binaries of ``/usr/lib/postgresql/*/bin`` (``make tools`` installs them as root when they
-are missing). The run gets a fresh database of its own (``orchd_test_<random>``), dropped at the
-end; each test gets fresh schemas in it. When none of that is possible the PostgreSQL tests skip
+are missing). The run gets a fresh database of its own, dropped at the end; under xdist each
+worker gets its own (``orchd_test_<worker>_<random>``, e.g. ``orchd_test_gw2_1a2b3c4d``, or
+``orchd_test_main_...`` without xdist), so workers and other runs on the same server never share
+one. Each test gets fresh schemas in it. When none of that is possible the PostgreSQL tests skip
 and say why.
 """
 
@@ -14,6 +16,7 @@ import asyncio
 import concurrent.futures
 import glob
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -121,7 +124,8 @@ def start() -> PgServer | str:
         if isinstance(made, str):
             return f"{made} ({admin}: {why})"
         admin, cluster_dir, pg_ctl = made
-    name = f"orchd_test_{secrets.token_hex(4)}"
+    worker = re.sub(r"[^a-z0-9]", "", os.environ.get("PYTEST_XDIST_WORKER", "main").lower())
+    name = f"orchd_test_{worker or 'main'}_{secrets.token_hex(4)}"
 
     async def create() -> None:
         conn = await asyncpg.connect(admin)

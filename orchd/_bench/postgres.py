@@ -41,6 +41,8 @@ class Database:
 
     def __enter__(self) -> Database:
         asyncio.run(_admin(self.server, f'CREATE DATABASE "{self.name}"'))
+        # Named, so a run can tell its own database from other runs' on a shared server.
+        print(f"PostgreSQL rows in database {self.name} (dropped at the end)", file=sys.stderr)
         return self
 
     def __exit__(self, *exc: object) -> None:
