@@ -36,10 +36,17 @@ def _log(process_id: str, name: str) -> None:
         f.write(f"{process_id} {name} {os.getpid()}\n")
 
 
+def _held(hold: str) -> bool:
+    """A step given ``hold`` (a file's path) waits until the test creates that file."""
+    return not os.path.exists(hold)
+
+
 def _pause(name: str):  # type: ignore[no-untyped-def]
     @step(name)
-    async def pause(process_id: str, pause: float = 0.3) -> State:
+    async def pause(process_id: str, pause: float = 0.3, hold: str = "") -> State:
         _log(process_id, name)
+        while hold and _held(hold):
+            await asyncio.sleep(0.1)
         await asyncio.sleep(pause)
         return {name: os.getpid()}
 
