@@ -27,7 +27,9 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     # Process ids and filters in the address must not travel to another site in a Referer.
-    "Referrer-Policy": "no-referrer",
+    # Not "no-referrer": under it a browser sends ``Origin: null`` with the console's own
+    # form posts, and those are refused as another site's (api/acceptance.py).
+    "Referrer-Policy": "same-origin",
 }
 
 
