@@ -48,6 +48,7 @@ _EXPORTS = {
     "Ref": "orchd.products",
     "product": "orchd.products",
     "required": "orchd.products",
+    "choices": "orchd.pages",
 }
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "begin",
     "callback_step",
     "children",
+    "choices",
     "conditional",
     "done",
     "foreach",
@@ -120,4 +122,5 @@ if TYPE_CHECKING:
     from orchd.engine import Engine
     from orchd.errors import OrchdError
     from orchd.model import Process, ProcessStatus, StepStatus, Target
+    from orchd.pages import choices
     from orchd.products import Block, Product, Ref, product, required

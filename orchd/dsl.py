@@ -27,6 +27,7 @@ import msgspec
 
 from orchd.errors import WorkflowDefinitionError
 from orchd.model import FORMLESS, SubscriptionStatus, Target
+from orchd.pages import Pages, is_pages
 from orchd.products import Product
 from orchd.state import Param, signature_params
 
@@ -471,6 +472,9 @@ class Workflow:
     form: type[Form] | None = None
     module: str = ""
     func: Callable[[], StepList] | None = field(default=None, repr=False)
+    #: A form of several pages (a generator function yielding Form classes), instead of
+    #: ``form``; see ``orchd.pages``.
+    pages: Pages | None = field(default=None, repr=False)
     #: The product it is tied to (its name), and the statuses of a subscription it may start
     #: on (None: any but terminated; a CREATE has none).
     product: str | None = None
@@ -560,7 +564,7 @@ REGISTRY: dict[str, dict[str, Workflow]] = {}
 
 def workflow(
     description: str,
-    initial_input_form: type[Form] | None = None,
+    initial_input_form: type[Form] | Pages | None = None,
     target: Target = Target.CREATE,
     *,
     product: str | type[Product] | None = None,
@@ -579,7 +583,12 @@ def workflow(
     def register(func: Callable[[], StepList]) -> Workflow:
         name = func.__name__
         steps = _as_steplist(func())
-        _validate(name, steps, target, initial_input_form)
+        given: Any = initial_input_form
+        pages: Pages | None = given if is_pages(given) else None
+        form: Any = None if pages is not None else given
+        _validate(name, steps, target, form)
+        if pages is not None and target in FORMLESS:
+            raise WorkflowDefinitionError(f"workflow {name!r}: a {target} workflow takes no form")
         usable = _usable_when(name, target, product_name, usable_when)
         module = getattr(func, "__module__", "") or ""
         wf = Workflow(
@@ -587,9 +596,10 @@ def workflow(
             description=description,
             target=target,
             steps=tuple(steps),
-            form=initial_input_form,
+            form=form,
             module=module,
             func=func,
+            pages=pages,
             product=product_name,
             usable_when=usable,
         )
@@ -636,7 +646,7 @@ def _usable_when(
 _SUBSCRIPTION_STATUSES = frozenset(s.value for s in SubscriptionStatus)
 
 
-def _validate(name: str, steps: StepList, target: Target, form: type[Form] | None) -> None:
+def _validate(name: str, steps: StepList, target: Target, form: Any) -> None:
     where = f"workflow {name!r}"
     if len(steps) < 2 or steps[0] is not init or steps[-1] is not done:
         raise WorkflowDefinitionError(f"{where}: its steps must start with init and end with done")
@@ -644,7 +654,10 @@ def _validate(name: str, steps: StepList, target: Target, form: type[Form] | Non
         if s.kind in (StepKind.INIT, StepKind.DONE):
             raise WorkflowDefinitionError(f"{where}: {s.name} may only stand first or last")
     if form is not None and not (isinstance(form, type) and issubclass(form, msgspec.Struct)):
-        raise WorkflowDefinitionError(f"{where}: initial_input_form must be a Form subclass")
+        raise WorkflowDefinitionError(
+            f"{where}: initial_input_form must be a Form subclass, or a generator function "
+            "yielding Form classes (a form of several pages)"
+        )
     if target in FORMLESS and form is not None:
         raise WorkflowDefinitionError(f"{where}: a {target} workflow takes no input form")
 

@@ -10,6 +10,7 @@ holds, which become its relations. Either way, what is saved has the same shape,
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from orchd.model import SUBSCRIPTION_FIELDS, SubscriptionStatus
@@ -45,13 +46,18 @@ class Saved(NamedTuple):
 
 
 def complete_subscription(
-    step: str, given: Any, new_id: str, previous: dict[str, Any] | None = None
+    step: str,
+    given: Any,
+    new_id: str,
+    previous: dict[str, Any] | None = None,
+    products: Mapping[str, type[Product]] | None = None,
 ) -> Saved:
     """Check a subscription a step returned and fill in every field, as it will be saved.
 
     ``insync`` is always false here: the running process holds the subscription until its
     ``done`` step (or an abort) releases it. ``previous`` is the subscription as State held it
-    before the step (None for a new one).
+    before the step (None for a new one). ``products``: the product classes the engine knows
+    (by default every registered one).
     """
     where = f"step {step!r}: subscription"
     if isinstance(given, Product):
@@ -59,7 +65,8 @@ def complete_subscription(
     if not isinstance(given, dict):
         raise SubscriptionError(f"{where} must be an object")
     product = given.get("product") or (previous or {}).get("product")
-    cls = PRODUCTS.get(product) if isinstance(product, str) else None
+    known = PRODUCTS if products is None else products
+    cls = known.get(product) if isinstance(product, str) else None
     refs: dict[str, tuple[str, str]] = {}
     if cls is not None:
         sub, model, refs = _typed(where, cls, {**given, "product": product}, new_id)

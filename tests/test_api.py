@@ -735,6 +735,8 @@ async def test_metrics_expose_every_family(api_client: Client, api_engine: Engin
         "orchd_workflow_step_failures_total": "counter",
         "orchd_workflow_step_duration_seconds": "histogram",
         "orchd_start_time_seconds": "gauge",
+        "orchd_resource_in_use": "gauge",  # contract §16, a family even with no limits
+        "orchd_resource_waiting": "gauge",
     }
     if api_engine.node is not None:  # on PostgreSQL the engine is a node of a cluster
         expected |= {
@@ -830,7 +832,7 @@ async def test_openapi_documents_every_route(api_client: Client) -> None:
     }
     documented = {(m, shape(path)) for path, ops in doc["paths"].items() for m in ops}
     assert registered == documented
-    assert len(registered) == 19
+    assert len(registered) == 24
     assert len({shape(p) for p in doc["paths"]}) == len(doc["paths"])
 
 

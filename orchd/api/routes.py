@@ -41,6 +41,7 @@ from orchd.api.shapes import (
 from orchd.api.sse import HEARTBEAT, EventStreams
 from orchd.engine import Engine
 from orchd.engine.engine import MIN_PREFIX
+from orchd.engine.formpages import FormPage
 from orchd.errors import (
     BadRequest,
     OrchdError,
@@ -349,7 +350,9 @@ class ControlApi:
             raise WorkflowNotFound(f"no workflow named {workflow!r}")
         # null too: the engine would take None for "no input"
         key = inputs.idempotency_key(request)
-        body = require_object(await self._body(request, {}))
+        body = await self._body(request, {})
+        if not isinstance(body, list):  # a list: the answers of the form's pages
+            body = require_object(body)
         pid, created = await self.engine.start_once(
             workflow,
             body,
@@ -377,6 +380,17 @@ class ControlApi:
 
     async def get_process(self, request: web.Request) -> web.Response:
         return _json(await self.engine.get(request.match_info["id"]))
+
+    async def workflow_form_page(self, request: web.Request) -> web.Response:
+        workflow = request.match_info["name"]
+        if workflow not in self.engine.workflows:
+            raise WorkflowNotFound(f"no workflow named {workflow!r}")
+        answers = await self._body(request, [])
+        return _json(await self.engine.form_page(workflow, answers))
+
+    async def process_form_page(self, request: web.Request) -> web.Response:
+        answers = await self._body(request, [])
+        return _json(await self.engine.process_form_page(request.match_info["id"], answers))
 
     async def resume_process(self, request: web.Request) -> web.Response:
         pid = request.match_info["id"]
@@ -552,7 +566,7 @@ class ControlApi:
                   Created, status=201, alternatives=((200, Created),),
                   described=((201, "Started"),
                              (200, "The process this Idempotency-Key started, with this input")),
-                  request=dict[str, Any],
+                  request=dict[str, Any] | list[Any],
                   headers=(Param("Idempotency-Key",
                                  "a start with a key that started a process of this workflow "
                                  "with the same input answers that process (200); another "
@@ -563,6 +577,15 @@ class ControlApi:
                            *reporter),
                   errors=(400, 404, 409, 413, 422, 503), doc_path="/api/processes/{id}",
                   path_doc=(("id", "for a start: the workflow's name"),)),
+            Route("POST", "/api/workflows/{name}/form", self.workflow_form_page,
+                  "The next page of a workflow's form after the answers given so far (a JSON "
+                  "list, page 0 first; [] asks page 0): {\"page\", \"form\"}, or "
+                  "{\"done\": true}; a 422 locates errors by page and field "
+                  "([\"pages\", 1, \"vlan\"]). Nothing is kept between calls",
+                  FormPage, request=list[Any], errors=(400, 404, 413, 422)),
+            Route("POST", "/api/processes/{id}/form", self.process_form_page,
+                  "As /api/workflows/{name}/form, for the form a suspended process waits for",
+                  FormPage, request=list[Any], errors=(400, 404, 409, 413, 422)),
             Route("GET", "/api/processes", self.list_processes, "Processes, newest first",
                   ProcessPage, errors=(400,),
                   query=(Param("status", "only this status", enum=process_status),
@@ -572,8 +595,10 @@ class ControlApi:
             Route("GET", "/api/processes/{id}", self.get_process, "One process with its steps",
                   Process, errors=(404,), path_doc=(("id", "the process id"),)),
             Route("POST", "/api/processes/{id}/resume", self.resume_process,
-                  "Answer a suspended process's form", Accepted, status=202,
-                  request=dict[str, Any], headers=reporter, errors=(400, 413, 422, *action)),
+                  "Answer a suspended process's form: its object, or the list of its pages' "
+                  "answers", Accepted, status=202,
+                  request=dict[str, Any] | list[Any], headers=reporter,
+                  errors=(400, 413, 422, *action)),
             Route("POST", "/api/processes/{id}/retry", self.retry_process,
                   "Re-run the failed step; with {\"reissue\": true} after a callback's "
                   "validate step failed, ask the external system again", Accepted, status=202,

@@ -14,12 +14,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from orchd.dsl import Step, StepKind
-from orchd.engine import forkstep
+from orchd.engine import forkstep, formpages
 from orchd.engine.messages import Retry
 from orchd.engine.outcome import Outcome, changes_of
 from orchd.errors import FormValidationError, InvalidTransition
 from orchd.model import Action, ProcessStatus, StepStatus, Target, check_action
-from orchd.state import validate_form
 from orchd.store.base import ActionWrite, StepWrite
 
 if TYPE_CHECKING:
@@ -32,8 +31,11 @@ async def resume(actor: Actor, answer: Any, by: str) -> None:
     check_action(Action.RESUME, actor.status, actor.pid)
     await actor.fail_if_broken()
     step = actor.step_now()
-    form = await actor.form_of(step)
-    values = validate_form(form, answer)
+    # The answer of a one-page form (an object), or the list of every page's answer.
+    with formpages.located(answer):
+        page, values = await actor.form_page(step, formpages.answers_of(answer))
+    if values is None:
+        raise formpages.incomplete(page)
     await answered(actor, step, values, actor.action(Action.RESUME, by))
 
 

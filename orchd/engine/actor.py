@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchd import _faults as faults
-from orchd.dsl import Form, Step, StepKind, Stranded, Workflow
-from orchd.engine import actions, forkstep
+from orchd.dsl import Step, StepKind, Stranded, Workflow
+from orchd.engine import actions, forkstep, formpages
 from orchd.engine import children as childstep
 from orchd.engine.calls import call_step, cancelled_from_outside
 from orchd.engine.forks import Forks
@@ -64,10 +64,8 @@ from orchd.model import (
     check_transition,
 )
 from orchd.state import (
-    StepOutputError,
     clone,
     encode,
-    form_schema,
     inject,
     to_json_values,
 )
@@ -450,22 +448,20 @@ class Actor:
 
     async def _suspend(self, step: Step, started: float) -> None:
         try:
-            form = await self.form_of(step)
-            schema = form_schema(form)
+            # The first page of its form (the only one of a one-page form), choices read now.
+            page, _ = await self.form_page(step, [])
         except Exception as exc:
             await self.step_raised(step, exc, started)
             return
-        self.form = encode(schema)
+        self.form = encode(page.form)
         await self.commit(step, Outcome(P.SUSPENDED, StepStatus.SUSPENDED, started, time.time()))
 
-    async def form_of(self, step: Step) -> type[Form]:
-        kwargs = inject(step.name, step.params, self.state, self.host.resources)
-        assert step.func is not None
-        # An inputstep only picks a Form class: a plain function runs inline, not in a thread.
-        form = await step.func(**kwargs) if step.is_async else step.func(**kwargs)
-        if not (isinstance(form, type) and issubclass(form, Form)):
-            raise StepOutputError(f"inputstep {step.name!r} must return a Form class")
-        return form
+    async def form_page(
+        self, step: Step, answers: list[Any]
+    ) -> tuple[formpages.FormPage, dict[str, Any] | None]:
+        """The inputstep's form after ``answers``: the next page, or done and the answer."""
+        pages = await formpages.inputstep_pages(step, self.state, self.host.resources)
+        return await formpages.replay(pages, answers, self.host.choices)
 
     async def _wait_for_callback(self, step: Step, started: float) -> None:
         early = self.pending_callback
@@ -522,6 +518,7 @@ class Actor:
             given,
             self.subscription_id or self.host.new_id(),
             previous if isinstance(previous, dict) else None,
+            self.host.product_classes,
         )
         full = saved.sub
         if self.subscription_id is not None and full["id"] != self.subscription_id:

@@ -15,10 +15,13 @@ from typing import Any
 from orchd.dsl import Form, State, Workflow, children, done, init, step
 from orchd.engine.catalog import Catalog
 from orchd.model import MAX_PAGE, Subscription, Target
+from orchd.pages import Choice, Choices
 from orchd.store.base import Store
 
 #: The name of the built-in task; a loaded workflow of that name takes its place.
 VALIDATE_TASK = "validate_subscriptions"
+#: The most subscriptions a choices field offers.
+MAX_CHOICES = 1000
 #: How many validations of one run go at once.
 VALIDATIONS_AT_ONCE = 20
 
@@ -59,6 +62,13 @@ class Subscriptions:
         """Whether a subscription that is not terminated depends on this one."""
         _, users = await self._store.relations(sid)
         return any(u.status != "terminated" for u in users)
+
+    async def choices(self, marker: Choices) -> list[Choice]:
+        """What a ``choices(...)`` field offers now (at most ``MAX_CHOICES``)."""
+        rows = await self._store.subscription_choices(
+            marker.product, marker.statuses, marker.unused, MAX_CHOICES
+        )
+        return [Choice(id=sid, title=title or sid) for sid, title in rows]
 
     def validate_workflow(self, product: str) -> str | None:
         """The name of the product's VALIDATE workflow, if it has one."""

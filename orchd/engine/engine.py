@@ -24,11 +24,11 @@ import msgspec
 from orchd import _faults as faults
 from orchd.dsl import Workflow
 from orchd.engine import actor as actors
-from orchd.engine import messages
-from orchd.engine import builtins
+from orchd.engine import builtins, formpages, messages
 from orchd.engine.catalog import Catalog
 from orchd.engine.cluster import Node
 from orchd.engine.events import LISTENER_BUFFER, EventHub, events_of
+from orchd.engine.formpages import FormPage
 from orchd.engine.limits import ClusterLimiter, Limiter, check_uses
 from orchd.engine.loading import load_workflows
 from orchd.engine.loopwatch import LoopWatch
@@ -59,6 +59,8 @@ from orchd.model import (
     SubscriptionDetail,
     WorkflowInfo,
 )
+from orchd.pages import Choice, Choices
+from orchd.products import Product
 from orchd.settings import EngineSettings, LimitSpec
 from orchd.state import (
     form_schema,
@@ -642,8 +644,16 @@ class Engine:
         """``start``, also telling whether the process was created now (False: the key's)."""
         if not self._accepting:
             raise ShuttingDown("the engine is not accepting new processes")
+        wf = self.workflows.get(workflow)
+        paged = False
+        if wf is not None:  # a form of several pages, or a list of answers: replayed here
+            input, paged = await formpages.start_input(wf, input, self.choices)
         op = self.prepare_start(
-            workflow, {} if input is None else input, reporter, idempotency_key=idempotency_key
+            workflow,
+            {} if input is None else input,
+            reporter,
+            idempotency_key=idempotency_key,
+            paged=paged,
         )
         remote = parse_traceparent(traceparent)
         if remote is not None:
@@ -667,9 +677,11 @@ class Engine:
         index: int | None = None,
         held: bool = False,
         idempotency_key: str | None = None,
+        paged: bool = False,
     ) -> NewProcess:
         """Check a start (workflow, input) and build it; raises what a refused start raises.
-        A child names its parent, fan-out and element; ``held`` waits for a free slot."""
+        A child names its parent, fan-out and element; ``held`` waits for a free slot;
+        ``paged``: the input went through the workflow's pages."""
         wf = self.workflows.get(workflow)
         if wf is None:
             raise WorkflowNotFound(f"no workflow named {workflow!r}")
@@ -683,6 +695,7 @@ class Engine:
             index=index,
             held=held,
             idempotency_key=idempotency_key,
+            paged=paged,
         )
         # Contract §17: a child is in its parent's trace (its parent's actor is starting it);
         # any other start begins a trace of its own (start_once joins a request's instead).
@@ -729,6 +742,10 @@ class Engine:
         detail.workflows = await self.catalog.usable(self.store, detail)
         return detail
 
+    @property
+    def product_classes(self) -> Mapping[str, type[Product]]:
+        return self.catalog.products
+
     async def subscription_of(self, sid: str) -> Subscription | None:
         return await self.store.subscription(sid)
 
@@ -738,6 +755,27 @@ class Engine:
         op = SetNote(subscription_id=canonical or sid, note=note, actor=by, at=time.time())
         if canonical is None or not await self.store.write(op):
             raise SubscriptionNotFound(f"subscription {sid} does not exist")
+
+    async def form_page(self, workflow: str, answers: Any) -> FormPage:
+        """The next page of a workflow's form after ``answers`` (a list, page 0 first), or
+        done; a 422 locates what is wrong by page and field. Nothing is kept between calls."""
+        wf = self.workflows.get(workflow)
+        if wf is None:
+            raise WorkflowNotFound(f"no workflow named {workflow!r}")
+        return await formpages.form_page(wf, answers, self.choices)
+
+    async def process_form_page(self, pid: str, answers: Any) -> FormPage:
+        """As ``form_page``, for the form a suspended process waits for."""
+        row = await self.store.process(await self.resolve_id(pid))
+        if row is None:
+            raise ProcessNotFound(f"process {pid} does not exist")
+        return await formpages.process_form_page(
+            row, self.workflows.get(row.workflow), answers, self.choices, self.resources
+        )
+
+    async def choices(self, marker: Choices) -> list[Choice]:
+        reader: builtins.Subscriptions = self.resources[builtins.Subscriptions]
+        return await reader.choices(marker)
 
     def products(self) -> list[ProductInfo]:
         """Each product the loaded workflows define or name, with its JSON Schema."""

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from orchd.dsl import Workflow
 from orchd.engine.messages import Message
 from orchd.model import ProcessStatus, Subscription
+from orchd.pages import Choice, Choices
+from orchd.products import Product
 from orchd.settings import EngineSettings
 from orchd.store.base import (
     BranchRow,
@@ -37,6 +39,11 @@ class Host(Protocol):
 
     @property
     def resources(self) -> Mapping[Any, Any]: ...
+
+    @property
+    def product_classes(self) -> Mapping[str, type[Product]]:
+        """The product classes of the loaded workflows, by name."""
+        ...
 
     @property
     def limits(self) -> Limiter:
@@ -120,6 +127,10 @@ class Host(Protocol):
     def forget_callback(self, digest: str) -> None: ...
 
     def new_id(self) -> str: ...
+
+    async def choices(self, marker: Choices) -> list[Choice]:
+        """What a form's ``choices(...)`` field offers now."""
+        ...
 
     async def subscription_of(self, sid: str) -> Subscription | None:
         """A subscription as committed (None when it does not exist)."""

@@ -32,10 +32,18 @@ def build_start(
     index: int | None = None,
     held: bool = False,
     idempotency_key: str | None = None,
+    paged: bool = False,
 ) -> NewProcess:
     """Check a start of ``wf`` (its input) and build it as process ``pid``; raises what a
     refused start raises. A child names its parent, fan-out and element; ``held`` waits
-    for a free slot."""
+    for a free slot. ``paged``: the input is what the workflow's pages gave
+    (``orchd.engine.formpages.start_input``)."""
+    if wf.pages is not None and not paged:
+        raise FormValidationError(
+            f"workflow {wf.name!r} asks its input in pages: start it with the list of the "
+            "pages' answers (a children step cannot start it)",
+            [{"loc": ["pages", 0], "msg": "page not answered"}],
+        )
     values = initial_input(wf, input)
     digest = None if idempotency_key is None else input_digest(values)
     holds = wf.target in HOLDS_SUBSCRIPTION

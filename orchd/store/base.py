@@ -636,6 +636,12 @@ class Store(Protocol):
 
     async def subscription_actions(self, sid: str) -> list[SubscriptionAction]: ...
 
+    async def subscription_choices(
+        self, product: str, statuses: tuple[str, ...] | None, unused: bool, limit: int
+    ) -> list[tuple[str, str]]:
+        """What a choices field offers: (id, description), oldest first."""
+        ...
+
     async def holder(self, sid: str) -> str | None:
         """The unfinished process that holds the subscription, if any."""
         ...

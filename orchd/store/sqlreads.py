@@ -549,6 +549,28 @@ class SqlReads:
 
         return related(depends), related(users)
 
+    async def subscription_choices(
+        self, product: str, statuses: tuple[str, ...] | None, unused: bool, limit: int
+    ) -> list[tuple[str, str]]:
+        """(id, description) of the subscriptions of ``product`` (in ``statuses``; with
+        ``unused``, those no live subscription depends on), oldest first."""
+        where, params = ["product = ?"], [product]
+        if statuses:
+            where.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            params.extend(statuses)
+        if unused:
+            where.append(
+                "NOT EXISTS (SELECT 1 FROM subscription_relations r JOIN subscriptions u "
+                "ON u.id = r.subscription_id WHERE r.depends_on = s.id "
+                "AND u.status != 'terminated')"
+            )
+        rows = await self.fetchall(
+            f"SELECT s.id, s.description FROM subscriptions s WHERE {' AND '.join(where)} "
+            "ORDER BY s.rowid LIMIT ?",
+            (*params, limit),
+        )
+        return [(str(i), str(d)) for i, d in rows]
+
     async def subscription_actions(self, sid: str) -> list[SubscriptionAction]:
         rows = await self.lookup(
             "SELECT at, action, actor, detail FROM subscription_actions "

@@ -1,11 +1,15 @@
 """Products for the product tests: a node, a port on a node, an L2VPN whose service access
-points sit on ports; and their CREATE, MODIFY, TERMINATE and VALIDATE workflows."""
+points sit on ports; and their CREATE, MODIFY, TERMINATE and VALIDATE workflows.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: the pages of a form built inside its generator
+refer to the generator's own variables (``count``), which only annotations evaluated at once
+can see."""
 
 import asyncio
-from typing import Annotated
+from collections.abc import Generator
+from typing import Annotated, Any
 
+from msgspec import Meta
 from runfiles import record_run
 from steering import FailurePlan
 
@@ -16,8 +20,10 @@ from orchd import (
     Ref,
     State,
     Target,
+    choices,
     done,
     init,
+    inputstep,
     product,
     required,
     step,
@@ -231,3 +237,68 @@ async def hold(process_id: str) -> State:
 )
 def create_l2vpn_held() -> object:
     return init >> build_l2vpn >> hold >> done
+
+
+# -- forms of several pages -------------------------------------------------------------------
+
+
+class L2vpnSize(Form):
+    sap_count: Annotated[int, Meta(ge=2, le=8)]
+    speed: int = 1000
+
+
+class L2vpnVlan(Form):
+    vlan: Annotated[int, Meta(ge=1, le=4094)]
+
+
+def l2vpn_pages() -> Generator[type[Form], Any, State]:
+    size = yield L2vpnSize
+    count = size.sap_count
+
+    class PickPorts(Form):
+        ports: Annotated[
+            list[choices("port", status="active", unused=True)],  # type: ignore[valid-type]
+            Meta(min_length=count, max_length=count),
+        ]
+
+    picked = yield PickPorts
+    vlan = yield L2vpnVlan
+    return {"customer_id": "acme", "ports": picked.ports, "vlan": vlan.vlan, "speed": size.speed}
+
+
+@step("Build L2VPN of the pages")
+def build_paged_l2vpn(customer_id: str, ports: list[str], vlan: int, speed: int) -> State:
+    model = L2vpn(
+        customer_id=customer_id,
+        description=f"l2vpn over {len(ports)} ports",
+        status="active",
+        saps=[SapBlock(port=p, vlan=vlan) for p in ports],  # type: ignore[arg-type]
+        speed=speed,
+    )
+    return {"subscription": model}
+
+
+@workflow("Create an L2VPN, asked in three pages", initial_input_form=l2vpn_pages, product=L2vpn)
+def create_l2vpn_paged() -> object:
+    return init >> build_paged_l2vpn >> done
+
+
+class NewSpeed(Form):
+    speed: int
+
+
+@inputstep("Ask the new speed, then confirm")
+def ask_speed(subscription: L2vpn) -> Generator[type[Form], Any, State]:
+    speed = yield NewSpeed
+
+    class Confirm(Form):
+        confirm: bool
+        note: str = f"from {subscription.speed} to {speed.speed}"
+
+    confirmed = yield Confirm
+    return {"speed": speed.speed, "confirmed": confirmed.confirm}
+
+
+@workflow("Change an L2VPN's speed, asked in two pages", target=Target.MODIFY, product=L2vpn)
+def respeed_l2vpn() -> object:
+    return init >> ask_speed >> change_speed >> done
