@@ -8,6 +8,7 @@ cross-field rules) run afterwards on the decoded structs.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -336,6 +337,8 @@ _HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?")
 _HOST_PORT = re.compile(r"[0-9]{1,5}")
 
 
+# Cached: every TCP request's Host (a handful of distinct values) goes through these.
+@functools.lru_cache(maxsize=1024)
 def canonical_name(name: str) -> str | None:
     """A host name or address as compared: lower case without a trailing dot, an address in
     its one written form (an IPv4-mapped IPv6 address as IPv4); None when it is neither."""
@@ -349,6 +352,7 @@ def canonical_name(name: str) -> str | None:
     return str(address)
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_host(text: str) -> tuple[str, int | None] | None:
     """``name``, ``name:port``, ``[v6]`` or ``[v6]:port`` as ``(canonical name, port or
     None)``; None when it is none of these (a ``Host`` header or an ``allowed_hosts`` entry)."""

@@ -21,6 +21,7 @@ the console before any route reads them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import urllib.parse
 from collections.abc import Iterable
@@ -152,6 +153,7 @@ def _same_origin(request: web.Request) -> None:
         )
 
 
+@functools.lru_cache(maxsize=1024)
 def _origin_is_host(origin: str, host: str | None) -> bool:
     """Whether ``origin`` (``scheme://host[:port]``) names the same host and port as the
     request's ``Host`` (whose port, when left out, is the origin scheme's default)."""
