@@ -111,11 +111,17 @@ def test_the_demo_builds_a_network_with_relations_once(demo: DaemonProcess) -> N
     assert first.returncode == 0, first.stderr
     status, page = demo.request("GET", "/api/subscriptions?limit=50")
     products = sorted(s["product"] for s in page["items"])
-    assert products == ["core_link", "l2vpn", "node", "node", "port", "port", "port"]
-    # lon-edge-1's port carries both the core link and the L2VPN.
+    assert products == ["core_link", "l2vpn", "node", "node", "port", "port", "port", "port"]
+    # lon-edge-1's first port carries the core link; the L2VPN is on the second ports.
     port = next(s for s in page["items"] if s["description"] == "lon-edge-1 xe-0/0/1")
     _, detail = demo.request("GET", f"/api/subscriptions/{port['id']}")
-    assert sorted(u["product"] for u in detail["in_use_by"]) == ["core_link", "l2vpn"]
+    assert [u["product"] for u in detail["in_use_by"]] == ["core_link"]
+    vpn = next(s for s in page["items"] if s["product"] == "l2vpn")
+    _, vpn_detail = demo.request("GET", f"/api/subscriptions/{vpn['id']}")
+    assert sorted(d["description"] for d in vpn_detail["depends_on"]) == [
+        "ams-core-1 xe-0/0/2",
+        "lon-edge-1 xe-0/0/2",
+    ]
     status, problem = demo.request(
         "POST", "/api/processes/terminate_port", {"subscription_id": port["id"]}
     )

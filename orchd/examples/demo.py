@@ -2,7 +2,7 @@
 
 Run beside ``orchd serve`` (embedded default) and ``orchd fake-oss``; it talks to the daemon
 through the same client as the CLI. On a database without subscriptions it builds two nodes,
-three ports, a core link and an L2VPN, one workflow after the other (each needs the one
+four ports, a core link and an L2VPN, one workflow after the other (each needs the one
 before), then starts the built-in ``validate_subscriptions`` task for the nodes and says what
 to try next. On a database that has subscriptions already it only says what to try: a second
 ``make run`` adds nothing.
@@ -56,13 +56,15 @@ def build(client: Client) -> dict[str, str]:
     p1 = run(client, "create_port", {"node": n1, "name": "xe-0/0/1"})
     p2 = run(client, "create_port", {"node": n2, "name": "xe-0/0/1"})
     p3 = run(client, "create_port", {"node": n1, "name": "xe-0/0/2", "speed": 1000})
+    p4 = run(client, "create_port", {"node": n2, "name": "xe-0/0/2", "speed": 1000})
     link = run(client, "create_core_link", {"port_a": p1, "port_b": p2})
-    vpn = run(client, "create_l2vpn", {"ports": [p3, p2], "vlan": 100})
+    # create_l2vpn asks in three pages: the size, the ports (unused ones), the VLAN.
+    vpn = run(client, "create_l2vpn", [{"sap_count": 2}, {"ports": [p3, p4]}, {"vlan": 100}])
     client.post("/api/processes/validate_subscriptions", {"product": "node"})
     return {"node": n1, "port": p2, "core_link": link, "l2vpn": vpn}
 
 
-def run(client: Client, workflow: str, given: dict[str, Any]) -> str:
+def run(client: Client, workflow: str, given: Any) -> str:
     """Start ``workflow`` and wait until it completes; its subscription's id."""
     pid = client.post(f"/api/processes/{workflow}", given)["id"]
     deadline = time.monotonic() + PROCESS_TIMEOUT
@@ -87,7 +89,8 @@ def hints(built: dict[str, str] | None) -> None:
         f"    {orchd} subscriptions\n"
         f"    {orchd} subscription {port}      (what it depends on, what uses it)\n"
         f'    {orchd} start terminate_port --input \'{{"subscription_id": "{port}"}}\'\n'
-        "        (refused: the core link and the L2VPN use it)\n"
+        "        (refused: the core link uses it)\n"
+        f"    {orchd} start create_l2vpn --interactive      (three pages: size, ports, VLAN)\n"
         f'    {orchd} start modify_node --input \'{{"subscription_id": "{node}", '
         '"role": "edge"}\' --wait\n'
         f"    {orchd} ps\n"

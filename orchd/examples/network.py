@@ -1,21 +1,26 @@
 """Ports, core links and L2VPNs on the example nodes (``orchd.examples.products``).
 
+``create_l2vpn`` asks in three pages (a form of several pages): how many ports, then which
+ones (only the active ports no other service uses are offered), then the VLAN. The module
+leaves out ``from __future__ import annotations``: the page of ports is built inside the
+form's generator and refers to its ``count``, which only annotations evaluated at once see.
+
 None of them talks to the OSS but to check that a port's node is there: the example keeps
 their inventory in the subscriptions themselves, which is enough to show relations at work.
 A port is in use by the core links and L2VPNs on it, so ``terminate_port`` is refused with
 reason ``in_use`` while they last, and ``terminate_node`` while the node has ports.
 """
 
-from __future__ import annotations
-
 import random
-from typing import Annotated
+from collections.abc import Generator
+from typing import Annotated, Any
 from uuid import UUID
 
 from msgspec import Meta
 
-from orchd import Form, State, StepList, Target, done, init, step, workflow
+from orchd import Form, State, StepList, Target, choices, done, init, step, workflow
 from orchd.engine.builtins import Subscriptions
+from orchd.errors import FormValidationError
 from orchd.examples.oss import NodeFault, node_url
 from orchd.examples.products import CoreLink, L2vpn, LinkEnd, Port, Sap, Speed, Vlan
 from orchd.http import HttpClient
@@ -117,11 +122,44 @@ def terminate_core_link() -> StepList:
 # -- L2VPNs -----------------------------------------------------------------------------------
 
 
-class CreateL2vpnForm(Form):
-    ports: Annotated[list[UUID], Meta(min_length=2, max_length=64)]
-    vlan: Vlan
+class L2vpnSize(Form):
+    """Page 0: how many ports, and at what speed."""
+
+    sap_count: Annotated[int, Meta(ge=2, le=16)]
     speed: int = 1000
     customer_id: str = "demo"
+
+
+class L2vpnVlan(Form):
+    """Page 2: the VLAN every service access point gets."""
+
+    vlan: Vlan
+
+
+def l2vpn_pages() -> Generator[type[Form], Any, State]:
+    """Three pages: the size, then that many ports among the active ones no other service
+    uses (read when the page is built, and again when the process starts), then a VLAN."""
+    size = yield L2vpnSize
+    count = size.sap_count
+
+    class PickPorts(Form):
+        ports: Annotated[
+            list[choices("port", status="active", unused=True)],  # type: ignore[valid-type]
+            Meta(min_length=count, max_length=count),
+        ]
+
+    picked = yield PickPorts
+    if len(set(picked.ports)) != count:
+        raise FormValidationError(
+            "each port once", [{"loc": ["ports"], "msg": "a port is named twice"}]
+        )
+    vlan = yield L2vpnVlan
+    return {
+        "customer_id": size.customer_id,
+        "ports": picked.ports,
+        "vlan": vlan.vlan,
+        "speed": size.speed,
+    }
 
 
 @step("record_l2vpn")
@@ -136,7 +174,7 @@ def record_l2vpn(ports: list[str], vlan: int, speed: int, customer_id: str) -> S
     return {"subscription": l2vpn}
 
 
-@workflow("Create an L2VPN between ports", initial_input_form=CreateL2vpnForm, product=L2vpn)
+@workflow("Create an L2VPN between ports", initial_input_form=l2vpn_pages, product=L2vpn)
 def create_l2vpn() -> StepList:
     return init >> record_l2vpn >> done
 
