@@ -143,11 +143,12 @@ def test_a_complete_request_head_stops_the_header_timer(
     sock.setblocking(True)
     sock.settimeout(5)
     # The head arrives in two pieces, split inside the blank line that ends it.
-    sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r")
+    head = f"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()
+    sock.sendall(head + b"\r")
     sock.sendall(b"\n")
     assert read_status(sock) == 200
     time.sleep(1.5)
-    sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.sendall(head + b"\r\n")
     assert read_status(sock) == 200
 
 
