@@ -624,3 +624,23 @@ async def test_a_key_sent_again_with_another_input_is_refused_on_both_backends(
     with pytest.raises(IdempotencyKeyReused, match=pid):
         await engine.start("fuzz_tick", {"n": 2, "m": "x"}, idempotency_key="k")
     assert [p.id for p in (await engine.list_processes(workflow="fuzz_tick")).items] == [pid]
+
+
+def test_a_number_too_long_for_python_in_a_console_form_is_a_form_error(
+    served: Served, suspended: str
+) -> None:
+    host = "localhost:8470"
+    cookie, csrf = console_session(served, f"/ui/processes/{suspended}", host)
+    headers = {
+        "Host": host,
+        "Cookie": cookie,
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Origin": f"http://{host}",
+    }
+    mark = len(served.daemon.stderr)
+    form = f"csrf={csrf}&count={HUGE}".encode()
+    reply = send(served, "POST", f"/ui/processes/{suspended}/resume", form, headers)
+    assert reply.status == 422, reply.body[:300]
+    assert b'name="count"' in reply.body  # the form again, with its error
+    assert served.daemon.get_process(suspended)["status"] == "suspended"
+    assert "Traceback" not in served.daemon.stderr[mark:]

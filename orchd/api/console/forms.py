@@ -197,7 +197,7 @@ def read_answer(
         if text is None or text == "":
             continue
         if item.kind == "integer" and _INTEGER.fullmatch(text.strip()):
-            answer[item.name] = int(text.strip())
+            answer[item.name] = _integer(text)
         elif item.kind == "number":
             answer[item.name] = _number(text)
         elif item.kind == "choice":
@@ -215,10 +215,19 @@ def read_answer(
     return answer, problems
 
 
+def _integer(text: str) -> Any:
+    """The integer typed, or the text when Python will not convert it (more than 4,300
+    digits): the engine's message then says what was expected."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        return text
+
+
 def _number(text: str) -> Any:
     stripped = text.strip()
     if _INTEGER.fullmatch(stripped):
-        return int(stripped)
+        return _integer(stripped)
     try:
         value = float(stripped)
     except ValueError:
