@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from orchd import cliops, cliproducts, cliresources
+from orchd import cliforms, cliops, cliproducts, cliresources
 from orchd.client import (
     IN_PROGRESS,
     BadResponse,
@@ -158,7 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
         "start", "start a process of a workflow", WAIT_EPILOG.format(who="With --wait, it waits")
     )
     p.add_argument("workflow")
-    p.add_argument("--input", metavar="JSON|@FILE|-", help="the initial form's answer")
+    p.add_argument(
+        "--input",
+        metavar="JSON|@FILE|-",
+        help="the initial form's answer, or the list of its pages' answers",
+    )
+    p.add_argument(
+        "--interactive",
+        action="store_true",
+        help="ask the form page by page on this terminal (choices listed with their titles)",
+    )
     p.add_argument(
         "--wait", action="store_true", help="then wait as `orchd wait` does (exit status below)"
     )
@@ -288,8 +297,9 @@ def _run_module(module_name: str, call: Callable[[Any], int]) -> int:
     return call(module)
 
 
-def read_input(value: str | None) -> dict[str, Any]:
-    """The JSON object given as ``--input``: inline, ``@file`` or ``-`` for stdin."""
+def read_input(value: str | None) -> dict[str, Any] | list[Any]:
+    """The JSON given as ``--input`` (inline, ``@file`` or ``-`` for stdin): an object, or
+    the list of a form's page answers."""
     if value is None:
         return {}
     source = "--input"
@@ -310,8 +320,10 @@ def read_input(value: str | None) -> dict[str, Any]:
         data = json.loads(text)
     except ValueError as exc:
         raise UsageError(f"{source} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise UsageError(f"{source} must be a JSON object, not {type(data).__name__}")
+    if not isinstance(data, dict | list):
+        raise UsageError(
+            f"{source} must be a JSON object (or a list of page answers), not {type(data).__name__}"
+        )
     return data
 
 
@@ -341,7 +353,15 @@ def cmd_workflows(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_start(client: Client, args: argparse.Namespace) -> int:
-    body = read_input(args.input)
+    if args.interactive and args.input is not None:
+        raise UsageError("give --input or --interactive, not both")
+    if args.interactive:
+        try:
+            body: dict[str, Any] | list[Any] = cliforms.ask_pages(client, args.workflow)
+        except cliforms.NoTerminal as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        body = read_input(args.input)
     _check_timeout(args.timeout)
     headers = None if args.key is None else {"Idempotency-Key": args.key}
     answer = client.post(f"/api/processes/{quoted(args.workflow)}", body, headers)
