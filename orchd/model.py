@@ -381,6 +381,10 @@ class WorkflowInfo(msgspec.Struct, kw_only=True):
     target: Target
     form: dict[str, Any] | None
     steps: list[str] = msgspec.field(default_factory=list)
+    #: The form is asked in pages (``POST /api/workflows/{name}/form``); ``form`` is null.
+    paged: bool = False
+    #: The product it is tied to, if any.
+    product: str | None = None
 
 
 class Page(msgspec.Struct, kw_only=True):

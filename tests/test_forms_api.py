@@ -105,6 +105,19 @@ def test_the_openapi_document_has_the_form_routes(daemon: DaemonProcess) -> None
     assert "post" in document["paths"]["/api/processes/{id}/form"]
 
 
+def test_the_openapi_document_describes_each_workflows_start_body(
+    daemon: DaemonProcess,
+) -> None:
+    _, document = daemon.request("GET", "/api/openapi.json")
+    start = document["paths"]["/api/processes/{id}"]["post"]["requestBody"]
+    bodies = {b["title"]: b for b in start["content"]["application/json"]["schema"]["oneOf"]}
+    assert bodies["create_l2vpn_paged"]["type"] == "array"  # a form of several pages
+    assert set(bodies["create_node"]["properties"]) >= {"customer_id", "name", "ims_id"}
+    _, workflows = daemon.request("GET", "/api/workflows")
+    paged = {w["name"]: w["paged"] for w in workflows}
+    assert paged["create_l2vpn_paged"] is True and paged["create_node"] is False
+
+
 def orchd(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHD_")}
     return subprocess.run(

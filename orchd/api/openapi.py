@@ -14,6 +14,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from orchd.model import WorkflowInfo
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REF = "#/components/schemas/{name}"
@@ -243,3 +245,47 @@ def _response(t: Any, media_type: str, schema_of: dict[Any, dict[str, Any]]) -> 
             "content": {media_type: {"x-sse-event": event}},
         }
     return {"description": "Success", "content": {media_type: {"schema": schema_of[t]}}}
+
+
+def describe_starts(document: dict[str, Any], path: str, workflows: Sequence[WorkflowInfo]) -> None:
+    """Describe the body of a start by each workflow: its one-page form's object schema, a
+    list of page answers for a form of several pages, any object without a form. Each form's
+    own definitions go to the components, named after the workflow."""
+    operation = document["paths"][path]["post"]
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    bodies: list[dict[str, Any]] = []
+    for wf in workflows:
+        if wf.paged:
+            body: dict[str, Any] = {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": f"the answers of {wf.name}'s pages, page 0 first "
+                f"(POST /api/workflows/{wf.name}/form gives each page)",
+            }
+        elif wf.form is not None:
+            body = _hoisted(wf.form, wf.name, schemas)
+        else:
+            body = {"type": "object", "description": f"{wf.name} has no form: any object"}
+        bodies.append({**body, "title": wf.name})
+    content = operation["requestBody"]["content"]["application/json"]
+    content["schema"] = {"oneOf": bodies} if bodies else {"type": "object"}
+
+
+def _hoisted(schema: dict[str, Any], prefix: str, schemas: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its ``$defs`` moved into ``schemas`` as ``{prefix}.{name}``."""
+    names = {name: f"{prefix}.{name}" for name in schema.get("$defs", {})}
+
+    def moved(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return {**node, "$ref": REF.format(name=names[ref.removeprefix("#/$defs/")])}
+            return {k: moved(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [moved(v) for v in node]
+        return node
+
+    for name, definition in schema.get("$defs", {}).items():
+        schemas[names[name]] = moved(definition)
+    result: dict[str, Any] = moved(schema)
+    return result

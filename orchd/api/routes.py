@@ -517,9 +517,11 @@ class ControlApi:
 
     async def openapi_document(self, request: web.Request) -> web.Response:
         if self._document is None:
-            self._document = openapi.document(
+            document = openapi.document(
                 self.routes, title="orchd control API", version=__version__, problem=Problem
             )
+            openapi.describe_starts(document, "/api/processes/{id}", self.engine.workflow_info())
+            self._document = document
         return _json(self._document)
 
     # -- the route table ------------------------------------------------------------------

@@ -16,7 +16,7 @@ import re
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -169,6 +169,10 @@ class Engine:
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
+        #: Why the actors' supervisor stopped while the engine was open (None: it runs). The
+        #: engine then refuses all work, and ``ping`` raises so that health answers 503 and
+        #: the systemd watchdog goes unfed: the daemon is restarted, not left half alive.
+        self.failure: str | None = None
         self._own_http: Any = None
         block = self.settings.block_warning
         #: Warns when workflow code blocks the event loop longer than this (None: off).
@@ -218,6 +222,7 @@ class Engine:
             self.loopwatch.start()
         ready = asyncio.Event()
         self._stop = asyncio.Event()
+        self.failure = None
         self._supervisor = asyncio.create_task(self._supervise(ready), name="orchd supervisor")
         await ready.wait()
         self._accepting = True
@@ -227,14 +232,58 @@ class Engine:
 
     async def _supervise(self, ready: asyncio.Event) -> None:
         """Own every actor in one task group, in a task of its own, so the engine can be
-        opened and closed from different tasks; an actor never raises into the group."""
-        async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            ready.set()
-            await self._stop.wait()
-            for actor in list(self.actors.values()):
-                if actor.task is not None:
-                    actor.task.cancel()
+        opened and closed from different tasks. Nothing raises into the group (an actor
+        catches what it meets, other work runs through ``_guarded``); should the group end
+        anyway, the engine says so (``failure``) instead of carrying on as if well."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                ready.set()
+                await self._stop.wait()
+                for actor in list(self.actors.values()):
+                    if actor.task is not None:
+                        actor.task.cancel()
+        except Exception as exc:  # an exception group: what was raised into the group
+            self._stopped_running(exc)
+        except BaseException as exc:
+            self._stopped_running(exc)
+            raise
+        else:
+            if not self._stop.is_set():  # pragma: no cover - the group ends only at close
+                self._stopped_running(None)
+
+    def _stopped_running(self, exc: BaseException | None) -> None:
+        """The actors' supervisor ended. At close that is expected; at any other time every
+        actor is gone and no new one can start: refuse all work, and say why."""
+        if self._stop.is_set() and isinstance(exc, asyncio.CancelledError | None):
+            return
+        self.failure = f"the engine's actors stopped: {exc!r}"
+        self._accepting = False
+        log.critical("%s; every process stops here until orchd is restarted", self.failure)
+        refusal = ShuttingDown(f"{self.failure}; restart orchd")
+        for waiters in self._waiters.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_exception(refusal)
+        self._idle.set()
+
+    def _guarded(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """Run ``work`` in the actors' group, where what it raises is logged, never raised
+        into the group (that would cancel every actor)."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("%s failed", what)
+
+        if self._tg is None or self.failure is not None:
+            work.close()
+            return
+        try:
+            self._tg.create_task(guarded())
+        except RuntimeError:  # the group is ending
+            work.close()
 
     async def _recover(self) -> None:
         """Continue what a previous run left: active processes, retry and callback timers."""
@@ -310,7 +359,8 @@ class Engine:
             log.warning("interrupting %d steps after the grace period", len(self.actors))
         self._stop.set()
         if self._supervisor is not None:
-            await self._supervisor
+            # It may have ended long ago (``failure``): its end was told then.
+            await asyncio.wait([self._supervisor])
         self._tg = None
         self._events.close()
         for waiters in self._waiters.values():
@@ -347,13 +397,18 @@ class Engine:
     ) -> None:
         actor = self.actors.get(pid)
         if actor is None:
-            if self._tg is None:
-                raise ShuttingDown("the engine is not running")
+            if self._tg is None or self.failure is not None:
+                raise ShuttingDown(self.failure or "the engine is not running")
             actor = actors.Actor(self, pid, row)
+            run = actor.run()
+            try:
+                actor.task = self._tg.create_task(run)
+            except RuntimeError:  # the group is ending (``_stopped_running`` tells why)
+                run.close()
+                raise ShuttingDown("the engine is not running") from None
             self.actors[pid] = actor
             if self.tracing.on:
                 self.tracing.began(pid)
-            actor.task = self._tg.create_task(actor.run())
         actor.post(message, reply)
         if self.limits.waiting and isinstance(message, messages.Abort | messages.Stop):
             self.limits.interrupt(pid)  # §16: it no longer waits for resources
@@ -458,23 +513,49 @@ class Engine:
         return await self.store.branches(pk)
 
     def retire(self, actor: actors.Actor) -> None:
-        if actor.pid in self.limits.by_pid:
-            self.limits.release_process(actor.pid)  # whatever it held or waited for
-        if self.tracing.on:
-            if actor.loaded:
-                self.tracing.retired(actor.pid, actor.workflow_name, actor.trace_id, actor.status)
-            else:  # it never ran (its process was not found): its run had no span
-                self.tracing.retired(actor.pid, "", "", "")
+        # Forgotten first, so that nothing below can leave a dead actor taking messages.
         if self.actors.get(actor.pid) is actor:
             del self.actors[actor.pid]
             if not self.actors:
                 self._idle.set()
-        if actor.mailbox and self._accepting:
-            # Messages that arrived while it was retiring go to a fresh actor.
+        try:
+            self._forget_tokens_of(actor)
+            if actor.pid in self.limits.by_pid:
+                self.limits.release_process(actor.pid)  # whatever it held or waited for
+            if self.tracing.on:
+                if actor.loaded:
+                    self.tracing.retired(
+                        actor.pid, actor.workflow_name, actor.trace_id, actor.status
+                    )
+                else:  # it never ran (its process was not found): its run had no span
+                    self.tracing.retired(actor.pid, "", "", "")
+        except Exception:  # in the actor's task: nothing may raise into the actors' group
+            log.exception("process=%s retiring its actor failed", actor.pid)
+        if actor.mailbox:
+            # Messages that arrived while it was retiring go to a fresh actor; at shutdown
+            # their senders are told, rather than left waiting for ever.
             pending = list(actor.mailbox)
             actor.mailbox.clear()
             for envelope in pending:
-                self._post(actor.pid, envelope.message, envelope.reply)
+                try:
+                    if not self._accepting:
+                        raise ShuttingDown(self.failure or "the engine is shutting down")
+                    self._post(actor.pid, envelope.message, envelope.reply)
+                except ShuttingDown as exc:
+                    messages.respond(envelope, error=exc)
+
+    def _forget_tokens_of(self, actor: actors.Actor) -> None:
+        """A retired actor's callback tokens no longer route here from memory: a wait that
+        stands is found in the database, and a token of a wait that never began (its action
+        failed, or was cut short) must not stay in the map for ever."""
+        if not actor.loaded:
+            return
+        if actor.callback_token is not None and self._tokens.get(actor.callback_token) == actor.pid:
+            del self._tokens[actor.callback_token]
+        if actor.forks is not None:
+            for digest in actor.forks.tokens:
+                if self._tokens.get(digest) == actor.pid:
+                    del self._tokens[digest]
 
     def store_failed(self, pid: str) -> int:
         """Run the process again from its last commit after a failed checkpoint, backing off
@@ -584,14 +665,43 @@ class Engine:
             # Children running here hear it before their next step, whatever a read costs.
             if actor.loaded and actor.parent_id == parent_id and actor.status not in FINAL:
                 self._post(actor.pid, reason, None)
+        self._guarded(self._abort_children(parent_id, 1), f"process={parent_id} abort cascade")
 
-        async def cascade() -> None:
-            for child in await self.store.children(parent_id):
-                if child.status not in FINAL and self._accepting:
-                    self.send(child.id, messages.Abort(actor=f"parent {parent_id}"))
+    async def _abort_children(self, parent_id: str, attempt: int) -> None:
+        """The cascade's read of the children, and an abort to each unfinished one. A read
+        that fails is tried again later, backing off (0.5 s, 1 s ... 30 s); the next start
+        finishes the cascade too (``unfinished_children_of_aborted``)."""
+        by = f"parent {parent_id}"
+        try:
+            if faults.ENABLED:
+                faults.point("cascade_read")
+            children = await self.store.children(parent_id)
+        except Exception as exc:
+            if not self._accepting:
+                return  # the next start finishes it
+            delay = min(30.0, 0.25 * 2.0**attempt)
+            (log.warning if attempt == 1 else log.debug)(
+                "process=%s reading its children to abort them failed (%r); trying again in %.1f s",
+                parent_id,
+                exc,
+                delay,
+            )
+            key = (parent_id, "cascade")
 
-        if self._tg is not None:
-            self._tg.create_task(cascade())
+            def again() -> None:
+                self._timers.pop(key, None)
+                if self._accepting:
+                    retry = self._abort_children(parent_id, attempt + 1)
+                    self._guarded(retry, f"process={parent_id} abort cascade")
+
+            old = self._timers.pop(key, None)
+            if old is not None:
+                old.cancel()
+            self._timers[key] = asyncio.get_running_loop().call_later(delay, again)
+            return
+        for child in children:
+            if child.status not in FINAL and self._accepting:
+                self.send(child.id, messages.Abort(actor=by))
 
     # -- the public API -------------------------------------------------------------------
 
@@ -603,6 +713,8 @@ class Engine:
                 target=wf.target,
                 form=form_schema(wf.form) if wf.form else None,
                 steps=[s.name for s in wf.steps],
+                paged=wf.pages is not None,
+                product=wf.product,
             )
             for wf in sorted(self.workflows.values(), key=lambda w: w.name)
         ]
@@ -921,7 +1033,10 @@ class Engine:
         return found[0]
 
     async def ping(self) -> None:
-        """Raise if the database does not answer."""
+        """Raise if the engine cannot do its work: its actors stopped (``failure``), or the
+        database does not answer. Health and the systemd watchdog ask this."""
+        if self.failure is not None:
+            raise ShuttingDown(f"{self.failure}; restart orchd")
         await self.store.ping()
 
     async def live_nodes(self) -> list[NodeInfo] | None:
