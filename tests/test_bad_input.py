@@ -437,7 +437,8 @@ FORM_ERRORS: dict[str, tuple[bytes, list[Any]]] = {
     "object for list": (b'{"name": "x", "tags": {"a": 1}}', ["tags"]),
     "wrong item type": (b'{"name": "x", "tags": ["a", 2]}', ["tags", 1]),
     "float for int": (b'{"name": "x", "size": 1.5}', ["size"]),
-    "array instead of an object": (b"[1, 2]", []),
+    # A list is the answers of the form's pages: its first answer is no object.
+    "a list whose page answer is no object": (b"[1, 2]", ["pages", 0]),
     "string instead of an object": (b'"name"', []),
 }
 
