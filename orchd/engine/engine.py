@@ -57,6 +57,7 @@ from orchd.model import (
     ResourceLimit,
     Subscription,
     SubscriptionDetail,
+    Target,
     WorkflowInfo,
 )
 from orchd.pages import Choice, Choices
@@ -117,8 +118,10 @@ class Engine:
         ``tracing``: where spans go (``orchd.tracing.otel(...)``); by default none are made,
         and processes still have trace ids that their steps' requests carry."""
         self.workflows = load_workflows(workflows)
-        # The built-in task, unless loaded code has a workflow of its name.
-        self.workflows.setdefault(builtins.VALIDATE_TASK, builtins.validate_subscriptions)
+        # The built-in task, when a product has a VALIDATE workflow to run (and no loaded
+        # workflow has its name).
+        if any(w.target is Target.VALIDATE and w.product for w in self.workflows.values()):
+            self.workflows.setdefault(builtins.VALIDATE_TASK, builtins.validate_subscriptions)
         #: Spans of processes and steps (contract §17); its owner shuts it down.
         self.tracing: Tracing = tracing if tracing is not None else Tracing()
         #: The products the workflows define, name and reach, with their workflows.
