@@ -11,6 +11,7 @@ from tests_support import EngineFactory, settle
 
 from orchd.engine import Engine
 from orchd.errors import FormValidationError
+from orchd.testing import walk_form
 
 FLOWS = ["product_flows"]
 
@@ -167,3 +168,13 @@ async def test_a_workflow_of_pages_is_not_started_by_a_children_step_by_mistake(
 ) -> None:
     with pytest.raises(FormValidationError):
         engine.prepare_start("create_l2vpn_paged", {"customer_id": "acme"}, "test")
+
+
+async def test_the_testing_kit_walks_a_form_page_by_page(engine: Engine) -> None:
+    made = await ports(engine, 2)
+    shown = await walk_form(
+        engine, "create_l2vpn_paged", [{"sap_count": 2}, {"ports": made}, {"vlan": 3}]
+    )
+    assert [p.page for p in shown] == [0, 1, 2, None]
+    assert shown[-1].done
+    assert shown[1].form is not None and set(offered(shown[1].form, "ports")) == set(made)

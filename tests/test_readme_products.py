@@ -1,5 +1,6 @@
-"""The README's Products example runs as written: its code block is loaded as a workflow
-module, and its workflows create a typed subscription and change it."""
+"""The README's Products examples run as written: the products block is loaded as a workflow
+module whose workflows create a typed subscription and change it; the forms block yields its
+pages in turn."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests_support import ROOT
 
+from orchd.pages import choice_fields
 from orchd.testing import workflow_engine
 
 
@@ -49,3 +52,22 @@ async def test_the_readme_products_example_creates_and_changes_a_router(
         sub = await engine.get_subscription(sid)
         assert sub.product == "router" and sub.attributes["node"] == {"name": "r2", "ims_id": 4}
         assert {p.name for p in engine.products()} >= {"router", "router_port"}
+
+
+def test_the_readme_forms_example_yields_its_pages_in_turn(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("\n### Forms of several pages\n") :]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match is not None
+    namespace: dict[str, Any] = {}
+    # dont_inherit: this test module's own `from __future__ import annotations` stays out.
+    exec(compile(match.group(1), "README-forms", "exec", dont_inherit=True), namespace)
+    pages = namespace["l2vpn_pages"]()
+    size = next(pages)
+    picker = pages.send(size(sap_count=2))
+    (field,) = choice_fields(picker)
+    assert field[2].product == "port" and field[2].unused and field[3]  # a list of choices
+    vlan = pages.send(picker(ports=["a", "b"]))
+    with pytest.raises(StopIteration) as finished:
+        pages.send(vlan(vlan=7))
+    assert finished.value.value == {"ports": ["a", "b"], "vlan": 7, "speed": 1000}

@@ -19,14 +19,23 @@ _EXPORTS = {
     "workflow_engine": "orchd.testing.running",
     "run_to": "orchd.testing.running",
     "assert_steps": "orchd.testing.running",
+    "walk_form": "orchd.testing.running",
 }
 
-__all__ = ["FakeOss", "Gate", "assert_steps", "run_step", "run_to", "workflow_engine"]
+__all__ = [
+    "FakeOss",
+    "Gate",
+    "assert_steps",
+    "run_step",
+    "run_to",
+    "walk_form",
+    "workflow_engine",
+]
 
 if TYPE_CHECKING:
     from orchd.testing.fakeoss import FakeOss
     from orchd.testing.gate import Gate
-    from orchd.testing.running import assert_steps, run_to, workflow_engine
+    from orchd.testing.running import assert_steps, run_to, walk_form, workflow_engine
     from orchd.testing.steps import run_step
 
 

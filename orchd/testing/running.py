@@ -21,6 +21,7 @@ from typing import Any
 
 from orchd.dsl import Workflow
 from orchd.engine import Engine
+from orchd.engine.formpages import FormPage
 from orchd.model import Process
 from orchd.testing.gate import Gate
 
@@ -79,6 +80,25 @@ async def run_to(
     if process.status != status:
         raise AssertionError(f"ended {process.status}, expected {status}\n" + describe(process))
     return process
+
+
+async def walk_form(
+    engine: Engine, workflow: str, answers: Sequence[Any], *, process: str | None = None
+) -> list[FormPage]:
+    """Answer a form page by page as a person would: the page shown before each answer, then
+    what follows the last one (``done``, or the page still to answer). A refused answer
+    raises the engine's ``FormValidationError`` (its ``errors`` located by page and field).
+    With ``process``: the form that suspended process waits for."""
+    shown = []
+    for n in range(len(answers) + 1):
+        given = list(answers[:n])
+        if process is None:
+            shown.append(await engine.form_page(workflow, given))
+        else:
+            shown.append(await engine.process_form_page(process, given))
+        if shown[-1].done:
+            break
+    return shown
 
 
 def assert_steps(process: Process, expected: Sequence[tuple[str, str]]) -> None:
