@@ -152,6 +152,10 @@ def test_the_products_are_listed_with_their_schema(daemon: DaemonProcess) -> Non
     _, document = daemon.request("GET", "/api/openapi.json")
     assert "/api/products" in document["paths"]
     assert "put" in document["paths"]["/api/subscriptions/{id}/note"]
+    schemas = document["components"]["schemas"]
+    saps = schemas["product.l2vpn"]["properties"]["saps"]["items"]["$ref"]
+    assert saps == "#/components/schemas/product.l2vpn.SapBlock"
+    assert "vlan" in schemas["product.l2vpn.SapBlock"]["properties"]
 
 
 def test_after_a_sigkill_mid_workflow_the_subscription_and_its_relations_match_state(

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from orchd.model import WorkflowInfo
+from orchd.model import ProductInfo, WorkflowInfo
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -289,3 +289,12 @@ def _hoisted(schema: dict[str, Any], prefix: str, schemas: dict[str, Any]) -> di
         schemas[names[name]] = moved(definition)
     result: dict[str, Any] = moved(schema)
     return result
+
+
+def describe_products(document: dict[str, Any], products: Sequence[ProductInfo]) -> None:
+    """Each product's schema among the components, as ``product.{name}``: what a
+    subscription of it holds (``GET /api/products`` gives the same)."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for info in products:
+        name = f"product.{info.name}"
+        schemas[name] = _hoisted(info.schema, name, schemas)

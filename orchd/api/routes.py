@@ -521,6 +521,7 @@ class ControlApi:
                 self.routes, title="orchd control API", version=__version__, problem=Problem
             )
             openapi.describe_starts(document, "/api/processes/{id}", self.engine.workflow_info())
+            openapi.describe_products(document, self.engine.products())
             self._document = document
         return _json(self._document)
 
