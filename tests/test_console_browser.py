@@ -275,7 +275,7 @@ def test_start_a_workflow_from_its_form(page: Page, console: Console) -> None:
     expect(status_of(page)).to_have_text("completed")
     page.locator("#summary").get_by_role("link").first.click()  # its subscription
     expect(page.get_by_role("heading", name=re.compile("console-widget"))).to_be_visible()
-    expect(page.locator("table tbody")).to_contain_text("console_create")
+    expect(page.locator("#processes tbody")).to_contain_text("console_create")
 
 
 def test_run_a_schedule_now(page: Page, console: Console) -> None:
@@ -306,6 +306,97 @@ def test_log_out(page: Page, console: Console) -> None:
     expect(page).to_have_url(re.compile(r"/ui/login"))
     page.goto(console.url("/ui/schedules"))
     expect(page).to_have_url(re.compile(r"/ui/login\?next="))
+
+
+# -- products and subscriptions ------------------------------------------------------------
+
+
+class Network:
+    """A daemon running tests/wf/product_flows.py with a node, two ports on it and an L2VPN
+    over both ports (subscription ids)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.node = self.created(
+            "create_node", {"customer_id": "acme", "name": "ams-r1", "ims_id": 7}
+        )
+        self.port = self.created(
+            "create_port", {"customer_id": "acme", "name": "xe-0/0/1", "node_id": self.node}
+        )
+        other = self.created(
+            "create_port", {"customer_id": "acme", "name": "xe-0/0/2", "node_id": self.node}
+        )
+        self.l2vpn = self.created(
+            "create_l2vpn", {"customer_id": "acme", "ports": [self.port, other]}
+        )
+
+    def created(self, workflow: str, body: Any) -> str:
+        pid = self.console.started(workflow, "completed", body)
+        return str(self.console.daemon.get_process(pid)["state"]["subscription_id"])
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    """Its own daemon: the product workflows stay out of the other tests' lists."""
+    base = tmp_path_factory.mktemp("network")
+    token = base / "token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
+    port = free_port()
+    factory = DaemonFactory(base)
+    try:
+        daemon = factory(
+            {
+                "workflows": ["product_flows"],
+                "listen": f"127.0.0.1:{port}",
+                "token_file": str(token),
+            }
+        )
+        yield Network(Console(daemon, f"http://127.0.0.1:{port}"))
+    finally:
+        factory.close()
+
+
+def test_walk_the_relations_graph_and_leave_a_note(
+    context: BrowserContext, network: Network
+) -> None:
+    console = network.console
+    page = context.new_page()
+    log_in(page, console, "operator")
+    page.get_by_role("link", name="Subscriptions").click()
+    page.get_by_role("searchbox", name="Search").fill("xe-0/0/1")
+    page.get_by_role("button", name="Search").click()
+    rows = page.locator("#subscriptions tbody tr")
+    expect(rows).to_have_count(1)
+    rows.get_by_role("link").first.click()
+    expect(page).to_have_url(console.url(f"/ui/subscriptions/{network.port}"))
+
+    # The port depends on the node (left) and is used by the L2VPN (right): both are links.
+    graph = page.locator("figure.graph svg")
+    expect(graph).to_be_visible()
+    terminate = page.locator('li[data-workflow="terminate_port"]')
+    expect(terminate.get_by_role("button", name="terminate_port")).to_be_disabled()
+    expect(terminate).to_contain_text("in_use")
+    graph.locator(f'a[href="/ui/subscriptions/{network.node}"]').click()
+    expect(page).to_have_url(console.url(f"/ui/subscriptions/{network.node}"))
+    expect(page.get_by_role("heading", level=1)).to_contain_text("node")
+    expect(page.locator("figure.graph svg a.node")).to_have_count(2)  # both ports use it
+    page.locator(f'figure.graph svg a[href="/ui/subscriptions/{network.port}"]').click()
+    expect(page).to_have_url(console.url(f"/ui/subscriptions/{network.port}"))
+    page.locator(f'figure.graph svg a[href="/ui/subscriptions/{network.l2vpn}"]').click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("l2vpn")
+
+    page.get_by_role("textbox", name="Note").fill("migrating to the new core\nticket 4711")
+    page.get_by_role("button", name="Save the note").click()
+    expect(page.locator(".notice")).to_contain_text("The note was saved.")
+    expect(page.locator(".note-text")).to_have_text("migrating to the new core\nticket 4711")
+    page.reload()  # the page after the post is a GET: nothing is posted again
+    expect(page.locator(".notice")).to_contain_text("The note was saved.")
+    expect(page.locator("#history tbody tr")).to_have_count(1)
+    expect(page.locator("#history tbody")).to_contain_text("token (operator)")
+    _, sub = console.daemon.request("GET", f"/api/subscriptions/{network.l2vpn}")
+    assert sub["note"] == "migrating to the new core\nticket 4711"
+    assert [a["actor"] for a in sub["actions"]] == ["token (operator)"]
 
 
 # -- small screens and the keyboard --------------------------------------------------------

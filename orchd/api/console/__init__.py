@@ -41,6 +41,7 @@ def setup_console(app: web.Application, api: ControlApi, *, session_timeout: flo
         "/workflows/{name}": pages.workflow,
         "/subscriptions": pages.subscriptions,
         "/subscriptions/{id}": pages.subscription,
+        "/products": pages.products,
         "/schedules": pages.schedules,
         "/health": pages.health,
         "/events": pages.events,
@@ -59,6 +60,7 @@ def setup_console(app: web.Application, api: ControlApi, *, session_timeout: flo
         "/processes/{id}/callback": actions.callback,
         "/workflows/{name}": actions.start,
         "/schedules/{name}/run": actions.run_schedule,
+        "/subscriptions/{id}/note": actions.note,
     }
     for path, handler in posts.items():
         sub.router.add_post(path, handler)

@@ -11,15 +11,16 @@ the actions the process allows now. The CSRF token was checked before any of thi
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 from aiohttp import web
 
 from orchd.api.console.core import Console, posted_text, see_other
 from orchd.api.console.forms import build_form, read_answer
-from orchd.api.console.pages import Pages
+from orchd.api.console.pages import Pages, start_schema
 from orchd.api.inputs import MAX_IDEMPOTENCY_KEY, decode_body
-from orchd.api.shapes import SkipRequest
+from orchd.api.shapes import NoteRequest, SkipRequest
 from orchd.errors import BadRequest, FormValidationError, OrchdError, ScheduleNotFound
 from orchd.state import require_object, validate_form
 
@@ -124,8 +125,9 @@ class Actions:
 
     async def start(self, request: web.Request) -> web.StreamResponse:
         info = self.pages.workflow_info(request.match_info["name"])
+        schema = start_schema(info)
         posted = await posted_text(request)
-        answer, problems = read_answer(info.form, posted)
+        answer, problems = read_answer(schema, posted)
         key = posted.get("idempotency_key") or None
         if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
             key = None
@@ -137,14 +139,34 @@ class Actions:
                 idempotency_key=key,
             )
         except FormValidationError as exc:
-            form = build_form(info.form, answer=answer, errors=_merge(problems, exc.errors))
+            form = build_form(schema, answer=answer, errors=_merge(problems, exc.errors))
             return self.pages.start_page(request, info, form, status=422, problem=exc.problem())
         except OrchdError as exc:
-            form = build_form(info.form, answer=answer)
+            form = build_form(schema, answer=answer)
             return self.pages.start_page(
                 request, info, form, status=exc.status, problem=exc.problem()
             )
         return _done(pid, "started")
+
+    async def note(self, request: web.Request) -> web.StreamResponse:
+        """Set a subscription's note as ``PUT /api/subscriptions/{id}/note`` does (the same
+        checks), recorded with the console's actor; then back to the subscription's page."""
+        sid = request.match_info["id"]
+        posted = await posted_text(request)
+        # A browser sends a textarea's line breaks as CRLF; the API's clients send LF.
+        given = posted.get("note", "").replace("\r\n", "\n")
+        try:
+            note = validate_form(NoteRequest, {"note": given})["note"]
+            await self.engine.set_note(sid, note, by=self.console.actor(request))
+        except FormValidationError as exc:
+            return await self.pages.subscription_page(
+                request,
+                sid,
+                status=exc.status,
+                problem=exc.problem(),
+                note={"text": given, "errors": [e["msg"] for e in exc.errors]},
+            )
+        return see_other(f"/ui/subscriptions/{urllib.parse.quote(sid, safe='')}?done=noted")
 
     async def run_schedule(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]

@@ -26,15 +26,23 @@ from orchd.api.console.core import (
     session_of,
 )
 from orchd.api.console.forms import RenderedForm, build_form
+from orchd.api.console.products import (
+    attribute_view,
+    product_fields,
+    referred_by,
+    relation_graph,
+)
 from orchd.api.console.session import clear_cookie, set_cookie
 from orchd.branchpaths import within
 from orchd.errors import BadRequest, WorkflowNotFound
 from orchd.model import (
     ALLOWED,
+    HOLDS_SUBSCRIPTION,
     Process,
     ProcessStatus,
     StepRecord,
     SubscriptionStatus,
+    Target,
     WorkflowInfo,
 )
 
@@ -50,7 +58,41 @@ NOTICES = {
     "aborted": "Aborted.",
     "answered": "The callback answer was accepted.",
     "ran": "The schedule's workflow was started now.",
+    "noted": "The note was saved.",
 }
+
+#: What a start page asks beside the form of a workflow that changes a subscription: which
+#: one (the engine wants ``subscription_id``), and the version it was read at (a start is
+#: refused as ``stale`` when the subscription has changed since).
+SUBSCRIPTION_INPUTS: dict[str, dict[str, Any]] = {
+    "subscription_id": {
+        "type": "string",
+        "format": "uuid",
+        "title": "Subscription",
+        "description": "The id of the subscription this workflow works on.",
+    },
+    "version": {
+        "anyOf": [{"type": "integer", "minimum": 0}, {"type": "null"}],
+        "title": "Version",
+        "description": "The subscription's version when you read it: the start is refused if "
+        "it has changed since. Leave it empty to start on whatever it is now.",
+    },
+}
+
+
+def start_schema(info: WorkflowInfo) -> dict[str, Any] | None:
+    """The schema a start page draws and reads: the workflow's form, and for a workflow that
+    works on a subscription (MODIFY, TERMINATE, VALIDATE, RECONCILE) the subscription's id and
+    version first, unless its form has them (the engine takes both beside the form)."""
+    if info.target not in HOLDS_SUBSCRIPTION:
+        return info.form
+    form = info.form or {"type": "object", "properties": {}}
+    properties = dict(form.get("properties") or {})
+    extra = {k: v for k, v in SUBSCRIPTION_INPUTS.items() if k not in properties}
+    required = list(form.get("required") or ())
+    if "subscription_id" in extra:
+        required.insert(0, "subscription_id")
+    return {**form, "properties": {**extra, **properties}, "required": required}
 
 
 def load_static() -> dict[str, tuple[bytes, str]]:
@@ -181,7 +223,7 @@ class Pages:
     async def workflow(self, request: web.Request) -> web.Response:
         info = self.workflow_info(request.match_info["name"])
         prefill = {k: v for k, v in request.query.items() if isinstance(v, str)}
-        return self.start_page(request, info, build_form(info.form, prefill=prefill))
+        return self.start_page(request, info, build_form(start_schema(info), prefill=prefill))
 
     def workflow_info(self, name: str) -> WorkflowInfo:
         for info in self.engine.workflow_info():
@@ -214,7 +256,7 @@ class Pages:
 
     async def subscriptions(self, request: web.Request) -> web.Response:
         query = request.query
-        filters = {k: inputs.text(query, k) for k in ("status", "customer_id", "product")}
+        filters = {k: inputs.text(query, k) for k in ("q", "status", "customer_id", "product")}
         page = await self.engine.list_subscriptions(
             **filters, limit=inputs.page_limit(query), cursor=inputs.cursor(query)
         )
@@ -227,18 +269,76 @@ class Pages:
             next_cursor=page.next_cursor,
             filters={k: v or "" for k, v in filters.items()},
             statuses=[s.value for s in SubscriptionStatus],
+            products=[p.name for p in self.engine.products()],
         )
 
     async def subscription(self, request: web.Request) -> web.Response:
-        sub = await self.engine.get_subscription(request.match_info["id"])
-        workflows = [w for w in self.engine.workflow_info() if w.target in ("MODIFY", "TERMINATE")]
+        done = request.query.get("done", "")
+        return await self.subscription_page(
+            request, request.match_info["id"], notice=NOTICES.get(done)
+        )
+
+    async def subscription_page(
+        self,
+        request: web.Request,
+        sid: str,
+        *,
+        status: int = 200,
+        notice: str | None = None,
+        problem: dict[str, Any] | None = None,
+        note: dict[str, Any] | None = None,
+    ) -> web.Response:
+        """One subscription: its fields and blocks, relations (as links and as a graph),
+        note, processes, actions and its product's workflows (each usable now or not, and
+        why). ``note``: a refused note's text and errors, kept in its form."""
+        sub = await self.engine.get_subscription(sid)
+        typed = any(p.name == sub.product for p in self.engine.products())
+        # A subscription of a product without a class has no workflows of its own: every
+        # MODIFY and TERMINATE workflow is offered, as before products existed.
+        untyped_workflows = (
+            []
+            if typed
+            else [
+                w
+                for w in self.engine.workflow_info()
+                if w.target in (Target.MODIFY, Target.TERMINATE)
+            ]
+        )
         return self.console.render(
             request,
             "subscription.html",
-            title=f"Subscription {sub.id[:8]}",
+            status=status,
+            title=f"{sub.product} {sub.id[:8]}",
             nav="subscriptions",
             sub=sub,
-            workflows=workflows,
+            typed=typed,
+            untyped_workflows=untyped_workflows,
+            attributes=attribute_view(sub.attributes, sub.depends_on),
+            graph=relation_graph(
+                sub.id, sub.product, sub.status, sub.description, sub.depends_on, sub.in_use_by
+            ),
+            note=note or {"text": sub.note or "", "errors": []},
+            notice=notice,
+            problem=problem,
+        )
+
+    async def products(self, request: web.Request) -> web.Response:
+        products = self.engine.products()
+        workflows = {w.name: w for w in self.engine.workflow_info()}
+        return self.console.render(
+            request,
+            "products.html",
+            title="Products",
+            nav="products",
+            products=[
+                {
+                    "info": p,
+                    "fields": product_fields(p.schema),
+                    "workflows": [workflows[w] for w in p.workflows if w in workflows],
+                }
+                for p in products
+            ],
+            referred_by=referred_by(products),
         )
 
     async def schedules(self, request: web.Request) -> web.Response:
