@@ -7,6 +7,8 @@ through module globals.
 
 from __future__ import annotations
 
+import functools
+import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
@@ -43,14 +45,17 @@ def anyio_backend() -> str:
 # soak or browser. The files named below have theirs here; a file that names none (a
 # ``pytestmark``) is judged by what it uses: a daemon or a subprocess makes it ``daemon``, an
 # in-process Engine or a database ``engine``, nothing of that ``unit``. ``make check`` runs
-# unit and engine; ``make test`` runs every tier on several xdist workers (``--dist
-# loadgroup``), where each test goes to whichever worker is free, but
+# unit and engine; ``make test`` runs every tier on several xdist workers (``-n 4 --dist
+# loadgroup``; ``TierScheduling`` below), where each test goes to the next free worker, but
 #
-# - the tests of a file whose fixtures are module-scoped (one daemon for the file, the fuzz
-#   campaign) stay on one worker: its group is the file;
+# - the tests of a file with module-scoped fixtures (one daemon for the file, the fuzz
+#   campaign) stay on one worker, so those are made once;
 # - the tests that load the machine or measure timing (the bench smoke test, the soak, the
 #   cluster's takeovers) are the group ``heavy``: one after another on one worker, never two
 #   of them at once, and first, so the longest chain starts at once.
+#
+# (xdist's own ``xdist_group`` marker does nothing with pytest 9.2, whose node ids xdist can
+# no longer rename: the groups are made here, by file, in the controller.)
 
 TIERS = ("unit", "engine", "daemon", "cluster", "soak", "browser")
 TIER_OF_FILE = {
@@ -67,6 +72,7 @@ ENGINE_FIXTURES = frozenset(
 )
 #: Names a module imports when it drives daemons or other programs (tier ``daemon``).
 PROCESS_NAMES = ("DaemonProcess", "DaemonFactory", "subprocess")
+_SHARED_FIXTURE = re.compile(r"""scope\s*=\s*["'](module|class|package)["']""")
 
 
 def _tier_of(items: list[pytest.Item]) -> str:
@@ -79,48 +85,58 @@ def _tier_of(items: list[pytest.Item]) -> str:
         return TIER_OF_FILE[first.path.name]
     module = getattr(first, "module", None)
     names = vars(module) if module is not None else {}
-    if "daemon_factory" in {f for i in items for f in i.fixturenames} or any(
-        n in names for n in PROCESS_NAMES
-    ):
+    used = {f for i in items for f in i.fixturenames}
+    if "daemon_factory" in used or any(n in names for n in PROCESS_NAMES):
         return "daemon"
-    if ENGINE_FIXTURES & {f for i in items for f in i.fixturenames}:
-        return "engine"
-    return "unit"
+    return "engine" if ENGINE_FIXTURES & used else "unit"
 
 
-def _module_scoped(item: pytest.Item) -> bool:
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-        return False
-    for defs in info.name2fixturedefs.values():
-        for fixturedef in defs:
-            if fixturedef.scope in ("module", "package", "class") and fixturedef.baseid:
-                return True
-    return False
+@functools.cache
+def group_of_file(path: str) -> str | None:
+    """The xdist group of a test file's tests: ``heavy``, the file itself when its fixtures
+    are module-scoped (read from its source), or None (each test on its own)."""
+    if Path(path).name in HEAVY_FILES:
+        return "heavy"
+    try:
+        source = (Path(__file__).parent.parent / path).read_text()
+    except OSError:
+        return None
+    return path if _SHARED_FIXTURE.search(source) else None
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups it marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    xdist = config.pluginmanager.hasplugin("xdist")  # its marker is known only with it
     by_file: dict[Path, list[pytest.Item]] = {}
     for item in items:
         by_file.setdefault(item.path, []).append(item)
-    rank: dict[Path, int] = {}
-    for path, mine in by_file.items():
+    for mine in by_file.values():
         tier = _tier_of(mine)
-        group = None
-        if path.name in HEAVY_FILES:
-            group, rank[path] = "heavy", 0
-        elif any(_module_scoped(i) for i in mine):
-            group, rank[path] = path.stem, 1
         for item in mine:
             if not item.get_closest_marker(tier):
                 item.add_marker(getattr(pytest.mark, tier))
-            if xdist and group is not None and not item.get_closest_marker("xdist_group"):
-                item.add_marker(pytest.mark.xdist_group(group))
+
     # The heavy group first, then the files kept whole, then the rest, each in collection
     # order (a stable sort: every worker collects the same order, as xdist requires).
-    items.sort(key=lambda i: rank.get(i.path, 2))
+    def rank(item: pytest.Item) -> int:
+        group = group_of_file(item.nodeid.split("::", 1)[0])
+        return 2 if group is None else 0 if group == "heavy" else 1
+
+    items.sort(key=rank)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup``: each test a unit of its own, but a group's tests one unit (on one
+    worker, in order), the units in collection order (heavy first), not largest first."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TierScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of_file(nodeid.split("::", 1)[0]) or nodeid
+
+    config.option.loadscopereorder = False
+    return TierScheduling(config, log)
 
 
 # -- in-process engines and what steers their steps -------------------------------------------
