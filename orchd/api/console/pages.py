@@ -293,17 +293,17 @@ class Pages:
         why). ``note``: a refused note's text and errors, kept in its form."""
         sub = await self.engine.get_subscription(sid)
         typed = any(p.name == sub.product for p in self.engine.products())
+        infos = self.engine.workflow_info()
         # A subscription of a product without a class has no workflows of its own: every
         # MODIFY and TERMINATE workflow is offered, as before products existed.
         untyped_workflows = (
-            []
-            if typed
-            else [
-                w
-                for w in self.engine.workflow_info()
-                if w.target in (Target.MODIFY, Target.TERMINATE)
-            ]
+            [] if typed else [w for w in infos if w.target in (Target.MODIFY, Target.TERMINATE)]
         )
+        # The start links carry the version read here, unless the workflow's own form has a
+        # field of that name (which means something else to it).
+        versioned = {
+            w.name for w in infos if "version" not in ((w.form or {}).get("properties") or {})
+        }
         return self.console.render(
             request,
             "subscription.html",
@@ -313,6 +313,7 @@ class Pages:
             sub=sub,
             typed=typed,
             untyped_workflows=untyped_workflows,
+            versioned=versioned,
             attributes=attribute_view(sub.attributes, sub.depends_on),
             graph=relation_graph(
                 sub.id, sub.product, sub.status, sub.description, sub.depends_on, sub.in_use_by
