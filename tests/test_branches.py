@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from branch_flows import Ledger, Plan, count, read_ims, read_ipam
-from tests_support import settle
+from tests_support import settle, wait_until
 
 from orchd import Engine, Process, begin, callback_step, children, foreach, inputstep, parallel
 from orchd.errors import CallbackNotFound, InvalidTransition, WorkflowDefinitionError
@@ -423,7 +423,13 @@ async def test_after_a_restart_finished_branches_do_not_run_again(
     pid = await first.start("held_items", {"numbers": [0, 1, 2, 3]})
     await gate.reached(2)
     await settle(first, pid, "running")
-    await asyncio.sleep(0.05)  # let the even elements commit
+
+    async def evens_committed() -> bool:
+        steps = (await first.get(pid)).steps
+        done = {s.branch for s in steps if s.name == "hold item" and s.status == "success"}
+        return done >= {"Hold odd/0", "Hold odd/2"}
+
+    await wait_until(evens_committed, "the even elements' steps committed")
     await first.close()
     evens_before = [item for name, item in ledger.calls if item in (0, 2)]
     assert evens_before == [0, 2]

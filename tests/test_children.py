@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from tests_support import settle
+from tests_support import settle, wait_until
 
 from orchd import Engine
 from orchd.errors import InvalidTransition
@@ -25,6 +25,12 @@ async def engine(engine_factory: Make, gate: Gate) -> Engine:
 
 def inputs(*numbers: int, **extra: Any) -> dict[str, Any]:
     return {"inputs": [{"n": n, **extra} for n in numbers]}
+
+
+async def running_children(engine: Engine, pid: str, count: int) -> bool:
+    """Whether ``count`` of the parent's children are committed as running."""
+    children = (await engine.get(pid)).children
+    return [c.status for c in children].count("running") == count
 
 
 async def test_a_parent_waits_for_its_children_and_collects_them_in_input_order(
@@ -75,7 +81,9 @@ async def test_at_most_max_concurrency_children_run_at_once(engine: Engine) -> N
 async def test_children_beyond_the_limit_wait_as_created(engine: Engine, gate: Gate) -> None:
     pid = await engine.start("fan_out_limited", inputs(1, 2, 3, 4, mode="hold"))
     await gate.reached(2)
-    await asyncio.sleep(0.1)
+    # The two at the gate were started with the others created: had the limit let more run,
+    # they would have started with them and been committed running in the same commits.
+    await wait_until(lambda: running_children(engine, pid, 2), "two children committed as running")
     statuses = [c.status for c in (await engine.get(pid)).children]
     assert statuses.count("created") == 2 and gate.arrivals == 2
     gate.open()
@@ -87,7 +95,9 @@ async def test_a_failed_child_keeps_its_slot_and_the_parent_waiting(
 ) -> None:
     failing = [{"n": 1, "mode": "fail"}, {"n": 2, "mode": "fail"}, {"n": 3}]
     pid = await engine.start("fan_out_limited", {"inputs": failing})
-    await asyncio.sleep(0.3)
+    await settle(engine, pid, "awaiting_children")
+    for child in (await engine.get(pid)).children[:2]:
+        await settle(engine, child.id, "failed")
     parent = await engine.get(pid)
     assert parent.status == "awaiting_children"
     assert [c.status for c in parent.children] == ["failed", "failed", "created"]
@@ -165,12 +175,13 @@ async def test_events_of_children_name_their_parent(engine: Engine) -> None:
     async def listen() -> None:
         async for event in engine.listen(after):
             seen.append(event)
+            if event.kind == "process" and event.status == "completed" and event.parent_id is None:
+                return  # the parent's last event
 
     listener = asyncio.create_task(listen())
     pid = await engine.start("fan_out", inputs(1))
     parent = await settle(engine, pid, "completed")
-    await asyncio.sleep(0.05)
-    listener.cancel()
+    await asyncio.wait_for(listener, 10)
     child = parent.children[0].id
     mine = [e for e in seen if e.process_id == child]
     assert mine and all(e.parent_id == pid for e in mine)

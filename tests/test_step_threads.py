@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from tests_support import DatabaseFactory
+from tests_support import DatabaseFactory, settle
 from thread_flows import Release
 
 from orchd import Engine
@@ -75,16 +75,27 @@ async def test_an_automatic_retry_waits_for_the_timed_out_call(
     open_engine: Open, release: Release
 ) -> None:
     engine = await open_engine()
+    attempts: list[str] = []
+
+    async def follow() -> None:
+        async for event in engine.listen():
+            if event.kind == "step" and event.step == "hang and retry":
+                attempts.append(str(event.status))
+
+    listener = asyncio.create_task(follow())
     pid = await engine.start("hangs_and_retries")
-    await asyncio.sleep(1.0)  # several backoffs of 0.05 s have passed
+    # From the moment the timed-out call is committed as waiting for its retry: the retry's
+    # timer (0.05 s backoff) runs on this loop, so one due within this sleep has fired, and
+    # its attempt begun, before the sleep ends, however slow the machine.
+    await settle(engine, pid, "waiting")
+    await asyncio.sleep(0.5)  # ten backoffs
     assert release.runs == 1 and release.most == 1
     assert (await engine.get(pid)).status == "waiting"
+    # No second attempt began after the first was committed as waiting.
+    assert "running" not in attempts[attempts.index("waiting") :], attempts
     release.event.set()
-    for _ in range(500):
-        if (await engine.get(pid)).status == "completed":
-            break
-        await asyncio.sleep(0.01)
-    assert (await engine.get(pid)).status == "completed"
+    await settle(engine, pid, "completed")
+    listener.cancel()
     assert release.most == 1
 
 

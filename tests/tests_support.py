@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from orchd.engine import Engine
@@ -31,6 +32,21 @@ async def settle(engine: Engine, pid: str, *statuses: str) -> Process:
         if process.status in statuses:
             return process
         assert asyncio.get_running_loop().time() < deadline, (process.status, process.error)
+        await asyncio.sleep(0.01)
+
+
+async def wait_until(check: Callable[[], Any], what: str, within: float = 10.0) -> Any:
+    """Poll ``check()`` (a function or a coroutine function) every 10 ms until it answers
+    something true, and return that: a test waits for the event, not for a time. Fails
+    naming ``what`` after ``within`` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        found = check()
+        if inspect.isawaitable(found):
+            found = await found
+        if found:
+            return found
+        assert asyncio.get_running_loop().time() < deadline, f"{what}: not within {within} s"
         await asyncio.sleep(0.01)
 
 
