@@ -553,7 +553,10 @@ class Snapshot:
                 record = (seq, name, status, error, json.loads(delta) if delta else {}, branch)
                 by_pk[pk]["records"].append(record)
             subscriptions = {}
-            columns = "id, product, customer_id, description, status, insync, start_date, end_date"
+            columns = (
+                "id, product, customer_id, description, status, insync, start_date, end_date, "
+                "version, note"
+            )
             for row in conn.execute(f"SELECT {columns}, attributes FROM subscriptions"):
                 sub = dict(zip(columns.split(", "), row[:-1], strict=True))
                 sub["insync"] = bool(sub["insync"])

@@ -569,7 +569,7 @@ class ControlApi:
                   Created, status=201, alternatives=((200, Created),),
                   described=((201, "Started"),
                              (200, "The process this Idempotency-Key started, with this input")),
-                  request=dict[str, Any] | list[Any],
+                  request=dict[str, Any] | list[dict[str, Any]],
                   headers=(Param("Idempotency-Key",
                                  "a start with a key that started a process of this workflow "
                                  "with the same input answers that process (200); another "
@@ -585,10 +585,10 @@ class ControlApi:
                   "list, page 0 first; [] asks page 0): {\"page\", \"form\"}, or "
                   "{\"done\": true}; a 422 locates errors by page and field "
                   "([\"pages\", 1, \"vlan\"]). Nothing is kept between calls",
-                  FormPage, request=list[Any], errors=(400, 404, 413, 422)),
+                  FormPage, request=list[dict[str, Any]], errors=(400, 404, 413, 422)),
             Route("POST", "/api/processes/{id}/form", self.process_form_page,
                   "As /api/workflows/{name}/form, for the form a suspended process waits for",
-                  FormPage, request=list[Any], errors=(400, 404, 409, 413, 422)),
+                  FormPage, request=list[dict[str, Any]], errors=(400, 404, 409, 413, 422)),
             Route("GET", "/api/processes", self.list_processes, "Processes, newest first",
                   ProcessPage, errors=(400,),
                   query=(Param("status", "only this status", enum=process_status),
@@ -600,7 +600,7 @@ class ControlApi:
             Route("POST", "/api/processes/{id}/resume", self.resume_process,
                   "Answer a suspended process's form: its object, or the list of its pages' "
                   "answers", Accepted, status=202,
-                  request=dict[str, Any] | list[Any], headers=reporter,
+                  request=dict[str, Any] | list[dict[str, Any]], headers=reporter,
                   errors=(400, 413, 422, *action)),
             Route("POST", "/api/processes/{id}/retry", self.retry_process,
                   "Re-run the failed step; with {\"reissue\": true} after a callback's "
