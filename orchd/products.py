@@ -186,6 +186,9 @@ def product_schema(cls: type[Product]) -> dict[str, Any]:
     refs = {path: target for path, target in _ref_paths(cls)}
     if refs:
         schema["x-orchd-refs"] = refs
+    required_from = dict(_required_paths(cls))
+    if required_from:
+        schema["x-orchd-required"] = required_from
     return schema
 
 
@@ -278,6 +281,16 @@ def _ref_paths(cls: type, prefix: str = "") -> Iterator[tuple[str, str]]:
             yield path, f.ref.product
         if f.block is not None:
             yield from _ref_paths(f.block, f"{path}.")
+
+
+def _required_paths(cls: type, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(path, status) of each field required from a lifecycle status, nested blocks too."""
+    for f in _plan(cls):
+        path = f"{prefix}{f.name}{'[]' if f.many else ''}"
+        if f.required is not None:
+            yield path, f.required
+        if f.block is not None:
+            yield from _required_paths(f.block, f"{path}.")
 
 
 def ref_targets(cls: type) -> list[type[Product]]:

@@ -261,6 +261,11 @@ async def test_the_products_are_listed_with_their_schema_and_workflows(engine: E
     assert set(products) >= {"node", "port", "l2vpn"}
     assert "create_node" in products["node"].workflows
     assert products["port"].schema["x-orchd-refs"] == {"node": "node"}
+    assert products["node"].schema["x-orchd-required"] == {
+        "node.name": "provisioning",
+        "node.ims_id": "active",
+    }
+    assert products["l2vpn"].schema["x-orchd-required"] == {"saps[].vlan": "provisioning"}
 
 
 async def test_a_modify_of_an_l2vpn_keeps_its_relations(engine: Engine) -> None:
