@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import queue
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -108,6 +109,26 @@ async def test_engine_start_with_a_key_returns_the_same_id(
 # -- retention ------------------------------------------------------------------------------
 
 
+#: The retention of the tests below; a process is made older than it by ``age``.
+RETAIN = "1h"
+
+
+def age(d: DaemonProcess, *pids: str, seconds: float = 7200.0) -> None:
+    """Make finished processes older than they are, as time would: their last change moves
+    back by ``seconds`` in the daemon's (SQLite) database. Waiting past a retention of a
+    second instead made the test depend on how soon the next lines ran."""
+    conn = sqlite3.connect(d.db, timeout=10)
+    try:
+        with conn:
+            for pid in pids:
+                changed = conn.execute(
+                    "UPDATE processes SET updated_at = updated_at - ? WHERE id = ?", (seconds, pid)
+                ).rowcount
+                assert changed == 1, pid
+    finally:
+        conn.close()
+
+
 def prune(d: DaemonProcess, dry_run: bool = False) -> dict[str, Any]:
     status, answer = d.request("POST", "/api/gc", {"dry_run": dry_run})
     assert status == 200, answer
@@ -117,9 +138,9 @@ def prune(d: DaemonProcess, dry_run: bool = False) -> dict[str, Any]:
 def test_gc_deletes_finished_tasks_older_than_the_retention(
     daemon_factory: DaemonFactory,
 ) -> None:
-    d = daemon_factory({**KEEP_TASKS, "retention": {"tasks": "1s"}})
+    d = daemon_factory({**KEEP_TASKS, "retention": {"tasks": RETAIN}})
     old = finished(d)
-    time.sleep(1.2)
+    age(d, old)
     young = finished(d)
     assert prune(d, dry_run=True) == {"dry_run": True, "processes": 1, "steps": 3, "actions": 1}
     assert d.request("GET", f"/api/processes/{old}")[0] == 200  # a dry run deletes nothing
@@ -133,39 +154,39 @@ def test_gc_deletes_finished_tasks_older_than_the_retention(
 
 
 def test_gc_keeps_subscriptions_and_drops_their_links(daemon_factory: DaemonFactory) -> None:
-    d = daemon_factory({**KEEP_TASKS, "retention": {"workflows": "1s"}})
+    d = daemon_factory({**KEEP_TASKS, "retention": {"workflows": RETAIN}})
     pid = finished(d, "e2e_create", {"name": "w", "customer_id": "c"})
     sid = d.get_process(pid)["state"]["subscription_id"]
-    time.sleep(1.2)
+    age(d, pid)
     assert prune(d)["processes"] == 1
     status, sub = d.request("GET", f"/api/subscriptions/{sid}")
     assert status == 200 and sub["processes"] == [], sub
 
 
 def test_unfinished_and_kept_processes_are_not_pruned(daemon_factory: DaemonFactory) -> None:
-    d = daemon_factory({**KEEP_TASKS, "retention": {"tasks": "0", "workflows": "1s"}})
+    d = daemon_factory({**KEEP_TASKS, "retention": {"tasks": "0", "workflows": RETAIN}})
     task = finished(d)
     failed = d.start_process("e2e_fail")
     d.wait_process(failed, ("failed",))
-    time.sleep(1.2)
+    age(d, task, failed)
     assert prune(d)["processes"] == 0
     assert d.request("GET", f"/api/processes/{task}")[0] == 200
 
 
 def test_the_daemon_prunes_when_it_starts(daemon_factory: DaemonFactory) -> None:
-    d = daemon_factory({**KEEP_TASKS, "retention": {"tasks": "1s"}})
+    d = daemon_factory({**KEEP_TASKS, "retention": {"tasks": RETAIN}})
     old = finished(d)
-    time.sleep(1.2)
+    age(d, old)
     d.restart()
     d.wait_for_log("pruned processes=1")
     assert d.request("GET", f"/api/processes/{old}")[0] == 404
 
 
 def test_a_key_is_free_again_once_its_process_is_pruned(daemon_factory: DaemonFactory) -> None:
-    d = daemon_factory({**KEEP_TASKS, "retention": {"tasks": "1s"}})
+    d = daemon_factory({**KEEP_TASKS, "retention": {"tasks": RETAIN}})
     status, first = start(d, "e2e_hello", key="nightly")
     d.wait_process(first["id"], ("completed",))
-    time.sleep(1.2)
+    age(d, first["id"])
     prune(d)
     assert start(d, "e2e_hello", key="nightly")[0] == 201
 
@@ -347,9 +368,8 @@ def test_start_with_a_key_prints_the_same_id_twice(daemon: DaemonProcess) -> Non
 
 
 def test_gc_dry_run_counts_and_gc_deletes(daemon_factory: DaemonFactory) -> None:
-    d = daemon_factory({**KEEP_TASKS, "retention": {"tasks": "1s"}})
-    finished(d)
-    time.sleep(1.2)
+    d = daemon_factory({**KEEP_TASKS, "retention": {"tasks": RETAIN}})
+    age(d, finished(d))
     dry = cli(d, "gc", "--dry-run")
     assert dry.returncode == 0 and dry.stdout.startswith("would delete 1 processes"), dry
     done = cli(d, "gc", "--json")
