@@ -25,6 +25,7 @@ import msgspec
 from cronsim import CronSim, CronSimError
 
 from orchd.configfile import find_config
+from orchd.dburl import driver_missing, is_postgres, sqlite_path
 from orchd.errors import ConfigError
 from orchd.settings import (
     ConsoleSettings,
@@ -395,23 +396,11 @@ def _not_a_path(database: str) -> bool:
     )
 
 
-def is_postgres(database: str) -> bool:
-    """Whether the ``database`` setting names a PostgreSQL server (a cluster's database)."""
-    return database.startswith(("postgresql://", "postgres://"))
-
-
-def sqlite_file(database: str) -> str:
-    """The file of a SQLite ``database`` setting: ``sqlite:///path`` or the path itself."""
-    if database.startswith("sqlite://"):
-        return database.removeprefix("sqlite://") or ":memory:"
-    return database
-
-
 def check_database_path(path: str | os.PathLike[str], *, source: str = DEFAULT_SOURCE) -> None:
     """Raise ConfigError unless SQLite can create and write ``path`` and its journal files."""
     if is_postgres(os.fspath(path)):
         return
-    path = sqlite_file(os.fspath(path))
+    path = sqlite_path(os.fspath(path))
     if _not_a_path(path):
         return
     target = Path(path)
@@ -536,6 +525,8 @@ def validate_config(config: Config, *, source: str = DEFAULT_SOURCE) -> None:
         check.fail("node_id", "must not be empty")
     if is_postgres(config.database):
         check.parsed("database", _check_postgres_url, config.database)
+        if (missing := driver_missing()) is not None:
+            check.fail("database", missing)
     delay = check.duration("retry_delay", config.retry_delay)
     max_delay = check.duration("retry_max_delay", config.retry_max_delay, positive=True)
     if max_delay < delay:
@@ -575,7 +566,7 @@ def parse_rate(text: str) -> float:
     """Starts per second in ``"10/s"``, ``"600/m"`` or ``"100/h"``; ValueError otherwise."""
     found = _RATE.fullmatch(text)
     if found is None:
-        raise ValueError(f"invalid rate {text!r} (use e.g. \"10/s\", \"600/m\" or \"100/h\")")
+        raise ValueError(f'invalid rate {text!r} (use e.g. "10/s", "600/m" or "100/h")')
     per_second = float(found.group(1)) / _RATE_UNITS[found.group(2)]
     if per_second <= 0:
         raise ValueError(f"rate must be greater than zero, got {text!r}")

@@ -42,13 +42,12 @@ from orchd.config import (
     engine_settings,
     event_settings,
     http_settings,
-    is_postgres,
     limit_specs,
     load_config,
     schedule_specs,
-    sqlite_file,
     tcp_settings,
 )
+from orchd.dburl import is_postgres, sqlite_path
 from orchd.engine import Engine
 from orchd.engine.limits import check_uses
 from orchd.engine.scheduler import Scheduler
@@ -596,7 +595,7 @@ def lock_database(database: str, source: str) -> int | None:
         # Several daemons share a PostgreSQL database by design: each is a node, and leases
         # (not a file lock) keep any process from running on two of them at once.
         return None
-    database = sqlite_file(database)
+    database = sqlite_path(database)
     if database == ":memory:" or database.startswith("file:"):
         return None
     try:

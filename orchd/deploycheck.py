@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
+from orchd.dburl import is_postgres
 from orchd.dsl import Positions, Step, Stranded, Workflow, branch_steps
 from orchd.engine.loading import load_workflows
 from orchd.errors import ConfigError
@@ -122,7 +123,7 @@ def cmd_check_workflows(args: argparse.Namespace) -> int:
             workflows = load_workflows(args.workflows)
         except ConfigError as exc:
             raise MaintenanceError(f"--workflows: {exc.detail}", EXIT_USAGE) from None
-        if path.startswith(("postgresql://", "postgres://")):
+        if is_postgres(path):
             found, checked = _on_postgres(path, workflows)
             return _report(args, found, checked)
         conn = connect_readonly(path)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
+from orchd.dburl import is_postgres, sqlite_path
 from orchd.status import FINAL, ProcessStatus, StepStatus
 
 EXIT_OK = 0
@@ -109,7 +110,7 @@ def database_path(
         state_dir = env.get("STATE_DIRECTORY", "").split(":")[0]
         if state_dir and not os.path.isabs(path) and not path.startswith("file:"):
             path = os.path.join(state_dir, path)
-    if path.startswith(("postgresql://", "postgres://")):
+    if is_postgres(path):
         if postgres:
             return path
         raise MaintenanceError(
@@ -117,7 +118,7 @@ def database_path(
             "use pg_dump (or the server's own backups) and pg_amcheck",
             EXIT_USAGE,
         )
-    path = path.removeprefix("sqlite://") if path.startswith("sqlite://") else path
+    path = sqlite_path(path)
     if path == ":memory:" or path.startswith("file:"):
         raise MaintenanceError(f"database {path!r} is not a file this tool can open", EXIT_USAGE)
     return os.path.normpath(path)

@@ -1,11 +1,12 @@
-"""Which store a database setting names: a ``postgresql://`` URL is PostgreSQL (several nodes
-may share it); anything else is a SQLite file. The engine, ``orchd serve`` and the tools ask
-here, so the rule is written once."""
+"""Opening the store a database setting names (the rule of which one is ``orchd.dburl``'s):
+PostgreSQL's store, and its driver, are imported only for a PostgreSQL URL."""
 
 from __future__ import annotations
 
+from orchd.dburl import driver_missing, is_postgres
+from orchd.dburl import sqlite_path as sqlite_path
+from orchd.errors import ConfigError
 from orchd.store.base import Store
-from orchd.store.postgres import PgStore, is_postgres_url
 from orchd.store.sqlite import SqliteStore
 
 
@@ -19,15 +20,13 @@ def open_store(
 ) -> Store:
     """The store for ``database``: a ``postgresql://`` URL is PostgreSQL (several nodes may
     share it); a path, ``sqlite:///path`` or ``:memory:`` is SQLite."""
-    if is_postgres_url(database):
+    if is_postgres(database):
+        if (missing := driver_missing()) is not None:
+            raise ConfigError(f"database: {missing}")
+        # Imported only for a PostgreSQL URL: a SQLite user needs no PostgreSQL driver.
+        from orchd.store.postgres import PgStore
+
         return PgStore(
             database, node_id=node_id, lease_timeout=lease_timeout, keep_events=keep_events
         )
     return SqliteStore(sqlite_path(database), synchronous=synchronous, keep_events=keep_events)
-
-
-def sqlite_path(database: str) -> str:
-    """The file a SQLite database setting names (``sqlite:///path`` or the path itself)."""
-    if database.startswith("sqlite://"):
-        return database.removeprefix("sqlite://") or ":memory:"
-    return database

@@ -31,15 +31,11 @@ from orchd.store.postgres.slots import PgSlots
 from orchd.store.postgres.writer import EVENTS_CHANNEL, Writer
 from orchd.store.sqlreads import SELECT_PROCESS, process_row
 
-__all__ = ["SCHEMA_VERSION", "PgStore", "default_node_id", "is_postgres_url"]
+__all__ = ["SCHEMA_VERSION", "PgStore", "default_node_id"]
 
 log = logging.getLogger("orchd.store")
 
 _DEFAULT_IDS: set[str] = set()
-
-
-def is_postgres_url(database: str) -> bool:
-    return database.startswith(("postgresql://", "postgres://"))
 
 
 def default_node_id() -> str:
