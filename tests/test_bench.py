@@ -42,6 +42,8 @@ def test_bench_quick_prints_every_scenario() -> None:
         "P9 200 branches waiting",
         "PR1 ",
         "PR2 ",
+        "P10 2,000 steps naming a limit",
+        "P10r router = 1",
         "database after ",
     ):
         assert label in result.stdout
@@ -55,6 +57,8 @@ def test_bench_quick_prints_every_scenario() -> None:
         "steps/s tracing off",  # P1t: the same processes without spans
         "steps/s untyped, same size",  # PR1: the same MODIFY on an untyped subscription
         "ms without q",  # PR2: the same page without a search
+        "of the same without uses=",  # P10: the same steps naming no limit
+        "ideal schedule",  # P10r: every router busy back to back
     ):
         assert baseline in result.stdout
     # Measured as the daemon runs: its garbage-collector set-up, named in the header.

@@ -22,6 +22,7 @@ from orchd import gcpolicy
 from orchd._bench import api as bench_api
 from orchd._bench import branches as bench_branches
 from orchd._bench import children as bench_children
+from orchd._bench import limits as bench_limits
 from orchd._bench import load as bench_load
 from orchd._bench import postgres as bench_pg
 from orchd._bench import products as bench_products
@@ -622,6 +623,22 @@ def main(argv: list[str]) -> int:
             f"p99 {q['q_p99_ms']:.1f} ms",
             f"p99 {q['list_p99_ms']:.1f} ms without q",
             "p99 < 50 ms",
+        )
+        p10 = bench_limits.p10_overhead(directory, 2000 if args.quick else 10_000, runs)
+        table.row(
+            f"P10 {p10['steps']:,.0f} steps naming a limit with room for all",
+            f"{p10['limited_per_s']:,.0f} steps/s ({p10['ratio']:.2f}x; "
+            f"{p10['cpu_ratio']:.2f}x per CPU second)",
+            f"{p10['plain_per_s']:,.0f} steps/s of the same without uses=",
+            ">= 0.9x",
+        )
+        routers, changes, hold = (20, 200, 0.05) if args.quick else (100, 2000, 0.2)
+        p10r = bench_limits.p10_routers(directory, routers, changes, hold, runs)
+        table.row(
+            f"P10r router = 1: {changes:,} changes of {hold:g} s over {routers} routers",
+            f"{p10r['seconds']:.2f} s until all completed ({p10r['ratio']:.2f}x ideal)",
+            f"{p10r['ideal']:.2f} s ideal schedule ({changes // routers} x {hold:g} s a router)",
+            "<= 1.2x ideal",
         )
         # The quick (smoke) run simulates a schedule ten times slower, and says so.
         days, per_day = (9, 864) if args.quick else (30, bench_retention.PER_DAY)

@@ -27,7 +27,9 @@ async def call_step(
     it with ``Halted`` before anything ran."""
     assert step.func is not None
     if uses:
-        await host.limits.acquire(pid, step.name, uses)
+        wait = host.limits.acquire(pid, step.name, uses)
+        if wait is not None:
+            await wait
     timeout = step.timeout if step.timeout is not None else host.settings.step_timeout
     if not timeout:
         if step.is_async:  # the common case, one coroutine frame less per waiting actor

@@ -32,7 +32,7 @@ import math
 import string
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any
 
 from orchd.dsl import Step, Workflow
@@ -67,6 +67,8 @@ class Halted(Exception):
 # -- what a step names ----------------------------------------------------------------------
 
 _parsed: dict[str, tuple[str, tuple[tuple[str, str | None], ...]]] = {}
+#: Steps whose resources name no State key: their slots, once for all.
+_constant: dict[Step, tuple[Slot, ...]] = {}
 
 
 def _template(entry: str) -> tuple[str, tuple[tuple[str, str | None], ...]]:
@@ -86,15 +88,22 @@ def slots_of(step: Step, state: Mapping[str, Any]) -> tuple[Slot, ...]:
     string or a number."""
     if not step.uses:
         return ()
+    known = _constant.get(step)
+    if known is not None:
+        return known
     slots: list[Slot] = []
+    constant = True
     for entry in step.uses:
         limit, parts = _template(entry)
+        constant = constant and all(field is None for _, field in parts)
         key = "".join(
             text + ("" if field is None else _key_text(step, entry, field, state))
             for text, field in parts
         )
         if (limit, key) not in slots:
             slots.append((limit, key))
+    if constant:
+        _constant[step] = tuple(slots)
     return tuple(slots)
 
 
@@ -212,10 +221,13 @@ class Board:
             key = self.keys[slot] = _Key()
         return key
 
-    def blocker(self, r: Request, now: float) -> tuple[Slot | None, float | None]:
+    def blocker(
+        self, r: Request, now: float, limits: Mapping[str, LimitSpec] | None = None
+    ) -> tuple[Slot | None, float | None]:
         """The first slot that holds ``r`` back (someone before it, no room, or a rate not
         due yet, then also when it is due); ``(None, None)`` when it may go now."""
-        limits = self.limits()
+        if limits is None:
+            limits = self.limits()
         for slot in r.slots:
             key = self.keys.get(slot)
             if key is None:
@@ -233,9 +245,10 @@ class Board:
 
     def take(self, r: Request, now: float) -> bool:
         """Grant ``r`` at once when nothing holds it back (True); else queue it."""
-        blocked, _ = self.blocker(r, now)
+        limits = self.limits()
+        blocked, _ = self.blocker(r, now, limits)
         if blocked is None:
-            self._grant(r, now)
+            self._grant(r, now, limits)
             return True
         r.blocked = blocked
         for slot in r.slots:
@@ -252,8 +265,11 @@ class Board:
         for slot in r.slots:
             self.key(slot).held[r] = None
 
-    def _grant(self, r: Request, now: float) -> None:
-        limits = self.limits()
+    def _grant(
+        self, r: Request, now: float, limits: Mapping[str, LimitSpec] | None = None
+    ) -> None:
+        if limits is None:
+            limits = self.limits()
         for slot in r.slots:
             key = self.key(slot)
             key.held[r] = None
@@ -264,9 +280,10 @@ class Board:
         r.held = True
         r.blocked = None
 
-    def drop(self, r: Request, now: float) -> tuple[Slot, ...]:
-        """Take ``r`` off the board (released or abandoned); answers its slots, which the
-        caller examines (someone may go now)."""
+    def drop(self, r: Request, now: float) -> list[Slot]:
+        """Take ``r`` off the board (released or abandoned); answers those of its slots that
+        others wait for, which the caller examines (someone may go now)."""
+        waited = []
         for slot in r.slots:
             key = self.keys.get(slot)
             if key is None:
@@ -276,9 +293,12 @@ class Board:
             else:
                 with contextlib.suppress(ValueError):
                     key.queue.remove(r)
-            self._tidy(slot, key, now)
+            if key.queue:
+                waited.append(slot)
+            else:
+                self._tidy(slot, key, now)
         r.held = False
-        return r.slots
+        return waited
 
     def examine(self, slots: Iterable[Slot], now: float) -> tuple[list[Request], dict[Slot, float]]:
         """Grant, in order, the heads of these keys' queues that may go now (a grant frees the
@@ -332,16 +352,26 @@ class Limiter:
 
     # -- the engine's hooks ---------------------------------------------------------------
 
-    async def acquire(self, pid: str, step: str, slots: tuple[Slot, ...]) -> None:
-        """Take every slot of ``slots`` for the running task's step, waiting as long as it
-        takes; raises Halted when an abort or a stop ends the wait."""
+    def acquire(
+        self, pid: str, step: str, slots: tuple[Slot, ...]
+    ) -> Coroutine[Any, Any, None] | None:
+        """Take every slot of ``slots`` for the running task's step: None when they are
+        taken now, else a wait to await (it raises Halted when an abort or a stop ends it).
+        Most steps find room: they pay for no coroutine."""
         task = asyncio.current_task()
         assert task is not None
         r = Request(slots, pid, step, time.time())
         self.by_task[task] = r
-        self.by_pid.setdefault(pid, []).append(r)
-        if await self._take(r):
-            return
+        requests = self.by_pid.get(pid)
+        if requests is None:
+            self.by_pid[pid] = [r]
+        else:
+            requests.append(r)
+        if self._take(r):
+            return None
+        return self._wait(r, task)
+
+    async def _wait(self, r: Request, task: asyncio.Task[Any]) -> None:
         self.waiting += 1
         try:
             assert r.future is not None
@@ -366,7 +396,9 @@ class Limiter:
         for r in list(self.by_pid.get(pid, ())):
             if r.waiting:
                 assert r.future is not None
+                # Nobody awaits it any more (its task has ended): no "never retrieved" noise.
                 r.future.set_exception(Halted(f"process {pid}: its actor ended"))
+                r.future.exception()
             self._forget(r)
         for task in [t for t, r in self.by_task.items() if r.pid == pid]:
             del self.by_task[task]
@@ -445,7 +477,7 @@ class Limiter:
 
     # -- inside ---------------------------------------------------------------------------
 
-    async def _take(self, r: Request) -> bool:
+    def _take(self, r: Request) -> bool:
         """Grant at once (True), or queue ``r`` with a future to wait on."""
         now = time.monotonic()
         if self.board.take(r, now):
@@ -465,7 +497,9 @@ class Limiter:
             if not requests:
                 del self.by_pid[r.pid]
         now = time.monotonic()
-        self._settle(self.board.examine(self.board.drop(r, now), now))
+        waited = self.board.drop(r, now)
+        if waited:
+            self._settle(self.board.examine(waited, now))
 
     def _settle(self, outcome: tuple[list[Request], dict[Slot, float]]) -> None:
         granted, due = outcome
@@ -573,7 +607,7 @@ class ClusterLimiter(Limiter):
                 "limits: this node's slots were not freed (they go with its lease): %s", exc
             )
 
-    async def _take(self, r: Request) -> bool:
+    def _take(self, r: Request) -> bool:
         r.future = asyncio.get_running_loop().create_future()
         r.blocked = r.slots[0]
         self._new.append(r)
@@ -631,8 +665,11 @@ class ClusterLimiter(Limiter):
             sweep, self._sweep = self._sweep, False
             try:
                 await self._write(new, gone, kicks, sweep)
-            except StoreError as exc:
-                log.warning("limits: the database refused a batch, trying again: %s", exc)
+            except Exception as exc:
+                if isinstance(exc, StoreError):
+                    log.warning("limits: the database refused a batch, trying again: %s", exc)
+                else:
+                    log.exception("limits: a batch failed, trying again")
                 for r in new:
                     if r.id:
                         self.mine.pop(r.id, None)
