@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from orchd.errors import FormValidationError, WorkflowDefinitionError
-from orchd.products import Product, ProductError, as_state, to_model
+from orchd.products import Product, ProductError, as_state, missing_at, to_model
 
 _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder().decode
@@ -109,10 +109,7 @@ def inject(
             kwargs[p.name] = clone(value)
             continue
         if isinstance(p.annotation, type) and issubclass(p.annotation, Product):
-            try:
-                kwargs[p.name] = to_model(p.annotation, value, where=f"state key {p.name!r}")
-            except ProductError as exc:
-                raise StepInputError(f"step {step_name!r}: {exc}") from None
+            kwargs[p.name] = _model(step_name, p.name, p.annotation, value)
             continue
         try:
             kwargs[p.name] = msgspec.convert(value, p.annotation, strict=False)
@@ -124,6 +121,23 @@ def inject(
         if kwargs[p.name] is value:
             kwargs[p.name] = clone(value)
     return kwargs
+
+
+def _model(step_name: str, key: str, cls: type[Product], value: Any) -> Product:
+    """A subscription in State as its product's model, checked against its product and the
+    fields its status requires."""
+    where = f"state key {key!r}"
+    try:
+        model = to_model(cls, value, where=where)
+    except ProductError as exc:
+        raise StepInputError(f"step {step_name!r}: {exc}") from None
+    missing = missing_at(model)
+    if missing:
+        raise StepInputError(
+            f"step {step_name!r}: {where} {', '.join(missing)}: required when the "
+            f"subscription is {model.status!r}"
+        )
+    return model
 
 
 def _is_resource(annotation: Any, resources: Mapping[Any, Any]) -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from steering import FailurePlan
-from tests_support import EngineFactory, settle
+from tests_support import EngineFactory, Open, settle
 
 from orchd.engine import Engine
 from orchd.errors import (
@@ -324,3 +324,17 @@ async def test_validate_subscriptions_of_a_product_without_validation_fails_sayi
     task = await run(engine, "validate_subscriptions", {"product": "port"})
     assert task.status == "failed"
     assert "no VALIDATE workflow" in (task.error or "")
+
+
+async def test_a_typed_step_refuses_a_subscription_missing_what_its_status_requires(
+    open_engine: Open,
+) -> None:
+    # Saved before its product had a class (untyped); the class that came later requires a
+    # field it lacks at its status: a step taking it typed fails, naming the field.
+    engine = await open_engine("legacy_v1")
+    created = await engine.wait(await engine.start("create_legacy", {}, reporter="test"))
+    sid = created.state["subscription_id"]
+    engine = await open_engine("legacy_v2")
+    process = await engine.wait(await engine.start("touch_legacy", {"subscription_id": sid}))
+    assert process.status == "failed"
+    assert "site" in (process.error or "") and "'active'" in (process.error or "")
