@@ -8,6 +8,7 @@ run is ``orchd.engine.forks``.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -34,7 +35,7 @@ class Fork:
 
     __slots__ = (
         "step", "path", "owner", "base", "items", "count", "branches", "pending", "unfinished",
-        "limit",
+        "limit", "started",
     )  # fmt: skip
 
     def __init__(self, step: Step, owner: Branch | None, base: Mapping[str, Any]) -> None:
@@ -59,6 +60,10 @@ class Fork:
         #: Started branches not yet done: what max_concurrency counts.
         self.unfinished = 0
         self.limit = step.max_concurrency or self.count
+        #: When the fork first started: now for a new one; None for one a previous run of
+        #: the process started (its branches committed rows), read from its records at the
+        #: join (``began_at``), so its record covers the whole fork across waits and restarts.
+        self.started: float | None = time.time()
 
     def start_state(self, index: int) -> dict[str, Any]:
         """What a branch adds to the fork's State when it starts: a foreach element."""
@@ -180,9 +185,28 @@ class Branch:
         self.pc = found
 
 
+def began_at(fork: Fork, records: list[tuple[str | None, str, float]]) -> float | None:
+    """When ``fork`` first started, from ``(branch, status, started_at)`` of the records its
+    process committed while standing at its outermost fork (``Store.fork_records``): its
+    branches' first step, or an earlier failed attempt of the fork itself (a join that failed).
+    Records of its owner before its last one that did not fail belong to steps before it."""
+    owner = None if fork.owner is None else fork.owner.path
+    since = 0
+    for i, (branch, status, _) in enumerate(records):
+        if branch == owner and status != "failed":
+            since = i + 1
+    prefix = fork.path + "/"
+    times = [
+        started
+        for branch, _, started in records[since:]
+        if branch == owner or (branch is not None and branch.startswith(prefix))
+    ]
+    return min(times, default=None)
+
+
 def fill_pending(fork: Fork) -> None:
     """Every branch of a new fork is still to start."""
     fork.pending.extend(range(fork.count))
 
 
-__all__ = ["Branch", "Broken", "Fork", "fill_pending"]
+__all__ = ["Branch", "Broken", "Fork", "began_at", "fill_pending"]

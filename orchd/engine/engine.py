@@ -515,6 +515,9 @@ class Engine:
     async def branches(self, pk: int) -> list[BranchRow]:
         return await self.store.branches(pk)
 
+    async def fork_records(self, pk: int) -> list[tuple[str | None, str, float]]:
+        return await self.store.fork_records(pk)
+
     def retire(self, actor: actors.Actor) -> None:
         # Forgotten first, so that nothing below can leave a dead actor taking messages.
         if self.actors.get(actor.pid) is actor:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Coroutine, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchd import _faults as faults
 from orchd.dsl import Step, StepKind
-from orchd.engine.branches import Branch, Broken, Fork, fill_pending
+from orchd.engine.branches import Branch, Broken, Fork, began_at, fill_pending
 from orchd.engine.calls import call_step, cancelled_from_outside
 from orchd.engine.limits import Halted, slots_of
 from orchd.engine.messages import Callback, Envelope, Expire, Retry, Run, respond
@@ -54,7 +55,6 @@ class Forks:
     def __init__(self, actor: Actor, step: Step, base: Mapping[str, Any]) -> None:
         self.actor = actor
         self.top = Fork(step, None, base)
-        self.started = time.time()
         #: Branch tasks running now, and branches ready to run.
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.ready: deque[Branch] = deque()
@@ -77,17 +77,22 @@ class Forks:
     def load(self, rows: list[BranchRow]) -> None:
         """Put back the branches a previous run committed. Raises Broken."""
         by_path = {r.path: r for r in rows}
-        self._load_fork(self.top, by_path)
+        self._load_fork(self.top, by_path, sorted(by_path))
 
-    def _load_fork(self, fork: Fork, rows: dict[str, BranchRow]) -> None:
+    def _load_fork(self, fork: Fork, rows: dict[str, BranchRow], paths: list[str]) -> None:
         fork.pending.clear()
         for index in range(fork.count):
-            row = rows.get(f"{fork.path}/{index}")
-            if row is None:
+            path = f"{fork.path}/{index}"
+            row = rows.get(path)
+            # A branch whose first step is a fork has no row of its own until that fork
+            # joins, only its nested branches' rows: it has started all the same.
+            if row is None and not _rows_under(paths, path + "/"):
                 fork.pending.append(index)
                 continue
+            fork.started = None  # started by an earlier run: its records say when
             b = Branch(fork, index)
-            b.place(row)
+            if row is not None:
+                b.place(row)
             fork.branches[index] = b
             if b.token is not None:
                 self.tokens[b.token] = b
@@ -95,7 +100,7 @@ class Forks:
                 fork.unfinished += 1
             if b.status is B.RUNNING and b.steps[b.pc].forks:
                 b.nested = Fork(b.steps[b.pc], b, b.state())
-                self._load_fork(b.nested, rows)
+                self._load_fork(b.nested, rows, paths)
                 if not b.nested.complete:
                     b.status = B.FORKED
 
@@ -103,6 +108,13 @@ class Forks:
 
     def leaves(self) -> Iterator[Branch]:
         return (b for b in self.top.walk() if b.status is not B.FORKED)
+
+    async def began(self, fork: Fork) -> float:
+        """When ``fork`` first started (a fork loaded from rows: read from its records)."""
+        if fork.started is None:
+            records = await self.actor.host.fork_records(self.actor.pk)
+            fork.started = began_at(fork, records) or time.time()
+        return fork.started
 
     def owns(self, digest: str) -> Branch | None:
         return self.tokens.get(digest)
@@ -418,6 +430,7 @@ class Forks:
         fork = b.nested
         assert fork is not None
         step = b.steps[b.pc]
+        started = await self.began(fork)  # the whole fork, not this last turn of the branch
         try:
             delta = fork.joined_changes()
             changes = changes_of(b.state(), step.name, delta)
@@ -617,6 +630,12 @@ class Forks:
         elif at is not None and at < self.timer_at - 0.001:
             self.timer_at = at
             self.actor.host.later(self.actor.pid, at, Retry(automatic=True))
+
+
+def _rows_under(paths: list[str], prefix: str) -> bool:
+    """Whether any of the sorted ``paths`` starts with ``prefix``."""
+    at = bisect_left(paths, prefix)
+    return at < len(paths) and paths[at].startswith(prefix)
 
 
 def _inject(step: Step, view: Mapping[str, Any], actor: Actor) -> dict[str, Any]:

@@ -68,18 +68,19 @@ async def run(actor: Actor, step: Step, started: float) -> None:
         status, actor.error, actor.next_retry_at = forks.blocked()
         await actor.write(status, steps=[])
         return
+    began = await forks.began(forks.top)  # the whole fork, across waits and restarts
     try:
         delta = forks.top.joined_changes()
         sub, relations = await actor.subscription_change(step, delta)
         changes = changes_of(actor.state, step.name, delta)
     except (StepCrash, StepOutputError, SubscriptionError) as exc:
-        await actor.step_raised(step, exc, forks.started)
+        await actor.step_raised(step, exc, began)
         return
     actor.forks = None
     outcome = Outcome(
         P.RUNNING,
         StepStatus.SUCCESS,
-        forks.started,
+        began,
         time.time(),
         changes,
         advance=True,

@@ -120,6 +120,10 @@ class Host(Protocol):
         """The started branches of the fork a process stands at, as committed."""
         ...
 
+    async def fork_records(self, pk: int) -> list[tuple[str | None, str, float]]:
+        """What tells when the fork a process stands at first started (Store.fork_records)."""
+        ...
+
     def expect_callback(self, digest: str, pid: str) -> None:
         """Route callbacks with this token digest to the process."""
         ...

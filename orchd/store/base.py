@@ -584,6 +584,12 @@ class Store(Protocol):
         """The started branches of a forked process (none when it is not forked)."""
         ...
 
+    async def fork_records(self, pk: int) -> list[tuple[str | None, str, float]]:
+        """``(branch, status, started_at)`` of the step records a process standing at a fork
+        committed since its last main-line record that did not fail, oldest first: what
+        tells when that fork (and each fork nested in it) first started."""
+        ...
+
     async def records(self, row: ProcessRow, *, branches: bool) -> ProcessRecords:
         """The step records, actions, children and (when ``branches``) standing branches of
         the process of ``row``: what its detail shows, read as cheaply as the backend can."""

@@ -388,6 +388,15 @@ class SqlReads:
         )
         return [msgspec.convert(tuple(row), BranchRow) for row in rows]
 
+    async def fork_records(self, pk: int) -> list[tuple[str | None, str, float]]:
+        rows = await self.lookup(
+            "SELECT branch, status, started_at FROM steps WHERE process = ? AND seq > "
+            "(SELECT coalesce(max(seq), -1) FROM steps WHERE process = ? AND branch IS NULL "
+            "AND status <> 'failed') ORDER BY seq",
+            (pk, pk),
+        )
+        return [(branch, status, float(started)) for branch, status, started in rows]
+
     async def actions(self, pk: int) -> list[ActionRow]:
         rows = await self.lookup(
             "SELECT at, action, actor, detail FROM actions WHERE process = ? ORDER BY rowid",
