@@ -638,7 +638,14 @@ def _main(argv: list[str]) -> int:
     except DaemonUnreachable as exc:
         return _fail(str(exc), EXIT_UNREACHABLE)
     except DaemonRefused as exc:
-        lines = [f"{exc.detail} (HTTP {exc.status})", *(f"  {e}" for e in exc.errors)]
+        # A start refused on its subscription says why in a word a script can match.
+        reason = exc.problem.get("reason")
+        said = (
+            f"HTTP {exc.status}, reason {reason}"
+            if isinstance(reason, str)
+            else f"HTTP {exc.status}"
+        )
+        lines = [f"{exc.detail} ({said})", *(f"  {e}" for e in exc.errors)]
         return _fail("\n".join(lines), EXIT_REFUSED)
     except ClientError as exc:
         return _fail(str(exc), EXIT_REFUSED)

@@ -210,3 +210,8 @@ def test_the_cli_shows_a_subscriptions_relations_and_why_a_workflow_is_refused(
     assert "in use by:" in shown.stdout and port in shown.stdout
     refused = [line for line in shown.stdout.splitlines() if "terminate_node" in line]
     assert refused and "in_use" in refused[0]
+    start = orchd(
+        daemon, "start", "terminate_node", "--input", json.dumps({"subscription_id": node})
+    )
+    assert start.returncode == 1
+    assert "reason in_use" in start.stderr and port in start.stderr
