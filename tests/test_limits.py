@@ -14,13 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from limit_flows import Hold, Journal
+from limit_flows import Hold, Journal, audit_site
 from tests_support import EngineFactory, settle
 
 from orchd.engine import Engine
 from orchd.errors import ConfigError
 from orchd.settings import LimitSpec
-from orchd.testing import workflow_engine
+from orchd.state import StepInputError
+from orchd.testing import run_step, workflow_engine
 
 pytestmark = pytest.mark.anyio
 
@@ -44,9 +45,10 @@ async def limited(
     return engine, journal, hold
 
 
-async def until(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    """Wait until ``check()`` (maybe a coroutine function) answers something true."""
-    deadline = time.monotonic() + timeout
+async def until(check: Callable[[], Any], what: str) -> Any:
+    """Wait (10 s at most) until ``check()`` (maybe a coroutine function) answers something
+    true."""
+    deadline = time.monotonic() + 10.0
     while True:
         value = check()
         if asyncio.iscoroutine(value):
@@ -309,3 +311,9 @@ async def test_a_limit_a_step_names_that_is_not_configured_is_a_config_error() -
         "limits: step 'link' of workflow 'link_devices' uses 'device:{first}', but [limits] "
         "sets no 'device' (add e.g. `device = 1` under [limits])"
     )
+
+
+async def test_run_step_fills_in_a_resource_key_as_the_engine_does() -> None:
+    with pytest.raises(StepInputError, match="State has no key 'site'"):
+        await run_step(audit_site, {"process_id": "p1"})
+    assert await run_step(audit_site, {"process_id": "p1", "site": "ams"}) == {"audited": True}

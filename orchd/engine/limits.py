@@ -608,8 +608,8 @@ class ClusterLimiter(Limiter):
             )
 
     def _take(self, r: Request) -> bool:
+        # Not shown as blocked until the table says what it waits for (or grants it).
         r.future = asyncio.get_running_loop().create_future()
-        r.blocked = r.slots[0]
         self._new.append(r)
         self._wake.set()
         return False
@@ -651,7 +651,14 @@ class ClusterLimiter(Limiter):
         return found
 
     async def report(self) -> list[ResourceLimit]:
-        return describe(self.limits(), await self.table.rows())
+        # This node's rows as it knows them now: a release is written a moment after the
+        # commit that frees the slot, and a process that has completed holds nothing.
+        rows = [
+            row
+            for row in await self.table.rows()
+            if row.incarnation != self.table.incarnation or row.request in self.mine
+        ]
+        return describe(self.limits(), rows)
 
     # -- the writer -----------------------------------------------------------------------
 
@@ -707,8 +714,8 @@ class ClusterLimiter(Limiter):
         self._granted([g.id for g in granted])
         for number, request in requests.items():
             mine = self.mine.get(number)
-            if mine is not None and mine.waiting and request.blocked is not None:
-                mine.blocked = request.blocked
+            if mine is not None and mine.waiting:
+                mine.blocked = request.blocked or board.blocker(request, now)[0]
         for r in new:
             if r.gone and r.id:
                 self._gone.append(r.id)  # abandoned while it was being written

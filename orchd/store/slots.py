@@ -91,6 +91,8 @@ class SlotTable(Protocol):
     """The table of slots of one node's store."""
 
     node_id: str
+    #: This life of the node (its rows carry it).
+    incarnation: str
 
     def transaction(self) -> AbstractAsyncContextManager[SlotTx]: ...
 

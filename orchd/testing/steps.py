@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchd.dsl import Step, StepKind
+from orchd.engine.limits import slots_of
 from orchd.state import StepOutputError, inject, to_json_values
 
 #: Kinds whose function returns what is merged into State.
@@ -37,7 +38,9 @@ async def run_step(
     Raises ``orchd.state.StepInputError`` for a missing key or a value that does not convert,
     ``orchd.state.StepOutputError`` for a result State cannot hold (the messages the engine
     records as the step's error), and whatever the step itself raises. The step's timeout is
-    not applied: run the workflow in an engine to test it.
+    not applied, nor are limits on the resources its ``uses=`` names (contract §16), though
+    their keys are filled in from ``state`` as the engine does (a missing key raises the
+    engine's StepInputError): run the workflow in an engine to test them.
     """
     if not isinstance(step, Step):
         raise TypeError(f"run_step() takes a step (made with @step), not {type(step).__name__}")
@@ -51,6 +54,7 @@ async def run_step(
     except StepOutputError as exc:
         raise TypeError(f"run_step(): the state given cannot be State: {exc}") from None
     kwargs = inject(step.name, step.params, view, resources)
+    slots_of(step, view)
     if step.is_async:
         result = await step.func(**kwargs)
     else:
