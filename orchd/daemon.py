@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -50,6 +51,7 @@ from orchd.config import (
 from orchd.dburl import is_postgres, sqlite_path
 from orchd.engine import Engine
 from orchd.engine.limits import check_uses
+from orchd.engine.loading import import_failure, module_file, search_path
 from orchd.engine.scheduler import Scheduler
 from orchd.errors import ConfigError
 from orchd.http import HttpClient
@@ -112,6 +114,9 @@ def check(config_path: str | None) -> int:
         f"orchd: {loaded.source}: ok ({len(engine.workflows)} workflows, "
         f"{len(loaded.config.schedules)} schedules, {len(factories)} resources)"
     )
+    for module in loaded.config.workflows:  # where each came from, and where Python looks
+        print(f"  workflows {module}: {module_file(module)}")
+    print(f"  {sys.executable} looks for modules in: {', '.join(search_path())}")
     return EXIT_OK
 
 
@@ -165,7 +170,8 @@ def prepare(
             importlib.import_module(module)
         except Exception as exc:
             # Workflow code can fail in any way on import; it is still the config that named it.
-            detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            near = [Path.cwd()] if loaded.path is None else [loaded.path.parent, Path.cwd()]
+            detail = import_failure(module, exc, near)
             raise ConfigError(
                 f"{source}: workflows[{i}]: cannot import module {module!r}: {detail}"
             ) from None

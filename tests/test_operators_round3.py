@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import sysconfig
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from operators3_flows import Flaky
-from tests_support import settle
+from tests_support import ROOT, settle
 
 from orchd import Process
 from orchd.model import StepRecord
@@ -90,3 +95,93 @@ async def test_a_nested_forks_record_covers_its_branches_across_a_retry(
     assert_covers(process, "Outer", "Outer/")
     touched = [s.branch for s in process.steps if s.name == "touch item" and s.status == "success"]
     assert sorted(touched) == ["Outer/0/Inner/0", "Outer/0/Inner/1"]  # a finished one: once
+
+
+# -- item 4 (and 9): where a workflow module is looked for; an import error's location once -----
+
+
+def serve_check(
+    config: Path, cwd: Path, pythonpath: list[Path]
+) -> subprocess.CompletedProcess[str]:
+    """``orchd serve --check`` as a new user runs it: from another folder, PYTHONPATH as given."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ORCHD_CONFIG")}
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in [*pythonpath, ROOT])
+    cwd.mkdir(exist_ok=True)
+    return subprocess.run(
+        [sys.executable, "-m", "orchd", "serve", "--check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def write_config(folder: Path, modules: list[str]) -> Path:
+    folder.mkdir(exist_ok=True)
+    config = folder / "orchd.toml"
+    config.write_text(
+        f"workflows = {modules!r}\n"
+        f'database = "{folder / "orchd.db"}"\nsocket = "{folder / "orchd.sock"}"\n'.replace(
+            "'", '"'
+        )
+    )
+    return config
+
+
+BESIDE = """
+from orchd import Target, done, init, workflow
+
+
+@workflow("A task beside the config", target=Target.SYSTEM)
+def beside_task():
+    return init >> done
+"""
+
+
+def test_serve_check_says_where_it_looked_for_a_module_beside_the_config(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    config = write_config(etc, ["myflows_beside"])
+    (etc / "myflows_beside.py").write_text(BESIDE)
+    bad = serve_check(config, tmp_path / "run", [])
+    assert bad.returncode == 2, bad.stdout
+    [line] = bad.stderr.splitlines()
+    assert "workflows[0]: cannot import module 'myflows_beside': ModuleNotFoundError" in line
+    assert f"{sys.executable} looked in: " in line or " looked in: " in line
+    assert sysconfig.get_path("purelib") in line  # this environment's site-packages
+    assert str(etc) + "," not in line  # the config's folder is not searched ...
+    assert f"{etc / 'myflows_beside.py'} is not on that path" in line  # ... and it says so
+    assert "install it into that Python's environment" in line
+    assert "Where workflow modules are found" in line and "daemon.py" not in line
+
+    ok = serve_check(config, tmp_path / "run", [etc])  # on the path, it is found
+    assert ok.returncode == 0, ok.stderr
+    assert f"workflows myflows_beside: {etc / 'myflows_beside.py'}" in ok.stdout
+    [looks] = [x for x in ok.stdout.splitlines() if "looks for modules in:" in x]
+    assert str(etc) in looks and sysconfig.get_path("purelib") in looks
+
+
+def test_an_import_error_names_its_file_and_line_once(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    package = lib / "brokenflows"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(BESIDE)
+    (package / "syntax.py").write_text("x = 1\ndef f(:\n    pass\n")
+    config = write_config(tmp_path / "etc", ["brokenflows"])
+    bad = serve_check(config, tmp_path / "run", [lib])
+    assert bad.returncode == 2
+    [line] = bad.stderr.splitlines()
+    assert "cannot import module 'brokenflows.syntax': SyntaxError: invalid syntax" in line
+    assert line.count("line 2") == 1 and line.count("syntax.py") == 1, line
+    assert f"({package / 'syntax.py'}, line 2)" in line
+
+    (package / "syntax.py").write_text("x = 1\n")
+    (lib / "raising.py").write_text("import os\n\nraise ValueError('no network today')\n")
+    config = write_config(tmp_path / "etc", ["raising"])
+    bad = serve_check(config, tmp_path / "run", [lib])
+    assert bad.returncode == 2
+    [line] = bad.stderr.splitlines()
+    assert line.endswith(
+        f"workflows[0]: cannot import module 'raising': ValueError: no network today "
+        f"({lib / 'raising.py'}, line 3)"
+    ), line

@@ -3,15 +3,20 @@
 A package named in ``workflows`` is walked: every submodule is imported, so its ``@workflow``
 functions register without the package having to import them itself (README: "every
 ``@workflow`` in it and its submodules"). Any failure of workflow code at import is a config
-error naming the module.
+error naming the module; one that Python cannot find says where it looked (``search_path``):
+workflow modules are found like any import, on the ``sys.path`` of the Python running orchd.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+import sys
+import sysconfig
 import traceback
 from collections.abc import Iterable
+from pathlib import Path
 from types import ModuleType
 
 from orchd.dsl import Workflow, workflows_of
@@ -57,10 +62,75 @@ def _import(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except Exception as exc:  # any failure of workflow code at import is a config error
-        where = _raised_at(exc)
         raise ConfigError(
-            f"workflows: cannot import module {name!r}: {type(exc).__name__}: {exc}{where}"
+            f"workflows: cannot import module {name!r}: {import_failure(name, exc)}"
         ) from exc
+
+
+def import_failure(name: str, exc: BaseException, near: Iterable[Path] = ()) -> str:
+    """What went wrong importing the workflow module ``name``, on one line: the exception and
+    where workflow code raised it (once); for a module Python did not find, which Python looked
+    where, and a file of that name in one of the folders ``near`` (beside the config, say)
+    that is not on its path."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        message = exc.msg  # str() would name the file and line again
+    else:
+        message = str(exc).splitlines()[0] if str(exc) else ""
+    detail = f"{type(exc).__name__}: {message}{_raised_at(exc)}"
+    if not isinstance(exc, ModuleNotFoundError):
+        return detail
+    path = search_path()
+    detail += f"; {sys.executable} looked in: {', '.join(path)}"
+    missing = exc.name or ""
+    if missing and (name == missing or name.startswith(missing + ".")):
+        top = missing.partition(".")[0]
+        for folder in dict.fromkeys(Path(os.path.abspath(f)) for f in near):
+            found = [f for f in (folder / f"{top}.py", folder / top) if f.exists()]
+            if found and str(folder) not in path:
+                detail += (
+                    f"; {found[0]} is not on that path: install it into that Python's "
+                    "environment (README: Where workflow modules are found)"
+                )
+                break
+    return detail
+
+
+def search_path() -> list[str]:
+    """The folders on ``sys.path`` a workflow module may come from: those that exist, not the
+    standard library's, each once, the current directory (``""``) by its name."""
+    stdlib = {
+        os.path.abspath(p)
+        for p in (sysconfig.get_path("stdlib"), sysconfig.get_path("platstdlib"))
+        if p
+    }
+    found: list[str] = []
+    for entry in sys.path:
+        path = os.path.abspath(entry or os.getcwd())
+        if path in stdlib or os.path.basename(path) == "lib-dynload" or not os.path.isdir(path):
+            continue  # a zip, an import hook's marker or a folder that is not there
+        if path not in found:
+            found.append(path)
+    return found
+
+
+def module_file(name: str) -> str:
+    """Where an imported module came from: its file, or its package's folders."""
+    module = sys.modules.get(name)
+    if module is None:
+        return "not imported"
+    file = getattr(module, "__file__", None)
+    if file:
+        return str(file)
+    return ", ".join(getattr(module, "__path__", [])) or "built in"
+
+
+#: orchd's own code (the importer that called the import), and its examples, which are not.
+_ORCHD = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_EXAMPLES = os.path.join(_ORCHD, "examples") + os.sep
+
+
+def _orchd_itself(filename: str) -> bool:
+    return filename.startswith(_ORCHD) and not filename.startswith(_EXAMPLES)
 
 
 def _raised_at(exc: BaseException) -> str:
@@ -70,7 +140,8 @@ def _raised_at(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     user = [
         f for f in frames
-        if f.filename != __file__ and "importlib" not in f.filename and "<frozen" not in f.filename
+        if "importlib" not in f.filename and "<frozen" not in f.filename
+        and not _orchd_itself(f.filename)
     ]  # fmt: skip
     if not user:
         return ""
