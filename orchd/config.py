@@ -8,6 +8,7 @@ cross-field rules) run afterwards on the decoded structs.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import ipaddress
 import os
@@ -69,6 +70,14 @@ DEFAULT_SOURCE = "<default config>"
 #: What the embedded default (no config file at all) imports, so ``make run`` has a demo;
 #: a config file loads only the workflows it names.
 EXAMPLE_WORKFLOWS = ("orchd.examples",)
+#: And the one schedule it runs, so that ``make run`` shows the scheduler at work: the built-in
+#: task validating the example network's nodes (README, Products: Validation).
+EXAMPLE_SCHEDULE: Mapping[str, Any] = {
+    "workflow": "validate_subscriptions",
+    "name": "validate_nodes",
+    "every": "10m",
+    "input": {"product": "node"},
+}
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
@@ -436,7 +445,14 @@ def load_config(
     found = find_config(path, env, system_default=systemd)
     file = None if found is None else Path(found)
     source = DEFAULT_SOURCE if file is None else str(file)
-    raw = {"workflows": list(EXAMPLE_WORKFLOWS)} if file is None else _read_toml(file)
+    raw: dict[str, Any]
+    if file is None:
+        raw = {"workflows": list(EXAMPLE_WORKFLOWS), "schedules": [dict(EXAMPLE_SCHEDULE)]}
+    else:
+        raw = _read_toml(file)
+    unknown = _unknown_keys(raw, Config)
+    if unknown:  # every one at once, not the first of them
+        raise ConfigError(f"{source}: {'; '.join(unknown)}")
     try:
         config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
@@ -474,6 +490,32 @@ _DURATION_KEYS = {
     "every", "jitter", "misfire_grace", "timeout", "connect_timeout", "header_timeout",
     "write_timeout", "session_timeout",
 }  # fmt: skip
+
+
+def _unknown_keys(raw: Any, struct: type[msgspec.Struct], where: str = "") -> list[str]:
+    """``KEY: unknown key`` for every key of the table ``raw`` (and of the tables in it) that
+    ``struct`` does not have, in file order, each with the key it is closest to when one is
+    close: ``workflow: unknown key (did you mean 'workflows'?)``."""
+    if not isinstance(raw, dict):
+        return []  # not a table: msgspec names the wrong type
+    fields = {f.encode_name: f.type for f in msgspec.structs.fields(struct)}
+    found = []
+    for key, value in raw.items():
+        if key not in fields:
+            near = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            found.append(f"{where}{key}: unknown key{hint}")
+        elif struct is Config and key == "limits" and isinstance(value, dict):
+            for name, entry in value.items():
+                found += _unknown_keys(entry, LimitConfig, f"limits.{name}.")
+        elif isinstance(fields[key], type) and issubclass(fields[key], msgspec.Struct):
+            found += _unknown_keys(value, fields[key], f"{where}{key}.")
+        elif typing.get_origin(fields[key]) is list and isinstance(value, list):
+            [item] = typing.get_args(fields[key])
+            if isinstance(item, type) and issubclass(item, msgspec.Struct):
+                for i, entry in enumerate(value):
+                    found += _unknown_keys(entry, item, f"{where}{key}[{i}].")
+    return found
 
 
 def _describe_validation_error(message: str) -> str:

@@ -121,7 +121,7 @@ def test_enum_error_lists_allowed_values(write) -> None:
 )
 def test_unknown_key(write, text: str, key: str) -> None:
     path = write(text)
-    assert error_of(path) == f"{path}: {key}: unknown key"
+    assert error_of(path).startswith(f"{path}: {key}: unknown key")  # and maybe a near key
 
 
 def test_missing_schedule_workflow(write) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from daemon_util import DaemonFactory, DaemonProcess
 from operators3_flows import Flaky
 from tests_support import ROOT, settle
 
@@ -185,3 +187,82 @@ def test_an_import_error_names_its_file_and_line_once(tmp_path: Path) -> None:
         f"workflows[0]: cannot import module 'raising': ValueError: no network today "
         f"({lib / 'raising.py'}, line 3)"
     ), line
+
+
+# -- item 9: every unknown key at once, with the near key; make run's schedule ------------------
+
+
+def test_every_unknown_key_is_reported_at_once_with_the_key_it_is_near(
+    daemon_factory: DaemonFactory,
+) -> None:
+    d = daemon_factory(
+        start=False,
+        raw_config=(
+            'workflow = ["daemon_flows"]\n'
+            "grace_periode = '5s'\n"
+            "colour = 'blue'\n"
+            "[http]\nlimt = 5\n"
+            "[[schedules]]\nworkflow = 'w'\nevry = '5m'\n"
+        ),
+    )
+    assert d.run_to_exit() == 2
+    [line] = d.last_run_stderr().strip().splitlines()[-1:]
+    path = d.config_path
+    assert line == (
+        f"orchd: {path}: workflow: unknown key (did you mean 'workflows'?); "
+        "grace_periode: unknown key (did you mean 'grace_period'?); "
+        "colour: unknown key; "
+        "http.limt: unknown key (did you mean 'limit'?); "
+        "schedules[0].evry: unknown key (did you mean 'every'?)"
+    )
+    assert not Path(d.db).exists()
+
+
+class DefaultDaemon(DaemonProcess):
+    """``orchd serve`` with no config file at all, as ``make run`` starts it, in its folder."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "orchd", "serve"]
+
+
+def test_the_make_run_daemon_has_a_schedule(tmp_path: Path) -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    run = makefile.partition("\nrun:")[2].partition("\n\n")[0]
+    assert "orchd serve\n" in run + "\n" and "--config" not in run  # the embedded default
+    d = DefaultDaemon(tmp_path / "run")
+    d.config_path.unlink()  # no file: the embedded default, ./orchd.db and ./orchd.sock
+    try:
+        d.start()
+        listed = subprocess.run(
+            [sys.executable, "-m", "orchd", "--socket", d.socket, "--json", "schedules"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert listed.returncode == 0, listed.stderr
+        [entry] = json.loads(listed.stdout)
+        assert entry["name"] == "validate_nodes"
+        assert entry["workflow"] == "validate_subscriptions"
+        assert entry["every"] == "10m" and entry["next_run"] is not None
+        ran = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "orchd",
+                "--socket",
+                d.socket,
+                "schedules",
+                "run",
+                entry["name"],
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert ran.returncode == 0, ran.stderr
+        process = d.wait_process(ran.stdout.strip(), timeout=30)  # no nodes yet: nothing to do
+        assert process["state"]["product"] == "node"
+        assert process["reporter"] == "scheduler:validate_nodes"
+        assert d.stop() == 0
+    finally:
+        d.kill()

@@ -94,6 +94,7 @@ def hints(built: dict[str, str] | None) -> None:
         f'    {orchd} start modify_node --input \'{{"subscription_id": "{node}", '
         '"role": "edge"}\' --wait\n'
         f"    {orchd} ps\n"
+        f"    {orchd} schedules      (validate_nodes validates the nodes every 10 minutes)\n"
         "  and the console at http://localhost:<port>/ui/ through the tunnel the README shows.\n"
     )
 
