@@ -302,3 +302,33 @@ def ask_speed(subscription: L2vpn) -> Generator[type[Form], Any, State]:
 @workflow("Change an L2VPN's speed, asked in two pages", target=Target.MODIFY, product=L2vpn)
 def respeed_l2vpn() -> object:
     return init >> ask_speed >> change_speed >> done
+
+
+# -- the console's forms (tests/test_console_forms.py) ----------------------------------------
+
+
+@step("Add the items up")
+def add_items(items: list[int]) -> State:
+    return {"total": sum(items)}
+
+
+@workflow("Adds up the items it is given (no form: its input is free JSON)", target=Target.SYSTEM)
+def add_up_items() -> object:
+    return init >> add_items >> done
+
+
+class PickOnePort(Form):
+    port: choices("port", status="active")  # type: ignore[valid-type]
+
+
+@step("Note the port")
+def note_port(port: str) -> State:
+    return {"noted": port}
+
+
+@workflow(
+    "Notes one active port (a one-page form with a choice)",
+    initial_input_form=PickOnePort,
+)
+def note_one_port() -> object:
+    return init >> note_port >> done

@@ -16,12 +16,14 @@ from typing import Any
 
 from aiohttp import web
 
-from orchd.api.console.core import Console, posted_text, see_other
-from orchd.api.console.forms import build_form, read_answer
-from orchd.api.console.pages import Pages, start_schema
+from orchd.api.console.core import Console, posted_text, posted_values, see_other
+from orchd.api.console.forms import Posted, read_answer
+from orchd.api.console.pages import FREE_INPUT, Pages, start_form
+from orchd.api.console.paging import Shown
 from orchd.api.inputs import MAX_IDEMPOTENCY_KEY, decode_body
 from orchd.api.shapes import NoteRequest, SkipRequest
 from orchd.errors import BadRequest, FormValidationError, OrchdError, ScheduleNotFound
+from orchd.model import Process, WorkflowInfo
 from orchd.state import require_object, validate_form
 
 
@@ -35,11 +37,29 @@ def _merge(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> list[dic
     return ours + [e for e in theirs if tuple(e.get("loc", [])[:1]) not in flagged]
 
 
-def _fields(exc: FormValidationError) -> FormValidationError:
-    """The 422 as the page's banner says it: the fields themselves carry the details."""
-    count = len(exc.errors)
-    detail = f"{count} field{'s' if count != 1 else ''} to correct, marked below."
-    return FormValidationError(detail, exc.errors)
+#: How a JSON value that is not an object is named in the JSON box's error.
+_KINDS = {
+    list: "a list",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "true or false",
+}
+
+
+def free_object(text: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The object a start page's JSON box holds (empty: ``{}``), or the error beside it: the
+    API's rule, an input is one JSON object."""
+    if not text.strip():
+        return {}, []
+    try:
+        value = decode_body(text.strip().encode(), None)
+    except BadRequest as exc:
+        return {}, [{"loc": [FREE_INPUT], "msg": exc.detail}]
+    if not isinstance(value, dict):
+        kind = "null" if value is None else _KINDS.get(type(value), type(value).__name__)
+        return {}, [{"loc": [FREE_INPUT], "msg": f"the input is a JSON object {{...}}, not {kind}"}]
+    return value, []
 
 
 class Actions:
@@ -59,19 +79,30 @@ class Actions:
         )
 
     async def resume(self, request: web.Request) -> web.StreamResponse:
+        """A page of the form a suspended process waits for (see ``paging``): the next page,
+        the one before, the page at fault; once every page is answered, the resume."""
         pid = await self.engine.resolve_id(request.match_info["id"])
-        posted = await posted_text(request)
+        posted = await posted_values(request)
         process = await self.engine.get(pid)
-        answer, problems = read_answer(process.form, posted)
+        pages = self.pages.resume_pages(process)
         try:
-            await self.engine.resume(pid, answer, reporter=self.console.actor(request))
-        except FormValidationError as exc:
-            errors = _merge(problems, exc.errors)
-            form = build_form(process.form, answer=answer, errors=errors)
-            return await self._refused(request, pid, _fields(exc), resume_form=form)
-        except OrchdError as exc:
+            outcome = await pages.post(posted)
+            if isinstance(outcome, Shown):
+                return self._resume_page(request, process, outcome)
+            try:
+                await self.engine.resume(pid, outcome.answers, reporter=self.console.actor(request))
+            except FormValidationError as exc:
+                return self._resume_page(
+                    request, process, await pages.at_fault(outcome.answers, exc)
+                )
+        except OrchdError as exc:  # not suspended any more, its form cannot be built, ...
             return await self._refused(request, pid, exc)
         return _done(pid, "resumed")
+
+    def _resume_page(self, request: web.Request, process: Process, shown: Shown) -> web.Response:
+        return self.pages.process_page(
+            request, process, status=shown.status, problem=shown.problem, resume_form=shown.form
+        )
 
     async def retry(self, request: web.Request) -> web.StreamResponse:
         pid = await self.engine.resolve_id(request.match_info["id"])
@@ -125,13 +156,24 @@ class Actions:
 
     async def start(self, request: web.Request) -> web.StreamResponse:
         info = self.pages.workflow_info(request.match_info["name"])
-        schema = start_schema(info)
-        posted = await posted_text(request)
-        answer, problems = read_answer(schema, posted)
-        key = posted.get("idempotency_key") or None
+        posted = await posted_values(request)
+        given = posted.get("idempotency_key")
+        key = given if isinstance(given, str) and given else None
         if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
             key = None
+        if info.paged:
+            return await self._start_paged(request, info, posted, key)
+        schema = await self.pages.start_schema(info)
+        answer, problems = read_answer(schema, posted)
+        box = posted.get(FREE_INPUT, "")
+        text = box if isinstance(box, str) else box[-1]
+        if info.form is None:  # no form: the JSON box is the input, the fields go with it
+            free, trouble = free_object(text)
+            answer = {**free, **answer}
+            problems += trouble
         try:
+            if problems and info.form is None:  # nothing is started on a box that is not JSON
+                raise FormValidationError("the input is not a JSON object: nothing was started", [])
             pid, _ = await self.engine.start_once(
                 info.name,
                 require_object(answer),
@@ -139,12 +181,62 @@ class Actions:
                 idempotency_key=key,
             )
         except FormValidationError as exc:
-            form = build_form(schema, answer=answer, errors=_merge(problems, exc.errors))
+            errors = _merge(problems, exc.errors)
+            form = start_form(info, schema, answer=answer, errors=errors, text=text)
             return self.pages.start_page(request, info, form, status=422, problem=exc.problem())
         except OrchdError as exc:
-            form = build_form(schema, answer=answer)
+            form = start_form(info, schema, answer=answer, text=text)
             return self.pages.start_page(
                 request, info, form, status=exc.status, problem=exc.problem()
+            )
+        return _done(pid, "started")
+
+    async def _start_paged(
+        self, request: web.Request, info: WorkflowInfo, posted: Posted, key: str | None
+    ) -> web.StreamResponse:
+        """A page of a form of several pages (see ``paging``); once every page is answered,
+        the start with the list of answers. Every page carries the first page's key."""
+        already = self.console.started(request, key)
+        if already is not None:
+            return _done(already, "already")
+        pages = self.pages.start_pages(info)
+        outcome = await pages.post(posted)
+        if isinstance(outcome, Shown):
+            return self.pages.start_page(
+                request,
+                info,
+                outcome.form,
+                status=outcome.status,
+                problem=outcome.problem,
+                idempotency_key=key,
+            )
+        try:
+            pid, _ = await self.engine.start_once(
+                info.name,
+                outcome.answers,
+                reporter=self.console.actor(request),
+                idempotency_key=key,
+            )
+            self.console.remember_start(request, key, pid)
+        except FormValidationError as exc:  # a choice taken since its page was answered
+            shown = await pages.at_fault(outcome.answers, exc)
+            return self.pages.start_page(
+                request,
+                info,
+                shown.form,
+                status=shown.status,
+                problem=shown.problem,
+                idempotency_key=key,
+            )
+        except OrchdError as exc:  # 409: stale, locked, ...; the last page stays as answered
+            shown = await pages.again(outcome.answers, exc.status, exc.problem())
+            return self.pages.start_page(
+                request,
+                info,
+                shown.form,
+                status=shown.status,
+                problem=shown.problem,
+                idempotency_key=key,
             )
         return _done(pid, "started")
 

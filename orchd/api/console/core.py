@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,6 +43,9 @@ log = logging.getLogger("orchd.api.console")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+#: Starts remembered by the form that made them (see ``Console.started``).
+MAX_STARTS = 4096
+
 #: Paths that need no session: the login page and the files it uses.
 OPEN_PATHS = ("/ui/login", "/ui/static/")
 #: Where the request's session is kept while it is handled, and whether it is new.
@@ -60,6 +64,27 @@ class Console:
         self.engine = api.engine
         self.sessions = Sessions(session_timeout)
         self.templates = environment()
+        self._starts: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    # -- starts of forms of several pages -------------------------------------------------
+
+    def started(self, request: web.Request, key: str | None) -> str | None:
+        """The process this session's form (its idempotency key) started already, if any.
+
+        A form of several pages is replayed before its start, and the start itself may take
+        its choices (the ports it picked): a second post of its last page (a double click,
+        the browser's back button) would be refused for choices its own process holds, so the
+        key is looked up first. The engine's idempotency still makes one process per key."""
+        if key is None:
+            return None
+        return self._starts.get((session_of(request).id, key))
+
+    def remember_start(self, request: web.Request, key: str | None, pid: str) -> None:
+        if key is None:
+            return
+        self._starts[(session_of(request).id, key)] = pid
+        while len(self._starts) > MAX_STARTS:
+            self._starts.popitem(last=False)
 
     # -- who asks -------------------------------------------------------------------------
 
@@ -193,6 +218,20 @@ async def posted_text(request: web.Request) -> dict[str, str]:
     """The posted form's text fields (the CSRF token left out)."""
     posted = await request.post()
     return {k: v for k, v in posted.items() if isinstance(v, str) and k != CSRF_FIELD}
+
+
+async def posted_values(request: web.Request) -> dict[str, str | list[str]]:
+    """As ``posted_text``, but a field posted more than once (the check boxes of one list)
+    gives the list of its values, in the page's order."""
+    posted = await request.post()
+    values: dict[str, str | list[str]] = {}
+    for key in dict.fromkeys(posted.keys()):
+        if key == CSRF_FIELD:
+            continue
+        texts = [v for v in posted.getall(key) if isinstance(v, str)]
+        if texts:
+            values[key] = texts[0] if len(texts) == 1 else texts
+    return values
 
 
 def label_of(text: str) -> str:

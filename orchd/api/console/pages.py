@@ -25,7 +25,8 @@ from orchd.api.console.core import (
     see_other,
     session_of,
 )
-from orchd.api.console.forms import RenderedForm, build_form
+from orchd.api.console.forms import Field, RenderedForm, build_form, place_errors
+from orchd.api.console.paging import PagedForm
 from orchd.api.console.products import (
     attribute_view,
     product_fields,
@@ -34,7 +35,9 @@ from orchd.api.console.products import (
 )
 from orchd.api.console.session import clear_cookie, set_cookie
 from orchd.branchpaths import within
-from orchd.errors import BadRequest, WorkflowNotFound
+from orchd.dsl import StepKind
+from orchd.engine import Engine
+from orchd.errors import BadRequest, OrchdError, WorkflowNotFound
 from orchd.model import (
     ALLOWED,
     HOLDS_SUBSCRIPTION,
@@ -45,6 +48,7 @@ from orchd.model import (
     Target,
     WorkflowInfo,
 )
+from orchd.pages import is_pages
 
 #: Static files by name, read once from the package.
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
@@ -52,6 +56,7 @@ STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg
 #: What a successful action's redirect says on the process page (``?done=``).
 NOTICES = {
     "started": "Started.",
+    "already": "This form had started this process already: nothing else was started.",
     "resumed": "The answer was accepted; the process goes on.",
     "retried": "Retrying the failed step.",
     "skipped": "The step was skipped; the process goes on.",
@@ -80,19 +85,77 @@ SUBSCRIPTION_INPUTS: dict[str, dict[str, Any]] = {
 }
 
 
+#: The free JSON box of a workflow without a form: its input, as the API would take it.
+FREE_INPUT = "orchd-input"
+
+
 def start_schema(info: WorkflowInfo) -> dict[str, Any] | None:
     """The schema a start page draws and reads: the workflow's form, and for a workflow that
     works on a subscription (MODIFY, TERMINATE, VALIDATE, RECONCILE) the subscription's id and
     version first, unless its form has them (the engine takes both beside the form)."""
+    return with_subscription(info, info.form)
+
+
+def with_subscription(info: WorkflowInfo, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``schema`` (a one-page form, or page 0 of a form of pages) with the subscription's id
+    and version first, for a workflow that holds a subscription."""
     if info.target not in HOLDS_SUBSCRIPTION:
-        return info.form
-    form = info.form or {"type": "object", "properties": {}}
+        return schema
+    form = schema or {"type": "object", "properties": {}}
     properties = dict(form.get("properties") or {})
     extra = {k: v for k, v in SUBSCRIPTION_INPUTS.items() if k not in properties}
     required = list(form.get("required") or ())
     if "subscription_id" in extra:
         required.insert(0, "subscription_id")
     return {**form, "properties": {**extra, **properties}, "required": required}
+
+
+def free_input(text: str = "", errors: list[str] | None = None) -> Field:
+    """The JSON box a start page shows for a workflow without a form."""
+    return Field(
+        name=FREE_INPUT,
+        kind="json",
+        label="Input",
+        required=False,
+        description="This workflow declares no form: its steps read what they need from this "
+        'JSON object, as the API takes it (e.g. {"items": [1, 2]}). Empty: {}.',
+        value=text,
+        errors=list(errors or []),
+    )
+
+
+def start_form(
+    info: WorkflowInfo,
+    schema: dict[str, Any] | None,
+    *,
+    answer: dict[str, Any] | None = None,
+    prefill: dict[str, str] | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    text: str = "",
+) -> RenderedForm:
+    """The start page's form of a workflow with one page or none: the fields of ``schema``
+    (``Pages.start_schema``), and for a workflow without a form the JSON box with ``text``,
+    where errors that name no field of the page go."""
+    form = build_form(schema, answer=answer, prefill=prefill)
+    if info.form is None:
+        form.fields.append(free_input(text))
+    place_errors(form, errors or [])
+    if info.form is None:
+        box = form.fields[-1]
+        box.errors.extend(form.errors)  # a problem of the input as a whole: the box's
+        form.errors = []
+    return form
+
+
+def inputstep_paged(engine: Engine, process: Process) -> bool:
+    """Whether the inputstep a suspended process stands at asks a form of several pages."""
+    wf = engine.workflows.get(process.workflow)
+    if wf is None or process.current_step is None:
+        return False
+    return any(
+        s.kind is StepKind.INPUT and s.name == process.current_step and is_pages(s.func)
+        for s in wf.steps
+    )
 
 
 def load_static() -> dict[str, tuple[bytes, str]]:
@@ -169,7 +232,26 @@ class Pages:
     async def process(self, request: web.Request) -> web.Response:
         process = await self.engine.get(request.match_info["id"])
         done = request.query.get("done", "")
-        return self.process_page(request, process, notice=NOTICES.get(done))
+        resume_form = None
+        if process.status == ProcessStatus.SUSPENDED:
+            # Page 0 of its form with the choices read now (the stored one has those of
+            # when it suspended); the stored one if the form cannot be built now.
+            try:
+                resume_form = await self.resume_pages(process).first()
+            except OrchdError:
+                resume_form = None
+        return self.process_page(
+            request, process, notice=NOTICES.get(done), resume_form=resume_form
+        )
+
+    def resume_pages(self, process: Process) -> PagedForm:
+        """The form a suspended process waits for, page by page (one page: no page controls)."""
+        pid = process.id
+
+        async def ask(answers: list[Any]) -> Any:
+            return await self.engine.process_form_page(pid, answers)
+
+        return PagedForm(ask, paged=inputstep_paged(self.engine, process))
 
     def process_page(
         self,
@@ -188,6 +270,8 @@ class Pages:
         allowed = {action.value for action, when in ALLOWED.items() if process.status in when}
         if resume_form is None and process.form is not None and "resume" in allowed:
             resume_form = build_form(process.form)
+            if inputstep_paged(self.engine, process):
+                resume_form.page = 0
         branch = request.query.get("branch") or None
         steps, hidden = timeline(process, branch)
         return self.console.render(
@@ -223,7 +307,35 @@ class Pages:
     async def workflow(self, request: web.Request) -> web.Response:
         info = self.workflow_info(request.match_info["name"])
         prefill = {k: v for k, v in request.query.items() if isinstance(v, str)}
-        return self.start_page(request, info, build_form(start_schema(info), prefill=prefill))
+        if info.paged:
+            form = await self.start_pages(info).first(prefill)
+        else:
+            form = start_form(info, await self.start_schema(info), prefill=prefill)
+        return self.start_page(request, info, form)
+
+    async def start_schema(self, info: WorkflowInfo) -> dict[str, Any] | None:
+        """The schema a one-page start draws and reads: ``start_schema``, with the choices of
+        its ``choices(...)`` fields read now (the engine's page 0 of the form)."""
+        if info.form is None:
+            return start_schema(info)
+        try:
+            page = await self.engine.form_page(info.name, [])
+        except OrchdError:  # its form cannot list its choices now: the fields without them
+            return start_schema(info)
+        return with_subscription(info, page.form)
+
+    def start_pages(self, info: WorkflowInfo) -> PagedForm:
+        """A workflow's form of several pages; page 0 also asks the subscription of a workflow
+        that holds one (the engine takes ``subscription_id`` and ``version`` from page 0)."""
+        name = info.name
+
+        async def ask(answers: list[Any]) -> Any:
+            return await self.engine.form_page(name, answers)
+
+        def adjust(index: int, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+            return with_subscription(info, schema) if index == 0 else schema
+
+        return PagedForm(ask, adjust=adjust)
 
     def workflow_info(self, name: str) -> WorkflowInfo:
         for info in self.engine.workflow_info():
@@ -237,6 +349,7 @@ class Pages:
         info: WorkflowInfo,
         form: RenderedForm,
         status: int = 200,
+        idempotency_key: str | None = None,
         **extra: Any,
     ) -> web.Response:
         return self.console.render(
@@ -247,8 +360,9 @@ class Pages:
             nav="workflows",
             wf=info,
             form=form,
-            # A double submit (or a reload of the post) answers the same process.
-            idempotency_key=f"console-{secrets.token_hex(16)}",
+            # A double submit (or a reload of the post) answers the same process; the pages
+            # of a form of several pages carry the key of their first page.
+            idempotency_key=idempotency_key or f"console-{secrets.token_hex(16)}",
             **extra,
         )
 
@@ -395,7 +509,8 @@ class Pages:
             label = label_of(posted.get("label", ""))
         except BadRequest as exc:
             label, error = "", exc.detail
-        if error is None and not self.console.api.token_matches(posted.get("token", "")):
+        # A wrong token counts against the address (429 once it has sent too many).
+        if error is None and not self.console.api.login(request, posted.get("token", "")):
             error = "This is not the daemon's token."
         if error is not None:
             return self.console.render(
