@@ -420,3 +420,68 @@ def test_phone_width_and_keyboard(browser: Browser, console: Console) -> None:
         expect(page.get_by_label("port name")).to_have_value("ge-1/1/1")
     finally:
         ctx.close()
+
+
+# -- a form of several pages ---------------------------------------------------------------
+
+
+def test_walk_a_form_of_three_pages_with_a_wrong_answer_on_page_two(
+    context: BrowserContext, network: Network
+) -> None:
+    console = network.console
+    node = network.created("create_node", {"customer_id": "acme", "name": "fra-r2", "ims_id": 9})
+    ports = [
+        network.created("create_port", {"customer_id": "acme", "name": name, "node_id": node})
+        for name in ("ge-2/0/1", "ge-2/0/2")
+    ]
+    page = context.new_page()
+    log_in(page, console, "operator")
+    page.get_by_role("link", name="Start").click()
+    page.get_by_role("link", name="create_l2vpn_paged").click()
+    form = page.locator("#start-form")
+    where = page.locator("#page-of")
+    expect(where).to_have_text("Page 1: L2vpnSize")
+    expect(form.get_by_role("button", name="Back")).to_have_count(0)
+    form.get_by_label("sap count").fill("2")
+    form.get_by_role("button", name="Next").click()
+
+    expect(where).to_have_text("Page 2: PickPorts")
+    group = form.get_by_role("group", name="ports")
+    expect(group).to_contain_text("Pick 2.")
+    group.get_by_label("port ge-2/0/1").check()  # one port of the two it needs
+    with page.expect_response(re.compile(r"/ui/workflows/create_l2vpn_paged$")) as answer:
+        form.get_by_role("button", name="Next").click()
+    assert answer.value.status == 422
+    expect(where).to_have_text("Page 2: PickPorts")  # the page it belongs to
+    expect(page.locator('[data-field="ports"] .error')).to_contain_text("length >= 2")
+    first = group.get_by_label("port ge-2/0/1")
+    expect(first).to_be_checked()  # what was picked stays
+    expect(first).to_be_focused()  # the first field at fault
+    group.get_by_label("port ge-2/0/2").check()
+    form.get_by_role("button", name="Next").click()
+
+    expect(where).to_have_text("Page 3: L2vpnVlan")
+    form.get_by_label("vlan").fill("300")
+    form.get_by_role("button", name="Back").click()  # a look back: the ports stay picked
+    expect(where).to_have_text("Page 2: PickPorts")
+    expect(group.get_by_label("port ge-2/0/1")).to_be_checked()
+    expect(group.get_by_label("port ge-2/0/2")).to_be_checked()
+    form.get_by_role("button", name="Next").click()
+    expect(form.get_by_label("vlan")).to_have_value("300")  # and the VLAN typed before
+    assert (
+        console.daemon.request("GET", "/api/processes?workflow=create_l2vpn_paged")[1]["items"]
+        == []
+    )
+    form.get_by_role("button", name="Next").click()
+
+    expect(page).to_have_url(re.compile(r"/ui/processes/[0-9a-f-]{36}\?done=started$"))
+    expect(page.locator(".notice")).to_contain_text("Started.")
+    expect(status_of(page)).to_have_text("completed")
+    pid = page.url.split("/")[-1].split("?")[0]
+    process = console.daemon.get_process(pid)
+    assert process["actions"][0]["actor"] == "token (operator)"
+    _, sub = console.daemon.request(
+        "GET", f"/api/subscriptions/{process['state']['subscription_id']}"
+    )
+    assert [s["port"] for s in sub["attributes"]["saps"]] == ports
+    assert {s["vlan"] for s in sub["attributes"]["saps"]} == {300}
