@@ -173,7 +173,9 @@ class Actions:
             problems += trouble
         try:
             if problems and info.form is None:  # nothing is started on a box that is not JSON
-                raise FormValidationError("the input is not one JSON object: nothing was started", [])
+                raise FormValidationError(
+                    "the input is not one JSON object: nothing was started", []
+                )
             pid, _ = await self.engine.start_once(
                 info.name,
                 require_object(answer),
