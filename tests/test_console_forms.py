@@ -209,6 +209,8 @@ async def test_a_form_of_pages_is_asked_one_page_at_a_time_and_done_starts_it(
     assert second.page_of() == "Page 2: PickPorts"
     assert second.buttons() == ["Next", "Back"]
     assert second.carried() == [{"sap_count": 2, "speed": 10000}]
+    for shown in (first, second):  # the strict CSP holds: nothing inline
+        assert "style=" not in shown.html and not re.search(r"<script(?![^>]*\bsrc=)", shown.html)
     # The ports are offered by their titles, as check boxes; two are to be picked.
     offered = second.offered("ports")
     assert list(offered) == ["port xe-0/0/1", "port xe-0/0/2", "port xe-0/0/3", "port xe-0/0/4"]

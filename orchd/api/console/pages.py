@@ -11,6 +11,7 @@ session) says something changed.
 from __future__ import annotations
 
 import importlib.resources
+import logging
 import secrets
 from typing import Any
 
@@ -49,6 +50,8 @@ from orchd.model import (
     WorkflowInfo,
 )
 from orchd.pages import is_pages
+
+log = logging.getLogger("orchd.api.console")
 
 #: Static files by name, read once from the package.
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
@@ -238,7 +241,8 @@ class Pages:
             # when it suspended); the stored one if the form cannot be built now.
             try:
                 resume_form = await self.resume_pages(process).first()
-            except OrchdError:
+            except Exception as exc:  # its form's code fails now: the page still shows
+                log.warning("console: process=%s form not built now: %s", process.id, exc)
                 resume_form = None
         return self.process_page(
             request, process, notice=NOTICES.get(done), resume_form=resume_form
