@@ -495,6 +495,11 @@ class Writer(threading.Thread, CommitCounters):
         self.rescued = False
         #: Held while a batch commits, by this thread or by an inline commit (``commit_now``).
         self.lock = threading.Lock()
+        #: How long this thread waits for another program's lock on the file (ms), and
+        #: whether the connection is set so now: an inline commit on the loop's thread never
+        #: waits (it leaves the write to this thread instead), so it sets 0 while it commits.
+        self.busy_ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+        self._patient = True
         self.queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
 
     def run(self) -> None:
@@ -504,6 +509,7 @@ class Writer(threading.Thread, CommitCounters):
                 first = self.queue.get(timeout=self.WATCH_EVERY)
             except queue.Empty:
                 with self.lock:  # an inline commit may be using the connection
+                    self._be_patient(True)
                     self._watch()  # an idle daemon notices a lost file too
                 continue
             if first is None:
@@ -519,8 +525,9 @@ class Writer(threading.Thread, CommitCounters):
                     break
                 batch.append(item)
             with self.lock:
+                self._be_patient(True)
                 results = self._commit(batch)
-            events, self._announce = self._announce, []
+                events, self._announce = self._announce, []
             self.loop.call_soon_threadsafe(_resolve, results, events, self.event_sink)
         self.conn.close()
 
@@ -567,7 +574,19 @@ class Writer(threading.Thread, CommitCounters):
         if not self.queue.empty() or not self.lock.acquire(blocking=False):
             return False, None
         try:
-            ((_, value, ok),) = self._commit([(op, None)])
+            # Another program may hold the file's write lock: then this thread would wait
+            # for it (the busy timeout), and the loop with it. Take the lock at once, or
+            # leave the commit to the writer thread, which waits without holding the loop.
+            self._be_patient(False)
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error:
+                return False, None  # locked (or worse: the writer thread will say what)
+            try:
+                ((_, value, ok),) = self._commit([(op, None)])
+            finally:
+                if self.conn.in_transaction:  # the file moved: nothing was applied
+                    self.conn.execute("ROLLBACK")
             events, self._announce = self._announce, []
         finally:
             self.lock.release()
@@ -576,6 +595,14 @@ class Writer(threading.Thread, CommitCounters):
         if not ok:
             raise value
         return True, value
+
+    def _be_patient(self, patient: bool) -> None:
+        """Wait for another program's lock on the file (this thread), or not at all (an
+        inline commit on the loop's thread); set only when it changes, so a lone process's
+        inline commits pay nothing for it."""
+        if self._patient is not patient:
+            self.conn.execute(f"PRAGMA busy_timeout = {self.busy_ms if patient else 0}")
+            self._patient = patient
 
     def _commit(self, batch: list[_Item]) -> list[tuple[asyncio.Future[Any] | None, Any, bool]]:
         started = time.perf_counter()
@@ -606,7 +633,8 @@ class Writer(threading.Thread, CommitCounters):
         results: list[tuple[asyncio.Future[Any] | None, Any, bool]] = []
         rows = _Batch()
         staged: list[Event] = []
-        conn.execute("BEGIN IMMEDIATE")
+        if not conn.in_transaction:  # an inline commit has begun it (``commit_now``)
+            conn.execute("BEGIN IMMEDIATE")
         try:
             for op, fut in batch:
                 if isinstance(op, Checkpoint) and op.child_of is None:
