@@ -225,6 +225,7 @@ def print_process(proc: dict[str, Any], branch: str | None = None) -> None:
             ("children", _children_summary(proc.get("children"))),
             ("reporter", proc.get("reporter")),
             ("trace", proc.get("trace_id")),
+            ("node", proc.get("node")),
             ("created", when(proc.get("created_at"))),
             ("updated", when(proc.get("updated_at"))),
             ("error", proc.get("error")),

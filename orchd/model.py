@@ -269,6 +269,9 @@ class Process(msgspec.Struct, kw_only=True):
     branches: list[ForkSummary] = msgspec.field(default_factory=list)
     #: Contract §16: the limit its step waits for while running (null when it waits for none).
     blocked_on: BlockedOn | None = None
+    #: On PostgreSQL, the node that owns it: runs it now, or ran it last; null on SQLite,
+    #: and while no node holds it (its node stopped cleanly and no request has come since).
+    node: str | None = None
 
 
 class ProcessSummary(msgspec.Struct, kw_only=True):

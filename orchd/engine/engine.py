@@ -824,6 +824,8 @@ class Engine:
     async def get(self, pid: str) -> Process:
         """The process as committed, with its whole step log (``pid`` may be a prefix)."""
         process = await self._views.get(await self.resolve_id(pid))
+        if self.node is not None:
+            process.node = await self.node.store.owner_of(process.id)
         if process.status == P.RUNNING:
             process.blocked_on = (await self.limits.blocked([process.id])).get(process.id)
         return process

@@ -55,6 +55,10 @@ class ClusterStore(Protocol):
         not exist); else answer its owner."""
         ...
 
+    async def owner_of(self, pid: str) -> str | None:
+        """The node that owns ``pid`` now (None: no node, or no such process); claims nothing."""
+        ...
+
     async def take_over(self, limit: int) -> Claim:
         """Claim created or running processes whose owner's lease lapsed (or that have none),
         skipping rows another node is claiming at the same moment."""

@@ -287,6 +287,13 @@ class PgStore(PgReads):
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"claiming process {pid} failed: {exc}") from None
 
+    async def owner_of(self, pid: str) -> str | None:
+        try:
+            owner = await self._ready().fetchval("SELECT owner FROM processes WHERE id = $1", pid)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"reading the owner of process {pid} failed: {exc}") from None
+        return None if owner is None else str(owner)
+
     async def take_over(self, limit: int) -> Claim:
         try:
             claim = await nodes.take_over(self._ready(), self.node_id, limit, mine=False)

@@ -29,6 +29,22 @@ NOW = "extract(epoch FROM clock_timestamp())::float8"
 LIVE = f"SELECT node_id FROM nodes WHERE lease_until > {NOW}"
 
 
+def _takeover_actions(claimed: str) -> str:
+    """A CTE's INSERT of a ``takeover`` action (actor ``node:<us>``, ``$1``) for each row of
+    ``claimed`` (``rowid, was, status, current_step``) that another node owned and that has
+    not finished: that node's lease lapsed, and the step the process stood at runs again (a
+    waiting one goes on there)."""
+    return f"""INSERT INTO actions (process, at, action, actor, detail)
+        SELECT rowid, {NOW}, 'takeover', 'node:' || $1,
+            format('node %s''s lease lapsed; ', was) || CASE
+                WHEN current_step IS NULL THEN 'it starts from its first step'
+                WHEN status IN ('created', 'running')
+                    THEN format('step %L runs again', current_step)
+                ELSE format('it goes on at step %L', current_step) END
+        FROM {claimed} WHERE was IS NOT NULL AND was <> $1
+            AND status NOT IN ('completed', 'aborted')"""
+
+
 def channel(node: str) -> str:
     """The LISTEN channel of a node (an identifier, whatever the node id holds)."""
     return "orchd_node_" + hashlib.sha1(node.encode()).hexdigest()[:24]
@@ -84,8 +100,11 @@ async def live_nodes(pool: asyncpg.Pool) -> list[NodeInfo]:
 
 async def claim_process(pool: asyncpg.Pool, node: str, pid: str) -> str | None:
     row = await pool.fetchrow(
-        f"""WITH c AS (UPDATE processes SET owner = $1 WHERE id = $2
-                AND (owner IS NULL OR owner = $1 OR owner NOT IN ({LIVE})) RETURNING 1)
+        f"""WITH o AS (SELECT rowid, owner AS was FROM processes WHERE id = $2),
+            c AS (UPDATE processes AS p SET owner = $1 FROM o WHERE p.rowid = o.rowid
+                AND (p.owner IS NULL OR p.owner = $1 OR p.owner NOT IN ({LIVE}))
+                RETURNING p.rowid, o.was, p.status, p.current_step),
+            a AS ({_takeover_actions("c")})
             SELECT (SELECT count(*) FROM c), (SELECT owner FROM processes WHERE id = $2)""",
         node,
         pid,
@@ -107,8 +126,10 @@ async def take_over(pool: asyncpg.Pool, node: str, limit: int, mine: bool) -> Cl
                   AND (owner IS NULL OR ($3 AND owner = $1)
                        OR (owner <> $1 AND owner NOT IN ({LIVE})))
                 ORDER BY rowid LIMIT $2 FOR UPDATE SKIP LOCKED)
-            UPDATE processes AS p SET owner = $1 FROM c WHERE p.rowid = c.rowid
-            RETURNING p.rowid, c.owner""",
+            , u AS (UPDATE processes AS p SET owner = $1 FROM c WHERE p.rowid = c.rowid
+                RETURNING p.rowid, c.owner AS was, p.status, p.current_step)
+            , a AS ({_takeover_actions("u")})
+            SELECT rowid, was FROM u""",
         node,
         limit,
         mine,
