@@ -11,7 +11,11 @@ there instead, as a bug would. The points, in the order a step meets them:
 - ``in_commit``: the writer has written a batch, before COMMIT
 - ``after_commit``: COMMIT returned; the actors are not yet told
 - ``parent_woken``: a child's last commit woke its parent; the parent is not yet told
+- ``cascade_read``: the engine reads an aborted parent's children, to abort them
 - ``shutdown``: the engine is closing
+
+In-process tests set points with ``arm(spec)`` (the same syntax) and clear them with
+``arm("")``; ``hits(name)`` says how often a point was reached since.
 """
 
 from __future__ import annotations
@@ -33,17 +37,42 @@ _raise: set[str] = set()
 _lock = threading.Lock()
 _random = random.Random(int(os.environ.get("ORCHD_FAULTS_SEED", "0")))
 
-for _item in filter(None, (part.strip() for part in _SPEC.split(","))):
-    if "@" in _item:
-        _name, _n = _item.split("@", 1)
-        if _n.endswith("!"):
-            _raise.add(_name)
-        _at[_name] = int(_n.rstrip("!"))
-    elif "%" in _item:
-        _name, _p = _item.split("%", 1)
-        _odds[_name] = float(_p)
-    else:
-        _at[_item] = 1
+
+def _parse(spec: str) -> None:
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        if "@" in item:
+            name, n = item.split("@", 1)
+            if n.endswith("!"):
+                _raise.add(name)
+            _at[name] = int(n.rstrip("!"))
+        elif "%" in item:
+            name, p = item.split("%", 1)
+            _odds[name] = float(p)
+        else:
+            _at[item] = 1
+
+
+_parse(_SPEC)
+
+
+def arm(spec: str, seed: int = 0) -> None:
+    """Replace the points by ``spec`` (``$ORCHD_FAULTS``'s syntax; "" for none) and count
+    passes from zero: for tests that run an engine in their own process."""
+    global ENABLED
+    with _lock:
+        _hits.clear()
+        _at.clear()
+        _odds.clear()
+        _raise.clear()
+        _random.seed(seed)
+        _parse(spec)
+        ENABLED = bool(spec)
+
+
+def hits(name: str) -> int:
+    """How many times ``name`` was reached (counted while any point is set)."""
+    with _lock:
+        return _hits.get(name, 0)
 
 
 class FaultInjected(Exception):

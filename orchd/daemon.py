@@ -539,13 +539,14 @@ class Daemon:
         systemd.notify_ready("ready; config reloaded")
 
     async def watchdog(self, interval: float) -> None:
-        """Ping systemd only while the database answers, so a wedged daemon gets restarted."""
+        """Ping systemd only while the engine can work (its actors run, its database answers),
+        so a wedged daemon gets restarted."""
         period = interval / 2
         while True:
             try:
                 await asyncio.wait_for(self.engine.ping(), timeout=period)
             except Exception as exc:
-                log.warning("watchdog: the database does not answer: %r", exc)
+                log.warning("watchdog: not pinged: %r", exc)
             else:
                 systemd.notify_watchdog()
             await asyncio.sleep(period)

@@ -558,7 +558,8 @@ class ControlApi:
                   "Liveness and database health (over TCP without the token: the status only)",
                   Health, alternatives=((503, Health),),
                   described=((200, "The daemon and its database are well"),
-                             (503, "Degraded: the database does not answer or refuses writes")),
+                             (503, "Degraded: the database does not answer or refuses "
+                                    "writes, or the engine's actors stopped")),
                   public=True),
             Route("GET", "/api/workflows", self.list_workflows, "Registered workflows",
                   list[WorkflowInfo]),

@@ -13,7 +13,9 @@ from orchd.model import NodeInfo, ProcessStatus, ProcessSummary, Subscription
 class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The daemon's health. A TCP client without the bearer token gets ``status`` only."""
 
-    status: str  # "ok", or "degraded" when the database does not answer or refuses writes
+    #: "ok", or "degraded" when the database does not answer or refuses writes, or the
+    #: engine's actors stopped (``database`` then says so: restart orchd)
+    status: str
     version: str | None = None
     uptime_seconds: float | None = None
     processes: dict[str, int] | None = None

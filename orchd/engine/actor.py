@@ -37,7 +37,9 @@ from orchd.engine.messages import (
     Run,
     Skip,
     Stop,
+    fail,
     respond,
+    stopped,
 )
 from orchd.engine.outcome import (
     Outcome,
@@ -188,6 +190,11 @@ class Actor:
                     await self._advance()
                     continue
                 return
+        except asyncio.CancelledError:
+            # The engine stops (the grace period is over): whoever waits for an answer from
+            # this actor is told so now; the process goes on at the next start.
+            self._fail_all(stopped())
+            raise
         except StoreError as exc:
             self._fail_all(exc)
             attempt = self.host.store_failed(self.pid)
@@ -289,6 +296,9 @@ class Actor:
                     if self.status is P.AWAITING_CALLBACK and digest == self.callback_token:
                         await actions.fail_wait(self, "no callback arrived before the deadline")
                     respond(envelope)
+        except asyncio.CancelledError:
+            respond(envelope, error=stopped())  # the engine stops: see run
+            raise
         except StoreError:
             refusal = StoreError(f"process {self.pid}: the database refused the write")
             respond(envelope, error=refusal)
@@ -468,7 +478,11 @@ class Actor:
         if early is not None:
             self.pending_callback = None
             assert isinstance(early.message, Callback)
-            await actions.take_callback(self, early.message.payload, early.message.actor)
+            try:
+                await actions.take_callback(self, early.message.payload, early.message.actor)
+            except BaseException as exc:
+                fail(early, exc)  # its sender must not wait for ever
+                raise
             respond(early)
             return
         if step.callback_timeout:

@@ -28,7 +28,7 @@ from orchd.dsl import Step, StepKind
 from orchd.engine.branches import Branch, Broken, Fork, began_at, fill_pending
 from orchd.engine.calls import call_step, cancelled_from_outside
 from orchd.engine.limits import Halted, slots_of
-from orchd.engine.messages import Callback, Envelope, Expire, Retry, Run, respond
+from orchd.engine.messages import Callback, Envelope, Expire, Retry, Run, fail, respond
 from orchd.engine.outcome import NO_CHANGES, Changes, StepCrash, changes_of, failure_of, retry_delay
 from orchd.errors import CallbackNotFound, InvalidTransition, OrchdError, ShuttingDown
 from orchd.model import Action, ProcessStatus, StepStatus
@@ -309,8 +309,9 @@ class Forks:
 
     def _callback_while_running(self, envelope: Envelope, digest: str) -> None:
         b = self.owns(digest)
-        if b is None or digest in self.accepted:
-            # A token answers one wait: a second answer (a sender's retry) finds it used.
+        if b is None or digest in self.accepted or not _may_wait(b):
+            # A token answers one wait: a second answer (a sender's retry) finds it used, and
+            # one for a branch whose action failed finds that its wait never began.
             respond(envelope, error=CallbackNotFound("no process waits for this callback token"))
             return
         self.accepted.add(digest)
@@ -337,9 +338,10 @@ class Forks:
     def _refuse_held_answers(self) -> None:
         """An answer still held when the branches stop is refused, so its sender does not
         wait for ever: at a shutdown with 503 (the wait is committed, and the sender's retry
-        is taken after the restart), after an abort or a crash as a token no wait holds."""
-        for b in self.answered:
-            if b.early is not None and b.status is B.AWAITING_CALLBACK:
+        is taken after the restart), after an abort or a crash as a token no wait holds.
+        Every branch is looked at: one may hold an answer that came during its action."""
+        for b in self.top.walk():
+            if b.early is not None:
                 early, b.early = b.early, None
                 if b.token is not None:
                     self.accepted.discard(b.token)  # the sender may answer again
@@ -483,6 +485,13 @@ class Forks:
     async def _raised(self, b: Branch, step: Step, exc: BaseException, started: float) -> None:
         message, tb = failure_of(exc)
         finished = time.time()
+        if step.kind is StepKind.CALLBACK_ACTION:
+            # Its wait never begins: the token it handed out answers nothing (a retry makes a
+            # new one), and an answer that came while it ran is refused now, not kept.
+            early, b.early = b.early, None
+            self._forget(b)
+            if early is not None:
+                respond(early, error=CallbackNotFound("no process waits for this callback token"))
         b.error = message
         status, b.status = StepStatus.FAILED, B.FAILED
         if step.kind is StepKind.RETRY:
@@ -516,7 +525,11 @@ class Forks:
             actor=message.actor,
             detail=f"branch {b.path}",
         )
-        await self.actor.touch([record], [row], actions=[action])
+        try:
+            await self.actor.touch([record], [row], actions=[action])
+        except BaseException as exc:
+            fail(envelope, exc)  # its sender must not wait for ever
+            raise
         respond(envelope)
 
     async def _commit(
@@ -636,6 +649,16 @@ def _rows_under(paths: list[str], prefix: str) -> bool:
     """Whether any of the sorted ``paths`` starts with ``prefix``."""
     at = bisect_left(paths, prefix)
     return at < len(paths) and paths[at].startswith(prefix)
+
+
+def _may_wait(b: Branch) -> bool:
+    """Whether the branch waits for its token's answer, or will once its action and the wait's
+    commit are done: not when it failed, waits for a retry, or went on."""
+    if b.status is B.AWAITING_CALLBACK:
+        return True
+    if b.status is not B.RUNNING or b.pc >= len(b.steps):
+        return False
+    return b.steps[b.pc].kind in (StepKind.CALLBACK_ACTION, StepKind.CALLBACK_WAIT)
 
 
 def _inject(step: Step, view: Mapping[str, Any], actor: Actor) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from typing import Any
 
 import msgspec
 
+from orchd.errors import OrchdError, ShuttingDown
+
 
 class Run(msgspec.Struct, frozen=True, tag=True):
     """Start running (after a start or a restart)."""
@@ -79,3 +81,19 @@ def respond(envelope: Envelope, value: Any = None, error: BaseException | None =
         fut.set_exception(error)
     else:
         fut.set_result(value)
+
+
+def stopped() -> ShuttingDown:
+    """What a sender is told when the engine stopped before its message was done."""
+    return ShuttingDown("the engine stopped before this was done; send it again")
+
+
+def fail(envelope: Envelope, exc: BaseException) -> None:
+    """Tell the sender that handling its message ended with ``exc`` (which the caller
+    raises on): a shutdown, a refusal, or a bug it only learns was internal."""
+    if isinstance(exc, asyncio.CancelledError):
+        respond(envelope, error=stopped())
+    elif isinstance(exc, OrchdError):
+        respond(envelope, error=exc)
+    else:
+        respond(envelope, error=OrchdError("internal error"))
