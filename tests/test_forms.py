@@ -178,3 +178,30 @@ async def test_the_testing_kit_walks_a_form_page_by_page(engine: Engine) -> None
     assert [p.page for p in shown] == [0, 1, 2, None]
     assert shown[-1].done
     assert shown[1].form is not None and set(offered(shown[1].form, "ports")) == set(made)
+
+
+async def test_a_retried_paged_start_with_its_key_answers_the_first_process(
+    engine: Engine,
+) -> None:
+    made = await ports(engine, 2)
+    answers = [{"sap_count": 2}, {"ports": made}, {"vlan": 6}]
+    first = await engine.start("create_l2vpn_paged", answers, idempotency_key="vpn-1")
+    await engine.wait(first)
+    # Its ports are in use now, by that very process: the retry is answered, not refused.
+    again = await engine.start("create_l2vpn_paged", answers, idempotency_key="vpn-1")
+    assert again == first
+    with pytest.raises(FormValidationError):  # without the key, the ports are taken
+        await engine.start("create_l2vpn_paged", answers)
+
+
+async def test_an_inputstep_whose_code_fails_is_a_422_on_its_form_route(
+    engine: Engine, failures: FailurePlan
+) -> None:
+    pid = await engine.start("flaky_form", {}, reporter="test")
+    await settle(engine, pid, "suspended")
+    failures["pick_form"] = 1
+    with pytest.raises(FormValidationError) as refused:
+        await engine.process_form_page(pid, [])
+    assert refused.value.errors[0]["loc"] == ["pages", 0]
+    assert "failed on purpose" in refused.value.errors[0]["msg"]
+    assert (await engine.process_form_page(pid, [])).page == 0  # the code works again

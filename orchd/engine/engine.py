@@ -39,6 +39,7 @@ from orchd.errors import (
     AmbiguousId,
     CallbackNotFound,
     OrchdError,
+    FormValidationError,
     ProcessNotFound,
     ShuttingDown,
     SubscriptionNotFound,
@@ -765,7 +766,15 @@ class Engine:
         wf = self.workflows.get(workflow)
         paged = False
         if wf is not None:  # a form of several pages, or a list of answers: replayed here
-            input, paged = await formpages.start_input(wf, input, self.choices)
+            try:
+                input, paged = await formpages.start_input(wf, input, self.choices)
+            except FormValidationError:
+                # A retried start whose first attempt took its own choices (the ports it
+                # picked are in use now, by that very process): the key answers it.
+                found = await self._keyed(idempotency_key, workflow)
+                if found is None:
+                    raise
+                return found, False
         op = self.prepare_start(
             workflow,
             {} if input is None else input,
@@ -875,6 +884,13 @@ class Engine:
         op = SetNote(subscription_id=canonical or sid, note=note, actor=by, at=time.time())
         if canonical is None or not await self.store.write(op):
             raise SubscriptionNotFound(f"subscription {sid} does not exist")
+
+    async def _keyed(self, key: str | None, workflow: str) -> str | None:
+        """The process of ``workflow`` an Idempotency-Key started, if any."""
+        if key is None:
+            return None
+        row = await self.store.keyed_process(key)
+        return row.id if row is not None and row.workflow == workflow else None
 
     async def form_page(self, workflow: str, answers: Any) -> FormPage:
         """The next page of a workflow's form after ``answers`` (a list, page 0 first), or

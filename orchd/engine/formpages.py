@@ -28,7 +28,7 @@ from orchd.pages import (
     page_schema,
     refused_choices,
 )
-from orchd.state import StepOutputError, every_error, inject, to_json_values
+from orchd.state import every_error, inject, to_json_values
 from orchd.store.base import ProcessRow
 
 #: Reads the subscriptions a choices field offers now.
@@ -255,13 +255,16 @@ async def inputstep_pages(
     from State), or the one Form class its function returns."""
     func = step.func
     assert func is not None
-    kwargs = inject(step.name, step.params, state, resources)
-    if is_pages(func):
-        return lambda: func(**kwargs)
-    # An inputstep only picks a Form class: a plain function runs inline, not in a thread.
-    form = await func(**kwargs) if step.is_async else func(**kwargs)
+    try:
+        kwargs = inject(step.name, step.params, state, resources)
+        if is_pages(func):
+            return lambda: func(**kwargs)
+        # An inputstep only picks a Form class: a plain function runs inline, not in a thread.
+        form = await func(**kwargs) if step.is_async else func(**kwargs)
+    except Exception as exc:  # its arguments are missing, or its own code failed
+        raise _broken(0, f"inputstep {step.name!r}: {type(exc).__name__}: {exc}") from None
     if not (isinstance(form, type) and issubclass(form, Form)):
-        raise StepOutputError(f"inputstep {step.name!r} must return a Form class")
+        raise _broken(0, f"inputstep {step.name!r} must return a Form class, not {form!r}")
     return one_page(form)
 
 

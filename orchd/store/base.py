@@ -626,6 +626,10 @@ class Store(Protocol):
 
     # -- subscriptions --
 
+    async def keyed_process(self, key: str) -> ProcessRow | None:
+        """The process an Idempotency-Key started, if it still exists."""
+        ...
+
     async def subscription(self, sid: str) -> Subscription | None: ...
 
     async def subscription_processes(self, sid: str) -> list[LinkedProcess]: ...

@@ -331,6 +331,10 @@ class SqlReads:
         row = await self.lookup_one(f"{SELECT_PROCESS} WHERE id = ?", (pid,))
         return None if row is None else process_row(row)
 
+    async def keyed_process(self, key: str) -> ProcessRow | None:
+        row = await self.lookup_one(f"{SELECT_PROCESS} WHERE idempotency_key = ?", (key,))
+        return None if row is None else process_row(row)
+
     async def unplaced_processes(self) -> list[ProcessRow]:
         rows = await self.fetchall(
             f"{SELECT_PROCESS} WHERE step_key IS NULL AND status NOT IN ('completed', 'aborted')"

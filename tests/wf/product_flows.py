@@ -332,3 +332,14 @@ def note_port(port: str) -> State:
 )
 def note_one_port() -> object:
     return init >> note_port >> done
+
+
+@inputstep("Pick the form")
+def pick_form(resources: FailurePlan) -> type[Form]:
+    resources.check("pick_form")  # the test makes the form's own code fail when it says so
+    return NewSpeed
+
+
+@workflow("Ask a form whose code may fail", target=Target.SYSTEM)
+def flaky_form() -> object:
+    return init >> pick_form >> done
