@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from orchd import config as config_module
@@ -52,10 +53,14 @@ def error_of(path: Path, **kwargs: object) -> str:
 def test_defaults_without_a_file() -> None:
     loaded = load_config(env={})
     assert loaded.path is None
-    assert loaded.config == Config(workflows=["orchd.examples"])
     c = loaded.config
+    # make run's one schedule (issue 30 item 9), else the defaults
+    assert [(x.name, x.workflow, x.every, x.input) for x in c.schedules] == [
+        ("validate_nodes", "validate_subscriptions", "10m", {"product": "node"})
+    ]
+    assert msgspec.structs.replace(c, schedules=[]) == Config(workflows=["orchd.examples"])
     assert (c.database, c.socket, c.workflows) == ("./orchd.db", "./orchd.sock", ["orchd.examples"])
-    assert c.listen is None and c.token_file is None and c.schedules == []
+    assert c.listen is None and c.token_file is None
     assert c.synchronous == "FULL" and c.log_level == "info" and c.watchdog is True
     engine, http = engine_settings(c), http_settings(c)
     assert engine.grace_period == 10 and c.max_body == 1048576
