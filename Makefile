@@ -59,7 +59,8 @@ browser:
 # The suite runs on JOBS xdist workers (the tests wait on daemons, sockets and PostgreSQL more
 # than they compute, so more workers than cores); --dist loadgroup sends each test to the next
 # free worker but keeps a file with module-scoped fixtures on one, and the load and timing
-# tests (group "heavy") one after another on one (tests/conftest.py). JOBS=0 runs serially.
+# tests (the groups "bench" and "nodes") one after another on one each, started first
+# (tests/conftest.py). JOBS=0 runs serially.
 JOBS ?= 4
 PYTEST_JOBS = $(if $(filter 0,$(JOBS)),-p no:xdist,-n $(JOBS) --dist loadgroup)
 

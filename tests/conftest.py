@@ -7,7 +7,9 @@ through module globals.
 
 from __future__ import annotations
 
+import compileall
 import functools
+import os
 import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -20,7 +22,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from daemon_util import DaemonFactory
-from tests_support import WF_DIR, EngineFactory, Open
+from tests_support import ROOT, TESTS_DIR, WF_DIR, EngineFactory, Open
 
 from orchd.engine import Engine
 from orchd.testing import Gate, workflow_engine
@@ -39,6 +41,16 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile orchd and the test workflows once, before any worker or daemon starts: with
+    PYTHONDONTWRITEBYTECODE set (as on this project's machines) no interpreter writes its
+    .pyc files, so each of the suite's thousand daemon and CLI subprocesses compiled orchd
+    from source again (0.1 s of CPU each)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        for folder in (ROOT / "orchd", TESTS_DIR):
+            compileall.compile_dir(folder, quiet=1)
+
+
 # -- tiers and how xdist spreads them ----------------------------------------------------------
 #
 # Every test file is in one tier (a marker: ``pytest -m unit``): unit, engine, daemon, cluster,
@@ -50,9 +62,11 @@ def anyio_backend() -> str:
 #
 # - the tests of a file with module-scoped fixtures (one daemon for the file, the fuzz
 #   campaign) stay on one worker, so those are made once;
-# - the tests that load the machine or measure timing (the bench smoke test, the soak, the
-#   cluster's takeovers) are the group ``heavy``: one after another on one worker, never two
-#   of them at once, and first, so the longest chain starts at once.
+# - the tests that load the machine or measure timing are two groups, each on one worker, its
+#   tests one after another, and first, so the longest chains start at once: ``bench`` (the
+#   bench smoke tests) and ``nodes`` (the soak's kills, the cluster's takeovers). So no two
+#   of those run at once but the bench beside one of the others; one group of all three was
+#   the suite's longest chain by far (3 minutes of a run of 4).
 #
 # (xdist's own ``xdist_group`` marker does nothing with pytest 9.2, whose node ids xdist can
 # no longer rename: the groups are made here, by file, in the controller.)
@@ -65,7 +79,7 @@ TIER_OF_FILE = {
     "test_pg_nodes.py": "cluster",
     "test_console_browser.py": "browser",
 }
-HEAVY_FILES = ("test_bench.py", "test_soak.py", "test_cluster.py")
+HEAVY_GROUPS = {"test_bench.py": "bench", "test_soak.py": "nodes", "test_cluster.py": "nodes"}
 #: Fixtures that mean an Engine or a database in the test process (tier ``engine``).
 ENGINE_FIXTURES = frozenset(
     {"backend", "engine_factory", "database_factory", "open_engine", "api_engine", "pg_server"}
@@ -93,10 +107,10 @@ def _tier_of(items: list[pytest.Item]) -> str:
 
 @functools.cache
 def group_of_file(path: str) -> str | None:
-    """The xdist group of a test file's tests: ``heavy``, the file itself when its fixtures
-    are module-scoped (read from its source), or None (each test on its own)."""
-    if Path(path).name in HEAVY_FILES:
-        return "heavy"
+    """The xdist group of a test file's tests: a heavy group, the file itself when its
+    fixtures are module-scoped (read from its source), or None (each test on its own)."""
+    if Path(path).name in HEAVY_GROUPS:
+        return HEAVY_GROUPS[Path(path).name]
     try:
         source = (Path(__file__).parent.parent / path).read_text()
     except OSError:
@@ -114,11 +128,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if not item.get_closest_marker(tier):
                 item.add_marker(getattr(pytest.mark, tier))
 
-    # The heavy group first, then the files kept whole, then the rest, each in collection
+    # The heavy groups first, then the files kept whole, then the rest, each in collection
     # order (a stable sort: every worker collects the same order, as xdist requires).
     def rank(item: pytest.Item) -> int:
-        group = group_of_file(item.nodeid.split("::", 1)[0])
-        return 2 if group is None else 0 if group == "heavy" else 1
+        if item.path.name in HEAVY_GROUPS:
+            return 0
+        return 2 if group_of_file(item.nodeid.split("::", 1)[0]) is None else 1
 
     items.sort(key=rank)
 
@@ -126,7 +141,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """``--dist loadgroup``: each test a unit of its own, but a group's tests one unit (on one
-    worker, in order), the units in collection order (heavy first), not largest first."""
+    worker, in order), the units in collection order (heavy groups first), not largest
+    first."""
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling
