@@ -253,7 +253,7 @@ class Engine:
             self._stopped_running(exc)
             raise
         else:
-            if not self._stop.is_set():  # pragma: no cover - the group ends only at close
+            if not self._stop.is_set():  # the group ends only at close
                 self._stopped_running(None)
 
     def _stopped_running(self, exc: BaseException | None) -> None:
@@ -263,7 +263,11 @@ class Engine:
             return
         self.failure = f"the engine's actors stopped: {exc!r}"
         self._accepting = False
-        log.critical("%s; every process stops here until orchd is restarted", self.failure)
+        log.critical(
+            "%s; every process stops here until orchd is restarted",
+            self.failure,
+            exc_info=exc if isinstance(exc, Exception) else None,
+        )
         refusal = ShuttingDown(f"{self.failure}; restart orchd")
         for waiters in self._waiters.values():
             for fut in waiters:
@@ -284,9 +288,11 @@ class Engine:
         if self._tg is None or self.failure is not None:
             work.close()
             return
+        task = guarded()
         try:
-            self._tg.create_task(guarded())
+            self._tg.create_task(task)
         except RuntimeError:  # the group is ending
+            task.close()
             work.close()
 
     async def _recover(self) -> None:
