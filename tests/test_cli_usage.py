@@ -105,7 +105,7 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     ("args", "stdin", "message"),
     [
         (["start", "wf", "--input", "{bad"], "", "--input is not valid JSON"),
-        (["start", "wf", "--input", "\"text\""], "", "must be a JSON object (or a list"),
+        (["start", "wf", "--input", '"text"'], "", "must be a JSON object (or a list"),
         (["start", "wf", "--input", "-"], "nope", "--input from stdin is not valid JSON"),
         (["start", "wf", "--input", "@/no/such/file.json"], "", "cannot read --input file"),
         (["resume", "x", "--input", "{"], "", "not valid JSON"),

@@ -38,8 +38,8 @@ from orchd.engine.threads import StepThreads
 from orchd.errors import (
     AmbiguousId,
     CallbackNotFound,
-    OrchdError,
     FormValidationError,
+    OrchdError,
     ProcessNotFound,
     ShuttingDown,
     SubscriptionNotFound,
