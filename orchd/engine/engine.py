@@ -490,7 +490,7 @@ class Engine:
             await asyncio.sleep(0)  # let the loop serve its sockets between steps
         else:
             finished = await self.store.write(checkpoint)
-        if self.limits.by_task:
+        if self.limits.by_pid:
             self.limits.committed()  # §16: its step's outcome is committed, its slots free
         if isinstance(finished, ChildFinished):
             # A child's last checkpoint: its parent may be awake, a held sibling free to go.
@@ -534,7 +534,7 @@ class Engine:
         try:
             self._forget_tokens_of(actor)
             if actor.pid in self.limits.by_pid:
-                self.limits.release_process(actor.pid)  # whatever it held or waited for
+                self.limits.release_process(actor.pid)  # §16: what it held or waited for
             if self.tracing.on:
                 if actor.loaded:
                     self.tracing.retired(

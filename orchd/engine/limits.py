@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import string
@@ -201,7 +202,8 @@ class _Key:
     __slots__ = ("held", "queue", "next_at")
 
     def __init__(self) -> None:
-        self.held: dict[Request, None] = {}
+        #: How many requests hold it (who they are is the limiter's to know).
+        self.held = 0
         self.queue: deque[Request] = deque()
         #: The earliest time the next start may happen (a rate), on the board's clock.
         self.next_at = -math.inf
@@ -237,7 +239,7 @@ class Board:
             spec = limits.get(slot[0])
             if spec is None:
                 continue
-            if spec.concurrency is not None and len(key.held) >= spec.concurrency:
+            if spec.concurrency is not None and key.held >= spec.concurrency:
                 return slot, None
             if spec.rate and key.next_at > now:
                 return slot, key.next_at
@@ -246,6 +248,20 @@ class Board:
     def take(self, r: Request, now: float) -> bool:
         """Grant ``r`` at once when nothing holds it back (True); else queue it."""
         limits = self.limits()
+        if len(r.slots) == 1:
+            # The common case, the short way: one resource, nobody waiting, room.
+            slot = r.slots[0]
+            key = self.keys.get(slot)
+            spec = limits.get(slot[0])
+            if key is None:
+                key = self.keys[slot] = _Key()
+            if (
+                not key.queue
+                and (spec is None or spec.concurrency is None or key.held < spec.concurrency)
+                and (spec is None or not spec.rate or key.next_at <= now)
+            ):
+                self._grant(r, now, limits)
+                return True
         blocked, _ = self.blocker(r, now, limits)
         if blocked is None:
             self._grant(r, now, limits)
@@ -263,16 +279,14 @@ class Board:
     def hold(self, r: Request) -> None:
         """Count ``r`` as holding its keys (a request read back from the table)."""
         for slot in r.slots:
-            self.key(slot).held[r] = None
+            self.key(slot).held += 1
 
-    def _grant(
-        self, r: Request, now: float, limits: Mapping[str, LimitSpec] | None = None
-    ) -> None:
+    def _grant(self, r: Request, now: float, limits: Mapping[str, LimitSpec] | None = None) -> None:
         if limits is None:
             limits = self.limits()
         for slot in r.slots:
             key = self.key(slot)
-            key.held[r] = None
+            key.held += 1
             spec = limits.get(slot[0])
             if spec is not None and spec.rate:
                 # Spaced evenly: the next start no sooner than one interval after this one.
@@ -289,7 +303,7 @@ class Board:
             if key is None:
                 continue
             if r.held:
-                key.held.pop(r, None)
+                key.held -= 1
             else:
                 with contextlib.suppress(ValueError):
                     key.queue.remove(r)
@@ -336,17 +350,22 @@ class Board:
 # -- one node alone ---------------------------------------------------------------------------
 
 
+#: The request of the step the running task is in (each actor and each branch runs in a task
+#: of its own, with a context of its own): the checkpoint that commits the step's outcome, in
+#: that task, finds it here. Cheaper than asking which task runs.
+_taken: contextvars.ContextVar[Request | None] = contextvars.ContextVar("orchd_limits_taken")
+
+
 class Limiter:
     """The limits of one node alone (SQLite): the board in memory; a wait is a future."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.board = Board(limits)
-        #: The request each task holds or waits for (a step runs in its actor's task or its
-        #: branch's): the checkpoint that commits its outcome, in the same task, releases it.
-        self.by_task: dict[asyncio.Task[Any], Request] = {}
+        #: Every request that holds or waits, by process: what an abort or a stop interrupts,
+        #: what an actor that ends (a crash, a stop) gives back, what the API shows.
         self.by_pid: dict[str, list[Request]] = {}
-        #: Requests waiting now.
+        #: How many wait now.
         self.waiting = 0
         self._timers: dict[Slot, tuple[float, asyncio.TimerHandle]] = {}
 
@@ -358,10 +377,8 @@ class Limiter:
         """Take every slot of ``slots`` for the running task's step: None when they are
         taken now, else a wait to await (it raises Halted when an abort or a stop ends it).
         Most steps find room: they pay for no coroutine."""
-        task = asyncio.current_task()
-        assert task is not None
         r = Request(slots, pid, step, time.time())
-        self.by_task[task] = r
+        _taken.set(r)
         requests = self.by_pid.get(pid)
         if requests is None:
             self.by_pid[pid] = [r]
@@ -369,39 +386,37 @@ class Limiter:
             requests.append(r)
         if self._take(r):
             return None
-        return self._wait(r, task)
+        return self._wait(r)
 
-    async def _wait(self, r: Request, task: asyncio.Task[Any]) -> None:
+    async def _wait(self, r: Request) -> None:
         self.waiting += 1
         try:
             assert r.future is not None
             await r.future
         except BaseException:
             self._forget(r)
-            if self.by_task.get(task) is r:
-                del self.by_task[task]
+            if _taken.get(None) is r:
+                _taken.set(None)
             raise
         finally:
             self.waiting -= 1
 
     def committed(self) -> None:
         """A checkpoint committed in the running task: what its step held is free."""
-        task = asyncio.current_task()
-        r = self.by_task.pop(task, None) if task is not None else None
+        r = _taken.get(None)
         if r is not None:
+            _taken.set(None)
             self._forget(r)
 
     def release_process(self, pid: str) -> None:
-        """The process's actor ended: nothing of it holds or waits any more."""
+        """The process's actor ended: whatever it still held or waited for (a step that did
+        not commit: a crash, a stop) is given back."""
         for r in list(self.by_pid.get(pid, ())):
             if r.waiting:
                 assert r.future is not None
-                # Nobody awaits it any more (its task has ended): no "never retrieved" noise.
                 r.future.set_exception(Halted(f"process {pid}: its actor ended"))
-                r.future.exception()
+                r.future.exception()  # its task has ended: nobody will look
             self._forget(r)
-        for task in [t for t, r in self.by_task.items() if r.pid == pid]:
-            del self.by_task[task]
 
     def interrupt(self, pid: str) -> None:
         """An abort or a stop: the process's steps that wait for resources give up (Halted);
@@ -445,14 +460,13 @@ class Limiter:
         """Slots held and steps waiting on this node, by limit (every configured one)."""
         held = dict.fromkeys(self.limits(), 0)
         waiting = dict.fromkeys(self.limits(), 0)
-        for requests in self.by_pid.values():
-            for r in requests:
-                if r.held:
-                    for limit, _ in r.slots:
-                        held[limit] = held.get(limit, 0) + 1
-                elif r.waiting:
-                    for limit in {limit for limit, _ in r.slots}:
-                        waiting[limit] = waiting.get(limit, 0) + 1
+        for r in (r for requests in self.by_pid.values() for r in requests):
+            if r.held:
+                for limit, _ in r.slots:
+                    held[limit] = held.get(limit, 0) + 1
+            elif r.waiting:
+                for limit in {limit for limit, _ in r.slots}:
+                    waiting[limit] = waiting.get(limit, 0) + 1
         return {k: (held.get(k, 0), waiting.get(k, 0)) for k in held | waiting}
 
     async def report(self) -> list[ResourceLimit]:
@@ -486,16 +500,32 @@ class Limiter:
         self._settle(self.board.examine(r.slots, now))
         return False
 
-    def _forget(self, r: Request) -> None:
-        if r.gone:
-            return
-        r.gone = True
+    def _untrack(self, r: Request) -> None:
         requests = self.by_pid.get(r.pid)
         if requests is not None:
+            if len(requests) == 1 and requests[0] is r:
+                del self.by_pid[r.pid]
+                return
             with contextlib.suppress(ValueError):
                 requests.remove(r)
             if not requests:
                 del self.by_pid[r.pid]
+
+    def _forget(self, r: Request) -> None:
+        if r.gone:
+            return
+        r.gone = True
+        self._untrack(r)
+        if r.held and len(r.slots) == 1:
+            # The common case, the short way: one resource given back, nobody waiting for it.
+            slot = r.slots[0]
+            key = self.board.keys.get(slot)
+            if key is not None and not key.queue:
+                key.held -= 1
+                r.held = False
+                if not key.held and key.next_at == -math.inf:
+                    del self.board.keys[slot]
+                return
         now = time.monotonic()
         waited = self.board.drop(r, now)
         if waited:
@@ -618,12 +648,7 @@ class ClusterLimiter(Limiter):
         if r.gone:
             return
         r.gone = True
-        requests = self.by_pid.get(r.pid)
-        if requests is not None:
-            with contextlib.suppress(ValueError):
-                requests.remove(r)
-            if not requests:
-                del self.by_pid[r.pid]
+        self._untrack(r)
         if r.id:
             self.mine.pop(r.id, None)
             self._gone.append(r.id)
@@ -755,6 +780,7 @@ class ClusterLimiter(Limiter):
                 continue
             r.held = True
             r.blocked = None
+            r.since = time.time()
             if r.future is not None and not r.future.done():
                 r.future.set_result(None)
 
