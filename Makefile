@@ -67,9 +67,9 @@ PYTEST_JOBS = $(if $(filter 0,$(JOBS)),-p no:xdist,-n $(JOBS) --dist loadgroup)
 test: lint sysdeps
 	$(BIN)/pytest $(PYTEST_JOBS)
 
-# The edit-test loop: the fast tiers (unit and engine, no daemon subprocess), in under a minute.
+# The edit-test loop: the fast tiers (unit and engine: no daemon subprocess), in under a
+# minute; `make lint` runs the linters, `make test` everything.
 check: $(STAMP)
-	$(BIN)/ruff check orchd tests
 	$(BIN)/pytest $(PYTEST_JOBS) -q -m "unit or engine"
 
 bench: $(RUN_STAMP)
