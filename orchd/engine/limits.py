@@ -670,7 +670,7 @@ class ClusterLimiter(Limiter):
         wanted = list(pids)
         found = await super().blocked(wanted)
         others = [p for p in wanted if p not in found and p not in self.by_pid]
-        if others:
+        if others and self.limits():  # without limits, nobody waits: no need to ask
             for pid, (resource, key, since) in (await self.table.blocked(others)).items():
                 found[pid] = BlockedOn(resource=resource, key=key, since=utc(since))
         return found
