@@ -793,8 +793,9 @@ class ClusterLimiter(Limiter):
         previous life), and catch a grant whose notification went missing."""
         while True:
             await asyncio.sleep(self.every)
-            self._sweep = True
-            self._wake.set()
+            if self.limits():  # a node with no limits has nothing to free or to wait for
+                self._sweep = True
+                self._wake.set()
 
 
 async def _decide(
