@@ -36,6 +36,7 @@ from orchd.settings import (
     LimitSpec,
     ScheduleSpec,
     TcpSettings,
+    UnixSettings,
 )
 from orchd.systemd import under_systemd
 
@@ -49,6 +50,7 @@ __all__ = [
     "LoadedConfig",
     "ScheduleConfig",
     "TcpConfig",
+    "UnixConfig",
     "check_database_path",
     "console_settings",
     "engine_settings",
@@ -61,6 +63,7 @@ __all__ = [
     "parse_listen",
     "schedule_specs",
     "tcp_settings",
+    "unix_settings",
     "validate_config",
 ]
 
@@ -122,7 +125,17 @@ class TcpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     max_connections: Positive = 512
     max_per_peer: Positive = 64
+    max_per_prefix: Positive = 128
+    reserved: NonNegative | None = None
     header_timeout: str = "5s"
+    failed_logins: NonNegative = 10
+    failed_login_window: str = "1m"
+
+
+class UnixConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The control socket's cap; see `orchd.settings.UnixSettings`."""
+
+    max_connections: Positive = 512
 
 
 class EventsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -195,6 +208,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     schedules: list[ScheduleConfig] = []
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     tcp: TcpConfig = msgspec.field(default_factory=TcpConfig)
+    unix: UnixConfig = msgspec.field(default_factory=UnixConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
@@ -577,13 +591,7 @@ def validate_config(config: Config, *, source: str = DEFAULT_SOURCE) -> None:
         check.duration("step_timeout", config.step_timeout, positive=True)
     check.duration("http.timeout", config.http.timeout, positive=True)
     check.duration("http.connect_timeout", config.http.connect_timeout, positive=True)
-    check.duration("tcp.header_timeout", config.tcp.header_timeout, positive=True)
-    if config.tcp.max_per_peer > config.tcp.max_connections:
-        check.fail(
-            "tcp.max_per_peer",
-            f"{config.tcp.max_per_peer} is more than tcp.max_connections"
-            f" ({config.tcp.max_connections})",
-        )
+    _check_tcp(check, config.tcp)
     check.duration("events.write_timeout", config.events.write_timeout, positive=True)
     check.duration("console.session_timeout", config.console.session_timeout, positive=True)
     check.duration("retention.tasks", config.retention.tasks)
@@ -596,6 +604,22 @@ def validate_config(config: Config, *, source: str = DEFAULT_SOURCE) -> None:
         )
     schedule_specs(config, source=source)
     limit_specs(config, source=source)
+
+
+def _check_tcp(check: _Checker, tcp: TcpConfig) -> None:
+    check.duration("tcp.header_timeout", tcp.header_timeout, positive=True)
+    check.duration("tcp.failed_login_window", tcp.failed_login_window, positive=True)
+    if tcp.max_per_peer > tcp.max_connections:
+        check.fail(
+            "tcp.max_per_peer",
+            f"{tcp.max_per_peer} is more than tcp.max_connections ({tcp.max_connections})",
+        )
+    if tcp.reserved is not None and tcp.reserved >= tcp.max_connections:
+        check.fail(
+            "tcp.reserved",
+            f"{tcp.reserved} leaves none of tcp.max_connections ({tcp.max_connections})"
+            " for other requests",
+        )
 
 
 _RATE = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*/\s*(s|m|h)\s*")
@@ -824,8 +848,17 @@ def tcp_settings(config: Config) -> TcpSettings:
     return TcpSettings(
         max_connections=tcp.max_connections,
         max_per_peer=tcp.max_per_peer,
+        max_per_prefix=tcp.max_per_prefix,
+        reserved=tcp.reserved,
         header_timeout=parse_duration(tcp.header_timeout),
+        failed_logins=tcp.failed_logins,
+        failed_login_window=parse_duration(tcp.failed_login_window),
     )
+
+
+def unix_settings(config: Config) -> UnixSettings:
+    """The control socket's cap from a validated config."""
+    return UnixSettings(max_connections=config.unix.max_connections)
 
 
 def _resolve_systemd_dirs(config: Config, env: Mapping[str, str]) -> Config:

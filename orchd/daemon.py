@@ -25,6 +25,7 @@ import stat
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ import msgspec
 from aiohttp import web
 
 from orchd import gcpolicy, logs, systemd
-from orchd.api.guard import GUARD_KEY, TcpGuard, raise_open_files_limit
+from orchd.api.guard import GUARD_KEY, TcpGuard, UnixGuard, raise_open_files_limit
+from orchd.api.logins import FailedLogins
 from orchd.api.protocol import answer_malformed_requests_with_problems
 from orchd.api.routes import create_app
 from orchd.config import (
@@ -47,7 +49,9 @@ from orchd.config import (
     load_config,
     schedule_specs,
     tcp_settings,
+    unix_settings,
 )
+from orchd.configfile import find_config
 from orchd.dburl import is_postgres, sqlite_path
 from orchd.engine import Engine
 from orchd.engine.limits import check_uses
@@ -55,6 +59,7 @@ from orchd.engine.loading import import_failure, module_file, search_path
 from orchd.engine.scheduler import Scheduler
 from orchd.errors import ConfigError
 from orchd.http import HttpClient
+from orchd.store.sqlite.schema import DATABASE_MODE
 from orchd.tracing import otel, otel_available
 
 __all__ = ["serve"]
@@ -86,15 +91,20 @@ def serve(config_path: str | None) -> int:
     """Run the daemon in the foreground until SIGTERM; return the exit status."""
     try:
         loaded = load_config(config_path)
-        loaded.check_database()
+    except ConfigError as exc:
+        return _config_failure(exc, _declared_log_format(config_path))
+    log_format = loaded.config.log_format
+    logs.setup(loaded.config.log_level, log_format=log_format)
+    try:
+        token = startup_checks(loaded)
         engine, scheduler, http, resources = prepare(loaded)
     except ConfigError as exc:
-        return _config_failure(exc)
-    logs.setup(loaded.config.log_level, log_format=loaded.config.log_format)
+        return _config_failure(exc, log_format)
     try:
-        code = _run(Daemon(loaded, engine, scheduler, http, resources).run())
+        daemon = Daemon(loaded, engine, scheduler, http, resources, token=token)
+        code = _run(daemon.run())
     except ConfigError as exc:
-        code = _config_failure(exc)
+        code = _config_failure(exc, log_format)
     except Exception:
         log.critical("crashed", exc_info=True)
         code = EXIT_CRASH
@@ -103,10 +113,13 @@ def serve(config_path: str | None) -> int:
 
 
 def check(config_path: str | None) -> int:
-    """``orchd serve --check``: validate the config and import the workflows and resources,
-    then exit 0, or 2 with the problem; nothing is started, bound or opened."""
+    """``orchd serve --check``: every check ``serve`` makes before it binds (`startup_checks`,
+    then the workflows and resources imported), then exit 0, or 2 with the problem; nothing is
+    started, bound or opened. What a running daemon holds (the database lock, the socket it
+    answers on) is not a problem here: the check is made beside the daemon it will replace."""
     try:
         loaded = load_config(config_path)
+        startup_checks(loaded)
         engine, _, _, factories = prepare(loaded)
     except ConfigError as exc:
         return _config_failure(exc)
@@ -118,6 +131,17 @@ def check(config_path: str | None) -> int:
         print(f"  workflows {module}: {module_file(module)}")
     print(f"  {sys.executable} looks for modules in: {', '.join(search_path())}")
     return EXIT_OK
+
+
+def startup_checks(loaded: LoadedConfig) -> str | None:
+    """What ``serve`` checks before it opens or binds anything, and ``serve --check`` with it
+    (issue 26 item 12): the database's directory and file, the token file when TCP is
+    configured (its mode, its content) and the socket's group. Returns the token."""
+    loaded.check_database()
+    token = loaded.read_token() if loaded.config.listen is not None else None
+    if loaded.config.socket_group is not None:
+        group_id(loaded.config.socket_group, loaded.source)
+    return token
 
 
 def _exit_despite_stuck_threads(code: int) -> None:
@@ -136,9 +160,21 @@ def _exit_despite_stuck_threads(code: int) -> None:
     os._exit(code)
 
 
-def _config_failure(exc: ConfigError) -> int:
-    print(f"orchd: {exc.detail}", file=sys.stderr, flush=True)
+def _config_failure(exc: ConfigError, log_format: str = "text") -> int:
+    logs.startup_error(exc.detail, log_format)
     return EXIT_CONFIG
+
+
+def _declared_log_format(config_path: str | None) -> str:
+    """The ``log_format`` a config that failed to load asks for, when it says so plainly: its
+    start-up error is then written in that format too."""
+    found = find_config(config_path, os.environ, system_default=systemd.under_systemd())
+    try:
+        with open(found or "", "rb") as f:
+            declared = tomllib.load(f).get("log_format")
+    except (OSError, ValueError):
+        return "text"
+    return declared if declared in logs.FORMATS else "text"
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
@@ -254,6 +290,8 @@ class Daemon:
         scheduler: Scheduler,
         http: HttpClient,
         resources: list[ResourceFactory] | None = None,
+        *,
+        token: str | None = None,
     ) -> None:
         self.resources = list(resources or [])
         self.loaded = loaded
@@ -261,8 +299,11 @@ class Daemon:
         self.engine = engine
         self.scheduler = scheduler
         self.http = http
-        self.guard = TcpGuard(tcp_settings(loaded.config))
-        self.token: str | None = None
+        tcp = tcp_settings(loaded.config)
+        unix = UnixGuard(unix_settings(loaded.config))
+        self.guard = TcpGuard(tcp, FailedLogins.of(tcp), unix)
+        #: The TCP token, when `startup_checks` read it (else read when a listener needs it).
+        self.token: str | None = token
         self.sockets: list[tuple[socket.socket, bool]] = []  # (socket, needs the token)
         self.signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
         self.stop_requested = asyncio.Event()
@@ -334,6 +375,14 @@ class Daemon:
             log.warning(
                 'no workflows loaded: set workflows = ["module", ...] in %s', self.loaded.source
             )
+        partial = partial_uid_map()
+        if partial is not None:
+            log.warning(
+                "this user namespace maps only some uids (%s): the socket's other clients "
+                "read as uid 65534 and are recorded as uid:65534 in the audit trail "
+                "(systemd's PrivateUsers=yes does this; the shipped unit sets it to no)",
+                partial,
+            )
         if self.config.tracing.enabled:
             # Contract §17: spans through OpenTelemetry's SDK, its OTEL_* variables; the last
             # ones are flushed once the engine has stopped.
@@ -352,11 +401,12 @@ class Daemon:
                 # Like a site's stop: open connections are the runner's to close.
                 stack.push_async_callback(_quietly, "closing a listener", _closer(server))
                 continue
-            site = web.SockSite(runner, sock)
-            await site.start()
-            # Stopping a site stops accepting; requests on open connections still get
-            # answers (a new process is refused with 503 once the engine closes).
-            stack.push_async_callback(_quietly, "closing a listener", site.stop)
+            # Through the Unix guard's cap; closing it stops accepting, as a site's stop
+            # would: requests on open connections still get answers (a new process is
+            # refused with 503 once the engine closes).
+            assert self.guard.unix is not None
+            server = await self.guard.unix.serve(runner, sock)
+            stack.push_async_callback(_quietly, "closing a listener", _closer(server))
         names = ", ".join(_describe(sock) for sock, _ in self.sockets)
         log.info("ready listening=%s", names)
         systemd.notify_ready(f"ready; listening on {names}")
@@ -459,6 +509,7 @@ class Daemon:
     def make_app(self) -> web.Application:
         # One app for every listener: it asks for the token on TCP connections only.
         address = self.config.listen_address
+        self.guard.set_token(self.token)
         app = create_app(
             self.engine,
             scheduler=self.scheduler,
@@ -469,6 +520,7 @@ class Daemon:
             console=console_settings(self.config),
             allowed_hosts=self.config.allowed_hosts,
             listen_host=None if address is None else address[0],
+            logins=self.guard.logins,
         )
         app[GUARD_KEY] = self.guard
         return app
@@ -587,6 +639,20 @@ async def _quietly(what: str, close: Callable[[], Awaitable[Any]]) -> None:
         log.exception("error while %s", what)
 
 
+def partial_uid_map(path: str = "/proc/self/uid_map") -> str | None:
+    """This process's user namespace's uid map (``inside outside count``, ``;`` between
+    ranges) when it does not map every uid to itself, else None. The kernel gives a socket
+    peer's uid as this namespace sees it: an unmapped one as the overflow uid, 65534."""
+    try:
+        with open(path, encoding="ascii") as f:
+            ranges = [line.split() for line in f.read().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError):
+        return None  # not Linux, or no /proc: nothing to say
+    if ranges == [["0", "0", "4294967295"]]:
+        return None
+    return "; ".join(" ".join(r) for r in ranges)
+
+
 def lock_database(database: str, source: str) -> int | None:
     """Lock the database file against a second daemon; the open descriptor holds the lock.
 
@@ -596,7 +662,8 @@ def lock_database(database: str, source: str) -> int | None:
     SQLite takes on the same file, and they are tied to this descriptor alone: SQLite closing
     its own descriptors never drops it, and closing it never drops SQLite's. (A ``fcntl`` lock
     would be dropped by any close of any descriptor on the file in this process.) An empty new
-    file is an empty database to SQLite; created 0644 before the umask, as SQLite would.
+    file is an empty database to SQLite; it is created with ``DATABASE_MODE`` (0640, less the
+    umask), never readable by others, and SQLite gives its -wal and -shm the same bits.
     """
     if is_postgres(database):
         # Several daemons share a PostgreSQL database by design: each is a node, and leases
@@ -606,7 +673,7 @@ def lock_database(database: str, source: str) -> int | None:
     if database == ":memory:" or database.startswith("file:"):
         return None
     try:
-        fd = os.open(database, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(database, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, DATABASE_MODE)
     except OSError as exc:
         raise ConfigError(f"{source}: database: cannot open {database}: {exc.strerror}") from None
     try:

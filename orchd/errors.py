@@ -52,6 +52,11 @@ class OrchdError(Exception):
     def problem_type(self) -> str:
         return f"urn:orchd:problem:{self.slug}"
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers the answer carries besides the problem (``Retry-After`` for a 429)."""
+        return {}
+
     def problem(self) -> dict[str, Any]:
         return {
             "type": self.problem_type,
@@ -233,11 +238,20 @@ class MisdirectedRequest(OrchdError):
 
 
 class TooManyRequests(OrchdError):
-    """Raised when one client sends more requests than the configured rate allows."""
+    """Raised when one client sends more requests than the configured rate allows, or its
+    address sent too many wrong tokens; ``retry_after`` (seconds) goes out as ``Retry-After``."""
 
     status = 429
     slug = "too-many-requests"
     title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
 class FormValidationError(OrchdError):

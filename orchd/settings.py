@@ -112,7 +112,7 @@ class ConsoleSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TcpSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """Limits on the TCP listener's connections (``[tcp]``); the Unix socket has none.
+    """Limits on the TCP listener's connections (``[tcp]``), and on guessing its token.
 
     Anyone who can reach the port can open connections before any token is checked, so
     these bound what an unauthenticated peer can hold: descriptors, and the daemon's
@@ -123,5 +123,27 @@ class TcpSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_connections: int = 512
     #: Connections open at once from one peer address, over every TCP listener.
     max_per_peer: int = 64
+    #: Connections open at once from one network (an IPv4 /24, an IPv6 /64).
+    max_per_prefix: int = 128
+    #: Of ``max_connections``, slots kept for connections whose first request carries the
+    #: token or posts to a callback (None: an eighth of ``max_connections``).
+    reserved: int | None = None
     #: Seconds a new connection has to send its first complete request head.
     header_timeout: float = 5.0
+    #: Wrong tokens one address (an IPv6 /64) may send in ``failed_login_window`` seconds;
+    #: past them its token checks are answered 429 until the window lets one more (0: no limit).
+    failed_logins: int = 10
+    failed_login_window: float = 60.0
+
+    @property
+    def reserve(self) -> int:
+        """The slots kept for requests with the token or a callback."""
+        return self.max_connections // 8 if self.reserved is None else self.reserved
+
+
+class UnixSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The Unix socket's cap (``[unix]``): its clients are the socket's group, trusted, but a
+    runaway script must not take every descriptor the daemon has."""
+
+    #: Connections open at once on the control socket; more are closed as they arrive.
+    max_connections: int = 512

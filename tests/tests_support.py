@@ -52,11 +52,13 @@ async def wait_until(check: Callable[[], Any], what: str, within: float = 10.0) 
 
 def parse_logfmt(line: str) -> dict[str, str]:
     """A strict logfmt reader: ``key=value`` pairs split by single spaces, a value bare (no
-    space, quote, ``=`` or backslash) or double-quoted with backslash escapes. Raises
-    ValueError on anything else, so a test fails on a line a log shipper would choke on."""
+    space, quote, ``=`` or backslash) or double-quoted with the escapes logfmt parsers take,
+    JSON's (``\\n``, ``\\uXXXX``, surrogate pairs; never ``\\xNN``). Raises ValueError on
+    anything else, so a test fails on a line a log shipper would choke on."""
     fields: dict[str, str] = {}
     i, n = 0, len(line)
-    escapes = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
+    escapes = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f", '"': '"', "\\": "\\"}
+    escapes["/"] = "/"
     while i < n:
         eq = line.find("=", i)
         key = line[i:eq]
@@ -72,9 +74,14 @@ def parse_logfmt(line: str) -> dict[str, str]:
                 c = line[i]
                 if c == "\\":
                     nxt = line[i + 1 : i + 2]
-                    if nxt == "x":
-                        value.append(chr(int(line[i + 2 : i + 4], 16)))
-                        i += 4
+                    if nxt == "u":
+                        digits = line[i + 2 : i + 6]
+                        if len(digits) != 4 or not all(
+                            d in "0123456789abcdefABCDEF" for d in digits
+                        ):
+                            raise ValueError(f"bad \\u escape at {i}: {line!r}")
+                        value.append(chr(int(digits, 16)))
+                        i += 6
                         continue
                     if nxt not in escapes:
                         raise ValueError(f"bad escape at {i}: {line!r}")
@@ -84,14 +91,17 @@ def parse_logfmt(line: str) -> dict[str, str]:
                 if c == '"':
                     i += 1
                     break
+                if not c.isprintable():
+                    raise ValueError(f"unescaped {c!r} at {i}: {line!r}")
                 value.append(c)
                 i += 1
-            fields[key] = "".join(value)
+            # A surrogate pair (\ud83d\ude00) is one character, as in JSON; a lone one fails.
+            fields[key] = "".join(value).encode("utf-16", "surrogatepass").decode("utf-16")
         else:
             end = line.find(" ", i)
             end = n if end < 0 else end
             bare = line[i:end]
-            if any(c in bare for c in '"=\\') or not bare:
+            if any(c in bare for c in '"=\\') or not bare or not bare.isprintable():
                 raise ValueError(f"bad bare value at {i}: {line!r}")
             fields[key] = bare
             i = end

@@ -291,6 +291,8 @@ def _tcp_connections(out: Exposition, c: ConnectionCounts) -> None:
         [
             ("orchd_tcp_connections_refused_total", {"cap": "listener"}, c.refused_listener_total),
             ("orchd_tcp_connections_refused_total", {"cap": "peer"}, c.refused_peer_total),
+            ("orchd_tcp_connections_refused_total", {"cap": "prefix"}, c.refused_prefix_total),
+            ("orchd_tcp_connections_refused_total", {"cap": "reserve"}, c.refused_reserve_total),
         ],
     )
     out.single(
@@ -298,6 +300,23 @@ def _tcp_connections(out: Exposition, c: ConnectionCounts) -> None:
         "counter",
         "TCP connections reset for sending no request head in time.",
         c.header_timeouts_total,
+    )
+    out.single(
+        "orchd_failed_logins_total", "counter", "Wrong tokens given over TCP.",
+        c.failed_logins_total,
+    )  # fmt: skip
+    out.single(
+        "orchd_failed_logins_throttled_total",
+        "counter",
+        "Token checks refused (429) because their address gave too many wrong tokens.",
+        c.logins_refused_total,
+    )
+    out.single("orchd_unix_connections", "gauge", "Unix socket connections open.", c.unix_open)
+    out.single(
+        "orchd_unix_connections_refused_total",
+        "counter",
+        "Unix socket connections reset on arrival over unix.max_connections.",
+        c.unix_refused_total,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import socket
 import struct
 import time
@@ -24,6 +25,7 @@ from orchd import __version__
 from orchd.api import inputs, metrics, openapi
 from orchd.api.acceptance import Acceptance
 from orchd.api.guard import GUARD_KEY
+from orchd.api.logins import FailedLogins
 from orchd.api.openapi import Param, Route
 from orchd.api.shapes import (
     Accepted,
@@ -64,7 +66,7 @@ from orchd.model import (
     SubscriptionStatus,
     WorkflowInfo,
 )
-from orchd.settings import ConsoleSettings, EventSettings
+from orchd.settings import ConsoleSettings, EventSettings, TcpSettings
 from orchd.state import require_object, validate_form
 
 log = logging.getLogger("orchd.api")
@@ -137,8 +139,11 @@ class ControlApi:
         heartbeat: float,
         events: EventSettings,
         acceptance: Acceptance | None = None,
+        logins: FailedLogins | None = None,
     ) -> None:
         self.engine = engine
+        #: Wrong tokens over TCP, per address: logged, and throttled past a limit.
+        self.logins = logins or FailedLogins.of(TcpSettings())
         #: Which requests are taken at all (Host, Origin, media type): every route's first check.
         self.acceptance = acceptance or Acceptance()
         self.scheduler = scheduler
@@ -167,6 +172,7 @@ class ControlApi:
             response = await handler(request)
         except OrchdError as exc:
             response = _problem(exc.problem())
+            response.headers.update(exc.headers)
             if isinstance(exc, Unauthorized):
                 response.headers["WWW-Authenticate"] = "Bearer"
         except ConnectionError:
@@ -210,11 +216,39 @@ class ControlApi:
         route = _route(request) or ""
         if any(route == own or route.startswith(own + "/") for own in self._own_auth):
             return
+        address = _peer_address(request)
+        self.logins.check(address, route)
         if not self._has_token(request):
-            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not given.strip():
+            if _bearer(request) is None:
                 raise Unauthorized("a bearer token is required over TCP")
+            self.logins.failed(address, route)
             raise Unauthorized("the bearer token is wrong")
+
+    def login(self, request: web.Request, given: str) -> bool:
+        """Whether ``given`` (typed at the console's login) is the token: a wrong one counts
+        against the request's address; raises TooManyRequests while that is throttled."""
+        address = _peer_address(request)
+        route = _route(request) or request.path
+        self.logins.check(address, route)
+        if self.token_matches(given):
+            return True
+        self.logins.failed(address, route)
+        return False
+
+    def _full_health(self, request: web.Request) -> bool:
+        """Whether health may answer in full: on the socket, or with the right token. A
+        token from a throttled address is not compared; a wrong one counts as a failure."""
+        if self._token is None or not _is_tcp(request):
+            return True
+        if _bearer(request) is None:
+            return False
+        address, route = _peer_address(request), _route(request) or ""
+        if self.logins.wait(address) > 0:
+            return False
+        if self._has_token(request):
+            return True
+        self.logins.failed(address, route)
+        return False
 
     def authorises_itself(self, prefix: str) -> None:
         """Leave the routes under ``prefix`` to authorise their own requests: the web console
@@ -236,10 +270,10 @@ class ControlApi:
         """Whether the request carries the right bearer token (always true on the socket)."""
         if self._token is None or not _is_tcp(request):
             return True
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
+        given = _bearer(request)
+        if given is None:
             return False
-        return hmac.compare_digest(given.strip().encode("utf-8", "replace"), self._token)
+        return hmac.compare_digest(given.encode("utf-8", "replace"), self._token)
 
     def _http_problem(self, request: web.Request, exc: web.HTTPException) -> web.Response:
         if isinstance(exc, web.HTTPNotFound):
@@ -303,7 +337,7 @@ class ControlApi:
     # -- handlers -------------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
-        body, code = await self.health_report(full=self._has_token(request))
+        body, code = await self.health_report(full=self._full_health(request))
         return _json(body, status=code)
 
     async def health_report(self, *, full: bool) -> tuple[Health, int]:
@@ -686,7 +720,10 @@ class RateLimiter:
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         if tokens < 1.0:
             self.buckets[client] = (tokens, now)
-            raise TooManyRequests(f"more than {self.rate:g} requests per second from {client}")
+            raise TooManyRequests(
+                f"more than {self.rate:g} requests per second from {client}",
+                retry_after=max(1, math.ceil((1.0 - tokens) / self.rate)),
+            )
         self.buckets[client] = (tokens - 1.0, now)
         if len(self.buckets) > 10_000:  # forget idle clients rather than grow
             idle = [k for k, (_, seen) in self.buckets.items() if now - seen > 60]
@@ -706,6 +743,7 @@ def create_app(
     console: ConsoleSettings | None = None,
     allowed_hosts: Iterable[str] = (),
     listen_host: str | None = None,
+    logins: FailedLogins | None = None,
 ) -> web.Application:
     """The control API over ``engine``.
 
@@ -716,7 +754,8 @@ def create_app(
     twice that; 0 for none) answers 429 to a client that goes over it. ``console`` configures
     the web console under ``/ui/`` (``orchd.api.console``). ``allowed_hosts`` are the names
     besides its own addresses (``listen_host``, the address a connection came to, localhost)
-    that a request's ``Host`` may give (``orchd.api.acceptance``).
+    that a request's ``Host`` may give (``orchd.api.acceptance``). ``logins`` throttles
+    wrong tokens per address (``orchd.api.logins``; by default as ``[tcp]``'s defaults say).
     """
     api = ControlApi(
         engine,
@@ -726,6 +765,7 @@ def create_app(
         heartbeat=heartbeat,
         events=events or EventSettings(),
         acceptance=Acceptance(allowed_hosts, listen_host),
+        logins=logins,
     )
     api._limiter = RateLimiter(rate_limit) if rate_limit > 0 else None
     # Our own limit applies to bodies; aiohttp's is set alike for anything reading them itself.
@@ -760,6 +800,19 @@ def _method(request: web.Request) -> str:
 def _route(request: web.Request) -> str | None:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else None
+
+
+def _bearer(request: web.Request) -> str | None:
+    """The bearer token the request gives, None without one."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    given = given.strip()
+    return given if scheme.lower() == "bearer" and given else None
+
+
+def _peer_address(request: web.Request) -> str:
+    transport = request.transport
+    peer = None if transport is None else transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
 
 
 def _peer_uid(sock: socket.socket | None) -> str | None:

@@ -125,13 +125,15 @@ class Console:
 
     def problem_page(self, request: web.Request, exc: OrchdError) -> web.Response:
         problem = exc.problem()
-        return self.render(
+        page = self.render(
             request,
             "problem.html",
             status=int(problem["status"]),
             title=str(problem["title"]),
             problem=problem,
         )
+        page.headers.update(exc.headers)  # Retry-After with a 429
+        return page
 
     # -- the middleware -------------------------------------------------------------------
 

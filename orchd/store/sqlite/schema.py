@@ -4,6 +4,7 @@ up (WAL, the configured ``synchronous``)."""
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Callable
 
@@ -205,7 +206,27 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
 ]
 
 
+#: A new database file's permission bits, whatever the umask (issue 26 item 9): its owner
+#: reads and writes, its group (the CLI's users: ``orchd check``, ``orchd backup``) reads,
+#: others nothing. SQLite gives the ``-wal`` and ``-shm`` it creates the database's own bits.
+DATABASE_MODE = 0o640
+
+
+def create_database_file(path: str) -> None:
+    """Create ``path`` empty with `DATABASE_MODE` unless something is there already (an empty
+    file is an empty database to SQLite); SQLite would create it ``0644`` less the umask."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, DATABASE_MODE)
+    except OSError:
+        return  # there already, or not creatable: SQLite's own open says why
+    os.close(fd)
+
+
 def connect(path: str, synchronous: str) -> sqlite3.Connection:
+    create_database_file(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
