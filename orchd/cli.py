@@ -3,9 +3,10 @@
 Scripts call this in loops, so only the standard library is imported here; ``serve``, ``bench``
 and ``fake-oss`` import their modules when they run. Exit statuses: 0 success, 1 the daemon
 refused the request, 2 usage error, 3 the daemon cannot be reached, 4 ``wait`` (or ``start
---wait``) ended in a status other than completed, 5 its ``--timeout`` passed first. ``check`` and
-``backup`` use the same meanings: 1 problems found or the backup failed, 2 also for a database
-file that is missing or cannot be opened.
+--wait``) ended in a status other than completed, 5 its ``--timeout`` passed first, 6 a write
+on this machine failed (the output, or the file ``backup`` writes: a full disk, an I/O error),
+said in one line. ``check`` and ``backup`` use the same meanings: 1 problems found or the backup
+failed, 2 also for a database file that is missing or cannot be opened.
 
 Where the daemon is, first match wins: ``--url`` (TCP), ``--socket``, ``$ORCHD_SOCKET``,
 ``$ORCHD_URL``, the config's ``socket``, then its ``listen``, then ``./orchd.sock``. The config
@@ -20,7 +21,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO, cast
 
 from orchd import cliforms, cliops, cliproducts, cliresources
 from orchd.client import (
@@ -51,6 +52,8 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_NOT_COMPLETED = 4
 EXIT_TIMEOUT = 5
+#: A write on this machine failed: the command's output, or the file it writes.
+EXIT_LOCAL = 6
 
 #: What ``orchd wait`` and ``orchd start --wait`` wait for and exit with, for their --help.
 WAIT_EPILOG = """\
@@ -124,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="orchd",
         description="Control the orchd workflow daemon, or run it (orchd serve).",
         epilog="Exit status: 0 ok, 1 refused by the daemon, 2 usage, 3 daemon unreachable, "
-        "4 wait (start --wait) ended other than completed, 5 its --timeout passed first; "
+        "4 wait (start --wait) ended other than completed, 5 its --timeout passed first, "
+        "6 a local write failed (the output or backup's file: disk full, I/O error); "
         "check/backup: 1 problems found or failed, 2 also a "
         "missing or unopenable database. Socket: --socket, $ORCHD_SOCKET, the config's `socket` "
         "(/run/orchd/orchd.sock under systemd), else ./orchd.sock.",
@@ -586,23 +590,80 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _fail(message: str, status: int) -> int:
-    print(f"orchd: {message}", file=sys.stderr)
+    try:
+        print(f"orchd: {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass  # stderr is on the full disk too: the exit status has to say it
     return status
+
+
+class OutputFailed(Exception):
+    """Writing the command's output failed (a full disk, an I/O error), not its reader."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(exc.strerror or str(exc))
+
+
+class _Output:
+    """``sys.stdout`` as the commands write to it: a write that fails (other than the reader
+    going away, EPIPE) raises OutputFailed, which `main` turns into one line and exit 6."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputFailed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputFailed(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    stdout = sys.stdout
+    sys.stdout = cast(TextIO, _Output(stdout))
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # a full disk is told now, not by the interpreter at exit
+        return code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         # The reader went away (`orchd ps | head`): keep Python from complaining at exit, and
         # exit as a tool killed by SIGPIPE would.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _discard_output(stdout)
         return 128 + 13
+    except OutputFailed as exc:
+        _discard_output(stdout)
+        return _fail(f"cannot write the output: {exc}", EXIT_LOCAL)
+    finally:
+        sys.stdout = stdout
+
+
+def _discard_output(stdout: TextIO) -> None:
+    """Send what is still buffered for stdout nowhere: the interpreter's flush at exit would
+    fail again, and say so with a traceback-like complaint."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stdout.fileno())
+    except (OSError, ValueError):
+        pass  # not a file (a test's capture): nothing is flushed at exit
+    finally:
+        os.close(devnull)
 
 
 def _main(argv: list[str]) -> int:

@@ -6,7 +6,8 @@ source is opened with ``mode=ro``). Only the standard library is imported, so th
 start as fast as the rest of the CLI.
 
 Exit statuses, the CLI's meanings: ``backup`` 0 written and checked, 1 failed (nothing is left
-at PATH); ``check`` 0 clean, 1 problems found (also a database that opens but cannot be read
+at PATH), 6 the copy could not be written (a full disk or one that fails: nothing is left at
+PATH either); ``check`` 0 clean, 1 problems found (also a database that opens but cannot be read
 through); both 2 usage: bad arguments, PATH exists without ``--force``, and a database file that
 is missing or cannot be opened (a problem of the command's configuration, as for ``serve``).
 Neither uses 3, which means "the daemon cannot be reached".
@@ -15,6 +16,7 @@ Neither uses 3, which means "the daemon cannot be reached".
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import json
 import os
@@ -36,6 +38,11 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNOPENABLE = 3
+#: A write on this machine failed (the CLI's EXIT_LOCAL): the disk is full or failing.
+EXIT_LOCAL = 6
+#: What the OS says when the disk is full or failing, and SQLite's primary codes for it.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+SQLITE_IOERR, SQLITE_FULL = 10, 13
 
 DEFAULT_DATABASE = "./orchd.db"
 #: The schema version the checks below are written for (orchd.store.SCHEMA_VERSION; a test
@@ -200,7 +207,9 @@ def backup(
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=TEMP_SUFFIX, dir=directory)
     except OSError as exc:
         src.close()
-        raise MaintenanceError(f"cannot write in {directory}: {exc.strerror or exc}") from None
+        raise MaintenanceError(
+            f"cannot write in {directory}: {exc.strerror or exc}", _write_failure(exc)
+        ) from None
     try:
         # Held until we are done (or killed: the kernel lets go), so a later run can tell a
         # live copy from the leftover of a killed one.
@@ -211,7 +220,12 @@ def backup(
             raise MaintenanceError(
                 f"the copy failed its integrity check: {'; '.join(problems[:5])}"
             )
-        _fsync(tmp)
+        try:
+            _fsync(tmp)
+        except OSError as exc:
+            raise MaintenanceError(
+                f"cannot write {tmp}: {exc.strerror or exc}", _write_failure(exc)
+            ) from None
         _place(tmp, dest, force)
     except BaseException:
         _unlink_temp(tmp)
@@ -309,6 +323,11 @@ def _copy(src: sqlite3.Connection, tmp: str, step_pages: int, progress: Progress
         dst.execute("PRAGMA journal_mode = DELETE").fetchone()
         return total
     except sqlite3.Error as exc:
+        # The source was opened and read already: a full or failing disk is the copy's.
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code in (SQLITE_FULL, SQLITE_IOERR):
+            where = os.path.dirname(tmp)
+            raise MaintenanceError(f"cannot write the copy in {where}: {exc}", EXIT_LOCAL) from None
         raise MaintenanceError(f"backup failed: {exc}") from None
     finally:
         dst.close()
@@ -364,7 +383,14 @@ def _place(tmp: str, dest: str, force: bool) -> None:
         finally:
             os.close(dir_fd)
     except OSError as exc:
-        raise MaintenanceError(f"cannot write {dest}: {exc.strerror or exc}") from None
+        raise MaintenanceError(
+            f"cannot write {dest}: {exc.strerror or exc}", _write_failure(exc)
+        ) from None
+
+
+def _write_failure(exc: OSError) -> int:
+    """EXIT_LOCAL for a disk that is full or failing, else EXIT_FAILED."""
+    return EXIT_LOCAL if exc.errno in DISK_ERRNOS else EXIT_FAILED
 
 
 class ProgressLines:
