@@ -78,12 +78,14 @@ class FailedLogins:
 
     def wait(self, address: str) -> float:
         """Seconds until ``address`` may have a token checked again; 0: now."""
-        if self.limit == 0:
-            return 0.0
+        if self.limit == 0 or not self._tries:
+            return 0.0  # the usual case: nobody has given a wrong token lately
         key = address_key(address)
         left = self._left(key, self.clock())
         if left >= 1.0:
             self._throttled.discard(key)
+            if left >= self.limit:
+                self._tries.pop(key, None)  # all its tries are back: forget it
             return 0.0
         return (1.0 - left) / self._rate
 
