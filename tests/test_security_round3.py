@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_util import ROOT, DaemonFactory, DaemonProcess, free_port
+from daemon_util import ROOT, DaemonFactory, DaemonProcess, UnixHTTPConnection, free_port
 from tests_support import parse_logfmt
 
 TOKEN = "5f0c9a7e3b2d4c1e8a6f9b0d2c4e6a8b"
@@ -352,6 +352,9 @@ def test_wrong_tokens_are_logged_and_throttled_per_address_by_default(
     status, headers, page = ask(port, "POST", "/ui/login", source=console, headers=form, body=body)
     assert status == 429 and int(headers["Retry-After"]) >= 1 and "<html" in page.lower()
 
+    _, document = daemon.request("GET", "/api/openapi.json")
+    too_many = document["components"]["responses"]["TooManyRequests"]["description"]
+    assert "wrong tokens" in too_many and "Retry-After" in too_many
     assert metric(daemon, "orchd_failed_logins_total") == 20
     assert metric(daemon, "orchd_failed_logins_throttled_total") == 2
     assert daemon.stop() == 0
@@ -387,6 +390,19 @@ def test_a_throttled_address_may_try_again_after_retry_after_and_json_logs_say_s
     failed = [r for r in records if r["msg"] == "failed login"]
     assert len(failed) == 1
     assert failed[0]["address"] == "127.0.0.1" and failed[0]["route"] == "/api/workflows"
+
+
+def test_the_rate_limit_says_when_to_try_again(daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory({"rate_limit": 0.2})  # one request, then one every 5 s
+    assert daemon.request("GET", "/api/workflows")[0] == 200
+    conn = UnixHTTPConnection(daemon.socket)
+    try:
+        conn.request("GET", "/api/workflows")
+        answer = conn.getresponse()
+        answer.read()
+    finally:
+        conn.close()
+    assert answer.status == 429 and 1 <= int(answer.headers["Retry-After"]) <= 5
 
 
 # -- 9: file modes ----------------------------------------------------------------------------

@@ -52,7 +52,11 @@ PROBLEMS: dict[int, tuple[str, str]] = {
         "The input does not fit the form (`errors` says where), or an Idempotency-Key came "
         "again with another input",
     ),
-    429: ("TooManyRequests", "The client went over the configured request rate"),
+    429: (
+        "TooManyRequests",
+        "The client went over the configured request rate, or its address gave too many wrong "
+        "tokens over TCP; `Retry-After` says in how many seconds to try again",
+    ),
     500: ("InternalError", "An unexpected error (logged by the daemon)"),
     503: ("Unavailable", "The database refused a write, or the daemon is stopping"),
 }
