@@ -36,6 +36,8 @@ import pytest
 from daemon_util import ROOT, DaemonFactory, DaemonProcess, UnixHTTPConnection, free_port
 from tests_support import parse_logfmt
 
+from orchd.daemon import partial_uid_map
+
 TOKEN = "5f0c9a7e3b2d4c1e8a6f9b0d2c4e6a8b"
 WRONG = "0123456789abcdef0123456789abcdef"
 UNIT = ROOT / "systemd" / "orchd.service"
@@ -161,6 +163,9 @@ def operator_python() -> str:
     """An interpreter another uid may run (the venv's may sit in root's home), or a skip."""
     if sys.platform != "linux" or os.geteuid() != 0:
         pytest.skip("user namespaces and other uids: Linux, as root")
+    own = partial_uid_map()
+    if own is not None:
+        pytest.skip(f"the tests themselves run in a user namespace mapping only {own}")
     for tool in ("unshare", "setpriv"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} (util-linux) is not installed")
