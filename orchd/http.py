@@ -277,7 +277,7 @@ class HttpClient:
             # At info: a retry is the first sign of a struggling OSS, and an operator should
             # see it without turning on debug logging.
             log.info(
-                "retrying %s %s in %.3f s: attempt %d of %d got status=%s (%s)",
+                "retrying %s %s in %.3f s: attempt %d of %d failed status=%s (%s)",
                 method,
                 url,
                 delay,

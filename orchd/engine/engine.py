@@ -636,7 +636,7 @@ class Engine:
             self.tracing.committed(actor.pid, actor.workflow_name, actor.trace_id, steps)
         for record in steps:
             log.debug(
-                "process=%s workflow=%s step=%r status=%s trace_id=%s",
+                "step status process=%s workflow=%s step=%r status=%s trace_id=%s",
                 actor.pid,
                 actor.workflow_name,
                 record.name,
@@ -646,7 +646,7 @@ class Engine:
         if status is not previous or not steps:
             if status in (P.FAILED, P.WAITING):
                 log.warning(
-                    "process=%s workflow=%s status=%s step=%r error=%r trace_id=%s",
+                    "process status process=%s workflow=%s status=%s step=%r error=%r trace_id=%s",
                     actor.pid,
                     actor.workflow_name,
                     status,
@@ -656,7 +656,7 @@ class Engine:
                 )
             else:
                 log.info(
-                    "process=%s workflow=%s status=%s trace_id=%s",
+                    "process status process=%s workflow=%s status=%s trace_id=%s",
                     actor.pid,
                     actor.workflow_name,
                     status,
