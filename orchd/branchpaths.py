@@ -1,4 +1,5 @@
-"""Branch paths ("Ports/0", nested "Each/1/Halves/0", contract §8): which path lies inside
+"""Branch paths ("Ports/0", nested "Each/1/Halves/0", README "Parallel branches"): which path lies
+inside
 which, written once for the CLI and the console. Standard library only: the CLI imports it."""
 
 from __future__ import annotations

@@ -197,7 +197,8 @@ def print_actions(proc: dict[str, Any]) -> None:
 
 
 def _blocked_on(blocked: Any) -> str | None:
-    """Contract §16: ``router r1 since 12:00:01`` while a step waits for a limit's slot."""
+    """README "Limits on shared resources": ``router r1 since 12:00:01`` while a step waits for a
+    limit's slot."""
     if not isinstance(blocked, dict):
         return None
     key = f" {blocked.get('key')}" if blocked.get("key") else ""

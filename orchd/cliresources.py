@@ -1,5 +1,6 @@
 """``orchd resources``: each limit on shared resources, its keys in use and their holders
-(contract §16), from ``GET /api/resources``. Standard library only, like ``orchd.cli``."""
+(README "Limits on shared resources"), from ``GET /api/resources``. Standard library only, like
+``orchd.cli``."""
 
 from __future__ import annotations
 

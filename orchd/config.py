@@ -162,7 +162,8 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 
 class LimitConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A ``[limits.NAME]`` table (contract §16): per key, at most ``concurrency`` steps at once
+    """A ``[limits.NAME]`` table (README "Limits on shared resources"): per key, at most
+    ``concurrency`` steps at once
     and at most ``rate`` starts (``"10/s"``, ``"600/m"``, ``"100/h"``), spaced evenly. A bare
     number (``router = 1``) is the concurrency alone."""
 
@@ -184,7 +185,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     database: str = "./orchd.db"
     socket: str = "./orchd.sock"
-    #: A file that does not set it loads none (contract §11); see `EXAMPLE_WORKFLOWS`.
+    #: A file that does not set it loads none (README "Operations"); see `EXAMPLE_WORKFLOWS`.
     workflows: list[str] = []
     #: ``"module:callable"`` entries, each returning an async context manager that yields
     #: ``{Type: instance}`` for steps to receive by annotation (see the README).
@@ -219,7 +220,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     step_timeout: str | None = None
     #: Threads for sync steps; a call abandoned after its timeout gives its place back.
     step_threads: Positive = 64
-    #: Limits on shared resources that steps name with ``uses=`` (contract §16).
+    #: Limits on shared resources that steps name with ``uses=`` (README "Limits on shared
+    #: resources").
     #: Each entry a concurrency (``router = 1``) or a table (``LimitConfig``), checked by
     #: ``limit_specs`` so that an error names the limit.
     limits: dict[str, Any] = {}

@@ -5,7 +5,7 @@ Standard library only: the CLI asks this on every call. The rule, first match wi
 1. an explicit path (``--config``);
 2. ``$ORCHD_CONFIG``;
 3. `SYSTEM_CONFIG` (``/etc/orchd/orchd.toml``) if it is a file, and only when the caller says
-   so: the daemon only when systemd started it (contract §4; a developer's ``orchd serve``
+   so: the daemon only when systemd started it (README "The daemon"; a developer's ``orchd serve``
    must not pick up the machine's service config), clients (the CLI, ``orchd backup``,
    ``orchd check``) always, so an operator's ``orchd ps`` finds the service's socket;
 4. none: the embedded defaults.

@@ -384,7 +384,7 @@ class Daemon:
                 partial,
             )
         if self.config.tracing.enabled:
-            # Contract §17: spans through OpenTelemetry's SDK, its OTEL_* variables; the last
+            # README "Traces": spans through OpenTelemetry's SDK, its OTEL_* variables; the last
             # ones are flushed once the engine has stopped.
             tracing = otel()
             self.engine.tracing = tracing
@@ -560,7 +560,8 @@ class Daemon:
         source, old = self.loaded.source, self.config
         try:
             new = load_config(self.loaded.path).config
-            # Contract §16: a limit a loaded step names may not go (refused like an unknown
+            # README "Limits on shared resources": a limit a loaded step names may not go (refused
+            # like an unknown
             # one at start-up); changed ones apply to the next acquisitions.
             check_uses(self.engine.workflows, limit_specs(new, source=source))
             # First, since the scheduler may still refuse the list: then nothing has changed.

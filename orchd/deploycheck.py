@@ -3,7 +3,8 @@
 Run before a deploy: it imports the new workflow code, reads the database read-only (safe beside
 a running daemon, and on a backup) and lists every process that is not ``completed`` or
 ``aborted`` whose position (its next step's key) the new code lacks, or whose workflow it does
-not define. Such a process would fail when it goes on (contract §7); everything else continues
+not define. Such a process would fail when it goes on (README "Changing workflows safely");
+everything else continues
 at its key, whatever was added, removed or reordered around it.
 """
 
@@ -47,7 +48,7 @@ UNFINISHED = (
     "SELECT rowid, id, workflow, status, pc, current_step, step_key, step_occurrence "
     f"FROM processes WHERE status NOT IN ({_FINISHED}) ORDER BY rowid"
 )
-#: Where the started branches of unfinished processes stand (contract §8).
+#: Where the started branches of unfinished processes stand (README "Parallel branches").
 BRANCHES = (
     "SELECT b.process, b.path, b.step_key, b.step_occurrence FROM branches b "
     f"JOIN processes p ON p.rowid = b.process WHERE p.status NOT IN ({_FINISHED}) "

@@ -3,12 +3,13 @@
 A workflow is flattened, when it is defined, into a tuple of ``Step``s that the actor runs in
 order. Conditionals become predicates on the steps they wrap, a ``callback_step`` becomes
 three steps (action, wait, validate), and a ``parallel`` or ``foreach`` stays one step that
-holds its branches' flattened steps (contract §8).
+holds its branches' flattened steps (README "Parallel branches").
 
 Where a process stands is recorded as a *position*: the key of its next step (``key=``, by
 default the step's name) and which occurrence of that key it is in the list. A process
 continues at its key in whatever code is loaded when it goes on, so steps added, removed or
-reordered elsewhere in the list do not matter (contract §7); a list of steps finds positions
+reordered elsewhere in the list do not matter (README "Changing workflows safely"); a list of steps
+finds positions
 with ``Positions``.
 """
 
@@ -81,7 +82,8 @@ class Step:
     #: ``items_key``, ``into`` and ``max_concurrency``). Positions find a branch's steps.
     branches: tuple[tuple[Step, ...], ...] = ()
     branch_positions: tuple[Positions, ...] = ()
-    #: The shared resources the step takes before it runs (contract §16): ``"limit"`` or
+    #: The shared resources the step takes before it runs (README "Limits on shared resources"):
+    #: ``"limit"`` or
     #: ``"limit:{state_key}..."``, each key filled from State.
     uses: tuple[str, ...] = ()
 
@@ -194,7 +196,8 @@ LIMIT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 def _check_uses(uses: object, name: str) -> tuple[str, ...]:
     """``uses=`` of a step: ``["router:{node_name}", "oss"]``; each entry a limit's name,
-    optionally ``:`` and a key whose ``{fields}`` are State keys (contract §16)."""
+    optionally ``:`` and a key whose ``{fields}`` are State keys (README "Limits on shared
+    resources")."""
     if uses is None:
         return ()
     if isinstance(uses, str) or not isinstance(uses, list | tuple):
@@ -238,7 +241,7 @@ def step(
 
     ``key`` is the step's identity across code changes (default: its name); rename a step
     and keep its key, and processes standing at it go on at the renamed step. ``uses`` names
-    the shared resources it takes before it runs (contract §16).
+    the shared resources it takes before it runs (README "Limits on shared resources").
     """
     _check_name(name, "step")
     key = _check_key(key, name)
@@ -329,7 +332,8 @@ def children(
     key: str | None = None,
 ) -> Step:
     """Start one child process of ``workflow`` per element of the list ``state[inputs]`` (each
-    element its input) and wait until every child has completed or been aborted (contract §9).
+    element its input) and wait until every child has completed or been aborted (README "Child
+    processes").
     ``workflow="{key}"`` starts the workflow whose name State holds under ``key``.
 
     The children are created together with this step's checkpoint, or none is. At most
@@ -354,7 +358,8 @@ def children(
     )
 
 
-#: What a branch may hold (contract §8): no input (nobody answers a form inside a branch),
+#: What a branch may hold (README "Parallel branches"): no input (nobody answers a form inside a
+#: branch),
 #: no built-ins, no child processes.
 _IN_BRANCH = {
     StepKind.PLAIN,
@@ -396,7 +401,8 @@ def _fork_key(key: str | None, name: str) -> str:
 
 def parallel(name: str, *branches: StepList | Step, key: str | None = None) -> Step:
     """Run two or more branches concurrently, each from a copy of State at the fork, and merge
-    what each changed once all have finished (contract §8). Two branches setting one key to
+    what each changed once all have finished (README "Parallel branches"). Two branches setting one
+    key to
     different values fail the step, naming the key and both branches."""
     _check_name(name, "parallel")
     key = _fork_key(key, name)
@@ -422,7 +428,8 @@ def foreach(
     key: str | None = None,
 ) -> Step:
     """Run ``branch`` once per element of the list ``state[items_key]``, at most
-    ``max_concurrency`` at once (contract §8). A branch starts from the fork's State plus
+    ``max_concurrency`` at once (README "Parallel branches"). A branch starts from the fork's State
+    plus
     ``item`` and ``item_index`` (and a dict element's keys); with ``into``, what each branch
     changed is listed under ``state[into]`` in element order."""
     _check_name(name, "foreach")
@@ -489,7 +496,8 @@ class Workflow:
 
     def locate(self, key: str | None, occurrence: int, index: int, current_step: str | None) -> int:
         """Where a process recorded at this position goes on in this code; raises Stranded
-        when it cannot (contract §7). Rows from before step keys (``key`` None) stand at
+        when it cannot (README "Changing workflows safely"). Rows from before step keys (``key``
+        None) stand at
         ``index``, which holds only while the step there has the name they recorded."""
         if key is not None:
             found = self.positions.index(key, occurrence)

@@ -238,7 +238,7 @@ class HttpClient:
         send_headers = dict(headers or {})
         step = CURRENT.get()
         if step is not None and not any(k.lower() == TRACEPARENT for k in send_headers):
-            # Contract §17: the OSS sees the process's trace, under the calling step's span.
+            # README "Traces": the OSS sees the process's trace, under the calling step's span.
             send_headers[TRACEPARENT] = step.traceparent()
         data = None
         if json is not None:

@@ -28,7 +28,7 @@ line-based reader could split on. The json format escapes the same characters.
 
 A record logged while a step runs (by the step's own code, or the HTTP client retrying one of
 its requests) names the step's process and trace (``process=... trace_id=...``), as the
-engine's own lines about a process do (contract §17).
+engine's own lines about a process do (README "The HTTP API").
 
 The library itself only has a NullHandler (see ``orchd/__init__.py``); this module is used by
 the daemon, never on import.

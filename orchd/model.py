@@ -77,7 +77,7 @@ TRANSITIONS: dict[ProcessStatus, frozenset[ProcessStatus]] = {
     P.RUNNING: _AFTER_A_STEP,
     # RUNNING when its last child finishes (the store wakes it); FAILED when its code changed.
     P.AWAITING_CHILDREN: frozenset({P.RUNNING, P.FAILED, P.ABORTED}),
-    # FAILED: the code loaded now no longer has its step (contract §7).
+    # FAILED: the code loaded now no longer has its step (README "Changing workflows safely").
     P.SUSPENDED: frozenset({P.RUNNING, P.FAILED, P.ABORTED}),
     P.WAITING: frozenset({P.RUNNING, P.FAILED, P.ABORTED}),
     P.AWAITING_CALLBACK: frozenset({P.RUNNING, P.FAILED, P.ABORTED}),
@@ -136,7 +136,8 @@ def check_action(action: Action, current: ProcessStatus, process_id: str) -> Non
 
 
 class ActionRecord(msgspec.Struct, kw_only=True):
-    """Who asked for what (contract §10); ``actor`` is ``uid:N`` on the socket, ``token`` over
+    """Who asked for what (README "The HTTP API"); ``actor`` is ``uid:N`` on the socket, ``token``
+    over
     TCP, either followed by the client's label in parentheses."""
 
     at: datetime
@@ -149,7 +150,7 @@ class StepRecord(msgspec.Struct, kw_only=True):
     """One entry of a process's audit log."""
 
     name: str
-    #: The step's identity across code changes (contract §7).
+    #: The step's identity across code changes (README "Changing workflows safely").
     key: str | None = None
     status: StepStatus
     started_at: datetime
@@ -161,7 +162,8 @@ class StepRecord(msgspec.Struct, kw_only=True):
     reason: str | None = None
     #: The keys this step changed in State (not the whole State).
     state_delta: dict[str, Any] = msgspec.field(default_factory=dict)
-    #: The branch it ran in (contract §8): the fork's key and the branch's index, nested
+    #: The branch it ran in (README "Parallel branches"): the fork's key and the branch's index,
+    #: nested
     #: forks joined by "/" ("Gather facts/1", "A/0/B/3"); None on the main line.
     branch: str | None = None
 
@@ -196,7 +198,8 @@ class ForkSummary(msgspec.Struct, kw_only=True):
 
 
 class BlockedOn(msgspec.Struct, kw_only=True):
-    """What a running process waits for before its step runs (contract §16): the limit, the
+    """What a running process waits for before its step runs (README "Limits on shared resources"):
+    the limit, the
     key (what its ``uses=`` filled in from State) and since when."""
 
     resource: str
@@ -239,7 +242,7 @@ class Process(msgspec.Struct, kw_only=True):
     """A process as the API and ``Engine.get`` show it."""
 
     id: str
-    #: Its W3C trace (contract §17): 32 lowercase hex digits, the trace its start request's
+    #: Its W3C trace (README "Traces"): 32 lowercase hex digits, the trace its start request's
     #: ``traceparent`` named (a child: its parent's), else one of its own.
     trace_id: str = ""
     workflow: str
@@ -262,12 +265,14 @@ class Process(msgspec.Struct, kw_only=True):
     #: Attempts of the current retrystep so far, and when the next automatic one is due.
     attempts: int = 0
     next_retry_at: datetime | None = None
-    #: Contract §9: the parent of a child process, and a parent's children (every fan-out).
+    #: README "Child processes": the parent of a child process, and a parent's children (every
+    #: fan-out).
     parent_id: str | None = None
     children: list[LinkedProcess] = msgspec.field(default_factory=list)
-    #: Contract §8: the process's forks and their branches, outermost first.
+    #: README "Parallel branches": the process's forks and their branches, outermost first.
     branches: list[ForkSummary] = msgspec.field(default_factory=list)
-    #: Contract §16: the limit its step waits for while running (null when it waits for none).
+    #: README "Limits on shared resources": the limit its step waits for while running (null when
+    #: it waits for none).
     blocked_on: BlockedOn | None = None
     #: On PostgreSQL, the node that owns it: runs it now, or ran it last; null on SQLite,
     #: and while no node holds it (its node stopped cleanly and no request has come since).
@@ -288,7 +293,8 @@ class ProcessSummary(msgspec.Struct, kw_only=True):
     subscription_id: str | None = None
     error: str | None = None
     parent_id: str | None = None
-    #: Contract §16: the limit its step waits for while running (null when none).
+    #: README "Limits on shared resources": the limit its step waits for while running (null when
+    #: none).
     blocked_on: BlockedOn | None = None
 
 
@@ -301,7 +307,7 @@ class SubscriptionStatus(enum.StrEnum):
 
 
 class Subscription(msgspec.Struct, kw_only=True):
-    """A product instance for a customer (contract §3)."""
+    """A product instance for a customer (README "Guarantees")."""
 
     id: str
     product: str
@@ -405,11 +411,11 @@ class Event(msgspec.Struct, kw_only=True):
     process_id: str
     workflow: str
     status: ProcessStatus
-    #: The parent, for a child process (contract §9).
+    #: The parent, for a child process (README "Child processes").
     parent_id: str | None = None
     step: str | None = None
     step_status: StepStatus | None = None
-    #: For a step that ran in a branch: the branch (contract §8).
+    #: For a step that ran in a branch: the branch (README "Parallel branches").
     branch: str | None = None
     at: datetime | None = None
 

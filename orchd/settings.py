@@ -14,7 +14,8 @@ import msgspec
 
 
 class LimitSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """One limit on a shared resource (``[limits]``, contract §16), per key: at most
+    """One limit on a shared resource (``[limits]``, README "Limits on shared resources"), per key:
+    at most
     ``concurrency`` steps at once, and at most ``rate`` starts a second, spaced evenly."""
 
     #: Steps holding a key at once (None: no bound, only the rate).
@@ -50,7 +51,8 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
     node_id: str | None = None
     #: Seconds a node's lease lasts unrenewed: how long its processes wait after it dies.
     lease_timeout: float = 10.0
-    #: Limits on shared resources by name (contract §16); a step's ``uses=`` names them.
+    #: Limits on shared resources by name (README "Limits on shared resources"); a step's ``uses=``
+    #: names them.
     limits: dict[str, LimitSpec] = {}
 
 

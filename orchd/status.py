@@ -34,7 +34,7 @@ class StepStatus(enum.StrEnum):
 
 
 class BranchStatus(enum.StrEnum):
-    """Where one branch of a forked process stands (contract §8)."""
+    """Where one branch of a forked process stands (README "Parallel branches")."""
 
     RUNNING = "running"  # has a step to run now
     FORKED = "forked"  # its nested fork's branches run

@@ -1,4 +1,4 @@
-"""Traces (contract §17): every process belongs to a W3C trace, and a step's requests carry it.
+"""Traces (README "Traces"): every process belongs to a W3C trace, and a step's requests carry it.
 
 Two parts. The first is always on and uses the standard library only:
 

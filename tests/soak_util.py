@@ -784,7 +784,7 @@ def check_subscriptions(snapshot: Snapshot) -> list[str]:
         last = linked[-1]
         held = dict(last["state"].get("subscription") or {})
         if last["status"] == "aborted" and last["workflow"] != "soak_create":
-            # Abort releases the subscription and keeps the State as it was (contract, §3).
+            # Abort releases the subscription and keeps the State as it was (README "Guarantees").
             held["insync"] = True
         if row != held:
             problems.append(f"subscription {sid}: row {row} but {last['id']} holds {held}")

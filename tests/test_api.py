@@ -735,7 +735,9 @@ async def test_metrics_expose_every_family(api_client: Client, api_engine: Engin
         "orchd_workflow_step_failures_total": "counter",
         "orchd_workflow_step_duration_seconds": "histogram",
         "orchd_start_time_seconds": "gauge",
-        "orchd_resource_in_use": "gauge",  # contract §16, a family even with no limits
+        # README "Limits on shared resources", a family even with no
+        # limits
+        "orchd_resource_in_use": "gauge",
         "orchd_resource_waiting": "gauge",
     }
     if api_engine.node is not None:  # on PostgreSQL the engine is a node of a cluster

@@ -1,4 +1,5 @@
-"""Who did what, and callback tokens as capabilities (contract §10), against a real daemon."""
+"""Who did what, and callback tokens as capabilities (README "The HTTP API"), against a real
+daemon."""
 
 from __future__ import annotations
 

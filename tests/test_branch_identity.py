@@ -1,4 +1,5 @@
-"""Branches and code changes (contracts §7 and §8): a branch goes on at its step's key in the
+"""Branches and code changes (README "Changing workflows safely" and "Parallel branches"): a branch
+goes on at its step's key in the
 code loaded now; when the key is gone the process fails, and ``check --workflows`` says so first."""
 
 from __future__ import annotations

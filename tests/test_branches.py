@@ -1,4 +1,5 @@
-"""Parallel branches inside a process (contract §8), in-process through the embedded Engine."""
+"""Parallel branches inside a process (README "Parallel branches"), in-process through the embedded
+Engine."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Parallel branches against a real daemon: the API, the CLI and a SIGKILL mid-fork (§8)."""
+"""Parallel branches against a real daemon: the API, the CLI and a SIGKILL mid-fork (README
+"Parallel branches")."""
 
 from __future__ import annotations
 

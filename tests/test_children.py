@@ -1,4 +1,5 @@
-"""Child processes (contract §9), in-process: a parent fans a workflow out and waits."""
+"""Child processes (README "Child processes"), in-process: a parent fans a workflow out and
+waits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Child processes against a real daemon: the API, the CLI, and crashes at every point (§9)."""
+"""Child processes against a real daemon: the API, the CLI, and crashes at every point (README
+"Child processes")."""
 
 from __future__ import annotations
 

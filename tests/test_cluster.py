@@ -1,4 +1,4 @@
-"""Several daemons on one PostgreSQL database (contract §12), as real subprocesses.
+"""Several daemons on one PostgreSQL database (README "Scaling out"), as real subprocesses.
 
 Each daemon is a node with its own socket; they share the database (a schema of this test run's
 database) and the folder where the steps of tests/wf/cluster_flows.py log their runs.

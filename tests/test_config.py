@@ -348,7 +348,7 @@ def test_missing_given_file(tmp_path: Path, how: str) -> None:
 def test_bundled_example_loads() -> None:
     loaded = load_config(REPO / "config" / "orchd.toml", env={})
     assert loaded.config.database == "/var/lib/orchd/orchd.db"
-    # Production config (contract §11): no example workflows, no schedules that need them.
+    # Production config (README "Operations"): no example workflows, no schedules that need them.
     assert loaded.config.workflows == [] and loaded.config.schedules == []
 
 

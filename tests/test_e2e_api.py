@@ -1,4 +1,5 @@
-"""Acceptance tests of the control API (contract §1-3 and §5) against a real daemon.
+"""Acceptance tests of the control API (README "Writing workflows" and "Guarantees" and "The HTTP
+API") against a real daemon.
 
 One ``orchd serve`` subprocess runs the workflows of tests/wf/e2e_flows.py for the whole
 module; every test talks raw HTTP/1.1 to its Unix socket and knows nothing of orchd's
@@ -201,7 +202,7 @@ def step_names(proc: dict[str, Any]) -> list[tuple[str, str]]:
     return [(s["name"], s["status"]) for s in proc["steps"]]
 
 
-# -- §5 health, workflows, start ------------------------------------------------------------------
+# -- The HTTP API: health, workflows, start --------------------------------------------------------
 
 
 def test_health_answers_200_status_ok(daemon: Daemon) -> None:
@@ -306,7 +307,7 @@ def test_one_connection_carries_several_requests(daemon: Daemon) -> None:
         conn.close()
 
 
-# -- §5 one process, the list ---------------------------------------------------------------------
+# -- The HTTP API: one process, the list -----------------------------------------------------------
 
 
 def test_a_process_has_the_contract_shape(daemon: Daemon) -> None:
@@ -399,7 +400,7 @@ def test_process_list_caps_a_huge_limit_instead_of_refusing(daemon: Daemon) -> N
     assert isinstance(answer.json["items"], list)
 
 
-# -- §2 and §5 actions: resume, retry, abort, callbacks --------------------------------------------
+# -- Guarantees: and README "The HTTP API" actions: resume, retry, abort, callbacks ----------------
 
 
 def test_a_suspended_process_shows_its_form(daemon: Daemon) -> None:
@@ -651,7 +652,7 @@ def test_callback_with_an_unknown_token_is_404(daemon: Daemon) -> None:
 
 
 def test_a_used_callback_token_is_404_and_changes_nothing(daemon: Daemon) -> None:
-    # §10: a token answers exactly one wait.
+    # a token answers exactly one wait.
     pid = _awaiting_callback(daemon)
     token = daemon.get(pid)["state"]["sent_token"]
     assert daemon.call("POST", f"/api/callbacks/{token}", {"ok": True}).status == 202
@@ -677,7 +678,7 @@ def test_an_operator_callback_when_no_longer_awaiting_is_409(daemon: Daemon) -> 
     assert daemon.get(pid) == before
 
 
-# -- §1 semantics -------------------------------------------------------------------------------
+# -- Writing workflows: semantics ------------------------------------------------------------------
 
 
 def test_reserved_state_keys_are_set_by_the_engine(daemon: Daemon) -> None:
@@ -719,7 +720,7 @@ def test_every_step_status_is_one_of_the_contract(daemon: Daemon) -> None:
         assert {s["status"] for s in full["steps"]} <= STEP_STATUSES, full["steps"]
 
 
-# -- §3 subscriptions ---------------------------------------------------------------------------
+# -- Guarantees: subscriptions ---------------------------------------------------------------------
 
 
 def _create(daemon: Daemon, customer: str, name: str = "w") -> tuple[str, str]:
@@ -885,7 +886,7 @@ def test_terminate_sets_terminated_and_end_date_and_then_modify_is_409(daemon: D
     assert_problem(again, 409)
 
 
-# -- §5 schedules, events, metrics --------------------------------------------------------------
+# -- The HTTP API: schedules, events, metrics ------------------------------------------------------
 
 
 def test_schedules_list_the_configured_entry(daemon: Daemon) -> None:

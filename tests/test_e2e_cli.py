@@ -1,4 +1,4 @@
-"""Acceptance tests of the ``orchd`` command line (contract §6) against a real daemon.
+"""Acceptance tests of the ``orchd`` command line (README "The CLI") against a real daemon.
 
 One ``orchd serve`` subprocess runs the workflows of tests/wf/e2e_flows.py for the whole
 module; every test runs the installed ``orchd`` script as a subprocess with ``--socket`` and

@@ -1,4 +1,4 @@
-"""The embeddable Engine against a real SQLite file: contract §1-§3."""
+"""The embeddable Engine against a real SQLite file: README "Writing workflows" and "Guarantees"."""
 
 from __future__ import annotations
 

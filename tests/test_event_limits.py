@@ -1,4 +1,5 @@
-"""Event streams are capped and a client that stops reading is disconnected (§10 / issue #8),
+"""Event streams are capped and a client that stops reading is disconnected (README "The HTTP API"
+/ issue #8),
 against a real daemon."""
 
 from __future__ import annotations

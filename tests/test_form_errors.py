@@ -1,4 +1,4 @@
-"""A refused form names every field at fault, not only the first (§5: 422 with ``errors``)."""
+"""A refused form names every field at fault, not only the first (422 with ``errors``)."""
 
 from __future__ import annotations
 

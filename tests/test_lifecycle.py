@@ -1,4 +1,5 @@
-"""Abort in every status; subscriptions through create, modify and terminate (§2-§3)."""
+"""Abort in every status; subscriptions through create, modify and terminate (README
+"Guarantees"-README "Guarantees")."""
 
 from __future__ import annotations
 

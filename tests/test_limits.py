@@ -1,4 +1,5 @@
-"""Limits on shared resources (contract §16) in the engine, on SQLite and on PostgreSQL.
+"""Limits on shared resources (README "Limits on shared resources") in the engine, on SQLite and on
+PostgreSQL.
 
 The steps of tests/wf/limit_flows.py record in a ``Journal`` when they enter and leave their
 key, so each test checks what the steps saw: never two on one key at once (unless the limit

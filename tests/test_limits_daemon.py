@@ -1,4 +1,5 @@
-"""Limits on shared resources (contract §16) in real daemons: the config's errors, what the API,
+"""Limits on shared resources (README "Limits on shared resources") in real daemons: the config's
+errors, what the API,
 the CLI, the console and /metrics show of a blocked process, a reload, a SIGKILL while a slot
 is held, and on PostgreSQL the limits of a cluster and a takeover.
 

@@ -1,4 +1,4 @@
-"""Operating it for years (contract §10, §11), against real daemons: idempotent starts,
+"""Operating it for years (README "The HTTP API"), against real daemons: idempotent starts,
 retention, durable events, id prefixes."""
 
 from __future__ import annotations

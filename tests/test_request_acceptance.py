@@ -1,4 +1,5 @@
-"""What the control API and the console take at all (contract §17; issue 26 items 1, 2, 7, 9,
+"""What the control API and the console take at all (README "The HTTP API"; issue 26 items 1, 2, 7,
+9,
 10, 11 and 14), against one real daemon (``orchd serve``, tests/wf/fuzz_flows.py) on its Unix
 socket and on its TCP listener:
 

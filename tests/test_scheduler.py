@@ -1,4 +1,4 @@
-"""The scheduler against a real Engine on a SQLite file (contract §4: schedules)."""
+"""The scheduler against a real Engine on a SQLite file (README "The daemon": schedules)."""
 
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ def test_abort_is_allowed_exactly_where_the_contract_says() -> None:
         P.SUSPENDED,
         P.WAITING,
         P.AWAITING_CALLBACK,
-        P.AWAITING_CHILDREN,  # §9
+        P.AWAITING_CHILDREN,  # README "Child processes"
         P.FAILED,
     }
     assert ALLOWED[Action.RESUME] == {P.SUSPENDED}

@@ -1,4 +1,5 @@
-"""Whatever step code raises or returns, the process ends in a status a person can act on (§2)."""
+"""Whatever step code raises or returns, the process ends in a status a person can act on (README
+"Guarantees")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Step identity (contract §7): a process continues at its step's key in whatever code is
+"""Step identity (README "Changing workflows safely"): a process continues at its step's key in
+whatever code is
 loaded; only a missing key strands it; ``check --workflows`` says which would be; skip."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Sync steps run in threads of the engine's own; a timed-out call never runs twice at once and
-never starves other processes (contract §2)."""
+never starves other processes (README "Guarantees")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Traces (contract §17, issue 32), in-process: trace ids, the ``traceparent`` a step's requests
+"""Traces (README "Traces", issue 32), in-process: trace ids, the ``traceparent`` a step's requests
 carry, and the spans recorded with OpenTelemetry's SDK (its in-memory exporter).
 
 Engine tests run on SQLite and PostgreSQL (``engine_factory``). Requests go to a real HTTP

@@ -1,4 +1,4 @@
-"""Traces through a real daemon (contract §17, issue 32): the requests a step makes arrive at a
+"""Traces through a real daemon (README "Traces", issue 32): the requests a step makes arrive at a
 real HTTP server with the process's trace id, also from the run that resumes the process after
 a SIGKILL; ``orchd show`` prints the trace; ``[tracing] enabled = true`` exports the spans
 over OTLP to the endpoint the standard variable names.

@@ -1,4 +1,5 @@
-"""A write that fails for a reason other than the database never strands a process (§2)."""
+"""A write that fails for a reason other than the database never strands a process (README
+"Guarantees")."""
 
 from __future__ import annotations
 

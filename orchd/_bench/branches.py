@@ -1,4 +1,4 @@
-"""The P9 rows of ``orchd bench``: a foreach inside one process (contract §8).
+"""The P9 rows of ``orchd bench``: a foreach inside one process (README "Parallel branches").
 
 Throughput: one process whose foreach runs a branch of two trivial async steps per element,
 ``max_concurrency`` at once; every branch step is a durable commit like any other step, so the

@@ -1,4 +1,5 @@
-"""The P10 rows of ``orchd bench``: limits on shared resources (contract §16).
+"""The P10 rows of ``orchd bench``: limits on shared resources (README "Limits on shared
+resources").
 
 P10: steps that name a limit with room for all of them, against the same steps without
 ``uses=``, taken in turns: what taking and giving back a slot costs a step.

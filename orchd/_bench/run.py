@@ -492,7 +492,7 @@ def main(argv: list[str]) -> int:
             ">= 0.8x async",
         )
         if bench_tracing.available():
-            # Spans on and off, in turns: what tracing costs the step path (contract §17).
+            # Spans on and off, in turns: what tracing costs the step path (README "Traces").
             on, off = _alternating(
                 runs,
                 lambda: bench_tracing.p1_traced(directory, p1_count, True),

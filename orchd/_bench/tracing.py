@@ -1,4 +1,4 @@
-"""`orchd bench` row P1t: what spans cost the step path (contract §17, issue 32).
+"""`orchd bench` row P1t: what spans cost the step path (README "Traces", issue 32).
 
 P1's processes (ten trivial async steps each) with tracing on, through OpenTelemetry's SDK and
 its batching processor, against the same processes with tracing off, the runs taken in turns.

@@ -1,4 +1,4 @@
-"""Which requests the daemon takes at all (contract §17), checked once for the JSON API and
+"""Which requests the daemon takes at all (README "The HTTP API"), checked once for the JSON API and
 the console before any route reads them.
 
 - **Host.** Over TCP the ``Host`` header must name this daemon: the address the connection

@@ -203,7 +203,8 @@ def render(
 
 
 def _resources(out: Exposition, resources: Mapping[str, tuple[int, int]]) -> None:
-    """Contract §16: each limit's slots held and steps waiting for one, on this node."""
+    """README "Limits on shared resources": each limit's slots held and steps waiting for one, on
+    this node."""
     limits = sorted(resources.items())
     out.family(
         "orchd_resource_in_use",

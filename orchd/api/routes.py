@@ -1,4 +1,4 @@
-"""The control API: aiohttp routes over the Engine (contract §5).
+"""The control API: aiohttp routes over the Engine (README "The HTTP API").
 
 Handlers stay thin (parse, call the engine, encode). One middleware authorizes TCP requests,
 turns every error into ``application/problem+json`` and counts answers for ``/metrics``. The
@@ -312,7 +312,8 @@ class ControlApi:
         return inputs.decode_body(b"".join(chunks), empty)
 
     def _reporter(self, request: web.Request) -> str:
-        """Who asks (contract §10): ``uid:N`` on the socket, ``token`` over TCP with the bearer
+        """Who asks (README "The HTTP API"): ``uid:N`` on the socket, ``token`` over TCP with the
+        bearer
         token (``tcp:ADDRESS`` without one), then the client's ``X-Orchd-Reporter`` label in
         parentheses. The label never replaces who the transport says the client is."""
         label = request.headers.get("X-Orchd-Reporter", "").strip()
@@ -358,7 +359,8 @@ class ControlApi:
             database = f"writes failing: {failing}"
         code = 200 if database == "ok" else 503
         if not full:
-            # A stranger on TCP learns whether the daemon is well, nothing more (§10): not
+            # A stranger on TCP learns whether the daemon is well, nothing more (README "The HTTP
+            # API"): not
             # the database's path, not the error text.
             return Health(status="ok" if code == 200 else "degraded"), code
         body = Health(
@@ -392,7 +394,7 @@ class ControlApi:
             body,
             reporter=reporter,
             idempotency_key=key,
-            # Contract §17: a valid one joins its trace; an invalid one is ignored.
+            # README "Traces": a valid one joins its trace; an invalid one is ignored.
             traceparent=request.headers.get("traceparent"),
         )
         return _json(
@@ -575,7 +577,7 @@ class ControlApi:
                 constraints=(("pattern", NUMBER_PATTERN),),
             ),
         )
-        # Who asks is recorded with this label (contract §10) by every route that acts.
+        # Who asks is recorded with this label (README "The HTTP API") by every route that acts.
         reporter = (
             Param(
                 "X-Orchd-Reporter",

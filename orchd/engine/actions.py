@@ -1,4 +1,4 @@
-"""What a process's actor does when someone acts on it (contract §10's actions): resume a
+"""What a process's actor does when someone acts on it (README "The HTTP API"'s actions): resume a
 suspended step with a form's answer, retry a failed or waiting step, skip it, abort the process,
 answer a callback or let its wait expire.
 
@@ -61,7 +61,7 @@ async def retry(actor: Actor, automatic: bool, by: str, reissue: bool) -> None:
     await actor.fail_if_broken()
     running = actor.host.still_running(actor.pid)
     if running is not None:
-        # One step never runs twice at once (contract §2): not while a timed-out sync
+        # One step never runs twice at once (README "Guarantees"): not while a timed-out sync
         # call of it still runs in its thread.
         if automatic:
             actor.next_retry_at = time.time() + 1.0

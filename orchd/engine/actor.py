@@ -248,7 +248,7 @@ class Actor:
 
     def _place(self) -> str | None:
         """Find the process's position in the workflow code loaded now (setting ``pc``);
-        why it cannot go on, if it cannot (contract §7)."""
+        why it cannot go on, if it cannot (README "Changing workflows safely")."""
         if self.workflow is None:
             return f"workflow {self.workflow_name!r} is not registered"
         if self.status in FINAL:
@@ -326,7 +326,8 @@ class Actor:
             self.callback_token = None
 
     async def fail_if_broken(self) -> None:
-        """A process whose step the code loaded now lacks fails, and nothing runs (§7)."""
+        """A process whose step the code loaded now lacks fails, and nothing runs (README "Changing
+        workflows safely")."""
         if self.broken is None:
             return
         if self.status is not P.FAILED:
@@ -396,7 +397,7 @@ class Actor:
         self.in_step = True
         if faults.ENABLED:
             faults.point("before_step")
-        # Its requests carry the process's trace and this call's span (contract §17).
+        # Its requests carry the process's trace and this call's span (README "Traces").
         traced = enter_step(
             self.host.tracing, self.pid, self.trace_id, None, step.key, self.attempts + 1
         )
@@ -407,7 +408,9 @@ class Actor:
             sub, relations = await self.subscription_change(step, delta)
             changes = changes_of(self.state, step.name, delta)
         except Halted:
-            return  # aborted or stopped while it waited for its resources (§16): it never ran
+            # aborted or stopped while it waited for its resources (README "Limits on shared
+            # resources"): it never ran
+            return
         except asyncio.CancelledError as exc:
             if cancelled_from_outside():
                 raise  # this actor is being stopped: the step runs again at the next start
@@ -562,7 +565,7 @@ class Actor:
             if found.status == "terminated":
                 raise SubscriptionError(f"{where}: subscription {sid} is terminated")
 
-    # -- forks (contract §8; the branches themselves run in orchd.engine.forks) ------------
+    # -- forks (README "Parallel branches"; the branches themselves run in orchd.engine.forks) -----
 
     def at_fork(self) -> bool:
         """Whether the process stands at a parallel or foreach step."""

@@ -1,4 +1,5 @@
-"""What a fork and its branches are (contract §8): ``Fork`` (one run of a ``parallel`` or
+"""What a fork and its branches are (README "Parallel branches"): ``Fork`` (one run of a
+``parallel`` or
 ``foreach`` step) and ``Branch`` (where one of its branches stands, what it changed).
 
 A branch's State is the fork's State, plus a foreach element, plus what the branch changed; the
@@ -27,7 +28,8 @@ _MISSING: Any = object()
 
 
 class Broken(Exception):
-    """Raised when a branch's position does not exist in the code loaded now (contract §7)."""
+    """Raised when a branch's position does not exist in the code loaded now (README "Changing
+    workflows safely")."""
 
 
 class Fork:

@@ -4,7 +4,7 @@ A step that names resources takes them here first (``orchd.engine.limits``), on 
 and in branches alike. Only the engine's own deadline becomes a StepTimeout; a TimeoutError the
 step raises itself is a failure like any other. Only the actor's own cancellation may
 propagate: whatever step code raises, CancelledError included, is the step's failure (contract
-§2).
+README "Guarantees").
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ async def call_step(
     host: Host, pid: str, step: Step, kwargs: dict[str, Any], uses: tuple[Slot, ...] = ()
 ) -> Any:
     """Call the step; with ``uses`` (``limits.slots_of``), first take those slots, waiting
-    for them (contract §16): the wait counts toward no timeout, and an abort or a stop ends
+    for them (README "Limits on shared resources"): the wait counts toward no timeout, and an abort
+    or a stop ends
     it with ``Halted`` before anything ran."""
     assert step.func is not None
     if uses:

@@ -1,4 +1,5 @@
-"""The children step (contract §9): checking each element's start, and the parent's results.
+"""The children step (README "Child processes"): checking each element's start, and the parent's
+results.
 
 The fan-out itself is committed by the store (``StartChildren``: the parent's checkpoint and
 every child in one transaction) and the parent is woken by its last child's commit; what is

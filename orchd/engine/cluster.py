@@ -1,4 +1,4 @@
-"""This engine as one node of several on a shared database (PostgreSQL, contract §12).
+"""This engine as one node of several on a shared database (PostgreSQL, README "Scaling out").
 
 A node renews its lease with a heartbeat, and sweeps now and then for work nobody does: created
 or running processes of a node whose lease lapsed (it continues them from their last committed
@@ -147,7 +147,7 @@ class Node:
             elif digest:
                 engine.send(pid, messages.Expire(digest=digest))
             else:
-                # A fork's branch waits for a callback with a deadline (contract §8).
+                # A fork's branch waits for a callback with a deadline (README "Parallel branches").
                 engine.send(pid, messages.Retry(automatic=True))
 
     async def live_nodes(self) -> list[NodeInfo]:

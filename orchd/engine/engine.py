@@ -91,7 +91,7 @@ from orchd.store.views import Views, every_status, uuid_or_none
 from orchd.tracing import Tracing, new_trace_id, parse_traceparent
 
 log = logging.getLogger("orchd.engine")
-#: The shortest abbreviation of a process id that is taken (contract §10).
+#: The shortest abbreviation of a process id that is taken (README "The HTTP API").
 MIN_PREFIX = 8
 _PREFIX = re.compile(r"[0-9a-f][0-9a-f-]*")
 #: Processes deleted per write when pruning: each write stays a few milliseconds long.
@@ -123,7 +123,7 @@ class Engine:
         # workflow has its name).
         if any(w.target is Target.VALIDATE and w.product for w in self.workflows.values()):
             self.workflows.setdefault(builtins.VALIDATE_TASK, builtins.validate_subscriptions)
-        #: Spans of processes and steps (contract §17); its owner shuts it down.
+        #: Spans of processes and steps (README "Traces"); its owner shuts it down.
         self.tracing: Tracing = tracing if tracing is not None else Tracing()
         #: The products the workflows define, name and reach, with their workflows.
         self.catalog = Catalog(
@@ -134,7 +134,8 @@ class Engine:
             self.settings = msgspec.structs.replace(settings or EngineSettings(), **overrides)
         except TypeError as exc:
             raise TypeError(f"Engine(): {exc}") from None
-        # Contract §16: every limit a step names must be configured (ConfigError, naming it).
+        # README "Limits on shared resources": every limit a step names must be configured
+        # (ConfigError, naming it).
         check_uses(self.workflows, self.settings.limits)
         #: The database. The engine layer (the scheduler) uses it; layers above use the
         #: engine's methods.
@@ -151,7 +152,8 @@ class Engine:
         self.node: Node | None = None
         if isinstance(self.store, ClusterStore):
             self.node = Node(self, self.store, self.settings.lease_timeout)
-        #: Limits on shared resources (contract §16): in memory, or a cluster's table of slots.
+        #: Limits on shared resources (README "Limits on shared resources"): in memory, or a
+        #: cluster's table of slots.
         self.limits: Limiter = (
             ClusterLimiter(self._limit_specs, self.store.slots, _sweep_every(self.settings))
             if isinstance(self.store, HasSlots)
@@ -312,7 +314,7 @@ class Engine:
             elif timed.callback_token:
                 self.later(timed.id, timed.at, messages.Expire(digest=timed.callback_token))
             else:
-                # A fork's branch waits for a callback with a deadline (contract §8).
+                # A fork's branch waits for a callback with a deadline (README "Parallel branches").
                 self.later(timed.id, timed.at, messages.Retry(automatic=True))
 
     async def _place_unkeyed(self) -> None:
@@ -421,7 +423,7 @@ class Engine:
                 self.tracing.began(pid)
         actor.post(message, reply)
         if self.limits.waiting and isinstance(message, messages.Abort | messages.Stop):
-            self.limits.interrupt(pid)  # §16: it no longer waits for resources
+            self.limits.interrupt(pid)  # it no longer waits for resources
 
     async def _ask(self, pid: str, message: messages.Message) -> Any:
         if not self._accepting:
@@ -491,7 +493,7 @@ class Engine:
         else:
             finished = await self.store.write(checkpoint)
         if self.limits.by_pid:
-            self.limits.committed()  # §16: its step's outcome is committed, its slots free
+            self.limits.committed()  # its step's outcome is committed, its slots free
         if isinstance(finished, ChildFinished):
             # A child's last checkpoint: its parent may be awake, a held sibling free to go.
             if finished.woke is not None and faults.ENABLED:
@@ -534,7 +536,7 @@ class Engine:
         try:
             self._forget_tokens_of(actor)
             if actor.pid in self.limits.by_pid:
-                self.limits.release_process(actor.pid)  # §16: what it held or waited for
+                self.limits.release_process(actor.pid)  # what it held or waited for
             if self.tracing.on:
                 if actor.loaded:
                     self.tracing.retired(
@@ -830,7 +832,7 @@ class Engine:
             idempotency_key=idempotency_key,
             paged=paged,
         )
-        # Contract §17: a child is in its parent's trace (its parent's actor is starting it);
+        # README "Traces": a child is in its parent's trace (its parent's actor is starting it);
         # any other start begins a trace of its own (start_once joins a request's instead).
         parent = self.actors.get(parent_id) if parent_id is not None else None
         op.trace_id = parent.trace_id if parent is not None and parent.loaded else new_trace_id()
@@ -867,7 +869,7 @@ class Engine:
 
     async def resource_limits(self) -> list[ResourceLimit]:
         """Each limit on shared resources, its keys in use (with several nodes, the whole
-        cluster's) and their holders (contract §16)."""
+        cluster's) and their holders (README "Limits on shared resources")."""
         return await self.limits.report()
 
     async def get_subscription(self, sid: str) -> SubscriptionDetail:

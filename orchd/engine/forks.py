@@ -1,4 +1,5 @@
-"""Running a process's fork (contract §8): ``parallel`` and ``foreach`` inside its actor.
+"""Running a process's fork (README "Parallel branches"): ``parallel`` and ``foreach`` inside its
+actor.
 
 A fork runs inside its process's actor. Each branch that can run is a small task running its
 steps one at a time against its own view of State (the State at the fork, plus a foreach
@@ -10,7 +11,8 @@ a join happens once, and after a crash every branch goes on from its own last co
 
 A branch that must wait (a retrystep's backoff, a callback) or that failed ends its task and
 holds nothing but its row; the process runs while any branch can run, and when none can it
-takes the status §8 gives (failed, else waiting, else awaiting_callback) and its actor retires.
+takes the status README "Parallel branches" gives (failed, else waiting, else awaiting_callback)
+and its actor retires.
 A retry, a skip, a callback or a retry timer makes branches runnable again.
 """
 
@@ -120,7 +122,8 @@ class Forks:
         return self.tokens.get(digest)
 
     def blocked(self) -> tuple[ProcessStatus, str | None, float | None]:
-        """The process's status once no branch can run (contract §8), the error to show and
+        """The process's status once no branch can run (README "Parallel branches"), the error to
+        show and
         when the next timer is due."""
         failed = waiting = None
         for b in self.leaves():
@@ -467,7 +470,9 @@ class Forks:
             delta = to_json_values(step.name, result)
             changes = changes_of(b.state(), step.name, delta)
         except Halted:
-            return  # aborted or stopped while it waited for its resources (§16): it never ran
+            # aborted or stopped while it waited for its resources (README "Limits on shared
+            # resources"): it never ran
+            return
         except asyncio.CancelledError as exc:
             if cancelled_from_outside():
                 raise

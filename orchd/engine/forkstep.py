@@ -1,5 +1,7 @@
-"""The actor's side of a fork step (contract §8): open or load the fork, run it until no
-branch can run, then join it or take the status §8 gives; and the actions (a timer, a callback)
+"""The actor's side of a fork step (README "Parallel branches"): open or load the fork, run it
+until no
+branch can run, then join it or take the status README "Parallel branches" gives; and the actions
+(a timer, a callback)
 that reach a process whose fork is blocked. The branches themselves run in
 ``orchd.engine.forks``.
 """
@@ -51,7 +53,8 @@ async def standing(actor: Actor) -> Forks | None:
 
 
 async def run(actor: Actor, step: Step, started: float) -> None:
-    """Run the fork's branches until none can run; then join, or wait as §8 says."""
+    """Run the fork's branches until none can run; then join, or wait as README "Parallel branches"
+    says."""
     try:
         forks = await _opened(actor, step)
     except StepCrash as exc:

@@ -47,12 +47,13 @@ class Host(Protocol):
 
     @property
     def limits(self) -> Limiter:
-        """The limits on shared resources that steps' ``uses=`` take (contract §16)."""
+        """The limits on shared resources that steps' ``uses=`` take (README "Limits on shared
+        resources")."""
         ...
 
     @property
     def tracing(self) -> Tracing:
-        """Spans (contract §17); ``tracing.on`` is False while tracing is off."""
+        """Spans (README "Traces"); ``tracing.on`` is False while tracing is off."""
         ...
 
     def workflow(self, name: str) -> Workflow | None: ...

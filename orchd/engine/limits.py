@@ -1,4 +1,5 @@
-"""Limits on shared resources (contract §16): a step's ``uses=`` and the config's ``[limits]``.
+"""Limits on shared resources (README "Limits on shared resources"): a step's ``uses=`` and the
+config's ``[limits]``.
 
 A step that names resources (``@step("configure", uses=["router:{node_name}"])``) takes a slot
 of each before its function is called and gives them back once its outcome is committed. A

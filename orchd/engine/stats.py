@@ -101,6 +101,7 @@ class EngineStats(msgspec.Struct, kw_only=True):
     #: In a cluster: this node's name and its lease and takeover counters (else None).
     node_id: str | None = None
     cluster: dict[str, float] | None = None
-    #: Limits on shared resources (contract §16): slots held and steps waiting on this node,
+    #: Limits on shared resources (README "Limits on shared resources"): slots held and steps
+    #: waiting on this node,
     #: by limit.
     resources: dict[str, tuple[int, int]] = {}

@@ -111,7 +111,7 @@ def provision_port() -> StepList:
     return init >> callback_step("await_port", request_port, confirm_port, timeout=3600.0) >> done
 
 
-# -- provision_ports: many ports of one node at once (contract §8) ----------------------------
+# -- provision_ports: many ports of one node at once (README "Parallel branches") ------------------
 
 
 class PortSpec(Form):

@@ -80,13 +80,13 @@ class ProcessRow(msgspec.Struct, kw_only=True):
     next_retry_at: float | None = None
     created_at: float
     updated_at: float
-    #: The W3C trace it belongs to (contract §17): stored at its start; for a row from before
+    #: The W3C trace it belongs to (README "Traces"): stored at its start; for a row from before
     #: traces (NULL) derived from its id when read (``orchd.tracing.trace_id_of``).
     trace_id: str = ""
 
 
 class ActionRow(msgspec.Struct, kw_only=True):
-    """Who asked for what, and when (the audit trail of contract §10)."""
+    """Who asked for what, and when (the audit trail of README "The HTTP API")."""
 
     at: float
     action: str
@@ -113,7 +113,8 @@ class StepRow(msgspec.Struct, kw_only=True):
 
 
 class BranchRow(msgspec.Struct, kw_only=True, array_like=True):
-    """Where one started branch of a forked process stands (contract §8), until its fork
+    """Where one started branch of a forked process stands (README "Parallel branches"), until its
+    fork
     joins. ``path`` names it ("A/0", nested "A/0/B/3"); ``changes`` is what it changed in State
     since it started (encoded); ``step_key`` and ``step_occurrence`` its next step's position
     in the branch's steps (None once it is done). Fields in the order the writer binds them."""

@@ -1,4 +1,4 @@
-"""The table of held slots that the nodes of a cluster share (contract §16).
+"""The table of held slots that the nodes of a cluster share (README "Limits on shared resources").
 
 One row per slot of a step's request: the limit and key, the process and step, the node that
 runs it, and whether it holds the slot or waits for it; a request's number (from a sequence)

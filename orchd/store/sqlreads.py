@@ -351,7 +351,7 @@ class SqlReads:
     async def process_waiting_for(self, token: str) -> str | None:
         row = await self.lookup_one("SELECT id FROM processes WHERE callback_token = ?", (token,))
         if row is None:
-            # A branch's wait (contract §8): the token names the branch's process.
+            # A branch's wait (README "Parallel branches"): the token names the branch's process.
             row = await self.lookup_one(
                 "SELECT p.id FROM branches b JOIN processes p ON p.rowid = b.process "
                 "WHERE b.callback_token = ?",

@@ -43,7 +43,8 @@ LISTED_BRANCHES = 20
 
 def fork_summaries(steps: list[StepRow], live: list[BranchRow]) -> list[ForkSummary]:
     """The forks of a process and their branches, from its step records and the branches
-    still standing (contract §8): a tree a person can read, even for a foreach over 10,000."""
+    still standing (README "Parallel branches"): a tree a person can read, even for a foreach over
+    10,000."""
     last: dict[str, StepRow] = {}
     joins: set[tuple[str | None, str | None]] = set()
     for s in steps:

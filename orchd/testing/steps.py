@@ -38,7 +38,8 @@ async def run_step(
     Raises ``orchd.state.StepInputError`` for a missing key or a value that does not convert,
     ``orchd.state.StepOutputError`` for a result State cannot hold (the messages the engine
     records as the step's error), and whatever the step itself raises. The step's timeout is
-    not applied, nor are limits on the resources its ``uses=`` names (contract §16), though
+    not applied, nor are limits on the resources its ``uses=`` names (README "Limits on shared
+    resources"), though
     their keys are filled in from ``state`` as the engine does (a missing key raises the
     engine's StepInputError): run the workflow in an engine to test them.
     """

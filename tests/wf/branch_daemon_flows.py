@@ -1,4 +1,5 @@
-"""Forking workflows in a daemon subprocess (tests/test_branches_daemon.py, contract §8).
+"""Forking workflows in a daemon subprocess (tests/test_branches_daemon.py, README "Parallel
+branches").
 
 Steps record each run in ``$ORCHD_TEST_DIR`` (``runfiles``); an element named in ``fail`` fails
 while the file ``<process id>.release`` does not exist.

@@ -1,4 +1,4 @@
-"""Forking workflows (tests/test_branches.py, contract §8).
+"""Forking workflows (tests/test_branches.py, README "Parallel branches").
 
 Steps note what they do in the test's ``Ledger`` resource (every call, with its start and end
 times), and fail while the ledger says so: a test steers them through the ledger, not through

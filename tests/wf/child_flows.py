@@ -1,4 +1,4 @@
-"""Parents and children (tests/test_children.py, contract §9).
+"""Parents and children (tests/test_children.py, README "Child processes").
 
 A child's input says what it does: ``{"n": 3}`` doubles 3; ``"mode": "fail"`` raises,
 ``"mode": "hold"`` waits at the test's ``Gate`` resource, ``"fail_while_closed"`` raises

@@ -118,7 +118,7 @@ def cluster_fan_out() -> StepList:
     return init >> fan >> count_children >> done
 
 
-# -- forks (contract §8) across nodes -------------------------------------------------------
+# -- forks (README "Parallel branches") across nodes -----------------------------------------------
 
 
 @step("port")

@@ -1,4 +1,5 @@
-"""Workflows whose steps name shared resources (contract §16), for tests/test_limits.py (in
+"""Workflows whose steps name shared resources (README "Limits on shared resources"), for
+tests/test_limits.py (in
 process) and tests/test_limits_daemon.py (daemon subprocesses).
 
 Each step records when it entered and left its key: in process into a ``Journal`` the test

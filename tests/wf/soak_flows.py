@@ -255,7 +255,7 @@ def soak_terminate():  # type: ignore[no-untyped-def]
     return init >> disable >> done
 
 
-# -- forks (contract §8) ----------------------------------------------------------------------
+# -- forks (README "Parallel branches") ------------------------------------------------------------
 #
 # A step in a branch logs itself as ``<name>@<branch>`` and leaves its nonce under
 # ``ran:<name>@<branch>``, so the checks follow each branch's runs on their own.

@@ -1,4 +1,4 @@
-"""The web console (contract §13): an operator's pages at ``/ui/``, on every listener.
+"""The web console (README "Web console"): an operator's pages at ``/ui/``, on every listener.
 
 Server-rendered HTML (Jinja2 templates in ``templates/``) with one small script of our own
 (``static/console.js``) for live updates; both ship in the package, nothing is built at install

@@ -92,7 +92,8 @@ class Console:
         return self.api.token_required(request)
 
     def actor(self, request: web.Request) -> str:
-        """Who the audit trail names (contract §10): ``token`` (with the name given at login)
+        """Who the audit trail names (README "The HTTP API"): ``token`` (with the name given at
+        login)
         for a TCP session; on the socket what the API would record, ``uid:N``."""
         session = session_of(request)
         if session.tcp:

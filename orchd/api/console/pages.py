@@ -179,7 +179,8 @@ TIMELINE_BRANCH_STEPS = 200
 def timeline(
     process: Process, branch: str | None = None
 ) -> tuple[list[tuple[int, StepRecord, str | None]], int]:
-    """The step records, numbered, each with its branch (contract §8; ``None``: the main
+    """The step records, numbered, each with its branch (README "Parallel branches"; ``None``: the
+    main
     line): those of ``branch`` and the branches under it when one is asked for, else all of
     them while they are few, else the main line's. Also how many branch records were left out."""
     numbered = [(i + 1, s, s.branch) for i, s in enumerate(process.steps)]

@@ -92,7 +92,7 @@ class PgStore(PgReads):
         self._tail_wake = asyncio.Event()
         self._postman: Postman | None = None
         self._counts = {"lease_renewals": 0, "lease_renewal_failures": 0, "takeovers": 0}
-        #: The cluster's table of resource slots (contract §16).
+        #: The cluster's table of resource slots (README "Limits on shared resources").
         self.slots = PgSlots(self.node_id, self.incarnation)
 
     async def open(self) -> None:

@@ -25,7 +25,8 @@ MIGRATE_LOCK = 0x6F72_6364_0001
 #: Held by a transaction while it takes event ids and until it commits, so ids are committed
 #: in the order they are given: a reader that saw id N never later meets a smaller new one.
 EVENTS_LOCK = 0x6F72_6364_0002
-#: Held by a transaction on the table of resource slots (contract §16) until it commits: one
+#: Held by a transaction on the table of resource slots (README "Limits on shared resources") until
+#: it commits: one
 #: node at a time decides who holds a slot.
 SLOTS_LOCK = 0x6F72_6364_0010
 
@@ -159,7 +160,7 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX node_messages_by_node ON node_messages (to_node, id)",
     ],
     [
-        # Parallel branches (contract §8), as SQLite's schema version 6 has them.
+        # Parallel branches (README "Parallel branches"), as SQLite's schema version 6 has them.
         "ALTER TABLE steps ADD COLUMN branch TEXT",
         """CREATE TABLE branches (
             process BIGINT NOT NULL,
@@ -203,7 +204,8 @@ MIGRATIONS: list[list[str]] = [
         "(subscription_id)",
     ],
     [
-        # Limits on shared resources (contract §16): each slot a step holds or waits for, by
+        # Limits on shared resources (README "Limits on shared resources"): each slot a step holds
+        # or waits for, by
         # limit and key, with the node running it (a dead node's slots go with its lease); a
         # request's number is its place in each queue. And when each rated key's next start
         # may happen. SQLite needs neither: one node keeps its limits in memory.

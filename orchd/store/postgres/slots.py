@@ -1,4 +1,5 @@
-"""The table of resource slots on PostgreSQL (contract §16; see ``orchd.store.slots``).
+"""The table of resource slots on PostgreSQL (README "Limits on shared resources"; see
+``orchd.store.slots``).
 
 Every transaction takes ``SLOTS_LOCK`` first, so the engine's decision over the rows it read
 holds until it commits. Times are the database's clock. A node whose request another node

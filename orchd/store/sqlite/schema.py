@@ -102,7 +102,8 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         ) WITHOUT ROWID""",
     ],
     [
-        # Who asked for what (contract §10): every start, resume, retry, skip, abort, callback.
+        # Who asked for what (README "The HTTP API"): every start, resume, retry, skip, abort,
+        # callback.
         """CREATE TABLE actions (
             process INTEGER NOT NULL,
             at REAL NOT NULL,
@@ -114,7 +115,8 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         _digest_callback_tokens,
     ],
     [
-        # Step identity (contract §7): a process's position is its next step's key and that
+        # Step identity (README "Changing workflows safely"): a process's position is its next
+        # step's key and that
         # key's occurrence; rows from before stay NULL until the engine translates them from
         # ``pc`` with the code it loads (``Engine.open``), once.
         "ALTER TABLE processes ADD COLUMN step_key TEXT",
@@ -125,7 +127,8 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         "ALTER TABLE steps ADD COLUMN reason TEXT",
     ],
     [
-        # Child processes (contract §9). A child names its parent, the fan-out it belongs to
+        # Child processes (README "Child processes"). A child names its parent, the fan-out it
+        # belongs to
         # (``child_group``: the parent's children step run) and its element; ``held`` children
         # wait as created for a free slot. A waiting parent counts its unfinished children.
         "ALTER TABLE processes ADD COLUMN parent_id TEXT",
@@ -137,12 +140,12 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         "CREATE INDEX processes_by_parent ON processes (parent_id, child_group, held, child_index)",
     ],
     [
-        # Idempotent starts (contract §11): a key names at most one process while it exists.
+        # Idempotent starts (README "Operations"): a key names at most one process while it exists.
         "ALTER TABLE processes ADD COLUMN idempotency_key TEXT",
         "CREATE UNIQUE INDEX processes_by_idempotency_key ON processes (idempotency_key)",
         # Retention finds finished processes by status and age.
         "CREATE INDEX processes_by_age ON processes (status, updated_at)",
-        # Durable events (contract §10): the id is what SSE clients resume from, so it must
+        # Durable events (README "The HTTP API"): the id is what SSE clients resume from, so it must
         # never be reused, even after every row was pruned (AUTOINCREMENT).
         """CREATE TABLE events (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -151,7 +154,8 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         )""",
     ],
     [
-        # Parallel branches (contract §8). A step record names its branch (NULL on the main
+        # Parallel branches (README "Parallel branches"). A step record names its branch (NULL on
+        # the main
         # line); a started branch keeps where it stands and what it changed until its fork
         # joins, so each branch goes on from its own last commit after a crash.
         "ALTER TABLE steps ADD COLUMN branch TEXT",
@@ -200,7 +204,8 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
     ],
     [
         # An Idempotency-Key answers only the input it started its process with (contract
-        # §11): the SHA-256 of that input's JSON (keys sorted). NULL for keys used before.
+        # README "Operations"): the SHA-256 of that input's JSON (keys sorted). NULL for keys used
+        # before.
         "ALTER TABLE processes ADD COLUMN idempotency_digest TEXT",
     ],
 ]
