@@ -261,7 +261,10 @@ class Board:
                 and (spec is None or spec.concurrency is None or key.held < spec.concurrency)
                 and (spec is None or not spec.rate or key.next_at <= now)
             ):
-                self._grant(r, now, limits)
+                key.held += 1
+                if spec is not None and spec.rate:
+                    key.next_at = max(key.next_at, now) + 1.0 / spec.rate
+                r.held = True
                 return True
         blocked, _ = self.blocker(r, now, limits)
         if blocked is None:
@@ -363,9 +366,11 @@ class Limiter:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.board = Board(limits)
-        #: Every request that holds or waits, by process: what an abort or a stop interrupts,
-        #: what an actor that ends (a crash, a stop) gives back, what the API shows.
-        self.by_pid: dict[str, list[Request]] = {}
+        #: Every request that holds or waits, by process (its first; the others of its
+        #: branches in ``_more``): what an abort or a stop interrupts, what an actor that ends
+        #: (a crash, a stop) gives back, what the API shows.
+        self.by_pid: dict[str, Request] = {}
+        self._more: dict[str, list[Request]] = {}
         #: How many wait now.
         self.waiting = 0
         self._timers: dict[Slot, tuple[float, asyncio.TimerHandle]] = {}
@@ -380,11 +385,10 @@ class Limiter:
         Most steps find room: they pay for no coroutine."""
         r = Request(slots, pid, step, time.time())
         _taken.set(r)
-        requests = self.by_pid.get(pid)
-        if requests is None:
-            self.by_pid[pid] = [r]
+        if pid in self.by_pid:
+            self._more.setdefault(pid, []).append(r)
         else:
-            requests.append(r)
+            self.by_pid[pid] = r
         if self._take(r):
             return None
         return self._wait(r)
@@ -412,7 +416,7 @@ class Limiter:
     def release_process(self, pid: str) -> None:
         """The process's actor ended: whatever it still held or waited for (a step that did
         not commit: a crash, a stop) is given back."""
-        for r in list(self.by_pid.get(pid, ())):
+        for r in self._of(pid):
             if r.waiting:
                 assert r.future is not None
                 r.future.set_exception(Halted(f"process {pid}: its actor ended"))
@@ -422,7 +426,7 @@ class Limiter:
     def interrupt(self, pid: str) -> None:
         """An abort or a stop: the process's steps that wait for resources give up (Halted);
         steps that hold theirs run on."""
-        for r in list(self.by_pid.get(pid, ())):
+        for r in self._of(pid):
             if r.waiting:
                 assert r.future is not None
                 r.future.set_exception(Halted(f"process {pid}: its wait for resources ended"))
@@ -448,7 +452,7 @@ class Limiter:
         """What each of these (running) processes waits for, for those that wait."""
         found = {}
         for pid in pids:
-            waits = [r for r in self.by_pid.get(pid, ()) if r.waiting and r.blocked]
+            waits = [r for r in self._of(pid) if r.waiting and r.blocked]
             if waits:
                 first = min(waits, key=lambda r: r.since)
                 assert first.blocked is not None
@@ -461,7 +465,7 @@ class Limiter:
         """Slots held and steps waiting on this node, by limit (every configured one)."""
         held = dict.fromkeys(self.limits(), 0)
         waiting = dict.fromkeys(self.limits(), 0)
-        for r in (r for requests in self.by_pid.values() for r in requests):
+        for r in self._all():
             if r.held:
                 for limit, _ in r.slots:
                     held[limit] = held.get(limit, 0) + 1
@@ -483,8 +487,7 @@ class Limiter:
                 node=None,
                 since=r.since,
             )
-            for requests in self.by_pid.values()
-            for r in requests
+            for r in self._all()
             if r.held or r.waiting
             for limit, key in r.slots
         ]
@@ -501,16 +504,31 @@ class Limiter:
         self._settle(self.board.examine(r.slots, now))
         return False
 
+    def _of(self, pid: str) -> list[Request]:
+        first = self.by_pid.get(pid)
+        return [] if first is None else [first, *self._more.get(pid, ())]
+
+    def _all(self) -> Iterator[Request]:
+        yield from self.by_pid.values()
+        for more in self._more.values():
+            yield from more
+
     def _untrack(self, r: Request) -> None:
-        requests = self.by_pid.get(r.pid)
-        if requests is not None:
-            if len(requests) == 1 and requests[0] is r:
-                del self.by_pid[r.pid]
+        pid = r.pid
+        if self.by_pid.get(pid) is r:
+            more = self._more.get(pid)
+            if not more:
+                del self.by_pid[pid]
+                return
+            self.by_pid[pid] = more.pop(0)
+        else:
+            more = self._more.get(pid)
+            if more is None:
                 return
             with contextlib.suppress(ValueError):
-                requests.remove(r)
-            if not requests:
-                del self.by_pid[r.pid]
+                more.remove(r)
+        if not more:
+            del self._more[pid]
 
     def _forget(self, r: Request) -> None:
         if r.gone:
