@@ -1,5 +1,5 @@
 """Abort in every status; subscriptions through create, modify and terminate (README
-"Guarantees"-README "Guarantees")."""
+"Guarantees")."""
 
 from __future__ import annotations
 

@@ -462,6 +462,8 @@ class ControlApi:
     async def abort_process(self, request: web.Request) -> web.Response:
         pid = request.match_info["id"]
         status = await self.engine.abort(pid, reporter=self._reporter(request))
+        if status in (ProcessStatus.CREATED, ProcessStatus.RUNNING):
+            return _json(Accepted(id=pid, status=status, requested=True), status=202)
         return self._accepted(pid, status)
 
     async def post_callback(self, request: web.Request) -> web.Response:

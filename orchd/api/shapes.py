@@ -63,9 +63,12 @@ class GcResult(msgspec.Struct, kw_only=True):
     actions: int
 
 
-class Accepted(msgspec.Struct, kw_only=True):
+class Accepted(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
     status: ProcessStatus
+    #: An abort of a process that is running: committed (a restart applies it too), and
+    #: applied at its step boundary.
+    requested: bool = False
 
 
 class ProcessPage(msgspec.Struct, kw_only=True):

@@ -109,6 +109,7 @@ class Actor:
     # Thousands of actors may be alive at once (polling an OSS): keep each one small.
     __slots__ = (
         "host", "pid", "mailbox", "loaded", "stopping", "abort_requested", "in_step",
+
         "pending_callback", "workflow", "workflow_name", "pk", "target", "status", "pc",
         "seq", "state", "current_step", "error", "form", "callback_token", "attempts", "position",
         "next_retry_at", "subscription_id", "broken", "task", "parent_id", "child_group",
@@ -144,9 +145,14 @@ class Actor:
             # a commit before its actor wakes) must find the action taken, so it waits.
             forks = self.forks
             match message:
-                case Abort(actor=actor):
-                    self.abort_requested = actor
-                    respond(envelope, self.status)
+                case Abort(actor=by):
+                    # Committed before it is acknowledged, so a restart applies it too; it
+                    # takes effect at the step boundary (README "Guarantees"): the running
+                    # step ends first, and its outcome is committed.
+                    self.abort_requested = by
+                    self.host.background(
+                        self._request_abort(envelope, by), f"process={self.pid} abort request"
+                    )
                     if forks is not None:
                         forks.wake.set()
                     return
@@ -181,6 +187,10 @@ class Actor:
                     return
                 self._load(row)
             while True:
+                if self.abort_requested is not None and self.status not in FINAL:
+                    by, self.abort_requested = self.abort_requested, None
+                    await actions.abort(self, by, requested=True)
+                    continue
                 if self.mailbox:
                     await self._handle(self.mailbox.pop(0))
                     continue
@@ -213,6 +223,16 @@ class Actor:
         finally:
             self.host.retire(self)
 
+    async def _request_abort(self, envelope: Envelope, by: str) -> None:
+        """Commit the abort asked, then answer: ``running`` (requested) while it runs."""
+        try:
+            unfinished = await self.host.request_abort(self.pk, by)
+        except Exception as exc:
+            respond(envelope, error=exc)
+            return
+        # Finished meanwhile (nothing was requested): the answer says how it ended.
+        respond(envelope, self.status if unfinished or self.status in FINAL else P.ABORTED)
+
     def _fail_all(self, error: BaseException) -> None:
         while self.mailbox:
             respond(self.mailbox.pop(0), error=error)
@@ -243,6 +263,8 @@ class Actor:
         self.children_group = row.children_group
         self.children_pending = row.children_pending
         self.replace_aborted = False
+        # An abort asked while it ran and committed, not applied yet (a restart came first).
+        self.abort_requested = None if self.status in FINAL else row.abort_requested
         self.loaded = True
         self.broken = self._place()
 
@@ -345,10 +367,6 @@ class Actor:
 
     async def _advance(self) -> None:
         """Run the step at the program counter and commit its outcome."""
-        if self.abort_requested is not None:
-            actor, self.abort_requested = self.abort_requested, None
-            await actions.abort(self, actor, requested=True)
-            return
         if self.broken is not None:
             self.error = self.broken
             await self.write(P.FAILED, steps=[])

@@ -3,8 +3,8 @@
 A step that names resources takes them here first (``orchd.engine.limits``), on the main line
 and in branches alike. Only the engine's own deadline becomes a StepTimeout; a TimeoutError the
 step raises itself is a failure like any other. Only the actor's own cancellation may
-propagate: whatever step code raises, CancelledError included, is the step's failure (contract
-README "Guarantees").
+propagate: whatever step code raises, CancelledError included, is the step's failure (README
+"Guarantees").
 """
 
 from __future__ import annotations

@@ -77,6 +77,7 @@ from orchd.store.base import (
     Prune,
     Pruned,
     ReplaceChildren,
+    RequestAbort,
     Retention,
     SetNote,
     StartChildren,
@@ -610,6 +611,13 @@ class Engine:
 
     def still_running(self, pid: str) -> str | None:
         return self._abandoned.get(pid)
+
+    async def request_abort(self, pk: int, by: str) -> bool:
+        found: bool = await self.store.write(RequestAbort(pk=pk, by=by, at=time.time()))
+        return found
+
+    def background(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        self._guarded(work, what)
 
     def expect_callback(self, digest: str, pid: str) -> None:
         self._tokens[digest] = pid

@@ -6,7 +6,7 @@ visible to an actor, so the actor can be read, and changed, on its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from orchd.dsl import Workflow
@@ -132,6 +132,14 @@ class Host(Protocol):
     def forget_callback(self, digest: str) -> None: ...
 
     def new_id(self) -> str: ...
+
+    async def request_abort(self, pk: int, by: str) -> bool:
+        """Commit an abort asked of a running process; False when it had finished already."""
+        ...
+
+    def background(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """Run ``work`` beside the actors; what it raises is logged, never raised."""
+        ...
 
     async def choices(self, marker: Choices) -> list[Choice]:
         """What a form's ``choices(...)`` field offers now."""

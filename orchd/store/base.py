@@ -83,6 +83,8 @@ class ProcessRow(msgspec.Struct, kw_only=True):
     #: The W3C trace it belongs to (README "Traces"): stored at its start; for a row from before
     #: traces (NULL) derived from its id when read (``orchd.tracing.trace_id_of``).
     trace_id: str = ""
+    #: Who asked to abort it while it ran, committed (applied at its next step boundary).
+    abort_requested: str | None = None
 
 
 class ActionRow(msgspec.Struct, kw_only=True):
@@ -495,6 +497,16 @@ class Pruned(msgspec.Struct, kw_only=True):
         )
 
 
+class RequestAbort(msgspec.Struct, kw_only=True):
+    """Commit an abort asked of a running process (who asked, and an ``abort`` action whose
+    detail is ``requested``) before it is acknowledged; answers whether the process was still
+    unfinished."""
+
+    pk: int
+    by: str
+    at: float
+
+
 class SetNote(msgspec.Struct, kw_only=True):
     """Set a subscription's note and record who did; answers whether it exists."""
 
@@ -517,6 +529,7 @@ Op = (
     | ReplaceChildren
     | Prune
     | SetNote
+    | RequestAbort
 )
 
 

@@ -47,7 +47,7 @@ SQLITE_IOERR, SQLITE_FULL = 10, 13
 DEFAULT_DATABASE = "./orchd.db"
 #: The schema version the checks below are written for (orchd.store.SCHEMA_VERSION; a test
 #: keeps the two equal without importing the store here).
-KNOWN_SCHEMA_VERSION = 8
+KNOWN_SCHEMA_VERSION = 9
 #: Pages copied per backup step; between steps the daemon's writer is never blocked anyway.
 BACKUP_STEP_PAGES = 1024
 #: Databases with at least this many pages get progress lines on stderr (~100 MB at 4 KiB).

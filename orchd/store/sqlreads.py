@@ -44,6 +44,7 @@ from orchd.store.base import (
     ProcessRecords,
     ProcessRow,
     Pruned,
+    RequestAbort,
     Retention,
     ScheduleRow,
     SetNote,
@@ -123,6 +124,7 @@ _PROCESS_COLUMNS = (
     "subscription_id", "current_step", "error", "form", "callback_token", "attempts",
     "next_retry_at", "created_at", "updated_at", "step_key", "step_occurrence", "parent_id",
     "child_group", "child_index", "children_group", "children_pending", "held", "trace_id",
+    "abort_requested",
 )  # fmt: skip
 SELECT_PROCESS = f"SELECT {', '.join(_PROCESS_COLUMNS)} FROM processes"
 #: The process that holds an Idempotency-Key, after the digest of the input it started with.
@@ -139,7 +141,7 @@ def process_row(row: Iterable[Any]) -> ProcessRow:
     (pk, pid, workflow, target, status, pc, seq, state, reporter, subscription_id, current,
      error, form, token, attempts, next_retry_at, created_at, updated_at, key,
      occurrence, parent_id, child_group, child_index, children_group,
-     children_pending, held, trace_id) = row  # fmt: skip
+     children_pending, held, trace_id, abort_requested) = row  # fmt: skip
     return ProcessRow(
         pk=pk,
         id=pid,
@@ -169,6 +171,7 @@ def process_row(row: Iterable[Any]) -> ProcessRow:
         held=bool(held),
         # NULL for a process from before traces: its trace id is derived from its id.
         trace_id=trace_id or trace_id_of(pid),
+        abort_requested=abort_requested,
     )
 
 
@@ -227,6 +230,18 @@ SELECT_USERS = """SELECT s.id FROM subscription_relations r
 
 INSERT_SUBSCRIPTION_ACTION = """INSERT INTO subscription_actions (subscription_id, at, action,
     actor, detail) VALUES (?, ?, ?, ?, ?)"""
+
+
+#: An abort asked of a running process, committed before it is acknowledged: the process row
+#: says who asked (applied at its next step boundary, after a restart too) and the audit trail
+#: records the request.
+REQUEST_ABORT = """UPDATE processes SET abort_requested = ? WHERE rowid = ?
+    AND status NOT IN ('completed', 'aborted')"""
+
+
+def abort_request_action(op: RequestAbort) -> tuple[Any, ...]:
+    """The ``actions`` row that records an abort asked of a running process."""
+    return (op.pk, op.at, "abort", op.by, "requested")
 
 
 def astuple_note(op: SetNote) -> tuple[Any, ...]:

@@ -63,7 +63,7 @@ _PROCESS_COLUMNS = (
     "subscription_id", "current_step", "error", "form", "callback_token", "attempts",
     "next_retry_at", "created_at", "updated_at", "step_key", "step_occurrence", "parent_id",
     "child_group", "child_index", "held", "children_group", "children_pending", "idempotency_key",
-    "trace_id", "idempotency_digest",
+    "trace_id", "idempotency_digest", "abort_requested",
 )  # fmt: skip
 
 #: (table, its columns on both sides, how a SQLite row becomes a PostgreSQL one). Actions have

@@ -29,6 +29,7 @@ from orchd.store.base import (
     Prune,
     Pruned,
     ReplaceChildren,
+    RequestAbort,
     ScheduleClaim,
     SchedulePlan,
     ScheduleRun,
@@ -42,10 +43,12 @@ from orchd.store.sqlreads import (
     DROP_RELATIONS,
     INSERT_RELATION,
     INSERT_SUBSCRIPTION_ACTION,
+    REQUEST_ABORT,
     SELECT_HOLDER,
     SELECT_KEYED,
     SELECT_USERS,
     UPSERT_SUBSCRIPTION,
+    abort_request_action,
     astuple_note,
     keyed_process,
     prunable_where,
@@ -190,6 +193,7 @@ _DROP_RELATIONS = numbered(DROP_RELATIONS)
 _INSERT_RELATION = numbered(INSERT_RELATION)
 _SELECT_USERS = numbered(SELECT_USERS)
 _SELECT_HOLDER = numbered(SELECT_HOLDER)
+_REQUEST_ABORT = numbered(REQUEST_ABORT)
 _INSERT_SUBSCRIPTION_ACTION = numbered(INSERT_SUBSCRIPTION_ACTION)
 _LINK = """INSERT INTO subscription_processes (subscription_id, process_id) VALUES ($1, $2)
     ON CONFLICT DO NOTHING"""
@@ -438,6 +442,14 @@ async def finish_child(conn: Conn, cp: Checkpoint, node: str, events: list[Event
     if held is not None:
         answer.started = held
     return answer
+
+
+async def request_abort(conn: Conn, op: RequestAbort) -> bool:
+    found = await conn.fetchval(_REQUEST_ABORT + " RETURNING 1", op.by, op.pk)
+    if found is None:
+        return False
+    await conn.execute(_INSERT_ACTION, *abort_request_action(op))
+    return True
 
 
 async def set_note(conn: Conn, op: SetNote) -> bool:

@@ -18,7 +18,7 @@ from orchd.errors import StoreError
 
 log = logging.getLogger("orchd.store")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: Advisory lock keys (any constants; they only need to differ from each other).
 MIGRATE_LOCK = 0x6F72_6364_0001
@@ -235,6 +235,10 @@ MIGRATIONS: list[list[str]] = [
     [
         # What input an Idempotency-Key started its process with, as SQLite's version 8.
         "ALTER TABLE processes ADD COLUMN idempotency_digest TEXT",
+    ],
+    [
+        # As SQLite's schema version 9: an abort asked of a running process, committed.
+        "ALTER TABLE processes ADD COLUMN abort_requested TEXT",
     ],
 ]
 

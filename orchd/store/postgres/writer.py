@@ -29,6 +29,7 @@ from orchd.store.base import (
     Positions,
     Prune,
     ReplaceChildren,
+    RequestAbort,
     ScheduleClaim,
     SchedulePlan,
     ScheduleRun,
@@ -54,6 +55,7 @@ _APPLY: dict[type[Any], _Apply] = {
     SchedulePlan: ops.plan,
     Positions: ops.place,
     SetNote: ops.set_note,
+    RequestAbort: ops.request_abort,
 }
 _Staged = Callable[[asyncpg.Connection, Any, str, list[Event]], Awaitable[Any]]
 #: Operations that write process rows (fenced by this node) and collect events.

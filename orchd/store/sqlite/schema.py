@@ -13,7 +13,7 @@ from orchd.store.base import token_digest
 
 log = logging.getLogger("orchd.store")
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 def _digest_callback_tokens(conn: sqlite3.Connection) -> None:
@@ -203,10 +203,15 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         "(subscription_id)",
     ],
     [
-        # An Idempotency-Key answers only the input it started its process with (contract
-        # README "Operations"): the SHA-256 of that input's JSON (keys sorted). NULL for keys used
+        # An Idempotency-Key answers only the input it started its process with (README
+        # "Operations"): the SHA-256 of that input's JSON (keys sorted). NULL for keys used
         # before.
         "ALTER TABLE processes ADD COLUMN idempotency_digest TEXT",
+    ],
+    [
+        # An abort asked of a running process is committed with who asked (and an action
+        # row), so it is applied after a restart too, never forgotten.
+        "ALTER TABLE processes ADD COLUMN abort_requested TEXT",
     ],
 ]
 

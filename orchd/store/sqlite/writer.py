@@ -39,6 +39,7 @@ from orchd.store.base import (
     Prune,
     Pruned,
     ReplaceChildren,
+    RequestAbort,
     ScheduleClaim,
     SchedulePlan,
     ScheduleRun,
@@ -50,12 +51,14 @@ from orchd.store.sqlreads import (
     DROP_RELATIONS,
     INSERT_RELATION,
     INSERT_SUBSCRIPTION_ACTION,
+    REQUEST_ABORT,
     SELECT_HOLDER,
     SELECT_KEYED,
     SELECT_PROCESS,
     SELECT_SUBSCRIPTION,
     SELECT_USERS,
     UPSERT_SUBSCRIPTION,
+    abort_request_action,
     astuple_note,
     keyed_process,
     process_row,
@@ -289,6 +292,13 @@ def _started(conn: sqlite3.Connection, op: ScheduleStarted) -> None:
     conn.execute(_LAST, (op.name, op.process_id, op.fire_at))
 
 
+def _request_abort(conn: sqlite3.Connection, op: RequestAbort) -> bool:
+    if conn.execute(REQUEST_ABORT, (op.by, op.pk)).rowcount == 0:
+        return False
+    conn.execute(_INSERT_ACTION, abort_request_action(op))
+    return True
+
+
 def _set_note(conn: sqlite3.Connection, op: SetNote) -> bool:
     cur = conn.execute(
         "UPDATE subscriptions SET note = ? WHERE id = ?", (op.note, op.subscription_id)
@@ -430,6 +440,7 @@ _APPLY: dict[type[Any], Callable[[sqlite3.Connection, Any], Any]] = {
     SchedulePlan: _plan,
     Positions: _place,
     SetNote: _set_note,
+    RequestAbort: _request_abort,
 }
 
 #: Operations that store events of their own (``staged`` for announcing after the commit).
