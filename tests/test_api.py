@@ -724,6 +724,8 @@ async def test_metrics_expose_every_family(api_client: Client, api_engine: Engin
         "orchd_pruned_steps_total": "counter",
         "orchd_pruned_actions_total": "counter",
         "orchd_step_threads_abandoned_running": "gauge",
+        "orchd_step_threads_busy": "gauge",
+        "orchd_step_threads_queued_total": "counter",
         "orchd_mailbox_depth": "gauge",
         "orchd_event_streams": "gauge",
         "orchd_event_streams_refused_total": "counter",

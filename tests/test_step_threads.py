@@ -142,3 +142,24 @@ async def test_abandoned_calls_give_their_place_back(open_engine: Open, release:
             break
         await asyncio.sleep(0.01)
     assert engine.stats().step_threads_abandoned_running == 0
+
+
+async def test_a_full_pool_is_warned_of_and_counted(
+    open_engine: Open, release: Release, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = await open_engine(step_threads=2)
+    for _ in range(2):
+        await engine.start("hangs_untimed")
+    async with asyncio.timeout(10):
+        while release.running < 2:  # both threads hold a hung call
+            await asyncio.sleep(0.01)
+    assert engine.stats().step_threads_queued == 0
+    waiting = await engine.start("quick_sync")
+    async with asyncio.timeout(10):
+        while engine.stats().step_threads_queued < 1:
+            await asyncio.sleep(0.01)
+    assert engine.stats().step_threads_busy == 2
+    warned = [r for r in caplog.records if "step threads full" in r.getMessage()]
+    assert warned and "step_timeout" in warned[0].getMessage()
+    release.event.set()
+    assert (await engine.wait(waiting, timeout=10)).status == "completed"

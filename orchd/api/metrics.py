@@ -134,6 +134,18 @@ def render(
         "Abandoned sync step calls still running in their thread.",
         stats.step_threads_abandoned_running,
     )
+    out.single(
+        "orchd_step_threads_busy",
+        "gauge",
+        "Sync step calls running on a step thread now.",
+        stats.step_threads_busy,
+    )
+    out.single(
+        "orchd_step_threads_queued_total",
+        "counter",
+        "Sync step calls that found every step thread busy and waited for one.",
+        stats.step_threads_queued,
+    )
     for what, count in (
         ("processes", stats.pruned_processes),
         ("steps", stats.pruned_steps),

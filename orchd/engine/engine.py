@@ -1165,6 +1165,8 @@ class Engine:
             started_at=self.started_at,
             step_threads_abandoned=self._threads.abandoned_total,
             step_threads_abandoned_running=self._threads.abandoned_running,
+            step_threads_busy=self._threads.busy,
+            step_threads_queued=self._threads.queued_total,
             store=self.store.stats(),
             pruned_processes=self.pruned.processes,
             pruned_steps=self.pruned.steps,

@@ -93,6 +93,9 @@ class EngineStats(msgspec.Struct, kw_only=True):
     #: Sync step calls abandoned after their timeout: ever, and still running in a thread.
     step_threads_abandoned: int
     step_threads_abandoned_running: int
+    #: Sync calls running on a step thread now; calls that had to wait for a free one.
+    step_threads_busy: int = 0
+    step_threads_queued: int = 0
     store: StoreStats
     #: What retention deleted since the engine started.
     pruned_processes: int = 0
@@ -102,6 +105,5 @@ class EngineStats(msgspec.Struct, kw_only=True):
     node_id: str | None = None
     cluster: dict[str, float] | None = None
     #: Limits on shared resources (README "Limits on shared resources"): slots held and steps
-    #: waiting on this node,
-    #: by limit.
+    #: waiting on this node, by limit.
     resources: dict[str, tuple[int, int]] = {}

@@ -17,12 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 _PENDING, _RUNNING, _DONE, _CANCELLED = range(4)
+
+log = logging.getLogger("orchd.engine")
+#: The least time between two warnings that the pool is full.
+WARN_EVERY = 60.0
 
 
 class _Job:
@@ -55,6 +61,10 @@ class StepThreads:
         #: Abandoned calls still running, and all calls ever abandoned.
         self.abandoned_running = 0
         self.abandoned_total = 0
+        #: Calls that found every live thread busy and waited for one (a counter), and when
+        #: that was last said in the log.
+        self.queued_total = 0
+        self._warned_at = -WARN_EVERY
         #: Finished calls waiting to be handed to the loop, and the loop to hand them to.
         self._finished: list[_Job] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -94,9 +104,36 @@ class StepThreads:
             start = idle < self._pending and live < self.size and self._threads < 2 * self.size
             if start:
                 self._threads += 1
+            full = idle < self._pending and not start
+            if full:
+                self.queued_total += 1
         self._queue.put(job)
         if start:
             threading.Thread(target=self._work, name="orchd-step", daemon=True).start()
+        if full:
+            self._warn_full()
+
+    @property
+    def busy(self) -> int:
+        """Calls running on a thread now (abandoned ones included)."""
+        return self._busy
+
+    def _warn_full(self) -> None:
+        # Every sync step now waits for a thread: with no step_timeout, a sync call that hangs
+        # holds its thread until it returns, and enough of them stop every sync step.
+        now = time.monotonic()
+        if now - self._warned_at < WARN_EVERY:
+            return
+        self._warned_at = now
+        log.warning(
+            "step threads full: %d sync calls run (step_threads = %d, %d of them abandoned), "
+            "%d wait for a thread; a sync step that hangs holds its thread until it returns "
+            "(step_timeout bounds it)",
+            self._busy,
+            self.size,
+            self.abandoned_running,
+            self._pending,
+        )
 
     def _work(self) -> None:
         while True:
