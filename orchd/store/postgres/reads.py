@@ -7,6 +7,7 @@ to both schemas is read the same way on both backends).
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,8 @@ from orchd.model import SUBSCRIPTION_FIELDS
 from orchd.store.sqlreads import SqlReads
 
 #: For the writer, which runs its statements on the connection directly.
+log = logging.getLogger("orchd.store")
+
 SELECT_SUBSCRIPTION = f"SELECT {', '.join(SUBSCRIPTION_FIELDS)} FROM subscriptions WHERE id = $1"
 
 
@@ -37,6 +40,16 @@ def numbered(sql: str) -> str:
     return "".join(out)
 
 
+#: What a read may meet when the server ends a backend, fails over or is unreachable.
+_READ_TROUBLE = (
+    asyncpg.PostgresError,
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    TimeoutError,
+)
+
+
 class PgReads(SqlReads):
     """Queries over committed state, each on a connection borrowed from the pool."""
 
@@ -51,8 +64,11 @@ class PgReads(SqlReads):
             sql = numbered(sql)
         try:
             return list(await self._pool.fetch(sql, *params))
-        except (asyncpg.PostgresError, OSError) as exc:
-            raise StoreError(f"database read failed: {exc}") from None
+        except _READ_TROUBLE as exc:
+            # The pool discards a connection that an error left unusable; the driver's words
+            # go to the log, not to API clients.
+            log.warning("database read failed: %s: %s", type(exc).__name__, exc)
+            raise StoreError(f"database read failed ({type(exc).__name__}; see the log)") from None
 
     async def statuses(self, pids: list[str]) -> dict[str, str]:
         if not pids:

@@ -184,7 +184,8 @@ class Writer(CommitCounters):
                 return results
             reason = str(exc) or type(exc).__name__
             self.failed(reason)
-            error = StoreError(f"database write failed: {reason}")
+            # The driver's words go to the log (failed() logs them), not to API clients.
+            error = StoreError(f"database write failed ({type(exc).__name__}; see the log)")
             return [(fut, error, False) for _, fut in batch]
         except Exception as exc:  # a bug in one operation, not trouble with the database
             staged.clear()
