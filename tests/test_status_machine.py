@@ -87,7 +87,7 @@ KINDS = {
     "needs_approval": ({"name": "n"}, P.SUSPENDED),
     "flaky_task": ({}, P.FAILED),
     "with_callback": ({}, P.AWAITING_CALLBACK),
-    "retrying": ({}, P.WAITING),
+    "retrying_later": ({}, P.WAITING),  # its backoff is an hour: waiting until acted on
     "conditional_task": ({}, P.COMPLETED),
 }
 

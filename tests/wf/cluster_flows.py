@@ -36,17 +36,34 @@ def _log(process_id: str, name: str) -> None:
         f.write(f"{process_id} {name} {os.getpid()}\n")
 
 
-def _held(hold: str) -> bool:
-    """A step given ``hold`` (a file's path) waits until the test creates that file."""
-    return not os.path.exists(hold)
+#: The files steps are held on, each watched by one task of the daemon: a thousand held
+#: steps polling the file each would load the very daemons whose leases the tests time.
+_released: dict[str, asyncio.Event] = {}
+_watchers: set[asyncio.Task[None]] = set()
+
+
+async def _watch(path: str, released: asyncio.Event) -> None:
+    while not os.path.exists(path):  # noqa: ASYNC240 (a stat of a local file, 10 a second)
+        await asyncio.sleep(0.1)
+    released.set()
+
+
+async def _until_exists(path: str) -> None:
+    """Wait until the test creates the file ``path``."""
+    if path not in _released:
+        _released[path] = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(_watch(path, _released[path]))
+        _watchers.add(task)
+        task.add_done_callback(_watchers.discard)
+    await _released[path].wait()
 
 
 def _pause(name: str):  # type: ignore[no-untyped-def]
     @step(name)
     async def pause(process_id: str, pause: float = 0.3, hold: str = "") -> State:
         _log(process_id, name)
-        while hold and _held(hold):
-            await asyncio.sleep(0.1)
+        if hold:  # held until the test creates that file
+            await _until_exists(hold)
         await asyncio.sleep(pause)
         return {name: os.getpid()}
 

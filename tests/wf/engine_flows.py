@@ -183,6 +183,20 @@ def retrying():  # type: ignore[no-untyped-def]
     return init >> call_oss >> done
 
 
+@retrystep("call oss in an hour", max_attempts=3, backoff=3600.0)
+def call_oss_later(calls: Calls, failures: FailurePlan) -> State:
+    calls.ran("call oss")
+    failures.check("call oss")
+    return {"oss": "ok"}
+
+
+@workflow("Retries automatically, an hour later", target=Target.SYSTEM)
+def retrying_later():  # type: ignore[no-untyped-def]
+    """``waiting`` until someone acts (tests/test_status_machine.py): ``retrying`` goes on by
+    itself after 0.05 s, and an action meant for ``waiting`` could find it running."""
+    return init >> call_oss_later >> done
+
+
 class Approval(Form):
     approved: bool
     comment: str = ""
