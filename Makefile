@@ -61,7 +61,7 @@ browser:
 # free worker but keeps a file with module-scoped fixtures on one, and the load and timing
 # tests (the groups "bench" and "nodes") one after another on one each, started first
 # (tests/conftest.py). JOBS=0 runs serially.
-JOBS ?= 4
+JOBS ?= 6
 PYTEST_JOBS = $(if $(filter 0,$(JOBS)),-p no:xdist,-n $(JOBS) --dist loadgroup)
 
 test: lint sysdeps
