@@ -8,7 +8,7 @@ import logging
 import msgspec
 import pytest
 from steering import Calls, FailurePlan
-from tests_support import DatabaseFactory, EngineFactory
+from tests_support import DatabaseFactory, EngineFactory, settle
 
 from orchd import Engine
 from orchd.errors import (
@@ -147,11 +147,7 @@ async def test_retrystep_waits_and_is_retried_automatically(
     p = await engine.wait(pid)
     assert p.status == "waiting"
     assert p.attempts == 1 and p.next_retry_at is not None
-    for _ in range(200):
-        p = await engine.get(pid)
-        if p.status == "completed":
-            break
-        await asyncio.sleep(0.02)
+    p = await settle(engine, pid, "completed", "failed")
     assert p.status == "completed"
     assert [s.status for s in p.steps if s.name == "call oss"] == ["waiting", "success"]
 
@@ -161,11 +157,7 @@ async def test_retrystep_fails_after_its_last_attempt(
 ) -> None:
     failures["call oss"] = 99
     pid = await engine.start("retrying")
-    for _ in range(300):
-        p = await engine.get(pid)
-        if p.status == "failed":
-            break
-        await asyncio.sleep(0.02)
+    p = await settle(engine, pid, "failed", "completed")
     assert p.status == "failed"
     assert calls["call oss"] == 3
     assert "gave up after 3 attempts" in p.error
@@ -174,7 +166,9 @@ async def test_retrystep_fails_after_its_last_attempt(
 async def test_retry_of_waiting_process_runs_it_now(engine: Engine, failures: FailurePlan) -> None:
     failures["call oss"] = 1
     engine.settings = msgspec.structs.replace(engine.settings, retry_delay=60.0)
-    pid = await engine.start("retrying")
+    # Its backoff is an hour: still waiting when retried (``retrying`` goes on by itself
+    # after 0.05 s, and the retry found it running on a busy machine).
+    pid = await engine.start("retrying_later")
     assert (await engine.wait(pid)).status == "waiting"
     await engine.retry(pid)
     assert (await engine.wait(pid)).status == "completed"
