@@ -49,6 +49,7 @@ _EXPORTS = {
     "product": "orchd.products",
     "required": "orchd.products",
     "choices": "orchd.pages",
+    "Subscriptions": "orchd.engine.builtins",
 }
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "Step",
     "StepList",
     "StepStatus",
+    "Subscriptions",
     "Target",
     "Workflow",
     "abort",
@@ -120,6 +122,7 @@ if TYPE_CHECKING:
         workflow,
     )
     from orchd.engine import Engine
+    from orchd.engine.builtins import Subscriptions
     from orchd.errors import OrchdError
     from orchd.model import Process, ProcessStatus, StepStatus, Target
     from orchd.pages import choices

@@ -486,6 +486,8 @@ class Workflow:
     #: on (None: any but terminated; a CREATE has none).
     product: str | None = None
     usable_when: tuple[str, ...] | None = None
+    #: The product's class, when the workflow names it by its class.
+    product_class: type[Product] | None = field(default=None, repr=False)
     positions: Positions = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -610,6 +612,7 @@ def workflow(
             pages=pages,
             product=product_name,
             usable_when=usable,
+            product_class=product if isinstance(product, type) else None,
         )
         REGISTRY.setdefault(module, {})[name] = wf
         return wf

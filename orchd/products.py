@@ -119,7 +119,11 @@ class Product(msgspec.Struct, kw_only=True):
 OWN_FIELDS: tuple[str, ...] = Product.__struct_fields__
 _OWN = frozenset(OWN_FIELDS)
 
-#: Every product registered by a workflow module, by name.
+#: Every class registered with ``@product``, by product name. One name may be registered by
+#: several modules (engines in one process load different workflow modules): an engine takes
+#: the class its loaded workflows define or name (``orchd.engine.catalog``).
+REGISTERED: dict[str, list[type[Product]]] = {}
+#: The class registered last under each name: what a save outside an engine checks against.
 PRODUCTS: dict[str, type[Product]] = {}
 
 ProductT = TypeVar("ProductT", bound=type[Product])
@@ -135,12 +139,6 @@ def product(name: str, description: str = "") -> Callable[[ProductT], ProductT]:
         where = _where(cls)
         if not (isinstance(cls, type) and issubclass(cls, Product)) or cls is Product:
             raise WorkflowDefinitionError(f"@product({name!r}){where}: decorate a Product subclass")
-        known = PRODUCTS.get(name)
-        if known is not None and _identity(known) != _identity(cls):
-            raise WorkflowDefinitionError(
-                f"@product({name!r}){where}: the name is taken by {known.__qualname__} "
-                f"of module {known.__module__!r}"
-            )
         cls.product_name = name
         cls.product_description = description
         try:
@@ -152,6 +150,9 @@ def product(name: str, description: str = "") -> Callable[[ProductT], ProductT]:
             raise WorkflowDefinitionError(
                 f"@product({name!r}){where}: its fields cannot be described as JSON Schema: {exc}"
             ) from None
+        # A module imported again (a reload) replaces its own class, not another module's.
+        same = [c for c in REGISTERED.get(name, []) if _identity(c) != _identity(cls)]
+        REGISTERED[name] = [*same, cls]
         PRODUCTS[name] = cls
         return cls
 

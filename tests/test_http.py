@@ -60,8 +60,8 @@ async def test_each_retry_is_logged_at_info_with_status_and_attempt(
     retries = [r for r in caplog.records if r.name == "orchd.http" and "retrying" in r.message]
     assert [r.levelno for r in retries] == [logging.INFO, logging.INFO]
     attempts = f"of {1 + http.retries}"
-    assert f"attempt 1 {attempts} got status=503" in retries[0].message
-    assert f"attempt 2 {attempts} got status=503" in retries[1].message
+    assert f"attempt 1 {attempts} failed status=503" in retries[0].message
+    assert f"attempt 2 {attempts} failed status=503" in retries[1].message
     assert f"GET {oss.url}/ping" in retries[0].message
 
 

@@ -16,6 +16,7 @@ from orchd.errors import (
     SubscriptionLocked,
     SubscriptionNotFound,
 )
+from orchd.testing import workflow_engine
 
 FLOWS = ["product_flows"]
 
@@ -338,3 +339,16 @@ async def test_a_typed_step_refuses_a_subscription_missing_what_its_status_requi
     process = await engine.wait(await engine.start("touch_legacy", {"subscription_id": sid}))
     assert process.status == "failed"
     assert "site" in (process.error or "") and "'active'" in (process.error or "")
+
+
+async def test_two_modules_may_register_one_product_name_for_two_engines() -> None:
+    import product_flows
+
+    from orchd.examples import products as example_products
+
+    async with workflow_engine(["product_flows"]) as tests_engine:
+        assert tests_engine.product_classes["node"] is product_flows.Node
+    async with workflow_engine(["orchd.examples"]) as example_engine:
+        assert example_engine.product_classes["node"] is example_products.Node
+    with pytest.raises(ConfigError, match="registered by more than one class"):
+        Engine(database=":memory:", workflows=["legacy_v2", "legacy_v3"])

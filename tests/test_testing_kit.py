@@ -229,3 +229,22 @@ async def test_leaving_the_engine_opens_its_gates_so_held_steps_finish(tmp_path:
 async def test_reached_times_out_when_no_step_gets_there() -> None:
     with pytest.raises(TimeoutError):
         await Gate().reached(timeout=0.05)
+
+
+async def test_the_kit_saves_a_typed_subscription_for_a_test_with_its_relations() -> None:
+    from product_flows import Node, NodeBlock, Port
+
+    from orchd.testing import subscription
+
+    async with workflow_engine(["product_flows"]) as engine:
+        node = await subscription(
+            engine,
+            Node(customer_id="acme", status="active", node=NodeBlock(name="r1", ims_id=1)),
+        )
+        port = await subscription(
+            engine, Port(customer_id="acme", status="active", name="p1", node=node.id)
+        )
+        assert (node.product, node.insync, node.status) == ("node", True, "active")
+        assert [d.id for d in port.depends_on] == [node.id]
+        with pytest.raises(AssertionError, match="node.ims_id"):
+            await subscription(engine, Node(customer_id="acme", status="active", node=NodeBlock()))

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from orchd.dsl import Workflow
 from orchd.errors import ConfigError
 from orchd.model import ProductInfo, Subscription, Target, UsableWorkflow
-from orchd.products import PRODUCTS, Product, product_schema, ref_targets
+from orchd.products import REGISTERED, Product, product_schema, ref_targets
 from orchd.store.base import Store
 
 
@@ -25,19 +25,19 @@ class Catalog:
         self.workflows: dict[str, list[Workflow]] = {}
         named: dict[str, type[Product]] = {}
         roots = tuple(m for m in modules if m)
-        for name, cls in PRODUCTS.items():
-            if roots and cls.__module__.startswith(roots):
-                named[name] = cls
+        for name, classes in REGISTERED.items():
+            loaded = [c for c in classes if roots and c.__module__.startswith(roots)]
+            if len(loaded) > 1:
+                raise ConfigError(f"workflows: {_two(name, loaded)}")
+            if loaded:
+                named[name] = loaded[0]
         for wf in workflows:
             if wf.product is None:
                 continue
-            found = PRODUCTS.get(wf.product)
-            if found is None:
-                raise ConfigError(
-                    f"workflows: workflow {wf.name!r}{_where(wf)} names product {wf.product!r}, "
-                    "which no loaded module registers with @product"
-                )
-            named[wf.product] = found
+            found = wf.product_class or named.get(wf.product) or _near(wf, roots)
+            named.setdefault(wf.product, found)
+            if named[wf.product] is not found:
+                raise ConfigError(f"workflows: {_two(wf.product, [named[wf.product], found])}")
             self.workflows.setdefault(wf.product, []).append(wf)
         pending = list(named.values())
         while pending:
@@ -95,6 +95,34 @@ class Catalog:
                 )
             )
         return answers
+
+
+def _near(wf: Workflow, roots: tuple[str, ...]) -> type[Product]:
+    """The class a workflow's product name stands for: the one its own module or package
+    registers, else the only one registered under that name."""
+    assert wf.product is not None
+    classes = REGISTERED.get(wf.product, [])
+    package = wf.module.rpartition(".")[0]
+    for scope in (wf.module, package):
+        near = [c for c in classes if scope and c.__module__.startswith(scope)]
+        if len(near) == 1:
+            return near[0]
+    if len(classes) == 1:
+        return classes[0]
+    if not classes:
+        raise ConfigError(
+            f"workflows: workflow {wf.name!r}{_where(wf)} names product {wf.product!r}, "
+            "which no loaded module registers with @product"
+        )
+    raise ConfigError(
+        f"workflows: workflow {wf.name!r}{_where(wf)} names product {wf.product!r}: "
+        f"{_two(wf.product, classes)}; name the class (product=TheClass)"
+    )
+
+
+def _two(name: str, classes: list[type[Product]]) -> str:
+    where = ", ".join(f"{c.__qualname__} of module {c.__module__!r}" for c in classes)
+    return f"product {name!r} is registered by more than one class ({where})"
 
 
 def _where(wf: Workflow) -> str:

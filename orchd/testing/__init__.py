@@ -20,6 +20,7 @@ _EXPORTS = {
     "run_to": "orchd.testing.running",
     "assert_steps": "orchd.testing.running",
     "walk_form": "orchd.testing.running",
+    "subscription": "orchd.testing.subscriptions",
 }
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "assert_steps",
     "run_step",
     "run_to",
+    "subscription",
     "walk_form",
     "workflow_engine",
 ]
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from orchd.testing.gate import Gate
     from orchd.testing.running import assert_steps, run_to, walk_form, workflow_engine
     from orchd.testing.steps import run_step
+    from orchd.testing.subscriptions import subscription
 
 
 def __getattr__(name: str) -> Any:

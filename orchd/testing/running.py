@@ -24,6 +24,7 @@ from orchd.engine import Engine
 from orchd.engine.formpages import FormPage
 from orchd.model import Process
 from orchd.testing.gate import Gate
+from orchd.testing.subscriptions import SAVE
 
 
 @asynccontextmanager
@@ -44,7 +45,9 @@ async def workflow_engine(
     """
     with tempfile.TemporaryDirectory(prefix="orchd-test-") as folder:
         path = str(database) if database is not None else str(Path(folder) / "orchd.db")
-        engine = Engine(database=path, workflows=workflows, resources=resources, **settings)
+        # The kit's own workflow rides along, for ``orchd.testing.subscription``.
+        every = [*workflows, SAVE]
+        engine = Engine(database=path, workflows=every, resources=resources, **settings)
         await engine.open()
         try:
             yield engine
