@@ -5,6 +5,7 @@ pages in turn."""
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,3 +72,18 @@ def test_the_readme_forms_example_yields_its_pages_in_turn(tmp_path: Path) -> No
     with pytest.raises(StopIteration) as finished:
         pages.send(vlan(vlan=7))
     assert finished.value.value == {"ports": ["a", "b"], "vlan": 7, "speed": 1000}
+
+
+def test_the_readme_testing_example_passes_as_a_test_file(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("\n## Testing your workflows\n") :]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match is not None
+    (tmp_path / "test_readme_kit.py").write_text(match.group(1))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         str(tmp_path / "test_readme_kit.py")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
