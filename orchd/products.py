@@ -184,10 +184,10 @@ def product_schema(cls: type[Product]) -> dict[str, Any]:
             top["$defs"] = defs
         schema = top
     schema["x-orchd-product"] = cls.product_name
-    refs = {path: target for path, target in _ref_paths(cls)}
+    refs = dict(_field_paths(cls, lambda f: f.ref.product if f.ref is not None else None))
     if refs:
         schema["x-orchd-refs"] = refs
-    required_from = dict(_required_paths(cls))
+    required_from = dict(_field_paths(cls, lambda f: f.required))
     if required_from:
         schema["x-orchd-required"] = required_from
     return schema
@@ -275,23 +275,18 @@ def _field(cls: type, name: str, hint: Any) -> _Field:
     return _Field(name, req, ref, block, many)
 
 
-def _ref_paths(cls: type, prefix: str = "") -> Iterator[tuple[str, str]]:
+def _field_paths(
+    cls: type, pick: Callable[[_Field], str | None], prefix: str = ""
+) -> Iterator[tuple[str, str]]:
+    """(path, what ``pick`` says of the field) for each field it says something of, nested
+    blocks too; a list is written ``saps[]``."""
     for f in _plan(cls):
         path = f"{prefix}{f.name}{'[]' if f.many else ''}"
-        if f.ref is not None:
-            yield path, f.ref.product
+        said = pick(f)
+        if said is not None:
+            yield path, said
         if f.block is not None:
-            yield from _ref_paths(f.block, f"{path}.")
-
-
-def _required_paths(cls: type, prefix: str = "") -> Iterator[tuple[str, str]]:
-    """(path, status) of each field required from a lifecycle status, nested blocks too."""
-    for f in _plan(cls):
-        path = f"{prefix}{f.name}{'[]' if f.many else ''}"
-        if f.required is not None:
-            yield path, f.required
-        if f.block is not None:
-            yield from _required_paths(f.block, f"{path}.")
+            yield from _field_paths(f.block, pick, f"{path}.")
 
 
 def ref_targets(cls: type) -> list[type[Product]]:
@@ -305,32 +300,32 @@ def ref_targets(cls: type) -> list[type[Product]]:
     return found
 
 
-_REQUIRED: dict[type, tuple[_Field, ...]] = {}
+_REQUIRING: dict[type, tuple[_Field, ...]] = {}
 _REFERRING: dict[type, tuple[_Field, ...]] = {}
+
+
+def _holding(
+    cls: type, own: Callable[[_Field], bool], cache: dict[type, tuple[_Field, ...]]
+) -> tuple[_Field, ...]:
+    """The fields of ``cls`` that are ``own`` or are blocks holding such fields, read once."""
+    found = cache.get(cls)
+    if found is None:
+        found = tuple(
+            f for f in _plan(cls)
+            if own(f) or (f.block is not None and _holding(f.block, own, cache))
+        )  # fmt: skip
+        cache[cls] = found
+    return found
 
 
 def _requiring(cls: type) -> tuple[_Field, ...]:
     """The fields a status may require: required ones, and blocks holding some."""
-    found = _REQUIRED.get(cls)
-    if found is None:
-        found = tuple(
-            f for f in _plan(cls)
-            if f.required is not None or (f.block is not None and _requiring(f.block))
-        )  # fmt: skip
-        _REQUIRED[cls] = found
-    return found
+    return _holding(cls, lambda f: f.required is not None, _REQUIRING)
 
 
 def _referring(cls: type) -> tuple[_Field, ...]:
     """The fields that hold Refs: Refs, and blocks holding some."""
-    found = _REFERRING.get(cls)
-    if found is None:
-        found = tuple(
-            f for f in _plan(cls)
-            if f.ref is not None or (f.block is not None and _referring(f.block))
-        )  # fmt: skip
-        _REFERRING[cls] = found
-    return found
+    return _holding(cls, lambda f: f.ref is not None, _REFERRING)
 
 
 def _missing(obj: Any, prefix: str, rank: int, missing: list[str]) -> None:
@@ -365,11 +360,6 @@ def missing_at(model: Product) -> list[str]:
     if rank:
         _missing(model, "", rank, missing)
     return missing
-
-
-def refs_of(model: Product) -> dict[str, tuple[str, str]]:
-    """Each Ref the model holds: its path -> (the subscription id, the product it must be)."""
-    return refs_in(type(model), msgspec.to_builtins(model))
 
 
 def refs_in(cls: type, values: Any, prefix: str = "") -> dict[str, tuple[str, str]]:
