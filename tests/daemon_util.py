@@ -42,6 +42,8 @@ _SYSTEMD_VARS = (
     "RUNTIME_DIRECTORY",
 )
 START_TIMEOUT = 15.0
+#: The CLI of the environment the tests run in.
+ORCHD = str(Path(sys.executable).parent / "orchd")
 
 
 class UnixHTTPConnection(_ClientConnection):
@@ -250,7 +252,21 @@ class DaemonProcess:
                 raise AssertionError(f"{text!r} not logged within {timeout}s:\n{err}")
             time.sleep(0.02)
 
-    # -- the API --------------------------------------------------------------------------
+    # -- the CLI and the API --------------------------------------------------------------
+
+    def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """``orchd --socket S ARGS...`` against this daemon, with none of the caller's
+        ``ORCHD_*`` settings and nothing on stdin."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHD_")}
+        return subprocess.run(
+            [ORCHD, "--socket", self.socket, *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def request(
         self,

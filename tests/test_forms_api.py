@@ -8,15 +8,12 @@ import json
 import os
 import select
 import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_util import DaemonFactory, DaemonProcess
+from daemon_util import ORCHD, DaemonFactory, DaemonProcess
 
-ORCHD = str(Path(sys.executable).parent / "orchd")
 FORM = "/api/workflows/create_l2vpn_paged/form"
 
 
@@ -118,29 +115,16 @@ def test_the_openapi_document_describes_each_workflows_start_body(
     assert paged["create_l2vpn_paged"] is True and paged["create_node"] is False
 
 
-def orchd(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHD_")}
-    return subprocess.run(
-        [ORCHD, "--socket", daemon.socket, *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 def test_the_cli_input_takes_the_list_of_page_answers(daemon: DaemonProcess) -> None:
     made = ports(daemon, 2)
     answers = json.dumps([{"sap_count": 2}, {"ports": made}, {"vlan": 12}])
-    done = orchd(daemon, "start", "create_l2vpn_paged", "--input", answers, "--wait", "--json")
+    done = daemon.cli("start", "create_l2vpn_paged", "--input", answers, "--wait", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["status"] == "completed"
 
 
 def test_interactive_refuses_to_run_without_a_terminal(daemon: DaemonProcess) -> None:
-    refused = orchd(daemon, "start", "create_l2vpn_paged", "--interactive")
+    refused = daemon.cli("start", "create_l2vpn_paged", "--interactive")
     assert refused.returncode == 2
     assert "terminal" in refused.stderr
 

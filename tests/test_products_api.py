@@ -4,16 +4,10 @@ relations, workflows, note and search, the products document, and a SIGKILL mid-
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_util import DaemonFactory, DaemonProcess
-
-ORCHD = str(Path(sys.executable).parent / "orchd")
 
 FLOWS = {"workflows": ["product_flows"]}
 
@@ -176,26 +170,13 @@ def test_after_a_sigkill_mid_workflow_the_subscription_and_its_relations_match_s
     assert [u["id"] for u in port_sub["in_use_by"]] == [sid]
 
 
-def orchd(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHD_")}
-    return subprocess.run(
-        [ORCHD, "--socket", daemon.socket, *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 def test_the_cli_lists_products_and_searches_subscriptions(daemon: DaemonProcess) -> None:
     created(daemon, "create_node", {"customer_id": "acme", "name": "core-ams-1", "ims_id": 1})
     created(daemon, "create_node", {"customer_id": "acme", "name": "edge-lon-1", "ims_id": 2})
-    products = orchd(daemon, "products")
+    products = daemon.cli("products")
     assert products.returncode == 0, products.stderr
     assert "l2vpn" in products.stdout and "modify_l2vpn" in products.stdout
-    found = orchd(daemon, "subscriptions", "--product", "node", "-q", "ams", "--json")
+    found = daemon.cli("subscriptions", "--product", "node", "-q", "ams", "--json")
     assert found.returncode == 0, found.stderr
     items = json.loads(found.stdout)["items"]
     assert [s["attributes"]["node"]["name"] for s in items] == ["core-ams-1"]
@@ -205,13 +186,11 @@ def test_the_cli_shows_a_subscriptions_relations_and_why_a_workflow_is_refused(
     daemon: DaemonProcess,
 ) -> None:
     node, port = node_and_port(daemon)
-    shown = orchd(daemon, "subscription", node)
+    shown = daemon.cli("subscription", node)
     assert shown.returncode == 0, shown.stderr
     assert "in use by:" in shown.stdout and port in shown.stdout
     refused = [line for line in shown.stdout.splitlines() if "terminate_node" in line]
     assert refused and "in_use" in refused[0]
-    start = orchd(
-        daemon, "start", "terminate_node", "--input", json.dumps({"subscription_id": node})
-    )
+    start = daemon.cli("start", "terminate_node", "--input", json.dumps({"subscription_id": node}))
     assert start.returncode == 1
     assert "reason in_use" in start.stderr and port in start.stderr
