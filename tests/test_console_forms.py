@@ -20,13 +20,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from steering import FailurePlan
-from tests_support import EngineFactory
+from tests_support import EngineFactory, console_client
 
 from orchd.api.console.forms import build_form, read_answer
 from orchd.api.console.render import environment
-from orchd.api.routes import create_app
 from orchd.engine import Engine
 
 Client = TestClient[web.Request, web.Application]
@@ -44,18 +43,8 @@ async def engine(engine_factory: EngineFactory, failures: FailurePlan) -> Engine
 @pytest.fixture
 async def client(engine: Engine) -> AsyncIterator[Client]:
     """A test client over TCP, logged in as "alice"."""
-    test_client: Client = TestClient(TestServer(create_app(engine, token=TOKEN)))
-    await test_client.start_server()
-    try:
-        resp = await test_client.post(
-            "/ui/login",
-            data={"token": TOKEN, "label": "alice", "next": "/ui/"},
-            allow_redirects=False,
-        )
-        assert resp.status == 303
-        yield test_client
-    finally:
-        await test_client.close()
+    async with console_client(engine, TOKEN) as logged_in:
+        yield logged_in
 
 
 async def created(engine: Engine, workflow: str, given: Any) -> str:

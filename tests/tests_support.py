@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient
+
     from orchd.engine import Engine
     from orchd.model import Process
 
@@ -110,3 +114,29 @@ def parse_logfmt(line: str) -> dict[str, str]:
                 raise ValueError(f"no space after a value at {i}: {line!r}")
             i += 1
     return fields
+
+
+@contextlib.asynccontextmanager
+async def console_client(
+    engine: Engine, token: str, label: str = "alice"
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """An aiohttp test client of the control API and console over TCP with ``token``, logged
+    in to the console as ``label``."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from orchd.api.routes import create_app
+
+    client: TestClient[web.Request, web.Application] = TestClient(
+        TestServer(create_app(engine, token=token))
+    )
+    await client.start_server()
+    try:
+        resp = await client.post(
+            "/ui/login",
+            data={"token": token, "label": label, "next": "/ui/"},
+            allow_redirects=False,
+        )
+        assert resp.status == 303
+        yield client
+    finally:
+        await client.close()
