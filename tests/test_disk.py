@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from daemon_util import ROOT, WF_DIR, DaemonFactory, DaemonProcess
+from tests_support import block_until
 
 from orchd.store import maintenance
 
@@ -157,15 +158,9 @@ def failing_gauge(daemon: DaemonProcess) -> str:
     return line.split()[1]
 
 
-def wait_until(what: str, condition: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
+def ran_again(daemon: DaemonProcess, pid: str, times: int) -> bool:
+    """Whether one of the process's steps has run ``times`` times."""
+    return any(daemon.step_runs(pid, name) >= times for name in STEPS[1:-1])
 
 
 def degraded(daemon: DaemonProcess) -> dict[str, Any] | None:
@@ -223,12 +218,12 @@ def test_full_disk_degrades_then_recovers(
 ) -> None:
     daemon = make_daemon(tmpfs.path / "orchd.db")
     pids = [daemon.start_process("steady", {"pause": 0.3}) for _ in range(4)]
-    wait_until(
-        "every process committed a step",
+    block_until(
         lambda: all(len(s[2]) >= 2 for s in snapshot(daemon.db).values()),
+        "every process committed a step",
     )
     tmpfs.fill()
-    body = wait_until("health reports the full disk", lambda: degraded(daemon), timeout=5)
+    body = block_until(lambda: degraded(daemon), "health reports the full disk", within=5)
     assert body["status"] == "degraded"
     assert "disk is full" in body["database"], body
     assert failing_gauge(daemon) == "1"
@@ -241,14 +236,21 @@ def test_full_disk_degrades_then_recovers(
     # was, with no partial step record, ready to continue.
     first = snapshot(daemon.db)
     assert_resumable(first)
-    time.sleep(1.5)
+    # Each process runs its unfinished step again from its last commit after a failed
+    # checkpoint (1 s, then 2 s later): a third run of it shows that the second run's
+    # checkpoint did not commit either, where a moving process would have begun its next step.
+    block_until(
+        lambda: all(ran_again(daemon, pid, 3) for pid in pids),
+        "every process ran its unfinished step a third time",
+        within=30,
+    )
     assert snapshot(daemon.db) == first
     assert degraded(daemon)
 
     tmpfs.drain()
-    wait_until(
-        "every process completed after the disk was freed",
+    block_until(
         lambda: all(daemon.get_process(p)["status"] == "completed" for p in pids),
+        "every process completed after the disk was freed",
     )
     assert health(daemon)[0] == 200
     assert failing_gauge(daemon) == "0"
@@ -271,12 +273,12 @@ def test_stop_while_disk_full_then_restart(
 ) -> None:
     daemon = make_daemon(tmpfs.path / "orchd.db")
     pids = [daemon.start_process("steady", {"pause": 0.3}) for _ in range(3)]
-    wait_until(
-        "every process committed a step",
+    block_until(
         lambda: all(len(s[2]) >= 2 for s in snapshot(daemon.db).values()),
+        "every process committed a step",
     )
     tmpfs.fill()
-    wait_until("health reports the full disk", lambda: degraded(daemon), timeout=5)
+    block_until(lambda: degraded(daemon), "health reports the full disk", within=5)
     # SIGTERM while no checkpoint can be written: a clean, prompt exit all the same.
     started = time.monotonic()
     assert daemon.stop() == 0, daemon.last_run_stderr()
@@ -368,9 +370,9 @@ def test_long_lock_refuses_a_start_then_recovers(make_daemon: Callable[..., Daem
         assert body is not None and "locked" in body["database"], body
         assert failing_gauge(daemon) == "1"
         assert snapshot(daemon.db).keys() == before.keys()  # the refused start left nothing
-    wait_until(
-        "the running process completed",
+    block_until(
         lambda: daemon.get_process(running)["status"] == "completed",
+        "the running process completed",
     )
     pid = daemon.start_process("steady", {"pause": 0})
     daemon.wait_process(pid)
@@ -402,7 +404,7 @@ def test_database_file_gone_is_reported(
         sqlite3.connect(other).close()
         os.replace(other, target)
     # Without a write in between: an idle daemon must notice too.
-    body = wait_until("health reports the lost file", lambda: degraded(daemon), timeout=3)
+    body = block_until(lambda: degraded(daemon), "health reports the lost file", within=3)
     assert how in body["database"] and target in body["database"], body
     assert failing_gauge(daemon) == "1"
     # A write is refused rather than made into a file no later start will see.

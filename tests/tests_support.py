@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,19 @@ async def wait_until(check: Callable[[], Any], what: str, within: float = 10.0) 
             return found
         assert asyncio.get_running_loop().time() < deadline, f"{what}: not within {within} s"
         await asyncio.sleep(0.01)
+
+
+def block_until(check: Callable[[], Any], what: str, within: float = 10.0) -> Any:
+    """``wait_until`` for a test that blocks its thread (daemons, sockets, files): poll
+    ``check()`` every 10 ms until it answers something true, and return that. Fails naming
+    ``what`` after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"{what}: not within {within} s"
+        time.sleep(0.01)
 
 
 def parse_logfmt(line: str) -> dict[str, str]:
@@ -124,7 +138,7 @@ async def console_client(
     in to the console as ``label``."""
     from aiohttp.test_utils import TestClient, TestServer
 
-    from orchd.api.routes import create_app
+    from orchd.api.app import create_app
 
     client: TestClient[web.Request, web.Application] = TestClient(
         TestServer(create_app(engine, token=token))
