@@ -21,6 +21,7 @@ from typing import Any
 import pg_util
 import pytest
 from daemon_util import DaemonFactory, DaemonProcess
+from tests_support import block_until
 
 LIMITED = {"workflows": ["limit_flows"], "limits": {"router": 1, "device": 1, "oss": 5}}
 
@@ -40,16 +41,6 @@ def entered(folder: Path, pid: str) -> int:
     return sum(1 for kind, _, p, _, _ in entries(folder) if kind == "enter" and p == pid)
 
 
-def wait_until(check: Any, what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"still not {what}"
-        time.sleep(0.02)
-
-
 def exclusive(folder: Path, killed: dict[str, float] | None = None) -> None:
     """No two steps inside one key at once; a killed node's steps left at its kill."""
     killed = killed or {}
@@ -65,7 +56,7 @@ def exclusive(folder: Path, killed: dict[str, float] | None = None) -> None:
 
 
 def blocked_on(d: DaemonProcess, pid: str) -> dict[str, Any]:
-    return dict(wait_until(lambda: d.get_process(pid)["blocked_on"], f"{pid} blocked"))
+    return dict(block_until(lambda: d.get_process(pid)["blocked_on"], f"{pid} blocked", within=20))
 
 
 def cli(d: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
@@ -125,7 +116,7 @@ def test_a_blocked_process_shows_in_the_api_the_cli_the_console_and_metrics(
 ) -> None:
     d = daemon_factory(LIMITED)
     holder = d.start_process("configure_router", {"node_name": "r1", "hold": True})
-    wait_until(lambda: entered(d.test_dir, holder), "the holder inside")
+    block_until(lambda: entered(d.test_dir, holder), "the holder inside", within=20)
     waiter = d.start_process("configure_router", {"node_name": "r1"})
     blocked = blocked_on(d, waiter)
     assert (blocked["resource"], blocked["key"]) == ("router", "r1")
@@ -182,13 +173,13 @@ def test_a_reload_applies_a_changed_limit_and_refuses_to_drop_one_in_use(
 ) -> None:
     d = daemon_factory(LIMITED)
     first = d.start_process("configure_router", {"node_name": "r1", "hold": True})
-    wait_until(lambda: entered(d.test_dir, first), "the first inside")
+    block_until(lambda: entered(d.test_dir, first), "the first inside", within=20)
     second = d.start_process("configure_router", {"node_name": "r1", "hold": True})
     blocked_on(d, second)
     d.write_config({**LIMITED, "limits": {"router": 2, "device": 1, "oss": 5}})
     d.send_signal(signal.SIGHUP)
     # Two at once now: the second goes in while the first still holds its slot.
-    wait_until(lambda: entered(d.test_dir, second), "the second inside")
+    block_until(lambda: entered(d.test_dir, second), "the second inside", within=20)
     assert entered(d.test_dir, first) == 1 and d.get_process(first)["status"] == "running"
 
     d.write_config({**LIMITED, "limits": {"device": 1, "oss": 5}})
@@ -208,7 +199,7 @@ def test_after_a_sigkill_while_a_slot_is_held_the_restart_holds_nothing_of_it(
 ) -> None:
     d = daemon_factory({**LIMITED, "grace_period": "1s"})
     holder = d.start_process("configure_router", {"node_name": "r1", "hold": True})
-    wait_until(lambda: entered(d.test_dir, holder), "the holder inside")
+    block_until(lambda: entered(d.test_dir, holder), "the holder inside", within=20)
     waiter = d.start_process("configure_router", {"node_name": "r1"})
     blocked_on(d, waiter)
     assert d.proc is not None
@@ -218,7 +209,7 @@ def test_after_a_sigkill_while_a_slot_is_held_the_restart_holds_nothing_of_it(
     d.start()
     # The holder's step runs again (at least once per step), holding r1 anew; the waiter
     # still waits behind it, and nothing of the killed daemon holds anything.
-    wait_until(lambda: entered(d.test_dir, holder) == 2, "the holder's step run again")
+    block_until(lambda: entered(d.test_dir, holder) == 2, "the holder's step run again", within=20)
     assert blocked_on(d, waiter)["key"] == "r1"
     router = next(r for r in d.request("GET", "/api/resources")[1] if r["resource"] == "router")
     assert [h["process_id"] for h in router["keys"][0]["holders"]] == [holder]
@@ -268,7 +259,7 @@ def test_a_cluster_holds_its_limits_together_and_frees_a_dead_nodes_slots(nodes:
     exclusive(runs)
 
     holder = a.start_process("configure_router", {"node_name": "r2", "hold": True})
-    wait_until(lambda: entered(runs, holder), "the holder inside")
+    block_until(lambda: entered(runs, holder), "the holder inside", within=20)
     waiter = b.start_process("configure_router", {"node_name": "r2"})
     assert blocked_on(b, waiter)["key"] == "r2"
     assert blocked_on(a, waiter)["key"] == "r2"  # any node tells
@@ -282,7 +273,7 @@ def test_a_cluster_holds_its_limits_together_and_frees_a_dead_nodes_slots(nodes:
     # a's slot goes with its lease: the waiter (first in line) goes in, then the holder's
     # step, taken over by b, runs again and holds r2 anew.
     b.wait_process(waiter, timeout=30)
-    wait_until(lambda: entered(runs, holder) == 2, "the holder's step run again on b")
+    block_until(lambda: entered(runs, holder) == 2, "the holder's step run again on b", within=20)
     exclusive(runs, {"a": killed})
     second = [e for e in entries(runs) if e[2] == holder and e[0] == "enter"][1]
     assert second[4] == "b"
@@ -292,7 +283,8 @@ def test_a_cluster_holds_its_limits_together_and_frees_a_dead_nodes_slots(nodes:
     assert router["in_use"] == 0 and router["keys"] == []
     # The table empties too (a release is written a moment after the commit that frees it).
     url = str(b.config["database"])
-    wait_until(
+    block_until(
         lambda: pg_util.query(url, "SELECT count(*) FROM resource_slots")[0][0] == 0,
         "the table of slots empty",
+        within=20,
     )

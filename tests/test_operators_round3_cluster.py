@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pg_util
 import pytest
 from daemon_util import DaemonFactory, DaemonProcess
+from tests_support import block_until
 
 pytestmark = pytest.mark.cluster
 
@@ -49,15 +49,6 @@ def ran(runs: Path, pid: str, step: str) -> list[int]:
     return found
 
 
-def until(check: Any, what: str, timeout: float = 30.0) -> Any:
-    """Poll ``check()`` until it answers something true (an event, not a time)."""
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.02)
-    return found
-
-
 def show(d: DaemonProcess, pid: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "orchd", "--socket", d.socket, "show", pid],
@@ -79,7 +70,7 @@ def test_a_takeover_shows_the_new_node_and_leaves_an_audit_action(
     pid = b.start_process("cluster_steady", {"pause": 0.0, "hold": str(go)})
     assert b.proc is not None
     b_pid = b.proc.pid
-    until(lambda: ran(runs, pid, "c1"), "b runs the first step")
+    block_until(lambda: ran(runs, pid, "c1"), "b runs the first step", within=30)
 
     # Any node says which node runs it, in the API and in orchd show.
     assert a.get_process(pid)["node"] == "b"

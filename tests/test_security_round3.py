@@ -26,15 +26,14 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_util import ROOT, DaemonFactory, DaemonProcess, UnixHTTPConnection, free_port
-from tests_support import parse_logfmt
+from tests_support import block_until, parse_logfmt
 
 from orchd.daemon import partial_uid_map
 
@@ -46,17 +45,6 @@ SERVICE_UID, OPERATOR_UID = 4701, 4702
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def wait_for(check: Callable[[], Any], what: str, within: float = 10.0) -> Any:
-    """Poll ``check`` until it answers something true (an event, not a time)."""
-    deadline = time.monotonic() + within
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"{what}: not within {within} s"
-        time.sleep(0.01)
 
 
 def ask(
@@ -217,7 +205,7 @@ def start_in_namespace(daemon: DaemonProcess, uid_map: str | None) -> None:
             assert exc.errno == errno.ENXIO, exc  # no reader yet
             return None
 
-    fd = wait_for(writer, "the shell in the new namespace")
+    fd = block_until(writer, "the shell in the new namespace")
     try:
         for name in ("uid_map", "gid_map"):
             Path(f"/proc/{proc.pid}/{name}").write_text(uid_map)
@@ -386,7 +374,7 @@ def test_a_throttled_address_may_try_again_after_retry_after_and_json_logs_say_s
     assert ask(port, "GET", "/api/workflows", headers=bearer(WRONG))[0] == 401
     status, headers, _ = ask(port, "GET", "/api/workflows", headers=bearer(TOKEN))
     assert status == 429 and headers["Retry-After"] == "1"
-    wait_for(
+    block_until(
         lambda: ask(port, "GET", "/api/workflows", headers=bearer(TOKEN))[0] == 200,
         "the address may try again",
     )
@@ -478,11 +466,11 @@ def test_the_unix_socket_caps_its_connections(daemon_factory: DaemonFactory) -> 
             held.append(sock)
         extra = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
         extra.connect(daemon.socket)
-        wait_for(lambda: is_reset(extra), "the fifth connection reset")
+        block_until(lambda: is_reset(extra), "the fifth connection reset")
         assert not any(is_reset(s) for s in held)
         held.pop().close()
         # Its place is free once the daemon has seen it go (a request before that is reset).
-        refusals = wait_for(lambda: metric_or_none(daemon), "a request answered again")
+        refusals = block_until(lambda: metric_or_none(daemon), "a request answered again")
         assert refusals >= 1
     assert daemon.stop() == 0
     assert "refusing Unix socket connections" in daemon.last_run_stderr()
@@ -518,7 +506,7 @@ def test_eight_addresses_cannot_keep_callbacks_and_the_token_out(
         # slots, four (one a network) wait on probation in the reserved ones, twelve are reset.
         for n in range(1, 9):
             hold_idle(stack, port, f"127.0.{n}.1", 4)
-        wait_for(
+        block_until(
             lambda: (
                 metric(daemon, "orchd_tcp_connections_accepted_total") == 20
                 and metric(daemon, 'orchd_tcp_connections_refused_total{cap="listener"}') == 12
@@ -556,7 +544,7 @@ def test_one_network_cannot_fill_the_listener(
     with ExitStack() as stack:
         for n in range(1, 9):  # eight addresses of one /24
             hold_idle(stack, port, f"127.0.20.{n}", 4)
-        wait_for(
+        block_until(
             lambda: metric(daemon, 'orchd_tcp_connections_refused_total{cap="prefix"}') == 24,
             "the network's connections past its cap reset",
         )
