@@ -58,7 +58,7 @@ async def test_the_parent_is_awaiting_children_meanwhile_and_holds_no_actor(
     pid = await engine.start("fan_out", inputs(1, 2, mode="hold"))
     await gate.reached(2)
     assert (await engine.get(pid)).status == "awaiting_children"
-    assert pid not in engine.actors
+    assert pid not in engine._runtime.actors
     gate.open()
     assert (await settle(engine, pid, "completed")).state["total"] == 6
 

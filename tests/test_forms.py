@@ -167,7 +167,7 @@ async def test_a_workflow_of_pages_is_not_started_by_a_children_step_by_mistake(
     engine: Engine,
 ) -> None:
     with pytest.raises(FormValidationError):
-        engine.prepare_start("create_l2vpn_paged", {"customer_id": "acme"}, "test")
+        engine._runtime.prepare_start("create_l2vpn_paged", {"customer_id": "acme"}, "test")
 
 
 async def test_the_testing_kit_walks_a_form_page_by_page(engine: Engine) -> None:

@@ -347,8 +347,8 @@ async def test_two_modules_may_register_one_product_name_for_two_engines() -> No
     from orchd.examples import products as example_products
 
     async with workflow_engine(["product_flows"]) as tests_engine:
-        assert tests_engine.product_classes["node"] is product_flows.Node
+        assert tests_engine.catalog.products["node"] is product_flows.Node
     async with workflow_engine(["orchd.examples"]) as example_engine:
-        assert example_engine.product_classes["node"] is example_products.Node
+        assert example_engine.catalog.products["node"] is example_products.Node
     with pytest.raises(ConfigError, match="registered by more than one class"):
         Engine(database=":memory:", workflows=["legacy_v2", "legacy_v3"])

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Awaitable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import anyio
 import pytest
-from tests_support import DatabaseFactory, EngineFactory
+from tests_support import EngineFactory, Open, wait_until
 
 from orchd import Engine
 from orchd.config import Config, ScheduleConfig, schedule_specs
@@ -20,7 +18,7 @@ from orchd.engine.scheduler import Scheduler, following, latest_missed, next_fir
 from orchd.errors import ConfigError, ScheduleNotFound, ScheduleRunning
 from orchd.settings import ScheduleSpec
 from orchd.store.base import ScheduleRun
-from orchd.testing import Gate, workflow_engine
+from orchd.testing import Gate
 
 pytestmark = pytest.mark.anyio
 
@@ -46,22 +44,10 @@ def cfg(workflow: str = "quick_task", **kw: Any) -> ScheduleSpec:
     return spec
 
 
-def open_engine(db: Path | str) -> AbstractAsyncContextManager[Engine]:
-    """An engine with the scheduler's tasks on ``db``; one after another is a restart."""
-    return workflow_engine(["sched_flows"], database=db, grace_period=0.5)
-
-
 @pytest.fixture
 async def engine(engine_factory: EngineFactory, gate: Gate) -> Engine:
     # The factory opens the gate at teardown: a slow task finishes instead of being interrupted.
     return await engine_factory(["sched_flows"], resources={Gate: gate}, grace_period=0.5)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    """Wait until ``check()`` holds; the deadline is generous, for slow CI machines."""
-    with anyio.fail_after(10):
-        while not await check():
-            await anyio.sleep(0.02)
 
 
 async def runs(engine: Engine, name: str, status: str | None = None) -> list[str]:
@@ -154,7 +140,7 @@ async def test_interval_fires_repeatedly_on_its_grid(engine: Engine) -> None:
     sched = Scheduler(engine, [cfg(every="200ms", name="q", input={"label": "x"})])
     await sched.start()
     try:
-        await eventually(lambda: _at_least(runs(engine, "q", "completed"), 3))
+        await wait_until(lambda: _at_least(runs(engine, "q", "completed"), 3), "three runs of q")
     finally:
         await sched.stop()
     assert sched.runs_total >= 3
@@ -171,7 +157,7 @@ async def test_a_cron_schedule_fires_on_whole_seconds(engine: Engine) -> None:
     sched = Scheduler(engine, [cfg(cron="* * * * * *", name="c", timezone="Europe/Amsterdam")])
     await sched.start()
     try:
-        await eventually(lambda: _at_least(runs(engine, "c", "completed"), 1))
+        await wait_until(lambda: _at_least(runs(engine, "c", "completed"), 1), "a run of c")
     finally:
         await sched.stop()
     fire_at, _ = (await fire_times(engine, "c"))[0]
@@ -192,7 +178,7 @@ async def test_a_slow_run_is_never_overlapped_and_skipped_ticks_are_counted(
         async def skipped_twice() -> bool:
             return (await sched.entries())[0].skipped >= 2
 
-        await eventually(skipped_twice)
+        await wait_until(skipped_twice, "two ticks skipped")
         first = await runs(engine, "slow")
         assert len(first) == 1
         info = (await sched.entries())[0]
@@ -200,7 +186,9 @@ async def test_a_slow_run_is_never_overlapped_and_skipped_ticks_are_counted(
         assert info.last_run.process_id == first[0]
         gate.open()
         await engine.wait(first[0])
-        await eventually(lambda: _at_least(runs(engine, "slow", "completed"), 2))
+        await wait_until(
+            lambda: _at_least(runs(engine, "slow", "completed"), 2), "two runs of slow"
+        )
     finally:
         await sched.stop()
     assert sched.skipped_total >= 2
@@ -217,7 +205,9 @@ async def test_reload_wakes_the_sleeping_loop(engine: Engine) -> None:
         await anyio.sleep(0.05)  # let the loop go to sleep on its hour-long wait
         changes = await sched.reload([cfg(every="1h", name="slowpoke"), cfg(every="100ms")])
         assert changes == ["added quick_task"]
-        await eventually(lambda: _at_least(runs(engine, "quick_task", "completed"), 1))
+        await wait_until(
+            lambda: _at_least(runs(engine, "quick_task", "completed"), 1), "a run of quick_task"
+        )
     finally:
         await sched.stop()
     assert await runs(engine, "slowpoke") == []
@@ -294,38 +284,37 @@ async def test_a_scheduled_tick_is_skipped_while_a_manual_run_is_going(engine: E
 
 
 async def test_missed_fire_times_run_once_within_grace_and_are_skipped_beyond(
-    database_factory: DatabaseFactory, caplog: pytest.LogCaptureFixture
+    open_engine: Open, caplog: pytest.LogCaptureFixture
 ) -> None:
-    db = await database_factory("orchd.db")
     config = [cfg(every="1m", name="m", misfire_grace="30s")]
-    async with open_engine(db) as engine:
-        sched = Scheduler(engine, config, clock=Clock(T0))
-        await sched.load()
-        assert (await sched.entries())[0].next_run == utc(T0 + 60)
+    engine = await open_engine("sched_flows")
+    sched = Scheduler(engine, config, clock=Clock(T0))
+    await sched.load()
+    assert (await sched.entries())[0].next_run == utc(T0 + 60)
 
     # Down for five ticks; the last one is 10 s old: it runs once, the others coalesce.
-    async with open_engine(db) as engine:
-        sched = Scheduler(engine, config, clock=Clock(T0 + 310))
-        await sched.load()
-        assert (await sched.entries())[0].next_run == utc(T0 + 300)
-        await sched.run_pending()
-        await sched.run_pending()
-        [pid] = await runs(engine, "m")
-        assert (await engine.wait(pid)).status == "completed"
-        assert await fire_times(engine, "m") == [(T0 + 300, pid)]
-        assert (await sched.entries())[0].next_run == utc(T0 + 360)
+    engine = await open_engine("sched_flows")
+    sched = Scheduler(engine, config, clock=Clock(T0 + 310))
+    await sched.load()
+    assert (await sched.entries())[0].next_run == utc(T0 + 300)
+    await sched.run_pending()
+    await sched.run_pending()
+    [pid] = await runs(engine, "m")
+    assert (await engine.wait(pid)).status == "completed"
+    assert await fire_times(engine, "m") == [(T0 + 300, pid)]
+    assert (await sched.entries())[0].next_run == utc(T0 + 360)
 
     # Down again; the missed tick is 45 s old, beyond the grace: skipped and logged.
-    async with open_engine(db) as engine:
-        caplog.set_level(logging.INFO, logger="orchd.engine.scheduler")
-        sched = Scheduler(engine, config, clock=Clock(T0 + 405))
-        await sched.load()
-        await sched.run_pending()
-        assert await runs(engine, "m") == [pid]
-        [info] = await sched.entries()
-        assert info.next_run == utc(T0 + 420)
-        assert info.last_run is not None and info.last_run.process_id == pid
-        assert info.last_run.status == "completed" and info.skipped == 0
+    engine = await open_engine("sched_flows")
+    caplog.set_level(logging.INFO, logger="orchd.engine.scheduler")
+    sched = Scheduler(engine, config, clock=Clock(T0 + 405))
+    await sched.load()
+    await sched.run_pending()
+    assert await runs(engine, "m") == [pid]
+    [info] = await sched.entries()
+    assert info.next_run == utc(T0 + 420)
+    assert info.last_run is not None and info.last_run.process_id == pid
+    assert info.last_run.status == "completed" and info.skipped == 0
     assert "skipping missed fire time" in caplog.text
 
 

@@ -153,7 +153,7 @@ async def _through_orchd(
                     for _ in range(n)
                 )
             )
-        peak_actors = len(engine.actors)
+        peak_actors = engine.stats().actors
         await everyone.wait()
         elapsed = time.perf_counter() - started
         cpu_s = _cpu() - cpu
@@ -224,7 +224,7 @@ async def _p5_restart(db: str, processes: int) -> dict[str, float]:
 
     await engine.open()
     try:
-        in_flight = len(engine.actors)
+        in_flight = engine.stats().actors
         watcher = asyncio.create_task(watch())
         await everyone.wait()
         resumed_after = time.perf_counter() - started

@@ -279,7 +279,7 @@ async def _fill_suspended(db: str, count: int) -> None:
         for chunk in range(0, count, 1000):
             n = min(1000, count - chunk)
             await asyncio.gather(*(engine.start("bench_suspend") for _ in range(n)))
-        while engine.actors:  # noqa: ASYNC110 - a benchmark may poll its own engine
+        while engine.stats().actors:  # noqa: ASYNC110 - a benchmark may poll its own engine
             await asyncio.sleep(0.05)
 
 
@@ -294,8 +294,8 @@ async def _probe(db: str, polling: int) -> dict[str, float]:
             n = min(1000, polling - chunk)
             await asyncio.gather(*(engine.start("bench_polling") for _ in range(n)))
         await asyncio.sleep(0.5)
-        per_actor = (rss_mb() - before) * 1024 / max(1, len(engine.actors))
-        alive = len(engine.actors)
+        per_actor = (rss_mb() - before) * 1024 / max(1, engine.stats().actors)
+        alive = engine.stats().actors
     return {"opened_mb": opened, "per_actor_kb": per_actor, "alive": alive}
 
 

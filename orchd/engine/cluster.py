@@ -24,7 +24,7 @@ from orchd.model import ACTIVE, Event, ProcessStatus
 from orchd.store.cluster import ClusterStore, Mail, NodeInfo
 
 if TYPE_CHECKING:
-    from orchd.engine.engine import Engine
+    from orchd.engine.routing import Local
 
 log = logging.getLogger("orchd.engine.cluster")
 
@@ -63,7 +63,7 @@ def _raise(answer: Answer) -> None:
 class Node:
     """The engine's part in a cluster: lease, sweeps, mail."""
 
-    def __init__(self, engine: Engine, store: ClusterStore, lease_timeout: float) -> None:
+    def __init__(self, engine: Local, store: ClusterStore, lease_timeout: float) -> None:
         self.engine = engine
         self.store = store
         self.lease_timeout = lease_timeout
@@ -131,7 +131,7 @@ class Node:
         while True:
             claim = await self.store.take_over(TAKE_BATCH)
             for row in claim.rows:
-                if row.id not in engine.actors:
+                if not engine.runs(row.id):
                     engine.post_local(row.id, messages.Run(), row)
             if claim.taken_over:
                 log.warning(
@@ -203,14 +203,13 @@ class Node:
 
     def observe(self, events: list[Event]) -> None:
         """Events of every node: a process another node runs ends here too for ``wait``."""
-        actors = self.engine.actors
         for event in events:
             # A process running here wakes its waiters itself, once its actor has taken
             # the commit in (metrics, callbacks): only other nodes' processes end here.
             if (
                 event.kind == "process"
                 and event.status not in ACTIVE
-                and event.process_id not in actors
+                and not self.engine.runs(event.process_id)
             ):
                 self.engine.wake_waiters(event.process_id)
 

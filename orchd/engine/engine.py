@@ -8,47 +8,37 @@ which is created on demand and retires when the process waits for someone else.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import random
 import re
 import time
-import uuid
-from collections import defaultdict
-from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 import msgspec
 
 from orchd import _faults as faults
 from orchd.dsl import Workflow
-from orchd.engine import actor as actors
 from orchd.engine import builtins, formpages, messages
 from orchd.engine.catalog import Catalog
 from orchd.engine.cluster import Node
-from orchd.engine.events import LISTENER_BUFFER, EventHub, events_of
+from orchd.engine.events import LISTENER_BUFFER, EventHub
 from orchd.engine.formpages import FormPage
 from orchd.engine.limits import ClusterLimiter, Limiter, check_uses
 from orchd.engine.loading import load_workflows
 from orchd.engine.loopwatch import LoopWatch
-from orchd.engine.starts import build_start
-from orchd.engine.stats import EngineStats, StepMetrics
-from orchd.engine.threads import StepThreads
+from orchd.engine.runtime import Runtime
+from orchd.engine.stats import EngineStats
 from orchd.errors import (
     AmbiguousId,
     CallbackNotFound,
     FormValidationError,
-    OrchdError,
     ProcessNotFound,
     ShuttingDown,
     SubscriptionNotFound,
     WorkflowNotFound,
 )
 from orchd.model import (
-    ACTIVE,
     DEFAULT_PAGE,
-    FINAL,
     Event,
     Page,
     Process,
@@ -56,32 +46,18 @@ from orchd.model import (
     ProductInfo,
     Reset,
     ResourceLimit,
-    Subscription,
     SubscriptionDetail,
     Target,
     WorkflowInfo,
 )
-from orchd.pages import Choice, Choices
-from orchd.products import Product
 from orchd.settings import EngineSettings, LimitSpec
-from orchd.state import (
-    form_schema,
-)
+from orchd.state import form_schema
 from orchd.store.base import (
-    BranchRow,
-    Checkpoint,
-    ChildFinished,
-    NewProcess,
-    Positions,
     ProcessRow,
     Prune,
     Pruned,
-    ReplaceChildren,
-    RequestAbort,
     Retention,
     SetNote,
-    StartChildren,
-    StepWrite,
     Store,
     token_digest,
 )
@@ -89,7 +65,7 @@ from orchd.store.cluster import ClusterStore, NodeInfo
 from orchd.store.opening import open_store
 from orchd.store.slots import HasSlots
 from orchd.store.views import Views, every_status, uuid_or_none
-from orchd.tracing import Tracing, new_trace_id, parse_traceparent
+from orchd.tracing import Tracing, parse_traceparent
 
 log = logging.getLogger("orchd.engine")
 #: The shortest abbreviation of a process id that is taken (README "The HTTP API").
@@ -98,7 +74,6 @@ _PREFIX = re.compile(r"[0-9a-f][0-9a-f-]*")
 #: Processes deleted per write when pruning: each write stays a few milliseconds long.
 PRUNE_BATCH = 200
 P = ProcessStatus
-_ids = random.Random(os.urandom(32))
 
 
 class Engine:
@@ -131,36 +106,30 @@ class Engine:
             self.workflows.values(), [w for w in workflows if isinstance(w, str)]
         )
         try:
-            #: Read on every use, so a reload (assigning a new object) applies at once.
-            self.settings = msgspec.structs.replace(settings or EngineSettings(), **overrides)
+            chosen = msgspec.structs.replace(settings or EngineSettings(), **overrides)
         except TypeError as exc:
             raise TypeError(f"Engine(): {exc}") from None
         # README "Limits on shared resources": every limit a step names must be configured
         # (ConfigError, naming it).
-        check_uses(self.workflows, self.settings.limits)
+        check_uses(self.workflows, chosen.limits)
         #: The database. The engine layer (the scheduler) uses it; layers above use the
         #: engine's methods.
         self.store: Store = open_store(
             str(database),
             synchronous=synchronous,
-            keep_events=self.settings.keep_events,
-            node_id=self.settings.node_id,
-            lease_timeout=self.settings.lease_timeout,
+            keep_events=chosen.retention.events,
+            node_id=chosen.node_id,
+            lease_timeout=chosen.lease_timeout,
         )
         self._views = Views(self.store)
         self._events = EventHub()
-        #: This engine as a node of a cluster (a store several daemons share), or None.
-        self.node: Node | None = None
-        if isinstance(self.store, ClusterStore):
-            self.node = Node(self, self.store, self.settings.lease_timeout)
         #: Limits on shared resources (README "Limits on shared resources"): in memory, or a
         #: cluster's table of slots.
         self.limits: Limiter = (
-            ClusterLimiter(self._limit_specs, self.store.slots, _sweep_every(self.settings))
+            ClusterLimiter(self._limit_specs, self.store.slots, _sweep_every(chosen))
             if isinstance(self.store, HasSlots)
             else Limiter(self._limit_specs)
         )
-        self.store.on_events(self._on_events)
         #: What retention deleted since the engine started, for metrics.
         self.pruned = Pruned()
         #: Shared objects steps ask for by annotation (e.g. the daemon's HttpClient).
@@ -168,32 +137,43 @@ class Engine:
         self.resources.setdefault(
             builtins.Subscriptions, builtins.Subscriptions(self.store, self.catalog)
         )
-        self.actors: dict[str, actors.Actor] = {}
-        self._tokens: dict[str, str] = {}
-        self._store_failures: dict[str, int] = {}
-        self._waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
-        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
-        self._tg: asyncio.TaskGroup | None = None
-        self._stop = asyncio.Event()
-        self._supervisor: asyncio.Task[None] | None = None
-        #: Why the actors' supervisor stopped while the engine was open (None: it runs). The
-        #: engine then refuses all work, and ``ping`` raises so that health answers 503 and
-        #: the systemd watchdog goes unfed: the daemon is restarted, not left half alive.
-        self.failure: str | None = None
+        # The actors and all they ask of the engine; this class is the users' façade over it.
+        self._runtime = Runtime(
+            workflows=self.workflows,
+            settings=chosen,
+            store=self.store,
+            limits=self.limits,
+            tracing=self.tracing,
+            resources=self.resources,
+            catalog=self.catalog,
+        )
+        #: This engine as a node of a cluster (a store several daemons share), or None.
+        self.node: Node | None = None
+        if isinstance(self.store, ClusterStore):
+            self.node = Node(self._runtime, self.store, chosen.lease_timeout)
+            self._runtime.router.remote = self.node  # messages go to the process's owner
+        self.store.on_events(self._on_events)
         self._own_http: Any = None
-        block = self.settings.block_warning
+        block = chosen.block_warning
         #: Warns when workflow code blocks the event loop longer than this (None: off).
         self.loopwatch = LoopWatch(block) if block else None
-        self._threads = StepThreads(self.settings.step_threads)
-        #: Processes whose timed-out sync call still runs, and the step it belongs to.
-        self._abandoned: dict[str, str] = {}
-        self._accepting = False
-        self._idle = asyncio.Event()
-        self._hurry = asyncio.Event()
-        self._grace_cut = False
         self.started_at = time.time()
-        self._steps = StepMetrics()
-        self._sends: set[asyncio.Task[None]] = set()
+
+    @property
+    def settings(self) -> EngineSettings:
+        """Read on every use, so a reload (assigning a new object) applies at once."""
+        return self._runtime.settings
+
+    @settings.setter
+    def settings(self, settings: EngineSettings) -> None:
+        self._runtime.settings = settings
+
+    @property
+    def failure(self) -> str | None:
+        """Why the engine's actors stopped while it was open (None: they run). The engine
+        then refuses all work, and ``ping`` raises: health answers 503 and the systemd
+        watchdog goes unfed, so the daemon is restarted, not left half alive."""
+        return self._runtime.failure
 
     def _limit_specs(self) -> Mapping[str, LimitSpec]:
         return self.settings.limits  # read at each decision: a reload applies at once
@@ -227,504 +207,41 @@ class Engine:
         _, self._events.last_id = await self.store.event_bounds()
         if self.loopwatch is not None:
             self.loopwatch.start()
-        ready = asyncio.Event()
-        self._stop = asyncio.Event()
-        self.failure = None
-        self._supervisor = asyncio.create_task(self._supervise(ready), name="orchd supervisor")
-        await ready.wait()
-        self._accepting = True
-        await self._recover()
+        await self._runtime.start()
+        await self._runtime.recover()
         if self.node is not None:
             self.node.run()
-
-    async def _supervise(self, ready: asyncio.Event) -> None:
-        """Own every actor in one task group, in a task of its own, so the engine can be
-        opened and closed from different tasks. Nothing raises into the group (an actor
-        catches what it meets, other work runs through ``_guarded``); should the group end
-        anyway, the engine says so (``failure``) instead of carrying on as if well."""
-        try:
-            async with asyncio.TaskGroup() as tg:
-                self._tg = tg
-                ready.set()
-                await self._stop.wait()
-                for actor in list(self.actors.values()):
-                    if actor.task is not None:
-                        actor.task.cancel()
-        except Exception as exc:  # an exception group: what was raised into the group
-            self._stopped_running(exc)
-        except BaseException as exc:
-            self._stopped_running(exc)
-            raise
-        else:
-            if not self._stop.is_set():  # the group ends only at close
-                self._stopped_running(None)
-
-    def _stopped_running(self, exc: BaseException | None) -> None:
-        """The actors' supervisor ended. At close that is expected; at any other time every
-        actor is gone and no new one can start: refuse all work, and say why."""
-        if self._stop.is_set() and isinstance(exc, asyncio.CancelledError | None):
-            return
-        self.failure = f"the engine's actors stopped: {exc!r}"
-        self._accepting = False
-        log.critical(
-            "%s; every process stops here until orchd is restarted",
-            self.failure,
-            exc_info=exc if isinstance(exc, Exception) else None,
-        )
-        refusal = ShuttingDown(f"{self.failure}; restart orchd")
-        for waiters in self._waiters.values():
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_exception(refusal)
-        self._idle.set()
-
-    def _guarded(self, work: Coroutine[Any, Any, None], what: str) -> None:
-        """Run ``work`` in the actors' group, where what it raises is logged, never raised
-        into the group (that would cancel every actor)."""
-
-        async def guarded() -> None:
-            try:
-                await work
-            except Exception:
-                log.exception("%s failed", what)
-
-        if self._tg is None or self.failure is not None:
-            work.close()
-            return
-        task = guarded()
-        try:
-            self._tg.create_task(task)
-        except RuntimeError:  # the group is ending
-            task.close()
-            work.close()
-
-    async def _recover(self) -> None:
-        """Continue what a previous run left: active processes, retry and callback timers."""
-        await self._place_unkeyed()
-        for child, parent in await self.store.unfinished_children_of_aborted():
-            # The parent's abort committed, the cascade to its children did not finish.
-            self.send(child, messages.Abort(actor=f"parent {parent}"))
-        rows = await self.store.active_processes()
-        for row in rows:
-            self._post(row.id, messages.Run(), None, row=row)
-        if rows:
-            log.info("recovered %d active processes", len(rows))
-        for timed in await self.store.timed_processes():
-            if timed.status == P.WAITING:
-                self.later(timed.id, timed.at, messages.Retry(automatic=True))
-            elif timed.callback_token:
-                self.later(timed.id, timed.at, messages.Expire(digest=timed.callback_token))
-            else:
-                # A fork's branch waits for a callback with a deadline (README "Parallel branches").
-                self.later(timed.id, timed.at, messages.Retry(automatic=True))
-
-    async def _place_unkeyed(self) -> None:
-        """Give processes from before step keys their position, once: the key and occurrence of
-        the step at their index, when that step still has the name they recorded."""
-        placed: list[tuple[int, str, int]] = []
-        stranded = []
-        for row in await self.store.unplaced_processes():
-            wf = self.workflows.get(row.workflow)
-            steps = wf.steps if wf is not None else ()
-            if wf is not None and row.pc < len(steps) and steps[row.pc].name == row.current_step:
-                placed.append((row.pk, *wf.positions.at(row.pc)))
-            else:
-                stranded.append(row.id)
-        if placed:
-            await self.store.write(Positions(rows=placed))
-            log.info("placed %d processes from before step keys by their step's key", len(placed))
-        if stranded:
-            log.warning(
-                "%d processes from before step keys stand at a step that changed; they fail "
-                "when they go on: %s",
-                len(stranded),
-                ", ".join(stranded[:20]),
-            )
 
     def interrupt(self) -> None:
         """End the grace period of a close() now: running steps are interrupted (they run
         again at the next start)."""
-        self._grace_cut = True
-        self._hurry.set()
-        self._idle.set()
+        self._runtime.interrupt()
 
     async def close(self) -> None:
         """Stop intake, let running steps finish within the grace period, then stop."""
-        if self._tg is None:
+        runtime = self._runtime
+        if not runtime.running:
             return
-        self._accepting = False
+        runtime.accepting = False
         if self.node is not None:
             await self.node.stop()
         if faults.ENABLED:
             faults.point("shutdown")
-        for handle in self._timers.values():
-            handle.cancel()
-        self._timers.clear()
-        for a in list(self.actors.values()):
-            a.post(messages.Stop(), None)
-            self.limits.interrupt(a.pid)  # a step waiting for resources does not run now
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0 if self._grace_cut else self.settings.grace_period):
-                while self.actors and not self._hurry.is_set():
-                    self._idle.clear()
-                    await self._idle.wait()
-        if self.actors:
-            log.warning("interrupting %d steps after the grace period", len(self.actors))
-        self._stop.set()
-        if self._supervisor is not None:
-            # It may have ended long ago (``failure``): its end was told then.
-            await asyncio.wait([self._supervisor])
-        self._tg = None
+        await runtime.stop()
         self._events.close()
-        for waiters in self._waiters.values():
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_exception(ShuttingDown("the engine stopped"))
-        self._waiters.clear()
         await self.limits.close()
-        await self._leave()
+        if self.node is not None:
+            # In a cluster, hand this node's processes back (their actors have stopped).
+            await self.node.leave()
+        runtime.router.close()
         await self.store.close()
-        self._threads.close()
+        runtime.threads.close()
         if self.loopwatch is not None:
             self.loopwatch.stop()
         if self._own_http is not None:
             await self._own_http.close()
             self.resources.pop(type(self._own_http), None)
             self._own_http = None
-
-    async def _leave(self) -> None:
-        """In a cluster, hand this node's processes back (their actors have stopped)."""
-        if self.node is not None:
-            await self.node.leave()
-        for task in list(self._sends):
-            task.cancel()
-
-    # -- actors ---------------------------------------------------------------------------
-
-    def _post(
-        self,
-        pid: str,
-        message: messages.Message,
-        reply: asyncio.Future[Any] | None,
-        row: ProcessRow | None = None,
-    ) -> None:
-        actor = self.actors.get(pid)
-        if actor is None:
-            if self._tg is None or self.failure is not None:
-                raise ShuttingDown(self.failure or "the engine is not running")
-            actor = actors.Actor(self, pid, row)
-            run = actor.run()
-            try:
-                actor.task = self._tg.create_task(run)
-            except RuntimeError:  # the group is ending (``_stopped_running`` tells why)
-                run.close()
-                raise ShuttingDown("the engine is not running") from None
-            self.actors[pid] = actor
-            if self.tracing.on:
-                self.tracing.began(pid)
-        actor.post(message, reply)
-        if self.limits.waiting and isinstance(message, messages.Abort | messages.Stop):
-            self.limits.interrupt(pid)  # it no longer waits for resources
-
-    async def _ask(self, pid: str, message: messages.Message) -> Any:
-        if not self._accepting:
-            raise ShuttingDown("the engine is shutting down")
-        if self.node is not None and pid not in self.actors:
-            # In a cluster the process may be another node's: claim it, or ask its owner.
-            owner = await self.node.owner(pid)
-            if owner is not None:
-                return await self.node.forward(owner, pid, message)
-        return await self.ask_local(pid, message)
-
-    async def ask_local(self, pid: str, message: messages.Message) -> Any:
-        """Hand ``message`` to this engine's actor of ``pid`` and wait for its answer."""
-        if not self._accepting:
-            raise ShuttingDown("the engine is shutting down")
-        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._post(pid, message, reply)
-        return await reply
-
-    def post_local(self, pid: str, message: messages.Message, row: ProcessRow | None) -> None:
-        """Post to this engine's actor (a process this node has just claimed)."""
-        if self._accepting:
-            self._post(pid, message, None, row=row)
-
-    def send(self, pid: str, message: messages.Message) -> None:
-        """Post ``message`` without waiting for an answer; in a cluster, to whichever node
-        owns the process (a timer, a cascade)."""
-        if self.node is None or pid in self.actors:
-            self._post(pid, message, None)
-            return
-
-        async def route() -> None:
-            try:
-                await self._ask(pid, message)
-            except OrchdError as exc:
-                log.debug("process=%s %s not delivered: %s", pid, type(message).__name__, exc)
-
-        task = asyncio.get_running_loop().create_task(route())
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
-
-    def wake_waiters(self, pid: str) -> None:
-        """The process is no longer active (seen in an event, maybe another node's)."""
-        for fut in self._waiters.get(pid, ()):
-            if not fut.done():
-                fut.set_result(None)
-
-    # -- the actors' host (orchd.engine.actor.Host) ----------------------------------------
-
-    def workflow(self, name: str) -> Workflow | None:
-        return self.workflows.get(name)
-
-    async def load(self, pid: str) -> ProcessRow | None:
-        return await self.store.process(pid)
-
-    async def checkpoint(self, checkpoint: Checkpoint) -> None:
-        actor = self.actors.get(checkpoint.process_id)
-        if actor is not None:
-            checkpoint.events = events_of(actor, checkpoint)
-        committed, finished = False, None
-        if len(self.actors) == 1 and (actor is None or not actor.concurrent):
-            # A lone process: committing here skips two thread hand-offs per step; the loop
-            # waits for the fsync meanwhile, which only this process needs.
-            committed, finished = self.store.commit_now(checkpoint)
-        if committed:
-            await asyncio.sleep(0)  # let the loop serve its sockets between steps
-        else:
-            finished = await self.store.write(checkpoint)
-        if self.limits.by_pid:
-            self.limits.committed()  # its step's outcome is committed, its slots free
-        if isinstance(finished, ChildFinished):
-            # A child's last checkpoint: its parent may be awake, a held sibling free to go.
-            if finished.woke is not None and faults.ENABLED:
-                faults.point("parent_woken")
-            if finished.woke is not None and self._accepting:
-                self._post(finished.woke, messages.Run(), None)
-            if finished.started is not None and self._accepting:
-                row = finished.started_row
-                self._post(finished.started, messages.Run(), None, row=row)
-
-    async def start_children(self, op: StartChildren | ReplaceChildren) -> None:
-        actor = self.actors.get(op.parent.process_id)
-        if actor is not None:
-            op.parent.events = events_of(actor, op.parent)
-        rows = await self.store.write(op)
-        if self.tracing.on:
-            for row in rows:
-                self.tracing.started(
-                    row.id, row.workflow, row.trace_id, row.created_at, parent_id=row.parent_id
-                )
-        for row in rows:
-            if not row.held:
-                self._post(row.id, messages.Run(), None, row=row)
-
-    async def children_of(self, pid: str, group: int) -> list[ProcessRow]:
-        return await self.store.children(pid, group)
-
-    async def branches(self, pk: int) -> list[BranchRow]:
-        return await self.store.branches(pk)
-
-    async def fork_records(self, pk: int) -> list[tuple[str | None, str, float]]:
-        return await self.store.fork_records(pk)
-
-    def retire(self, actor: actors.Actor) -> None:
-        # Forgotten first, so that nothing below can leave a dead actor taking messages.
-        if self.actors.get(actor.pid) is actor:
-            del self.actors[actor.pid]
-            if not self.actors:
-                self._idle.set()
-        try:
-            self._forget_tokens_of(actor)
-            if actor.pid in self.limits.by_pid:
-                self.limits.release_process(actor.pid)  # what it held or waited for
-            if self.tracing.on:
-                if actor.loaded:
-                    self.tracing.retired(
-                        actor.pid, actor.workflow_name, actor.trace_id, actor.status
-                    )
-                else:  # it never ran (its process was not found): its run had no span
-                    self.tracing.retired(actor.pid, "", "", "")
-        except Exception:  # in the actor's task: nothing may raise into the actors' group
-            log.exception("process=%s retiring its actor failed", actor.pid)
-        if actor.mailbox:
-            # Messages that arrived while it was retiring go to a fresh actor; at shutdown
-            # their senders are told, rather than left waiting for ever.
-            pending = list(actor.mailbox)
-            actor.mailbox.clear()
-            for envelope in pending:
-                try:
-                    if not self._accepting:
-                        raise ShuttingDown(self.failure or "the engine is shutting down")
-                    self._post(actor.pid, envelope.message, envelope.reply)
-                except ShuttingDown as exc:
-                    messages.respond(envelope, error=exc)
-
-    def _forget_tokens_of(self, actor: actors.Actor) -> None:
-        """A retired actor's callback tokens no longer route here from memory: a wait that
-        stands is found in the database, and a token of a wait that never began (its action
-        failed, or was cut short) must not stay in the map for ever."""
-        if not actor.loaded:
-            return
-        if actor.callback_token is not None and self._tokens.get(actor.callback_token) == actor.pid:
-            del self._tokens[actor.callback_token]
-        if actor.forks is not None:
-            for digest in actor.forks.tokens:
-                if self._tokens.get(digest) == actor.pid:
-                    del self._tokens[digest]
-
-    def store_failed(self, pid: str) -> int:
-        """Run the process again from its last commit after a failed checkpoint, backing off
-        (1 s, 2 s, 4 s ... 30 s) while the database keeps failing; returns the attempt."""
-        attempt = self._store_failures[pid] = self._store_failures.get(pid, 0) + 1
-        self.later(pid, time.time() + min(30.0, 2.0 ** (attempt - 1)), messages.Run())
-        return attempt
-
-    def later(self, pid: str, at: float, message: messages.Message) -> None:
-        if not self._accepting:
-            return
-        # One timer per process and kind of message: a new one replaces the old.
-        key = (pid, type(message).__name__)
-        old = self._timers.pop(key, None)
-        if old is not None:
-            old.cancel()
-
-        def fire() -> None:
-            self._timers.pop(key, None)
-            if self._accepting:
-                self.send(pid, message)
-
-        loop = asyncio.get_running_loop()
-        self._timers[key] = loop.call_later(max(0.0, at - time.time()), fire)
-
-    async def in_thread(self, pid: str, step: str, call: Callable[[], Any]) -> Any:
-        def abandoned() -> Callable[[], None]:
-            self._abandoned[pid] = step
-            log.warning("process=%s step=%r abandoned: its call runs on in its thread", pid, step)
-
-            def returned() -> None:
-                self._abandoned.pop(pid, None)
-
-            return returned
-
-        return await self._threads.run(call, abandoned)
-
-    def still_running(self, pid: str) -> str | None:
-        return self._abandoned.get(pid)
-
-    async def request_abort(self, pk: int, by: str) -> bool:
-        found: bool = await self.store.write(RequestAbort(pk=pk, by=by, at=time.time()))
-        return found
-
-    def background(self, work: Coroutine[Any, Any, None], what: str) -> None:
-        self._guarded(work, what)
-
-    def expect_callback(self, digest: str, pid: str) -> None:
-        self._tokens[digest] = pid
-
-    def forget_callback(self, digest: str) -> None:
-        self._tokens.pop(digest, None)
-
-    def new_id(self) -> str:
-        # A version-4 UUID from a generator seeded by the OS: ids need to be unique, not
-        # secret (callback tokens are), and this avoids a system call per id.
-        return str(uuid.UUID(int=_ids.getrandbits(128), version=4))
-
-    def committed(
-        self,
-        actor: actors.Actor,
-        previous: ProcessStatus,
-        steps: list[StepWrite],
-        step_seconds: float | None,
-    ) -> None:
-        """Called by an actor after each commit: events, waiters, metrics."""
-        if self._store_failures:
-            self._store_failures.pop(actor.pid, None)
-        status = actor.status
-        self._steps.add(actor.workflow_name, steps, step_seconds)
-        if self.tracing.on and steps:
-            self.tracing.committed(actor.pid, actor.workflow_name, actor.trace_id, steps)
-        for record in steps:
-            log.debug(
-                "step status process=%s workflow=%s step=%r status=%s trace_id=%s",
-                actor.pid,
-                actor.workflow_name,
-                record.name,
-                record.status,
-                actor.trace_id,
-            )
-        if status is not previous or not steps:
-            if status in (P.FAILED, P.WAITING):
-                log.warning(
-                    "process status process=%s workflow=%s status=%s step=%r error=%r trace_id=%s",
-                    actor.pid,
-                    actor.workflow_name,
-                    status,
-                    actor.current_step,
-                    actor.error,
-                    actor.trace_id,
-                )
-            else:
-                log.info(
-                    "process status process=%s workflow=%s status=%s trace_id=%s",
-                    actor.pid,
-                    actor.workflow_name,
-                    status,
-                    actor.trace_id,
-                )
-            if status is P.ABORTED and actor.children_group is not None:
-                self._cascade_abort(actor.pid)
-        if status not in ACTIVE:
-            for fut in self._waiters.pop(actor.pid, ()):
-                if not fut.done():
-                    fut.set_result(None)
-            if actor.callback_token:
-                self._tokens.pop(actor.callback_token, None)
-
-    def _cascade_abort(self, parent_id: str) -> None:
-        """An aborted parent aborts every unfinished child (each through its own actor)."""
-        reason = messages.Abort(actor=f"parent {parent_id}")
-        for actor in list(self.actors.values()):
-            # Children running here hear it before their next step, whatever a read costs.
-            if actor.loaded and actor.parent_id == parent_id and actor.status not in FINAL:
-                self._post(actor.pid, reason, None)
-        self._guarded(self._abort_children(parent_id, 1), f"process={parent_id} abort cascade")
-
-    async def _abort_children(self, parent_id: str, attempt: int) -> None:
-        """The cascade's read of the children, and an abort to each unfinished one. A read
-        that fails is tried again later, backing off (0.5 s, 1 s ... 30 s); the next start
-        finishes the cascade too (``unfinished_children_of_aborted``)."""
-        by = f"parent {parent_id}"
-        try:
-            if faults.ENABLED:
-                faults.point("cascade_read")
-            children = await self.store.children(parent_id)
-        except Exception as exc:
-            if not self._accepting:
-                return  # the next start finishes it
-            delay = min(30.0, 0.25 * 2.0**attempt)
-            (log.warning if attempt == 1 else log.debug)(
-                "process=%s reading its children to abort them failed (%r); trying again in %.1f s",
-                parent_id,
-                exc,
-                delay,
-            )
-            key = (parent_id, "cascade")
-
-            def again() -> None:
-                self._timers.pop(key, None)
-                if self._accepting:
-                    retry = self._abort_children(parent_id, attempt + 1)
-                    self._guarded(retry, f"process={parent_id} abort cascade")
-
-            old = self._timers.pop(key, None)
-            if old is not None:
-                old.cancel()
-            self._timers[key] = asyncio.get_running_loop().call_later(delay, again)
-            return
-        for child in children:
-            if child.status not in FINAL and self._accepting:
-                self.send(child.id, messages.Abort(actor=by))
 
     # -- the public API -------------------------------------------------------------------
 
@@ -777,13 +294,13 @@ class Engine:
         traceparent: str | None = None,
     ) -> tuple[str, bool]:
         """``start``, also telling whether the process was created now (False: the key's)."""
-        if not self._accepting:
+        if not self._runtime.accepting:
             raise ShuttingDown("the engine is not accepting new processes")
         wf = self.workflows.get(workflow)
         paged = False
         if wf is not None:  # a form of several pages, or a list of answers: replayed here
             try:
-                input, paged = await formpages.start_input(wf, input, self.choices)
+                input, paged = await formpages.start_input(wf, input, self._runtime.choices)
             except FormValidationError:
                 # A retried start whose first attempt took its own choices (the ports it
                 # picked are in use now, by that very process): the key answers it.
@@ -791,7 +308,7 @@ class Engine:
                 if found is None:
                     raise
                 return found, False
-        op = self.prepare_start(
+        op = self._runtime.prepare_start(
             workflow,
             {} if input is None else input,
             reporter,
@@ -806,45 +323,8 @@ class Engine:
             return row.id, False  # the key's process, started before
         if self.tracing.on:
             self.tracing.started(row.id, row.workflow, row.trace_id, row.created_at, remote=remote)
-        self._post(row.id, messages.Run(), None, row=row)
+        self._runtime.post(row.id, messages.Run(), None, row=row)
         return row.id, True
-
-    def prepare_start(
-        self,
-        workflow: str,
-        input: Any,
-        reporter: str | None,
-        *,
-        parent_id: str | None = None,
-        group: int | None = None,
-        index: int | None = None,
-        held: bool = False,
-        idempotency_key: str | None = None,
-        paged: bool = False,
-    ) -> NewProcess:
-        """Check a start (workflow, input) and build it; raises what a refused start raises.
-        A child names its parent, fan-out and element; ``held`` waits for a free slot;
-        ``paged``: the input went through the workflow's pages."""
-        wf = self.workflows.get(workflow)
-        if wf is None:
-            raise WorkflowNotFound(f"no workflow named {workflow!r}")
-        op = build_start(
-            wf,
-            input,
-            reporter,
-            self.new_id(),
-            parent_id=parent_id,
-            group=group,
-            index=index,
-            held=held,
-            idempotency_key=idempotency_key,
-            paged=paged,
-        )
-        # README "Traces": a child is in its parent's trace (its parent's actor is starting it);
-        # any other start begins a trace of its own (start_once joins a request's instead).
-        parent = self.actors.get(parent_id) if parent_id is not None else None
-        op.trace_id = parent.trace_id if parent is not None and parent.loaded else new_trace_id()
-        return op
 
     async def get(self, pid: str) -> Process:
         """The process as committed, with its whole step log (``pid`` may be a prefix)."""
@@ -861,12 +341,22 @@ class Engine:
         status: str | None = None,
         workflow: str | None = None,
         parent: str | None = None,
+        q: str | None = None,
+        top_level: bool = False,
         limit: int = DEFAULT_PAGE,
         cursor: str | None = None,
     ) -> Page:
-        """Processes, newest first, a page at a time (``parent``: that process's children)."""
+        """Processes, newest first, a page at a time (``parent``: that process's children;
+        ``q``: an id's first characters, or text of the workflow's name or of the subscription;
+        ``top_level``: no children)."""
         page = await self._views.list_processes(
-            status=status, workflow=workflow, parent=parent, limit=limit, cursor=cursor
+            status=status,
+            workflow=workflow,
+            parent=parent,
+            q=q,
+            top_level=top_level,
+            limit=limit,
+            cursor=cursor,
         )
         running = [p for p in page.items if p.status == P.RUNNING]
         if running:
@@ -886,13 +376,6 @@ class Engine:
         detail = await self._views.get_subscription(sid)
         detail.workflows = await self.catalog.usable(self.store, detail)
         return detail
-
-    @property
-    def product_classes(self) -> Mapping[str, type[Product]]:
-        return self.catalog.products
-
-    async def subscription_of(self, sid: str) -> Subscription | None:
-        return await self.store.subscription(sid)
 
     async def set_note(self, sid: str, note: str, *, by: str) -> None:
         """Set a subscription's note, recorded with who set it (``by``)."""
@@ -914,7 +397,7 @@ class Engine:
         wf = self.workflows.get(workflow)
         if wf is None:
             raise WorkflowNotFound(f"no workflow named {workflow!r}")
-        return await formpages.form_page(wf, answers, self.choices)
+        return await formpages.form_page(wf, answers, self._runtime.choices)
 
     async def process_form_page(self, pid: str, answers: Any) -> FormPage:
         """As ``form_page``, for the form a suspended process waits for."""
@@ -922,12 +405,8 @@ class Engine:
         if row is None:
             raise ProcessNotFound(f"process {pid} does not exist")
         return await formpages.process_form_page(
-            row, self.workflows.get(row.workflow), answers, self.choices, self.resources
+            row, self.workflows.get(row.workflow), answers, self._runtime.choices, self.resources
         )
-
-    async def choices(self, marker: Choices) -> list[Choice]:
-        reader: builtins.Subscriptions = self.resources[builtins.Subscriptions]
-        return await reader.choices(marker)
 
     def products(self) -> list[ProductInfo]:
         """Each product the loaded workflows define or name, with its JSON Schema."""
@@ -965,24 +444,11 @@ class Engine:
 
     async def wait(self, pid: str, timeout: float | None = None) -> Process:  # noqa: ASYNC109
         """Return the process once it is no longer created or running."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters[pid].append(fut)
-        try:
-            actor = self.actors.get(pid)
-            if actor is None or not actor.loaded or actor.status not in ACTIVE:
-                # Passivated (or not loaded yet): the database says whether it is still active.
-                process = await self.get(pid)
-                if process.status not in ACTIVE:
-                    return process
-            async with asyncio.timeout(timeout):
-                await fut
-            return await self.get(pid)
-        finally:
-            waiters = self._waiters.get(pid)
-            if waiters and fut in waiters:
-                waiters.remove(fut)
-                if not waiters:
-                    del self._waiters[pid]
+        return await self._runtime.wait(pid, timeout, self.get)
+
+    async def _ask(self, pid: str, message: messages.Message) -> Any:
+        """Hand ``message`` to the process's actor, wherever it runs, and wait for its answer."""
+        return await self._runtime.router.ask(pid, message)
 
     # ``reporter`` names who asks (recorded in the process's actions): the API passes
     # ``uid:N`` or ``token`` with the client's label; an embedding program what it likes.
@@ -1031,7 +497,7 @@ class Engine:
         """
         arrived = time.time()
         digest = token_digest(token)
-        pid = self._tokens.get(digest) or await self.store.process_waiting_for(digest)
+        pid = self._runtime.tokens.get(digest) or await self.store.process_waiting_for(digest)
         if pid is None:
             raise CallbackNotFound("no process waits for this callback token")
         actor = _actor(reporter, "callback token")
@@ -1085,7 +551,7 @@ class Engine:
 
     @property
     def accepting(self) -> bool:
-        return self._accepting
+        return self._runtime.accepting
 
     @property
     def last_event_id(self) -> int:
@@ -1114,10 +580,10 @@ class Engine:
     def retention(self, now: float | None = None) -> Retention:
         """Which finished processes may be deleted now, by the settings."""
         now = time.time() if now is None else now
-        tasks, workflows = self.settings.retain_tasks, self.settings.retain_workflows
+        kept = self.settings.retention  # "0" keeps for ever
         return Retention(
-            tasks_before=None if tasks is None else now - tasks,
-            workflows_before=None if workflows is None else now - workflows,
+            tasks_before=now - kept.tasks if kept.tasks else None,
+            workflows_before=now - kept.workflows if kept.workflows else None,
         )
 
     async def gc(
@@ -1152,21 +618,22 @@ class Engine:
 
     def stats(self) -> EngineStats:
         """The engine's counters, for health, metrics and systemd's STATUS line."""
-        steps = self._steps.all
+        runtime, threads = self._runtime, self._runtime.threads
+        steps = runtime.steps.all
         return EngineStats(
-            accepting=self._accepting,
+            accepting=runtime.accepting,
             uptime_seconds=time.time() - self.started_at,
-            actors=len(self.actors),
-            mailbox_depth=sum(len(a.mailbox) for a in self.actors.values()),
+            actors=len(runtime.actors),
+            mailbox_depth=sum(len(a.mailbox) for a in runtime.actors.values()),
             steps_total=steps.total,
             step_buckets=list(steps.buckets),
             step_seconds_sum=steps.seconds,
-            by_workflow=self._steps.by_workflow(),
+            by_workflow=runtime.steps.by_workflow(),
             started_at=self.started_at,
-            step_threads_abandoned=self._threads.abandoned_total,
-            step_threads_abandoned_running=self._threads.abandoned_running,
-            step_threads_busy=self._threads.busy,
-            step_threads_queued=self._threads.queued_total,
+            step_threads_abandoned=threads.abandoned_total,
+            step_threads_abandoned_running=threads.abandoned_running,
+            step_threads_busy=threads.busy,
+            step_threads_queued=threads.queued_total,
             store=self.store.stats(),
             pruned_processes=self.pruned.processes,
             pruned_steps=self.pruned.steps,
