@@ -96,7 +96,7 @@ async def test_a_stopped_supervisor_makes_health_503_stops_pings_and_refuses_sta
     app = create_app(engine, heartbeat=0.2)
     async with TestClient(TestServer(app)) as client:
         assert (await client.get("/api/health")).status == 200
-        supervisor = engine._supervisor
+        supervisor = engine._runtime.supervisor
         assert supervisor is not None
         supervisor.cancel()  # it stops, whatever the reason: nothing may go on as if well
         await asyncio.wait([supervisor])
@@ -124,11 +124,11 @@ async def test_an_answer_for_a_branch_whose_action_failed_is_refused_while_a_sib
     with pytest.raises(CallbackNotFound):
         async with asyncio.timeout(PATIENCE):
             await engine.callback(oss.tokens[0], {"circuit": "C-1"})
-    assert token_digest(oss.tokens[0]) not in engine._tokens
+    assert token_digest(oss.tokens[0]) not in engine._runtime.tokens
     gate.open()
     process = await settle(engine, pid, "failed")
     assert "the OSS refused the order" in (process.error or "")
-    assert engine._tokens == {}
+    assert engine._runtime.tokens == {}
 
 
 async def test_an_answer_taken_early_is_refused_when_the_action_then_fails(
@@ -148,7 +148,7 @@ async def test_an_answer_taken_early_is_refused_when_the_action_then_fails(
             await sent
     gate.open()
     await settle(engine, pid, "failed")
-    assert engine._tokens == {}
+    assert engine._runtime.tokens == {}
     # A retry asks again with a new token; the refused answer is not taken for it.
     oss.refuse, oss.hold = False, False
     oss.handed.clear()
@@ -161,7 +161,7 @@ async def test_an_answer_taken_early_is_refused_when_the_action_then_fails(
     process = await engine.wait(pid, timeout=PATIENCE)
     assert process.status == "completed", process.error
     assert process.state["circuit"] == "C-2"
-    assert engine._tokens == {}
+    assert engine._runtime.tokens == {}
 
 
 async def test_on_the_main_line_an_answer_for_a_failed_action_is_refused_too(
@@ -172,7 +172,7 @@ async def test_on_the_main_line_an_answer_for_a_failed_action_is_refused_too(
     with pytest.raises((CallbackNotFound, InvalidTransition)):
         async with asyncio.timeout(PATIENCE):
             await engine.callback(oss.tokens[0], {"circuit": "C-1"})
-    assert engine._tokens == {}
+    assert engine._runtime.tokens == {}
 
 
 # -- 3. envelopes queued at shutdown are answered ----------------------------------------------
@@ -193,7 +193,7 @@ async def test_an_envelope_queued_when_the_engine_stops_is_answered_shutting_dow
     with pytest.raises(ShuttingDown):
         async with asyncio.timeout(PATIENCE):
             await sent
-    assert pid not in engine.actors
+    assert pid not in engine._runtime.actors
 
 
 @pytest.mark.sqlite_only
@@ -211,7 +211,8 @@ async def test_a_message_being_handled_when_the_engine_stops_is_answered_shuttin
     await settle(engine, pid, "awaiting_callback")
     lock = outside_lock()  # the answer's commit waits for another program's lock ...
     sent = asyncio.ensure_future(engine.answer_callback(pid, {"circuit": "C-1"}))
-    await until(lambda: pid in engine.actors and engine.actors[pid].committing, "it commits")
+    actors = engine._runtime.actors
+    await until(lambda: pid in actors and actors[pid].committing, "it commits")
     closing = asyncio.ensure_future(engine.close())  # ... when the engine stops
     with pytest.raises(ShuttingDown):
         async with asyncio.timeout(PATIENCE):
@@ -250,7 +251,7 @@ async def test_a_commit_that_meets_an_outside_lock_waits_off_the_loop(
     loop = asyncio.get_running_loop()
     pid = await engine.start("held")
     await gate.reached(1)
-    actor = engine.actors[pid]
+    actor = engine._runtime.actors[pid]
     lock = outside_lock()
     ticks: list[float] = []
 

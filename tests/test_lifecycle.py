@@ -29,14 +29,6 @@ async def engine(engine_factory: EngineFactory, step_resources: dict[type, objec
     )
 
 
-async def until(engine: Engine, pid: str, status: str) -> None:
-    for _ in range(500):
-        if (await engine.get(pid)).status == status:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{pid} never became {status}")
-
-
 async def created_subscription(engine: Engine) -> str:
     p = await engine.wait(await engine.start("create_node", {"name": "n1"}))
     assert p.status == "completed"

@@ -9,14 +9,12 @@ without its step ever running.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from limit_flows import Hold, Journal, audit_site
-from tests_support import EngineFactory, settle
+from tests_support import EngineFactory, settle, wait_until
 
 from orchd.engine import Engine
 from orchd.errors import ConfigError
@@ -46,27 +44,13 @@ async def limited(
     return engine, journal, hold
 
 
-async def until(check: Callable[[], Any], what: str) -> Any:
-    """Wait (10 s at most) until ``check()`` (maybe a coroutine function) answers something
-    true."""
-    deadline = time.monotonic() + 10.0
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"still not {what}"
-        await asyncio.sleep(0.01)
-
-
 async def blocked(engine: Engine, pid: str) -> Any:
     """Wait until the process's step waits for a slot; answer its ``blocked_on``."""
 
     async def check() -> Any:
         return (await engine.get(pid)).blocked_on
 
-    return await until(check, f"{pid} blocked")
+    return await wait_until(check, f"{pid} blocked")
 
 
 async def completed(engine: Engine, *pids: str) -> None:
@@ -279,7 +263,7 @@ async def test_slots_are_free_once_a_step_failed_went_waiting_or_awaits_a_callba
     assert overlaps(journal) == {"router:r1": 1}
 
     ordered = await engine.start("order_router_circuit", {"node_name": "r1"})
-    await until(lambda: ordered in journal.tokens, "the circuit ordered")
+    await wait_until(lambda: ordered in journal.tokens, "the circuit ordered")
     assert (await engine.wait(ordered, timeout=10)).status == "awaiting_callback"
     # Its action's outcome is committed: the router is free while it awaits the callback.
     other = await engine.start("configure_router", {"node_name": "r1"})

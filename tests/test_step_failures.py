@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
-from tests_support import DatabaseFactory
+from tests_support import EngineFactory
 
 from orchd import Engine
 
@@ -14,10 +12,8 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def engine(database_factory: DatabaseFactory) -> AsyncIterator[Engine]:
-    database = await database_factory("orchd.db")
-    async with Engine(database=database, workflows=["failure_flows"]) as e:
-        yield e
+async def engine(engine_factory: EngineFactory) -> Engine:
+    return await engine_factory(["failure_flows"])
 
 
 async def test_a_step_raising_cancelled_error_fails_instead_of_hanging(engine: Engine) -> None:

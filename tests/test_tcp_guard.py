@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import anyio
 import pytest
 from aiohttp import web
+from tests_support import wait_until
 
 from orchd.api.guard import ConnectionCounts, TcpGuard
 from orchd.settings import TcpSettings
@@ -44,9 +44,7 @@ async def connect(port: int, source: str) -> Stream:
 
 
 async def settled(guard: TcpGuard, expected: ConnectionCounts) -> None:
-    with anyio.fail_after(5):
-        while guard.counts() != expected:
-            await anyio.sleep(0.01)
+    await wait_until(lambda: guard.counts() == expected, f"the guard's counts {expected}")
 
 
 async def test_the_guard_counts_refusals_timeouts_and_open_connections(
