@@ -17,10 +17,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from orchd.client import Event, parse_sse
 from orchd.client import UnixHTTPConnection as _ClientConnection
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -284,6 +285,10 @@ class DaemonProcess:
         finally:
             conn.close()
 
+    def events(self, path: str = "/api/events", last_event_id: str | None = None) -> EventStream:
+        """The daemon's event stream (see ``EventStream``)."""
+        return EventStream(self.socket, path, last_event_id=last_event_id)
+
     def start_process(self, workflow: str, body: Any = None) -> str:
         status, answer = self.request("POST", f"/api/processes/{workflow}", body or {})
         assert status == 201, (status, answer)
@@ -318,6 +323,76 @@ class DaemonProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"step {step!r} of {pid} did not start:\n{self.stderr}")
             time.sleep(0.01)
+
+
+class EventStream:
+    """``GET /api/events`` (or another ``path`` of it, with a query) on a daemon's socket,
+    read with the CLI's own parser, ``orchd.client.parse_sse``. ``next`` gives the next event
+    and ``until`` the events up to a process's status, each within a deadline; ``got`` keeps
+    every event read and ``last_id`` the last id."""
+
+    def __init__(
+        self,
+        socket_path: str,
+        path: str = "/api/events",
+        *,
+        last_event_id: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.conn = UnixHTTPConnection(socket_path, timeout=timeout)
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        self.conn.request("GET", path, headers=headers)
+        self.response = self.conn.getresponse()
+        if self.response.status != 200:
+            body = self.response.read()
+            self.close()
+            raise AssertionError(f"GET {path}: {self.response.status} {body!r}")
+        self.deadline = time.monotonic() + timeout
+        self.events = parse_sse(self._lines())
+        self.got: list[Event] = []
+        self.last_id: str | None = None
+
+    def _lines(self) -> Iterator[bytes]:
+        # A keep-alive comment comes as a line too: the deadline holds across them.
+        while True:
+            assert time.monotonic() < self.deadline, "no event in time"
+            line = self.response.readline()
+            assert line, "the event stream ended"
+            yield line
+
+    def next(self, timeout: float = 10.0) -> Event:
+        self.deadline = time.monotonic() + timeout
+        event = next(self.events)
+        self.got.append(event)
+        self.last_id = event.id if event.id is not None else self.last_id
+        return event
+
+    def until(self, pid: str, status: str, timeout: float = 10.0) -> list[Event]:
+        """The events read up to the first that says process ``pid`` is ``status``."""
+        deadline = time.monotonic() + timeout
+        seen = []
+        while True:
+            event = self.next(deadline - time.monotonic())
+            seen.append(event)
+            data = event.json()
+            if (
+                isinstance(data, dict)
+                and (event.event, data.get("kind")) == ("process", "process")
+                and (data.get("process_id"), data.get("status")) == (pid, status)
+            ):
+                return seen
+
+    def close(self) -> None:
+        self.response.close()
+        self.conn.close()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _exchange(

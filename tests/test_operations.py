@@ -3,7 +3,6 @@ retention, durable events, id prefixes."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import queue
@@ -13,7 +12,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -194,61 +192,8 @@ def test_a_key_is_free_again_once_its_process_is_pruned(daemon_factory: DaemonFa
 # -- durable events -------------------------------------------------------------------------
 
 
-@dataclass
-class Sse:
-    id: str | None
-    event: str
-    data: dict[str, Any]
-
-
-@dataclass
-class Stream:
-    conn: http.client.HTTPConnection
-    response: http.client.HTTPResponse
-    got: list[Sse] = field(default_factory=list)
-
-    def next(self) -> Sse:
-        event_id, kind, data = None, "message", []
-        while True:
-            line = self.response.readline()
-            assert line, "the stream ended"
-            text = line.decode().rstrip("\n")
-            if not text:
-                if data:
-                    sse = Sse(event_id, kind, json.loads("\n".join(data)))
-                    self.got.append(sse)
-                    return sse
-                continue
-            name, _, value = text.partition(": ")
-            if name == "id":
-                event_id = value
-            elif name == "event":
-                kind = value
-            elif name == "data":
-                data.append(value)
-
-    def until(self, pid: str, status: str) -> list[Sse]:
-        seen = []
-        while True:
-            sse = self.next()
-            seen.append(sse)
-            d = sse.data
-            if d.get("process_id") == pid and d["kind"] == "process" and d["status"] == status:
-                return seen
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def events(d: DaemonProcess, last_id: str | None = None) -> Stream:
-    conn = UnixHTTPConnection(d.socket, timeout=10.0)
-    headers = {} if last_id is None else {"Last-Event-ID": last_id}
-    conn.request("GET", "/api/events", headers=headers)
-    return Stream(conn, conn.getresponse())
-
-
 def test_last_event_id_resumes_across_a_restart(daemon: DaemonProcess) -> None:
-    stream = events(daemon)
+    stream = daemon.events()
     first = daemon.start_process("e2e_hello")
     last = stream.until(first, "completed")[-1].id
     stream.close()
@@ -256,29 +201,29 @@ def test_last_event_id_resumes_across_a_restart(daemon: DaemonProcess) -> None:
     daemon.restart()
     second = daemon.start_process("e2e_hello")
     daemon.wait_process(second, ("completed",))
-    resumed = events(daemon, last)
+    resumed = daemon.events(last_event_id=last)
     got = resumed.until(second, "completed")
     resumed.close()
     assert got[0].event != "reset"
-    assert {e.data["process_id"] for e in got} == {second}
+    assert {e.json()["process_id"] for e in got} == {second}
     ids = [int(e.id or 0) for e in got]
     assert ids == sorted(ids) and ids[0] == int(last) + 1
-    kinds = [(e.data["kind"], e.data.get("step")) for e in got]
+    kinds = [(e.json()["kind"], e.json().get("step")) for e in got]
     assert kinds[0] == ("process", None) and ("step", "greet") in kinds
 
 
 def test_a_client_behind_what_is_kept_gets_one_reset(daemon_factory: DaemonFactory) -> None:
     d = daemon_factory({**KEEP_TASKS, "retention": {"events": 10}})
-    stream = events(d)
+    stream = d.events()
     first = d.start_process("e2e_hello")
     old = stream.until(first, "completed")[0].id
     stream.close()
     for _ in range(4):  # about 24 events: the first ones are no longer kept
         finished(d)
     d.restart()
-    resumed = events(d, old)
+    resumed = d.events(last_event_id=old)
     reset = resumed.next()
-    assert reset.event == "reset" and reset.data["reload"] is True, reset
+    assert reset.event == "reset" and reset.json()["reload"] is True, reset
     # Then it follows from what the reset's id says, as a reloaded client would.
     last = d.start_process("e2e_hello")
     got = resumed.until(last, "completed")
@@ -289,10 +234,10 @@ def test_a_client_behind_what_is_kept_gets_one_reset(daemon_factory: DaemonFacto
 
 def test_an_id_this_database_never_gave_gets_a_reset(daemon: DaemonProcess) -> None:
     finished(daemon)
-    stream = events(daemon, "1764000000000000000")
+    stream = daemon.events(last_event_id="1764000000000000000")
     first = stream.next()
     stream.close()
-    assert first.event == "reset" and "unknown" in first.data["reason"]
+    assert first.event == "reset" and "unknown" in first.json()["reason"]
 
 
 async def test_listen_replays_stored_events_after_an_id(database_factory: DatabaseFactory) -> None:
@@ -349,45 +294,36 @@ async def test_an_ambiguous_prefix_is_refused(database_factory: DatabaseFactory)
 # -- the CLI --------------------------------------------------------------------------------
 
 
-def cli(d: DaemonProcess, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchd", "--socket", d.socket, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def test_start_with_a_key_prints_the_same_id_twice(daemon: DaemonProcess) -> None:
-    first = cli(daemon, "start", "e2e_hello", "--key", "run-1")
-    again = cli(daemon, "start", "e2e_hello", "--key", "run-1")
+    first = daemon.cli("start", "e2e_hello", "--key", "run-1")
+    again = daemon.cli("start", "e2e_hello", "--key", "run-1")
     assert first.returncode == again.returncode == 0, first.stderr + again.stderr
     assert first.stdout == again.stdout and len(first.stdout.strip()) == 36
-    other = cli(daemon, "start", "e2e_tick", "--key", "run-1")
+    other = daemon.cli("start", "e2e_tick", "--key", "run-1")
     assert other.returncode == 1 and "run-1" in other.stderr
 
 
 def test_gc_dry_run_counts_and_gc_deletes(daemon_factory: DaemonFactory) -> None:
     d = daemon_factory({**KEEP_TASKS, "retention": {"tasks": RETAIN}})
     age(d, finished(d))
-    dry = cli(d, "gc", "--dry-run")
+    dry = d.cli("gc", "--dry-run")
     assert dry.returncode == 0 and dry.stdout.startswith("would delete 1 processes"), dry
-    done = cli(d, "gc", "--json")
+    done = d.cli("gc", "--json")
     assert json.loads(done.stdout)["processes"] == 1
-    assert cli(d, "gc").stdout.startswith("deleted 0 processes")
+    assert d.cli("gc").stdout.startswith("deleted 0 processes")
 
 
 def test_show_takes_a_prefix_and_prints_the_state(daemon: DaemonProcess) -> None:
     pid = finished(daemon)
-    shown = cli(daemon, "show", pid[:8], "--state")
+    shown = daemon.cli("show", pid[:8], "--state")
     assert shown.returncode == 0, shown.stderr
     state = json.loads(shown.stdout)
     assert state["process_id"] == pid and state["workflow_name"] == "e2e_hello"
-    assert cli(daemon, "show", pid[:7]).returncode == 1
+    assert daemon.cli("show", pid[:7]).returncode == 1
 
 
 def test_the_reporter_option_labels_the_action(daemon: DaemonProcess) -> None:
-    started = cli(daemon, "--reporter", "nightly-job", "start", "e2e_hello")
+    started = daemon.cli("--reporter", "nightly-job", "start", "e2e_hello")
     pid = started.stdout.strip()
     process = daemon.wait_process(pid, ("completed",))
     assert process["actions"][0]["actor"] == f"uid:{os.getuid()} (nightly-job)"
@@ -395,7 +331,7 @@ def test_the_reporter_option_labels_the_action(daemon: DaemonProcess) -> None:
 
 def test_schedules_show_a_trigger_column(daemon_factory: DaemonFactory) -> None:
     d = daemon_factory(KEEP_TASKS, raw_config=SCHEDULE)
-    out = cli(d, "schedules").stdout
+    out = d.cli("schedules").stdout
     assert out.split()[:3] == ["NAME", "WORKFLOW", "TRIGGER"] and "every 1h" in out
 
 
