@@ -1,9 +1,11 @@
 """The daemon's TOML configuration.
 
 A config error must stop start-up with one line a person can act on, so every check here
-reports ``<file>: <key>: <problem>`` through `ConfigError`. Decoding is done by msgspec
-(types, unknown keys); the checks msgspec cannot express (durations, cron, listen address,
-cross-field rules) run afterwards on the decoded structs.
+reports ``<file>: <key>: <problem>`` through `ConfigError`. The settings themselves (key,
+type, default, whether a reload applies them) are declared once, in ``orchd.settings``; this
+module reads the file into them. Decoding is done by msgspec (types, unknown keys, durations and
+limits through `orchd.settings.decode_setting`); the checks msgspec cannot express (cron,
+listen address, cross-field rules) run afterwards on the decoded structs.
 """
 
 from __future__ import annotations
@@ -26,44 +28,40 @@ import msgspec
 from cronsim import CronSim, CronSimError
 
 from orchd.configfile import find_config
-from orchd.dburl import driver_missing, is_postgres, sqlite_path
+from orchd.dburl import anchored, database_file, driver_missing, is_postgres
 from orchd.errors import ConfigError
 from orchd.settings import (
+    RELOADS,
     ConsoleSettings,
+    Duration,
     EngineSettings,
     EventSettings,
     HttpSettings,
-    LimitSpec,
+    LimitTable,
+    PositiveDuration,
     ScheduleSpec,
+    Settings,
     TcpSettings,
+    TracingSettings,
     UnixSettings,
+    decode_setting,
+    parse_duration,
+    reloadable,
 )
 from orchd.systemd import under_systemd
 
 __all__ = [
     "EXAMPLE_WORKFLOWS",
+    "RELOADABLE",
     "Config",
-    "ConsoleConfig",
-    "EventsConfig",
-    "RetentionConfig",
-    "HttpConfig",
     "LoadedConfig",
     "ScheduleConfig",
-    "TcpConfig",
-    "UnixConfig",
     "check_database_path",
-    "console_settings",
-    "engine_settings",
-    "event_settings",
-    "http_settings",
-    "limit_specs",
     "load_config",
     "parse_duration",
     "parse_host",
     "parse_listen",
     "schedule_specs",
-    "tcp_settings",
-    "unix_settings",
     "validate_config",
 ]
 
@@ -82,24 +80,22 @@ EXAMPLE_SCHEDULE: Mapping[str, Any] = {
     "input": {"product": "node"},
 }
 
-NonNegative = Annotated[int, msgspec.Meta(ge=0)]
-Positive = Annotated[int, msgspec.Meta(ge=1)]
 
-
-class ScheduleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class ScheduleConfig(Settings, frozen=True, kw_only=True):
     """One ``[[schedules]]`` entry: a SYSTEM workflow run by the internal scheduler."""
 
     workflow: str
     name: str | None = None
-    every: str | None = None
+    every: PositiveDuration | None = None
     cron: str | None = None
     input: dict[str, Any] = {}
-    jitter: str = "0s"
+    jitter: Duration = Duration("0s")
     timezone: str = "UTC"
     enabled: bool = True
-    misfire_grace: str = "5m"
+    misfire_grace: Duration = Duration("5m")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         # The scheduler and the API key entries by name; most configs never set one.
         if self.name is None:
             msgspec.structs.force_setattr(self, "name", self.workflow)
@@ -110,78 +106,10 @@ class ScheduleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         return self.name if self.name is not None else self.workflow
 
 
-class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The HTTP client pool that workflow steps share to reach OSS/BSS systems."""
-
-    limit: Positive = 1000
-    limit_per_host: Positive = 100
-    timeout: str = "30s"
-    connect_timeout: str = "10s"
-    retries: NonNegative = 3
-
-
-class TcpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Limits on the TCP listener's connections (``listen``); see `orchd.settings.TcpSettings`."""
-
-    max_connections: Positive = 512
-    max_per_peer: Positive = 64
-    max_per_prefix: Positive = 128
-    reserved: NonNegative | None = None
-    header_timeout: str = "5s"
-    failed_logins: NonNegative = 10
-    failed_login_window: str = "1m"
-
-
-class UnixConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The control socket's cap; see `orchd.settings.UnixSettings`."""
-
-    max_connections: Positive = 512
-
-
-class EventsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Limits on event streams; see `orchd.settings.EventSettings`."""
-
-    max_streams: Positive = 128
-    max_per_peer: Positive = 16
-    write_timeout: str = "10s"
-
-
-class ConsoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The web console at ``/ui/``; see `orchd.settings.ConsoleSettings`."""
-
-    enabled: bool = True
-    session_timeout: str = "8h"
-
-
-class TracingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Spans exported through OpenTelemetry's SDK (the ``orchd[otel]`` extra), configured by
-    its standard ``OTEL_*`` environment variables; off by default. Trace ids, and the
-    ``traceparent`` of steps' requests, do not depend on it."""
-
-    enabled: bool = False
-
-
-class LimitConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A ``[limits.NAME]`` table (README "Limits on shared resources"): per key, at most
-    ``concurrency`` steps at once
-    and at most ``rate`` starts (``"10/s"``, ``"600/m"``, ``"100/h"``), spaced evenly. A bare
-    number (``router = 1``) is the concurrency alone."""
-
-    concurrency: Positive | None = None
-    rate: str | None = None
-
-
-class RetentionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """How long completed and aborted processes are kept after their last change ("0": for
-    ever), and how many events are kept for clients that resume."""
-
-    tasks: str = "7d"
-    workflows: str = "365d"
-    events: Positive = 100_000
-
-
-class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The whole config file; every key is optional (see config/orchd.toml)."""
+class Config(EngineSettings, frozen=True, kw_only=True):
+    """The whole config file; every key is optional (see config/orchd.toml). The engine's
+    keys (``grace_period``, ``[retention]``, ``[limits]``, ...) are `EngineSettings`'s, and
+    the config itself is what the engine is given."""
 
     database: str = "./orchd.db"
     socket: str = "./orchd.sock"
@@ -196,39 +124,22 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     #: give (``name`` for any port, ``name:port``): a reverse proxy's or a tunnel's name.
     allowed_hosts: list[str] = []
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
-    grace_period: str = "10s"
     #: Requests per second one client (socket uid, TCP address) may send; 0: no limit.
     rate_limit: Annotated[float, msgspec.Meta(ge=0)] = 0.0
-    max_body: Positive = 1048576
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_body: Annotated[int, msgspec.Meta(ge=1)] = 1048576
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], RELOADS] = "info"
     #: Every log line valid logfmt (default) or one JSON object; "text" for people.
     log_format: Literal["logfmt", "json", "text"] = "logfmt"
     socket_mode: str = "0660"
     socket_group: str | None = None
     watchdog: bool = True
-    schedules: list[ScheduleConfig] = []
-    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
-    tcp: TcpConfig = msgspec.field(default_factory=TcpConfig)
-    unix: UnixConfig = msgspec.field(default_factory=UnixConfig)
-    events: EventsConfig = msgspec.field(default_factory=EventsConfig)
-    console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
-    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
-    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
-    retry_delay: str = "5s"
-    retry_max_delay: str = "10m"
-    retry_max_attempts: NonNegative = 10
-    step_timeout: str | None = None
-    #: Threads for sync steps; a call abandoned after its timeout gives its place back.
-    step_threads: Positive = 64
-    #: Limits on shared resources that steps name with ``uses=`` (README "Limits on shared
-    #: resources").
-    #: Each entry a concurrency (``router = 1``) or a table (``LimitConfig``), checked by
-    #: ``limit_specs`` so that an error names the limit.
-    limits: dict[str, Any] = {}
-    #: A cluster (``database`` on PostgreSQL): this daemon's name (default ``hostname:pid``)
-    #: and how long its lease on its processes lasts without a heartbeat.
-    node_id: str | None = None
-    lease_timeout: str = "10s"
+    schedules: Annotated[list[ScheduleConfig], RELOADS] = []
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    tcp: TcpSettings = msgspec.field(default_factory=TcpSettings)
+    unix: UnixSettings = msgspec.field(default_factory=UnixSettings)
+    events: EventSettings = msgspec.field(default_factory=EventSettings)
+    console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
+    tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
 
     @property
     def socket_mode_bits(self) -> int:
@@ -238,6 +149,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     def listen_address(self) -> tuple[str, int] | None:
         """``(host, port)`` with IPv6 brackets removed, ready for ``loop.create_server``."""
         return None if self.listen is None else parse_listen(self.listen)
+
+
+#: Config keys applied by SIGHUP (marked `RELOADS` where they are declared); a change to any
+#: other key needs a restart.
+RELOADABLE = reloadable(Config)
 
 
 @dataclass(frozen=True)
@@ -298,32 +214,6 @@ class LoadedConfig:
 
     def check_database(self) -> None:
         check_database_path(self.config.database, source=self.source)
-
-
-# Longest units first so that "ms" is not read as "m" followed by garbage.
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?|\.\d+")
-_DURATION_HINT = "use e.g. 30s, 5m, 1h"
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``text``: ``"250ms"``, ``"30s"``, ``"5m"``, ``"1h30m"``, ``"1d"`` or ``"30"``.
-
-    Raises ValueError (with a message fit for a user) for anything else, negatives included.
-    """
-    stripped = text.strip()
-    if _NUMBER.fullmatch(stripped):
-        return float(stripped)
-    total, pos = 0.0, 0
-    for match in _DURATION_PART.finditer(stripped):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if pos == 0 or pos != len(stripped):
-        raise ValueError(f"invalid duration {text!r} ({_DURATION_HINT})")
-    return total
 
 
 def _check_postgres_url(text: str) -> None:
@@ -411,24 +301,12 @@ def _parse_mode(text: str) -> int:
     return int(text.removeprefix("0o"), 8)
 
 
-def _not_a_path(database: str) -> bool:
-    """SQLite's in-memory database and URI filenames name no file we could check or move;
-    a PostgreSQL URL names a server."""
-    return (
-        database == ":memory:"
-        or database.startswith(("file:", "sqlite://"))
-        or is_postgres(database)
-    )
-
-
 def check_database_path(path: str | os.PathLike[str], *, source: str = DEFAULT_SOURCE) -> None:
     """Raise ConfigError unless SQLite can create and write ``path`` and its journal files."""
-    if is_postgres(os.fspath(path)):
+    file = database_file(os.fspath(path))
+    if file is None:
         return
-    path = sqlite_path(os.fspath(path))
-    if _not_a_path(path):
-        return
-    target = Path(path)
+    target = Path(file)
     parent = target.parent
     problem = None
     if not parent.is_dir():
@@ -470,9 +348,11 @@ def load_config(
     if unknown:  # every one at once, not the first of them
         raise ConfigError(f"{source}: {'; '.join(unknown)}")
     try:
-        config = msgspec.convert(raw, Config)
+        config = msgspec.convert(raw, Config, dec_hook=decode_setting)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {_describe_validation_error(str(exc))}") from None
+    except ConfigError as exc:  # a [limits] entry, which names its own key
+        raise ConfigError(f"{source}: {exc.detail}") from None
     validate_config(config, source=source)
     token_path = _token_path(config, env, source) if check_token else None
     if systemd:
@@ -501,13 +381,6 @@ def _read_toml(file: Path) -> dict[str, Any]:
         raise ConfigError(f"{file}: line {line}: TOML syntax error: {detail}") from None
 
 
-_DURATION_KEYS = {
-    "grace_period", "lease_timeout", "retry_delay", "retry_max_delay", "step_timeout",
-    "every", "jitter", "misfire_grace", "timeout", "connect_timeout", "header_timeout",
-    "write_timeout", "session_timeout",
-}  # fmt: skip
-
-
 def _unknown_keys(raw: Any, struct: type[msgspec.Struct], where: str = "") -> list[str]:
     """``KEY: unknown key`` for every key of the table ``raw`` (and of the tables in it) that
     ``struct`` does not have, in file order, each with the key it is closest to when one is
@@ -523,7 +396,7 @@ def _unknown_keys(raw: Any, struct: type[msgspec.Struct], where: str = "") -> li
             found.append(f"{where}{key}: unknown key{hint}")
         elif struct is Config and key == "limits" and isinstance(value, dict):
             for name, entry in value.items():
-                found += _unknown_keys(entry, LimitConfig, f"limits.{name}.")
+                found += _unknown_keys(entry, LimitTable, f"limits.{name}.")
         elif isinstance(fields[key], type) and issubclass(fields[key], msgspec.Struct):
             found += _unknown_keys(value, fields[key], f"{where}{key}.")
         elif typing.get_origin(fields[key]) is list and isinstance(value, list):
@@ -546,9 +419,7 @@ def _describe_validation_error(message: str) -> str:
         return f"{key}: {'unknown key' if unknown else 'missing required key'}"
     got = re.fullmatch(r"Expected `(.+)`, got `(.+)`", what)
     last = re.sub(r"\[\d+\]$", "", key.rpartition(".")[2])
-    if got and last in _DURATION_KEYS:
-        problem = f'expected a duration string such as "30s", got {got.group(2)}'
-    elif got and last == "socket_mode":
+    if got and last == "socket_mode":
         problem = f'expected an octal string such as "0660", got {got.group(2)}'
     elif what.startswith("Invalid enum value") and last in typing.get_type_hints(Config):
         allowed = ", ".join(typing.get_args(typing.get_type_hints(Config)[last]))
@@ -577,27 +448,18 @@ def validate_config(config: Config, *, source: str = DEFAULT_SOURCE) -> None:
         check.parsed("listen", parse_listen, config.listen)
     check.hosts("allowed_hosts", config.allowed_hosts)
     check.parsed("socket_mode", _parse_mode, config.socket_mode)
-    check.duration("grace_period", config.grace_period)
-    check.duration("lease_timeout", config.lease_timeout, positive=True)
     if config.node_id is not None and not config.node_id.strip():
         check.fail("node_id", "must not be empty")
     if is_postgres(config.database):
         check.parsed("database", _check_postgres_url, config.database)
         if (missing := driver_missing()) is not None:
             check.fail("database", missing)
-    delay = check.duration("retry_delay", config.retry_delay)
-    max_delay = check.duration("retry_max_delay", config.retry_max_delay, positive=True)
-    if max_delay < delay:
-        check.fail("retry_max_delay", f"{config.retry_max_delay!r} is shorter than retry_delay")
-    if config.step_timeout is not None:
-        check.duration("step_timeout", config.step_timeout, positive=True)
-    check.duration("http.timeout", config.http.timeout, positive=True)
-    check.duration("http.connect_timeout", config.http.connect_timeout, positive=True)
+    if config.retry_max_delay < config.retry_delay:
+        check.fail(
+            "retry_max_delay",
+            f"{str(config.retry_max_delay)!r} is shorter than retry_delay",
+        )
     _check_tcp(check, config.tcp)
-    check.duration("events.write_timeout", config.events.write_timeout, positive=True)
-    check.duration("console.session_timeout", config.console.session_timeout, positive=True)
-    check.duration("retention.tasks", config.retention.tasks)
-    check.duration("retention.workflows", config.retention.workflows)
     if config.events.max_per_peer > config.events.max_streams:
         check.fail(
             "events.max_per_peer",
@@ -605,12 +467,9 @@ def validate_config(config: Config, *, source: str = DEFAULT_SOURCE) -> None:
             f" ({config.events.max_streams})",
         )
     schedule_specs(config, source=source)
-    limit_specs(config, source=source)
 
 
-def _check_tcp(check: _Checker, tcp: TcpConfig) -> None:
-    check.duration("tcp.header_timeout", tcp.header_timeout, positive=True)
-    check.duration("tcp.failed_login_window", tcp.failed_login_window, positive=True)
+def _check_tcp(check: _Checker, tcp: TcpSettings) -> None:
     if tcp.max_per_peer > tcp.max_connections:
         check.fail(
             "tcp.max_per_peer",
@@ -622,64 +481,6 @@ def _check_tcp(check: _Checker, tcp: TcpConfig) -> None:
             f"{tcp.reserved} leaves none of tcp.max_connections ({tcp.max_connections})"
             " for other requests",
         )
-
-
-_RATE = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*/\s*(s|m|h)\s*")
-_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-#: A limit's name, as a step's ``uses=`` names it (``orchd.dsl.LIMIT_NAME``).
-_LIMIT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def parse_rate(text: str) -> float:
-    """Starts per second in ``"10/s"``, ``"600/m"`` or ``"100/h"``; ValueError otherwise."""
-    found = _RATE.fullmatch(text)
-    if found is None:
-        raise ValueError(f'invalid rate {text!r} (use e.g. "10/s", "600/m" or "100/h")')
-    per_second = float(found.group(1)) / _RATE_UNITS[found.group(2)]
-    if per_second <= 0:
-        raise ValueError(f"rate must be greater than zero, got {text!r}")
-    return per_second
-
-
-def limit_specs(config: Config, *, source: str = DEFAULT_SOURCE) -> dict[str, LimitSpec]:
-    """The ``[limits]`` table checked and parsed: ``{name: LimitSpec}``.
-
-    Raises ConfigError (``<file>: limits.NAME...: problem``) on the first bad entry. Whether
-    every limit a step names is set is the engine's check, once the workflows are loaded."""
-    check = _Checker(source)
-    specs = {}
-    for name, entry in config.limits.items():
-        if not _LIMIT_NAME.fullmatch(name):
-            check.fail(
-                f"limits.{name}", "a limit's name has only letters, digits, '_', '.' and '-'"
-            )
-        try:
-            entry = msgspec.convert(entry, Positive | LimitConfig)
-        except msgspec.ValidationError as exc:
-            problem = _describe_validation_error(str(exc))
-            where, _, what = problem.partition(": ")
-            if where == "top level":
-                if "got object" not in what:
-                    what = f"{what} (a number: at most so many at once; or a table)"
-                check.fail(f"limits.{name}", what)
-            check.fail(f"limits.{name}.{where}", what)
-        if isinstance(entry, int):
-            specs[name] = LimitSpec(concurrency=entry)
-            continue
-        if entry.concurrency is None and entry.rate is None:
-            check.fail(f"limits.{name}", "set concurrency, rate or both")
-        rate = None
-        if entry.rate is not None:
-            try:
-                rate = parse_rate(entry.rate)
-            except ValueError as exc:
-                check.fail(f"limits.{name}.rate", str(exc))
-        specs[name] = LimitSpec(
-            concurrency=entry.concurrency,
-            rate=rate,
-            rate_text=None if entry.rate is None else entry.rate.strip(),
-        )
-    return specs
 
 
 def schedule_specs(config: Config, *, source: str = DEFAULT_SOURCE) -> tuple[ScheduleSpec, ...]:
@@ -726,26 +527,12 @@ class _Checker:
                     '(e.g. "orchd.example.net", "orchd.example.net:8443", "[::1]:8470")',
                 )
 
-    def duration(self, key: str, text: str, *, positive: bool = False) -> float:
-        try:
-            seconds = parse_duration(text)
-        except ValueError as exc:
-            self.fail(key, str(exc))
-        if positive and seconds <= 0:
-            self.fail(key, f"duration must be greater than zero, got {text!r}")
-        return seconds
-
     def schedule(self, entry: ScheduleConfig, at: str) -> ScheduleSpec:
         if not entry.workflow:
             self.fail(f"{at}.workflow", "must not be empty")
         if (entry.every is None) == (entry.cron is None):
             which = "both" if entry.every is not None else "neither"
             self.fail(at, f"set exactly one of 'every' or 'cron' ({which} given)")
-        every = None
-        if entry.every is not None:
-            every = self.duration(f"{at}.every", entry.every, positive=True)
-        jitter = self.duration(f"{at}.jitter", entry.jitter)
-        misfire_grace = self.duration(f"{at}.misfire_grace", entry.misfire_grace)
         try:
             zone = ZoneInfo(entry.timezone)
         except (ZoneInfoNotFoundError, ValueError):
@@ -762,12 +549,12 @@ class _Checker:
             name=entry.key,
             workflow=entry.workflow,
             input=dict(entry.input),
-            every=every,
-            every_text=entry.every,
+            every=entry.every,
+            every_text=None if entry.every is None else entry.every.text,
             cron=entry.cron,
             zone=zone,
-            jitter=jitter,
-            misfire_grace=misfire_grace,
+            jitter=entry.jitter,
+            misfire_grace=entry.misfire_grace,
             enabled=entry.enabled,
         )
 
@@ -789,80 +576,6 @@ def _token_path(config: Config, env: Mapping[str, str], source: str) -> Path | N
     return None
 
 
-def engine_settings(config: Config) -> EngineSettings:
-    """The engine's settings from a validated config (durations parsed here, once)."""
-    step_timeout = config.step_timeout
-    return EngineSettings(
-        grace_period=parse_duration(config.grace_period),
-        step_timeout=None if step_timeout is None else parse_duration(step_timeout),
-        retry_delay=parse_duration(config.retry_delay),
-        retry_max_delay=parse_duration(config.retry_max_delay),
-        retry_max_attempts=config.retry_max_attempts,
-        step_threads=config.step_threads,
-        retain_tasks=_kept_for(config.retention.tasks),
-        retain_workflows=_kept_for(config.retention.workflows),
-        keep_events=config.retention.events,
-        node_id=config.node_id,
-        lease_timeout=parse_duration(config.lease_timeout),
-        limits=limit_specs(config),
-    )
-
-
-def _kept_for(text: str) -> float | None:
-    """A retention duration in seconds; "0" keeps for ever (None)."""
-    seconds = parse_duration(text)
-    return None if seconds == 0 else seconds
-
-
-def http_settings(config: Config) -> HttpSettings:
-    """The shared HTTP client's settings from a validated config (durations parsed here, once)."""
-    http = config.http
-    return HttpSettings(
-        limit=http.limit,
-        limit_per_host=http.limit_per_host,
-        timeout=parse_duration(http.timeout),
-        connect_timeout=parse_duration(http.connect_timeout),
-        retries=http.retries,
-    )
-
-
-def event_settings(config: Config) -> EventSettings:
-    """The event streams' limits from a validated config."""
-    events = config.events
-    return EventSettings(
-        max_streams=events.max_streams,
-        max_per_peer=events.max_per_peer,
-        write_timeout=parse_duration(events.write_timeout),
-    )
-
-
-def console_settings(config: Config) -> ConsoleSettings:
-    """The web console's settings from a validated config."""
-    return ConsoleSettings(
-        enabled=config.console.enabled,
-        session_timeout=parse_duration(config.console.session_timeout),
-    )
-
-
-def tcp_settings(config: Config) -> TcpSettings:
-    """The TCP listener's connection limits from a validated config."""
-    tcp = config.tcp
-    return TcpSettings(
-        max_connections=tcp.max_connections,
-        max_per_peer=tcp.max_per_peer,
-        max_per_prefix=tcp.max_per_prefix,
-        reserved=tcp.reserved,
-        header_timeout=parse_duration(tcp.header_timeout),
-        failed_logins=tcp.failed_logins,
-        failed_login_window=parse_duration(tcp.failed_login_window),
-    )
-
-
-def unix_settings(config: Config) -> UnixSettings:
-    """The control socket's cap from a validated config."""
-    return UnixSettings(max_connections=config.unix.max_connections)
-
-
 def _resolve_systemd_dirs(config: Config, env: Mapping[str, str]) -> Config:
     """Anchor relative paths in the directories systemd made for us.
 
@@ -870,14 +583,12 @@ def _resolve_systemd_dirs(config: Config, env: Mapping[str, str]) -> Config:
     runtime directories are the only places this service can write.
     """
 
-    def anchored(value: str, variable: str) -> str:
-        base = env.get(variable, "").split(":")[0]
-        if not base or _not_a_path(value) or Path(value).is_absolute():
-            return value
-        return os.path.normpath(Path(base) / value)
+    def first(variable: str) -> str:
+        return env.get(variable, "").split(":")[0]
 
+    socket = config.socket
+    if first("RUNTIME_DIRECTORY") and not os.path.isabs(socket):
+        socket = os.path.normpath(os.path.join(first("RUNTIME_DIRECTORY"), socket))
     return msgspec.structs.replace(
-        config,
-        database=anchored(config.database, "STATE_DIRECTORY"),
-        socket=anchored(config.socket, "RUNTIME_DIRECTORY"),
+        config, database=anchored(config.database, first("STATE_DIRECTORY")), socket=socket
     )

@@ -38,21 +38,9 @@ from orchd.api.guard import GUARD_KEY, TcpGuard, UnixGuard, raise_open_files_lim
 from orchd.api.logins import FailedLogins
 from orchd.api.protocol import answer_malformed_requests_with_problems
 from orchd.api.routes import create_app
-from orchd.config import (
-    Config,
-    LoadedConfig,
-    console_settings,
-    engine_settings,
-    event_settings,
-    http_settings,
-    limit_specs,
-    load_config,
-    schedule_specs,
-    tcp_settings,
-    unix_settings,
-)
+from orchd.config import RELOADABLE, Config, LoadedConfig, load_config, schedule_specs
 from orchd.configfile import find_config
-from orchd.dburl import is_postgres, sqlite_path
+from orchd.dburl import database_file
 from orchd.engine import Engine
 from orchd.engine.limits import check_uses
 from orchd.engine.loading import import_failure, module_file, search_path
@@ -74,17 +62,6 @@ HTTP_SHUTDOWN_TIMEOUT = 2.0
 #: Seconds an idle keep-alive connection stays open after a response (aiohttp's default is an
 #: hour: on TCP, time enough for idle connections to pile up to the caps and stay there).
 KEEPALIVE_TIMEOUT = 75.0
-#: Config keys applied by SIGHUP; a change to any other key needs a restart.
-RELOADABLE = (
-    "log_level",
-    "schedules",
-    "grace_period",
-    "step_timeout",
-    "retry_delay",
-    "retry_max_delay",
-    "retry_max_attempts",
-    "limits",
-)
 
 
 def serve(config_path: str | None) -> int:
@@ -198,7 +175,7 @@ def prepare(
     """
     config, source = loaded.config, loaded.source
     try:
-        http = HttpClient(http_settings(config))
+        http = HttpClient(config.http)
     except ValueError as exc:
         raise ConfigError(f"{source}: http: {exc}") from None
     for i, module in enumerate(config.workflows):
@@ -222,7 +199,7 @@ def prepare(
             config.database,
             config.workflows,
             synchronous=config.synchronous,
-            settings=engine_settings(config),
+            settings=config,
             resources={HttpClient: http},
         )
     except ConfigError as exc:
@@ -299,9 +276,8 @@ class Daemon:
         self.engine = engine
         self.scheduler = scheduler
         self.http = http
-        tcp = tcp_settings(loaded.config)
-        unix = UnixGuard(unix_settings(loaded.config))
-        self.guard = TcpGuard(tcp, FailedLogins.of(tcp), unix)
+        tcp = loaded.config.tcp
+        self.guard = TcpGuard(tcp, FailedLogins.of(tcp), UnixGuard(loaded.config.unix))
         #: The TCP token, when `startup_checks` read it (else read when a listener needs it).
         self.token: str | None = token
         self.sockets: list[tuple[socket.socket, bool]] = []  # (socket, needs the token)
@@ -516,8 +492,8 @@ class Daemon:
             max_body=self.config.max_body,
             token=self.token,
             rate_limit=self.config.rate_limit,
-            events=event_settings(self.config),
-            console=console_settings(self.config),
+            events=self.config.events,
+            console=self.config.console,
             allowed_hosts=self.config.allowed_hosts,
             listen_host=None if address is None else address[0],
             logins=self.guard.logins,
@@ -563,7 +539,7 @@ class Daemon:
             # README "Limits on shared resources": a limit a loaded step names may not go (refused
             # like an unknown
             # one at start-up); changed ones apply to the next acquisitions.
-            check_uses(self.engine.workflows, limit_specs(new, source=source))
+            check_uses(self.engine.workflows, new.limits)
             # First, since the scheduler may still refuse the list: then nothing has changed.
             scheduled = await self.scheduler.reload(schedule_specs(new, source=source))
         except ConfigError as exc:
@@ -579,11 +555,11 @@ class Daemon:
         if scheduled:
             changes.append("schedules: " + ", ".join(scheduled))
         logs.set_level(new.log_level)
-        self.engine.settings = engine_settings(new)
-        self.engine.limits.reconfigured()
         restart = restart_keys(old, new)
         # Keys that need a restart keep their running values, so the next reload names them again.
         self.config = msgspec.structs.replace(old, **{k: getattr(new, k) for k in RELOADABLE})
+        self.engine.settings = self.config
+        self.engine.limits.reconfigured()
         message = "; ".join(changes) or "no changes"
         if restart:
             log.warning("reload: %s; restart needed for: %s", message, ", ".join(restart))
@@ -666,13 +642,13 @@ def lock_database(database: str, source: str) -> int | None:
     file is an empty database to SQLite; it is created with ``DATABASE_MODE`` (0640, less the
     umask), never readable by others, and SQLite gives its -wal and -shm the same bits.
     """
-    if is_postgres(database):
-        # Several daemons share a PostgreSQL database by design: each is a node, and leases
-        # (not a file lock) keep any process from running on two of them at once.
+    # Several daemons share a PostgreSQL database by design: each is a node, and leases (not a
+    # file lock) keep any process from running on two of them at once. SQLite's in-memory
+    # database and URIs name no file to lock.
+    file = database_file(database)
+    if file is None:
         return None
-    database = sqlite_path(database)
-    if database == ":memory:" or database.startswith("file:"):
-        return None
+    database = file
     try:
         fd = os.open(database, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, DATABASE_MODE)
     except OSError as exc:

@@ -1,22 +1,204 @@
-"""Settings as the running code reads them: frozen values with durations already in seconds.
+"""Every setting, declared once: its key, type, default and whether SIGHUP applies it.
 
-The config file (``orchd.config``) is what an operator writes; these are what the engine and the
-daemon use. They are built from a config in one place, so a duration is parsed once, and a
-reload swaps one object instead of assigning fields one by one.
+The structs here are both what the config file decodes into (``orchd.config`` reads the file)
+and what the running code reads: there is no second copy to map onto. A duration is a
+`Duration`: written ``"30s"``, ``"5m"``, ``"1h30m"`` in the file, given as a number of
+seconds in code, read as a float of seconds, and printed as it was written (so a reload
+names ``grace_period 10s -> 5s``). A setting that SIGHUP applies to the running daemon is
+marked ``Annotated[..., RELOADS]`` beside its type; `reloadable` lists them. Checks that
+span several settings (``retry_max_delay`` not below ``retry_delay``) are the config's.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import re
+import types
+import typing
+from typing import Annotated, Any, ClassVar, Self
 from zoneinfo import ZoneInfo
 
 import msgspec
 
+from orchd.errors import ConfigError
+
+__all__ = [
+    "RELOADS",
+    "ConsoleSettings",
+    "Duration",
+    "EngineSettings",
+    "EventSettings",
+    "HttpSettings",
+    "LimitSpec",
+    "Limits",
+    "PositiveDuration",
+    "RetentionSettings",
+    "ScheduleSpec",
+    "Settings",
+    "TcpSettings",
+    "TracingSettings",
+    "UnixSettings",
+    "decode_setting",
+    "parse_duration",
+    "parse_rate",
+    "reloadable",
+]
+
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+# Longest units first so that "ms" is not read as "m" followed by garbage.
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?|\.\d+")
+_DURATION_HINT = "use e.g. 30s, 5m, 1h"
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: ``"250ms"``, ``"30s"``, ``"5m"``, ``"1h30m"``, ``"1d"`` or ``"30"``.
+
+    Raises ValueError (with a message fit for a user) for anything else, negatives included.
+    """
+    stripped = text.strip()
+    if _NUMBER.fullmatch(stripped):
+        return float(stripped)
+    total, pos = 0.0, 0
+    for match in _DURATION_PART.finditer(stripped):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos == 0 or pos != len(stripped):
+        raise ValueError(f"invalid duration {text!r} ({_DURATION_HINT})")
+    return total
+
+
+class Duration(float):
+    """Seconds (a float) that print as written: ``Duration("5m") == 300.0``, ``str()`` "5m".
+
+    From a string as `parse_duration` reads it, or from a number of seconds (code's way);
+    never negative. ValueError, in words fit for the config's messages, otherwise."""
+
+    __slots__ = ("text",)
+    text: str
+    #: Whether zero is refused (`PositiveDuration`): a timeout of nothing means nothing.
+    positive: ClassVar[bool] = False
+
+    def __new__(cls, value: str | float) -> Self:
+        if isinstance(value, str):
+            seconds, text = parse_duration(value), value.strip()
+        else:
+            seconds = float(value)
+            text = value.text if isinstance(value, Duration) else f"{seconds:g}s"
+            if seconds < 0:
+                raise ValueError(f"invalid duration {value!r} (a duration is not negative)")
+        if cls.positive and seconds <= 0:
+            raise ValueError(f"duration must be greater than zero, got {text!r}")
+        made = super().__new__(cls, seconds)
+        made.text = text
+        return made
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.text!r})"
+
+
+class PositiveDuration(Duration):
+    """A `Duration` greater than zero."""
+
+    __slots__ = ()
+    positive = True
+
+
+class Reloads:
+    """The mark of a setting SIGHUP applies: ``Annotated[Duration, RELOADS]``."""
+
+    def __repr__(self) -> str:
+        return "RELOADS"
+
+
+RELOADS = Reloads()
+
+
+def reloadable(struct: type[msgspec.Struct]) -> frozenset[str]:
+    """The keys of ``struct`` (its fields, inherited ones too) marked `RELOADS`."""
+    hints = typing.get_type_hints(struct, include_extras=True)
+    return frozenset(
+        name
+        for name in struct.__struct_fields__
+        if typing.get_origin(hints[name]) is Annotated and RELOADS in hints[name].__metadata__
+    )
+
+
+# msgspec's names for what a TOML value decoded to, as its own messages name them.
+_KIND = {bool: "bool", int: "int", float: "float", str: "str", list: "array", dict: "object"}
+
+
+def decode_setting(kind: type, value: Any) -> Any:
+    """msgspec's ``dec_hook`` for the types declared here (a file's durations and limits).
+
+    A ValueError becomes msgspec's ValidationError, which names the key; `Limits` raise
+    ConfigError naming their own key (``limits.NAME.rate``)."""
+    if isinstance(kind, type) and issubclass(kind, Duration):
+        if not isinstance(value, str):
+            # A bare number would be read in seconds, and "7" where "7d" was meant deletes
+            # a week of processes in seven seconds: a duration names its unit.
+            got = _KIND.get(type(value), type(value).__name__)
+            raise ValueError(f'expected a duration string such as "30s", got {got}')
+        return kind(value)
+    if kind is Limits:
+        return Limits.decode(value)
+    raise NotImplementedError
+
+
+@functools.cache
+def _durations(struct: type) -> tuple[tuple[str, type[Duration]], ...]:
+    """The fields of ``struct`` that hold a duration (or None), with their duration type."""
+    found = []
+    for name, hint in typing.get_type_hints(struct).items():
+        options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        for option in options:
+            if isinstance(option, type) and issubclass(option, Duration):
+                found.append((name, option))
+    return tuple(found)
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A table of the config file: durations given in code (``HttpSettings(timeout=3.0)``,
+    ``"5m"``) become `Duration` objects as the file's do, checked the same way."""
+
+    def __post_init__(self) -> None:
+        for name, kind in _durations(type(self)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, kind):
+                msgspec.structs.force_setattr(self, name, kind(value))
+
+
+# --- [limits] ----------------------------------------------------------------------------------
+
+_RATE = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*/\s*(s|m|h)\s*")
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+#: A limit's name, as a step's ``uses=`` names it (``orchd.dsl.LIMIT_NAME``).
+_LIMIT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def parse_rate(text: str) -> float:
+    """Starts per second in ``"10/s"``, ``"600/m"`` or ``"100/h"``; ValueError otherwise."""
+    found = _RATE.fullmatch(text)
+    if found is None:
+        raise ValueError(f'invalid rate {text!r} (use e.g. "10/s", "600/m" or "100/h")')
+    per_second = float(found.group(1)) / _RATE_UNITS[found.group(2)]
+    if per_second <= 0:
+        raise ValueError(f"rate must be greater than zero, got {text!r}")
+    return per_second
+
 
 class LimitSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """One limit on a shared resource (``[limits]``, README "Limits on shared resources"), per key:
-    at most
-    ``concurrency`` steps at once, and at most ``rate`` starts a second, spaced evenly."""
+    """One limit on a shared resource (``[limits]``, README "Limits on shared resources"), per
+    key: at most ``concurrency`` steps at once, and at most ``rate`` starts a second, spaced
+    evenly."""
 
     #: Steps holding a key at once (None: no bound, only the rate).
     concurrency: int | None = None
@@ -26,47 +208,175 @@ class LimitSpec(msgspec.Struct, frozen=True, kw_only=True):
     rate_text: str | None = None
 
 
-class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """How the engine runs steps; a reload (SIGHUP) may replace the whole object."""
+class LimitTable(Settings, frozen=True, kw_only=True):
+    """A ``[limits.NAME]`` table as written: ``concurrency`` and ``rate`` (``"10/s"``,
+    ``"600/m"``, ``"100/h"``). A bare number (``router = 1``) is the concurrency alone."""
+
+    concurrency: Positive | None = None
+    rate: str | None = None
+
+
+class Limits(dict[str, LimitSpec]):
+    """The ``[limits]`` table by limit name; a step's ``uses=`` names them. Whether every
+    limit a step names is set is the engine's check, once the workflows are loaded."""
+
+    @classmethod
+    def decode(cls, raw: Any) -> Limits:
+        """The table as the file gives it, checked; ConfigError names the entry's key."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"limits: expected a table, got {_KIND.get(type(raw), 'value')}")
+        found = cls()
+        for name, entry in raw.items():
+            found[name] = _limit(name, entry)
+        return found
+
+
+def _limit(name: str, entry: Any) -> LimitSpec:
+    where = f"limits.{name}"
+    if not _LIMIT_NAME.fullmatch(name):
+        raise ConfigError(f"{where}: a limit's name has only letters, digits, '_', '.' and '-'")
+    try:
+        table = msgspec.convert(entry, Positive | LimitTable)
+    except msgspec.ValidationError as exc:
+        what, _, at = str(exc).partition(" - at `$")
+        what = what.replace("`", "")
+        what = what[0].lower() + what[1:]
+        at = at.rstrip("`").lstrip(".")
+        if not at and "got object" not in what:
+            what = f"{what} (a number: at most so many at once; or a table)"
+        raise ConfigError(f"{where}{'.' + at if at else ''}: {what}") from None
+    if isinstance(table, int):
+        return LimitSpec(concurrency=table)
+    if table.concurrency is None and table.rate is None:
+        raise ConfigError(f"{where}: set concurrency, rate or both")
+    rate = None
+    if table.rate is not None:
+        try:
+            rate = parse_rate(table.rate)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.rate: {exc}") from None
+    rate_text = None if table.rate is None else table.rate.strip()
+    return LimitSpec(concurrency=table.concurrency, rate=rate, rate_text=rate_text)
+
+
+# --- the tables ----------------------------------------------------------------------------------
+
+
+class RetentionSettings(Settings, frozen=True, kw_only=True):
+    """``[retention]``: how long completed and aborted processes are kept after their last
+    change ("0": for ever), and how many events are kept for clients that resume."""
+
+    #: Processes of SYSTEM workflows (tasks), and of every other workflow; see ``Engine.gc``.
+    tasks: Duration = Duration("7d")
+    workflows: Duration = Duration("365d")
+    #: Events kept in the database for clients that resume (``Last-Event-ID``).
+    events: Positive = 100_000
+
+
+class EngineSettings(Settings, frozen=True, kw_only=True):
+    """How the engine runs steps: the config file's top-level engine keys (``Config`` extends
+    this, so the file keeps them at the top level); a reload may replace the whole object."""
 
     #: Seconds running steps get to finish when the engine stops.
-    grace_period: float = 10.0
-    #: Default per-step timeout in seconds (None: no limit); a step's own ``timeout`` wins.
-    step_timeout: float | None = None
+    grace_period: Annotated[Duration, RELOADS] = Duration("10s")
+    #: Default per-step timeout (None: no limit); a step's own ``timeout`` wins.
+    step_timeout: Annotated[PositiveDuration | None, RELOADS] = None
     #: Automatic retries of a retrystep: first delay, the cap, and attempts before ``failed``.
-    retry_delay: float = 5.0
-    retry_max_delay: float = 600.0
-    retry_max_attempts: int = 10
-    #: Warn when workflow code blocks the event loop longer than this (None: off).
-    block_warning: float | None = 1.0
-    #: Threads for sync steps (calls abandoned after a timeout do not count against it).
-    step_threads: int = 64
-    #: Seconds a completed or aborted task (SYSTEM target) and other process are kept after
-    #: their last change (None: for ever); see ``Engine.gc``.
-    retain_tasks: float | None = 7 * 86400.0
-    retain_workflows: float | None = 365 * 86400.0
-    #: Events kept in the database for clients that resume (``Last-Event-ID``).
-    keep_events: int = 100_000
-    #: This daemon's name in a cluster (PostgreSQL); None: ``hostname:pid``.
+    retry_delay: Annotated[Duration, RELOADS] = Duration("5s")
+    retry_max_delay: Annotated[PositiveDuration, RELOADS] = PositiveDuration("10m")
+    retry_max_attempts: Annotated[NonNegative, RELOADS] = 10
+    #: Warn when workflow code blocks the event loop longer than this ("0": off).
+    block_warning: Duration = Duration("1s")
+    #: Threads for sync steps (calls abandoned after a timeout give their place back).
+    step_threads: Positive = 64
+    retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
+    #: Limits on shared resources by name (README "Limits on shared resources"); a step's
+    #: ``uses=`` names them. A reload applies changed ones to the next acquisitions.
+    limits: Annotated[Limits, RELOADS] = msgspec.field(default_factory=Limits)
+    #: A cluster (``database`` on PostgreSQL): this daemon's name (None: ``hostname:pid``)
+    #: and how long its lease on its processes lasts unrenewed (how long its processes wait
+    #: after it dies).
     node_id: str | None = None
-    #: Seconds a node's lease lasts unrenewed: how long its processes wait after it dies.
-    lease_timeout: float = 10.0
-    #: Limits on shared resources by name (README "Limits on shared resources"); a step's ``uses=``
-    #: names them.
-    limits: dict[str, LimitSpec] = {}
+    lease_timeout: PositiveDuration = PositiveDuration("10s")
 
 
-class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """The shared HTTP client's pool and patience (``[http]``); durations in seconds."""
+class HttpSettings(Settings, frozen=True, kw_only=True):
+    """``[http]``: the HTTP client pool that workflow steps share to reach OSS/BSS systems."""
 
     #: Connections open at once, in total and per host (a queued request waits, costing no socket).
-    limit: int = 1000
-    limit_per_host: int = 100
+    limit: Positive = 1000
+    limit_per_host: Positive = 100
     #: The whole request, and connecting alone.
-    timeout: float = 30.0
-    connect_timeout: float = 10.0
+    timeout: PositiveDuration = PositiveDuration("30s")
+    connect_timeout: PositiveDuration = PositiveDuration("10s")
     #: Retries of an idempotent request on a connection error, a timeout or 502/503/504.
-    retries: int = 3
+    retries: NonNegative = 3
+
+
+class EventSettings(Settings, frozen=True, kw_only=True):
+    """``[events]``: limits on ``GET /api/events`` streams; each holds the events its client
+    has not read yet."""
+
+    #: Streams open at once, in all and per client (uid on the socket, address on TCP).
+    max_streams: Positive = 128
+    max_per_peer: Positive = 16
+    #: A client that takes no write for this long is disconnected (it reconnects and resumes).
+    write_timeout: PositiveDuration = PositiveDuration("10s")
+
+
+class ConsoleSettings(Settings, frozen=True, kw_only=True):
+    """``[console]``: whether the web console is served at ``/ui/``, and how long a TCP login
+    lasts before the token is asked again."""
+
+    enabled: bool = True
+    session_timeout: PositiveDuration = PositiveDuration("8h")
+
+
+class TcpSettings(Settings, frozen=True, kw_only=True):
+    """``[tcp]``: limits on the TCP listener's (``listen``) connections, and on guessing its
+    token.
+
+    Anyone who can reach the port can open connections before any token is checked, so
+    these bound what an unauthenticated peer can hold: descriptors, and the daemon's
+    room to answer on the Unix socket.
+    """
+
+    #: Connections open at once on one TCP listener; more are closed as they arrive.
+    max_connections: Positive = 512
+    #: Connections open at once from one peer address, over every TCP listener.
+    max_per_peer: Positive = 64
+    #: Connections open at once from one network (an IPv4 /24, an IPv6 /64).
+    max_per_prefix: Positive = 128
+    #: Of ``max_connections``, slots kept for connections whose first request carries the
+    #: token or posts to a callback (None: an eighth of ``max_connections``).
+    reserved: NonNegative | None = None
+    #: How long a new connection has to send its first complete request head.
+    header_timeout: PositiveDuration = PositiveDuration("5s")
+    #: Wrong tokens one address (an IPv6 /64) may send in ``failed_login_window``; past them
+    #: its token checks are answered 429 until the window lets one more (0: no limit).
+    failed_logins: NonNegative = 10
+    failed_login_window: PositiveDuration = PositiveDuration("1m")
+
+    @property
+    def reserve(self) -> int:
+        """The slots kept for requests with the token or a callback."""
+        return self.max_connections // 8 if self.reserved is None else self.reserved
+
+
+class UnixSettings(Settings, frozen=True, kw_only=True):
+    """``[unix]``: the control socket's cap. Its clients are the socket's group, trusted, but
+    a runaway script must not take every descriptor the daemon has."""
+
+    #: Connections open at once on the control socket; more are closed as they arrive.
+    max_connections: Positive = 512
+
+
+class TracingSettings(Settings, frozen=True, kw_only=True):
+    """``[tracing]``: spans exported through OpenTelemetry's SDK (the ``orchd[otel]`` extra),
+    configured by its standard ``OTEL_*`` environment variables; off by default. Trace ids,
+    and the ``traceparent`` of steps' requests, do not depend on it."""
+
+    enabled: bool = False
 
 
 class ScheduleSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,60 +402,3 @@ class ScheduleSpec(msgspec.Struct, frozen=True, kw_only=True):
     #: A fire time missed while the daemon was down runs at start when at most this old.
     misfire_grace: float = 300.0
     enabled: bool = True
-
-
-class EventSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """Limits on ``GET /api/events`` streams (``[events]``): each holds the events its client
-    has not read yet."""
-
-    #: Streams open at once, in all and per client (uid on the socket, address on TCP).
-    max_streams: int = 128
-    max_per_peer: int = 16
-    #: A client that takes no write for this long is disconnected (it reconnects and resumes).
-    write_timeout: float = 10.0
-
-
-class ConsoleSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """The web console (``[console]``): whether ``/ui/`` is served, and how long a TCP login
-    lasts before the token is asked again."""
-
-    enabled: bool = True
-    session_timeout: float = 8 * 3600.0
-
-
-class TcpSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """Limits on the TCP listener's connections (``[tcp]``), and on guessing its token.
-
-    Anyone who can reach the port can open connections before any token is checked, so
-    these bound what an unauthenticated peer can hold: descriptors, and the daemon's
-    room to answer on the Unix socket.
-    """
-
-    #: Connections open at once on one TCP listener; more are closed as they arrive.
-    max_connections: int = 512
-    #: Connections open at once from one peer address, over every TCP listener.
-    max_per_peer: int = 64
-    #: Connections open at once from one network (an IPv4 /24, an IPv6 /64).
-    max_per_prefix: int = 128
-    #: Of ``max_connections``, slots kept for connections whose first request carries the
-    #: token or posts to a callback (None: an eighth of ``max_connections``).
-    reserved: int | None = None
-    #: Seconds a new connection has to send its first complete request head.
-    header_timeout: float = 5.0
-    #: Wrong tokens one address (an IPv6 /64) may send in ``failed_login_window`` seconds;
-    #: past them its token checks are answered 429 until the window lets one more (0: no limit).
-    failed_logins: int = 10
-    failed_login_window: float = 60.0
-
-    @property
-    def reserve(self) -> int:
-        """The slots kept for requests with the token or a callback."""
-        return self.max_connections // 8 if self.reserved is None else self.reserved
-
-
-class UnixSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """The Unix socket's cap (``[unix]``): its clients are the socket's group, trusted, but a
-    runaway script must not take every descriptor the daemon has."""
-
-    #: Connections open at once on the control socket; more are closed as they arrive.
-    max_connections: int = 512

@@ -1,27 +1,24 @@
 from __future__ import annotations
 
 import os
+import tomllib
+import typing
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from orchd import config as config_module
 from orchd import configfile
 from orchd.config import (
     Config,
-    HttpConfig,
     check_database_path,
-    engine_settings,
-    http_settings,
     load_config,
     parse_duration,
     parse_listen,
     schedule_specs,
-    tcp_settings,
 )
 from orchd.errors import ConfigError
-from orchd.settings import TcpSettings
+from orchd.settings import HttpSettings, LimitTable, TcpSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,20 +52,19 @@ def test_defaults_without_a_file() -> None:
     assert loaded.path is None
     c = loaded.config
     # make run's one schedule (issue 30 item 9), else the defaults
-    assert [(x.name, x.workflow, x.every, x.input) for x in c.schedules] == [
+    assert [(x.name, x.workflow, str(x.every), x.input) for x in c.schedules] == [
         ("validate_nodes", "validate_subscriptions", "10m", {"product": "node"})
     ]
     assert msgspec.structs.replace(c, schedules=[]) == Config(workflows=["orchd.examples"])
     assert (c.database, c.socket, c.workflows) == ("./orchd.db", "./orchd.sock", ["orchd.examples"])
     assert c.listen is None and c.token_file is None
     assert c.synchronous == "FULL" and c.log_level == "info" and c.watchdog is True
-    engine, http = engine_settings(c), http_settings(c)
-    assert engine.grace_period == 10 and c.max_body == 1048576
+    assert c.grace_period == 10 and c.max_body == 1048576
     assert c.socket_mode_bits == 0o660
-    assert (engine.retry_delay, engine.retry_max_delay) == (5, 600)
-    assert engine.retry_max_attempts == 10 and engine.step_timeout is None
-    assert c.http == HttpConfig(limit=1000, limit_per_host=100, retries=3)
-    assert (http.timeout, http.connect_timeout) == (30, 10)
+    assert (c.retry_delay, c.retry_max_delay) == (5, 600)
+    assert c.retry_max_attempts == 10 and c.step_timeout is None
+    assert c.http == HttpSettings(limit=1000, limit_per_host=100, retries=3)
+    assert (c.http.timeout, c.http.connect_timeout) == (30, 10)
 
 
 def test_empty_file_gives_defaults(write) -> None:
@@ -352,12 +348,60 @@ def test_bundled_example_loads() -> None:
     assert loaded.config.workflows == [] and loaded.config.schedules == []
 
 
+def keys_of(struct: type[msgspec.Struct], prefix: str = "") -> list[tuple[str, object]]:
+    """Every key ``struct`` declares, with the tables and lists of tables in it, as
+    ``("http.timeout", default)``: what the one declaration of the settings says."""
+    found: list[tuple[str, object]] = []
+    hints = typing.get_type_hints(struct)
+    for field in msgspec.structs.fields(struct):
+        key = f"{prefix}{field.encode_name}"
+        default = field.default
+        if field.default_factory is not msgspec.NODEFAULT:
+            default = field.default_factory()
+        found.append((key, default))
+        kind = hints[field.name]
+        if typing.get_origin(kind) is list:
+            [kind] = typing.get_args(kind)
+        if key == "limits":
+            kind = LimitTable
+        if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+            found += keys_of(kind, f"{key}.")
+    return found
+
+
 def test_bundled_example_mentions_every_key() -> None:
     text = (REPO / "config" / "orchd.toml").read_text()
-    keys = [*Config.__struct_fields__, *(f"{k} =" for k in HttpConfig.__struct_fields__)]
-    keys += [f"{k} =" for k in config_module.ScheduleConfig.__struct_fields__]
-    keys += [f"{k} =" for k in config_module.TcpConfig.__struct_fields__]
-    assert [key for key in keys if key not in text] == []
+    # A table's name as a word ([http]), a key as it is set: "timeout =".
+    wanted = {
+        key: key if "." not in key else f"{key.rpartition('.')[2]} =" for key, _ in keys_of(Config)
+    }
+    assert [key for key, words in wanted.items() if words not in text] == []
+
+
+def readme_config_block() -> str:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Configuration") :]
+    return section[section.index("```toml\n") + len("```toml\n") : section.index("```\n")]
+
+
+@pytest.mark.parametrize("where", ["config/orchd.toml", "README"])
+def test_documented_values_are_the_declared_defaults(write, where: str) -> None:
+    # Both say the values they show are the defaults, but for the paths and workflows they
+    # name: what they show is checked against the one declaration, so they cannot drift.
+    text = (REPO / where).read_text() if where != "README" else readme_config_block()
+    given = tomllib.loads(text)
+    loaded = load_config(write(text), env={}).config
+    noted = {"database", "socket", "workflows", "limits", "schedules"}
+    differs = []
+    for key, default in keys_of(Config):
+        table, _, leaf = key.rpartition(".")
+        section = given.get(table, {}) if table else given
+        if key.partition(".")[0] in noted or not isinstance(section, dict) or leaf not in section:
+            continue
+        value = getattr(getattr(loaded, table) if table else loaded, leaf)
+        if value != default:
+            differs.append(f"{key} = {section[leaf]!r} (declared default {default})")
+    assert differs == []
 
 
 def test_toml_syntax_error_names_the_line(write) -> None:
@@ -463,11 +507,11 @@ def test_a_token_under_128_bits_is_warned_about(
 
 
 def test_tcp_limits_have_safe_defaults_and_come_in_seconds(write) -> None:
-    assert tcp_settings(load_config(env={}).config) == TcpSettings(
+    assert load_config(env={}).config.tcp == TcpSettings(
         max_connections=512, max_per_peer=64, header_timeout=5.0
     )
     path = write("[tcp]\nmax_connections = 10\nmax_per_peer = 2\nheader_timeout = '1500ms'")
-    assert tcp_settings(load_config(path, env={}).config) == TcpSettings(
+    assert load_config(path, env={}).config.tcp == TcpSettings(
         max_connections=10, max_per_peer=2, header_timeout=1.5
     )
 

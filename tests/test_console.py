@@ -425,13 +425,12 @@ def test_every_console_file_ships_in_the_package() -> None:
 
 
 def test_the_console_table_of_the_config(tmp_path: Any) -> None:
-    from orchd.config import console_settings as settings_of
     from orchd.config import load_config
     from orchd.errors import ConfigError
 
     path = tmp_path / "orchd.toml"
     path.write_text('[console]\nsession_timeout = "30m"\nenabled = false\n')
-    assert settings_of(load_config(path, env={}).config) == ConsoleSettings(
+    assert load_config(path, env={}).config.console == ConsoleSettings(
         enabled=False, session_timeout=1800.0
     )
     path.write_text('[console]\nsession_timeout = "0s"\n')

@@ -16,6 +16,7 @@ import time
 from orchd.dsl import State, done, init, step, workflow
 from orchd.engine import Engine
 from orchd.model import Target
+from orchd.settings import Duration, RetentionSettings
 from orchd.store.base import Retention
 
 #: Runs a day of a schedule every 10 s.
@@ -45,7 +46,9 @@ async def _one_day(engine: Engine, per_day: int) -> None:
 
 async def _simulate(path: str, days: int, keep: bool, per_day: int) -> int:
     """The processes kept after ``days`` simulated days."""
-    engine = Engine(database=path, workflows=["orchd._bench.retention"], retain_tasks=None)
+    # Tasks kept for ever ("0"): the simulation prunes them itself, by its simulated days.
+    forever = RetentionSettings(tasks=Duration(0))
+    engine = Engine(database=path, workflows=["orchd._bench.retention"], retention=forever)
     await engine.open()
     ends: list[float] = []
     kept = 0
