@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,28 @@ def parse_body(raw: bytes) -> Any:
         return json.loads(raw)
     except ValueError:
         return raw.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One HTTP answer as a test reads it: status, headers (names in lower case), body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @classmethod
+    def of(cls, response: http.client.HTTPResponse) -> Answer:
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        return cls(response.status, headers, response.read())
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";")[0].strip()
 
 
 class DaemonProcess:
@@ -279,9 +302,24 @@ class DaemonProcess:
         timeout: float = 10.0,
     ) -> tuple[int, Any]:
         """One request over the Unix socket; returns (status, decoded JSON or text)."""
+        answer = self.call(method, path, body, headers=headers, timeout=timeout)
+        return answer.status, parse_body(answer.body)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> Answer:
+        """One request over the Unix socket with ``body`` as JSON or ``raw`` bytes (sent as
+        JSON unless ``headers`` say otherwise); returns the whole answer."""
         conn = UnixHTTPConnection(self.socket, timeout=timeout)
         try:
-            return _exchange(conn, method, path, body, headers)
+            return _exchange(conn, method, path, body, headers, raw)
         finally:
             conn.close()
 
@@ -311,6 +349,10 @@ class DaemonProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"process {pid} still {process['status']}: {process}")
             time.sleep(0.02)
+
+    def release(self, pid: str) -> None:
+        """Let the process's held step (a daemon_flows or e2e_flows ``hold``) go on."""
+        (self.test_dir / f"{pid}.release").touch()
 
     def step_runs(self, pid: str, step: str) -> int:
         """How often a daemon_flows step ran for a process (each run appends a line)."""
@@ -401,15 +443,14 @@ def _exchange(
     path: str,
     body: Any,
     headers: Mapping[str, str] | None,
-) -> tuple[int, Any]:
+    raw: bytes | None = None,
+) -> Answer:
     sent = dict(headers or {})
-    payload = None
-    if body is not None:
-        payload = json.dumps(body).encode()
+    payload = raw if body is None else json.dumps(body).encode()
+    if payload is not None:
         sent.setdefault("Content-Type", "application/json")
     conn.request(method, path, body=payload, headers=sent)
-    response = conn.getresponse()
-    return response.status, parse_body(response.read())
+    return Answer.of(conn.getresponse())
 
 
 def tcp_request(
@@ -425,7 +466,8 @@ def tcp_request(
     """One request over TCP; returns (status, decoded JSON or text)."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        return _exchange(conn, method, path, body, headers)
+        answer = _exchange(conn, method, path, body, headers)
+        return answer.status, parse_body(answer.body)
     finally:
         conn.close()
 
