@@ -296,6 +296,9 @@ class ProcessSummary(msgspec.Struct, kw_only=True):
     #: README "Limits on shared resources": the limit its step waits for while running (null when
     #: none).
     blocked_on: BlockedOn | None = None
+    #: Its subscription's customer and description (null without one).
+    customer_id: str | None = None
+    subscription_description: str | None = None
 
 
 class SubscriptionStatus(enum.StrEnum):
@@ -329,10 +332,15 @@ class Subscription(msgspec.Struct, kw_only=True):
 SUBSCRIPTION_FIELDS: tuple[str, ...] = Subscription.__struct_fields__
 
 
-class LinkedProcess(msgspec.Struct, kw_only=True):
+class LinkedProcess(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
     workflow: str
     status: ProcessStatus
+    #: For a parent's child (README "Child processes"): its fan-out (one per children step
+    #: that started children, in the order they started) and the element of that step's list
+    #: it was started for (0 first).
+    fan_out: int | None = None
+    element: int | None = None
 
 
 class Related(msgspec.Struct, kw_only=True):

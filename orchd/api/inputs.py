@@ -114,6 +114,14 @@ def text(query: Mapping[str, str], name: str) -> str | None:
     return value if value else None
 
 
+def flag(query: Mapping[str, str], name: str) -> bool:
+    """``true`` or ``false`` (not given: false)."""
+    value = text(query, name)
+    if value not in (None, "true", "false"):
+        raise BadRequest(f"{name}: expected true or false, got {_shown(value or '')}")
+    return value == "true"
+
+
 def integer(name: str, raw: str) -> int:
     """ASCII digits only: int() would also take '1_0', '+5' and other scripts' digits; at most
     MAX_INTEGER (a larger number is no id or count, and a very long one int() refuses)."""

@@ -409,6 +409,8 @@ class ControlApi:
             status=inputs.text(query, "status"),
             workflow=inputs.text(query, "workflow"),
             parent=inputs.text(query, "parent"),
+            q=inputs.text(query, "q"),
+            top_level=inputs.flag(query, "top"),
             limit=inputs.page_limit(query),
             cursor=inputs.cursor(query),
         )
@@ -633,7 +635,11 @@ class ControlApi:
                   query=(Param("status", "only this status", enum=process_status),
                          Param("workflow", "only this workflow"),
                          Param("parent", "only the children of this process",
-                               constraints=(("format", "uuid"),)), *page)),
+                               constraints=(("format", "uuid"),)),
+                         Param("q", "an id's first characters, or text in the workflow's "
+                               "name or in its subscription (as the subscriptions' q)"),
+                         Param("top", "true: no child processes", enum=("true", "false")),
+                         *page)),
             Route("GET", "/api/processes/{id}", self.get_process, "One process with its steps",
                   Process, errors=(404,), path_doc=(("id", "the process id"),)),
             Route("POST", "/api/processes/{id}/resume", self.resume_process,

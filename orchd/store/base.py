@@ -632,10 +632,17 @@ class Store(Protocol):
         ...
 
     async def process_page(
-        self, filters: dict[str, str], limit: int, before: int | None
+        self,
+        filters: dict[str, str],
+        limit: int,
+        before: int | None,
+        q: str | None = None,
+        top_level: bool = False,
     ) -> tuple[list[ProcessSummary], int | None]:
         """Up to ``limit`` processes matching ``filters`` (column: value), newest first,
-        older than the cursor ``before``; and the cursor of the next page, if any."""
+        older than the cursor ``before``; and the cursor of the next page, if any. ``q``: an
+        id's first characters, or text in the workflow's name or the subscription (as
+        ``subscription_page``'s); ``top_level``: no children."""
         ...
 
     # -- subscriptions --

@@ -131,7 +131,9 @@ SELECT_PROCESS = f"SELECT {', '.join(_PROCESS_COLUMNS)} FROM processes"
 SELECT_KEYED = f"SELECT idempotency_digest, {', '.join(_PROCESS_COLUMNS)} FROM processes"
 _SUMMARY_COLUMNS = (
     "id, workflow, target, status, created_at, updated_at, reporter, current_step, "
-    "subscription_id, error, parent_id"
+    "subscription_id, error, parent_id, "
+    "(SELECT customer_id FROM subscriptions s WHERE s.id = processes.subscription_id), "
+    "(SELECT description FROM subscriptions s WHERE s.id = processes.subscription_id)"
 )
 SELECT_SUBSCRIPTION = f"SELECT {', '.join(SUBSCRIPTION_FIELDS)} FROM subscriptions WHERE id = ?"
 
@@ -289,7 +291,8 @@ def refuse_start(
 
 
 def _summary(row: Iterable[Any]) -> ProcessSummary:
-    pid, workflow, target, status, created, updated, reporter, current, sid, error, parent = row
+    (pid, workflow, target, status, created, updated, reporter, current, sid, error, parent,
+     customer, description) = row  # fmt: skip
     return ProcessSummary(
         id=pid,
         workflow=workflow,
@@ -302,10 +305,20 @@ def _summary(row: Iterable[Any]) -> ProcessSummary:
         subscription_id=sid,
         error=error,
         parent_id=parent,
+        customer_id=customer,
+        subscription_description=description,
     )
 
 
 _decode_event = msgspec.json.Decoder(Event).decode
+
+
+def _literal(q: str) -> str:
+    """A search's text, lower-cased, as the literal part of a LIKE pattern: its own wildcards
+    are taken literally."""
+    return q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 #: Filters the API may pass to a page (column names, never user text).
 _FILTERABLE = frozenset({"status", "workflow", "parent_id", "customer_id", "product"})
 
@@ -437,11 +450,22 @@ class SqlReads:
 
     async def child_links(self, parent_id: str) -> list[LinkedProcess]:
         rows = await self.lookup(
-            "SELECT id, workflow, status FROM processes WHERE parent_id = ? "
-            "ORDER BY child_index, rowid",
+            "SELECT id, workflow, status, child_group, child_index FROM processes "
+            "WHERE parent_id = ? ORDER BY child_group, child_index, rowid",
             (parent_id,),
         )
-        return [LinkedProcess(id=i, workflow=w, status=ProcessStatus(s)) for i, w, s in rows]
+        # A fan-out's group is the parent's step count when it started: numbered 0, 1, ...
+        groups = {g: n for n, g in enumerate(sorted({r[3] for r in rows if r[3] is not None}))}
+        return [
+            LinkedProcess(
+                id=i,
+                workflow=w,
+                status=ProcessStatus(s),
+                fan_out=None if g is None else groups[g],
+                element=n,
+            )
+            for i, w, s, g, n in rows
+        ]
 
     async def records(self, row: ProcessRow, *, branches: bool) -> ProcessRecords:
         if self.READS_OVERLAP:
@@ -482,18 +506,18 @@ class SqlReads:
         filters: dict[str, str],
         limit: int,
         before: int | None,
-        condition: tuple[str, Any] | None = None,
+        conditions: Sequence[tuple[str, tuple[Any, ...]]] = (),
     ) -> tuple[list[Any], int | None]:
         """One page of ``table``, newest first; the cursor is the last row's rowid.
-        ``condition``: one more condition (SQL with one placeholder, and its value)."""
+        ``conditions``: more conditions (SQL with placeholders, and their values)."""
         for column in filters:
             if column not in _FILTERABLE:
                 raise ValueError(f"not a filter: {column}")
         where = [f"{column} = ?" for column in filters]
         params: list[Any] = list(filters.values())
-        if condition is not None:
-            where.append(condition[0])
-            params.append(condition[1])
+        for sql, values in conditions:
+            where.append(sql)
+            params.extend(values)
         if before is not None:
             where.append("rowid < ?")
             params.append(min(before, 2**63 - 1))  # integers are 64-bit on both backends
@@ -507,9 +531,31 @@ class SqlReads:
         return rows[:limit], rows[limit - 1][0] if more else None
 
     async def process_page(
-        self, filters: dict[str, str], limit: int, before: int | None
+        self,
+        filters: dict[str, str],
+        limit: int,
+        before: int | None,
+        q: str | None = None,
+        top_level: bool = False,
     ) -> tuple[list[ProcessSummary], int | None]:
-        rows, cursor = await self._page("processes", _SUMMARY_COLUMNS, filters, limit, before)
+        conditions: list[tuple[str, tuple[Any, ...]]] = []
+        if top_level:
+            conditions.append(("parent_id IS NULL", ()))
+        if q:
+            # A process id as `show` prints it (its first characters), a workflow's name, or
+            # the text of its subscription as the subscriptions' search finds it.
+            text = _literal(q)
+            conditions.append(
+                (
+                    "(id LIKE ? ESCAPE '\\' OR lower(workflow) LIKE ? ESCAPE '\\' "
+                    "OR subscription_id IN "
+                    "(SELECT id FROM subscriptions WHERE search LIKE ? ESCAPE '\\'))",
+                    (f"{text}%", f"%{text}%", f"%{text}%"),
+                )
+            )
+        rows, cursor = await self._page(
+            "processes", _SUMMARY_COLUMNS, filters, limit, before, conditions
+        )
         return [_summary(tuple(r)[1:]) for r in rows], cursor
 
     async def prunable(self, retention: Retention) -> Pruned:
@@ -546,12 +592,10 @@ class SqlReads:
         self, filters: dict[str, str], limit: int, before: int | None, q: str | None = None
     ) -> tuple[list[Subscription], int | None]:
         columns = ", ".join(SUBSCRIPTION_FIELDS)
-        text = None
+        text: list[tuple[str, tuple[Any, ...]]] = []
         if q:
-            # The search column holds the lower-cased text values; q's own wildcards are
-            # taken literally.
-            escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            text = ("search LIKE ? ESCAPE '\\'", f"%{escaped}%")
+            # The search column holds the lower-cased text values.
+            text.append(("search LIKE ? ESCAPE '\\'", (f"%{_literal(q)}%",)))
         rows, cursor = await self._page("subscriptions", columns, filters, limit, before, text)
         return [Subscription(**subscription_from_row(tuple(r)[1:])) for r in rows], cursor
 

@@ -171,6 +171,8 @@ class Views:
         status: str | None = None,
         workflow: str | None = None,
         parent: str | None = None,
+        q: str | None = None,
+        top_level: bool = False,
         limit: int = DEFAULT_PAGE,
         cursor: str | None = None,
     ) -> Page:
@@ -181,7 +183,9 @@ class Views:
                 raise BadRequest(f"parent: {parent!r} is not a process id")
             parent = canonical
         filters = _given(status=status, workflow=workflow, parent_id=parent)
-        items, after = await self.store.process_page(filters, _limit(limit), _cursor(cursor))
+        items, after = await self.store.process_page(
+            filters, _limit(limit), _cursor(cursor), q.strip() if q else None, top_level
+        )
         return Page(items=items, next_cursor=None if after is None else str(after))
 
     async def get_subscription(self, sid: str) -> SubscriptionDetail:
