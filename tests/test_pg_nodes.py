@@ -14,9 +14,11 @@ import asyncpg
 import pg_util
 import pytest
 from steering import Calls, FailurePlan
+from tests_support import wait_until
 
 from orchd import Engine
 from orchd.errors import StoreError, SubscriptionLocked
+from orchd.store.cluster import LeaseLost
 from orchd.testing import Gate
 
 Open = Callable[..., Awaitable[Engine]]
@@ -59,6 +61,13 @@ async def sql(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
         await conn.close()
 
 
+async def freeze(engine: Engine) -> None:
+    """The node stalls as a whole (a long GC pause, a partition, SIGSTOP): its lease is no
+    longer renewed, and the node does not notice."""
+    assert engine.node is not None and engine.node.gate is not None
+    await engine.node.gate.lease.stop()
+
+
 async def test_a_node_that_lost_its_lease_cannot_overwrite_its_successor(
     nodes: tuple[str, Open],
 ) -> None:
@@ -69,19 +78,79 @@ async def test_a_node_that_lost_its_lease_cannot_overwrite_its_successor(
     pid = await a.start("slow_task")
     await held.reached(1)
     b = await open_node("b", free, calls_b)
-    # a stalls (its heartbeat stopped, as in a long GC pause or a partition): its lease lapses
-    # and b takes the process over from its last committed step.
-    assert a.node is not None
-    await a.node._cancel(a.node._tasks)
+    # a stalls: its lease lapses and b takes the process over from its last committed step.
+    await freeze(a)
     await sql(url, "UPDATE nodes SET lease_until = 0 WHERE node_id = 'a'")
     done = await b.wait(pid, timeout=10)
     assert done.status == "completed" and calls_b["slow"] == 1
-    # a wakes up and finishes its step: its checkpoint is refused, nothing is recorded twice.
+    # a wakes up and finishes its step: its checkpoint is refused (its actor ends with
+    # nothing written), and nothing is recorded twice.
     held.open()
-    await asyncio.sleep(0.5)
+    assert a.node is not None
+    node = a.node
+    await wait_until(lambda: not node.engine.runs(pid), "a's actor ended")
     again = await b.get(pid)
     assert [s.name for s in again.steps] == ["init", "slow", "always", "done"]
-    assert again.status == "completed"
+    assert again.status == "completed" and calls_a["always"] == 0
+
+
+async def test_a_stale_incarnation_with_the_same_node_id_commits_nothing(
+    nodes: tuple[str, Open],
+) -> None:
+    url, open_node = nodes
+    stale_gate, fresh_gate = Gate(), Gate()
+    stale_calls, calls = Calls(), Calls()
+    stale = await open_node("a", stale_gate, stale_calls)
+    pid = await stale.start("slow_task")
+    await stale_gate.reached(1)
+    # The daemon stalls past its lease; a new daemon is started with the same node_id. It is a
+    # new incarnation: it continues the process from its last commit.
+    await freeze(stale)
+    await sql(url, "UPDATE nodes SET lease_until = 0 WHERE node_id = 'a'")
+    fresh = await open_node("a", fresh_gate, calls)
+    await fresh_gate.reached(1)
+    # The stale one wakes up and finishes its step first. The row still names node a, but
+    # the fence is on the incarnation: its checkpoint is refused, its actor ends.
+    stale_gate.open()
+    assert stale.node is not None
+    node = stale.node
+    await wait_until(lambda: not node.engine.runs(pid), "the stale actor ended")
+    assert [s.name for s in (await fresh.get(pid)).steps] == ["init"]
+    fresh_gate.open()
+    done = await fresh.wait(pid, timeout=10)
+    assert [s.name for s in done.steps] == ["init", "slow", "always", "done"]
+    assert done.status == "completed" and calls["slow"] == 1 and stale_calls["always"] == 0
+
+
+async def test_a_node_that_lost_its_lease_knows_it_and_rejoins_as_a_new_incarnation(
+    nodes: tuple[str, Open],
+) -> None:
+    url, open_node = nodes
+    held = Gate()
+    calls = Calls()
+    a = await open_node("a", held, calls)
+    pid = await a.start("slow_task")
+    await held.reached(1)
+    before = await sql(url, "SELECT incarnation FROM nodes WHERE node_id = 'a'")
+    # The lease lapses under a live node (as when its loop or its database connection
+    # stalled for a whole lease_timeout): the keeper's next renewal is refused.
+    await sql(url, "UPDATE nodes SET lease_until = 0 WHERE node_id = 'a'")
+    assert a.node is not None
+    node = a.node
+    await wait_until(lambda: node.gate is not None and node.gate.lost, "the lease is lost")
+    with pytest.raises(LeaseLost):
+        await a.live_nodes()  # /api/health says so (503)
+    # It drops the step that ran (it did not commit) and rejoins as a new incarnation, then
+    # continues its process from its last commit: the step runs again, as after a restart.
+    await wait_until(lambda: node.rejoined == 1, "a rejoined")
+    after = await sql(url, "SELECT incarnation FROM nodes WHERE node_id = 'a'")
+    assert after[0][0] != before[0][0]
+    await held.reached(2)
+    held.open()
+    done = await a.wait(pid, timeout=10)
+    assert done.status == "completed" and calls["slow"] == 2
+    assert [s.name for s in done.steps] == ["init", "slow", "always", "done"]
+    assert [n.node_id for n in (await a.live_nodes()) or []] == ["a"]
 
 
 async def test_requests_reach_the_owner_and_a_clean_stop_hands_processes_over(

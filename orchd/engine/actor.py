@@ -20,7 +20,7 @@ from typing import Any
 
 from orchd import _faults as faults
 from orchd.dsl import Step, StepKind, Stranded, Workflow
-from orchd.engine import actions, forkstep, formpages
+from orchd.engine import actions, forkstep, formpages, lease
 from orchd.engine import children as childstep
 from orchd.engine.calls import call_step, cancelled_from_outside
 from orchd.engine.forks import Forks
@@ -367,6 +367,7 @@ class Actor:
 
     async def _advance(self) -> None:
         """Run the step at the program counter and commit its outcome."""
+        await lease.admit(self.host)  # in a cluster, only while this node's lease holds
         if self.broken is not None:
             self.error = self.broken
             await self.write(P.FAILED, steps=[])

@@ -1,10 +1,17 @@
 """This engine as one node of several on a shared database (PostgreSQL, README "Scaling out").
 
-A node renews its lease with a heartbeat, and sweeps now and then for work nobody does: created
-or running processes of a node whose lease lapsed (it continues them from their last committed
-step, as a restart would) and timers of such a node that came due (a retry, a callback's
-deadline). A message for a process another live node owns is mailed to that node, which hands
-it to its actor and mails the answer back; a message for a process nobody owns makes it ours.
+A node keeps its lease (renewed by the store's keeper thread, beside the event loop), and sweeps
+now and then for work nobody does: created or running processes of a node whose lease lapsed (it
+continues them from their last committed step, as a restart would) and timers of such a node that
+came due (a retry, a callback's deadline). A message for a process another live node owns is
+mailed to that node, which hands it to its actor and mails the answer back; a message for a
+process nobody owns makes it ours.
+
+A node starts steps only while its lease holds by a margin (``orchd.engine.lease``). When the
+lease is lost (the loop was blocked for a whole ``lease_timeout``, or the database was out of
+reach until it lapsed) the node knows it: it says so in the log and in ``/api/health``, drops
+its actors (what they commit is refused anyway: the fence is on its incarnation), rejoins as a
+new incarnation and continues the processes that are still its own from their last commit.
 """
 
 from __future__ import annotations
@@ -19,9 +26,10 @@ import msgspec
 
 from orchd import errors
 from orchd.engine import messages
+from orchd.engine.lease import Gate
 from orchd.errors import OrchdError, StoreError
 from orchd.model import ACTIVE, Event, ProcessStatus
-from orchd.store.cluster import ClusterStore, Mail, NodeInfo
+from orchd.store.cluster import ClusterStore, LeaseLost, Mail, NodeInfo
 
 if TYPE_CHECKING:
     from orchd.engine.routing import Local
@@ -68,34 +76,91 @@ class Node:
         self.store = store
         self.lease_timeout = lease_timeout
         self.node_id = store.node_id
-        self.lease_until = 0.0
         self.forwarded = 0
         self.served = 0
+        #: Set by ``start``: the gate steps pass, over the lease as the keeper renews it.
+        self.gate: Gate | None = None
+        #: Times the lease was lost and the node rejoined.
+        self.rejoined = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._nodes: list[NodeInfo] = []
+        self._rejoining: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.lease_until = await self.store.heartbeat(self.lease_timeout)
+        lease = self.store.keep_lease(self._told)
+        # Within this margin of lapsing no step starts: it waits for the next renewal.
+        self.gate = Gate(self.engine, lease, self.lease_timeout / 4)
         self.store.on_mail(self._serve)
 
     def run(self) -> None:
-        """Start the heartbeat and the sweeps (once the engine recovered its own work)."""
-        self._tasks = [
-            asyncio.create_task(self._beat(), name="orchd lease"),
-            asyncio.create_task(self._sweep(), name="orchd takeover"),
-        ]
+        """Start the sweeps (once the engine recovered its own work)."""
+        self._tasks = [asyncio.create_task(self._sweep(), name="orchd takeover")]
 
     async def stop(self) -> None:
         """Take nothing more over (the engine is stopping); the lease is still renewed while
         running steps finish."""
-        await self._cancel(self._tasks[1:])
-        self._tasks = self._tasks[:1]
+        await self._cancel(self._tasks)
+        self._tasks = []
 
     async def leave(self) -> None:
         """Hand our processes back (their actors are stopped): others continue them at once."""
         await self._cancel(self._tasks)
         self._tasks = []
+        if self._rejoining is not None:
+            await self._cancel([self._rejoining])
+            self._rejoining = None
+        if self.gate is not None:
+            self.gate.close(self.engine)
         await self.store.leave()
+
+    # -- the lease ------------------------------------------------------------------------
+
+    def _told(self) -> None:
+        """The keeper renewed the lease, or found it lost (called on the loop)."""
+        gate = self.gate
+        if gate is None:
+            return
+        lost = gate.lease.lost
+        if lost is not None and gate.lost is None:
+            gate.lost = lost
+            log.error(
+                "node=%s lost its lease (%s): it starts nothing more, drops what it runs and "
+                "rejoins as a new incarnation",
+                self.node_id,
+                lost,
+            )
+            self._rejoining = asyncio.create_task(self._rejoin(gate), name="orchd rejoin")
+        gate.changed()
+
+    async def _rejoin(self, gate: Gate) -> None:
+        # What the actors would still commit is refused (the fence is on the incarnation);
+        # dropped, they start nothing more, and their processes go on from their last commit.
+        await gate.drop()
+        while True:
+            try:
+                await self.store.rejoin()
+                gate.lease = self.store.keep_lease(self._told)
+                rows = await self.store.active_processes()
+                break
+            except StoreError as exc:
+                log.warning("node=%s rejoining failed, trying again: %s", self.node_id, exc)
+                await asyncio.sleep(self.lease_timeout / 3)
+        self.rejoined += 1
+        gate.lost = None
+        gate.changed()
+        log.warning(
+            "node=%s rejoined as a new incarnation; it continues %d processes",
+            self.node_id,
+            len(rows),
+        )
+        for row in rows:
+            if not self.engine.runs(row.id):
+                self.engine.post_local(row.id, messages.Run(), row)
+
+    def _refuse_if_lost(self) -> None:
+        if self.gate is not None and self.gate.lost is not None:
+            raise LeaseLost(
+                f"node {self.node_id} lost its lease ({self.gate.lost}) and is rejoining"
+            )
 
     @staticmethod
     async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
@@ -104,14 +169,6 @@ class Node:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-    async def _beat(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease_timeout / 3)
-            try:
-                self.lease_until = await self.store.heartbeat(self.lease_timeout)
-            except StoreError as exc:
-                log.warning("node=%s lease not renewed: %s", self.node_id, exc)
 
     async def _sweep(self) -> None:
         every = max(0.2, min(1.0, self.lease_timeout / 5))
@@ -126,8 +183,8 @@ class Node:
 
     async def sweep(self) -> None:
         engine = self.engine
-        if not engine.accepting:
-            return
+        if not engine.accepting or self.gate is None or not self.gate.open:
+            return  # a node whose lease is in doubt takes nothing over
         while True:
             claim = await self.store.take_over(TAKE_BATCH)
             for row in claim.rows:
@@ -151,12 +208,17 @@ class Node:
                 engine.send(pid, messages.Retry(automatic=True))
 
     async def live_nodes(self) -> list[NodeInfo]:
+        """The nodes whose lease holds; raises ``LeaseLost`` while this node's is lost (health
+        says so)."""
+        self._refuse_if_lost()
         return await self.store.live_nodes()
 
     # -- routing --------------------------------------------------------------------------
 
     async def owner(self, pid: str) -> str | None:
-        """None when the process is ours now (or does not exist); else its live owner."""
+        """None when the process is ours now (or does not exist); else its live owner.
+        Raises ``LeaseLost`` while this node's lease is lost: it claims nothing then."""
+        self._refuse_if_lost()
         return await self.store.claim_process(pid)
 
     async def forward(self, owner: str, pid: str, message: messages.Message) -> Any:
@@ -217,5 +279,5 @@ class Node:
         counts: dict[str, float] = {k: float(v) for k, v in self.store.counters().items()}
         counts["forwarded"] = float(self.forwarded)
         counts["served"] = float(self.served)
-        counts["lease_until"] = self.lease_until
+        counts["lease_until"] = self.gate.lease.until if self.gate is not None else 0.0
         return counts

@@ -4,6 +4,11 @@ A node holds a lease, renewed by its heartbeat; it owns the processes it runs fo
 its lease lasts. When a node dies its lease lapses and the others claim its unfinished processes
 (row locks, never a consensus of our own). A request for a process another live node owns is
 mailed to that node, which answers it. SQLite, one daemon per file, has none of this.
+
+The lease is renewed by a thread of the store's own (``Lease``), not by the event loop that runs
+``async def`` steps: a step that blocks the loop cannot stop the renewal unnoticed. The keeper
+renews on behalf of a loop that answers: a loop silent for ``lease_timeout`` lets the lease
+lapse, and the node then knows it lost its lease (``Lease.lost``) before it starts anything.
 """
 
 from __future__ import annotations
@@ -13,10 +18,34 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
+from orchd.errors import StoreError
 from orchd.model import NodeInfo
 from orchd.store.base import ProcessRow
 
-__all__ = ["Claim", "ClusterStore", "Mail", "NodeInfo", "Postman"]
+__all__ = ["Claim", "ClusterStore", "Lease", "LeaseLost", "Mail", "NodeInfo", "Postman"]
+
+
+class LeaseLost(StoreError):
+    """This node does not hold its lease (it lapsed, or another incarnation of its node id
+    holds it): nothing it writes for a process is committed, and it starts nothing."""
+
+
+class Lease(Protocol):
+    """This node's lease as its keeper thread last renewed it (read on the loop, written by
+    the thread: each attribute is one value, replaced whole)."""
+
+    #: ``time.monotonic()`` by which the lease may have lapsed: measured from before the
+    #: renewal was sent, so the database's lease lasts at least as long.
+    held_until: float
+    #: When it lapses on the database's clock (epoch seconds), for metrics and health.
+    until: float
+    #: Why the lease is lost (the database refused to renew it); None while it holds. A lost
+    #: lease is never renewed: the node rejoins as a new incarnation (``ClusterStore.rejoin``).
+    lost: str | None
+
+    async def stop(self) -> None:
+        """Renew no more (a clean stop gives the lease up; otherwise it lapses)."""
+        ...
 
 
 class Claim(msgspec.Struct, kw_only=True):
@@ -44,8 +73,20 @@ class ClusterStore(Protocol):
 
     node_id: str
 
-    async def heartbeat(self, lease_timeout: float) -> float:
-        """Renew this node's lease; answers the database time it lasts until."""
+    def keep_lease(self, told: Callable[[], None]) -> Lease:
+        """Renew this node's lease from now on, in a thread with a connection of its own;
+        ``told`` is called on the event loop after each renewal and when the lease is lost."""
+        ...
+
+    async def rejoin(self) -> None:
+        """Enter again as a new incarnation of this node id (after the lease was lost),
+        waiting while another live incarnation holds it; the keeper renews the new lease.
+        Writes of the old incarnation are refused from then on."""
+        ...
+
+    async def active_processes(self) -> list[ProcessRow]:
+        """The created or running processes of this node id, and those of dead nodes (claimed
+        now): what this node runs when it starts or rejoins."""
         ...
 
     async def live_nodes(self) -> list[NodeInfo]: ...
@@ -82,5 +123,6 @@ class ClusterStore(Protocol):
         ...
 
     async def leave(self) -> None:
-        """Give up this node's leases now (a clean stop): others take over at once."""
+        """Stop renewing and give up this node's lease now (a clean stop): others take over
+        at once."""
         ...

@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from orchd.model import Event
 from orchd.store.base import Op, ProcessRow, StoreStats
 from orchd.store.cluster import Claim, NodeInfo, Postman
 from orchd.store.postgres import nodes
+from orchd.store.postgres.lease import LeaseKeeper
 from orchd.store.postgres.reads import PgReads
 from orchd.store.postgres.schema import SCHEMA_VERSION, migrate
 from orchd.store.postgres.slots import PgSlots
@@ -92,6 +94,10 @@ class PgStore(PgReads):
         self._tail_wake = asyncio.Event()
         self._postman: Postman | None = None
         self._counts = {"lease_renewals": 0, "lease_renewal_failures": 0, "takeovers": 0}
+        #: ``time.monotonic()`` by which the lease of the latest registration may lapse.
+        self._registered = 0.0
+        self._registered_until = 0.0
+        self._keeper: LeaseKeeper | None = None
         #: The cluster's table of resource slots (README "Limits on shared resources").
         self.slots = PgSlots(self.node_id, self.incarnation)
 
@@ -103,20 +109,7 @@ class PgStore(PgReads):
             conn = await asyncpg.connect(self.url)
             try:
                 await migrate(conn)
-                wait = await nodes.register(
-                    conn, self.node_id, self.incarnation, self.lease_timeout
-                )
-                while wait > 0:
-                    log.warning(
-                        "node %s: a previous daemon with this node_id holds its lease for "
-                        "%.1f s more; waiting for it to lapse",
-                        self.node_id,
-                        wait,
-                    )
-                    await asyncio.sleep(wait)
-                    wait = await nodes.register(
-                        conn, self.node_id, self.incarnation, self.lease_timeout
-                    )
+                await self._register(conn)
             except BaseException:
                 await conn.close()
                 raise
@@ -126,6 +119,7 @@ class PgStore(PgReads):
             self._writer = Writer(
                 conn,
                 self.node_id,
+                self.incarnation,
                 keep_events=self.keep_events,
                 announce=self._announce,
                 connect=self._connect,
@@ -143,10 +137,32 @@ class PgStore(PgReads):
             await self.close()
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
 
+    async def _register(self, conn: nodes.Conn) -> None:
+        """Enter as this incarnation, waiting while another live one holds the node id."""
+        while True:
+            sent = time.monotonic()
+            wait = await nodes.register(conn, self.node_id, self.incarnation, self.lease_timeout)
+            if wait <= 0:
+                self._registered = sent + self.lease_timeout
+                self._registered_until = float(
+                    await conn.fetchval(
+                        "SELECT lease_until FROM nodes WHERE node_id = $1", self.node_id
+                    )
+                )
+                return
+            log.warning(
+                "node %s: a previous daemon with this node_id holds its lease for "
+                "%.1f s more; waiting for it to lapse",
+                self.node_id,
+                wait,
+            )
+            await asyncio.sleep(wait)
+
     async def _connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.url)
 
     async def close(self) -> None:
+        await self._stop_keeper()
         if self._writer is not None:
             await self._writer.stop()
         for task in list(self._announcing):
@@ -267,16 +283,44 @@ class PgStore(PgReads):
             raise StoreError("the store is closed")
         return self._pool
 
-    async def heartbeat(self, lease_timeout: float) -> float:
-        try:
-            until = await nodes.heartbeat(
-                self._ready(), self.node_id, self.incarnation, lease_timeout
+    def keep_lease(self, told: Callable[[], None]) -> LeaseKeeper:
+        if self._keeper is None:
+            self._keeper = LeaseKeeper(
+                self.url,
+                self.node_id,
+                self.incarnation,
+                self.lease_timeout,
+                held_until=self._registered,
+                until=self._registered_until,
+                told=told,
             )
+            self._keeper.start()
+        return self._keeper
+
+    async def _stop_keeper(self) -> None:
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            await keeper.stop()
+            self._counts["lease_renewals"] += keeper.renewals
+            self._counts["lease_renewal_failures"] += keeper.failures
+
+    async def rejoin(self) -> None:
+        keeper = self._keeper
+        if keeper is None:
+            raise StoreError("the lease is not kept")
+        await self._stop_keeper()
+        self.incarnation = secrets.token_hex(8)
+        # From here on this store writes as the new incarnation: whatever the old one still
+        # had queued is refused, since the database's row no longer names it.
+        if self._writer is not None:
+            self._writer.incarnation = self.incarnation
+        self.slots.incarnation = self.incarnation
+        try:
+            async with self._ready().acquire() as conn:
+                await self._register(conn)
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            self._counts["lease_renewal_failures"] += 1
-            raise StoreError(f"lease renewal failed: {exc}") from None
-        self._counts["lease_renewals"] += 1
-        return until
+            raise StoreError(f"rejoining failed: {exc}") from None
+        self.keep_lease(keeper.told)
 
     async def live_nodes(self) -> list[NodeInfo]:
         return await nodes.live_nodes(self._ready())
@@ -320,9 +364,14 @@ class PgStore(PgReads):
             self._mailbox.notified(payload)
 
     def counters(self) -> dict[str, int]:
-        return dict(self._counts)
+        counts = dict(self._counts)
+        if self._keeper is not None:
+            counts["lease_renewals"] += self._keeper.renewals
+            counts["lease_renewal_failures"] += self._keeper.failures
+        return counts
 
     async def leave(self) -> None:
+        await self._stop_keeper()
         with contextlib.suppress(asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
             await nodes.leave(self._ready(), self.node_id, self.incarnation)
 

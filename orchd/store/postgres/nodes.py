@@ -29,6 +29,23 @@ NOW = "extract(epoch FROM clock_timestamp())::float8"
 LIVE = f"SELECT node_id FROM nodes WHERE lease_until > {NOW}"
 
 
+#: The writer's connection names the incarnation of its node that writes (a setting of the
+#: session, set once per connection and incarnation, so the statements keep their parameters).
+SET_INCARNATION = "SELECT set_config('orchd.incarnation', $1, false)"
+
+
+def fence(owner: str) -> str:
+    """The ownership fence of a process row ``p`` (``owner``: the placeholder of the node id),
+    checked in the statement that commits: the row is this node's, and the lease of this very
+    incarnation of it holds now. A node whose lease lapsed, and a stale daemon with the same
+    node id, commit nothing; a connection that never named its incarnation neither."""
+    return (
+        f"p.owner = {owner} AND EXISTS (SELECT 1 FROM nodes AS n WHERE n.node_id = p.owner "
+        "AND n.incarnation = current_setting('orchd.incarnation', true) "
+        f"AND n.lease_until > {NOW})"
+    )
+
+
 def _takeover_actions(claimed: str) -> str:
     """A CTE's INSERT of a ``takeover`` action (actor ``node:<us>``, ``$1``) for each row of
     ``claimed`` (``rowid, was, status, current_step``) that another node owned and that has
@@ -72,22 +89,6 @@ async def register(conn: Conn, node: str, incarnation: str, lease: float) -> flo
         return 0.0
     left = await conn.fetchval(f"SELECT lease_until - {NOW} FROM nodes WHERE node_id = $1", node)
     return max(0.0, float(left or 0.0)) + 0.05
-
-
-async def heartbeat(pool: asyncpg.Pool, node: str, incarnation: str, lease: float) -> float:
-    until = await pool.fetchval(
-        f"""UPDATE nodes SET heartbeat_at = {NOW}, lease_until = {NOW} + $3
-            WHERE node_id = $1 AND incarnation = $2 RETURNING lease_until""",
-        node,
-        incarnation,
-        lease,
-    )
-    if until is None:
-        # Our row went (a lapsed lease someone cleaned up, or a restored database): enter again.
-        async with pool.acquire() as conn:
-            await register(conn, node, incarnation, lease)
-        return float(await pool.fetchval("SELECT lease_until FROM nodes WHERE node_id = $1", node))
-    return float(until)
 
 
 async def live_nodes(pool: asyncpg.Pool) -> list[NodeInfo]:

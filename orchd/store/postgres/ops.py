@@ -14,7 +14,7 @@ import asyncpg
 import msgspec
 from msgspec.structs import astuple
 
-from orchd.errors import StoreError, SubscriptionLocked, SubscriptionNotFound
+from orchd.errors import SubscriptionLocked, SubscriptionNotFound
 from orchd.model import START, Event, ProcessStatus
 from orchd.store.base import (
     ActionWrite,
@@ -38,6 +38,8 @@ from orchd.store.base import (
     StartChildren,
     StepWrite,
 )
+from orchd.store.cluster import LeaseLost
+from orchd.store.postgres.nodes import fence
 from orchd.store.postgres.reads import SELECT_SUBSCRIPTION, numbered
 from orchd.store.sqlreads import (
     DROP_RELATIONS,
@@ -59,10 +61,6 @@ from orchd.store.sqlreads import (
 
 _encode = msgspec.json.Encoder().encode
 Conn = asyncpg.Connection
-
-
-class LeaseLost(StoreError):
-    """This node no longer owns the process (its lease lapsed and another node took it)."""
 
 
 class Rows:
@@ -158,7 +156,7 @@ def _update_processes() -> str:
     arrays = ", ".join(f"${i}::{COLUMN_TYPES[f]}[]" for i, f in enumerate(fields, 1))
     return (
         f"UPDATE processes AS p SET {sets} FROM unnest({arrays}) AS v({', '.join(fields)}) "
-        f"WHERE p.rowid = v.pk AND p.owner = ${len(fields) + 1} RETURNING p.rowid"
+        f"WHERE p.rowid = v.pk AND {fence(f'${len(fields) + 1}')} RETURNING p.rowid"
     )
 
 
@@ -171,12 +169,12 @@ def _insert(table: str, fields: tuple[str, ...], rename: dict[str, str]) -> str:
 #: Fenced by the owner: rows of processes this node no longer owns are left alone.
 _UPDATE_PROCESSES = _update_processes()
 #: A branch step's touch of its process row: never State, and the step count only goes up.
-_TOUCH_PROCESSES = """UPDATE processes AS p SET status = v.status,
+_TOUCH_PROCESSES = f"""UPDATE processes AS p SET status = v.status,
     seq = GREATEST(p.seq, v.seq), error = v.error, next_retry_at = v.next_retry_at,
     updated_at = v.updated_at
     FROM unnest($1::text[], $2::int[], $3::text[], $4::float8[], $5::float8[], $6::bigint[])
     AS v(status, seq, error, next_retry_at, updated_at, pk)
-    WHERE p.rowid = v.pk AND p.owner = $7 RETURNING p.rowid"""
+    WHERE p.rowid = v.pk AND {fence("$7")} RETURNING p.rowid"""
 _UPSERT_BRANCH = """INSERT INTO branches (process, path, status, step_key, step_occurrence,
     changes, error, attempts, next_retry_at, callback_token)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)

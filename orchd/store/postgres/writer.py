@@ -37,7 +37,8 @@ from orchd.store.base import (
     SetNote,
     StartChildren,
 )
-from orchd.store.postgres import ops
+from orchd.store.cluster import LeaseLost
+from orchd.store.postgres import nodes, ops
 from orchd.store.postgres.schema import EVENTS_LOCK
 
 log = logging.getLogger("orchd.store")
@@ -98,6 +99,7 @@ class Writer(CommitCounters):
         self,
         conn: asyncpg.Connection,
         node: str,
+        incarnation: str,
         *,
         keep_events: int,
         announce: Callable[[list[Event]], Awaitable[None]],
@@ -108,6 +110,10 @@ class Writer(CommitCounters):
         #: A new connection when the server dropped ours (a restart, a failover).
         self.connect = connect
         self.node = node
+        #: The node's incarnation, which the ownership fence of every process write checks
+        #: (``nodes.fence``); set on the connection before the first batch after each change.
+        self.incarnation = incarnation
+        self._fenced: tuple[asyncpg.Connection, str] | None = None
         self.keep_events = keep_events
         #: Called with each commit's events (ids set) before the writers waiting for it wake.
         self.announce = announce
@@ -207,6 +213,9 @@ class Writer(CommitCounters):
         if self.conn.is_closed():
             self.conn = await self.connect()
         conn = self.conn
+        if self._fenced != (conn, self.incarnation):
+            await conn.execute(nodes.SET_INCARNATION, self.incarnation)
+            self._fenced = (conn, self.incarnation)
         node = self.node
         results: list[_Result] = []
         plain: list[tuple[Checkpoint, asyncio.Future[Any]]] = []
@@ -217,7 +226,7 @@ class Writer(CommitCounters):
             lost = await rows.flush(conn, events)
             for cp, fut in plain:
                 if cp.process_id in lost:
-                    error = ops.LeaseLost(
+                    error = LeaseLost(
                         f"process {cp.process_id}: this node no longer holds its lease"
                     )
                     results.append((fut, error, False))
