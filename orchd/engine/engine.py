@@ -117,7 +117,7 @@ class Engine:
         self.store: Store = open_store(
             str(database),
             synchronous=synchronous,
-            keep_events=chosen.retention.events,
+            keep_events=chosen.keep_events,
             node_id=chosen.node_id,
             lease_timeout=chosen.lease_timeout,
         )
@@ -341,22 +341,12 @@ class Engine:
         status: str | None = None,
         workflow: str | None = None,
         parent: str | None = None,
-        q: str | None = None,
-        top_level: bool = False,
         limit: int = DEFAULT_PAGE,
         cursor: str | None = None,
     ) -> Page:
-        """Processes, newest first, a page at a time (``parent``: that process's children;
-        ``q``: an id's first characters, or text of the workflow's name or of the subscription;
-        ``top_level``: no children)."""
+        """Processes, newest first, a page at a time (``parent``: that process's children)."""
         page = await self._views.list_processes(
-            status=status,
-            workflow=workflow,
-            parent=parent,
-            q=q,
-            top_level=top_level,
-            limit=limit,
-            cursor=cursor,
+            status=status, workflow=workflow, parent=parent, limit=limit, cursor=cursor
         )
         running = [p for p in page.items if p.status == P.RUNNING]
         if running:
@@ -580,10 +570,10 @@ class Engine:
     def retention(self, now: float | None = None) -> Retention:
         """Which finished processes may be deleted now, by the settings."""
         now = time.time() if now is None else now
-        kept = self.settings.retention  # "0" keeps for ever
+        tasks, workflows = self.settings.retain_tasks, self.settings.retain_workflows
         return Retention(
-            tasks_before=now - kept.tasks if kept.tasks else None,
-            workflows_before=now - kept.workflows if kept.workflows else None,
+            tasks_before=None if tasks is None else now - tasks,
+            workflows_before=None if workflows is None else now - workflows,
         )
 
     async def gc(
