@@ -17,6 +17,7 @@ from orchd.dsl import Step, StepKind
 from orchd.engine import forkstep, formpages
 from orchd.engine.messages import Retry
 from orchd.engine.outcome import Outcome, changes_of
+from orchd.engine.waits import End
 from orchd.errors import FormValidationError, InvalidTransition
 from orchd.model import Action, ProcessStatus, StepStatus, Target, check_action
 from orchd.store.base import ActionWrite, StepWrite
@@ -138,7 +139,7 @@ async def skip(actor: Actor, reason: str, by: str) -> None:
     actor.error = None
     actor.attempts = 0
     actor.next_retry_at = None
-    actor.end_wait()
+    actor.end_wait(End.SKIPPED)
     action = actor.action(Action.SKIP, by, reason)
     drops = [""] if skipped[0].forks else []
     actor.forks = None
@@ -179,9 +180,9 @@ async def abort(actor: Actor, by: str, *, requested: bool) -> None:
     release = actor.subscription_id if actor.target is not Target.SYSTEM else None
     actor.form = None
     actor.next_retry_at = None
-    actor.end_wait()
+    actor.end_wait(End.ABORTED)
     if actor.forks is not None:
-        actor.forks.forget_tokens()
+        actor.forks.forget_tokens(End.ABORTED)
         actor.forks = None
     actions = [actor.action(Action.ABORT, by)] if requested else []
     # Branches of a fork it stood at go with it (none, mostly: the delete finds nothing).
@@ -191,7 +192,7 @@ async def abort(actor: Actor, by: str, *, requested: bool) -> None:
 async def take_callback(actor: Actor, payload: Any, by: str) -> None:
     step = actor.step_now()
     actor.next_retry_at = None
-    actor.end_wait()
+    actor.end_wait(End.ANSWERED)
     action = actor.action(Action.CALLBACK, by)
     await answered(actor, step, {"callback_result": payload}, action)
 
@@ -204,5 +205,5 @@ async def fail_wait(actor: Actor, reason: str) -> None:
     # Back to the action, so a retry issues the request again with a fresh token.
     actor.pc -= 1
     actor.next_retry_at = None
-    actor.end_wait()
+    actor.end_wait(End.EXPIRED)
     await actor.commit(step, Outcome(P.FAILED, StepStatus.FAILED, now, now, error=actor.error))

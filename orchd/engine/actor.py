@@ -20,7 +20,7 @@ from typing import Any
 
 from orchd import _faults as faults
 from orchd.dsl import Step, StepKind, Stranded, Workflow
-from orchd.engine import actions, forkstep, formpages, lease
+from orchd.engine import actions, forkstep, formpages
 from orchd.engine import children as childstep
 from orchd.engine.calls import call_step, cancelled_from_outside
 from orchd.engine.forks import Forks
@@ -48,6 +48,7 @@ from orchd.engine.outcome import (
     failure_of,
     retry_delay,
 )
+from orchd.engine.waits import End
 from orchd.errors import (
     CallbackNotFound,
     InvalidTransition,
@@ -108,13 +109,11 @@ class Actor:
 
     # Thousands of actors may be alive at once (polling an OSS): keep each one small.
     __slots__ = (
-        "host", "pid", "mailbox", "loaded", "stopping", "abort_requested", "in_step",
-
-        "pending_callback", "workflow", "workflow_name", "pk", "target", "status", "pc",
-        "seq", "state", "current_step", "error", "form", "callback_token", "attempts", "position",
-        "next_retry_at", "subscription_id", "broken", "task", "parent_id", "child_group",
-        "children_group", "children_pending", "replace_aborted", "forks", "committing",
-        "trace_id",
+        "host", "pid", "mailbox", "loaded", "stopping", "abort_requested", "in_step", "workflow",
+        "workflow_name", "pk", "target", "status", "pc", "seq", "state", "current_step", "error",
+        "form", "callback_token", "attempts", "position", "next_retry_at", "subscription_id",
+        "broken", "task", "parent_id", "child_group", "children_group", "children_pending",
+        "replace_aborted", "forks", "committing", "trace_id",
     )  # fmt: skip
 
     def __init__(self, host: Host, pid: str, row: ProcessRow | None = None) -> None:
@@ -126,7 +125,6 @@ class Actor:
         self.stopping = False
         self.abort_requested: str | None = None
         self.in_step = False
-        self.pending_callback: Envelope | None = None
         self.forks: Forks | None = None
         #: A checkpoint is being committed: a reader may see what it writes (a new status)
         #: before this actor is told that it committed.
@@ -236,9 +234,7 @@ class Actor:
     def _fail_all(self, error: BaseException) -> None:
         while self.mailbox:
             respond(self.mailbox.pop(0), error=error)
-        if self.pending_callback is not None:
-            respond(self.pending_callback, error=error)
-            self.pending_callback = None
+        self.host.waits.refuse_held(self.pid, error)
 
     def _load(self, row: ProcessRow) -> None:
         self.workflow: Workflow | None = self.host.workflow(row.workflow)
@@ -253,6 +249,9 @@ class Actor:
         self.error = row.error
         self.form = row.form
         self.callback_token = row.callback_token
+        if row.callback_token is not None and self.status not in FINAL:
+            # An answer may come before its wait step runs again (README "Guarantees").
+            self.host.waits.begin(row.callback_token, self.pid)
         self.attempts = row.attempts
         self.next_retry_at = row.next_retry_at
         self.subscription_id = row.subscription_id
@@ -306,7 +305,7 @@ class Actor:
                     respond(envelope)
                 case Callback(digest=digest, payload=payload, actor=actor):
                     if digest is not None and self._callback_pending(digest):
-                        self.pending_callback = envelope  # answered once it is committed
+                        self.host.waits.hold(digest, envelope)  # the wait step answers it
                         return
                     if digest is not None and digest != self.callback_token:
                         # An old or used token, or a made-up one: it answers no wait.
@@ -341,10 +340,10 @@ class Actor:
     def action(self, action: Action, actor: str, detail: str | None = None) -> ActionWrite:
         return ActionWrite(pk=self.pk, at=time.time(), action=action, actor=actor, detail=detail)
 
-    def end_wait(self) -> None:
+    def end_wait(self, how: End) -> None:
         """A callback token answers one wait only: forget it once the wait is over."""
         if self.callback_token is not None:
-            self.host.forget_callback(self.callback_token)
+            self.host.waits.end(self.callback_token, how)
             self.callback_token = None
 
     async def fail_if_broken(self) -> None:
@@ -367,7 +366,6 @@ class Actor:
 
     async def _advance(self) -> None:
         """Run the step at the program counter and commit its outcome."""
-        await lease.admit(self.host)  # in a cluster, only while this node's lease holds
         if self.broken is not None:
             self.error = self.broken
             await self.write(P.FAILED, steps=[])
@@ -409,9 +407,9 @@ class Actor:
             # The token is a capability: the action step sees it while it runs; the engine
             # keeps only its digest (never in State, a step record or the API).
             token = new_callback_token()
-            self.end_wait()
+            self.end_wait(End.SKIPPED)
             self.callback_token = token_digest(token)
-            self.host.expect_callback(self.callback_token, self.pid)
+            self.host.waits.begin(self.callback_token, self.pid)
             view = {**self.state, "callback_token": token}
         self.in_step = True
         if faults.ENABLED:
@@ -460,6 +458,10 @@ class Actor:
         message, tb = failure_of(exc)
         finished = time.time()
         self.error = message
+        if step.kind is StepKind.CALLBACK_ACTION:
+            # Its wait never begins: the token it handed out answers nothing (a retry makes
+            # a new one), and an answer that came while it ran is refused now.
+            self.end_wait(End.FAILED)
         if step.kind is StepKind.RETRY:
             self.attempts += 1
             settings = self.host.settings
@@ -496,9 +498,8 @@ class Actor:
         return await formpages.replay(pages, answers, self.host.choices)
 
     async def _wait_for_callback(self, step: Step, started: float) -> None:
-        early = self.pending_callback
+        early = self.host.waits.take(self.callback_token)
         if early is not None:
-            self.pending_callback = None
             assert isinstance(early.message, Callback)
             try:
                 await actions.take_callback(self, early.message.payload, early.message.actor)

@@ -15,7 +15,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from orchd.dsl import Step, StepKind
-from orchd.engine.messages import Envelope
 from orchd.engine.outcome import StepCrash
 from orchd.state import decode, encode
 from orchd.status import BranchStatus
@@ -113,7 +112,7 @@ class Branch:
 
     __slots__ = (
         "fork", "index", "path", "steps", "pc", "changes", "status", "error", "attempts",
-        "next_retry_at", "token", "early", "nested",
+        "next_retry_at", "token", "nested",
     )  # fmt: skip
 
     def __init__(self, fork: Fork, index: int) -> None:
@@ -128,10 +127,9 @@ class Branch:
         self.error: str | None = None
         self.attempts = 0
         self.next_retry_at: float | None = None
-        #: The digest of the token its callback action handed out, while its wait lasts.
+        #: The digest of the token its callback action handed out, while its wait lasts
+        #: (the wait itself, and an answer it holds: ``orchd.engine.waits``).
         self.token: str | None = None
-        #: A callback that arrived before the branch reached its wait.
-        self.early: Envelope | None = None
         self.nested: Fork | None = None
 
     def state(self) -> dict[str, Any]:

@@ -117,7 +117,7 @@ class Engine:
         self.store: Store = open_store(
             str(database),
             synchronous=synchronous,
-            keep_events=chosen.keep_events,
+            keep_events=chosen.retention.events,
             node_id=chosen.node_id,
             lease_timeout=chosen.lease_timeout,
         )
@@ -341,12 +341,22 @@ class Engine:
         status: str | None = None,
         workflow: str | None = None,
         parent: str | None = None,
+        q: str | None = None,
+        top_level: bool = False,
         limit: int = DEFAULT_PAGE,
         cursor: str | None = None,
     ) -> Page:
-        """Processes, newest first, a page at a time (``parent``: that process's children)."""
+        """Processes, newest first, a page at a time (``parent``: that process's children;
+        ``q``: an id's first characters, or text of the workflow's name or of the subscription;
+        ``top_level``: no children)."""
         page = await self._views.list_processes(
-            status=status, workflow=workflow, parent=parent, limit=limit, cursor=cursor
+            status=status,
+            workflow=workflow,
+            parent=parent,
+            q=q,
+            top_level=top_level,
+            limit=limit,
+            cursor=cursor,
         )
         running = [p for p in page.items if p.status == P.RUNNING]
         if running:
@@ -487,7 +497,7 @@ class Engine:
         """
         arrived = time.time()
         digest = token_digest(token)
-        pid = self._runtime.tokens.get(digest) or await self.store.process_waiting_for(digest)
+        pid = self._runtime.waits.pid_of(digest) or await self.store.process_waiting_for(digest)
         if pid is None:
             raise CallbackNotFound("no process waits for this callback token")
         actor = _actor(reporter, "callback token")
@@ -570,10 +580,10 @@ class Engine:
     def retention(self, now: float | None = None) -> Retention:
         """Which finished processes may be deleted now, by the settings."""
         now = time.time() if now is None else now
-        tasks, workflows = self.settings.retain_tasks, self.settings.retain_workflows
+        kept = self.settings.retention  # "0" keeps for ever
         return Retention(
-            tasks_before=None if tasks is None else now - tasks,
-            workflows_before=None if workflows is None else now - workflows,
+            tasks_before=now - kept.tasks if kept.tasks else None,
+            workflows_before=now - kept.workflows if kept.workflows else None,
         )
 
     async def gc(

@@ -32,7 +32,8 @@ from orchd.engine.calls import call_step, cancelled_from_outside
 from orchd.engine.limits import Halted, slots_of
 from orchd.engine.messages import Callback, Envelope, Expire, Retry, Run, fail, respond
 from orchd.engine.outcome import NO_CHANGES, Changes, StepCrash, changes_of, failure_of, retry_delay
-from orchd.errors import CallbackNotFound, InvalidTransition, OrchdError, ShuttingDown
+from orchd.engine.waits import End, refusal
+from orchd.errors import CallbackNotFound, InvalidTransition
 from orchd.model import Action, ProcessStatus, StepStatus
 from orchd.state import (
     StepOutputError,
@@ -63,15 +64,10 @@ class Forks:
         self.wake = asyncio.Event()
         self.crash: BaseException | None = None
         self.running = False
-        #: Branches by the digest of the callback token they handed out.
-        self.tokens: dict[str, Branch] = {}
+        #: The callback waits of its branches (and an answer one holds) are the engine's.
+        self.waits = actor.host.waits
         #: When the retry timer set last fires (a later due needs no new timer).
         self.timer_at: float | None = None
-        #: Branches holding an answer that came while their task, its wait committed, was
-        #: still ending: the driver hands each over once that task is gone.
-        self.answered: list[Branch] = []
-        #: Tokens (digests) whose answer came while branches ran and is taken or held.
-        self.accepted: set[str] = set()
         fill_pending(self.top)
 
     # -- loading --------------------------------------------------------------------------
@@ -97,7 +93,7 @@ class Forks:
                 b.place(row)
             fork.branches[index] = b
             if b.token is not None:
-                self.tokens[b.token] = b
+                self.waits.begin(b.token, self.actor.pid, b)
             if b.status is not B.DONE:
                 fork.unfinished += 1
             if b.status is B.RUNNING and b.steps[b.pc].forks:
@@ -119,7 +115,11 @@ class Forks:
         return fork.started
 
     def owns(self, digest: str) -> Branch | None:
-        return self.tokens.get(digest)
+        """The branch of this process that handed out the token of ``digest``, if any."""
+        wait = self.waits.of(digest)
+        if wait is None or wait.pid != self.actor.pid:
+            return None
+        return wait.branch
 
     def blocked(self) -> tuple[ProcessStatus, str | None, float | None]:
         """The process's status once no branch can run (README "Parallel branches"), the error to
@@ -160,7 +160,7 @@ class Forks:
                 rows.append(b.row(self.actor.pk))
             elif b.status is B.AWAITING_CALLBACK:
                 wait = b.steps[b.pc]
-                self._forget(b)
+                self._forget(b, End.EXPIRED)
                 b.error = f"{wait.name}: no callback arrived before the deadline"
                 b.status, b.next_retry_at = B.FAILED, None
                 b.pc -= 1
@@ -183,7 +183,7 @@ class Forks:
                 records.append(
                     self._record(b, s, StepStatus.SKIPPED, now, now, actor=actor, reason=reason)
                 )
-            self._forget(b)
+            self._forget(b, End.SKIPPED)
             b.pc += count
             b.error, b.attempts, b.next_retry_at = None, 0, None
             b.status = B.RUNNING
@@ -211,14 +211,14 @@ class Forks:
     def answer(self, b: Branch, payload: Any, now: float) -> tuple[BranchRow, StepWrite]:
         """A callback's answer completes the branch's wait step."""
         wait = b.steps[b.pc]
-        self._forget(b)
+        self._forget(b, End.ANSWERED)
         changes = changes_of(b.state(), wait.name, {"callback_result": payload})
         record = self._advance(b, wait, StepStatus.SUCCESS, now, now, changes)
         return b.row(self.actor.pk), record
 
-    def forget_tokens(self) -> None:
+    def forget_tokens(self, how: End) -> None:
         for b in self.leaves():
-            self._forget(b)
+            self._forget(b, how)
 
     # -- running --------------------------------------------------------------------------
 
@@ -312,49 +312,35 @@ class Forks:
 
     def _callback_while_running(self, envelope: Envelope, digest: str) -> None:
         b = self.owns(digest)
-        if b is None or digest in self.accepted or not _may_wait(b):
+        wait = self.waits.of(digest)
+        if b is None or wait is None or wait.taken or not _may_wait(b):
             # A token answers one wait: a second answer (a sender's retry) finds it used, and
             # one for a branch whose action failed finds that its wait never began.
-            respond(envelope, error=CallbackNotFound("no process waits for this callback token"))
+            respond(envelope, error=refusal(End.ANSWERED))
             return
-        self.accepted.add(digest)
         if b.status is B.AWAITING_CALLBACK and b.path not in self.tasks:
+            wait.taken = True
             self._launch(b, envelope)
         else:
-            b.early = envelope  # its action has not finished: the wait takes it
-            if b.status is B.AWAITING_CALLBACK:
-                self.answered.append(b)  # its wait is committed, its task not yet gone
+            # Its action, or its wait's commit, is not done: the wait takes it (or, when its
+            # task is ending, the driver hands it over once the task is gone).
+            self.waits.hold(digest, envelope)
 
     def _hand_over_answers(self) -> None:
         """Run each branch whose answer came while its task was ending, once it has ended."""
-        still = []
-        for b in self.answered:
-            if b.early is None or b.status is not B.AWAITING_CALLBACK:
-                continue
-            if b.path in self.tasks:
-                still.append(b)
-                continue
-            early, b.early = b.early, None
-            self._launch(b, early)
-        self.answered = still
+        for wait in self.waits.held(self.actor.pid):
+            b = wait.branch
+            if b is not None and b.status is B.AWAITING_CALLBACK and b.path not in self.tasks:
+                answer = self.waits.take(wait.digest)
+                assert answer is not None
+                self._launch(b, answer)
 
     def _refuse_held_answers(self) -> None:
         """An answer still held when the branches stop is refused, so its sender does not
         wait for ever: at a shutdown with 503 (the wait is committed, and the sender's retry
-        is taken after the restart), after an abort or a crash as a token no wait holds.
-        Every branch is looked at: one may hold an answer that came during its action."""
-        for b in self.top.walk():
-            if b.early is not None:
-                early, b.early = b.early, None
-                if b.token is not None:
-                    self.accepted.discard(b.token)  # the sender may answer again
-                refusal: OrchdError = (
-                    ShuttingDown("the engine is shutting down; send the callback again")
-                    if self.actor.stopping
-                    else CallbackNotFound("no process waits for this callback token")
-                )
-                respond(early, error=refusal)
-        self.answered = []
+        is taken after the restart), after an abort or a crash as a token no wait holds."""
+        how = End.SHUTDOWN if self.actor.stopping else End.ABORTED
+        self.waits.refuse_held(self.actor.pid, refusal(how))
 
     async def _run(self, b: Branch, answer: Envelope | None) -> None:
         """Run one branch until it is done, blocked or halted; when that completes a nested
@@ -388,10 +374,10 @@ class Forks:
                 if not await self._enter(b, step, started):
                     return
             elif step.kind is StepKind.CALLBACK_WAIT:
-                if b.early is None:
+                early = self.waits.take(b.token)
+                if early is None:
                     await self._wait(b, step, started)
                     return
-                early, b.early = b.early, None
                 await self._take_callback(b, early)
             else:
                 await self._call(b, step, started)
@@ -450,10 +436,9 @@ class Forks:
         actor = self.actor
         if step.kind is StepKind.CALLBACK_ACTION:
             token = new_callback_token()
-            self._forget(b)
+            self._forget(b, End.SKIPPED)
             b.token = token_digest(token)
-            self.tokens[b.token] = b
-            actor.host.expect_callback(b.token, actor.pid)
+            self.waits.begin(b.token, actor.pid, b)
             view = {**b.state(), "callback_token": token}
         if faults.ENABLED:
             faults.point("before_step")
@@ -493,10 +478,7 @@ class Forks:
         if step.kind is StepKind.CALLBACK_ACTION:
             # Its wait never begins: the token it handed out answers nothing (a retry makes a
             # new one), and an answer that came while it ran is refused now, not kept.
-            early, b.early = b.early, None
-            self._forget(b)
-            if early is not None:
-                respond(early, error=CallbackNotFound("no process waits for this callback token"))
+            self._forget(b, End.FAILED)
         b.error = message
         status, b.status = StepStatus.FAILED, B.FAILED
         if step.kind is StepKind.RETRY:
@@ -616,11 +598,9 @@ class Forks:
             if self.running:
                 self.ready.append(b)
 
-    def _forget(self, b: Branch) -> None:
+    def _forget(self, b: Branch, how: End) -> None:
         if b.token is not None:
-            self.tokens.pop(b.token, None)
-            self.accepted.discard(b.token)
-            self.actor.host.forget_callback(b.token)
+            self.waits.end(b.token, how)
             b.token = None
 
     def due(self) -> float | None:

@@ -29,6 +29,7 @@ from orchd.tracing import Tracing
 if TYPE_CHECKING:
     from orchd.engine.actor import Actor
     from orchd.engine.limits import Limiter
+    from orchd.engine.waits import Waits
 
 
 class Host(Protocol):
@@ -125,11 +126,10 @@ class Host(Protocol):
         """What tells when the fork a process stands at first started (Store.fork_records)."""
         ...
 
-    def expect_callback(self, digest: str, pid: str) -> None:
-        """Route callbacks with this token digest to the process."""
+    @property
+    def waits(self) -> Waits:
+        """The callback waits of the processes it runs, by token digest."""
         ...
-
-    def forget_callback(self, digest: str) -> None: ...
 
     def new_id(self) -> str: ...
 

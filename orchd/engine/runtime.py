@@ -31,6 +31,7 @@ from orchd.engine.routing import Router
 from orchd.engine.starts import build_start
 from orchd.engine.stats import StepMetrics
 from orchd.engine.threads import StepThreads
+from orchd.engine.waits import End, Waits
 from orchd.errors import ShuttingDown, WorkflowNotFound
 from orchd.model import ACTIVE, FINAL, Process, ProcessStatus, Subscription
 from orchd.pages import Choice, Choices
@@ -82,7 +83,8 @@ class Runtime:
         self.router = Router(self)
         self.actors: dict[str, actors.Actor] = {}
         #: Which process waits for a callback token, by its digest.
-        self.tokens: dict[str, str] = {}
+        #: The callback waits of the processes running here (README "Guarantees").
+        self.waits = Waits()
         self._store_failures: dict[str, int] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
@@ -403,7 +405,9 @@ class Runtime:
             if not self.actors:
                 self._idle.set()
         try:
-            self._forget_tokens_of(actor)
+            # Its waits no longer route here from memory: one that stands is found in the
+            # database; an answer one still holds is told now, not left waiting.
+            self.waits.end_process(actor.pid, End.RETIRED if self.accepting else End.SHUTDOWN)
             if actor.pid in self.limits.by_pid:
                 self.limits.release_process(actor.pid)  # what it held or waited for
             if self.tracing.on:
@@ -427,19 +431,6 @@ class Runtime:
                     self.post(actor.pid, envelope.message, envelope.reply)
                 except ShuttingDown as exc:
                     messages.respond(envelope, error=exc)
-
-    def _forget_tokens_of(self, actor: actors.Actor) -> None:
-        """A retired actor's callback tokens no longer route here from memory: a wait that
-        stands is found in the database, and a token of a wait that never began (its action
-        failed, or was cut short) must not stay in the map for ever."""
-        if not actor.loaded:
-            return
-        if actor.callback_token is not None and self.tokens.get(actor.callback_token) == actor.pid:
-            del self.tokens[actor.callback_token]
-        if actor.forks is not None:
-            for digest in actor.forks.tokens:
-                if self.tokens.get(digest) == actor.pid:
-                    del self.tokens[digest]
 
     def store_failed(self, pid: str) -> int:
         """Run the process again from its last commit after a failed checkpoint, backing off
@@ -483,12 +474,6 @@ class Runtime:
     async def request_abort(self, pk: int, by: str) -> bool:
         found: bool = await self.store.write(RequestAbort(pk=pk, by=by, at=time.time()))
         return found
-
-    def expect_callback(self, digest: str, pid: str) -> None:
-        self.tokens[digest] = pid
-
-    def forget_callback(self, digest: str) -> None:
-        self.tokens.pop(digest, None)
 
     def new_id(self) -> str:
         # A version-4 UUID from a generator seeded by the OS: ids need to be unique, not
@@ -587,8 +572,6 @@ class Runtime:
             for fut in self._waiters.pop(actor.pid, ()):
                 if not fut.done():
                     fut.set_result(None)
-            if actor.callback_token:
-                self.tokens.pop(actor.callback_token, None)
 
     def _cascade_abort(self, parent_id: str) -> None:
         """An aborted parent aborts every unfinished child (each through its own actor)."""
