@@ -275,3 +275,43 @@ async def test_a_commit_that_meets_an_outside_lock_waits_off_the_loop(
     gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
     assert max(gaps) < 0.5, f"the loop stood still for {max(gaps):.2f} s"
     assert [s.name for s in process.steps] == ["init", "inventory", "done"]
+
+
+# -- 5. the façade is the user's API -----------------------------------------------------------
+
+#: What ``Engine`` offers: the calls of an embedding program, the API, the CLI, the console and
+#: the testing kit (README "Architecture"). The actors' runtime and the routing between nodes
+#: are private (``orchd.engine.runtime``, ``orchd.engine.routing``): adding a name here is a
+#: decision about the public API, not a place for plumbing.
+ENGINE_API = frozenset(
+    {
+        # lifecycle and health
+        "open", "close", "interrupt", "ping", "accepting", "failure", "settings", "stats",
+        "live_nodes",
+        # acting on processes
+        "start", "start_once", "resume", "retry", "skip", "abort", "callback",
+        "answer_callback", "wait",
+        # reads
+        "get", "list_processes", "resolve_id", "counts", "counts_by_workflow",
+        "workflow_info", "resource_limits",
+        # products, subscriptions and forms
+        "products", "get_subscription", "list_subscriptions", "set_note", "form_page",
+        "process_form_page",
+        # events
+        "listen", "stream", "last_event_id",
+        # retention
+        "retention", "gc",
+    }
+)  # fmt: skip
+#: The parts an engine is made of that its users reach (the scheduler and the daemon too).
+ENGINE_PARTS = frozenset(
+    {
+        "workflows", "catalog", "store", "limits", "resources", "tracing", "node", "loopwatch",
+        "pruned", "started_at",
+    }
+)  # fmt: skip
+
+
+async def test_the_engine_offers_its_users_api_and_no_plumbing(engine: Engine) -> None:
+    assert {name for name in vars(Engine) if not name.startswith("_")} == ENGINE_API
+    assert {name for name in vars(engine) if not name.startswith("_")} == ENGINE_PARTS

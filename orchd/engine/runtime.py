@@ -82,7 +82,6 @@ class Runtime:
         #: Where messages for processes go (with several nodes, to the owner's).
         self.router = Router(self)
         self.actors: dict[str, actors.Actor] = {}
-        #: Which process waits for a callback token, by its digest.
         #: The callback waits of the processes running here (README "Guarantees").
         self.waits = Waits()
         self._store_failures: dict[str, int] = {}
