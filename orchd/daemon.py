@@ -34,10 +34,10 @@ import msgspec
 from aiohttp import web
 
 from orchd import gcpolicy, logs, systemd
+from orchd.api.app import create_app
 from orchd.api.guard import GUARD_KEY, TcpGuard, UnixGuard, raise_open_files_limit
 from orchd.api.logins import FailedLogins
 from orchd.api.protocol import answer_malformed_requests_with_problems
-from orchd.api.routes import create_app
 from orchd.config import RELOADABLE, Config, LoadedConfig, load_config, schedule_specs
 from orchd.configfile import find_config
 from orchd.dburl import database_file

@@ -293,7 +293,7 @@ async def api_engine(engine_factory: EngineFactory, gate: Gate) -> Engine:
 @pytest.fixture
 async def api_serve(api_engine: Engine) -> AsyncIterator[Callable[..., Awaitable[ApiClient]]]:
     """A factory: ``await api_serve(**create_app_options)`` gives a TestClient over TCP."""
-    from orchd.api.routes import create_app
+    from orchd.api.app import create_app
 
     clients: list[ApiClient] = []
 

@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from orchd.api.app import create_app
 from orchd.api.inputs import MAX_DEPTH
-from orchd.api.routes import create_app
 from orchd.config import Config, ScheduleConfig, schedule_specs
 from orchd.engine import Engine
 from orchd.engine.scheduler import Scheduler

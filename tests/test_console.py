@@ -22,9 +22,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from daemon_util import DaemonFactory, UnixHTTPConnection
 from tests_support import EngineFactory
 
+from orchd.api.app import create_app
 from orchd.api.console.forms import build_form, read_answer
 from orchd.api.console.render import CSP
-from orchd.api.routes import create_app
 from orchd.engine import Engine
 from orchd.settings import ConsoleSettings
 from orchd.state import form_schema

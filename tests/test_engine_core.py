@@ -15,7 +15,7 @@ from tests_support import DatabaseFactory, EngineFactory, settle
 
 from orchd import Engine, Process
 from orchd import _faults as faults
-from orchd.api.routes import create_app
+from orchd.api.app import create_app
 from orchd.errors import CallbackNotFound, InvalidTransition, ShuttingDown
 from orchd.store.base import token_digest
 from orchd.testing import Gate

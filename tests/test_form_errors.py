@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from tests_support import DatabaseFactory
 
 from orchd import Engine
-from orchd.api.routes import create_app
+from orchd.api.app import create_app
 from orchd.errors import FormValidationError
 
 pytestmark = pytest.mark.anyio

@@ -364,7 +364,7 @@ TOKEN = "trace-test-token-0123456789abcdefghijkl"
 
 @pytest.fixture
 async def client(engine_factory: EngineFactory) -> AsyncIterator[TestClient[Any, Any]]:
-    from orchd.api.routes import create_app
+    from orchd.api.app import create_app
 
     engine: Engine = await engine_factory(["trace_flows"], name="api.db")
     test_client: TestClient[Any, Any] = TestClient(

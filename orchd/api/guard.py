@@ -14,7 +14,8 @@ connection passes a `TcpGuard` first:
   callbacks were refused). A connection that arrives when only those are left is admitted on
   probation: nothing of it reaches aiohttp until its first request head has come whole, and
   unless that head posts to ``/api/callbacks/`` or gives the right bearer token it is reset
-  (a wrong token counts as a failed login, ``orchd.api.logins``). One network may hold at
+  (read and compared as the API does, ``orchd.api.identity``: a wrong token counts as a
+  failed login). One network may hold at
   most an eighth of the reserved slots (at least one) on probation at once;
 - a connection must send its first complete request head (through the blank line) within
   ``header_timeout`` seconds, or it is reset and counted. An idle keep-alive connection after
@@ -32,7 +33,6 @@ take every descriptor either. The counters live on the guards; the daemon stores
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import logging
 import resource
@@ -44,6 +44,7 @@ from collections.abc import Callable
 import msgspec
 from aiohttp import web
 
+from orchd.api.identity import Identity, Verdict, bearer
 from orchd.api.logins import FailedLogins
 from orchd.settings import TcpSettings, UnixSettings
 
@@ -199,7 +200,8 @@ class TcpGuard:
         self.logins = logins or FailedLogins.of(settings)
         #: The Unix socket's guard, whose counters `counts` reports too.
         self.unix = unix
-        self._token: bytes | None = None
+        #: The token check, shared rules with the API's (`set_token` gives it the token).
+        self.identity = Identity(None, self.logins)
         self._peers: dict[str, int] = {}
         self._prefixes: dict[str, int] = {}
         self._open = 0
@@ -213,7 +215,7 @@ class TcpGuard:
 
     def set_token(self, token: str | None) -> None:
         """The bearer token that earns a reserved slot (None: only callbacks do)."""
-        self._token = token.encode() if token else None
+        self.identity = Identity(token, self.logins)
 
     def counts(self) -> ConnectionCounts:
         unix = self.unix
@@ -294,17 +296,12 @@ class TcpGuard:
             name, colon, value = field.partition(b":")
             if not colon or name.strip().lower() != b"authorization":
                 continue
-            scheme, _, given = value.strip().partition(b" ")
-            given = given.strip()
-            if scheme.lower() != b"bearer" or not given:
-                return False
-            if self.logins.wait(peer) > 0:
+            # As aiohttp decodes a header's bytes, which the identity check gives back.
+            given = bearer(value.decode("utf-8", "surrogateescape"))
+            verdict = self.identity.verdict(given, peer, "tcp reserved slot")
+            if verdict is Verdict.THROTTLED:
                 self.logins.refused_total += 1
-                return False
-            if self._token is not None and hmac.compare_digest(given, self._token):
-                return True
-            self.logins.failed(peer, "tcp reserved slot")
-            return False
+            return verdict is Verdict.RIGHT
         return False
 
     def judged(self, listener: _Listener, prefix: str, earned: bool) -> None:

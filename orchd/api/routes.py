@@ -8,15 +8,12 @@ route table below is declared once: it registers the handlers and builds the Ope
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import math
-import socket
-import struct
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -25,8 +22,10 @@ from orchd import __version__
 from orchd.api import inputs, metrics, openapi
 from orchd.api.acceptance import Acceptance
 from orchd.api.guard import GUARD_KEY
+from orchd.api.identity import MAX_LABEL, Identity, client_key, is_tcp
 from orchd.api.logins import FailedLogins
 from orchd.api.openapi import Param, Route
+from orchd.api.service import SchedulerLike
 from orchd.api.shapes import (
     Accepted,
     Created,
@@ -40,7 +39,7 @@ from orchd.api.shapes import (
     SkipRequest,
     SubscriptionPage,
 )
-from orchd.api.sse import HEARTBEAT, EventStreams
+from orchd.api.sse import EventStreams
 from orchd.engine import Engine
 from orchd.engine.engine import MIN_PREFIX
 from orchd.engine.formpages import FormPage
@@ -66,15 +65,13 @@ from orchd.model import (
     SubscriptionStatus,
     WorkflowInfo,
 )
-from orchd.settings import ConsoleSettings, EventSettings, TcpSettings
+from orchd.settings import EventSettings, TcpSettings
 from orchd.state import require_object, validate_form
 
 log = logging.getLogger("orchd.api")
 
 #: Seconds the health check waits for the database.
 PING_TIMEOUT = 5.0
-#: The longest ``X-Orchd-Reporter`` label.
-MAX_REPORTER = 200
 #: How the OpenAPI document describes a number the API reads (``inputs.integer``), and an
 #: abbreviated process id. A pattern cannot say "at most 2**63 - 1": it says 18 digits.
 MAX_NUMBER = inputs.MAX_INTEGER
@@ -82,20 +79,6 @@ NUMBER_PATTERN = "^0*[0-9]{1,18}$"
 PREFIX_PATTERN = f"^[0-9a-fA-F][0-9a-fA-F-]{{{MIN_PREFIX - 1},34}}$"
 #: A label as ``str.isprintable`` takes it, within the Latin-1 that headers carry.
 LABEL_PATTERN = "^[^\\x00-\\x1f\\x7f-\\xa0\\xad]*$"
-
-
-class SchedulerLike(Protocol):
-    """What the API needs of the scheduler (``orchd.engine.scheduler``).
-
-    A scheduler may also offer ``run_counts() -> Mapping[str, int]`` (processes started per
-    schedule), exported as ``orchd_schedule_runs_total``.
-    """
-
-    async def entries(self) -> list[ScheduleInfo]: ...
-
-    async def run_now(self, name: str) -> str:
-        """Start the schedule's workflow now; raises ScheduleNotFound or ScheduleRunning."""
-        ...
 
 
 _encoder = msgspec.json.Encoder()
@@ -120,14 +103,9 @@ def _problem(body: Mapping[str, Any]) -> web.Response:
     )
 
 
-def _is_tcp(request: web.Request) -> bool:
-    # A Unix socket's sockname is its path (str, or bytes for the abstract namespace).
-    transport = request.transport
-    return transport is None or isinstance(transport.get_extra_info("sockname"), tuple)
-
-
 class ControlApi:
-    """The handlers, bound to one engine; ``create_app`` wires them up."""
+    """The handlers, bound to one engine; ``orchd.api.app.create_app`` wires them up. Its
+    public attributes are what the web console may use too (``orchd.api.service.Service``)."""
 
     def __init__(
         self,
@@ -140,18 +118,19 @@ class ControlApi:
         events: EventSettings,
         acceptance: Acceptance | None = None,
         logins: FailedLogins | None = None,
+        rate_limit: float = 0.0,
     ) -> None:
         self.engine = engine
-        #: Wrong tokens over TCP, per address: logged, and throttled past a limit.
-        self.logins = logins or FailedLogins.of(TcpSettings())
+        #: Who asks: the token over TCP (wrong ones counted per address), the peer's uid on
+        #: the socket, the reporter label.
+        self.identity = Identity(token, logins or FailedLogins.of(TcpSettings()))
         #: Which requests are taken at all (Host, Origin, media type): every route's first check.
         self.acceptance = acceptance or Acceptance()
         self.scheduler = scheduler
         self.max_body = max_body
-        self._token = token.encode() if token else None
         self.streams = EventStreams(events, heartbeat)
         self.requests: Counter[int] = Counter()
-        self._limiter: RateLimiter | None = None
+        self._limiter = RateLimiter(rate_limit) if rate_limit > 0 else None
         self.routes = self._route_table()
         self._public = {(r.method, r.path) for r in self.routes if r.public}
         #: Route prefixes whose handlers authorise requests themselves (the web console).
@@ -165,10 +144,10 @@ class ControlApi:
         self, request: web.Request, handler: openapi.Handler
     ) -> web.StreamResponse:
         try:
-            self.acceptance.check(request, tcp=_is_tcp(request))
+            self.acceptance.check(request, tcp=is_tcp(request))
             self._authorize(request)
             if self._limiter is not None and _route(request) not in UNLIMITED:
-                self._limiter.take(self._client_key(request))
+                self._limiter.take(client_key(request))
             response = await handler(request)
         except OrchdError as exc:
             response = _problem(exc.problem())
@@ -199,81 +178,18 @@ class ControlApi:
         self.requests[response.status] += 1
         return response
 
-    def _client_key(self, request: web.Request) -> str:
-        transport = request.transport
-        if transport is None:
-            return "?"
-        if _is_tcp(request):
-            peer = transport.get_extra_info("peername")
-            return f"tcp:{peer[0]}" if isinstance(peer, tuple) and peer else "tcp"
-        return _peer_uid(transport.get_extra_info("socket")) or "unix"
-
     def _authorize(self, request: web.Request) -> None:
-        if self._token is None or not _is_tcp(request):
-            return
         if (_method(request), _route(request)) in self._public:
             return
         route = _route(request) or ""
         if any(route == own or route.startswith(own + "/") for own in self._own_auth):
             return
-        address = _peer_address(request)
-        self.logins.check(address, route)
-        if not self._has_token(request):
-            if _bearer(request) is None:
-                raise Unauthorized("a bearer token is required over TCP")
-            self.logins.failed(address, route)
-            raise Unauthorized("the bearer token is wrong")
-
-    def login(self, request: web.Request, given: str) -> bool:
-        """Whether ``given`` (typed at the console's login) is the token: a wrong one counts
-        against the request's address; raises TooManyRequests while that is throttled."""
-        address = _peer_address(request)
-        route = _route(request) or request.path
-        self.logins.check(address, route)
-        if self.token_matches(given):
-            return True
-        self.logins.failed(address, route)
-        return False
-
-    def _full_health(self, request: web.Request) -> bool:
-        """Whether health may answer in full: on the socket, or with the right token. A
-        token from a throttled address is not compared; a wrong one counts as a failure."""
-        if self._token is None or not _is_tcp(request):
-            return True
-        if _bearer(request) is None:
-            return False
-        address, route = _peer_address(request), _route(request) or ""
-        if self.logins.wait(address) > 0:
-            return False
-        if self._has_token(request):
-            return True
-        self.logins.failed(address, route)
-        return False
+        self.identity.authorize(request, route)
 
     def authorises_itself(self, prefix: str) -> None:
         """Leave the routes under ``prefix`` to authorise their own requests: the web console
         takes a session cookie where the API takes the bearer token."""
         self._own_auth = (*self._own_auth, prefix)
-
-    def token_matches(self, given: str) -> bool:
-        """Whether ``given`` is the bearer token (constant time); False when none is set."""
-        if self._token is None:
-            return False
-        return hmac.compare_digest(given.strip().encode("utf-8", "replace"), self._token)
-
-    def token_required(self, request: web.Request) -> bool:
-        """Whether this request came over TCP with a token configured (the socket never
-        needs one)."""
-        return self._token is not None and _is_tcp(request)
-
-    def _has_token(self, request: web.Request) -> bool:
-        """Whether the request carries the right bearer token (always true on the socket)."""
-        if self._token is None or not _is_tcp(request):
-            return True
-        given = _bearer(request)
-        if given is None:
-            return False
-        return hmac.compare_digest(given.encode("utf-8", "replace"), self._token)
 
     def _http_problem(self, request: web.Request, exc: web.HTTPException) -> web.Response:
         if isinstance(exc, web.HTTPNotFound):
@@ -311,26 +227,6 @@ class ControlApi:
             chunks.append(chunk)
         return inputs.decode_body(b"".join(chunks), empty)
 
-    def _reporter(self, request: web.Request) -> str:
-        """Who asks (README "The HTTP API"): ``uid:N`` on the socket, ``token`` over TCP with the
-        bearer
-        token (``tcp:ADDRESS`` without one), then the client's ``X-Orchd-Reporter`` label in
-        parentheses. The label never replaces who the transport says the client is."""
-        label = request.headers.get("X-Orchd-Reporter", "").strip()
-        if len(label) > MAX_REPORTER:
-            raise BadRequest(f"X-Orchd-Reporter: longer than {MAX_REPORTER} characters")
-        if not label.isprintable():
-            raise BadRequest("X-Orchd-Reporter: control characters are not allowed")
-        if not _is_tcp(request):
-            transport = request.transport
-            sock = None if transport is None else transport.get_extra_info("socket")
-            who = _peer_uid(sock) or "unix"
-        elif self._token is not None and self._has_token(request):
-            who = "token"
-        else:
-            who = self._client_key(request)
-        return f"{who} ({label})" if label else who
-
     @staticmethod
     def _accepted(pid: str, status: ProcessStatus) -> web.Response:
         return _json(Accepted(id=pid, status=status), status=202)
@@ -338,7 +234,8 @@ class ControlApi:
     # -- handlers -------------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
-        body, code = await self.health_report(full=self._full_health(request))
+        full = self.identity.shows_token(request, _route(request) or "")
+        body, code = await self.health_report(full=full)
         return _json(body, status=code)
 
     async def health_report(self, *, full: bool) -> tuple[Health, int]:
@@ -380,7 +277,7 @@ class ControlApi:
 
     async def start_process(self, request: web.Request) -> web.Response:
         workflow = request.match_info["workflow"]
-        reporter = self._reporter(request)
+        reporter = self.identity.reporter(request)
         if workflow not in self.engine.workflows:
             # Before reading the body: an unknown workflow is 404 whatever was posted.
             raise WorkflowNotFound(f"no workflow named {workflow!r}")
@@ -432,14 +329,14 @@ class ControlApi:
 
     async def resume_process(self, request: web.Request) -> web.Response:
         pid = request.match_info["id"]
-        reporter = self._reporter(request)
+        reporter = self.identity.reporter(request)
         answer = await self._body(request, {})
         status = await self.engine.resume(pid, answer, reporter=reporter)
         return self._accepted(pid, status)
 
     async def retry_process(self, request: web.Request) -> web.Response:
         pid = request.match_info["id"]
-        reporter = self._reporter(request)
+        reporter = self.identity.reporter(request)
         try:
             options = msgspec.convert(await self._body(request, {}), RetryOptions)
         except msgspec.ValidationError as exc:
@@ -449,27 +346,27 @@ class ControlApi:
 
     async def skip_process(self, request: web.Request) -> web.Response:
         pid = request.match_info["id"]
-        reporter = self._reporter(request)
+        reporter = self.identity.reporter(request)
         reason = validate_form(SkipRequest, await self._body(request, {}))["reason"]
         status = await self.engine.skip(pid, reason, reporter=reporter)
         return self._accepted(pid, status)
 
     async def answer_callback(self, request: web.Request) -> web.Response:
         pid = request.match_info["id"]
-        reporter = self._reporter(request)
+        reporter = self.identity.reporter(request)
         payload = await self._body(request, None)
         status = await self.engine.answer_callback(pid, payload, reporter=reporter)
         return self._accepted(pid, status)
 
     async def abort_process(self, request: web.Request) -> web.Response:
         pid = request.match_info["id"]
-        status = await self.engine.abort(pid, reporter=self._reporter(request))
+        status = await self.engine.abort(pid, reporter=self.identity.reporter(request))
         if status in (ProcessStatus.CREATED, ProcessStatus.RUNNING):
             return _json(Accepted(id=pid, status=status, requested=True), status=202)
         return self._accepted(pid, status)
 
     async def post_callback(self, request: web.Request) -> web.Response:
-        reporter = self._reporter(request)
+        reporter = self.identity.reporter(request)
         payload = await self._body(request, None)
         pid = await self.engine.callback(
             request.match_info["token"],
@@ -497,7 +394,7 @@ class ControlApi:
 
     async def set_note(self, request: web.Request) -> web.Response:
         sid = request.match_info["id"]
-        by = self._reporter(request)
+        by = self.identity.reporter(request)
         note = validate_form(NoteRequest, await self._body(request, None))["note"]
         await self.engine.set_note(sid, note, by=by)
         return _json(await self.engine.get_subscription(sid))
@@ -521,7 +418,7 @@ class ControlApi:
     async def events(self, request: web.Request) -> web.StreamResponse:
         after = inputs.event_id(request)
         only = await inputs.process_filter(request, self.engine.resolve_id)
-        client = self._client_key(request)
+        client = client_key(request)
         return await self.streams.serve(request, client, self.engine.stream, after, only)
 
     async def gc(self, request: web.Request) -> web.Response:
@@ -587,7 +484,7 @@ class ControlApi:
                 "X-Orchd-Reporter",
                 "a label for the audit trail, added to who the transport says the client is "
                 "(`uid:1000 (alice)`), never replacing it",
-                constraints=(("maxLength", MAX_REPORTER), ("pattern", LABEL_PATTERN)),
+                constraints=(("maxLength", MAX_LABEL), ("pattern", LABEL_PATTERN)),
             ),
         )
         process_status = tuple(s.value for s in ProcessStatus)
@@ -741,63 +638,6 @@ class RateLimiter:
                 del self.buckets[key]
 
 
-def create_app(
-    engine: Engine,
-    *,
-    scheduler: SchedulerLike | None = None,
-    max_body: int = 1 << 20,
-    token: str | None = None,
-    heartbeat: float = HEARTBEAT,
-    rate_limit: float = 0.0,
-    events: EventSettings | None = None,
-    console: ConsoleSettings | None = None,
-    allowed_hosts: Iterable[str] = (),
-    listen_host: str | None = None,
-    logins: FailedLogins | None = None,
-) -> web.Application:
-    """The control API over ``engine``.
-
-    ``token``, when set, is required (``Authorization: Bearer``) from TCP clients on every route
-    but ``GET /api/health`` (which then tells only the status) and the callback route (whose
-    token is the credential); Unix socket clients are trusted, and recorded by their uid.
-    ``rate_limit`` (requests per second per client, bursts of up to
-    twice that; 0 for none) answers 429 to a client that goes over it. ``console`` configures
-    the web console under ``/ui/`` (``orchd.api.console``). ``allowed_hosts`` are the names
-    besides its own addresses (``listen_host``, the address a connection came to, localhost)
-    that a request's ``Host`` may give (``orchd.api.acceptance``). ``logins`` throttles
-    wrong tokens per address (``orchd.api.logins``; by default as ``[tcp]``'s defaults say).
-    """
-    api = ControlApi(
-        engine,
-        scheduler,
-        max_body=max_body,
-        token=token,
-        heartbeat=heartbeat,
-        events=events or EventSettings(),
-        acceptance=Acceptance(allowed_hosts, listen_host),
-        logins=logins,
-    )
-    api._limiter = RateLimiter(rate_limit) if rate_limit > 0 else None
-    # Our own limit applies to bodies; aiohttp's is set alike for anything reading them itself.
-    app = web.Application(middlewares=[api.middleware], client_max_size=max_body)
-    app[API] = api
-    for route in api.routes:
-        if route.method == "GET":
-            app.router.add_get(route.path, route.handler, allow_head=True)  # RFC 9110
-        else:
-            app.router.add_route(route.method, route.path, route.handler)
-    console = console or ConsoleSettings()
-    if console.enabled:
-        # Imported here: the console builds on this module (its handlers call ControlApi's).
-        from orchd.api.console import setup_console
-
-        setup_console(app, api, session_timeout=console.session_timeout)
-    return app
-
-
-API = web.AppKey("orchd.api", ControlApi)
-
-
 #: Routes outside the rate limit: monitoring must see the daemon even when a client floods it.
 UNLIMITED = frozenset({"/api/health"})
 
@@ -810,28 +650,3 @@ def _method(request: web.Request) -> str:
 def _route(request: web.Request) -> str | None:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else None
-
-
-def _bearer(request: web.Request) -> str | None:
-    """The bearer token the request gives, None without one."""
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    given = given.strip()
-    return given if scheme.lower() == "bearer" and given else None
-
-
-def _peer_address(request: web.Request) -> str:
-    transport = request.transport
-    peer = None if transport is None else transport.get_extra_info("peername")
-    return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
-
-
-def _peer_uid(sock: socket.socket | None) -> str | None:
-    option = getattr(socket, "SO_PEERCRED", None)
-    if sock is None or option is None:
-        return None
-    try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
-    except OSError:
-        return None
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return f"uid:{uid}"

@@ -2,10 +2,12 @@
 
 Server-rendered HTML (Jinja2 templates in ``templates/``) with one small script of our own
 (``static/console.js``) for live updates; both ship in the package, nothing is built at install
-or fetched at run time. The console is a sub-application mounted by ``create_app``; it reads
-and acts through the same ``Engine`` calls as the JSON routes and reuses their parsing and
-checks, so the two never disagree. See ``core`` for sessions, CSRF and the actor, ``pages``
-for what is shown, ``actions`` for what is done, ``forms`` for forms from JSON Schema.
+or fetched at run time. The console is a sub-application that ``orchd.api.app`` mounts beside
+the JSON routes; it reads and acts through the same ``Engine`` calls and uses the API's public
+parts (``orchd.api.service.Service``: who asks, the event streams, health) and its parsing and
+checks (``inputs``), never the routes themselves, so the two never disagree. See ``core`` for
+sessions, CSRF and the actor, ``pages`` for what is shown, ``actions`` for what is done,
+``forms`` for forms from JSON Schema.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from aiohttp import web
 from orchd.api.console.actions import Actions
 from orchd.api.console.core import Console
 from orchd.api.console.pages import Pages
-from orchd.api.routes import ControlApi
+from orchd.api.service import Service
 
-__all__ = ["CONSOLE", "Console", "setup_console"]
+__all__ = ["CONSOLE", "PREFIX", "Console", "setup_console"]
 
 CONSOLE = web.AppKey("orchd.console", Console)
 
@@ -25,8 +27,9 @@ CONSOLE = web.AppKey("orchd.console", Console)
 PREFIX = "/ui"
 
 
-def setup_console(app: web.Application, api: ControlApi, *, session_timeout: float) -> Console:
-    """Mount the console under ``/ui`` in the control API's ``app``."""
+def setup_console(app: web.Application, api: Service, *, session_timeout: float) -> Console:
+    """Mount the console under ``/ui`` in the control API's ``app``; the API's middleware must
+    leave the requests under ``PREFIX`` to the console's own (``ControlApi.authorises_itself``)."""
     console = Console(api, session_timeout)
     pages = Pages(console)
     actions = Actions(console, pages)
@@ -72,5 +75,4 @@ def setup_console(app: web.Application, api: ControlApi, *, session_timeout: flo
     app.router.add_get(PREFIX, to_console, allow_head=True)
     app.add_subapp(PREFIX, sub)
     app[CONSOLE] = console
-    api.authorises_itself(PREFIX)
     return console

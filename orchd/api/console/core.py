@@ -8,7 +8,8 @@ the session cookie where the API takes the bearer token:
 - over TCP (a token is configured) a request without a live session is sent to the login
   page (a post, or the event stream, is refused with 401);
 - on the Unix socket a session is opened on the first request, so that forms have a CSRF
-  token to carry; the actor is the peer's uid, as on the API;
+  token to carry; the actor is the peer's uid, as on the API (``orchd.api.identity`` names
+  both);
 - every ``POST`` but the login must carry the session's CSRF token (form field ``csrf`` or
   header ``X-CSRF-Token``), or it is refused with 403 before its handler runs: a forged post
   changes nothing.
@@ -36,7 +37,7 @@ from orchd.api.console.session import (
     Sessions,
     set_cookie,
 )
-from orchd.api.routes import MAX_REPORTER, ControlApi
+from orchd.api.service import Service
 from orchd.errors import BadRequest, OrchdError
 
 log = logging.getLogger("orchd.api.console")
@@ -59,7 +60,7 @@ EVENTS_AFTER = web.RequestKey("orchd.console.events_after", int)
 class Console:
     """The console's shared parts: the API it drives, its sessions, its templates."""
 
-    def __init__(self, api: ControlApi, session_timeout: float) -> None:
+    def __init__(self, api: Service, session_timeout: float) -> None:
         self.api = api
         self.engine = api.engine
         self.sessions = Sessions(session_timeout)
@@ -89,16 +90,13 @@ class Console:
     # -- who asks -------------------------------------------------------------------------
 
     def login_required(self, request: web.Request) -> bool:
-        return self.api.token_required(request)
+        return self.api.identity.token_required(request)
 
     def actor(self, request: web.Request) -> str:
         """Who the audit trail names (README "The HTTP API"): ``token`` (with the name given at
-        login)
-        for a TCP session; on the socket what the API would record, ``uid:N``."""
+        login) for a TCP session; on the socket what the API would record, ``uid:N``."""
         session = session_of(request)
-        if session.tcp:
-            return f"token ({session.label})" if session.label else "token"
-        return self.api._reporter(request)
+        return self.api.identity.reporter(request, login=session.label if session.tcp else None)
 
     def _footer_actor(self, request: web.Request) -> str:
         try:
@@ -235,16 +233,6 @@ async def posted_values(request: web.Request) -> dict[str, str | list[str]]:
         if texts:
             values[key] = texts[0] if len(texts) == 1 else texts
     return values
-
-
-def label_of(text: str) -> str:
-    """A name for the audit trail, under the API's rules for ``X-Orchd-Reporter``."""
-    label = text.strip()
-    if len(label) > MAX_REPORTER:
-        raise BadRequest(f"name: longer than {MAX_REPORTER} characters")
-    if not label.isprintable():
-        raise BadRequest("name: control characters are not allowed")
-    return label
 
 
 def safe_next(target: str | None) -> str:

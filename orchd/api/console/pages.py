@@ -17,10 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from orchd.api import inputs
+from orchd.api import identity, inputs
 from orchd.api.console.core import (
     Console,
-    label_of,
     posted_text,
     safe_next,
     see_other,
@@ -488,7 +487,7 @@ class Pages:
         api = self.console.api
         return await api.streams.serve(
             request,
-            api._client_key(request),
+            identity.client_key(request),
             self.engine.stream,
             inputs.event_id(request),
             await inputs.process_filter(request, self.engine.resolve_id),
@@ -511,11 +510,12 @@ class Pages:
             return see_other(target)
         error = None
         try:
-            label = label_of(posted.get("label", ""))
+            label = identity.label(posted.get("label", ""), "name")
         except BadRequest as exc:
             label, error = "", exc.detail
         # A wrong token counts against the address (429 once it has sent too many).
-        if error is None and not self.console.api.login(request, posted.get("token", "")):
+        typed = posted.get("token", "")
+        if error is None and not self.console.api.identity.login(request, typed, request.path):
             error = "This is not the daemon's token."
         if error is not None:
             return self.console.render(
