@@ -9,6 +9,7 @@ whatever a test leaves running.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -124,6 +125,10 @@ class DaemonProcess:
         self.db = str(self.dir / "orchd.db")
         self.test_dir = self.dir / "runs"
         self.test_dir.mkdir(exist_ok=True)
+        #: Where the CLI runs: an empty folder, so no ./orchd.sock or relative path is found
+        #: there by chance.
+        self.cwd = self.dir / "cwd"
+        self.cwd.mkdir(exist_ok=True)
         # Daemons sharing a directory (a second daemon on the same socket) log apart.
         self.stderr_path = self.dir / f"stderr-{len(list(self.dir.glob('stderr-*.log')))}.log"
         self.stderr_path.touch()
@@ -278,19 +283,44 @@ class DaemonProcess:
 
     # -- the CLI and the API --------------------------------------------------------------
 
-    def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-        """``orchd --socket S ARGS...`` against this daemon, with none of the caller's
-        ``ORCHD_*`` settings and nothing on stdin."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHD_")}
+    def cli(
+        self, *args: str, socket: str | None = None, timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
+        """``orchd --socket S ARGS...`` against this daemon (``socket`` names another;
+        ``""`` leaves ``--socket`` out), with none of the caller's ``ORCHD_*`` settings,
+        nothing on stdin, in ``cwd``."""
         return subprocess.run(
-            [ORCHD, "--socket", self.socket, *args],
-            env=env,
+            self._cli_argv(args, socket),
+            cwd=self.cwd,
+            env=_cli_environment(),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
         )
+
+    def cli_ok(self, *args: str) -> str:
+        """What ``cli`` printed, once it exited 0."""
+        done = self.cli(*args)
+        assert done.returncode == 0, (args, done.returncode, done.stdout, done.stderr)
+        return done.stdout
+
+    def spawn_cli(self, *args: str, socket: str | None = None) -> subprocess.Popen[str]:
+        """``cli`` in the background (``orchd wait``, ``start --wait``): its output is piped."""
+        return subprocess.Popen(
+            self._cli_argv(args, socket),
+            cwd=self.cwd,
+            env=_cli_environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def _cli_argv(self, args: tuple[str, ...], socket: str | None) -> list[str]:
+        path = self.socket if socket is None else socket
+        return [ORCHD, *(["--socket", path] if path else []), *args]
 
     def request(
         self,
@@ -437,6 +467,10 @@ class EventStream:
         self.close()
 
 
+def _cli_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("ORCHD_")}
+
+
 def _exchange(
     conn: http.client.HTTPConnection,
     method: str,
@@ -477,6 +511,21 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@contextlib.contextmanager
+def running_daemon(
+    directory: Path, config: Mapping[str, Any], *, raw_config: str | None = None
+) -> Iterator[DaemonProcess]:
+    """A started daemon for a module's tests (a module-scoped fixture yields it from here);
+    afterwards SIGTERM must end it cleanly (exit 0), and it is killed whatever happened."""
+    daemon = DaemonProcess(directory, config, raw_config=raw_config)
+    try:
+        daemon.start()
+        yield daemon
+        assert daemon.stop() == 0, daemon.last_run_stderr()
+    finally:
+        daemon.kill()
 
 
 class DaemonFactory:

@@ -15,20 +15,20 @@ from typing import Any
 
 import pg_util
 import pytest
-from daemon_util import DaemonFactory
-from test_cli_wait import flows_daemon
-from test_e2e_cli import Daemon
+from daemon_util import DaemonFactory, DaemonProcess, running_daemon
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    yield from flows_daemon(tmp_path_factory, "cli-views")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    config = {"workflows": ["wait_flows"], "grace_period": "1s"}
+    with running_daemon(tmp_path_factory.mktemp("cli-views"), config) as d:
+        yield d
 
 
-def children_of(daemon: Daemon, pid: str) -> set[str]:
-    status, page = daemon.api("GET", f"/api/processes?parent={pid}")
+def children_of(daemon: DaemonProcess, pid: str) -> set[str]:
+    status, page = daemon.request("GET", f"/api/processes?parent={pid}")
     assert status == 200, page
     return {item["id"] for item in page["items"]}
 
@@ -36,14 +36,14 @@ def children_of(daemon: Daemon, pid: str) -> set[str]:
 # -- ps --parent ------------------------------------------------------------------------------
 
 
-def test_ps_parent_takes_the_short_id(daemon: Daemon) -> None:
-    pid = daemon.start("wait_fanout")
-    daemon.wait_for(pid, "completed")
+def test_ps_parent_takes_the_short_id(daemon: DaemonProcess) -> None:
+    pid = daemon.start_process("wait_fanout")
+    daemon.wait_process(pid, ("completed",))
     kids = children_of(daemon, pid)
     assert len(kids) == 2
-    page = json.loads(daemon.ok("ps", "--parent", pid[:8], "--json"))
+    page = json.loads(daemon.cli_ok("ps", "--parent", pid[:8], "--json"))
     assert {item["id"] for item in page["items"]} == kids
-    out = daemon.ok("ps", "--parent", pid[:8])
+    out = daemon.cli_ok("ps", "--parent", pid[:8])
     rows = [line for line in out.splitlines() if any(kid in line for kid in kids)]
     assert len(rows) == 2 and all("wait_quick_child" in row for row in rows)
     assert pid not in out
@@ -56,17 +56,17 @@ def test_ps_parent_takes_the_short_id(daemon: Daemon) -> None:
 # -- show: the audit trail and skip reasons ---------------------------------------------------
 
 
-def test_show_prints_the_audit_trail_and_the_skip_reason(daemon: Daemon) -> None:
-    pid = daemon.start("wait_broken_sync")
-    daemon.wait_for(pid, "failed")
-    daemon.ok("--reporter", "alice", "skip", pid, "--reason", "applied by hand")
-    proc = daemon.wait_for(pid, "completed")
+def test_show_prints_the_audit_trail_and_the_skip_reason(daemon: DaemonProcess) -> None:
+    pid = daemon.start_process("wait_broken_sync")
+    daemon.wait_process(pid, ("failed",))
+    daemon.cli_ok("--reporter", "alice", "skip", pid, "--reason", "applied by hand")
+    proc = daemon.wait_process(pid, ("completed",))
     me = f"uid:{os.getuid()}"
     assert [(a["action"], a["actor"], a["detail"]) for a in proc["actions"]] == [
         ("start", me, None),
         ("skip", f"{me} (alice)", "applied by hand"),
     ]
-    out = daemon.ok("show", pid)
+    out = daemon.cli_ok("show", pid)
     # The failed attempt stays in the step log; the skip is a record of its own.
     failed, skipped = [line for line in out.splitlines() if line.startswith("do the work ")]
     assert "failed" in failed and "disk full" in failed
@@ -77,10 +77,10 @@ def test_show_prints_the_audit_trail_and_the_skip_reason(daemon: Daemon) -> None
     assert trail[2].split()[1:] == ["skip", me, "(alice)", "applied", "by", "hand"]
 
 
-def test_show_prints_the_time_of_each_action(daemon: Daemon) -> None:
-    pid = daemon.start("wait_quick_child")
-    proc = daemon.wait_for(pid, "completed")
-    out = daemon.ok("show", pid)
+def test_show_prints_the_time_of_each_action(daemon: DaemonProcess) -> None:
+    pid = daemon.start_process("wait_quick_child")
+    proc = daemon.wait_process(pid, ("completed",))
+    out = daemon.cli_ok("show", pid)
     row = out.split("\nactions:\n", 1)[1].splitlines()[1]
     at = row.split()[0]
     assert re.fullmatch(r"\d\d:\d\d:\d\d|\d{4}-\d\d-\d\d", at), row
@@ -94,18 +94,18 @@ def traceback_frames(text: str) -> list[str]:
     return re.findall(r'^  File "([^"]+)", line \d+, in (\S+)$', text, re.MULTILINE)
 
 
-def test_a_traceback_starts_at_the_step_code(daemon: Daemon) -> None:
+def test_a_traceback_starts_at_the_step_code(daemon: DaemonProcess) -> None:
     for workflow, frames in [
         ("wait_broken", ["read_reply", "parse_reply"]),  # an async step, on the loop
         ("wait_broken_sync", ["do_work"]),  # a sync step, in the step threads
     ]:
-        pid = daemon.start(workflow)
-        proc = daemon.wait_for(pid, "failed")
+        pid = daemon.start_process(workflow)
+        proc = daemon.wait_process(pid, ("failed",))
         [record] = [s for s in proc["steps"] if s["status"] == "failed"]
         shown = traceback_frames(record["traceback"])
         assert [name for _, name in shown] == frames, record["traceback"]
         assert all(path.endswith("wait_flows.py") for path, _ in shown), record["traceback"]
-        out = daemon.ok("show", pid)
+        out = daemon.cli_ok("show", pid)
         printed = out.split(f"traceback of step {record['name']!r}:\n", 1)[1]
         assert printed.startswith("Traceback (most recent call last):\n  File "), printed
         assert traceback_frames(printed) == shown
@@ -123,7 +123,7 @@ def test_health_prints_the_nodes_as_a_table(
     node = daemon_factory(config)
     status, health = node.request("GET", "/api/health")
     assert status == 200 and [n["node_id"] for n in health["nodes"]] == ["a"]
-    done = Daemon(node, node.dir).cli("health")
+    done = node.cli("health")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "{" not in out and "node_id" not in out, out

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from daemon_util import Answer, DaemonProcess, UnixHTTPConnection
+from daemon_util import Answer, DaemonProcess, UnixHTTPConnection, running_daemon
 from tests_support import block_until
 
 from orchd.client import Event
@@ -88,13 +88,8 @@ def _query(params: dict[str, Any]) -> str:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    process = DaemonProcess(tmp_path_factory.mktemp("e2e-api"), CONFIG, raw_config=SCHEDULES)
-    try:
-        process.start()
-        yield process
-        assert process.stop() == 0, process.last_run_stderr()
-    finally:
-        process.kill()
+    with running_daemon(tmp_path_factory.mktemp("e2e-api"), CONFIG, raw_config=SCHEDULES) as d:
+        yield d
 
 
 def assert_problem(answer: Answer, status: int) -> dict[str, Any]:
