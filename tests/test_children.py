@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from tests_support import settle, wait_until
 
-from orchd import Engine
-from orchd.errors import InvalidTransition
+from orchd import Engine, StepList, Target, children, done, init, workflow
+from orchd.errors import ConfigError, InvalidTransition
 from orchd.store.base import Retention
-from orchd.testing import Gate
+from orchd.testing import Gate, workflow_engine
 
 Make = Callable[..., Any]
 
@@ -114,9 +114,26 @@ async def test_an_invalid_element_fails_the_step_naming_it_and_creates_no_child(
     assert (await engine.list_processes(workflow="child_with_form")).items == []
 
 
-async def test_an_unknown_workflow_fails_the_step_naming_it(engine: Engine) -> None:
-    parent = await settle(engine, await engine.start("fan_out_to_nowhere", inputs(1)), "failed")
+async def test_an_unknown_workflow_named_by_state_fails_the_step_naming_it(
+    engine: Engine,
+) -> None:
+    given = inputs(1) | {"child": "no_such_workflow"}
+    parent = await settle(engine, await engine.start("fan_out_to_nowhere", given), "failed")
     assert "no_such_workflow" in (parent.error or "") and "element 0" in (parent.error or "")
+
+
+async def test_children_of_a_workflow_no_module_defines_are_refused_at_load() -> None:
+    def pick() -> StepList:
+        return init >> children("redeploy routers", workflow="redeploy_base", inputs="i") >> done
+
+    fan = workflow("Redeploy a region", target=Target.SYSTEM)(pick)
+    with pytest.raises(ConfigError) as refused:
+        async with workflow_engine([fan]):
+            pass
+    message = str(refused.value)
+    assert "workflow 'pick'" in message and "step 'redeploy routers'" in message
+    assert "'redeploy_base', which no loaded module defines" in message
+    assert f"({__file__}, line " in message  # the user's file, not orchd's
 
 
 async def test_an_aborted_child_fails_the_parent_and_a_retry_restarts_only_it(

@@ -9,6 +9,7 @@ workflow modules are found like any import, on the ``sys.path`` of the Python ru
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import pkgutil
@@ -19,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
-from orchd.dsl import Workflow, workflows_of
+from orchd.dsl import StepKind, Workflow, workflows_of
 from orchd.errors import ConfigError
 
 
@@ -41,7 +42,31 @@ def load_workflows(sources: Iterable[str | Workflow]) -> dict[str, Workflow]:
                     f"{found[name].module!r} and {wf.module!r}"
                 )
             found[name] = wf
+    _check_children(found)
     return found
+
+
+def _check_children(found: dict[str, Workflow]) -> None:
+    """A ``children`` step that names a workflow no loaded module defines is refused at load,
+    naming the user's file and line, not when a process first reaches it (a name in braces is
+    read from State then, and checked then)."""
+    for wf in found.values():
+        for step in wf.steps:
+            child = step.child_workflow
+            if step.kind is not StepKind.CHILDREN or child.startswith("{") or child in found:
+                continue
+            near = difflib.get_close_matches(child, [n for n in found if n != wf.name], n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(
+                f"workflows: workflow {wf.name!r}{_defined_at(wf)}: step {step.name!r} starts "
+                f"children of {child!r}, which no loaded module defines{hint}"
+            )
+
+
+def _defined_at(wf: Workflow) -> str:
+    """`` (file.py, line 12)``: where the workflow's function is defined, when known."""
+    code = getattr(wf.func, "__code__", None)
+    return f" ({code.co_filename}, line {code.co_firstlineno})" if code is not None else ""
 
 
 def _import_tree(name: str) -> None:

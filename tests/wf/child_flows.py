@@ -62,9 +62,9 @@ def fan_out_to_a_form():  # type: ignore[no-untyped-def]
     return init >> children("make them", workflow="child_with_form", inputs="inputs") >> done
 
 
-@workflow("Fans out to nothing known", target=Target.SYSTEM)
+@workflow("Fans out to the workflow State names", target=Target.SYSTEM)
 def fan_out_to_nowhere():  # type: ignore[no-untyped-def]
-    return init >> children("make them", workflow="no_such_workflow", inputs="inputs") >> done
+    return init >> children("make them", workflow="{child}", inputs="inputs") >> done
 
 
 @workflow("A child that fans out itself", target=Target.SYSTEM)
