@@ -255,6 +255,28 @@ def test_check_takes_the_database_from_the_config(sample_db: Path, tmp_path: Pat
     assert done.returncode == 2 and "not a file" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("database", "expected"),
+    [
+        (
+            "postgresql://orchd@db.example.net:5432/orchd",
+            "postgresql://orchd@db.example.net:5432/orchd",
+        ),
+        ("sqlite://rel.db", "/var/lib/o/rel.db"),
+        ("sqlite:///abs/orchd.db", "/abs/orchd.db"),
+    ],
+)
+def test_the_state_directory_anchors_only_a_relative_file(
+    tmp_path: Path, database: str, expected: str
+) -> None:
+    # Under systemd a relative file is the service's StateDirectory's, as the daemon places it;
+    # a PostgreSQL URL names a server, not a file under it (it was made a path there).
+    config = tmp_path / "orchd.toml"
+    config.write_text(f'database = "{database}"\n')
+    env = {"STATE_DIRECTORY": "/var/lib/o"}
+    assert maintenance.database_path(None, str(config), env, postgres=True) == expected
+
+
 # --- backup --------------------------------------------------------------------------------------
 
 

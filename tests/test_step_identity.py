@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,9 @@ async def test_processes_from_before_step_keys_are_placed_by_their_step_once(
 # -- check --workflows --------------------------------------------------------------------------
 
 
-def check(db: Path, *modules: str, json_output: bool = False) -> subprocess.CompletedProcess[str]:
+def check(
+    db: Path | str, *modules: str, json_output: bool = False
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(WF_DIR), os.environ.get("PYTHONPATH", "")]),
@@ -199,9 +202,8 @@ def check(db: Path, *modules: str, json_output: bool = False) -> subprocess.Comp
     )  # fmt: skip
 
 
-@pytest.mark.sqlite_only  # stages rows in, or reads, the SQLite file itself
 async def test_check_workflows_lists_exactly_the_processes_new_code_would_strand(
-    open_engine: Open, tmp_path: Path
+    open_engine: Open, database_factory: Callable[[str], Awaitable[str]], tmp_path: Path
 ) -> None:
     engine = await open_engine("ident_v1")
     waiting = await suspended_at_approve(engine)
@@ -211,8 +213,8 @@ async def test_check_workflows_lists_exactly_the_processes_new_code_would_strand
     finished = await suspended_at_approve(engine)
     await engine.resume(finished, {"ok": True})
     assert (await engine.wait(finished, timeout=10)).status == "completed"
-    db = tmp_path / "orchd.db"
-    # Beside the running engine, read-only.
+    db = await database_factory("orchd.db")  # the engine's: a file, or a PostgreSQL URL
+    # Beside the running engine, read-only, through the store's read side on either backend.
     result = check(db, "ident_v3", json_output=True)
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
@@ -226,6 +228,15 @@ async def test_check_workflows_lists_exactly_the_processes_new_code_would_strand
     assert fine.returncode == 0, fine.stdout + fine.stderr
     assert "no unfinished process would be stranded (2 checked)" in fine.stdout
     assert (await engine.get(waiting)).status == "suspended"  # nothing changed
+
+
+def test_check_workflows_on_a_database_no_daemon_of_this_orchd_opened_says_so(
+    tmp_path: Path,
+) -> None:
+    schema_2_database(tmp_path / "orchd.db", [("1b0d3a52", "provision", 3, "approve")])
+    result = check(tmp_path / "orchd.db", "ident_v2")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "schema version 2" in result.stderr and "start this orchd's daemon" in result.stderr
 
 
 def test_check_workflows_with_code_that_does_not_import_is_a_usage_error(tmp_path: Path) -> None:

@@ -134,6 +134,21 @@ class BranchRow(msgspec.Struct, kw_only=True, array_like=True):
     callback_token: str | None = None
 
 
+class Placement(msgspec.Struct, frozen=True, kw_only=True):
+    """Where an unfinished process stands, for ``orchd check --workflows`` to place under new
+    code (README "Changing workflows safely"): its own position and, at a fork, its started
+    branches' positions as ``(path, step_key, step_occurrence)``."""
+
+    id: str
+    workflow: str
+    status: str
+    pc: int
+    current_step: str | None = None
+    step_key: str | None = None
+    step_occurrence: int = 0
+    branches: list[tuple[str, str, int]] = []
+
+
 class ProcessRecords(msgspec.Struct, kw_only=True):
     """Everything a process's detail shows beside its row, read together."""
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
-from orchd.dburl import is_postgres, sqlite_path
+from orchd.dburl import anchored, database_file, is_postgres
 from orchd.status import FINAL, ProcessStatus, StepStatus
 
 EXIT_OK = 0
@@ -113,10 +113,7 @@ def database_path(
         value = settings.get("database")
         if value is not None and not isinstance(value, str):
             raise MaintenanceError("the config's database must be a string", EXIT_USAGE)
-        path = value or DEFAULT_DATABASE
-        state_dir = env.get("STATE_DIRECTORY", "").split(":")[0]
-        if state_dir and not os.path.isabs(path) and not path.startswith("file:"):
-            path = os.path.join(state_dir, path)
+        path = anchored(value or DEFAULT_DATABASE, env.get("STATE_DIRECTORY", "").split(":")[0])
     if is_postgres(path):
         if postgres:
             return path
@@ -125,10 +122,10 @@ def database_path(
             "use pg_dump (or the server's own backups) and pg_amcheck",
             EXIT_USAGE,
         )
-    path = sqlite_path(path)
-    if path == ":memory:" or path.startswith("file:"):
+    file = database_file(path)
+    if file is None:
         raise MaintenanceError(f"database {path!r} is not a file this tool can open", EXIT_USAGE)
-    return os.path.normpath(path)
+    return os.path.normpath(file)
 
 
 #: The files SQLite keeps beside a database, by suffix.

@@ -37,10 +37,12 @@ from orchd.model import (
     utc,
 )
 from orchd.products import search_text
+from orchd.status import FINAL
 from orchd.store.base import (
     ActionRow,
     BranchRow,
     NewProcess,
+    Placement,
     ProcessRecords,
     ProcessRow,
     Pruned,
@@ -683,3 +685,26 @@ class SqlReads:
             "SELECT id, data FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
         )
         return [msgspec.structs.replace(_decode_event(data), id=eid) for eid, data in rows]
+
+    async def placements(self) -> list[Placement]:
+        """Every unfinished process, oldest first, with where it and its started branches
+        stand (``orchd check --workflows``)."""
+        finished = ", ".join(f"'{s.value}'" for s in FINAL)
+        rows = await self.fetchall(
+            "SELECT rowid, id, workflow, status, pc, current_step, step_key, step_occurrence "
+            f"FROM processes WHERE status NOT IN ({finished}) ORDER BY rowid"
+        )
+        places: dict[int, list[tuple[str, str, int]]] = {}
+        for pk, path, key, occurrence in await self.fetchall(
+            "SELECT b.process, b.path, b.step_key, b.step_occurrence FROM branches b "
+            f"JOIN processes p ON p.rowid = b.process WHERE p.status NOT IN ({finished}) "
+            "AND b.step_key IS NOT NULL ORDER BY b.process, b.path"
+        ):
+            places.setdefault(pk, []).append((path, key, occurrence or 0))
+        return [
+            Placement(
+                id=pid, workflow=name, status=status, pc=pc, current_step=current,
+                step_key=key, step_occurrence=occurrence or 0, branches=places.get(pk, []),
+            )
+            for pk, pid, name, status, pc, current, key, occurrence in rows
+        ]  # fmt: skip
