@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from orchd.engine.engine import MIN_PREFIX
+from orchd.engine.ids import MIN_PREFIX
 from orchd.errors import BadRequest, DuplicateKey
 from orchd.model import DEFAULT_PAGE, MAX_PAGE
 

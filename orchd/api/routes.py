@@ -41,8 +41,8 @@ from orchd.api.shapes import (
 )
 from orchd.api.sse import EventStreams
 from orchd.engine import Engine
-from orchd.engine.engine import MIN_PREFIX
 from orchd.engine.formpages import FormPage
+from orchd.engine.ids import MIN_PREFIX
 from orchd.errors import (
     BadRequest,
     OrchdError,

@@ -7,9 +7,7 @@ which is created on demand and retires when the process waits for someone else.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
@@ -18,7 +16,7 @@ import msgspec
 
 from orchd import _faults as faults
 from orchd.dsl import Workflow
-from orchd.engine import builtins, formpages, messages
+from orchd.engine import builtins, formpages, ids, messages, pruning, recovery, starts
 from orchd.engine.catalog import Catalog
 from orchd.engine.cluster import Node
 from orchd.engine.events import LISTENER_BUFFER, EventHub
@@ -29,9 +27,7 @@ from orchd.engine.loopwatch import LoopWatch
 from orchd.engine.runtime import Runtime
 from orchd.engine.stats import EngineStats
 from orchd.errors import (
-    AmbiguousId,
     CallbackNotFound,
-    FormValidationError,
     ProcessNotFound,
     ShuttingDown,
     SubscriptionNotFound,
@@ -53,8 +49,6 @@ from orchd.model import (
 from orchd.settings import EngineSettings, LimitSpec
 from orchd.state import form_schema
 from orchd.store.base import (
-    ProcessRow,
-    Prune,
     Pruned,
     Retention,
     SetNote,
@@ -68,11 +62,6 @@ from orchd.store.views import Views, every_status, uuid_or_none
 from orchd.tracing import Tracing, parse_traceparent
 
 log = logging.getLogger("orchd.engine")
-#: The shortest abbreviation of a process id that is taken (README "The HTTP API").
-MIN_PREFIX = 8
-_PREFIX = re.compile(r"[0-9a-f][0-9a-f-]*")
-#: Processes deleted per write when pruning: each write stays a few milliseconds long.
-PRUNE_BATCH = 200
 P = ProcessStatus
 
 
@@ -208,7 +197,7 @@ class Engine:
         if self.loopwatch is not None:
             self.loopwatch.start()
         await self._runtime.start()
-        await self._runtime.recover()
+        await recovery.recover(self._runtime)
         if self.node is not None:
             self.node.run()
 
@@ -294,37 +283,14 @@ class Engine:
         traceparent: str | None = None,
     ) -> tuple[str, bool]:
         """``start``, also telling whether the process was created now (False: the key's)."""
-        if not self._runtime.accepting:
-            raise ShuttingDown("the engine is not accepting new processes")
-        wf = self.workflows.get(workflow)
-        paged = False
-        if wf is not None:  # a form of several pages, or a list of answers: replayed here
-            try:
-                input, paged = await formpages.start_input(wf, input, self._runtime.choices)
-            except FormValidationError:
-                # A retried start whose first attempt took its own choices (the ports it
-                # picked are in use now, by that very process): the key answers it.
-                found = await self._keyed(idempotency_key, workflow)
-                if found is None:
-                    raise
-                return found, False
-        op = self._runtime.prepare_start(
+        return await starts.begin(
+            self._runtime,
             workflow,
-            {} if input is None else input,
-            reporter,
+            input,
+            reporter=reporter,
             idempotency_key=idempotency_key,
-            paged=paged,
+            traceparent=traceparent,
         )
-        remote = parse_traceparent(traceparent)
-        if remote is not None:
-            op.trace_id = remote.trace_id
-        row: ProcessRow = await self.store.write(op)
-        if row.id != op.id:
-            return row.id, False  # the key's process, started before
-        if self.tracing.on:
-            self.tracing.started(row.id, row.workflow, row.trace_id, row.created_at, remote=remote)
-        self._runtime.post(row.id, messages.Run(), None, row=row)
-        return row.id, True
 
     async def get(self, pid: str) -> Process:
         """The process as committed, with its whole step log (``pid`` may be a prefix)."""
@@ -383,13 +349,6 @@ class Engine:
         op = SetNote(subscription_id=canonical or sid, note=note, actor=by, at=time.time())
         if canonical is None or not await self.store.write(op):
             raise SubscriptionNotFound(f"subscription {sid} does not exist")
-
-    async def _keyed(self, key: str | None, workflow: str) -> str | None:
-        """The process of ``workflow`` an Idempotency-Key started, if any."""
-        if key is None:
-            return None
-        row = await self.store.keyed_process(key)
-        return row.id if row is not None and row.workflow == workflow else None
 
     async def form_page(self, workflow: str, answers: Any) -> FormPage:
         """The next page of a workflow's form after ``answers`` (a list, page 0 first), or
@@ -520,23 +479,9 @@ class Engine:
 
     async def resolve_id(self, pid: str) -> str:
         """The process id ``pid`` names: itself, or the one process whose id starts with it
-        (at least MIN_PREFIX characters); ProcessNotFound, or AmbiguousId for two or more."""
-        canonical = uuid_or_none(pid)
-        if canonical is not None:
-            return canonical
-        prefix = pid.lower()
-        if len(prefix) < MIN_PREFIX or len(prefix) >= 36 or not _PREFIX.fullmatch(prefix):
-            raise ProcessNotFound(
-                f"process {pid!r} does not exist (not a process id, nor a prefix of at least "
-                f"{MIN_PREFIX} of its characters)"
-            )
-        found = await self.store.processes_with_prefix(prefix, 3)
-        if not found:
-            raise ProcessNotFound(f"no process id starts with {pid!r}")
-        if len(found) > 1:
-            listed = ", ".join(found[:2]) + (", ..." if len(found) > 2 else "")
-            raise AmbiguousId(f"{pid!r} is the start of more than one process id: {listed}")
-        return found[0]
+        (at least ``ids.MIN_PREFIX`` characters); ProcessNotFound, or AmbiguousId for two or
+        more."""
+        return await ids.resolve_id(self.store, pid)
 
     async def ping(self) -> None:
         """Raise if the engine cannot do its work: its actors stopped (``failure``), or the
@@ -579,18 +524,13 @@ class Engine:
 
     def retention(self, now: float | None = None) -> Retention:
         """Which finished processes may be deleted now, by the settings."""
-        now = time.time() if now is None else now
-        kept = self.settings.retention  # "0" keeps for ever
-        return Retention(
-            tasks_before=now - kept.tasks if kept.tasks else None,
-            workflows_before=now - kept.workflows if kept.workflows else None,
-        )
+        return pruning.retention_at(self.settings.retention, time.time() if now is None else now)
 
     async def gc(
         self,
         *,
         dry_run: bool = False,
-        batch: int = PRUNE_BATCH,
+        batch: int = pruning.PRUNE_BATCH,
         retention: Retention | None = None,
     ) -> Pruned:
         """Delete finished processes older than the retention (the settings', or the one
@@ -599,21 +539,8 @@ class Engine:
         retention = self.retention() if retention is None else retention
         if dry_run:
             return await self.store.prunable(retention)
-        total = Pruned()
-        while True:
-            done: Pruned = await self.store.write(Prune(retention=retention, limit=batch))
-            total += done
-            if done.processes < batch:
-                break
-            await asyncio.sleep(0)  # let what queued meanwhile go first
+        total = await pruning.prune(self.store, retention, batch)
         self.pruned += total
-        if total.processes:
-            log.info(
-                "pruned processes=%d steps=%d actions=%d",
-                total.processes,
-                total.steps,
-                total.actions,
-            )
         return total
 
     def stats(self) -> EngineStats:

@@ -12,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import random
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
@@ -23,7 +20,7 @@ from typing import Any
 from orchd import _faults as faults
 from orchd.dsl import Workflow
 from orchd.engine import actor as actors
-from orchd.engine import builtins, messages
+from orchd.engine import builtins, ids, messages
 from orchd.engine.catalog import Catalog
 from orchd.engine.events import events_of
 from orchd.engine.limits import Limiter
@@ -42,7 +39,6 @@ from orchd.store.base import (
     Checkpoint,
     ChildFinished,
     NewProcess,
-    Positions,
     ProcessRow,
     ReplaceChildren,
     RequestAbort,
@@ -54,7 +50,6 @@ from orchd.tracing import Tracing, new_trace_id
 
 log = logging.getLogger("orchd.engine")
 P = ProcessStatus
-_ids = random.Random(os.urandom(32))
 
 
 class Runtime:
@@ -180,49 +175,6 @@ class Runtime:
         except RuntimeError:  # the group is ending
             task.close()
             work.close()
-
-    async def recover(self) -> None:
-        """Continue what a previous run left: active processes, retry and callback timers."""
-        await self._place_unkeyed()
-        for child, parent in await self.store.unfinished_children_of_aborted():
-            # The parent's abort committed, the cascade to its children did not finish.
-            self.send(child, messages.Abort(actor=f"parent {parent}"))
-        rows = await self.store.active_processes()
-        for row in rows:
-            self.post(row.id, messages.Run(), None, row=row)
-        if rows:
-            log.info("recovered %d active processes", len(rows))
-        for timed in await self.store.timed_processes():
-            if timed.status == P.WAITING:
-                self.later(timed.id, timed.at, messages.Retry(automatic=True))
-            elif timed.callback_token:
-                self.later(timed.id, timed.at, messages.Expire(digest=timed.callback_token))
-            else:
-                # A fork's branch waits for a callback with a deadline (README "Parallel branches").
-                self.later(timed.id, timed.at, messages.Retry(automatic=True))
-
-    async def _place_unkeyed(self) -> None:
-        """Give processes from before step keys their position, once: the key and occurrence of
-        the step at their index, when that step still has the name they recorded."""
-        placed: list[tuple[int, str, int]] = []
-        stranded = []
-        for row in await self.store.unplaced_processes():
-            wf = self.workflows.get(row.workflow)
-            steps = wf.steps if wf is not None else ()
-            if wf is not None and row.pc < len(steps) and steps[row.pc].name == row.current_step:
-                placed.append((row.pk, *wf.positions.at(row.pc)))
-            else:
-                stranded.append(row.id)
-        if placed:
-            await self.store.write(Positions(rows=placed))
-            log.info("placed %d processes from before step keys by their step's key", len(placed))
-        if stranded:
-            log.warning(
-                "%d processes from before step keys stand at a step that changed; they fail "
-                "when they go on: %s",
-                len(stranded),
-                ", ".join(stranded[:20]),
-            )
 
     def interrupt(self) -> None:
         """End the grace period of a stop now: running steps are interrupted."""
@@ -475,9 +427,7 @@ class Runtime:
         return found
 
     def new_id(self) -> str:
-        # A version-4 UUID from a generator seeded by the OS: ids need to be unique, not
-        # secret (callback tokens are), and this avoids a system call per id.
-        return str(uuid.UUID(int=_ids.getrandbits(128), version=4))
+        return ids.new_id()
 
     def prepare_start(
         self,

@@ -1,22 +1,28 @@
 """Starting a process: checking a start's input against its workflow and building the new
 process (its first State, its subscription lock, its first event), for a start by a user, a
-schedule or a parent's children step alike."""
+schedule or a parent's children step alike; and a user's or a schedule's start committed and
+set running (``begin``)."""
 
 from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from orchd.dsl import Workflow
+from orchd.engine import formpages, messages
 from orchd.engine.events import event
-from orchd.errors import FormValidationError
+from orchd.errors import FormValidationError, ShuttingDown
 from orchd.model import HOLDS_SUBSCRIPTION, RESERVED_KEYS, ProcessStatus
 from orchd.state import StepOutputError, require_object, to_json_values, validate_form
-from orchd.store.base import NewProcess
+from orchd.store.base import NewProcess, ProcessRow, Store
 from orchd.store.views import uuid_or_none
+from orchd.tracing import parse_traceparent
+
+if TYPE_CHECKING:
+    from orchd.engine.runtime import Runtime
 
 P = ProcessStatus
 
@@ -142,3 +148,55 @@ def initial_input(wf: Workflow, given: Any) -> dict[str, Any]:
     if version is not None:
         values["version"] = version
     return dict(values)
+
+
+async def begin(
+    runtime: Runtime,
+    workflow: str,
+    input: Any,
+    *,
+    reporter: str | None,
+    idempotency_key: str | None,
+    traceparent: str | None,
+) -> tuple[str, bool]:
+    """A user's or a schedule's start (``Engine.start_once``), committed and set running: the
+    process's id, and whether it was created now (False: its Idempotency-Key's, from before)."""
+    if not runtime.accepting:
+        raise ShuttingDown("the engine is not accepting new processes")
+    wf = runtime.workflows.get(workflow)
+    paged = False
+    if wf is not None:  # a form of several pages, or a list of answers: replayed here
+        try:
+            input, paged = await formpages.start_input(wf, input, runtime.choices)
+        except FormValidationError:
+            # A retried start whose first attempt took its own choices (the ports it
+            # picked are in use now, by that very process): the key answers it.
+            found = await _keyed(runtime.store, idempotency_key, workflow)
+            if found is None:
+                raise
+            return found, False
+    op = runtime.prepare_start(
+        workflow,
+        {} if input is None else input,
+        reporter,
+        idempotency_key=idempotency_key,
+        paged=paged,
+    )
+    remote = parse_traceparent(traceparent)
+    if remote is not None:
+        op.trace_id = remote.trace_id
+    row: ProcessRow = await runtime.store.write(op)
+    if row.id != op.id:
+        return row.id, False  # the key's process, started before
+    if runtime.tracing.on:
+        runtime.tracing.started(row.id, row.workflow, row.trace_id, row.created_at, remote=remote)
+    runtime.post(row.id, messages.Run(), None, row=row)
+    return row.id, True
+
+
+async def _keyed(store: Store, key: str | None, workflow: str) -> str | None:
+    """The process of ``workflow`` an Idempotency-Key started, if any."""
+    if key is None:
+        return None
+    row = await store.keyed_process(key)
+    return row.id if row is not None and row.workflow == workflow else None
