@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from daemon_util import DaemonProcess, UnixHTTPConnection, free_port
+from daemon_util import Answer, DaemonProcess, UnixHTTPConnection, free_port, running_daemon
 from tests_support import EngineFactory
 
 from orchd.errors import IdempotencyKeyReused
@@ -41,21 +41,6 @@ SCHEDULE = "tick-hourly"
 EVIL = "http://evil.example"
 #: A JSON body that each body-taking route would take (or refuse for another reason).
 BODY = b"{}"
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("content-type", "").split(";")[0].strip()
 
 
 @dataclass
@@ -79,12 +64,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "allowed_hosts": [ALLOWED],
     }
     schedule = f'[[schedules]]\nname = "{SCHEDULE}"\nworkflow = "fuzz_tick"\nevery = "1h"\n'
-    daemon = DaemonProcess(directory / "daemon", config, raw_config=schedule)
-    try:
-        daemon.start()
+    with running_daemon(directory / "daemon", config, raw_config=schedule) as daemon:
         yield Served(daemon, port)
-    finally:
-        daemon.kill()
 
 
 def send(
@@ -95,7 +76,7 @@ def send(
     headers: Mapping[str, str] | None = None,
     *,
     tcp: bool = False,
-) -> Reply:
+) -> Answer:
     """One request with ``body`` sent as is (no Content-Type unless ``headers`` give one); over
     TCP with the token unless ``headers`` give an Authorization. A ``Host`` in ``headers``
     replaces the one http.client would send."""
@@ -109,16 +90,12 @@ def send(
     try:
         conn.request(method, path, body=body, headers=sent)
         response = conn.getresponse()
-        return Reply(
-            response.status,
-            {k.lower(): v for k, v in response.getheaders()},
-            response.read(),
-        )
+        return Answer.of(response)
     finally:
         conn.close()
 
 
-def json_post(served: Served, path: str, body: Any, **options: Any) -> Reply:
+def json_post(served: Served, path: str, body: Any, **options: Any) -> Answer:
     headers = {"Content-Type": "application/json", **options.pop("headers", {})}
     return send(served, "POST", path, json.dumps(body).encode(), headers, **options)
 
@@ -153,7 +130,7 @@ def started(served: Served, workflow: str, body: Any = None) -> str:
     return served.daemon.start_process(workflow, body)
 
 
-def assert_problem(reply: Reply, status: int) -> dict[str, Any]:
+def assert_problem(reply: Answer, status: int) -> dict[str, Any]:
     assert reply.status == status, (reply.status, reply.body[:300])
     assert reply.content_type == PROBLEM, reply.headers
     problem: dict[str, Any] = reply.json
@@ -333,7 +310,7 @@ def test_a_console_login_from_another_site_is_refused(served: Served) -> None:
 def test_over_tcp_the_host_must_name_this_daemon(served: Served) -> None:
     port = served.port
 
-    def health(host: str) -> Reply:
+    def health(host: str) -> Answer:
         return send(served, "GET", "/api/health", headers={"Host": host}, tcp=True)
 
     for host in (
@@ -555,32 +532,13 @@ def test_openapi_describes_the_refusals_of_this_file(document: dict[str, Any]) -
     assert "422" in start
 
 
-def read_events(served: Served, path: str, until: str) -> list[dict[str, Any]]:
-    """The events of a stream up to the first whose data names ``until`` and is completed."""
-    conn = UnixHTTPConnection(served.daemon.socket)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        assert response.status == 200, response.read()
-        events = []
-        while line := response.readline():
-            if line.startswith(b"data: "):
-                event = json.loads(line[6:])
-                events.append(event)
-                finished = event.get("kind") == "process" and event["status"] == "completed"
-                if finished and event["process_id"] == until:
-                    return events
-        raise AssertionError(f"the stream ended before {until} completed: {events}")
-    finally:
-        conn.close()
-
-
 def test_the_events_process_filter_takes_an_id_prefix(served: Served) -> None:
     other = started(served, "fuzz_tick")
     served.daemon.wait_process(other)
     pid = started(served, "fuzz_tick")
     served.daemon.wait_process(pid)
-    events = read_events(served, f"/api/events?after=0&process={pid[:8]}", until=pid)
+    with served.daemon.events(f"/api/events?after=0&process={pid[:8]}") as stream:
+        events = [e.json() for e in stream.until(pid, "completed")]
     assert {e["process_id"] for e in events if e["kind"] != "reset"} == {pid}
     assert [e["status"] for e in events if e["kind"] == "process"][-1] == "completed"
     # What other routes answer for a prefix that names no process, or is no prefix at all.
