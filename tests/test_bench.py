@@ -26,6 +26,7 @@ def test_bench_quick_prints_every_scenario() -> None:
     assert result.returncode == 0, result.stderr
     for label in (
         "raw durable commit",
+        "storage ceiling, ",
         "P1 ",
         "P1s ",
         "P1t ",
@@ -53,6 +54,8 @@ def test_bench_quick_prints_every_scenario() -> None:
         "after SIGTERM",  # P5: the same restart after an orderly stop
         "refused (404)",  # P7: the same requests without a start
         "10 raw commits, interleaved",  # P2
+        "steps/s storage ceiling",  # P1: orchd's write pattern on SQLite alone
+        "s as independent starts",  # P8: the same children started one by one
         "async steps/s (P1)",  # P1s
         "steps/s tracing off",  # P1t: the same processes without spans
         "steps/s untyped, same size",  # PR1: the same MODIFY on an untyped subscription
