@@ -20,7 +20,7 @@ import inspect
 import re
 import string
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias, overload
 
@@ -310,6 +310,18 @@ def callback_step(
         name=name, func=None, kind=StepKind.CALLBACK_WAIT, key=key, callback_timeout=timeout
     )
     return StepList([action, wait, validate_step])
+
+
+def callback_action_of(steps: Sequence[Step], at: int) -> int | None:
+    """Where a callback is asked again from (``retry --reissue``): the index of the action of
+    the ``callback_step`` whose wait or validate step is ``steps[at]``; ``None`` when
+    ``steps[at]`` is neither. The engine goes back there, and the console offers the reissue
+    only where this finds one."""
+    if at >= 1 and steps[at].kind is not StepKind.CALLBACK_WAIT:
+        at -= 1  # the validate step follows the wait
+    if at >= 1 and steps[at].kind is StepKind.CALLBACK_WAIT:
+        return at - 1
+    return None
 
 
 def _check_fan_out(where: str, into: Any, max_concurrency: Any) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from orchd.dsl import Step, StepKind
+from orchd.dsl import Step, StepKind, callback_action_of
 from orchd.engine import forkstep, formpages
 from orchd.engine.messages import Retry
 from orchd.engine.outcome import Outcome, changes_of
@@ -151,15 +151,13 @@ def _back_to_callback_action(actor: Actor) -> None:
     the external system is asked again, with a new token."""
     assert actor.workflow is not None
     steps = actor.workflow.steps
-    at = actor.pc
-    if at >= 1 and steps[at].kind is not StepKind.CALLBACK_WAIT:
-        at -= 1  # the validate step follows the wait
-    if not (at >= 1 and steps[at].kind is StepKind.CALLBACK_WAIT):
+    action = callback_action_of(steps, actor.pc)
+    if action is None:
         raise InvalidTransition(
             f"cannot reissue process {actor.pid}: its failed step {steps[actor.pc].name!r} "
             "is not part of a callback_step"
         )
-    actor.pc = at - 1
+    actor.pc = action
     actor.current_step = steps[actor.pc].name
 
 

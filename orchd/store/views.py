@@ -10,8 +10,8 @@ import enum
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
 
+from orchd.branchpaths import path_order
 from orchd.errors import BadRequest, ProcessNotFound, SubscriptionNotFound
 from orchd.model import (
     DEFAULT_PAGE,
@@ -54,7 +54,7 @@ def fork_summaries(steps: list[StepRow], live: list[BranchRow]) -> list[ForkSumm
             joins.add((s.branch, s.key))
     standing = {b.path: b for b in live}
     forks: dict[str, list[BranchSummary]] = {}
-    for path in sorted({*last, *standing}, key=_path_order):
+    for path in sorted({*last, *standing}, key=path_order):
         record, row = last.get(path), standing.get(path)
         if row is not None:
             status, error = row.status, row.error
@@ -89,11 +89,6 @@ def fork_summaries(steps: list[StepRow], live: list[BranchRow]) -> list[ForkSumm
             )
         )
     return summaries
-
-
-def _path_order(path: str) -> list[tuple[int, Any]]:
-    """Branch paths in their natural order: "A/2" before "A/10"."""
-    return [(0, int(part)) if part.isdigit() else (1, part) for part in path.split("/")]
 
 
 def _dt(epoch: float | None) -> datetime | None:

@@ -1,11 +1,13 @@
 """The console's actions: every ``POST`` under ``/ui`` but the login.
 
 Each one makes the engine call its JSON route makes, with the body the route would decode
-and the actor the route would record, then redirects to the page that shows the outcome
-(post/redirect/get, so a reload does not post twice). When the engine refuses, the page is
-rendered again with the problem: a 422 puts each ``{"loc", "msg"}`` next to its field and
+and the actor the route would record, then redirects to the page that shows the outcome,
+refused or not (post/redirect/get, see ``flash``: a reload of that page posts nothing). A
+refusal's page shows the problem: a 422 puts each ``{"loc", "msg"}`` next to its field and
 keeps what the operator typed; a 409 (the status changed meanwhile) shows the detail above
-the actions the process allows now. The CSRF token was checked before any of this runs
+the actions the process allows now. Only what changes nothing is answered in place: the next
+or previous page of a form of several pages, and a start page (its idempotency key makes a
+second post start nothing new). The CSRF token was checked before any of this runs
 (``core.Console.middleware``).
 """
 
@@ -16,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from orchd.api.console.core import Console, posted_text, posted_values, see_other
+from orchd.api.console.core import Console, posted_text, posted_values, see_other, session_of
 from orchd.api.console.forms import Posted, read_answer
 from orchd.api.console.pages import FREE_INPUT, Pages, start_form
 from orchd.api.console.paging import Shown
@@ -70,13 +72,15 @@ class Actions:
         self.engine = console.engine
         self.pages = pages
 
-    async def _refused(
+    def _refused(
         self, request: web.Request, pid: str, exc: OrchdError, **forms: Any
     ) -> web.Response:
-        process = await self.engine.get(pid)
-        return self.pages.process_page(
-            request, process, status=exc.status, problem=exc.problem(), **forms
-        )
+        return self._shown(request, pid, problem=exc.problem(), **forms)
+
+    def _shown(self, request: web.Request, pid: str, **shown: Any) -> web.Response:
+        """To the process page, which shows ``shown`` once (see ``flash``)."""
+        token = self.pages.flashes.put(session_of(request).id, **shown)
+        return see_other(f"/ui/processes/{pid}?flash={token}")
 
     async def resume(self, request: web.Request) -> web.StreamResponse:
         """A page of the form a suspended process waits for (see ``paging``): the next page,
@@ -92,11 +96,10 @@ class Actions:
             try:
                 await self.engine.resume(pid, outcome.answers, reporter=self.console.actor(request))
             except FormValidationError as exc:
-                return self._resume_page(
-                    request, process, await pages.at_fault(outcome.answers, exc)
-                )
+                shown = await pages.at_fault(outcome.answers, exc)
+                return self._shown(request, pid, problem=shown.problem, resume_form=shown.form)
         except OrchdError as exc:  # not suspended any more, its form cannot be built, ...
-            return await self._refused(request, pid, exc)
+            return self._refused(request, pid, exc)
         return _done(pid, "resumed")
 
     def _resume_page(self, request: web.Request, process: Process, shown: Shown) -> web.Response:
@@ -112,7 +115,7 @@ class Actions:
                 pid, reporter=self.console.actor(request), reissue=posted.get("reissue") == "true"
             )
         except OrchdError as exc:
-            return await self._refused(request, pid, exc)
+            return self._refused(request, pid, exc)
         return _done(pid, "retried")
 
     async def skip(self, request: web.Request) -> web.StreamResponse:
@@ -125,9 +128,9 @@ class Actions:
             await self.engine.skip(pid, reason, reporter=self.console.actor(request))
         except FormValidationError as exc:
             skip = {"reason": given, "errors": [e["msg"] for e in exc.errors]}
-            return await self._refused(request, pid, exc, skip=skip)
+            return self._refused(request, pid, exc, skip=skip)
         except OrchdError as exc:
-            return await self._refused(request, pid, exc, skip={"reason": given, "errors": []})
+            return self._refused(request, pid, exc, skip={"reason": given, "errors": []})
         return _done(pid, "skipped")
 
     async def abort(self, request: web.Request) -> web.StreamResponse:
@@ -135,7 +138,7 @@ class Actions:
         try:
             await self.engine.abort(pid, reporter=self.console.actor(request))
         except OrchdError as exc:
-            return await self._refused(request, pid, exc)
+            return self._refused(request, pid, exc)
         return _done(pid, "aborted")
 
     async def callback(self, request: web.Request) -> web.StreamResponse:
@@ -149,9 +152,9 @@ class Actions:
             await self.engine.answer_callback(pid, payload, reporter=self.console.actor(request))
         except BadRequest as exc:
             callback = {"payload": text, "errors": [exc.detail]}
-            return await self._refused(request, pid, exc, callback=callback)
+            return self._refused(request, pid, exc, callback=callback)
         except OrchdError as exc:
-            return await self._refused(request, pid, exc, callback={"payload": text, "errors": []})
+            return self._refused(request, pid, exc, callback={"payload": text, "errors": []})
         return _done(pid, "answered")
 
     async def start(self, request: web.Request) -> web.StreamResponse:
@@ -246,6 +249,7 @@ class Actions:
         """Set a subscription's note as ``PUT /api/subscriptions/{id}/note`` does (the same
         checks), recorded with the console's actor; then back to the subscription's page."""
         sid = request.match_info["id"]
+        page = f"/ui/subscriptions/{urllib.parse.quote(sid, safe='')}"
         posted = await posted_text(request)
         # A browser sends a textarea's line breaks as CRLF; the API's clients send LF.
         given = posted.get("note", "").replace("\r\n", "\n")
@@ -253,14 +257,13 @@ class Actions:
             note = validate_form(NoteRequest, {"note": given})["note"]
             await self.engine.set_note(sid, note, by=self.console.actor(request))
         except FormValidationError as exc:
-            return await self.pages.subscription_page(
-                request,
-                sid,
-                status=exc.status,
+            token = self.pages.flashes.put(
+                session_of(request).id,
                 problem=exc.problem(),
                 note={"text": given, "errors": [e["msg"] for e in exc.errors]},
             )
-        return see_other(f"/ui/subscriptions/{urllib.parse.quote(sid, safe='')}?done=noted")
+            return see_other(f"{page}?flash={token}")
+        return see_other(f"{page}?done=noted")
 
     async def run_schedule(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import secrets
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +26,8 @@ from orchd.api.console.core import (
     see_other,
     session_of,
 )
+from orchd.api.console.definition import child_elements, reissuable
+from orchd.api.console.flash import Flashes
 from orchd.api.console.forms import Field, RenderedForm, build_form, place_errors
 from orchd.api.console.paging import PagedForm
 from orchd.api.console.products import (
@@ -34,6 +37,7 @@ from orchd.api.console.products import (
     relation_graph,
 )
 from orchd.api.console.session import clear_cookie, set_cookie
+from orchd.api.console.timeline import build as build_timeline
 from orchd.branchpaths import within
 from orchd.dsl import StepKind
 from orchd.engine import Engine
@@ -43,6 +47,7 @@ from orchd.model import (
     HOLDS_SUBSCRIPTION,
     Process,
     ProcessStatus,
+    ProcessSummary,
     StepRecord,
     SubscriptionStatus,
     Target,
@@ -54,6 +59,9 @@ log = logging.getLogger("orchd.api.console")
 
 #: Static files by name, read once from the package.
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
+
+#: What a row of the list shows of a process that ``Engine.get`` gives as well.
+SUMMARY_FIELDS = [f for f in ProcessSummary.__struct_fields__ if f in Process.__struct_fields__]
 
 #: What a successful action's redirect says on the process page (``?done=``).
 NOTICES = {
@@ -198,21 +206,35 @@ class Pages:
         self.console = console
         self.engine = console.engine
         self.static = load_static()
+        self.flashes = Flashes()
 
     # -- processes ------------------------------------------------------------------------
 
     async def processes(self, request: web.Request) -> web.Response:
+        """The process list: top-level processes (a parent's children are on its page, or
+        listed with ``children=true`` or ``parent=ID``), filtered as ``GET /api/processes``
+        filters them (``q`` searches ids, workflows and subscriptions alike)."""
         query = request.query
         status, workflow = inputs.text(query, "status"), inputs.text(query, "workflow")
-        parent = inputs.text(query, "parent")
+        parent, q = inputs.text(query, "parent"), inputs.text(query, "q")
+        children = inputs.flag(query, "children")
         cursor = inputs.cursor(query)
         page = await self.engine.list_processes(
             status=status,
             workflow=workflow,
             parent=parent,
+            q=q,
+            top_level=parent is None and not children,
             limit=inputs.page_limit(query),
             cursor=cursor,
         )
+        filters = {
+            "status": status or "",
+            "workflow": workflow or "",
+            "q": q or "",
+            "children": "true" if children else "",
+            "parent": parent or "",
+        }
         return self.console.render(
             request,
             "processes.html",
@@ -221,20 +243,27 @@ class Pages:
             items=page.items,
             next_cursor=page.next_cursor,
             first_page=cursor is None,
-            status_filter=status or "",
-            workflow=workflow or "",
-            parent=parent or "",
+            filters=filters,
+            filtered=any(v for k, v in filters.items() if k != "parent"),
             statuses=[s.value for s in ProcessStatus],
             workflows=[w.name for w in self.engine.workflow_info()],
         )
 
     async def process_row(self, request: web.Request) -> web.Response:
+        """One row of the list, as the list has it (the live list's refresh)."""
         process = await self.engine.get(request.match_info["id"])
-        return self.console.render(request, "process_row.html", p=process)
+        fields = {f: getattr(process, f) for f in SUMMARY_FIELDS}
+        if process.subscription_id is not None:
+            sub = await self.engine.get_subscription(process.subscription_id)
+            fields.update(customer_id=sub.customer_id, subscription_description=sub.description)
+        return self.console.render(request, "process_row.html", p=ProcessSummary(**fields))
 
     async def process(self, request: web.Request) -> web.Response:
         process = await self.engine.get(request.match_info["id"])
         done = request.query.get("done", "")
+        shown = self.flashes.take(session_of(request).id, request.query.get("flash"))
+        if shown:  # a refused action's redirect: its problem and what was typed
+            return self.process_page(request, process, **shown)
         resume_form = None
         if process.status == ProcessStatus.SUSPENDED:
             # Page 0 of its form with the choices read now (the stored one has those of
@@ -278,6 +307,7 @@ class Pages:
                 resume_form.page = 0
         branch = request.query.get("branch") or None
         steps, hidden = timeline(process, branch)
+        drawn = build_timeline(process, steps, datetime.now(UTC))
         return self.console.render(
             request,
             "process.html",
@@ -287,10 +317,13 @@ class Pages:
             p=process,
             allowed=allowed,
             steps=steps,
+            tl=drawn,
             branches=any(b for _, _, b in steps) or bool(branch),
             branch=branch,
             hidden_branch_steps=hidden,
             resume_form=resume_form,
+            reissue="retry" in allowed and reissuable(self.engine, process),
+            elements=child_elements(self.engine, process),
             skip=skip or {"reason": "", "errors": []},
             callback=callback or {"payload": "", "errors": []},
             notice=notice,
@@ -392,8 +425,9 @@ class Pages:
 
     async def subscription(self, request: web.Request) -> web.Response:
         done = request.query.get("done", "")
+        shown = self.flashes.take(session_of(request).id, request.query.get("flash"))
         return await self.subscription_page(
-            request, request.match_info["id"], notice=NOTICES.get(done)
+            request, request.match_info["id"], **{"notice": NOTICES.get(done), **shown}
         )
 
     async def subscription_page(

@@ -33,7 +33,7 @@ SECURITY_HEADERS = {
 }
 
 
-def _duration(started: datetime | None, finished: datetime | None) -> str:
+def duration(started: datetime | None, finished: datetime | None) -> str:
     if started is None or finished is None:
         return ""
     seconds = (finished - started).total_seconds()
@@ -70,7 +70,7 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["duration"] = _duration
+    env.filters["duration"] = duration
     env.filters["when"] = _when
     env.filters["pretty"] = _pretty
     env.filters["short"] = _short

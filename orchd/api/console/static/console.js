@@ -119,7 +119,13 @@
       if (filter.parent && event.parent_id !== filter.parent) {
         return;
       }
+      if (filter.children !== "true" && event.parent_id) {
+        return; // a child is listed on its parent's page, not among the top-level processes
+      }
       const known = body.querySelector('tr[data-id="' + CSS.escape(event.process_id) + '"]');
+      if (filter.q && !known) {
+        return; // whether a new process matches the search is the server's to say: reload
+      }
       if (filter.status && event.status !== filter.status) {
         if (known) {
           known.remove();
@@ -189,7 +195,19 @@
     }
   });
 
+  // An action's outcome is shown once (post/redirect/get): the address loses its ?done= and
+  // ?flash=, so a reload or a bookmark shows the page as it is, not the message again.
+  function forgetOutcome() {
+    const url = new URL(window.location.href);
+    if (url.searchParams.has("done") || url.searchParams.has("flash")) {
+      url.searchParams.delete("done");
+      url.searchParams.delete("flash");
+      window.history.replaceState(window.history.state, "", url.pathname + url.search + url.hash);
+    }
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    forgetOutcome();
     // After a refused form, start where the first problem is.
     const invalid = document.querySelector('[aria-invalid="true"]');
     if (invalid) {
