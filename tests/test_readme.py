@@ -592,7 +592,7 @@ def test_every_cli_example_runs_against_a_daemon(
     answered, answered_by_token = (
         started(daemon, "order_port_externally", "awaiting_callback") for _ in range(2)
     )
-    token = daemon.get_process(answered_by_token)["state"]["sent_token"]
+    token = (daemon.test_dir / f"{answered_by_token}.token").read_text()
     retried_again = started(daemon, "refused_push", "failed")  # what `events` sees
 
     def retry(pid: str) -> None:

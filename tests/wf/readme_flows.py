@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import runfiles
+
 from orchd import (
     Form,
     State,
@@ -51,8 +53,11 @@ def maintenance() -> StepList:
 
 
 @step("order the port")
-def order_port(callback_token: str) -> State:
-    return {"sent_token": callback_token}  # what the external system was handed
+def order_port(process_id: str, callback_token: str) -> State:
+    # The external system keeps the token (a capability: it stays out of State); here the
+    # external system is the test, which reads it from its folder.
+    (runfiles.folder() / f"{process_id}.token").write_text(callback_token)
+    return {"ordered": True}
 
 
 @step("check the answer")
