@@ -170,8 +170,11 @@ MAX_IDEMPOTENCY_KEY = 200
 
 def idempotency_key(request: web.Request) -> str | None:
     raw = request.headers.get("Idempotency-Key")
-    if raw is None:
-        return None
+    return None if raw is None else checked_idempotency_key(raw)
+
+
+def checked_idempotency_key(raw: str) -> str:
+    """An idempotency key as given (the API's header, the console's form), or BadRequest."""
     if not 1 <= len(raw) <= MAX_IDEMPOTENCY_KEY or not all("!" <= c <= "~" for c in raw):
         raise BadRequest(
             f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters without spaces"
