@@ -306,6 +306,19 @@ class DaemonProcess:
         assert done.returncode == 0, (args, done.returncode, done.stdout, done.stderr)
         return done.stdout
 
+    def serve_check(self) -> subprocess.CompletedProcess[str]:
+        """``orchd serve --check`` on this daemon's config, in its environment and folder."""
+        return subprocess.run(
+            [sys.executable, "-m", "orchd", "serve", "--check", "--config", str(self.config_path)],
+            cwd=self.dir,
+            env=self.environment(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
     def spawn_cli(self, *args: str, socket: str | None = None) -> subprocess.Popen[str]:
         """``cli`` in the background (``orchd wait``, ``start --wait``): its output is piped."""
         return subprocess.Popen(

@@ -4,8 +4,6 @@ daemon."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,15 +59,6 @@ def actions(process: dict[str, Any]) -> list[tuple[str, str]]:
     return [(a["action"], a["actor"]) for a in process["actions"]]
 
 
-def cli(d: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchd", "--socket", d.socket, *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
 def test_every_action_is_recorded_with_its_actor(daemon: DaemonProcess) -> None:
     status, answer = daemon.request(
         "POST",
@@ -83,7 +72,7 @@ def test_every_action_is_recorded_with_its_actor(daemon: DaemonProcess) -> None:
     status, _ = tcp(daemon, "POST", f"/api/processes/{pid}/resume", {"approved": True}, **bearer())
     assert status == 202
     daemon.wait_process(pid, ("failed",))
-    assert cli(daemon, "retry", pid).returncode == 0
+    assert daemon.cli("retry", pid).returncode == 0
     process = daemon.wait_process(pid, ("completed",))
     assert actions(process) == [
         ("start", f"{ME} (alice)"),
@@ -174,12 +163,12 @@ def test_an_operator_answers_a_callback_by_process_id(daemon: DaemonProcess) -> 
     box = outbox(daemon)
     pid = daemon.start_process("asks_oss", {"outbox": box})
     daemon.wait_process(pid, ("awaiting_callback",))
-    done = cli(daemon, "callback", pid, "--input", '{"ok": true}')
+    done = daemon.cli("callback", pid, "--input", '{"ok": true}')
     assert done.returncode == 0, done.stderr
     process = daemon.wait_process(pid, ("completed",))
     assert process["state"]["callback_result"] == {"ok": True}
     assert actions(process)[-1] == ("callback", ME)
-    again = cli(daemon, "callback", pid, "--input", '{"ok": true}')
+    again = daemon.cli("callback", pid, "--input", '{"ok": true}')
     assert again.returncode == 1 and "completed" in again.stderr
 
 
@@ -188,7 +177,7 @@ def test_the_callback_cli_answers_with_a_token_too(daemon: DaemonProcess) -> Non
     pid = daemon.start_process("asks_oss", {"outbox": box})
     daemon.wait_process(pid, ("awaiting_callback",))
     [token] = tokens(box, 1)
-    done = cli(daemon, "callback", token, "--input", '{"ok": true}')
+    done = daemon.cli("callback", token, "--input", '{"ok": true}')
     assert done.returncode == 0, done.stderr
     assert daemon.wait_process(pid, ("completed",))["state"]["answered"] is True
 
@@ -201,10 +190,10 @@ def test_retry_reissue_asks_the_external_system_again(daemon: DaemonProcess) -> 
     daemon.request("POST", f"/api/callbacks/{first}", {"ok": False})
     daemon.wait_process(pid, ("failed",))
     # A plain retry validates the same stored answer again, and fails again.
-    assert cli(daemon, "retry", pid).returncode == 0
+    assert daemon.cli("retry", pid).returncode == 0
     daemon.wait_process(pid, ("failed",))
     assert len(tokens(box, 1)) == 1
-    assert cli(daemon, "retry", pid, "--reissue").returncode == 0
+    assert daemon.cli("retry", pid, "--reissue").returncode == 0
     [_, second] = tokens(box, 2)
     assert daemon.request("POST", f"/api/callbacks/{second}", {"ok": True})[0] == 202
     process = daemon.wait_process(pid, ("completed",))
@@ -217,7 +206,7 @@ def test_reissue_of_a_step_outside_a_callback_is_refused(daemon: DaemonProcess) 
     daemon.wait_process(pid, ("suspended",))
     daemon.request("POST", f"/api/processes/{pid}/resume", {"approved": True})
     daemon.wait_process(pid, ("failed",))
-    refused = cli(daemon, "retry", pid, "--reissue")
+    refused = daemon.cli("retry", pid, "--reissue")
     assert refused.returncode == 1 and "callback_step" in refused.stderr
     assert daemon.get_process(pid)["status"] == "failed"
 
@@ -256,7 +245,7 @@ def test_skip_over_the_api_and_the_cli(daemon: DaemonProcess) -> None:
     status, problem = daemon.request("POST", f"/api/processes/{pid}/skip", {})
     assert status == 422 and problem["errors"][0]["loc"] == ["reason"]
     assert daemon.request("POST", f"/api/processes/{pid}/skip", {"reason": ""})[0] == 422
-    done = cli(daemon, "skip", pid, "--reason", "done by hand")
+    done = daemon.cli("skip", pid, "--reason", "done by hand")
     assert done.returncode == 0, done.stderr
     process = daemon.wait_process(pid, ("completed",))
     skipped = [s for s in process["steps"] if s["status"] == "skipped"]

@@ -4,22 +4,12 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-import time
 from typing import Any
 
-from daemon_util import DaemonFactory, DaemonProcess
-from test_operations import events
+from daemon_util import DaemonFactory
+from tests_support import block_until
 
 N = 24
-
-
-def orchd(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchd", "--socket", daemon.socket, *args],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
 
 
 def branch_records(process: dict[str, Any], name: str) -> dict[str, list[str]]:
@@ -42,11 +32,11 @@ def test_a_foreach_through_the_api_and_the_cli(daemon_factory: DaemonFactory) ->
     [fork] = process["branches"]
     assert fork["fork"] == "Configure ports" and fork["joined"] is True
     assert fork["counts"] == {"done": N} and fork["abridged"] is True
-    show = orchd(daemon, "show", pid)
+    show = daemon.cli("show", pid)
     assert show.returncode == 0, show.stderr
     assert f"Configure ports  joined  {N} started: {N} done" in show.stdout
     assert "verify" not in show.stdout.split("branches:")[0]  # the main line's log
-    one = orchd(daemon, "show", pid, "--branch", "Configure ports/3")
+    one = daemon.cli("show", pid, "--branch", "Configure ports/3")
     assert "Configure ports/3: configure" in one.stdout
     assert "Configure ports/3: verify" in one.stdout and "Configure ports/4" not in one.stdout
 
@@ -56,11 +46,11 @@ def test_a_failed_branch_is_retried_alone_from_the_cli(daemon_factory: DaemonFac
     pid = daemon.start_process("configure_ports", {"ports": [0, 1, 2, 3], "fail": [2]})
     process = daemon.wait_process(pid, ("failed",), timeout=30)
     assert "Configure ports/2" in process["error"] and "refused" in process["error"]
-    show = orchd(daemon, "show", pid)
+    show = daemon.cli("show", pid)
     assert "Configure ports/2  failed  configure" in show.stdout
     assert "traceback of step 'configure' (branch Configure ports/2)" in show.stdout
-    (daemon.test_dir / f"{pid}.release").touch()
-    retry = orchd(daemon, "retry", pid)
+    daemon.release(pid)
+    retry = daemon.cli("retry", pid)
     assert retry.returncode == 0, retry.stderr
     process = daemon.wait_process(pid, ("completed",), timeout=30)
     assert daemon.step_runs(pid, "configure 0") == 1  # the finished branches never ran again
@@ -88,7 +78,7 @@ def test_a_branch_callback_answered_by_an_operator_on_another_connection(
     pid = daemon.start_process("provision", {})
     process = daemon.wait_process(pid, ("awaiting_callback",), timeout=30)
     assert branch_records(process, "inventory") == {"Provision/1": ["success"]}
-    answer = orchd(daemon, "callback", pid, "--input", '{"circuit": "C-9"}')
+    answer = daemon.cli("callback", pid, "--input", '{"circuit": "C-9"}')
     assert answer.returncode == 0, answer.stderr
     process = daemon.wait_process(pid, ("completed",), timeout=30)
     assert process["state"]["circuit"] == "C-9"
@@ -100,10 +90,11 @@ def test_a_sigkill_mid_fork_resumes_each_branch_from_its_own_last_step(
 ) -> None:
     daemon = daemon_factory({"workflows": ["branch_daemon_flows"]})
     pid = daemon.start_process("configure_ports", {"ports": list(range(N)), "pause": 0.2})
-    deadline = time.monotonic() + 20
-    while sum(daemon.step_runs(pid, f"verify {i}") for i in range(N)) < 6:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    block_until(
+        lambda: sum(daemon.step_runs(pid, f"verify {i}") for i in range(N)) >= 6,
+        "six branches verified",
+        within=20,
+    )
     daemon.stop(signal.SIGKILL)
     daemon.start()
     process = daemon.wait_process(pid, ("completed",), timeout=30)
@@ -119,9 +110,11 @@ def test_a_sigkill_mid_fork_resumes_each_branch_from_its_own_last_step(
 
 def test_server_sent_step_events_carry_their_branch(daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory({"workflows": ["branch_daemon_flows"]})
-    stream = events(daemon)
+    stream = daemon.events()
     pid = daemon.start_process("configure_ports", {"ports": [0, 1]})
     got = stream.until(pid, "completed")
     stream.close()
-    steps = {(e.data.get("step"), e.data.get("branch")) for e in got if e.data["kind"] == "step"}
+    steps = {
+        (e.json().get("step"), e.json().get("branch")) for e in got if e.json()["kind"] == "step"
+    }
     assert ("verify", "Configure ports/1") in steps and ("report", None) in steps

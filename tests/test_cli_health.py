@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from daemon_util import DaemonFactory
-
-
-def health(socket: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchd", "--socket", socket, "health", *extra],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
 
 
 def test_health_prints_processes_by_status_not_a_dict(daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory()
     daemon.wait_process(daemon.start_process("quick"))
-    shown = health(daemon.socket)
+    shown = daemon.cli("health")
     assert shown.returncode == 0, shown.stderr
     line = next(ln for ln in shown.stdout.splitlines() if ln.startswith("processes:"))
     assert "completed 1" in line and "{" not in line and "running 0" not in line
-    assert json.loads(health(daemon.socket, "--json").stdout)["processes"]["completed"] == 1
+    assert json.loads(daemon.cli("health", "--json").stdout)["processes"]["completed"] == 1

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import errno
 import http.client
-import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -85,16 +83,6 @@ def wait_closed(socks: list[socket.socket], count: int, timeout: float) -> float
     return time.monotonic() - started
 
 
-def cli_health(daemon: DaemonProcess) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchd", "health", "--socket", daemon.socket],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-    )
-
-
 @pytest.fixture
 def stack() -> Iterator[ExitStack]:
     with ExitStack() as sockets:
@@ -112,7 +100,7 @@ def test_connections_over_the_cap_are_closed_at_once_and_the_socket_keeps_answer
     tcp = {"max_connections": cap, "max_per_peer": cap, "reserved": 0, "header_timeout": "10s"}
     daemon, port = start_limited(daemon_factory, tmp_path, tcp)
     socks = open_idle(stack, port, opened)
-    health = cli_health(daemon)
+    health = daemon.cli("health", timeout=20)
     assert health.returncode == 0, health.stderr
     # Timed from the last connect: the kernel holds the rest until the daemon accepts them.
     wait_closed(socks, opened - cap, timeout=3.0)
@@ -142,12 +130,12 @@ def test_idle_connections_are_closed_after_the_header_timeout(
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    assert cli_health(daemon).returncode == 0
+    assert daemon.cli("health", timeout=20).returncode == 0
     watcher.join()
     assert first_close and first_close[0] >= 1.4, first_close
     wait_closed([*silent, partial], 21, timeout=6.0)
     assert time.monotonic() - started >= 1.4
-    health = cli_health(daemon)
+    health = daemon.cli("health", timeout=20)
     assert health.returncode == 0, health.stderr
 
 

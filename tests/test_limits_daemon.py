@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -59,25 +57,6 @@ def blocked_on(d: DaemonProcess, pid: str) -> dict[str, Any]:
     return dict(block_until(lambda: d.get_process(pid)["blocked_on"], f"{pid} blocked", within=20))
 
 
-def cli(d: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchd", "--socket", d.socket, *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
-def serve_check(d: DaemonProcess) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchd", "serve", "--check", "--config", str(d.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=d.environment(),
-    )
-
-
 def release(folder: Path, pid: str) -> None:
     """Let the held step of ``pid`` go (tests/wf/runfiles.py)."""
     (folder / f"{pid}.release").touch()
@@ -91,23 +70,23 @@ def test_a_limit_a_step_names_must_be_configured_and_well_formed(
         f"orchd: {d.config_path}: limits: step 'audit the site' of workflow 'audit_router' uses "
         "'router:{site}', but [limits] sets no 'router' (add e.g. `router = 1` under [limits])"
     )
-    checked = serve_check(d)
+    checked = d.serve_check()
     assert checked.returncode == 2 and checked.stderr.strip() == expected, checked.stderr
     assert d.run_to_exit() == 2
     assert expected in d.last_run_stderr()
     assert not Path(d.db).exists()
 
     d.write_config({**LIMITED, "limits": {"router": 1, "device": 1, "oss": {"rate": "fast"}}})
-    checked = serve_check(d)
+    checked = d.serve_check()
     assert checked.returncode == 2, checked.stderr
     assert checked.stderr.strip() == (
         f"orchd: {d.config_path}: limits.oss.rate: invalid rate 'fast' "
         '(use e.g. "10/s", "600/m" or "100/h")'
     )
     d.write_config({**LIMITED, "limits": {"router": 0, "device": 1, "oss": 5}})
-    assert "limits.router: expected int >= 1" in serve_check(d).stderr
+    assert "limits.router: expected int >= 1" in d.serve_check().stderr
     d.write_config(LIMITED)
-    ok = serve_check(d)
+    ok = d.serve_check()
     assert ok.returncode == 0 and "ok" in ok.stdout, ok.stderr
 
 
@@ -135,16 +114,16 @@ def test_a_blocked_process_shows_in_the_api_the_cli_the_console_and_metrics(
     openapi = d.request("GET", "/api/openapi.json")[1]
     assert "get" in openapi["paths"]["/api/resources"]
 
-    table = cli(d, "resources")
+    table = d.cli("resources")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["LIMIT", "CONCURRENCY", "RATE", "IN", "USE", "WAITING"]
     assert ["router", "1", "-", "1", "1"] in [line.split() for line in lines]
     held = next(line for line in lines if holder in line)
     assert held.split()[:4] == ["router", "r1", holder, "configure"]
-    as_json = cli(d, "resources", "--json")
+    as_json = d.cli("resources", "--json")
     assert json.loads(as_json.stdout) == limits
-    shown = cli(d, "show", waiter).stdout.splitlines()
+    shown = d.cli("show", waiter).stdout.splitlines()
     line = next(line for line in shown if line.startswith("blocked on"))
     assert line.split()[:5] == ["blocked", "on:", "router", "r1", "since"]
 

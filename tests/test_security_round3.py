@@ -558,17 +558,6 @@ def test_one_network_cannot_fill_the_listener(
 # -- 12: serve --check runs the checks serve runs before it binds --------------------------------
 
 
-def serve_check(daemon: DaemonProcess) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchd", "serve", "--check", "--config", str(daemon.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=daemon.environment(),
-        cwd=daemon.dir,
-    )
-
-
 @pytest.mark.parametrize("mistake", ["token_mode", "socket_group", "database_directory"])
 def test_serve_check_refuses_what_serve_refuses(
     daemon_factory: DaemonFactory, tmp_path: Path, mistake: str
@@ -591,12 +580,12 @@ def test_serve_check_refuses_what_serve_refuses(
     assert daemon.run_to_exit() == 2
     [refusal] = daemon.last_run_stderr().splitlines()
     assert refusal.startswith(f"orchd: {daemon.config_path}: ") and expected in refusal
-    checked = serve_check(daemon)
+    checked = daemon.serve_check()
     assert (checked.returncode, checked.stdout, checked.stderr.strip()) == (2, "", refusal)
     # Fixed, the check passes, beside the running daemon too (its lock and socket are not
     # the check's business: it is made before a restart).
     token.chmod(0o600)
     daemon.write_config(good)
     daemon.start()
-    checked = serve_check(daemon)
+    checked = daemon.serve_check()
     assert checked.returncode == 0 and checked.stdout.startswith("orchd: "), checked.stderr
