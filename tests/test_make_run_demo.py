@@ -131,3 +131,19 @@ def test_the_demo_builds_a_network_with_relations_once(demo: DaemonProcess) -> N
     assert "nothing new is built" in again.stderr
     _, after = demo.request("GET", "/api/subscriptions?limit=50")
     assert len(after["items"]) == len(page["items"])
+
+
+def test_a_demo_stopped_halfway_builds_only_what_is_missing(demo: DaemonProcess) -> None:
+    # What a `make run` stopped after its first workflow left behind.
+    first = demo.wait_process(
+        demo.start_process("create_node", {"name": "ams-core-1", "role": "core"}), timeout=30
+    )
+    assert first["status"] == "completed"
+    result = run_demo(demo)
+    assert result.returncode == 0, result.stderr
+    assert "core node ams-core-1 (built before)" in result.stderr
+    _, page = demo.request("GET", "/api/subscriptions?limit=50")
+    descriptions = sorted(s["description"] for s in page["items"])
+    assert len(descriptions) == 8 and descriptions.count("core node ams-core-1") == 1
+    node = next(s for s in page["items"] if s["description"] == "core node ams-core-1")
+    assert node["id"] == first["state"]["subscription_id"]

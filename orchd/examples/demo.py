@@ -1,11 +1,12 @@
 """What `make run` shows a new user: a small network built once the daemon answers.
 
 Run beside ``orchd serve`` (embedded default) and ``orchd fake-oss``; it talks to the daemon
-through the same client as the CLI. On a database without subscriptions it builds two nodes,
-four ports, a core link and an L2VPN, one workflow after the other (each needs the one
-before), then starts the built-in ``validate_subscriptions`` task for the nodes and says what
-to try next. On a database that has subscriptions already it only says what to try: a second
-``make run`` adds nothing.
+through the same client as the CLI. It builds two nodes, four ports, a core link and an L2VPN,
+one workflow after the other (each needs the one before), then starts the built-in
+``validate_subscriptions`` task for the nodes and says what to try next. Each piece is looked
+up first (an active subscription of its product and description): what a ``make run`` built
+is used as it is, so a second ``make run`` adds nothing, and one that was stopped halfway
+builds only what is missing.
 """
 
 from __future__ import annotations
@@ -37,11 +38,7 @@ def main(socket_path: str = "./orchd.sock") -> int:
                 return 1
             time.sleep(0.3)
     try:
-        if client.get("/api/subscriptions", {"limit": 1})["items"]:
-            say("demo: the database has subscriptions already; nothing new is built.")
-            built = None
-        else:
-            built = build(client)
+        built = Builder(client).build()
     except (ClientError, DemoError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
@@ -49,19 +46,64 @@ def main(socket_path: str = "./orchd.sock") -> int:
     return 0
 
 
-def build(client: Client) -> dict[str, str]:
-    say("demo: building a small network (nodes in the fake OSS, ports, a core link, an L2VPN)")
-    n1 = run(client, "create_node", {"name": "ams-core-1", "role": "core"})
-    n2 = run(client, "create_node", {"name": "lon-edge-1", "role": "edge"})
-    p1 = run(client, "create_port", {"node": n1, "name": "xe-0/0/1"})
-    p2 = run(client, "create_port", {"node": n2, "name": "xe-0/0/1"})
-    p3 = run(client, "create_port", {"node": n1, "name": "xe-0/0/2", "speed": 1000})
-    p4 = run(client, "create_port", {"node": n2, "name": "xe-0/0/2", "speed": 1000})
-    link = run(client, "create_core_link", {"port_a": p1, "port_b": p2})
-    # create_l2vpn asks in three pages: the size, the ports (unused ones), the VLAN.
-    vpn = run(client, "create_l2vpn", [{"sap_count": 2}, {"ports": [p3, p4]}, {"vlan": 100}])
-    client.post("/api/processes/validate_subscriptions", {"product": "node"})
-    return {"node": n1, "port": p2, "core_link": link, "l2vpn": vpn}
+class Builder:
+    """The demo's network, each piece found or built."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.new = 0
+
+    def build(self) -> dict[str, str]:
+        say("demo: a small network (nodes in the fake OSS, ports, a core link, an L2VPN)")
+        n1 = self.piece(
+            "node", "core node ams-core-1", "create_node", {"name": "ams-core-1", "role": "core"}
+        )
+        n2 = self.piece(
+            "node", "edge node lon-edge-1", "create_node", {"name": "lon-edge-1", "role": "edge"}
+        )
+        p1 = self.piece(
+            "port", "ams-core-1 xe-0/0/1", "create_port", {"node": n1, "name": "xe-0/0/1"}
+        )
+        p2 = self.piece(
+            "port", "lon-edge-1 xe-0/0/1", "create_port", {"node": n2, "name": "xe-0/0/1"}
+        )
+        p3 = self.piece(
+            "port",
+            "ams-core-1 xe-0/0/2",
+            "create_port",
+            {"node": n1, "name": "xe-0/0/2", "speed": 1000},
+        )
+        p4 = self.piece(
+            "port",
+            "lon-edge-1 xe-0/0/2",
+            "create_port",
+            {"node": n2, "name": "xe-0/0/2", "speed": 1000},
+        )
+        link = self.piece(
+            "core_link", "core link", "create_core_link", {"port_a": p1, "port_b": p2}
+        )
+        # create_l2vpn asks in three pages: the size, the ports (unused ones), the VLAN.
+        vpn = self.piece("l2vpn", "L2VPN vlan 100 over 2 ports", "create_l2vpn",
+                         [{"sap_count": 2}, {"ports": [p3, p4]}, {"vlan": 100}])  # fmt: skip
+        if self.new:
+            self.client.post("/api/processes/validate_subscriptions", {"product": "node"})
+        else:
+            say("demo: the database has this network already; nothing new is built.")
+        return {"node": n1, "port": p2, "core_link": link, "l2vpn": vpn}
+
+    def piece(self, product: str, description: str, workflow: str, given: Any) -> str:
+        """The active subscription of ``product`` described so, or the one ``workflow``
+        builds."""
+        found = self.client.get(
+            "/api/subscriptions",
+            {"product": product, "status": "active", "q": description, "limit": 100},
+        )["items"]
+        for sub in found:
+            if sub["description"] == description:
+                say(f"  {workflow:<17} {sub['id']}  {description} (built before)")
+                return str(sub["id"])
+        self.new += 1
+        return run(self.client, workflow, given)
 
 
 def run(client: Client, workflow: str, given: Any) -> str:
