@@ -20,7 +20,7 @@ def version_1_database(path: Path, token: str) -> str:
     """A schema-1 database with one process waiting for a callback (its token kept as given,
     as schema 1 did), stopped at the wait of engine_flows' ``with_callback``."""
     conn = sqlite3.connect(path, isolation_level=None)
-    for statement in MIGRATIONS[0]:
+    for statement in MIGRATIONS[1]:
         assert isinstance(statement, str)
         conn.execute(statement)
     conn.execute("PRAGMA user_version = 1")

@@ -146,7 +146,7 @@ async def test_an_active_process_whose_key_is_gone_fails_at_the_restart(
 def schema_2_database(path: Path, rows: list[tuple[str, str, int, str]]) -> None:
     """A database as today's main wrote it (schema 2): processes placed by index only."""
     conn = sqlite3.connect(path, isolation_level=None)
-    for version in MIGRATIONS[:2]:
+    for version in (MIGRATIONS[1], MIGRATIONS[2]):
         for statement in version:
             if isinstance(statement, str):
                 conn.execute(statement)

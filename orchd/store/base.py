@@ -1,9 +1,10 @@
 """What the engine needs of a database: the records it reads and writes, and one interface.
 
-A backend (SQLite today) implements :class:`Store`. Writes are named operations (the
+A backend (SQLite, PostgreSQL) implements :class:`Store`. Writes are named operations (the
 ``Op`` union below), each committed by the backend in one transaction with whatever else is
-queued, so many processes share one commit; reads return the typed records here or the
-models of ``orchd.model``. Nothing above this layer sees SQL or a row as a tuple or a dict.
+queued, so many processes share one commit (their statements: ``orchd.store.plans``);
+reads return the typed records here or the models of ``orchd.model``. Nothing above this
+layer sees SQL or a row as a tuple or a dict.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import msgspec
 
@@ -563,15 +564,31 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def write(self, op: Op) -> Any:
-        """Commit ``op`` (with others queued beside it) and answer what the op answers.
+    # ``write`` commits ``op`` (with others queued beside it) and answers what the op answers,
+    # typed per operation below. Refusals raise the op's error (SubscriptionLocked, ...); a
+    # database failure raises StoreError. Cancelling the caller never cancels a commit that
+    # has begun.
 
-        Refusals raise the op's error (SubscriptionLocked, ...); a database failure raises
-        StoreError. Cancelling the caller never cancels a commit that has begun.
-        """
-        ...
+    @overload
+    async def write(self, op: Checkpoint) -> ChildFinished | None:
+        """A child's last checkpoint answers what it set going; any other, None."""
 
-    def commit_now(self, op: Op) -> tuple[bool, Any]:
+    @overload
+    async def write(self, op: NewProcess) -> ProcessRow: ...
+
+    @overload
+    async def write(self, op: StartChildren | ReplaceChildren) -> list[ProcessRow]: ...
+
+    @overload
+    async def write(self, op: ScheduleRun | ScheduleClaim | SetNote | RequestAbort) -> bool: ...
+
+    @overload
+    async def write(self, op: ScheduleStarted | SchedulePlan | Positions) -> None: ...
+
+    @overload
+    async def write(self, op: Prune) -> Pruned: ...
+
+    def commit_now(self, op: Checkpoint) -> tuple[bool, ChildFinished | None]:
         """Commit ``op`` on the calling thread, blocking it, if that is cheaper than queueing
         (nothing else waits): ``(True, answer)``; else ``(False, None)`` and ``write`` it.
         Equally durable; a store that cannot always answers ``(False, None)``."""

@@ -33,6 +33,7 @@ from typing import Any, TextIO
 
 from orchd.dburl import anchored, database_file, is_postgres
 from orchd.status import FINAL, ProcessStatus, StepStatus
+from orchd.store.sqlite.schema import SCHEMA_VERSION
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -45,9 +46,8 @@ DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
 SQLITE_IOERR, SQLITE_FULL = 10, 13
 
 DEFAULT_DATABASE = "./orchd.db"
-#: The schema version the checks below are written for (orchd.store.SCHEMA_VERSION; a test
-#: keeps the two equal without importing the store here).
-KNOWN_SCHEMA_VERSION = 9
+#: The schema version the checks below are written for: the one this orchd migrates to.
+KNOWN_SCHEMA_VERSION = SCHEMA_VERSION
 #: Pages copied per backup step; between steps the daemon's writer is never blocked anyway.
 BACKUP_STEP_PAGES = 1024
 #: Databases with at least this many pages get progress lines on stderr (~100 MB at 4 KiB).

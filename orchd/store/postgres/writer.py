@@ -14,60 +14,57 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
-from orchd.errors import OrchdError, StoreError
+from orchd.errors import StoreError
 from orchd.model import Event
-from orchd.store.base import (
-    Checkpoint,
-    ChildRefused,
-    CommitCounters,
-    NewProcess,
-    Op,
-    Positions,
-    Prune,
-    ReplaceChildren,
-    RequestAbort,
-    ScheduleClaim,
-    SchedulePlan,
-    ScheduleRun,
-    ScheduleStarted,
-    SetNote,
-    StartChildren,
-)
-from orchd.store.cluster import LeaseLost
+from orchd.store import plans
+from orchd.store.base import CommitCounters, Op
+from orchd.store.plans import Fetch, Plan, Stmt
 from orchd.store.postgres import nodes, ops
+from orchd.store.postgres.reads import numbered
 from orchd.store.postgres.schema import EVENTS_LOCK
 
 log = logging.getLogger("orchd.store")
 
+T = TypeVar("T")
+
 #: The channel a commit with events notifies (payload: its newest event id).
 EVENTS_CHANNEL = "orchd_events"
 
-_Apply = Callable[[asyncpg.Connection, Any], Awaitable[Any]]
-#: Operations that neither create processes nor store events.
-_APPLY: dict[type[Any], _Apply] = {
-    Prune: ops.prune,
-    ScheduleRun: ops.record_schedule_run,
-    ScheduleClaim: ops.claim,
-    ScheduleStarted: ops.started,
-    SchedulePlan: ops.plan,
-    Positions: ops.place,
-    SetNote: ops.set_note,
-    RequestAbort: ops.request_abort,
-}
-_Staged = Callable[[asyncpg.Connection, Any, str, list[Event]], Awaitable[Any]]
-#: Operations that write process rows (fenced by this node) and collect events.
-_APPLY_STAGED: dict[type[Any], _Staged] = {
-    NewProcess: ops.create_process,
-    StartChildren: ops.start_children,
-    ReplaceChildren: ops.replace_children,
-    Checkpoint: ops.finish_child,  # only a child's last one comes here
-}
-
 _Result = tuple["asyncio.Future[Any]", Any, bool]
+
+
+async def _execute(conn: asyncpg.Connection, stmt: Stmt) -> Any:
+    sql = numbered(stmt.sql)
+    fetch = stmt.fetch
+    if fetch is Fetch.NONE:
+        await conn.execute(sql, *stmt.params)
+        return None
+    if fetch is Fetch.MANY:
+        await conn.executemany(sql, stmt.params)
+        return None
+    if fetch is Fetch.ROW:
+        return await conn.fetchrow(sql, *stmt.params)
+    if fetch is Fetch.ROWS:
+        return await conn.fetch(sql, *stmt.params)
+    if fetch is Fetch.VALUE:
+        return await conn.fetchval(sql, *stmt.params)
+    status = await conn.execute(sql, *stmt.params)  # "DELETE 3"
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def run(conn: asyncpg.Connection, plan: Plan[T]) -> T:
+    """Run a plan's statements on ``conn`` (inside the caller's transaction); its answer."""
+    try:
+        stmt = next(plan)
+        while True:
+            stmt = plan.send(await _execute(conn, stmt))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
 
 _CONNECTION_TROUBLE = (
     asyncpg.PostgresError,
@@ -93,7 +90,7 @@ def _connection_lost(exc: BaseException) -> bool:
 class Writer(CommitCounters):
     """Owns the writing connection; commits batches of operations."""
 
-    MAX_BATCH = 256
+    MAX_BATCH = plans.MAX_BATCH
 
     def __init__(
         self,
@@ -110,6 +107,7 @@ class Writer(CommitCounters):
         #: A new connection when the server dropped ours (a restart, a failover).
         self.connect = connect
         self.node = node
+        self.dialect = ops.PgDialect(node)
         #: The node's incarnation, which the ownership fence of every process write checks
         #: (``nodes.fence``); set on the connection before the first batch after each change.
         self.incarnation = incarnation
@@ -173,37 +171,30 @@ class Writer(CommitCounters):
         started = time.perf_counter()
         try:
             results = await self._apply(batch, staged)
-        except _CONNECTION_TROUBLE as exc:
+        except Exception as exc:
             staged.clear()
-            lost = _connection_lost(exc)
+            database = isinstance(exc, _CONNECTION_TROUBLE)
+            lost = database and _connection_lost(exc)
             if lost:
                 # The next batch starts on a new connection (the server restarted, failed over
                 # or dropped us); this one fails as a whole and its actors run again later.
                 self.conn.terminate()
-            elif len(batch) > 1:
-                # One bad operation must not sink the others: commit each on its own.
-                results = []
-                for item in batch:
-                    one: list[Event] = []
-                    results.extend(await self._commit([item], one))
-                    staged.extend(one)
-                return results
-            reason = str(exc) or type(exc).__name__
-            self.failed(reason)
-            # The driver's words go to the log (failed() logs them), not to API clients.
-            error = StoreError(f"database write failed ({type(exc).__name__}; see the log)")
-            return [(fut, error, False) for _, fut in batch]
-        except Exception as exc:  # a bug in one operation, not trouble with the database
-            staged.clear()
-            if len(batch) > 1:
-                results = []
-                for item in batch:
-                    one = []
-                    results.extend(await self._commit([item], one))
-                    staged.extend(one)
-                return results
-            log.error("write operation failed: %r", exc)
-            return [(fut, exc, False) for _, fut in batch]
+            match plans.after_failure(len(batch), database=database, everyone=lost):
+                case plans.Failure.SPLIT:
+                    results = []
+                    for item in batch:
+                        one: list[Event] = []
+                        results.extend(await self._commit([item], one))
+                        staged.extend(one)
+                    return results
+                case plans.Failure.BUG:
+                    log.error("write operation failed: %r", exc)
+                    return [(fut, exc, False) for _, fut in batch]
+                case plans.Failure.DATABASE:
+                    self.failed(str(exc) or type(exc).__name__)
+                    # The driver's words go to the log (failed() logs them), not to clients.
+                    error = StoreError(f"database write failed ({type(exc).__name__}; see the log)")
+                    return [(fut, error, False) for _, fut in batch]
         self.succeeded(len(batch), started)
         return results
 
@@ -216,59 +207,17 @@ class Writer(CommitCounters):
         if self._fenced != (conn, self.incarnation):
             await conn.execute(nodes.SET_INCARNATION, self.incarnation)
             self._fenced = (conn, self.incarnation)
-        node = self.node
-        results: list[_Result] = []
-        plain: list[tuple[Checkpoint, asyncio.Future[Any]]] = []
-        rows = ops.Rows(node)
         events: list[Event] = []
-
-        async def flush() -> None:
-            lost = await rows.flush(conn, events)
-            for cp, fut in plain:
-                if cp.process_id in lost:
-                    error = LeaseLost(
-                        f"process {cp.process_id}: this node no longer holds its lease"
-                    )
-                    results.append((fut, error, False))
-                else:
-                    results.append((fut, None, True))
-            plain.clear()
-
         async with conn.transaction():
-            for op, fut in batch:
-                if isinstance(op, Checkpoint) and op.child_of is None:
-                    rows.add(op)
-                    plain.append((op, fut))
-                    continue
-                await flush()  # keep the order of operations that read others'
-                if isinstance(op, NewProcess) and op.lock is None and op.idempotency_key is None:
-                    # A plain insert is never refused; a failure fails the batch, which is
-                    # then retried one operation at a time.
-                    results.append((fut, await ops.create_process(conn, op, node, events), True))
-                    continue
-                try:
-                    async with conn.transaction():  # a savepoint: a refusal undoes only this
-                        mark = len(events)
-                        try:
-                            if type(op) in _APPLY_STAGED:
-                                value = await _APPLY_STAGED[type(op)](conn, op, node, events)
-                            else:
-                                value = await _APPLY[type(op)](conn, op)
-                        except BaseException:
-                            del events[mark:]
-                            raise
-                except (OrchdError, ChildRefused) as exc:  # refused (locked, not found, lease)
-                    results.append((fut, exc, False))
-                else:
-                    results.append((fut, value, True))
-            await flush()
+            outcomes = await run(conn, plans.batch([op for op, _ in batch], self.dialect, events))
             if events:
+                # Stored last, under a lock held until the commit: ids commit in their order.
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
                 await ops.store_events(conn, events)
                 await self._prune_events(events)
                 await conn.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL, str(events[-1].id))
         staged.extend(events)
-        return results
+        return [(fut, value, ok) for (_, fut), (ok, value) in zip(batch, outcomes, strict=True)]
 
     async def _prune_events(self, events: list[Event]) -> None:
         """Keep the events table near ``keep_events`` rows (a range delete now and then)."""

@@ -9,16 +9,16 @@ import sqlite3
 from collections.abc import Callable
 
 from orchd.errors import StoreError
-from orchd.store.base import token_digest
 
 log = logging.getLogger("orchd.store")
-
-SCHEMA_VERSION = 9
 
 
 def _digest_callback_tokens(conn: sqlite3.Connection) -> None:
     """Version 1 kept callback tokens as given; they are kept as digests from version 2 on,
     so reading the database no longer hands out the capability to answer a wait."""
+    # Imported here: ``orchd check`` reads SCHEMA_VERSION on the CLI's fast path.
+    from orchd.store.base import token_digest
+
     rows = conn.execute(
         "SELECT rowid, callback_token FROM processes WHERE callback_token IS NOT NULL"
     ).fetchall()
@@ -28,10 +28,12 @@ def _digest_callback_tokens(conn: sqlite3.Connection) -> None:
     )
 
 
-#: Forward migrations: MIGRATIONS[n] takes a database from version n to n + 1; a step is a
-#: statement or a function of the connection, run inside the migration's transaction.
-MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
-    [
+#: Forward migrations, keyed by the version each brings a database to (from the one before);
+#: a step is a statement or a function of the connection, run inside the migration's
+#: transaction. A new version is a new key here, and nothing else: ``SCHEMA_VERSION`` and the
+#: checks of ``orchd check`` (``orchd.store.maintenance``) follow.
+MIGRATIONS: dict[int, list[str | Callable[[sqlite3.Connection], None]]] = {
+    1: [
         """CREATE TABLE processes (
             rowid INTEGER PRIMARY KEY,
             id TEXT NOT NULL UNIQUE,
@@ -101,7 +103,7 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
             PRIMARY KEY (name, fire_at)
         ) WITHOUT ROWID""",
     ],
-    [
+    2: [
         # Who asked for what (README "The HTTP API"): every start, resume, retry, skip, abort,
         # callback.
         """CREATE TABLE actions (
@@ -114,7 +116,7 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         "CREATE INDEX actions_by_process ON actions (process)",
         _digest_callback_tokens,
     ],
-    [
+    3: [
         # Step identity (README "Changing workflows safely"): a process's position is its next
         # step's key and that
         # key's occurrence; rows from before stay NULL until the engine translates them from
@@ -126,7 +128,7 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         "ALTER TABLE steps ADD COLUMN actor TEXT",
         "ALTER TABLE steps ADD COLUMN reason TEXT",
     ],
-    [
+    4: [
         # Child processes (README "Child processes"). A child names its parent, the fan-out it
         # belongs to
         # (``child_group``: the parent's children step run) and its element; ``held`` children
@@ -139,7 +141,7 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         "ALTER TABLE processes ADD COLUMN children_pending INTEGER",
         "CREATE INDEX processes_by_parent ON processes (parent_id, child_group, held, child_index)",
     ],
-    [
+    5: [
         # Idempotent starts (README "Operations"): a key names at most one process while it exists.
         "ALTER TABLE processes ADD COLUMN idempotency_key TEXT",
         "CREATE UNIQUE INDEX processes_by_idempotency_key ON processes (idempotency_key)",
@@ -153,7 +155,7 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
             data BLOB NOT NULL
         )""",
     ],
-    [
+    6: [
         # Parallel branches (README "Parallel branches"). A step record names its branch (NULL on
         # the main
         # line); a started branch keeps where it stands and what it changed until its fork
@@ -175,7 +177,7 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         "CREATE INDEX branches_by_token ON branches (callback_token) "
         "WHERE callback_token IS NOT NULL",
     ],
-    [
+    7: [
         # Traces: every process belongs to a W3C trace, kept across restarts.
         "ALTER TABLE processes ADD COLUMN trace_id TEXT",
         # Products: a subscription's version (one more with every saved change, against lost
@@ -202,18 +204,21 @@ MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         "CREATE INDEX subscription_actions_by_subscription ON subscription_actions "
         "(subscription_id)",
     ],
-    [
+    8: [
         # An Idempotency-Key answers only the input it started its process with (README
         # "Operations"): the SHA-256 of that input's JSON (keys sorted). NULL for keys used
         # before.
         "ALTER TABLE processes ADD COLUMN idempotency_digest TEXT",
     ],
-    [
+    9: [
         # An abort asked of a running process is committed with who asked (and an action
         # row), so it is applied after a restart too, never forgotten.
         "ALTER TABLE processes ADD COLUMN abort_requested TEXT",
     ],
-]
+}
+#: The version this orchd writes: the newest migration's.
+SCHEMA_VERSION = max(MIGRATIONS)
+assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
 
 #: A new database file's permission bits, whatever the umask (issue 26 item 9): its owner
@@ -251,14 +256,14 @@ def migrate(conn: sqlite3.Connection) -> int:
         raise StoreError(
             f"the database has schema version {version}, newer than this orchd ({SCHEMA_VERSION})"
         )
-    for target in range(version, SCHEMA_VERSION):
+    for target in range(version + 1, SCHEMA_VERSION + 1):
         conn.execute("BEGIN IMMEDIATE")
         for statement in MIGRATIONS[target]:
             if isinstance(statement, str):
                 conn.execute(statement)
             else:
                 statement(conn)
-        conn.execute(f"PRAGMA user_version = {target + 1}")
+        conn.execute(f"PRAGMA user_version = {target}")
         conn.execute("COMMIT")
-        log.info("migrated database schema to version %d", target + 1)
+        log.info("migrated database schema to version %d", target)
     return SCHEMA_VERSION

@@ -2,8 +2,9 @@
 operation of every process together (group commit).
 
 While one transaction is being made durable, the next batch gathers, so many actors share one
-fsync and every actor still waits for its own commit. Each operation of ``orchd.store.base.Op``
-has its statement(s) here and nowhere else.
+fsync and every actor still waits for its own commit. The statements of each operation are its
+plan (``orchd.store.plans``, shared with PostgreSQL); this module runs them (``run``) and
+stores the events they collect.
 """
 
 from __future__ import annotations
@@ -17,438 +18,67 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
-from msgspec.structs import astuple
 
 from orchd import _faults as faults
-from orchd.errors import StoreError, SubscriptionLocked, SubscriptionNotFound
-from orchd.model import START, Event, ProcessStatus
-from orchd.store.base import (
-    Checkpoint,
-    ChildFinished,
-    ChildRefused,
-    CommitCounters,
-    NewProcess,
-    Op,
-    Positions,
-    ProcessRow,
-    ProcessTouch,
-    Prune,
-    Pruned,
-    ReplaceChildren,
-    RequestAbort,
-    ScheduleClaim,
-    SchedulePlan,
-    ScheduleRun,
-    ScheduleStarted,
-    SetNote,
-    StartChildren,
-)
-from orchd.store.sqlreads import (
-    DROP_RELATIONS,
-    INSERT_RELATION,
-    INSERT_SUBSCRIPTION_ACTION,
-    REQUEST_ABORT,
-    SELECT_HOLDER,
-    SELECT_KEYED,
-    SELECT_PROCESS,
-    SELECT_SUBSCRIPTION,
-    SELECT_USERS,
-    UPSERT_SUBSCRIPTION,
-    abort_request_action,
-    astuple_note,
-    keyed_process,
-    process_row,
-    prunable_where,
-    refuse_start,
-    subscription_from_row,
-    subscription_values,
-)
+from orchd.errors import StoreError
+from orchd.model import Event
+from orchd.store import plans
+from orchd.store.base import CommitCounters, Op
+from orchd.store.plans import Fetch, Plan, Stmt
+
+T = TypeVar("T")
 
 log = logging.getLogger("orchd.store")
 
 _encode = msgspec.json.Encoder().encode
 
+#: SQLite is the plans' base dialect: one writer owns every row, no fence, no row locks.
+DIALECT = plans.Dialect()
 
-class _Batch:
-    """Rows of plain checkpoints gathered for executemany."""
 
-    def __init__(self) -> None:
-        self.processes: list[tuple[Any, ...]] = []
-        #: One touch per process: a batch may hold many steps of one process's branches.
-        self.touches: dict[int, ProcessTouch] = {}
-        self.branches: list[tuple[Any, ...]] = []
-        self.drops: list[tuple[int, str]] = []
-        self.steps: list[tuple[Any, ...]] = []
-        self.subscriptions: list[tuple[Any, ...]] = []
-        self.relations: dict[str, dict[str, str]] = {}
-        self.links: list[tuple[str, str]] = []
-        self.releases: list[tuple[float, str]] = []
-        self.actions: list[tuple[Any, ...]] = []
-        self.events: list[Event] = []
+def _execute(conn: sqlite3.Connection, stmt: Stmt) -> Any:
+    fetch = stmt.fetch
+    if fetch is Fetch.MANY:
+        conn.executemany(stmt.sql, stmt.params)
+        return None
+    cur = conn.execute(stmt.sql, stmt.params)
+    if fetch is Fetch.NONE:
+        return None
+    if fetch is Fetch.COUNT:
+        return cur.rowcount
+    # Every row, even for one: a statement left unfinished (RETURNING) would stay active.
+    rows = cur.fetchall()
+    if fetch is Fetch.ROWS:
+        return rows
+    if not rows:
+        return None
+    return rows[0] if fetch is Fetch.ROW else rows[0][0]
 
-    def flush(self, conn: sqlite3.Connection, staged: list[Event]) -> None:
-        if self.subscriptions:
-            if faults.ENABLED:
-                faults.point("subscription_save")
-            conn.executemany(UPSERT_SUBSCRIPTION, self.subscriptions)
-        if self.relations:
-            conn.executemany(DROP_RELATIONS, [(sid,) for sid in self.relations])
-            rows = [
-                (sid, at, to) for sid, refs in self.relations.items() for at, to in refs.items()
-            ]
-            conn.executemany(INSERT_RELATION, rows)
-        if self.processes:
-            conn.executemany(_UPDATE_PROCESS, self.processes)
-        if self.touches:
-            conn.executemany(_TOUCH_PROCESS, [astuple(t) for t in self.touches.values()])
-        if self.drops:
-            # Before the upserts: a join drops its fork's branches, and the branch it returns
-            # to (kept, a shorter path) is written after.
-            conn.executemany(_DROP_BRANCHES, self.drops)
-        if self.branches:
-            conn.executemany(_UPSERT_BRANCH, self.branches)
-        if self.steps:
-            conn.executemany(_INSERT_STEP, self.steps)
-        if self.links:
-            conn.executemany(_LINK, self.links)
-        if self.releases:
-            conn.executemany(_RELEASE, self.releases)
-        if self.actions:
-            conn.executemany(_INSERT_ACTION, self.actions)
-        if self.events:
-            _insert_events(conn, self.events, staged)
-        self.__init__()  # type: ignore[misc]
+
+def run(conn: sqlite3.Connection, plan: Plan[T]) -> T:
+    """Run a plan's statements on ``conn`` (inside the caller's transaction); its answer."""
+    try:
+        stmt = next(plan)
+        while True:
+            stmt = plan.send(_execute(conn, stmt))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
 _INSERT_EVENT = "INSERT INTO events (process_id, data) VALUES (?, ?)"
 
 
-def _insert_events(conn: sqlite3.Connection, events: list[Event], staged: list[Event]) -> None:
+def _insert_events(conn: sqlite3.Connection, events: list[Event]) -> None:
     """Store events; the ids the table gives them (consecutive: one connection writes, inside
-    one transaction) are set on the copies staged for announcing after the commit."""
+    one transaction) are set on them for announcing after the commit."""
     conn.executemany(_INSERT_EVENT, [(e.process_id, _encode(e)) for e in events])
     last: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
     first = last - len(events) + 1
     for i, e in enumerate(events):
         e.id = first + i  # the writer owns these until they are announced
-    staged.extend(events)
-
-
-_UPDATE_PROCESS = """UPDATE processes SET status = ?, pc = ?, seq = ?, state = ?, current_step = ?,
-    error = ?, form = ?, callback_token = ?, attempts = ?, next_retry_at = ?,
-    subscription_id = ?, step_key = ?, step_occurrence = ?, children_group = ?,
-    children_pending = ?, updated_at = ? WHERE rowid = ?"""
-_INSERT_STEP = """INSERT INTO steps (process, seq, name, status, started_at, finished_at,
-    error, traceback, delta, key, actor, reason, branch)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
-# The newest touch of a process in a batch is written (and the step count never goes down).
-_TOUCH_PROCESS = """UPDATE processes SET status = ?, seq = max(seq, ?), error = ?,
-    next_retry_at = ?, updated_at = ? WHERE rowid = ?"""
-_UPSERT_BRANCH = """INSERT OR REPLACE INTO branches (process, path, status, step_key,
-    step_occurrence, changes, error, attempts, next_retry_at, callback_token)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
-# A prefix ends with "/" (or is "" for every branch): "A/1/" never matches "A/10".
-_DROP_BRANCHES = """DELETE FROM branches WHERE process = ?1
-    AND substr(path, 1, length(?2)) = ?2"""
-_LINK = "INSERT OR IGNORE INTO subscription_processes (subscription_id, process_id) VALUES (?, ?)"
-_RELEASE = "UPDATE subscriptions SET insync = 1, updated_at = ? WHERE id = ?"
-_INSERT_ACTION = "INSERT INTO actions (process, at, action, actor, detail) VALUES (?, ?, ?, ?, ?)"
-
-
-def _add_checkpoint(batch: _Batch, cp: Checkpoint) -> None:
-    p = cp.process
-    if isinstance(p, ProcessTouch):
-        kept = batch.touches.get(p.pk)
-        if kept is None or kept.seq <= p.seq:
-            batch.touches[p.pk] = p
-    else:
-        batch.processes.append(astuple(p))
-    for prefix in cp.drop_branches:
-        batch.drops.append((p.pk, prefix))
-    for b in cp.branches:
-        batch.branches.append(astuple(b))
-    for s in cp.steps:
-        batch.steps.append(astuple(s))
-    if cp.subscription is not None:
-        batch.subscriptions.append(subscription_values(cp.subscription, p.updated_at))
-        if cp.relations is not None:
-            batch.relations[cp.subscription["id"]] = cp.relations
-        batch.links.append((cp.subscription["id"], cp.process_id))
-    if cp.release is not None:
-        batch.releases.append((p.updated_at, cp.release))
-    for a in cp.actions:
-        batch.actions.append(astuple(a))
-    batch.events.extend(cp.events)
-
-
-_INSERT_PROCESS = """INSERT INTO processes (id, workflow, target, status, pc, seq, state, reporter,
-    subscription_id, current_step, step_key, step_occurrence, created_at, updated_at, parent_id,
-    child_group, child_index, held, idempotency_key, trace_id, idempotency_digest)
-    VALUES (?, ?, ?, 'created', 0, 0, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
-
-
-def _create_process(conn: sqlite3.Connection, op: NewProcess) -> ProcessRow:
-    if op.idempotency_key is not None:
-        # Checked and inserted in one transaction of the only writer: two starts with one
-        # key make one process (the UNIQUE index is the backstop).
-        found = conn.execute(
-            f"{SELECT_KEYED} WHERE idempotency_key = ?", (op.idempotency_key,)
-        ).fetchone()
-        if found is not None:
-            return keyed_process(found, op)
-    state = op.state
-    if op.lock is not None:
-        row = conn.execute(SELECT_SUBSCRIPTION, (op.lock,)).fetchone()
-        if row is None:
-            raise SubscriptionNotFound(f"subscription {op.lock} does not exist")
-        sub = subscription_from_row(row)
-        lock = op.lock
-
-        def holder() -> str | None:
-            found = conn.execute(SELECT_HOLDER, (lock,)).fetchone()
-            return found[0] if found else None
-
-        def users() -> list[str]:
-            return [r[0] for r in conn.execute(SELECT_USERS, (lock,))]
-
-        refuse_start(sub, op, holder, users)
-        conn.execute(
-            "UPDATE subscriptions SET insync = 0, updated_at = ? WHERE id = ?",
-            (op.created_at, op.lock),
-        )
-        conn.execute(_LINK, (op.lock, op.id))
-        sub["insync"] = False
-        state = {**state, "subscription": sub}
-    cur = conn.execute(
-        _INSERT_PROCESS,
-        (
-            op.id,
-            op.workflow,
-            op.target,
-            _encode(state),
-            op.reporter,
-            op.lock,
-            op.first_step,
-            op.first_key,
-            op.created_at,
-            op.created_at,
-            op.parent_id,
-            op.child_group,
-            op.child_index,
-            int(op.held),
-            op.idempotency_key,
-            op.trace_id,
-            op.idempotency_digest,
-        ),
-    )
-    pk = cur.lastrowid
-    assert pk is not None
-    conn.execute(_INSERT_ACTION, (pk, op.created_at, START, op.actor, None))
-    return op.created_row(pk, state)
-
-
-_SET_NEXT = """INSERT INTO schedules (name, next_fire_at) VALUES (?, ?)
-    ON CONFLICT (name) DO UPDATE SET next_fire_at = excluded.next_fire_at"""
-_CLAIM = "INSERT OR IGNORE INTO schedule_runs (name, fire_at, process_id) VALUES (?, ?, NULL)"
-_RUN = """INSERT INTO schedule_runs (name, fire_at, process_id) VALUES (?, ?, ?)
-    ON CONFLICT (name, fire_at) DO UPDATE SET process_id = excluded.process_id"""
-_LAST = """INSERT INTO schedules (name, last_process_id, last_fire_at) VALUES (?, ?, ?)
-    ON CONFLICT (name) DO UPDATE SET last_process_id = excluded.last_process_id,
-    last_fire_at = excluded.last_fire_at"""
-_SCHEDULE_RUN = """INSERT INTO schedules (name, last_process_id, last_fire_at, next_fire_at,
-    skipped) VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET
-    last_process_id = coalesce(excluded.last_process_id, last_process_id),
-    last_fire_at = CASE WHEN excluded.last_process_id IS NULL THEN last_fire_at
-                        ELSE excluded.last_fire_at END,
-    next_fire_at = excluded.next_fire_at, skipped = skipped + excluded.skipped"""
-
-
-def _record_schedule_run(conn: sqlite3.Connection, op: ScheduleRun) -> bool:
-    cur = conn.execute(
-        "INSERT OR IGNORE INTO schedule_runs (name, fire_at, process_id) VALUES (?, ?, ?)",
-        (op.name, op.fire_at, op.process_id),
-    )
-    if cur.rowcount == 0:
-        return False
-    conn.execute(
-        _SCHEDULE_RUN,
-        (op.name, op.process_id, op.fire_at, op.next_fire_at, int(op.skipped)),
-    )
-    return True
-
-
-def _claim(conn: sqlite3.Connection, op: ScheduleClaim) -> bool:
-    fresh = conn.execute(_CLAIM, (op.name, op.fire_at)).rowcount == 1
-    conn.execute(_SET_NEXT, (op.name, op.next_fire_at))
-    return fresh
-
-
-def _started(conn: sqlite3.Connection, op: ScheduleStarted) -> None:
-    conn.execute(_RUN, (op.name, op.fire_at, op.process_id))
-    conn.execute(_LAST, (op.name, op.process_id, op.fire_at))
-
-
-def _request_abort(conn: sqlite3.Connection, op: RequestAbort) -> bool:
-    if conn.execute(REQUEST_ABORT, (op.by, op.pk)).rowcount == 0:
-        return False
-    conn.execute(_INSERT_ACTION, abort_request_action(op))
-    return True
-
-
-def _set_note(conn: sqlite3.Connection, op: SetNote) -> bool:
-    cur = conn.execute(
-        "UPDATE subscriptions SET note = ? WHERE id = ?", (op.note, op.subscription_id)
-    )
-    if cur.rowcount == 0:
-        return False
-    conn.execute(INSERT_SUBSCRIPTION_ACTION, astuple_note(op))
-    return True
-
-
-def _checkpoint_now(conn: sqlite3.Connection, cp: Checkpoint, staged: list[Event]) -> None:
-    rows = _Batch()
-    _add_checkpoint(rows, cp)
-    rows.flush(conn, staged)
-
-
-def _create_children(
-    conn: sqlite3.Connection, children: list[NewProcess], staged: list[Event]
-) -> list[ProcessRow]:
-    created = []
-    for child in children:
-        try:
-            created.append(_create_process(conn, child))
-        except (SubscriptionLocked, SubscriptionNotFound) as exc:
-            raise ChildRefused(child.child_index, exc.detail) from None
-        _insert_events(conn, child.events, staged)
-    return created
-
-
-def _start_children(
-    conn: sqlite3.Connection, op: StartChildren, staged: list[Event]
-) -> list[ProcessRow]:
-    created = _create_children(conn, op.children, staged)
-    _checkpoint_now(conn, op.parent, staged)
-    return created
-
-
-def _replace_children(
-    conn: sqlite3.Connection, op: ReplaceChildren, staged: list[Event]
-) -> list[ProcessRow]:
-    conn.executemany(
-        "UPDATE processes SET child_group = NULL WHERE id = ?", [(pid,) for pid in op.detach]
-    )
-    return _start_children(conn, StartChildren(parent=op.parent, children=op.children), staged)
-
-
-_COUNT_DOWN = """UPDATE processes SET children_pending = children_pending - 1
-    WHERE id = ? AND children_group = ? AND children_pending > 0"""
-_NEXT_HELD = """SELECT id FROM processes WHERE parent_id = ? AND child_group = ? AND held = 1
-    ORDER BY child_index LIMIT 1"""
-
-
-def _finish_child(conn: sqlite3.Connection, cp: Checkpoint, staged: list[Event]) -> ChildFinished:
-    """A child's last checkpoint, and its parent's count of unfinished children with it."""
-    _checkpoint_now(conn, cp, staged)
-    link = cp.child_of
-    assert link is not None
-    conn.execute(_COUNT_DOWN, (link.parent_id, link.group))
-    row = conn.execute(
-        "SELECT status, children_pending, children_group, workflow, parent_id FROM processes "
-        "WHERE id = ?",
-        (link.parent_id,),
-    ).fetchone()
-    if row is None or row[0] != "awaiting_children" or row[2] != link.group:
-        return ChildFinished()  # aborted, or moved on: nothing to wake, nothing to start
-    answer = ChildFinished()
-    if row[1] == 0:
-        conn.execute(
-            "UPDATE processes SET status = 'running', updated_at = ? WHERE id = ?",
-            (cp.process.updated_at, link.parent_id),
-        )
-        answer.woke = link.parent_id
-        woke = Event(
-            id=0,
-            kind="process",
-            process_id=link.parent_id,
-            workflow=row[3],
-            parent_id=row[4],
-            status=ProcessStatus.RUNNING,
-            at=datetime.now(UTC),
-        )
-        _insert_events(conn, [woke], staged)
-    held = conn.execute(_NEXT_HELD, (link.parent_id, link.group)).fetchone()
-    if held is not None:
-        conn.execute("UPDATE processes SET held = 0 WHERE id = ?", (held[0],))
-        answer.started = held[0]
-        row = conn.execute(f"{SELECT_PROCESS} WHERE id = ?", (held[0],)).fetchone()
-        answer.started_row = process_row(row) if row is not None else None
-    return answer
-
-
-def _plan(conn: sqlite3.Connection, op: SchedulePlan) -> None:
-    conn.executemany(_SET_NEXT, list(op.next_fire_at.items()))
-
-
-def _place(conn: sqlite3.Connection, op: Positions) -> None:
-    conn.executemany(
-        "UPDATE processes SET step_key = ?, step_occurrence = ? WHERE rowid = ?",
-        [(key, occurrence, pk) for pk, key, occurrence in op.rows],
-    )
-
-
-def _prune(conn: sqlite3.Connection, op: Prune) -> Pruned:
-    where, params = prunable_where(op.retention)
-    if where is None:
-        return Pruned()
-    rows = conn.execute(
-        f"SELECT rowid, id FROM processes WHERE {where} LIMIT ?", (*params, op.limit)
-    ).fetchall()
-    if not rows:
-        return Pruned()
-    pks = [pk for pk, _ in rows]
-    ids = [pid for _, pid in rows]
-    marks = ", ".join("?" * len(rows))
-    steps = conn.execute(f"DELETE FROM steps WHERE process IN ({marks})", pks).rowcount
-    actions = conn.execute(f"DELETE FROM actions WHERE process IN ({marks})", pks).rowcount
-    # Subscriptions stay; their links to the processes go. A schedule keeps its row (its
-    # last run may be one of these); the runs' dedupe rows of the processes go.
-    conn.execute(f"DELETE FROM subscription_processes WHERE process_id IN ({marks})", ids)
-    conn.execute(f"DELETE FROM schedule_runs WHERE process_id IN ({marks})", ids)
-    conn.execute(f"DELETE FROM branches WHERE process IN ({marks})", pks)
-    conn.execute(f"DELETE FROM processes WHERE rowid IN ({marks})", pks)
-    if op.retention.tasks_before is not None:
-        # Fire times skipped because the previous run was still going start no process.
-        conn.execute(
-            "DELETE FROM schedule_runs WHERE process_id IS NULL AND fire_at < ?",
-            (op.retention.tasks_before,),
-        )
-    return Pruned(processes=len(rows), steps=steps, actions=actions)
-
-
-#: How each operation other than a plain checkpoint is applied, inside the batch's transaction.
-_APPLY: dict[type[Any], Callable[[sqlite3.Connection, Any], Any]] = {
-    Prune: _prune,
-    NewProcess: _create_process,
-    ScheduleRun: _record_schedule_run,
-    ScheduleClaim: _claim,
-    ScheduleStarted: _started,
-    SchedulePlan: _plan,
-    Positions: _place,
-    SetNote: _set_note,
-    RequestAbort: _request_abort,
-}
-
-#: Operations that store events of their own (``staged`` for announcing after the commit).
-_APPLY_STAGED: dict[type[Any], Callable[[sqlite3.Connection, Any, list[Event]], Any]] = {
-    StartChildren: _start_children,
-    ReplaceChildren: _replace_children,
-    Checkpoint: _finish_child,  # only a child's last one comes here (see _apply)
-}
 
 
 _Item = tuple[Op, "asyncio.Future[Any] | None"]
@@ -470,9 +100,7 @@ _ENVIRONMENTAL = frozenset(
 class Writer(threading.Thread, CommitCounters):
     """Owns the only writing connection; commits batches of operations."""
 
-    #: A batch's actors all wake in one event-loop iteration: a bound keeps that iteration
-    #: short (API latency) while still sharing each fsync among hundreds of checkpoints.
-    MAX_BATCH = 256
+    MAX_BATCH = plans.MAX_BATCH
     #: Seconds between looks at the files while no write comes.
     WATCH_EVERY = 1.0
 
@@ -625,70 +253,40 @@ class Writer(threading.Thread, CommitCounters):
             results = self._apply(batch)
         except Exception as exc:
             # The writer thread must outlive any failure, or every later write would hang.
-            environmental = isinstance(exc, sqlite3.Error) and (
-                (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _ENVIRONMENTAL
-            )
-            if len(batch) > 1 and not environmental:
-                # One bad operation must not sink the others: commit each on its own.
-                return [r for item in batch for r in self._commit([item])]
-            if not isinstance(exc, sqlite3.Error):
-                # A bug in one operation, not trouble with the database.
-                log.error("write operation failed: %r", exc)
-                return [(fut, exc, False) for _, fut in batch]
-            return self._fail(batch, str(exc), StoreError(f"database write failed: {exc}"))
+            database = isinstance(exc, sqlite3.Error)
+            everyone = database and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _ENVIRONMENTAL
+            match plans.after_failure(len(batch), database=database, everyone=everyone):
+                case plans.Failure.SPLIT:
+                    return [r for item in batch for r in self._commit([item])]
+                case plans.Failure.BUG:
+                    log.error("write operation failed: %r", exc)
+                    return [(fut, exc, False) for _, fut in batch]
+                case plans.Failure.DATABASE:
+                    return self._fail(batch, str(exc), StoreError(f"database write failed: {exc}"))
         self.succeeded(len(batch), started)
         return results
 
     def _apply(self, batch: list[_Item]) -> list[tuple[asyncio.Future[Any] | None, Any, bool]]:
         conn = self.conn
-        results: list[tuple[asyncio.Future[Any] | None, Any, bool]] = []
-        rows = _Batch()
-        staged: list[Event] = []
+        events: list[Event] = []
         if not conn.in_transaction:  # an inline commit has begun it (``commit_now``)
             conn.execute("BEGIN IMMEDIATE")
         try:
-            for op, fut in batch:
-                if isinstance(op, Checkpoint) and op.child_of is None:
-                    _add_checkpoint(rows, op)
-                    results.append((fut, None, True))
-                    continue
-                rows.flush(conn, staged)  # keep the order of operations that read others'
-                if isinstance(op, NewProcess) and op.lock is None and op.idempotency_key is None:
-                    # A plain insert is never refused; a failure fails the batch, which is
-                    # then retried one operation at a time.
-                    results.append((fut, _create_process(conn, op), True))
-                    if op.events:
-                        _insert_events(conn, op.events, staged)
-                    continue
-                conn.execute("SAVEPOINT op")
-                try:
-                    if type(op) in _APPLY_STAGED:
-                        value = _APPLY_STAGED[type(op)](conn, op, staged)
-                    else:
-                        value = _APPLY[type(op)](conn, op)
-                    if isinstance(op, NewProcess) and op.events and value.id == op.id:
-                        _insert_events(conn, op.events, staged)
-                except sqlite3.Error:
-                    raise
-                except Exception as exc:  # refused (locked, not found), or a bug
-                    conn.execute("ROLLBACK TO op")
-                    results.append((fut, exc, False))
-                else:
-                    results.append((fut, value, True))
-                conn.execute("RELEASE op")
-            rows.flush(conn, staged)
-            self._prune_events(staged)
+            outcomes = run(conn, plans.batch([op for op, _ in batch], DIALECT, events))
+            if events:
+                _insert_events(conn, events)
+                self._prune_events(events)
             if faults.ENABLED:
                 faults.point("in_commit")
             conn.execute("COMMIT")
-            self._announce.extend(staged)
+            self._announce.extend(events)
             if faults.ENABLED:
                 faults.point("after_commit")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return results
+        return [(fut, value, ok) for (_, fut), (ok, value) in zip(batch, outcomes, strict=True)]
 
     def _prune_events(self, staged: list[Event]) -> None:
         """Keep the events table near ``keep_events`` rows: a range delete on the key, now
