@@ -27,7 +27,7 @@ async def prune(store: Store, retention: Retention, batch: int) -> Pruned:
     write, so checkpoints in between wait little)."""
     total = Pruned()
     while True:
-        done: Pruned = await store.write(Prune(retention=retention, limit=batch))
+        done = await store.write(Prune(retention=retention, limit=batch))
         total += done
         if done.processes < batch:
             break

@@ -423,7 +423,7 @@ class Runtime:
         return self._abandoned.get(pid)
 
     async def request_abort(self, pk: int, by: str) -> bool:
-        found: bool = await self.store.write(RequestAbort(pk=pk, by=by, at=time.time()))
+        found = await self.store.write(RequestAbort(pk=pk, by=by, at=time.time()))
         return found
 
     def new_id(self) -> str:

@@ -17,7 +17,7 @@ from orchd.engine.events import event
 from orchd.errors import FormValidationError, ShuttingDown
 from orchd.model import HOLDS_SUBSCRIPTION, RESERVED_KEYS, ProcessStatus
 from orchd.state import StepOutputError, require_object, to_json_values, validate_form
-from orchd.store.base import NewProcess, ProcessRow, Store
+from orchd.store.base import NewProcess, Store
 from orchd.store.views import uuid_or_none
 from orchd.tracing import parse_traceparent
 
@@ -185,7 +185,7 @@ async def begin(
     remote = parse_traceparent(traceparent)
     if remote is not None:
         op.trace_id = remote.trace_id
-    row: ProcessRow = await runtime.store.write(op)
+    row = await runtime.store.write(op)
     if row.id != op.id:
         return row.id, False  # the key's process, started before
     if runtime.tracing.on:
