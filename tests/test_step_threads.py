@@ -4,11 +4,11 @@ never starves other processes (README "Guarantees")."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from tests_support import DatabaseFactory, settle
+from tests_support import EngineFactory, settle, wait_until
 from thread_flows import Release
 
 from orchd import Engine
@@ -16,7 +16,7 @@ from orchd.errors import InvalidTransition
 
 pytestmark = pytest.mark.anyio
 
-Open = Callable[..., Any]
+Make = Callable[..., Awaitable[Engine]]
 
 
 @pytest.fixture
@@ -27,33 +27,24 @@ async def release() -> AsyncIterator[Release]:
 
 
 @pytest.fixture
-async def open_engine(
-    database_factory: DatabaseFactory, release: Release
-) -> AsyncIterator[Callable[..., Any]]:
-    engines: list[Engine] = []
+async def thread_engine(
+    engine_factory: EngineFactory, release: Release
+) -> Callable[..., Awaitable[Engine]]:
+    """``await thread_engine(**settings)``: an engine of tests/wf/thread_flows.py. ``release``
+    is torn down first, so every hung thread ends before the engine closes."""
 
     async def make(**settings: Any) -> Engine:
-        engine = Engine(
-            database=await database_factory(f"e{len(engines)}.db"),
-            workflows=["thread_flows"],
-            resources={Release: release},
-            grace_period=0.5,
-            **settings,
+        return await engine_factory(
+            ["thread_flows"], resources={Release: release}, grace_period=0.5, **settings
         )
-        await engine.open()
-        engines.append(engine)
-        return engine
 
-    yield make
-    release.event.set()
-    for engine in engines:
-        await engine.close()
+    return make
 
 
 async def test_retry_is_refused_while_the_timed_out_call_still_runs(
-    open_engine: Open, release: Release
+    thread_engine: Make, release: Release
 ) -> None:
-    engine = await open_engine()
+    engine = await thread_engine()
     pid = await engine.start("hangs")
     failed = await engine.wait(pid, timeout=10)
     assert failed.status == "failed" and "did not finish within 0.2 s" in (failed.error or "")
@@ -61,20 +52,24 @@ async def test_retry_is_refused_while_the_timed_out_call_still_runs(
         await engine.retry(pid)
     assert (await engine.get(pid)).status == "failed"
     release.event.set()
-    for _ in range(200):  # the thread returns at once; the engine hears of it on its loop
+
+    async def retried() -> bool:
+        # The thread returns at once; the engine hears of it on its loop.
         try:
             await engine.retry(pid)
-            break
         except InvalidTransition:
-            await asyncio.sleep(0.01)
+            return False
+        return True
+
+    await wait_until(retried, "a retry taken once the call returned")
     assert (await engine.wait(pid, timeout=10)).status == "completed"
     assert release.most == 1 and release.runs == 2
 
 
 async def test_an_automatic_retry_waits_for_the_timed_out_call(
-    open_engine: Open, release: Release
+    thread_engine: Make, release: Release
 ) -> None:
-    engine = await open_engine()
+    engine = await thread_engine()
     attempts: list[str] = []
 
     async def follow() -> None:
@@ -84,11 +79,13 @@ async def test_an_automatic_retry_waits_for_the_timed_out_call(
 
     listener = asyncio.create_task(follow())
     pid = await engine.start("hangs_and_retries")
-    # From the moment the timed-out call is committed as waiting for its retry: the retry's
-    # timer (0.05 s backoff) runs on this loop, so one due within this sleep has fired, and
-    # its attempt begun, before the sleep ends, however slow the machine.
+    # Once the timed-out call is committed as waiting, its retry is due 0.05 s later. Another
+    # process fails after that and waits the same backoff: once it has run again, the first
+    # one's retry came before it, and found the call still running.
     await settle(engine, pid, "waiting")
-    await asyncio.sleep(0.5)  # ten backoffs
+    other = await engine.start("fails_once")
+    await settle(engine, other, "completed")
+    assert release.failures == 2
     assert release.runs == 1 and release.most == 1
     assert (await engine.get(pid)).status == "waiting"
     # No second attempt began after the first was committed as waiting.
@@ -100,14 +97,11 @@ async def test_an_automatic_retry_waits_for_the_timed_out_call(
 
 
 async def test_forty_five_hung_sync_steps_do_not_stall_the_others(
-    open_engine: Open, release: Release
+    thread_engine: Make, release: Release
 ) -> None:
-    engine = await open_engine()  # the default pool: 64 threads
+    engine = await thread_engine()  # the default pool: 64 threads
     hung = [await engine.start("hangs_untimed") for _ in range(45)]
-    for _ in range(500):
-        if release.running == 45:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: release.running == 45, "45 calls hanging")
     quick = await engine.start("quick_sync")
     assert (await engine.wait(quick, timeout=5)).status == "completed"
     assert release.running == 45
@@ -117,16 +111,17 @@ async def test_forty_five_hung_sync_steps_do_not_stall_the_others(
 
 
 async def test_the_pool_size_is_the_step_threads_setting(
-    open_engine: Open, release: Release
+    thread_engine: Make, release: Release
 ) -> None:
-    engine = await open_engine(step_threads=3)
+    engine = await thread_engine(step_threads=3)
     [await engine.start("hangs_untimed") for _ in range(4)]
-    await asyncio.sleep(0.3)
+    await wait_until(lambda: release.running == 3, "three calls hanging")
+    await wait_until(lambda: engine.stats().step_threads_queued == 1, "the fourth queued")
     assert release.running == 3  # the fourth waits for a thread
 
 
-async def test_abandoned_calls_give_their_place_back(open_engine: Open, release: Release) -> None:
-    engine = await open_engine(step_threads=2)
+async def test_abandoned_calls_give_their_place_back(thread_engine: Make, release: Release) -> None:
+    engine = await thread_engine(step_threads=2)
     hung = [await engine.start("hangs") for _ in range(2)]
     for pid in hung:
         assert (await engine.wait(pid, timeout=10)).status == "failed"
@@ -137,27 +132,21 @@ async def test_abandoned_calls_give_their_place_back(open_engine: Open, release:
     stats = engine.stats()
     assert stats.step_threads_abandoned == 2 and stats.step_threads_abandoned_running == 2
     release.event.set()
-    for _ in range(200):
-        if engine.stats().step_threads_abandoned_running == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert engine.stats().step_threads_abandoned_running == 0
+    await wait_until(
+        lambda: engine.stats().step_threads_abandoned_running == 0, "the abandoned calls ended"
+    )
 
 
 async def test_a_full_pool_is_warned_of_and_counted(
-    open_engine: Open, release: Release, caplog: pytest.LogCaptureFixture
+    thread_engine: Make, release: Release, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = await open_engine(step_threads=2)
+    engine = await thread_engine(step_threads=2)
     for _ in range(2):
         await engine.start("hangs_untimed")
-    async with asyncio.timeout(10):
-        while release.running < 2:  # both threads hold a hung call
-            await asyncio.sleep(0.01)
+    await wait_until(lambda: release.running == 2, "both threads holding a hung call")
     assert engine.stats().step_threads_queued == 0
     waiting = await engine.start("quick_sync")
-    async with asyncio.timeout(10):
-        while engine.stats().step_threads_queued < 1:
-            await asyncio.sleep(0.01)
+    await wait_until(lambda: engine.stats().step_threads_queued >= 1, "a call queued")
     assert engine.stats().step_threads_busy == 2
     warned = [r for r in caplog.records if "step threads full" in r.getMessage()]
     assert warned and "step_timeout" in warned[0].getMessage()

@@ -20,6 +20,7 @@ class Release:
         self.running = 0
         self.most = 0
         self.runs = 0
+        self.failures = 0
 
     def hang(self) -> None:
         with self.lock:
@@ -64,6 +65,20 @@ def hang_and_retry(release: Release) -> State:
 @workflow("A retrystep that outlives its timeout", target=Target.SYSTEM)
 def hangs_and_retries():  # type: ignore[no-untyped-def]
     return init >> hang_and_retry >> done
+
+
+@retrystep("fail once", backoff=0.05, max_attempts=3)
+async def fail_once(release: Release) -> State:
+    # Its retry is due a backoff after the failure is committed, like hang_and_retry's.
+    release.failures += 1
+    if release.failures == 1:
+        raise RuntimeError("not yet")
+    return {"failed_once": True}
+
+
+@workflow("A retrystep that fails once, then succeeds", target=Target.SYSTEM)
+def fails_once():  # type: ignore[no-untyped-def]
+    return init >> fail_once >> done
 
 
 @step("quick")
