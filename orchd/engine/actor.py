@@ -16,16 +16,15 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from orchd import _faults as faults
 from orchd.dsl import Step, StepKind, Stranded, Workflow
 from orchd.engine import actions, forkstep, formpages
 from orchd.engine import children as childstep
-from orchd.engine.calls import call_step, cancelled_from_outside
+from orchd.engine import interpreter as step_rules
+from orchd.engine.change import FIELDS, UNSET, Change
 from orchd.engine.forks import Forks
 from orchd.engine.host import Host
-from orchd.engine.limits import Halted, slots_of
 from orchd.engine.messages import (
     Abort,
     Callback,
@@ -41,13 +40,7 @@ from orchd.engine.messages import (
     respond,
     stopped,
 )
-from orchd.engine.outcome import (
-    Outcome,
-    StepCrash,
-    changes_of,
-    failure_of,
-    retry_delay,
-)
+from orchd.engine.outcome import Changes, StepCrash, changes_of
 from orchd.engine.waits import End
 from orchd.errors import (
     CallbackNotFound,
@@ -67,10 +60,7 @@ from orchd.model import (
     check_transition,
 )
 from orchd.state import (
-    clone,
     encode,
-    inject,
-    to_json_values,
 )
 from orchd.store.base import (
     ActionWrite,
@@ -81,11 +71,8 @@ from orchd.store.base import (
     ProcessTouch,
     ProcessWrite,
     StepWrite,
-    new_callback_token,
-    token_digest,
 )
 from orchd.subscriptions import SubscriptionError, complete_subscription
-from orchd.tracing import enter_step, leave_step
 
 log = logging.getLogger("orchd.engine.actor")
 P = ProcessStatus
@@ -100,6 +87,17 @@ def _refused(action: Action, status: ProcessStatus, pid: str) -> InvalidTransiti
     raise AssertionError(f"{action} is allowed in {status}")  # pragma: no cover
 
 
+SKIPPED = StepStatus.SKIPPED
+
+
+class _Finished(NamedTuple):
+    """What a step on the process line returned, made ready to commit."""
+
+    changes: Changes
+    sub: dict[str, Any] | None
+    relations: dict[str, str] | None
+
+
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -109,7 +107,7 @@ class Actor:
 
     # Thousands of actors may be alive at once (polling an OSS): keep each one small.
     __slots__ = (
-        "host", "pid", "mailbox", "loaded", "stopping", "abort_requested", "in_step", "workflow",
+        "host", "pid", "mailbox", "loaded", "stopping", "abort_requested", "workflow",
         "workflow_name", "pk", "target", "status", "pc", "seq", "state", "current_step", "error",
         "form", "callback_token", "attempts", "position", "next_retry_at", "subscription_id",
         "broken", "task", "parent_id", "child_group", "children_group", "children_pending",
@@ -124,7 +122,6 @@ class Actor:
         self.loaded = False
         self.stopping = False
         self.abort_requested: str | None = None
-        self.in_step = False
         self.forks: Forks | None = None
         #: A checkpoint is being committed: a reader may see what it writes (a new status)
         #: before this actor is told that it committed.
@@ -315,7 +312,7 @@ class Actor:
                     respond(envelope)
                 case Expire(digest=digest):
                     if self.status is P.AWAITING_CALLBACK and digest == self.callback_token:
-                        await actions.fail_wait(self, "no callback arrived before the deadline")
+                        await actions.fail_wait(self)
                     respond(envelope)
         except asyncio.CancelledError:
             respond(envelope, error=stopped())  # the engine stops: see run
@@ -335,7 +332,7 @@ class Actor:
             and self.workflow is not None
             and self.pc < len(self.workflow.steps)
             and self.workflow.steps[self.pc].kind is StepKind.CALLBACK_WAIT
-        ) or (self.in_step and digest == self.callback_token)
+        )
 
     def action(self, action: Action, actor: str, detail: str | None = None) -> ActionWrite:
         return ActionWrite(pk=self.pk, at=time.time(), action=action, actor=actor, detail=detail)
@@ -372,14 +369,18 @@ class Actor:
             return
         step = self.step_now()
         started = time.time()
-        if step.predicates and not self._predicate(step):
-            outcome = Outcome(P.RUNNING, StepStatus.SKIPPED, started, time.time(), advance=True)
-            await self.commit(step, outcome)
+        try:
+            run = step_rules.should_run(step, self.state)
+        except StepCrash as exc:
+            await self.step_raised(step, exc, started)
+            return
+        if not run:
+            skipped = step_rules.ended(self.cursor, step, started, time.time(), status=SKIPPED)
+            await self.commit(step, skipped, P.RUNNING)
             return
         match step.kind:
             case StepKind.INIT:
-                outcome = Outcome(P.RUNNING, StepStatus.SUCCESS, started, started, advance=True)
-                await self.commit(step, outcome)
+                await self.commit(step, step_rules.ended(self.cursor, step, started, started))
             case StepKind.DONE:
                 await self._done(step, started)
             case StepKind.ABORT:
@@ -395,90 +396,44 @@ class Actor:
             case _:
                 await self._run_function(step, started)
 
-    def _predicate(self, step: Step) -> bool:
-        try:
-            return step.should_run(clone(self.state))
-        except Exception as exc:
-            raise StepCrash(f"step {step.name!r}: its condition raised {exc!r}") from exc
-
     async def _run_function(self, step: Step, started: float) -> None:
         view = self.state
         if step.kind is StepKind.CALLBACK_ACTION:
             # The token is a capability: the action step sees it while it runs; the engine
             # keeps only its digest (never in State, a step record or the API).
-            token = new_callback_token()
+            token = step_rules.new_token()
             self.end_wait(End.SKIPPED)
-            self.callback_token = token_digest(token)
-            self.host.waits.begin(self.callback_token, self.pid)
-            view = {**self.state, "callback_token": token}
-        self.in_step = True
-        if faults.ENABLED:
-            faults.point("before_step")
-        # Its requests carry the process's trace and this call's span (README "Traces").
-        traced = enter_step(
-            self.host.tracing, self.pid, self.trace_id, None, step.key, self.attempts + 1
-        )
-        try:
-            kwargs = inject(step.name, step.params, view, self.host.resources)
-            result = await call_step(self.host, self.pid, step, kwargs, slots_of(step, view))
-            delta = to_json_values(step.name, result)
+            self.callback_token = token.digest
+            self.host.waits.begin(token.digest, self.pid)
+            view = {**self.state, "callback_token": token.token}
+
+        async def finish(delta: dict[str, Any]) -> _Finished:
             sub, relations = await self.subscription_change(step, delta)
-            changes = changes_of(self.state, step.name, delta)
-        except Halted:
-            # aborted or stopped while it waited for its resources (README "Limits on shared
-            # resources"): it never ran
-            return
-        except asyncio.CancelledError as exc:
-            if cancelled_from_outside():
-                raise  # this actor is being stopped: the step runs again at the next start
-            # Step code raised it itself (or cancelled something it awaited): a failed step.
-            await self.step_raised(step, exc, started)
-            return
-        except BaseException as exc:  # SystemExit in workflow code fails the step, not orchd
-            await self.step_raised(step, exc, started)
-            return
-        finally:
-            self.in_step = False
-            leave_step(traced)
-        if faults.ENABLED:
-            faults.point("after_step")
-        outcome = Outcome(
-            P.RUNNING,
-            StepStatus.SUCCESS,
-            started,
-            time.time(),
-            changes,
-            advance=True,
-            subscription=sub,
-            relations=relations,
+            return _Finished(changes_of(self.state, step.name, delta), sub, relations)
+
+        attempt = self.attempts + 1
+        ran = await step_rules.call(
+            self.host, self.pid, self.trace_id, None, step, attempt, view, finish
         )
-        await self.commit(step, outcome)
+        if ran is None:
+            return  # halted before it ran
+        if isinstance(ran, step_rules.Failed):
+            await self.step_raised(step, ran.exc, started)
+            return
+        done = ran.value
+        move = step_rules.ended(self.cursor, step, started, time.time(), done.changes)
+        await self.commit(step, move, subscription=done.sub, relations=done.relations)
 
     async def step_raised(self, step: Step, exc: BaseException, started: float) -> None:
-        message, tb = failure_of(exc)
-        finished = time.time()
-        self.error = message
         if step.kind is StepKind.CALLBACK_ACTION:
             # Its wait never begins: the token it handed out answers nothing (a retry makes
             # a new one), and an answer that came while it ran is refused now.
             self.end_wait(End.FAILED)
-        if step.kind is StepKind.RETRY:
-            self.attempts += 1
-            settings = self.host.settings
-            limit = step.max_attempts or settings.retry_max_attempts
-            if self.attempts < limit:
-                self.next_retry_at = finished + retry_delay(settings, step, self.attempts)
-                outcome = Outcome(
-                    P.WAITING, StepStatus.WAITING, started, finished, error=message, traceback=tb
-                )
-                await self.commit(step, outcome)
-                self.host.later(self.pid, self.next_retry_at, Retry(automatic=True))
-                return
-            self.error = f"gave up after {self.attempts} attempts: {message}"
-        outcome = Outcome(
-            P.FAILED, StepStatus.FAILED, started, finished, error=message, traceback=tb
-        )
-        await self.commit(step, outcome)
+        move = step_rules.raised(self.cursor, step, exc, started, self.host.settings)
+        waits = move.line is step_rules.Line.WAITING
+        await self.commit(step, move, P.WAITING if waits else P.FAILED)
+        if waits and self.next_retry_at is not None:
+            self.host.later(self.pid, self.next_retry_at, Retry(automatic=True))
 
     async def _suspend(self, step: Step, started: float) -> None:
         try:
@@ -488,7 +443,8 @@ class Actor:
             await self.step_raised(step, exc, started)
             return
         self.form = encode(page.form)
-        await self.commit(step, Outcome(P.SUSPENDED, StepStatus.SUSPENDED, started, time.time()))
+        move = step_rules.stays(self.cursor, step, StepStatus.SUSPENDED, started)
+        await self.commit(step, move, P.SUSPENDED)
 
     async def form_page(
         self, step: Step, answers: list[Any]
@@ -508,10 +464,7 @@ class Actor:
                 raise
             respond(early)
             return
-        if step.callback_timeout:
-            self.next_retry_at = started + step.callback_timeout
-        outcome = Outcome(P.AWAITING_CALLBACK, StepStatus.AWAITING_CALLBACK, started, time.time())
-        await self.commit(step, outcome)
+        await self.commit(step, step_rules.waiting(self.cursor, step, started), P.AWAITING_CALLBACK)
         if self.next_retry_at is not None and self.callback_token:
             self.host.later(self.pid, self.next_retry_at, Expire(digest=self.callback_token))
 
@@ -530,16 +483,8 @@ class Actor:
                 change["end_date"] = _now_iso()
                 change["version"] = int(sub.get("version") or 0) + 1
         changes = changes_of(self.state, step.name, {"subscription": change} if change else None)
-        outcome = Outcome(
-            P.COMPLETED,
-            StepStatus.SUCCESS,
-            started,
-            time.time(),
-            changes,
-            advance=True,
-            subscription=change,
-        )
-        await self.commit(step, outcome)
+        move = step_rules.ended(self.cursor, step, started, time.time(), changes)
+        await self.commit(step, move, P.COMPLETED, subscription=change)
 
     async def subscription_change(
         self, step: Step, delta: dict[str, Any]
@@ -634,42 +579,86 @@ class Actor:
     # -- checkpoints (also what the children and fork steps commit through: their sides of
     # the actor are orchd.engine.children and orchd.engine.forkstep) ---------------------
 
-    async def commit(self, step: Step, outcome: Outcome) -> None:
-        changed = outcome.changes.values
+    @property
+    def cursor(self) -> step_rules.Cursor:
+        """Where the process's line of steps stands, as the step interpreter reads it."""
+        assert self.workflow is not None
+        return step_rules.Cursor(self.workflow.steps, self.pc, self.attempts)
+
+    def apply(self, move: step_rules.Move) -> None:
+        """Take the place a transition gives (orchd.engine.interpreter): the one place the
+        process's line moves."""
+        changed = move.changes.values
         if changed:
             self.state.update(changed)
-        if outcome.advance:
-            self.pc += 1
-            self.form = None
-            if step.kind is not StepKind.RETRY or outcome.step_status is StepStatus.SUCCESS:
-                self.attempts = 0
-            if outcome.step_status is StepStatus.SUCCESS:
-                self.error = None
-        self.seq += 1
-        record = StepWrite(
-            pk=self.pk,
-            seq=self.seq,
-            name=step.name,
-            key=step.key,
-            status=outcome.step_status,
-            started_at=outcome.started,
-            finished_at=outcome.finished,
-            error=outcome.error,
-            traceback=outcome.traceback,
-            delta=outcome.changes.encoded,
-        )
-        assert self.workflow is not None
-        finished_all = outcome.status in (P.COMPLETED, P.ABORTED)
-        self.current_step = None if finished_all else self.workflow.steps[self.pc].name
+        if move.pc != self.pc:
+            self.form = None  # a form belongs to its step
+            steps = self.cursor.steps
+            self.current_step = steps[move.pc].name if move.pc < len(steps) else None
+        self.pc, self.attempts = move.pc, move.attempts
+        self.error, self.next_retry_at = move.error, move.next_retry_at
+
+    def take(self, change: Change) -> None:
+        """Set the fields a change names (``orchd.engine.change``)."""
+        for name in FIELDS:
+            value = getattr(change, name)
+            if value is not UNSET:
+                setattr(self, name, value)
+
+    def retry_at(self, at: float) -> None:
+        """Retry the step at ``at`` (a timer), not now."""
+        self.next_retry_at = at
+        self.host.later(self.pid, at, Retry(automatic=True))
+
+    def step_writes(self, records: tuple[step_rules.Record, ...]) -> list[StepWrite]:
+        """The transition's records as the process's next step records."""
+        return [
+            StepWrite(
+                pk=self.pk,
+                seq=self.next_seq(),
+                name=r.name,
+                key=r.key,
+                status=r.status,
+                started_at=r.started,
+                finished_at=r.finished,
+                error=r.error,
+                traceback=r.traceback,
+                delta=r.delta,
+                actor=r.by,
+                reason=r.reason,
+            )
+            for r in records
+        ]
+
+    async def commit(
+        self,
+        step: Step,
+        move: step_rules.Move,
+        status: ProcessStatus = P.RUNNING,
+        *,
+        subscription: dict[str, Any] | None = None,
+        relations: dict[str, str] | None = None,
+        action: ActionWrite | None = None,
+        change: Change | None = None,
+    ) -> None:
+        """Apply a step's transition and commit it, moving the process to ``status``."""
+        advances = move.pc > self.pc
+        self.apply(move)
+        if change is not None:
+            self.take(change)
+        if step.forks and advances:
+            self.forks = None  # it left the fork (joined or skipped)
+        records = self.step_writes(move.records)
+        last = move.records[-1] if move.records else None
         await self.write(
-            outcome.status,
-            steps=[record],
-            subscription=outcome.subscription,
-            relations=outcome.relations,
-            step_seconds=outcome.finished - outcome.started,
-            actions=[] if outcome.action is None else [outcome.action],
-            # A fork joins (or is skipped by its condition): its branches' rows go with it.
-            drops=[""] if step.forks and outcome.advance else [],
+            status,
+            steps=records,
+            subscription=subscription,
+            relations=relations,
+            step_seconds=None if last is None else last.finished - last.started,
+            actions=[] if action is None else [action],
+            # A fork joins, is skipped (or its condition skips it): its branches' rows go with it.
+            drops=[""] if step.forks and advances else [],
         )
 
     async def write(
@@ -684,7 +673,15 @@ class Actor:
         actions: list[ActionWrite] | None = None,
         branches: list[BranchRow] | None = None,
         drops: list[str] | None = None,
+        move: step_rules.Move | None = None,
+        change: Change | None = None,
     ) -> None:
+        """Commit the process moving to ``status``, after a transition (``move``) or a
+        change of its fields, if any."""
+        if move is not None:
+            self.apply(move)
+        if change is not None:
+            self.take(change)
         checkpoint = self.checkpoint_of(
             status, steps=steps, subscription=subscription, release=release, actions=actions
         )

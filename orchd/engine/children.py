@@ -12,10 +12,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from orchd.dsl import Step
+from orchd.engine import interpreter as step_rules
+from orchd.engine.change import Change
 from orchd.engine.host import Host
-from orchd.engine.outcome import Outcome, StepCrash, changes_of
+from orchd.engine.outcome import StepCrash, changes_of
 from orchd.errors import OrchdError
-from orchd.model import FINAL, RESERVED_KEYS, ProcessStatus, StepStatus
+from orchd.model import FINAL, RESERVED_KEYS, ProcessStatus
 from orchd.state import StepOutputError
 from orchd.store.base import ChildRefused, NewProcess, ProcessRow, ReplaceChildren, StartChildren
 
@@ -98,8 +100,10 @@ async def run(actor: Actor, step: Step, started: float) -> None:
             return
         rows = await actor.host.children_of(actor.pid, actor.children_group)
         if any(r.status not in FINAL for r in rows):  # woken early: wait on
-            actor.children_pending = sum(r.status not in FINAL for r in rows)
-            await actor.write(P.AWAITING_CHILDREN, steps=[])
+            pending = sum(r.status not in FINAL for r in rows)
+            await actor.write(
+                P.AWAITING_CHILDREN, steps=[], change=Change(children_pending=pending)
+            )
             return
         aborted = [r for r in rows if r.status == P.ABORTED]
         if aborted and actor.replace_aborted:
@@ -112,9 +116,8 @@ async def run(actor: Actor, step: Step, started: float) -> None:
         return
     collected = {step.into: results(rows)} if step.into else None
     changes = changes_of(actor.state, step.name, collected)
-    actor.children_group = actor.children_pending = None
-    outcome = Outcome(P.RUNNING, StepStatus.SUCCESS, started, time.time(), changes, advance=True)
-    await actor.commit(step, outcome)
+    move = step_rules.ended(actor.cursor, step, started, time.time(), changes)
+    await actor.commit(step, move, change=Change(children_group=None, children_pending=None))
 
 
 async def _start(actor: Actor, step: Step) -> None:
@@ -143,9 +146,8 @@ async def _restart_aborted(actor: Actor, step: Step, aborted: list[ProcessRow]) 
 async def _fan_out(
     actor: Actor, group: int, starts: list[NewProcess], detach: list[str] | None
 ) -> None:
-    previous = (actor.children_group, actor.children_pending)
-    actor.children_group, actor.children_pending = group, len(starts)
-    actor.replace_aborted = False
+    previous = Change(children_group=actor.children_group, children_pending=actor.children_pending)
+    actor.take(Change(children_group=group, children_pending=len(starts), replace_aborted=False))
     status = P.AWAITING_CHILDREN if starts else P.RUNNING  # none: join at once
     checkpoint = actor.checkpoint_of(status, steps=[])
     op: StartChildren | ReplaceChildren
@@ -156,6 +158,6 @@ async def _fan_out(
     try:
         await actor.host.start_children(op)
     except ChildRefused as exc:
-        actor.children_group, actor.children_pending = previous
+        actor.take(previous)
         raise StepCrash(f"children: {exc}") from None
     actor.committed_as(status, [], None)

@@ -12,11 +12,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from orchd.dsl import Step
+from orchd.engine import interpreter as step_rules
+from orchd.engine.change import Change
 from orchd.engine.forks import Broken, Forks
 from orchd.engine.messages import Retry
-from orchd.engine.outcome import Outcome, StepCrash, changes_of
+from orchd.engine.outcome import StepCrash, changes_of
 from orchd.errors import CallbackNotFound
-from orchd.model import Action, ProcessStatus, StepStatus
+from orchd.model import Action, ProcessStatus
 from orchd.state import StepOutputError
 from orchd.status import BranchStatus
 from orchd.subscriptions import SubscriptionError
@@ -33,7 +35,8 @@ async def _opened(actor: Actor, step: Step) -> Forks:
     if actor.forks is None or actor.forks.top.step is not step:
         forks = Forks(actor, step, actor.state)
         forks.load(await actor.host.branches(actor.pk))
-        actor.forks = forks
+        actor.take(Change(forks=forks))
+        return forks
     return actor.forks
 
 
@@ -47,7 +50,7 @@ async def standing(actor: Actor) -> Forks | None:
     except StepCrash:
         return None
     except Broken as exc:
-        actor.broken = str(exc)
+        actor.take(Change(broken=str(exc)))
         await actor.fail_if_broken()  # raises: the process cannot go on
         raise
 
@@ -61,15 +64,14 @@ async def run(actor: Actor, step: Step, started: float) -> None:
         await actor.step_raised(step, exc, started)
         return
     except Broken as exc:
-        actor.broken = actor.error = str(exc)
-        await actor.write(P.FAILED, steps=[])
+        await actor.write(P.FAILED, steps=[], change=Change(broken=str(exc), error=str(exc)))
         return
     await forks.drive()
     if actor.abort_requested is not None or actor.stopping:
         return  # the loop aborts, or the actor stops; the branches' commits stand
     if not forks.top.complete:
-        status, actor.error, actor.next_retry_at = forks.blocked()
-        await actor.write(status, steps=[])
+        status, error, due = forks.blocked()
+        await actor.write(status, steps=[], change=Change(error=error, next_retry_at=due))
         return
     began = await forks.began(forks.top)  # the whole fork, across waits and restarts
     try:
@@ -79,18 +81,8 @@ async def run(actor: Actor, step: Step, started: float) -> None:
     except (StepCrash, StepOutputError, SubscriptionError) as exc:
         await actor.step_raised(step, exc, began)
         return
-    actor.forks = None
-    outcome = Outcome(
-        P.RUNNING,
-        StepStatus.SUCCESS,
-        began,
-        time.time(),
-        changes,
-        advance=True,
-        subscription=sub,
-        relations=relations,
-    )
-    await actor.commit(step, outcome)
+    move = step_rules.ended(actor.cursor, step, began, time.time(), changes)
+    await actor.commit(step, move, subscription=sub, relations=relations)
 
 
 async def timer(actor: Actor) -> None:
@@ -107,10 +99,11 @@ async def timer(actor: Actor) -> None:
             actor.host.later(actor.pid, due, Retry(automatic=True))
         return
     if any(b.status is BranchStatus.RUNNING for b in forks.leaves()):
-        status, actor.error, actor.next_retry_at = P.RUNNING, None, None
+        status, error, due = P.RUNNING, None, None
     else:
-        status, actor.error, actor.next_retry_at = forks.blocked()
-    await actor.write(status, steps=records, branches=rows)
+        status, error, due = forks.blocked()
+    change = Change(error=error, next_retry_at=due)
+    await actor.write(status, steps=records, branches=rows, change=change)
     forks.schedule_timer()  # for the branches still waiting
 
 
@@ -122,5 +115,5 @@ async def callback(actor: Actor, digest: str | None, payload: Any, who: str) -> 
     branch = forks.awaiting(digest)
     row, record = forks.answer(branch, payload, time.time())
     action = actor.action(Action.CALLBACK, who, f"branch {branch.path}")
-    actor.error = actor.next_retry_at = None
-    await actor.write(P.RUNNING, steps=[record], actions=[action], branches=[row])
+    change = Change(error=None, next_retry_at=None)
+    await actor.write(P.RUNNING, steps=[record], actions=[action], branches=[row], change=change)

@@ -1,0 +1,261 @@
+"""One step for a cursor: the process's line of steps or a branch's (README "Architecture").
+
+Whichever line a step stands on, it runs the same way, and each rule exists here once: whether
+its condition lets it run, calling it (its arguments from the line's State, its callback token,
+its resources, its trace, what a CancelledError means), the retry policy and when attempts reset,
+a wait's answer and its deadline (back to the action), a skip (a callback step is three steps),
+and the records a step leaves.
+
+Every transition is a function that returns a ``Move``: where the line stands next and the
+records to commit. It changes nothing; the line's owner applies it (the actor to its own fields,
+the fork to its branch) and commits it (``orchd.engine.actor``, ``orchd.engine.forks``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from orchd import _faults as faults
+from orchd.dsl import Step, StepKind
+from orchd.engine.calls import call_step, cancelled_from_outside
+from orchd.engine.host import Host
+from orchd.engine.limits import Halted, slots_of
+from orchd.engine.outcome import NO_CHANGES, Changes, StepCrash, changes_of, failure_of, retry_delay
+from orchd.model import StepStatus
+from orchd.settings import EngineSettings
+from orchd.state import clone, inject, to_json_values
+from orchd.store.base import new_callback_token, token_digest
+from orchd.tracing import enter_step, leave_step
+
+T = TypeVar("T")
+
+
+class Line(enum.Enum):
+    """How a line stands after a transition (its owner's status follows from it)."""
+
+    RUNNING = "running"
+    #: A retrystep failed and waits for its backoff (``next_retry_at``).
+    WAITING = "waiting"
+    AWAITING_CALLBACK = "awaiting_callback"
+    FAILED = "failed"
+
+
+class Record(NamedTuple):
+    """A step record as a transition leaves it; its owner numbers it and names its branch."""
+
+    name: str
+    key: str | None
+    status: StepStatus
+    started: float
+    finished: float
+    error: str | None = None
+    traceback: str | None = None
+    delta: bytes | None = None
+    by: str | None = None
+    reason: str | None = None
+
+
+class Cursor(NamedTuple):
+    """Where a line stands: what a transition reads."""
+
+    steps: Sequence[Step]
+    pc: int
+    attempts: int
+
+
+class Move(NamedTuple):
+    """A transition: where the line stands next, what it changed, and the records to commit."""
+
+    line: Line
+    pc: int
+    attempts: int
+    error: str | None
+    next_retry_at: float | None
+    changes: Changes
+    records: tuple[Record, ...]
+
+
+def _record(step: Step, status: StepStatus, started: float, finished: float, **kw: Any) -> Record:
+    return Record(step.name, step.key, status, started, finished, **kw)
+
+
+# -- transitions ---------------------------------------------------------------------------
+
+
+def ended(
+    at: Cursor,
+    step: Step,
+    started: float,
+    finished: float,
+    changes: Changes = NO_CHANGES,
+    status: StepStatus = StepStatus.SUCCESS,
+) -> Move:
+    """The step is done (it succeeded, its condition skipped it, its answer came): on to the
+    next. A retrystep's attempts count on while it has not succeeded."""
+    counting = step.kind is StepKind.RETRY and status is not StepStatus.SUCCESS
+    attempts = at.attempts if counting else 0
+    record = _record(step, status, started, finished, delta=changes.encoded)
+    return Move(Line.RUNNING, at.pc + 1, attempts, None, None, changes, (record,))
+
+
+def raised(
+    at: Cursor, step: Step, exc: BaseException, started: float, settings: EngineSettings
+) -> Move:
+    """The step raised: a retrystep waits for its backoff until its attempts are spent; any
+    other step fails."""
+    message, tb = failure_of(exc)
+    finished = time.time()
+    if step.kind is StepKind.RETRY:
+        attempts = at.attempts + 1
+        if attempts < (step.max_attempts or settings.retry_max_attempts):
+            due = finished + retry_delay(settings, step, attempts)
+            record = _record(
+                step, StepStatus.WAITING, started, finished, error=message, traceback=tb
+            )
+            return Move(Line.WAITING, at.pc, attempts, message, due, NO_CHANGES, (record,))
+        error = f"gave up after {attempts} attempts: {message}"
+    else:
+        attempts, error = at.attempts, message
+    record = _record(step, StepStatus.FAILED, started, finished, error=message, traceback=tb)
+    return Move(Line.FAILED, at.pc, attempts, error, None, NO_CHANGES, (record,))
+
+
+def waiting(at: Cursor, step: Step, started: float) -> Move:
+    """A callback's wait begins (with its deadline, when the step has one)."""
+    due = started + step.callback_timeout if step.callback_timeout else None
+    record = _record(step, StepStatus.AWAITING_CALLBACK, started, time.time())
+    return Move(Line.AWAITING_CALLBACK, at.pc, at.attempts, None, due, NO_CHANGES, (record,))
+
+
+def stays(at: Cursor, step: Step, status: StepStatus, started: float) -> Move:
+    """The step waits where it stands (for a person's answer): only its record."""
+    record = _record(step, status, started, time.time())
+    return Move(Line.RUNNING, at.pc, at.attempts, None, None, NO_CHANGES, (record,))
+
+
+def answered(
+    at: Cursor, step: Step, state: Mapping[str, Any], delta: dict[str, Any], now: float
+) -> Move:
+    """An answer (a callback's, a form's) completes the step that waited for it."""
+    return ended(at, step, now, now, changes_of(state, step.name, delta))
+
+
+def expired(at: Cursor, step: Step, now: float) -> Move:
+    """A callback's wait is past its deadline: it fails, back at its action, so a retry asks
+    the external system again with a new token."""
+    error = f"{step.name}: no callback arrived before the deadline"
+    record = _record(step, StepStatus.FAILED, now, now, error=error)
+    return Move(Line.FAILED, at.pc - 1, at.attempts, error, None, NO_CHANGES, (record,))
+
+
+def skip_width(at: Cursor) -> int:
+    """How many steps a skip passes: a callback step whose action failed is three steps (the
+    action, the wait, the validate step)."""
+    return 3 if at.steps[at.pc].kind is StepKind.CALLBACK_ACTION else 1
+
+
+def skipped(at: Cursor, by: str, reason: str, now: float) -> Move:
+    """Someone skips the failing step (a whole callback step): recorded skipped, State as it
+    is, on to the next."""
+    width = skip_width(at)
+    records = tuple(
+        _record(s, StepStatus.SKIPPED, now, now, by=by, reason=reason)
+        for s in at.steps[at.pc : at.pc + width]
+    )
+    return Move(Line.RUNNING, at.pc + width, 0, None, None, NO_CHANGES, records)
+
+
+def retried(at: Cursor, failed: bool, back_to: int | None = None) -> Move:
+    """A retry: the failing step runs again (or the step at ``back_to``: a callback's action,
+    asked again); a failed one has all its attempts again."""
+    pc = at.pc if back_to is None else back_to
+    return Move(Line.RUNNING, pc, 0 if failed else at.attempts, None, None, NO_CHANGES, ())
+
+
+# -- running a step ------------------------------------------------------------------------
+
+
+def should_run(step: Step, state: Mapping[str, Any]) -> bool:
+    """Whether the step's conditions let it run; StepCrash when one raises (the step fails)."""
+    if not step.predicates:
+        return True
+    try:
+        return step.should_run(clone(dict(state)))
+    except Exception as exc:
+        raise StepCrash(f"step {step.name!r}: its condition raised {exc!r}") from exc
+
+
+class Ran(NamedTuple, Generic[T]):
+    """The step returned; ``value``: what ``finish`` made of its result."""
+
+    value: T
+
+
+class Failed(NamedTuple):
+    """The step (or ``finish``) raised ``exc``: a failure of the step, never of orchd."""
+
+    exc: BaseException
+
+
+class Token(NamedTuple):
+    """A callback action's token: the step sees ``token``, the engine keeps ``digest``."""
+
+    token: str
+    digest: str
+
+
+def new_token() -> Token:
+    token = new_callback_token()
+    return Token(token, token_digest(token))
+
+
+async def call(
+    host: Host,
+    pid: str,
+    trace_id: str,
+    branch: str | None,
+    step: Step,
+    attempt: int,
+    view: Mapping[str, Any],
+    finish: Callable[[dict[str, Any]], Awaitable[T]],
+) -> Ran[T] | Failed | None:
+    """Call the step with its arguments from ``view`` and make of its result what ``finish``
+    says (the changes, a subscription); None when it never ran (halted while it waited for
+    its resources, README "Limits on shared resources"). Only this actor's own cancellation
+    propagates (the step runs again at the next start)."""
+    if faults.ENABLED:
+        faults.point("before_step")
+    # Its requests carry the process's trace and this call's span (README "Traces").
+    traced = enter_step(host.tracing, pid, trace_id, branch, step.key, attempt)
+    try:
+        kwargs = inject(step.name, step.params, view, host.resources)
+        uses = slots_of(step, view)
+        # Thousands of branches may wait in their steps at once: each keeps its arguments,
+        # not a reference to its State.
+        del view
+        result = await call_step(host, pid, step, kwargs, uses)
+        value = await finish(to_json_values(step.name, result))
+    except Halted:
+        return None
+    except asyncio.CancelledError as exc:
+        if cancelled_from_outside():
+            raise
+        return Failed(exc)  # step code raised it itself (or cancelled what it awaited)
+    except BaseException as exc:  # SystemExit in workflow code fails the step, not orchd
+        return Failed(exc)
+    finally:
+        leave_step(traced)
+    if faults.ENABLED:
+        faults.point("after_step")
+    return Ran(value)
+
+
+__all__ = [
+    "Cursor", "Failed", "Line", "Move", "Ran", "Record", "Token", "answered", "call", "ended",
+    "expired", "new_token", "raised", "retried", "should_run", "skip_width", "skipped", "stays",
+    "waiting",
+]  # fmt: skip
