@@ -15,7 +15,7 @@ from typing import Any
 import pg_util
 import pytest
 from daemon_util import DaemonFactory, DaemonProcess
-from test_operations import events
+from tests_support import block_until
 
 LEASE = 2.0
 
@@ -61,12 +61,22 @@ def step_runs(runs: Path) -> list[tuple[str, str, int]]:
     return found
 
 
+def stamps(runs: Path) -> list[tuple[str, str, int, float]]:
+    """Every stamped step run: (process id, step, daemon pid, time it began)."""
+    found = []
+    for log in runs.glob("times-*.log"):
+        for line in log.read_text().splitlines():
+            pid, step, daemon, at = line.split(" ")
+            found.append((pid, step, int(daemon), float(at)))
+    return found
+
+
 def test_every_node_answers_for_every_process_and_names_the_live_nodes(cluster: Any) -> None:
     a, b = cluster(2)
     health = b.request("GET", "/api/health")[1]
     assert health["node"] == "b"
     assert [n["node_id"] for n in health["nodes"]] == ["a", "b"]
-    on_b = events(b)  # b's stream shows what a runs, in id order
+    on_b = b.events()  # b's stream shows what a runs, in id order
     try:
         check_requests(a, b, cluster.runs, on_b)
     finally:
@@ -101,7 +111,8 @@ def check_requests(a: DaemonProcess, b: DaemonProcess, runs: Path, on_b: Any) ->
     assert status == 422 and problem["errors"], problem
 
     seen = on_b.until(asked, "completed")
-    assert [e.data["step"] for e in seen if e.data["process_id"] == asked and e.data["step"]] == [
+    data = [e.json() for e in seen]
+    assert [d["step"] for d in data if d["process_id"] == asked and d["step"]] == [
         "init",
         "approve",  # suspended
         "approve",  # answered through b
@@ -273,3 +284,66 @@ def test_a_branch_callback_posted_to_another_node_reaches_its_branch(cluster: An
     process = a.wait_process(pid, ("completed",), timeout=30)
     assert process["state"]["circuit"] == "C-7"
     assert [x["action"] for x in process["actions"]] == ["start", "callback"]
+
+
+def test_a_node_whose_loop_is_blocked_past_its_lease_starts_nothing_more(cluster: Any) -> None:
+    a, b = cluster(2)
+    runs: Path = cluster.runs
+    go, block = runs / "go", runs / "block"
+    blocker = a.start_process("cluster_block", {"seconds": 3 * LEASE, "when": str(block)})
+    pids = [a.start_process("cluster_churn", {"hold": str(go), "pause": 0.01}) for _ in range(150)]
+    go.touch()
+    # While a's processes are in full swing (steps running, commits on their way), an async
+    # step blocks a's event loop for three leases.
+    block_until(
+        lambda: sum(step == "k3" for _, step, _ in step_runs(runs)) >= 20, "steps under way", 30
+    )
+    block.touch()
+    a_pid = a.proc.pid if a.proc is not None else -1
+    b_pid = b.proc.pid if b.proc is not None else -1
+
+    def completed() -> bool:
+        rows = pg_util.query(
+            cluster.url, "SELECT count(*) FROM processes WHERE status = 'completed'"
+        )
+        return bool(rows[0][0] == len(pids) + 1)
+
+    block_until(completed, "every process completed", 90)
+    # a knew it lost its lease, dropped what it ran and rejoined as a new incarnation.
+    a.wait_for_log("lost its lease", timeout=30)
+    a.wait_for_log("rejoined as a new incarnation", timeout=30)
+    assert takeovers(b) >= 1
+    times = stamps(runs)
+    blocked = [at for pid, step, _, at in times if pid == blocker and step == "blocked"]
+    woke = [at for pid, step, _, at in times if pid == blocker and step == "unblocked"]
+    assert len(blocked) == 1 and len(woke) == 1
+    # Once its loop woke up, a started nothing of the processes b had taken over (it goes on
+    # only with those that stayed its own: their rows were locked by its open commit).
+    on_b = {pid for pid, _, daemon, _ in times if daemon == b_pid}
+    late = [
+        (pid, step)
+        for pid, step, daemon, at in times
+        if daemon == a_pid and at > woke[0] and pid in on_b
+    ]
+    assert late == [], late
+    # No step started twice except the one each process was running when a's loop blocked:
+    # first on a before the block, then on b, which took the process over.
+    runs_of = Counter((pid, step) for pid, step, _, _ in times if step.startswith("k"))
+    twice = {key for key, n in runs_of.items() if n > 1}
+    assert all(runs_of[key] == 2 for key in twice)
+    assert len({pid for pid, _ in twice}) == len(twice)  # at most one step of each process
+    for pid, step, daemon, at in times:
+        if (pid, step) in twice:
+            assert (daemon, at < blocked[0]) in ((a_pid, True), (b_pid, False)), (pid, step)
+    # The stale node committed nothing: each step that ran twice holds b's result, and no
+    # step record was written twice.
+    for pid, step in twice:
+        assert b.get_process(pid)["state"][step] == b_pid, (pid, step)
+    doubled = pg_util.query(
+        cluster.url,
+        "SELECT s.process, s.name, count(*) FROM steps s GROUP BY s.process, s.name "
+        "HAVING count(*) > 1",
+    )
+    assert doubled == []
+    health = a.request("GET", "/api/health")[1]
+    assert health["status"] == "ok" and [n["node_id"] for n in health["nodes"]] == ["a", "b"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,14 @@ def _log(process_id: str, name: str) -> None:
     folder = Path(os.environ.get("ORCHD_TEST_DIR", "."))
     with open(folder / f"runs-{os.getpid()}.log", "a") as f:
         f.write(f"{process_id} {name} {os.getpid()}\n")
+
+
+def _stamp(process_id: str, name: str) -> None:
+    """``<process id> <step> <daemon pid> <time>`` to ``times-<daemon pid>.log``: when each run
+    began, for the tests that compare it with the moment a node's loop woke up."""
+    folder = Path(os.environ.get("ORCHD_TEST_DIR", "."))
+    with open(folder / f"times-{os.getpid()}.log", "a") as f:
+        f.write(f"{process_id} {name} {os.getpid()} {time.time():.6f}\n")
 
 
 #: The files steps are held on, each watched by one task of the daemon: a thousand held
@@ -171,3 +180,46 @@ def cluster_foreach() -> StepList:
 def cluster_branch_callback() -> StepList:
     wait = callback_step("await circuit", order_circuit, take_circuit)
     return init >> parallel("Provision", wait, begin >> _pause("inventory")) >> done
+
+
+# -- a node whose event loop is blocked past its lease (README "Scaling out") ----------------------
+
+
+def _churn(name: str):  # type: ignore[no-untyped-def]
+    @step(name)
+    async def churn(process_id: str, pause: float = 0.05, hold: str = "") -> State:
+        _log(process_id, name)
+        _stamp(process_id, name)
+        if hold:  # held until the test creates that file
+            await _until_exists(hold)
+        await asyncio.sleep(pause)
+        return {name: os.getpid()}
+
+    return churn
+
+
+@workflow("Twelve short steps", target=Target.SYSTEM)
+def cluster_churn() -> StepList:
+    steps = init >> _churn("k1")
+    for i in range(2, 13):
+        steps = steps >> _churn(f"k{i}")
+    return steps >> done
+
+
+@step("block the loop")
+async def block_loop(process_id: str, seconds: float, when: str) -> State:
+    """Once the file ``when`` exists, block the event loop for ``seconds`` (the first run
+    only: the node that takes the process over runs it again without blocking)."""
+    await _until_exists(when)
+    marker = Path(os.environ.get("ORCHD_TEST_DIR", ".")) / f"blocked-{process_id}"
+    if not marker.exists():
+        marker.touch()
+        _stamp(process_id, "blocked")
+        time.sleep(seconds)  # noqa: ASYNC251 (the point: an async step that blocks the loop)
+        _stamp(process_id, "unblocked")
+    return {"blocked_on": os.getpid()}
+
+
+@workflow("Blocks its node's event loop once", target=Target.SYSTEM)
+def cluster_block() -> StepList:
+    return init >> block_loop >> done

@@ -51,6 +51,11 @@ def default_node_id() -> str:
     return node
 
 
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 def redact(url: str) -> str:
     """The URL without its password, for messages."""
     scheme, sep, rest = url.partition("://")
@@ -196,8 +201,11 @@ class PgStore(PgReads):
     async def write(self, op: Op) -> Any:
         if self._writer is None:
             raise StoreError("the store is closed")
-        # Shielded: a cancelled caller does not cancel a commit that has begun.
-        return await asyncio.shield(self._writer.submit(op))
+        # Shielded: a cancelled caller does not cancel a commit that has begun (and what the
+        # commit answers a caller that is gone is read here, not left to asyncio's log).
+        pending = self._writer.submit(op)
+        pending.add_done_callback(_retrieved)
+        return await asyncio.shield(pending)
 
     def commit_now(self, op: Op) -> tuple[bool, Any]:
         return False, None
