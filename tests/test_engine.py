@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from functools import partial
 
 import msgspec
 import pytest
 from steering import Calls, FailurePlan
-from tests_support import DatabaseFactory, EngineFactory, settle
+from tests_support import DatabaseFactory, EngineFactory, settle, wait_until
 
 from orchd import Engine
 from orchd.errors import (
@@ -353,10 +353,14 @@ async def test_a_step_blocking_the_event_loop_is_named_in_a_warning(
     caplog.set_level(logging.WARNING, logger="orchd.engine.loopwatch")
     e = await engine_factory(["engine_flows"], name="db", block_warning=0.2)
     p = await e.wait(await e.start("blocking"))
-    await asyncio.sleep(0.3)
     assert p.status == "completed"
-    warnings = [r.getMessage() for r in caplog.records if r.name == "orchd.engine.loopwatch"]
-    assert any("blocks_the_loop" in w and "engine_flows.py" in w for w in warnings), warnings
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "orchd.engine.loopwatch"]
+
+    # The watcher logs once the loop is free again: wait for its line.
+    await wait_until(warnings, "a loop watch warning")
+    assert any("blocks_the_loop" in w and "engine_flows.py" in w for w in warnings()), warnings()
 
 
 async def test_an_action_is_taken_as_soon_as_a_read_shows_the_status_it_needs(
@@ -367,10 +371,14 @@ async def test_an_action_is_taken_as_soon_as_a_read_shows_the_status_it_needs(
     for attempt in range(20):
         failures["flaky"] = 1
         pid = await engine.start("flaky_task")
-        while (await engine.get(pid)).status != "failed":
-            await asyncio.sleep(0)
+        # Acts on the first read that shows it failed (every turn of the loop).
+        await wait_until(partial(_is, engine, pid, "failed"), f"{pid} failed", every=0)
         assert await engine.retry(pid) in ("running", "completed"), attempt
         assert (await engine.wait(pid)).status == "completed"
+
+
+async def _is(engine: Engine, pid: str, status: str) -> bool:
+    return (await engine.get(pid)).status == status
 
 
 def test_callback_tokens_never_start_with_a_dash() -> None:

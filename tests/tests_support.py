@@ -40,8 +40,11 @@ async def settle(engine: Engine, pid: str, *statuses: str) -> Process:
         await asyncio.sleep(0.01)
 
 
-async def wait_until(check: Callable[[], Any], what: str, within: float = 10.0) -> Any:
-    """Poll ``check()`` (a function or a coroutine function) every 10 ms until it answers
+async def wait_until(
+    check: Callable[[], Any], what: str, within: float = 10.0, every: float = 0.01
+) -> Any:
+    """Poll ``check()`` (a function or a coroutine function) every ``every`` seconds (0: at
+    each turn of the loop, to see a state that lasts a turn or two) until it answers
     something true, and return that: a test waits for the event, not for a time. Fails
     naming ``what`` after ``within`` seconds."""
     deadline = asyncio.get_running_loop().time() + within
@@ -52,7 +55,7 @@ async def wait_until(check: Callable[[], Any], what: str, within: float = 10.0) 
         if found:
             return found
         assert asyncio.get_running_loop().time() < deadline, f"{what}: not within {within} s"
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(every)
 
 
 def block_until(check: Callable[[], Any], what: str, within: float = 10.0) -> Any:
