@@ -23,8 +23,8 @@ from tests_support import EngineFactory, console_client
 
 import orchd
 from orchd.api.app import API as API_KEY
-from orchd.api.guard import TcpGuard
-from orchd.api.logins import FailedLogins
+from orchd.api.guard import TcpGuard, network_prefix
+from orchd.api.logins import FailedLogins, address_key
 from orchd.engine import Engine
 from orchd.settings import TcpSettings
 
@@ -254,3 +254,13 @@ def test_the_routes_do_not_build_the_console_the_app_composes_both() -> None:
     assert not {m for m in routes if m.startswith("orchd.api.console")}
     app, _ = imports_and_private_names(API / "app.py")
     assert {"orchd.api.routes", "orchd.api.console"} <= app
+
+
+def test_one_host_is_one_address_for_the_login_throttle_and_the_connection_caps() -> None:
+    for given, host, network in [
+        ("192.0.2.7", "192.0.2.7", "192.0.2.0/24"),
+        ("::ffff:192.0.2.7", "192.0.2.7", "192.0.2.0/24"),
+        ("2001:db8::1%eth0", "2001:db8::/64", "2001:db8::/64"),
+        ("?", "?", "?"),
+    ]:
+        assert (address_key(given), network_prefix(given)) == (host, network), given

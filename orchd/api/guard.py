@@ -45,7 +45,7 @@ import msgspec
 from aiohttp import web
 
 from orchd.api.identity import Identity, Verdict, bearer
-from orchd.api.logins import FailedLogins
+from orchd.api.logins import FailedLogins, ip_of
 from orchd.settings import TcpSettings, UnixSettings
 
 __all__ = [
@@ -101,12 +101,9 @@ class ConnectionCounts(msgspec.Struct, frozen=True, kw_only=True):
 def network_prefix(address: str) -> str:
     """The network a peer address counts in for ``max_per_prefix``: its IPv4 /24 (an
     IPv4-mapped IPv6 address too), its IPv6 /64."""
-    try:
-        ip = ipaddress.ip_address(address.partition("%")[0])
-    except ValueError:
+    ip = ip_of(address)
+    if ip is None:
         return address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     bits = 24 if isinstance(ip, ipaddress.IPv4Address) else 64
     return str(ipaddress.ip_network((ip, bits), strict=False))
 

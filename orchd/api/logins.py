@@ -27,7 +27,7 @@ from collections.abc import Callable
 from orchd.errors import TooManyRequests
 from orchd.settings import TcpSettings
 
-__all__ = ["FailedLogins", "address_key"]
+__all__ = ["FailedLogins", "address_key", "ip_of"]
 
 log = logging.getLogger("orchd.api.logins")
 
@@ -35,15 +35,24 @@ log = logging.getLogger("orchd.api.logins")
 MAX_TRACKED = 10_000
 
 
-def address_key(address: str) -> str:
-    """What one client is: an IPv4 address (an IPv4-mapped IPv6 one too), an IPv6 /64."""
+def ip_of(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer's address as the host it is: an IPv4-mapped IPv6 address is its IPv4 one, an
+    IPv6 zone (``%eth0``) is dropped; None for what is no IP address."""
     try:
         ip = ipaddress.ip_address(address.partition("%")[0])
     except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def address_key(address: str) -> str:
+    """What one client is: an IPv4 address (an IPv4-mapped IPv6 one too), an IPv6 /64."""
+    ip = ip_of(address)
+    if ip is None:
         return address
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
 
