@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 from cronsim import CronSim, CronSimError
@@ -33,14 +32,11 @@ from orchd.errors import ConfigError
 from orchd.settings import (
     RELOADS,
     ConsoleSettings,
-    Duration,
     EngineSettings,
     EventSettings,
     HttpSettings,
     LimitTable,
-    PositiveDuration,
     ScheduleSpec,
-    Settings,
     TcpSettings,
     TracingSettings,
     UnixSettings,
@@ -81,29 +77,8 @@ EXAMPLE_SCHEDULE: Mapping[str, Any] = {
 }
 
 
-class ScheduleConfig(Settings, frozen=True, kw_only=True):
-    """One ``[[schedules]]`` entry: a SYSTEM workflow run by the internal scheduler."""
-
-    workflow: str
-    name: str | None = None
-    every: PositiveDuration | None = None
-    cron: str | None = None
-    input: dict[str, Any] = {}
-    jitter: Duration = Duration("0s")
-    timezone: str = "UTC"
-    enabled: bool = True
-    misfire_grace: Duration = Duration("5m")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        # The scheduler and the API key entries by name; most configs never set one.
-        if self.name is None:
-            msgspec.structs.force_setattr(self, "name", self.workflow)
-
-    @property
-    def key(self) -> str:
-        """The entry's unique name (typed ``str``: ``name`` is filled in at decoding)."""
-        return self.name if self.name is not None else self.workflow
+#: A ``[[schedules]]`` entry as the file's tables name it (one declaration: `ScheduleSpec`).
+ScheduleConfig = ScheduleSpec
 
 
 class Config(EngineSettings, frozen=True, kw_only=True):
@@ -484,23 +459,22 @@ def _check_tcp(check: _Checker, tcp: TcpSettings) -> None:
 
 
 def schedule_specs(config: Config, *, source: str = DEFAULT_SOURCE) -> tuple[ScheduleSpec, ...]:
-    """The ``[[schedules]]`` entries checked and parsed for the scheduler, in file order.
+    """The ``[[schedules]]`` entries, checked for the scheduler, in file order.
 
     Raises ConfigError (``<file>: schedules[N].key: problem``) on the first bad entry.
     """
     check = _Checker(source)
-    specs: list[ScheduleSpec] = []
     seen: dict[str, int] = {}
     for i, entry in enumerate(config.schedules):
-        specs.append(check.schedule(entry, f"schedules[{i}]"))
-        if entry.key in seen:
+        check.schedule(entry, f"schedules[{i}]")
+        if entry.name in seen:
             check.fail(
                 f"schedules[{i}].name",
-                f"duplicate schedule name {entry.key!r} (also schedules[{seen[entry.key]}];"
+                f"duplicate schedule name {entry.name!r} (also schedules[{seen[entry.name]}];"
                 " set a distinct name)",
             )
-        seen[entry.key] = i
-    return tuple(specs)
+        seen[entry.name] = i
+    return tuple(config.schedules)
 
 
 class _Checker:
@@ -527,36 +501,17 @@ class _Checker:
                     '(e.g. "orchd.example.net", "orchd.example.net:8443", "[::1]:8470")',
                 )
 
-    def schedule(self, entry: ScheduleConfig, at: str) -> ScheduleSpec:
+    def schedule(self, entry: ScheduleSpec, at: str) -> None:
         if not entry.workflow:
             self.fail(f"{at}.workflow", "must not be empty")
         if (entry.every is None) == (entry.cron is None):
             which = "both" if entry.every is not None else "neither"
             self.fail(at, f"set exactly one of 'every' or 'cron' ({which} given)")
-        try:
-            zone = ZoneInfo(entry.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            self.fail(
-                f"{at}.timezone",
-                f"unknown time zone {entry.timezone!r} (e.g. UTC, Europe/Amsterdam)",
-            )
         if entry.cron is not None:
             try:
-                CronSim(entry.cron, datetime.now(UTC).astimezone(zone))
+                CronSim(entry.cron, datetime.now(UTC).astimezone(entry.timezone))
             except CronSimError as exc:
                 self.fail(f"{at}.cron", f"invalid cron expression {entry.cron!r}: {exc}")
-        return ScheduleSpec(
-            name=entry.key,
-            workflow=entry.workflow,
-            input=dict(entry.input),
-            every=entry.every,
-            every_text=None if entry.every is None else entry.every.text,
-            cron=entry.cron,
-            zone=zone,
-            jitter=entry.jitter,
-            misfire_grace=entry.misfire_grace,
-            enabled=entry.enabled,
-        )
 
 
 def _token_path(config: Config, env: Mapping[str, str], source: str) -> Path | None:

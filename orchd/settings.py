@@ -16,7 +16,7 @@ import re
 import types
 import typing
 from typing import Annotated, Any, ClassVar, Self
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
@@ -42,6 +42,7 @@ __all__ = [
     "parse_duration",
     "parse_rate",
     "reloadable",
+    "time_zone",
 ]
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
@@ -136,8 +137,13 @@ def reloadable(struct: type[msgspec.Struct]) -> frozenset[str]:
 _KIND = {bool: "bool", int: "int", float: "float", str: "str", list: "array", dict: "object"}
 
 
+def _kind(value: object) -> str:
+    return _KIND.get(type(value), type(value).__name__)
+
+
 def decode_setting(kind: type, value: Any) -> Any:
-    """msgspec's ``dec_hook`` for the types declared here (a file's durations and limits).
+    """msgspec's ``dec_hook`` for the types declared here (a file's durations, limits and
+    time zones).
 
     A ValueError becomes msgspec's ValidationError, which names the key; `Limits` raise
     ConfigError naming their own key (``limits.NAME.rate``)."""
@@ -145,11 +151,14 @@ def decode_setting(kind: type, value: Any) -> Any:
         if not isinstance(value, str):
             # A bare number would be read in seconds, and "7" where "7d" was meant deletes
             # a week of processes in seven seconds: a duration names its unit.
-            got = _KIND.get(type(value), type(value).__name__)
-            raise ValueError(f'expected a duration string such as "30s", got {got}')
+            raise ValueError(f'expected a duration string such as "30s", got {_kind(value)}')
         return kind(value)
     if kind is Limits:
         return Limits.decode(value)
+    if kind is ZoneInfo:
+        if not isinstance(value, str):
+            raise ValueError(f'expected a time zone name such as "UTC", got {_kind(value)}')
+        return time_zone(value)
     raise NotImplementedError
 
 
@@ -224,7 +233,7 @@ class Limits(dict[str, LimitSpec]):
     def decode(cls, raw: Any) -> Limits:
         """The table as the file gives it, checked; ConfigError names the entry's key."""
         if not isinstance(raw, dict):
-            raise ConfigError(f"limits: expected a table, got {_KIND.get(type(raw), 'value')}")
+            raise ConfigError(f"limits: expected a table, got {_kind(raw)}")
         found = cls()
         for name, entry in raw.items():
             found[name] = _limit(name, entry)
@@ -379,26 +388,49 @@ class TracingSettings(Settings, frozen=True, kw_only=True):
     enabled: bool = False
 
 
-class ScheduleSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """One ``[[schedules]]`` entry as the scheduler runs it: parsed and checked at load.
+def time_zone(name: str) -> ZoneInfo:
+    """The zone ``name`` names; ValueError, in the config's words, for anything else."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):  # a path, or "": refused as unknown too
+        raise ValueError(f"unknown time zone {name!r} (e.g. UTC, Europe/Amsterdam)") from None
 
-    Exactly one of ``every`` and ``cron`` is set; the cron expression is known to be valid
-    in ``zone``. Only what the config cannot know (does the workflow exist, is it a SYSTEM
-    task) is left for the scheduler to check.
+
+class ScheduleSpec(Settings, frozen=True, kw_only=True):
+    """One ``[[schedules]]`` entry: a SYSTEM workflow run by the internal scheduler.
+
+    The config checks at load that exactly one of ``every`` and ``cron`` is set and that the
+    cron expression is valid in ``timezone`` (``orchd.config.schedule_specs``). Only what the
+    config cannot know (does the workflow exist, is it a SYSTEM task) is left for the
+    scheduler to check.
     """
 
-    #: The entry's unique name (the workflow's unless the entry names one).
-    name: str
     workflow: str
-    input: dict[str, Any] = {}
-    #: Seconds between runs, or None for a cron entry.
-    every: float | None = None
-    #: ``every`` as written ("5m"), for the API and reload messages.
-    every_text: str | None = None
+    #: The entry's unique name (the workflow's unless the entry names one).
+    name: str = ""
+    #: Time between runs, or None for a cron entry.
+    every: PositiveDuration | None = None
     cron: str | None = None
-    zone: ZoneInfo = ZoneInfo("UTC")
-    #: Up to this many seconds are added at random to each fire time.
-    jitter: float = 0.0
-    #: A fire time missed while the daemon was down runs at start when at most this old.
-    misfire_grace: float = 300.0
+    #: The initial State of each run.
+    input: dict[str, Any] = {}
+    #: Up to this much is added at random to each fire time.
+    jitter: Duration = Duration("0s")
+    #: The zone cron expressions are read in.
+    timezone: ZoneInfo = ZoneInfo("UTC")
     enabled: bool = True
+    #: A fire time missed while the daemon was down runs at start when at most this old.
+    misfire_grace: Duration = Duration("5m")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # The scheduler and the API key entries by name; most configs never set one.
+        if not self.name:
+            msgspec.structs.force_setattr(self, "name", self.workflow)
+        given: object = self.timezone
+        if isinstance(given, str):  # given in code, as the file gives it
+            msgspec.structs.force_setattr(self, "timezone", time_zone(given))
+
+    @property
+    def every_text(self) -> str | None:
+        """``every`` as written ("5m"), for the API and reload messages."""
+        return None if self.every is None else self.every.text

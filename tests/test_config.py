@@ -183,13 +183,13 @@ def test_schedule_name_defaults_to_workflow(write) -> None:
     path = write("[[schedules]]\nworkflow = 'w'\nevery = '1h30m'\njitter = '250ms'")
     config = load_config(path, env={}).config
     (entry,), (spec,) = config.schedules, schedule_specs(config)
-    assert entry.name == entry.key == spec.name == "w"
+    assert entry.name == spec.name == "w" and spec.every_text == "1h30m"
     assert (spec.every, spec.jitter, spec.misfire_grace) == (
         5400,
         0.25,
         300,
     )
-    assert entry.enabled and entry.input == {} and entry.timezone == "UTC"
+    assert entry.enabled and entry.input == {} and entry.timezone.key == "UTC"
 
 
 def test_duplicate_schedule_names(write) -> None:
@@ -206,7 +206,7 @@ def test_duplicate_schedule_names(write) -> None:
 def test_timezone(write) -> None:
     path = write("[[schedules]]\nworkflow = 'w'\ncron = '0 2 * * *'\ntimezone = 'Europe/Amsterdam'")
     (entry,) = schedule_specs(load_config(path, env={}).config)
-    assert entry.zone.key == "Europe/Amsterdam"
+    assert entry.timezone.key == "Europe/Amsterdam"
 
 
 @pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "../etc/passwd", ""])

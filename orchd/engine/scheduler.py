@@ -59,7 +59,7 @@ def next_fire_time(config: ScheduleSpec, after: float) -> float:
     if every is not None:
         return after + every
     assert config.cron is not None
-    start = datetime.fromtimestamp(after, config.zone)
+    start = datetime.fromtimestamp(after, config.timezone)
     try:
         return next(CronSim(config.cron, start)).timestamp()
     except StopIteration:
@@ -84,7 +84,7 @@ def latest_missed(config: ScheduleSpec, first: float, now: float) -> float:
     if every is not None:
         return first + math.floor((now - first) / every) * every
     assert config.cron is not None
-    start = datetime.fromtimestamp(now, config.zone)
+    start = datetime.fromtimestamp(now, config.timezone)
     latest = next(CronSim(config.cron, start, reverse=True)).timestamp()
     return max(latest, first)
 
@@ -433,7 +433,7 @@ class Scheduler:
                 entry.skipped = row.skipped
 
 
-_TIMING = ("every", "cron", "zone", "enabled")
+_TIMING = ("every", "cron", "timezone", "enabled")
 
 
 def _info(e: _Entry) -> ScheduleInfo:
@@ -447,7 +447,7 @@ def _info(e: _Entry) -> ScheduleInfo:
         workflow=c.workflow,
         every=c.every_text,
         cron=c.cron,
-        timezone=c.zone.key,
+        timezone=c.timezone.key,
         enabled=c.enabled,
         running=e.last_status in RUNNING,
         last_run=last,
@@ -464,13 +464,12 @@ def _diff(old: ScheduleSpec, new: ScheduleSpec) -> str:
 
     def shown(name: str, c: ScheduleSpec) -> str:
         value = getattr(c, name)
-        if name == "zone":
+        if name == "timezone":
             return repr(value.key)
         return f"{value:g}s" if name in ("jitter", "misfire_grace") else repr(value)
 
     parts = [f"{when(old)} -> {when(new)}"] if when(old) != when(new) else []
-    for name in ("workflow", "input", "jitter", "zone", "enabled", "misfire_grace"):
+    for name in ("workflow", "input", "jitter", "timezone", "enabled", "misfire_grace"):
         if getattr(old, name) != getattr(new, name):
-            label = "timezone" if name == "zone" else name
-            parts.append(f"{label} {shown(name, old)} -> {shown(name, new)}")
+            parts.append(f"{name} {shown(name, old)} -> {shown(name, new)}")
     return ", ".join(parts)
