@@ -3,8 +3,7 @@ PostgreSQL's store, and its driver, are imported only for a PostgreSQL URL."""
 
 from __future__ import annotations
 
-from orchd.dburl import driver_missing, is_postgres
-from orchd.dburl import sqlite_path as sqlite_path
+from orchd.dburl import driver_missing, is_postgres, sqlite_path
 from orchd.errors import ConfigError
 from orchd.store.base import Store
 from orchd.store.sqlite import SqliteStore
