@@ -112,7 +112,11 @@ def test_bench_postgres_rows_compare_p1_with_raw_commits_and_nodes_with_one(
         timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    for label in ("PG raw commit", "PG P1 ", "x raw", "PG 1 node", "PG 2 nodes", "PG 3 nodes"):
+    for label in (
+        "PG raw commit", "PG P1 ", "x raw", "PG 1 node", "PG 2 nodes", "PG 3 nodes",
+        "PG P2 one 10-step process", "10 raw commits, interleaved",  # P2 on the same server
+        "PG CPU per 10-step process", "ms on SQLite",  # the same processes on SQLite
+    ):  # fmt: skip
         assert label in result.stdout, result.stdout
     # The run's database was dropped at the end (other runs on the server may have theirs).
     [name] = re.findall(r"in database (orchd_bench_\w+)", result.stderr)
