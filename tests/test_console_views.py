@@ -10,6 +10,7 @@ from __future__ import annotations
 import html as htmllib
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,7 +18,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from tests_support import EngineFactory, console_client, settle
 
+from orchd.api.console import timeline
 from orchd.engine import Engine
+from orchd.model import Process, ProcessStatus, StepRecord, StepStatus, Target
 
 Client = TestClient[web.Request, web.Application]
 TOKEN = "console-views-token-0123456789abcdefghij"
@@ -221,7 +224,7 @@ async def test_the_timeline_draws_a_lane_per_branch_with_waits_and_retries(
     assert len(re.findall(r'<g class="wait s-waiting">', figure)) == 1
     retried = re.findall(r'<g class="bar s-success retry"><title>([^<]+)</title>', figure)
     assert len(retried) == 1 and "settle port" in retried[0] and "attempt 2" in retried[0]
-    assert "1 waits, 1 retries" in figure
+    assert "21 lanes, 1 wait, 1 retry" in figure
     assert "style=" not in text and "<script>" not in text
 
 
@@ -231,3 +234,47 @@ async def test_the_timeline_escapes_what_workflows_wrote(engine: Engine, client:
     figure = text[text.index('<figure class="timeline"') :].split("</figure>")[0]
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in figure
     assert "<script>alert" not in text
+
+
+def test_a_timeline_of_many_branches_draws_sixty_lanes_and_a_wait_until_now() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    records = [
+        StepRecord(
+            name="settle port",
+            status=StepStatus.SUCCESS,
+            started_at=start + timedelta(seconds=n % 7),
+            finished_at=start + timedelta(seconds=n % 7 + 1),
+            branch=f"Each/{n}",
+        )
+        for n in range(100)
+    ]
+    records.append(
+        StepRecord(
+            name="ask port",
+            status=StepStatus.SUSPENDED,
+            started_at=start + timedelta(seconds=9),
+            finished_at=start + timedelta(seconds=9),
+        )
+    )
+    process = Process(
+        id="00000000-0000-4000-8000-000000000001",
+        workflow="w",
+        target=Target.SYSTEM,
+        status=ProcessStatus.SUSPENDED,
+        state={},
+        steps=records,
+        actions=[],
+        created_at=start,
+        updated_at=start + timedelta(seconds=9),
+    )
+    numbered = [(n + 1, r, r.branch) for n, r in enumerate(records)]
+    drawn = timeline.build(process, numbered, now=start + timedelta(seconds=20))
+    assert drawn is not None
+    assert len(drawn.lanes) == timeline.MAX_LANES and drawn.more_lanes == 101 - 60
+    assert [lane.name for lane in drawn.lanes[:3]] == ["main", "Each/0", "Each/1"]  # 1 before 10
+    assert len(drawn.bars) == 1 + 59  # the main line's and the drawn branches'
+    (wait,) = drawn.waits  # from the form's question until now, the whole right half
+    assert wait.title == "ask port: waited for a form, 11.0 s"
+    assert wait.x + wait.width == pytest.approx(timeline.LABEL_W + timeline.CHART_W, abs=0.2)
+    assert drawn.now_x == pytest.approx(timeline.LABEL_W + timeline.CHART_W)
+    assert [t.label for t in drawn.ticks] == ["0", "5 s", "10 s", "15 s", "20 s"]

@@ -164,13 +164,20 @@ def build(
                 timeline.waits.append(_wait(record, now, y, x_of))
         timeline.now_x = x_of(now)
     retries = sum(1 for b in timeline.bars if b.retry)
-    timeline.summary = (
-        f"{len(timeline.bars)} steps over {duration(start, end)} in {len(shown)} "
-        f"lane{'s' if len(shown) != 1 else ''}"
-        + (f", {len(timeline.waits)} waits" if timeline.waits else "")
-        + (f", {retries} retries" if retries else "")
-    )
+    counts = [
+        _count(len(timeline.bars), "step", "steps") + f" over {duration(start, end)}",
+        _count(len(shown), "lane", "lanes"),
+    ]
+    if timeline.waits:
+        counts.append(_count(len(timeline.waits), "wait", "waits"))
+    if retries:
+        counts.append(_count(retries, "retry", "retries"))
+    timeline.summary = ", ".join(counts)
     return timeline
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 def _bar(n: int, record: StepRecord, attempt: int, y: float, x_of: XOf) -> Bar:
