@@ -34,7 +34,7 @@ async def nodes(pg_server: pg_util.PgServer) -> AsyncIterator[tuple[str, Open]]:
             database=url,
             workflows=["engine_flows"],
             node_id=node,
-            lease_timeout=1.0,
+            lease_timeout=settings.pop("lease_timeout", 1.0),
             resources={Gate: gate, Calls: calls, FailurePlan: FailurePlan()},
             grace_period=0.5,
             **settings,
@@ -92,6 +92,34 @@ async def test_a_node_that_lost_its_lease_cannot_overwrite_its_successor(
     again = await b.get(pid)
     assert [s.name for s in again.steps] == ["init", "slow", "always", "done"]
     assert again.status == "completed" and calls_a["always"] == 0
+
+
+async def test_no_step_starts_while_the_lease_is_within_its_margin_of_lapsing(
+    nodes: tuple[str, Open],
+) -> None:
+    url, open_node = nodes
+    calls = Calls()
+    a = await open_node("a", Gate(open=True), calls, lease_timeout=6.0)
+    assert a.node is not None and a.node.gate is not None
+    gate = a.node.gate
+    # The database holds the node's row: the keeper's renewals wait and time out, and the
+    # lease runs towards its end (1.5 s of its 6 s are the margin).
+    conn = await asyncpg.connect(url)
+    try:
+        hold = conn.transaction()
+        await hold.start()
+        await conn.execute("SELECT 1 FROM nodes WHERE node_id = 'a' FOR UPDATE")
+        await wait_until(lambda: not gate.open, "the lease within its margin")
+        pid = await a.start("slow_task")
+        await wait_until(lambda: gate.waiting >= 1, "the process waits at the gate")
+        assert calls["slow"] == 0 and (await a.get(pid)).steps == []
+        await hold.rollback()  # the next renewal goes through, before the lease lapsed
+    finally:
+        await conn.close()
+    done = await a.wait(pid, timeout=10)
+    assert [s.name for s in done.steps] == ["init", "slow", "always", "done"]
+    assert done.status == "completed" and calls["slow"] == 1
+    assert a.node.rejoined == 0  # renewed in time: the same incarnation goes on
 
 
 async def test_a_stale_incarnation_with_the_same_node_id_commits_nothing(

@@ -48,6 +48,8 @@ class Gate:
         self._passed: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = (
             weakref.WeakKeyDictionary()
         )
+        #: Actors waiting at the gate now (for the renewal, or to be told the lease is lost).
+        self.waiting = 0
         self._changed = asyncio.Event()
         _gates[host] = self
 
@@ -71,10 +73,14 @@ class Gate:
             if self.lost is not None:
                 raise LeaseLost(f"this node lost its lease ({self.lost}); it starts nothing")
             self._changed.clear()
-            # The keeper tells of each renewal; look again now and then regardless.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.margin):
-                    await self._changed.wait()
+            self.waiting += 1
+            try:
+                # The keeper tells of each renewal; look again now and then regardless.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.margin):
+                        await self._changed.wait()
+            finally:
+                self.waiting -= 1
 
     async def drop(self) -> None:
         """The lease is lost: cancel the actors that started work under it, and wait until

@@ -102,32 +102,38 @@ class LeaseKeeper:
         loop = asyncio.new_event_loop()
         conn: asyncpg.Connection | None = None
         every = self.lease_timeout / 3
+        due = time.monotonic() + every
         try:
-            while not self._stopping.wait(max(0.0, every - self._probe(every))):
-                conn = loop.run_until_complete(self._renew(conn, every))
+            while not self._stopping.wait(max(0.0, due - time.monotonic())):
+                self._probe(every)
+                began = time.monotonic()
+                conn, renewed = loop.run_until_complete(self._renew(conn, every))
                 if self.lost is not None:
                     return
+                # A renewal that failed is tried again soon, not a whole period later: the
+                # lease may still be saved before it lapses.
+                due = began + every if renewed else time.monotonic() + min(0.5, every / 4)
         finally:
             if conn is not None:
                 with contextlib.suppress(*_TROUBLE):
                     loop.run_until_complete(asyncio.wait_for(conn.close(), every))
             loop.close()
 
-    def _probe(self, every: float) -> float:
-        """Ask the loop for a sign of life, waiting a little for it; answers the time spent."""
-        began = time.monotonic()
+    def _probe(self, every: float) -> None:
+        """Ask the loop for a sign of life, waiting a little for it."""
         self._answered.clear()
         try:
             self._loop.call_soon_threadsafe(self._answer)
         except RuntimeError:  # the loop closed under us
             self._stopping.set()
-            return 0.0
+            return
         self._answered.wait(min(1.0, every / 4))
-        return time.monotonic() - began
 
     async def _renew(
         self, conn: asyncpg.Connection | None, every: float
-    ) -> asyncpg.Connection | None:
+    ) -> tuple[asyncpg.Connection | None, bool]:
+        """Renew once; answers the connection to use next and whether the attempt reached
+        the database (False: try again soon)."""
         # At most lease_timeout past the loop's last sign of life: a loop blocked that long
         # loses the lease.
         sent = time.monotonic()
@@ -138,7 +144,7 @@ class LeaseKeeper:
                 self.node,
                 sent - self._seen,
             )
-            return conn
+            return conn, True
         row = None
         try:
             async with asyncio.timeout(every):
@@ -152,7 +158,7 @@ class LeaseKeeper:
             log.warning("node %s: lease not renewed: %s", self.node, str(exc) or type(exc).__name__)
             if conn is not None:
                 conn.terminate()
-            return None
+            return None, False
         if until is None:
             if row is None:
                 self.lost = "its row in nodes is gone"
@@ -166,4 +172,4 @@ class LeaseKeeper:
             self.until = float(until)
             self.held_until = max(self.held_until, sent + left)
         self._tell()
-        return conn
+        return conn, True
