@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -369,6 +370,14 @@ class DaemonProcess:
     def events(self, path: str = "/api/events", last_event_id: str | None = None) -> EventStream:
         """The daemon's event stream (see ``EventStream``)."""
         return EventStream(self.socket, path, last_event_id=last_event_id)
+
+    def metric(self, name: str) -> float:
+        """The value of the sample ``name`` (labels and all, as written) in ``GET /metrics``."""
+        status, text = self.request("GET", "/metrics")
+        assert status == 200, (status, text)
+        found = re.search(rf"^{re.escape(name)} (\S+)$", str(text), re.MULTILINE)
+        assert found is not None, f"{name} not in /metrics"
+        return float(found.group(1))
 
     def start_process(self, workflow: str, body: Any = None) -> str:
         status, answer = self.request("POST", f"/api/processes/{workflow}", body or {})

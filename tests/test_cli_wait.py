@@ -75,14 +75,6 @@ def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-def streams_open(daemon: DaemonProcess) -> int:
-    status, text = daemon.request("GET", "/metrics")
-    assert status == 200, (status, text)
-    found = re.search(r"^orchd_event_streams (\d+)", str(text), re.MULTILINE)
-    assert found, text
-    return int(found.group(1))
-
-
 def await_streams(daemon: DaemonProcess, count: int, proc: subprocess.Popen[str] | None) -> None:
     """Until ``count`` event streams are open; fails at once when ``proc`` exits first."""
 
@@ -90,7 +82,7 @@ def await_streams(daemon: DaemonProcess, count: int, proc: subprocess.Popen[str]
         if proc is not None and proc.poll() is not None:
             out, err = proc.communicate()
             raise AssertionError(f"the waiter exited {proc.returncode} early:\n{out}\n{err}")
-        return streams_open(daemon) == count
+        return daemon.metric("orchd_event_streams") == count
 
     block_until(reached, f"{count} event streams open", within=WAIT)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from daemon_util import DaemonFactory, DaemonProcess, free_port, tcp_request
+from tests_support import block_until
 
 #: The daemon's limit on open files (soft and hard), well below what the test opens.
 NOFILE = 200
@@ -76,10 +77,7 @@ def closed(socks: list[socket.socket]) -> int:
 def wait_closed(socks: list[socket.socket], count: int, timeout: float) -> float:
     """Wait until ``count`` of ``socks`` are closed by the daemon; return the time it took."""
     started = time.monotonic()
-    while closed(socks) < count:
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{closed(socks)} of {len(socks)} closed, expected {count}")
-        time.sleep(0.05)
+    block_until(lambda: closed(socks) >= count, f"{count} of {len(socks)} closed", within=timeout)
     return time.monotonic() - started
 
 
@@ -151,7 +149,10 @@ def test_a_complete_request_head_stops_the_header_timer(
     sock.sendall(head + b"\r")
     sock.sendall(b"\n")
     assert read_status(sock) == 200
-    time.sleep(1.5)
+    # A connection opened after that answer is closed by its header timer: had the complete
+    # head not stopped this connection's timer, started before it, it would have fired first.
+    [later] = open_idle(stack, port, 1)
+    wait_closed([later], 1, timeout=10.0)
     sock.sendall(head + b"\r\n")
     assert read_status(sock) == 200
 
@@ -171,7 +172,11 @@ def test_one_peer_address_is_capped_and_others_still_connect(
     greedy = open_idle(stack, port, 12)
     wait_closed(greedy, 7, timeout=3.0)
     other = open_idle(stack, port, 5, source="127.0.0.2")
-    time.sleep(0.5)
+    # Once the daemon has taken the other peer's five, they were admitted or refused.
+    block_until(
+        lambda: daemon.metric("orchd_tcp_connections_accepted_total") >= 10,
+        "the other peer's connections taken",
+    )
     assert closed(greedy) == 7 and closed(other) == 0
     assert "max_per_peer" in daemon.last_run_stderr()
 

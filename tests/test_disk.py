@@ -151,13 +151,6 @@ def health(daemon: DaemonProcess) -> tuple[int, dict[str, Any]]:
     return status, dict(body)
 
 
-def failing_gauge(daemon: DaemonProcess) -> str:
-    status, text = daemon.request("GET", "/metrics")
-    assert status == 200
-    (line,) = [ln for ln in str(text).splitlines() if ln.startswith("orchd_store_failing ")]
-    return line.split()[1]
-
-
 def ran_again(daemon: DaemonProcess, pid: str, times: int) -> bool:
     """Whether one of the process's steps has run ``times`` times."""
     return any(daemon.step_runs(pid, name) >= times for name in STEPS[1:-1])
@@ -226,7 +219,7 @@ def test_full_disk_degrades_then_recovers(
     body = block_until(lambda: degraded(daemon), "health reports the full disk", within=5)
     assert body["status"] == "degraded"
     assert "disk is full" in body["database"], body
-    assert failing_gauge(daemon) == "1"
+    assert daemon.metric("orchd_store_failing") == 1
     # New work is refused with a clear problem, not accepted and lost.
     status, problem = daemon.request("POST", "/api/processes/steady", {})
     assert status == 503, problem
@@ -253,7 +246,7 @@ def test_full_disk_degrades_then_recovers(
         "every process completed after the disk was freed",
     )
     assert health(daemon)[0] == 200
-    assert failing_gauge(daemon) == "0"
+    assert daemon.metric("orchd_store_failing") == 0
     assert daemon.stop() == 0
     assert db_rows(daemon.db, "PRAGMA integrity_check") == [("ok",)]
     assert_whole(daemon.db, pids)
@@ -368,7 +361,7 @@ def test_long_lock_refuses_a_start_then_recovers(make_daemon: Callable[..., Daem
         assert BUSY_TIMEOUT - 0.5 <= waited < 2 * BUSY_TIMEOUT, waited
         body = degraded(daemon)
         assert body is not None and "locked" in body["database"], body
-        assert failing_gauge(daemon) == "1"
+        assert daemon.metric("orchd_store_failing") == 1
         assert snapshot(daemon.db).keys() == before.keys()  # the refused start left nothing
     block_until(
         lambda: daemon.get_process(running)["status"] == "completed",
@@ -406,7 +399,7 @@ def test_database_file_gone_is_reported(
     # Without a write in between: an idle daemon must notice too.
     body = block_until(lambda: degraded(daemon), "health reports the lost file", within=3)
     assert how in body["database"] and target in body["database"], body
-    assert failing_gauge(daemon) == "1"
+    assert daemon.metric("orchd_store_failing") == 1
     # A write is refused rather than made into a file no later start will see.
     status, problem = daemon.request("POST", "/api/processes/steady", {"pause": 0})
     assert status == 503, problem

@@ -5,11 +5,11 @@ against a real daemon."""
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterator
 
 import pytest
 from daemon_util import DaemonFactory, DaemonProcess
+from tests_support import block_until
 
 
 def open_stream(daemon: DaemonProcess, *, rcvbuf: int | None = None) -> tuple[socket.socket, bytes]:
@@ -37,14 +37,6 @@ def streams() -> Iterator[list[socket.socket]]:
         sock.close()
 
 
-def metric(daemon: DaemonProcess, name: str) -> float:
-    _, text = daemon.request("GET", "/metrics")
-    for line in str(text).splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"no {name} in /metrics")
-
-
 def test_streams_beyond_the_per_client_cap_get_429(
     daemon_factory: DaemonFactory, streams: list[socket.socket]
 ) -> None:
@@ -56,11 +48,9 @@ def test_streams_beyond_the_per_client_cap_get_429(
     sock, head = open_stream(daemon)
     streams.append(sock)
     assert head.startswith(b"HTTP/1.1 429 ") and b"application/problem+json" in head
-    assert metric(daemon, "orchd_event_streams") == 2
+    assert daemon.metric("orchd_event_streams") == 2
     streams.pop(0).close()
-    deadline = time.monotonic() + 5
-    while metric(daemon, "orchd_event_streams") > 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    block_until(lambda: daemon.metric("orchd_event_streams") <= 1, "the closed stream gone")
     sock, head = open_stream(daemon)
     streams.append(sock)
     assert head.startswith(b"HTTP/1.1 200 ")
@@ -77,7 +67,7 @@ def test_streams_beyond_the_daemons_cap_get_429(
     sock, head = open_stream(daemon)
     streams.append(sock)
     assert head.startswith(b"HTTP/1.1 429 ")
-    assert metric(daemon, "orchd_event_streams_refused_total") == 1
+    assert daemon.metric("orchd_event_streams_refused_total") == 1
 
 
 def test_a_client_that_stops_reading_is_disconnected(
@@ -91,6 +81,6 @@ def test_a_client_that_stops_reading_is_disconnected(
     for _ in range(400):
         daemon.start_process("quick")
     daemon.wait_for_log("dropped an event stream", timeout=15)
-    assert metric(daemon, "orchd_event_streams_dropped_total") == 1
-    assert metric(daemon, "orchd_event_streams") == 0
+    assert daemon.metric("orchd_event_streams_dropped_total") == 1
+    assert daemon.metric("orchd_event_streams") == 0
     assert daemon.request("GET", "/api/health")[0] == 200

@@ -84,14 +84,6 @@ def tcp_daemon(
     return daemon, port
 
 
-def metric(daemon: DaemonProcess, name: str) -> float:
-    status, text = daemon.request("GET", "/metrics")
-    assert status == 200
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    assert found is not None, f"{name} not in /metrics"
-    return float(found.group(1))
-
-
 def logfmt_lines(daemon: DaemonProcess) -> list[dict[str, str]]:
     return [parse_logfmt(line) for line in daemon.last_run_stderr().splitlines()]
 
@@ -348,8 +340,8 @@ def test_wrong_tokens_are_logged_and_throttled_per_address_by_default(
     _, document = daemon.request("GET", "/api/openapi.json")
     too_many = document["components"]["responses"]["TooManyRequests"]["description"]
     assert "wrong tokens" in too_many and "Retry-After" in too_many
-    assert metric(daemon, "orchd_failed_logins_total") == 20
-    assert metric(daemon, "orchd_failed_logins_throttled_total") == 2
+    assert daemon.metric("orchd_failed_logins_total") == 20
+    assert daemon.metric("orchd_failed_logins_throttled_total") == 2
     assert daemon.stop() == 0
     lines = logfmt_lines(daemon)
     failed = [f for f in lines if f["msg"] == "failed login"]
@@ -478,7 +470,7 @@ def test_the_unix_socket_caps_its_connections(daemon_factory: DaemonFactory) -> 
 
 def metric_or_none(daemon: DaemonProcess) -> float | None:
     try:
-        return metric(daemon, "orchd_unix_connections_refused_total")
+        return daemon.metric("orchd_unix_connections_refused_total")
     except (OSError, http.client.HTTPException):
         return None
 
@@ -508,8 +500,8 @@ def test_eight_addresses_cannot_keep_callbacks_and_the_token_out(
             hold_idle(stack, port, f"127.0.{n}.1", 4)
         block_until(
             lambda: (
-                metric(daemon, "orchd_tcp_connections_accepted_total") == 20
-                and metric(daemon, 'orchd_tcp_connections_refused_total{cap="listener"}') == 12
+                daemon.metric("orchd_tcp_connections_accepted_total") == 20
+                and daemon.metric('orchd_tcp_connections_refused_total{cap="listener"}') == 12
             ),
             "the idle connections placed",
         )
@@ -529,8 +521,8 @@ def test_eight_addresses_cannot_keep_callbacks_and_the_token_out(
         assert refused(port, "127.0.11.1", f"GET /api/workflows HTTP/1.1\r\n{host}\r\n".encode())
         wrong = f"GET /api/workflows HTTP/1.1\r\n{host}Authorization: Bearer {WRONG}\r\n\r\n"
         assert refused(port, "127.0.12.1", wrong.encode())
-        assert metric(daemon, 'orchd_tcp_connections_refused_total{cap="reserve"}') == 2
-        assert metric(daemon, "orchd_failed_logins_total") == 1
+        assert daemon.metric('orchd_tcp_connections_refused_total{cap="reserve"}') == 2
+        assert daemon.metric("orchd_failed_logins_total") == 1
     assert daemon.stop() == 0
     failed = [f for f in logfmt_lines(daemon) if f["msg"] == "failed login"]
     assert [f["address"] for f in failed] == ["127.0.12.1"]
@@ -545,10 +537,10 @@ def test_one_network_cannot_fill_the_listener(
         for n in range(1, 9):  # eight addresses of one /24
             hold_idle(stack, port, f"127.0.20.{n}", 4)
         block_until(
-            lambda: metric(daemon, 'orchd_tcp_connections_refused_total{cap="prefix"}') == 24,
+            lambda: daemon.metric('orchd_tcp_connections_refused_total{cap="prefix"}') == 24,
             "the network's connections past its cap reset",
         )
-        assert metric(daemon, "orchd_tcp_connections") == 8
+        assert daemon.metric("orchd_tcp_connections") == 8
         # Anyone else is served, with no token needed for health.
         assert ask(port, "GET", "/api/health", source="127.0.21.1")[0] == 200
     assert daemon.stop() == 0
