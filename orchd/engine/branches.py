@@ -15,12 +15,20 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from orchd.dsl import Step, StepKind
+from orchd.engine.interpreter import Cursor, Line, Move
 from orchd.engine.outcome import StepCrash
 from orchd.state import decode, encode
 from orchd.status import BranchStatus
 from orchd.store.base import BranchRow
 
 B = BranchStatus
+#: A branch's status after a transition leaves its line so.
+_STATUS_OF = {
+    Line.RUNNING: B.RUNNING,
+    Line.WAITING: B.WAITING,
+    Line.AWAITING_CALLBACK: B.AWAITING_CALLBACK,
+    Line.FAILED: B.FAILED,
+}
 #: Keys a foreach branch starts with that are not its changes.
 _ELEMENT_KEYS = ("item", "item_index")
 _MISSING: Any = object()
@@ -131,6 +139,19 @@ class Branch:
         #: (the wait itself, and an answer it holds: ``orchd.engine.waits``).
         self.token: str | None = None
         self.nested: Fork | None = None
+
+    @property
+    def cursor(self) -> Cursor:
+        """Where the branch's line of steps stands, as the step interpreter reads it."""
+        return Cursor(self.steps, self.pc, self.attempts)
+
+    def apply(self, move: Move) -> None:
+        """Take the place a transition gives (orchd.engine.interpreter)."""
+        if move.changes.values:
+            self.changes.update(move.changes.values)
+        self.pc, self.attempts = move.pc, move.attempts
+        self.error, self.next_retry_at = move.error, move.next_retry_at
+        self.status = _STATUS_OF[move.line]
 
     def state(self) -> dict[str, Any]:
         """The branch's State: the fork's, its element's keys, then what it changed (a new

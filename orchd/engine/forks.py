@@ -25,31 +25,24 @@ from collections import deque
 from collections.abc import Coroutine, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from orchd import _faults as faults
 from orchd.dsl import Step, StepKind
+from orchd.engine import interpreter as step_rules
 from orchd.engine.branches import Branch, Broken, Fork, began_at, fill_pending
-from orchd.engine.calls import call_step, cancelled_from_outside
-from orchd.engine.limits import Halted, slots_of
 from orchd.engine.messages import Callback, Envelope, Expire, Retry, Run, fail, respond
-from orchd.engine.outcome import NO_CHANGES, Changes, StepCrash, changes_of, failure_of, retry_delay
+from orchd.engine.outcome import Changes, StepCrash, changes_of
 from orchd.engine.waits import End, refusal
 from orchd.errors import CallbackNotFound, InvalidTransition
 from orchd.model import Action, ProcessStatus, StepStatus
-from orchd.state import (
-    StepOutputError,
-    clone,
-    inject,
-    to_json_values,
-)
+from orchd.state import StepOutputError
 from orchd.status import BranchStatus
-from orchd.store.base import ActionWrite, BranchRow, StepWrite, new_callback_token, token_digest
-from orchd.tracing import enter_step, leave_step
+from orchd.store.base import ActionWrite, BranchRow, StepWrite
 
 if TYPE_CHECKING:
     from orchd.engine.actor import Actor
 
 B = BranchStatus
 P = ProcessStatus
+SKIPPED = StepStatus.SKIPPED
 
 
 class Forks:
@@ -66,6 +59,7 @@ class Forks:
         self.running = False
         #: The callback waits of its branches (and an answer one holds) are the engine's.
         self.waits = actor.host.waits
+        self.settings = actor.host.settings
         #: When the retry timer set last fires (a later due needs no new timer).
         self.timer_at: float | None = None
         fill_pending(self.top)
@@ -142,9 +136,7 @@ class Forks:
         changed = []
         for b in list(self.leaves()):
             if b.status in (B.FAILED, B.WAITING):
-                if b.status is B.FAILED:
-                    b.attempts = 0
-                b.status, b.error, b.next_retry_at = B.RUNNING, None, None
+                b.apply(step_rules.retried(b.cursor, b.status is B.FAILED))
                 changed.append(b.row(self.actor.pk))
         return changed
 
@@ -156,15 +148,11 @@ class Forks:
             if b.next_retry_at is None or b.next_retry_at > now + 0.01:
                 continue
             if b.status is B.WAITING:
-                b.status, b.next_retry_at = B.RUNNING, None
+                b.apply(step_rules.retried(b.cursor, False))
                 rows.append(b.row(self.actor.pk))
             elif b.status is B.AWAITING_CALLBACK:
-                wait = b.steps[b.pc]
                 self._forget(b, End.EXPIRED)
-                b.error = f"{wait.name}: no callback arrived before the deadline"
-                b.status, b.next_retry_at = B.FAILED, None
-                b.pc -= 1
-                records.append(self._record(b, wait, StepStatus.FAILED, now, now, error=b.error))
+                records += self._move(b, step_rules.expired(b.cursor, b.steps[b.pc], now))
                 rows.append(b.row(self.actor.pk))
         return rows, records
 
@@ -175,20 +163,11 @@ class Forks:
         targets = [b for b in leaves if b.status is B.FAILED] or [
             b for b in leaves if b.status is B.WAITING
         ]
-        rows, records = [], []
+        rows: list[BranchRow] = []
+        records: list[StepWrite] = []
         for b in targets:
-            first = b.steps[b.pc]
-            count = 3 if first.kind is StepKind.CALLBACK_ACTION else 1
-            for s in b.steps[b.pc : b.pc + count]:
-                records.append(
-                    self._record(b, s, StepStatus.SKIPPED, now, now, actor=actor, reason=reason)
-                )
             self._forget(b, End.SKIPPED)
-            b.pc += count
-            b.error, b.attempts, b.next_retry_at = None, 0, None
-            b.status = B.RUNNING
-            if b.pc >= len(b.steps):
-                self._done(b)
+            records += self._move(b, step_rules.skipped(b.cursor, actor, reason, now))
             rows.append(b.row(self.actor.pk))
         return rows, records
 
@@ -212,8 +191,8 @@ class Forks:
         """A callback's answer completes the branch's wait step."""
         wait = b.steps[b.pc]
         self._forget(b, End.ANSWERED)
-        changes = changes_of(b.state(), wait.name, {"callback_result": payload})
-        record = self._advance(b, wait, StepStatus.SUCCESS, now, now, changes)
+        delta = {"callback_result": payload}
+        (record,) = self._move(b, step_rules.answered(b.cursor, wait, b.state(), delta, now))
         return b.row(self.actor.pk), record
 
     def forget_tokens(self, how: End) -> None:
@@ -364,12 +343,13 @@ class Forks:
             step = b.steps[b.pc]
             started = time.time()
             try:
-                run = not step.predicates or self._should_run(b, step)
+                run = step_rules.should_run(step, b.state())
             except StepCrash as exc:
                 await self._raised(b, step, exc, started)
                 return
             if not run:
-                await self._commit(b, step, StepStatus.SKIPPED, started, NO_CHANGES)
+                skipped = step_rules.ended(b.cursor, step, started, time.time(), status=SKIPPED)
+                await self._commit(b, skipped)
             elif step.forks:
                 if not await self._enter(b, step, started):
                     return
@@ -381,12 +361,6 @@ class Forks:
                 await self._take_callback(b, early)
             else:
                 await self._call(b, step, started)
-
-    def _should_run(self, b: Branch, step: Step) -> bool:
-        try:
-            return step.should_run(clone(dict(b.state())))
-        except Exception as exc:
-            raise StepCrash(f"step {step.name!r}: its condition raised {exc!r}") from exc
 
     async def _enter(self, b: Branch, step: Step, started: float) -> bool:
         """A nested fork: open it (or take the one loaded), and join it at once when it has
@@ -429,76 +403,54 @@ class Forks:
             await self._raised(b, step, exc, started)
             return
         b.nested = None
-        await self._commit(b, step, StepStatus.SUCCESS, started, changes, drop=fork.path + "/")
+        move = step_rules.ended(b.cursor, step, started, time.time(), changes)
+        await self._commit(b, move, drop=fork.path + "/")
 
     async def _call(self, b: Branch, step: Step, started: float) -> None:
-        view: Mapping[str, Any] = b.state()
         actor = self.actor
-        if step.kind is StepKind.CALLBACK_ACTION:
-            token = new_callback_token()
-            self._forget(b, End.SKIPPED)
-            b.token = token_digest(token)
-            self.waits.begin(b.token, actor.pid, b)
-            view = {**b.state(), "callback_token": token}
-        if faults.ENABLED:
-            faults.point("before_step")
-        traced = enter_step(
-            actor.host.tracing, actor.pid, actor.trace_id, b.path, step.key, b.attempts + 1
+
+        async def finish(delta: dict[str, Any]) -> Changes:
+            return changes_of(b.state(), step.name, delta)
+
+        # The view is built in the call's arguments, not kept here: thousands of branches may
+        # wait in their steps at once, each keeping its arguments, not a copy of its State.
+        ran = await step_rules.call(
+            actor.host,
+            actor.pid,
+            actor.trace_id,
+            b.path,
+            step,
+            b.attempts + 1,
+            self._view(b, step),
+            finish,
         )
-        try:
-            kwargs = _inject(step, view, actor)
-            uses = slots_of(step, view)
-            # Thousands of branches may wait in their steps at once: each keeps its arguments,
-            # not a copy of its State.
-            del view
-            result = await call_step(actor.host, actor.pid, step, kwargs, uses)
-            delta = to_json_values(step.name, result)
-            changes = changes_of(b.state(), step.name, delta)
-        except Halted:
-            # aborted or stopped while it waited for its resources (README "Limits on shared
-            # resources"): it never ran
+        if ran is None:
+            return  # halted before it ran
+        if isinstance(ran, step_rules.Failed):
+            await self._raised(b, step, ran.exc, started)
             return
-        except asyncio.CancelledError as exc:
-            if cancelled_from_outside():
-                raise
-            await self._raised(b, step, exc, started)
-            return
-        except BaseException as exc:
-            await self._raised(b, step, exc, started)
-            return
-        finally:
-            leave_step(traced)
-        if faults.ENABLED:
-            faults.point("after_step")
-        await self._commit(b, step, StepStatus.SUCCESS, started, changes)
+        await self._commit(b, step_rules.ended(b.cursor, step, started, time.time(), ran.value))
+
+    def _view(self, b: Branch, step: Step) -> Mapping[str, Any]:
+        """What the branch's step is called with: its State, and a callback action's token."""
+        if step.kind is not StepKind.CALLBACK_ACTION:
+            return b.state()
+        token = step_rules.new_token()
+        self._forget(b, End.SKIPPED)
+        b.token = token.digest
+        self.waits.begin(token.digest, self.actor.pid, b)
+        return {**b.state(), "callback_token": token.token}
 
     async def _raised(self, b: Branch, step: Step, exc: BaseException, started: float) -> None:
-        message, tb = failure_of(exc)
-        finished = time.time()
         if step.kind is StepKind.CALLBACK_ACTION:
             # Its wait never begins: the token it handed out answers nothing (a retry makes a
             # new one), and an answer that came while it ran is refused now, not kept.
             self._forget(b, End.FAILED)
-        b.error = message
-        status, b.status = StepStatus.FAILED, B.FAILED
-        if step.kind is StepKind.RETRY:
-            b.attempts += 1
-            settings = self.actor.host.settings
-            if b.attempts < (step.max_attempts or settings.retry_max_attempts):
-                b.next_retry_at = finished + retry_delay(settings, step, b.attempts)
-                status, b.status = StepStatus.WAITING, B.WAITING
-            else:
-                b.error = f"gave up after {b.attempts} attempts: {message}"
-        record = self._record(b, step, status, started, finished, error=message, tb=tb)
-        await self.actor.touch([record], [b.row(self.actor.pk)])
+        await self._commit(b, step_rules.raised(b.cursor, step, exc, started, self.settings))
         self._timer_for(b)
 
     async def _wait(self, b: Branch, step: Step, started: float) -> None:
-        if step.callback_timeout:
-            b.next_retry_at = started + step.callback_timeout
-        b.status = B.AWAITING_CALLBACK
-        record = self._record(b, step, StepStatus.AWAITING_CALLBACK, started, time.time())
-        await self.actor.touch([record], [b.row(self.actor.pk)])
+        await self._commit(b, step_rules.waiting(b.cursor, step, started))
         self._timer_for(b)
 
     async def _take_callback(self, b: Branch, envelope: Envelope) -> None:
@@ -519,74 +471,42 @@ class Forks:
             raise
         respond(envelope)
 
-    async def _commit(
-        self,
-        b: Branch,
-        step: Step,
-        status: StepStatus,
-        started: float,
-        changes: Changes,
-        drop: str | None = None,
-    ) -> None:
-        record = self._advance(b, step, status, started, time.time(), changes)
+    async def _commit(self, b: Branch, move: step_rules.Move, drop: str | None = None) -> None:
+        records = self._move(b, move)
         drops = [] if drop is None else [drop]
-        await self.actor.touch([record], [b.row(self.actor.pk)], drops=drops)
+        await self.actor.touch(records, [b.row(self.actor.pk)], drops=drops)
 
-    def _advance(
-        self,
-        b: Branch,
-        step: Step,
-        status: StepStatus,
-        started: float,
-        finished: float,
-        changes: Changes,
-    ) -> StepWrite:
-        if changes.values:
-            b.changes.update(changes.values)
-        b.pc += 1
-        b.error, b.next_retry_at = None, None
-        b.status = B.RUNNING
-        if step.kind is not StepKind.RETRY or status is StepStatus.SUCCESS:
-            b.attempts = 0
-        if b.pc >= len(b.steps):
+    def _move(self, b: Branch, move: step_rules.Move) -> list[StepWrite]:
+        """Apply a transition to the branch (done once it passed its last step); its records
+        as the process's next step records, naming the branch."""
+        b.apply(move)
+        if b.status is B.RUNNING and b.pc >= len(b.steps):
             self._done(b)
-        return self._record(b, step, status, started, finished, delta=changes.encoded)
+        pk, path, seq = self.actor.pk, b.path, self.actor.next_seq
+        return [
+            StepWrite(
+                pk=pk,
+                seq=seq(),
+                name=r.name,
+                key=r.key,
+                status=r.status,
+                started_at=r.started,
+                finished_at=r.finished,
+                error=r.error,
+                traceback=r.traceback,
+                delta=r.delta,
+                actor=r.by,
+                reason=r.reason,
+                branch=path,
+            )
+            for r in move.records
+        ]
 
     def _done(self, b: Branch) -> None:
         if b.status is B.DONE:
             return
         b.status = B.DONE
         b.fork.unfinished -= 1
-
-    def _record(
-        self,
-        b: Branch,
-        step: Step,
-        status: StepStatus,
-        started: float,
-        finished: float,
-        *,
-        error: str | None = None,
-        tb: str | None = None,
-        delta: bytes | None = None,
-        actor: str | None = None,
-        reason: str | None = None,
-    ) -> StepWrite:
-        return StepWrite(
-            pk=self.actor.pk,
-            seq=self.actor.next_seq(),
-            name=step.name,
-            key=step.key,
-            status=status,
-            started_at=started,
-            finished_at=finished,
-            error=error,
-            traceback=tb,
-            delta=delta,
-            actor=actor,
-            reason=reason,
-            branch=b.path,
-        )
 
     def _fill(self, fork: Fork) -> None:
         """Start the fork's next branches while it has free slots."""
@@ -644,10 +564,6 @@ def _may_wait(b: Branch) -> bool:
     if b.status is not B.RUNNING or b.pc >= len(b.steps):
         return False
     return b.steps[b.pc].kind in (StepKind.CALLBACK_ACTION, StepKind.CALLBACK_WAIT)
-
-
-def _inject(step: Step, view: Mapping[str, Any], actor: Actor) -> dict[str, Any]:
-    return inject(step.name, step.params, view, actor.host.resources)
 
 
 __all__ = ["Broken", "Forks"]
