@@ -149,8 +149,8 @@ def decode_setting(kind: type, value: Any) -> Any:
     ConfigError naming their own key (``limits.NAME.rate``)."""
     if isinstance(kind, type) and issubclass(kind, Duration):
         if not isinstance(value, str):
-            # A bare number would be read in seconds, and "7" where "7d" was meant deletes
-            # a week of processes in seven seconds: a duration names its unit.
+            # A TOML number is refused, as the file always asked for a string: `tasks = 7`
+            # reads as days to one operator and as seconds to the next.
             raise ValueError(f'expected a duration string such as "30s", got {_kind(value)}')
         return kind(value)
     if kind is Limits:
