@@ -4,13 +4,13 @@ daemon."""
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_util import DaemonFactory, DaemonProcess, free_port, tcp_request
+from tests_support import block_until
 
 TOKEN = "b4c2f0e8a7d94e1fa3c6b5d8e9f01234"
 ME = f"uid:{os.getuid()}"
@@ -46,13 +46,13 @@ def outbox(d: DaemonProcess, name: str = "outbox") -> str:
 
 def tokens(path: str, count: int, timeout: float = 10.0) -> list[str]:
     """The tokens "the external system" received, once there are ``count`` of them."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def handed_over() -> list[str] | None:
         lines = Path(path).read_text().split() if Path(path).exists() else []
-        if len(lines) >= count:
-            return lines
-        assert time.monotonic() < deadline, f"only {len(lines)} token(s) handed over"
-        time.sleep(0.02)
+        return lines if len(lines) >= count else None
+
+    found: list[str] = block_until(handed_over, f"{count} token(s) handed over", within=timeout)
+    return found
 
 
 def actions(process: dict[str, Any]) -> list[tuple[str, str]]:
