@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from tests_support import wait_until
 
 from orchd.http import HttpClient
 from orchd.testing.fakeoss import FakeOss, main, parse_duration
@@ -40,7 +41,14 @@ async def test_node_lifecycle(http: HttpClient) -> None:
         node = created.json()
         assert created.status == 201 and created.headers["Location"] == f"/nodes/{node['id']}"
         assert node["status"] == "provisioning" and node["name"] == "n1"
-        await asyncio.sleep(0.15)
+
+        async def shows(expected: Any) -> bool:
+            answer = await http.request("GET", f"{nodes}/{node['id']}", expect=(200, 404))
+            found = answer.json()["status"] if answer.status == 200 else answer.status
+            return bool(found == expected)
+
+        # Provisioned after provision_time (0.1 s), as a poll shows it.
+        await wait_until(lambda: shows("active"), "the node active")
         assert (await http.get_json(f"{nodes}/{node['id']}"))["status"] == "active"
         updated = await http.put_json(f"{nodes}/{node['id']}", {"role": "core", "id": "x"})
         assert updated["role"] == "core" and updated["id"] == node["id"]
@@ -48,7 +56,7 @@ async def test_node_lifecycle(http: HttpClient) -> None:
         assert listed["count"] == 1
         deleted = await http.delete(f"{nodes}/{node['id']}")
         assert deleted.status == 202 and deleted.json()["status"] == "deleting"
-        await asyncio.sleep(0.15)
+        await wait_until(lambda: shows(404), "the node gone")
         gone = await http.request("GET", f"{nodes}/{node['id']}", expect=(404,))
         assert gone.status == 404
         assert (await http.get_json(nodes))["items"] == []
@@ -77,10 +85,8 @@ async def test_job_calls_back(http: HttpClient) -> None:
             assert job["status"] == "accepted"
             await asyncio.wait_for(arrived.wait(), 5)
             assert received == [({"result": "ok", "job_id": job["id"]}, "Bearer s3cret")]
-            for _ in range(100):  # the job is marked once the receiver's answer is read
-                if oss.jobs[job["id"]]["status"] != "accepted":
-                    break
-                await asyncio.sleep(0.01)
+            # The job is marked once the receiver's answer is read.
+            await wait_until(lambda: oss.jobs[job["id"]]["status"] != "accepted", "the job marked")
             assert (await http.get_json(f"{oss.url}/jobs/{job['id']}"))["status"] == "called_back"
     finally:
         await runner.cleanup()
@@ -117,10 +123,8 @@ async def test_an_undelivered_callback_is_logged_with_the_job_and_the_reason(
     async with FakeOss(job_time=0.01, callback_socket=missing) as oss:
         url = "http://127.0.0.1:8470/api/callbacks/secret-token"
         job = await http.post_json(f"{oss.url}/jobs", {"callback_url": url})
-        for _ in range(500):  # three attempts, 1.5 s of pauses between them
-            if oss.stats.callbacks_failed:
-                break
-            await asyncio.sleep(0.01)
+        # Three attempts, 1.5 s of pauses between them.
+        await wait_until(lambda: oss.stats.callbacks_failed, "the callback given up")
     [record] = [r for r in caplog.records if r.name == "orchd.fakeoss"]
     assert record.levelname == "WARNING"
     message = record.getMessage()
