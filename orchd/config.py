@@ -35,7 +35,7 @@ from orchd.settings import (
     EngineSettings,
     EventSettings,
     HttpSettings,
-    LimitTable,
+    LimitSpec,
     ScheduleSpec,
     TcpSettings,
     TracingSettings,
@@ -371,7 +371,7 @@ def _unknown_keys(raw: Any, struct: type[msgspec.Struct], where: str = "") -> li
             found.append(f"{where}{key}: unknown key{hint}")
         elif struct is Config and key == "limits" and isinstance(value, dict):
             for name, entry in value.items():
-                found += _unknown_keys(entry, LimitTable, f"limits.{name}.")
+                found += _unknown_keys(entry, LimitSpec, f"limits.{name}.")
         elif isinstance(fields[key], type) and issubclass(fields[key], msgspec.Struct):
             found += _unknown_keys(value, fields[key], f"{where}{key}.")
         elif typing.get_origin(fields[key]) is list and isinstance(value, list):

@@ -32,6 +32,7 @@ __all__ = [
     "LimitSpec",
     "Limits",
     "PositiveDuration",
+    "Rate",
     "RetentionSettings",
     "ScheduleSpec",
     "Settings",
@@ -113,6 +114,32 @@ class PositiveDuration(Duration):
     positive = True
 
 
+class Rate(float):
+    """Starts per second, written ``"10/s"``, ``"600/m"`` or ``"100/h"`` (in code, a number
+    per second); a float that prints as written. ValueError otherwise, zero included."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, value: str | float) -> Self:
+        if isinstance(value, str):
+            per_second, text = parse_rate(value), value.strip()
+        else:
+            per_second = float(value)
+            text = value.text if isinstance(value, Rate) else f"{per_second:g}/s"
+            if per_second <= 0:
+                raise ValueError(f"rate must be greater than zero, got {value!r}")
+        made = super().__new__(cls, per_second)
+        made.text = text
+        return made
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Rate({self.text!r})"
+
+
 class Reloads:
     """The mark of a setting SIGHUP applies: ``Annotated[Duration, RELOADS]``."""
 
@@ -142,8 +169,8 @@ def _kind(value: object) -> str:
 
 
 def decode_setting(kind: type, value: Any) -> Any:
-    """msgspec's ``dec_hook`` for the types declared here (a file's durations, limits and
-    time zones).
+    """msgspec's ``dec_hook`` for the types declared here (a file's durations, rates, limits
+    and time zones).
 
     A ValueError becomes msgspec's ValidationError, which names the key; `Limits` raise
     ConfigError naming their own key (``limits.NAME.rate``)."""
@@ -153,6 +180,10 @@ def decode_setting(kind: type, value: Any) -> Any:
             # reads as days to one operator and as seconds to the next.
             raise ValueError(f'expected a duration string such as "30s", got {_kind(value)}')
         return kind(value)
+    if kind is Rate:
+        if not isinstance(value, str):
+            raise ValueError(f'expected a rate such as "10/s", got {_kind(value)}')
+        return Rate(value)
     if kind is Limits:
         return Limits.decode(value)
     if kind is ZoneInfo:
@@ -163,23 +194,24 @@ def decode_setting(kind: type, value: Any) -> Any:
 
 
 @functools.cache
-def _durations(struct: type) -> tuple[tuple[str, type[Duration]], ...]:
-    """The fields of ``struct`` that hold a duration (or None), with their duration type."""
+def _written(struct: type) -> tuple[tuple[str, type[Duration | Rate]], ...]:
+    """The fields of ``struct`` that hold a duration or a rate (or None), with its type."""
     found = []
     for name, hint in typing.get_type_hints(struct).items():
         options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
         for option in options:
-            if isinstance(option, type) and issubclass(option, Duration):
+            if isinstance(option, type) and issubclass(option, Duration | Rate):
                 found.append((name, option))
     return tuple(found)
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A table of the config file: durations given in code (``HttpSettings(timeout=3.0)``,
-    ``"5m"``) become `Duration` objects as the file's do, checked the same way."""
+    """A table of the config file: durations and rates given in code (``HttpSettings(
+    timeout=3.0)``, ``"5m"``) become `Duration` and `Rate` objects as the file's do, checked
+    the same way."""
 
     def __post_init__(self) -> None:
-        for name, kind in _durations(type(self)):
+        for name, kind in _written(type(self)):
             value = getattr(self, name)
             if value is not None and not isinstance(value, kind):
                 msgspec.structs.force_setattr(self, name, kind(value))
@@ -204,25 +236,20 @@ def parse_rate(text: str) -> float:
     return per_second
 
 
-class LimitSpec(msgspec.Struct, frozen=True, kw_only=True):
+class LimitSpec(Settings, frozen=True, kw_only=True):
     """One limit on a shared resource (``[limits]``, README "Limits on shared resources"), per
     key: at most ``concurrency`` steps at once, and at most ``rate`` starts a second, spaced
-    evenly."""
+    evenly. A ``[limits.NAME]`` table, or a bare number (``router = 1``): the concurrency."""
 
     #: Steps holding a key at once (None: no bound, only the rate).
-    concurrency: int | None = None
-    #: Starts per second per key (None: no rate), one every ``1 / rate`` seconds.
-    rate: float | None = None
-    #: The rate as written ("10/s"), for the API and reload messages.
-    rate_text: str | None = None
-
-
-class LimitTable(Settings, frozen=True, kw_only=True):
-    """A ``[limits.NAME]`` table as written: ``concurrency`` and ``rate`` (``"10/s"``,
-    ``"600/m"``, ``"100/h"``). A bare number (``router = 1``) is the concurrency alone."""
-
     concurrency: Positive | None = None
-    rate: str | None = None
+    #: Starts per second per key (None: no rate), one every ``1 / rate`` seconds.
+    rate: Rate | None = None
+
+    @property
+    def rate_text(self) -> str | None:
+        """The rate as written ("10/s"), for the API and reload messages."""
+        return None if self.rate is None else self.rate.text
 
 
 class Limits(dict[str, LimitSpec]):
@@ -245,7 +272,9 @@ def _limit(name: str, entry: Any) -> LimitSpec:
     if not _LIMIT_NAME.fullmatch(name):
         raise ConfigError(f"{where}: a limit's name has only letters, digits, '_', '.' and '-'")
     try:
-        table = msgspec.convert(entry, Positive | LimitTable)
+        spec: int | LimitSpec = msgspec.convert(
+            entry, Positive | LimitSpec, dec_hook=decode_setting
+        )
     except msgspec.ValidationError as exc:
         what, _, at = str(exc).partition(" - at `$")
         what = what.replace("`", "")
@@ -254,18 +283,11 @@ def _limit(name: str, entry: Any) -> LimitSpec:
         if not at and "got object" not in what:
             what = f"{what} (a number: at most so many at once; or a table)"
         raise ConfigError(f"{where}{'.' + at if at else ''}: {what}") from None
-    if isinstance(table, int):
-        return LimitSpec(concurrency=table)
-    if table.concurrency is None and table.rate is None:
+    if isinstance(spec, int):
+        return LimitSpec(concurrency=spec)
+    if spec.concurrency is None and spec.rate is None:
         raise ConfigError(f"{where}: set concurrency, rate or both")
-    rate = None
-    if table.rate is not None:
-        try:
-            rate = parse_rate(table.rate)
-        except ValueError as exc:
-            raise ConfigError(f"{where}.rate: {exc}") from None
-    rate_text = None if table.rate is None else table.rate.strip()
-    return LimitSpec(concurrency=table.concurrency, rate=rate, rate_text=rate_text)
+    return spec
 
 
 # --- the tables ----------------------------------------------------------------------------------

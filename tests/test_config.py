@@ -18,7 +18,7 @@ from orchd.config import (
     schedule_specs,
 )
 from orchd.errors import ConfigError
-from orchd.settings import HttpSettings, LimitTable, TcpSettings
+from orchd.settings import HttpSettings, LimitSpec, TcpSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -363,7 +363,7 @@ def keys_of(struct: type[msgspec.Struct], prefix: str = "") -> list[tuple[str, o
         if typing.get_origin(kind) is list:
             [kind] = typing.get_args(kind)
         if key == "limits":
-            kind = LimitTable
+            kind = LimitSpec
         if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
             found += keys_of(kind, f"{key}.")
     return found
