@@ -24,7 +24,7 @@ from orchd.engine import children as childstep
 from orchd.engine import interpreter as step_rules
 from orchd.engine.change import FIELDS, UNSET, Change
 from orchd.engine.forks import Forks
-from orchd.engine.host import Host
+from orchd.engine.host import Committed, Host
 from orchd.engine.messages import (
     Abort,
     Callback,
@@ -172,6 +172,15 @@ class Actor:
         self.mailbox.append(envelope)
         if self.forks is not None and self.forks.running:
             self.forks.wake.set()
+
+    def start(self, group: asyncio.TaskGroup) -> None:
+        """Run the loop as a task of ``group``; RuntimeError when the group is ending."""
+        run = self.run()
+        try:
+            self.task = group.create_task(run)
+        except RuntimeError:
+            run.close()
+            raise
 
     async def run(self) -> None:
         try:
@@ -574,7 +583,7 @@ class Actor:
         )
         await self.host.checkpoint(checkpoint)
         seconds = steps[-1].finished_at - steps[-1].started_at if steps else None
-        self.host.committed(self, self.status, steps, seconds)
+        self.host.committed(self._committed(self.status, steps, seconds))
 
     # -- checkpoints (also what the children and fork steps commit through: their sides of
     # the actor are orchd.engine.children and orchd.engine.forkstep) ---------------------
@@ -748,7 +757,23 @@ class Actor:
         self, status: ProcessStatus, steps: list[StepWrite], step_seconds: float | None
     ) -> None:
         previous, self.status = self.status, status
-        self.host.committed(self, previous, steps, step_seconds)
+        self.host.committed(self._committed(previous, steps, step_seconds))
+
+    def _committed(
+        self, previous: ProcessStatus, steps: list[StepWrite], step_seconds: float | None
+    ) -> Committed:
+        return Committed(
+            pid=self.pid,
+            workflow=self.workflow_name,
+            trace_id=self.trace_id,
+            previous=previous,
+            status=self.status,
+            current_step=self.current_step,
+            error=self.error,
+            has_children=self.children_group is not None,
+            steps=steps,
+            step_seconds=step_seconds,
+        )
 
 
 __all__ = [

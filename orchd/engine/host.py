@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
 from orchd.dsl import Workflow
 from orchd.engine.messages import Message
 from orchd.model import ProcessStatus, Subscription
@@ -30,6 +32,25 @@ if TYPE_CHECKING:
     from orchd.engine.actor import Actor
     from orchd.engine.limits import Limiter
     from orchd.engine.waits import Waits
+
+
+class Committed(msgspec.Struct, frozen=True):
+    """What one checkpoint of a process committed, as the engine is told once it is durable
+    (a value, not the actor: only the actor's own code changes its fields)."""
+
+    pid: str
+    workflow: str
+    trace_id: str
+    previous: ProcessStatus
+    status: ProcessStatus
+    #: The step it stands at now, and why it failed or waits (for the log).
+    current_step: str | None
+    error: str | None
+    #: It has started children (an abort then aborts them too).
+    has_children: bool
+    steps: list[StepWrite]
+    #: How long its last step ran, when a step was recorded.
+    step_seconds: float | None
 
 
 class Host(Protocol):
@@ -67,14 +88,8 @@ class Host(Protocol):
         """Commit durably; returns once committed."""
         ...
 
-    def committed(
-        self,
-        actor: Actor,
-        previous: ProcessStatus,
-        steps: list[StepWrite],
-        step_seconds: float | None,
-    ) -> None:
-        """Told after each commit: events, waiters, metrics."""
+    def committed(self, done: Committed) -> None:
+        """Told after each commit what it committed: events, waiters, metrics, the cascade."""
         ...
 
     def retire(self, actor: Actor) -> None:

@@ -23,6 +23,7 @@ from orchd.engine import actor as actors
 from orchd.engine import builtins, ids, messages
 from orchd.engine.catalog import Catalog
 from orchd.engine.events import events_of
+from orchd.engine.host import Committed
 from orchd.engine.limits import Limiter
 from orchd.engine.routing import Router
 from orchd.engine.starts import build_start
@@ -43,7 +44,6 @@ from orchd.store.base import (
     ReplaceChildren,
     RequestAbort,
     StartChildren,
-    StepWrite,
     Store,
 )
 from orchd.tracing import Tracing, new_trace_id
@@ -224,11 +224,9 @@ class Runtime:
             if self._tg is None or self.failure is not None:
                 raise ShuttingDown(self.failure or "the engine is not running")
             actor = actors.Actor(self, pid, row)
-            run = actor.run()
             try:
-                actor.task = self._tg.create_task(run)
+                actor.start(self._tg)
             except RuntimeError:  # the group is ending (``_stopped_running`` tells why)
-                run.close()
                 raise ShuttingDown("the engine is not running") from None
             self.actors[pid] = actor
             if self.tracing.on:
@@ -473,52 +471,48 @@ class Runtime:
     async def subscription_of(self, sid: str) -> Subscription | None:
         return await self.store.subscription(sid)
 
-    def committed(
-        self,
-        actor: actors.Actor,
-        previous: ProcessStatus,
-        steps: list[StepWrite],
-        step_seconds: float | None,
-    ) -> None:
-        """Called by an actor after each commit: events, waiters, metrics."""
+    def committed(self, done: Committed) -> None:
+        """Told by an actor after each commit what it committed: events, waiters, metrics."""
+        pid, workflow, status, trace_id, steps = (
+            done.pid, done.workflow, done.status, done.trace_id, done.steps
+        )  # fmt: skip
         if self._store_failures:
-            self._store_failures.pop(actor.pid, None)
-        status = actor.status
-        self.steps.add(actor.workflow_name, steps, step_seconds)
+            self._store_failures.pop(pid, None)
+        self.steps.add(workflow, steps, done.step_seconds)
         if self.tracing.on and steps:
-            self.tracing.committed(actor.pid, actor.workflow_name, actor.trace_id, steps)
+            self.tracing.committed(pid, workflow, trace_id, steps)
         for record in steps:
             log.debug(
                 "step status process=%s workflow=%s step=%r status=%s trace_id=%s",
-                actor.pid,
-                actor.workflow_name,
+                pid,
+                workflow,
                 record.name,
                 record.status,
-                actor.trace_id,
+                trace_id,
             )
-        if status is not previous or not steps:
+        if status is not done.previous or not steps:
             if status in (P.FAILED, P.WAITING):
                 log.warning(
                     "process status process=%s workflow=%s status=%s step=%r error=%r trace_id=%s",
-                    actor.pid,
-                    actor.workflow_name,
+                    pid,
+                    workflow,
                     status,
-                    actor.current_step,
-                    actor.error,
-                    actor.trace_id,
+                    done.current_step,
+                    done.error,
+                    trace_id,
                 )
             else:
                 log.info(
                     "process status process=%s workflow=%s status=%s trace_id=%s",
-                    actor.pid,
-                    actor.workflow_name,
+                    pid,
+                    workflow,
                     status,
-                    actor.trace_id,
+                    trace_id,
                 )
-            if status is P.ABORTED and actor.children_group is not None:
-                self._cascade_abort(actor.pid)
+            if status is P.ABORTED and done.has_children:
+                self._cascade_abort(pid)
         if status not in ACTIVE:
-            for fut in self._waiters.pop(actor.pid, ()):
+            for fut in self._waiters.pop(pid, ()):
                 if not fut.done():
                     fut.set_result(None)
 
