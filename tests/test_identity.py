@@ -264,3 +264,23 @@ def test_one_host_is_one_address_for_the_login_throttle_and_the_connection_caps(
         ("?", "?", "?"),
     ]:
         assert (address_key(given), network_prefix(given)) == (host, network), given
+
+
+async def test_a_csrf_token_header_byte_that_is_not_utf8_is_refused_not_a_crash(
+    client: Client,
+) -> None:
+    assert client.port is not None
+    cookie = client.session.cookie_jar.filter_cookies(client.make_url("/"))["orchd_session"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(
+            f"POST /ui/logout HTTP/1.1\r\nHost: 127.0.0.1:{client.port}\r\n".encode()
+            + f"Cookie: orchd_session={cookie.value}\r\n".encode()
+            + b"X-CSRF-Token: \xff\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        status = await reader.readline()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert int(status.split()[1]) == 403  # was a 500 and a traceback: the token as bytes
+    assert (await client.get("/ui/processes", allow_redirects=False)).status == 200

@@ -30,6 +30,7 @@ from orchd.api.logins import FailedLogins
 from orchd.errors import BadRequest, Unauthorized
 
 __all__ = [
+    "LABEL_PATTERN",
     "MAX_LABEL",
     "TOKEN",
     "Identity",
@@ -38,11 +39,15 @@ __all__ = [
     "client_key",
     "is_tcp",
     "label",
+    "matches",
     "peer_address",
 ]
 
 #: The longest label (``X-Orchd-Reporter``, a console login's name).
 MAX_LABEL = 200
+#: A label as ``str.isprintable`` takes it, within the Latin-1 that headers carry (for the
+#: OpenAPI document).
+LABEL_PATTERN = "^[^\\x00-\\x1f\\x7f-\\xa0\\xad]*$"
 #: Who a request that gave the token is.
 TOKEN = "token"
 
@@ -116,10 +121,12 @@ def _peer_uid(sock: socket.socket | None) -> str | None:
     return f"uid:{uid}"
 
 
-def _raw(text: str) -> bytes:
-    # aiohttp decodes header bytes as UTF-8 with surrogateescape: this gives the bytes back,
-    # so a header, a raw request head and a typed token are compared as the same bytes.
-    return text.encode("utf-8", "surrogateescape")
+def matches(given: str, secret: bytes) -> bool:
+    """Whether ``given`` (a header, a form field, a raw request head's bytes decoded) is
+    ``secret``, compared in constant time as the bytes the client sent."""
+    # aiohttp decodes header bytes as UTF-8 with surrogateescape: this gives them back. A
+    # strict encode raised on such a byte (a 500); "replace" took it for a "?".
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret)
 
 
 class Identity:
@@ -141,7 +148,7 @@ class Identity:
             return Verdict.MISSING
         if self.logins.wait(address) > 0:
             return Verdict.THROTTLED
-        if self._token is not None and hmac.compare_digest(_raw(given), self._token):
+        if self._token is not None and matches(given, self._token):
             return Verdict.RIGHT
         self.logins.failed(address, route)
         return Verdict.WRONG
@@ -197,4 +204,4 @@ class Identity:
         # The middleware has checked it already (and counted a wrong one): compared only.
         given = bearer(request.headers.get("Authorization"))
         assert self._token is not None
-        return given is not None and hmac.compare_digest(_raw(given), self._token)
+        return given is not None and matches(given, self._token)

@@ -22,7 +22,7 @@ from orchd import __version__
 from orchd.api import inputs, metrics, openapi
 from orchd.api.acceptance import Acceptance
 from orchd.api.guard import GUARD_KEY
-from orchd.api.identity import MAX_LABEL, Identity, client_key, is_tcp
+from orchd.api.identity import LABEL_PATTERN, MAX_LABEL, Identity, client_key, is_tcp
 from orchd.api.logins import FailedLogins
 from orchd.api.openapi import Param, Route
 from orchd.api.service import SchedulerLike
@@ -77,8 +77,6 @@ PING_TIMEOUT = 5.0
 MAX_NUMBER = inputs.MAX_INTEGER
 NUMBER_PATTERN = "^0*[0-9]{1,18}$"
 PREFIX_PATTERN = f"^[0-9a-fA-F][0-9a-fA-F-]{{{MIN_PREFIX - 1},34}}$"
-#: A label as ``str.isprintable`` takes it, within the Latin-1 that headers carry.
-LABEL_PATTERN = "^[^\\x00-\\x1f\\x7f-\\xa0\\xad]*$"
 
 
 _encoder = msgspec.json.Encoder()

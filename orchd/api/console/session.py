@@ -14,7 +14,6 @@ that a client cannot grow the table without bound.
 
 from __future__ import annotations
 
-import hmac
 import secrets
 import time
 from collections import OrderedDict
@@ -22,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+
+from orchd.api.identity import matches
 
 #: The cookie that holds the session id.
 COOKIE = "orchd_session"
@@ -45,7 +46,7 @@ class Session:
     label: str = ""
 
     def csrf_ok(self, given: str | None) -> bool:
-        return given is not None and hmac.compare_digest(given.encode(), self.csrf.encode())
+        return given is not None and matches(given, self.csrf.encode())
 
 
 class Sessions:
