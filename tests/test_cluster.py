@@ -347,3 +347,51 @@ def test_a_node_whose_loop_is_blocked_past_its_lease_starts_nothing_more(cluster
     assert doubled == []
     health = a.request("GET", "/api/health")[1]
     assert health["status"] == "ok" and [n["node_id"] for n in health["nodes"]] == ["a", "b"]
+
+
+def test_a_stale_daemon_with_the_same_node_id_commits_nothing(
+    cluster: Any, daemon_factory: DaemonFactory
+) -> None:
+    (a,) = cluster(1)
+    runs: Path = cluster.runs
+    go = runs / "go"
+    pids = [a.start_process("cluster_steady", {"pause": 0, "hold": str(go)}) for _ in range(20)]
+    block_until(
+        lambda: sum(step == "c1" for _, step, _ in step_runs(runs)) == len(pids), "c1 started"
+    )
+    # a freezes with its steps in flight (a long pause of the whole process); its lease
+    # lapses and a new daemon is started with the same node_id: a new incarnation of node a.
+    a.send_signal(signal.SIGSTOP)
+    try:
+        again = daemon_factory(
+            {
+                "database": cluster.url,
+                "workflows": ["cluster_flows"],
+                "node_id": "a",
+                "lease_timeout": f"{LEASE:g}s",
+                "log_level": "info",
+            },
+            name="a-again",
+            env={"ORCHD_TEST_DIR": str(runs)},
+        )
+        block_until(
+            lambda: sum(step == "c1" for _, step, _ in step_runs(runs)) == 2 * len(pids),
+            "c1 started again on the new daemon",
+            30,
+        )
+        go.touch()  # both hold their c1 until now
+    finally:
+        a.send_signal(signal.SIGCONT)
+    a_pid = a.proc.pid if a.proc is not None else -1
+    again_pid = again.proc.pid if again.proc is not None else -1
+    for pid in pids:
+        done = again.wait_process(pid, timeout=30)
+        # The new incarnation's results: the stale one's c1 finished too, and was refused.
+        assert [done["state"][c] for c in ("c1", "c2", "c3")] == [again_pid] * 3, pid
+        assert [s["name"] for s in done["steps"]] == ["init", "c1", "c2", "c3", "done"]
+    # The stale daemon knows: it lost its lease to the other and starts nothing more.
+    a.wait_for_log("another daemon with the same node_id holds the lease", timeout=30)
+    assert {step for _, step, daemon in step_runs(runs) if daemon == a_pid} == {"c1"}
+    status, health = a.request("GET", "/api/health")
+    assert status == 503 and "LeaseLost" in health["database"], health
+    assert [n["node_id"] for n in again.request("GET", "/api/health")[1]["nodes"]] == ["a"]
