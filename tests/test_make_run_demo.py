@@ -12,12 +12,12 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from daemon_util import ROOT, DaemonFactory, DaemonProcess, free_port
+from tests_support import block_until
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
@@ -34,20 +34,19 @@ def makefile_oss_args(port: int, directory: Path) -> list[str]:
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 15
-    while True:
+
+    def answers() -> bool:
         assert proc.poll() is None, "the fake OSS exited"
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
         try:
             conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                return
+            return conn.getresponse().status == 200
         except OSError:
-            pass
+            return False
         finally:
             conn.close()
-        assert time.monotonic() < deadline, "the fake OSS did not answer"
-        time.sleep(0.05)
+
+    block_until(answers, "the fake OSS answering", within=15)
 
 
 @pytest.fixture

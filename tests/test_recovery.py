@@ -8,11 +8,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from tests_support import WF_DIR
+from tests_support import WF_DIR, block_until
 
 RUNNER = WF_DIR / "recovery_runner.py"
 
@@ -37,9 +36,12 @@ def test_sigkill_mid_step_then_restart_finishes_every_process_without_rerunning_
 ) -> None:
     db, log = tmp_path / "orchd.db", tmp_path / "effects.log"
     first = run_engine(db, log, "start", "100")
-    deadline = time.monotonic() + 30
-    while effects_logged(log) < kill_after and time.monotonic() < deadline:
-        time.sleep(0.005)
+    block_until(
+        lambda: effects_logged(log) >= kill_after,
+        f"{kill_after} effects logged",
+        within=30,
+        every=0.005,
+    )
     first.send_signal(signal.SIGKILL)
     first.communicate()
     assert effects_logged(log) < 800, "the kill came too late to interrupt anything"

@@ -58,17 +58,19 @@ async def wait_until(
         await asyncio.sleep(every)
 
 
-def block_until(check: Callable[[], Any], what: str, within: float = 10.0) -> Any:
+def block_until(
+    check: Callable[[], Any], what: str, within: float = 10.0, every: float = 0.01
+) -> Any:
     """``wait_until`` for a test that blocks its thread (daemons, sockets, files): poll
-    ``check()`` every 10 ms until it answers something true, and return that. Fails naming
-    ``what`` after ``within`` seconds."""
+    ``check()`` every ``every`` seconds until it answers something true, and return that.
+    Fails naming ``what`` after ``within`` seconds."""
     deadline = time.monotonic() + within
     while True:
         found = check()
         if found:
             return found
         assert time.monotonic() < deadline, f"{what}: not within {within} s"
-        time.sleep(0.01)
+        time.sleep(every)
 
 
 def parse_logfmt(line: str) -> dict[str, str]:
