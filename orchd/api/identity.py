@@ -192,16 +192,12 @@ class Identity:
             who, given = TOKEN, login
         else:
             given = label(request.headers.get("X-Orchd-Reporter", ""), "X-Orchd-Reporter")
-            if not is_tcp(request):
-                who = client_key(request)
-            elif self._token is not None and self._header_token_right(request):
-                who = TOKEN
-            else:
-                who = client_key(request)
+            token = is_tcp(request) and self._gives_token(request)
+            who = TOKEN if token else client_key(request)
         return f"{who} ({given})" if given else who
 
-    def _header_token_right(self, request: web.Request) -> bool:
-        # The middleware has checked it already (and counted a wrong one): compared only.
+    def _gives_token(self, request: web.Request) -> bool:
+        # Compared only: a route that needs the token had it checked (a wrong one counted)
+        # before its handler ran; a callback's may carry none.
         given = bearer(request.headers.get("Authorization"))
-        assert self._token is not None
-        return given is not None and matches(given, self._token)
+        return self._token is not None and given is not None and matches(given, self._token)
