@@ -8,6 +8,7 @@ import asyncio
 
 import asyncpg
 import pg_util
+from tests_support import wait_until
 
 from orchd.errors import StoreError
 from orchd.testing import workflow_engine
@@ -35,11 +36,11 @@ async def test_a_read_the_server_cancels_is_a_store_error_without_the_drivers_te
     database = await pg_util.create_schema(pg_server)
     async with workflow_engine(["engine_flows"], database=database) as engine:
         read = asyncio.create_task(engine.store.fetchall("SELECT pg_sleep(30), 'marker-42'"))
-        stopped = 0
-        async with asyncio.timeout(10):
-            while stopped == 0:  # the read is under way once the server shows it
-                await asyncio.sleep(0.02)
-                stopped = await stop_backends(database, "pg_cancel_backend", "marker-42")
+        # The read is under way once the server shows it.
+        await wait_until(
+            lambda: stop_backends(database, "pg_cancel_backend", "marker-42"),
+            "the read cancelled on the server",
+        )
         try:
             await read
         except StoreError as exc:

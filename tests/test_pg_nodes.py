@@ -217,14 +217,15 @@ async def test_the_engine_reconnects_when_the_server_drops_its_connections(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
         "WHERE datname = current_database() AND pid <> pg_backend_pid()",
     )
-    for _ in range(50):  # the first write after the drop may be refused; then it reconnects
+
+    async def started() -> str | None:
+        # The first write after the drop may be refused; then it reconnects.
         try:
-            pid = await a.start("slow_task")
-            break
+            return await a.start("slow_task")
         except StoreError:
-            await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("no start succeeded after the connections were dropped")
+            return None
+
+    pid = await wait_until(started, "a start after the connections were dropped")
     assert (await a.wait(pid, timeout=10)).status == "completed"
 
 
