@@ -8,6 +8,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 
+import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from core_flows import Oss
@@ -16,6 +17,7 @@ from tests_support import DatabaseFactory, EngineFactory, settle
 from orchd import Engine, Process
 from orchd import _faults as faults
 from orchd.api.app import create_app
+from orchd.engine import messages
 from orchd.errors import CallbackNotFound, InvalidTransition, ShuttingDown
 from orchd.store.base import token_digest
 from orchd.testing import Gate
@@ -315,3 +317,10 @@ ENGINE_PARTS = frozenset(
 async def test_the_engine_offers_its_users_api_and_no_plumbing(engine: Engine) -> None:
     assert {name for name in vars(Engine) if not name.startswith("_")} == ENGINE_API
     assert {name for name in vars(engine) if not name.startswith("_")} == ENGINE_PARTS
+
+
+def test_a_message_names_who_acted_actor_in_the_mail_between_nodes() -> None:
+    # ``by`` in the code; ``actor`` on the wire, which nodes of the version before read.
+    mail = msgspec.json.encode(messages.Abort(by="uid:0 (ops)"))
+    assert msgspec.json.decode(mail) == {"type": "Abort", "actor": "uid:0 (ops)"}
+    assert msgspec.json.decode(mail, type=messages.Message) == messages.Abort(by="uid:0 (ops)")

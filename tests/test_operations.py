@@ -281,7 +281,7 @@ async def test_an_ambiguous_prefix_is_refused(database_factory: DatabaseFactory)
                     first_step="init",
                     first_key="init",
                     created_at=time.time(),
-                    actor="test",
+                    by="test",
                 )
             )
         with pytest.raises(AmbiguousId):

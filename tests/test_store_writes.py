@@ -80,7 +80,7 @@ def new(**fields: Any) -> NewProcess:
         "first_step": "one",
         "first_key": "one",
         "created_at": time.time(),
-        "actor": "tester",
+        "by": "tester",
         "events": [event(pid)],
     }
     values.update(fields)
@@ -167,7 +167,7 @@ async def test_a_new_process_is_stored_with_its_start_action_and_its_events(stor
         {"n": 1},
         "0af7651916cd43dd8448eb211c80319c",
     )
-    assert [(a.action, a.actor) for a in await store.actions(row.pk)] == [("start", "tester")]
+    assert [(a.action, a.by) for a in await store.actions(row.pk)] == [("start", "tester")]
     events = await stored_events(store)
     assert [(e.process_id, e.status) for e in events] == [(op.id, "created")]
     assert events[0].id > 0
@@ -217,7 +217,7 @@ async def test_a_checkpoint_writes_the_row_its_steps_and_actions_and_releases_a_
         process_id=row.id,
         process=moved(row, "aborted", 2, current_step=None, step_key=None),
         steps=[record(row, 1), record(row, 2)],
-        actions=[ActionWrite(pk=row.pk, at=time.time(), action="abort", actor="op")],
+        actions=[ActionWrite(pk=row.pk, at=time.time(), action="abort", by="op")],
         release=sid,
         events=[event(row.id, ProcessStatus.ABORTED)],
     )
@@ -420,8 +420,8 @@ async def test_an_abort_request_is_committed_only_for_an_unfinished_process(stor
 
 async def test_a_note_is_set_only_on_a_subscription_that_exists(store: Store) -> None:
     sid = await saved_subscription(store)
-    assert await store.write(SetNote(subscription_id=sid, note="hi", actor="op", at=1.0))
-    assert not await store.write(SetNote(subscription_id="gone", note="x", actor="op", at=1.0))
+    assert await store.write(SetNote(subscription_id=sid, note="hi", by="op", at=1.0))
+    assert not await store.write(SetNote(subscription_id="gone", note="x", by="op", at=1.0))
     sub = await store.subscription(sid)
     assert sub is not None and sub.note == "hi"
     assert [a.action for a in await store.subscription_actions(sid)] == ["note"]

@@ -346,7 +346,7 @@ class Engine:
     async def set_note(self, sid: str, note: str, *, by: str) -> None:
         """Set a subscription's note, recorded with who set it (``by``)."""
         canonical = uuid_or_none(sid)
-        op = SetNote(subscription_id=canonical or sid, note=note, actor=by, at=time.time())
+        op = SetNote(subscription_id=canonical or sid, note=note, by=by, at=time.time())
         if canonical is None or not await self.store.write(op):
             raise SubscriptionNotFound(f"subscription {sid} does not exist")
 
@@ -414,7 +414,7 @@ class Engine:
 
     async def resume(self, pid: str, answer: Any, *, reporter: str | None = None) -> ProcessStatus:
         """Answer a suspended process's form; returns once committed and running again."""
-        message = messages.Resume(answer=answer, actor=_actor(reporter))
+        message = messages.Resume(answer=answer, by=_by(reporter))
         return P(await self._ask(await self.resolve_id(pid), message))
 
     async def retry(
@@ -425,20 +425,18 @@ class Engine:
         ``reissue``: the failed step is a callback's validate step (or its wait); go back to
         the callback's action instead, so the external system is asked again (a new token).
         """
-        message = messages.Retry(actor=_actor(reporter), reissue=reissue)
+        message = messages.Retry(by=_by(reporter), reissue=reissue)
         return P(await self._ask(await self.resolve_id(pid), message))
 
     async def skip(self, pid: str, reason: str, *, reporter: str | None = None) -> ProcessStatus:
         """Record a ``failed`` or ``waiting`` process's failing step as skipped (State as it
         was) and go on with the next step; returns once committed and running again."""
-        message = messages.Skip(reason=reason, actor=_actor(reporter))
+        message = messages.Skip(reason=reason, by=_by(reporter))
         return P(await self._ask(await self.resolve_id(pid), message))
 
     async def abort(self, pid: str, *, reporter: str | None = None) -> ProcessStatus:
         """Abort; returns once committed (for a running process: once requested)."""
-        return P(
-            await self._ask(await self.resolve_id(pid), messages.Abort(actor=_actor(reporter)))
-        )
+        return P(await self._ask(await self.resolve_id(pid), messages.Abort(by=_by(reporter))))
 
     async def callback(
         self,
@@ -459,8 +457,8 @@ class Engine:
         pid = self._runtime.waits.pid_of(digest) or await self.store.process_waiting_for(digest)
         if pid is None:
             raise CallbackNotFound("no process waits for this callback token")
-        actor = _actor(reporter, "callback token")
-        await self._ask(pid, messages.Callback(digest=digest, payload=payload, actor=actor))
+        by = _by(reporter, "callback token")
+        await self._ask(pid, messages.Callback(digest=digest, payload=payload, by=by))
         sender = parse_traceparent(traceparent) if self.tracing.on else None
         if sender is not None:
             row = await self.store.process(pid)
@@ -473,7 +471,7 @@ class Engine:
     ) -> ProcessStatus:
         """An operator answers an ``awaiting_callback`` process in the external system's place;
         returns once committed."""
-        message = messages.Callback(digest=None, payload=payload, actor=_actor(reporter))
+        message = messages.Callback(digest=None, payload=payload, by=_by(reporter))
         await self._ask(await self.resolve_id(pid), message)
         return P.RUNNING
 
@@ -571,7 +569,7 @@ class Engine:
         )
 
 
-def _actor(reporter: str | None, default: str = "engine") -> str:
+def _by(reporter: str | None, default: str = "engine") -> str:
     return reporter or default
 
 

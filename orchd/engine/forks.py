@@ -156,7 +156,7 @@ class Forks:
                 rows.append(b.row(self.actor.pk))
         return rows, records
 
-    def skip(self, reason: str, actor: str, now: float) -> tuple[list[BranchRow], list[StepWrite]]:
+    def skip(self, reason: str, by: str, now: float) -> tuple[list[BranchRow], list[StepWrite]]:
         """A skip: every failed branch (else every waiting one) records its failing step (a
         whole callback_step when its action or wait failed) skipped and goes on."""
         leaves = list(self.leaves())
@@ -167,7 +167,7 @@ class Forks:
         records: list[StepWrite] = []
         for b in targets:
             self._forget(b, End.SKIPPED)
-            records += self._move(b, step_rules.skipped(b.cursor, actor, reason, now))
+            records += self._move(b, step_rules.skipped(b.cursor, by, reason, now))
             rows.append(b.row(self.actor.pk))
         return rows, records
 
@@ -461,7 +461,7 @@ class Forks:
             pk=self.actor.pk,
             at=time.time(),
             action=Action.CALLBACK,
-            actor=message.actor,
+            by=message.by,
             detail=f"branch {b.path}",
         )
         try:
@@ -495,7 +495,7 @@ class Forks:
                 error=r.error,
                 traceback=r.traceback,
                 delta=r.delta,
-                actor=r.by,
+                by=r.by,
                 reason=r.reason,
                 branch=path,
             )

@@ -20,13 +20,15 @@ class Run(msgspec.Struct, frozen=True, tag=True):
 
 class Resume(msgspec.Struct, frozen=True, tag=True):
     answer: Any
-    actor: str
+    #: Who acted. Each message keeps ``actor`` as its name in the mail between nodes, so that
+    #: nodes of the version before this name read it during an upgrade.
+    by: str = msgspec.field(name="actor")
 
 
 class Retry(msgspec.Struct, frozen=True, tag=True):
     #: Sent by the engine's own retry timer (not recorded as an action), not by a person.
     automatic: bool = False
-    actor: str = "engine"
+    by: str = msgspec.field(default="engine", name="actor")
     #: After a callback's validate step failed: ask the external system again (a new token).
     reissue: bool = False
 
@@ -35,11 +37,11 @@ class Skip(msgspec.Struct, frozen=True, tag=True):
     """Record the failing step skipped and go on with the next (operator remediation)."""
 
     reason: str
-    actor: str
+    by: str = msgspec.field(name="actor")
 
 
 class Abort(msgspec.Struct, frozen=True, tag=True):
-    actor: str
+    by: str = msgspec.field(name="actor")
 
 
 class Callback(msgspec.Struct, frozen=True, tag=True):
@@ -48,7 +50,7 @@ class Callback(msgspec.Struct, frozen=True, tag=True):
 
     digest: str | None
     payload: Any
-    actor: str
+    by: str = msgspec.field(name="actor")
 
 
 class Expire(msgspec.Struct, frozen=True, tag=True):

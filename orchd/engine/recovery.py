@@ -25,7 +25,7 @@ async def recover(runtime: Runtime) -> None:
     await _place_unkeyed(store, runtime.workflows)
     for child, parent in await store.unfinished_children_of_aborted():
         # The parent's abort committed, the cascade to its children did not finish.
-        runtime.send(child, messages.Abort(actor=f"parent {parent}"))
+        runtime.send(child, messages.Abort(by=f"parent {parent}"))
     rows = await store.active_processes()
     for row in rows:
         runtime.post(row.id, messages.Run(), None, row=row)

@@ -518,7 +518,7 @@ class Runtime:
 
     def _cascade_abort(self, parent_id: str) -> None:
         """An aborted parent aborts every unfinished child (each through its own actor)."""
-        reason = messages.Abort(actor=f"parent {parent_id}")
+        reason = messages.Abort(by=f"parent {parent_id}")
         for actor in list(self.actors.values()):
             # Children running here hear it before their next step, whatever a read costs.
             if actor.loaded and actor.parent_id == parent_id and actor.status not in FINAL:
@@ -559,4 +559,4 @@ class Runtime:
             return
         for child in children:
             if child.status not in FINAL and self.accepting:
-                self.send(child.id, messages.Abort(actor=by))
+                self.send(child.id, messages.Abort(by=by))

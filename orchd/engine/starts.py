@@ -63,7 +63,7 @@ def build_start(
         "reporter": reporter,
     }
     return NewProcess(
-        actor=reporter or "engine",
+        by=reporter or "engine",
         id=pid,
         workflow=wf.name,
         target=wf.target,

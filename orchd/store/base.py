@@ -93,7 +93,7 @@ class ActionRow(msgspec.Struct, kw_only=True):
 
     at: float
     action: str
-    actor: str
+    by: str
     detail: str | None = None
 
 
@@ -109,7 +109,7 @@ class StepRow(msgspec.Struct, kw_only=True):
     delta: bytes | None = None
     key: str | None = None
     #: Who skipped the step, and why (an operator's skip).
-    actor: str | None = None
+    by: str | None = None
     reason: str | None = None
     #: The branch it ran in ("Gather facts/1"), None on the main line.
     branch: str | None = None
@@ -276,7 +276,7 @@ class StepWrite(msgspec.Struct, kw_only=True, array_like=True):
     traceback: str | None = None
     delta: bytes | None = None
     key: str | None = None
-    actor: str | None = None
+    by: str | None = None
     reason: str | None = None
     branch: str | None = None
 
@@ -300,7 +300,7 @@ class ActionWrite(msgspec.Struct, kw_only=True, array_like=True):
     pk: int
     at: float
     action: str
-    actor: str
+    by: str
     detail: str | None = None
 
 
@@ -372,7 +372,7 @@ class NewProcess(msgspec.Struct, kw_only=True):
     first_key: str
     created_at: float
     #: Who started it, recorded as the process's first action.
-    actor: str
+    by: str
     #: For a child: its parent, fan-out and element; ``held``: it waits for a free slot.
     parent_id: str | None = None
     child_group: int | None = None
@@ -528,7 +528,7 @@ class SetNote(msgspec.Struct, kw_only=True):
 
     subscription_id: str
     note: str
-    actor: str
+    by: str
     at: float
 
 

@@ -160,8 +160,11 @@ def _insert(table: str, fields: Sequence[str], rename: dict[str, str]) -> str:
     return f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(fields))})"
 
 
-_INSERT_STEP = _insert("steps", StepWrite.__struct_fields__, {"pk": "process"})
-_INSERT_ACTION = _insert("actions", ActionWrite.__struct_fields__, {"pk": "process"})
+#: The columns whose name is not the field's: the process's key, and who acted (``actor`` in
+#: the database, as in the API's JSON; ``by`` in the code).
+_COLUMNS = {"pk": "process", "by": "actor"}
+_INSERT_STEP = _insert("steps", StepWrite.__struct_fields__, _COLUMNS)
+_INSERT_ACTION = _insert("actions", ActionWrite.__struct_fields__, _COLUMNS)
 _UPSERT_BRANCH = """INSERT INTO branches (process, path, status, step_key, step_occurrence,
     changes, error, attempts, next_retry_at, callback_token)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -320,7 +323,7 @@ def create_process(op: NewProcess, d: Dialect, events: list[Event]) -> Plan[Proc
         # A held child is nobody's until a slot frees.
         owner = None if op.held else d.owner
         pk = yield Stmt(_INSERT_OWNED, (*params, owner), Fetch.VALUE)
-    yield Stmt(_INSERT_ACTION, (pk, op.created_at, START, op.actor, None))
+    yield Stmt(_INSERT_ACTION, (pk, op.created_at, START, op.by, None))
     events.extend(op.events)
     return op.created_row(pk, state)
 

@@ -250,7 +250,7 @@ def abort_request_action(op: RequestAbort) -> tuple[Any, ...]:
 
 def astuple_note(op: SetNote) -> tuple[Any, ...]:
     """The ``subscription_actions`` row that records a note being set."""
-    return (op.subscription_id, op.at, "note", op.actor, op.note)
+    return (op.subscription_id, op.at, "note", op.by, op.note)
 
 
 def refuse_start(
@@ -405,13 +405,11 @@ class SqlReads:
                 traceback=tb,
                 delta=delta,
                 key=key,
-                actor=actor,
+                by=by,
                 reason=reason,
                 branch=branch,
             )
-            for name, status, started, finished, error, tb, delta, key, actor, reason, branch in (
-                rows
-            )
+            for name, status, started, finished, error, tb, delta, key, by, reason, branch in (rows)
         ]
 
     async def branches(self, pk: int) -> list[BranchRow]:
@@ -436,7 +434,7 @@ class SqlReads:
             "SELECT at, action, actor, detail FROM actions WHERE process = ? ORDER BY rowid",
             (pk,),
         )
-        return [ActionRow(at=at, action=a, actor=who, detail=d) for at, a, who, d in rows]
+        return [ActionRow(at=at, action=a, by=who, detail=d) for at, a, who, d in rows]
 
     async def children(self, parent_id: str, group: int | None = None) -> list[ProcessRow]:
         if group is None:

@@ -135,7 +135,7 @@ class Views:
                     finished_at=utc(s.finished_at),
                     error=s.error,
                     traceback=s.traceback,
-                    actor=s.actor,
+                    actor=s.by,
                     reason=s.reason,
                     state_delta=decode(s.delta) if s.delta else {},
                     branch=s.branch,
@@ -143,7 +143,7 @@ class Views:
                 for s in steps
             ],
             actions=[
-                ActionRecord(at=utc(a.at), action=a.action, actor=a.actor, detail=a.detail)
+                ActionRecord(at=utc(a.at), action=a.action, actor=a.by, detail=a.detail)
                 for a in records.actions
             ],
             created_at=utc(row.created_at),
