@@ -28,6 +28,12 @@ API = {"Authorization": f"Bearer {TOKEN}"}
 PORTS = [{"port": f"xe-0/0/{n}", "vlan": 100 + n} for n in range(3)]
 
 
+@pytest.fixture(autouse=True)
+def run_files(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workflows' steps count their runs in files (runfiles.py): here, not in the cwd."""
+    monkeypatch.setenv("ORCHD_TEST_DIR", str(tmp_path))
+
+
 @pytest.fixture
 async def engine(engine_factory: EngineFactory) -> Engine:
     return await engine_factory(["console_flows", "console_view_flows"], name="views.db")
