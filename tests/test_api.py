@@ -17,6 +17,7 @@ import anyio
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from tests_support import SseReader, wait_until
 
 from orchd.api.app import create_app
 from orchd.api.inputs import MAX_DEPTH
@@ -74,9 +75,10 @@ async def suspended(client: Client, engine: Engine) -> str:
 
 
 async def status_becomes(client: Client, pid: str, status: str) -> None:
-    with anyio.fail_after(5):
-        while (await get(client, f"/api/processes/{pid}"))["status"] != status:
-            await anyio.sleep(0.01)
+    async def shows() -> bool:
+        return bool((await get(client, f"/api/processes/{pid}"))["status"] == status)
+
+    await wait_until(shows, f"{pid} {status}")
 
 
 def real_scheduler(engine: Engine) -> Scheduler:
@@ -566,44 +568,6 @@ async def test_unexpected_error_is_500_without_internals(
 # -- server-sent events -----------------------------------------------------------------------
 
 
-class Stream:
-    """Reads server-sent events from a response, one ``{"id", "event", "data"}`` at a time."""
-
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
-        self.resp = resp
-        self.comments: list[str] = []
-
-    async def next(self) -> dict[str, Any] | None:
-        fields: dict[str, Any] = {}
-        with anyio.fail_after(5):
-            while True:
-                line = (await self.resp.content.readline()).decode()
-                if not line:
-                    return None
-                line = line.rstrip("\n")
-                if not line:
-                    if fields:
-                        return fields
-                    continue
-                if line.startswith(":"):
-                    self.comments.append(line[1:].strip())
-                    continue
-                name, _, value = line.partition(": ")
-                fields[name] = json.loads(value) if name == "data" else value
-
-    async def until(self, pid: str, status: str) -> list[dict[str, Any]]:
-        seen = []
-        while (event := await self.next()) is not None:
-            seen.append(event)
-            data = event["data"]
-            if event["event"] == "process" and (data["process_id"], data["status"]) == (
-                pid,
-                status,
-            ):
-                return seen
-        raise AssertionError(f"the stream ended before {pid} became {status}: {seen}")
-
-
 async def test_events_stream_sends_headers_and_a_comment_at_once(api_client: Client) -> None:
     resp = await api_client.get("/api/events")
     assert resp.status == 200
@@ -615,25 +579,25 @@ async def test_events_stream_sends_headers_and_a_comment_at_once(api_client: Cli
 
 async def test_events_stream_sends_process_and_step_events(api_client: Client) -> None:
     resp = await api_client.get("/api/events")
-    stream = Stream(resp)
+    stream = SseReader(resp)
     pid = await start(api_client, "api_create", {"name": "n1"})
     events = await stream.until(pid, "completed")
-    mine = [e for e in events if e["data"]["process_id"] == pid]
-    assert mine[0]["event"] == "process" and mine[0]["data"]["status"] == "created"
-    steps = [e["data"]["step"] for e in mine if e["event"] == "step"]
+    mine = [e for e in events if e.json()["process_id"] == pid]
+    assert mine[0].event == "process" and mine[0].json()["status"] == "created"
+    steps = [e.json()["step"] for e in mine if e.event == "step"]
     assert steps == ["init", "make_subscription", "done"]
-    assert all(int(e["id"]) == e["data"]["id"] for e in mine)
+    assert all(int(e.id or "") == e.json()["id"] for e in mine)
     resp.close()
 
 
 async def test_events_stream_resumes_after_last_event_id(api_client: Client) -> None:
     resp = await api_client.get("/api/events")
     pid = await start(api_client, "api_create", {"name": "n1"})
-    first = await Stream(resp).until(pid, "completed")
+    first = await SseReader(resp).until(pid, "completed")
     resp.close()
-    again = await api_client.get("/api/events", headers={"Last-Event-ID": first[0]["id"]})
-    replayed = await Stream(again).until(pid, "completed")
-    assert [e["id"] for e in replayed] == [e["id"] for e in first[1:]]
+    again = await api_client.get("/api/events", headers={"Last-Event-ID": first[0].id or ""})
+    replayed = await SseReader(again).until(pid, "completed")
+    assert [e.id for e in replayed] == [e.id for e in first[1:]]
     again.close()
 
 
@@ -642,11 +606,11 @@ async def test_events_stream_filters_by_process(api_client: Client) -> None:
     resp = await api_client.get(f"/api/events?process={other}&after=0")
     pid = await start(api_client, "api_create", {"name": "n1"})
     del pid
-    stream = Stream(resp)
+    stream = SseReader(resp)
     event = await stream.next()
-    assert event is not None and event["data"]["process_id"] == other
+    assert event is not None and event.json()["process_id"] == other
     events = await stream.until(other, "failed")
-    assert {e["data"]["process_id"] for e in events} == {other}
+    assert {e.json()["process_id"] for e in events} == {other}
     resp.close()
 
 

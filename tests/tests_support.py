@@ -10,7 +10,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchd.client import Event, parse_sse
+
 if TYPE_CHECKING:
+    import aiohttp
     from aiohttp import web
     from aiohttp.test_utils import TestClient
 
@@ -133,6 +136,38 @@ def parse_logfmt(line: str) -> dict[str, str]:
                 raise ValueError(f"no space after a value at {i}: {line!r}")
             i += 1
     return fields
+
+
+class SseReader:
+    """Server-sent events of an aiohttp response (a test client's ``GET /api/events``), read
+    with the CLI's own parser, ``orchd.client.parse_sse``, one event at a time."""
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self.resp = resp
+
+    async def next(self, within: float = 5.0) -> Event | None:
+        """The next event (``within`` seconds at most), or None once the stream ended."""
+        lines: list[bytes] = []
+        async with asyncio.timeout(within):
+            while line := await self.resp.content.readline():
+                lines.append(line)
+                if line.strip(b"\r\n"):
+                    continue
+                # A blank line ends an event (or a comment, which gives none).
+                for event in parse_sse(lines):
+                    return event
+                lines.clear()
+        return None
+
+    async def until(self, pid: str, status: str) -> list[Event]:
+        """The events read up to the first that says process ``pid`` is ``status``."""
+        seen = []
+        while (event := await self.next()) is not None:
+            seen.append(event)
+            data = event.json()
+            if event.event == "process" and (data["process_id"], data["status"]) == (pid, status):
+                return seen
+        raise AssertionError(f"the stream ended before {pid} became {status}: {seen}")
 
 
 @contextlib.asynccontextmanager
