@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from orchd.dsl import Step, StepKind, Stranded, Workflow
-from orchd.engine import actions, forkstep, formpages
+from orchd.engine import actions, forkstep, formpages, subscribing
 from orchd.engine import children as childstep
 from orchd.engine import interpreter as step_rules
 from orchd.engine.change import FIELDS, UNSET, Change
@@ -72,11 +71,9 @@ from orchd.store.base import (
     ProcessWrite,
     StepWrite,
 )
-from orchd.subscriptions import SubscriptionError, complete_subscription
 
 log = logging.getLogger("orchd.engine.actor")
 P = ProcessStatus
-_MISSING: Any = object()
 
 
 def _refused(action: Action, status: ProcessStatus, pid: str) -> InvalidTransition:
@@ -96,10 +93,6 @@ class _Finished(NamedTuple):
     changes: Changes
     sub: dict[str, Any] | None
     relations: dict[str, str] | None
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat()
 
 
 class Actor:
@@ -140,7 +133,7 @@ class Actor:
             # a commit before its actor wakes) must find the action taken, so it waits.
             forks = self.forks
             match message:
-                case Abort(by=by):
+                case Abort(actor=by):
                     # Committed before it is acknowledged, so a restart applies it too; it
                     # takes effect at the step boundary (README "Guarantees"): the running
                     # step ends first, and its outcome is committed.
@@ -293,23 +286,23 @@ class Actor:
             match message:
                 case Run() | Stop():
                     respond(envelope)
-                case Resume(answer=answer, by=by):
-                    await actions.resume(self, answer, by)
+                case Resume(answer=answer, actor=actor):
+                    await actions.resume(self, answer, actor)
                     respond(envelope, self.status)
-                case Retry(automatic=automatic, by=by, reissue=reissue):
-                    await actions.retry(self, automatic, by, reissue)
+                case Retry(automatic=automatic, actor=actor, reissue=reissue):
+                    await actions.retry(self, automatic, actor, reissue)
                     respond(envelope, self.status)
-                case Skip(reason=reason, by=by):
-                    await actions.skip(self, reason, by)
+                case Skip(reason=reason, actor=actor):
+                    await actions.skip(self, reason, actor)
                     respond(envelope, self.status)
-                case Abort(by=by):
+                case Abort(actor=actor):
                     check_action(Action.ABORT, self.status, self.pid)
-                    await actions.abort(self, by, requested=True)
+                    await actions.abort(self, actor, requested=True)
                     respond(envelope, self.status)
-                case Callback(digest=digest, payload=payload, by=by) if self.at_fork():
-                    await forkstep.callback(self, digest, payload, by)
+                case Callback(digest=digest, payload=payload, actor=actor) if self.at_fork():
+                    await forkstep.callback(self, digest, payload, actor)
                     respond(envelope)
-                case Callback(digest=digest, payload=payload, by=by):
+                case Callback(digest=digest, payload=payload, actor=actor):
                     if digest is not None and self._callback_pending(digest):
                         self.host.waits.hold(digest, envelope)  # the wait step answers it
                         return
@@ -317,7 +310,7 @@ class Actor:
                         # An old or used token, or a made-up one: it answers no wait.
                         raise CallbackNotFound("no process waits for this callback token")
                     check_action(Action.CALLBACK, self.status, self.pid)
-                    await actions.take_callback(self, payload, by)
+                    await actions.take_callback(self, payload, actor)
                     respond(envelope)
                 case Expire(digest=digest):
                     if self.status is P.AWAITING_CALLBACK and digest == self.callback_token:
@@ -343,8 +336,8 @@ class Actor:
             and self.workflow.steps[self.pc].kind is StepKind.CALLBACK_WAIT
         )
 
-    def action(self, action: Action, by: str, detail: str | None = None) -> ActionWrite:
-        return ActionWrite(pk=self.pk, at=time.time(), action=action, by=by, detail=detail)
+    def action(self, action: Action, actor: str, detail: str | None = None) -> ActionWrite:
+        return ActionWrite(pk=self.pk, at=time.time(), action=action, actor=actor, detail=detail)
 
     def end_wait(self, how: End) -> None:
         """A callback token answers one wait only: forget it once the wait is over."""
@@ -467,7 +460,7 @@ class Actor:
         if early is not None:
             assert isinstance(early.message, Callback)
             try:
-                await actions.take_callback(self, early.message.payload, early.message.by)
+                await actions.take_callback(self, early.message.payload, early.message.actor)
             except BaseException as exc:
                 fail(early, exc)  # its sender must not wait for ever
                 raise
@@ -478,19 +471,7 @@ class Actor:
             self.host.later(self.pid, self.next_retry_at, Expire(digest=self.callback_token))
 
     async def _done(self, step: Step, started: float) -> None:
-        sub = self.state.get("subscription")
-        change = None
-        if (
-            self.target is not Target.SYSTEM
-            and isinstance(sub, dict)
-            and self.subscription_id is not None
-            and sub.get("id") == self.subscription_id
-        ):
-            change = {**sub, "insync": True}
-            if self.target is Target.TERMINATE:
-                change["status"] = "terminated"
-                change["end_date"] = _now_iso()
-                change["version"] = int(sub.get("version") or 0) + 1
+        change = subscribing.at_done(self.state, self.subscription_id, self.target)
         changes = changes_of(self.state, step.name, {"subscription": change} if change else None)
         move = step_rules.ended(self.cursor, step, started, time.time(), changes)
         await self.commit(step, move, P.COMPLETED, subscription=change)
@@ -498,46 +479,14 @@ class Actor:
     async def subscription_change(
         self, step: Step, delta: dict[str, Any]
     ) -> tuple[dict[str, Any] | None, dict[str, str] | None]:
-        """Check and complete a subscription a step put into State, and for a typed one the
-        relations to save with it; (None, None) if the step did not change it."""
-        given = delta.get("subscription", _MISSING)
-        if given is _MISSING or self.target is Target.SYSTEM:
-            return None, None
-        previous = self.state.get("subscription")
-        saved = complete_subscription(
-            step.name,
-            given,
-            self.subscription_id or self.host.new_id(),
-            previous if isinstance(previous, dict) else None,
-            self.host.product_classes,
+        """A subscription the step put into State, checked and completed (README "Products")."""
+        own = self.subscription_id
+        sub, relations = await subscribing.changed(
+            self.host, step, delta, self.state, own, self.target
         )
-        full = saved.sub
-        if self.subscription_id is not None and full["id"] != self.subscription_id:
-            raise SubscriptionError(f"step {step.name!r}: a process cannot switch subscriptions")
-        if saved.new_refs:
-            await self._check_refs(step.name, full["id"], saved.new_refs)
-        delta["subscription"] = full
-        if self.subscription_id is None:
-            self.subscription_id = full["id"]
-            delta["subscription_id"] = full["id"]
-        return full, saved.relations
-
-    async def _check_refs(self, step: str, own: str, refs: dict[str, tuple[str, str]]) -> None:
-        """Each new Ref names a subscription of its product that is not terminated."""
-        for path, (sid, product) in refs.items():
-            where = f"step {step!r}: subscription {path}"
-            if sid == own:
-                raise SubscriptionError(f"{where}: a subscription cannot depend on itself")
-            found = await self.host.subscription_of(sid)
-            if found is None:
-                raise SubscriptionError(f"{where}: subscription {sid} does not exist")
-            if found.product != product:
-                raise SubscriptionError(
-                    f"{where}: subscription {sid} is a {found.product!r} subscription, "
-                    f"not {product!r}"
-                )
-            if found.status == "terminated":
-                raise SubscriptionError(f"{where}: subscription {sid} is terminated")
+        if sub is not None and own is None:
+            self.subscription_id = sub["id"]
+        return sub, relations
 
     # -- forks (README "Parallel branches"; the branches themselves run in orchd.engine.forks) -----
 
@@ -619,26 +568,6 @@ class Actor:
         self.next_retry_at = at
         self.host.later(self.pid, at, Retry(automatic=True))
 
-    def step_writes(self, records: tuple[step_rules.Record, ...]) -> list[StepWrite]:
-        """The transition's records as the process's next step records."""
-        return [
-            StepWrite(
-                pk=self.pk,
-                seq=self.next_seq(),
-                name=r.name,
-                key=r.key,
-                status=r.status,
-                started_at=r.started,
-                finished_at=r.finished,
-                error=r.error,
-                traceback=r.traceback,
-                delta=r.delta,
-                by=r.by,
-                reason=r.reason,
-            )
-            for r in records
-        ]
-
     async def commit(
         self,
         step: Step,
@@ -657,7 +586,7 @@ class Actor:
             self.take(change)
         if step.forks and advances:
             self.forks = None  # it left the fork (joined or skipped)
-        records = self.step_writes(move.records)
+        records = step_rules.step_writes(move.records, self.pk, self.next_seq)
         last = move.records[-1] if move.records else None
         await self.write(
             status,

@@ -343,7 +343,8 @@ class Forks:
             step = b.steps[b.pc]
             started = time.time()
             try:
-                run = step_rules.should_run(step, b.state())
+                # A branch's State is built for a condition only (most steps have none).
+                run = not step.predicates or step_rules.should_run(step, b.state())
             except StepCrash as exc:
                 await self._raised(b, step, exc, started)
                 return
@@ -482,25 +483,7 @@ class Forks:
         b.apply(move)
         if b.status is B.RUNNING and b.pc >= len(b.steps):
             self._done(b)
-        pk, path, seq = self.actor.pk, b.path, self.actor.next_seq
-        return [
-            StepWrite(
-                pk=pk,
-                seq=seq(),
-                name=r.name,
-                key=r.key,
-                status=r.status,
-                started_at=r.started,
-                finished_at=r.finished,
-                error=r.error,
-                traceback=r.traceback,
-                delta=r.delta,
-                by=r.by,
-                reason=r.reason,
-                branch=path,
-            )
-            for r in move.records
-        ]
+        return step_rules.step_writes(move.records, self.actor.pk, self.actor.next_seq, b.path)
 
     def _done(self, b: Branch) -> None:
         if b.status is B.DONE:

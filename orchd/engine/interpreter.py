@@ -28,7 +28,7 @@ from orchd.engine.outcome import NO_CHANGES, Changes, StepCrash, changes_of, fai
 from orchd.model import StepStatus
 from orchd.settings import EngineSettings
 from orchd.state import clone, inject, to_json_values
-from orchd.store.base import new_callback_token, token_digest
+from orchd.store.base import StepWrite, new_callback_token, token_digest
 from orchd.tracing import enter_step, leave_step
 
 T = TypeVar("T")
@@ -77,6 +77,30 @@ class Move(NamedTuple):
     next_retry_at: float | None
     changes: Changes
     records: tuple[Record, ...]
+
+
+def step_writes(
+    records: tuple[Record, ...], pk: int, seq: Callable[[], int], branch: str | None = None
+) -> list[StepWrite]:
+    """A transition's records as the process's next step records (``seq`` numbers each)."""
+    return [
+        StepWrite(
+            pk=pk,
+            seq=seq(),
+            name=r.name,
+            key=r.key,
+            status=r.status,
+            started_at=r.started,
+            finished_at=r.finished,
+            error=r.error,
+            traceback=r.traceback,
+            delta=r.delta,
+            by=r.by,
+            reason=r.reason,
+            branch=branch,
+        )
+        for r in records
+    ]
 
 
 def _record(step: Step, status: StepStatus, started: float, finished: float, **kw: Any) -> Record:
@@ -257,5 +281,5 @@ async def call(
 __all__ = [
     "Cursor", "Failed", "Line", "Move", "Ran", "Record", "Token", "answered", "call", "ended",
     "expired", "new_token", "raised", "retried", "should_run", "skip_width", "skipped", "stays",
-    "waiting",
+    "step_writes", "waiting",
 ]  # fmt: skip

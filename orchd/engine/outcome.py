@@ -1,5 +1,5 @@
-"""How a step ended, as its checkpoint records it: what it changed in State (encoded once) and
-the record's status; and the errors engine-side evaluation of a step raises."""
+"""What a step changed in State (encoded once, its record's delta), the retry backoff, how a
+failure is worded, and the errors engine-side evaluation of a step raises."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 from orchd.dsl import Step
-from orchd.model import ProcessStatus, StepStatus
 from orchd.settings import EngineSettings
 from orchd.state import StepInputError, StepOutputError, decode, encode, non_finite
-from orchd.store.base import ActionWrite
 from orchd.subscriptions import SubscriptionError
 
 _MISSING: Any = object()
@@ -53,27 +51,6 @@ def changes_of(state: Mapping[str, Any], step_name: str, delta: dict[str, Any] |
             f"step {step_name!r} returned {where}, which JSON (and State) cannot hold"
         )
     return Changes(values, encoded)
-
-
-class Outcome(NamedTuple):
-    """How a step ended, as its checkpoint records it."""
-
-    #: The process's status after the step, and the step record's.
-    status: ProcessStatus
-    step_status: StepStatus
-    started: float
-    finished: float
-    changes: Changes = NO_CHANGES
-    #: Move on to the next step (else the process stays at this one).
-    advance: bool = False
-    #: ``state["subscription"]`` as it is to be saved, when the step changed it.
-    subscription: dict[str, Any] | None = None
-    error: str | None = None
-    traceback: str | None = None
-    #: The request that led here (a resume, a callback), recorded with the checkpoint.
-    action: ActionWrite | None = None
-    #: A typed subscription's relations, when they changed (``Checkpoint.relations``).
-    relations: dict[str, str] | None = None
 
 
 def retry_delay(settings: EngineSettings, step: Step, attempt: int) -> float:
