@@ -29,9 +29,10 @@ _gates: weakref.WeakKeyDictionary[object, Gate] = weakref.WeakKeyDictionary()
 async def admit(host: object) -> None:
     """Return when the engine ``host`` may start a step, branch or children now; raise
     ``LeaseLost`` when its node lost its lease."""
-    gate = _gates.get(host)
-    if gate is not None:
-        await gate.admit()
+    if _gates:  # no cluster in this process: not even a look-up per step
+        gate = _gates.get(host)
+        if gate is not None:
+            await gate.admit()
 
 
 class Gate:
