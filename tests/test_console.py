@@ -12,6 +12,7 @@ import asyncio
 import http.client
 import os
 import re
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -23,8 +24,10 @@ from daemon_util import DaemonFactory, UnixHTTPConnection
 from tests_support import EngineFactory
 
 from orchd.api.app import create_app
+from orchd.api.console import CONSOLE
 from orchd.api.console.forms import build_form, read_answer
 from orchd.api.console.render import CSP
+from orchd.api.console.session import Sessions
 from orchd.engine import Engine
 from orchd.settings import ConsoleSettings
 from orchd.state import form_schema
@@ -174,9 +177,15 @@ async def test_the_login_only_redirects_inside_the_console(serve: Any) -> None:
 
 async def test_sessions_expire(serve: Any) -> None:
     client = await serve(console=ConsoleSettings(session_timeout=0.5))
+    # The sessions run on a clock of the test's: on a busy machine the login and the first
+    # page could take longer than the timeout itself.
+    now = [time.time()]
+    console = client.app[CONSOLE]
+    assert console.sessions.timeout == 0.5
+    console.sessions = Sessions(console.sessions.timeout, clock=lambda: now[0])
     await login(client)
     assert (await client.get("/ui/health", allow_redirects=False)).status == 200
-    await asyncio.sleep(0.7)
+    now[0] += 0.7
     resp = await client.get("/ui/health", allow_redirects=False)
     assert resp.status == 303 and resp.headers["Location"].startswith("/ui/login")
 
