@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from core_flows import Oss
-from tests_support import DatabaseFactory, EngineFactory, settle
+from tests_support import DatabaseFactory, EngineFactory, settle, wait_until
 
 from orchd import Engine, Process
 from orchd import _faults as faults
@@ -23,6 +23,8 @@ from orchd.store.base import token_digest
 from orchd.testing import Gate
 
 #: How long a test waits for something that should happen at once (a hang fails the test).
+#: The waits look at each turn of the loop (``every=0``): a state that lasts a turn or two
+#: is seen.
 PATIENCE = 10.0
 
 
@@ -43,27 +45,19 @@ def armed() -> Iterator[Callable[[str], None]]:
     faults.arm("")
 
 
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Yield to the loop, a turn at a time, until ``condition()`` holds (PATIENCE seconds at
-    most): a state that lasts a turn or two is seen."""
-    async with asyncio.timeout(PATIENCE):
-        while not condition():
-            await asyncio.sleep(0)
-    assert condition(), what
-
-
 def branch_steps(process: Process, branch: str) -> list[tuple[str, str]]:
     return [(s.name, s.status) for s in process.steps if s.branch == branch]
 
 
 async def branch_failed(engine: Engine, pid: str, branch: str) -> Process:
     """The process once its branch's failure is committed (its sibling may still run)."""
-    async with asyncio.timeout(PATIENCE):
-        while True:
-            process = await engine.get(pid)
-            if ("order circuit", "failed") in branch_steps(process, branch):
-                return process
-            await asyncio.sleep(0.01)
+
+    async def failed() -> Process | None:
+        process = await engine.get(pid)
+        return process if ("order circuit", "failed") in branch_steps(process, branch) else None
+
+    found: Process = await wait_until(failed, f"{branch} failed", within=PATIENCE)
+    return found
 
 
 # -- 1. one failed read does not kill the engine; a dead supervisor is not healthy -------------
@@ -77,7 +71,12 @@ async def test_a_failed_read_of_an_aborted_parents_children_does_not_stop_the_en
     parent = await engine.start("fan_out_limited", inputs)  # two run, the third is held
     await gate.reached(2)
     assert await engine.abort(parent) == "aborted"
-    await until(lambda: faults.hits("cascade_read") >= 1, "the cascade read its children")
+    await wait_until(
+        lambda: faults.hits("cascade_read") >= 1,
+        "the cascade read its children",
+        within=PATIENCE,
+        every=0,
+    )
     # The engine still runs processes ...
     quick = await engine.start("child_task", {"n": 4})
     assert (await engine.wait(quick, timeout=PATIENCE)).state["doubled"] == 8
@@ -141,8 +140,18 @@ async def test_an_answer_taken_early_is_refused_when_the_action_then_fails(
     await gate.reached(1)
     await oss.handed.wait()
     sent = asyncio.ensure_future(engine.callback(oss.tokens[0], {"circuit": "C-1"}))
-    await until(lambda: engine.stats().mailbox_depth == 1, "the answer reached the actor")
-    await until(lambda: engine.stats().mailbox_depth == 0, "the fork took the answer")
+    await wait_until(
+        lambda: engine.stats().mailbox_depth == 1,
+        "the answer reached the actor",
+        within=PATIENCE,
+        every=0,
+    )
+    await wait_until(
+        lambda: engine.stats().mailbox_depth == 0,
+        "the fork took the answer",
+        within=PATIENCE,
+        every=0,
+    )
     assert not sent.done()  # kept for the wait that would follow the action
     oss.go.set()
     with pytest.raises(CallbackNotFound):
@@ -155,7 +164,7 @@ async def test_an_answer_taken_early_is_refused_when_the_action_then_fails(
     oss.refuse, oss.hold = False, False
     oss.handed.clear()
     await engine.retry(pid)
-    await until(lambda: len(oss.tokens) == 2, "the action ran again")
+    await wait_until(lambda: len(oss.tokens) == 2, "the action ran again", within=PATIENCE, every=0)
     process = await settle(engine, pid, "awaiting_callback")
     with pytest.raises(CallbackNotFound):
         await engine.callback(oss.tokens[0], {"circuit": "C-old"})
@@ -190,7 +199,9 @@ async def test_an_envelope_queued_when_the_engine_stops_is_answered_shutting_dow
     pid = await engine.start("main_order")
     await oss.handed.wait()
     sent = asyncio.ensure_future(engine.callback(oss.tokens[0], {"circuit": "C-1"}))
-    await until(lambda: engine.stats().mailbox_depth == 1, "the answer is queued")
+    await wait_until(
+        lambda: engine.stats().mailbox_depth == 1, "the answer is queued", within=PATIENCE, every=0
+    )
     await engine.close()  # the grace period ends with the action still running
     with pytest.raises(ShuttingDown):
         async with asyncio.timeout(PATIENCE):
@@ -214,7 +225,9 @@ async def test_a_message_being_handled_when_the_engine_stops_is_answered_shuttin
     lock = outside_lock()  # the answer's commit waits for another program's lock ...
     sent = asyncio.ensure_future(engine.answer_callback(pid, {"circuit": "C-1"}))
     actors = engine._runtime.actors
-    await until(lambda: pid in actors and actors[pid].committing, "it commits")
+    await wait_until(
+        lambda: pid in actors and actors[pid].committing, "it commits", within=PATIENCE, every=0
+    )
     closing = asyncio.ensure_future(engine.close())  # ... when the engine stops
     with pytest.raises(ShuttingDown):
         async with asyncio.timeout(PATIENCE):
@@ -265,9 +278,16 @@ async def test_a_commit_that_meets_an_outside_lock_waits_off_the_loop(
     ticker = asyncio.ensure_future(tick())
     try:
         gate.open()  # the step returns; its commit meets the lock
-        await until(lambda: actor.committing, "the step's commit waits for the lock")
+        await wait_until(
+            lambda: actor.committing,
+            "the step's commit waits for the lock",
+            within=PATIENCE,
+            every=0,
+        )
         count = len(ticks)
-        await until(lambda: len(ticks) >= count + 10, "the loop goes on meanwhile")
+        await wait_until(
+            lambda: len(ticks) >= count + 10, "the loop goes on meanwhile", within=PATIENCE, every=0
+        )
         assert (await engine.get(pid)).status == "running"  # and answers reads
         assert actor.committing  # still waiting: the lock is held
         lock.execute("COMMIT")
