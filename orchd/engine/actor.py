@@ -133,7 +133,7 @@ class Actor:
             # a commit before its actor wakes) must find the action taken, so it waits.
             forks = self.forks
             match message:
-                case Abort(actor=by):
+                case Abort(by=by):
                     # Committed before it is acknowledged, so a restart applies it too; it
                     # takes effect at the step boundary (README "Guarantees"): the running
                     # step ends first, and its outcome is committed.
@@ -286,23 +286,23 @@ class Actor:
             match message:
                 case Run() | Stop():
                     respond(envelope)
-                case Resume(answer=answer, actor=actor):
-                    await actions.resume(self, answer, actor)
+                case Resume(answer=answer, by=by):
+                    await actions.resume(self, answer, by)
                     respond(envelope, self.status)
-                case Retry(automatic=automatic, actor=actor, reissue=reissue):
-                    await actions.retry(self, automatic, actor, reissue)
+                case Retry(automatic=automatic, by=by, reissue=reissue):
+                    await actions.retry(self, automatic, by, reissue)
                     respond(envelope, self.status)
-                case Skip(reason=reason, actor=actor):
-                    await actions.skip(self, reason, actor)
+                case Skip(reason=reason, by=by):
+                    await actions.skip(self, reason, by)
                     respond(envelope, self.status)
-                case Abort(actor=actor):
+                case Abort(by=by):
                     check_action(Action.ABORT, self.status, self.pid)
-                    await actions.abort(self, actor, requested=True)
+                    await actions.abort(self, by, requested=True)
                     respond(envelope, self.status)
-                case Callback(digest=digest, payload=payload, actor=actor) if self.at_fork():
-                    await forkstep.callback(self, digest, payload, actor)
+                case Callback(digest=digest, payload=payload, by=by) if self.at_fork():
+                    await forkstep.callback(self, digest, payload, by)
                     respond(envelope)
-                case Callback(digest=digest, payload=payload, actor=actor):
+                case Callback(digest=digest, payload=payload, by=by):
                     if digest is not None and self._callback_pending(digest):
                         self.host.waits.hold(digest, envelope)  # the wait step answers it
                         return
@@ -310,7 +310,7 @@ class Actor:
                         # An old or used token, or a made-up one: it answers no wait.
                         raise CallbackNotFound("no process waits for this callback token")
                     check_action(Action.CALLBACK, self.status, self.pid)
-                    await actions.take_callback(self, payload, actor)
+                    await actions.take_callback(self, payload, by)
                     respond(envelope)
                 case Expire(digest=digest):
                     if self.status is P.AWAITING_CALLBACK and digest == self.callback_token:
@@ -336,8 +336,8 @@ class Actor:
             and self.workflow.steps[self.pc].kind is StepKind.CALLBACK_WAIT
         )
 
-    def action(self, action: Action, actor: str, detail: str | None = None) -> ActionWrite:
-        return ActionWrite(pk=self.pk, at=time.time(), action=action, actor=actor, detail=detail)
+    def action(self, action: Action, by: str, detail: str | None = None) -> ActionWrite:
+        return ActionWrite(pk=self.pk, at=time.time(), action=action, by=by, detail=detail)
 
     def end_wait(self, how: End) -> None:
         """A callback token answers one wait only: forget it once the wait is over."""
@@ -410,7 +410,9 @@ class Actor:
             view = {**self.state, "callback_token": token.token}
 
         async def finish(delta: dict[str, Any]) -> _Finished:
-            sub, relations = await self.subscription_change(step, delta)
+            sub = relations = None
+            if "subscription" in delta:  # most steps change none: no check to await
+                sub, relations = await self.subscription_change(step, delta)
             return _Finished(changes_of(self.state, step.name, delta), sub, relations)
 
         attempt = self.attempts + 1
@@ -460,7 +462,7 @@ class Actor:
         if early is not None:
             assert isinstance(early.message, Callback)
             try:
-                await actions.take_callback(self, early.message.payload, early.message.actor)
+                await actions.take_callback(self, early.message.payload, early.message.by)
             except BaseException as exc:
                 fail(early, exc)  # its sender must not wait for ever
                 raise

@@ -73,7 +73,12 @@ class Waits:
         return digest in self._by_digest
 
     def begin(self, digest: str, pid: str, branch: Branch | None = None) -> None:
-        """A callback action handed out the token of this digest: answers route here."""
+        """A callback action handed out the token of this digest: answers route here. A wait
+        begun again (its process loaded again) keeps an answer it holds."""
+        wait = self._by_digest.get(digest)
+        if wait is not None and wait.pid == pid:
+            wait.branch = branch
+            return
         self._by_digest[digest] = Wait(digest, pid, branch)
         self._by_pid.setdefault(pid, set()).add(digest)
 
