@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import weakref
 from typing import Any
 
 from orchd.store.cluster import Lease, LeaseLost
+
+log = logging.getLogger("orchd.engine.lease")
 
 #: The gate of each engine that is a node of a cluster (by the engine, the actors' host).
 _gates: weakref.WeakKeyDictionary[object, Gate] = weakref.WeakKeyDictionary()
@@ -91,4 +94,8 @@ class Gate:
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks)
+            # A step that swallows its cancellation must not keep the node from rejoining; its
+            # actor is refused at the gate when it comes back.
+            _, left = await asyncio.wait(tasks, timeout=max(1.0, 4 * self.margin))
+            if left:
+                log.warning("%d actors did not stop when the lease was lost", len(left))
