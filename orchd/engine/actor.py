@@ -18,7 +18,7 @@ import time
 from typing import Any, NamedTuple
 
 from orchd.dsl import Step, StepKind, Stranded, Workflow
-from orchd.engine import actions, forkstep, formpages, subscribing
+from orchd.engine import actions, forkstep, formpages, lease, subscribing
 from orchd.engine import children as childstep
 from orchd.engine import interpreter as step_rules
 from orchd.engine.change import FIELDS, UNSET, Change
@@ -365,6 +365,7 @@ class Actor:
 
     async def _advance(self) -> None:
         """Run the step at the program counter and commit its outcome."""
+        await lease.admit(self.host)  # in a cluster, only while this node's lease holds
         if self.broken is not None:
             self.error = self.broken
             await self.write(P.FAILED, steps=[])
