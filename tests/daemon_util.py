@@ -10,6 +10,7 @@ whatever a test leaves running.
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import json
 import os
@@ -526,6 +527,32 @@ def tcp_request(
         return answer.status, parse_body(answer.body)
     finally:
         conn.close()
+
+
+def open_idle(
+    stack: contextlib.ExitStack, port: int, count: int, source: str = "127.0.0.1"
+) -> list[socket.socket]:
+    """``count`` TCP connections from ``source`` to a daemon's ``port`` that send nothing
+    (the kernel completes them before the daemon accepts them), closed with ``stack``."""
+    made = []
+    for _ in range(count):
+        sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+        sock.setblocking(False)
+        made.append(sock)
+    return made
+
+
+def is_closed(sock: socket.socket) -> bool:
+    """Whether the daemon closed or reset a connection that sent nothing (a peek that never
+    blocks, whatever the socket's mode)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        return exc.errno in (errno.ECONNRESET, errno.EPIPE)
 
 
 def free_port() -> int:

@@ -8,7 +8,6 @@ answering.
 
 from __future__ import annotations
 
-import errno
 import http.client
 import socket
 import sys
@@ -19,7 +18,14 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from daemon_util import DaemonFactory, DaemonProcess, free_port, tcp_request
+from daemon_util import (
+    DaemonFactory,
+    DaemonProcess,
+    free_port,
+    is_closed,
+    open_idle,
+    tcp_request,
+)
 from tests_support import block_until
 
 #: The daemon's limit on open files (soft and hard), well below what the test opens.
@@ -45,29 +51,6 @@ def start_limited(
     daemon.command = lambda: [sys.executable, "-c", LIMITED, str(NOFILE), *command[1:]]  # type: ignore[method-assign]
     daemon.start()
     return daemon, port
-
-
-def open_idle(
-    stack: ExitStack, port: int, count: int, source: str = "127.0.0.1"
-) -> list[socket.socket]:
-    """``count`` connections that send nothing; the kernel completes them before accept."""
-    made = []
-    for _ in range(count):
-        sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-        sock.bind((source, 0))
-        sock.connect(("127.0.0.1", port))
-        sock.setblocking(False)
-        made.append(sock)
-    return made
-
-
-def is_closed(sock: socket.socket) -> bool:
-    try:
-        return sock.recv(1, socket.MSG_PEEK) == b""
-    except BlockingIOError:
-        return False
-    except OSError as exc:
-        return exc.errno in (errno.ECONNRESET, errno.EPIPE)
 
 
 def closed(socks: list[socket.socket]) -> int:

@@ -32,7 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_util import ROOT, DaemonFactory, DaemonProcess, UnixHTTPConnection, free_port
+from daemon_util import (
+    ROOT,
+    DaemonFactory,
+    DaemonProcess,
+    UnixHTTPConnection,
+    free_port,
+    is_closed,
+    open_idle,
+)
 from tests_support import block_until, parse_logfmt
 
 from orchd.daemon import partial_uid_map
@@ -86,16 +94,6 @@ def tcp_daemon(
 
 def logfmt_lines(daemon: DaemonProcess) -> list[dict[str, str]]:
     return [parse_logfmt(line) for line in daemon.last_run_stderr().splitlines()]
-
-
-def is_reset(sock: socket.socket) -> bool:
-    """Whether the daemon closed or reset a connection that has sent nothing."""
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
-    except OSError as exc:
-        return exc.errno in (errno.ECONNRESET, errno.EPIPE)
 
 
 def refused(port: int, source: str, head: bytes) -> bool:
@@ -458,8 +456,8 @@ def test_the_unix_socket_caps_its_connections(daemon_factory: DaemonFactory) -> 
             held.append(sock)
         extra = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
         extra.connect(daemon.socket)
-        block_until(lambda: is_reset(extra), "the fifth connection reset")
-        assert not any(is_reset(s) for s in held)
+        block_until(lambda: is_closed(extra), "the fifth connection reset")
+        assert not any(is_closed(s) for s in held)
         held.pop().close()
         # Its place is free once the daemon has seen it go (a request before that is reset).
         refusals = block_until(lambda: metric_or_none(daemon), "a request answered again")
@@ -478,16 +476,6 @@ def metric_or_none(daemon: DaemonProcess) -> float | None:
 # -- 9: networks on the TCP listener, and the reserved slots -------------------------------------
 
 
-def hold_idle(stack: ExitStack, port: int, source: str, count: int) -> list[socket.socket]:
-    made = []
-    for _ in range(count):
-        sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-        sock.bind((source, 0))
-        sock.connect(("127.0.0.1", port))
-        made.append(sock)
-    return made
-
-
 def test_eight_addresses_cannot_keep_callbacks_and_the_token_out(
     daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
@@ -497,7 +485,7 @@ def test_eight_addresses_cannot_keep_callbacks_and_the_token_out(
         # Eight addresses in eight networks, four idle connections each: sixteen take the open
         # slots, four (one a network) wait on probation in the reserved ones, twelve are reset.
         for n in range(1, 9):
-            hold_idle(stack, port, f"127.0.{n}.1", 4)
+            open_idle(stack, port, 4, f"127.0.{n}.1")
         block_until(
             lambda: (
                 daemon.metric("orchd_tcp_connections_accepted_total") == 20
@@ -535,7 +523,7 @@ def test_one_network_cannot_fill_the_listener(
     daemon, port = tcp_daemon(daemon_factory, tmp_path, tcp=tcp)
     with ExitStack() as stack:
         for n in range(1, 9):  # eight addresses of one /24
-            hold_idle(stack, port, f"127.0.20.{n}", 4)
+            open_idle(stack, port, 4, f"127.0.20.{n}")
         block_until(
             lambda: daemon.metric('orchd_tcp_connections_refused_total{cap="prefix"}') == 24,
             "the network's connections past its cap reset",
