@@ -263,7 +263,7 @@ async def engine_factory(
     teardown, its gates opened first."""
     async with AsyncExitStack() as stack:
 
-        async def open_engine(
+        async def make(
             workflows: list[str],
             *,
             name: str = "orchd.db",
@@ -275,7 +275,7 @@ async def engine_factory(
                 workflow_engine(workflows, resources=resources, database=database, **settings)
             )
 
-        yield open_engine
+        yield make
 
 
 # -- control API (tests/test_api.py) ----------------------------------------------------------
