@@ -9,13 +9,11 @@ from typing import Any
 
 import pytest
 from branch_flows import Ledger, Plan, count, read_ims, read_ipam
-from tests_support import settle, wait_until
+from tests_support import EngineFactory, settle, wait_until
 
 from orchd import Engine, Process, begin, callback_step, children, foreach, inputstep, parallel
 from orchd.errors import CallbackNotFound, InvalidTransition, WorkflowDefinitionError
 from orchd.testing import Gate
-
-Make = Callable[..., Any]
 
 
 @pytest.fixture
@@ -24,8 +22,8 @@ def ledger() -> Ledger:
 
 
 @pytest.fixture
-async def engine(engine_factory: Make, ledger: Ledger, gate: Gate) -> Engine:
-    return await engine_factory(  # type: ignore[no-any-return]
+async def engine(engine_factory: EngineFactory, ledger: Ledger, gate: Gate) -> Engine:
+    return await engine_factory(
         ["branch_flows"], resources={Ledger: ledger, Gate: gate}, grace_period=0.5
     )
 
@@ -414,7 +412,7 @@ def test_a_callback_step_may_stand_in_a_branch() -> None:
 
 
 async def test_after_a_restart_finished_branches_do_not_run_again(
-    engine_factory: Make, ledger: Ledger
+    engine_factory: EngineFactory, ledger: Ledger
 ) -> None:
     gate = Gate()
     first = await engine_factory(

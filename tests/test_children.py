@@ -5,23 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from tests_support import settle, wait_until
+from tests_support import EngineFactory, settle, wait_until
 
 from orchd import Engine, StepList, Target, children, done, init, workflow
 from orchd.errors import ConfigError, InvalidTransition
 from orchd.store.base import Retention
 from orchd.testing import Gate, workflow_engine
 
-Make = Callable[..., Any]
-
 
 @pytest.fixture
-async def engine(engine_factory: Make, gate: Gate) -> Engine:
-    return await engine_factory(["child_flows"], resources={Gate: gate})  # type: ignore[no-any-return]
+async def engine(engine_factory: EngineFactory, gate: Gate) -> Engine:
+    return await engine_factory(["child_flows"], resources={Gate: gate})
 
 
 def inputs(*numbers: int, **extra: Any) -> dict[str, Any]:
