@@ -194,7 +194,7 @@ async def test_the_one_place_a_status_is_written_refuses_a_change_the_table_forb
         assert (await engine.wait(pid)).status == P.COMPLETED
         row = await engine.store.process(pid)
         assert row is not None
-        actor = Actor(engine, pid, row)
+        actor = Actor(engine._runtime, pid, row)  # the runtime is what an actor runs in
         with pytest.raises(InvalidTransition, match="a completed process cannot become running"):
             await actor.write(P.RUNNING, steps=[])
         assert (await engine.get(pid)).status == P.COMPLETED
