@@ -291,15 +291,16 @@ async def api_engine(engine_factory: EngineFactory, gate: Gate) -> Engine:
 
 
 @pytest.fixture
-async def api_serve(api_engine: Engine) -> AsyncIterator[Callable[..., Awaitable[ApiClient]]]:
-    """A factory: ``await api_serve(**create_app_options)`` gives a TestClient over TCP."""
+async def app_client() -> AsyncIterator[Callable[..., Awaitable[ApiClient]]]:
+    """``await app_client(engine, **create_app_options)``: a TestClient over TCP of the
+    control API and console in front of ``engine``, closed at teardown (before the engine,
+    which a fixture asking for both sets up first)."""
     from orchd.api.app import create_app
 
     clients: list[ApiClient] = []
 
-    async def serve(**options: Any) -> ApiClient:
-        options.setdefault("heartbeat", 0.2)
-        client: ApiClient = TestClient(TestServer(create_app(api_engine, **options)))
+    async def serve(engine: Engine, **options: Any) -> ApiClient:
+        client: ApiClient = TestClient(TestServer(create_app(engine, **options)))
         await client.start_server()
         clients.append(client)
         return client
@@ -309,6 +310,19 @@ async def api_serve(api_engine: Engine) -> AsyncIterator[Callable[..., Awaitable
     finally:
         for client in clients:
             await client.close()
+
+
+@pytest.fixture
+async def api_serve(
+    api_engine: Engine, app_client: Callable[..., Awaitable[ApiClient]]
+) -> Callable[..., Awaitable[ApiClient]]:
+    """A factory: ``await api_serve(**create_app_options)`` gives a TestClient over TCP."""
+
+    async def serve(**options: Any) -> ApiClient:
+        options.setdefault("heartbeat", 0.2)
+        return await app_client(api_engine, **options)
+
+    return serve
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import os
 import re
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -42,22 +42,16 @@ async def engine(engine_factory: EngineFactory) -> Engine:
 
 
 @pytest.fixture
-async def serve(engine: Engine) -> AsyncIterator[Callable[..., Awaitable[Client]]]:
+async def serve(
+    engine: Engine, app_client: Callable[..., Awaitable[Client]]
+) -> Callable[..., Awaitable[Client]]:
     """``await serve(**create_app_options)``: a test client over TCP (token set by default)."""
-    clients: list[Client] = []
 
     async def make(**options: Any) -> Client:
         options.setdefault("token", TOKEN)
-        client: Client = TestClient(TestServer(create_app(engine, **options)))
-        await client.start_server()
-        clients.append(client)
-        return client
+        return await app_client(engine, **options)
 
-    try:
-        yield make
-    finally:
-        for client in clients:
-            await client.close()
+    return make
 
 
 async def login(client: Client, label: str = "") -> str:
