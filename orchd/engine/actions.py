@@ -37,7 +37,7 @@ async def resume(actor: Actor, answer: Any, by: str) -> None:
         page, values = await actor.form_page(step, formpages.answers_of(answer))
     if values is None:
         raise formpages.incomplete(page)
-    move = step_rules.answered(actor.cursor, step, actor.state, values, time.time())
+    move = step_rules.answered(actor, step, actor.state, values, time.time())
     await actor.commit(step, move, action=actor.action(Action.RESUME, by))
 
 
@@ -69,7 +69,7 @@ async def retry(actor: Actor, automatic: bool, by: str, reissue: bool) -> None:
             "failed branches"
         )
     back_to = _callback_action(actor) if reissue else None
-    move = step_rules.retried(actor.cursor, actor.status is P.FAILED, back_to)
+    move = step_rules.retried(actor, actor.status is P.FAILED, back_to)
     detail = "reissue" if reissue else None
     actions = [] if automatic else [actor.action(Action.RETRY, by, detail)]
     rows = forks.rerun() if forks is not None else []
@@ -92,14 +92,14 @@ async def skip(actor: Actor, reason: str, by: str) -> None:
     if forks is not None:
         rows, records = forks.skip(reason, by, time.time())
         if records:  # else the fork itself failed (a conflict): skip it whole, below
-            move = step_rules.retried(actor.cursor, True)
+            move = step_rules.retried(actor, True)
             await actor.write(P.RUNNING, steps=records, actions=[action], branches=rows, move=move)
             return
     step = actor.step_now()
     if step.func is None and step.kind is not StepKind.CALLBACK_WAIT and not step.forks:
         raise InvalidTransition(f"cannot skip the built-in step {step.name!r}")
     actor.end_wait(End.SKIPPED)
-    move = step_rules.skipped(actor.cursor, by, reason, time.time())
+    move = step_rules.skipped(actor, by, reason, time.time())
     await actor.commit(step, move, action=action)
 
 
@@ -146,7 +146,7 @@ async def take_callback(actor: Actor, payload: Any, by: str) -> None:
     step = actor.step_now()
     actor.end_wait(End.ANSWERED)
     delta = {"callback_result": payload}
-    move = step_rules.answered(actor.cursor, step, actor.state, delta, time.time())
+    move = step_rules.answered(actor, step, actor.state, delta, time.time())
     await actor.commit(step, move, action=actor.action(Action.CALLBACK, by))
 
 
@@ -155,4 +155,4 @@ async def fail_wait(actor: Actor) -> None:
     at its action, so a retry issues the request again with a fresh token."""
     step = actor.step_now()
     actor.end_wait(End.EXPIRED)
-    await actor.commit(step, step_rules.expired(actor.cursor, step, time.time()), P.FAILED)
+    await actor.commit(step, step_rules.expired(actor, step, time.time()), P.FAILED)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from orchd.dsl import Step, StepKind, Stranded, Workflow
@@ -378,12 +379,12 @@ class Actor:
             await self.step_raised(step, exc, started)
             return
         if not run:
-            skipped = step_rules.ended(self.cursor, step, started, time.time(), status=SKIPPED)
+            skipped = step_rules.ended(self, step, started, time.time(), status=SKIPPED)
             await self.commit(step, skipped, P.RUNNING)
             return
         match step.kind:
             case StepKind.INIT:
-                await self.commit(step, step_rules.ended(self.cursor, step, started, started))
+                await self.commit(step, step_rules.ended(self, step, started, started))
             case StepKind.DONE:
                 await self._done(step, started)
             case StepKind.ABORT:
@@ -425,16 +426,15 @@ class Actor:
         if isinstance(ran, step_rules.Failed):
             await self.step_raised(step, ran.exc, started)
             return
-        done = ran.value
-        move = step_rules.ended(self.cursor, step, started, time.time(), done.changes)
-        await self.commit(step, move, subscription=done.sub, relations=done.relations)
+        move = step_rules.ended(self, step, started, time.time(), ran.changes)
+        await self.commit(step, move, subscription=ran.sub, relations=ran.relations)
 
     async def step_raised(self, step: Step, exc: BaseException, started: float) -> None:
         if step.kind is StepKind.CALLBACK_ACTION:
             # Its wait never begins: the token it handed out answers nothing (a retry makes
             # a new one), and an answer that came while it ran is refused now.
             self.end_wait(End.FAILED)
-        move = step_rules.raised(self.cursor, step, exc, started, self.host.settings)
+        move = step_rules.raised(self, step, exc, started, self.host.settings)
         waits = move.line is step_rules.Line.WAITING
         await self.commit(step, move, P.WAITING if waits else P.FAILED)
         if waits and self.next_retry_at is not None:
@@ -448,7 +448,7 @@ class Actor:
             await self.step_raised(step, exc, started)
             return
         self.form = encode(page.form)
-        move = step_rules.stays(self.cursor, step, StepStatus.SUSPENDED, started)
+        move = step_rules.stays(self, step, StepStatus.SUSPENDED, started)
         await self.commit(step, move, P.SUSPENDED)
 
     async def form_page(
@@ -469,14 +469,14 @@ class Actor:
                 raise
             respond(early)
             return
-        await self.commit(step, step_rules.waiting(self.cursor, step, started), P.AWAITING_CALLBACK)
+        await self.commit(step, step_rules.waiting(self, step, started), P.AWAITING_CALLBACK)
         if self.next_retry_at is not None and self.callback_token:
             self.host.later(self.pid, self.next_retry_at, Expire(digest=self.callback_token))
 
     async def _done(self, step: Step, started: float) -> None:
         change = subscribing.at_done(self.state, self.subscription_id, self.target)
         changes = changes_of(self.state, step.name, {"subscription": change} if change else None)
-        move = step_rules.ended(self.cursor, step, started, time.time(), changes)
+        move = step_rules.ended(self, step, started, time.time(), changes)
         await self.commit(step, move, P.COMPLETED, subscription=change)
 
     async def subscription_change(
@@ -541,10 +541,10 @@ class Actor:
     # the actor are orchd.engine.children and orchd.engine.forkstep) ---------------------
 
     @property
-    def cursor(self) -> step_rules.Cursor:
-        """Where the process's line of steps stands, as the step interpreter reads it."""
+    def steps(self) -> Sequence[Step]:
+        """The process's line of steps (the step interpreter's cursor is the actor itself)."""
         assert self.workflow is not None
-        return step_rules.Cursor(self.workflow.steps, self.pc, self.attempts)
+        return self.workflow.steps
 
     def apply(self, move: step_rules.Move) -> None:
         """Take the place a transition gives (orchd.engine.interpreter): the one place the
@@ -554,7 +554,7 @@ class Actor:
             self.state.update(changed)
         if move.pc != self.pc:
             self.form = None  # a form belongs to its step
-            steps = self.cursor.steps
+            steps = self.steps
             self.current_step = steps[move.pc].name if move.pc < len(steps) else None
         self.pc, self.attempts = move.pc, move.attempts
         self.error, self.next_retry_at = move.error, move.next_retry_at

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from orchd.dsl import Step, StepKind
-from orchd.engine.interpreter import Cursor, Line, Move
+from orchd.engine.interpreter import Line, Move
 from orchd.engine.outcome import StepCrash
 from orchd.state import decode, encode
 from orchd.status import BranchStatus
@@ -139,11 +139,6 @@ class Branch:
         #: (the wait itself, and an answer it holds: ``orchd.engine.waits``).
         self.token: str | None = None
         self.nested: Fork | None = None
-
-    @property
-    def cursor(self) -> Cursor:
-        """Where the branch's line of steps stands, as the step interpreter reads it."""
-        return Cursor(self.steps, self.pc, self.attempts)
 
     def apply(self, move: Move) -> None:
         """Take the place a transition gives (orchd.engine.interpreter)."""

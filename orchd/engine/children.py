@@ -116,7 +116,7 @@ async def run(actor: Actor, step: Step, started: float) -> None:
         return
     collected = {step.into: results(rows)} if step.into else None
     changes = changes_of(actor.state, step.name, collected)
-    move = step_rules.ended(actor.cursor, step, started, time.time(), changes)
+    move = step_rules.ended(actor, step, started, time.time(), changes)
     await actor.commit(step, move, change=Change(children_group=None, children_pending=None))
 
 

@@ -136,7 +136,7 @@ class Forks:
         changed = []
         for b in list(self.leaves()):
             if b.status in (B.FAILED, B.WAITING):
-                b.apply(step_rules.retried(b.cursor, b.status is B.FAILED))
+                b.apply(step_rules.retried(b, b.status is B.FAILED))
                 changed.append(b.row(self.actor.pk))
         return changed
 
@@ -148,11 +148,11 @@ class Forks:
             if b.next_retry_at is None or b.next_retry_at > now + 0.01:
                 continue
             if b.status is B.WAITING:
-                b.apply(step_rules.retried(b.cursor, False))
+                b.apply(step_rules.retried(b, False))
                 rows.append(b.row(self.actor.pk))
             elif b.status is B.AWAITING_CALLBACK:
                 self._forget(b, End.EXPIRED)
-                records += self._move(b, step_rules.expired(b.cursor, b.steps[b.pc], now))
+                records += self._move(b, step_rules.expired(b, b.steps[b.pc], now))
                 rows.append(b.row(self.actor.pk))
         return rows, records
 
@@ -167,7 +167,7 @@ class Forks:
         records: list[StepWrite] = []
         for b in targets:
             self._forget(b, End.SKIPPED)
-            records += self._move(b, step_rules.skipped(b.cursor, by, reason, now))
+            records += self._move(b, step_rules.skipped(b, by, reason, now))
             rows.append(b.row(self.actor.pk))
         return rows, records
 
@@ -192,7 +192,7 @@ class Forks:
         wait = b.steps[b.pc]
         self._forget(b, End.ANSWERED)
         delta = {"callback_result": payload}
-        (record,) = self._move(b, step_rules.answered(b.cursor, wait, b.state(), delta, now))
+        (record,) = self._move(b, step_rules.answered(b, wait, b.state(), delta, now))
         return b.row(self.actor.pk), record
 
     def forget_tokens(self, how: End) -> None:
@@ -349,7 +349,7 @@ class Forks:
                 await self._raised(b, step, exc, started)
                 return
             if not run:
-                skipped = step_rules.ended(b.cursor, step, started, time.time(), status=SKIPPED)
+                skipped = step_rules.ended(b, step, started, time.time(), status=SKIPPED)
                 await self._commit(b, skipped)
             elif step.forks:
                 if not await self._enter(b, step, started):
@@ -404,7 +404,7 @@ class Forks:
             await self._raised(b, step, exc, started)
             return
         b.nested = None
-        move = step_rules.ended(b.cursor, step, started, time.time(), changes)
+        move = step_rules.ended(b, step, started, time.time(), changes)
         await self._commit(b, move, drop=fork.path + "/")
 
     async def _call(self, b: Branch, step: Step, started: float) -> None:
@@ -430,7 +430,7 @@ class Forks:
         if isinstance(ran, step_rules.Failed):
             await self._raised(b, step, ran.exc, started)
             return
-        await self._commit(b, step_rules.ended(b.cursor, step, started, time.time(), ran.value))
+        await self._commit(b, step_rules.ended(b, step, started, time.time(), ran))
 
     def _view(self, b: Branch, step: Step) -> Mapping[str, Any]:
         """What the branch's step is called with: its State, and a callback action's token."""
@@ -447,11 +447,11 @@ class Forks:
             # Its wait never begins: the token it handed out answers nothing (a retry makes a
             # new one), and an answer that came while it ran is refused now, not kept.
             self._forget(b, End.FAILED)
-        await self._commit(b, step_rules.raised(b.cursor, step, exc, started, self.settings))
+        await self._commit(b, step_rules.raised(b, step, exc, started, self.settings))
         self._timer_for(b)
 
     async def _wait(self, b: Branch, step: Step, started: float) -> None:
-        await self._commit(b, step_rules.waiting(b.cursor, step, started))
+        await self._commit(b, step_rules.waiting(b, step, started))
         self._timer_for(b)
 
     async def _take_callback(self, b: Branch, envelope: Envelope) -> None:

@@ -81,7 +81,7 @@ async def run(actor: Actor, step: Step, started: float) -> None:
     except (StepCrash, StepOutputError, SubscriptionError) as exc:
         await actor.step_raised(step, exc, began)
         return
-    move = step_rules.ended(actor.cursor, step, began, time.time(), changes)
+    move = step_rules.ended(actor, step, began, time.time(), changes)
     await actor.commit(step, move, subscription=sub, relations=relations)
 
 

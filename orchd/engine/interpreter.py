@@ -17,7 +17,7 @@ import asyncio
 import enum
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from orchd import _faults as faults
 from orchd.dsl import Step, StepKind
@@ -59,12 +59,18 @@ class Record(NamedTuple):
     reason: str | None = None
 
 
-class Cursor(NamedTuple):
-    """Where a line stands: what a transition reads."""
+class Cursor(Protocol):
+    """Where a line stands, as a transition reads it: the actor for the process's line, a
+    ``Branch`` for a branch's (read, never changed: their owners apply the Move)."""
 
-    steps: Sequence[Step]
-    pc: int
-    attempts: int
+    @property
+    def steps(self) -> Sequence[Step]: ...
+
+    @property
+    def pc(self) -> int: ...
+
+    @property
+    def attempts(self) -> int: ...
 
 
 class Move(NamedTuple):
@@ -213,12 +219,6 @@ def should_run(step: Step, state: Mapping[str, Any]) -> bool:
         raise StepCrash(f"step {step.name!r}: its condition raised {exc!r}") from exc
 
 
-class Ran(NamedTuple, Generic[T]):
-    """The step returned; ``value``: what ``finish`` made of its result."""
-
-    value: T
-
-
 class Failed(NamedTuple):
     """The step (or ``finish``) raised ``exc``: a failure of the step, never of orchd."""
 
@@ -246,11 +246,11 @@ async def call(
     attempt: int,
     view: Mapping[str, Any],
     finish: Callable[[dict[str, Any]], Awaitable[T]],
-) -> Ran[T] | Failed | None:
-    """Call the step with its arguments from ``view`` and make of its result what ``finish``
-    says (the changes, a subscription); None when it never ran (halted while it waited for
-    its resources, README "Limits on shared resources"). Only this actor's own cancellation
-    propagates (the step runs again at the next start)."""
+) -> T | Failed | None:
+    """Call the step with its arguments from ``view`` and answer what ``finish`` makes of its
+    result (the changes, a subscription); Failed when it raised; None when it never ran
+    (halted while it waited for its resources, README "Limits on shared resources"). Only
+    this actor's own cancellation propagates (the step runs again at the next start)."""
     if faults.ENABLED:
         faults.point("before_step")
     # Its requests carry the process's trace and this call's span (README "Traces").
@@ -275,11 +275,11 @@ async def call(
         leave_step(traced)
     if faults.ENABLED:
         faults.point("after_step")
-    return Ran(value)
+    return value
 
 
 __all__ = [
-    "Cursor", "Failed", "Line", "Move", "Ran", "Record", "Token", "answered", "call", "ended",
+    "Cursor", "Failed", "Line", "Move", "Record", "Token", "answered", "call", "ended",
     "expired", "new_token", "raised", "retried", "should_run", "skip_width", "skipped", "stays",
     "step_writes", "waiting",
 ]  # fmt: skip
