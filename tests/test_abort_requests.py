@@ -4,17 +4,13 @@ step boundary applies it instead of running the step again."""
 
 from __future__ import annotations
 
-import pytest
 from daemon_util import DaemonFactory
-from tests_support import EngineFactory
+from tests_support import engine_fixture
 
 from orchd.engine import Engine
 from orchd.testing import Gate
 
-
-@pytest.fixture
-async def engine(engine_factory: EngineFactory, step_resources: dict[type, object]) -> Engine:
-    return await engine_factory(["engine_flows"], resources=step_resources)
+engine = engine_fixture("engine_flows")
 
 
 async def test_an_abort_of_a_running_process_is_in_the_audit_trail_before_it_applies(

@@ -21,8 +21,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from steering import FailurePlan
-from tests_support import EngineFactory, console_client
+from tests_support import console_client, engine_fixture
 
 from orchd.api.console.forms import build_form, read_answer
 from orchd.api.console.render import environment
@@ -33,11 +32,7 @@ TOKEN = "console-forms-token-0123456789abcdefgh"
 PAGED = "/ui/workflows/create_l2vpn_paged"
 
 
-@pytest.fixture
-async def engine(engine_factory: EngineFactory, failures: FailurePlan) -> Engine:
-    return await engine_factory(
-        ["product_flows"], name="console-forms.db", resources={FailurePlan: failures}
-    )
+engine = engine_fixture("product_flows")
 
 
 @pytest.fixture

@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from steering import FailurePlan
-from tests_support import EngineFactory, console_client
+from tests_support import console_client, engine_fixture
 
 from orchd.api.console.products import product_fields
 from orchd.api.console.render import environment
@@ -27,11 +26,7 @@ Client = TestClient[web.Request, web.Application]
 TOKEN = "console-products-token-0123456789abcdef"
 
 
-@pytest.fixture
-async def engine(engine_factory: EngineFactory, failures: FailurePlan) -> Engine:
-    return await engine_factory(
-        ["product_flows"], name="console-products.db", resources={FailurePlan: failures}
-    )
+engine = engine_fixture("product_flows")
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from functools import partial
 import msgspec
 import pytest
 from steering import Calls, FailurePlan
-from tests_support import DatabaseFactory, EngineFactory, settle, wait_until
+from tests_support import DatabaseFactory, EngineFactory, engine_fixture, settle, wait_until
 
 from orchd import Engine
 from orchd.errors import (
@@ -23,11 +23,7 @@ from orchd.store.base import Checkpoint, ProcessWrite, new_callback_token
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def engine(engine_factory: EngineFactory, step_resources: dict[type, object]) -> Engine:
-    return await engine_factory(
-        ["engine_flows"], resources=step_resources, retry_delay=0.05, grace_period=0.5
-    )
+engine = engine_fixture("engine_flows", retry_delay=0.05, grace_period=0.5)
 
 
 def names(process) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]

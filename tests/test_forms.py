@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from steering import FailurePlan
-from tests_support import EngineFactory, settle
+from tests_support import engine_fixture, settle
 
 from orchd.engine import Engine
 from orchd.errors import FormValidationError
@@ -16,9 +16,7 @@ from orchd.testing import walk_form
 FLOWS = ["product_flows"]
 
 
-@pytest.fixture
-async def engine(engine_factory: EngineFactory, failures: FailurePlan) -> Engine:
-    return await engine_factory(FLOWS, resources={FailurePlan: failures})
+engine = engine_fixture(*FLOWS)
 
 
 async def completed(engine: Engine, workflow: str, given: Any) -> Any:

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 from steering import Calls, FailurePlan
-from tests_support import EngineFactory
+from tests_support import engine_fixture
 
 from orchd import Engine
 from orchd.errors import (
@@ -22,11 +22,7 @@ from orchd.testing import Gate
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def engine(engine_factory: EngineFactory, step_resources: dict[type, object]) -> Engine:
-    return await engine_factory(
-        ["engine_flows"], resources=step_resources, retry_delay=60.0, grace_period=0.2
-    )
+engine = engine_fixture("engine_flows", retry_delay=60.0, grace_period=0.2)
 
 
 async def created_subscription(engine: Engine) -> str:

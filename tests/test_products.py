@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from steering import FailurePlan
-from tests_support import EngineFactory, Open, settle
+from tests_support import Open, engine_fixture, settle
 
 from orchd.engine import Engine
 from orchd.errors import (
@@ -21,9 +21,7 @@ from orchd.testing import workflow_engine
 FLOWS = ["product_flows"]
 
 
-@pytest.fixture
-async def engine(engine_factory: EngineFactory, failures: FailurePlan) -> Engine:
-    return await engine_factory(FLOWS, resources={FailurePlan: failures})
+engine = engine_fixture(*FLOWS)
 
 
 async def run(engine: Engine, workflow: str, given: dict[str, Any]) -> Any:

@@ -32,6 +32,20 @@ DatabaseFactory = Callable[..., Awaitable[str]]
 Open = Callable[..., Awaitable["Engine"]]
 
 
+def engine_fixture(*workflows: str, **settings: Any) -> Any:
+    """A test module's ``engine`` fixture in one line: ``engine = engine_fixture("engine_flows",
+    retry_delay=0.05)`` gives each test an open Engine (``engine_factory``'s) with those
+    workflow modules and EngineSettings, its steps steered by ``step_resources`` (the test's
+    ``gate``, ``failures`` and ``calls``)."""
+    import pytest
+
+    @pytest.fixture
+    async def engine(engine_factory: EngineFactory, step_resources: dict[type, object]) -> Engine:
+        return await engine_factory(list(workflows), resources=step_resources, **settings)
+
+    return engine
+
+
 async def settle(engine: Engine, pid: str, *statuses: str) -> Process:
     """Wait (10 s at most) until the process is in one of ``statuses``, as committed."""
     deadline = asyncio.get_running_loop().time() + 10
