@@ -8,17 +8,14 @@ import time
 from typing import Any
 
 import pytest
-from tests_support import EngineFactory, settle, wait_until
+from tests_support import engine_fixture, settle, wait_until
 
 from orchd import Engine, StepList, Target, children, done, init, workflow
 from orchd.errors import ConfigError, InvalidTransition
 from orchd.store.base import Retention
 from orchd.testing import Gate, workflow_engine
 
-
-@pytest.fixture
-async def engine(engine_factory: EngineFactory, gate: Gate) -> Engine:
-    return await engine_factory(["child_flows"], resources={Gate: gate})
+engine = engine_fixture("child_flows")
 
 
 def inputs(*numbers: int, **extra: Any) -> dict[str, Any]:

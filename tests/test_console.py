@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from daemon_util import DaemonFactory, UnixHTTPConnection
-from tests_support import EngineFactory
+from tests_support import EngineFactory, engine_fixture
 
 from orchd.api.app import create_app
 from orchd.api.console import CONSOLE
@@ -36,9 +36,7 @@ Client = TestClient[web.Request, web.Application]
 TOKEN = "console-test-token-0123456789abcdefghij"
 
 
-@pytest.fixture
-async def engine(engine_factory: EngineFactory) -> Engine:
-    return await engine_factory(["console_flows"], name="console.db")
+engine = engine_fixture("console_flows")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import anyio
 import pytest
-from tests_support import EngineFactory, Open, wait_until
+from tests_support import Open, engine_fixture, wait_until
 
 from orchd import Engine
 from orchd.config import Config, ScheduleConfig, schedule_specs
@@ -44,10 +44,8 @@ def cfg(workflow: str = "quick_task", **kw: Any) -> ScheduleSpec:
     return spec
 
 
-@pytest.fixture
-async def engine(engine_factory: EngineFactory, gate: Gate) -> Engine:
-    # The factory opens the gate at teardown: a slow task finishes instead of being interrupted.
-    return await engine_factory(["sched_flows"], resources={Gate: gate}, grace_period=0.5)
+# The factory opens the gate at teardown: a slow task finishes instead of being interrupted.
+engine = engine_fixture("sched_flows", grace_period=0.5)
 
 
 async def runs(engine: Engine, name: str, status: str | None = None) -> list[str]:
