@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
-from tests_support import DatabaseFactory
+from tests_support import engine_fixture
 
 from orchd import Engine
-from orchd.api.app import create_app
 from orchd.errors import FormValidationError
 
 pytestmark = pytest.mark.anyio
 
+Serve = Callable[..., Awaitable[Any]]
 
-@pytest.fixture
-async def engine(database_factory: DatabaseFactory) -> AsyncIterator[Engine]:
-    database = await database_factory("orchd.db")
-    async with Engine(database=database, workflows=["form_flows"]) as e:
-        yield e
+
+engine = engine_fixture("form_flows")
 
 
 async def test_every_wrong_field_is_listed(engine: Engine) -> None:
@@ -37,14 +34,10 @@ async def test_a_form_with_one_wrong_field_lists_just_that_one(engine: Engine) -
     assert [e["loc"] for e in err.value.errors] == [["vlan"]]
 
 
-async def test_the_api_answers_422_with_every_field(engine: Engine) -> None:
-    client = TestClient(TestServer(create_app(engine)))
-    await client.start_server()
-    try:
-        resp = await client.post("/api/processes/configure_port", json={"vlan": "x"})
-        assert resp.status == 422
-        body = await resp.json()
-    finally:
-        await client.close()
+async def test_the_api_answers_422_with_every_field(engine: Engine, app_client: Serve) -> None:
+    client = await app_client(engine)
+    resp = await client.post("/api/processes/configure_port", json={"vlan": "x"})
+    assert resp.status == 422
+    body = await resp.json()
     assert {e["loc"][0] for e in body["errors"]} == {"name", "vlan", "port"}
     assert (await engine.list_processes()).items == []

@@ -4,16 +4,14 @@
 from __future__ import annotations
 
 import pytest
-from tests_support import EngineFactory
+from tests_support import engine_fixture
 
 from orchd import Engine
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def engine(engine_factory: EngineFactory) -> Engine:
-    return await engine_factory(["failure_flows"])
+engine = engine_fixture("failure_flows")
 
 
 async def test_a_step_raising_cancelled_error_fails_instead_of_hanging(engine: Engine) -> None:
