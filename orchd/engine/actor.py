@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from orchd.dsl import Step, StepKind, Stranded, Workflow
 from orchd.engine import actions, forkstep, formpages, lease, subscribing
@@ -40,7 +40,7 @@ from orchd.engine.messages import (
     respond,
     stopped,
 )
-from orchd.engine.outcome import Changes, StepCrash, changes_of
+from orchd.engine.outcome import StepCrash, changes_of
 from orchd.engine.waits import End
 from orchd.errors import (
     CallbackNotFound,
@@ -86,14 +86,6 @@ def _refused(action: Action, status: ProcessStatus, pid: str) -> InvalidTransiti
 
 
 SKIPPED = StepStatus.SKIPPED
-
-
-class _Finished(NamedTuple):
-    """What a step on the process line returned, made ready to commit."""
-
-    changes: Changes
-    sub: dict[str, Any] | None
-    relations: dict[str, str] | None
 
 
 class Actor:
@@ -411,15 +403,17 @@ class Actor:
             self.host.waits.begin(token.digest, self.pid)
             view = {**self.state, "callback_token": token.token}
 
-        async def finish(delta: dict[str, Any]) -> _Finished:
-            sub = relations = None
-            if "subscription" in delta:  # most steps change none: no check to await
-                sub, relations = await self.subscription_change(step, delta)
-            return _Finished(changes_of(self.state, step.name, delta), sub, relations)
-
         attempt = self.attempts + 1
         ran = await step_rules.call(
-            self.host, self.pid, self.trace_id, None, step, attempt, view, finish
+            self.host,
+            self.pid,
+            self.trace_id,
+            None,
+            step,
+            attempt,
+            view,
+            self._state,
+            self.subscription_change,
         )
         if ran is None:
             return  # halted before it ran
@@ -478,6 +472,9 @@ class Actor:
         changes = changes_of(self.state, step.name, {"subscription": change} if change else None)
         move = step_rules.ended(self, step, started, time.time(), changes)
         await self.commit(step, move, P.COMPLETED, subscription=change)
+
+    def _state(self) -> dict[str, Any]:
+        return self.state
 
     async def subscription_change(
         self, step: Step, delta: dict[str, Any]
@@ -694,17 +691,18 @@ class Actor:
     def _committed(
         self, previous: ProcessStatus, steps: list[StepWrite], step_seconds: float | None
     ) -> Committed:
+        # Positional (in Committed's field order): this runs at every commit.
         return Committed(
-            pid=self.pid,
-            workflow=self.workflow_name,
-            trace_id=self.trace_id,
-            previous=previous,
-            status=self.status,
-            current_step=self.current_step,
-            error=self.error,
-            has_children=self.children_group is not None,
-            steps=steps,
-            step_seconds=step_seconds,
+            self.pid,
+            self.workflow_name,
+            self.trace_id,
+            previous,
+            self.status,
+            self.current_step,
+            self.error,
+            self.children_group is not None,
+            steps,
+            step_seconds,
         )
 
 

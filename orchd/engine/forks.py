@@ -29,7 +29,7 @@ from orchd.dsl import Step, StepKind
 from orchd.engine import interpreter as step_rules
 from orchd.engine.branches import Branch, Broken, Fork, began_at, fill_pending
 from orchd.engine.messages import Callback, Envelope, Expire, Retry, Run, fail, respond
-from orchd.engine.outcome import Changes, StepCrash, changes_of
+from orchd.engine.outcome import StepCrash, changes_of
 from orchd.engine.waits import End, refusal
 from orchd.errors import CallbackNotFound, InvalidTransition
 from orchd.model import Action, ProcessStatus, StepStatus
@@ -410,9 +410,6 @@ class Forks:
     async def _call(self, b: Branch, step: Step, started: float) -> None:
         actor = self.actor
 
-        async def finish(delta: dict[str, Any]) -> Changes:
-            return changes_of(b.state(), step.name, delta)
-
         # The view is built in the call's arguments, not kept here: thousands of branches may
         # wait in their steps at once, each keeping its arguments, not a copy of its State.
         ran = await step_rules.call(
@@ -423,14 +420,14 @@ class Forks:
             step,
             b.attempts + 1,
             self._view(b, step),
-            finish,
+            b.state,
         )
         if ran is None:
             return  # halted before it ran
         if isinstance(ran, step_rules.Failed):
             await self._raised(b, step, ran.exc, started)
             return
-        await self._commit(b, step_rules.ended(b, step, started, time.time(), ran))
+        await self._commit(b, step_rules.ended(b, step, started, time.time(), ran.changes))
 
     def _view(self, b: Branch, step: Step) -> Mapping[str, Any]:
         """What the branch's step is called with: its State, and a callback action's token."""

@@ -17,7 +17,7 @@ import asyncio
 import enum
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol
 
 from orchd import _faults as faults
 from orchd.dsl import Step, StepKind
@@ -30,8 +30,6 @@ from orchd.settings import EngineSettings
 from orchd.state import clone, inject, to_json_values
 from orchd.store.base import StepWrite, new_callback_token, token_digest
 from orchd.tracing import enter_step, leave_step
-
-T = TypeVar("T")
 
 
 class Line(enum.Enum):
@@ -128,7 +126,7 @@ def ended(
     next. A retrystep's attempts count on while it has not succeeded."""
     counting = step.kind is StepKind.RETRY and status is not StepStatus.SUCCESS
     attempts = at.attempts if counting else 0
-    record = _record(step, status, started, finished, delta=changes.encoded)
+    record = Record(step.name, step.key, status, started, finished, None, None, changes.encoded)
     return Move(Line.RUNNING, at.pc + 1, attempts, None, None, changes, (record,))
 
 
@@ -237,6 +235,22 @@ def new_token() -> Token:
     return Token(token, token_digest(token))
 
 
+class Returned(NamedTuple):
+    """What the step returned, ready to commit: what it changed, and its subscription as
+    saved (with a typed one's relations) when it changed that."""
+
+    changes: Changes
+    sub: dict[str, Any] | None = None
+    relations: dict[str, str] | None = None
+
+
+#: Checks a subscription a step put into State before it is committed (the process line's;
+#: README "Products"): the subscription as saved, and a typed one's relations.
+SubscriptionCheck = Callable[
+    [Step, dict[str, Any]], Awaitable[tuple[dict[str, Any] | None, dict[str, str] | None]]
+]
+
+
 async def call(
     host: Host,
     pid: str,
@@ -245,12 +259,14 @@ async def call(
     step: Step,
     attempt: int,
     view: Mapping[str, Any],
-    finish: Callable[[dict[str, Any]], Awaitable[T]],
-) -> T | Failed | None:
-    """Call the step with its arguments from ``view`` and answer what ``finish`` makes of its
-    result (the changes, a subscription); Failed when it raised; None when it never ran
-    (halted while it waited for its resources, README "Limits on shared resources"). Only
-    this actor's own cancellation propagates (the step runs again at the next start)."""
+    state: Callable[[], Mapping[str, Any]],
+    check: SubscriptionCheck | None = None,
+) -> Returned | Failed | None:
+    """Call the step with its arguments from ``view``, and answer what it changed in the
+    line's ``state`` (read once it returned; ``check`` checks a subscription it changed);
+    Failed when it (or what it returned) failed; None when it never ran (halted while it
+    waited for its resources, README "Limits on shared resources"). Only this actor's own
+    cancellation propagates (the step runs again at the next start)."""
     if faults.ENABLED:
         faults.point("before_step")
     # Its requests carry the process's trace and this call's span (README "Traces").
@@ -262,7 +278,11 @@ async def call(
         # not a reference to its State.
         del view
         result = await call_step(host, pid, step, kwargs, uses)
-        value = await finish(to_json_values(step.name, result))
+        delta = to_json_values(step.name, result)
+        sub = relations = None
+        if check is not None and "subscription" in delta:
+            sub, relations = await check(step, delta)
+        changes = changes_of(state(), step.name, delta)
     except Halted:
         return None
     except asyncio.CancelledError as exc:
@@ -275,11 +295,11 @@ async def call(
         leave_step(traced)
     if faults.ENABLED:
         faults.point("after_step")
-    return value
+    return Returned(changes, sub, relations)
 
 
 __all__ = [
-    "Cursor", "Failed", "Line", "Move", "Record", "Token", "answered", "call", "ended",
+    "Cursor", "Failed", "Line", "Move", "Record", "Returned", "Token", "answered", "call", "ended",
     "expired", "new_token", "raised", "retried", "should_run", "skip_width", "skipped", "stays",
     "step_writes", "waiting",
 ]  # fmt: skip
