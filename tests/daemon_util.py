@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -24,6 +25,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests_support import block_until
 
 from orchd.client import Event, parse_sse
 from orchd.client import UnixHTTPConnection as _ClientConnection
@@ -603,3 +606,77 @@ class DaemonFactory:
     def close(self) -> None:
         for daemon in self.made:
             daemon.kill()
+
+
+# -- `make run`'s demo: the fake OSS and a daemon on the bundled examples -----------------------
+
+
+def makefile_oss_args(port: int, directory: Path) -> list[str]:
+    """``$(OSS_ARGS)`` as the Makefile expands it, for ``make run`` started in ``directory``."""
+    result = subprocess.run(
+        ["make", "-s", "--no-print-directory", "-C", str(ROOT), "--eval",
+         "print-oss-args: ; @echo $(OSS_ARGS)", "print-oss-args",
+         f"OSS_PORT={port}", f"CURDIR={directory}"],
+        capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    return shlex.split(result.stdout)
+
+
+@contextlib.contextmanager
+def fake_oss(
+    port: int, args: list[str], folder: Path, env: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """``orchd fake-oss ARGS`` started in ``folder`` (its log there), answering on ``port``;
+    its URL. Stopped on exit."""
+    log = (folder / "fake-oss.log").open("wb")
+    oss = subprocess.Popen(
+        [sys.executable, "-m", "orchd", "fake-oss", *args],
+        cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+
+    def answers() -> bool:
+        assert oss.poll() is None, f"the fake OSS exited:\n{(folder / 'fake-oss.log').read_text()}"
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        try:
+            conn.request("GET", "/health")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    try:
+        block_until(answers, "the fake OSS answering", within=15)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        oss.terminate()
+        oss.wait(10)
+        log.close()
+
+
+@contextlib.contextmanager
+def make_run_demo(factory: DaemonFactory) -> Iterator[DaemonProcess]:
+    """A daemon on the bundled examples with no TCP listener, beside ``orchd fake-oss`` started
+    with the Makefile's own ``OSS_ARGS`` (only the port and the directory changed), as
+    ``make run`` wires them."""
+    port = free_port()
+    daemon = factory(
+        {"workflows": ["orchd.examples"]},
+        start=False,
+        env={"ORCHD_OSS_URL": f"http://127.0.0.1:{port}"},
+    )
+    with fake_oss(port, makefile_oss_args(port, daemon.dir), daemon.dir, daemon.environment()):
+        daemon.start()
+        yield daemon
+
+
+def run_demo(daemon: DaemonProcess) -> subprocess.CompletedProcess[str]:
+    """``python -m orchd.examples.demo SOCKET`` as ``make run`` runs it beside the daemon."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchd.examples.demo", daemon.socket],
+        env=daemon.environment(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )

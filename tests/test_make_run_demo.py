@@ -7,70 +7,19 @@ complete, which it does only when the fake OSS's callback reaches the daemon's U
 
 from __future__ import annotations
 
-import http.client
-import shlex
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from daemon_util import ROOT, DaemonFactory, DaemonProcess, free_port
-from tests_support import block_until
+from daemon_util import DaemonFactory, DaemonProcess, make_run_demo, run_demo
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
 
-def makefile_oss_args(port: int, directory: Path) -> list[str]:
-    """``$(OSS_ARGS)`` as the Makefile expands it, for ``make run`` started in ``directory``."""
-    result = subprocess.run(
-        ["make", "-s", "--no-print-directory", "-C", str(ROOT), "--eval",
-         "print-oss-args: ; @echo $(OSS_ARGS)", "print-oss-args",
-         f"OSS_PORT={port}", f"CURDIR={directory}"],
-        capture_output=True, text=True, check=True, timeout=30,
-    )  # fmt: skip
-    return shlex.split(result.stdout)
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-
-    def answers() -> bool:
-        assert proc.poll() is None, "the fake OSS exited"
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        try:
-            conn.request("GET", "/health")
-            return conn.getresponse().status == 200
-        except OSError:
-            return False
-        finally:
-            conn.close()
-
-    block_until(answers, "the fake OSS answering", within=15)
-
-
 @pytest.fixture
 def demo(daemon_factory: DaemonFactory) -> Iterator[DaemonProcess]:
-    port = free_port()
-    daemon = daemon_factory(
-        {"workflows": ["orchd.examples"]},
-        start=False,
-        env={"ORCHD_OSS_URL": f"http://127.0.0.1:{port}"},
-    )
-    args = makefile_oss_args(port, daemon.dir)
-    oss_log = (daemon.dir / "fake-oss.log").open("wb")
-    oss = subprocess.Popen(
-        [sys.executable, "-m", "orchd", "fake-oss", *args],
-        cwd=daemon.dir, stdout=oss_log, stderr=subprocess.STDOUT, env=daemon.environment(),
-    )  # fmt: skip
-    try:
-        wait_listening(port, oss)
-        daemon.start()
+    with make_run_demo(daemon_factory) as daemon:
         yield daemon
-    finally:
-        oss.terminate()
-        oss.wait(10)
-        oss_log.close()
 
 
 def test_provision_port_completes_under_make_run(demo: DaemonProcess) -> None:
@@ -92,17 +41,6 @@ def test_provision_ports_completes_under_make_run(demo: DaemonProcess) -> None:
     process = demo.wait_process(pid, statuses=("completed", "failed"), timeout=30)
     assert process["status"] == "completed", process
     assert [r["configured"] for r in process["state"]["port_results"]] == ports
-
-
-def run_demo(demo: DaemonProcess) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchd.examples.demo", demo.socket],
-        env=demo.environment(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
 
 
 def test_the_demo_builds_a_network_with_relations_once(demo: DaemonProcess) -> None:

@@ -35,8 +35,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from daemon_util import ROOT, WF_DIR, DaemonFactory, DaemonProcess, free_port
-from test_make_run_demo import makefile_oss_args, run_demo, wait_listening
+from daemon_util import (
+    ROOT,
+    WF_DIR,
+    DaemonFactory,
+    DaemonProcess,
+    fake_oss,
+    free_port,
+    make_run_demo,
+    run_demo,
+)
 from tests_support import settle
 
 import orchd
@@ -385,33 +393,22 @@ def test_the_resource_factory_example_gives_a_step_its_client(
 
 
 @pytest.fixture
-def fake_oss(tmp_path: Path) -> Iterator[str]:
-    """``orchd fake-oss`` on a free port, as `make run` starts it; its URL."""
+def oss_url(tmp_path: Path) -> Iterator[str]:
+    """``orchd fake-oss`` on a free port; its URL."""
     port = free_port()
-    log = (tmp_path / "fake-oss.log").open("wb")
-    oss = subprocess.Popen(
-        [sys.executable, "-m", "orchd", "fake-oss", "--port", str(port),
-         "--provision-time", "0.2"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        wait_listening(port, oss)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        oss.terminate()
-        oss.wait(10)
-        log.close()
+    with fake_oss(port, ["--port", str(port), "--provision-time", "0.2"], tmp_path) as url:
+        yield url
 
 
 def test_the_limits_example_runs_its_steps_under_their_limits(
-    tmp_path: Path, daemon_factory: DaemonFactory, fake_oss: str
+    tmp_path: Path, daemon_factory: DaemonFactory, oss_url: str
 ) -> None:
     source = block("Limits on shared resources #1")
     constant = 'OSS = "http://inventory.example:8080"'
     assert constant in source
     folder = tmp_path / "mods"
     folder.mkdir()
-    (folder / "readme_limits.py").write_text(source.replace(constant, f'OSS = "{fake_oss}"'))
+    (folder / "readme_limits.py").write_text(source.replace(constant, f'OSS = "{oss_url}"'))
     readme = README.read_text()
     after = readme[readme.index(source) + len(source) :]
     limits = re.search(r"```toml\n(.*?)```", after, re.DOTALL)
@@ -421,7 +418,7 @@ def test_the_limits_example_runs_its_steps_under_their_limits(
         raw_config=limits.group(1),
         env={"PYTHONPATH": f"{folder}:{WF_DIR}:{ROOT}"},
     )
-    status, node = http_json("POST", f"{fake_oss}/nodes", {"name": "r1", "customer_id": "c1"})
+    status, node = http_json("POST", f"{oss_url}/nodes", {"name": "r1", "customer_id": "c1"})
     assert status == 201
     given = {"node_name": "r1", "node_id": node["id"], "config": "hostname r1"}
     pids = [daemon.start_process("reconfigure_router", given) for _ in range(3)]
@@ -452,30 +449,12 @@ def http_json(method: str, url: str, body: Any = None) -> tuple[int, Any]:
 
 @pytest.fixture
 def demo_network(daemon_factory: DaemonFactory) -> Iterator[DaemonProcess]:
-    """A daemon on the bundled examples beside ``orchd fake-oss`` as the Makefile starts it,
-    with the demo's network built (nodes, ports, a core link, an L2VPN)."""
-    port = free_port()
-    daemon = daemon_factory(
-        {"workflows": ["orchd.examples"]},
-        start=False,
-        env={"ORCHD_OSS_URL": f"http://127.0.0.1:{port}"},
-    )
-    args = makefile_oss_args(port, daemon.dir)
-    log = (daemon.dir / "fake-oss.log").open("wb")
-    oss = subprocess.Popen(
-        [sys.executable, "-m", "orchd", "fake-oss", *args],
-        cwd=daemon.dir, stdout=log, stderr=subprocess.STDOUT, env=daemon.environment(),
-    )  # fmt: skip
-    try:
-        wait_listening(port, oss)
-        daemon.start()
+    """`make run`'s daemon and fake OSS, with the demo's network built (nodes, ports, a core
+    link, an L2VPN)."""
+    with make_run_demo(daemon_factory) as daemon:
         built = run_demo(daemon)
         assert built.returncode == 0, built.stderr
         yield daemon
-    finally:
-        oss.terminate()
-        oss.wait(10)
-        log.close()
 
 
 def subscriptions_of(daemon: DaemonProcess) -> list[dict[str, Any]]:
