@@ -297,7 +297,9 @@ class Actor:
                     respond(envelope)
                 case Callback(digest=digest, payload=payload, by=by):
                     if digest is not None and self._callback_pending(digest):
-                        self.host.waits.hold(digest, envelope)  # the wait step answers it
+                        waits = self.host.waits
+                        waits.begin(digest, self.pid)  # (it stands already: begun at load)
+                        waits.hold(digest, envelope)  # the wait step answers it
                         return
                     if digest is not None and digest != self.callback_token:
                         # An old or used token, or a made-up one: it answers no wait.
@@ -366,7 +368,7 @@ class Actor:
         step = self.step_now()
         started = time.time()
         try:
-            run = step_rules.should_run(step, self.state)
+            run = not step.predicates or step_rules.should_run(step, self.state)
         except StepCrash as exc:
             await self.step_raised(step, exc, started)
             return
