@@ -478,3 +478,28 @@ async def test_a_database_error_fails_only_the_operation_that_caused_it(store: S
     assert isinstance(answers[0], StoreError)
     assert isinstance(answers[1], ProcessRow)
     assert await store.process(other.id) is not None
+
+
+@pytest.mark.sqlite_only
+async def test_an_inline_commit_is_announced_after_the_writer_threads_commit_before_it(
+    store: Store,
+) -> None:
+    # The writer thread commits a queued write; before the loop has run the callback that
+    # announces it, a lone process commits on the loop's thread (commit_now). Its event comes
+    # second: a listener's ids only grow, so a client that resumes after the last id it heard
+    # misses none.
+    heard: list[int] = []
+    store.on_events(lambda events: heard.extend(e.id for e in events))
+    queued = store.submit(new())
+    # The loop does not yield until both have committed: the first announcement waits in its
+    # queue meanwhile.
+    deadline = time.monotonic() + 10
+    while store.stats().committed < 1:
+        assert time.monotonic() < deadline, "the writer thread did not commit"
+    while not store.commit_now(new())[0]:  # until the writer thread lets go of the file
+        assert time.monotonic() < deadline, "the inline commit was never taken"
+    await queued
+    async with asyncio.timeout(10):
+        while len(heard) < 2:  # the inline commit's announcement is the loop's next callback
+            await asyncio.sleep(0)
+    assert heard == [1, 2]

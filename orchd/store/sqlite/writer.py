@@ -167,7 +167,9 @@ class Writer(threading.Thread, CommitCounters):
                 self._be_patient(True)
                 results = self._commit(batch)
                 events, self._announce = self._announce, []
-            self.loop.call_soon_threadsafe(_resolve, results, events, self.event_sink)
+                # Handed to the loop under the lock, as an inline commit hands its events:
+                # the loop announces every commit in the order it was made.
+                self.loop.call_soon_threadsafe(_resolve, results, events, self.event_sink)
         self.conn.close()
 
     def moved(self) -> str | None:
@@ -227,10 +229,13 @@ class Writer(threading.Thread, CommitCounters):
                 if self.conn.in_transaction:  # the file moved: nothing was applied
                     self.conn.execute("ROLLBACK")
             events, self._announce = self._announce, []
+            if events and self.event_sink is not None:
+                # Behind the batches the writer thread committed before, whose events may
+                # still wait in the loop's queue: announced at once, these would overtake
+                # them, and a listener's ids would go back.
+                self.loop.call_soon(self.event_sink, events)
         finally:
             self.lock.release()
-        if events and self.event_sink is not None:
-            self.event_sink(events)  # on the loop's thread already: announce at once
         if not ok:
             raise value
         return True, value
