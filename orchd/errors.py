@@ -29,6 +29,7 @@ using the ``status`` and ``slug`` that the class itself declares::
     ├── FormValidationError          422: the answer does not fit the form
     ├── IdempotencyKeyReused         422: an Idempotency-Key sent again with another body
     ├── StoreError                   503: the database refused a write
+    │   └── LeaseLost                this node lost its lease (several nodes)
     └── ShuttingDown                 503: the engine no longer takes work
 """
 
@@ -286,6 +287,11 @@ class StoreError(OrchdError):
     status = 503
     slug = "store-unavailable"
     title = "Database unavailable"
+
+
+class LeaseLost(StoreError):
+    """Raised when this node does not hold its lease (it lapsed, or another incarnation of its
+    node id holds it): nothing it writes for a process is committed, and it starts nothing."""
 
 
 class ShuttingDown(OrchdError):

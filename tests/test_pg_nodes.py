@@ -17,8 +17,7 @@ from steering import Calls, FailurePlan
 from tests_support import wait_until
 
 from orchd import Engine
-from orchd.errors import StoreError, SubscriptionLocked
-from orchd.store.cluster import LeaseLost
+from orchd.errors import LeaseLost, StoreError, SubscriptionLocked
 from orchd.testing import Gate
 
 Open = Callable[..., Awaitable[Engine]]

@@ -27,9 +27,9 @@ import msgspec
 from orchd import errors
 from orchd.engine import messages
 from orchd.engine.lease import Gate
-from orchd.errors import OrchdError, StoreError
+from orchd.errors import LeaseLost, OrchdError, StoreError
 from orchd.model import ACTIVE, Event, ProcessStatus
-from orchd.store.cluster import ClusterStore, LeaseLost, Mail, NodeInfo
+from orchd.store.cluster import ClusterStore, Mail, NodeInfo
 
 if TYPE_CHECKING:
     from orchd.engine.routing import Local

@@ -21,7 +21,8 @@ import time
 import weakref
 from typing import Any
 
-from orchd.store.cluster import Lease, LeaseLost
+from orchd.errors import LeaseLost
+from orchd.store.cluster import Lease
 
 log = logging.getLogger("orchd.engine.lease")
 

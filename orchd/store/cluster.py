@@ -18,16 +18,10 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
-from orchd.errors import StoreError
 from orchd.model import NodeInfo
 from orchd.store.base import ProcessRow
 
-__all__ = ["Claim", "ClusterStore", "Lease", "LeaseLost", "Mail", "NodeInfo", "Postman"]
-
-
-class LeaseLost(StoreError):
-    """This node does not hold its lease (it lapsed, or another incarnation of its node id
-    holds it): nothing it writes for a process is committed, and it starts nothing."""
+__all__ = ["Claim", "ClusterStore", "Lease", "Mail", "NodeInfo", "Postman"]
 
 
 class Lease(Protocol):

@@ -18,10 +18,9 @@ import asyncpg
 import msgspec
 from msgspec.structs import astuple
 
-from orchd.errors import StoreError
+from orchd.errors import LeaseLost, StoreError
 from orchd.model import Event
 from orchd.store.base import ProcessTouch, ProcessWrite
-from orchd.store.cluster import LeaseLost
 from orchd.store.plans import Dialect, Fetch, Stmt
 from orchd.store.postgres.nodes import fence
 
