@@ -15,16 +15,13 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from orchd.dsl import Step, StepKind
-from orchd.engine.interpreter import Line, Move
+from orchd.engine.interpreter import Move
 from orchd.engine.outcome import StepCrash
 from orchd.state import decode, encode
 from orchd.status import BranchStatus
 from orchd.store.base import BranchRow
 
 B = BranchStatus
-#: A branch's status after a transition leaves its line so.
-#: By the line's value: a str hashes in C, an Enum member in Python (this runs every step).
-_STATUS_OF = {line.value: B(line.value) for line in Line}
 #: Keys a foreach branch starts with that are not its changes.
 _ELEMENT_KEYS = ("item", "item_index")
 _MISSING: Any = object()
@@ -142,7 +139,7 @@ class Branch:
             self.changes.update(move.changes.values)
         self.pc, self.attempts = move.pc, move.attempts
         self.error, self.next_retry_at = move.error, move.next_retry_at
-        self.status = _STATUS_OF[move.line.value]
+        self.status = move.line
 
     def state(self) -> dict[str, Any]:
         """The branch's State: the fork's, its element's keys, then what it changed (a new

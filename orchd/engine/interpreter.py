@@ -14,7 +14,6 @@ the fork to its branch) and commits it (``orchd.engine.actor``, ``orchd.engine.f
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
@@ -28,18 +27,13 @@ from orchd.engine.outcome import NO_CHANGES, Changes, StepCrash, changes_of, fai
 from orchd.model import StepStatus
 from orchd.settings import EngineSettings
 from orchd.state import clone, inject, to_json_values
+from orchd.status import BranchStatus
 from orchd.store.base import StepWrite, new_callback_token, token_digest
 from orchd.tracing import enter_step, leave_step
 
-
-class Line(enum.Enum):
-    """How a line stands after a transition (its owner's status follows from it)."""
-
-    RUNNING = "running"
-    #: A retrystep failed and waits for its backoff (``next_retry_at``).
-    WAITING = "waiting"
-    AWAITING_CALLBACK = "awaiting_callback"
-    FAILED = "failed"
+#: How a line stands after a transition: running, waiting (a retrystep's backoff),
+#: awaiting_callback or failed; a branch's row says the same (its owner's status follows).
+Line = BranchStatus
 
 
 class Record(NamedTuple):
