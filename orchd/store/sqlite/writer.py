@@ -122,6 +122,11 @@ class Writer(threading.Thread, CommitCounters):
         self._events_since_prune = 0
         #: Events of the transactions committed since the last hand-over to the loop.
         self._announce: list[Event] = []
+        #: Batches handed to the loop (counted by this thread, under ``lock``) and announced
+        #: there (counted by the loop): an inline commit announces at once only when they are
+        #: equal, else behind them. Each count has one writer, so neither loses an update.
+        self._handed = 0
+        self._announced = 0
         self.loop = loop
         self.path = path
         st = os.stat(path)
@@ -167,9 +172,10 @@ class Writer(threading.Thread, CommitCounters):
                 self._be_patient(True)
                 results = self._commit(batch)
                 events, self._announce = self._announce, []
-                # Handed to the loop under the lock, as an inline commit hands its events:
-                # the loop announces every commit in the order it was made.
-                self.loop.call_soon_threadsafe(_resolve, results, events, self.event_sink)
+                # Handed to the loop under the lock, where an inline commit looks: the loop
+                # announces every commit in the order it was made.
+                self._handed += 1
+                self.loop.call_soon_threadsafe(self._deliver, results, events, self.event_sink)
         self.conn.close()
 
     def moved(self) -> str | None:
@@ -229,16 +235,29 @@ class Writer(threading.Thread, CommitCounters):
                 if self.conn.in_transaction:  # the file moved: nothing was applied
                     self.conn.execute("ROLLBACK")
             events, self._announce = self._announce, []
-            if events and self.event_sink is not None:
-                # Behind the batches the writer thread committed before, whose events may
-                # still wait in the loop's queue: announced at once, these would overtake
-                # them, and a listener's ids would go back.
+            if events and self.event_sink is not None and self._handed != self._announced:
+                # Behind the batches the writer thread committed before, whose events still
+                # wait in the loop's queue: announced at once, these would overtake them, and
+                # a listener's ids would go back.
                 self.loop.call_soon(self.event_sink, events)
+                events = []
         finally:
             self.lock.release()
+        if events and self.event_sink is not None:
+            self.event_sink(events)  # on the loop's thread already, nothing before it: at once
         if not ok:
             raise value
         return True, value
+
+    def _deliver(
+        self,
+        results: list[tuple[asyncio.Future[Any] | None, Any, bool]],
+        events: list[Event],
+        sink: Callable[[list[Event]], None] | None,
+    ) -> None:
+        """On the loop: a batch's events announced, then its writers woken."""
+        self._announced += 1
+        _resolve(results, events, sink)
 
     def _be_patient(self, patient: bool) -> None:
         """Wait for another program's lock on the file (this thread), or not at all (an
