@@ -3,11 +3,14 @@
 The daemon is this Engine behind the control API and the scheduler; workflow authors use it
 directly in their tests. Every action on a process is a message to that process's actor,
 which is created on demand and retires when the process waits for someone else.
+
+``Engine`` is the users' API and nothing else (README "Architecture"): the actors run in
+``orchd.engine.runtime``, which they see only through ``orchd.engine.host.Host``, and a
+message reaches its process's actor, on this node or another, through ``orchd.engine.routing``.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
@@ -48,20 +51,13 @@ from orchd.model import (
 )
 from orchd.settings import EngineSettings, LimitSpec
 from orchd.state import form_schema
-from orchd.store.base import (
-    Pruned,
-    Retention,
-    SetNote,
-    Store,
-    token_digest,
-)
+from orchd.store.base import Pruned, Retention, SetNote, Store, token_digest
 from orchd.store.cluster import ClusterStore, NodeInfo
 from orchd.store.opening import open_store
 from orchd.store.slots import HasSlots
 from orchd.store.views import Views, every_status, uuid_or_none
 from orchd.tracing import Tracing, parse_traceparent
 
-log = logging.getLogger("orchd.engine")
 P = ProcessStatus
 
 
