@@ -1,7 +1,9 @@
 """What an actor needs from the engine that runs it: the contract between the two.
 
-The engine implements it (``orchd.engine.engine.Engine``); nothing else of the engine is
-visible to an actor, so the actor can be read, and changed, on its own.
+The engine's runtime implements it (``orchd.engine.runtime.Runtime``, which hands itself to
+each actor it starts, so mypy checks it against this protocol); nothing else of the engine is
+visible to an actor, and the actor nothing of ``Engine``, the users' façade, so the actor can
+be read, and changed, on its own.
 """
 
 from __future__ import annotations
