@@ -5,9 +5,12 @@ running, handles the messages in its mailbox, and retires as soon as the process
 someone else (a user, a callback, a retry timer) or has finished. The process then exists only
 in the database until a message re-activates it.
 
-The actor's side of someone acting on the process (resume, retry, skip, abort, a callback) is
-in ``orchd.engine.actions``; of a children step in ``orchd.engine.children``; of a fork in
-``orchd.engine.forkstep``.
+The step at its position runs in ``orchd.engine.line`` (through the step interpreter,
+``orchd.engine.interpreter``); the actor's side of someone acting on the process (resume,
+retry, skip, abort, a callback) is in ``orchd.engine.actions``; of a children step in
+``orchd.engine.children``; of a fork in ``orchd.engine.forkstep``. Each of them hands the actor
+a transition (a ``Move`` or a ``Change``): only this module assigns an actor's fields, and the
+runtime is told what a commit committed (``Committed``), not handed the actor.
 """
 
 from __future__ import annotations
@@ -19,8 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchd.dsl import Step, StepKind, Stranded, Workflow
-from orchd.engine import actions, forkstep, formpages, lease, subscribing
-from orchd.engine import children as childstep
+from orchd.engine import actions, forkstep, formpages, line, subscribing
 from orchd.engine import interpreter as step_rules
 from orchd.engine.change import FIELDS, UNSET, Change
 from orchd.engine.forks import Forks
@@ -36,11 +38,9 @@ from orchd.engine.messages import (
     Run,
     Skip,
     Stop,
-    fail,
     respond,
     stopped,
 )
-from orchd.engine.outcome import StepCrash, changes_of
 from orchd.engine.waits import End
 from orchd.errors import (
     CallbackNotFound,
@@ -187,7 +187,7 @@ class Actor:
                 if self.stopping:
                     return
                 if self.status in ACTIVE:
-                    await self._advance()
+                    await line.advance(self)
                     continue
                 return
         except asyncio.CancelledError:
@@ -358,72 +358,15 @@ class Actor:
             raise InvalidTransition(f"process {self.pid} cannot go on: {self.broken}")
         return self.workflow.steps[self.pc]
 
-    async def _advance(self) -> None:
-        """Run the step at the program counter and commit its outcome."""
-        await lease.admit(self.host)  # in a cluster, only while this node's lease holds
-        if self.broken is not None:
-            self.error = self.broken
-            await self.write(P.FAILED, steps=[])
-            return
-        step = self.step_now()
-        started = time.time()
-        try:
-            run = not step.predicates or step_rules.should_run(step, self.state)
-        except StepCrash as exc:
-            await self.step_raised(step, exc, started)
-            return
-        if not run:
-            skipped = step_rules.ended(self, step, started, time.time(), status=SKIPPED)
-            await self.commit(step, skipped, P.RUNNING)
-            return
-        match step.kind:
-            case StepKind.INIT:
-                await self.commit(step, step_rules.ended(self, step, started, started))
-            case StepKind.DONE:
-                await self._done(step, started)
-            case StepKind.ABORT:
-                await actions.abort(self, "workflow", requested=False)
-            case StepKind.INPUT:
-                await self._suspend(step, started)
-            case StepKind.CALLBACK_WAIT:
-                await self._wait_for_callback(step, started)
-            case StepKind.CHILDREN:
-                await childstep.run(self, step, started)
-            case StepKind.PARALLEL | StepKind.FOREACH:
-                await forkstep.run(self, step, started)
-            case _:
-                await self._run_function(step, started)
-
-    async def _run_function(self, step: Step, started: float) -> None:
-        view = self.state
-        if step.kind is StepKind.CALLBACK_ACTION:
-            # The token is a capability: the action step sees it while it runs; the engine
-            # keeps only its digest (never in State, a step record or the API).
-            token = step_rules.new_token()
-            self.end_wait(End.SKIPPED)
-            self.callback_token = token.digest
-            self.host.waits.begin(token.digest, self.pid)
-            view = {**self.state, "callback_token": token.token}
-
-        attempt = self.attempts + 1
-        ran = await step_rules.call(
-            self.host,
-            self.pid,
-            self.trace_id,
-            None,
-            step,
-            attempt,
-            view,
-            self._state,
-            self.subscription_change,
-        )
-        if ran is None:
-            return  # halted before it ran
-        if isinstance(ran, step_rules.Failed):
-            await self.step_raised(step, ran.exc, started)
-            return
-        move = step_rules.ended(self, step, started, time.time(), ran.changes)
-        await self.commit(step, move, subscription=ran.sub, relations=ran.relations)
+    def hand_out(self) -> str:
+        """A callback action's new token: its wait begins. The token is a capability: the
+        action step sees it while it runs; the process keeps only its digest (never in State,
+        a step record or the API)."""
+        token = step_rules.new_token()
+        self.end_wait(End.SKIPPED)
+        self.callback_token = token.digest
+        self.host.waits.begin(token.digest, self.pid)
+        return token.token
 
     async def step_raised(self, step: Step, exc: BaseException, started: float) -> None:
         if step.kind is StepKind.CALLBACK_ACTION:
@@ -436,17 +379,6 @@ class Actor:
         if waits and self.next_retry_at is not None:
             self.host.later(self.pid, self.next_retry_at, Retry(automatic=True))
 
-    async def _suspend(self, step: Step, started: float) -> None:
-        try:
-            # The first page of its form (the only one of a one-page form), choices read now.
-            page, _ = await self.form_page(step, [])
-        except Exception as exc:
-            await self.step_raised(step, exc, started)
-            return
-        self.form = encode(page.form)
-        move = step_rules.stays(self, step, StepStatus.SUSPENDED, started)
-        await self.commit(step, move, P.SUSPENDED)
-
     async def form_page(
         self, step: Step, answers: list[Any]
     ) -> tuple[formpages.FormPage, dict[str, Any] | None]:
@@ -454,28 +386,8 @@ class Actor:
         pages = await formpages.inputstep_pages(step, self.state, self.host.resources)
         return await formpages.replay(pages, answers, self.host.choices)
 
-    async def _wait_for_callback(self, step: Step, started: float) -> None:
-        early = self.host.waits.take(self.callback_token)
-        if early is not None:
-            assert isinstance(early.message, Callback)
-            try:
-                await actions.take_callback(self, early.message.payload, early.message.by)
-            except BaseException as exc:
-                fail(early, exc)  # its sender must not wait for ever
-                raise
-            respond(early)
-            return
-        await self.commit(step, step_rules.waiting(self, step, started), P.AWAITING_CALLBACK)
-        if self.next_retry_at is not None and self.callback_token:
-            self.host.later(self.pid, self.next_retry_at, Expire(digest=self.callback_token))
-
-    async def _done(self, step: Step, started: float) -> None:
-        change = subscribing.at_done(self.state, self.subscription_id, self.target)
-        changes = changes_of(self.state, step.name, {"subscription": change} if change else None)
-        move = step_rules.ended(self, step, started, time.time(), changes)
-        await self.commit(step, move, P.COMPLETED, subscription=change)
-
-    def _state(self) -> dict[str, Any]:
+    def state_now(self) -> dict[str, Any]:
+        """The process's State (what a step changed is read against it)."""
         return self.state
 
     async def subscription_change(
