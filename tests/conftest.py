@@ -17,12 +17,12 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import pg_util
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from daemon_util import DaemonFactory
-from tests_support import ROOT, TESTS_DIR, WF_DIR, EngineFactory, Open
+from support import pg
+from support.common import ROOT, TESTS_DIR, WF_DIR, EngineFactory, Open
+from support.daemons import DaemonFactory
 
 from orchd.engine import Engine
 from orchd.testing import Gate, workflow_engine
@@ -201,16 +201,16 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[pg_util.PgServer]:
-    """A PostgreSQL server and a fresh database for this test run (see tests/pg_util.py);
+def pg_server() -> Iterator[pg.PgServer]:
+    """A PostgreSQL server and a fresh database for this test run (see tests/pg.py);
     the PostgreSQL tests skip, saying why, when there is none."""
-    server = pg_util.start()
+    server = pg.start()
     if isinstance(server, str):
         pytest.skip(f"PostgreSQL tests skipped: {server}")
     try:
         yield server
     finally:
-        pg_util.stop(server)
+        pg.stop(server)
 
 
 @pytest.fixture
@@ -226,7 +226,7 @@ def database_factory(
     async def database(name: str = "orchd.db") -> str:
         if name not in made:
             if server is not None:
-                made[name] = await pg_util.create_schema(server)
+                made[name] = await pg.create_schema(server)
             else:
                 made[name] = str(tmp_path / name)
         return made[name]
@@ -339,7 +339,7 @@ def daemon_factory(tmp_path: Path) -> Iterator[DaemonFactory]:
     """``daemon_factory(config, name=..., start=True, env=..., raw_config=...)`` -> DaemonProcess.
 
     Each daemon runs ``orchd serve`` in ``tmp_path/name`` with its own config, database and
-    socket; see tests/daemon_util.py. Daemons still running at the end are killed.
+    socket; see tests/support/daemons.py. Daemons still running at the end are killed.
     """
     factory = DaemonFactory(tmp_path)
     try:

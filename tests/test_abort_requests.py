@@ -4,8 +4,8 @@ step boundary applies it instead of running the step again."""
 
 from __future__ import annotations
 
-from daemon_util import DaemonFactory
-from tests_support import engine_fixture
+from support.common import engine_fixture
+from support.daemons import DaemonFactory
 
 from orchd.engine import Engine
 from orchd.testing import Gate

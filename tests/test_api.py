@@ -17,7 +17,7 @@ import anyio
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from tests_support import SseReader, wait_until
+from support.common import SseReader, wait_until
 
 from orchd.api.app import create_app
 from orchd.api.inputs import MAX_DEPTH

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_util import DaemonFactory, DaemonProcess, free_port, tcp_request
-from tests_support import block_until
+from support.common import block_until
+from support.daemons import DaemonFactory, DaemonProcess, free_port, tcp_request
 
 TOKEN = "b4c2f0e8a7d94e1fa3c6b5d8e9f01234"
 ME = f"uid:{os.getuid()}"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_util import Answer, DaemonFactory, DaemonProcess
+from support.daemons import Answer, DaemonFactory, DaemonProcess
 
 MAX_BODY = 64 * 1024
 #: Seconds any single exchange may take; far more than a healthy daemon needs.

@@ -8,9 +8,9 @@ import re
 import subprocess
 import sys
 
-import pg_util
 import pytest
-from daemon_util import DaemonFactory
+from support import pg
+from support.daemons import DaemonFactory
 
 from orchd._bench.api import MIN_PROBES, quantile_ms
 from orchd._bench.run import _ms, _Table
@@ -102,7 +102,7 @@ def test_bench_table_prints_a_row_as_soon_as_it_is_measured(
 
 
 def test_bench_postgres_rows_compare_p1_with_raw_commits_and_nodes_with_one(
-    pg_server: pg_util.PgServer,
+    pg_server: pg.PgServer,
 ) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "orchd", "bench", "--quick", "--postgres", pg_server.admin_url,
@@ -120,7 +120,7 @@ def test_bench_postgres_rows_compare_p1_with_raw_commits_and_nodes_with_one(
         assert label in result.stdout, result.stdout
     # The run's database was dropped at the end (other runs on the server may have theirs).
     [name] = re.findall(r"in database (orchd_bench_\w+)", result.stderr)
-    left = pg_util.query(
+    left = pg.query(
         pg_server.admin_url, "SELECT count(*) FROM pg_database WHERE datname = $1", name
     )
     assert left[0][0] == 0

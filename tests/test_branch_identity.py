@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
+from support.common import Open
 from test_step_identity import check
-from tests_support import Open
 
 from orchd import Engine
 from orchd.dsl import branch_steps

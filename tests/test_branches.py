@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from branch_flows import Ledger, Plan, count, read_ims, read_ipam
-from tests_support import EngineFactory, settle, wait_until
+from support.common import EngineFactory, settle, wait_until
 
 from orchd import Engine, Process, begin, callback_step, children, foreach, inputstep, parallel
 from orchd.errors import CallbackNotFound, InvalidTransition, WorkflowDefinitionError

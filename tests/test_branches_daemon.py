@@ -6,8 +6,8 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-from daemon_util import DaemonFactory
-from tests_support import block_until
+from support.common import block_until
+from support.daemons import DaemonFactory
 
 N = 24
 

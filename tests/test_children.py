@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from tests_support import engine_fixture, settle, wait_until
+from support.common import engine_fixture, settle, wait_until
 
 from orchd import Engine, StepList, Target, children, done, init, workflow
 from orchd.errors import ConfigError, InvalidTransition

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from typing import Any
 
-from daemon_util import DaemonFactory, DaemonProcess
-from tests_support import block_until
+from support.common import block_until
+from support.daemons import DaemonFactory, DaemonProcess
 
 N = 20
 

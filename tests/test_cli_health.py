@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from daemon_util import DaemonFactory
+from support.daemons import DaemonFactory
 
 
 def test_health_prints_processes_by_status_not_a_dict(daemon_factory: DaemonFactory) -> None:

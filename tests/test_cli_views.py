@@ -13,9 +13,9 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import pg_util
 import pytest
-from daemon_util import DaemonFactory, DaemonProcess, running_daemon
+from support import pg
+from support.daemons import DaemonFactory, DaemonProcess, running_daemon
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
@@ -116,9 +116,9 @@ def test_a_traceback_starts_at_the_step_code(daemon: DaemonProcess) -> None:
 
 
 def test_health_prints_the_nodes_as_a_table(
-    daemon_factory: DaemonFactory, pg_server: pg_util.PgServer
+    daemon_factory: DaemonFactory, pg_server: pg.PgServer
 ) -> None:
-    url = pg_util.fresh_schema(pg_server)
+    url = pg.fresh_schema(pg_server)
     config: dict[str, Any] = {"database": url, "workflows": ["wait_flows"], "node_id": "a"}
     node = daemon_factory(config)
     status, health = node.request("GET", "/api/health")

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_util import DaemonFactory, DaemonProcess, running_daemon
-from tests_support import block_until
+from support.common import block_until
+from support.daemons import DaemonFactory, DaemonProcess, running_daemon
 
 CONFIG = {"workflows": ["wait_flows"], "grace_period": "1s"}
 #: Long enough for a slow, busy machine; only a broken waiter takes it.

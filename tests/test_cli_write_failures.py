@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_util import ROOT, DaemonFactory, DaemonProcess
+from support.daemons import ROOT, DaemonFactory, DaemonProcess
 
 EXIT_LOCAL = 6
 FULL = "No space left on device"

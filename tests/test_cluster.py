@@ -12,18 +12,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pg_util
 import pytest
-from daemon_util import DaemonFactory, DaemonProcess
-from tests_support import block_until
+from support import pg
+from support.common import block_until
+from support.daemons import DaemonFactory, DaemonProcess
 
 LEASE = 2.0
 
 
 @pytest.fixture
-def cluster(daemon_factory: DaemonFactory, pg_server: pg_util.PgServer, tmp_path: Path) -> Any:
+def cluster(daemon_factory: DaemonFactory, pg_server: pg.PgServer, tmp_path: Path) -> Any:
     """``cluster(n, **config)``: n daemons (nodes a, b, c, ...) on one fresh database."""
-    url = pg_util.fresh_schema(pg_server)
+    url = pg.fresh_schema(pg_server)
     runs = tmp_path / "runs"
     runs.mkdir()
 
@@ -150,7 +150,7 @@ def test_the_survivors_finish_a_killed_nodes_processes_once(cluster: Any) -> Non
     for i in range(1000):
         pids.append(nodes[i % 3].start_process("cluster_steady", {"pause": 1.0, "hold": str(go)}))
     # b dies with its share of the processes in flight.
-    owned = pg_util.query(
+    owned = pg.query(
         cluster.url,
         "SELECT count(*) FROM processes WHERE owner = 'b' AND status IN ('created', 'running')",
     )[0][0]
@@ -165,7 +165,7 @@ def test_the_survivors_finish_a_killed_nodes_processes_once(cluster: Any) -> Non
     deadline = killed_at + 120
     taken_at = None
     while True:
-        rows = pg_util.query(
+        rows = pg.query(
             cluster.url,
             "SELECT count(*) FILTER (WHERE status = 'completed'), "
             "count(*) FILTER (WHERE owner = 'b' AND status IN ('created', 'running')) "
@@ -182,7 +182,7 @@ def test_the_survivors_finish_a_killed_nodes_processes_once(cluster: Any) -> Non
     print(f"takeover of {owned} processes {taken_at - killed_at:.2f} s after the kill")
 
     # Each step recorded once per process, in order.
-    records = pg_util.query(
+    records = pg.query(
         cluster.url,
         "SELECT p.id, s.name, s.status FROM steps s JOIN processes p ON p.rowid = s.process "
         "ORDER BY p.id, s.seq",
@@ -213,16 +213,16 @@ def test_a_schedule_fire_time_runs_once_in_the_cluster(cluster: Any) -> None:
 
     def started_by_the_schedule() -> int:
         query = "SELECT count(*) FROM processes WHERE reporter = 'scheduler:cluster_tick'"
-        return int(pg_util.query(cluster.url, query)[0][0])
+        return int(pg.query(cluster.url, query)[0][0])
 
     # Five fire times, however long a busy machine takes for them (one a second).
     block_until(lambda: started_by_the_schedule() >= 5, "five scheduled starts", within=60)
     for node in nodes:
         assert node.stop(signal.SIGTERM) == 0
-    fired = pg_util.query(
+    fired = pg.query(
         cluster.url, "SELECT fire_at, process_id FROM schedule_runs WHERE name = 'cluster_tick'"
     )
-    started = pg_util.query(
+    started = pg.query(
         cluster.url, "SELECT id FROM processes WHERE reporter = 'scheduler:cluster_tick'"
     )
     fire_times = [f for f, _ in fired]
@@ -240,18 +240,16 @@ def test_a_fan_out_goes_on_when_the_parents_node_dies(cluster: Any) -> None:
 
     def children_done() -> int:
         query = "SELECT count(*) FROM processes WHERE parent_id = $1 AND status = 'completed'"
-        return int(pg_util.query(cluster.url, query, parent)[0][0])
+        return int(pg.query(cluster.url, query, parent)[0][0])
 
     # Some children done, some running, some held: then a dies.
     block_until(lambda: children_done() >= 4, "four children completed", within=30)
     a.kill()
     finished = b.wait_process(parent, ("completed",), timeout=LEASE + 30)
     assert finished["state"]["finished"] == 16
-    kids = pg_util.query(
-        cluster.url, "SELECT id, status FROM processes WHERE parent_id = $1", parent
-    )
+    kids = pg.query(cluster.url, "SELECT id, status FROM processes WHERE parent_id = $1", parent)
     assert len(kids) == 16 and all(status == "completed" for _, status in kids)
-    doubled = pg_util.query(
+    doubled = pg.query(
         cluster.url,
         "SELECT s.process, s.name, count(*) FROM steps s GROUP BY s.process, s.name "
         "HAVING count(*) > 1",
@@ -308,9 +306,7 @@ def test_a_node_whose_loop_is_blocked_past_its_lease_starts_nothing_more(cluster
     b_pid = b.proc.pid if b.proc is not None else -1
 
     def completed() -> bool:
-        rows = pg_util.query(
-            cluster.url, "SELECT count(*) FROM processes WHERE status = 'completed'"
-        )
+        rows = pg.query(cluster.url, "SELECT count(*) FROM processes WHERE status = 'completed'")
         return bool(rows[0][0] == len(pids) + 1)
 
     block_until(completed, "every process completed", 90)
@@ -344,7 +340,7 @@ def test_a_node_whose_loop_is_blocked_past_its_lease_starts_nothing_more(cluster
     # step record was written twice.
     for pid, step in twice:
         assert b.get_process(pid)["state"][step] == b_pid, (pid, step)
-    doubled = pg_util.query(
+    doubled = pg.query(
         cluster.url,
         "SELECT s.process, s.name, count(*) FROM steps s GROUP BY s.process, s.name "
         "HAVING count(*) > 1",

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from daemon_util import DaemonFactory, UnixHTTPConnection
-from tests_support import EngineFactory, engine_fixture
+from support.common import EngineFactory, engine_fixture
+from support.daemons import DaemonFactory, UnixHTTPConnection
 
 from orchd.api.app import create_app
 from orchd.api.console import CONSOLE

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from daemon_util import DaemonFactory, DaemonProcess, free_port
+from support.daemons import DaemonFactory, DaemonProcess, free_port
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed (make install adds it)"

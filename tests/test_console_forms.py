@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from tests_support import console_client, engine_fixture
+from support.common import console_client, engine_fixture
 
 from orchd.api.console.forms import build_form, read_answer
 from orchd.api.console.render import environment

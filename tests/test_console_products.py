@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from tests_support import console_client, engine_fixture
+from support.common import console_client, engine_fixture
 
 from orchd.api.console.products import product_fields
 from orchd.api.console.render import environment

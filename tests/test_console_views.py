@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from tests_support import EngineFactory, console_client, settle
+from support.common import EngineFactory, console_client, settle
 
 from orchd.api.console import timeline
 from orchd.engine import Engine

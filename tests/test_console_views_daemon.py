@@ -10,7 +10,7 @@ import http.client
 import re
 import urllib.parse
 
-from daemon_util import DaemonFactory, UnixHTTPConnection
+from support.daemons import DaemonFactory, UnixHTTPConnection
 
 PORTS = [{"port": f"xe-0/0/{n}", "vlan": 100 + n} for n in range(2)]
 

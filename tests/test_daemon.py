@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_util import (
+from support.common import block_until, parse_logfmt
+from support.daemons import (
     DaemonFactory,
     DaemonProcess,
     UnixHTTPConnection,
     free_port,
     tcp_request,
 )
-from tests_support import block_until, parse_logfmt
 
 from orchd import logs
 

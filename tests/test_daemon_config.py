@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from daemon_util import DaemonFactory
+from support.daemons import DaemonFactory
 
 
 def test_a_config_file_without_workflows_starts_with_none_and_warns(

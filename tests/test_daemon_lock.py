@@ -10,7 +10,7 @@ import os
 import socket
 from pathlib import Path
 
-from daemon_util import DaemonFactory, DaemonProcess
+from support.daemons import DaemonFactory, DaemonProcess
 
 
 def only_line(daemon: DaemonProcess) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from daemon_util import DaemonFactory
+from support.daemons import DaemonFactory
 
 RESOURCE = "resource_flows:greeter"
 

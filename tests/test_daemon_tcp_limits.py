@@ -18,7 +18,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from daemon_util import (
+from support.common import block_until
+from support.daemons import (
     DaemonFactory,
     DaemonProcess,
     free_port,
@@ -26,7 +27,6 @@ from daemon_util import (
     open_idle,
     tcp_request,
 )
-from tests_support import block_until
 
 #: The daemon's limit on open files (soft and hard), well below what the test opens.
 NOFILE = 200

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_util import ROOT, WF_DIR, DaemonFactory, DaemonProcess
-from tests_support import block_until
+from support.common import block_until
+from support.daemons import ROOT, WF_DIR, DaemonFactory, DaemonProcess
 
 from orchd.store import maintenance
 

@@ -21,8 +21,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from daemon_util import Answer, DaemonProcess, UnixHTTPConnection, running_daemon
-from tests_support import block_until
+from support.common import block_until
+from support.daemons import Answer, DaemonProcess, UnixHTTPConnection, running_daemon
 
 from orchd.client import Event
 

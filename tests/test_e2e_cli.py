@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_util import ORCHD, DaemonProcess, running_daemon
-from tests_support import block_until
+from support.common import block_until
+from support.daemons import ORCHD, DaemonProcess, running_daemon
 
 CONFIG = {"workflows": ["e2e_flows"], "retry_delay": "200ms", "grace_period": "1s"}
 SCHEDULES = '[[schedules]]\nworkflow = "e2e_tick"\nevery = "1h"\n'

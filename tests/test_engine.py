@@ -8,7 +8,7 @@ from functools import partial
 import msgspec
 import pytest
 from steering import Calls, FailurePlan
-from tests_support import DatabaseFactory, EngineFactory, engine_fixture, settle, wait_until
+from support.common import DatabaseFactory, EngineFactory, engine_fixture, settle, wait_until
 
 from orchd import Engine
 from orchd.errors import (

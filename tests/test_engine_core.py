@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from core_flows import Oss
-from tests_support import DatabaseFactory, EngineFactory, settle, wait_until
+from support.common import DatabaseFactory, EngineFactory, settle, wait_until
 
 from orchd import Engine, Process
 from orchd import _faults as faults

@@ -8,8 +8,8 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from daemon_util import DaemonFactory, DaemonProcess
-from tests_support import block_until
+from support.common import block_until
+from support.daemons import DaemonFactory, DaemonProcess
 
 
 def open_stream(daemon: DaemonProcess, *, rcvbuf: int | None = None) -> tuple[socket.socket, bytes]:

@@ -9,7 +9,7 @@ from typing import Any, cast
 import anyio
 import pytest
 from aiohttp import web
-from tests_support import EngineFactory
+from support.common import EngineFactory
 
 from orchd import Engine, Process
 from orchd.http import HttpClient

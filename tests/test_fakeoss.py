@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from tests_support import wait_until
+from support.common import wait_until
 
 from orchd.http import HttpClient
 from orchd.testing.fakeoss import FakeOss, main, parse_duration

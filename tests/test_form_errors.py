@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from tests_support import engine_fixture
+from support.common import engine_fixture
 
 from orchd import Engine
 from orchd.errors import FormValidationError

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import pytest
-from daemon_util import ORCHD, DaemonFactory, DaemonProcess
+from support.daemons import ORCHD, DaemonFactory, DaemonProcess
 
 FORM = "/api/workflows/create_l2vpn_paged/form"
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from daemon_util import DaemonProcess, UnixHTTPConnection, free_port
+from support.daemons import DaemonProcess, UnixHTTPConnection, free_port
 
 pytest.importorskip("schemathesis", reason="schemathesis is in the test extras")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from tests_support import EngineFactory, console_client
+from support.common import EngineFactory, console_client
 
 import orchd
 from orchd.api.app import API as API_KEY

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 from steering import Calls, FailurePlan
-from tests_support import engine_fixture
+from support.common import engine_fixture
 
 from orchd import Engine
 from orchd.errors import (

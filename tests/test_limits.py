@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from limit_flows import Hold, Journal, audit_site
-from tests_support import EngineFactory, settle, wait_until
+from support.common import EngineFactory, settle, wait_until
 
 from orchd.engine import Engine
 from orchd.errors import ConfigError

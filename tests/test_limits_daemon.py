@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pg_util
 import pytest
-from daemon_util import DaemonFactory, DaemonProcess
-from tests_support import block_until
+from support import pg
+from support.common import block_until
+from support.daemons import DaemonFactory, DaemonProcess
 
 LIMITED = {"workflows": ["limit_flows"], "limits": {"router": 1, "device": 1, "oss": 5}}
 
@@ -206,10 +206,10 @@ def test_after_a_sigkill_while_a_slot_is_held_the_restart_holds_nothing_of_it(
 
 
 @pytest.fixture
-def nodes(daemon_factory: DaemonFactory, pg_server: pg_util.PgServer, tmp_path: Path) -> Any:
+def nodes(daemon_factory: DaemonFactory, pg_server: pg.PgServer, tmp_path: Path) -> Any:
     """``nodes(n)``: n daemons (nodes a, b, ...) on one fresh database, logging their steps'
     entries into one folder."""
-    url = pg_util.fresh_schema(pg_server)
+    url = pg.fresh_schema(pg_server)
     runs = tmp_path / "runs"
     runs.mkdir()
 
@@ -263,7 +263,7 @@ def test_a_cluster_holds_its_limits_together_and_frees_a_dead_nodes_slots(nodes:
     # The table empties too (a release is written a moment after the commit that frees it).
     url = str(b.config["database"])
     block_until(
-        lambda: pg_util.query(url, "SELECT count(*) FROM resource_slots")[0][0] == 0,
+        lambda: pg.query(url, "SELECT count(*) FROM resource_slots")[0][0] == 0,
         "the table of slots empty",
         within=20,
     )

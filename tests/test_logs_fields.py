@@ -3,7 +3,7 @@
 ``process=``, ``workflow=`` and ``status=`` are fields of their own, not words inside the
 quoted ``msg``; values are escaped as logfmt parsers (and JSON) read them, never ``\\xNN``; and
 under ``log_format = "json"`` the start-up error line is JSON like every other line. The lines
-are read with the strict reader in tests_support (``parse_logfmt``).
+are read with the strict reader in tests/support/common.py (``parse_logfmt``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import logging
 import re
 
 import pytest
-from daemon_util import DaemonFactory, DaemonProcess
-from tests_support import parse_logfmt
+from support.common import parse_logfmt
+from support.daemons import DaemonFactory, DaemonProcess
 
 from orchd import logs
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from daemon_util import DaemonFactory
+from support.daemons import DaemonFactory
 
 from orchd.engine import Engine
 from orchd.store import maintenance
@@ -355,7 +355,7 @@ def busy_daemon(daemon_factory: DaemonFactory) -> Iterator[tuple[object, list[st
 def test_backup_of_a_busy_daemon_is_consistent(
     busy_daemon: tuple[object, list[str]], tmp_path: Path
 ) -> None:
-    from daemon_util import DaemonProcess
+    from support.daemons import DaemonProcess
 
     daemon, started = busy_daemon
     assert isinstance(daemon, DaemonProcess)

@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
-from daemon_util import DaemonFactory, DaemonProcess, make_run_demo, run_demo
+from support.daemons import DaemonFactory, DaemonProcess, make_run_demo, run_demo
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 

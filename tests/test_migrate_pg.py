@@ -14,9 +14,9 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pg_util
 import pytest
-from daemon_util import ROOT, WF_DIR
+from support import pg
+from support.daemons import ROOT, WF_DIR
 
 from orchd import Engine
 
@@ -24,7 +24,7 @@ T = TypeVar("T")
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    return pg_util._run(coro)
+    return pg._run(coro)
 
 
 def migrate(*args: str) -> subprocess.CompletedProcess[str]:
@@ -51,11 +51,11 @@ async def fill(path: str) -> dict[str, str]:
 
 
 def test_migrate_copies_everything_and_the_copy_runs_on(
-    tmp_path: Path, pg_server: pg_util.PgServer
+    tmp_path: Path, pg_server: pg.PgServer
 ) -> None:
     source = str(tmp_path / "orchd.db")
     pids = run(fill(source))
-    target = pg_util.fresh_schema(pg_server)
+    target = pg.fresh_schema(pg_server)
 
     copied = migrate("--database", source, "--to", target)
     assert copied.returncode == 0, copied.stderr
@@ -96,12 +96,10 @@ async def _events(engine: Engine) -> Any:
             return
 
 
-def test_migrate_refuses_what_it_cannot_copy_safely(
-    tmp_path: Path, pg_server: pg_util.PgServer
-) -> None:
+def test_migrate_refuses_what_it_cannot_copy_safely(tmp_path: Path, pg_server: pg.PgServer) -> None:
     source = str(tmp_path / "orchd.db")
     run(fill(source))
-    target = pg_util.fresh_schema(pg_server)
+    target = pg.fresh_schema(pg_server)
 
     no_url = migrate("--database", source, "--to", str(tmp_path / "other.db"))
     assert no_url.returncode == 2 and "PostgreSQL URL" in no_url.stderr
@@ -116,12 +114,12 @@ def test_migrate_refuses_what_it_cannot_copy_safely(
     finally:
         os.close(fd)
     assert busy.returncode == 1 and "stop it first" in busy.stderr
-    assert pg_util.query(target, "SELECT to_regclass('processes')")[0][0] is None  # untouched
+    assert pg.query(target, "SELECT to_regclass('processes')")[0][0] is None  # untouched
 
 
 @pytest.mark.parametrize("command", [["backup", "x.db"], ["check"]])
 def test_file_tools_say_they_work_on_sqlite_only(
-    command: list[str], pg_server: pg_util.PgServer
+    command: list[str], pg_server: pg.PgServer
 ) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(

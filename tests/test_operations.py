@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_util import DaemonFactory, DaemonProcess, UnixHTTPConnection
-from tests_support import DatabaseFactory
+from support.common import DatabaseFactory
+from support.daemons import DaemonFactory, DaemonProcess, UnixHTTPConnection
 
 from orchd import Engine
 from orchd.errors import AmbiguousId, ProcessNotFound

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon_util import DaemonFactory, DaemonProcess
 from operators3_flows import Flaky
-from tests_support import ROOT, settle
+from support.common import ROOT, settle
+from support.daemons import DaemonFactory, DaemonProcess
 
 from orchd import Process
 from orchd.model import StepRecord

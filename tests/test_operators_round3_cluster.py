@@ -11,18 +11,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pg_util
 import pytest
-from daemon_util import DaemonFactory, DaemonProcess
-from tests_support import block_until
+from support import pg
+from support.common import block_until
+from support.daemons import DaemonFactory, DaemonProcess
 
 pytestmark = pytest.mark.cluster
 
 LEASE = 2.0
 
 
-def nodes(daemon_factory: DaemonFactory, server: pg_util.PgServer, runs: Path) -> list[Any]:
-    url = pg_util.fresh_schema(server)
+def nodes(daemon_factory: DaemonFactory, server: pg.PgServer, runs: Path) -> list[Any]:
+    url = pg.fresh_schema(server)
     return [
         daemon_factory(
             {
@@ -61,7 +61,7 @@ def show(d: DaemonProcess, pid: str) -> str:
 
 
 def test_a_takeover_shows_the_new_node_and_leaves_an_audit_action(
-    daemon_factory: DaemonFactory, pg_server: pg_util.PgServer, tmp_path: Path
+    daemon_factory: DaemonFactory, pg_server: pg.PgServer, tmp_path: Path
 ) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -97,7 +97,7 @@ def test_a_takeover_shows_the_new_node_and_leaves_an_audit_action(
 
 
 def test_a_waiting_process_of_a_dead_node_says_where_it_goes_on(
-    daemon_factory: DaemonFactory, pg_server: pg_util.PgServer, tmp_path: Path
+    daemon_factory: DaemonFactory, pg_server: pg.PgServer, tmp_path: Path
 ) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-import pg_util
-from tests_support import wait_until
+from support import pg
+from support.common import wait_until
 
 from orchd.errors import StoreError
 from orchd.testing import workflow_engine
@@ -31,9 +31,9 @@ async def stop_backends(url: str, how: str, running: str) -> int:
 
 
 async def test_a_read_the_server_cancels_is_a_store_error_without_the_drivers_text(
-    pg_server: pg_util.PgServer,
+    pg_server: pg.PgServer,
 ) -> None:
-    database = await pg_util.create_schema(pg_server)
+    database = await pg.create_schema(pg_server)
     async with workflow_engine(["engine_flows"], database=database) as engine:
         read = asyncio.create_task(engine.store.fetchall("SELECT pg_sleep(30), 'marker-42'"))
         # The read is under way once the server shows it.
@@ -54,9 +54,9 @@ async def test_a_read_the_server_cancels_is_a_store_error_without_the_drivers_te
 
 
 async def test_reads_and_writes_go_on_after_the_server_ends_the_backends(
-    pg_server: pg_util.PgServer,
+    pg_server: pg.PgServer,
 ) -> None:
-    database = await pg_util.create_schema(pg_server)
+    database = await pg.create_schema(pg_server)
     async with workflow_engine(["engine_flows"], database=database) as engine:
         first = await engine.start("typed")
         assert (await engine.wait(first)).status == "completed"

@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
-import pg_util
 import pytest
+from branch_flows import Ledger
 from steering import Calls, FailurePlan
-from tests_support import wait_until
+from support import pg
+from support.common import wait_until
 
 from orchd import Engine
 from orchd.errors import LeaseLost, StoreError, SubscriptionLocked
@@ -24,17 +25,18 @@ Open = Callable[..., Awaitable[Engine]]
 
 
 @pytest.fixture
-async def nodes(pg_server: pg_util.PgServer) -> AsyncIterator[tuple[str, Open]]:
-    url = await pg_util.create_schema(pg_server)
+async def nodes(pg_server: pg.PgServer) -> AsyncIterator[tuple[str, Open]]:
+    url = await pg.create_schema(pg_server)
     opened: list[Engine] = []
 
     async def open_node(node: str, gate: Gate, calls: Calls, **settings: Any) -> Engine:
+        resources = {Gate: gate, Calls: calls, FailurePlan: FailurePlan()}
         engine = Engine(
             database=url,
-            workflows=["engine_flows"],
+            workflows=["engine_flows", "branch_flows"],
             node_id=node,
             lease_timeout=settings.pop("lease_timeout", 1.0),
-            resources={Gate: gate, Calls: calls, FailurePlan: FailurePlan()},
+            resources={**resources, **settings.pop("resources", {})},
             grace_period=0.5,
             **settings,
         )
@@ -118,6 +120,35 @@ async def test_no_step_starts_while_the_lease_is_within_its_margin_of_lapsing(
     done = await a.wait(pid, timeout=10)
     assert [s.name for s in done.steps] == ["init", "slow", "always", "done"]
     assert done.status == "completed" and calls["slow"] == 1
+    assert a.node.rejoined == 0  # renewed in time: the same incarnation goes on
+
+
+async def test_a_branch_step_waits_at_the_gate_while_the_lease_is_within_its_margin(
+    nodes: tuple[str, Open],
+) -> None:
+    url, open_node = nodes
+    held, ledger = Gate(), Ledger()
+    a = await open_node("a", held, Calls(), lease_timeout=6.0, resources={Ledger: ledger})
+    assert a.node is not None and a.node.gate is not None
+    gate = a.node.gate
+    # One branch of the fork is in its "hold" step, which began while the lease held.
+    pid = await a.start("held", {})
+    await held.reached(1)
+    conn = await asyncpg.connect(url)
+    try:
+        hold = conn.transaction()
+        await hold.start()
+        await conn.execute("SELECT 1 FROM nodes WHERE node_id = 'a' FOR UPDATE")
+        await wait_until(lambda: not gate.open, "the lease within its margin")
+        held.open()  # "hold" returns; the branch's next step meets the gate
+        await wait_until(lambda: gate.waiting >= 1, "the branch's next step waits at the gate")
+        assert ledger.count("after hold") == 0
+        await hold.rollback()  # the next renewal goes through, before the lease lapsed
+    finally:
+        await conn.close()
+    done = await a.wait(pid, timeout=10)
+    assert done.status == "completed" and ledger.count("after hold") == 1
+    assert [s.name for s in done.steps if s.branch] == ["quick", "hold", "after hold"]
     assert a.node.rejoined == 0  # renewed in time: the same incarnation goes on
 
 
@@ -228,8 +259,8 @@ async def test_the_engine_reconnects_when_the_server_drops_its_connections(
     assert (await a.wait(pid, timeout=10)).status == "completed"
 
 
-async def test_a_subscription_lock_holds_across_nodes(pg_server: pg_util.PgServer) -> None:
-    url = await pg_util.create_schema(pg_server)
+async def test_a_subscription_lock_holds_across_nodes(pg_server: pg.PgServer) -> None:
+    url = await pg.create_schema(pg_server)
     a = Engine(database=url, workflows=["e2e_flows"], node_id="a")
     b = Engine(database=url, workflows=["e2e_flows"], node_id="b")
     async with a, b:

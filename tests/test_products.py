@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from steering import FailurePlan
-from tests_support import Open, engine_fixture, settle
+from support.common import Open, engine_fixture, settle
 
 from orchd.engine import Engine
 from orchd.errors import (

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from daemon_util import DaemonFactory, DaemonProcess
+from support.daemons import DaemonFactory, DaemonProcess
 
 FLOWS = {"workflows": ["product_flows"]}
 

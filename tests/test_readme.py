@@ -35,7 +35,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from daemon_util import (
+from support.common import settle
+from support.daemons import (
     ROOT,
     WF_DIR,
     DaemonFactory,
@@ -45,7 +46,6 @@ from daemon_util import (
     make_run_demo,
     run_demo,
 )
-from tests_support import settle
 
 import orchd
 from orchd.http import HttpClient

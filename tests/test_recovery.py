@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests_support import WF_DIR, block_until
+from support.common import WF_DIR, block_until
 
 RUNNER = WF_DIR / "recovery_runner.py"
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from daemon_util import Answer, DaemonProcess, UnixHTTPConnection, free_port, running_daemon
-from tests_support import EngineFactory
+from support.common import EngineFactory
+from support.daemons import Answer, DaemonProcess, UnixHTTPConnection, free_port, running_daemon
 
 from orchd.errors import IdempotencyKeyReused
 

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import anyio
 import pytest
-from tests_support import Open, engine_fixture, wait_until
+from support.common import Open, engine_fixture, wait_until
 
 from orchd import Engine
 from orchd.config import Config, ScheduleConfig, schedule_specs

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_util import (
+from support.common import block_until, parse_logfmt
+from support.daemons import (
     ROOT,
     DaemonFactory,
     DaemonProcess,
@@ -41,7 +42,6 @@ from daemon_util import (
     is_closed,
     open_idle,
 )
-from tests_support import block_until, parse_logfmt
 
 from orchd.daemon import partial_uid_map
 

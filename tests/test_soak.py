@@ -1,7 +1,7 @@
 """Soak: a real daemon SIGKILLed again and again while it runs many mixed processes.
 
 The default size runs in ``make test`` (about 20 s); ``ORCHD_SOAK=long`` (``make soak``) runs the
-long one and prints its figures. ``ORCHD_SOAK_SEED`` replays a seed. tests/soak_util.py says
+long one and prints its figures. ``ORCHD_SOAK_SEED`` replays a seed. tests/support/soak.py says
 what is driven and what is checked.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from daemon_util import DaemonFactory
-from soak_util import Figures, Params, run_soak
+from support.daemons import DaemonFactory
+from support.soak import Figures, Params, run_soak
 
 SEED = int(os.environ.get("ORCHD_SOAK_SEED", "20260101"))
 LONG = os.environ.get("ORCHD_SOAK") == "long"

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 from steering import Calls, FailurePlan
-from tests_support import DatabaseFactory
+from support.common import DatabaseFactory
 
 from orchd import Engine
 from orchd.engine.actor import Actor

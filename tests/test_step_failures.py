@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pytest
-from tests_support import engine_fixture
+from support.common import engine_fixture
 
 from orchd import Engine
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_util import WF_DIR
-from tests_support import Open
+from support.common import Open
+from support.daemons import WF_DIR
 
 from orchd import Engine
 from orchd.dsl import Positions, Step

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from core_flows import Oss
-from tests_support import EngineFactory, settle
+from support.common import EngineFactory, settle
 
 from orchd import Engine
 from orchd.errors import CallbackNotFound

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from tests_support import EngineFactory, settle, wait_until
+from support.common import EngineFactory, settle, wait_until
 from thread_flows import Release
 
 from orchd import Engine

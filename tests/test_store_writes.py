@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from tests_support import DatabaseFactory
+from support.common import DatabaseFactory
 
 from orchd.errors import (
     IdempotencyConflict,

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
-from tests_support import wait_until
+from support.common import wait_until
 
 from orchd.api.guard import ConnectionCounts, TcpGuard
 from orchd.settings import TcpSettings

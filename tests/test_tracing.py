@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from tests_support import EngineFactory, parse_logfmt, settle
+from support.common import EngineFactory, parse_logfmt, settle
 
 from orchd.engine import Engine
 from orchd.logs import LogfmtFormatter

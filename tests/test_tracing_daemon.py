@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from daemon_util import DaemonFactory
+from support.daemons import DaemonFactory
 
 from orchd.tracing import parse_traceparent
 

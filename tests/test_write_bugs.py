@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from daemon_util import DaemonFactory
+from support.daemons import DaemonFactory
 
 
 def test_a_process_whose_checkpoint_hit_a_bug_runs_again_from_its_last_commit(

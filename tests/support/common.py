@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from orchd.engine import Engine
     from orchd.model import Process
 
-TESTS_DIR = Path(__file__).parent
+TESTS_DIR = Path(__file__).resolve().parent.parent
 WF_DIR = TESTS_DIR / "wf"
 ROOT = TESTS_DIR.parent
 

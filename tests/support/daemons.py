@@ -26,13 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests_support import block_until
-
 from orchd.client import Event, parse_sse
 from orchd.client import UnixHTTPConnection as _ClientConnection
+from support.common import block_until
 
-ROOT = Path(__file__).resolve().parent.parent
-WF_DIR = Path(__file__).resolve().parent / "wf"
+ROOT = Path(__file__).resolve().parent.parent.parent
+WF_DIR = ROOT / "tests" / "wf"
 #: Environment variables of a systemd service that must not leak into a test daemon.
 _SYSTEMD_VARS = (
     "NOTIFY_SOCKET",

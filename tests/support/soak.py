@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import soak_flows
-from daemon_util import DaemonFactory, DaemonProcess
 
 from orchd.dsl import Step, StepKind, Workflow
+from support.daemons import DaemonFactory, DaemonProcess
 
 WORKFLOWS: dict[str, Workflow] = {
     wf.name: wf

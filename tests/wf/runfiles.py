@@ -3,7 +3,7 @@
 The daemon is another process, so it cannot share a Gate or a counter with the test:
 ``<process id>.<step>.runs`` gets one fsynced line (the daemon's pid) per run of a step, and a
 held step waits until the test creates ``<process id>.release``. The tests read these files
-through tests/daemon_util.py and tests/test_e2e_api.py.
+through tests/support/daemons.py and tests/test_e2e_api.py.
 """
 
 from __future__ import annotations
