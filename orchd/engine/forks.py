@@ -340,8 +340,11 @@ class Forks:
             if b.pc >= len(b.steps):
                 self._done(b)  # an empty branch
                 return
+            # Each step of a branch passes the lease's gate, as the process line's do.
+            started = await step_rules.begin(self.actor.host)
+            if self._halted():
+                return  # an abort or a stop came while it waited there: the step never began
             step = b.steps[b.pc]
-            started = time.time()
             try:
                 # A branch's State is built for a condition only (most steps have none).
                 run = not step.predicates or step_rules.should_run(step, b.state())

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Protocol
 
 from orchd import _faults as faults
 from orchd.dsl import Step, StepKind
+from orchd.engine import lease
 from orchd.engine.calls import call_step, cancelled_from_outside
 from orchd.engine.host import Host
 from orchd.engine.limits import Halted, slots_of
@@ -201,6 +202,16 @@ def retried(at: Cursor, failed: bool, back_to: int | None = None) -> Move:
 # -- running a step ------------------------------------------------------------------------
 
 
+async def begin(host: Host) -> float:
+    """When a step of a line (the process's or a branch's) starts: in a cluster, only once
+    this node's lease holds by its margin (``orchd.engine.lease``; raises ``LeaseLost`` when it
+    was lost), so a step never starts where the node that takes the process over may run it."""
+    gate = lease.gate(host)
+    if gate is not None:
+        await gate.admit()
+    return time.time()
+
+
 def should_run(step: Step, state: Mapping[str, Any]) -> bool:
     """Whether the step's conditions let it run; StepCrash when one raises (the step fails)."""
     if not step.predicates:
@@ -293,7 +304,8 @@ async def call(
 
 
 __all__ = [
-    "Cursor", "Failed", "Line", "Move", "Record", "Returned", "Token", "answered", "call", "ended",
+    "Cursor", "Failed", "Line", "Move", "Record", "Returned", "Token", "answered", "begin", "call",
+    "ended",
     "expired", "new_token", "raised", "retried", "should_run", "skip_width", "skipped", "stays",
     "step_writes", "waiting",
 ]  # fmt: skip

@@ -9,7 +9,7 @@ When the lease is lost, the gate also drops the actors that passed it (``Gate.dr
 state may be stale by then (another node may have taken their processes over), so they are
 cancelled, and one that outlives that is refused at the gate for good. What they still commit
 is refused by the database anyway (the fence is on the node's incarnation). A single daemon
-(SQLite) has no gate: ``admit`` returns at once.
+(SQLite) has no gate: ``gate`` answers None at once.
 """
 
 from __future__ import annotations
@@ -30,13 +30,11 @@ log = logging.getLogger("orchd.engine.lease")
 _gates: weakref.WeakKeyDictionary[object, Gate] = weakref.WeakKeyDictionary()
 
 
-async def admit(host: object) -> None:
-    """Return when the engine ``host`` may start a step, branch or children now; raise
-    ``LeaseLost`` when its node lost its lease."""
-    if _gates:  # no cluster in this process: not even a look-up per step
-        gate = _gates.get(host)
-        if gate is not None:
-            await gate.admit()
+def gate(host: object) -> Gate | None:
+    """The gate of the engine ``host`` (None when it is no node of a cluster): a step, branch
+    or children start once its ``admit`` returns (``orchd.engine.interpreter.begin``)."""
+    # No cluster in this process: not even a look-up per step.
+    return _gates.get(host) if _gates else None
 
 
 class Gate:

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from orchd.dsl import Step, StepKind
-from orchd.engine import actions, forkstep, lease, subscribing
+from orchd.engine import actions, forkstep, subscribing
 from orchd.engine import children as childstep
 from orchd.engine import interpreter as step_rules
 from orchd.engine.change import Change
@@ -29,12 +29,11 @@ SKIPPED = StepStatus.SKIPPED
 
 async def advance(actor: Actor) -> None:
     """Run the step at the program counter and commit its outcome."""
-    await lease.admit(actor.host)  # in a cluster, only while this node's lease holds
+    started = await step_rules.begin(actor.host)  # in a cluster, while the lease holds
     if actor.broken is not None:
         await actor.write(P.FAILED, steps=[], change=Change(error=actor.broken))
         return
     step = actor.step_now()
-    started = time.time()
     try:
         run = not step.predicates or step_rules.should_run(step, actor.state)
     except StepCrash as exc:
