@@ -26,7 +26,7 @@ from orchd.engine import actions, forkstep, formpages, line, subscribing
 from orchd.engine import interpreter as step_rules
 from orchd.engine.change import FIELDS, UNSET, Change
 from orchd.engine.forks import Forks
-from orchd.engine.host import Committed, Host
+from orchd.engine.host import Committed, Host, Identity
 from orchd.engine.messages import (
     Abort,
     Callback,
@@ -94,10 +94,10 @@ class Actor:
     # Thousands of actors may be alive at once (polling an OSS): keep each one small.
     __slots__ = (
         "host", "pid", "mailbox", "loaded", "stopping", "abort_requested", "workflow",
-        "workflow_name", "pk", "target", "status", "pc", "seq", "state", "current_step", "error",
+        "identity", "pk", "target", "status", "pc", "seq", "state", "current_step", "error",
         "form", "callback_token", "attempts", "position", "next_retry_at", "subscription_id",
-        "broken", "task", "parent_id", "child_group", "children_group", "children_pending",
-        "replace_aborted", "forks", "committing", "trace_id",
+        "broken", "task", "child_group", "children_group", "children_pending",
+        "replace_aborted", "forks", "committing",
     )  # fmt: skip
 
     def __init__(self, host: Host, pid: str, row: ProcessRow | None = None) -> None:
@@ -211,7 +211,10 @@ class Actor:
             self._fail_all(OrchdError(f"process {self.pid}: internal error"))
             self.host.store_failed(self.pid)
         finally:
-            self.host.retire(self)
+            if self.loaded:
+                self.host.retire(self, self.identity, self.status)
+            else:  # its process was not found
+                self.host.retire(self, None, None)
 
     async def _request_abort(self, envelope: Envelope, by: str) -> None:
         """Commit the abort asked, then answer: ``running`` (requested) while it runs."""
@@ -223,6 +226,11 @@ class Actor:
         # Finished meanwhile (nothing was requested): the answer says how it ended.
         respond(envelope, self.status if unfinished or self.status in FINAL else P.ABORTED)
 
+    def leftovers(self) -> list[Envelope]:
+        """The messages that came in while it retired, taken out of its mailbox."""
+        pending, self.mailbox = self.mailbox, []
+        return pending
+
     def _fail_all(self, error: BaseException) -> None:
         while self.mailbox:
             respond(self.mailbox.pop(0), error=error)
@@ -230,7 +238,7 @@ class Actor:
 
     def _load(self, row: ProcessRow) -> None:
         self.workflow: Workflow | None = self.host.workflow(row.workflow)
-        self.workflow_name = row.workflow
+        self.identity = Identity(self.pid, row.workflow, row.trace_id, row.parent_id)
         self.pk = row.pk
         self.target = Target(row.target)
         self.status = P(row.status)
@@ -247,9 +255,7 @@ class Actor:
         self.attempts = row.attempts
         self.next_retry_at = row.next_retry_at
         self.subscription_id = row.subscription_id
-        self.trace_id = row.trace_id
         self.position = None if row.step_key is None else (row.step_key, row.step_occurrence)
-        self.parent_id = row.parent_id
         self.child_group = row.child_group
         self.children_group = row.children_group
         self.children_pending = row.children_pending
@@ -263,7 +269,7 @@ class Actor:
         """Find the process's position in the workflow code loaded now (setting ``pc``);
         why it cannot go on, if it cannot (README "Changing workflows safely")."""
         if self.workflow is None:
-            return f"workflow {self.workflow_name!r} is not registered"
+            return f"workflow {self.identity.workflow!r} is not registered"
         if self.status in FINAL:
             return None
         key, occurrence = self.position or (None, 0)
@@ -444,7 +450,7 @@ class Actor:
             drop_branches=drops or [],
             actions=actions or [],
         )
-        await self.host.checkpoint(checkpoint)
+        await self.host.checkpoint(checkpoint, self.identity, self.status, self.concurrent)
         seconds = steps[-1].finished_at - steps[-1].started_at if steps else None
         self.host.committed(self._committed(self.status, steps, seconds))
 
@@ -542,7 +548,7 @@ class Actor:
         checkpoint.drop_branches = drops or []
         self.committing = True
         try:
-            await self.host.checkpoint(checkpoint)
+            await self.host.checkpoint(checkpoint, self.identity, self.status, self.concurrent)
         finally:
             self.committing = False
         self.committed_as(status, steps, step_seconds)
@@ -566,8 +572,9 @@ class Actor:
             self.position = self.workflow.positions.at(self.pc)
         key, occurrence = self.position or (None, 0)
         child_of = None
-        if status in FINAL and self.parent_id is not None and self.child_group is not None:
-            child_of = ChildOf(parent_id=self.parent_id, group=self.child_group)
+        parent_id = self.identity.parent_id
+        if status in FINAL and parent_id is not None and self.child_group is not None:
+            child_of = ChildOf(parent_id=parent_id, group=self.child_group)
         return Checkpoint(
             process_id=self.pid,
             process=ProcessWrite(
@@ -607,9 +614,7 @@ class Actor:
     ) -> Committed:
         # Positional (in Committed's field order): this runs at every commit.
         return Committed(
-            self.pid,
-            self.workflow_name,
-            self.trace_id,
+            self.identity,
             previous,
             self.status,
             self.current_step,

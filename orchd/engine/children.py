@@ -156,7 +156,7 @@ async def _fan_out(
     else:
         op = ReplaceChildren(parent=checkpoint, detach=detach, children=starts)
     try:
-        await actor.host.start_children(op)
+        await actor.host.start_children(op, actor.identity, actor.status)
     except ChildRefused as exc:
         actor.take(previous)
         raise StepCrash(f"children: {exc}") from None

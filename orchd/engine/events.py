@@ -18,7 +18,7 @@ from orchd.model import Event, ProcessStatus, Reset, StepStatus
 from orchd.store.base import Checkpoint
 
 if TYPE_CHECKING:
-    from orchd.engine.actor import Actor
+    from orchd.engine.host import Identity
 
 #: Events a listener may leave unread before the hub closes it (unless it asks for another
 #: bound): enough for an in-process consumer to keep up with thousands of processes.
@@ -142,13 +142,13 @@ def event(
     )
 
 
-def events_of(actor: Actor, checkpoint: Checkpoint) -> list[Event]:
-    """What a checkpoint announces: each step record, then the status when it changes (or
-    when no step was recorded). The actor's status is still the one before the write."""
+def events_of(process: Identity, previous: ProcessStatus, checkpoint: Checkpoint) -> list[Event]:
+    """What a checkpoint of ``process`` announces: each step record, then the status when it
+    changes from ``previous`` (or when no step was recorded)."""
     # Every step of every process announces itself: this runs once per checkpoint, so the
     # statuses (already members) are not converted again and the clock is read once.
     status: Any = checkpoint.process.status
-    pid, name, parent, at = actor.pid, actor.workflow_name, actor.parent_id, datetime.now(UTC)
+    pid, name, parent, at = process.pid, process.workflow, process.parent_id, datetime.now(UTC)
     events = [
         Event(
             id=0, kind="step", process_id=pid, workflow=name, parent_id=parent, status=status,
@@ -156,6 +156,6 @@ def events_of(actor: Actor, checkpoint: Checkpoint) -> list[Event]:
         )
         for r in checkpoint.steps
     ]  # fmt: skip
-    if status != actor.status or not checkpoint.steps:
+    if status != previous or not checkpoint.steps:
         events.append(event("process", pid, name, status, parent_id=parent, at=at))
     return events

@@ -418,7 +418,7 @@ class Forks:
         ran = await step_rules.call(
             actor.host,
             actor.pid,
-            actor.trace_id,
+            actor.identity.trace_id,
             b.path,
             step,
             b.attempts + 1,

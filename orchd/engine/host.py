@@ -36,13 +36,22 @@ if TYPE_CHECKING:
     from orchd.engine.waits import Waits
 
 
-class Committed(msgspec.Struct, frozen=True):
-    """What one checkpoint of a process committed, as the engine is told once it is durable
-    (a value, not the actor: only the actor's own code changes its fields)."""
+class Identity(msgspec.Struct, frozen=True):
+    """Which process an actor runs, fixed once it loaded it: what the process's events, logs
+    and spans name, handed to the runtime with each commit (never read back from the actor)."""
 
     pid: str
     workflow: str
     trace_id: str
+    #: The parent that started it as a child (an aborted parent aborts it).
+    parent_id: str | None
+
+
+class Committed(msgspec.Struct, frozen=True):
+    """What one checkpoint of a process committed, as the engine is told once it is durable
+    (a value, not the actor: only the actor's own code changes its fields)."""
+
+    process: Identity
     previous: ProcessStatus
     status: ProcessStatus
     #: The step it stands at now, and why it failed or waits (for the log).
@@ -86,16 +95,25 @@ class Host(Protocol):
         """The process as committed (None when it does not exist)."""
         ...
 
-    async def checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Commit durably; returns once committed."""
+    async def checkpoint(
+        self,
+        checkpoint: Checkpoint,
+        process: Identity,
+        previous: ProcessStatus,
+        concurrent: bool = False,
+    ) -> None:
+        """Commit durably; returns once committed. ``previous``: the process's status before
+        it (the events say when it changes); ``concurrent``: other commits of the process may
+        be under way (its branches')."""
         ...
 
     def committed(self, done: Committed) -> None:
         """Told after each commit what it committed: events, waiters, metrics, the cascade."""
         ...
 
-    def retire(self, actor: Actor) -> None:
-        """The actor's task ends: forget it (messages that came in late go to a new one)."""
+    def retire(self, actor: Actor, process: Identity | None, status: ProcessStatus | None) -> None:
+        """The actor's task ends: forget it (messages that came in late go to a new one).
+        ``process`` and ``status``: what it ran and how that stands (None: it never loaded)."""
         ...
 
     def later(self, pid: str, at: float, message: Message) -> None:
@@ -129,7 +147,9 @@ class Host(Protocol):
         """Check and build a child's start; raises what a refused start raises."""
         ...
 
-    async def start_children(self, op: StartChildren | ReplaceChildren) -> None:
+    async def start_children(
+        self, op: StartChildren | ReplaceChildren, parent: Identity, previous: ProcessStatus
+    ) -> None:
         """Commit a parent's checkpoint with its new children, then start those not held."""
         ...
 

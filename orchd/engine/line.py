@@ -69,7 +69,7 @@ async def _run_function(actor: Actor, step: Step, started: float) -> None:
     ran = await step_rules.call(
         actor.host,
         actor.pid,
-        actor.trace_id,
+        actor.identity.trace_id,
         None,
         step,
         actor.attempts + 1,

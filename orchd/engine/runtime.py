@@ -23,7 +23,7 @@ from orchd.engine import actor as actors
 from orchd.engine import builtins, ids, messages
 from orchd.engine.catalog import Catalog
 from orchd.engine.events import events_of
-from orchd.engine.host import Committed
+from orchd.engine.host import Committed, Identity
 from orchd.engine.limits import Limiter
 from orchd.engine.routing import Router
 from orchd.engine.starts import build_start
@@ -299,12 +299,16 @@ class Runtime:
     async def load(self, pid: str) -> ProcessRow | None:
         return await self.store.process(pid)
 
-    async def checkpoint(self, checkpoint: Checkpoint) -> None:
-        actor = self.actors.get(checkpoint.process_id)
-        if actor is not None:
-            checkpoint.events = events_of(actor, checkpoint)
+    async def checkpoint(
+        self,
+        checkpoint: Checkpoint,
+        process: Identity,
+        previous: ProcessStatus,
+        concurrent: bool = False,
+    ) -> None:
+        checkpoint.events = events_of(process, previous, checkpoint)
         committed, finished = False, None
-        if len(self.actors) == 1 and (actor is None or not actor.concurrent):
+        if not concurrent and len(self.actors) == 1:
             # A lone process: committing here skips two thread hand-offs per step; the loop
             # waits for the fsync meanwhile, which only this process needs.
             committed, finished = self.store.commit_now(checkpoint)
@@ -324,10 +328,10 @@ class Runtime:
                 row = finished.started_row
                 self.post(finished.started, messages.Run(), None, row=row)
 
-    async def start_children(self, op: StartChildren | ReplaceChildren) -> None:
-        actor = self.actors.get(op.parent.process_id)
-        if actor is not None:
-            op.parent.events = events_of(actor, op.parent)
+    async def start_children(
+        self, op: StartChildren | ReplaceChildren, parent: Identity, previous: ProcessStatus
+    ) -> None:
+        op.parent.events = events_of(parent, previous, op.parent)
         rows = await self.store.write(op)
         if self.tracing.on:
             for row in rows:
@@ -347,39 +351,37 @@ class Runtime:
     async def fork_records(self, pk: int) -> list[tuple[str | None, str, float]]:
         return await self.store.fork_records(pk)
 
-    def retire(self, actor: actors.Actor) -> None:
+    def retire(
+        self, actor: actors.Actor, process: Identity | None, status: ProcessStatus | None
+    ) -> None:
+        pid = actor.pid
         # Forgotten first, so that nothing below can leave a dead actor taking messages.
-        if self.actors.get(actor.pid) is actor:
-            del self.actors[actor.pid]
+        if self.actors.get(pid) is actor:
+            del self.actors[pid]
             if not self.actors:
                 self._idle.set()
         try:
             # Its waits no longer route here from memory: one that stands is found in the
             # database; an answer one still holds is told now, not left waiting.
-            self.waits.end_process(actor.pid, End.RETIRED if self.accepting else End.SHUTDOWN)
-            if actor.pid in self.limits.by_pid:
-                self.limits.release_process(actor.pid)  # what it held or waited for
+            self.waits.end_process(pid, End.RETIRED if self.accepting else End.SHUTDOWN)
+            if pid in self.limits.by_pid:
+                self.limits.release_process(pid)  # what it held or waited for
             if self.tracing.on:
-                if actor.loaded:
-                    self.tracing.retired(
-                        actor.pid, actor.workflow_name, actor.trace_id, actor.status
-                    )
+                if process is not None and status is not None:
+                    self.tracing.retired(pid, process.workflow, process.trace_id, status)
                 else:  # it never ran (its process was not found): its run had no span
-                    self.tracing.retired(actor.pid, "", "", "")
+                    self.tracing.retired(pid, "", "", "")
         except Exception:  # in the actor's task: nothing may raise into the actors' group
-            log.exception("process=%s retiring its actor failed", actor.pid)
-        if actor.mailbox:
-            # Messages that arrived while it was retiring go to a fresh actor; at shutdown
-            # their senders are told, rather than left waiting for ever.
-            pending = list(actor.mailbox)
-            actor.mailbox.clear()
-            for envelope in pending:
-                try:
-                    if not self.accepting:
-                        raise ShuttingDown(self.failure or "the engine is shutting down")
-                    self.post(actor.pid, envelope.message, envelope.reply)
-                except ShuttingDown as exc:
-                    messages.respond(envelope, error=exc)
+            log.exception("process=%s retiring its actor failed", pid)
+        # Messages that arrived while it was retiring go to a fresh actor; at shutdown their
+        # senders are told, rather than left waiting for ever.
+        for envelope in actor.leftovers():
+            try:
+                if not self.accepting:
+                    raise ShuttingDown(self.failure or "the engine is shutting down")
+                self.post(pid, envelope.message, envelope.reply)
+            except ShuttingDown as exc:
+                messages.respond(envelope, error=exc)
 
     def store_failed(self, pid: str) -> int:
         """Run the process again from its last commit after a failed checkpoint, backing off
@@ -461,7 +463,9 @@ class Runtime:
         # README "Traces": a child is in its parent's trace (its parent's actor is starting it);
         # any other start begins a trace of its own (Engine.start_once joins a request's instead).
         parent = self.actors.get(parent_id) if parent_id is not None else None
-        op.trace_id = parent.trace_id if parent is not None and parent.loaded else new_trace_id()
+        op.trace_id = (
+            parent.identity.trace_id if parent is not None and parent.loaded else new_trace_id()
+        )
         return op
 
     async def choices(self, marker: Choices) -> list[Choice]:
@@ -473,9 +477,8 @@ class Runtime:
 
     def committed(self, done: Committed) -> None:
         """Told by an actor after each commit what it committed: events, waiters, metrics."""
-        pid, workflow, status, trace_id, steps = (
-            done.pid, done.workflow, done.status, done.trace_id, done.steps
-        )  # fmt: skip
+        process, status, steps = done.process, done.status, done.steps
+        pid, workflow, trace_id = process.pid, process.workflow, process.trace_id
         if self._store_failures:
             self._store_failures.pop(pid, None)
         self.steps.add(workflow, steps, done.step_seconds)
@@ -520,8 +523,9 @@ class Runtime:
         """An aborted parent aborts every unfinished child (each through its own actor)."""
         reason = messages.Abort(by=f"parent {parent_id}")
         for actor in list(self.actors.values()):
-            # Children running here hear it before their next step, whatever a read costs.
-            if actor.loaded and actor.parent_id == parent_id and actor.status not in FINAL:
+            # Children running here hear it before their next step, whatever a read costs
+            # (one that has just finished refuses it itself).
+            if actor.loaded and actor.identity.parent_id == parent_id:
                 self.post(actor.pid, reason, None)
         self.background(self._abort_children(parent_id, 1), f"process={parent_id} abort cascade")
 
