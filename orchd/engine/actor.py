@@ -6,11 +6,13 @@ someone else (a user, a callback, a retry timer) or has finished. The process th
 in the database until a message re-activates it.
 
 The step at its position runs in ``orchd.engine.line`` (through the step interpreter,
-``orchd.engine.interpreter``); the actor's side of someone acting on the process (resume,
+``orchd.engine.interpreter``); a message taken from its mailbox goes through
+``orchd.engine.inbox``; the actor's side of someone acting on the process (resume,
 retry, skip, abort, a callback) is in ``orchd.engine.actions``; of a children step in
 ``orchd.engine.children``; of a fork in ``orchd.engine.forkstep``. Each of them hands the actor
 a transition (a ``Move`` or a ``Change``): only this module assigns an actor's fields, and the
-runtime is told what a commit committed (``Committed``), not handed the actor.
+runtime is handed values (which process it runs, ``Identity``; what a commit committed,
+``Committed``), never the actor to read.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchd.dsl import Step, StepKind, Stranded, Workflow
-from orchd.engine import actions, forkstep, formpages, line, subscribing
+from orchd.engine import actions, formpages, inbox, line, subscribing
 from orchd.engine import interpreter as step_rules
 from orchd.engine.change import FIELDS, UNSET, Change
 from orchd.engine.forks import Forks
@@ -43,7 +45,6 @@ from orchd.engine.messages import (
 )
 from orchd.engine.waits import End
 from orchd.errors import (
-    CallbackNotFound,
     InvalidTransition,
     OrchdError,
     ProcessNotFound,
@@ -182,7 +183,7 @@ class Actor:
                     await actions.abort(self, by, requested=True)
                     continue
                 if self.mailbox:
-                    await self._handle(self.mailbox.pop(0))
+                    await inbox.handle(self, self.mailbox.pop(0))
                     continue
                 if self.stopping:
                     return
@@ -278,64 +279,6 @@ class Actor:
         except Stranded as exc:
             return str(exc)
         return None
-
-    async def _handle(self, envelope: Envelope) -> None:
-        message = envelope.message
-        try:
-            match message:
-                case Run() | Stop():
-                    respond(envelope)
-                case Resume(answer=answer, by=by):
-                    await actions.resume(self, answer, by)
-                    respond(envelope, self.status)
-                case Retry(automatic=automatic, by=by, reissue=reissue):
-                    await actions.retry(self, automatic, by, reissue)
-                    respond(envelope, self.status)
-                case Skip(reason=reason, by=by):
-                    await actions.skip(self, reason, by)
-                    respond(envelope, self.status)
-                case Abort(by=by):
-                    check_action(Action.ABORT, self.status, self.pid)
-                    await actions.abort(self, by, requested=True)
-                    respond(envelope, self.status)
-                case Callback(digest=digest, payload=payload, by=by) if self.at_fork():
-                    await forkstep.callback(self, digest, payload, by)
-                    respond(envelope)
-                case Callback(digest=digest, payload=payload, by=by):
-                    if digest is not None and self._callback_pending(digest):
-                        waits = self.host.waits
-                        waits.begin(digest, self.pid)  # (it stands already: begun at load)
-                        waits.hold(digest, envelope)  # the wait step answers it
-                        return
-                    if digest is not None and digest != self.callback_token:
-                        # An old or used token, or a made-up one: it answers no wait.
-                        raise CallbackNotFound("no process waits for this callback token")
-                    check_action(Action.CALLBACK, self.status, self.pid)
-                    await actions.take_callback(self, payload, by)
-                    respond(envelope)
-                case Expire(digest=digest):
-                    if self.status is P.AWAITING_CALLBACK and digest == self.callback_token:
-                        await actions.fail_wait(self)
-                    respond(envelope)
-        except asyncio.CancelledError:
-            respond(envelope, error=stopped())  # the engine stops: see run
-            raise
-        except StoreError:
-            refusal = StoreError(f"process {self.pid}: the database refused the write")
-            respond(envelope, error=refusal)
-            raise
-        except OrchdError as exc:
-            respond(envelope, error=exc)
-
-    def _callback_pending(self, digest: str) -> bool:
-        """A callback that arrived before the action's checkpoint: keep it for the wait step."""
-        return (
-            self.status in ACTIVE
-            and digest == self.callback_token
-            and self.workflow is not None
-            and self.pc < len(self.workflow.steps)
-            and self.workflow.steps[self.pc].kind is StepKind.CALLBACK_WAIT
-        )
 
     def action(self, action: Action, by: str, detail: str | None = None) -> ActionWrite:
         return ActionWrite(pk=self.pk, at=time.time(), action=action, by=by, detail=detail)
