@@ -160,6 +160,11 @@ class Actor:
         if self.forks is not None and self.forks.running:
             self.forks.wake.set()
 
+    @property
+    def active(self) -> bool:
+        """Whether it has loaded its process and the process is created or running."""
+        return self.loaded and self.status in ACTIVE
+
     def start(self, group: asyncio.TaskGroup) -> None:
         """Run the loop as a task of ``group``; RuntimeError when the group is ending."""
         run = self.run()

@@ -272,7 +272,7 @@ class Runtime:
         self._waiters[pid].append(fut)
         try:
             actor = self.actors.get(pid)
-            if actor is None or not actor.loaded or actor.status not in ACTIVE:
+            if actor is None or not actor.active:
                 # Passivated (or not loaded yet): the database says whether it is still active.
                 process = await get(pid)
                 if process.status not in ACTIVE:
