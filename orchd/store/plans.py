@@ -375,8 +375,12 @@ def parent_woke(parent_id: str, workflow: str, grandparent: str | None) -> Event
 _COUNT_DOWN = """UPDATE processes SET children_pending = children_pending - 1
     WHERE id = ? AND children_group = ? AND children_pending > 0
     RETURNING status, children_pending, children_group, workflow, parent_id"""
+# ``held = true``, not ``held``: an equality is what lets SQLite walk processes_by_parent
+# (parent_id, child_group, held, child_index) to the first held sibling; a bare ``held`` made it
+# read every child of the fan-out and sort them, for each child that finished (P8: 2.8x slower
+# at 10,000 children).
 _NEXT_HELD = """UPDATE processes SET held = false{claim} WHERE rowid = (SELECT rowid FROM processes
-    WHERE parent_id = ? AND child_group = ? AND held ORDER BY child_index LIMIT 1{lock})
+    WHERE parent_id = ? AND child_group = ? AND held = true ORDER BY child_index LIMIT 1{lock})
     RETURNING id"""
 
 
