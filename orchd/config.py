@@ -362,7 +362,7 @@ def _unknown_keys(raw: Any, struct: type[msgspec.Struct], where: str = "") -> li
     close: ``workflow: unknown key (did you mean 'workflows'?)``."""
     if not isinstance(raw, dict):
         return []  # not a table: msgspec names the wrong type
-    fields = {f.encode_name: f.type for f in msgspec.structs.fields(struct)}
+    fields = {f.encode_name: _bare(f.type) for f in msgspec.structs.fields(struct)}
     found = []
     for key, value in raw.items():
         if key not in fields:
@@ -380,6 +380,13 @@ def _unknown_keys(raw: Any, struct: type[msgspec.Struct], where: str = "") -> li
                 for i, entry in enumerate(value):
                     found += _unknown_keys(entry, item, f"{where}{key}[{i}].")
     return found
+
+
+def _bare(annotation: Any) -> Any:
+    """A field's type without its ``Annotated`` marks (``RELOADS``): what its table holds."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return typing.get_args(annotation)[0]
+    return annotation
 
 
 def _describe_validation_error(message: str) -> str:
