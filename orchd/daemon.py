@@ -201,6 +201,8 @@ def prepare(
             synchronous=config.synchronous,
             settings=config,
             resources={HttpClient: http},
+            # README "Traces": spans through OpenTelemetry's SDK and its OTEL_* variables.
+            tracing=otel() if config.tracing.enabled else None,
         )
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc.detail}") from None
@@ -360,10 +362,8 @@ class Daemon:
                 partial,
             )
         if self.config.tracing.enabled:
-            # README "Traces": spans through OpenTelemetry's SDK, its OTEL_* variables; the last
-            # ones are flushed once the engine has stopped.
-            tracing = otel()
-            self.engine.tracing = tracing
+            # The last spans are flushed once the engine has stopped.
+            tracing = self.engine.tracing
             stack.push_async_callback(
                 _quietly, "flushing spans", lambda: asyncio.to_thread(tracing.shutdown)
             )
