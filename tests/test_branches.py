@@ -498,11 +498,19 @@ async def test_a_branch_callback_past_its_deadline_fails_its_branch_and_a_retry_
     process = await settle(engine, pid, "failed")
     assert "no callback arrived before the deadline" in (process.error or "")
     assert records(process, "Provision/1") == [("count", "success", "Provision/1")]
-    await engine.retry(pid)
-    await settle(engine, pid, "awaiting_callback")
+    for _ in range(5):  # on a busy machine the new 0.3 s deadline may pass again first
+        await engine.retry(pid)
+        if (await settle(engine, pid, "awaiting_callback", "failed")).status == "failed":
+            continue
+        tokens = [what for name, what in ledger.calls if name == "order circuit"]
+        try:
+            await engine.callback(tokens[-1], {"circuit": "late but fine"})
+        except (CallbackNotFound, InvalidTransition):
+            await settle(engine, pid, "failed")  # it expired while the answer was on its way
+            continue
+        break
     tokens = [what for name, what in ledger.calls if name == "order circuit"]
-    assert len(tokens) == 2  # the action ran again, with a new token
-    await engine.callback(tokens[1], {"circuit": "late but fine"})
+    assert len(tokens) >= 2 and len(set(tokens)) == len(tokens)  # each time a new token
     process = await engine.wait(pid)
     assert process.status == "completed" and process.state["circuit"] == "late but fine"
     assert ledger.count("count") == 1
