@@ -145,25 +145,26 @@ class UnixGuard:
         self.open -= 1
 
 
-class _CappedConnection(asyncio.Protocol):
-    """One Unix socket connection: reset past the cap, else passed through to aiohttp."""
+class _PassedThrough(asyncio.Protocol):
+    """A connection handed on to aiohttp's protocol (``handler``) once it is let in: what
+    happens to the connection afterwards reaches aiohttp unchanged."""
 
-    def __init__(self, guard: UnixGuard, server: web.Server) -> None:
-        self.guard = guard
+    def __init__(self, server: web.Server) -> None:
         self.server = server
         self.handler: asyncio.Protocol | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = typing.cast(asyncio.Transport, transport)
-        if not self.guard.admit():
-            transport.abort()
-            return
+    def hand_over(self, transport: asyncio.Transport, data: bytes = b"") -> None:
+        """Let the connection in: aiohttp takes it, with the bytes read before, if any."""
         self.handler = self.server()
         self.handler.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self.handler is not None:
+        if data:
             self.handler.data_received(data)
+
+    def hand_back(self, exc: Exception | None) -> None:
+        """The connection is gone: tell aiohttp, once."""
+        if self.handler is not None:
+            handler, self.handler = self.handler, None
+            handler.connection_lost(exc)
 
     def eof_received(self) -> bool | None:
         return None if self.handler is None else self.handler.eof_received()
@@ -176,11 +177,29 @@ class _CappedConnection(asyncio.Protocol):
         if self.handler is not None:
             self.handler.resume_writing()
 
+
+class _CappedConnection(_PassedThrough):
+    """One Unix socket connection: reset past the cap, else passed through to aiohttp."""
+
+    def __init__(self, guard: UnixGuard, server: web.Server) -> None:
+        super().__init__(server)
+        self.guard = guard
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = typing.cast(asyncio.Transport, transport)
+        if not self.guard.admit():
+            transport.abort()
+            return
+        self.hand_over(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.handler is not None:
+            self.handler.data_received(data)
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self.handler is not None:
             self.guard.release()
-            handler, self.handler = self.handler, None
-            handler.connection_lost(exc)
+        self.hand_back(exc)
 
 
 class TcpGuard:
@@ -358,7 +377,7 @@ class _Listener:
 _HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
 
 
-class _GuardedConnection(asyncio.Protocol):
+class _GuardedConnection(_PassedThrough):
     """One TCP connection: admitted or reset on arrival, then passed through to aiohttp.
 
     Until the first request head is complete, a timer runs; the bytes are scanned for the
@@ -368,9 +387,8 @@ class _GuardedConnection(asyncio.Protocol):
     """
 
     def __init__(self, listener: _Listener, server: web.Server) -> None:
+        super().__init__(server)
         self.listener = listener
-        self.server = server
-        self.handler: asyncio.Protocol | None = None
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.prefix = ""
@@ -400,8 +418,7 @@ class _GuardedConnection(asyncio.Protocol):
         if admission == "probation":
             self.held = bytearray()
             return
-        self.handler = self.server()
-        self.handler.connection_made(transport)
+        self.hand_over(transport)
 
     def data_received(self, data: bytes) -> None:
         if self.held is not None:
@@ -439,20 +456,7 @@ class _GuardedConnection(asyncio.Protocol):
         if not earned:
             self.transport.abort()
             return
-        self.handler = self.server()
-        self.handler.connection_made(self.transport)
-        self.handler.data_received(held)
-
-    def eof_received(self) -> bool | None:
-        return None if self.handler is None else self.handler.eof_received()
-
-    def pause_writing(self) -> None:
-        if self.handler is not None:
-            self.handler.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.handler is not None:
-            self.handler.resume_writing()
+        self.hand_over(self.transport, held)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
@@ -463,9 +467,7 @@ class _GuardedConnection(asyncio.Protocol):
             probation = self.held is not None
             self.held = None
             self.listener.guard.release(self.listener, self.peer, self.prefix, probation)
-        if self.handler is not None:
-            handler, self.handler = self.handler, None
-            handler.connection_lost(exc)
+        self.hand_back(exc)
 
     def _header_timeout(self) -> None:
         self.timer = None

@@ -206,14 +206,7 @@ class Actions:
         pages = self.pages.start_pages(info)
         outcome = await pages.post(posted)
         if isinstance(outcome, Shown):
-            return self.pages.start_page(
-                request,
-                info,
-                outcome.form,
-                status=outcome.status,
-                problem=outcome.problem,
-                idempotency_key=key,
-            )
+            return self._start_page(request, info, outcome, key)
         try:
             pid, _ = await self.engine.start_once(
                 info.name,
@@ -224,25 +217,23 @@ class Actions:
             self.console.remember_start(request, key, pid)
         except FormValidationError as exc:  # a choice taken since its page was answered
             shown = await pages.at_fault(outcome.answers, exc)
-            return self.pages.start_page(
-                request,
-                info,
-                shown.form,
-                status=shown.status,
-                problem=shown.problem,
-                idempotency_key=key,
-            )
+            return self._start_page(request, info, shown, key)
         except OrchdError as exc:  # 409: stale, locked, ...; the last page stays as answered
             shown = await pages.again(outcome.answers, exc.status, exc.problem())
-            return self.pages.start_page(
-                request,
-                info,
-                shown.form,
-                status=shown.status,
-                problem=shown.problem,
-                idempotency_key=key,
-            )
+            return self._start_page(request, info, shown, key)
         return _done(pid, "started")
+
+    def _start_page(
+        self, request: web.Request, info: WorkflowInfo, shown: Shown, key: str | None
+    ) -> web.Response:
+        return self.pages.start_page(
+            request,
+            info,
+            shown.form,
+            status=shown.status,
+            problem=shown.problem,
+            idempotency_key=key,
+        )
 
     async def note(self, request: web.Request) -> web.StreamResponse:
         """Set a subscription's note as ``PUT /api/subscriptions/{id}/note`` does (the same
