@@ -75,14 +75,27 @@ def parse_duration(text: str) -> float:
     return total
 
 
-class Duration(float):
+class _AsWritten(float):
+    """A number from the config file that prints as the file wrote it (reload messages and
+    the API show ``5m``, not ``300.0``)."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.text!r})"
+
+
+class Duration(_AsWritten):
     """Seconds (a float) that print as written: ``Duration("5m") == 300.0``, ``str()`` "5m".
 
     From a string as `parse_duration` reads it, or from a number of seconds (code's way);
     never negative. ValueError, in words fit for the config's messages, otherwise."""
 
-    __slots__ = ("text",)
-    text: str
+    __slots__ = ()
     #: Whether zero is refused (`PositiveDuration`): a timeout of nothing means nothing.
     positive: ClassVar[bool] = False
 
@@ -100,12 +113,6 @@ class Duration(float):
         made.text = text
         return made
 
-    def __str__(self) -> str:
-        return self.text
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.text!r})"
-
 
 class PositiveDuration(Duration):
     """A `Duration` greater than zero."""
@@ -114,12 +121,11 @@ class PositiveDuration(Duration):
     positive = True
 
 
-class Rate(float):
+class Rate(_AsWritten):
     """Starts per second, written ``"10/s"``, ``"600/m"`` or ``"100/h"`` (in code, a number
     per second); a float that prints as written. ValueError otherwise, zero included."""
 
-    __slots__ = ("text",)
-    text: str
+    __slots__ = ()
 
     def __new__(cls, value: str | float) -> Self:
         if isinstance(value, str):
@@ -132,12 +138,6 @@ class Rate(float):
         made = super().__new__(cls, per_second)
         made.text = text
         return made
-
-    def __str__(self) -> str:
-        return self.text
-
-    def __repr__(self) -> str:
-        return f"Rate({self.text!r})"
 
 
 class Reloads:
