@@ -45,6 +45,7 @@ from support.daemons import (
     free_port,
     make_run_demo,
     run_demo,
+    tcp_request,
 )
 
 import orchd
@@ -154,60 +155,57 @@ def test_every_block_of_the_readme_is_run_by_a_test() -> None:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def readme_package(tmp_path: Path) -> Iterator[Path]:
-    """``mypkg`` in a folder on sys.path: ``mypkg.workflows`` is the README's first module."""
-    package = tmp_path / "pkgs" / "mypkg"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "workflows.py").write_text(block("Writing workflows #1"))
-    sys.path.insert(0, str(package.parent))
-    try:
-        yield package.parent
-    finally:
-        sys.path.remove(str(package.parent))
-        for name in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:
-            del sys.modules[name]
+def write_module(folder: Path, name: str, source: str) -> Path:
+    """``source`` as module ``name`` (dotted: a package with it) in ``folder``; the folder."""
+    *packages, module = name.split(".")
+    where = folder.joinpath(*packages)
+    where.mkdir(parents=True, exist_ok=True)
+    for depth in range(len(packages)):
+        folder.joinpath(*packages[: depth + 1], "__init__.py").touch()
+    (where / f"{module}.py").write_text(source)
+    return folder
 
 
-def load_module(tmp_path: Path, name: str, source: str) -> str:
-    """Write ``source`` as module ``name`` importable from now on; return its name."""
-    folder = tmp_path / "mods"
-    folder.mkdir(exist_ok=True)
-    (folder / f"{name}.py").write_text(source)
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-    return name
+def beside_tests(folder: Path) -> dict[str, str]:
+    """A daemon's environment that imports from ``folder`` too (tests/wf and orchd as always)."""
+    return {"PYTHONPATH": f"{folder}:{WF_DIR}:{ROOT}"}
 
 
 @pytest.fixture
 def modules(tmp_path: Path) -> Iterator[Callable[[str, str], str]]:
+    """Writes a module into a folder on this process's sys.path; forgets them afterwards."""
+    folder = tmp_path / "mods"
     loaded: list[str] = []
 
     def load(name: str, source: str) -> str:
-        loaded.append(load_module(tmp_path, name, source))
+        write_module(folder, name, source)
+        loaded.append(name)
         return name
 
+    sys.path.insert(0, str(folder))
     yield load
-    for name in loaded:
-        sys.modules.pop(name, None)
-    folder = str(tmp_path / "mods")
-    if folder in sys.path:
-        sys.path.remove(folder)
+    sys.path.remove(str(folder))
+    for name in [m for m in sys.modules if m.split(".")[0] in {n.split(".")[0] for n in loaded}]:
+        del sys.modules[name]
+
+
+def operator_env(daemon: DaemonProcess, pythonpath: Path | None = None) -> dict[str, str]:
+    """What an operator in the daemon's directory has: orchd on PATH, $ORCHD_CONFIG set."""
+    env = daemon.environment()
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    env["ORCHD_CONFIG"] = str(daemon.config_path)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = f"{pythonpath}:{env['PYTHONPATH']}"
+    return env
 
 
 def shell(
     command: str, daemon: DaemonProcess, pythonpath: Path | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """``command`` run by bash in the daemon's directory, as an operator there would."""
-    env = daemon.environment()
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    env["ORCHD_CONFIG"] = str(daemon.config_path)
-    if pythonpath is not None:
-        env["PYTHONPATH"] = f"{pythonpath}:{env['PYTHONPATH']}"
     return subprocess.run(
-        ["bash", "-c", command], cwd=daemon.dir, env=env, capture_output=True, text=True,
-        timeout=timeout, check=False, stdin=subprocess.DEVNULL,
+        ["bash", "-c", command], cwd=daemon.dir, env=operator_env(daemon, pythonpath),
+        capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL,
     )  # fmt: skip
 
 
@@ -227,8 +225,9 @@ def test_the_two_commands_are_targets_of_the_makefile() -> None:
 
 
 async def test_the_first_workflow_runs_as_the_snippet_after_it_says(
-    readme_package: Path,
+    modules: Callable[[str, str], str],
 ) -> None:
+    modules("mypkg.workflows", block("Writing workflows #1"))
     snippet = block("Writing workflows #2")
     code = "async def snippet():\n" + "".join(f"    {line}\n" for line in snippet.splitlines())
     namespace: dict[str, Any] = {"orchd": orchd}
@@ -379,12 +378,10 @@ def test_the_resource_factory_example_gives_a_step_its_client(
     # The block is a fragment: InventoryClient and URL are the reader's; they come first, and
     # a step annotated as the block's comment says uses what the factory yields.
     source = RESOURCES_PRELUDE + block("Giving steps resources #1") + RESOURCES_STEP
-    folder = tmp_path / "mods"
-    folder.mkdir()
-    (folder / "readme_resources.py").write_text(source)
+    folder = write_module(tmp_path / "mods", "readme_resources", source)
     daemon = daemon_factory(
         {"workflows": ["readme_resources"], "resources": ["readme_resources:factory"]},
-        env={"PYTHONPATH": f"{folder}:{WF_DIR}:{ROOT}"},
+        env=beside_tests(folder),
     )
     process = daemon.wait_process(daemon.start_process("look_up_node", {"node_id": "n1"}))
     assert process["status"] == "completed", process
@@ -406,9 +403,8 @@ def test_the_limits_example_runs_its_steps_under_their_limits(
     source = block("Limits on shared resources #1")
     constant = 'OSS = "http://inventory.example:8080"'
     assert constant in source
-    folder = tmp_path / "mods"
-    folder.mkdir()
-    (folder / "readme_limits.py").write_text(source.replace(constant, f'OSS = "{oss_url}"'))
+    module = source.replace(constant, f'OSS = "{oss_url}"')
+    folder = write_module(tmp_path / "mods", "readme_limits", module)
     readme = README.read_text()
     after = readme[readme.index(source) + len(source) :]
     limits = re.search(r"```toml\n(.*?)```", after, re.DOTALL)
@@ -416,9 +412,11 @@ def test_the_limits_example_runs_its_steps_under_their_limits(
     daemon = daemon_factory(
         {"workflows": ["readme_limits"]},
         raw_config=limits.group(1),
-        env={"PYTHONPATH": f"{folder}:{WF_DIR}:{ROOT}"},
+        env=beside_tests(folder),
     )
-    status, node = http_json("POST", f"{oss_url}/nodes", {"name": "r1", "customer_id": "c1"})
+    oss = urlsplit(oss_url)
+    node_body = {"name": "r1", "customer_id": "c1"}
+    status, node = tcp_request(oss.hostname or "", oss.port or 80, "POST", "/nodes", node_body)
     assert status == 201
     given = {"node_name": "r1", "node_id": node["id"], "config": "hostname r1"}
     pids = [daemon.start_process("reconfigure_router", given) for _ in range(3)]
@@ -430,18 +428,6 @@ def test_the_limits_example_runs_its_steps_under_their_limits(
     assert shown.returncode == 0, shown.stderr
     rows = {line.split()[0]: line.split()[1:3] for line in shown.stdout.splitlines()[1:3]}
     assert rows == {"oss": ["20", "10/s"], "router": ["1", "-"]}, shown.stdout
-
-
-def http_json(method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
-    try:
-        data = None if body is None else json.dumps(body).encode()
-        conn.request(method, parts.path, body=data, headers={"Content-Type": "application/json"})
-        answer = conn.getresponse()
-        return answer.status, json.loads(answer.read() or b"null")
-    finally:
-        conn.close()
 
 
 # -- against the demo network (`make run`'s) ---------------------------------------------------
@@ -538,15 +524,11 @@ def choices_in(schema: Any) -> list[dict[str, Any]]:
 def readme_daemon(tmp_path: Path, daemon_factory: DaemonFactory) -> tuple[DaemonProcess, Path]:
     """A daemon on ``mypkg.workflows`` (the README's first module) and tests/wf/readme_flows.py
     (what the CLI block acts on); the folder that holds ``mypkg``."""
-    package = tmp_path / "pkgs" / "mypkg"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "workflows.py").write_text(block("Writing workflows #1"))
+    pkgs = write_module(tmp_path / "pkgs", "mypkg.workflows", block("Writing workflows #1"))
     daemon = daemon_factory(
-        {"workflows": ["mypkg.workflows", "readme_flows"]},
-        env={"PYTHONPATH": f"{package.parent}:{WF_DIR}:{ROOT}"},
+        {"workflows": ["mypkg.workflows", "readme_flows"]}, env=beside_tests(pkgs)
     )
-    return daemon, package.parent
+    return daemon, pkgs
 
 
 def started(daemon: DaemonProcess, workflow: str, status: str, given: Any = None) -> str:
@@ -617,11 +599,8 @@ def test_every_cli_example_runs_against_a_daemon(
 def first_line_of(command: str, daemon: DaemonProcess, poke: Callable[[], object]) -> str:
     """The first line a following command prints; ``poke`` makes an event, again every half
     second until one is printed (the command may not be listening yet), for 20 s at most."""
-    env = daemon.environment()
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    env["ORCHD_CONFIG"] = str(daemon.config_path)
     follower = subprocess.Popen(
-        ["bash", "-c", f"exec {command}"], cwd=daemon.dir, env=env, text=True,
+        ["bash", "-c", f"exec {command}"], cwd=daemon.dir, env=operator_env(daemon), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     lines: queue.Queue[str] = queue.Queue()
@@ -688,14 +667,9 @@ def test_the_deploy_recipe_checks_the_new_code_before_a_restart(
 ) -> None:
     # The running code has a workflow the new code (the README's first module) drops.
     old, new = tmp_path / "old", tmp_path / "new"
-    for folder, source in ((old, block("Writing workflows #1") + OLD_CODE),
-                           (new, block("Writing workflows #1"))):  # fmt: skip
-        (folder / "mypkg").mkdir(parents=True)
-        (folder / "mypkg" / "__init__.py").write_text("")
-        (folder / "mypkg" / "workflows.py").write_text(source)
-    daemon = daemon_factory(
-        {"workflows": ["mypkg.workflows"]}, env={"PYTHONPATH": f"{old}:{WF_DIR}:{ROOT}"}
-    )
+    write_module(old, "mypkg.workflows", block("Writing workflows #1") + OLD_CODE)
+    write_module(new, "mypkg.workflows", block("Writing workflows #1"))
+    daemon = daemon_factory({"workflows": ["mypkg.workflows"]}, env=beside_tests(old))
     waiting = started(daemon, "create_approved_node", "suspended", {"name": "n1"})
     (check,) = commands(block("Changing workflows safely #1"))
     stranded = shell(check, daemon, pythonpath=new)
