@@ -220,7 +220,9 @@ def test_a_schedule_fire_time_runs_once_in_the_cluster(cluster: Any) -> None:
     for node in nodes:
         assert node.stop(signal.SIGTERM) == 0
     fired = pg.query(
-        cluster.url, "SELECT fire_at, process_id FROM schedule_runs WHERE name = 'cluster_tick'"
+        cluster.url,
+        "SELECT extract(epoch FROM fire_at)::float8, process_id FROM schedule_runs "
+        "WHERE name = 'cluster_tick'",
     )
     started = pg.query(
         cluster.url, "SELECT id FROM processes WHERE reporter = 'scheduler:cluster_tick'"

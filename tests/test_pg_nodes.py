@@ -81,7 +81,7 @@ async def test_a_node_that_lost_its_lease_cannot_overwrite_its_successor(
     b = await open_node("b", free, calls_b)
     # a stalls: its lease lapses and b takes the process over from its last committed step.
     await freeze(a)
-    await sql(url, "UPDATE nodes SET lease_until = 0 WHERE node_id = 'a'")
+    await sql(url, "UPDATE nodes SET lease_until = to_timestamp(0) WHERE node_id = 'a'")
     done = await b.wait(pid, timeout=10)
     assert done.status == "completed" and calls_b["slow"] == 1
     # a wakes up and finishes its step: its checkpoint is refused (its actor ends with
@@ -164,7 +164,7 @@ async def test_a_stale_incarnation_with_the_same_node_id_commits_nothing(
     # The daemon stalls past its lease; a new daemon is started with the same node_id. It is a
     # new incarnation: it continues the process from its last commit.
     await freeze(stale)
-    await sql(url, "UPDATE nodes SET lease_until = 0 WHERE node_id = 'a'")
+    await sql(url, "UPDATE nodes SET lease_until = to_timestamp(0) WHERE node_id = 'a'")
     fresh = await open_node("a", fresh_gate, calls)
     await fresh_gate.reached(1)
     # The stale one wakes up and finishes its step first. The row still names node a, but
@@ -192,7 +192,7 @@ async def test_a_node_that_lost_its_lease_knows_it_and_rejoins_as_a_new_incarnat
     before = await sql(url, "SELECT incarnation FROM nodes WHERE node_id = 'a'")
     # The lease lapses under a live node (as when its loop or its database connection
     # stalled for a whole lease_timeout): the keeper's next renewal is refused.
-    await sql(url, "UPDATE nodes SET lease_until = 0 WHERE node_id = 'a'")
+    await sql(url, "UPDATE nodes SET lease_until = to_timestamp(0) WHERE node_id = 'a'")
     assert a.node is not None
     node = a.node
     await wait_until(lambda: node.gate is not None and node.gate.lost, "the lease is lost")

@@ -72,6 +72,12 @@ def event(pid: str, status: ProcessStatus = ProcessStatus.CREATED) -> Event:
     return Event(id=0, kind="process", process_id=pid, workflow="wf", status=status)
 
 
+def now() -> float:
+    """The time, to the microsecond: PostgreSQL keeps times to the microsecond, so a row read
+    back equals the one a write answered only for such a time."""
+    return round(time.time(), 6)
+
+
 def new(**fields: Any) -> NewProcess:
     pid = fields.pop("id", None) or str(uuid.uuid4())
     values: dict[str, Any] = {
@@ -82,7 +88,7 @@ def new(**fields: Any) -> NewProcess:
         "state": {"n": 1},
         "first_step": "one",
         "first_key": "one",
-        "created_at": time.time(),
+        "created_at": now(),
         "by": "tester",
         "events": [event(pid)],
     }
@@ -99,7 +105,7 @@ def moved(row: ProcessRow, status: str = "running", seq: int = 1, **fields: Any)
         "state": _encode({"n": seq}),
         "current_step": f"step {seq}",
         "step_key": f"step {seq}",
-        "updated_at": time.time(),
+        "updated_at": now(),
         "pk": row.pk,
     }
     values.update(fields)
@@ -107,14 +113,14 @@ def moved(row: ProcessRow, status: str = "running", seq: int = 1, **fields: Any)
 
 
 def record(row: ProcessRow, seq: int, branch: str | None = None) -> StepWrite:
-    now = time.time()
+    at = now()
     return StepWrite(
         pk=row.pk,
         seq=seq,
         name=f"step {seq}",
         status="success",
-        started_at=now,
-        finished_at=now,
+        started_at=at,
+        finished_at=at,
         key=f"step {seq}",
         branch=branch,
     )

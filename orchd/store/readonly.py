@@ -70,6 +70,7 @@ async def _postgres(url: str) -> AsyncIterator[SqlReads]:
     # Imported only for a PostgreSQL URL: a SQLite user needs no PostgreSQL driver.
     import asyncpg
 
+    from orchd.store.postgres import codecs
     from orchd.store.postgres.reads import PgReads
 
     try:
@@ -78,6 +79,7 @@ async def _postgres(url: str) -> AsyncIterator[SqlReads]:
             min_size=1,
             max_size=1,
             server_settings={"default_transaction_read_only": "on"},
+            init=codecs.register,
         )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise MaintenanceError(f"cannot read the database: {exc}") from None

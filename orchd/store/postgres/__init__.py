@@ -25,7 +25,7 @@ from orchd.errors import StoreError
 from orchd.model import Event
 from orchd.store.base import Op, ProcessRow, StoreStats
 from orchd.store.cluster import Claim, NodeInfo, Postman
-from orchd.store.postgres import nodes
+from orchd.store.postgres import codecs, nodes
 from orchd.store.postgres.lease import LeaseKeeper
 from orchd.store.postgres.reads import PgReads
 from orchd.store.postgres.schema import SCHEMA_VERSION, migrate
@@ -109,9 +109,13 @@ class PgStore(PgReads):
     async def open(self) -> None:
         try:
             self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=self.POOL_SIZE, command_timeout=60
+                self.url,
+                min_size=1,
+                max_size=self.POOL_SIZE,
+                command_timeout=60,
+                init=codecs.register,
             )
-            conn = await asyncpg.connect(self.url)
+            conn = await codecs.connect(self.url)
             try:
                 await migrate(conn)
                 await self._register(conn)
@@ -141,6 +145,9 @@ class PgStore(PgReads):
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
             await self.close()
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
+        except StoreError:  # a migration refused (it changed nothing)
+            await self.close()
+            raise
 
     async def _register(self, conn: nodes.Conn) -> None:
         """Enter as this incarnation, waiting while another live one holds the node id."""
@@ -164,7 +171,7 @@ class PgStore(PgReads):
             await asyncio.sleep(wait)
 
     async def _connect(self) -> asyncpg.Connection:
-        return await asyncpg.connect(self.url)
+        return await codecs.connect(self.url)
 
     async def close(self) -> None:
         await self._stop_keeper()

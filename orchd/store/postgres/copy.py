@@ -34,7 +34,7 @@ from orchd.store.maintenance import (
     connect_readonly,
     database_path,
 )
-from orchd.store.postgres import redact
+from orchd.store.postgres import codecs, redact
 from orchd.store.postgres.schema import migrate
 from orchd.store.sqlite.schema import SCHEMA_VERSION as SQLITE_VERSION
 
@@ -180,7 +180,7 @@ def read_source(path: str) -> dict[str, list[tuple[Any, ...]]]:
 
 async def copy_into(url: str, rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, int]:
     """Create the schema on ``url``, copy ``rows`` in one transaction, verify the counts."""
-    conn = await asyncpg.connect(url)
+    conn = await codecs.connect(url)
     try:
         await migrate(conn)
         async with conn.transaction():

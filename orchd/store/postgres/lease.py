@@ -25,17 +25,18 @@ from collections.abc import Callable
 
 import asyncpg
 
-from orchd.store.postgres.nodes import NOW
+from orchd.store.postgres import codecs
+from orchd.store.postgres.nodes import NOW, seconds, seconds_until
 
 log = logging.getLogger("orchd.store.nodes")
 
 #: Renew a lease still held by this incarnation; never one that lapsed, never shorten it.
 _RENEW = f"""UPDATE nodes SET heartbeat_at = {NOW},
-        lease_until = GREATEST(lease_until, {NOW} + $3)
+        lease_until = GREATEST(lease_until, {NOW} + {seconds("$3")})
     WHERE node_id = $1 AND incarnation = $2 AND lease_until > {NOW}
     RETURNING lease_until"""
 #: Why a renewal was refused.
-_WHY = f"SELECT incarnation, lease_until - {NOW} FROM nodes WHERE node_id = $1"
+_WHY = f"SELECT incarnation, {seconds_until('lease_until')} FROM nodes WHERE node_id = $1"
 
 _TROUBLE = (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError)
 
@@ -149,7 +150,7 @@ class LeaseKeeper:
         try:
             async with asyncio.timeout(every):
                 if conn is None or conn.is_closed():
-                    conn = await asyncpg.connect(self.url)
+                    conn = await codecs.connect(self.url)
                 until = await conn.fetchval(_RENEW, self.node, self.incarnation, left)
                 if until is None:
                     row = await conn.fetchrow(_WHY, self.node)

@@ -24,7 +24,20 @@ from orchd.store.sqlreads import SELECT_PROCESS, process_row
 
 log = logging.getLogger("orchd.store.nodes")
 
-NOW = "extract(epoch FROM clock_timestamp())::float8"
+#: The database's clock (a ``timestamptz``, as every time column is since schema version 7).
+NOW = "clock_timestamp()"
+
+
+def seconds(param: str) -> str:
+    """An interval of ``param`` seconds (a float placeholder), to add to or take from a time."""
+    return f"make_interval(secs => {param})"
+
+
+def seconds_until(at: str) -> str:
+    """How many seconds from now until ``at`` (negative once it passed), as a float."""
+    return f"extract(epoch FROM {at} - {NOW})::float8"
+
+
 #: Nodes whose lease has not lapsed.
 LIVE = f"SELECT node_id FROM nodes WHERE lease_until > {NOW}"
 
@@ -77,7 +90,7 @@ async def register(conn: Conn, node: str, incarnation: str, lease: float) -> flo
     holds its lease (0: none, we are in). Its processes become ours once it lapses."""
     row = await conn.fetchrow(
         f"""INSERT INTO nodes AS n (node_id, incarnation, started_at, heartbeat_at, lease_until)
-            VALUES ($1, $2, {NOW}, {NOW}, {NOW} + $3)
+            VALUES ($1, $2, {NOW}, {NOW}, {NOW} + {seconds("$3")})
             ON CONFLICT (node_id) DO UPDATE SET incarnation = excluded.incarnation,
                 started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,
                 lease_until = excluded.lease_until
@@ -89,7 +102,9 @@ async def register(conn: Conn, node: str, incarnation: str, lease: float) -> flo
     )
     if row is not None:
         return 0.0
-    left = await conn.fetchval(f"SELECT lease_until - {NOW} FROM nodes WHERE node_id = $1", node)
+    left = await conn.fetchval(
+        f"SELECT {seconds_until('lease_until')} FROM nodes WHERE node_id = $1", node
+    )
     return max(0.0, float(left or 0.0)) + 0.05
 
 
@@ -154,7 +169,7 @@ async def overdue(pool: asyncpg.Pool, node: str, grace: float) -> list[tuple[str
     rows = await pool.fetch(
         f"""SELECT id, status, callback_token FROM processes
             WHERE status IN ('waiting', 'awaiting_callback') AND next_retry_at IS NOT NULL
-              AND next_retry_at < {NOW} - $2
+              AND next_retry_at < {NOW} - {seconds("$2")}
               AND (owner IS NULL OR (owner <> $1 AND owner NOT IN ({LIVE})))
             ORDER BY next_retry_at LIMIT 500""",
         node,

@@ -31,11 +31,11 @@ Conn = asyncpg.Connection
 #: ``ProcessWrite``'s fields, so a field added there needs its column here (and in a
 #: migration), nothing else.
 COLUMN_TYPES = {
-    "status": "text", "pc": "int", "seq": "int", "state": "bytea", "current_step": "text",
-    "error": "text", "form": "bytea", "callback_token": "text", "attempts": "int",
-    "next_retry_at": "float8", "subscription_id": "text", "step_key": "text",
+    "status": "text", "pc": "int", "seq": "int", "state": "jsonb", "current_step": "text",
+    "error": "text", "form": "jsonb", "callback_token": "text", "attempts": "int",
+    "next_retry_at": "timestamptz", "subscription_id": "text", "step_key": "text",
     "step_occurrence": "int", "children_group": "int", "children_pending": "int",
-    "updated_at": "float8", "pk": "bigint",
+    "updated_at": "timestamptz", "pk": "bigint",
 }  # fmt: skip
 
 
@@ -56,7 +56,8 @@ _UPDATE_PROCESSES = _update_processes()
 _TOUCH_PROCESSES = f"""UPDATE processes AS p SET status = v.status,
     seq = GREATEST(p.seq, v.seq), error = v.error, next_retry_at = v.next_retry_at,
     updated_at = v.updated_at
-    FROM unnest($1::text[], $2::int[], $3::text[], $4::float8[], $5::float8[], $6::bigint[])
+    FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+        $6::bigint[])
     AS v(status, seq, error, next_retry_at, updated_at, pk)
     WHERE p.rowid = v.pk AND {fence("$7")} RETURNING p.rowid"""
 

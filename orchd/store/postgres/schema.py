@@ -5,7 +5,19 @@ column added there is added here the same way, as a new entry of ``MIGRATIONS``.
 cluster needs is here too: the ``owner`` of each process (the node whose lease covers it), the
 ``nodes`` that are alive, and ``node_messages`` that carry a request to the node owning a
 process. Several nodes may start at once: migrating holds an advisory lock, so one migrates and
-the others find the work done.
+the others find the work done; all of a migration is one transaction, so one that fails leaves the
+database as it was.
+
+Since version 7, what an operator may want to query is typed for SQL: State, a form, a step's or
+a branch's changes and a subscription's attributes are ``jsonb``, and every time is
+``timestamptz`` (README "PostgreSQL"). The Python side still works in JSON bytes and Unix seconds
+on both backends, through the codecs every connection registers (``codecs``). Two columns stay
+``bytea``: ``events.data``, the event stream's own encoding, written with every step and read
+back only whole, by id (jsonb would parse each on the busiest insert and give nothing to query
+that the process tables lack), and ``node_messages``' bodies, requests between nodes that live
+only until answered. ``jsonb`` cannot hold the character U+0000, which SQLite stores: version 7
+refuses a database holding one, naming the process, and the store refuses to write one
+(``orchd.store.postgres.ops``).
 """
 
 from __future__ import annotations
@@ -27,6 +39,56 @@ EVENTS_LOCK = 0x6F72_6364_0002
 #: it commits: one
 #: node at a time decides who holds a slot.
 SLOTS_LOCK = 0x6F72_6364_0010
+
+#: Schema version 7's columns: (table, its JSON columns, its time columns).
+_RETYPED: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
+    ("processes", ("state", "form"), ("next_retry_at", "created_at", "updated_at")),
+    ("steps", ("delta",), ("started_at", "finished_at")),
+    ("branches", ("changes",), ("next_retry_at",)),
+    ("subscriptions", ("attributes",), ("created_at", "updated_at")),
+    ("actions", (), ("at",)),
+    ("subscription_actions", (), ("at",)),
+    ("schedules", (), ("last_fire_at", "next_fire_at")),
+    ("schedule_runs", (), ("fire_at",)),
+    ("nodes", (), ("started_at", "heartbeat_at", "lease_until")),
+    ("node_messages", (), ("created_at",)),
+    ("resource_slots", (), ("since",)),
+    ("resource_rates", (), ("next_at",)),
+]
+#: Each JSON column (as ``t``), with the SQL naming what a row of it belongs to, for the
+#: refusal of a value jsonb cannot hold.
+_JSON_COLUMNS = [
+    ("processes AS t", "t.state", "format('process %s (its State)', t.id)"),
+    ("processes AS t", "t.form", "format('process %s (its form)', t.id)"),
+    (
+        "steps AS t JOIN processes AS p ON p.rowid = t.process",
+        "t.delta",
+        "format('process %s (the changes of its step %s)', p.id, t.name)",
+    ),
+    (
+        "branches AS t JOIN processes AS p ON p.rowid = t.process",
+        "t.changes",
+        "format('process %s (the changes of its branch %s)', p.id, t.path)",
+    ),
+    ("subscriptions AS t", "t.attributes", "format('subscription %s (its attributes)', t.id)"),
+]
+#: JSON text holding an escaped U+0000: a backslash not itself escaped, then ``u0000``.
+_NUL_ESCAPE = r"(^|[^\\])(\\\\)*\\u0000"
+#: The SQLSTATE of that refusal (class OR: orchd's own).
+NUL_REFUSED = "OR007"
+
+
+def _refuse_nul(table: str, column: str, name: str) -> str:
+    """A statement that raises, naming the first row whose ``column`` holds U+0000 (which
+    ``jsonb`` refuses, though SQLite and ``bytea`` took it)."""
+    return f"""DO $$ DECLARE found text; BEGIN
+        SELECT {name} INTO found FROM {table}
+            WHERE convert_from({column}, 'UTF8') ~ '{_NUL_ESCAPE}' LIMIT 1;
+        IF found IS NOT NULL THEN
+            RAISE EXCEPTION '% holds the character U+0000, which jsonb cannot store', found
+                USING ERRCODE = '{NUL_REFUSED}';
+        END IF; END $$"""
+
 
 #: Forward migrations, keyed by the version each brings a database to (from the one before).
 #: A new version is a new key here, and nothing else (``SCHEMA_VERSION`` follows).
@@ -239,6 +301,19 @@ MIGRATIONS: dict[int, list[str]] = {
         # As SQLite's schema version 9: an abort asked of a running process, committed.
         "ALTER TABLE processes ADD COLUMN abort_requested TEXT",
     ],
+    7: [
+        # JSON as jsonb and times as timestamptz, for operators' SQL (see the docstring). A
+        # value jsonb cannot hold refuses the whole migration first, naming where it is.
+        *(_refuse_nul(table, column, name) for table, column, name in _JSON_COLUMNS),
+        *(
+            f"ALTER TABLE {table} "
+            + ", ".join(
+                [f"ALTER COLUMN {c} TYPE jsonb USING convert_from({c}, 'UTF8')::jsonb" for c in js]
+                + [f"ALTER COLUMN {c} TYPE timestamptz USING to_timestamp({c})" for c in times]
+            )
+            for table, js, times in _RETYPED
+        ),
+    ],
 }
 #: The version this orchd writes: the newest migration's.
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -260,8 +335,15 @@ async def migrate(conn: asyncpg.Connection) -> int:
                 f"({SCHEMA_VERSION})"
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS[target]:
-                await conn.execute(statement)
+            try:
+                for statement in MIGRATIONS[target]:
+                    await conn.execute(statement)
+            except asyncpg.PostgresError as exc:
+                # The transaction rolls back: the database stays as it was, at ``version``.
+                raise StoreError(
+                    f"cannot migrate the database from schema version {version} to "
+                    f"{SCHEMA_VERSION} (nothing was changed): {exc}"
+                ) from None
             await conn.execute("UPDATE orchd_schema SET version = $1", target)
             log.info("migrated database schema to version %d", target)
     return SCHEMA_VERSION

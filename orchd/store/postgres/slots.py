@@ -121,7 +121,9 @@ class PgSlotTx:
         if found:
             log.info("freed %d resource slots of nodes whose lease lapsed", len(found))
         # Rates long past are no longer of use to anyone.
-        await self.conn.execute(f"DELETE FROM resource_rates WHERE next_at < {NOW} - 60")
+        await self.conn.execute(
+            f"DELETE FROM resource_rates WHERE next_at < {NOW} - interval '1 minute'"
+        )
         return found
 
     async def held(self, requests: Sequence[int]) -> list[int]:
@@ -173,7 +175,7 @@ class PgSlotTx:
         resources, names = _keys(list(rates))
         await self.conn.execute(
             """INSERT INTO resource_rates (resource, key, next_at)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::float8[])
+               SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
                ON CONFLICT (resource, key) DO UPDATE SET next_at = excluded.next_at""",
             resources,
             names,
