@@ -161,7 +161,7 @@ def to_json_values(step_name: str, result: Any) -> dict[str, Any]:
         # A typed subscription goes into State in the shape every subscription has.
         result = {k: as_state(v) if isinstance(v, Product) else v for k, v in result.items()}
     try:
-        # What to_builtins gives always encodes: the checkpoint encodes it, once.
+        # What to_builtins gives always encodes.
         converted = msgspec.to_builtins(result, str_keys=True)
     except (TypeError, msgspec.EncodeError, ValueError, RecursionError) as exc:
         raise StepOutputError(
@@ -169,7 +169,36 @@ def to_json_values(step_name: str, result: Any) -> dict[str, Any]:
         ) from None
     if not isinstance(converted, dict):  # pragma: no cover - to_builtins keeps dicts as dicts
         raise StepOutputError(f"step {step_name!r} returned a non-dict")
+    # Only an encoding with the escape in it can hold one (found in C); then the values are
+    # walked to say where (the escape may also be a backslash's, in text).
+    if _NUL_ESCAPE in _json_encode(converted) and (where := nul_at(converted)) is not None:
+        raise StepOutputError(
+            f"step {step_name!r} returned {where}, which holds the character U+0000: State "
+            "cannot hold it (PostgreSQL's jsonb refuses it, so no backend takes it)"
+        )
     return converted
+
+
+#: How JSON writes the character U+0000.
+_NUL_ESCAPE = b"\\u0000"
+
+
+def nul_at(value: Any, path: str = "") -> str | None:
+    """Where ``value`` (JSON values) holds the character U+0000, in a string or a key, e.g.
+    ``'x.y[2]'`` (None: nowhere)."""
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str) and "\x00" in item:
+            return where.lstrip(".") or "a value"
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if "\x00" in k:
+                    return f"{where}.{k!r}".lstrip(".")
+                stack.append((f"{where}.{k}", v))
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
+    return None
 
 
 def non_finite(value: Any, path: str = "") -> str | None:

@@ -78,6 +78,18 @@ _NUL_ESCAPE = r"(^|[^\\])(\\\\)*\\u0000"
 NUL_REFUSED = "OR007"
 
 
+def _microseconds(seconds: str) -> str:
+    """Unix seconds (a float column) as a timestamptz, rounded to the microsecond as Python's
+    ``datetime.fromtimestamp`` (and ``codecs``) round: half to even, on the exact fraction.
+    ``to_timestamp`` alone multiplies the whole time, whose rounding shows about one time in
+    ten a microsecond off what the API showed before the migration."""
+    return (
+        f"CASE WHEN {seconds} IN ('Infinity', '-Infinity') THEN to_timestamp({seconds}) "
+        f"ELSE to_timestamp(floor({seconds})) + round(({seconds} - floor({seconds})) * 1e6) "
+        "* interval '1 microsecond' END"
+    )
+
+
 def _refuse_nul(table: str, column: str, name: str) -> str:
     """A statement that raises, naming the first row whose ``column`` holds U+0000 (which
     ``jsonb`` refuses, though SQLite and ``bytea`` took it)."""
@@ -309,7 +321,7 @@ MIGRATIONS: dict[int, list[str]] = {
             f"ALTER TABLE {table} "
             + ", ".join(
                 [f"ALTER COLUMN {c} TYPE jsonb USING convert_from({c}, 'UTF8')::jsonb" for c in js]
-                + [f"ALTER COLUMN {c} TYPE timestamptz USING to_timestamp({c})" for c in times]
+                + [f"ALTER COLUMN {c} TYPE timestamptz USING {_microseconds(c)}" for c in times]
             )
             for table, js, times in _RETYPED
         ),
