@@ -216,22 +216,25 @@ def pg_server() -> Iterator[pg.PgServer]:
 @pytest.fixture
 def database_factory(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Callable[[str], Awaitable[str]]:
+) -> Iterator[Callable[[str], Awaitable[str]]]:
     """``await database_factory(name)``: the ``database`` setting of a fresh database for this
-    test and backend: ``tmp_path/name`` on SQLite, a schema of its own on PostgreSQL. The same
-    name gives the same database again (a restart)."""
+    test and backend: ``tmp_path/name`` on SQLite, a schema of its own on PostgreSQL (one that
+    holds nothing: new, or an earlier test's emptied, see ``pg.empty_schema``). The same name
+    gives the same database again (a restart)."""
     made: dict[str, str] = {}
     server = request.getfixturevalue("pg_server") if backend == "postgresql" else None
 
     async def database(name: str = "orchd.db") -> str:
         if name not in made:
             if server is not None:
-                made[name] = await pg.create_schema(server)
+                made[name] = await pg.empty_schema(server)
             else:
                 made[name] = str(tmp_path / name)
         return made[name]
 
-    return database
+    yield database
+    if server is not None:
+        pg.give_back(server, list(made.values()))
 
 
 @pytest.fixture
