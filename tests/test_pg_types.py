@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -134,30 +135,50 @@ async def test_a_version_6_database_is_migrated_and_reads_as_the_old_orchd_showe
     assert [r[0] for r in await sql(url, "SELECT version FROM orchd_schema")] == [7]
 
 
-async def test_operators_query_state_and_times_with_sql(pg_server: pg.PgServer) -> None:
+def readme_sql() -> str:
+    """The README's SQL example (Scaling out, "Querying with SQL"), as an operator pastes it."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"^```sql\n(.*?)^```$", text, flags=re.S | re.M)
+    assert len(blocks) == 1, "the README has one SQL example"
+    return str(blocks[0])
+
+
+async def test_the_readmes_sql_finds_a_failed_process_by_a_state_value_and_its_time(
+    pg_server: pg.PgServer,
+) -> None:
+    url = await pg.create_schema(pg_server)
+    engine = Engine(database=url, workflows=["nul_flows", "engine_flows"])
+    await engine.open()
+    try:
+        failed = await engine.wait(await engine.start("returns_nul", {"text": "t", "name": "n1"}))
+        done = await engine.wait(await engine.start("create_node", {"name": "n1"}))
+    finally:
+        await engine.close()
+    assert failed.status == ProcessStatus.FAILED and done.status == ProcessStatus.COMPLETED
+    rows = await sql(url, readme_sql())
+    assert [tuple(r) for r in rows] == [
+        (failed.id, "returns_nul", "n1", failed.error, failed.created_at)
+    ]
+
+
+async def test_step_times_compare_with_process_times_in_sql(pg_server: pg.PgServer) -> None:
     url = await pg.create_schema(pg_server)
     engine = Engine(database=url, workflows=["engine_flows"])
     await engine.open()
     try:
-        pid = await engine.start("create_node", {"name": "n1", "customer_id": "c9"})
-        process = await engine.wait(pid, 30)
+        process = await engine.wait(await engine.start("create_node", {"name": "n1"}), 30)
     finally:
         await engine.close()
-    rows = await sql(
-        url,
-        """SELECT id, state->'subscription'->>'customer_id', created_at FROM processes
-           WHERE created_at > now() - interval '1 hour' AND state->>'name' = 'n1'""",
-    )
-    assert [(r[0], r[1], r[2]) for r in rows] == [(pid, "c9", process.created_at)]
-    subs = await sql(url, "SELECT attributes->>'name' FROM subscriptions WHERE customer_id = 'c9'")
-    assert [r[0] for r in subs] == ["n1"]
     steps = await sql(
         url,
-        "SELECT count(*) FROM steps s JOIN processes p ON p.rowid = s.process "
-        "WHERE p.id = $1 AND s.finished_at >= s.started_at AND s.started_at >= p.created_at",
-        pid,
+        """SELECT count(*) FROM steps s JOIN processes p ON p.rowid = s.process
+           WHERE p.id = $1 AND s.finished_at >= s.started_at AND s.started_at >= p.created_at
+             AND s.finished_at <= p.updated_at""",
+        process.id,
     )
-    assert steps[0][0] == len(process.steps)
+    assert steps[0][0] == len(process.steps) > 0
+    subs = await sql(url, "SELECT attributes->>'name' FROM subscriptions")
+    assert [r[0] for r in subs] == ["n1"]
 
 
 async def test_every_time_column_is_timestamptz_and_the_json_ones_jsonb(
