@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -351,3 +352,36 @@ def test_a_time_read_back_shows_the_microsecond_it_was_written_with() -> None:
 def test_a_time_of_whole_microseconds_reads_back_as_the_same_float() -> None:
     for at in (1796508180.908447, 1796508180.585126, 1.5, 946684800.0, 4102444800.999999):
         assert _time_out(_time_in(at)) == at
+
+
+def test_moving_a_sqlite_database_holding_u0000_is_refused_naming_the_process(
+    tmp_path: Path, pg_server: pg.PgServer
+) -> None:
+    source = str(tmp_path / "orchd.db")
+
+    async def fill() -> Process:
+        async with Engine(database=source, workflows=["engine_flows"]) as engine:
+            return await engine.wait(await engine.start("create_node", {"name": "n1"}))
+
+    process = pg._run(fill())
+    # As an older orchd wrote a step that returned the character (SQLite took it).
+    with sqlite3.connect(source) as db:
+        db.execute(
+            "UPDATE steps SET delta = ? WHERE seq = (SELECT max(seq) FROM steps)",
+            (msgspec.json.encode({"note": "a\x00"}),),
+        )
+    db.close()
+    target = pg.fresh_schema(pg_server)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WF_DIR), str(ROOT)])}
+    refused = subprocess.run(
+        [sys.executable, "-m", "orchd", "migrate", "--database", source, "--to", target],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert refused.returncode == 1, refused.stderr
+    assert f"process {process.id} holds the character U+0000 in its steps.delta (note)" in (
+        refused.stderr
+    )
+    assert pg.query(target, "SELECT to_regclass('processes')")[0][0] is None  # untouched

@@ -26,6 +26,7 @@ from typing import Any
 
 import asyncpg
 
+from orchd.state import nul_at
 from orchd.store.maintenance import (
     EXIT_FAILED,
     EXIT_OK,
@@ -171,11 +172,45 @@ def read_source(path: str) -> dict[str, list[tuple[Any, ...]]]:
             rows[table] = [convert(tuple(r)) for r in conn.execute(query)]
         seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         rows["events_id_seq"] = [(seq[0] if seq else 0,)]
+        refuse_nul(rows)
         return rows
     except sqlite3.Error as exc:
         raise MaintenanceError(f"cannot read {path}: {exc}") from None
     finally:
         conn.close()
+
+
+#: The JSON columns PostgreSQL keeps as jsonb, by table: (column, what a row names: a
+#: process's rowid or id, or a subscription's id).
+_JSON = {
+    "processes": [("state", "id"), ("form", "id")],
+    "steps": [("delta", "process")],
+    "branches": [("changes", "process")],
+    "subscriptions": [("attributes", "id")],
+}
+
+
+def refuse_nul(rows: dict[str, list[tuple[Any, ...]]]) -> None:
+    """Refuse a source whose JSON holds the character U+0000 (an older orchd stored it on
+    SQLite; jsonb cannot), naming the process or subscription, before anything is copied."""
+    pids = {r[0]: r[1] for r in rows["processes"]}
+    for table, columns in _JSON.items():
+        names = next(t for t in TABLES if t[0] == table)[1]
+        for column, owner in columns:
+            at, by = names.index(column), names.index(owner)
+            for row in rows[table]:
+                value = row[at]
+                if value is None or b"\\u0000" not in value:
+                    continue
+                where = nul_at(json.loads(value))
+                if where is None:
+                    continue  # a backslash's u0000 in text
+                who = row[by] if owner == "id" else pids.get(row[by], row[by])
+                kind = "subscription" if table == "subscriptions" else "process"
+                raise MaintenanceError(
+                    f"{kind} {who} holds the character U+0000 in its {table}.{column} "
+                    f"({where}), which PostgreSQL's jsonb cannot store: nothing was copied"
+                )
 
 
 async def copy_into(url: str, rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, int]:
