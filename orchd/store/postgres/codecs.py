@@ -40,13 +40,15 @@ def _jsonb_out(data: bytes) -> bytes:
 def _time_in(at: float) -> tuple[int]:
     """Unix seconds as PostgreSQL's microseconds: a time is kept to the microsecond, so one
     read back may differ from the float written by less than that."""
-    if math.isinf(at):
+    try:
+        whole = int(at)
+    except OverflowError:  # an infinity (NaN: ValueError, refused)
         return (_INFINITY if at > 0 else _MINUS_INFINITY,)
     # Rounded as ``datetime.fromtimestamp`` rounds (half to even, on the exact fraction: a
-    # float's fraction of a second times a million is exact), so the API shows the same
-    # microsecond for a time written and for it read back.
-    whole = math.floor(at)
-    return ((whole * 1_000_000 - _PG_EPOCH_MICROS) + round((at - whole) * 1_000_000),)
+    # float's fraction of a second times a million is exact; a whole second's microseconds are
+    # even, so adding them keeps the rounding), so the API shows the same microsecond for a
+    # time written and for it read back.
+    return (whole * 1_000_000 - _PG_EPOCH_MICROS + round((at - whole) * 1_000_000),)
 
 
 def _time_out(value: tuple[int]) -> float:
