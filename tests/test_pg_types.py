@@ -199,6 +199,7 @@ async def test_every_time_column_is_timestamptz_and_the_json_ones_jsonb(
     typed = dict((r[0], r[1]) for r in rows)
     # Only what is no operator's to query stays bytea (the schema's docstring says why).
     assert {c for c, t in typed.items() if t == "bytea"} == {
+        "processes.form",
         "events.data",
         "node_messages.answer",
         "node_messages.body",
@@ -206,7 +207,6 @@ async def test_every_time_column_is_timestamptz_and_the_json_ones_jsonb(
     assert [c for c, t in typed.items() if t == "double precision"] == []
     assert {c for c, t in typed.items() if t == "jsonb"} == {
         "branches.changes",
-        "processes.form",
         "processes.state",
         "steps.delta",
         "subscriptions.attributes",
@@ -337,6 +337,17 @@ async def test_a_resume_whose_answer_holds_u0000_is_refused_and_the_process_stay
     assert (await engine.get(pid)).status == ProcessStatus.SUSPENDED
     await engine.resume(pid, {"note": "fine"})
     assert (await engine.wait(pid, 30)).state["note"] == "fine"
+
+
+async def test_a_suspended_process_asks_its_form_fields_in_the_order_they_are_declared(
+    engine_factory: EngineFactory,
+) -> None:
+    engine = await engine_factory(["engine_flows"])
+    pid = await engine.start("needs_approval", {"name": "n1"})
+    process = await engine.wait(pid, 30)
+    assert process.form is not None
+    # Approval declares approved, then comment (jsonb would sort comment, the shorter, first).
+    assert list(process.form["properties"]) == ["approved", "comment"]
 
 
 # -- the codecs -------------------------------------------------------------------------------

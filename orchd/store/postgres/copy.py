@@ -183,7 +183,7 @@ def read_source(path: str) -> dict[str, list[tuple[Any, ...]]]:
 #: The JSON columns PostgreSQL keeps as jsonb, by table: (column, what a row names: a
 #: process's rowid or id, or a subscription's id).
 _JSON = {
-    "processes": [("state", "id"), ("form", "id")],
+    "processes": [("state", "id")],
     "steps": [("delta", "process")],
     "branches": [("changes", "process")],
     "subscriptions": [("attributes", "id")],

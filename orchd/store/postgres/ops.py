@@ -32,7 +32,7 @@ Conn = asyncpg.Connection
 #: migration), nothing else.
 COLUMN_TYPES = {
     "status": "text", "pc": "int", "seq": "int", "state": "jsonb", "current_step": "text",
-    "error": "text", "form": "jsonb", "callback_token": "text", "attempts": "int",
+    "error": "text", "form": "bytea", "callback_token": "text", "attempts": "int",
     "next_retry_at": "timestamptz", "subscription_id": "text", "step_key": "text",
     "step_occurrence": "int", "children_group": "int", "children_pending": "int",
     "updated_at": "timestamptz", "pk": "bigint",

@@ -8,14 +8,16 @@ process. Several nodes may start at once: migrating holds an advisory lock, so o
 the others find the work done; all of a migration is one transaction, so one that fails leaves the
 database as it was.
 
-Since version 7, what an operator may want to query is typed for SQL: State, a form, a step's or
-a branch's changes and a subscription's attributes are ``jsonb``, and every time is
-``timestamptz`` (README "PostgreSQL"). The Python side still works in JSON bytes and Unix seconds
-on both backends, through the codecs every connection registers (``codecs``). Two columns stay
-``bytea``: ``events.data``, the event stream's own encoding, written with every step and read
-back only whole, by id (jsonb would parse each on the busiest insert and give nothing to query
-that the process tables lack), and ``node_messages``' bodies, requests between nodes that live
-only until answered. ``jsonb`` cannot hold the character U+0000, which SQLite stores: version 7
+Since version 7, what an operator may want to query is typed for SQL: State, a step's or a
+branch's changes and a subscription's attributes are ``jsonb``, and every time is
+``timestamptz`` (README "Scaling out"). The Python side still works in JSON bytes and Unix
+seconds on both backends, through the codecs every connection registers (``codecs``). Three
+columns stay ``bytea``: ``processes.form``, a suspended process's JSON Schema, whose order of
+properties is the order its fields are asked in (jsonb would sort them by length);
+``events.data``, the event stream's own encoding, written with every step and read back only
+whole, by id (jsonb would parse each on the busiest insert and give nothing to query that the
+process tables lack); and ``node_messages``' bodies, requests between nodes that live only until
+answered. ``jsonb`` cannot hold the character U+0000, which SQLite stores: version 7
 refuses a database holding one, naming the process, and the store refuses to write one
 (``orchd.store.postgres.ops``).
 """
@@ -42,7 +44,7 @@ SLOTS_LOCK = 0x6F72_6364_0010
 
 #: Schema version 7's columns: (table, its JSON columns, its time columns).
 _RETYPED: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
-    ("processes", ("state", "form"), ("next_retry_at", "created_at", "updated_at")),
+    ("processes", ("state",), ("next_retry_at", "created_at", "updated_at")),
     ("steps", ("delta",), ("started_at", "finished_at")),
     ("branches", ("changes",), ("next_retry_at",)),
     ("subscriptions", ("attributes",), ("created_at", "updated_at")),
@@ -59,7 +61,6 @@ _RETYPED: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
 #: refusal of a value jsonb cannot hold.
 _JSON_COLUMNS = [
     ("processes AS t", "t.state", "format('process %s (its State)', t.id)"),
-    ("processes AS t", "t.form", "format('process %s (its form)', t.id)"),
     (
         "steps AS t JOIN processes AS p ON p.rowid = t.process",
         "t.delta",
