@@ -17,9 +17,9 @@ properties is the order its fields are asked in (jsonb would sort them by length
 ``events.data``, the event stream's own encoding, written with every step and read back only
 whole, by id (jsonb would parse each on the busiest insert and give nothing to query that the
 process tables lack); and ``node_messages``' bodies, requests between nodes that live only until
-answered. ``jsonb`` cannot hold the character U+0000, which SQLite stores: version 7
-refuses a database holding one, naming the process, and the store refuses to write one
-(``orchd.store.postgres.ops``).
+answered. ``jsonb`` cannot hold the character U+0000, which SQLite stored: version 7 refuses
+a database holding one, naming the process, and State takes none on either backend since
+(``orchd.state.to_json_values``).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _microseconds(seconds: str) -> str:
     """Unix seconds (a float column) as a timestamptz, rounded to the microsecond as Python's
     ``datetime.fromtimestamp`` (and ``codecs``) round: half to even, on the exact fraction.
     ``to_timestamp`` alone multiplies the whole time, whose rounding shows about one time in
-    ten a microsecond off what the API showed before the migration."""
+    twenty a microsecond off what the API showed before the migration."""
     return (
         f"CASE WHEN {seconds} IN ('Infinity', '-Infinity') THEN to_timestamp({seconds}) "
         f"ELSE to_timestamp(floor({seconds})) + round(({seconds} - floor({seconds})) * 1e6) "
