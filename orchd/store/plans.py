@@ -16,6 +16,7 @@ writes refused and never overwrites a step the new owner committed.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Generator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
@@ -379,22 +380,35 @@ _COUNT_DOWN = """UPDATE processes SET children_pending = children_pending - 1
 # (parent_id, child_group, held, child_index) to the first held sibling; a bare ``held`` made it
 # read every child of the fan-out and sort them, for each child that finished (P8: 2.8x slower
 # at 10,000 children).
+#: The sibling started comes back as a process row (``SELECT_PROCESS``'s columns): its actor
+#: starts without a load, and without a read after the update.
 _NEXT_HELD = """UPDATE processes SET held = false{claim} WHERE rowid = (SELECT rowid FROM processes
     WHERE parent_id = ? AND child_group = ? AND held = true ORDER BY child_index LIMIT 1{lock})
-    RETURNING id"""
+    RETURNING """ + SELECT_PROCESS.removeprefix("SELECT ").removesuffix(" FROM processes")
 
 
-def finish_child(cp: Checkpoint, d: Dialect, events: list[Event]) -> Plan[ChildFinished]:
+def finish_child(
+    cp: Checkpoint,
+    d: Dialect,
+    events: list[Event],
+    later: Callable[[Checkpoint], None] | None = None,
+) -> Plan[ChildFinished]:
     """A child's last checkpoint, and its parent's count of unfinished children with it.
 
     The parent's row is changed first, which locks it: children finishing on several nodes at
     once count down one after the other, and exactly one of them wakes the parent. The node
     that wakes it runs it (it takes the parent's lease), as it does a held sibling it starts.
+    With ``later`` (no fence: nothing refuses the child's own rows, and nothing here reads
+    them), those rows are handed to it, to be written with the batch's plain checkpoints.
     """
     link = cp.child_of
     assert link is not None
     row = yield Stmt(_COUNT_DOWN, (link.parent_id, link.group), Fetch.ROW)
-    yield from checkpoint(cp, d, events)
+    if later is None:
+        yield from checkpoint(cp, d, events)
+    else:
+        events.extend(cp.events)  # in their place: before the parent's, if it wakes
+        later(msgspec.structs.replace(cp, events=[]))
     if row is None or row[0] != "awaiting_children" or row[2] != link.group:
         return ChildFinished()  # aborted, or moved on: nothing to wake, nothing to start
     answer = ChildFinished()
@@ -406,16 +420,14 @@ def finish_child(cp: Checkpoint, d: Dialect, events: list[Event]) -> Plan[ChildF
         )
         answer.woke = link.parent_id
         events.append(parent_woke(link.parent_id, row[3], row[4]))
-    held = yield Stmt(
+    started = yield Stmt(
         _NEXT_HELD.format(claim=claim, lock=d.lock_rows),
         (*claim_params, link.parent_id, link.group),
-        Fetch.VALUE,
+        Fetch.ROW,
     )
-    if held is not None:
-        answer.started = held
-        # Read in the same transaction: its actor starts without a load.
-        started = yield Stmt(f"{SELECT_PROCESS} WHERE id = ?", (held,), Fetch.ROW)
-        answer.started_row = None if started is None else process_row(started)
+    if started is not None:
+        answer.started_row = process_row(started)
+        answer.started = answer.started_row.id
     return answer
 
 
@@ -554,17 +566,24 @@ def plan_of(op: Op, d: Dialect, events: list[Event]) -> Plan[Any]:
     return _PLANS[type(op)](op, d, events)
 
 
+def _later(i: int, plain: list[tuple[int, Checkpoint]], waiting: set[str], cp: Checkpoint) -> None:
+    plain.append((i, cp))
+    waiting.add(cp.process_id)
+
+
 def batch(ops: Sequence[Op], d: Dialect, events: list[Event]) -> Plan[list[Outcome]]:
     """Every operation of one commit, in order; the events to store go to ``events``.
 
     Plain checkpoints are gathered and written together; any other operation first writes
-    those before it (it may read what they wrote), and runs inside a savepoint: a refusal
+    those before it (it may read what they wrote; a child's last checkpoint only when its
+    parent's is among them), and runs inside a savepoint: a refusal
     (locked, not found, the lease lost) or a bug in it undoes only that operation, so one bad
     operation does not sink the others. A database error fails the whole batch (see
     ``after_failure``).
     """
     results: list[Outcome] = [(True, None)] * len(ops)
     plain: list[tuple[int, Checkpoint]] = []
+    waiting: set[str] = set()  # the processes of ``plain``
 
     def flush() -> Plan[None]:
         if not plain:
@@ -574,12 +593,31 @@ def batch(ops: Sequence[Op], d: Dialect, events: list[Event]) -> Plan[list[Outco
             if cp.process_id in lost:
                 results[i] = (False, d.lease_lost(cp.process_id))
         plain.clear()
+        waiting.clear()
 
     for i, op in enumerate(ops):
-        if isinstance(op, Checkpoint) and op.child_of is None:
-            plain.append((i, op))
-            continue
-        yield from flush()
+        if isinstance(op, Checkpoint):
+            link = op.child_of
+            if link is None:
+                plain.append((i, op))
+                waiting.add(op.process_id)
+                continue
+            # A child's last checkpoint reads only its parent's row and its held siblings'
+            # (none of which runs, so none is among the plain ones): the plain checkpoints
+            # before it wait for the next flush unless its parent's is among them. A fan-out's
+            # children finish among each other's steps; flushed before each finishing child,
+            # a batch was written a few rows at a time (P8).
+            if link.parent_id in waiting:
+                yield from flush()
+            if d.owner is None:
+                # No fence, so nothing refuses it: like a plain insert, it needs no savepoint
+                # (a failure fails the batch), and its own rows go with the plain ones. Of the
+                # seven statements a finishing child cost, three are left.
+                later = functools.partial(_later, i, plain, waiting)
+                results[i] = (True, (yield from finish_child(op, d, events, later)))
+                continue
+        else:
+            yield from flush()
         if isinstance(op, NewProcess) and op.lock is None and op.idempotency_key is None:
             # A plain insert is never refused, and a savepoint costs a round trip; a failure
             # fails the batch, which is then committed one operation at a time.
