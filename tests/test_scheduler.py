@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import anyio
 import pytest
 from support.common import Open, engine_fixture, wait_until
 
@@ -200,7 +199,8 @@ async def test_reload_wakes_the_sleeping_loop(engine: Engine) -> None:
     sched = Scheduler(engine, [cfg(every="1h", name="slowpoke")])
     await sched.start()
     try:
-        await anyio.sleep(0.05)  # let the loop go to sleep on its hour-long wait
+        # The loop is asleep on its hour-long wait once it waits for its wake event.
+        await wait_until(lambda: sched._wake._waiters, "the loop waiting an hour", every=0)
         changes = await sched.reload([cfg(every="1h", name="slowpoke"), cfg(every="100ms")])
         assert changes == ["added quick_task"]
         await wait_until(
