@@ -14,7 +14,6 @@ import random
 import re
 import signal
 import socket
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -280,46 +279,29 @@ def test_a_body_cut_short_logs_no_traceback(daemon: DaemonProcess, watch: Watch)
 
 
 def test_slow_clients_do_not_stall_others(daemon: DaemonProcess, watch: Watch) -> None:
-    """Slowloris: clients dribbling their headers a byte every 0.5 s; everyone else is served."""
-    slow_count, drip = 20, 0.5
+    """Slowloris: clients dribbling their request heads a byte at a time; everyone else is
+    served meanwhile. The test holds the slow heads unfinished: each normal request is sent
+    and answered between two of their bytes, so a daemon that waited for the slow clients
+    would leave it unanswered (no time limit decides it, only the answer or its absence)."""
+    slow_count = 20
     request = request_bytes("GET", "/api/health")
-    cut = len(request) - 6  # the last bytes go one by one
+    cut = len(request) - 6  # the last bytes go one by one, a normal request after each
     sockets = [connect(daemon, timeout=30) for _ in range(slow_count)]
-    dripping = threading.Event()
-    stop = threading.Event()
-
-    def dribble() -> None:
+    try:
         for sock in sockets:
             sock.sendall(request[:cut])
-        for i in range(cut, len(request)):
+        for i in range(cut, len(request) - 1):
             for sock in sockets:
                 sock.sendall(request[i : i + 1])
-            dripping.set()
-            if stop.wait(drip):
-                return
-
-    slow = threading.Thread(target=dribble, name="slowloris")
-    try:
-        slow.start()
-        assert dripping.wait(DEADLINE)
-        deadline = time.monotonic() + 2.0
-        served = 0
-        # Meanwhile: normal requests on other connections complete, each within the deadline.
-        while slow.is_alive() and served < 5:
-            answer = exchange(daemon, request_bytes("GET", "/api/processes"), timeout=2.0)
+            # Every slow head is still unfinished: its last byte is not sent.
+            answer = exchange(daemon, request_bytes("GET", "/api/processes"), timeout=30)
             assert answer.status == 200
-            served += 1
-        assert served == 5, "the slow clients finished first: nothing was tested meanwhile"
-        assert time.monotonic() < deadline, "normal requests waited on the slow clients"
-        assert slow.is_alive()
-        slow.join(timeout=30)
-        assert not slow.is_alive()
+        for sock in sockets:
+            sock.sendall(request[-1:])
         # The slow clients were not dropped either: each gets its answer.
         for sock in sockets:
             assert read_answer(sock).status == 200
     finally:
-        stop.set()
-        slow.join(timeout=30)
         for sock in sockets:
             sock.close()
     watch.assert_all()
