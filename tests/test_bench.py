@@ -1,5 +1,6 @@
 """`orchd bench`: the quick run prints its table with each row's same-run baseline (figures
-are not asserted), and the P6 prober and the table survive a load that ends early."""
+are not asserted), ``--only`` picks rows, and the P6 prober and the table survive a load that
+ends early."""
 
 from __future__ import annotations
 
@@ -68,6 +69,33 @@ def test_bench_quick_prints_every_scenario() -> None:
     assert "garbage collection as `orchd serve` sets it" in result.stdout
     # The crash row checks its own outcome (exactly the children asked for) or fails the run.
     assert "1,000 children, each completed once" in result.stdout
+
+
+def test_bench_only_measures_the_rows_named_with_their_baselines() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "orchd", "bench", "--quick", "--only", "P2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "P2 one 10-step process" in result.stdout
+    assert "10 raw commits, interleaved" in result.stdout
+    for other in ("storage ceiling, ", "P1 ", "P3 ", "P8 "):
+        assert other not in result.stdout
+
+
+def test_bench_only_refuses_an_unknown_row_naming_the_rows() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "orchd", "bench", "--quick", "--only", "P2,P99"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "unknown row P99" in result.stderr
+    assert "P1, P1t, P2" in result.stderr
+    assert "raw durable commit" not in result.stdout  # refused before measuring anything
 
 
 def test_p6_prober_takes_its_minimum_samples_when_stdin_closes_at_once(

@@ -417,61 +417,47 @@ def _subprocess_role(args: argparse.Namespace) -> int | None:
     return None
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="orchd bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, one run (smoke)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
-    parser.add_argument("--scaling", action="store_true", help="also the growth tables")
-    parser.add_argument("--probe", nargs=2, metavar=("DB", "POLLING"), help=argparse.SUPPRESS)
-    parser.add_argument("--task-probe", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
-    parser.add_argument("--p5-child", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
-    parser.add_argument("--p8-child", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
-    parser.add_argument("--p6-probe", nargs=2, metavar=("SOCKET", "ID"), help=argparse.SUPPRESS)
-    parser.add_argument("--p9-probe", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--postgres",
-        metavar="URL",
-        default=os.environ.get("ORCHD_BENCH_PG"),
-        help="also the PostgreSQL rows, on a database created (and dropped) on this server "
-        "(default $ORCHD_BENCH_PG)",
-    )
-    parser.add_argument(
-        "--postgres-only", action="store_true", help="only the PostgreSQL rows (with --postgres)"
-    )
-    parser.add_argument("--pg-node", nargs=4, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    # The engine is measured as the daemon runs it, the baselines beside it alike.
-    gcpolicy.apply()
-    helper = _subprocess_role(args)
-    if helper is not None:
-        return helper
-    runs = 1 if args.quick else args.runs
-    p1_count = 200 if args.quick else 2000
-    p3_count = 2000 if args.quick else 100_000
-    try:
-        import uvloop
+#: The rows ``--only`` picks, in the order they are measured, each with its own baseline: P1
+#: brings P1s and the storage ceiling, P8 its crash row (P8k), "db" the database after 30 days.
+ROWS: tuple[str, ...] = ("P1", "P1t", "P2", "P3", "P4", "P5", "P6", "P7", "P7s", "P8", "P9")
+ROWS += ("PR1", "PR2", "P10", "P10r", "db")
 
-        uvloop.install() if sys.version_info < (3, 12) else None
-    except ImportError:
-        pass
 
-    print(
-        f"orchd bench on {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-        f"median of {runs} run(s), synchronous=FULL, garbage collection as `orchd serve` "
-        f"sets it {gcpolicy.THRESHOLDS}",
-        flush=True,
-    )
-    if args.postgres_only:
-        if not args.postgres:
-            parser.error("--postgres-only needs --postgres URL (or $ORCHD_BENCH_PG)")
-        bench_pg.rows(args.postgres, quick=args.quick, row=_Table().row)
-        return 0
-    with tempfile.TemporaryDirectory(prefix="orchd-bench-") as directory:
-        table = _Table()
-        raw = statistics.median(
-            raw_commit_rate(directory, 300 if args.quick else 1000) for _ in range(runs)
+def _only(text: str) -> frozenset[str]:
+    """``--only``'s rows; an unknown one is refused, naming the known ones. P9 brings P1 and
+    P3, whose figures it is compared with."""
+    picked = frozenset(name.strip() for name in text.split(",") if name.strip())
+    unknown = sorted(picked - set(ROWS))
+    if unknown or not picked:
+        raise argparse.ArgumentTypeError(
+            f"unknown row {', '.join(unknown) or '(none given)'}; the rows: {', '.join(ROWS)}"
         )
-        table.row("raw durable commit (1 row)", f"{raw:,.0f}/s")
+    return picked | {"P1", "P3"} if "P9" in picked else picked
+
+
+class _Rows:
+    """The SQLite rows of one run, each group a method named after its row (``ROWS``), each
+    printed as soon as it is measured; P9 reads P1's and P3's figures, measured before it."""
+
+    def __init__(
+        self, directory: str, table: _Table, *, runs: int, quick: bool, raw: float
+    ) -> None:
+        self.directory = directory
+        self.table = table
+        self.runs = runs
+        self.quick = quick
+        self.raw = raw
+        self.p1_count = 200 if quick else 2000
+        self.p3_count = 2000 if quick else 100_000
+        self.p1_figures: dict[str, float] = {}
+        self.p3_figures: dict[str, float] = {}
+
+    def p1(self) -> None:
+        directory = self.directory
+        runs = self.runs
+        table = self.table
+        raw = self.raw
+        p1_count = self.p1_count
         # P1, P1s and the storage ceiling alternate, so a disk or a neighbour that slows down
         # for a while weighs on both sides of each ratio alike.
         p1, p1s, ceiling = _alternating(
@@ -500,6 +486,10 @@ def main(argv: list[str]) -> int:
             f"{p1['steps_per_s']:,.0f} async steps/s (P1)",
             ">= 0.85x async",
         )
+        self.p1_figures = p1
+
+    def p1t(self) -> None:
+        directory, runs, table, p1_count = self.directory, self.runs, self.table, self.p1_count
         if bench_tracing.available():
             # Spans on and off, in turns: what tracing costs the step path (README "Traces").
             on, off = _alternating(
@@ -516,6 +506,9 @@ def main(argv: list[str]) -> int:
             )
         else:
             print("(P1t: tracing needs the otel extra, pip install 'orchd[otel]')", flush=True)
+
+    def p2(self) -> None:
+        directory, runs, table = self.directory, self.runs, self.table
         p2 = _median(runs, lambda: p2_latency(directory))
         table.row(
             "P2 one 10-step process",
@@ -523,6 +516,9 @@ def main(argv: list[str]) -> int:
             f"{p2['raw10_s'] * 1000:.1f} ms (10 raw commits, interleaved)",
             "<= 2.0x",
         )
+
+    def p3(self) -> None:
+        directory, table, p3_count = self.directory, self.table, self.p3_count
         p3 = p3_memory(directory, p3_count)
         table.row(
             f"P3 {p3_count:,} suspended",
@@ -536,7 +532,11 @@ def main(argv: list[str]) -> int:
             f"{p3['per_task_kb']:.1f} KiB per bare asyncio task",
             "<= 8 KB/actor",
         )
-        p4_count = 1000 if args.quick else 10_000
+        self.p3_figures = p3
+
+    def p4(self) -> None:
+        directory, runs, quick, table = self.directory, self.runs, self.quick, self.table
+        p4_count = 1000 if quick else 10_000
         p4_runs = (("every 1 s", 1.0, ">= 0.8x"), ("flat out", 0.0, "(CPU per request)"))
         for how, interval, goal in p4_runs:
             # The plain client and orchd take turns against one fake OSS; the ratio is the
@@ -551,7 +551,10 @@ def main(argv: list[str]) -> int:
                 f"{r['baseline_per_s']:,.0f} req/s plain aiohttp",
                 goal,
             )
-        p5 = bench_load.p5_recovery(directory, 1000 if args.quick else 10_000)
+
+    def p5(self) -> None:
+        directory, quick, table = self.directory, self.quick, self.table
+        p5 = bench_load.p5_recovery(directory, 1000 if quick else 10_000)
         table.row(
             f"P5 SIGKILL, {p5['in_flight']:,.0f} in flight",
             f"all moving again in {p5['resumed_s']:.2f} s, "
@@ -560,6 +563,9 @@ def main(argv: list[str]) -> int:
             f"{p5['stopped_in_flight']:,.0f} in flight",
             "<= 2 s, none lost",
         )
+
+    def p6(self) -> None:
+        directory, runs, table, p1_count = self.directory, self.runs, self.table, self.p1_count
         p6s = [bench_api.p6_latency(directory, p1_count, run) for run in range(runs)]
         p6 = {k: _median_known([r[k] for r in p6s]) for k in p6s[0]}
         table.row(
@@ -569,7 +575,10 @@ def main(argv: list[str]) -> int:
             f"p99 {_ms(p6['idle_p99_ms'])} idle",
             "p99 < 5 ms; ps < 150 ms",
         )
-        p7_count = 2000 if args.quick else 10_000
+
+    def p7(self) -> None:
+        directory, runs, quick, table = self.directory, self.runs, self.quick, self.table
+        p7_count = 2000 if quick else 10_000
         p7 = _median_of([bench_api.p7_starts(directory, p7_count) for _ in range(runs)])
         table.row(
             f"P7 {p7_count:,} starts over the socket ({bench_api.CLIENTS} clients)",
@@ -577,7 +586,14 @@ def main(argv: list[str]) -> int:
             f"{p7['refused_per_s']:,.0f}/s of the same requests refused (404)",
             ">= 5,000/s",
         )
-        seq_count = 500 if args.quick else 2000
+
+    def p7s(self) -> None:
+        directory = self.directory
+        runs = self.runs
+        quick = self.quick
+        table = self.table
+        raw = self.raw
+        seq_count = 500 if quick else 2000
         seq = _median(runs, lambda: sequential_starts(directory, seq_count))
         table.row(
             f"P7s {seq_count:,} starts one after another",
@@ -585,7 +601,10 @@ def main(argv: list[str]) -> int:
             f"{raw:,.0f} raw commits/s",
             "as close to raw as durability allows",
         )
-        p8_count = 1000 if args.quick else 10_000
+
+    def p8(self) -> None:
+        directory, runs, quick, table = self.directory, self.runs, self.quick, self.table
+        p8_count = 1000 if quick else 10_000
         p8 = _median(runs, lambda: p8_children(directory, p8_count))
         table.row(
             f"P8 one parent, {p8_count:,} children of 3 steps (500 at once)",
@@ -602,23 +621,35 @@ def main(argv: list[str]) -> int:
             f"{p8['fan_out_s']:.2f} s without the kill",
             f"exactly {p8_count:,}",
         )
-        p9_count = 1000 if args.quick else 10_000
+
+    def p9(self) -> None:
+        directory = self.directory
+        runs = self.runs
+        quick = self.quick
+        table = self.table
+        p3_count = self.p3_count
+        p1_rate = self.p1_figures["steps_per_s"]
+
+        p9_count = 1000 if quick else 10_000
         p9 = _median(runs, lambda: bench_branches.p9_throughput(directory, p9_count))
         table.row(
             f"P9 foreach over {p9_count:,}, 2 async steps a branch (1,000 at once)",
             f"{p9['steps_per_s']:,.0f} branch steps/s "
-            f"({p9['steps_per_s'] / p1['steps_per_s']:.2f}x P1), {p9['seconds']:.2f} s",
-            f"{p1['steps_per_s']:,.0f} steps/s (P1)",
+            f"({p9['steps_per_s'] / p1_rate:.2f}x P1), {p9['seconds']:.2f} s",
+            f"{p1_rate:,.0f} steps/s (P1)",
             ">= 0.8x P1",
         )
         p9m = bench_branches.p9_memory(directory, p3_count // 10)
         table.row(
             f"P9 {p9m['waiting']:,.0f} branches waiting in a step",
             f"{p9m['per_branch_kb']:.1f} KiB/branch",
-            f"{p3['per_actor_kb']:.1f} KiB/actor polling (P3)",
+            f"{self.p3_figures['per_actor_kb']:.1f} KiB/actor polling (P3)",
             "<= P3's per actor",
         )
-        m_count = 50 if args.quick else 400
+
+    def pr1(self) -> None:
+        directory, runs, quick, table = self.directory, self.runs, self.quick, self.table
+        m_count = 50 if quick else 400
         m = bench_products.typed_modify(directory, m_count, runs)
         table.row(
             f"PR1 MODIFY of an L2VPN of 8 SAPs, 8 steps, {m_count} at once",
@@ -626,15 +657,21 @@ def main(argv: list[str]) -> int:
             f"{m['untyped']:,.0f} steps/s untyped, same size",
             ">= 0.8x",
         )
-        s_count = 10_000 if args.quick else 100_000
-        q = bench_products.search(directory, s_count, 100 if args.quick else 400)
+
+    def pr2(self) -> None:
+        directory, quick, table = self.directory, self.quick, self.table
+        s_count = 10_000 if quick else 100_000
+        q = bench_products.search(directory, s_count, 100 if quick else 400)
         table.row(
             f"PR2 GET /api/subscriptions?q= over {s_count:,} subscriptions",
             f"p99 {q['q_p99_ms']:.1f} ms",
             f"p99 {q['list_p99_ms']:.1f} ms without q",
             "p99 < 50 ms",
         )
-        p10 = bench_limits.p10_overhead(directory, 2000 if args.quick else 10_000, runs)
+
+    def p10(self) -> None:
+        directory, runs, quick, table = self.directory, self.runs, self.quick, self.table
+        p10 = bench_limits.p10_overhead(directory, 2000 if quick else 10_000, runs)
         table.row(
             f"P10 {p10['steps']:,.0f} steps naming a limit with room for all",
             f"{p10['limited_per_s']:,.0f} steps/s ({p10['ratio']:.2f}x; "
@@ -642,7 +679,10 @@ def main(argv: list[str]) -> int:
             f"{p10['plain_per_s']:,.0f} steps/s of the same without uses=",
             ">= 0.9x",
         )
-        routers, changes, hold = (20, 200, 0.05) if args.quick else (100, 2000, 0.2)
+
+    def p10r(self) -> None:
+        directory, runs, quick, table = self.directory, self.runs, self.quick, self.table
+        routers, changes, hold = (20, 200, 0.05) if quick else (100, 2000, 0.2)
         p10r = bench_limits.p10_routers(directory, routers, changes, hold, runs)
         table.row(
             f"P10r router = 1: {changes:,} changes of {hold:g} s over {routers} routers",
@@ -650,8 +690,11 @@ def main(argv: list[str]) -> int:
             f"{p10r['ideal']:.2f} s ideal schedule ({changes // routers} x {hold:g} s a router)",
             "<= 1.2x ideal",
         )
+
+    def db(self) -> None:
+        directory, quick, table = self.directory, self.quick, self.table
         # The quick (smoke) run simulates a schedule ten times slower, and says so.
-        days, per_day = (9, 864) if args.quick else (30, bench_retention.PER_DAY)
+        days, per_day = (9, 864) if quick else (30, bench_retention.PER_DAY)
         r = bench_retention.database_size(directory, days, per_day)
         table.row(
             f"database after {days} days of a {86400 // per_day} s schedule",
@@ -659,6 +702,71 @@ def main(argv: list[str]) -> int:
             f"{r['without_mb']:.1f} MiB, {r['without_kept']:,.0f} without",
             "bounded",
         )
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="orchd bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, one run (smoke)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument("--scaling", action="store_true", help="also the growth tables")
+    parser.add_argument("--probe", nargs=2, metavar=("DB", "POLLING"), help=argparse.SUPPRESS)
+    parser.add_argument("--task-probe", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--p5-child", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--p8-child", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--p6-probe", nargs=2, metavar=("SOCKET", "ID"), help=argparse.SUPPRESS)
+    parser.add_argument("--p9-probe", nargs=2, metavar=("DB", "N"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        default=os.environ.get("ORCHD_BENCH_PG"),
+        help="also the PostgreSQL rows, on a database created (and dropped) on this server "
+        "(default $ORCHD_BENCH_PG)",
+    )
+    parser.add_argument(
+        "--postgres-only", action="store_true", help="only the PostgreSQL rows (with --postgres)"
+    )
+    parser.add_argument(
+        "--only",
+        metavar="ROWS",
+        type=_only,
+        help=f"only these rows, comma-separated, each with its baseline: {', '.join(ROWS)}",
+    )
+    parser.add_argument("--pg-node", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    # The engine is measured as the daemon runs it, the baselines beside it alike.
+    gcpolicy.apply()
+    helper = _subprocess_role(args)
+    if helper is not None:
+        return helper
+    runs = 1 if args.quick else args.runs
+    try:
+        import uvloop
+
+        uvloop.install() if sys.version_info < (3, 12) else None
+    except ImportError:
+        pass
+
+    print(
+        f"orchd bench on {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+        f"median of {runs} run(s), synchronous=FULL, garbage collection as `orchd serve` "
+        f"sets it {gcpolicy.THRESHOLDS}",
+        flush=True,
+    )
+    if args.postgres_only:
+        if not args.postgres:
+            parser.error("--postgres-only needs --postgres URL (or $ORCHD_BENCH_PG)")
+        bench_pg.rows(args.postgres, quick=args.quick, row=_Table().row)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="orchd-bench-") as directory:
+        table = _Table()
+        raw = statistics.median(
+            raw_commit_rate(directory, 300 if args.quick else 1000) for _ in range(runs)
+        )
+        table.row("raw durable commit (1 row)", f"{raw:,.0f}/s")
+        rows = _Rows(directory, table, runs=runs, quick=args.quick, raw=raw)
+        for name in ROWS:
+            if args.only is None or name in args.only:
+                getattr(rows, name.lower())()
         if args.postgres:
             bench_pg.rows(args.postgres, quick=args.quick, row=table.row)
         else:
