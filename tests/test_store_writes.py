@@ -217,6 +217,21 @@ async def test_a_start_locks_its_subscription_and_a_second_start_on_it_is_refuse
 # -- checkpoints ------------------------------------------------------------------------------
 
 
+async def test_a_checkpoints_actions_are_kept_in_the_order_it_gives_them(store: Store) -> None:
+    row = await store.write(new())
+    names = [f"note {n}" for n in range(6)]
+    at = now()
+    cp = Checkpoint(
+        process_id=row.id,
+        process=moved(row),
+        steps=[],
+        actions=[ActionWrite(pk=row.pk, at=at, action=name, by="op") for name in names],
+        events=[event(row.id, ProcessStatus.RUNNING)],
+    )
+    assert await store.write(cp) is None
+    assert [a.action for a in await store.actions(row.pk)] == ["start", *names]
+
+
 async def test_a_checkpoint_writes_the_row_its_steps_and_actions_and_releases_a_subscription(
     store: Store,
 ) -> None:
