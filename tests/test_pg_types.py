@@ -311,6 +311,18 @@ async def test_a_start_whose_input_holds_u0000_is_refused_naming_the_field(
     assert (await engine.list_processes(limit=10)).items == []
 
 
+async def test_the_api_answers_a_start_holding_u0000_with_a_422_problem_naming_the_field(
+    engine_factory: EngineFactory, app_client: Callable[..., Awaitable[Any]]
+) -> None:
+    client = await app_client(await engine_factory(["nul_flows"]))
+    resp = await client.post("/api/processes/returns_nul", json={"text": "a\x00b"})
+    assert resp.status == 422 and resp.content_type == "application/problem+json"
+    body = await resp.json(content_type=None)
+    assert "returned text, which holds the character U+0000" in body["detail"]
+    listed = await client.get("/api/processes")
+    assert (await listed.json())["items"] == []
+
+
 async def test_a_step_returning_u0000_fails_the_process_naming_the_key(
     engine_factory: EngineFactory,
 ) -> None:
