@@ -90,13 +90,21 @@ async def test_one_step_at_a_time_per_router_and_routers_apart(
 async def test_a_concurrency_of_two_lets_two_in_and_never_three(
     engine_factory: EngineFactory,
 ) -> None:
-    engine, journal, _ = await limited(
+    engine, journal, hold = await limited(
         engine_factory, {**LIMITS, "router": LimitSpec(concurrency=2)}
     )
     pids = [
-        await engine.start("configure_router", {"node_name": "r1", "pause": 0.02})
-        for _ in range(12)
+        await engine.start("configure_router", {"node_name": "r1", "hold": True}) for _ in range(5)
     ]
+    # Two are let in (held inside, however slow the machine), the other three wait.
+    await hold.reached(2)
+
+    async def three_wait() -> bool:
+        return [bool((await engine.get(pid)).blocked_on) for pid in pids].count(True) == 3
+
+    await wait_until(three_wait, "three waiting for a slot")
+    assert journal.inside["router:r1"] == 2
+    hold.open()
     await completed(engine, *pids)
     assert overlaps(journal) == {"router:r1": 2}
 
