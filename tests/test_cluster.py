@@ -302,10 +302,13 @@ def test_a_branch_callback_posted_to_another_node_reaches_its_branch(cluster: An
 
 
 def test_a_node_whose_loop_is_blocked_past_its_lease_starts_nothing_more(cluster: Any) -> None:
-    a, b = cluster(2)
+    # Twice the others' lease: a busy machine that stalls a live node past its lease before
+    # the block makes b take processes over early (checked below, not assumed).
+    lease = 2 * LEASE
+    a, b = cluster(2, lease_timeout=f"{lease:g}s")
     runs: Path = cluster.runs
     go, block = runs / "go", runs / "block"
-    blocker = a.start_process("cluster_block", {"seconds": 3 * LEASE, "when": str(block)})
+    blocker = a.start_process("cluster_block", {"seconds": 3 * lease, "when": str(block)})
     pids = [a.start_process("cluster_churn", {"hold": str(go), "pause": 0.01}) for _ in range(150)]
     go.touch()
     # While a's processes are in full swing (steps running, commits on their way), an async
@@ -313,6 +316,7 @@ def test_a_node_whose_loop_is_blocked_past_its_lease_starts_nothing_more(cluster
     block_until(
         lambda: sum(step == "k3" for _, step, _ in step_runs(runs)) >= 20, "steps under way", 30
     )
+    assert takeovers(a, b) == 0, "b took processes over before a's loop was blocked"
     block.touch()
     a_pid = a.proc.pid if a.proc is not None else -1
     b_pid = b.proc.pid if b.proc is not None else -1
