@@ -5,8 +5,10 @@ block. In-process, on both backends unless a test needs the SQLite file."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -18,7 +20,8 @@ from orchd import Engine, Process
 from orchd import _faults as faults
 from orchd.api.app import create_app
 from orchd.engine import messages
-from orchd.errors import CallbackNotFound, InvalidTransition, ShuttingDown
+from orchd.errors import CallbackNotFound, InvalidTransition, ShuttingDown, StoreError
+from orchd.http import HttpClient
 from orchd.store.base import token_digest
 from orchd.testing import Gate
 
@@ -344,3 +347,19 @@ def test_a_message_names_who_acted_actor_in_the_mail_between_nodes() -> None:
     mail = msgspec.json.encode(messages.Abort(by="uid:0 (ops)"))
     assert msgspec.json.decode(mail) == {"type": "Abort", "actor": "uid:0 (ops)"}
     assert msgspec.json.decode(mail, type=messages.Message) == messages.Abort(by="uid:0 (ops)")
+
+
+async def test_an_engine_whose_store_refuses_to_open_leaves_no_http_session_open(
+    tmp_path: Path,
+) -> None:
+    """A database from a newer orchd is refused at open(); the engine's own HTTP client, opened
+    before the store, is closed again (a leaked aiohttp session warns when collected)."""
+    path = tmp_path / "newer.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 999")
+    engine = Engine(database=str(path), workflows=["engine_flows"])
+    with pytest.raises(StoreError, match="newer than this orchd"):
+        await engine.open()
+    assert HttpClient not in engine.resources
+    del engine
+    gc.collect()  # an unclosed session's warning would fail this test here

@@ -185,7 +185,13 @@ class Engine:
             self._own_http = HttpClient()
             await self._own_http.open()
             self.resources[HttpClient] = self._own_http
-        await self.store.open()
+        try:
+            await self.store.open()
+        except BaseException:
+            # The store refused (unreachable, a newer schema, a migration's refusal) and has
+            # closed what it opened; so does the engine, or its HTTP session would leak.
+            await self._close_own_http()
+            raise
         if self.node is not None:
             await self.node.start()
         await self.limits.open()
@@ -223,6 +229,9 @@ class Engine:
         runtime.threads.close()
         if self.loopwatch is not None:
             self.loopwatch.stop()
+        await self._close_own_http()
+
+    async def _close_own_http(self) -> None:
         if self._own_http is not None:
             await self._own_http.close()
             self.resources.pop(type(self._own_http), None)
