@@ -183,22 +183,49 @@ def to_json_values(step_name: str, result: Any) -> dict[str, Any]:
 _NUL_ESCAPE = b"\\u0000"
 
 
-def nul_at(value: Any, path: str = "") -> str | None:
-    """Where ``value`` (JSON values) holds the character U+0000, in a string or a key, e.g.
-    ``'x.y[2]'`` (None: nowhere)."""
-    stack: list[tuple[str, Any]] = [(path, value)]
+def nul_loc(value: Any) -> list[str | int] | None:
+    """Where ``value`` (JSON values) holds the character U+0000, in a string or a key: the keys
+    and indexes down to it, as a problem's ``loc`` (None: nowhere)."""
+    stack: list[tuple[list[str | int], Any]] = [([], value)]
     while stack:
-        where, item = stack.pop()
+        loc, item = stack.pop()
         if isinstance(item, str) and "\x00" in item:
-            return where.lstrip(".") or "a value"
+            return loc
         if isinstance(item, dict):
             for k, v in item.items():
                 if "\x00" in k:
-                    return f"{where}.{k!r}".lstrip(".")
-                stack.append((f"{where}.{k}", v))
+                    return [*loc, k]
+                stack.append(([*loc, k], v))
         elif isinstance(item, list):
-            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
+            stack.extend(([*loc, i], v) for i, v in enumerate(item))
     return None
+
+
+def nul_at(value: Any, path: str = "") -> str | None:
+    """Where ``value`` (JSON values) holds the character U+0000, e.g. ``'x.y[2]'`` (None:
+    nowhere); a key holding it is shown as its repr."""
+    loc = nul_loc(value)
+    if loc is None:
+        return None
+    parts = (f"[{p}]" if isinstance(p, int) else f".{p!r}" if "\x00" in p else f".{p}" for p in loc)
+    return (path + "".join(parts)).lstrip(".") or "a value"
+
+
+def refuse_nul(what: str, given: Any) -> None:
+    """Refuse an input, a form's answer, a reason or a note holding the character U+0000: a
+    422 naming the field (FormValidationError). orchd stores none: PostgreSQL refuses it in
+    jsonb and in text, and a SQLite database stays movable to PostgreSQL."""
+    try:
+        if _NUL_ESCAPE not in _json_encode(given):  # found in C; the walk only on a hit
+            return
+    except (TypeError, msgspec.EncodeError, ValueError, RecursionError):
+        pass  # not JSON values: to_json_values says what is wrong with them
+    if (loc := nul_loc(given)) is not None:
+        where = nul_at(given) or "a value"
+        raise FormValidationError(
+            f"{what}: {where} holds the character U+0000, which orchd does not store",
+            [{"loc": loc, "msg": "holds the character U+0000"}],
+        )
 
 
 def non_finite(value: Any, path: str = "") -> str | None:
@@ -254,6 +281,7 @@ def validate_form(form: type[msgspec.Struct], answer: Any) -> dict[str, Any]:
     except msgspec.ValidationError as exc:
         errors = every_error(form, answer, exc)
         raise FormValidationError(f"input does not fit {form.__name__}: {exc}", errors) from None
+    refuse_nul("the input", answer)
     return to_json_values(form.__name__, value)
 
 

@@ -50,7 +50,7 @@ from orchd.model import (
     WorkflowInfo,
 )
 from orchd.settings import EngineSettings, LimitSpec
-from orchd.state import form_schema
+from orchd.state import form_schema, refuse_nul
 from orchd.store.base import Pruned, Retention, SetNote, Store, token_digest
 from orchd.store.cluster import ClusterStore, NodeInfo
 from orchd.store.opening import open_store
@@ -462,6 +462,7 @@ class Engine:
         pid = self._runtime.waits.pid_of(digest) or await self.store.process_waiting_for(digest)
         if pid is None:
             raise CallbackNotFound("no process waits for this callback token")
+        refuse_nul("the callback's answer", payload)  # it goes into State
         by = _by(reporter, "callback token")
         await self._ask(pid, messages.Callback(digest=digest, payload=payload, by=by))
         sender = parse_traceparent(traceparent) if self.tracing.on else None
@@ -476,8 +477,10 @@ class Engine:
     ) -> ProcessStatus:
         """An operator answers an ``awaiting_callback`` process in the external system's place;
         returns once committed."""
+        pid = await self.resolve_id(pid)
+        refuse_nul("the callback's answer", payload)  # it goes into State
         message = messages.Callback(digest=None, payload=payload, by=_by(reporter))
-        await self._ask(await self.resolve_id(pid), message)
+        await self._ask(pid, message)
         return P.RUNNING
 
     async def resolve_id(self, pid: str) -> str:

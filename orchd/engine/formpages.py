@@ -28,7 +28,7 @@ from orchd.pages import (
     page_schema,
     refused_choices,
 )
-from orchd.state import every_error, inject, to_json_values
+from orchd.state import every_error, inject, refuse_nul, to_json_values
 from orchd.store.base import ProcessRow
 
 #: Reads the subscriptions a choices field offers now.
@@ -154,6 +154,12 @@ def _validated(form: type[Any], answer: Any, index: int, offered: dict[str, list
         raise FormValidationError(
             f"page {index} does not fit {form.__name__}: {exc}",
             [{**e, "loc": [*where, *e["loc"]]} for e in errors],
+        ) from None
+    try:
+        refuse_nul(f"page {index}", answer)
+    except FormValidationError as exc:
+        raise FormValidationError(
+            str(exc), [{**e, "loc": [*where, *e["loc"]]} for e in exc.errors]
         ) from None
     refused = refused_choices(form, value, offered)
     if refused:

@@ -16,7 +16,13 @@ from orchd.engine import formpages, messages
 from orchd.engine.events import event
 from orchd.errors import FormValidationError, ShuttingDown
 from orchd.model import HOLDS_SUBSCRIPTION, RESERVED_KEYS, ProcessStatus
-from orchd.state import StepOutputError, require_object, to_json_values, validate_form
+from orchd.state import (
+    StepOutputError,
+    refuse_nul,
+    require_object,
+    to_json_values,
+    validate_form,
+)
 from orchd.store.base import NewProcess, Store
 from orchd.store.views import uuid_or_none
 from orchd.tracing import parse_traceparent
@@ -134,6 +140,7 @@ def initial_input(wf: Workflow, given: Any) -> dict[str, Any]:
                 f"{', '.join(reserved)}: set by the engine, not by the input",
                 [{"loc": [k], "msg": "reserved State key"} for k in reserved],
             )
+        refuse_nul("the input", given)
         try:
             values = to_json_values("input", given)
         except StepOutputError as exc:
