@@ -61,3 +61,17 @@ async def test_a_callback_answer_holding_u0000_is_refused_and_the_wait_still_tak
     await engine.callback(token, {"ok": True})
     done = await engine.wait(pid, 30)
     assert done.status == ProcessStatus.COMPLETED and done.state["answer_ok"] is True
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/subscriptions?q=a%00", "/api/processes?workflow=a%00", "/api/processes?q=%00"]
+)
+async def test_a_list_filter_holding_u0000_is_a_400_naming_the_parameter(
+    engine_factory: EngineFactory, app_client: Callable[..., Awaitable[Any]], path: str
+) -> None:
+    client = await app_client(await engine_factory(["engine_flows"]))
+    resp = await client.get(path)
+    assert resp.status == 400 and resp.content_type == "application/problem+json"
+    body = await resp.json(content_type=None)
+    name = path.split("?")[1].split("=")[0]
+    assert body["detail"].startswith(f"{name}: holds the character U+0000")

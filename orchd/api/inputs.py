@@ -111,6 +111,10 @@ def _deeper_than(value: Any, limit: int) -> bool:
 def text(query: Mapping[str, str], name: str) -> str | None:
     # An empty value means "not given": scripts build `?cursor=$next` with an empty first page.
     value = query.get(name)
+    if value and "\x00" in value:
+        # No stored value holds one (README "Querying with SQL"), and PostgreSQL refuses it
+        # as a parameter: the filter could only fail there, or match nothing here.
+        raise BadRequest(f"{name}: holds the character U+0000, which no stored value holds")
     return value if value else None
 
 
