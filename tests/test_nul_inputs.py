@@ -75,3 +75,17 @@ async def test_a_list_filter_holding_u0000_is_a_400_naming_the_parameter(
     body = await resp.json(content_type=None)
     name = path.split("?")[1].split("=")[0]
     assert body["detail"].startswith(f"{name}: holds the character U+0000")
+
+
+async def test_a_step_whose_error_holds_u0000_fails_its_process_showing_it_escaped(
+    engine_factory: EngineFactory,
+) -> None:
+    """PostgreSQL's text refuses U+0000: the failure was never recorded and the process stayed
+    running."""
+    engine = await engine_factory(["nul_flows"])
+    pid = await engine.start("raises_nul", {})
+    process = await engine.wait(pid, 30)
+    assert process.status == ProcessStatus.FAILED
+    assert process.error == "ValueError: bad\\x00value"
+    (failed,) = [s for s in process.steps if s.name == "raise a NUL"]
+    assert failed.traceback is not None and "bad\\x00value" in failed.traceback

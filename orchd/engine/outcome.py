@@ -77,7 +77,10 @@ def failure_of(exc: BaseException) -> tuple[str, str]:
     else:
         message = f"{type(exc).__name__}: {exc}"
     shown = traceback.TracebackException(type(exc), exc, _from_user_code(exc.__traceback__))
-    return message, "".join(shown.format())
+    # A message may hold U+0000 (a byte string decoded, a device's answer), which no backend
+    # may store (PostgreSQL's text refuses it, and the failure would never be recorded): it is
+    # shown escaped, as repr() shows it.
+    return message.replace("\x00", "\\x00"), "".join(shown.format()).replace("\x00", "\\x00")
 
 
 #: orchd's own code; its bundled examples are workflow code like anyone's.

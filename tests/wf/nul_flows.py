@@ -1,4 +1,5 @@
-"""Workflows that meet the character U+0000, which State cannot hold (tests/test_pg_types.py)."""
+"""Workflows that meet the character U+0000, which State cannot hold (tests/test_pg_types.py,
+tests/test_nul_inputs.py)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,13 @@ def ask_for_a_note() -> type[Form]:
 @workflow("Asks for a note", target=Target.SYSTEM)
 def asks_for_note():  # type: ignore[no-untyped-def]
     return init >> ask_for_a_note >> done
+
+
+@step("raise a NUL")
+def raise_a_nul() -> State:
+    raise ValueError("bad\x00value")
+
+
+@workflow("A step raises an error whose message holds U+0000", target=Target.SYSTEM)
+def raises_nul():  # type: ignore[no-untyped-def]
+    return init >> raise_a_nul >> done
