@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
+from support.daemons import free_port
 
 from orchd import http as http_module
 from orchd.http import (
@@ -34,13 +34,6 @@ async def oss() -> AsyncIterator[FakeOss]:
 async def http() -> AsyncIterator[HttpClient]:
     async with HttpClient(backoff=0.01, timeout=5.0) as client:
         yield client
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 async def test_get_is_retried_on_503_and_succeeds(oss: FakeOss, http: HttpClient) -> None:
@@ -140,7 +133,7 @@ async def test_timeout_raises_oss_unavailable() -> None:
 async def test_connection_refused_raises_oss_unavailable() -> None:
     async with HttpClient(retries=2, backoff=0.01) as client:
         with pytest.raises(OssUnavailable) as caught:
-            await client.get_json(f"http://127.0.0.1:{_free_port()}/ping")
+            await client.get_json(f"http://127.0.0.1:{free_port()}/ping")
         assert client.stats.retries == 2
         assert "ClientConnectorError" in caught.value.reason
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import http.client
+import itertools
 import json
 import os
 import re
@@ -557,11 +558,31 @@ def is_closed(sock: socket.socket) -> bool:
         return exc.errno in (errno.ECONNRESET, errno.EPIPE)
 
 
+#: The ports ``free_port`` hands out: below the kernel's ephemeral range (32768-60999 on
+#: Linux), from which every outgoing connection (to PostgreSQL, to a daemon) takes a source
+#: port at any moment, and a block of its own for each xdist worker, so no two workers hand
+#: out the same port between the check and the daemon's bind. A port the kernel picked
+#: (bind to 0) was free only at that instant: another worker's connection could take it
+#: before the daemon bound it ("Address already in use", seen on a busy machine).
+PORTS_FROM = 20_000
+PORTS_PER_WORKER = 1_000
+_port_turn = itertools.count()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on, for a daemon or server to bind."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    block = int(worker) % 12 if worker.isdigit() else 0  # 20,000-31,999
+    first = PORTS_FROM + block * PORTS_PER_WORKER
+    for _ in range(PORTS_PER_WORKER):
+        port = first + next(_port_turn) % PORTS_PER_WORKER
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
         return port
+    raise RuntimeError(f"no free port in {first}-{first + PORTS_PER_WORKER - 1}")
 
 
 @contextlib.contextmanager
