@@ -54,14 +54,6 @@ async def nodes(pg_server: pg.PgServer) -> AsyncIterator[tuple[str, Open]]:
             await engine.close()
 
 
-async def sql(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(url)
-    try:
-        return list(await conn.fetch(query, *args))
-    finally:
-        await conn.close()
-
-
 async def freeze(engine: Engine) -> None:
     """The node stalls as a whole (a long GC pause, a partition, SIGSTOP): its lease is no
     longer renewed, and the node does not notice."""
@@ -81,7 +73,7 @@ async def test_a_node_that_lost_its_lease_cannot_overwrite_its_successor(
     b = await open_node("b", free, calls_b)
     # a stalls: its lease lapses and b takes the process over from its last committed step.
     await freeze(a)
-    await sql(url, "UPDATE nodes SET lease_until = to_timestamp(0) WHERE node_id = 'a'")
+    await pg.fetch(url, "UPDATE nodes SET lease_until = to_timestamp(0) WHERE node_id = 'a'")
     done = await b.wait(pid, timeout=10)
     assert done.status == "completed" and calls_b["slow"] == 1
     # a wakes up and finishes its step: its checkpoint is refused (its actor ends with
@@ -164,7 +156,7 @@ async def test_a_stale_incarnation_with_the_same_node_id_commits_nothing(
     # The daemon stalls past its lease; a new daemon is started with the same node_id. It is a
     # new incarnation: it continues the process from its last commit.
     await freeze(stale)
-    await sql(url, "UPDATE nodes SET lease_until = to_timestamp(0) WHERE node_id = 'a'")
+    await pg.fetch(url, "UPDATE nodes SET lease_until = to_timestamp(0) WHERE node_id = 'a'")
     fresh = await open_node("a", fresh_gate, calls)
     await fresh_gate.reached(1)
     # The stale one wakes up and finishes its step first. The row still names node a, but
@@ -189,10 +181,10 @@ async def test_a_node_that_lost_its_lease_knows_it_and_rejoins_as_a_new_incarnat
     a = await open_node("a", held, calls)
     pid = await a.start("slow_task")
     await held.reached(1)
-    before = await sql(url, "SELECT incarnation FROM nodes WHERE node_id = 'a'")
+    before = await pg.fetch(url, "SELECT incarnation FROM nodes WHERE node_id = 'a'")
     # The lease lapses under a live node (as when its loop or its database connection
     # stalled for a whole lease_timeout): the keeper's next renewal is refused.
-    await sql(url, "UPDATE nodes SET lease_until = to_timestamp(0) WHERE node_id = 'a'")
+    await pg.fetch(url, "UPDATE nodes SET lease_until = to_timestamp(0) WHERE node_id = 'a'")
     assert a.node is not None
     node = a.node
     await wait_until(lambda: node.gate is not None and node.gate.lost, "the lease is lost")
@@ -201,7 +193,7 @@ async def test_a_node_that_lost_its_lease_knows_it_and_rejoins_as_a_new_incarnat
     # It drops the step that ran (it did not commit) and rejoins as a new incarnation, then
     # continues its process from its last commit: the step runs again, as after a restart.
     await wait_until(lambda: node.rejoined == 1, "a rejoined")
-    after = await sql(url, "SELECT incarnation FROM nodes WHERE node_id = 'a'")
+    after = await pg.fetch(url, "SELECT incarnation FROM nodes WHERE node_id = 'a'")
     assert after[0][0] != before[0][0]
     await held.reached(2)
     held.open()
@@ -231,7 +223,7 @@ async def test_requests_reach_the_owner_and_a_clean_stop_hands_processes_over(
     await held.reached(1)
     await c.close()  # grace period passes; the step is interrupted, the process handed back
     assert (await b.wait(second, timeout=10)).status == "completed"
-    owner = await sql(url, "SELECT owner FROM processes WHERE id = $1", second)
+    owner = await pg.fetch(url, "SELECT owner FROM processes WHERE id = $1", second)
     assert owner[0][0] in ("a", "b")  # whichever swept first
 
 
@@ -242,7 +234,7 @@ async def test_the_engine_reconnects_when_the_server_drops_its_connections(
     a = await open_node("a", Gate(open=True), Calls())
     first = await a.start("slow_task")
     assert (await a.wait(first, timeout=10)).status == "completed"
-    await sql(
+    await pg.fetch(
         url,
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
         "WHERE datname = current_database() AND pid <> pg_backend_pid()",

@@ -62,15 +62,6 @@ asyncio.run(main(sys.argv[1]))
 """
 
 
-async def sql(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
-    """A query as an operator's client runs it (asyncpg's own types, no orchd codecs)."""
-    conn = await asyncpg.connect(url)
-    try:
-        return list(await conn.fetch(query, *args))
-    finally:
-        await conn.close()
-
-
 def old_orchd(tmp_path: Path) -> Path:
     """The source of ``OLD_REVISION``'s orchd, in a directory of its own."""
     where = tmp_path / "old"
@@ -107,8 +98,8 @@ async def test_a_version_6_database_is_migrated_and_reads_as_the_old_orchd_showe
 ) -> None:
     url = await pg.create_schema(pg_server)
     old = run_old(tmp_path, url)
-    assert [r[0] for r in await sql(url, "SELECT version FROM orchd_schema")] == [6]
-    assert [r[0] for r in await sql(url, "SELECT pg_typeof(state)::text FROM processes")] == [
+    assert [r[0] for r in await pg.fetch(url, "SELECT version FROM orchd_schema")] == [6]
+    assert [r[0] for r in await pg.fetch(url, "SELECT pg_typeof(state)::text FROM processes")] == [
         "bytea",
         "bytea",
     ]
@@ -133,7 +124,7 @@ async def test_a_version_6_database_is_migrated_and_reads_as_the_old_orchd_showe
         assert resumed.state["echo"] == "fine"
     finally:
         await engine.close()
-    assert [r[0] for r in await sql(url, "SELECT version FROM orchd_schema")] == [7]
+    assert [r[0] for r in await pg.fetch(url, "SELECT version FROM orchd_schema")] == [7]
 
 
 def readme_sql() -> str:
@@ -156,7 +147,7 @@ async def test_the_readmes_sql_finds_a_failed_process_by_a_state_value_and_its_t
     finally:
         await engine.close()
     assert failed.status == ProcessStatus.FAILED and done.status == ProcessStatus.COMPLETED
-    rows = await sql(url, readme_sql())
+    rows = await pg.fetch(url, readme_sql())
     assert [tuple(r) for r in rows] == [
         (failed.id, "returns_nul", "n1", failed.error, failed.created_at)
     ]
@@ -170,7 +161,7 @@ async def test_step_times_compare_with_process_times_in_sql(pg_server: pg.PgServ
         process = await engine.wait(await engine.start("create_node", {"name": "n1"}), 30)
     finally:
         await engine.close()
-    steps = await sql(
+    steps = await pg.fetch(
         url,
         """SELECT count(*) FROM steps s JOIN processes p ON p.rowid = s.process
            WHERE p.id = $1 AND s.finished_at >= s.started_at AND s.started_at >= p.created_at
@@ -178,7 +169,7 @@ async def test_step_times_compare_with_process_times_in_sql(pg_server: pg.PgServ
         process.id,
     )
     assert steps[0][0] == len(process.steps) > 0
-    subs = await sql(url, "SELECT attributes->>'name' FROM subscriptions")
+    subs = await pg.fetch(url, "SELECT attributes->>'name' FROM subscriptions")
     assert [r[0] for r in subs] == ["n1"]
 
 
@@ -189,7 +180,7 @@ async def test_every_time_column_is_timestamptz_and_the_json_ones_jsonb(
     engine = Engine(database=url, workflows=["engine_flows"])
     await engine.open()
     await engine.close()
-    rows = await sql(
+    rows = await pg.fetch(
         url,
         """SELECT table_name || '.' || column_name, data_type FROM information_schema.columns
            WHERE table_schema = current_schema() AND data_type IN
@@ -232,7 +223,7 @@ async def test_a_version_6_database_holding_u0000_is_refused_naming_the_process_
     url = await pg.create_schema(pg_server)
     await _at_version_6(url)
     # As the old orchd wrote a step that returned the character (SQLite and bytea took it).
-    await sql(
+    await pg.fetch(
         url,
         """INSERT INTO processes (rowid, id, workflow, target, status, pc, seq, state,
                created_at, updated_at)
@@ -244,8 +235,8 @@ async def test_a_version_6_database_holding_u0000_is_refused_naming_the_process_
     ):
         engine = Engine(database=url, workflows=["engine_flows"])
         await engine.open()
-    assert [r[0] for r in await sql(url, "SELECT version FROM orchd_schema")] == [6]
-    types = await sql(
+    assert [r[0] for r in await pg.fetch(url, "SELECT version FROM orchd_schema")] == [6]
+    types = await pg.fetch(
         url, "SELECT pg_typeof(state)::text, pg_typeof(created_at)::text FROM processes"
     )
     assert [tuple(r) for r in types] == [("bytea", "double precision")]
@@ -255,7 +246,7 @@ async def _old_process(url: str, state: dict[str, Any], created_at: float = 1.5)
     """A finished process as the orchd of schema version 6 wrote it (JSON bytes, float
     seconds); its id."""
     pid = "6d1c3a52-0000-4000-8000-000000000001"
-    await sql(
+    await pg.fetch(
         url,
         """INSERT INTO processes (rowid, id, workflow, target, status, pc, seq, state,
                created_at, updated_at)

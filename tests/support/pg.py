@@ -275,14 +275,16 @@ def fresh_schema(server: PgServer) -> str:
     return _run(create_schema(server))
 
 
+async def fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one query on ``url`` as an operator's client does: a connection of its own, with
+    asyncpg's own types (no orchd codecs)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
 def query(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    """Run one query on ``url`` (a test reading what the daemons committed)."""
-
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(url)
-        try:
-            return list(await conn.fetch(sql, *args))
-        finally:
-            await conn.close()
-
-    return _run(run())
+    """``fetch`` for a test that is not a coroutine (reading what the daemons committed)."""
+    return _run(fetch(url, sql, *args))
