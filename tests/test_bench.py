@@ -17,13 +17,14 @@ from orchd._bench.api import MIN_PROBES, quantile_ms
 from orchd._bench.run import _ms, _Table
 
 
+def quick_bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """``orchd bench --quick`` with ``args``, as a user runs it; its output and status."""
+    command = [sys.executable, "-m", "orchd", "bench", "--quick", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
 def test_bench_quick_prints_every_scenario() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "orchd", "bench", "--quick", "--runs", "1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = quick_bench("--runs", "1")
     assert result.returncode == 0, result.stderr
     for label in (
         "raw durable commit",
@@ -72,12 +73,7 @@ def test_bench_quick_prints_every_scenario() -> None:
 
 
 def test_bench_only_measures_the_rows_named_with_their_baselines() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "orchd", "bench", "--quick", "--only", "P2"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = quick_bench("--only", "P2")
     assert result.returncode == 0, result.stderr
     assert "P2 one 10-step process" in result.stdout
     assert "10 raw commits, interleaved" in result.stdout
@@ -86,12 +82,7 @@ def test_bench_only_measures_the_rows_named_with_their_baselines() -> None:
 
 
 def test_bench_only_refuses_an_unknown_row_naming_the_rows() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "orchd", "bench", "--quick", "--only", "P2,P99"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = quick_bench("--only", "P2,P99")
     assert result.returncode == 2
     assert "unknown row P99" in result.stderr
     assert "P1, P1t, P2" in result.stderr
@@ -132,13 +123,7 @@ def test_bench_table_prints_a_row_as_soon_as_it_is_measured(
 def test_bench_postgres_rows_compare_p1_with_raw_commits_and_nodes_with_one(
     pg_server: pg.PgServer,
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "orchd", "bench", "--quick", "--postgres", pg_server.admin_url,
-         "--postgres-only"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )  # fmt: skip
+    result = quick_bench("--postgres", pg_server.admin_url, "--postgres-only")
     assert result.returncode == 0, result.stderr
     for label in (
         "PG raw commit", "PG P1 ", "x raw", "PG 1 node", "PG 2 nodes", "PG 3 nodes",
