@@ -169,18 +169,16 @@ def to_json_values(step_name: str, result: Any) -> dict[str, Any]:
         ) from None
     if not isinstance(converted, dict):  # pragma: no cover - to_builtins keeps dicts as dicts
         raise StepOutputError(f"step {step_name!r} returned a non-dict")
-    # Only an encoding with the escape in it can hold one (found in C); then the values are
-    # walked to say where (the escape may also be a backslash's, in text).
-    if _NUL_ESCAPE in _json_encode(converted) and (where := nul_at(converted)) is not None:
+    if (loc := _found_nul(converted)) is not None:
         raise StepOutputError(
-            f"step {step_name!r} returned {where}, which holds the character U+0000: State "
-            "cannot hold it (PostgreSQL's jsonb refuses it, so no backend takes it)"
+            f"step {step_name!r} returned {_shown(loc)}, which holds the character U+0000: "
+            "State cannot hold it (PostgreSQL's jsonb refuses it, so no backend takes it)"
         )
     return converted
 
 
 #: How JSON writes the character U+0000.
-_NUL_ESCAPE = b"\\u0000"
+NUL_ESCAPE = b"\\u0000"
 
 
 def nul_loc(value: Any) -> list[str | int] | None:
@@ -201,29 +199,37 @@ def nul_loc(value: Any) -> list[str | int] | None:
     return None
 
 
-def nul_at(value: Any, path: str = "") -> str | None:
-    """Where ``value`` (JSON values) holds the character U+0000, e.g. ``'x.y[2]'`` (None:
-    nowhere); a key holding it is shown as its repr."""
-    loc = nul_loc(value)
-    if loc is None:
-        return None
+def _shown(loc: list[str | int]) -> str:
+    """A ``loc`` as a path, e.g. ``'x.y[2]'``; a key holding U+0000 is shown as its repr."""
     parts = (f"[{p}]" if isinstance(p, int) else f".{p!r}" if "\x00" in p else f".{p}" for p in loc)
-    return (path + "".join(parts)).lstrip(".") or "a value"
+    return "".join(parts).lstrip(".") or "a value"
+
+
+def nul_at(value: Any) -> str | None:
+    """Where ``value`` (JSON values) holds the character U+0000, e.g. ``'x.y[2]'`` (None:
+    nowhere)."""
+    loc = nul_loc(value)
+    return None if loc is None else _shown(loc)
+
+
+def _found_nul(value: Any) -> list[str | int] | None:
+    """``nul_loc``, walking the values only when their encoding holds the escape (searched in
+    C; the escape may also be a backslash's, in text, which the walk tells apart)."""
+    try:
+        if NUL_ESCAPE not in _json_encode(value):
+            return None
+    except (TypeError, msgspec.EncodeError, ValueError, RecursionError):
+        pass  # not JSON values: walked as they are (to_json_values says what else is wrong)
+    return nul_loc(value)
 
 
 def refuse_nul(what: str, given: Any) -> None:
     """Refuse an input, a form's answer, a reason or a note holding the character U+0000: a
     422 naming the field (FormValidationError). orchd stores none: PostgreSQL refuses it in
     jsonb and in text, and a SQLite database stays movable to PostgreSQL."""
-    try:
-        if _NUL_ESCAPE not in _json_encode(given):  # found in C; the walk only on a hit
-            return
-    except (TypeError, msgspec.EncodeError, ValueError, RecursionError):
-        pass  # not JSON values: to_json_values says what is wrong with them
-    if (loc := nul_loc(given)) is not None:
-        where = nul_at(given) or "a value"
+    if (loc := _found_nul(given)) is not None:
         raise FormValidationError(
-            f"{what}: {where} holds the character U+0000, which orchd does not store",
+            f"{what}: {_shown(loc)} holds the character U+0000, which orchd does not store",
             [{"loc": loc, "msg": "holds the character U+0000"}],
         )
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import asyncpg
 
-from orchd.state import nul_at
+from orchd.state import NUL_ESCAPE, nul_at
 from orchd.store.maintenance import (
     EXIT_FAILED,
     EXIT_OK,
@@ -200,7 +200,7 @@ def refuse_nul(rows: dict[str, list[tuple[Any, ...]]]) -> None:
             at, by = names.index(column), names.index(owner)
             for row in rows[table]:
                 value = row[at]
-                if value is None or b"\\u0000" not in value:
+                if value is None or NUL_ESCAPE not in value:
                     continue
                 where = nul_at(json.loads(value))
                 if where is None:
