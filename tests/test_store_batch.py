@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_store_writes import last, moved, new, waiting_parent
+from support.writes import last, moved, new, waiting_parent
 
 from orchd.model import Event
 from orchd.store import plans

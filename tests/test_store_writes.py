@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 from support.common import DatabaseFactory
+from support.writes import event, last, moved, new, now, waiting_parent
 
 from orchd.engine import Engine
 from orchd.errors import (
@@ -30,13 +31,10 @@ from orchd.store.base import (
     BranchRow,
     Checkpoint,
     ChildFinished,
-    ChildOf,
     ChildRefused,
-    NewProcess,
     Positions,
     ProcessRow,
     ProcessTouch,
-    ProcessWrite,
     Prune,
     Pruned,
     ReplaceChildren,
@@ -66,50 +64,6 @@ async def store(database_factory: DatabaseFactory) -> AsyncIterator[Store]:
         yield opened
     finally:
         await opened.close()
-
-
-def event(pid: str, status: ProcessStatus = ProcessStatus.CREATED) -> Event:
-    return Event(id=0, kind="process", process_id=pid, workflow="wf", status=status)
-
-
-def now() -> float:
-    """The time, to the microsecond: PostgreSQL keeps times to the microsecond, so a row read
-    back equals the one a write answered only for such a time."""
-    return round(time.time(), 6)
-
-
-def new(**fields: Any) -> NewProcess:
-    pid = fields.pop("id", None) or str(uuid.uuid4())
-    values: dict[str, Any] = {
-        "id": pid,
-        "workflow": "wf",
-        "target": "SYSTEM",
-        "reporter": None,
-        "state": {"n": 1},
-        "first_step": "one",
-        "first_key": "one",
-        "created_at": now(),
-        "by": "tester",
-        "events": [event(pid)],
-    }
-    values.update(fields)
-    return NewProcess(**values)
-
-
-def moved(row: ProcessRow, status: str = "running", seq: int = 1, **fields: Any) -> ProcessWrite:
-    """The process of ``row`` moved on to step ``seq`` with ``status``."""
-    values: dict[str, Any] = {
-        "status": status,
-        "pc": seq,
-        "seq": seq,
-        "state": _encode({"n": seq}),
-        "current_step": f"step {seq}",
-        "step_key": f"step {seq}",
-        "updated_at": now(),
-        "pk": row.pk,
-    }
-    values.update(fields)
-    return ProcessWrite(**values)
 
 
 def record(row: ProcessRow, seq: int, branch: str | None = None) -> StepWrite:
@@ -309,29 +263,6 @@ async def test_branch_steps_in_one_batch_touch_their_process_once_and_never_lowe
 
 
 # -- children ---------------------------------------------------------------------------------
-
-
-async def waiting_parent(store: Store, held: int) -> tuple[ProcessRow, list[ProcessRow]]:
-    """A parent awaiting two children of fan-out 7, the last ``held`` of them held."""
-    parent = await store.write(new())
-    children = [
-        new(parent_id=parent.id, child_group=7, child_index=i, held=i >= 2 - held) for i in range(2)
-    ]
-    cp = Checkpoint(
-        process_id=parent.id,
-        process=moved(parent, "awaiting_children", 1, children_group=7, children_pending=2),
-    )
-    rows = await store.write(StartChildren(parent=cp, children=children))
-    return parent, rows
-
-
-def last(child: ProcessRow, parent: ProcessRow) -> Checkpoint:
-    return Checkpoint(
-        process_id=child.id,
-        process=moved(child, "completed", 1),
-        child_of=ChildOf(parent_id=parent.id, group=7),
-        events=[event(child.id, ProcessStatus.COMPLETED)],
-    )
 
 
 async def test_children_start_with_their_parents_checkpoint(store: Store) -> None:
