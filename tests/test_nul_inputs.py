@@ -89,3 +89,12 @@ async def test_a_step_whose_error_holds_u0000_fails_its_process_showing_it_escap
     assert process.error == "ValueError: bad\\x00value"
     (failed,) = [s for s in process.steps if s.name == "raise a NUL"]
     assert failed.traceback is not None and "bad\\x00value" in failed.traceback
+
+
+@pytest.mark.parametrize("path", ["/api/processes/{id}/callback", "/api/callbacks/{token}"])
+async def test_the_openapi_document_says_a_callback_answer_may_be_refused_with_422(
+    engine_factory: EngineFactory, app_client: Callable[..., Awaitable[Any]], path: str
+) -> None:
+    client = await app_client(await engine_factory(["engine_flows"]))
+    document = await (await client.get("/api/openapi.json")).json()
+    assert "422" in document["paths"][path]["post"]["responses"]

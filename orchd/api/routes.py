@@ -556,11 +556,11 @@ class ControlApi:
             Route("POST", "/api/processes/{id}/callback", self.answer_callback,
                   "An operator answers an awaiting_callback process in the external system's "
                   "place", Accepted, status=202, request=Any, headers=reporter,
-                  errors=(400, 413, *action)),
+                  errors=(400, 413, 422, *action)),
             Route("POST", "/api/callbacks/{token}", self.post_callback,
                   "An external system's answer for an awaiting_callback process (the token is "
                   "the credential: no bearer token needed over TCP)", Accepted,
-                  status=202, request=Any, headers=reporter, errors=(400, 413, *action),
+                  status=202, request=Any, headers=reporter, errors=(400, 413, 422, *action),
                   public=True),
             Route("GET", "/api/subscriptions", self.list_subscriptions, "Subscriptions",
                   SubscriptionPage, errors=(400,),
